@@ -1,0 +1,460 @@
+"""The incident aggregate: from one call to covered, on scene and resolved (or cancelled).
+
+Lifecycle: raised -> notifying -> acknowledged -> on_scene -> resolved | cancelled;
+escalation (tier n) may happen at any open point.
+
+Invariants:
+- only the people the incident was raised for may answer: its recipients, the village duty
+  desks, and the caller (who may only cancel);
+- one responder's accept never silences another's (multi-ack); the incident is covered once
+  every quorum clause is met by some accepter's role (default: officer, and leader or
+  assistant) and IncidentCovered is emitted exactly once;
+- a resolved or cancelled incident takes no further answer (409 with the reason);
+- repeating an answer already recorded decides nothing (idempotent), so a retried request is safe;
+- `evolve` never fails: it folds whatever the log holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Literal, cast
+
+import msgspec
+
+from dispatch.domain.directory import Directory
+from dispatch.domain.errors import InvalidCommand, InvalidTransition, NotFound, NotPermitted
+from dispatch.events.model import (
+    CATEGORIES,
+    STAFF_ROLES,
+    AlarmRaised,
+    CallChannel,
+    CallRepeated,
+    CancelReason,
+    Category,
+    DeliveryFailed,
+    DeliverySucceeded,
+    Event,
+    IncidentCancelled,
+    IncidentCovered,
+    IncidentEscalated,
+    IncidentEvent,
+    IncidentOpened,
+    IncidentResolved,
+    LineClosed,
+    Person,
+    ResponderAccepted,
+    ResponderArrived,
+    ResponderDeclined,
+    ResponderNotified,
+    Role,
+    UnregisteredCall,
+)
+from dispatch.events.subjects import caller_line, group_line, village_line
+
+Status = Literal["raised", "notifying", "acknowledged", "on_scene", "resolved", "cancelled"]
+Action = Literal["accept", "decline", "arrived", "resolve", "cancel"]
+ACTIONS: tuple[Action, ...] = ("accept", "decline", "arrived", "resolve", "cancel")
+CLOSED: tuple[Status, ...] = ("resolved", "cancelled")
+Quorum = tuple[tuple[Role, ...], ...]
+DEFAULT_QUORUM = "officer,leader|assistant"
+REALERT_INTERVAL = timedelta(seconds=30)
+_ROLE_ORDER: dict[str, int] = {"officer": 0, "assistant": 1, "leader": 2, "household": 3, "duty": 4}
+
+
+def parse_quorum(text: str) -> Quorum:
+    """`officer,leader|assistant` -> ((officer,), (leader, assistant)); raise ValueError on bad roles."""
+    allowed = {"household", "leader", "assistant", "officer", "duty"}
+    clauses: list[tuple[Role, ...]] = []
+    for clause in text.split(","):
+        roles = tuple(r.strip() for r in clause.split("|") if r.strip())
+        if not roles:
+            continue
+        bad = [r for r in roles if r not in allowed]
+        if bad:
+            raise ValueError(f"unknown role(s) in quorum {text!r}: {', '.join(bad)}")
+        clauses.append(cast(tuple[Role, ...], roles))
+    return tuple(clauses)
+
+
+def effective_quorum(policy: Quorum, people: tuple[Person, ...]) -> Quorum:
+    """Drop the clauses nobody who may answer could ever meet (e.g. the caller is the only leader)."""
+    roles = {p.role for p in people}
+    return tuple(clause for clause in policy if roles.intersection(clause))
+
+
+def quorum_met(quorum: Quorum, accepted_roles: set[Role]) -> bool:
+    if not quorum:
+        return bool(accepted_roles)
+    return all(accepted_roles.intersection(clause) for clause in quorum)
+
+
+# --- Routing a call -------------------------------------------------------------------------------
+
+
+class IncomingCall(msgspec.Struct, frozen=True, kw_only=True):
+    """A call as ingress hands it to the decider; `caller` is E.164 when the number parsed."""
+
+    call_id: str
+    caller_raw: str
+    caller: str | None
+    callee: str
+    channel: CallChannel
+    called_at: datetime
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    kind: Literal["group", "village", "unregistered"]
+    line: str
+    village: str | None
+    group: str | None
+    caller: Person
+    recipients: tuple[Person, ...]
+    duty_desks: tuple[Person, ...]
+    quorum: Quorum
+
+
+def _ordered(people: list[Person]) -> tuple[Person, ...]:
+    unique = {p.phone: p for p in people}
+    return tuple(sorted(unique.values(), key=lambda p: (_ROLE_ORDER.get(p.role, 9), p.phone)))
+
+
+def route_call(
+    directory: Directory, call: IncomingCall, policy: Quorum, fallback_duty: tuple[Person, ...]
+) -> Route:
+    """Decide who a call is for. A number in no group is routed to the duty desk, never dropped."""
+    memberships = directory.memberships(call.caller) if call.caller else []
+    if len(memberships) == 1:
+        group, caller = memberships[0].group, memberships[0].person
+        recipients = _ordered([p for p in group.members.values() if p.phone != caller.phone])
+        duty = directory.duty_desks(group.village) or fallback_duty
+        return Route(
+            kind="group",
+            line=group_line(group.village, group.group),
+            village=group.village,
+            group=group.group,
+            caller=caller,
+            recipients=recipients,
+            duty_desks=duty,
+            quorum=effective_quorum(policy, recipients + duty),
+        )
+    if memberships:
+        village = memberships[0].group.village
+        caller = memberships[0].person
+        staff = [
+            p
+            for m in memberships
+            if m.group.village == village
+            for p in m.group.members.values()
+            if p.role in STAFF_ROLES and p.phone != caller.phone
+        ]
+        duty = directory.duty_desks(village) or fallback_duty
+        duty = tuple(d for d in duty if d.phone != caller.phone)
+        return Route(
+            kind="village",
+            line=village_line(village),
+            village=village,
+            group=None,
+            caller=caller,
+            recipients=_ordered([*staff, *duty]),
+            duty_desks=duty,
+            quorum=(("duty",),) if duty else effective_quorum(policy, tuple(staff)),
+        )
+    duty = tuple(d for d in fallback_duty if d.phone != call.caller)
+    return Route(
+        kind="unregistered",
+        line=caller_line(call.caller or call.caller_raw, call.call_id),
+        village=None,
+        group=None,
+        caller=Person(phone=call.caller or call.caller_raw, name="", role="unregistered"),
+        recipients=duty,
+        duty_desks=duty,
+        quorum=(("duty",),) if duty else (),
+    )
+
+
+def open_incident(route: Route, call: IncomingCall, incident_id: str) -> IncidentOpened:
+    kind = UnregisteredCall if route.kind == "unregistered" else AlarmRaised
+    return kind(
+        at=call.at,
+        incident_id=incident_id,
+        line=route.line,
+        village=route.village,
+        group=route.group,
+        caller=route.caller,
+        call_id=call.call_id,
+        channel=call.channel,
+        callee=call.callee,
+        called_at=call.called_at,
+        recipients=route.recipients,
+        duty_desks=route.duty_desks,
+        quorum=route.quorum,
+    )
+
+
+def repeat_call(state: IncidentState, call: IncomingCall, caller: Person) -> CallRepeated:
+    if state.closed:
+        raise InvalidTransition(f"incident {state.id} is {state.status}")
+    return CallRepeated(
+        at=call.at,
+        incident_id=state.id,
+        call_id=call.call_id,
+        caller=caller,
+        channel=call.channel,
+        called_at=call.called_at,
+        urgency=state.urgency + 1,
+    )
+
+
+# --- State -----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Responder:
+    person: Person
+    recipient: bool
+    notified: dict[str, datetime] = field(default_factory=dict)
+    last_alerted_at: datetime | None = None
+    delivered: dict[str, datetime] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    accepted_at: datetime | None = None
+    declined_at: datetime | None = None
+    arrived_at: datetime | None = None
+
+    @property
+    def answered(self) -> bool:
+        return self.accepted_at is not None or self.declined_at is not None
+
+
+@dataclass(slots=True)
+class IncidentState:
+    id: str
+    opened: IncidentOpened
+    status: Status
+    raised_at: datetime
+    responders: dict[str, Responder]
+    urgency: int = 1
+    rounds: frozenset[int] = frozenset()
+    covered_at: datetime | None = None
+    first_notified_at: datetime | None = None
+    first_accept_at: datetime | None = None
+    first_arrival_at: datetime | None = None
+    closed_at: datetime | None = None
+    escalation_tier: int = 0
+    category: Category | None = None
+    cancel_reason: CancelReason | None = None
+    closed_by: str | None = None
+    note: str = ""
+
+    @property
+    def closed(self) -> bool:
+        return self.status in CLOSED
+
+    @property
+    def covered(self) -> bool:
+        return self.covered_at is not None
+
+    @property
+    def caller(self) -> Person:
+        return self.opened.caller
+
+    @property
+    def registered(self) -> bool:
+        return isinstance(self.opened, AlarmRaised)
+
+    def accepted_roles(self) -> set[Role]:
+        return {r.person.role for r in self.responders.values() if r.accepted_at is not None}
+
+
+def _start(event: IncidentOpened) -> IncidentState:
+    responders = {p.phone: Responder(person=p, recipient=True) for p in event.recipients}
+    for desk in event.duty_desks:
+        responders.setdefault(desk.phone, Responder(person=desk, recipient=False))
+    return IncidentState(
+        id=event.incident_id, opened=event, status="raised", raised_at=event.at, responders=responders
+    )
+
+
+def _with_responder(state: IncidentState, phone: str, **changes: object) -> IncidentState:
+    current = state.responders.get(phone)
+    if current is None:
+        return state
+    responders = dict(state.responders)
+    responders[phone] = replace(current, **changes)  # type: ignore[arg-type]
+    return replace(state, responders=responders)
+
+
+def evolve(state: IncidentState | None, event: Event) -> IncidentState | None:
+    """Fold one event into the incident state; unknown or stray events leave it unchanged."""
+    if isinstance(event, IncidentOpened):
+        return _start(event) if state is None else state
+    if state is None or not isinstance(event, IncidentEvent):
+        return state
+    if isinstance(event, CallRepeated):
+        return replace(state, urgency=max(state.urgency, event.urgency))
+    if isinstance(event, ResponderNotified):
+        r = state.responders.get(event.phone)
+        if r is None:
+            return state
+        notified = dict(r.notified)
+        notified.setdefault(event.channel, event.at)
+        state = _with_responder(state, event.phone, notified=notified, last_alerted_at=event.at)
+        status: Status = "notifying" if state.status == "raised" else state.status
+        return replace(
+            state,
+            status=status,
+            rounds=state.rounds | {event.round},
+            first_notified_at=state.first_notified_at or event.at,
+        )
+    if isinstance(event, DeliverySucceeded):
+        r = state.responders.get(event.phone)
+        if r is None or event.channel in r.delivered:
+            return state
+        return _with_responder(state, event.phone, delivered={**r.delivered, event.channel: event.at})
+    if isinstance(event, DeliveryFailed):
+        r = state.responders.get(event.phone)
+        if r is None:
+            return state
+        key = f"{event.channel}/{event.target}" if event.target else event.channel
+        return _with_responder(state, event.phone, failed={**r.failed, key: event.kind})
+    if isinstance(event, ResponderAccepted):
+        r = state.responders.get(event.phone)
+        if r is None:
+            return state
+        state = _with_responder(state, event.phone, accepted_at=r.accepted_at or event.at, declined_at=None)
+        status = "acknowledged" if state.status in ("raised", "notifying") else state.status
+        return replace(state, status=status, first_accept_at=state.first_accept_at or event.at)
+    if isinstance(event, ResponderDeclined):
+        return _with_responder(state, event.phone, declined_at=event.at)
+    if isinstance(event, ResponderArrived):
+        r = state.responders.get(event.phone)
+        if r is None:
+            return state
+        state = _with_responder(state, event.phone, arrived_at=r.arrived_at or event.at)
+        status = state.status if state.closed else "on_scene"
+        return replace(state, status=status, first_arrival_at=state.first_arrival_at or event.at)
+    if isinstance(event, IncidentCovered):
+        return replace(state, covered_at=state.covered_at or event.at)
+    if isinstance(event, IncidentEscalated):
+        return replace(state, escalation_tier=max(state.escalation_tier, event.tier))
+    if isinstance(event, IncidentResolved):
+        return replace(
+            state, status="resolved", closed_at=event.at, category=event.category, closed_by=event.by, note=event.note
+        )
+    if isinstance(event, IncidentCancelled):
+        return replace(
+            state, status="cancelled", closed_at=event.at, cancel_reason=event.reason, closed_by=event.by,
+            note=event.note,
+        )
+    return state
+
+
+def fold(events: list[Event]) -> IncidentState | None:
+    state: IncidentState | None = None
+    for event in events:
+        state = evolve(state, event)
+    return state
+
+
+# --- Answers ---------------------------------------------------------------------------------------
+
+
+class Respond(msgspec.Struct, frozen=True, kw_only=True):
+    incident_id: str
+    responder: str
+    action: Action
+    at: datetime
+    category: str | None = None
+    note: str = ""
+    reason: str | None = None
+
+
+CANCEL_REASONS: tuple[CancelReason, ...] = ("caller_safe", "misdial", "duplicate", "other")
+CLOSERS: tuple[Role, ...] = ("leader", "assistant", "officer", "duty")
+
+
+def decide_response(state: IncidentState | None, cmd: Respond) -> list[Event]:
+    """Decide one answer. Raises NotFound, NotPermitted (403), InvalidTransition (409), InvalidCommand (422)."""
+    if state is None:
+        raise NotFound(f"no incident {cmd.incident_id}")
+    is_caller = cmd.responder == state.caller.phone
+    responder = state.responders.get(cmd.responder)
+    if responder is None and not is_caller:
+        raise NotPermitted("only members of the incident's group and its duty desk may answer")
+    if state.closed:
+        raise InvalidTransition(f"incident is already {state.status}")
+    base = {"at": cmd.at, "incident_id": state.id}
+    if cmd.action == "cancel":
+        if not is_caller and (responder is None or responder.person.role not in CLOSERS):
+            raise NotPermitted("only the caller, the group leader, assistant, officer or duty desk may cancel")
+        reason = cmd.reason or ("caller_safe" if is_caller else "other")
+        if reason not in CANCEL_REASONS:
+            raise InvalidCommand(f"cancel reason must be one of {', '.join(CANCEL_REASONS)}")
+        return [
+            IncidentCancelled(**base, by=cmd.responder, reason=cast(CancelReason, reason), note=cmd.note),
+            LineClosed(at=cmd.at, line=state.opened.line, incident_id=state.id),
+        ]
+    if is_caller or responder is None:
+        raise InvalidTransition(f"the caller cannot {cmd.action} their own alarm; the caller may only cancel")
+    person = responder.person
+    if cmd.action == "accept":
+        if responder.accepted_at is not None:
+            return []
+        return _accept(state, person, cmd.at)
+    if cmd.action == "decline":
+        if responder.accepted_at is not None:
+            raise InvalidTransition("already accepted; an accepted alarm cannot be declined")
+        if responder.declined_at is not None:
+            return []
+        return [ResponderDeclined(**base, phone=person.phone, role=person.role, note=cmd.note)]
+    if cmd.action == "arrived":
+        if responder.arrived_at is not None:
+            return []
+        accepted = [] if responder.accepted_at is not None else _accept(state, person, cmd.at)
+        return [*accepted, ResponderArrived(**base, phone=person.phone, role=person.role)]
+    if cmd.action == "resolve":
+        if person.role not in CLOSERS:
+            raise NotPermitted("only the group leader, assistant, officer or duty desk may resolve")
+        if cmd.category not in CATEGORIES:
+            raise InvalidCommand(f"resolve needs a category: one of {', '.join(CATEGORIES)}")
+        return [
+            IncidentResolved(**base, by=person.phone, category=cast(Category, cmd.category), note=cmd.note),
+            LineClosed(at=cmd.at, line=state.opened.line, incident_id=state.id),
+        ]
+    raise InvalidCommand(f"action must be one of {', '.join(ACTIONS)}")
+
+
+def _accept(state: IncidentState, person: Person, at: datetime) -> list[Event]:
+    events: list[Event] = [
+        ResponderAccepted(at=at, incident_id=state.id, phone=person.phone, role=person.role, name=person.name)
+    ]
+    if not state.covered and quorum_met(state.opened.quorum, state.accepted_roles() | {person.role}):
+        accepted_by = tuple(
+            sorted([p for p, r in state.responders.items() if r.accepted_at is not None] + [person.phone])
+        )
+        events.append(IncidentCovered(at=at, incident_id=state.id, accepted_by=accepted_by))
+    return events
+
+
+# --- Fan-out --------------------------------------------------------------------------------------
+
+
+def alert_targets(state: IncidentState, trigger: Event, round_: int) -> list[Person]:
+    """Who a trigger event alerts: everyone on raise; on a repeated call those who have not
+    answered and were not alerted in the last 30 s. Nobody twice for the same round."""
+    if state.closed or round_ in state.rounds:
+        return []
+    if isinstance(trigger, IncidentOpened):
+        return [r.person for r in state.responders.values() if r.recipient]
+    if isinstance(trigger, CallRepeated):
+        return [
+            r.person
+            for r in state.responders.values()
+            if r.recipient
+            and not r.answered
+            and r.person.phone != trigger.caller.phone
+            and (r.last_alerted_at is None or trigger.at - r.last_alerted_at >= REALERT_INTERVAL)
+        ]
+    return []

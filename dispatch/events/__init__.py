@@ -1,0 +1,1 @@
+"""Event vocabulary, codec and subject names."""

@@ -1,0 +1,245 @@
+"""The event vocabulary: every fact the log can hold.
+
+Invariants:
+- events are immutable `msgspec.Struct(frozen=True, kw_only=True)`; their class name is the
+  type tag that travels in the `Dispatch-Type` header, `SCHEMA` the version in `Dispatch-Schema`;
+- every event carries `at` (UTC, when the service recorded it) and the id of its aggregate, so a
+  reader never has to parse a subject;
+- phone numbers are E.164 strings; an unregistered caller's number is kept as the gateway sent it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import ClassVar, Literal
+
+import msgspec
+
+Role = Literal["household", "leader", "assistant", "officer", "duty", "command_centre", "unregistered"]
+MEMBER_ROLES: tuple[Role, ...] = ("household", "leader", "assistant", "officer")
+STAFF_ROLES: tuple[Role, ...] = ("leader", "assistant", "officer")
+
+CallChannel = Literal["voice", "sms", "api", "nats"]
+Category = Literal["criminal", "public_order", "dispute", "help", "traffic", "fire", "other"]
+CATEGORIES: tuple[Category, ...] = ("criminal", "public_order", "dispute", "help", "traffic", "fire", "other")
+CancelReason = Literal["caller_safe", "misdial", "duplicate", "other"]
+CallStatus = Literal["raised", "merged", "unregistered"]
+FailureKind = Literal["permanent", "exhausted"]
+
+
+class Person(msgspec.Struct, frozen=True, kw_only=True):
+    phone: str
+    name: str = ""
+    role: Role
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    SCHEMA: ClassVar[int] = 1
+    at: datetime
+
+
+# --- Group: village code + group number; membership of one joint-defence group -----------------
+
+
+class GroupEvent(Event, frozen=True, kw_only=True):
+    village: str
+    group: str
+
+
+class GroupFormed(GroupEvent, frozen=True, kw_only=True):
+    pass
+
+
+class MemberBound(GroupEvent, frozen=True, kw_only=True):
+    phone: str
+    name: str
+    role: Role
+
+
+class MemberUnbound(GroupEvent, frozen=True, kw_only=True):
+    phone: str
+
+
+class RoleAssigned(GroupEvent, frozen=True, kw_only=True):
+    phone: str
+    role: Role
+
+
+class MemberRenamed(GroupEvent, frozen=True, kw_only=True):
+    phone: str
+    name: str
+
+
+class GroupDissolved(GroupEvent, frozen=True, kw_only=True):
+    pass
+
+
+# --- Village: the station duty desks that serve it -----------------------------------------------
+
+
+class VillageEvent(Event, frozen=True, kw_only=True):
+    village: str
+
+
+class DutyDeskBound(VillageEvent, frozen=True, kw_only=True):
+    phone: str
+    name: str
+
+
+class DutyDeskUnbound(VillageEvent, frozen=True, kw_only=True):
+    phone: str
+
+
+# --- Alarm line: at most one open incident per group, per multi-group caller, per unknown number --
+
+
+class LineEvent(Event, frozen=True, kw_only=True):
+    line: str
+    incident_id: str
+
+
+class LineOpened(LineEvent, frozen=True, kw_only=True):
+    pass
+
+
+class LineClosed(LineEvent, frozen=True, kw_only=True):
+    pass
+
+
+# --- Call: what one gateway call id was routed to (idempotency beyond the duplicate window) ------
+
+
+class CallRouted(Event, frozen=True, kw_only=True):
+    call_id: str
+    incident_id: str
+    status: CallStatus
+
+
+# --- Incident ------------------------------------------------------------------------------------
+
+
+class IncidentEvent(Event, frozen=True, kw_only=True):
+    incident_id: str
+
+
+class IncidentOpened(IncidentEvent, frozen=True, kw_only=True):
+    """Common shape of the two events that start an incident."""
+
+    line: str
+    village: str | None
+    group: str | None
+    caller: Person
+    call_id: str
+    channel: CallChannel
+    callee: str
+    called_at: datetime
+    recipients: tuple[Person, ...]
+    duty_desks: tuple[Person, ...]
+    quorum: tuple[tuple[Role, ...], ...]
+
+
+class AlarmRaised(IncidentOpened, frozen=True, kw_only=True):
+    pass
+
+
+class UnregisteredCall(IncidentOpened, frozen=True, kw_only=True):
+    pass
+
+
+class CallRepeated(IncidentEvent, frozen=True, kw_only=True):
+    call_id: str
+    caller: Person
+    channel: CallChannel
+    called_at: datetime
+    urgency: int
+
+
+class ResponderNotified(IncidentEvent, frozen=True, kw_only=True):
+    phone: str
+    role: Role
+    channel: str
+    round: int = 0
+
+
+class DeliverySucceeded(IncidentEvent, frozen=True, kw_only=True):
+    phone: str
+    channel: str
+    target: str = ""
+    round: int = 0
+    attempt: int = 1
+
+
+class DeliveryFailed(IncidentEvent, frozen=True, kw_only=True):
+    phone: str
+    channel: str
+    target: str = ""
+    round: int = 0
+    attempt: int = 1
+    kind: FailureKind
+    reason: str
+
+
+class ResponderAccepted(IncidentEvent, frozen=True, kw_only=True):
+    phone: str
+    role: Role
+    name: str = ""
+
+
+class ResponderDeclined(IncidentEvent, frozen=True, kw_only=True):
+    phone: str
+    role: Role
+    note: str = ""
+
+
+class ResponderArrived(IncidentEvent, frozen=True, kw_only=True):
+    phone: str
+    role: Role
+
+
+class IncidentCovered(IncidentEvent, frozen=True, kw_only=True):
+    accepted_by: tuple[str, ...]
+
+
+class IncidentEscalated(IncidentEvent, frozen=True, kw_only=True):
+    tier: int
+    reason: str
+
+
+class IncidentResolved(IncidentEvent, frozen=True, kw_only=True):
+    by: str
+    category: Category
+    note: str = ""
+
+
+class IncidentCancelled(IncidentEvent, frozen=True, kw_only=True):
+    by: str
+    reason: CancelReason
+    note: str = ""
+
+
+ALL_EVENT_TYPES: tuple[type[Event], ...] = (
+    GroupFormed,
+    MemberBound,
+    MemberUnbound,
+    RoleAssigned,
+    MemberRenamed,
+    GroupDissolved,
+    DutyDeskBound,
+    DutyDeskUnbound,
+    LineOpened,
+    LineClosed,
+    CallRouted,
+    AlarmRaised,
+    UnregisteredCall,
+    CallRepeated,
+    ResponderNotified,
+    DeliverySucceeded,
+    DeliveryFailed,
+    ResponderAccepted,
+    ResponderDeclined,
+    ResponderArrived,
+    IncidentCovered,
+    IncidentEscalated,
+    IncidentResolved,
+    IncidentCancelled,
+)

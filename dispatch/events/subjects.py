@@ -1,0 +1,105 @@
+"""Subject and stream names: the one place that spells them.
+
+Invariants:
+- every event lives on `dispatch.evt.<aggregate>.<id>`; an id may span tokens (`group.<village>.<group>`);
+- village and group codes are single subject tokens: letters (any script), digits, `_` and `-`;
+- a gateway's call id is never put in a subject raw: it is hashed, so any string is safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+EVENTS_STREAM = "DISPATCH_EVENTS"
+DELIVERY_STREAM = "DISPATCH_DELIVERY"
+TIMERS_STREAM = "DISPATCH_TIMERS"
+
+EVENTS_ALL = "dispatch.evt.>"
+INCIDENTS_ALL = "dispatch.evt.incident.>"
+GROUPS_ALL = "dispatch.evt.group.>"
+VILLAGES_ALL = "dispatch.evt.village.>"
+DELIVERY_ALL = "dispatch.deliver.>"
+SCHEDULES_ALL = "dispatch.sched.>"
+TIMERS_FIRED_ALL = "dispatch.timer.>"
+CONSOLE_ALL = "dispatch.console.>"
+CALL_INGRESS = "dispatch.ingress.call"
+DEAD_LETTER_PREFIX = "dispatch.dead"
+
+_TOKEN = re.compile(r"^[\w-]{1,64}$")
+
+
+class InvalidToken(ValueError):
+    pass
+
+
+def check_token(kind: str, value: str) -> str:
+    """Return `value` when it can be one subject token, else raise InvalidToken naming `kind`."""
+    if not _TOKEN.fullmatch(value):
+        raise InvalidToken(f"{kind} {value!r} must be 1-64 letters, digits, '_' or '-'")
+    return value
+
+
+def group_id(village: str, group: str) -> str:
+    return f"{village}.{group}"
+
+
+def group_subject(village: str, group: str) -> str:
+    return f"dispatch.evt.group.{village}.{group}"
+
+
+def village_subject(village: str) -> str:
+    return f"dispatch.evt.village.{village}"
+
+
+def incident_subject(incident_id: str) -> str:
+    return f"dispatch.evt.incident.{incident_id}"
+
+
+def line_subject(line: str) -> str:
+    return f"dispatch.evt.line.{line}"
+
+
+def call_key(call_id: str) -> str:
+    return hashlib.sha256(call_id.encode()).hexdigest()[:32]
+
+
+def call_subject(call_id: str) -> str:
+    return f"dispatch.evt.call.{call_key(call_id)}"
+
+
+def group_line(village: str, group: str) -> str:
+    return f"group.{village}.{group}"
+
+
+def village_line(village: str) -> str:
+    return f"village.{village}"
+
+
+def caller_line(caller: str, call_id: str) -> str:
+    """The line of a caller in no group: its digits, or (no usable number) the call itself."""
+    digits = "".join(ch for ch in caller if ch.isdigit())
+    if 3 <= len(digits) <= 20:
+        return f"caller.{digits}"
+    return f"caller.anon-{call_key(call_id)[:16]}"
+
+
+def deliver_subject(channel: str) -> str:
+    return f"dispatch.deliver.{channel}"
+
+
+def schedule_subject(incident_id: str, timer: str) -> str:
+    return f"dispatch.sched.incident.{incident_id}.{timer}"
+
+
+def timer_fired_subject(incident_id: str, timer: str) -> str:
+    return f"dispatch.timer.incident.{incident_id}.{timer}"
+
+
+def console_subject(village: str) -> str:
+    return f"dispatch.console.{village}"
+
+
+def aggregate_of(subject: str) -> str:
+    """`dispatch.evt.incident.X` -> `incident`."""
+    return subject.split(".", 3)[2]

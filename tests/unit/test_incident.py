@@ -1,0 +1,234 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dispatch.domain.errors import InvalidCommand, InvalidTransition, NotPermitted
+from dispatch.domain.incident import (
+    DEFAULT_QUORUM,
+    IncidentState,
+    IncomingCall,
+    Respond,
+    alert_targets,
+    decide_response,
+    evolve,
+    fold,
+    open_incident,
+    parse_quorum,
+    repeat_call,
+    route_call,
+)
+from dispatch.domain.messages import alert_text
+from dispatch.domain.phone import try_normalize
+from dispatch.events.model import (
+    AlarmRaised,
+    Event,
+    IncidentCovered,
+    LineClosed,
+    Person,
+    ResponderAccepted,
+    ResponderNotified,
+    UnregisteredCall,
+)
+
+from .fixtures import at, directory_with
+
+POLICY = parse_quorum(DEFAULT_QUORUM)
+DUTY = (Person(phone="+8610110", name="县局值班", role="duty"),)
+HOUSEHOLD = "+8613800000001"
+OTHER_HOUSEHOLD = "+8613800000002"
+LEADER = "+8613800000008"
+ASSISTANT = "+8613900000001"
+OFFICER = "+8613900000009"
+STATION = "+8673184512345"
+
+
+def call(caller: str, call_id: str = "c1", seconds: float = 0) -> IncomingCall:
+    return IncomingCall(
+        call_id=call_id, caller_raw=caller, caller=try_normalize(caller), callee="6995",
+        channel="voice", called_at=at(seconds), at=at(seconds),
+    )
+
+
+def raised(caller: str = HOUSEHOLD) -> IncidentState:
+    route = route_call(directory_with(), call(caller), POLICY, DUTY)
+    state = evolve(None, open_incident(route, call(caller), "inc-1"))
+    assert state is not None
+    return state
+
+
+def apply(state: IncidentState, events: list[Event]) -> IncidentState:
+    for event in events:
+        new = evolve(state, event)
+        assert new is not None
+        state = new
+    return state
+
+
+def respond(state: IncidentState, who: str, action: str, seconds: float = 1, **kw: str) -> list[Event]:
+    return decide_response(state, Respond(incident_id=state.id, responder=who, action=action, at=at(seconds), **kw))  # type: ignore[arg-type]
+
+
+def test_a_household_call_alerts_every_other_member_and_nobody_else() -> None:
+    route = route_call(directory_with(), call(HOUSEHOLD), POLICY, DUTY)
+    assert route.kind == "group" and route.line == "group.dongshan.1"
+    phones = [p.phone for p in route.recipients]
+    assert len(phones) == 9 and HOUSEHOLD not in phones
+    assert {OFFICER, ASSISTANT, LEADER} <= set(phones)
+    assert "+8613800000011" not in phones
+    assert [d.phone for d in route.duty_desks] == [STATION]
+    assert route.quorum == (("officer",), ("leader", "assistant"))
+
+
+def test_an_unknown_number_goes_to_the_duty_desk() -> None:
+    route = route_call(directory_with(), call("13111112222"), POLICY, DUTY)
+    assert route.kind == "unregistered"
+    assert route.line == "caller.8613111112222"
+    assert route.recipients == DUTY
+    opened = open_incident(route, call("13111112222"), "inc-9")
+    assert isinstance(opened, UnregisteredCall)
+    assert "未登记号码" in alert_text(opened)
+
+
+def test_a_withheld_number_is_still_raised() -> None:
+    route = route_call(directory_with(), call("anonymous", call_id="x"), POLICY, DUTY)
+    assert route.kind == "unregistered" and route.line.startswith("caller.anon-")
+    assert route.caller.phone == "anonymous"
+
+
+def test_an_officer_serving_several_groups_raises_a_village_incident_with_the_duty_desk() -> None:
+    route = route_call(directory_with(), call(OFFICER), POLICY, DUTY)
+    assert route.kind == "village" and route.line == "village.dongshan"
+    phones = {p.phone for p in route.recipients}
+    assert phones == {STATION, LEADER, ASSISTANT, "+8613800000018"}
+    assert route.quorum == (("duty",),)
+
+
+def test_covered_needs_the_officer_and_the_leader_or_assistant() -> None:
+    state = raised()
+    events = respond(state, LEADER, "accept")
+    assert [type(e) for e in events] == [ResponderAccepted]
+    state = apply(state, events)
+    assert state.status == "acknowledged" and not state.covered
+    events = respond(state, OFFICER, "accept", seconds=2)
+    assert [type(e) for e in events] == [ResponderAccepted, IncidentCovered]
+    assert events[1].accepted_by == (LEADER, OFFICER)  # type: ignore[attr-defined]
+    state = apply(state, events)
+    assert state.covered and state.covered_at == at(2)
+    assert respond(state, ASSISTANT, "accept", seconds=3)[0].phone == ASSISTANT  # type: ignore[attr-defined]
+
+
+def test_quorum_clauses_nobody_can_meet_are_dropped() -> None:
+    state = raised(caller=LEADER)
+    assert state.opened.quorum == (("officer",), ("leader", "assistant"))
+    text = directory_with().groups["dongshan.2"]
+    assert text.leader() is not None
+    route = route_call(directory_with(), call("13800000018"), POLICY, DUTY)
+    assert route.quorum == (("officer",),)
+
+
+def test_answers_from_outsiders_are_refused() -> None:
+    with pytest.raises(NotPermitted):
+        respond(raised(), "+8613800000011", "accept")
+
+
+def test_the_duty_desk_may_answer_without_being_alerted() -> None:
+    state = raised()
+    assert [type(e) for e in respond(state, STATION, "accept")] == [ResponderAccepted]
+    assert STATION not in [p.phone for p in alert_targets(state, state.opened, 1)]
+
+
+def test_the_caller_may_only_cancel() -> None:
+    state = raised()
+    with pytest.raises(InvalidTransition):
+        respond(state, HOUSEHOLD, "accept")
+    events = respond(state, HOUSEHOLD, "cancel")
+    assert events[0].reason == "caller_safe"  # type: ignore[attr-defined]
+    assert isinstance(events[1], LineClosed) and events[1].line == "group.dongshan.1"
+
+
+def test_resolve_needs_a_category_and_a_staff_role() -> None:
+    state = raised()
+    with pytest.raises(InvalidCommand):
+        respond(state, OFFICER, "resolve")
+    with pytest.raises(NotPermitted):
+        respond(state, OTHER_HOUSEHOLD, "resolve", category="dispute")
+    events = respond(state, OFFICER, "resolve", category="dispute", note="邻里纠纷已调解")
+    state = apply(state, events)
+    assert state.status == "resolved" and state.category == "dispute"
+    with pytest.raises(InvalidTransition, match="already resolved"):
+        respond(state, LEADER, "accept")
+
+
+def test_arrival_without_accept_records_both() -> None:
+    state = raised()
+    names = [type(e).__name__ for e in respond(state, OFFICER, "arrived")]
+    assert names == ["ResponderAccepted", "ResponderArrived"]
+
+
+def test_repeated_answers_decide_nothing() -> None:
+    state = apply(raised(), respond(raised(), LEADER, "accept"))
+    assert respond(state, LEADER, "accept") == []
+    with pytest.raises(InvalidTransition):
+        respond(state, LEADER, "decline")
+
+
+def test_repeat_call_realerts_only_who_has_not_answered_and_not_within_30s() -> None:
+    state = raised()
+    notified = [
+        ResponderNotified(at=at(0), incident_id="inc-1", phone=p.phone, role=p.role, channel="webhook", round=1)
+        for p in state.opened.recipients
+    ]
+    state = apply(state, notified)
+    state = apply(state, respond(state, OFFICER, "accept", seconds=5))
+    soon = repeat_call(state, call(OTHER_HOUSEHOLD, "c2", seconds=10), Person(phone=OTHER_HOUSEHOLD, role="household"))
+    assert soon.urgency == 2
+    assert alert_targets(apply(state, [soon]), soon, 2) == []
+    later = repeat_call(state, call(OTHER_HOUSEHOLD, "c3", seconds=40), Person(phone=OTHER_HOUSEHOLD, role="household"))
+    targets = {p.phone for p in alert_targets(apply(state, [later]), later, 3)}
+    assert OFFICER not in targets and OTHER_HOUSEHOLD not in targets and LEADER in targets
+    assert len(targets) == 7
+    assert alert_targets(state, state.opened, 1) == []
+
+
+ACTIONS = st.sampled_from(["accept", "decline", "arrived", "resolve", "cancel"])
+PEOPLE = st.sampled_from([HOUSEHOLD, OTHER_HOUSEHOLD, LEADER, ASSISTANT, OFFICER, STATION, "+8613800000011"])
+CATEGORY = st.sampled_from([None, "dispute", "fire", "bogus"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(PEOPLE, ACTIONS, CATEGORY), max_size=25))
+def test_any_sequence_of_answers_keeps_the_invariants(answers: list[tuple[str, str, str | None]]) -> None:
+    state = raised()
+    log: list[Event] = [state.opened]
+    for i, (who, action, category) in enumerate(answers):
+        was_closed = state.closed
+        try:
+            events = decide_response(
+                state,
+                Respond(incident_id=state.id, responder=who, action=action, at=at(i + 1), category=category),  # type: ignore[arg-type]
+            )
+        except (NotPermitted, InvalidTransition, InvalidCommand):
+            continue
+        assert not was_closed, "a closed incident accepted an answer"
+        log.extend(events)
+        state = apply(state, events)
+    covered = [e for e in log if isinstance(e, IncidentCovered)]
+    assert len(covered) <= 1
+    roles = {e.role for e in log if isinstance(e, ResponderAccepted)}
+    if "officer" in roles and roles & {"leader", "assistant"}:
+        assert len(covered) == 1
+    if covered:
+        accepted_before = {e.phone for e in log[: log.index(covered[0])] if isinstance(e, ResponderAccepted)}
+        assert set(covered[0].accepted_by) == accepted_before
+    assert sum(isinstance(e, LineClosed) for e in log) == (1 if state.closed else 0)
+    refolded = fold(log)
+    assert refolded is not None and refolded.status == state.status and refolded.covered_at == state.covered_at
+
+
+def test_alarm_raised_opens_and_fold_is_deterministic() -> None:
+    state = raised()
+    assert isinstance(state.opened, AlarmRaised)
+    assert state.status == "raised" and state.urgency == 1
+    assert len([r for r in state.responders.values() if r.recipient]) == 9
