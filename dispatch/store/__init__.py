@@ -1,0 +1,1 @@
+"""JetStream adapters: the embedded server, provisioning, the event store, delivery jobs, timers."""

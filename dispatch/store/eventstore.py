@@ -1,0 +1,274 @@
+"""The one adapter that appends to and reads from the log (stream DISPATCH_EVENTS).
+
+Invariants:
+- an append is durable when `append` returns: the server acknowledged it (with fsync when the
+  server syncs always); several messages go in one atomic batch, all stored or none;
+- optimistic concurrency per subject: a message may carry the subject's expected last sequence;
+  conflict codes 10071 and 10164 both mean conflict;
+- idempotency: every message has a deterministic `Nats-Msg-Id`; a retried append that was in
+  fact stored (the server says duplicate, 10201, or a conflict whose subject holds our message
+  id) returns the stored sequences instead of failing, whether the server is R1 or R3;
+- the server unreachable, or no answer within the timeout, is `StoreUnavailable`; the append
+  may or may not have happened, and retrying with the same message ids is always safe;
+- reads use batched direct get: one request, the subject's messages in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
+from nats.errors import TimeoutError as NatsTimeout
+
+from dispatch.events import codec
+from dispatch.events.model import Event
+from dispatch.events.subjects import EVENTS_STREAM
+
+ERR_WRONG_LAST_SEQUENCE = 10071
+ERR_WRONG_LAST_MSG_ID = 10164
+ERR_BATCH_DUPLICATE_MSG_ID = 10201
+CONFLICT_CODES = frozenset({ERR_WRONG_LAST_SEQUENCE, ERR_WRONG_LAST_MSG_ID})
+MAX_BATCH = 1000
+READ_PAGE = 1000
+
+H_MSG_ID = "Nats-Msg-Id"
+H_EXPECTED_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+H_BATCH_ID = "Nats-Batch-Id"
+H_BATCH_SEQ = "Nats-Batch-Sequence"
+H_BATCH_COMMIT = "Nats-Batch-Commit"
+
+
+class StoreUnavailable(Exception):
+    """The log could not be reached or did not answer in time."""
+
+
+class AppendConflict(Exception):
+    """A subject moved on since the state the decision was made on."""
+
+
+class AppendRejected(Exception):
+    """The server refused the append for a reason other than a conflict."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    subject: str
+    event: Event
+    msg_id: str
+    expected_seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    seq: int
+    subject: str
+    event: Event
+    msg_id: str | None
+    time: datetime
+
+
+def parse_time(value: str | None) -> datetime:
+    if not value:
+        return datetime.now(UTC)
+    head, _, frac = value.rstrip("Z").partition(".")
+    micros = (frac + "000000")[:6] if frac else "0"
+    return datetime.fromisoformat(head).replace(tzinfo=UTC, microsecond=int(micros))
+
+
+def recorded_from(msg: Msg, subject: str | None = None) -> Recorded:
+    headers = msg.headers or {}
+    meta_seq = headers.get("Nats-Sequence")
+    seq = int(meta_seq) if meta_seq else msg.metadata.sequence.stream
+    when = headers.get("Nats-Time-Stamp")
+    return Recorded(
+        seq=seq,
+        subject=headers.get("Nats-Subject") or subject or msg.subject,
+        event=codec.decode_headers(headers, msg.data),
+        msg_id=headers.get(H_MSG_ID),
+        time=parse_time(when) if when else msg.metadata.timestamp,
+    )
+
+
+class EventStore:
+    def __init__(self, nc: NATS, *, stream: str = EVENTS_STREAM, timeout: float = 3.0) -> None:
+        self.nc = nc
+        self.stream = stream
+        self.timeout = timeout
+        self._inbox = ""
+        self._waiting: dict[str, asyncio.Queue[Msg]] = {}
+        self._sub: Any = None
+
+    # --- append -------------------------------------------------------------------------------
+
+    async def append(self, messages: Sequence[Outgoing]) -> list[int]:
+        """Append one message or an atomic batch; return their stream sequences."""
+        if not messages:
+            return []
+        if len(messages) > MAX_BATCH:
+            raise ValueError(f"at most {MAX_BATCH} messages per atomic append")
+        self._require_connection()
+        try:
+            if len(messages) == 1:
+                ack = await self._request(messages[0], {})
+            else:
+                ack = await self._batch(messages)
+        except (NatsTimeout, NoRespondersError, ConnectionClosedError, OutboundBufferLimitError) as exc:
+            raise StoreUnavailable(f"event log unavailable: {type(exc).__name__}") from exc
+        error = ack.get("error")
+        if error is None:
+            last = int(ack["seq"])
+            return list(range(last - len(messages) + 1, last + 1))
+        code = error.get("err_code")
+        if code in CONFLICT_CODES or code == ERR_BATCH_DUPLICATE_MSG_ID:
+            stored = await self._already_stored(messages)
+            if stored is not None:
+                return stored
+            if code == ERR_BATCH_DUPLICATE_MSG_ID:
+                raise AppendConflict(f"message id reused by another append: {error.get('description')}")
+            raise AppendConflict(error.get("description", "conflict"))
+        raise AppendRejected(f"{error.get('err_code')}: {error.get('description')}")
+
+    def _require_connection(self) -> None:
+        if not self.nc.is_connected:
+            raise StoreUnavailable("event log unavailable: not connected to NATS")
+
+    @staticmethod
+    def _headers(message: Outgoing, expected: bool) -> dict[str, str]:
+        headers = codec.event_headers(message.event)
+        headers[H_MSG_ID] = message.msg_id
+        if expected and message.expected_seq is not None:
+            headers[H_EXPECTED_SUBJECT_SEQ] = str(message.expected_seq)
+        return headers
+
+    async def _request(self, message: Outgoing, extra: dict[str, str]) -> dict[str, Any]:
+        headers = self._headers(message, True) | extra
+        reply = await self.nc.request(message.subject, codec.encode(message.event), timeout=self.timeout, headers=headers)
+        ack: dict[str, Any] = json.loads(reply.data)
+        return ack
+
+    async def _batch(self, messages: Sequence[Outgoing]) -> dict[str, Any]:
+        batch_id = uuid.uuid4().hex
+        seen: set[str] = set()
+        last = len(messages)
+        for index, message in enumerate(messages, start=1):
+            expected = message.subject not in seen
+            seen.add(message.subject)
+            headers = self._headers(message, expected)
+            headers[H_BATCH_ID] = batch_id
+            headers[H_BATCH_SEQ] = str(index)
+            if index < last:
+                await self.nc.publish(message.subject, codec.encode(message.event), headers=headers)
+                continue
+            headers[H_BATCH_COMMIT] = "1"
+            reply = await self.nc.request(
+                message.subject, codec.encode(message.event), timeout=self.timeout, headers=headers
+            )
+            ack: dict[str, Any] = json.loads(reply.data)
+            return ack
+        raise AssertionError("unreachable")
+
+    async def _already_stored(self, messages: Sequence[Outgoing]) -> list[int] | None:
+        """After a conflict or duplicate: is this very append already in the log?"""
+        first = messages[0]
+        last = await self.last(first.subject)
+        seq: int | None = None
+        if last is not None and last.msg_id == first.msg_id:
+            seq = last.seq
+        else:
+            for rec in await self.load(first.subject):
+                if rec.msg_id == first.msg_id:
+                    seq = rec.seq
+                    break
+        if seq is None:
+            return None
+        return list(range(seq, seq + len(messages)))
+
+    # --- read ---------------------------------------------------------------------------------
+
+    async def last(self, subject: str) -> Recorded | None:
+        """The subject's last message, or None when it has none."""
+        self._require_connection()
+        payload = json.dumps({"last_by_subj": subject}).encode()
+        try:
+            reply = await self.nc.request(f"$JS.API.DIRECT.GET.{self.stream}", payload, timeout=self.timeout)
+        except (NatsTimeout, NoRespondersError, ConnectionClosedError) as exc:
+            raise StoreUnavailable(f"event log unavailable: {type(exc).__name__}") from exc
+        status = (reply.headers or {}).get("Status")
+        if status == "404":
+            return None
+        if status is not None:
+            raise StoreUnavailable(f"direct get failed: {status} {(reply.headers or {}).get('Description')}")
+        return recorded_from(reply, subject)
+
+    async def load(self, subject: str, after: int = 0) -> list[Recorded]:
+        """Every message of `subject` with a sequence above `after`, in order."""
+        self._require_connection()
+        out: list[Recorded] = []
+        start = after + 1
+        while True:
+            page, more = await self._direct_batch(subject, start)
+            out.extend(page)
+            if not more or not page:
+                return out
+            start = page[-1].seq + 1
+
+    async def _ensure_inbox(self) -> None:
+        if self._sub is None:
+            self._inbox = self.nc.new_inbox()
+            self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._route)
+
+    async def _route(self, msg: Msg) -> None:
+        queue = self._waiting.get(msg.subject.rsplit(".", 1)[-1])
+        if queue is not None:
+            queue.put_nowait(msg)
+
+    async def _direct_batch(self, subject: str, start: int) -> tuple[list[Recorded], bool]:
+        await self._ensure_inbox()
+        token = uuid.uuid4().hex
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._waiting[token] = queue
+        request = json.dumps({"seq": start, "next_by_subj": subject, "batch": READ_PAGE}).encode()
+        out: list[Recorded] = []
+        try:
+            await self.nc.publish(f"$JS.API.DIRECT.GET.{self.stream}", request, reply=f"{self._inbox}.{token}")
+            while True:
+                msg = await asyncio.wait_for(queue.get(), self.timeout)
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status == "404":
+                    return out, False
+                if status == "204":
+                    return out, int(headers.get("Nats-Num-Pending", "0") or 0) > 0
+                if status is not None:
+                    raise StoreUnavailable(f"direct get failed: {status} {headers.get('Description')}")
+                out.append(recorded_from(msg, subject))
+        except (TimeoutError, ConnectionClosedError) as exc:
+            raise StoreUnavailable(f"event log unavailable: {type(exc).__name__}") from exc
+        finally:
+            self._waiting.pop(token, None)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    async def stream_last_seq(self) -> int:
+        self._require_connection()
+        try:
+            reply = await self.nc.request(f"$JS.API.STREAM.INFO.{self.stream}", b"", timeout=self.timeout)
+        except (NatsTimeout, NoRespondersError, ConnectionClosedError) as exc:
+            raise StoreUnavailable(f"event log unavailable: {type(exc).__name__}") from exc
+        info = json.loads(reply.data)
+        if "error" in info:
+            raise StoreUnavailable(info["error"].get("description", "stream info failed"))
+        return int(info["state"]["last_seq"])

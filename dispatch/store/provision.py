@@ -1,0 +1,200 @@
+"""Streams and durable consumers, provisioned by our own code (FastStream only binds to them).
+
+Invariants:
+- DISPATCH_EVENTS is the log: file storage, no limits, deny_delete, deny_purge, allow_atomic,
+  allow_direct, an explicit duplicate window; R1 embedded, R3 in a cluster;
+- an existing stream is updated only where it differs from what the code needs; a setting
+  the server refuses to change is a start-up error, never silently ignored;
+- durable consumer names carry a version (`fanout_v1`): a changed config gets a new name
+  rather than an in-place edit nats-py would not notice.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from nats.aio.client import Client as NATS
+
+from dispatch.events import subjects as s
+
+log = structlog.get_logger(__name__)
+
+NS = 1_000_000_000
+DUPLICATE_WINDOW_S = 120
+STREAM_NOT_FOUND = 10059
+CONSUMER_NOT_FOUND = 10014
+
+
+class ProvisionError(RuntimeError):
+    pass
+
+
+def events_stream(replicas: int) -> dict[str, Any]:
+    return {
+        "name": s.EVENTS_STREAM,
+        "description": "dispatch event log: every fact, never deleted",
+        "subjects": [s.EVENTS_ALL],
+        "retention": "limits",
+        "storage": "file",
+        "num_replicas": replicas,
+        "discard": "old",
+        "max_msgs": -1,
+        "max_bytes": -1,
+        "max_age": 0,
+        "max_msgs_per_subject": -1,
+        "max_msg_size": 1024 * 1024,
+        "duplicate_window": DUPLICATE_WINDOW_S * NS,
+        "deny_delete": True,
+        "deny_purge": True,
+        "allow_atomic": True,
+        "allow_direct": True,
+        "allow_rollup_hdrs": False,
+    }
+
+
+def delivery_stream(replicas: int) -> dict[str, Any]:
+    return {
+        "name": s.DELIVERY_STREAM,
+        "description": "delivery jobs: one per recipient, channel and target, removed once acknowledged",
+        "subjects": [s.DELIVERY_ALL],
+        "retention": "workqueue",
+        "storage": "file",
+        "num_replicas": replicas,
+        "discard": "old",
+        "max_msg_size": 256 * 1024,
+        "duplicate_window": DUPLICATE_WINDOW_S * NS,
+        "allow_atomic": True,
+        "allow_direct": True,
+    }
+
+
+def timers_stream(replicas: int) -> dict[str, Any]:
+    return {
+        "name": s.TIMERS_STREAM,
+        "description": "incident deadlines as server-side message schedules, and the timers they fire",
+        "subjects": [s.SCHEDULES_ALL, s.TIMERS_FIRED_ALL],
+        "retention": "limits",
+        "storage": "file",
+        "num_replicas": replicas,
+        "discard": "old",
+        "max_age": 0,
+        "duplicate_window": DUPLICATE_WINDOW_S * NS,
+        "allow_msg_schedules": True,
+        "allow_direct": True,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    stream: str
+    durable: str
+    filter_subjects: tuple[str, ...]
+    ack_wait_s: float = 30.0
+    max_ack_pending: int = 1000
+    max_deliver: int = -1
+    deliver_policy: str = "all"
+
+    def config(self) -> dict[str, Any]:
+        cfg: dict[str, Any] = {
+            "durable_name": self.durable,
+            "ack_policy": "explicit",
+            "ack_wait": int(self.ack_wait_s * NS),
+            "max_ack_pending": self.max_ack_pending,
+            "max_deliver": self.max_deliver,
+            "deliver_policy": self.deliver_policy,
+            "replay_policy": "instant",
+            "max_waiting": 512,
+        }
+        if len(self.filter_subjects) == 1:
+            cfg["filter_subject"] = self.filter_subjects[0]
+        else:
+            cfg["filter_subjects"] = list(self.filter_subjects)
+        return cfg
+
+
+FANOUT = ConsumerSpec(s.EVENTS_STREAM, "fanout_v1", (s.INCIDENTS_ALL,), ack_wait_s=30)
+
+
+def delivery_consumer(channel: str) -> ConsumerSpec:
+    return ConsumerSpec(
+        s.DELIVERY_STREAM, f"deliver_{channel}_v1", (s.deliver_subject(channel),), ack_wait_s=60, max_ack_pending=2000
+    )
+
+
+TIMERS = ConsumerSpec(s.TIMERS_STREAM, "timers_v1", (s.TIMERS_FIRED_ALL,), ack_wait_s=30)
+
+
+async def _api(nc: NATS, subject: str, payload: dict[str, Any] | None = None, timeout: float = 5.0) -> dict[str, Any]:
+    body = json.dumps(payload).encode() if payload is not None else b""
+    reply = await nc.request(subject, body, timeout=timeout)
+    data: dict[str, Any] = json.loads(reply.data)
+    return data
+
+
+def _differences(have: dict[str, Any], want: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    diff = {}
+    for key, value in want.items():
+        current = have.get(key)
+        if key == "subjects":
+            if sorted(current or []) != sorted(value):
+                diff[key] = (current, value)
+        elif current != value and not (value in (False, 0, -1) and current is None):
+            diff[key] = (current, value)
+    return diff
+
+
+async def ensure_stream(nc: NATS, config: dict[str, Any]) -> dict[str, Any]:
+    name = config["name"]
+    info = await _api(nc, f"$JS.API.STREAM.INFO.{name}")
+    if "error" in info:
+        if info["error"].get("err_code") != STREAM_NOT_FOUND:
+            raise ProvisionError(f"stream {name}: {info['error'].get('description')}")
+        created = await _api(nc, f"$JS.API.STREAM.CREATE.{name}", config)
+        if "error" in created:
+            raise ProvisionError(f"cannot create stream {name}: {created['error'].get('description')}")
+        log.info("stream.created", stream=name)
+        return created
+    diff = _differences(info["config"], config)
+    if not diff:
+        return info
+    merged = {**info["config"], **config}
+    updated = await _api(nc, f"$JS.API.STREAM.UPDATE.{name}", merged)
+    if "error" in updated:
+        raise ProvisionError(
+            f"stream {name} differs from what dispatch needs ({', '.join(diff)}) and cannot be updated: "
+            f"{updated['error'].get('description')}"
+        )
+    log.warning("stream.updated", stream=name, changed=sorted(diff))
+    return updated
+
+
+async def ensure_consumer(nc: NATS, spec: ConsumerSpec) -> dict[str, Any]:
+    want = spec.config()
+    info = await _api(nc, f"$JS.API.CONSUMER.INFO.{spec.stream}.{spec.durable}")
+    if "error" not in info:
+        diff = _differences(info["config"], {k: v for k, v in want.items() if k != "deliver_policy"})
+        if not diff:
+            return info
+        log.warning("consumer.drift", consumer=spec.durable, changed=sorted(diff))
+    elif info["error"].get("err_code") != CONSUMER_NOT_FOUND:
+        raise ProvisionError(f"consumer {spec.durable}: {info['error'].get('description')}")
+    created = await _api(
+        nc, f"$JS.API.CONSUMER.CREATE.{spec.stream}.{spec.durable}", {"stream_name": spec.stream, "config": want}
+    )
+    if "error" in created:
+        raise ProvisionError(f"cannot create consumer {spec.durable}: {created['error'].get('description')}")
+    return created
+
+
+async def provision(nc: NATS, *, replicas: int = 1, channels: tuple[str, ...] = ()) -> None:
+    """Create or correct every stream and durable consumer the service uses."""
+    await ensure_stream(nc, events_stream(replicas))
+    await ensure_stream(nc, delivery_stream(replicas))
+    await ensure_stream(nc, timers_stream(replicas))
+    await ensure_consumer(nc, FANOUT)
+    await ensure_consumer(nc, TIMERS)
+    for channel in channels:
+        await ensure_consumer(nc, delivery_consumer(channel))
