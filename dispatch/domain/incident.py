@@ -121,9 +121,7 @@ def _ordered(people: list[Person]) -> tuple[Person, ...]:
     return tuple(sorted(unique.values(), key=lambda p: (_ROLE_ORDER.get(p.role, 9), p.phone)))
 
 
-def route_call(
-    directory: Directory, call: IncomingCall, policy: Quorum, fallback_duty: tuple[Person, ...]
-) -> Route:
+def route_call(directory: Directory, call: IncomingCall, policy: Quorum, fallback_duty: tuple[Person, ...]) -> Route:
     """Decide who a call is for. A number in no group is routed to the duty desk, never dropped."""
     memberships = directory.memberships(call.caller) if call.caller else []
     if len(memberships) == 1:
@@ -272,9 +270,7 @@ def _start(event: IncidentOpened) -> IncidentState:
     responders = {p.phone: Responder(person=p, recipient=True) for p in event.recipients}
     for desk in event.duty_desks:
         responders.setdefault(desk.phone, Responder(person=desk, recipient=False))
-    return IncidentState(
-        id=event.incident_id, opened=event, status="raised", raised_at=event.at, responders=responders
-    )
+    return IncidentState(id=event.incident_id, opened=event, status="raised", raised_at=event.at, responders=responders)
 
 
 def _with_responder(state: IncidentState, phone: str, **changes: object) -> IncidentState:
@@ -345,7 +341,11 @@ def evolve(state: IncidentState | None, event: Event) -> IncidentState | None:
         )
     if isinstance(event, IncidentCancelled):
         return replace(
-            state, status="cancelled", closed_at=event.at, cancel_reason=event.reason, closed_by=event.by,
+            state,
+            status="cancelled",
+            closed_at=event.at,
+            cancel_reason=event.reason,
+            closed_by=event.by,
             note=event.note,
         )
     return state
@@ -385,7 +385,7 @@ def decide_response(state: IncidentState | None, cmd: Respond) -> list[Event]:
         raise NotPermitted("only members of the incident's group and its duty desk may answer")
     if state.closed:
         raise InvalidTransition(f"incident is already {state.status}")
-    base = {"at": cmd.at, "incident_id": state.id}
+    at, iid = cmd.at, state.id
     if cmd.action == "cancel":
         if not is_caller and (responder is None or responder.person.role not in CLOSERS):
             raise NotPermitted("only the caller, the group leader, assistant, officer or duty desk may cancel")
@@ -393,7 +393,7 @@ def decide_response(state: IncidentState | None, cmd: Respond) -> list[Event]:
         if reason not in CANCEL_REASONS:
             raise InvalidCommand(f"cancel reason must be one of {', '.join(CANCEL_REASONS)}")
         return [
-            IncidentCancelled(**base, by=cmd.responder, reason=cast(CancelReason, reason), note=cmd.note),
+            IncidentCancelled(at=at, incident_id=iid, by=cmd.responder, reason=reason, note=cmd.note),
             LineClosed(at=cmd.at, line=state.opened.line, incident_id=state.id),
         ]
     if is_caller or responder is None:
@@ -408,19 +408,19 @@ def decide_response(state: IncidentState | None, cmd: Respond) -> list[Event]:
             raise InvalidTransition("already accepted; an accepted alarm cannot be declined")
         if responder.declined_at is not None:
             return []
-        return [ResponderDeclined(**base, phone=person.phone, role=person.role, note=cmd.note)]
+        return [ResponderDeclined(at=at, incident_id=iid, phone=person.phone, role=person.role, note=cmd.note)]
     if cmd.action == "arrived":
         if responder.arrived_at is not None:
             return []
         accepted = [] if responder.accepted_at is not None else _accept(state, person, cmd.at)
-        return [*accepted, ResponderArrived(**base, phone=person.phone, role=person.role)]
+        return [*accepted, ResponderArrived(at=at, incident_id=iid, phone=person.phone, role=person.role)]
     if cmd.action == "resolve":
         if person.role not in CLOSERS:
             raise NotPermitted("only the group leader, assistant, officer or duty desk may resolve")
         if cmd.category not in CATEGORIES:
             raise InvalidCommand(f"resolve needs a category: one of {', '.join(CATEGORIES)}")
         return [
-            IncidentResolved(**base, by=person.phone, category=cast(Category, cmd.category), note=cmd.note),
+            IncidentResolved(at=at, incident_id=iid, by=person.phone, category=cmd.category, note=cmd.note),
             LineClosed(at=cmd.at, line=state.opened.line, incident_id=state.id),
         ]
     raise InvalidCommand(f"action must be one of {', '.join(ACTIONS)}")

@@ -6,6 +6,7 @@ and how to answer (keypad / SMS reply / the answer link), within one SMS-sized p
 
 from __future__ import annotations
 
+from dispatch.events import model as m
 from dispatch.events.model import CallRepeated, IncidentOpened, Person, Role, UnregisteredCall
 
 ROLE_ZH: dict[Role, str] = {
@@ -73,4 +74,45 @@ def alert_text(opened: IncidentOpened, repeat: CallRepeated | None = None) -> st
 
 def alert_text_en(opened: IncidentOpened) -> str:
     where = f"{opened.village}/{opened.group}" if opened.group else (opened.village or "unknown place")
-    return f"6995 alarm: {ROLE_EN.get(opened.caller.role, '')} {opened.caller.name} ({opened.caller.phone}) at {where} needs help."
+    caller = opened.caller
+    return f"6995 alarm: {ROLE_EN.get(caller.role, '')} {caller.name} ({caller.phone}) at {where} needs help."
+
+
+def describe(event: object, people: dict[str, Person]) -> str:
+    """One timeline line in Chinese for any incident event."""
+
+    def name(phone: str) -> str:
+        p = people.get(phone)
+        if p is None:
+            return phone
+        return f"{p.name or phone}（{ROLE_ZH.get(p.role, p.role)}）"
+
+    if isinstance(event, m.UnregisteredCall):
+        return f"未登记号码 {event.caller.phone} 拨打{event.callee}报警，转派出所值班室"
+    if isinstance(event, m.AlarmRaised):
+        return f"{who(event.caller)} 拨打{event.callee}报警，通知{len(event.recipients)}人"
+    if isinstance(event, m.CallRepeated):
+        return f"{who(event.caller)} 再次呼叫，紧急程度{event.urgency}"
+    if isinstance(event, m.ResponderNotified):
+        return f"已通知 {name(event.phone)} · {event.channel}"
+    if isinstance(event, m.DeliverySucceeded):
+        return f"已送达 {name(event.phone)} · {event.channel}"
+    if isinstance(event, m.DeliveryFailed):
+        kind = "无法送达" if event.kind == "permanent" else "多次重试仍未送达"
+        return f"{kind} {name(event.phone)} · {event.channel}（{event.reason}）"
+    if isinstance(event, m.ResponderAccepted):
+        return f"{name(event.phone)} 已接警"
+    if isinstance(event, m.ResponderDeclined):
+        return f"{name(event.phone)} 无法前往"
+    if isinstance(event, m.ResponderArrived):
+        return f"{name(event.phone)} 已到达现场"
+    if isinstance(event, m.IncidentCovered):
+        return "已覆盖：民警与组长/助理均已接警"
+    if isinstance(event, m.IncidentEscalated):
+        return f"升级至第{event.tier}级：{event.reason}"
+    if isinstance(event, m.IncidentResolved):
+        return f"{name(event.by)} 处置完毕（{CATEGORY_ZH.get(event.category, event.category)}）"
+    if isinstance(event, m.IncidentCancelled):
+        reason = {"caller_safe": "报警人已安全", "misdial": "误拨", "duplicate": "重复报警"}.get(event.reason, "其他")
+        return f"{name(event.by)} 取消报警（{reason}）"
+    return type(event).__name__

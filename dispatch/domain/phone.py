@@ -48,9 +48,11 @@ def mask(phone: str) -> str:
     return "*" * n
 
 
-_PHONE_LIKE = re.compile(r"\+?\d[\d\- ]{6,}\d")
+_PHONE_LIKE = re.compile(r"\+?\d{7,}")
 
 
 def mask_text(text: str) -> str:
-    """Mask every run of 8+ digits (optionally with + - and spaces) in free text."""
-    return _PHONE_LIKE.sub(lambda m: mask(re.sub(r"[\- ]", "", m.group(0))), text)
+    """Mask every run of 7+ digits (a phone number's subscriber part always is one) in free text.
+
+    Dates, times and short codes (6995) have shorter runs and are left alone."""
+    return _PHONE_LIKE.sub(lambda m: mask(m.group(0)), text)

@@ -183,10 +183,12 @@ def plan_import(directory: Directory, rows: list[RosterRow], at: datetime) -> Im
         seen: dict[str, int] = {}
         for row in desks:
             if row.phone in seen:
-                errors.append(RosterError(
-                    line=row.line,
-                    message=f"duty desk {row.phone} of {village} already listed at line {seen[row.phone]}",
-                ))
+                errors.append(
+                    RosterError(
+                        line=row.line,
+                        message=f"duty desk {row.phone} of {village} already listed at line {seen[row.phone]}",
+                    )
+                )
             seen.setdefault(row.phone, row.line)
     _check_exclusive(directory, groups, errors)
     if errors:
@@ -205,31 +207,35 @@ def _check_group(gid: str, rows: list[RosterRow], errors: list[RosterError]) -> 
     seen: dict[str, int] = {}
     for row in rows:
         if row.phone in seen:
-            errors.append(RosterError(
-                line=row.line, message=f"{row.phone} already listed in group {label} at line {seen[row.phone]}"
-            ))
+            errors.append(
+                RosterError(
+                    line=row.line, message=f"{row.phone} already listed in group {label} at line {seen[row.phone]}"
+                )
+            )
         seen.setdefault(row.phone, row.line)
     if len(seen) > MAX_GROUP_SIZE:
-        errors.append(RosterError(
-            line=rows[MAX_GROUP_SIZE].line,
-            message=f"group {label} has {len(seen)} numbers; at most {MAX_GROUP_SIZE} are allowed",
-        ))
+        errors.append(
+            RosterError(
+                line=rows[MAX_GROUP_SIZE].line,
+                message=f"group {label} has {len(seen)} numbers; at most {MAX_GROUP_SIZE} are allowed",
+            )
+        )
     leaders = [r for r in rows if r.role == "leader"]
     if not leaders:
         errors.append(RosterError(line=rows[0].line, message=f"group {label} has no leader; exactly one is needed"))
     for extra in leaders[1:]:
-        errors.append(RosterError(
-            line=extra.line, message=f"group {label} already has a leader at line {leaders[0].line}"
-        ))
+        errors.append(
+            RosterError(line=extra.line, message=f"group {label} already has a leader at line {leaders[0].line}")
+        )
     if not any(r.role == "officer" for r in rows):
-        errors.append(RosterError(
-            line=rows[0].line, message=f"group {label} has no officer; at least one community officer is needed"
-        ))
+        errors.append(
+            RosterError(
+                line=rows[0].line, message=f"group {label} has no officer; at least one community officer is needed"
+            )
+        )
 
 
-def _check_exclusive(
-    directory: Directory, groups: dict[str, list[RosterRow]], errors: list[RosterError]
-) -> None:
+def _check_exclusive(directory: Directory, groups: dict[str, list[RosterRow]], errors: list[RosterError]) -> None:
     """A household or leader number may appear in one group only, in any role anywhere else."""
     where: dict[str, list[RosterRow]] = defaultdict(list)
     for rows in groups.values():
@@ -242,20 +248,31 @@ def _check_exclusive(
             first = exclusive[0]
             for other in rows:
                 if group_id(other.village, other.group) != group_id(first.village, first.group):
-                    errors.append(RosterError(line=other.line, message=(
-                        f"{phone} is a {first.role} in group {first.village}/{first.group} (line {first.line}); "
-                        "a household or leader number belongs to one group only"
-                    )))
+                    errors.append(
+                        RosterError(
+                            line=other.line,
+                            message=(
+                                f"{phone} is a {first.role} in group {first.village}/{first.group} "
+                                f"(line {first.line}); "
+                                "a household or leader number belongs to one group only"
+                            ),
+                        )
+                    )
         for member in directory.memberships(phone):
             if member.group.id in groups:
                 continue
             if exclusive or member.person.role in EXCLUSIVE_ROLES:
                 row = exclusive[0] if exclusive else rows[0]
-                errors.append(RosterError(line=row.line, message=(
-                    f"{phone} is already a {member.person.role} in group "
-                    f"{member.group.village}/{member.group.group}; "
-                    "a household or leader number belongs to one group only"
-                )))
+                errors.append(
+                    RosterError(
+                        line=row.line,
+                        message=(
+                            f"{phone} is already a {member.person.role} in group "
+                            f"{member.group.village}/{member.group.group}; "
+                            "a household or leader number belongs to one group only"
+                        ),
+                    )
+                )
 
 
 def _diff_group(directory: Directory, rows: list[RosterRow], at: datetime, plan: ImportPlan) -> None:

@@ -32,19 +32,16 @@ from nats.errors import TimeoutError as NatsTimeout
 from dispatch.events import codec
 from dispatch.events.model import Event
 from dispatch.events.subjects import EVENTS_STREAM
+from dispatch.store.batch import MAX_BATCH, publish_batch, publish_one
 
 ERR_WRONG_LAST_SEQUENCE = 10071
 ERR_WRONG_LAST_MSG_ID = 10164
 ERR_BATCH_DUPLICATE_MSG_ID = 10201
 CONFLICT_CODES = frozenset({ERR_WRONG_LAST_SEQUENCE, ERR_WRONG_LAST_MSG_ID})
-MAX_BATCH = 1000
 READ_PAGE = 1000
 
 H_MSG_ID = "Nats-Msg-Id"
 H_EXPECTED_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
-H_BATCH_ID = "Nats-Batch-Id"
-H_BATCH_SEQ = "Nats-Batch-Sequence"
-H_BATCH_COMMIT = "Nats-Batch-Commit"
 
 
 class StoreUnavailable(Exception):
@@ -118,7 +115,7 @@ class EventStore:
         self._require_connection()
         try:
             if len(messages) == 1:
-                ack = await self._request(messages[0], {})
+                ack = await self._request(messages[0])
             else:
                 ack = await self._batch(messages)
         except (NatsTimeout, NoRespondersError, ConnectionClosedError, OutboundBufferLimitError) as exc:
@@ -149,32 +146,20 @@ class EventStore:
             headers[H_EXPECTED_SUBJECT_SEQ] = str(message.expected_seq)
         return headers
 
-    async def _request(self, message: Outgoing, extra: dict[str, str]) -> dict[str, Any]:
-        headers = self._headers(message, True) | extra
-        reply = await self.nc.request(message.subject, codec.encode(message.event), timeout=self.timeout, headers=headers)
-        ack: dict[str, Any] = json.loads(reply.data)
-        return ack
+    async def _request(self, message: Outgoing) -> dict[str, Any]:
+        return await publish_one(
+            self.nc, message.subject, codec.encode(message.event), self._headers(message, True), timeout=self.timeout
+        )
 
     async def _batch(self, messages: Sequence[Outgoing]) -> dict[str, Any]:
-        batch_id = uuid.uuid4().hex
         seen: set[str] = set()
-        last = len(messages)
-        for index, message in enumerate(messages, start=1):
-            expected = message.subject not in seen
-            seen.add(message.subject)
-            headers = self._headers(message, expected)
-            headers[H_BATCH_ID] = batch_id
-            headers[H_BATCH_SEQ] = str(index)
-            if index < last:
-                await self.nc.publish(message.subject, codec.encode(message.event), headers=headers)
-                continue
-            headers[H_BATCH_COMMIT] = "1"
-            reply = await self.nc.request(
-                message.subject, codec.encode(message.event), timeout=self.timeout, headers=headers
+        prepared = []
+        for message in messages:
+            prepared.append(
+                (message.subject, codec.encode(message.event), self._headers(message, message.subject not in seen))
             )
-            ack: dict[str, Any] = json.loads(reply.data)
-            return ack
-        raise AssertionError("unreachable")
+            seen.add(message.subject)
+        return await publish_batch(self.nc, prepared, timeout=self.timeout)
 
     async def _already_stored(self, messages: Sequence[Outgoing]) -> list[int] | None:
         """After a conflict or duplicate: is this very append already in the log?"""

@@ -137,7 +137,9 @@ class EmbeddedNats:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
-                raise NatsServerError(f"nats-server exited with {self._proc.returncode}; see {self.home}/nats-server.log")
+                raise NatsServerError(
+                    f"nats-server exited with {self._proc.returncode}; see {self.home}/nats-server.log"
+                )
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", self.port)
                 writer.close()

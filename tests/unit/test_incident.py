@@ -46,8 +46,13 @@ STATION = "+8673184512345"
 
 def call(caller: str, call_id: str = "c1", seconds: float = 0) -> IncomingCall:
     return IncomingCall(
-        call_id=call_id, caller_raw=caller, caller=try_normalize(caller), callee="6995",
-        channel="voice", called_at=at(seconds), at=at(seconds),
+        call_id=call_id,
+        caller_raw=caller,
+        caller=try_normalize(caller),
+        callee="6995",
+        channel="voice",
+        called_at=at(seconds),
+        at=at(seconds),
     )
 
 

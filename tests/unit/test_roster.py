@@ -46,7 +46,10 @@ def test_a_changed_file_records_only_the_differences() -> None:
     plan = plan_import(directory, parse_roster(changed), T0)
     events = [e for c in plan.changes for e in c.events]
     assert sorted(type(e).__name__ for e in events) == [
-        "MemberBound", "MemberRenamed", "MemberUnbound", "RoleAssigned",
+        "MemberBound",
+        "MemberRenamed",
+        "MemberUnbound",
+        "RoleAssigned",
     ]
     by_type = {type(e): e for e in events}
     assert by_type[MemberUnbound].phone == "+8613800000007"  # type: ignore[attr-defined]

@@ -1,0 +1,301 @@
+"""The composition root: the one place adapters are built and wired to handlers.
+
+Start order (each step needs the one before): NATS (embedded or given) -> streams and consumers
+-> event store -> directory caught up -> projections -> handlers (FastStream) -> live hub ->
+HTTP. Stop order is the reverse, so no handler runs without its store and HTTP stops taking
+calls before anything else goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import nats
+import structlog
+import uvicorn
+from faststream.nats import NatsBroker
+from nats.aio.client import Client as NATS
+
+from dispatch.api.app import ApiServices, create_app
+from dispatch.api.live import LiveHub
+from dispatch.channels.base import Channel
+from dispatch.channels.console import ConsoleChannel
+from dispatch.channels.webhook import WebhookChannel
+from dispatch.domain.incident import parse_quorum
+from dispatch.handlers.calls import CallService
+from dispatch.handlers.delivery import DeliveryWorker
+from dispatch.handlers.fanout import FanOut
+from dispatch.handlers.groups import GroupService
+from dispatch.handlers.responses import IncidentReader, ResponseService
+from dispatch.handlers.subscribers import build_broker
+from dispatch.metrics import GaugeCallback, Metrics
+from dispatch.projections import queries
+from dispatch.projections.directory import LiveDirectory
+from dispatch.projections.incidents import IncidentsProjection
+from dispatch.projections.runner import ProjectionRunner
+from dispatch.projections.sql import Database
+from dispatch.settings import Settings, SettingsError
+from dispatch.store.eventstore import EventStore
+from dispatch.store.jobs import JobQueue
+from dispatch.store.provision import provision
+from dispatch.store.server import EmbeddedNats
+
+log = structlog.get_logger(__name__)
+
+
+class DataDirLocked(SettingsError):
+    pass
+
+
+@contextlib.contextmanager
+def data_dir_lock(data_dir: Path) -> Iterator[None]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = (data_dir / ".lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise DataDirLocked(
+            f"{data_dir} is in use by another dispatch process (stop it, or use another --data-dir)"
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _pending_of(runner: ProjectionRunner) -> Callable[[], float]:
+    return lambda: float(runner.pending)
+
+
+class _Server(uvicorn.Server):
+    """Uvicorn without its own signal handling: the service owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Service:
+    def __init__(self, settings: Settings, *, channels: list[Channel] | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.extra_channels = channels or []
+        self.embedded: EmbeddedNats | None = None
+        self.nc: NATS | None = None
+        self.broker: NatsBroker | None = None
+        self.runners: list[ProjectionRunner] = []
+        self.channels: list[Channel] = []
+        self.http: _Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._lock: contextlib.ExitStack | None = None
+        self.started = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def nats_urls(self) -> list[str]:
+        return [self.embedded.url] if self.embedded else self.settings.nats_urls
+
+    async def start(self) -> None:
+        st = self.settings
+        if st.embedded_nats:
+            self._lock = contextlib.ExitStack()
+            self._lock.enter_context(data_dir_lock(st.data_dir))
+            self.embedded = EmbeddedNats(st.data_dir, restart_delay=st.nats_restart_delay)
+            await self.embedded.start()
+        self.nc = await nats.connect(
+            self.nats_urls,
+            name="dispatch",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            disconnected_cb=self._on_disconnect,
+            reconnected_cb=self._on_reconnect,
+            error_cb=self._on_error,
+        )
+        self.metrics.nats_connected.set(1)
+        self.channels = [ConsoleChannel(self.nc)]
+        if st.webhook_urls and st.webhook_secret:
+            self.channels.append(WebhookChannel(st.webhook_urls, st.webhook_secret))
+        self.channels.extend(self.extra_channels)
+        names = [c.name for c in self.channels]
+        await provision(self.nc, replicas=st.stream_replicas, channels=tuple(names))
+
+        self.store = EventStore(self.nc)
+        self.directory = LiveDirectory(self.nc)
+        await self.directory.start()
+        self.metrics.directory_numbers.set_function(lambda: self.directory.directory.counts()[1])
+
+        self.db = Database(st.db_url)
+        self.runners = [ProjectionRunner(self.nc, self.db, IncidentsProjection())]
+        for runner in self.runners:
+            await runner.start()
+
+        quorum = parse_quorum(st.quorum)
+        self.reader = IncidentReader(self.store)
+        self.calls = CallService(
+            self.store,
+            self.directory.directory,
+            quorum=quorum,
+            fallback_duty=st.fallback_duty(),
+            metrics=self.metrics,
+            region=st.region,
+        )
+        self.groups = GroupService(self.store, self.directory, region=st.region)
+        self.responses = ResponseService(self.store, self.metrics, region=st.region)
+        self.fanout = FanOut(self.store, JobQueue(self.nc), self.channels, public_url=st.base_url, metrics=self.metrics)
+        self.delivery = DeliveryWorker(
+            self.store,
+            {c.name: c for c in self.channels},
+            metrics=self.metrics,
+            max_attempts=st.delivery_max_attempts,
+            backoff_base=st.delivery_backoff_base,
+            backoff_max=st.delivery_backoff_max,
+        )
+        self.broker = build_broker(
+            self.nats_urls, fanout=self.fanout, delivery=self.delivery, calls=self.calls, channels=names
+        )
+        await self.broker.start()
+
+        self.hub = LiveHub(self.nc, self.store)
+        await self.hub.start()
+        self._register_gauges()
+
+        app = create_app(
+            ApiServices(
+                calls=self.calls,
+                groups=self.groups,
+                responses=self.responses,
+                reader=self.reader,
+                directory=self.directory,
+                db=self.db,
+                hub=self.hub,
+                metrics=self.metrics,
+                readiness=self.readiness,
+            )
+        )
+        config = uvicorn.Config(
+            app,
+            host=st.http_host,
+            port=st.http_port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+        )
+        self.http = _Server(config)
+        self._http_task = asyncio.get_running_loop().create_task(self.http.serve())
+        while not self.http.started:
+            if self._http_task.done():
+                await self._http_task
+                raise SettingsError(f"HTTP server could not start on {st.http}")
+            await asyncio.sleep(0.02)
+        if not st.duty_desk:
+            log.warning(
+                "settings.no_duty_desk",
+                hint="set DISPATCH_DUTY_DESK: calls from unknown numbers "
+                "are recorded but reach only the console until a duty desk is configured",
+            )
+        groups, numbers = self.directory.directory.counts()
+        log.info(
+            "service.started",
+            http=st.base_url,
+            nats="embedded" if self.embedded else ",".join(st.nats_urls),
+            database=self.db.dialect,
+            groups=groups,
+            numbers=numbers,
+            channels=names,
+        )
+        self.started.set()
+
+    def _register_gauges(self) -> None:
+        def open_incidents() -> list[tuple[dict[str, str], float]]:
+            try:
+                return [({}, float(queries.open_incident_count(self.db.thread_connection())))]
+            except Exception:
+                self.db.drop_thread_connection()
+                return []
+
+        self.metrics.add_collector(
+            GaugeCallback("dispatch_incidents_open", "Incidents not resolved or cancelled", open_incidents)
+        )
+        for runner in self.runners:
+            self.metrics.projection_lag.labels(runner.name).set_function(_pending_of(runner))
+
+    async def readiness(self) -> dict[str, bool]:
+        nats_ok = self.nc is not None and self.nc.is_connected
+        db_ok = await asyncio.to_thread(self.db.ping)
+        return {
+            "nats": nats_ok,
+            "directory": self.directory.ready,
+            "database": db_ok,
+            "projections": all(r.healthy for r in self.runners),
+        }
+
+    async def _on_disconnect(self) -> None:
+        self.metrics.nats_connected.set(0)
+        if not self._stopping:
+            log.error("nats.disconnected")
+
+    async def _on_reconnect(self) -> None:
+        self.metrics.nats_connected.set(1)
+        log.warning("nats.reconnected")
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.warning("nats.error", error=str(exc) or type(exc).__name__)
+
+    async def stop(self) -> None:
+        log.info("service.stopping")
+        self._stopping = True
+        if self.http is not None:
+            self.http.should_exit = True
+            if self._http_task is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._http_task, 10)
+        if getattr(self, "hub", None) is not None:
+            await self.hub.stop()
+        if self.broker is not None:
+            with contextlib.suppress(Exception):
+                await self.broker.stop()
+        for runner in self.runners:
+            await runner.stop()
+        if getattr(self, "directory", None) is not None:
+            await self.directory.stop()
+        for channel in self.channels:
+            with contextlib.suppress(Exception):
+                await channel.close()
+        if getattr(self, "store", None) is not None:
+            await self.store.close()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        if self.embedded is not None:
+            await self.embedded.stop()
+        if self._lock is not None:
+            self._lock.close()
+        log.info("service.stopped")
+
+
+async def run(settings: Settings) -> None:
+    """Run until SIGINT or SIGTERM, then stop cleanly (and stop the embedded server)."""
+    service = Service(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await service.start()
+        await stop.wait()
+    finally:
+        await service.stop()

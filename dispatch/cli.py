@@ -1,0 +1,294 @@
+"""The `dispatch` command: serve, demo, call, respond, incident, groups, report, replay.
+
+Client commands talk to a running service over HTTP (`--server`, default from DISPATCH_SERVER or
+DISPATCH_HTTP); `serve`, `demo` and `replay` run the service's parts in this process.
+Exit status: 0 done, 1 refused by the service (the reason is printed), 2 bad usage or settings,
+3 the service could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from dispatch.settings import Settings, SettingsError
+
+EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+
+
+def _server(args: argparse.Namespace) -> str:
+    if getattr(args, "server", None):
+        return str(args.server).rstrip("/")
+    if os.environ.get("DISPATCH_SERVER"):
+        return os.environ["DISPATCH_SERVER"].rstrip("/")
+    http = os.environ.get("DISPATCH_HTTP", "127.0.0.1:8080")
+    host, _, port = http.rpartition(":")
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{host}:{port}"
+
+
+def _request(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    url = _server(args) + path
+    try:
+        return httpx.request(method, url, timeout=30, **kwargs)
+    except httpx.HTTPError as exc:
+        print(f"cannot reach the dispatch service at {_server(args)}: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_UNREACHABLE) from None
+
+
+def _refused(response: httpx.Response) -> int:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": response.text}
+    print(f"refused ({response.status_code}): {body.get('error')}", file=sys.stderr)
+    for item in body.get("errors", []):
+        print(f"  line {item['line']}: {item['message']}", file=sys.stderr)
+    return EXIT_REFUSED
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, ensure_ascii=False, indent=2))
+
+
+# --- service-side commands ------------------------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        data_dir=Path(args.data_dir) if getattr(args, "data_dir", None) else None,
+        http=getattr(args, "http", None),
+        nats_urls=[u.strip() for u in args.nats_url.split(",") if u.strip()]
+        if getattr(args, "nats_url", None)
+        else None,
+        database_url=getattr(args, "database_url", None),
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dispatch import logging as dlog
+    from dispatch.bootstrap import run
+
+    settings = _settings(args)
+    dlog.configure(settings.log_format, settings.log_level)
+    asyncio.run(run(settings))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from dispatch.demo import run_demo
+
+    return asyncio.run(run_demo(keep=args.keep))
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from dispatch import logging as dlog
+    from dispatch.replay import replay
+
+    settings = _settings(args)
+    dlog.configure(settings.log_format, "warning")
+    return asyncio.run(replay(settings))
+
+
+# --- client commands -------------------------------------------------------------------------------
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    import uuid
+
+    body: dict[str, Any] = {
+        "call_id": args.call_id or f"cli-{uuid.uuid4().hex[:12]}",
+        "caller": args.caller,
+        "callee": args.callee,
+        "channel": "api",
+    }
+    response = _request(args, "POST", "/v1/calls", json=body)
+    if response.status_code != 202:
+        return _refused(response)
+    _print_json(response.json())
+    return 0
+
+
+def cmd_respond(args: argparse.Namespace) -> int:
+    body = {"responder": args.responder, "action": args.action, "note": args.note or ""}
+    if args.category:
+        body["category"] = args.category
+    response = _request(args, "POST", f"/v1/incidents/{args.incident_id}/responses", json=body)
+    if response.status_code != 200:
+        return _refused(response)
+    _print_json(response.json())
+    return 0
+
+
+def cmd_incident(args: argparse.Namespace) -> int:
+    response = _request(args, "GET", f"/v1/incidents/{args.incident_id}")
+    if response.status_code != 200:
+        return _refused(response)
+    data = response.json()
+    if args.format == "json":
+        _print_json(data)
+        return 0
+    print(f"{data['incident_id']}  {data['status_zh']} ({data['status']})  {'已覆盖' if data['covered'] else '未覆盖'}")
+    for entry in data["timeline"]:
+        print(f"  {entry['at']}  {entry['text']}")
+    return 0
+
+
+def cmd_groups_import(args: argparse.Namespace) -> int:
+    try:
+        content = Path(args.file).read_bytes()
+    except OSError as exc:
+        print(f"cannot read {args.file}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    response = _request(args, "POST", "/v1/groups/import", content=content, headers={"Content-Type": "text/csv"})
+    if response.status_code != 200:
+        return _refused(response)
+    summary = response.json()["summary"]
+    print("imported: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
+    return 0
+
+
+def cmd_groups_list(args: argparse.Namespace) -> int:
+    params = {"village": args.village} if args.village else None
+    response = _request(args, "GET", "/v1/groups", params=params)
+    if response.status_code != 200:
+        return _refused(response)
+    for group in response.json()["groups"]:
+        print(f"{group['village']}/{group['group']}\t{group['size']} numbers\tleader {group['leader'] or '-'}")
+    return 0
+
+
+def cmd_groups_show(args: argparse.Namespace) -> int:
+    response = _request(args, "GET", f"/v1/groups/{args.village}/{args.group}")
+    if response.status_code != 200:
+        return _refused(response)
+    data = response.json()
+    if args.format == "json":
+        _print_json(data)
+        return 0
+    print(f"{data['village']}/{data['group']}  ({data['size']} numbers)")
+    for m in data["members"]:
+        print(f"  {m['role_zh']:<6}\t{m['name']}\t{m['phone']}")
+    for d in data["duty_desks"]:
+        print(f"  值班室  \t{d['name']}\t{d['phone']}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    params = {k: v for k, v in (("village", args.village), ("since", args.since)) if v}
+    response = _request(args, "GET", "/v1/reports/response-times", params=params)
+    if response.status_code != 200:
+        return _refused(response)
+    data = response.json()
+    if args.format == "json":
+        _print_json(data)
+        return 0
+    rows = [(name, m["count"], m["p50"], m["p90"], m["p99"]) for name, m in data["measures"].items()]
+    if args.format == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["measure", "count", "p50_s", "p90_s", "p99_s"])
+        writer.writerows(rows)
+        print(out.getvalue(), end="")
+        return 0
+    print(f"incidents: {data['incidents']}   village: {data['village'] or 'all'}   since: {data['since'] or '-'}")
+    print(f"{'measure':<24}{'count':>7}{'p50 s':>10}{'p90 s':>10}{'p99 s':>10}")
+    for name, count, p50, p90, p99 in rows:
+        print(f"{name:<24}{count:>7}{_num(p50):>10}{_num(p90):>10}{_num(p99):>10}")
+    return 0
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dispatch", description="6995 joint-defence linked-alarm dispatch")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def service_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", help="data directory (DISPATCH_DATA_DIR, default ./dispatch-data)")
+        p.add_argument("--nats-url", help="NATS URL(s), comma-separated (DISPATCH_NATS_URL); none: embedded server")
+        p.add_argument("--database-url", help="sqlite:///PATH or postgresql://... (DISPATCH_DATABASE_URL)")
+
+    p = sub.add_parser("serve", help="run the service: HTTP API, handlers, projections")
+    service_options(p)
+    p.add_argument("--http", help="listen address HOST:PORT (DISPATCH_HTTP, default 127.0.0.1:8080)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="the whole story on a demo village, printed")
+    p.add_argument("--keep", action="store_true", help="keep the demo's data directory")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("replay", help="drop and rebuild every projection from the log (service stopped)")
+    service_options(p)
+    p.set_defaults(func=cmd_replay)
+
+    def client(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--server", help="service URL (DISPATCH_SERVER, default http://DISPATCH_HTTP)")
+        return p
+
+    p = client(sub.add_parser("call", help="simulate a call to the short number"))
+    p.add_argument("caller")
+    p.add_argument("--callee", default="6995")
+    p.add_argument("--call-id")
+    p.set_defaults(func=cmd_call)
+
+    p = client(sub.add_parser("respond", help="answer an incident as a responder"))
+    p.add_argument("incident_id")
+    p.add_argument("responder")
+    p.add_argument("action", choices=["accept", "decline", "arrived", "resolve", "cancel"])
+    p.add_argument("--category")
+    p.add_argument("--note")
+    p.set_defaults(func=cmd_respond)
+
+    p = client(sub.add_parser("incident", help="show an incident and its timeline"))
+    p.add_argument("incident_id")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_incident)
+
+    groups = sub.add_parser("groups", help="joint-defence groups").add_subparsers(dest="groups_command", required=True)
+    p = client(groups.add_parser("import", help="import a roster CSV (village,group,phone,role,name)"))
+    p.add_argument("file")
+    p.set_defaults(func=cmd_groups_import)
+    p = client(groups.add_parser("list", help="list groups"))
+    p.add_argument("--village")
+    p.set_defaults(func=cmd_groups_list)
+    p = client(groups.add_parser("show", help="show one group"))
+    p.add_argument("village")
+    p.add_argument("group")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_groups_show)
+
+    p = client(sub.add_parser("report", help="reports"))
+    p.add_argument("kind", choices=["response-times"])
+    p.add_argument("--village")
+    p.add_argument("--since", help="RFC 3339 time")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except SettingsError as exc:
+        print(f"dispatch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

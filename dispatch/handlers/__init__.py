@@ -1,0 +1,1 @@
+"""Application handlers: load state, decide with the pure domain, append; and the reactions to events."""

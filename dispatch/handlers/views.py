@@ -1,0 +1,123 @@
+"""What the API and the console show of an incident and a group (plain JSON-able dicts).
+
+Invariant: every field is derived from the folded state or the stored events; nothing here
+decides anything.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from dispatch.domain.directory import GroupState
+from dispatch.domain.incident import IncidentState, Responder
+from dispatch.domain.messages import ROLE_ZH, STATUS_ZH, describe
+from dispatch.events.model import IncidentEvent, Person, UnregisteredCall
+from dispatch.store.eventstore import Recorded
+
+_TIMELINE_SKIP = {"recipients", "duty_desks", "quorum", "incident_id", "at"}
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def person(p: Person) -> dict[str, str]:
+    return {"phone": p.phone, "name": p.name, "role": p.role, "role_zh": ROLE_ZH.get(p.role, p.role)}
+
+
+def responder_state(r: Responder) -> str:
+    if r.arrived_at:
+        return "arrived"
+    if r.accepted_at:
+        return "accepted"
+    if r.declined_at:
+        return "declined"
+    if r.delivered:
+        return "delivered"
+    if r.failed and not r.delivered:
+        return "failed"
+    if r.notified:
+        return "notified"
+    return "pending"
+
+
+def responder_view(r: Responder) -> dict[str, Any]:
+    return {
+        **person(r.person),
+        "recipient": r.recipient,
+        "state": responder_state(r),
+        "notified": {k: iso(v) for k, v in r.notified.items()},
+        "delivered": {k: iso(v) for k, v in r.delivered.items()},
+        "failed": dict(r.failed),
+        "accepted_at": iso(r.accepted_at),
+        "declined_at": iso(r.declined_at),
+        "arrived_at": iso(r.arrived_at),
+    }
+
+
+def timeline(history: list[Recorded], people: dict[str, Person]) -> list[dict[str, Any]]:
+    out = []
+    for rec in history:
+        if not isinstance(rec.event, IncidentEvent):
+            continue
+        detail = {k: v for k, v in msgspec.to_builtins(rec.event).items() if k not in _TIMELINE_SKIP}
+        out.append(
+            {
+                "seq": rec.seq,
+                "at": iso(rec.event.at),
+                "type": type(rec.event).__name__,
+                "text": describe(rec.event, people),
+                "detail": detail,
+            }
+        )
+    return out
+
+
+def incident_view(state: IncidentState, history: list[Recorded]) -> dict[str, Any]:
+    opened = state.opened
+    people = {p: r.person for p, r in state.responders.items()}
+    people[state.caller.phone] = state.caller
+    return {
+        "incident_id": state.id,
+        "kind": "unregistered" if isinstance(opened, UnregisteredCall) else "alarm",
+        "status": state.status,
+        "status_zh": STATUS_ZH.get(state.status, state.status),
+        "covered": state.covered,
+        "village": opened.village,
+        "group": opened.group,
+        "line": opened.line,
+        "caller": person(state.caller),
+        "call_id": opened.call_id,
+        "channel": opened.channel,
+        "urgency": state.urgency,
+        "escalation_tier": state.escalation_tier,
+        "quorum": [list(c) for c in opened.quorum],
+        "raised_at": iso(state.raised_at),
+        "first_notified_at": iso(state.first_notified_at),
+        "first_accept_at": iso(state.first_accept_at),
+        "covered_at": iso(state.covered_at),
+        "first_arrival_at": iso(state.first_arrival_at),
+        "closed_at": iso(state.closed_at),
+        "category": state.category,
+        "cancel_reason": state.cancel_reason,
+        "note": state.note,
+        "responders": [responder_view(r) for r in state.responders.values()],
+        "timeline": timeline(history, people),
+        "version": history[-1].seq if history else 0,
+    }
+
+
+def group_view(group: GroupState, duty_desks: tuple[Person, ...]) -> dict[str, Any]:
+    order = {"leader": 0, "officer": 1, "assistant": 2, "household": 3}
+    members = sorted(group.members.values(), key=lambda p: (order.get(p.role, 9), p.phone))
+    return {
+        "village": group.village,
+        "group": group.group,
+        "members": [person(p) for p in members],
+        "duty_desks": [person(d) for d in duty_desks],
+        "size": len(members),
+        "version": group.last_seq,
+    }

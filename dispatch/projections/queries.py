@@ -1,0 +1,139 @@
+"""Queries over the incident read model: lists and response-time reports.
+
+Invariant: percentiles are computed over exactly the incidents the filters select, with linear
+interpolation between ranks (p50 of [1, 2, 3, 4] is 2.5); a measure nobody reached is counted
+as missing, never as zero.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from dispatch.projections.sql import Connection
+
+LIST_COLUMNS = (
+    "id",
+    "kind",
+    "village",
+    "grp",
+    "caller",
+    "caller_name",
+    "caller_role",
+    "channel",
+    "status",
+    "covered",
+    "urgency",
+    "recipients",
+    "escalation_tier",
+    "category",
+    "cancel_reason",
+    "raised_at",
+    "first_accept_at",
+    "covered_at",
+    "first_arrival_at",
+    "closed_at",
+)
+MEASURES = {
+    "time_to_first_notified": "first_notified_at",
+    "time_to_first_accept": "first_accept_at",
+    "time_to_covered": "covered_at",
+    "time_to_arrival": "first_arrival_at",
+    "time_to_resolve": "closed_at",
+}
+
+
+class Percentiles(msgspec.Struct, frozen=True, kw_only=True):
+    count: int
+    p50: float | None
+    p90: float | None
+    p99: float | None
+
+
+class ResponseTimes(msgspec.Struct, frozen=True, kw_only=True):
+    village: str | None
+    since: datetime | None
+    incidents: int
+    measures: dict[str, Percentiles]
+
+
+def iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return round(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo), 3)
+
+
+def _where(village: str | None, since: datetime | None, status: str | None = None) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if village:
+        clauses.append("village = ?")
+        params.append(village)
+    if since:
+        clauses.append("raised_at >= ?")
+        params.append(since.timestamp())
+    if status == "open":
+        clauses.append("status NOT IN ('resolved', 'cancelled')")
+    elif status:
+        clauses.append("status = ?")
+        params.append(status)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def list_incidents(
+    conn: Connection,
+    *,
+    village: str | None = None,
+    status: str | None = None,
+    since: datetime | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    where, params = _where(village, since, status)
+    rows = conn.query(
+        f"SELECT {', '.join(LIST_COLUMNS)} FROM incidents{where} ORDER BY raised_at DESC LIMIT ?",
+        (*params, limit),
+    )
+    out = []
+    for row in rows:
+        item = dict(zip(LIST_COLUMNS, row, strict=True))
+        item["incident_id"] = item.pop("id")
+        item["group"] = item.pop("grp")
+        item["covered"] = bool(item["covered"])
+        for key in ("raised_at", "first_accept_at", "covered_at", "first_arrival_at", "closed_at"):
+            item[key] = iso(item[key])
+        out.append(item)
+    return out
+
+
+def response_times(conn: Connection, *, village: str | None = None, since: datetime | None = None) -> ResponseTimes:
+    where, params = _where(village, since)
+    columns = ", ".join(MEASURES.values())
+    rows = conn.query(f"SELECT raised_at, status, {columns} FROM incidents{where}", params)
+    measures: dict[str, Percentiles] = {}
+    for index, name in enumerate(MEASURES, start=2):
+        values = [
+            row[index] - row[0]
+            for row in rows
+            if row[index] is not None and (name != "time_to_resolve" or row[1] == "resolved")
+        ]
+        measures[name] = Percentiles(
+            count=len(values), p50=percentile(values, 0.5), p90=percentile(values, 0.9), p99=percentile(values, 0.99)
+        )
+    return ResponseTimes(village=village, since=since, incidents=len(rows), measures=measures)
+
+
+def open_incident_count(conn: Connection) -> int:
+    row = conn.one("SELECT COUNT(*) FROM incidents WHERE status NOT IN ('resolved', 'cancelled')")
+    return int(row[0]) if row else 0

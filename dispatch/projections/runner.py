@@ -1,0 +1,202 @@
+"""Run SQL projections from the log, exactly once, in order.
+
+Invariants:
+- each projection's checkpoint (the last stream sequence applied) is written in the same
+  transaction as its rows; events at or below it are skipped, so a crash anywhere, a
+  redelivery, or several processes sharing one PostgreSQL apply every event exactly once;
+- events are applied strictly in stream order (an ordered consumer, one batch at a time);
+- a database outage stops the projection where it was; it resumes from its checkpoint;
+- `lag` is how many matching events the server still holds beyond what was applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from dispatch.events.codec import UnknownEvent
+from dispatch.events.subjects import EVENTS_STREAM
+from dispatch.projections.sql import Connection, Database, is_db_error
+from dispatch.store.eventstore import Recorded, recorded_from
+
+log = structlog.get_logger(__name__)
+
+BATCH = 500
+QUEUE = 5000
+
+CHECKPOINTS_DDL = (
+    "CREATE TABLE IF NOT EXISTS projection_checkpoints ("
+    " name TEXT PRIMARY KEY, position BIGINT NOT NULL, updated_at DOUBLE PRECISION NOT NULL)"
+)
+
+
+class Projection(Protocol):
+    name: str
+    filter_subject: str
+
+    def ddl(self) -> Sequence[str]: ...
+
+    def tables(self) -> Sequence[str]: ...
+
+    def apply(self, conn: Connection, rec: Recorded) -> None: ...
+
+
+def ensure_schema(conn: Connection, projection: Projection) -> None:
+    conn.execute(CHECKPOINTS_DDL)
+    for statement in projection.ddl():
+        conn.execute(statement)
+
+
+def checkpoint(conn: Connection, name: str, *, lock: bool = False) -> int:
+    suffix = " FOR UPDATE" if lock and conn.dialect == "postgresql" else ""
+    row = conn.one(f"SELECT position FROM projection_checkpoints WHERE name = ?{suffix}", (name,))
+    return int(row[0]) if row else 0
+
+
+def apply_batch(conn: Connection, projection: Projection, batch: Sequence[Recorded]) -> int:
+    """Apply in one transaction, skipping what the checkpoint says is done; return the new checkpoint."""
+    with conn.transaction():
+        done = checkpoint(conn, projection.name, lock=True)
+        position = done
+        for rec in batch:
+            if rec.seq <= position:
+                continue
+            projection.apply(conn, rec)
+            position = rec.seq
+        if position != done:
+            conn.execute(
+                "INSERT INTO projection_checkpoints (name, position, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+                (projection.name, position, time.time()),
+            )
+    return position
+
+
+def drop(conn: Connection, projection: Projection) -> None:
+    conn.execute(CHECKPOINTS_DDL)
+    with conn.transaction():
+        for table in projection.tables():
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.execute("DELETE FROM projection_checkpoints WHERE name = ?", (projection.name,))
+
+
+class ProjectionRunner:
+    def __init__(self, nc: NATS, db: Database, projection: Projection, *, stream: str = EVENTS_STREAM) -> None:
+        self.nc = nc
+        self.db = db
+        self.projection = projection
+        self.stream = stream
+        self.position = 0
+        self.pending = 0
+        self.applied = 0
+        self.healthy = True
+        self._queue: asyncio.Queue[Msg] = asyncio.Queue(QUEUE)
+        self._sub: object | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    @property
+    def name(self) -> str:
+        return self.projection.name
+
+    async def start(self) -> None:
+        self.position = await asyncio.to_thread(self._prepare)
+        await self._subscribe()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"projection:{self.name}")
+
+    def _prepare(self) -> int:
+        conn = self.db.thread_connection()
+        ensure_schema(conn, self.projection)
+        return checkpoint(conn, self.projection.name)
+
+    async def _subscribe(self) -> None:
+        js = self.nc.jetstream()
+        self._sub = await js.subscribe(
+            self.projection.filter_subject,
+            stream=self.stream,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            config=ConsumerConfig(opt_start_seq=self.position + 1),
+            cb=self._queue.put,
+            idle_heartbeat=2.0,
+        )
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            msgs = [first]
+            while len(msgs) < BATCH and not self._queue.empty():
+                msgs.append(self._queue.get_nowait())
+            batch = []
+            for msg in msgs:
+                try:
+                    batch.append(recorded_from(msg))
+                except UnknownEvent as exc:
+                    log.error(
+                        "projection.unreadable", projection=self.name, seq=msg.metadata.sequence.stream, error=str(exc)
+                    )
+            self.pending = msgs[-1].metadata.num_pending
+            if batch:
+                await self._apply_until_done(batch)
+            else:
+                self._advance(msgs[-1].metadata.sequence.stream)
+
+    async def _apply_until_done(self, batch: list[Recorded]) -> None:
+        delay = 0.2
+        while True:
+            try:
+                position = await asyncio.to_thread(self._apply, batch)
+                self.healthy = True
+                self.applied += len(batch)
+                self._advance(max(position, batch[-1].seq))
+                return
+            except Exception as exc:
+                self.healthy = False
+                if is_db_error(exc):
+                    log.error("projection.db_error", projection=self.name, error=str(exc), retry_in_s=delay)
+                    await asyncio.to_thread(self.db.drop_thread_connection)
+                else:
+                    log.exception("projection.apply_failed", projection=self.name, seq=batch[0].seq)
+                    delay = 5.0
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _apply(self, batch: list[Recorded]) -> int:
+        return apply_batch(self.db.thread_connection(), self.projection, batch)
+
+    def _advance(self, seq: int) -> None:
+        self.position = max(self.position, seq)
+        keep = []
+        for target, fut in self._waiters:
+            if target <= self.position:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                keep.append((target, fut))
+        self._waiters = keep
+
+    async def wait_for(self, seq: int, timeout: float = 10.0) -> None:
+        if seq <= self.position:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((seq, fut))
+        await asyncio.wait_for(fut, timeout)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        sub = self._sub
+        self._sub = None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()  # type: ignore[attr-defined]

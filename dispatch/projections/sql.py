@@ -1,0 +1,149 @@
+"""SQL read-model stores: SQLite by default, PostgreSQL when a URL says so; one interface.
+
+Invariants:
+- statements are written with `?` placeholders and run unchanged on both dialects (no `%` in SQL);
+- `transaction()` is all-or-nothing; a projection writes its checkpoint inside it;
+- a PostgreSQL URL may carry `?schema=NAME`: the schema is created if missing and used as the
+  search path, so test runs and tenants stay apart.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+Dialect = Literal["sqlite", "postgresql"]
+
+
+class DatabaseUnavailable(Exception):
+    pass
+
+
+def _split_schema(url: str) -> tuple[str, str | None]:
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    schema = query.pop("schema", [None])[0]
+    rest = urlencode({k: v[0] for k, v in query.items()})
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment)), schema
+
+
+class Connection:
+    """A thin DB-API wrapper: one connection, used by one thread at a time."""
+
+    def __init__(self, raw: Any, dialect: Dialect) -> None:
+        self.raw = raw
+        self.dialect = dialect
+        self._in_tx = False
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.dialect == "postgresql" else sql
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.raw.execute(self._sql(sql), tuple(params))
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if self.dialect == "postgresql":
+            with self.raw.cursor() as cur:
+                cur.executemany(self._sql(sql), [tuple(r) for r in rows])
+        else:
+            self.raw.executemany(sql, [tuple(r) for r in rows])
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return list(self.execute(sql, params).fetchall())
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        row = self.execute(sql, params).fetchone()
+        return tuple(row) if row is not None else None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        if self.dialect == "sqlite":
+            self.raw.execute("BEGIN IMMEDIATE")
+            try:
+                yield self
+            except BaseException:
+                self.raw.execute("ROLLBACK")
+                raise
+            self.raw.execute("COMMIT")
+        else:
+            with self.raw.transaction():
+                yield self
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("sqlite:///"):
+            self.dialect: Dialect = "sqlite"
+            self.path = Path(url[len("sqlite:///") :])
+            self.schema: str | None = None
+            self._pg_url = ""
+        elif url.startswith(("postgresql://", "postgres://")):
+            self.dialect = "postgresql"
+            self._pg_url, self.schema = _split_schema(url)
+            self.path = Path()
+        else:
+            raise ValueError(f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql://...")
+        self._local = threading.local()
+
+    @classmethod
+    def sqlite(cls, path: Path) -> Database:
+        return cls(f"sqlite:///{path}")
+
+    def connect(self) -> Connection:
+        try:
+            if self.dialect == "sqlite":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                lite = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+                lite.execute("PRAGMA journal_mode=WAL")
+                lite.execute("PRAGMA synchronous=NORMAL")
+                return Connection(lite, "sqlite")
+            import psycopg
+
+            raw = psycopg.connect(self._pg_url, autocommit=True, connect_timeout=5)
+            if self.schema:
+                raw.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                raw.execute(f'SET search_path TO "{self.schema}"')
+            return Connection(raw, "postgresql")
+        except (sqlite3.Error, OSError) as exc:
+            raise DatabaseUnavailable(str(exc)) from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith("psycopg"):
+                raise DatabaseUnavailable(str(exc)) from exc
+            raise
+
+    def thread_connection(self) -> Connection:
+        """One connection per thread, reopened after it broke."""
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self.connect()
+            self._local.conn = conn
+        return conn
+
+    def drop_thread_connection(self) -> None:
+        conn: Connection | None = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            with suppress(Exception):
+                conn.close()
+
+    def ping(self) -> bool:
+        try:
+            conn = self.thread_connection()
+            conn.one("SELECT 1")
+            return True
+        except Exception:
+            self.drop_thread_connection()
+            return False
+
+
+def is_db_error(exc: BaseException) -> bool:
+    return isinstance(exc, (sqlite3.Error, DatabaseUnavailable)) or type(exc).__module__.startswith("psycopg")

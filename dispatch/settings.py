@@ -1,0 +1,166 @@
+"""Settings: command-line flags over `DISPATCH_*` environment variables over defaults.
+
+Invariants: everything is validated at start with an error that names the setting; secrets
+come from the environment or a file (`DISPATCH_WEBHOOK_SECRET_FILE`), never from flags, and are
+never logged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dispatch.domain.incident import DEFAULT_QUORUM, parse_quorum
+from dispatch.domain.phone import InvalidPhone, normalize
+from dispatch.events.model import Person
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(f"DISPATCH_{name}")
+    return value if value not in (None, "") else default
+
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+@dataclass
+class Settings:
+    data_dir: Path = Path("./dispatch-data")
+    http: str = "127.0.0.1:8080"
+    nats_urls: list[str] = field(default_factory=list)
+    database_url: str | None = None
+    duty_desk: str | None = None
+    duty_desk_name: str = "派出所值班室"
+    webhook_urls: list[str] = field(default_factory=list)
+    webhook_secret: str | None = field(default=None, repr=False)
+    public_url: str | None = None
+    quorum: str = DEFAULT_QUORUM
+    region: str = "CN"
+    stream_replicas: int = 1
+    log_format: str = "auto"
+    log_level: str = "info"
+    delivery_max_attempts: int = 5
+    delivery_backoff_base: float = 1.0
+    delivery_backoff_max: float = 60.0
+    nats_restart_delay: float = 1.0
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        secret = _env("WEBHOOK_SECRET")
+        secret_file = _env("WEBHOOK_SECRET_FILE")
+        if secret is None and secret_file:
+            try:
+                secret = Path(secret_file).read_text().strip()
+            except OSError as exc:
+                raise SettingsError(f"DISPATCH_WEBHOOK_SECRET_FILE: cannot read {secret_file}: {exc}") from None
+        settings = cls(
+            data_dir=Path(_env("DATA_DIR", "./dispatch-data") or "./dispatch-data"),
+            http=_env("HTTP", "127.0.0.1:8080") or "127.0.0.1:8080",
+            nats_urls=_split(_env("NATS_URL")),
+            database_url=_env("DATABASE_URL"),
+            duty_desk=_env("DUTY_DESK"),
+            duty_desk_name=_env("DUTY_DESK_NAME", "派出所值班室") or "派出所值班室",
+            webhook_urls=_split(_env("WEBHOOK_URLS")),
+            webhook_secret=secret,
+            public_url=_env("PUBLIC_URL"),
+            quorum=_env("COVER_QUORUM", DEFAULT_QUORUM) or DEFAULT_QUORUM,
+            region=_env("REGION", "CN") or "CN",
+            stream_replicas=_int("STREAM_REPLICAS", 1),
+            log_format=_env("LOG_FORMAT", "auto") or "auto",
+            log_level=_env("LOG_LEVEL", "info") or "info",
+            delivery_max_attempts=_int("DELIVERY_MAX_ATTEMPTS", 5),
+            delivery_backoff_base=_float("DELIVERY_BACKOFF_BASE", 1.0),
+            delivery_backoff_max=_float("DELIVERY_BACKOFF_MAX", 60.0),
+            nats_restart_delay=_float("NATS_RESTART_DELAY", 1.0),
+        )
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(settings, key, value)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        host, _, port = self.http.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(f"--http / DISPATCH_HTTP must be HOST:PORT, got {self.http!r}")
+        for url in self.nats_urls:
+            if not url.startswith(("nats://", "tls://", "ws://", "wss://")):
+                raise SettingsError(f"--nats-url / DISPATCH_NATS_URL: {url!r} is not a nats:// URL")
+        if self.database_url and not self.database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise SettingsError("--database-url / DISPATCH_DATABASE_URL must be sqlite:///PATH or postgresql://...")
+        if self.duty_desk:
+            try:
+                self.duty_desk = normalize(self.duty_desk, self.region)
+            except InvalidPhone:
+                raise SettingsError(f"DISPATCH_DUTY_DESK: {self.duty_desk!r} is not a valid phone number") from None
+        for url in self.webhook_urls:
+            if not url.startswith(("http://", "https://")):
+                raise SettingsError(f"DISPATCH_WEBHOOK_URLS: {url!r} is not an http(s) URL")
+        if self.webhook_urls and not self.webhook_secret:
+            raise SettingsError(
+                "DISPATCH_WEBHOOK_URLS is set but DISPATCH_WEBHOOK_SECRET (or _FILE) is not: webhooks must be signed"
+            )
+        try:
+            parse_quorum(self.quorum)
+        except ValueError as exc:
+            raise SettingsError(f"DISPATCH_COVER_QUORUM: {exc}") from None
+        if self.stream_replicas not in (1, 3, 5):
+            raise SettingsError("DISPATCH_STREAM_REPLICAS must be 1, 3 or 5")
+        if self.log_format not in ("auto", "console", "json"):
+            raise SettingsError("DISPATCH_LOG_FORMAT must be auto, console or json")
+        if self.delivery_max_attempts < 1:
+            raise SettingsError("DISPATCH_DELIVERY_MAX_ATTEMPTS must be at least 1")
+
+    @property
+    def embedded_nats(self) -> bool:
+        return not self.nats_urls
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'dispatch.db').resolve()}"
+
+    @property
+    def http_host(self) -> str:
+        return self.http.rpartition(":")[0]
+
+    @property
+    def http_port(self) -> int:
+        return int(self.http.rpartition(":")[2])
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.http_host if self.http_host not in ("0.0.0.0", "::") else "127.0.0.1"
+        return f"http://{host}:{self.http_port}"
+
+    def fallback_duty(self) -> tuple[Person, ...]:
+        if not self.duty_desk:
+            return ()
+        return (Person(phone=self.duty_desk, name=self.duty_desk_name, role="duty"),)
+
+
+def _int(name: str, default: int) -> int:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"DISPATCH_{name} must be a whole number, got {raw!r}") from None
+
+
+def _float(name: str, default: float) -> float:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"DISPATCH_{name} must be a number, got {raw!r}") from None
