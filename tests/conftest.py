@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import nats
+import psycopg
 import pytest
 from nats.aio.client import Client as NATS
 
+from dispatch.projections.sql import Database
 from dispatch.store.server import EmbeddedNats
+from tests.pgcluster import DEFAULT_URL, PrivateCluster, reachable
 
 
 @pytest.fixture
@@ -29,3 +34,35 @@ async def nc(nats_server: EmbeddedNats) -> AsyncIterator[NATS]:
         yield client
     finally:
         await client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """The machine's PostgreSQL (DISPATCH_TEST_POSTGRES or 127.0.0.1:5432/test), else a private cluster."""
+    url = os.environ.get("DISPATCH_TEST_POSTGRES", DEFAULT_URL)
+    if reachable(url):
+        yield url
+        return
+    cluster = PrivateCluster()
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_schema_url(postgres_url: str) -> Iterator[str]:
+    """A fresh schema per test, dropped afterwards."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    sep = "&" if "?" in postgres_url else "?"
+    yield f"{postgres_url}{sep}schema={schema}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    """The same contract, run against every read-model backend."""
+    if request.param == "sqlite":
+        return Database.sqlite(tmp_path / "read.db")
+    return Database(request.getfixturevalue("postgres_schema_url"))

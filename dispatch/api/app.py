@@ -19,6 +19,7 @@ from typing import Any
 from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
+from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -116,7 +117,7 @@ def create_app(services: ApiServices) -> Litestar:
         tags=["calls"],
         summary="A member dialed the short number: raise or join an incident",
     )
-    async def post_call(data: CallRequest) -> dict[str, Any]:
+    async def post_call(data: JSONBody[CallRequest]) -> dict[str, Any]:
         if data.at is not None and data.at.tzinfo is None:
             raise ValidationException("at: must be RFC 3339 with a UTC offset (e.g. 2026-11-24T20:00:00+08:00)")
         if not 0 < len(data.call_id) <= 128 or not 0 < len(data.caller) <= 64 or len(data.callee) > 64:
@@ -147,14 +148,14 @@ def create_app(services: ApiServices) -> Litestar:
         return Response({"imported": True, "summary": summary}, status_code=200)
 
     @get("/v1/groups/{village:str}/{group:str}", tags=["groups"], summary="One joint-defence group")
-    async def get_group(village: str, group: str) -> dict[str, Any]:
+    async def get_group(village: FromPath[str], group: FromPath[str]) -> dict[str, Any]:
         state = s.directory.directory.group(village, group)
         if state is None:
             raise NotFound(f"no group {village}/{group}")
         return group_view(state, s.directory.directory.duty_desks(village))
 
     @get("/v1/groups", tags=["groups"], summary="Groups, optionally of one village")
-    async def list_groups(village: str | None = None) -> dict[str, Any]:
+    async def list_groups(village: FromQuery[str | None] = None) -> dict[str, Any]:
         groups = [
             {"village": g.village, "group": g.group, "size": len(g.members), "leader": _leader_name(g)}
             for g in sorted(s.directory.directory.live_groups(), key=lambda g: (g.village, g.group))
@@ -169,7 +170,9 @@ def create_app(services: ApiServices) -> Litestar:
         tags=["incidents"],
         summary="Accept, decline, arrived, resolve or cancel",
     )
-    async def post_response(incident_id: str, data: ResponseRequest, request: Request[Any, Any, Any]) -> dict[str, Any]:
+    async def post_response(
+        incident_id: FromPath[str], data: JSONBody[ResponseRequest], request: Request[Any, Any, Any]
+    ) -> dict[str, Any]:
         key = request.headers.get("idempotency-key")
         state, events = await s.responses.respond(incident_id, data, key)
         return {
@@ -180,13 +183,16 @@ def create_app(services: ApiServices) -> Litestar:
         }
 
     @get("/v1/incidents/{incident_id:str}", tags=["incidents"], summary="An incident with responders and timeline")
-    async def get_incident(incident_id: str) -> dict[str, Any]:
+    async def get_incident(incident_id: FromPath[str]) -> dict[str, Any]:
         state, history = await s.reader.load(incident_id)
         return incident_view(state, history)
 
     @get("/v1/incidents", tags=["incidents"], summary="Incidents, newest first")
     async def list_incidents(
-        village: str | None = None, status: str | None = None, since: datetime | None = None, limit: int = 100
+        village: FromQuery[str | None] = None,
+        status: FromQuery[str | None] = None,
+        since: FromQuery[datetime | None] = None,
+        limit: FromQuery[int] = 100,
     ) -> dict[str, Any]:
         allowed = {"open", "raised", "notifying", "acknowledged", "on_scene", "resolved", "cancelled"}
         if status is not None and status not in allowed:
@@ -197,11 +203,13 @@ def create_app(services: ApiServices) -> Litestar:
         return {"incidents": rows, "count": len(rows)}
 
     @get("/v1/reports/response-times", tags=["reports"], summary="Count and percentiles of response times")
-    async def report_response_times(village: str | None = None, since: datetime | None = None) -> Any:
+    async def report_response_times(
+        village: FromQuery[str | None] = None, since: FromQuery[datetime | None] = None
+    ) -> Any:
         return await in_thread(queries.response_times, village=village, since=since)
 
     @get("/v1/stream", tags=["console"], summary="Server-sent events: incident events and console notifications")
-    async def stream(village: str | None = None) -> ServerSentEvent:
+    async def stream(village: FromQuery[str | None] = None) -> ServerSentEvent:
         villages = frozenset(v for v in (village or "").split(",") if v) or None
         client = s.hub.connect(villages)
 

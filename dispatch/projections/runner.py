@@ -4,6 +4,8 @@ Invariants:
 - each projection's checkpoint (the last stream sequence applied) is written in the same
   transaction as its rows; events at or below it are skipped, so a crash anywhere, a
   redelivery, or several processes sharing one PostgreSQL apply every event exactly once;
+- the checkpoint row is created before it is locked (a lock on a missing row locks nothing),
+  so concurrent writers serialize on it from their very first batch;
 - events are applied strictly in stream order (an ordered consumer, one batch at a time);
 - a database outage stops the projection where it was; it resumes from its checkpoint;
 - `lag` is how many matching events the server still holds beyond what was applied.
@@ -64,6 +66,11 @@ def checkpoint(conn: Connection, name: str, *, lock: bool = False) -> int:
 def apply_batch(conn: Connection, projection: Projection, batch: Sequence[Recorded]) -> int:
     """Apply in one transaction, skipping what the checkpoint says is done; return the new checkpoint."""
     with conn.transaction():
+        conn.execute(
+            "INSERT INTO projection_checkpoints (name, position, updated_at) VALUES (?, 0, ?) "
+            "ON CONFLICT (name) DO NOTHING",
+            (projection.name, time.time()),
+        )
         done = checkpoint(conn, projection.name, lock=True)
         position = done
         for rec in batch:

@@ -7,7 +7,8 @@ Invariants:
   conflict codes 10071 and 10164 both mean conflict;
 - idempotency: every message has a deterministic `Nats-Msg-Id`; a retried append that was in
   fact stored (the server says duplicate, 10201, or a conflict whose subject holds our message
-  id) returns the stored sequences instead of failing, whether the server is R1 or R3;
+  id with the same event) returns the stored sequences instead of failing, whether the server
+  is R1 or R3; the same id with a different event is a conflict (a concurrent decision won);
 - the server unreachable, or no answer within the timeout, is `StoreUnavailable`; the append
   may or may not have happened, and retrying with the same message ids is always safe;
 - reads use batched direct get: one request, the subject's messages in order.
@@ -162,20 +163,21 @@ class EventStore:
         return await publish_batch(self.nc, prepared, timeout=self.timeout)
 
     async def _already_stored(self, messages: Sequence[Outgoing]) -> list[int] | None:
-        """After a conflict or duplicate: is this very append already in the log?"""
+        """After a conflict or duplicate: is this very append already in the log?
+
+        A batch is atomic, so finding its first message finds all of it. For a decision (a batch
+        with expectations) the stored event must also equal ours: the same command decided twice
+        concurrently reuses message ids with different content, and only one of them is stored.
+        """
         first = messages[0]
+        decision = any(m.expected_seq is not None for m in messages)
         last = await self.last(first.subject)
-        seq: int | None = None
-        if last is not None and last.msg_id == first.msg_id:
-            seq = last.seq
-        else:
-            for rec in await self.load(first.subject):
-                if rec.msg_id == first.msg_id:
-                    seq = rec.seq
-                    break
-        if seq is None:
+        found = last if last is not None and last.msg_id == first.msg_id else None
+        if found is None:
+            found = next((r for r in await self.load(first.subject) if r.msg_id == first.msg_id), None)
+        if found is None or (decision and found.event != first.event):
             return None
-        return list(range(seq, seq + len(messages)))
+        return list(range(found.seq, found.seq + len(messages)))
 
     # --- read ---------------------------------------------------------------------------------
 

@@ -115,3 +115,17 @@ async def test_nats_down_is_store_unavailable_not_a_hang(store: EventStore, nats
         await store.append([Outgoing("dispatch.evt.group.v.1", formed(), "x:0", expected_seq=0)])
     with pytest.raises(StoreUnavailable):
         await store.load("dispatch.evt.group.v.1")
+
+
+async def test_the_same_message_id_with_other_content_is_a_conflict_not_a_success(store: EventStore) -> None:
+    subject = "dispatch.evt.call.same"
+    ours = CallRouted(at=at(), call_id="c", incident_id="mine", status="raised")
+    theirs = CallRouted(at=at(), call_id="c", incident_id="theirs", status="raised")
+    batch_of = lambda event: [  # noqa: E731
+        Outgoing(subject, event, "call:k:0", expected_seq=0),
+        Outgoing("dispatch.evt.incident." + event.incident_id, formed(), "call:k:1", expected_seq=0),
+    ]
+    stored = await store.append(batch_of(theirs))
+    with pytest.raises(AppendConflict):
+        await store.append(batch_of(ours))
+    assert await store.append(batch_of(theirs)) == stored

@@ -1,0 +1,197 @@
+"""The service in-process on a real nats-server: concurrency, idempotency, retries, ingress, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+
+from dispatch.bootstrap import Service
+from dispatch.channels.base import Permanent, Transient
+from dispatch.settings import Settings
+from dispatch.store.server import free_port
+from tests.support import RecordingChannel
+from tests.unit.fixtures import ROSTER
+
+GROUP_ONE = [f"+86138000000{i:02d}" for i in range(1, 9)] + ["+8613900000001", "+8613900000009"]
+
+
+@pytest.fixture
+async def channel() -> RecordingChannel:
+    return RecordingChannel()
+
+
+@pytest.fixture
+async def service(tmp_path: Path, channel: RecordingChannel) -> AsyncIterator[Service]:
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        http=f"127.0.0.1:{free_port()}",
+        duty_desk="+8673184512345",
+        delivery_backoff_base=0.05,
+        delivery_max_attempts=3,
+        nats_restart_delay=600,
+    )
+    settings.validate()
+    svc = Service(settings, channels=[channel])
+    await svc.start()
+    async with httpx.AsyncClient(base_url=settings.base_url) as http:
+        r = await http.post("/v1/groups/import", content=ROSTER.encode(), headers={"Content-Type": "text/csv"})
+        assert r.status_code == 200, r.text
+    try:
+        yield svc
+    finally:
+        await svc.stop()
+
+
+@pytest.fixture
+async def http(service: Service) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=service.settings.base_url, timeout=30) as client:
+        yield client
+
+
+async def eventually(check, timeout: float = 15.0):  # type: ignore[no-untyped-def]
+    for _ in range(int(timeout / 0.05)):
+        value = await check() if asyncio.iscoroutinefunction(check) else check()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met")
+
+
+async def test_members_calling_at_once_make_one_incident(http: httpx.AsyncClient, channel: RecordingChannel) -> None:
+    single_group = GROUP_ONE[:-1]
+    officer = GROUP_ONE[-1]
+    calls = [
+        http.post("/v1/calls", json={"call_id": f"storm-{i}", "caller": phone})
+        for i, phone in enumerate([*single_group, officer])
+    ]
+    answers = [r.json() for r in await asyncio.gather(*calls)]
+    group_answers, officer_answer = answers[:-1], answers[-1]
+    statuses = Counter(a["status"] for a in group_answers)
+    print(f"\n9 simultaneous callers of one group: {dict(statuses)}")
+    assert statuses == {"raised": 1, "merged": 8}
+    assert len({a["incident_id"] for a in group_answers}) == 1
+    incident = group_answers[0]["incident_id"]
+    assert officer_answer["status"] == "raised" and officer_answer["incident_id"] != incident
+    officer_view = (await http.get(f"/v1/incidents/{officer_answer['incident_id']}")).json()
+    assert officer_view["line"] == "village.dongshan" and officer_view["group"] is None
+    view = (await http.get(f"/v1/incidents/{incident}")).json()
+    assert view["urgency"] == 9
+    await eventually(lambda: len(channel.for_incident(incident)) >= 9)
+    await asyncio.sleep(0.5)
+    rung = Counter(job.recipient.phone for job in channel.for_incident(incident))
+    assert len(rung) == 9 and max(rung.values()) == 1, "repeats within 30 s re-alerted someone"
+
+
+async def test_one_call_id_retried_concurrently_raises_one_incident(
+    http: httpx.AsyncClient, channel: RecordingChannel
+) -> None:
+    answers = [
+        r.json()
+        for r in await asyncio.gather(
+            *(http.post("/v1/calls", json={"call_id": "dup-1", "caller": "13800000011"}) for _ in range(6))
+        )
+    ]
+    assert len({a["incident_id"] for a in answers}) == 1
+    assert sum(not a["duplicate"] for a in answers) == 1
+    incident = answers[0]["incident_id"]
+    await eventually(lambda: channel.for_incident(incident))
+    await asyncio.sleep(0.3)
+    assert sorted(j.recipient.phone for j in channel.for_incident(incident)) == ["+8613800000018", "+8613900000009"]
+
+
+async def test_transient_failures_retry_and_permanent_ones_do_not(
+    http: httpx.AsyncClient, channel: RecordingChannel
+) -> None:
+    channel.plan["+8613800000002"] = [Transient("HTTP 503"), Transient("timeout")]
+    channel.plan["+8613800000003"] = [Permanent("HTTP 404")]
+    channel.plan["+8613800000004"] = [Transient("HTTP 503")] * 5
+    incident = (await http.post("/v1/calls", json={"call_id": "retry-1", "caller": "13800000001"})).json()[
+        "incident_id"
+    ]
+
+    async def settled() -> dict | None:  # type: ignore[type-arg]
+        view = (await http.get(f"/v1/incidents/{incident}")).json()
+        done = all(
+            "test" in r["delivered"] or any(k.startswith("test/") for k in r["failed"])
+            for r in view["responders"]
+            if r["recipient"]
+        )
+        return view if done else None
+
+    view = await eventually(settled, timeout=20)
+    by_phone = {r["phone"]: r for r in view["responders"]}
+    attempts = Counter(job.recipient.phone for job in channel.for_incident(incident))
+    print(f"\nattempts per recipient: {dict(attempts)}")
+    assert "test" in by_phone["+8613800000002"]["delivered"] and attempts["+8613800000002"] == 3
+    assert by_phone["+8613800000003"]["failed"] == {"test/+8613800000003": "permanent"}
+    assert attempts["+8613800000003"] == 1
+    assert by_phone["+8613800000004"]["failed"] == {"test/+8613800000004": "exhausted"}
+    assert attempts["+8613800000004"] == 3
+    keys = {job.key for job in channel.for_incident(incident) if job.recipient.phone == "+8613800000002"}
+    assert len(keys) == 1, "a retry changed the idempotency key"
+    failed = [e for e in view["timeline"] if e["type"] == "DeliveryFailed"]
+    assert sorted(e["detail"]["kind"] for e in failed) == ["exhausted", "permanent"]
+
+
+async def test_calls_over_nats_ingress_and_dead_letters(service: Service, channel: RecordingChannel) -> None:
+    nc = await nats.connect(service.nats_urls)
+    try:
+        dead: list[nats.aio.msg.Msg] = []
+
+        async def collect(msg: nats.aio.msg.Msg) -> None:
+            dead.append(msg)
+
+        await nc.subscribe("dispatch.dead.>", cb=collect)
+        reply = await nc.request(
+            "dispatch.ingress.call",
+            json.dumps({"call_id": "nats-1", "caller": "13800000021", "channel": "nats"}).encode(),
+            timeout=10,
+        )
+        body = json.loads(reply.data)
+        assert body["status"] == "unregistered"
+        again = json.loads(
+            (
+                await nc.request(
+                    "dispatch.ingress.call",
+                    json.dumps({"call_id": "nats-1", "caller": "13800000021"}).encode(),
+                    timeout=10,
+                )
+            ).data
+        )
+        assert again["incident_id"] == body["incident_id"] and again["duplicate"] is True
+        bad = json.loads((await nc.request("dispatch.ingress.call", b'{"caller": 1}', timeout=10)).data)
+        assert "invalid call" in bad["error"]
+        await eventually(lambda: dead)
+        assert dead[0].subject == "dispatch.dead.ingress.call"
+        assert "Expected `str`, got `int` - at `$.caller`" in dead[0].headers["Dispatch-Dead-Reason"]
+        ok = json.loads(
+            (
+                await nc.request(
+                    "dispatch.ingress.call",
+                    json.dumps({"call_id": "nats-2", "caller": "13800000002"}).encode(),
+                    timeout=10,
+                )
+            ).data
+        )
+        assert ok["status"] == "raised", "a malformed message stopped the ingress consumer"
+    finally:
+        await nc.close()
+
+
+async def test_nats_down_means_503_never_202(service: Service, http: httpx.AsyncClient) -> None:
+    assert service.embedded is not None
+    await service.embedded.stop()
+    await eventually(lambda: not service.nc.is_connected)  # type: ignore[union-attr]
+    response = await http.post("/v1/calls", json={"call_id": "down-1", "caller": "13800000001"})
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    ready = await http.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["checks"]["nats"] is False
+    assert (await http.get("/healthz")).status_code == 200

@@ -1,0 +1,196 @@
+"""Test helpers: a real webhook receiver on loopback, a subprocess `dispatch serve`, polling."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from dispatch.store.server import free_port
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.body)
+        return data
+
+    def signature_valid(self, secret: str) -> bool:
+        expected = hmac.new(secret.encode(), self.body, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(expected, self.headers.get("x-dispatch-signature", ""))
+
+
+@dataclass
+class WebhookReceiver:
+    """An HTTP server that records every POST; `status` decides what it answers."""
+
+    port: int = field(default_factory=free_port)
+    received: list[Received] = field(default_factory=list)
+    status: Callable[[Received], int] = lambda _: 200
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def start(self) -> WebhookReceiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                item = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, self.rfile.read(length))
+                code = receiver.status(item)
+                if code < 300:
+                    with receiver._lock:
+                        receiver.received.append(item)
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def for_incident(self, incident_id: str) -> list[Received]:
+        with self._lock:
+            return [r for r in self.received if r.json.get("incident_id") == incident_id]
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+@dataclass
+class ServeProcess:
+    """`python -m dispatch serve` with the given environment; logs go to a file."""
+
+    data_dir: Path
+    env: dict[str, str]
+    http_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 60.0) -> ServeProcess:
+        env = {
+            **os.environ,
+            "DISPATCH_DATA_DIR": str(self.data_dir),
+            "DISPATCH_HTTP": f"127.0.0.1:{self.http_port}",
+            "DISPATCH_LOG_FORMAT": "json",
+            **self.env,
+        }
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.data_dir / f"serve-{int(time.time() * 1000)}.log"
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "dispatch", "serve"], env=env, stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"dispatch serve exited {self.proc.returncode}:\n{self.logs()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"dispatch serve not ready within {timeout}s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def nats_pid(self) -> int | None:
+        try:
+            return int((self.data_dir / "nats" / "pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+
+
+class RecordingChannel:
+    """A channel that records every job; `plan[phone]` lists outcomes to give, in order, before Delivered."""
+
+    name = "test"
+
+    def __init__(self) -> None:
+        from dispatch.channels.base import DeliveryJob, Outcome
+
+        self.sent: list[tuple[float, DeliveryJob, int]] = []
+        self.plan: dict[str, list[Outcome]] = {}
+        self.attempts: dict[str, int] = {}
+
+    def targets(self, recipient: Any) -> list[str]:
+        return [recipient.phone]
+
+    async def send(self, job: Any) -> Any:
+        from dispatch.channels.base import Delivered
+
+        self.attempts[job.key] = self.attempts.get(job.key, 0) + 1
+        self.sent.append((time.monotonic(), job, self.attempts[job.key]))
+        queue = self.plan.get(job.recipient.phone)
+        if queue:
+            return queue.pop(0)
+        return Delivered()
+
+    async def close(self) -> None:
+        return None
+
+    def for_incident(self, incident_id: str) -> list[Any]:
+        return [job for _, job, _ in self.sent if job.incident_id == incident_id]
