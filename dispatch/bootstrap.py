@@ -25,13 +25,13 @@ from nats.aio.client import Client as NATS
 from dispatch.api.app import ApiServices, create_app
 from dispatch.api.live import LiveHub
 from dispatch.channels.base import Channel
-from dispatch.channels.console import ConsoleChannel
 from dispatch.channels.webhook import WebhookChannel
 from dispatch.domain.incident import parse_quorum
 from dispatch.handlers.calls import CallService
 from dispatch.handlers.delivery import DeliveryWorker
 from dispatch.handlers.fanout import FanOut
 from dispatch.handlers.groups import GroupService
+from dispatch.handlers.pool import TaskPool
 from dispatch.handlers.responses import IncidentReader, ResponseService
 from dispatch.handlers.subscribers import build_broker
 from dispatch.metrics import GaugeCallback, Metrics
@@ -97,6 +97,7 @@ class Service:
         self.broker: NatsBroker | None = None
         self.runners: list[ProjectionRunner] = []
         self.channels: list[Channel] = []
+        self.pools: dict[str, TaskPool] = {}
         self.http: _Server | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._lock: contextlib.ExitStack | None = None
@@ -125,7 +126,7 @@ class Service:
             error_cb=self._on_error,
         )
         self.metrics.nats_connected.set(1)
-        self.channels = [ConsoleChannel(self.nc)]
+        self.channels = []
         if st.webhook_urls and st.webhook_secret:
             self.channels.append(WebhookChannel(st.webhook_urls, st.webhook_secret))
         self.channels.extend(self.extra_channels)
@@ -154,21 +155,27 @@ class Service:
         )
         self.groups = GroupService(self.store, self.directory, region=st.region)
         self.responses = ResponseService(self.store, self.metrics, region=st.region)
-        self.fanout = FanOut(self.store, JobQueue(self.nc), self.channels, public_url=st.base_url, metrics=self.metrics)
         self.delivery = DeliveryWorker(
             self.store,
+            JobQueue(self.nc),
             {c.name: c for c in self.channels},
             metrics=self.metrics,
             max_attempts=st.delivery_max_attempts,
             backoff_base=st.delivery_backoff_base,
             backoff_max=st.delivery_backoff_max,
         )
+        self.fanout = FanOut(self.store, self.delivery, self.channels, public_url=st.base_url)
         self.broker = build_broker(
-            self.nats_urls, fanout=self.fanout, delivery=self.delivery, calls=self.calls, channels=names
+            self.nats_urls,
+            fanout=self.fanout,
+            delivery=self.delivery,
+            calls=self.calls,
+            channels=names,
+            pools=self.pools,
         )
         await self.broker.start()
 
-        self.hub = LiveHub(self.nc, self.store)
+        self.hub = LiveHub(self.nc, self.store, public_url=st.base_url)
         await self.hub.start()
         self._register_gauges()
 
@@ -268,6 +275,8 @@ class Service:
         if self.broker is not None:
             with contextlib.suppress(Exception):
                 await self.broker.stop()
+        for pool in self.pools.values():
+            await pool.drain()
         for runner in self.runners:
             await runner.stop()
         if getattr(self, "directory", None) is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from dispatch.channels.base import Delivered, DeliveryJob, Outcome
+from dispatch.channels.base import Delivered, DeliveryJob, Outcome, Target
 from dispatch.domain.messages import ROLE_ZH
 from dispatch.events.model import Person
 from dispatch.settings import Settings
@@ -59,9 +59,10 @@ class DemoPhones:
     def targets(self, recipient: Person) -> list[str]:
         return [recipient.phone]
 
-    async def send(self, job: DeliveryJob) -> Outcome:
+    async def send(self, job: DeliveryJob, target: Target) -> Outcome:
         self.rung.append((time.monotonic(), job))
-        who = f"{job.recipient.name}（{ROLE_ZH.get(job.recipient.role, job.recipient.role)}）"
+        person = target.recipient
+        who = f"{person.name}（{ROLE_ZH.get(person.role, person.role)}）"
         print(f"   📱 +{(time.monotonic() - self.started) * 1000:6.1f} ms  {who:<16} 响铃：{job.message}")
         return Delivered()
 
@@ -139,14 +140,8 @@ async def _story(http: httpx.AsyncClient, phones: DemoPhones) -> None:
     say("警情时间线 (the incident's timeline)")
     await _wait_delivered(http, incident)
     view = (await http.get(f"/v1/incidents/{incident}")).json()
-    t0 = view["timeline"][0]["at"]
     for entry in view["timeline"]:
-        if entry["type"] in ("ResponderNotified", "DeliverySucceeded"):
-            continue
         print(f"   {entry['at'][11:23]}  {entry['text']}")
-    notified = sum(1 for e in view["timeline"] if e["type"] == "ResponderNotified")
-    delivered = sum(1 for e in view["timeline"] if e["type"] == "DeliverySucceeded")
-    print(f"   （另有 {notified} 条通知、{delivered} 条送达记录；首条 {t0}）")
 
     say("未登记号码拨打 6995：不丢弃，转派出所值班室 (an unknown number is never dropped)")
     before = len(phones.rung)

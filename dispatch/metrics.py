@@ -34,13 +34,7 @@ class Metrics:
         )
         self.fanout = Histogram(
             "dispatch_fanout_seconds",
-            "Alarm appended to the log -> every recipient's delivery job queued for its channel",
-            buckets=FAST_BUCKETS,
-            registry=r,
-        )
-        self.handoff = Histogram(
-            "dispatch_delivery_handoff_seconds",
-            "Alarm appended to the log -> this delivery handed to its channel adapter",
+            "Alarm appended to the log -> every recipient's delivery handed to the channel (first attempt)",
             ["channel"],
             buckets=FAST_BUCKETS,
             registry=r,

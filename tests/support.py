@@ -172,19 +172,19 @@ class RecordingChannel:
     def __init__(self) -> None:
         from dispatch.channels.base import DeliveryJob, Outcome
 
-        self.sent: list[tuple[float, DeliveryJob, int]] = []
+        self.sent: list[tuple[float, DeliveryJob, Any, int]] = []
         self.plan: dict[str, list[Outcome]] = {}
         self.attempts: dict[str, int] = {}
 
     def targets(self, recipient: Any) -> list[str]:
         return [recipient.phone]
 
-    async def send(self, job: Any) -> Any:
+    async def send(self, job: Any, target: Any) -> Any:
         from dispatch.channels.base import Delivered
 
-        self.attempts[job.key] = self.attempts.get(job.key, 0) + 1
-        self.sent.append((time.monotonic(), job, self.attempts[job.key]))
-        queue = self.plan.get(job.recipient.phone)
+        self.attempts[target.key] = self.attempts.get(target.key, 0) + 1
+        self.sent.append((time.monotonic(), job, target, self.attempts[target.key]))
+        queue = self.plan.get(target.recipient.phone)
         if queue:
             return queue.pop(0)
         return Delivered()
@@ -193,4 +193,5 @@ class RecordingChannel:
         return None
 
     def for_incident(self, incident_id: str) -> list[Any]:
-        return [job for _, job, _ in self.sent if job.incident_id == incident_id]
+        """The targets sent for an incident, one entry per attempt."""
+        return [target for _, job, target, _ in self.sent if job.incident_id == incident_id]

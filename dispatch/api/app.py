@@ -211,7 +211,7 @@ def create_app(services: ApiServices) -> Litestar:
     @get("/v1/stream", tags=["console"], summary="Server-sent events: incident events and console notifications")
     async def stream(village: FromQuery[str | None] = None) -> ServerSentEvent:
         villages = frozenset(v for v in (village or "").split(",") if v) or None
-        client = s.hub.connect(villages)
+        client = await s.hub.connect(villages)
 
         async def events() -> AsyncIterator[ServerSentEventMessage]:
             try:
@@ -226,7 +226,7 @@ def create_app(services: ApiServices) -> Litestar:
                     if kind in ("resync", "bye"):
                         return
             finally:
-                s.hub.disconnect(client)
+                await s.hub.disconnect(client)
 
         return ServerSentEvent(events())
 

@@ -1,9 +1,14 @@
 """The live hub: pushes committed incident events and console notifications to open browsers.
 
+The console is a view, not a delivery channel: each alarm decision (AlarmRaised, UnregisteredCall,
+CallRepeated) becomes one `notification` per alerted person here, built the way a webhook payload
+is, with no extra message on NATS.
+
 Invariants:
-- incident events come from an ordered JetStream consumer (new messages only), so a browser
-  never sees an event of a batch that failed to commit;
-- a client only receives what its filter allows (villages; None means all);
+- events come from an ordered JetStream consumer (new messages only), so a browser never sees an
+  event of a batch that failed to commit;
+- a client only receives what its filter allows (villages; None means all); with no client
+  connected the hub reads nothing from the log;
 - a slow client never slows the hub: its queue is bounded and, when full, the client is told to
   reload (`resync`) instead of being fed a partial stream.
 """
@@ -15,22 +20,24 @@ import contextlib
 import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 
+from dispatch.channels.base import notification
+from dispatch.domain.incident import alert_for
+from dispatch.domain.messages import alert_text_en_for, alert_text_for
 from dispatch.events.codec import to_builtins
-from dispatch.events.model import IncidentEvent, IncidentOpened
-from dispatch.events.subjects import CONSOLE_ALL, INCIDENTS_ALL, incident_subject
+from dispatch.events.model import CallRepeated, IncidentEvent, IncidentOpened
+from dispatch.events.subjects import SINGLE_TOKEN_AGGREGATES, incident_subject
+from dispatch.ids import stable_key
 from dispatch.store.eventstore import EventStore, Recorded
 from dispatch.store.follow import Follower
 
 log = structlog.get_logger(__name__)
 
 CLIENT_QUEUE = 512
-VILLAGE_CACHE = 20_000
+OPENED_CACHE = 5_000
 _SKIP = {"recipients", "duty_desks", "quorum"}
 
 
@@ -56,43 +63,53 @@ class Client:
 
 
 class LiveHub:
-    def __init__(self, nc: NATS, store: EventStore) -> None:
+    def __init__(self, nc: NATS, store: EventStore, *, public_url: str) -> None:
         self.nc = nc
         self.store = store
+        self.public_url = public_url.rstrip("/")
         self.clients: set[Client] = set()
-        self._villages: OrderedDict[str, str | None] = OrderedDict()
-        self._follower = Follower(nc, INCIDENTS_ALL, self._on_event, name="live", only_new=True)
-        self._sub: Any = None
+        self._opened: OrderedDict[str, IncidentOpened | None] = OrderedDict()
+        self._follower = Follower(nc, SINGLE_TOKEN_AGGREGATES, self._on_event, name="live", only_new=True)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()
+        self._following = False
 
     async def start(self) -> None:
-        await self._follower.start(catch_up=False)
-        self._sub = await self.nc.subscribe(CONSOLE_ALL, cb=self._on_notification)
+        return None
 
-    def connect(self, villages: frozenset[str] | None) -> Client:
+    async def connect(self, villages: frozenset[str] | None) -> Client:
+        """A new browser: the hub follows the log only while someone is listening."""
         client = Client(villages)
         self.clients.add(client)
+        async with self._lock:
+            if not self._following:
+                await self._follower.start(catch_up=False)
+                self._following = True
         return client
 
-    def disconnect(self, client: Client) -> None:
+    async def disconnect(self, client: Client) -> None:
         self.clients.discard(client)
+        async with self._lock:
+            if self._following and not self.clients:
+                await self._follower.stop()
+                self._following = False
 
-    def _remember(self, incident_id: str, village: str | None) -> None:
-        self._villages[incident_id] = village
-        self._villages.move_to_end(incident_id)
-        while len(self._villages) > VILLAGE_CACHE:
-            self._villages.popitem(last=False)
+    def _remember(self, incident_id: str, opened: IncidentOpened | None) -> None:
+        self._opened[incident_id] = opened
+        self._opened.move_to_end(incident_id)
+        while len(self._opened) > OPENED_CACHE:
+            self._opened.popitem(last=False)
 
     def _on_event(self, rec: Recorded) -> None:
         event = rec.event
         if not isinstance(event, IncidentEvent):
             return
         if isinstance(event, IncidentOpened):
-            self._remember(event.incident_id, event.village)
+            self._remember(event.incident_id, event)
         if not self.clients:
             return
-        if event.incident_id in self._villages:
-            self._broadcast(rec, self._villages[event.incident_id])
+        if event.incident_id in self._opened:
+            self._broadcast(rec, self._opened[event.incident_id])
             return
         task = asyncio.get_running_loop().create_task(self._lookup_then_broadcast(rec))
         self._tasks.add(task)
@@ -100,41 +117,62 @@ class LiveHub:
 
     async def _lookup_then_broadcast(self, rec: Recorded) -> None:
         assert isinstance(rec.event, IncidentEvent)
-        village = None
+        opened = None
         try:
             history = await self.store.load(incident_subject(rec.event.incident_id))
-            opened = next((r.event for r in history if isinstance(r.event, IncidentOpened)), None)
-            village = opened.village if opened else None
+            first = history[0].event if history else None
+            opened = first if isinstance(first, IncidentOpened) else None
         except Exception as exc:
             log.warning("live.lookup_failed", error=str(exc))
-        self._remember(rec.event.incident_id, village)
-        self._broadcast(rec, village)
+        self._remember(rec.event.incident_id, opened)
+        self._broadcast(rec, opened)
 
-    def _broadcast(self, rec: Recorded, village: str | None) -> None:
+    def _broadcast(self, rec: Recorded, opened: IncidentOpened | None) -> None:
+        assert isinstance(rec.event, IncidentEvent)
+        village = opened.village if opened else None
+        listeners = [c for c in self.clients if c.wants(village)]
+        if not listeners:
+            return
         data = {k: v for k, v in to_builtins(rec.event).items() if k not in _SKIP}
         body = json.dumps({"seq": rec.seq, "village": village, "event": data}, ensure_ascii=False, default=str)
-        for client in list(self.clients):
-            if client.wants(village):
-                client.put("incident", body)
+        for client in listeners:
+            client.put("incident", body)
+        if opened is not None and isinstance(rec.event, IncidentOpened | CallRepeated):
+            self._notify(rec, opened, listeners)
 
-    async def _on_notification(self, msg: Msg) -> None:
-        if not self.clients:
+    def _notify(self, rec: Recorded, opened: IncidentOpened, listeners: list[Client]) -> None:
+        trigger = rec.event
+        assert isinstance(trigger, IncidentOpened | CallRepeated)
+        alert = alert_for(opened, trigger)
+        if alert is None:
             return
-        try:
-            payload = json.loads(msg.data)
-        except ValueError:
-            return
-        village = payload.get("village")
-        body = msg.data.decode()
-        for client in list(self.clients):
-            if client.wants(village):
+        message, message_en = alert_text_for(alert), alert_text_en_for(alert)
+        kind = "repeat" if alert.reason == "repeat" else ("alarm" if alert.registered else "unregistered")
+        for person in alert.recipients:
+            body = json.dumps(
+                notification(
+                    kind=kind,
+                    incident_id=alert.incident_id,
+                    village=alert.village,
+                    group=alert.group,
+                    caller=alert.caller,
+                    recipient=person,
+                    urgency=alert.urgency,
+                    message=message,
+                    message_en=message_en,
+                    answer_url=f"{self.public_url}/v1/incidents/{alert.incident_id}/responses",
+                    raised_at=alert.raised_at,
+                    round=rec.seq,
+                    key=stable_key(alert.incident_id, rec.seq, person.phone, "console"),
+                ),
+                ensure_ascii=False,
+            )
+            for client in listeners:
                 client.put("notification", body)
 
     async def stop(self) -> None:
-        await self._follower.stop()
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+        if self._following:
+            await self._follower.stop()
         for client in list(self.clients):
             client.put("bye", "{}")
         for task in list(self._tasks):

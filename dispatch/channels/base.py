@@ -1,8 +1,9 @@
-"""What a channel is given (a delivery job) and what it answers (an outcome).
+"""What a channel is given (a delivery job) and what it answers (an outcome), per target.
 
 Invariants:
-- a job is one recipient, on one channel, to one target (a webhook URL, a phone, a robot);
-- its `key` is stable across retries and restarts and goes out as the `Idempotency-Key`;
+- a job is one alert on one channel and carries every target of it, so a worker rings them all
+  at once; a retry job carries only the targets still to reach, not before `not_before`;
+- each target's `key` is stable across retries and restarts and goes out as the `Idempotency-Key`;
 - a channel never raises for a failed delivery: it answers Delivered, Transient (retry, maybe
   after `retry_after` seconds) or Permanent (do not retry).
 """
@@ -19,14 +20,19 @@ from dispatch.events.model import Person
 JobKind = Literal["alarm", "unregistered", "repeat"]
 
 
+class Target(msgspec.Struct, frozen=True, kw_only=True):
+    recipient: Person
+    address: str
+    key: str
+
+
 class DeliveryJob(msgspec.Struct, frozen=True, kw_only=True):
     key: str
     incident_id: str
     round: int
     kind: JobKind
     channel: str
-    target: str
-    recipient: Person
+    targets: tuple[Target, ...]
     village: str | None
     group: str | None
     caller: Person
@@ -36,6 +42,8 @@ class DeliveryJob(msgspec.Struct, frozen=True, kw_only=True):
     answer_url: str
     raised_at: datetime
     appended_at: datetime
+    attempt: int = 1
+    not_before: datetime | None = None
 
 
 class Delivered(msgspec.Struct, frozen=True):
@@ -64,25 +72,58 @@ class Channel(Protocol):
         """Where this recipient is reached on this channel; empty when not at all."""
         ...
 
-    async def send(self, job: DeliveryJob) -> Outcome: ...
+    async def send(self, job: DeliveryJob, target: Target) -> Outcome: ...
 
     async def close(self) -> None: ...
 
 
-def payload(job: DeliveryJob) -> dict[str, object]:
-    """The JSON a webhook receiver (or the console) gets for one notification."""
+def payload(job: DeliveryJob, target: Target) -> dict[str, object]:
+    """The JSON a webhook receiver gets for one notification."""
+    return notification(
+        kind=job.kind,
+        incident_id=job.incident_id,
+        village=job.village,
+        group=job.group,
+        caller=job.caller,
+        recipient=target.recipient,
+        urgency=job.urgency,
+        message=job.message,
+        message_en=job.message_en,
+        answer_url=job.answer_url,
+        raised_at=job.raised_at,
+        round=job.round,
+        key=target.key,
+    )
+
+
+def notification(
+    *,
+    kind: str,
+    incident_id: str,
+    village: str | None,
+    group: str | None,
+    caller: Person,
+    recipient: Person,
+    urgency: int,
+    message: str,
+    message_en: str,
+    answer_url: str,
+    raised_at: datetime,
+    round: int,
+    key: str,
+) -> dict[str, object]:
     return {
-        "type": job.kind,
-        "incident_id": job.incident_id,
-        "village": job.village,
-        "group": job.group,
-        "caller": {"phone": job.caller.phone, "name": job.caller.name, "role": job.caller.role},
-        "recipient": {"phone": job.recipient.phone, "name": job.recipient.name, "role": job.recipient.role},
-        "urgency": job.urgency,
-        "message": job.message,
-        "message_en": job.message_en,
-        "answer_url": job.answer_url,
-        "raised_at": job.raised_at.isoformat().replace("+00:00", "Z"),
-        "round": job.round,
-        "idempotency_key": job.key,
+        "type": kind,
+        "incident_id": incident_id,
+        "village": village,
+        "group": group,
+        "caller": {"phone": caller.phone, "name": caller.name, "role": caller.role},
+        "recipient": {"phone": recipient.phone, "name": recipient.name, "role": recipient.role},
+        "urgency": urgency,
+        "message": message,
+        "message_en": message_en,
+        "answer_url": answer_url,
+        "raised_at": raised_at.isoformat().replace("+00:00", "Z"),
+        "round": round,
+        "idempotency_key": key,
     }

@@ -14,7 +14,7 @@ import json
 
 import httpx
 
-from dispatch.channels.base import Delivered, DeliveryJob, Outcome, Permanent, Transient, payload
+from dispatch.channels.base import Delivered, DeliveryJob, Outcome, Permanent, Target, Transient, payload
 from dispatch.events.model import Person
 
 TRANSIENT_STATUS = {408, 425, 429}
@@ -44,16 +44,16 @@ class WebhookChannel:
     def targets(self, recipient: Person) -> list[str]:
         return list(self.urls)
 
-    async def send(self, job: DeliveryJob) -> Outcome:
-        body = json.dumps(payload(job), ensure_ascii=False).encode()
+    async def send(self, job: DeliveryJob, target: Target) -> Outcome:
+        body = json.dumps(payload(job, target), ensure_ascii=False).encode()
         headers = {
             "Content-Type": "application/json; charset=utf-8",
             "X-Dispatch-Signature": sign(self.secret, body),
-            "Idempotency-Key": job.key,
+            "Idempotency-Key": target.key,
             "User-Agent": "dispatch-webhook/1",
         }
         try:
-            response = await self._client.post(job.target, content=body, headers=headers)
+            response = await self._client.post(target.address, content=body, headers=headers)
         except httpx.TimeoutException:
             return Transient("timeout")
         except httpx.HTTPError as exc:

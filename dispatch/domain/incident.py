@@ -9,7 +9,9 @@ Invariants:
 - one responder's accept never silences another's (multi-ack); the incident is covered once
   every quorum clause is met by some accepter's role (default: officer, and leader or
   assistant) and IncidentCovered is emitted exactly once;
-- a resolved or cancelled incident takes no further answer (409 with the reason);
+- a resolved or cancelled incident takes no further answer (409 with the reason), and closing it
+  closes its line (LineClosed{epoch}), so the line's next call opens the next epoch's incident;
+- an incident's id is a function of its line and epoch: concurrent openers agree on it;
 - repeating an answer already recorded decides nothing (idempotent), so a retried request is safe;
 - `evolve` never fails: it folds whatever the log holds.
 """
@@ -46,11 +48,12 @@ from dispatch.events.model import (
     ResponderAccepted,
     ResponderArrived,
     ResponderDeclined,
-    ResponderNotified,
+    RespondersNotified,
     Role,
     UnregisteredCall,
 )
 from dispatch.events.subjects import caller_line, group_line, village_line
+from dispatch.ids import stable_key
 
 Status = Literal["raised", "notifying", "acknowledged", "on_scene", "resolved", "cancelled"]
 Action = Literal["accept", "decline", "arrived", "resolve", "cancel"]
@@ -173,12 +176,19 @@ def route_call(directory: Directory, call: IncomingCall, policy: Quorum, fallbac
     )
 
 
-def open_incident(route: Route, call: IncomingCall, incident_id: str) -> IncidentOpened:
+def incident_id_for(line: str, epoch: int) -> str:
+    """The id of a line's incident of one epoch: every process computes the same one, so two
+    callers of one group racing to open an incident write the same subject and one of them wins."""
+    return stable_key("incident", line, epoch)
+
+
+def open_incident(route: Route, call: IncomingCall, epoch: int) -> IncidentOpened:
     kind = UnregisteredCall if route.kind == "unregistered" else AlarmRaised
     return kind(
         at=call.at,
-        incident_id=incident_id,
+        incident_id=incident_id_for(route.line, epoch),
         line=route.line,
+        epoch=epoch,
         village=route.village,
         group=route.group,
         caller=route.caller,
@@ -193,8 +203,18 @@ def open_incident(route: Route, call: IncomingCall, incident_id: str) -> Inciden
 
 
 def repeat_call(state: IncidentState, call: IncomingCall, caller: Person) -> CallRepeated:
+    """Merge a call into the open incident: urgency rises; who has not answered and was not alerted
+    in the last 30 s is alerted again (recorded in the event, so the limit holds under any race)."""
     if state.closed:
         raise InvalidTransition(f"incident {state.id} is {state.status}")
+    realert = tuple(
+        r.person
+        for r in state.responders.values()
+        if r.recipient
+        and not r.answered
+        and r.person.phone != caller.phone
+        and (r.last_alerted_at is None or call.at - r.last_alerted_at >= REALERT_INTERVAL)
+    )
     return CallRepeated(
         at=call.at,
         incident_id=state.id,
@@ -203,6 +223,43 @@ def repeat_call(state: IncidentState, call: IncomingCall, caller: Person) -> Cal
         channel=call.channel,
         called_at=call.called_at,
         urgency=state.urgency + 1,
+        realerted=realert,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """Whom a decision alerts now, with what the message needs (not an event: a view of one)."""
+
+    incident_id: str
+    reason: Literal["raised", "repeat"]
+    recipients: tuple[Person, ...]
+    village: str | None
+    group: str | None
+    caller: Person
+    registered: bool
+    urgency: int
+    raised_at: datetime
+
+
+def alert_for(opened: IncidentOpened, trigger: IncidentOpened | CallRepeated) -> Alert | None:
+    """The alert a trigger event carries: everyone on raise, the re-alerted on a repeated call."""
+    if isinstance(trigger, IncidentOpened):
+        recipients, reason, caller, urgency = trigger.recipients, "raised", trigger.caller, 1
+    else:
+        recipients, reason, caller, urgency = trigger.realerted, "repeat", trigger.caller, trigger.urgency
+    if not recipients:
+        return None
+    return Alert(
+        incident_id=opened.incident_id,
+        reason=reason,  # type: ignore[arg-type]
+        recipients=recipients,
+        village=opened.village,
+        group=opened.group,
+        caller=caller,
+        registered=isinstance(opened, AlarmRaised),
+        urgency=urgency,
+        raised_at=opened.at,
     )
 
 
@@ -234,7 +291,9 @@ class IncidentState:
     raised_at: datetime
     responders: dict[str, Responder]
     urgency: int = 1
+    calls: frozenset[str] = frozenset()
     rounds: frozenset[int] = frozenset()
+    outcomes: frozenset[tuple[int, str, str]] = frozenset()
     covered_at: datetime | None = None
     first_notified_at: datetime | None = None
     first_accept_at: datetime | None = None
@@ -267,10 +326,17 @@ class IncidentState:
 
 
 def _start(event: IncidentOpened) -> IncidentState:
-    responders = {p.phone: Responder(person=p, recipient=True) for p in event.recipients}
+    responders = {p.phone: Responder(person=p, recipient=True, last_alerted_at=event.at) for p in event.recipients}
     for desk in event.duty_desks:
         responders.setdefault(desk.phone, Responder(person=desk, recipient=False))
-    return IncidentState(id=event.incident_id, opened=event, status="raised", raised_at=event.at, responders=responders)
+    return IncidentState(
+        id=event.incident_id,
+        opened=event,
+        status="raised",
+        raised_at=event.at,
+        responders=responders,
+        calls=frozenset({event.call_id}),
+    )
 
 
 def _with_responder(state: IncidentState, phone: str, **changes: object) -> IncidentState:
@@ -289,14 +355,14 @@ def evolve(state: IncidentState | None, event: Event) -> IncidentState | None:
     if state is None or not isinstance(event, IncidentEvent):
         return state
     if isinstance(event, CallRepeated):
-        return replace(state, urgency=max(state.urgency, event.urgency))
-    if isinstance(event, ResponderNotified):
-        r = state.responders.get(event.phone)
-        if r is None:
-            return state
-        notified = dict(r.notified)
-        notified.setdefault(event.channel, event.at)
-        state = _with_responder(state, event.phone, notified=notified, last_alerted_at=event.at)
+        for person in event.realerted:
+            state = _with_responder(state, person.phone, last_alerted_at=event.at)
+        return replace(state, urgency=max(state.urgency, event.urgency), calls=state.calls | {event.call_id})
+    if isinstance(event, RespondersNotified):
+        for phone in event.phones:
+            r = state.responders.get(phone)
+            if r is not None and event.channel not in r.notified:
+                state = _with_responder(state, phone, notified={**r.notified, event.channel: event.at})
         status: Status = "notifying" if state.status == "raised" else state.status
         return replace(
             state,
@@ -305,16 +371,20 @@ def evolve(state: IncidentState | None, event: Event) -> IncidentState | None:
             first_notified_at=state.first_notified_at or event.at,
         )
     if isinstance(event, DeliverySucceeded):
-        r = state.responders.get(event.phone)
-        if r is None or event.channel in r.delivered:
-            return state
-        return _with_responder(state, event.phone, delivered={**r.delivered, event.channel: event.at})
+        for target in event.targets:
+            r = state.responders.get(target.phone)
+            if r is not None and event.channel not in r.delivered:
+                state = _with_responder(state, target.phone, delivered={**r.delivered, event.channel: event.at})
+        done = {(event.round, event.channel, t.address) for t in event.targets}
+        return replace(state, outcomes=state.outcomes | done)
     if isinstance(event, DeliveryFailed):
-        r = state.responders.get(event.phone)
-        if r is None:
-            return state
-        key = f"{event.channel}/{event.target}" if event.target else event.channel
-        return _with_responder(state, event.phone, failed={**r.failed, key: event.kind})
+        for failure in event.failures:
+            r = state.responders.get(failure.phone)
+            if r is not None:
+                key = f"{event.channel}/{failure.address}" if failure.address else event.channel
+                state = _with_responder(state, failure.phone, failed={**r.failed, key: failure.kind})
+        done = {(event.round, event.channel, f.address) for f in event.failures}
+        return replace(state, outcomes=state.outcomes | done)
     if isinstance(event, ResponderAccepted):
         r = state.responders.get(event.phone)
         if r is None:
@@ -394,7 +464,7 @@ def decide_response(state: IncidentState | None, cmd: Respond) -> list[Event]:
             raise InvalidCommand(f"cancel reason must be one of {', '.join(CANCEL_REASONS)}")
         return [
             IncidentCancelled(at=at, incident_id=iid, by=cmd.responder, reason=reason, note=cmd.note),
-            LineClosed(at=cmd.at, line=state.opened.line, incident_id=state.id),
+            line_closed(state, cmd.at),
         ]
     if is_caller or responder is None:
         raise InvalidTransition(f"the caller cannot {cmd.action} their own alarm; the caller may only cancel")
@@ -421,9 +491,17 @@ def decide_response(state: IncidentState | None, cmd: Respond) -> list[Event]:
             raise InvalidCommand(f"resolve needs a category: one of {', '.join(CATEGORIES)}")
         return [
             IncidentResolved(at=at, incident_id=iid, by=person.phone, category=cmd.category, note=cmd.note),
-            LineClosed(at=cmd.at, line=state.opened.line, incident_id=state.id),
+            line_closed(state, cmd.at),
         ]
     raise InvalidCommand(f"action must be one of {', '.join(ACTIONS)}")
+
+
+def line_closed(state: IncidentState, at: datetime) -> LineClosed:
+    return LineClosed(at=at, line=state.opened.line, incident_id=state.id, epoch=state.opened.epoch)
+
+
+def line_closed_msg_id(event: LineClosed) -> str:
+    return f"line:{event.line}:closed:{event.epoch}"
 
 
 def _accept(state: IncidentState, person: Person, at: datetime) -> list[Event]:
@@ -436,25 +514,3 @@ def _accept(state: IncidentState, person: Person, at: datetime) -> list[Event]:
         )
         events.append(IncidentCovered(at=at, incident_id=state.id, accepted_by=accepted_by))
     return events
-
-
-# --- Fan-out --------------------------------------------------------------------------------------
-
-
-def alert_targets(state: IncidentState, trigger: Event, round_: int) -> list[Person]:
-    """Who a trigger event alerts: everyone on raise; on a repeated call those who have not
-    answered and were not alerted in the last 30 s. Nobody twice for the same round."""
-    if state.closed or round_ in state.rounds:
-        return []
-    if isinstance(trigger, IncidentOpened):
-        return [r.person for r in state.responders.values() if r.recipient]
-    if isinstance(trigger, CallRepeated):
-        return [
-            r.person
-            for r in state.responders.values()
-            if r.recipient
-            and not r.answered
-            and r.person.phone != trigger.caller.phone
-            and (r.last_alerted_at is None or trigger.at - r.last_alerted_at >= REALERT_INTERVAL)
-        ]
-    return []

@@ -6,8 +6,13 @@ and how to answer (keypad / SMS reply / the answer link), within one SMS-sized p
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dispatch.events import model as m
-from dispatch.events.model import CallRepeated, IncidentOpened, Person, Role, UnregisteredCall
+from dispatch.events.model import Person, Role
+
+if TYPE_CHECKING:
+    from dispatch.domain.incident import Alert
 
 ROLE_ZH: dict[Role, str] = {
     "household": "联防户",
@@ -47,12 +52,10 @@ STATUS_ZH = {
 HOW_TO_ANSWER = "接警请按1或回复“接”，到达现场请按3或回复“到”。"
 
 
-def place(opened: IncidentOpened) -> str:
-    if opened.village and opened.group:
-        return f"{opened.village}{opened.group}组"
-    if opened.village:
-        return opened.village
-    return "未知地点"
+def place(village: str | None, group: str | None) -> str:
+    if village and group:
+        return f"{village}{group}组"
+    return village or "未知地点"
 
 
 def who(person: Person) -> str:
@@ -60,21 +63,20 @@ def who(person: Person) -> str:
     return f"{ROLE_ZH.get(person.role, '')}{name}（{person.phone}）" if person.name else f"{name}（{person.phone}）"
 
 
-def alert_text(opened: IncidentOpened, repeat: CallRepeated | None = None) -> str:
+def alert_text_for(alert: Alert) -> str:
     """The alert a recipient reads or hears."""
-    if isinstance(opened, UnregisteredCall):
-        head = f"【6995报警】未登记号码 {opened.caller.phone} 拨打6995求助，请值班室立即回拨核实并处置。"
+    if not alert.registered:
+        head = f"【6995报警】未登记号码 {alert.caller.phone} 拨打6995求助，请值班室立即回拨核实并处置。"
     else:
-        caller = repeat.caller if repeat else opened.caller
-        head = f"【6995联防报警】{place(opened)} {who(caller)} 拨打6995求助，请立即前往！"
-    if repeat is not None:
-        head = f"【再次呼叫·紧急程度{repeat.urgency}】" + head
+        head = f"【6995联防报警】{place(alert.village, alert.group)} {who(alert.caller)} 拨打6995求助，请立即前往！"
+    if alert.reason == "repeat":
+        head = f"【再次呼叫·紧急程度{alert.urgency}】" + head
     return head + HOW_TO_ANSWER
 
 
-def alert_text_en(opened: IncidentOpened) -> str:
-    where = f"{opened.village}/{opened.group}" if opened.group else (opened.village or "unknown place")
-    caller = opened.caller
+def alert_text_en_for(alert: Alert) -> str:
+    where = f"{alert.village}/{alert.group}" if alert.group else (alert.village or "unknown place")
+    caller = alert.caller
     return f"6995 alarm: {ROLE_EN.get(caller.role, '')} {caller.name} ({caller.phone}) at {where} needs help."
 
 
@@ -93,13 +95,16 @@ def describe(event: object, people: dict[str, Person]) -> str:
         return f"{who(event.caller)} 拨打{event.callee}报警，通知{len(event.recipients)}人"
     if isinstance(event, m.CallRepeated):
         return f"{who(event.caller)} 再次呼叫，紧急程度{event.urgency}"
-    if isinstance(event, m.ResponderNotified):
-        return f"已通知 {name(event.phone)} · {event.channel}"
+    if isinstance(event, m.RespondersNotified):
+        return f"已通知 {len(event.phones)} 人 · {event.channel}"
     if isinstance(event, m.DeliverySucceeded):
-        return f"已送达 {name(event.phone)} · {event.channel}"
+        return f"已送达 {len(event.targets)} 人 · {event.channel}"
     if isinstance(event, m.DeliveryFailed):
-        kind = "无法送达" if event.kind == "permanent" else "多次重试仍未送达"
-        return f"{kind} {name(event.phone)} · {event.channel}（{event.reason}）"
+        parts = [
+            f"{name(f.phone)}{'无法送达' if f.kind == 'permanent' else '多次重试仍未送达'}（{f.reason}）"
+            for f in event.failures
+        ]
+        return f"{event.channel}：" + "；".join(parts)
     if isinstance(event, m.ResponderAccepted):
         return f"{name(event.phone)} 已接警"
     if isinstance(event, m.ResponderDeclined):

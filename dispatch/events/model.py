@@ -5,7 +5,10 @@ Invariants:
   type tag that travels in the `Dispatch-Type` header, `SCHEMA` the version in `Dispatch-Schema`;
 - every event carries `at` (UTC, when the service recorded it) and the id of its aggregate, so a
   reader never has to parse a subject;
-- phone numbers are E.164 strings; an unregistered caller's number is kept as the gateway sent it.
+- phone numbers are E.164 strings; an unregistered caller's number is kept as the gateway sent it;
+- an incident's decisions are on `dispatch.evt.incident.<id>` (optimistic concurrency), its
+  delivery observations (RespondersNotified, DeliverySucceeded, DeliveryFailed) on
+  `dispatch.evt.notice.<id>` (appended without expectations, never racing a decision).
 """
 
 from __future__ import annotations
@@ -98,12 +101,10 @@ class LineEvent(Event, frozen=True, kw_only=True):
     incident_id: str
 
 
-class LineOpened(LineEvent, frozen=True, kw_only=True):
-    pass
-
-
 class LineClosed(LineEvent, frozen=True, kw_only=True):
-    pass
+    """The line's incident of `epoch` is closed: the next call opens epoch + 1."""
+
+    epoch: int
 
 
 # --- Call: what one gateway call id was routed to (idempotency beyond the duplicate window) ------
@@ -126,6 +127,7 @@ class IncidentOpened(IncidentEvent, frozen=True, kw_only=True):
     """Common shape of the two events that start an incident."""
 
     line: str
+    epoch: int
     village: str | None
     group: str | None
     caller: Person
@@ -152,31 +154,45 @@ class CallRepeated(IncidentEvent, frozen=True, kw_only=True):
     channel: CallChannel
     called_at: datetime
     urgency: int
+    realerted: tuple[Person, ...] = ()
 
 
-class ResponderNotified(IncidentEvent, frozen=True, kw_only=True):
-    phone: str
-    role: Role
+class RespondersNotified(IncidentEvent, frozen=True, kw_only=True):
+    """The alert of `round` was queued on `channel` for these recipients (one event per job: the
+    log is fsynced per message, so per-recipient events would multiply the cost of an alarm).
+    Delivery observations live on `dispatch.evt.notice.<incident>`, apart from the decisions."""
+
     channel: str
-    round: int = 0
+    round: int
+    phones: tuple[str, ...]
+
+
+class Reached(msgspec.Struct, frozen=True, kw_only=True):
+    phone: str
+    address: str = ""
+
+
+class Unreached(msgspec.Struct, frozen=True, kw_only=True):
+    phone: str
+    address: str = ""
+    kind: FailureKind
+    reason: str
 
 
 class DeliverySucceeded(IncidentEvent, frozen=True, kw_only=True):
-    phone: str
     channel: str
-    target: str = ""
-    round: int = 0
+    round: int
     attempt: int = 1
+    targets: tuple[Reached, ...]
 
 
 class DeliveryFailed(IncidentEvent, frozen=True, kw_only=True):
-    phone: str
+    """Targets given up on: `permanent` (never retried) or `exhausted` (every attempt failed)."""
+
     channel: str
-    target: str = ""
-    round: int = 0
+    round: int
     attempt: int = 1
-    kind: FailureKind
-    reason: str
+    failures: tuple[Unreached, ...]
 
 
 class ResponderAccepted(IncidentEvent, frozen=True, kw_only=True):
@@ -226,13 +242,12 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     GroupDissolved,
     DutyDeskBound,
     DutyDeskUnbound,
-    LineOpened,
     LineClosed,
     CallRouted,
     AlarmRaised,
     UnregisteredCall,
     CallRepeated,
-    ResponderNotified,
+    RespondersNotified,
     DeliverySucceeded,
     DeliveryFailed,
     ResponderAccepted,

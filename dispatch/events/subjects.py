@@ -2,6 +2,7 @@
 
 Invariants:
 - every event lives on `dispatch.evt.<aggregate>.<id>`; an id may span tokens (`group.<village>.<group>`);
+- an incident's id is one token, so `dispatch.evt.*.<id>` is exactly its decisions and notices;
 - village and group codes are single subject tokens: letters (any script), digits, `_` and `-`;
 - a gateway's call id is never put in a subject raw: it is hashed, so any string is safe.
 """
@@ -17,6 +18,8 @@ TIMERS_STREAM = "DISPATCH_TIMERS"
 
 EVENTS_ALL = "dispatch.evt.>"
 INCIDENTS_ALL = "dispatch.evt.incident.>"
+NOTICES_ALL = "dispatch.evt.notice.>"
+SINGLE_TOKEN_AGGREGATES = "dispatch.evt.*.*"
 GROUPS_ALL = "dispatch.evt.group.>"
 VILLAGES_ALL = "dispatch.evt.village.>"
 DELIVERY_ALL = "dispatch.deliver.>"
@@ -54,6 +57,15 @@ def village_subject(village: str) -> str:
 
 def incident_subject(incident_id: str) -> str:
     return f"dispatch.evt.incident.{incident_id}"
+
+
+def notice_subject(incident_id: str) -> str:
+    return f"dispatch.evt.notice.{incident_id}"
+
+
+def incident_history(incident_id: str) -> str:
+    """Every subject of one incident: its decisions and its delivery notices."""
+    return f"dispatch.evt.*.{incident_id}"
 
 
 def line_subject(line: str) -> str:

@@ -1,26 +1,34 @@
-"""Delivery: hand one job to its channel and record the outcome.
+"""Delivery: ring every target of a job at once through its channel and record the outcomes.
 
 Invariants:
-- transient failures are retried with exponential backoff and jitter (a Retry-After given by the
-  receiver is honoured) up to `max_attempts`; then DeliveryFailed{exhausted};
-- permanent failures are not retried: DeliveryFailed{permanent};
-- the outcome event is appended before the job is acknowledged; if that append fails the job is
-  delivered again later (same Idempotency-Key), never dropped.
+- all targets of a job are handed to the channel concurrently (ring-all), the moment the job
+  is taken; a job whose `not_before` lies ahead is put back until then, untouched;
+- transient failures are retried with exponential backoff and jitter (a Retry-After from the
+  receiver is honoured) up to `max_attempts`, as a new job holding only those targets;
+  then DeliveryFailed{exhausted}; permanent failures are not retried: DeliveryFailed{permanent};
+- the retry job is queued and the outcome events appended before the job is acknowledged; if
+  either fails the whole job comes back (same Idempotency-Keys), never dropped;
+- a channel that raises is treated as a transient failure of that target.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Mapping
+from datetime import timedelta
 
+import msgspec
 import structlog
 
-from dispatch.channels.base import Channel, Delivered, DeliveryJob, Permanent, Transient
+from dispatch.channels.base import Channel, Delivered, DeliveryJob, Outcome, Permanent, Target, Transient
 from dispatch.clock import Clock, utcnow
-from dispatch.events.model import DeliveryFailed, DeliverySucceeded, FailureKind
-from dispatch.events.subjects import incident_subject
+from dispatch.events.model import DeliveryFailed, DeliverySucceeded, Reached, Unreached
+from dispatch.events.subjects import notice_subject
+from dispatch.ids import stable_key
 from dispatch.metrics import Metrics
 from dispatch.store.eventstore import EventStore, Outgoing
+from dispatch.store.jobs import JobQueue
 
 log = structlog.get_logger(__name__)
 
@@ -29,6 +37,7 @@ class DeliveryWorker:
     def __init__(
         self,
         store: EventStore,
+        jobs: JobQueue,
         channels: Mapping[str, Channel],
         *,
         metrics: Metrics,
@@ -38,6 +47,7 @@ class DeliveryWorker:
         clock: Clock = utcnow,
     ) -> None:
         self.store = store
+        self.jobs = jobs
         self.channels = channels
         self.metrics = metrics
         self.max_attempts = max_attempts
@@ -51,77 +61,109 @@ class DeliveryWorker:
         base = min(self.backoff_max, self.backoff_base * 2.0 ** (attempt - 1))
         return float(base * random.uniform(0.8, 1.2))
 
-    async def handle(self, job: DeliveryJob, attempt: int) -> float | None:
-        """Deliver once; return None when done (acknowledge) or the delay before the next attempt."""
+    async def handle(self, job: DeliveryJob) -> float | None:
+        """Deliver one job; None when it is done (acknowledge), else seconds until it is due."""
+        now = self.clock()
+        if job.not_before is not None and job.not_before > now:
+            return (job.not_before - now).total_seconds()
         channel = self.channels.get(job.channel)
         if channel is None:
-            await self._failed(job, attempt, "permanent", f"channel {job.channel!r} is not configured")
+            reason = f"channel {job.channel!r} is not configured"
+            await self._record(job, [(t, Permanent(reason)) for t in job.targets], [])
             return None
-        if attempt == 1:
-            self.metrics.handoff.labels(job.channel).observe(max(0.0, (self.clock() - job.appended_at).total_seconds()))
-        outcome = await channel.send(job)
-        if isinstance(outcome, Delivered):
-            await self.store.append(
+        sends = [asyncio.ensure_future(self._send(channel, job, t)) for t in job.targets]
+        if job.attempt == 1:
+            self.metrics.fanout.labels(job.channel).observe(max(0.0, (self.clock() - job.appended_at).total_seconds()))
+        outcomes = await asyncio.gather(*sends)
+        retry: list[tuple[Target, Transient]] = [
+            (t, o)
+            for t, o in zip(job.targets, outcomes, strict=True)
+            if isinstance(o, Transient) and job.attempt < self.max_attempts
+        ]
+        if retry:
+            delay = max(self.backoff(job.attempt, o.retry_after) for _, o in retry)
+            await self.jobs.enqueue(
                 [
-                    Outgoing(
-                        incident_subject(job.incident_id),
-                        DeliverySucceeded(
-                            at=self.clock(),
-                            incident_id=job.incident_id,
-                            phone=job.recipient.phone,
-                            channel=job.channel,
-                            target=job.target,
-                            round=job.round,
-                            attempt=attempt,
-                        ),
-                        f"dlv:{job.key}:ok",
+                    msgspec.structs.replace(
+                        job,
+                        key=stable_key(job.key, job.attempt + 1),
+                        targets=tuple(t for t, _ in retry),
+                        attempt=job.attempt + 1,
+                        not_before=self.clock() + timedelta(seconds=delay),
                     )
                 ]
             )
-            self.metrics.notifications.labels(job.channel, "delivered").inc()
-            return None
-        if isinstance(outcome, Transient) and attempt < self.max_attempts:
-            self.metrics.notifications.labels(job.channel, "retry").inc()
-            delay = self.backoff(attempt, outcome.retry_after)
             log.warning(
                 "delivery.retry",
                 incident_id=job.incident_id,
                 channel=job.channel,
-                attempt=attempt,
-                reason=outcome.reason,
+                attempt=job.attempt,
+                targets=len(retry),
+                reason=retry[0][1].reason,
                 delay_s=round(delay, 2),
             )
-            return delay
-        kind: FailureKind = "permanent" if isinstance(outcome, Permanent) else "exhausted"
-        await self._failed(job, attempt, kind, outcome.reason)
+        retried = {t.key for t, _ in retry}
+        done = [(t, o) for t, o in zip(job.targets, outcomes, strict=True) if t.key not in retried]
+        await self._record(job, done, retry)
         return None
 
-    async def _failed(self, job: DeliveryJob, attempt: int, kind: FailureKind, reason: str) -> None:
-        await self.store.append(
-            [
-                Outgoing(
-                    incident_subject(job.incident_id),
-                    DeliveryFailed(
-                        at=self.clock(),
-                        incident_id=job.incident_id,
-                        phone=job.recipient.phone,
-                        channel=job.channel,
-                        target=job.target,
-                        round=job.round,
-                        attempt=attempt,
-                        kind=kind,
-                        reason=reason,
-                    ),
-                    f"dlv:{job.key}:failed",
+    async def _send(self, channel: Channel, job: DeliveryJob, target: Target) -> Outcome:
+        try:
+            return await channel.send(job, target)
+        except Exception as exc:
+            log.exception("delivery.channel_raised", channel=job.channel, incident_id=job.incident_id)
+            return Transient(f"{type(exc).__name__}")
+
+    async def _record(
+        self, job: DeliveryJob, done: list[tuple[Target, Outcome]], retry: list[tuple[Target, Transient]]
+    ) -> None:
+        now = self.clock()
+        reached = tuple(
+            Reached(phone=t.recipient.phone, address=t.address) for t, o in done if isinstance(o, Delivered)
+        )
+        failures = tuple(
+            Unreached(
+                phone=t.recipient.phone,
+                address=t.address,
+                kind="permanent" if isinstance(o, Permanent) else "exhausted",
+                reason=o.reason,
+            )
+            for t, o in done
+            if not isinstance(o, Delivered)
+        )
+        subject = notice_subject(job.incident_id)
+        events: list[Outgoing] = []
+        if reached:
+            succeeded = DeliverySucceeded(
+                at=now,
+                incident_id=job.incident_id,
+                channel=job.channel,
+                round=job.round,
+                attempt=job.attempt,
+                targets=reached,
+            )
+            events.append(Outgoing(subject, succeeded, f"dlv:{job.key}:ok"))
+            self.metrics.notifications.labels(job.channel, "delivered").inc(len(reached))
+        if failures:
+            failed = DeliveryFailed(
+                at=now,
+                incident_id=job.incident_id,
+                channel=job.channel,
+                round=job.round,
+                attempt=job.attempt,
+                failures=failures,
+            )
+            events.append(Outgoing(subject, failed, f"dlv:{job.key}:failed"))
+            for failure in failures:
+                self.metrics.notifications.labels(job.channel, failure.kind).inc()
+                log.error(
+                    "delivery.failed",
+                    incident_id=job.incident_id,
+                    channel=job.channel,
+                    kind=failure.kind,
+                    reason=failure.reason,
+                    attempt=job.attempt,
                 )
-            ]
-        )
-        self.metrics.notifications.labels(job.channel, kind).inc()
-        log.error(
-            "delivery.failed",
-            incident_id=job.incident_id,
-            channel=job.channel,
-            kind=kind,
-            reason=reason,
-            attempt=attempt,
-        )
+        if retry:
+            self.metrics.notifications.labels(job.channel, "retry").inc(len(retry))
+        await asyncio.gather(*(self.store.append([e]) for e in events))

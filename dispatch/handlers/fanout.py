@@ -1,110 +1,139 @@
-"""Fan-out: on an alarm, every recipient on every channel is queued at once — the group rings together.
+"""Fan-out: an alarm decision rings every recipient on every channel at once, in this process.
+
+Triggers are the incident decisions that alert people: AlarmRaised and UnregisteredCall (the
+recipients are in the event) and CallRepeated (the re-alerted are in the event).
+
+The first attempt is made here, not through the work queue: one hop from the log to the phones
+(a queue hop costs an fsynced publish and a second consumer). Targets that fail transiently are
+queued on DISPATCH_DELIVERY for retries, which any process's delivery worker takes.
 
 Invariants:
-- the trigger's stream sequence is the alert round: the same trigger never alerts anyone twice
-  (ResponderNotified records the round; job keys contain it, so a redelivered trigger re-queues
-  only what the duplicate window has not seen, with the same idempotency keys);
-- jobs are queued before ResponderNotified is recorded, and the trigger is acknowledged only
-  after both: a crash in between repeats the fan-out, never loses it;
-- a closed incident alerts nobody.
+- the trigger's stream sequence is its round: every target's Idempotency-Key contains it, so a
+  repeated attempt carries the same key;
+- the trigger is acknowledged only after every target has an outcome recorded or a retry job
+  queued: a crash in between redelivers the trigger, which rings again exactly the targets that
+  have no recorded outcome for that round (at least once, never lost);
+- a redelivered trigger of a closed incident rings nobody.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import structlog
 
-from dispatch.channels.base import Channel, DeliveryJob, JobKind
+from dispatch.channels.base import Channel, DeliveryJob, JobKind, Target
 from dispatch.clock import Clock, utcnow
-from dispatch.domain.incident import alert_targets
-from dispatch.domain.messages import alert_text, alert_text_en
-from dispatch.events.model import CallRepeated, IncidentOpened, ResponderNotified, UnregisteredCall
-from dispatch.events.subjects import incident_subject
+from dispatch.domain.incident import Alert, alert_for
+from dispatch.domain.messages import alert_text_en_for, alert_text_for
+from dispatch.events.model import CallRepeated, IncidentOpened, RespondersNotified
+from dispatch.events.subjects import notice_subject
+from dispatch.handlers.delivery import DeliveryWorker
 from dispatch.handlers.responses import IncidentReader
 from dispatch.ids import stable_key
-from dispatch.metrics import Metrics
 from dispatch.store.eventstore import EventStore, Outgoing, Recorded
-from dispatch.store.jobs import JobQueue
 
 log = structlog.get_logger(__name__)
+
+
+def job_kind(alert: Alert) -> JobKind:
+    if alert.reason == "repeat":
+        return "repeat"
+    return "alarm" if alert.registered else "unregistered"
 
 
 class FanOut:
     def __init__(
         self,
         store: EventStore,
-        jobs: JobQueue,
+        delivery: DeliveryWorker,
         channels: Sequence[Channel],
         *,
         public_url: str,
-        metrics: Metrics,
         clock: Clock = utcnow,
     ) -> None:
         self.store = store
         self.reader = IncidentReader(store)
-        self.jobs = jobs
+        self.delivery = delivery
         self.channels = list(channels)
         self.public_url = public_url.rstrip("/")
-        self.metrics = metrics
         self.clock = clock
 
-    async def handle(self, rec: Recorded) -> int:
-        """React to one incident event; return how many delivery jobs were queued."""
+    def answer_url(self, incident_id: str) -> str:
+        return f"{self.public_url}/v1/incidents/{incident_id}/responses"
+
+    async def handle(self, rec: Recorded, *, redelivered: bool = False) -> int:
+        """Ring everyone a trigger alerts; return how many targets were handed to channels."""
         trigger = rec.event
         if not isinstance(trigger, IncidentOpened | CallRepeated):
             return 0
-        state, _ = await self.reader.load(trigger.incident_id)
-        targets = alert_targets(state, trigger, rec.seq)
-        if not targets:
+        opened = trigger if isinstance(trigger, IncidentOpened) else None
+        done: frozenset[tuple[int, str, str]] = frozenset()
+        if opened is None or redelivered:
+            state, _ = await self.reader.load(trigger.incident_id)
+            if redelivered and state.closed:
+                return 0
+            opened, done = state.opened, state.outcomes
+        alert = alert_for(opened, trigger)
+        if alert is None:
             return 0
-        opened = state.opened
-        repeat = trigger if isinstance(trigger, CallRepeated) else None
-        kind: JobKind = "repeat" if repeat else ("unregistered" if isinstance(opened, UnregisteredCall) else "alarm")
-        message, message_en = alert_text(opened, repeat), alert_text_en(opened)
+        jobs = self.jobs_for(alert, rec, done)
         now = self.clock()
-        jobs: list[DeliveryJob] = []
-        notified: list[ResponderNotified] = []
-        for person in targets:
-            for channel in self.channels:
-                targets_on_channel = channel.targets(person)
-                for target in targets_on_channel:
-                    jobs.append(
-                        DeliveryJob(
-                            key=stable_key(state.id, rec.seq, person.phone, channel.name, target),
-                            incident_id=state.id,
-                            round=rec.seq,
-                            kind=kind,
-                            channel=channel.name,
-                            target=target,
-                            recipient=person,
-                            village=opened.village,
-                            group=opened.group,
-                            caller=repeat.caller if repeat else opened.caller,
-                            urgency=state.urgency,
-                            message=message,
-                            message_en=message_en,
-                            answer_url=f"{self.public_url}/v1/incidents/{state.id}/responses",
-                            raised_at=state.raised_at,
-                            appended_at=rec.time,
-                        )
-                    )
-                if targets_on_channel:
-                    notified.append(
-                        ResponderNotified(
-                            at=now,
-                            incident_id=state.id,
-                            phone=person.phone,
-                            role=person.role,
-                            channel=channel.name,
-                            round=rec.seq,
-                        )
-                    )
-        await self.jobs.enqueue(jobs)
-        self.metrics.fanout.observe(max(0.0, (self.clock() - rec.time).total_seconds()))
-        subject = incident_subject(state.id)
-        await self.store.append(
-            [Outgoing(subject, event, f"notify:{state.id}:{rec.seq}:{i}") for i, event in enumerate(notified)]
+        notices = [
+            RespondersNotified(
+                at=now,
+                incident_id=alert.incident_id,
+                channel=job.channel,
+                round=rec.seq,
+                phones=tuple(dict.fromkeys(t.recipient.phone for t in job.targets)),
+            )
+            for job in jobs
+        ]
+        subject = notice_subject(alert.incident_id)
+        await asyncio.gather(
+            *(self.delivery.handle(job) for job in jobs),
+            *(
+                self.store.append([Outgoing(subject, n, f"notify:{n.incident_id}:{n.round}:{n.channel}")])
+                for n in notices
+            ),
         )
-        log.info("fanout.queued", incident_id=state.id, round=rec.seq, recipients=len(targets), jobs=len(jobs))
-        return len(jobs)
+        targets = sum(len(j.targets) for j in jobs)
+        log.info("fanout.rung", incident_id=alert.incident_id, round=rec.seq, reason=alert.reason, targets=targets)
+        return targets
+
+    def jobs_for(self, alert: Alert, rec: Recorded, done: frozenset[tuple[int, str, str]]) -> list[DeliveryJob]:
+        message, message_en = alert_text_for(alert), alert_text_en_for(alert)
+        jobs = []
+        for channel in self.channels:
+            targets = tuple(
+                Target(
+                    recipient=person,
+                    address=address,
+                    key=stable_key(alert.incident_id, rec.seq, person.phone, channel.name, address),
+                )
+                for person in alert.recipients
+                for address in channel.targets(person)
+                if (rec.seq, channel.name, address) not in done
+            )
+            if targets:
+                jobs.append(
+                    DeliveryJob(
+                        key=stable_key(alert.incident_id, rec.seq, channel.name),
+                        incident_id=alert.incident_id,
+                        round=rec.seq,
+                        kind=job_kind(alert),
+                        channel=channel.name,
+                        targets=targets,
+                        village=alert.village,
+                        group=alert.group,
+                        caller=alert.caller,
+                        urgency=alert.urgency,
+                        message=message,
+                        message_en=message_en,
+                        answer_url=self.answer_url(alert.incident_id),
+                        raised_at=alert.raised_at,
+                        appended_at=rec.time,
+                    )
+                )
+        return jobs

@@ -27,6 +27,7 @@ from dispatch.store.eventstore import AppendConflict, EventStore, Outgoing
 log = structlog.get_logger(__name__)
 
 MAX_ATTEMPTS = 5
+FREEZE_AFTER_EVENTS = 1000
 
 
 class ImportSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -94,6 +95,8 @@ class GroupService:
                     log.warning("groups.import_conflict", attempt=attempt)
                     await asyncio.sleep(0.1 * (attempt + 1))
                     continue
+                if plan.event_count >= FREEZE_AFTER_EVENTS:
+                    self.live.freeze()
                 log.info("groups.imported", groups=plan.groups_in_file, events=plan.event_count)
                 return ImportSummary.of(plan)
         raise AppendConflict("the directory kept changing during the import; try again")

@@ -4,7 +4,8 @@ Invariants:
 - a decision is made on the incident as loaded from the log and appended with its last
   sequence expected; on conflict it is re-decided on fresh state (never blindly re-appended);
 - an answer that changes nothing (a repeated accept) appends nothing and succeeds;
-- closing an incident closes its line in the same atomic batch.
+- closing an incident then closes its line (LineClosed, idempotent); if that second append is
+  lost, the line's next call repairs it.
 """
 
 from __future__ import annotations
@@ -18,10 +19,25 @@ import msgspec
 
 from dispatch.clock import Clock, utcnow
 from dispatch.domain.errors import InvalidCommand, NotFound
-from dispatch.domain.incident import Action, IncidentState, Respond, decide_response, evolve, fold
+from dispatch.domain.incident import (
+    Action,
+    IncidentState,
+    Respond,
+    decide_response,
+    evolve,
+    fold,
+    line_closed_msg_id,
+)
 from dispatch.domain.phone import InvalidPhone, normalize
-from dispatch.events.model import Event, IncidentCovered, LineEvent, ResponderAccepted, ResponderArrived
-from dispatch.events.subjects import incident_subject, line_subject
+from dispatch.events.model import (
+    Event,
+    IncidentCovered,
+    LineClosed,
+    LineEvent,
+    ResponderAccepted,
+    ResponderArrived,
+)
+from dispatch.events.subjects import incident_history, incident_subject, line_subject
 from dispatch.metrics import Metrics
 from dispatch.store.eventstore import AppendConflict, EventStore, Outgoing, Recorded, StoreUnavailable
 
@@ -41,11 +57,17 @@ class IncidentReader:
         self.store = store
 
     async def load(self, incident_id: str) -> tuple[IncidentState, list[Recorded]]:
-        history = await self.store.load(incident_subject(incident_id))
+        """The incident folded from its decisions and notices, with that history in log order."""
+        history = await self.store.load(incident_history(incident_id))
         state = fold([r.event for r in history])
         if state is None:
             raise NotFound(f"no incident {incident_id}")
         return state, history
+
+
+def last_decision_seq(incident_id: str, history: list[Recorded]) -> int:
+    subject = incident_subject(incident_id)
+    return max((r.seq for r in history if r.subject == subject), default=0)
 
 
 class ResponseService:
@@ -79,7 +101,9 @@ class ResponseService:
             if not events:
                 return state, []
             try:
-                await self._append(incident_id, events, history[-1].seq, f"resp:{incident_id}:{command_id}")
+                await self._append(
+                    incident_id, events, last_decision_seq(incident_id, history), f"resp:{incident_id}:{command_id}"
+                )
             except AppendConflict:
                 self.metrics.append_conflicts.inc()
                 await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
@@ -94,23 +118,16 @@ class ResponseService:
         raise StoreUnavailable("too much contention on this incident, retry")
 
     async def _append(self, incident_id: str, events: list[Event], last_seq: int, prefix: str) -> None:
-        messages = []
-        expected_set = False
-        for i, event in enumerate(events):
-            if isinstance(event, LineEvent):
-                messages.append(Outgoing(line_subject(event.line), event, f"{prefix}:{i}"))
-            else:
-                messages.append(
-                    Outgoing(
-                        incident_subject(incident_id),
-                        event,
-                        f"{prefix}:{i}",
-                        expected_seq=None if expected_set else last_seq,
-                    )
-                )
-                expected_set = True
+        decisions = [e for e in events if not isinstance(e, LineEvent)]
+        messages = [
+            Outgoing(incident_subject(incident_id), event, f"{prefix}:{i}", expected_seq=last_seq if i == 0 else None)
+            for i, event in enumerate(decisions)
+        ]
         with self.metrics.append_seconds.time():
             await self.store.append(messages)
+        for event in events:
+            if isinstance(event, LineClosed):
+                await self.store.append([Outgoing(line_subject(event.line), event, line_closed_msg_id(event))])
 
     def _observe(self, before: IncidentState, events: list[Event]) -> None:
         raised = before.raised_at

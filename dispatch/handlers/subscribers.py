@@ -4,6 +4,9 @@ Invariants:
 - every JetStream subscriber binds to a consumer our code provisioned (`declare=False`) and
   acknowledges manually, only after the handler's effect is durable; FastStream's default for
   JetStream (terminate on any exception) would lose a message on a transient error;
+- pulls are one message at a time (nats-py's batch fetch waits for the whole batch or its
+  timeout, which would delay an alarm); each message is handed to a bounded task pool and
+  acknowledged when its work is done, so a slow receiver never holds up the next alarm;
 - a message the handler cannot read is acknowledged (it would never become readable) after it is
   copied to `dispatch.dead.<source>` with the reason in a header; nothing else is ever dropped:
   errors nack with a delay and the message comes back;
@@ -19,6 +22,7 @@ import structlog
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, PullSub
 from faststream.nats.annotations import NatsMessage
+from nats.aio.msg import Msg
 
 from dispatch.channels.base import job_decoder
 from dispatch.domain.errors import DomainError
@@ -34,6 +38,7 @@ from dispatch.events.subjects import (
 from dispatch.handlers.calls import CallRequest, CallService
 from dispatch.handlers.delivery import DeliveryWorker
 from dispatch.handlers.fanout import FanOut
+from dispatch.handlers.pool import TaskPool
 from dispatch.store.eventstore import StoreUnavailable, recorded_from
 from dispatch.store.provision import FANOUT, delivery_consumer
 
@@ -42,10 +47,11 @@ log = structlog.get_logger(__name__)
 _call_decoder = msgspec.json.Decoder(CallRequest)
 _encoder = msgspec.json.Encoder()
 RETRY_DELAY = 2.0
+FANOUT_IN_FLIGHT = 256
+DELIVERY_IN_FLIGHT = 512
 
 
-async def dead_letter(broker: NatsBroker, source: str, msg: NatsMessage, reason: str) -> None:
-    raw = msg.raw_message
+async def dead_letter(broker: NatsBroker, source: str, raw: Msg, reason: str) -> None:
     headers = dict(raw.headers or {})
     headers["Dispatch-Dead-Reason"] = reason[:500]
     headers["Dispatch-Dead-Subject"] = raw.subject
@@ -63,8 +69,10 @@ def build_broker(
     delivery: DeliveryWorker,
     calls: CallService,
     channels: list[str],
+    pools: dict[str, TaskPool],
     connect: dict[str, object] | None = None,
 ) -> NatsBroker:
+    """Register every subscriber; `pools` receives the task pools so the service can drain them."""
     broker = NatsBroker(
         servers,
         logger=None,
@@ -76,45 +84,51 @@ def build_broker(
     )
     events = JStream(EVENTS_STREAM, declare=False)
     deliveries = JStream(DELIVERY_STREAM, declare=False)
+    alerts = pools.setdefault("fanout", TaskPool(FANOUT_IN_FLIGHT, "fanout"))
+
+    async def fan_out(raw: Msg) -> None:
+        try:
+            rec = recorded_from(raw)
+        except UnknownEvent as exc:
+            await dead_letter(broker, "fanout", raw, str(exc))
+            await raw.ack()
+            return
+        try:
+            await fanout.handle(rec, redelivered=raw.metadata.num_delivered > 1)
+        except StoreUnavailable as exc:
+            log.warning("fanout.retry", seq=rec.seq, error=str(exc))
+            await _nak(raw, RETRY_DELAY)
+            return
+        except Exception:
+            log.exception("fanout.failed", seq=rec.seq)
+            await _nak(raw, RETRY_DELAY * 2)
+            return
+        await _ack(raw)
 
     @broker.subscriber(
         INCIDENTS_ALL,
         stream=events,
         durable=FANOUT.durable,
-        pull_sub=PullSub(batch_size=32, timeout=1.0),
+        pull_sub=PullSub(batch_size=1, timeout=5.0),
         ack_policy=AckPolicy.MANUAL,
         title="fanout",
-        description="Incident events -> delivery jobs for every recipient on every channel",
+        description="Incident decisions -> one delivery job per channel for whoever they alert",
     )
-    async def on_incident_event(msg: NatsMessage) -> None:
-        try:
-            rec = recorded_from(msg.raw_message)
-        except UnknownEvent as exc:
-            await dead_letter(broker, "fanout", msg, str(exc))
-            await msg.ack()
-            return
-        try:
-            await fanout.handle(rec)
-        except StoreUnavailable as exc:
-            log.warning("fanout.retry", seq=rec.seq, error=str(exc))
-            await msg.nack(delay=RETRY_DELAY)
-            return
-        except Exception:
-            log.exception("fanout.failed", seq=rec.seq)
-            await msg.nack(delay=RETRY_DELAY * 2)
-            return
-        await msg.ack()
+    async def on_alert(msg: NatsMessage) -> None:
+        raw = msg.raw_message
+        await alerts.submit(lambda: fan_out(raw))
 
     for name in channels:
+        pool = pools.setdefault(f"deliver.{name}", TaskPool(DELIVERY_IN_FLIGHT, f"deliver.{name}"))
         broker.subscriber(
             deliver_subject(name),
             stream=deliveries,
             durable=delivery_consumer(name).durable,
-            pull_sub=PullSub(batch_size=64, timeout=1.0),
+            pull_sub=PullSub(batch_size=1, timeout=5.0),
             ack_policy=AckPolicy.MANUAL,
             title=f"deliver.{name}",
             description=f"Delivery jobs for the {name} channel",
-        )(_delivery_handler(broker, delivery, name))
+        )(_delivery_handler(broker, delivery, name, pool))
 
     @broker.subscriber(
         CALL_INGRESS,
@@ -123,13 +137,14 @@ def build_broker(
         description="A call as JSON (same body as POST /v1/calls); replies with the incident",
     )
     async def on_call(msg: NatsMessage) -> bytes:
+        raw = msg.raw_message
         try:
-            req = _call_decoder.decode(msg.raw_message.data)
+            req = _call_decoder.decode(raw.data)
         except msgspec.ValidationError as exc:
-            await dead_letter(broker, "ingress.call", msg, str(exc))
+            await dead_letter(broker, "ingress.call", raw, str(exc))
             return _encoder.encode({"error": f"invalid call: {exc}"})
         except msgspec.DecodeError as exc:
-            await dead_letter(broker, "ingress.call", msg, str(exc))
+            await dead_letter(broker, "ingress.call", raw, str(exc))
             return _encoder.encode({"error": f"invalid JSON: {exc}"})
         try:
             result = await calls.call(req)
@@ -142,31 +157,48 @@ def build_broker(
     return broker
 
 
+async def _ack(raw: Msg) -> None:
+    try:
+        await raw.ack()
+    except Exception as exc:
+        log.warning("ack_failed", error=str(exc) or type(exc).__name__)
+
+
+async def _nak(raw: Msg, delay: float) -> None:
+    try:
+        await raw.nak(delay=delay)
+    except Exception as exc:
+        log.warning("nak_failed", error=str(exc) or type(exc).__name__)
+
+
 def _delivery_handler(
-    broker: NatsBroker, worker: DeliveryWorker, channel: str
+    broker: NatsBroker, worker: DeliveryWorker, channel: str, pool: TaskPool
 ) -> Callable[[NatsMessage], Awaitable[None]]:
-    async def on_delivery_job(msg: NatsMessage) -> None:
-        raw = msg.raw_message
+    async def deliver(raw: Msg) -> None:
         try:
             job = job_decoder.decode(raw.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await dead_letter(broker, f"deliver.{channel}", msg, str(exc))
-            await msg.ack()
+            await dead_letter(broker, f"deliver.{channel}", raw, str(exc))
+            await _ack(raw)
             return
         try:
-            delay = await worker.handle(job, raw.metadata.num_delivered)
+            due_in = await worker.handle(job)
         except StoreUnavailable as exc:
             log.warning("delivery.outcome_not_recorded", incident_id=job.incident_id, error=str(exc))
-            await msg.nack(delay=RETRY_DELAY)
+            await _nak(raw, RETRY_DELAY)
             return
         except Exception:
             log.exception("delivery.crashed", incident_id=job.incident_id, channel=channel)
-            await msg.nack(delay=RETRY_DELAY * 2)
+            await _nak(raw, RETRY_DELAY * 2)
             return
-        if delay is None:
-            await msg.ack()
+        if due_in is None:
+            await _ack(raw)
         else:
-            await msg.nack(delay=delay)
+            await _nak(raw, due_in)
+
+    async def on_delivery_job(msg: NatsMessage) -> None:
+        raw = msg.raw_message
+        await pool.submit(lambda: deliver(raw))
 
     on_delivery_job.__name__ = f"deliver_{channel}"
     return on_delivery_job

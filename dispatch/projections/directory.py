@@ -1,10 +1,13 @@
 """The live directory every process keeps in memory: phone -> group membership, for ingress.
 
-Invariant: after `start()` it has applied every group and village event stored before it
-started; `wait_for(seq)` gives read-your-writes after an import appended up to `seq`.
+Invariants: after `start()` it has applied every group and village event stored before it
+started; `wait_for(seq)` gives read-your-writes after an import appended up to `seq`; the heap
+it builds is frozen out of the cyclic GC after start and after large imports.
 """
 
 from __future__ import annotations
+
+import gc
 
 from nats.aio.client import Client as NATS
 
@@ -28,6 +31,17 @@ class LiveDirectory:
         await self._groups.start()
         await self._villages.start()
         self.ready = True
+        self.freeze()
+
+    @staticmethod
+    def freeze() -> None:
+        """Move the long-lived heap (the directory) out of the cyclic GC's reach.
+
+        A full collection over a large directory stalls the event loop for tens of milliseconds
+        (measured: 49-61 ms with 30k numbers), which is an alarm waiting. Frozen objects are still
+        freed by reference counting; the directory holds no reference cycles."""
+        gc.collect()
+        gc.freeze()
 
     async def wait_for(self, seqs_by_subject: dict[str, int], timeout: float = 10.0) -> None:
         for subject, seq in seqs_by_subject.items():

@@ -1,18 +1,22 @@
-"""Incident history read model: one row per incident, per responder, per timeline entry.
+"""Incident history read model: one row per incident and one per responder.
+
+The timeline of one incident is not copied here: it is folded from the log, which holds it whole.
 
 Invariants:
-- every column is a fold of the incident's events; "first" times never move once set;
-- times are stored as UTC epoch seconds (DOUBLE PRECISION) so range filters and response-time
-  arithmetic are the same on SQLite and PostgreSQL;
-- applying the same event twice is harmless, but the runner's checkpoint makes sure it never is.
+- rows are a fold of the incident's events: a batch loads the rows it touches once, folds its
+  events into them in memory, and writes each touched row once (an alarm and its delivery
+  notices, arriving together, cost one insert each instead of a statement per event);
+- "first" times never move once set; times are UTC epoch seconds (DOUBLE PRECISION) so range
+  filters and response-time arithmetic are the same on SQLite and PostgreSQL;
+- every column but `events` is idempotent; `events` counts the incident's events applied, so a
+  double application would show (the runner's checkpoint makes sure there never is one).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import astuple, dataclass, fields
 from datetime import datetime
-
-import msgspec
 
 from dispatch.events.model import (
     CallRepeated,
@@ -27,10 +31,10 @@ from dispatch.events.model import (
     ResponderAccepted,
     ResponderArrived,
     ResponderDeclined,
-    ResponderNotified,
+    RespondersNotified,
     UnregisteredCall,
 )
-from dispatch.events.subjects import INCIDENTS_ALL
+from dispatch.events.subjects import SINGLE_TOKEN_AGGREGATES
 from dispatch.projections.sql import Connection
 from dispatch.store.eventstore import Recorded
 
@@ -40,24 +44,88 @@ ROLE_ACCEPT_COLUMNS = {
     "assistant": "assistant_accept_at",
     "duty": "duty_accept_at",
 }
-_TIMELINE_SKIP = {"recipients", "duty_desks", "quorum", "incident_id", "at"}
+CLOSED = ("resolved", "cancelled")
 
 
 def ts(value: datetime) -> float:
     return value.timestamp()
 
 
-def timeline_detail(event: IncidentEvent) -> str:
-    data = msgspec.to_builtins(event)
-    return msgspec.json.encode({k: v for k, v in data.items() if k not in _TIMELINE_SKIP}).decode()
+@dataclass(slots=True)
+class IncidentRow:
+    id: str
+    kind: str
+    village: str | None
+    grp: str | None
+    line: str
+    caller: str
+    caller_name: str
+    caller_role: str
+    channel: str
+    status: str
+    covered: int
+    urgency: int
+    recipients: int
+    escalation_tier: int
+    category: str | None
+    cancel_reason: str | None
+    raised_at: float
+    first_notified_at: float | None
+    first_delivered_at: float | None
+    first_accept_at: float | None
+    first_accept_role: str | None
+    officer_accept_at: float | None
+    leader_accept_at: float | None
+    assistant_accept_at: float | None
+    duty_accept_at: float | None
+    covered_at: float | None
+    first_arrival_at: float | None
+    closed_at: float | None
+    events: int
+    updated_seq: int
+
+
+@dataclass(slots=True)
+class ResponderRow:
+    incident_id: str
+    phone: str
+    name: str
+    role: str
+    recipient: int
+    notified_at: float | None = None
+    delivered_at: float | None = None
+    failed_kind: str | None = None
+    accepted_at: float | None = None
+    declined_at: float | None = None
+    arrived_at: float | None = None
+
+
+INCIDENT_COLUMNS = tuple(f.name for f in fields(IncidentRow))
+RESPONDER_COLUMNS = tuple(f.name for f in fields(ResponderRow))
+
+
+def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)}) "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+    )
+
+
+UPSERT_INCIDENT = _upsert("incidents", INCIDENT_COLUMNS, ("id",))
+UPSERT_RESPONDER = _upsert("incident_responders", RESPONDER_COLUMNS, ("incident_id", "phone"))
+
+
+def _first(current: float | None, at: float) -> float:
+    return at if current is None else current
 
 
 class IncidentsProjection:
     name = "incidents_v1"
-    filter_subject = INCIDENTS_ALL
+    filter_subject = SINGLE_TOKEN_AGGREGATES
 
     def tables(self) -> Sequence[str]:
-        return ("incidents", "incident_responders", "incident_timeline")
+        return ("incidents", "incident_responders")
 
     def ddl(self) -> Sequence[str]:
         return (
@@ -90,6 +158,7 @@ class IncidentsProjection:
                 covered_at DOUBLE PRECISION,
                 first_arrival_at DOUBLE PRECISION,
                 closed_at DOUBLE PRECISION,
+                events INTEGER NOT NULL DEFAULT 0,
                 updated_seq BIGINT NOT NULL
             )""",
             "CREATE INDEX IF NOT EXISTS incidents_village_raised ON incidents (village, raised_at)",
@@ -108,146 +177,158 @@ class IncidentsProjection:
                 arrived_at DOUBLE PRECISION,
                 PRIMARY KEY (incident_id, phone)
             )""",
-            """CREATE TABLE IF NOT EXISTS incident_timeline (
-                incident_id TEXT NOT NULL,
-                seq BIGINT NOT NULL,
-                type TEXT NOT NULL,
-                at DOUBLE PRECISION NOT NULL,
-                detail TEXT NOT NULL,
-                PRIMARY KEY (incident_id, seq)
-            )""",
         )
 
-    def apply(self, conn: Connection, rec: Recorded) -> None:
-        event = rec.event
-        if not isinstance(event, IncidentEvent):
-            return
-        iid, at, seq = event.incident_id, ts(event.at), rec.seq
+    def apply_many(self, conn: Connection, recs: Sequence[Recorded]) -> None:
+        batch = _Batch(conn)
+        for rec in recs:
+            if isinstance(rec.event, IncidentEvent):
+                batch.apply(rec.event, rec.seq)
+        batch.write()
+
+
+class _Batch:
+    """The rows one batch touches: loaded once, folded in memory, written once."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.rows: dict[str, IncidentRow | None] = {}
+        self.responders: dict[tuple[str, str], ResponderRow] = {}
+        self.dirty_rows: set[str] = set()
+        self.dirty_responders: set[tuple[str, str]] = set()
+
+    def _row(self, incident_id: str) -> IncidentRow | None:
+        if incident_id not in self.rows:
+            found = self.conn.one(f"SELECT {', '.join(INCIDENT_COLUMNS)} FROM incidents WHERE id = ?", (incident_id,))
+            self.rows[incident_id] = IncidentRow(*found) if found else None
+            if found:
+                for values in self.conn.query(
+                    f"SELECT {', '.join(RESPONDER_COLUMNS)} FROM incident_responders WHERE incident_id = ?",
+                    (incident_id,),
+                ):
+                    r = ResponderRow(*values)
+                    self.responders[(r.incident_id, r.phone)] = r
+        return self.rows[incident_id]
+
+    def _responder(self, incident_id: str, phone: str) -> ResponderRow | None:
+        r = self.responders.get((incident_id, phone))
+        if r is not None:
+            self.dirty_responders.add((incident_id, phone))
+        return r
+
+    def apply(self, event: IncidentEvent, seq: int) -> None:
+        iid, at = event.incident_id, ts(event.at)
         if isinstance(event, IncidentOpened):
-            self._open(conn, event, seq)
-        elif isinstance(event, CallRepeated):
-            conn.execute(
-                "UPDATE incidents SET urgency = CASE WHEN urgency < ? THEN ? ELSE urgency END, updated_seq = ? "
-                "WHERE id = ?",
-                (event.urgency, event.urgency, seq, iid),
-            )
-        elif isinstance(event, ResponderNotified):
-            conn.execute(
-                "UPDATE incident_responders SET notified_at = COALESCE(notified_at, ?) "
-                "WHERE incident_id = ? AND phone = ?",
-                (at, iid, event.phone),
-            )
-            conn.execute(
-                "UPDATE incidents SET first_notified_at = COALESCE(first_notified_at, ?), "
-                "status = CASE WHEN status = 'raised' THEN 'notifying' ELSE status END, updated_seq = ? WHERE id = ?",
-                (at, seq, iid),
-            )
+            if self._row(iid) is None:
+                self._open(event, seq)
+            return
+        row = self._row(iid)
+        if row is None:
+            return
+        self.dirty_rows.add(iid)
+        row.events += 1
+        row.updated_seq = seq
+        if isinstance(event, CallRepeated):
+            row.urgency = max(row.urgency, event.urgency)
+        elif isinstance(event, RespondersNotified):
+            for phone in event.phones:
+                r = self._responder(iid, phone)
+                if r is not None:
+                    r.notified_at = _first(r.notified_at, at)
+            row.first_notified_at = _first(row.first_notified_at, at)
+            if row.status == "raised":
+                row.status = "notifying"
         elif isinstance(event, DeliverySucceeded):
-            conn.execute(
-                "UPDATE incident_responders SET delivered_at = COALESCE(delivered_at, ?) "
-                "WHERE incident_id = ? AND phone = ?",
-                (at, iid, event.phone),
-            )
-            conn.execute(
-                "UPDATE incidents SET first_delivered_at = COALESCE(first_delivered_at, ?), updated_seq = ? "
-                "WHERE id = ?",
-                (at, seq, iid),
-            )
+            for target in event.targets:
+                r = self._responder(iid, target.phone)
+                if r is not None:
+                    r.delivered_at = _first(r.delivered_at, at)
+            row.first_delivered_at = _first(row.first_delivered_at, at)
         elif isinstance(event, DeliveryFailed):
-            conn.execute(
-                "UPDATE incident_responders SET failed_kind = ? WHERE incident_id = ? AND phone = ?",
-                (event.kind, iid, event.phone),
-            )
+            for failure in event.failures:
+                r = self._responder(iid, failure.phone)
+                if r is not None:
+                    r.failed_kind = failure.kind
         elif isinstance(event, ResponderAccepted):
-            conn.execute(
-                "UPDATE incident_responders SET accepted_at = COALESCE(accepted_at, ?), declined_at = NULL "
-                "WHERE incident_id = ? AND phone = ?",
-                (at, iid, event.phone),
-            )
-            role_col = ROLE_ACCEPT_COLUMNS.get(event.role)
-            role_set = f"{role_col} = COALESCE({role_col}, ?), " if role_col else ""
-            conn.execute(
-                "UPDATE incidents SET first_accept_role = CASE WHEN first_accept_at IS NULL THEN ? "
-                "ELSE first_accept_role END, first_accept_at = COALESCE(first_accept_at, ?), "
-                "status = CASE WHEN status IN ('raised', 'notifying') THEN 'acknowledged' ELSE status END, "
-                f"{role_set}updated_seq = ? WHERE id = ?",
-                (event.role, at, *((at,) if role_col else ()), seq, iid),
-            )
+            r = self._responder(iid, event.phone)
+            if r is not None:
+                r.accepted_at = _first(r.accepted_at, at)
+                r.declined_at = None
+            if row.first_accept_at is None:
+                row.first_accept_role = event.role
+            row.first_accept_at = _first(row.first_accept_at, at)
+            column = ROLE_ACCEPT_COLUMNS.get(event.role)
+            if column is not None:
+                setattr(row, column, _first(getattr(row, column), at))
+            if row.status in ("raised", "notifying"):
+                row.status = "acknowledged"
         elif isinstance(event, ResponderDeclined):
-            conn.execute(
-                "UPDATE incident_responders SET declined_at = ? WHERE incident_id = ? AND phone = ?",
-                (at, iid, event.phone),
-            )
+            r = self._responder(iid, event.phone)
+            if r is not None:
+                r.declined_at = at
         elif isinstance(event, ResponderArrived):
-            conn.execute(
-                "UPDATE incident_responders SET arrived_at = COALESCE(arrived_at, ?) "
-                "WHERE incident_id = ? AND phone = ?",
-                (at, iid, event.phone),
-            )
-            conn.execute(
-                "UPDATE incidents SET first_arrival_at = COALESCE(first_arrival_at, ?), "
-                "status = CASE WHEN status IN ('resolved', 'cancelled') THEN status ELSE 'on_scene' END, "
-                "updated_seq = ? WHERE id = ?",
-                (at, seq, iid),
-            )
+            r = self._responder(iid, event.phone)
+            if r is not None:
+                r.arrived_at = _first(r.arrived_at, at)
+            row.first_arrival_at = _first(row.first_arrival_at, at)
+            if row.status not in CLOSED:
+                row.status = "on_scene"
         elif isinstance(event, IncidentCovered):
-            conn.execute(
-                "UPDATE incidents SET covered = 1, covered_at = COALESCE(covered_at, ?), updated_seq = ? WHERE id = ?",
-                (at, seq, iid),
-            )
+            row.covered = 1
+            row.covered_at = _first(row.covered_at, at)
         elif isinstance(event, IncidentEscalated):
-            conn.execute(
-                "UPDATE incidents SET escalation_tier = CASE WHEN escalation_tier < ? THEN ? ELSE escalation_tier END, "
-                "updated_seq = ? WHERE id = ?",
-                (event.tier, event.tier, seq, iid),
-            )
+            row.escalation_tier = max(row.escalation_tier, event.tier)
         elif isinstance(event, IncidentResolved):
-            conn.execute(
-                "UPDATE incidents SET status = 'resolved', category = ?, closed_at = ?, updated_seq = ? WHERE id = ?",
-                (event.category, at, seq, iid),
-            )
+            row.status, row.category, row.closed_at = "resolved", event.category, at
         elif isinstance(event, IncidentCancelled):
-            conn.execute(
-                "UPDATE incidents SET status = 'cancelled', cancel_reason = ?, closed_at = ?, updated_seq = ? "
-                "WHERE id = ?",
-                (event.reason, at, seq, iid),
-            )
-        conn.execute(
-            "INSERT INTO incident_timeline (incident_id, seq, type, at, detail) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (incident_id, seq) DO NOTHING",
-            (iid, seq, type(event).__name__, at, timeline_detail(event)),
-        )
+            row.status, row.cancel_reason, row.closed_at = "cancelled", event.reason, at
 
-    @staticmethod
-    def _open(conn: Connection, event: IncidentOpened, seq: int) -> None:
+    def _open(self, event: IncidentOpened, seq: int) -> None:
+        iid = event.incident_id
         kind = "unregistered" if isinstance(event, UnregisteredCall) else "alarm"
-        conn.execute(
-            "INSERT INTO incidents (id, kind, village, grp, line, caller, caller_name, caller_role, channel, status, "
-            "urgency, recipients, raised_at, updated_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'raised', 1, ?, ?, ?) "
-            "ON CONFLICT (id) DO NOTHING",
-            (
-                event.incident_id,
-                kind,
-                event.village,
-                event.group,
-                event.line,
-                event.caller.phone,
-                event.caller.name,
-                event.caller.role,
-                event.channel,
-                len(event.recipients),
-                ts(event.at),
-                seq,
-            ),
+        self.rows[iid] = IncidentRow(
+            id=iid,
+            kind=kind,
+            village=event.village,
+            grp=event.group,
+            line=event.line,
+            caller=event.caller.phone,
+            caller_name=event.caller.name,
+            caller_role=event.caller.role,
+            channel=event.channel,
+            status="raised",
+            covered=0,
+            urgency=1,
+            recipients=len(event.recipients),
+            escalation_tier=0,
+            category=None,
+            cancel_reason=None,
+            raised_at=ts(event.at),
+            first_notified_at=None,
+            first_delivered_at=None,
+            first_accept_at=None,
+            first_accept_role=None,
+            officer_accept_at=None,
+            leader_accept_at=None,
+            assistant_accept_at=None,
+            duty_accept_at=None,
+            covered_at=None,
+            first_arrival_at=None,
+            closed_at=None,
+            events=1,
+            updated_seq=seq,
         )
-        rows = [(event.incident_id, p.phone, p.name, p.role, 1) for p in event.recipients] + [
-            (event.incident_id, d.phone, d.name, d.role, 0)
-            for d in event.duty_desks
-            if d.phone not in {p.phone for p in event.recipients}
-        ]
+        self.dirty_rows.add(iid)
+        for person, recipient in [(p, 1) for p in event.recipients] + [(d, 0) for d in event.duty_desks]:
+            key = (iid, person.phone)
+            if key not in self.responders:
+                self.responders[key] = ResponderRow(iid, person.phone, person.name, person.role, recipient)
+                self.dirty_responders.add(key)
+
+    def write(self) -> None:
+        rows = [astuple(r) for iid in self.dirty_rows if (r := self.rows.get(iid)) is not None]
         if rows:
-            conn.executemany(
-                "INSERT INTO incident_responders (incident_id, phone, name, role, recipient) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (incident_id, phone) DO NOTHING",
-                rows,
-            )
+            self.conn.executemany(UPSERT_INCIDENT, rows)
+        responders = [astuple(self.responders[key]) for key in self.dirty_responders]
+        if responders:
+            self.conn.executemany(UPSERT_RESPONDER, responders)

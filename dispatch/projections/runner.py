@@ -6,7 +6,9 @@ Invariants:
   redelivery, or several processes sharing one PostgreSQL apply every event exactly once;
 - the checkpoint row is created before it is locked (a lock on a missing row locks nothing),
   so concurrent writers serialize on it from their very first batch;
-- events are applied strictly in stream order (an ordered consumer, one batch at a time);
+- events are applied strictly in stream order (an ordered consumer, one batch at a time); a batch
+  gathers for up to LINGER_S, so a burst costs a few transactions, not one per event (the read
+  model may lag the log by that much; the incident detail is read from the log itself);
 - a database outage stops the projection where it was; it resumes from its checkpoint;
 - `lag` is how many matching events the server still holds beyond what was applied.
 """
@@ -33,6 +35,7 @@ log = structlog.get_logger(__name__)
 
 BATCH = 500
 QUEUE = 5000
+LINGER_S = 0.1
 
 CHECKPOINTS_DDL = (
     "CREATE TABLE IF NOT EXISTS projection_checkpoints ("
@@ -48,7 +51,9 @@ class Projection(Protocol):
 
     def tables(self) -> Sequence[str]: ...
 
-    def apply(self, conn: Connection, rec: Recorded) -> None: ...
+    def apply_many(self, conn: Connection, recs: Sequence[Recorded]) -> None:
+        """Apply these events, in order, inside the caller's transaction."""
+        ...
 
 
 def ensure_schema(conn: Connection, projection: Projection) -> None:
@@ -72,12 +77,10 @@ def apply_batch(conn: Connection, projection: Projection, batch: Sequence[Record
             (projection.name, time.time()),
         )
         done = checkpoint(conn, projection.name, lock=True)
-        position = done
-        for rec in batch:
-            if rec.seq <= position:
-                continue
-            projection.apply(conn, rec)
-            position = rec.seq
+        fresh = [rec for rec in batch if rec.seq > done]
+        if fresh:
+            projection.apply_many(conn, fresh)
+        position = fresh[-1].seq if fresh else done
         if position != done:
             conn.execute(
                 "INSERT INTO projection_checkpoints (name, position, updated_at) VALUES (?, ?, ?) "
@@ -96,8 +99,11 @@ def drop(conn: Connection, projection: Projection) -> None:
 
 
 class ProjectionRunner:
-    def __init__(self, nc: NATS, db: Database, projection: Projection, *, stream: str = EVENTS_STREAM) -> None:
+    def __init__(
+        self, nc: NATS, db: Database, projection: Projection, *, stream: str = EVENTS_STREAM, linger: float = LINGER_S
+    ) -> None:
         self.nc = nc
+        self.linger = linger
         self.db = db
         self.projection = projection
         self.stream = stream
@@ -136,34 +142,52 @@ class ProjectionRunner:
             idle_heartbeat=2.0,
         )
 
+    async def _gather(self) -> list[Msg]:
+        """Wait for one message, then up to `linger` for more: few large transactions, not many tiny ones."""
+        msgs = [await self._queue.get()]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.linger
+        while len(msgs) < BATCH:
+            if not self._queue.empty():
+                msgs.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                msgs.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return msgs
+
     async def _run(self) -> None:
         while True:
-            first = await self._queue.get()
-            msgs = [first]
-            while len(msgs) < BATCH and not self._queue.empty():
-                msgs.append(self._queue.get_nowait())
-            batch = []
-            for msg in msgs:
-                try:
-                    batch.append(recorded_from(msg))
-                except UnknownEvent as exc:
-                    log.error(
-                        "projection.unreadable", projection=self.name, seq=msg.metadata.sequence.stream, error=str(exc)
-                    )
+            msgs = await self._gather()
             self.pending = msgs[-1].metadata.num_pending
+            last = msgs[-1].metadata.sequence.stream
+            batch = self._decode(msgs)
             if batch:
                 await self._apply_until_done(batch)
-            else:
-                self._advance(msgs[-1].metadata.sequence.stream)
+            self._advance(last)
+
+    def _decode(self, msgs: list[Msg]) -> list[Recorded]:
+        batch = []
+        for msg in msgs:
+            try:
+                batch.append(recorded_from(msg))
+            except UnknownEvent as exc:
+                log.error(
+                    "projection.unreadable", projection=self.name, seq=msg.metadata.sequence.stream, error=str(exc)
+                )
+        return batch
 
     async def _apply_until_done(self, batch: list[Recorded]) -> None:
         delay = 0.2
         while True:
             try:
-                position = await asyncio.to_thread(self._apply, batch)
+                await asyncio.to_thread(self._apply, batch)
                 self.healthy = True
                 self.applied += len(batch)
-                self._advance(max(position, batch[-1].seq))
                 return
             except Exception as exc:
                 self.healthy = False

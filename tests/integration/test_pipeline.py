@@ -85,7 +85,7 @@ async def test_members_calling_at_once_make_one_incident(http: httpx.AsyncClient
     assert view["urgency"] == 9
     await eventually(lambda: len(channel.for_incident(incident)) >= 9)
     await asyncio.sleep(0.5)
-    rung = Counter(job.recipient.phone for job in channel.for_incident(incident))
+    rung = Counter(t.recipient.phone for t in channel.for_incident(incident))
     assert len(rung) == 9 and max(rung.values()) == 1, "repeats within 30 s re-alerted someone"
 
 
@@ -103,7 +103,7 @@ async def test_one_call_id_retried_concurrently_raises_one_incident(
     incident = answers[0]["incident_id"]
     await eventually(lambda: channel.for_incident(incident))
     await asyncio.sleep(0.3)
-    assert sorted(j.recipient.phone for j in channel.for_incident(incident)) == ["+8613800000018", "+8613900000009"]
+    assert sorted(t.recipient.phone for t in channel.for_incident(incident)) == ["+8613800000018", "+8613900000009"]
 
 
 async def test_transient_failures_retry_and_permanent_ones_do_not(
@@ -127,17 +127,18 @@ async def test_transient_failures_retry_and_permanent_ones_do_not(
 
     view = await eventually(settled, timeout=20)
     by_phone = {r["phone"]: r for r in view["responders"]}
-    attempts = Counter(job.recipient.phone for job in channel.for_incident(incident))
+    attempts = Counter(t.recipient.phone for t in channel.for_incident(incident))
     print(f"\nattempts per recipient: {dict(attempts)}")
     assert "test" in by_phone["+8613800000002"]["delivered"] and attempts["+8613800000002"] == 3
     assert by_phone["+8613800000003"]["failed"] == {"test/+8613800000003": "permanent"}
     assert attempts["+8613800000003"] == 1
     assert by_phone["+8613800000004"]["failed"] == {"test/+8613800000004": "exhausted"}
     assert attempts["+8613800000004"] == 3
-    keys = {job.key for job in channel.for_incident(incident) if job.recipient.phone == "+8613800000002"}
+    keys = {t.key for t in channel.for_incident(incident) if t.recipient.phone == "+8613800000002"}
     assert len(keys) == 1, "a retry changed the idempotency key"
     failed = [e for e in view["timeline"] if e["type"] == "DeliveryFailed"]
-    assert sorted(e["detail"]["kind"] for e in failed) == ["exhausted", "permanent"]
+    kinds = sorted((f["phone"], f["kind"]) for e in failed for f in e["detail"]["failures"])
+    assert kinds == [("+8613800000003", "permanent"), ("+8613800000004", "exhausted")]
 
 
 async def test_calls_over_nats_ingress_and_dead_letters(service: Service, channel: RecordingChannel) -> None:

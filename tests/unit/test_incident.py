@@ -10,16 +10,17 @@ from dispatch.domain.incident import (
     IncidentState,
     IncomingCall,
     Respond,
-    alert_targets,
+    alert_for,
     decide_response,
     evolve,
     fold,
+    incident_id_for,
     open_incident,
     parse_quorum,
     repeat_call,
     route_call,
 )
-from dispatch.domain.messages import alert_text
+from dispatch.domain.messages import alert_text_for
 from dispatch.domain.phone import try_normalize
 from dispatch.events.model import (
     AlarmRaised,
@@ -28,7 +29,6 @@ from dispatch.events.model import (
     LineClosed,
     Person,
     ResponderAccepted,
-    ResponderNotified,
     UnregisteredCall,
 )
 
@@ -58,7 +58,7 @@ def call(caller: str, call_id: str = "c1", seconds: float = 0) -> IncomingCall:
 
 def raised(caller: str = HOUSEHOLD) -> IncidentState:
     route = route_call(directory_with(), call(caller), POLICY, DUTY)
-    state = evolve(None, open_incident(route, call(caller), "inc-1"))
+    state = evolve(None, open_incident(route, call(caller), 0))
     assert state is not None
     return state
 
@@ -91,9 +91,10 @@ def test_an_unknown_number_goes_to_the_duty_desk() -> None:
     assert route.kind == "unregistered"
     assert route.line == "caller.8613111112222"
     assert route.recipients == DUTY
-    opened = open_incident(route, call("13111112222"), "inc-9")
+    opened = open_incident(route, call("13111112222"), 0)
     assert isinstance(opened, UnregisteredCall)
-    assert "未登记号码" in alert_text(opened)
+    alert = alert_for(opened, opened)
+    assert alert is not None and not alert.registered and "未登记号码" in alert_text_for(alert)
 
 
 def test_a_withheld_number_is_still_raised() -> None:
@@ -141,7 +142,8 @@ def test_answers_from_outsiders_are_refused() -> None:
 def test_the_duty_desk_may_answer_without_being_alerted() -> None:
     state = raised()
     assert [type(e) for e in respond(state, STATION, "accept")] == [ResponderAccepted]
-    assert STATION not in [p.phone for p in alert_targets(state, state.opened, 1)]
+    alert = alert_for(state.opened, state.opened)
+    assert alert is not None and STATION not in [p.phone for p in alert.recipients]
 
 
 def test_the_caller_may_only_cancel() -> None:
@@ -150,7 +152,7 @@ def test_the_caller_may_only_cancel() -> None:
         respond(state, HOUSEHOLD, "accept")
     events = respond(state, HOUSEHOLD, "cancel")
     assert events[0].reason == "caller_safe"  # type: ignore[attr-defined]
-    assert isinstance(events[1], LineClosed) and events[1].line == "group.dongshan.1"
+    assert isinstance(events[1], LineClosed) and events[1].line == "group.dongshan.1" and events[1].epoch == 0
 
 
 def test_resolve_needs_a_category_and_a_staff_role() -> None:
@@ -181,20 +183,36 @@ def test_repeated_answers_decide_nothing() -> None:
 
 def test_repeat_call_realerts_only_who_has_not_answered_and_not_within_30s() -> None:
     state = raised()
-    notified = [
-        ResponderNotified(at=at(0), incident_id="inc-1", phone=p.phone, role=p.role, channel="webhook", round=1)
-        for p in state.opened.recipients
-    ]
-    state = apply(state, notified)
     state = apply(state, respond(state, OFFICER, "accept", seconds=5))
-    soon = repeat_call(state, call(OTHER_HOUSEHOLD, "c2", seconds=10), Person(phone=OTHER_HOUSEHOLD, role="household"))
-    assert soon.urgency == 2
-    assert alert_targets(apply(state, [soon]), soon, 2) == []
-    later = repeat_call(state, call(OTHER_HOUSEHOLD, "c3", seconds=40), Person(phone=OTHER_HOUSEHOLD, role="household"))
-    targets = {p.phone for p in alert_targets(apply(state, [later]), later, 3)}
+    other = Person(phone=OTHER_HOUSEHOLD, role="household")
+    soon = repeat_call(state, call(OTHER_HOUSEHOLD, "c2", seconds=10), other)
+    assert soon.urgency == 2 and soon.realerted == ()
+    assert alert_for(state.opened, soon) is None
+    later = repeat_call(state, call(OTHER_HOUSEHOLD, "c3", seconds=40), other)
+    targets = {p.phone for p in later.realerted}
     assert OFFICER not in targets and OTHER_HOUSEHOLD not in targets and LEADER in targets
     assert len(targets) == 7
-    assert alert_targets(state, state.opened, 1) == []
+    alert = alert_for(state.opened, later)
+    assert alert is not None and alert.reason == "repeat" and alert.urgency == 2 and alert.caller == other
+    assert {p.phone for p in alert.recipients} == targets
+    after = apply(state, [later])
+    assert "c3" in after.calls and "c1" in after.calls
+    again = repeat_call(after, call(OTHER_HOUSEHOLD, "c4", seconds=45), other)
+    assert again.realerted == (), "the 30 s limit must hold from the decision, not from delivery"
+
+
+def test_the_opening_alert_goes_to_every_recipient() -> None:
+    state = raised()
+    alert = alert_for(state.opened, state.opened)
+    assert alert is not None and alert.reason == "raised" and alert.registered
+    assert alert.recipients == state.opened.recipients
+    assert "张桂兰" in alert_text_for(alert) and "接警请按1" in alert_text_for(alert)
+
+
+def test_incident_ids_are_a_function_of_line_and_epoch() -> None:
+    assert raised().id == incident_id_for("group.dongshan.1", 0)
+    assert incident_id_for("group.dongshan.1", 0) != incident_id_for("group.dongshan.1", 1)
+    assert incident_id_for("group.dongshan.1", 0) != incident_id_for("group.dongshan.2", 0)
 
 
 ACTIONS = st.sampled_from(["accept", "decline", "arrived", "resolve", "cancel"])
