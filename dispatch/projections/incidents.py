@@ -14,9 +14,11 @@ Invariants:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import datetime
+from operator import attrgetter
 
 from dispatch.events.model import (
     CallRepeated,
@@ -102,6 +104,9 @@ class ResponderRow:
 
 INCIDENT_COLUMNS = tuple(f.name for f in fields(IncidentRow))
 RESPONDER_COLUMNS = tuple(f.name for f in fields(ResponderRow))
+incident_values = attrgetter(*INCIDENT_COLUMNS)
+responder_values = attrgetter(*RESPONDER_COLUMNS)
+CACHE_INCIDENTS = 20_000
 
 
 def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
@@ -121,8 +126,15 @@ def _first(current: float | None, at: float) -> float:
 
 
 class IncidentsProjection:
+    """The fold keeps recently written rows between batches; `apply_many` is told whether anyone
+    else wrote since (`continued`), and forgets them when someone did."""
+
     name = "incidents_v1"
     filter_subject = SINGLE_TOKEN_AGGREGATES
+
+    def __init__(self) -> None:
+        self._rows: OrderedDict[str, IncidentRow | None] = OrderedDict()
+        self._responders: dict[str, dict[str, ResponderRow]] = {}
 
     def tables(self) -> Sequence[str]:
         return ("incidents", "incident_responders")
@@ -179,39 +191,60 @@ class IncidentsProjection:
             )""",
         )
 
-    def apply_many(self, conn: Connection, recs: Sequence[Recorded]) -> None:
-        batch = _Batch(conn)
+    def apply_many(self, conn: Connection, recs: Sequence[Recorded], *, continued: bool = False) -> None:
+        if not continued:
+            self.forget()
+        batch = _Batch(conn, self._rows, self._responders)
         for rec in recs:
             if isinstance(rec.event, IncidentEvent):
                 batch.apply(rec.event, rec.seq)
         batch.write()
+        while len(self._rows) > CACHE_INCIDENTS:
+            old, _ = self._rows.popitem(last=False)
+            self._responders.pop(old, None)
+
+    def forget(self) -> None:
+        """Drop cached rows (another writer may have changed them, or a transaction rolled back)."""
+        self._rows.clear()
+        self._responders.clear()
 
 
 class _Batch:
-    """The rows one batch touches: loaded once, folded in memory, written once."""
+    """The rows one batch touches: taken from the cache or loaded once, folded in memory, written once."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        rows: OrderedDict[str, IncidentRow | None],
+        responders: dict[str, dict[str, ResponderRow]],
+    ) -> None:
         self.conn = conn
-        self.rows: dict[str, IncidentRow | None] = {}
-        self.responders: dict[tuple[str, str], ResponderRow] = {}
+        self.rows = rows
+        self.responders = responders
         self.dirty_rows: set[str] = set()
         self.dirty_responders: set[tuple[str, str]] = set()
 
     def _row(self, incident_id: str) -> IncidentRow | None:
-        if incident_id not in self.rows:
-            found = self.conn.one(f"SELECT {', '.join(INCIDENT_COLUMNS)} FROM incidents WHERE id = ?", (incident_id,))
-            self.rows[incident_id] = IncidentRow(*found) if found else None
-            if found:
-                for values in self.conn.query(
-                    f"SELECT {', '.join(RESPONDER_COLUMNS)} FROM incident_responders WHERE incident_id = ?",
-                    (incident_id,),
-                ):
-                    r = ResponderRow(*values)
-                    self.responders[(r.incident_id, r.phone)] = r
+        if incident_id in self.rows:
+            self.rows.move_to_end(incident_id)
+            return self.rows[incident_id]
+        found = self.conn.one(f"SELECT {', '.join(INCIDENT_COLUMNS)} FROM incidents WHERE id = ?", (incident_id,))
+        self.rows[incident_id] = IncidentRow(*found) if found else None
+        if found:
+            self.responders[incident_id] = {
+                r.phone: r
+                for r in (
+                    ResponderRow(*values)
+                    for values in self.conn.query(
+                        f"SELECT {', '.join(RESPONDER_COLUMNS)} FROM incident_responders WHERE incident_id = ?",
+                        (incident_id,),
+                    )
+                )
+            }
         return self.rows[incident_id]
 
     def _responder(self, incident_id: str, phone: str) -> ResponderRow | None:
-        r = self.responders.get((incident_id, phone))
+        r = self.responders.get(incident_id, {}).get(phone)
         if r is not None:
             self.dirty_responders.add((incident_id, phone))
         return r
@@ -319,16 +352,16 @@ class _Batch:
             updated_seq=seq,
         )
         self.dirty_rows.add(iid)
+        people = self.responders.setdefault(iid, {})
         for person, recipient in [(p, 1) for p in event.recipients] + [(d, 0) for d in event.duty_desks]:
-            key = (iid, person.phone)
-            if key not in self.responders:
-                self.responders[key] = ResponderRow(iid, person.phone, person.name, person.role, recipient)
-                self.dirty_responders.add(key)
+            if person.phone not in people:
+                people[person.phone] = ResponderRow(iid, person.phone, person.name, person.role, recipient)
+                self.dirty_responders.add((iid, person.phone))
 
     def write(self) -> None:
-        rows = [astuple(r) for iid in self.dirty_rows if (r := self.rows.get(iid)) is not None]
+        rows = [incident_values(r) for iid in self.dirty_rows if (r := self.rows.get(iid)) is not None]
         if rows:
             self.conn.executemany(UPSERT_INCIDENT, rows)
-        responders = [astuple(self.responders[key]) for key in self.dirty_responders]
+        responders = [responder_values(self.responders[iid][phone]) for iid, phone in self.dirty_responders]
         if responders:
             self.conn.executemany(UPSERT_RESPONDER, responders)

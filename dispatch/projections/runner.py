@@ -51,8 +51,13 @@ class Projection(Protocol):
 
     def tables(self) -> Sequence[str]: ...
 
-    def apply_many(self, conn: Connection, recs: Sequence[Recorded]) -> None:
-        """Apply these events, in order, inside the caller's transaction."""
+    def apply_many(self, conn: Connection, recs: Sequence[Recorded], *, continued: bool = False) -> None:
+        """Apply these events, in order, inside the caller's transaction. `continued`: the previous
+        batch this process applied ended at the checkpoint, so nobody else wrote in between."""
+        ...
+
+    def forget(self) -> None:
+        """Drop anything remembered between batches."""
         ...
 
 
@@ -68,8 +73,13 @@ def checkpoint(conn: Connection, name: str, *, lock: bool = False) -> int:
     return int(row[0]) if row else 0
 
 
-def apply_batch(conn: Connection, projection: Projection, batch: Sequence[Recorded]) -> int:
-    """Apply in one transaction, skipping what the checkpoint says is done; return the new checkpoint."""
+def apply_batch(
+    conn: Connection, projection: Projection, batch: Sequence[Recorded], *, previous: int | None = None
+) -> int:
+    """Apply in one transaction, skipping what the checkpoint says is done; return the new checkpoint.
+
+    `previous` is the checkpoint this process wrote last: if the stored one still equals it, the
+    projection may trust what it remembers; otherwise it must forget it."""
     with conn.transaction():
         conn.execute(
             "INSERT INTO projection_checkpoints (name, position, updated_at) VALUES (?, 0, ?) "
@@ -79,7 +89,11 @@ def apply_batch(conn: Connection, projection: Projection, batch: Sequence[Record
         done = checkpoint(conn, projection.name, lock=True)
         fresh = [rec for rec in batch if rec.seq > done]
         if fresh:
-            projection.apply_many(conn, fresh)
+            try:
+                projection.apply_many(conn, fresh, continued=previous is not None and previous == done)
+            except BaseException:
+                projection.forget()
+                raise
         position = fresh[-1].seq if fresh else done
         if position != done:
             conn.execute(
@@ -111,10 +125,11 @@ class ProjectionRunner:
         self.pending = 0
         self.applied = 0
         self.healthy = True
-        self._queue: asyncio.Queue[Msg] = asyncio.Queue(QUEUE)
+        self._queue: asyncio.Queue[tuple[Recorded | None, int, int]] = asyncio.Queue(QUEUE)
         self._sub: object | None = None
         self._task: asyncio.Task[None] | None = None
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._written: int | None = None
 
     @property
     def name(self) -> str:
@@ -122,6 +137,7 @@ class ProjectionRunner:
 
     async def start(self) -> None:
         self.position = await asyncio.to_thread(self._prepare)
+        self._written = self.position
         await self._subscribe()
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"projection:{self.name}")
 
@@ -138,48 +154,46 @@ class ProjectionRunner:
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             config=ConsumerConfig(opt_start_seq=self.position + 1),
-            cb=self._queue.put,
+            cb=self._on_msg,
             idle_heartbeat=2.0,
         )
 
-    async def _gather(self) -> list[Msg]:
-        """Wait for one message, then up to `linger` for more: few large transactions, not many tiny ones."""
-        msgs = [await self._queue.get()]
+    async def _on_msg(self, msg: Msg) -> None:
+        """Decode as messages arrive (a little at a time), never a whole batch in one burst on the loop."""
+        meta = msg.metadata
+        try:
+            rec: Recorded | None = recorded_from(msg)
+        except UnknownEvent as exc:
+            rec = None
+            log.error("projection.unreadable", projection=self.name, seq=meta.sequence.stream, error=str(exc))
+        await self._queue.put((rec, meta.sequence.stream, meta.num_pending))
+
+    async def _gather(self) -> list[tuple[Recorded | None, int, int]]:
+        """Wait for one event, then up to `linger` for more: few large transactions, not many tiny ones."""
+        items = [await self._queue.get()]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.linger
-        while len(msgs) < BATCH:
+        while len(items) < BATCH:
             if not self._queue.empty():
-                msgs.append(self._queue.get_nowait())
+                items.append(self._queue.get_nowait())
                 continue
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
             try:
-                msgs.append(await asyncio.wait_for(self._queue.get(), remaining))
+                items.append(await asyncio.wait_for(self._queue.get(), remaining))
             except TimeoutError:
                 break
-        return msgs
+        return items
 
     async def _run(self) -> None:
         while True:
-            msgs = await self._gather()
-            self.pending = msgs[-1].metadata.num_pending
-            last = msgs[-1].metadata.sequence.stream
-            batch = self._decode(msgs)
+            items = await self._gather()
+            _, last, self.pending = items[-1]
+            batch = [rec for rec, _, _ in items if rec is not None]
             if batch:
                 await self._apply_until_done(batch)
             self._advance(last)
-
-    def _decode(self, msgs: list[Msg]) -> list[Recorded]:
-        batch = []
-        for msg in msgs:
-            try:
-                batch.append(recorded_from(msg))
-            except UnknownEvent as exc:
-                log.error(
-                    "projection.unreadable", projection=self.name, seq=msg.metadata.sequence.stream, error=str(exc)
-                )
-        return batch
 
     async def _apply_until_done(self, batch: list[Recorded]) -> None:
         delay = 0.2
@@ -201,7 +215,9 @@ class ProjectionRunner:
                 delay = min(delay * 2, 5.0)
 
     def _apply(self, batch: list[Recorded]) -> int:
-        return apply_batch(self.db.thread_connection(), self.projection, batch)
+        position = apply_batch(self.db.thread_connection(), self.projection, batch, previous=self._written)
+        self._written = position
+        return position
 
     def _advance(self, seq: int) -> None:
         self.position = max(self.position, seq)

@@ -147,7 +147,7 @@ def test_a_failure_mid_batch_leaves_nothing_behind(database: Database) -> None:
         pass
 
     class Failing(IncidentsProjection):
-        def apply_many(self, conn: Connection, recs: Sequence[Recorded]) -> None:
+        def apply_many(self, conn: Connection, recs: Sequence[Recorded], *, continued: bool = False) -> None:
             conn.execute("UPDATE incidents SET urgency = 99")
             raise Boom
 
