@@ -10,7 +10,10 @@ Invariants:
 - a message the handler cannot read is acknowledged (it would never become readable) after it is
   copied to `dispatch.dead.<source>` with the reason in a header; nothing else is ever dropped:
   errors nack with a delay and the message comes back;
-- FastStream's per-message logging is off (it costs a third of the throughput on this path).
+- FastStream's per-message logging is off (it costs a third of the throughput on this path), and
+  so is its dependency injection: a handler gets the raw nats message from a decoder (injecting
+  `NatsMessage` runs a synchronous resolver in a thread pool for every message: measured, it
+  doubles the hop from the log to the handler, 0.46 -> 0.76 ms p50).
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from collections.abc import Awaitable, Callable
 import msgspec
 import structlog
 from faststream import AckPolicy
+from faststream.message import StreamMessage
 from faststream.nats import JStream, NatsBroker, PullSub
-from faststream.nats.annotations import NatsMessage
 from nats.aio.msg import Msg
 
 from dispatch.channels.base import job_decoder
@@ -51,6 +54,11 @@ FANOUT_IN_FLIGHT = 256
 DELIVERY_IN_FLIGHT = 512
 
 
+async def raw_message(msg: StreamMessage[Msg]) -> Msg:
+    """FastStream decoder: the handler gets the nats-py message itself."""
+    return msg.raw_message
+
+
 async def dead_letter(broker: NatsBroker, source: str, raw: Msg, reason: str) -> None:
     headers = dict(raw.headers or {})
     headers["Dispatch-Dead-Reason"] = reason[:500]
@@ -76,6 +84,7 @@ def build_broker(
     broker = NatsBroker(
         servers,
         logger=None,
+        apply_types=False,
         name="dispatch-handlers",
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
@@ -107,6 +116,7 @@ def build_broker(
 
     @broker.subscriber(
         INCIDENTS_ALL,
+        decoder=raw_message,
         stream=events,
         durable=FANOUT.durable,
         pull_sub=PullSub(batch_size=1, timeout=5.0),
@@ -114,14 +124,14 @@ def build_broker(
         title="fanout",
         description="Incident decisions -> one delivery job per channel for whoever they alert",
     )
-    async def on_alert(msg: NatsMessage) -> None:
-        raw = msg.raw_message
+    async def on_alert(raw: Msg) -> None:
         await alerts.submit(lambda: fan_out(raw))
 
     for name in channels:
         pool = pools.setdefault(f"deliver.{name}", TaskPool(DELIVERY_IN_FLIGHT, f"deliver.{name}"))
         broker.subscriber(
             deliver_subject(name),
+            decoder=raw_message,
             stream=deliveries,
             durable=delivery_consumer(name).durable,
             pull_sub=PullSub(batch_size=1, timeout=5.0),
@@ -132,12 +142,12 @@ def build_broker(
 
     @broker.subscriber(
         CALL_INGRESS,
+        decoder=raw_message,
         queue="dispatch-ingress",
         title="ingress.call",
         description="A call as JSON (same body as POST /v1/calls); replies with the incident",
     )
-    async def on_call(msg: NatsMessage) -> bytes:
-        raw = msg.raw_message
+    async def on_call(raw: Msg) -> bytes:
         try:
             req = _call_decoder.decode(raw.data)
         except msgspec.ValidationError as exc:
@@ -173,7 +183,7 @@ async def _nak(raw: Msg, delay: float) -> None:
 
 def _delivery_handler(
     broker: NatsBroker, worker: DeliveryWorker, channel: str, pool: TaskPool
-) -> Callable[[NatsMessage], Awaitable[None]]:
+) -> Callable[[Msg], Awaitable[None]]:
     async def deliver(raw: Msg) -> None:
         try:
             job = job_decoder.decode(raw.data)
@@ -196,8 +206,7 @@ def _delivery_handler(
         else:
             await _nak(raw, due_in)
 
-    async def on_delivery_job(msg: NatsMessage) -> None:
-        raw = msg.raw_message
+    async def on_delivery_job(raw: Msg) -> None:
         await pool.submit(lambda: deliver(raw))
 
     on_delivery_job.__name__ = f"deliver_{channel}"

@@ -249,10 +249,10 @@ def test_bad_calls_get_clear_errors_and_nothing_is_stored(http: httpx.Client) ->
     assert http.get("/v1/incidents/does-not-exist").status_code == 404
 
 
-def test_metrics_and_health(http: httpx.Client, imported: dict[str, int]) -> None:
+def test_metrics_and_health(http: httpx.Client, serve: ServeProcess, imported: dict[str, int]) -> None:
     assert http.get("/healthz").json()["status"] == "ok"
     ready = http.get("/readyz").json()
-    assert ready["ready"] and all(ready["checks"].values())
+    assert ready["ready"] and all(ready["checks"].values()), f"{ready}\n{serve.logs()[-4000:]}"
     text = http.get("/metrics").text
     for name in (
         "dispatch_calls_total",
