@@ -177,9 +177,9 @@ def cmd_groups_show(args: argparse.Namespace) -> int:
         return 0
     print(f"{data['village']}/{data['group']}  ({data['size']} numbers)")
     for m in data["members"]:
-        print(f"  {m['role_zh']:<6}\t{m['name']}\t{m['phone']}")
+        print(f"  {m['role_zh']}\t{m['name']}\t{m['phone']}")
     for d in data["duty_desks"]:
-        print(f"  值班室  \t{d['name']}\t{d['phone']}")
+        print(f"  值班室\t{d['name']}\t{d['phone']}")
     return 0
 
 

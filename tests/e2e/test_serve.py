@@ -267,6 +267,44 @@ def test_metrics_and_health(http: httpx.Client, serve: ServeProcess, imported: d
     assert http.get("/schema/openapi.json").json()["info"]["title"] == "dispatch"
 
 
+def test_the_console_stream_pushes_the_alarm_to_every_recipient(
+    http: httpx.Client, serve: ServeProcess, imported: dict[str, int]
+) -> None:
+    import json
+    import threading
+
+    events: list[tuple[str, dict[str, object]]] = []
+    connected = threading.Event()
+
+    def listen() -> None:
+        with httpx.stream("GET", f"{serve.url}/v1/stream", params={"village": "xiaoyang"}, timeout=30) as response:
+            kind = ""
+            for line in response.iter_lines():
+                if line.startswith("event:"):
+                    kind = line.split(":", 1)[1].strip()
+                    if kind == "hello":
+                        connected.set()
+                elif line.startswith("data:") and kind in ("incident", "notification"):
+                    events.append((kind, json.loads(line.split(":", 1)[1])))
+                    if sum(k == "notification" for k, _ in events) >= 9:
+                        return
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    assert connected.wait(10)
+    other_village = http.post("/v1/calls", json={"call_id": "sse-other", "caller": "13111113333"}).json()
+    incident = http.post("/v1/calls", json={"call_id": "sse-1", "caller": "13800000004"}).json()["incident_id"]
+    thread.join(20)
+    notifications = [data for kind, data in events if kind == "notification"]
+    assert {n["recipient"]["phone"] for n in notifications} == GROUP_ONE - {"+8613800000004"}  # type: ignore[index]
+    assert all(n["incident_id"] == incident and "赵德明" in str(n["message"]) for n in notifications)
+    opened = [d for k, d in events if k == "incident" and d["event"]["type"] == "AlarmRaised"]  # type: ignore[index]
+    assert [d["event"]["incident_id"] for d in opened] == [incident]  # type: ignore[index]
+    assert all(d["village"] == "xiaoyang" for k, d in events if k == "incident")
+    assert other_village["incident_id"] not in json.dumps([d for _, d in events])
+    http.post(f"/v1/incidents/{incident}/responses", json={"responder": "13800000004", "action": "cancel"})
+
+
 def test_sigterm_stops_cleanly_with_its_nats_server(
     serve: ServeProcess, http: httpx.Client, imported: dict[str, int]
 ) -> None:

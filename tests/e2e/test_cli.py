@@ -1,0 +1,82 @@
+"""The CLI from a user's seat: demo, replay, call/respond/report against a running service."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import ServeProcess, wait_until
+
+pytestmark = pytest.mark.e2e
+
+ROSTER = """village,group,phone,role,name
+nanling,1,13700000001,household,甲
+nanling,1,13700000002,household,乙
+nanling,1,13700000008,leader,丙
+nanling,1,13700000009,officer,丁
+"""
+
+
+def dispatch(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dispatch", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_demo_tells_the_whole_story() -> None:
+    done = dispatch("demo")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "组建 3 个小组，绑定 18 个号码" in out
+    assert out.count("响铃：【6995联防报警】东山村1组") == 9
+    assert "仍是同一警情 True，无人被重复呼叫：共 9 次响铃" in out
+    assert "已覆盖 True" in out
+    assert "处置完毕（纠纷）" in out
+    assert "unregistered → 值班室已通知" in out
+    assert "time_to_covered" in out
+
+
+def test_client_commands_and_replay_rebuild_the_same_read_model(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    serve = ServeProcess(data, {}).start()
+    try:
+        roster = tmp_path / "roster.csv"
+        roster.write_text(ROSTER, encoding="utf-8")
+        assert dispatch("groups", "import", str(roster), "--server", serve.url).returncode == 0
+        shown = dispatch("groups", "show", "nanling", "1", "--server", serve.url)
+        assert "  联防组长\t丙\t+8613700000008" in shown.stdout
+        called = dispatch("call", "13700000001", "--call-id", "cli-1", "--server", serve.url)
+        assert called.returncode == 0, called.stderr
+        incident = httpx.post(f"{serve.url}/v1/calls", json={"call_id": "cli-1", "caller": "x"}).json()["incident_id"]
+        for who in ("13700000009", "13700000008"):
+            assert dispatch("respond", incident, who, "accept", "--server", serve.url).returncode == 0
+        refused = dispatch("respond", incident, "13700000002", "resolve", "--server", serve.url)
+        assert refused.returncode == 1 and "refused (403)" in refused.stderr
+        shown = dispatch("incident", incident, "--server", serve.url)
+        assert "已覆盖" in shown.stdout and "已接警" in shown.stdout
+        wait_until(lambda: httpx.get(f"{serve.url}/v1/incidents").json()["count"] == 1)
+        wait_until(
+            lambda: (
+                httpx.get(f"{serve.url}/v1/reports/response-times").json()["measures"]["time_to_covered"]["count"] == 1
+            )
+        )
+        report = dispatch("report", "response-times", "--format", "csv", "--server", serve.url)
+        assert report.stdout.splitlines()[0] == "measure,count,p50_s,p90_s,p99_s"
+        before = httpx.get(f"{serve.url}/v1/incidents").json()["incidents"]
+        locked = dispatch("replay", "--data-dir", str(data))
+        assert locked.returncode == 2 and "in use by another dispatch process" in locked.stderr
+        assert serve.terminate() == 0
+    finally:
+        serve.kill()
+    replayed = dispatch("replay", "--data-dir", str(data))
+    assert replayed.returncode == 0, replayed.stderr[-2000:]
+    assert "incidents_v1: rebuilt from" in replayed.stdout
+    again = ServeProcess(data, {}).start()
+    try:
+        after = httpx.get(f"{again.url}/v1/incidents").json()["incidents"]
+        assert after == before
+        assert httpx.get(f"{again.url}/v1/groups/nanling/1").status_code == 200
+    finally:
+        again.terminate()
