@@ -45,7 +45,11 @@ def _request(args: argparse.Namespace, method: str, path: str, **kwargs: Any) ->
         raise SystemExit(EXIT_UNREACHABLE) from None
 
 
-def _refused(response: httpx.Response) -> int:
+def _fetch(args: argparse.Namespace, method: str, path: str, *, expect: int = 200, **kwargs: Any) -> Any:
+    """The response's JSON; anything but `expect` is printed as a refusal and exits 1."""
+    response = _request(args, method, path, **kwargs)
+    if response.status_code == expect:
+        return response.json()
     try:
         body = response.json()
     except ValueError:
@@ -53,7 +57,7 @@ def _refused(response: httpx.Response) -> int:
     print(f"refused ({response.status_code}): {body.get('error')}", file=sys.stderr)
     for item in body.get("errors", []):
         print(f"  line {item['line']}: {item['message']}", file=sys.stderr)
-    return EXIT_REFUSED
+    raise SystemExit(EXIT_REFUSED)
 
 
 def _print_json(data: Any) -> None:
@@ -111,10 +115,7 @@ def cmd_call(args: argparse.Namespace) -> int:
         "callee": args.callee,
         "channel": "api",
     }
-    response = _request(args, "POST", "/v1/calls", json=body)
-    if response.status_code != 202:
-        return _refused(response)
-    _print_json(response.json())
+    _print_json(_fetch(args, "POST", "/v1/calls", expect=202, json=body))
     return 0
 
 
@@ -122,18 +123,12 @@ def cmd_respond(args: argparse.Namespace) -> int:
     body = {"responder": args.responder, "action": args.action, "note": args.note or ""}
     if args.category:
         body["category"] = args.category
-    response = _request(args, "POST", f"/v1/incidents/{args.incident_id}/responses", json=body)
-    if response.status_code != 200:
-        return _refused(response)
-    _print_json(response.json())
+    _print_json(_fetch(args, "POST", f"/v1/incidents/{args.incident_id}/responses", json=body))
     return 0
 
 
 def cmd_incident(args: argparse.Namespace) -> int:
-    response = _request(args, "GET", f"/v1/incidents/{args.incident_id}")
-    if response.status_code != 200:
-        return _refused(response)
-    data = response.json()
+    data = _fetch(args, "GET", f"/v1/incidents/{args.incident_id}")
     if args.format == "json":
         _print_json(data)
         return 0
@@ -149,29 +144,22 @@ def cmd_groups_import(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"cannot read {args.file}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    response = _request(args, "POST", "/v1/groups/import", content=content, headers={"Content-Type": "text/csv"})
-    if response.status_code != 200:
-        return _refused(response)
-    summary = response.json()["summary"]
+    summary = _fetch(args, "POST", "/v1/groups/import", content=content, headers={"Content-Type": "text/csv"})[
+        "summary"
+    ]
     print("imported: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
     return 0
 
 
 def cmd_groups_list(args: argparse.Namespace) -> int:
     params = {"village": args.village} if args.village else None
-    response = _request(args, "GET", "/v1/groups", params=params)
-    if response.status_code != 200:
-        return _refused(response)
-    for group in response.json()["groups"]:
+    for group in _fetch(args, "GET", "/v1/groups", params=params)["groups"]:
         print(f"{group['village']}/{group['group']}\t{group['size']} numbers\tleader {group['leader'] or '-'}")
     return 0
 
 
 def cmd_groups_show(args: argparse.Namespace) -> int:
-    response = _request(args, "GET", f"/v1/groups/{args.village}/{args.group}")
-    if response.status_code != 200:
-        return _refused(response)
-    data = response.json()
+    data = _fetch(args, "GET", f"/v1/groups/{args.village}/{args.group}")
     if args.format == "json":
         _print_json(data)
         return 0
@@ -185,10 +173,7 @@ def cmd_groups_show(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     params = {k: v for k, v in (("village", args.village), ("since", args.since)) if v}
-    response = _request(args, "GET", "/v1/reports/response-times", params=params)
-    if response.status_code != 200:
-        return _refused(response)
-    data = response.json()
+    data = _fetch(args, "GET", "/v1/reports/response-times", params=params)
     if args.format == "json":
         _print_json(data)
         return 0

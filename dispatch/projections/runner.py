@@ -30,6 +30,7 @@ from dispatch.events.codec import UnknownEvent
 from dispatch.events.subjects import EVENTS_STREAM
 from dispatch.projections.sql import Connection, Database, is_db_error
 from dispatch.store.eventstore import Recorded, recorded_from
+from dispatch.store.follow import SequenceWaiters
 
 log = structlog.get_logger(__name__)
 
@@ -121,23 +122,27 @@ class ProjectionRunner:
         self.db = db
         self.projection = projection
         self.stream = stream
-        self.position = 0
         self.pending = 0
         self.applied = 0
         self.healthy = True
         self._queue: asyncio.Queue[tuple[Recorded | None, int, int]] = asyncio.Queue(QUEUE)
         self._sub: object | None = None
         self._task: asyncio.Task[None] | None = None
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._waiters = SequenceWaiters()
         self._written: int | None = None
 
     @property
     def name(self) -> str:
         return self.projection.name
 
+    @property
+    def position(self) -> int:
+        return self._waiters.position
+
     async def start(self) -> None:
-        self.position = await asyncio.to_thread(self._prepare)
-        self._written = self.position
+        start = await asyncio.to_thread(self._prepare)
+        self._waiters.advance(start)
+        self._written = start
         await self._subscribe()
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"projection:{self.name}")
 
@@ -220,22 +225,10 @@ class ProjectionRunner:
         return position
 
     def _advance(self, seq: int) -> None:
-        self.position = max(self.position, seq)
-        keep = []
-        for target, fut in self._waiters:
-            if target <= self.position:
-                if not fut.done():
-                    fut.set_result(None)
-            else:
-                keep.append((target, fut))
-        self._waiters = keep
+        self._waiters.advance(seq)
 
     async def wait_for(self, seq: int, timeout: float = 10.0) -> None:
-        if seq <= self.position:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((seq, fut))
-        await asyncio.wait_for(fut, timeout)
+        await self._waiters.wait_for(seq, timeout)
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -27,6 +27,34 @@ from dispatch.store.eventstore import Recorded, recorded_from
 log = structlog.get_logger(__name__)
 
 
+class SequenceWaiters:
+    """Futures waiting for a stream position: `advance(seq)` releases every waiter at or below it."""
+
+    def __init__(self) -> None:
+        self.position = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    def advance(self, seq: int) -> None:
+        self.position = max(self.position, seq)
+        if not self._waiters:
+            return
+        keep = []
+        for target, fut in self._waiters:
+            if target <= self.position:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                keep.append((target, fut))
+        self._waiters = keep
+
+    async def wait_for(self, seq: int, timeout: float = 10.0) -> None:
+        if seq <= self.position:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((seq, fut))
+        await asyncio.wait_for(fut, timeout)
+
+
 class Follower:
     def __init__(
         self,
@@ -46,11 +74,14 @@ class Follower:
         self.stream = stream
         self.start_seq = max(1, start_seq)
         self.only_new = only_new
-        self.position = 0
         self.applied = 0
         self.skipped = 0
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._waiters = SequenceWaiters()
         self._sub: object | None = None
+
+    @property
+    def position(self) -> int:
+        return self._waiters.position
 
     async def start(self, *, catch_up: bool = True, timeout: float = 120.0) -> None:
         target = 0 if self.only_new or not catch_up else await self._last_matching_seq()
@@ -96,24 +127,10 @@ class Follower:
         self._advance(rec.seq)
 
     def _advance(self, seq: int) -> None:
-        self.position = max(self.position, seq)
-        if not self._waiters:
-            return
-        keep = []
-        for target, fut in self._waiters:
-            if target <= self.position:
-                if not fut.done():
-                    fut.set_result(None)
-            else:
-                keep.append((target, fut))
-        self._waiters = keep
+        self._waiters.advance(seq)
 
     async def wait_for(self, seq: int, timeout: float = 10.0) -> None:
-        if seq <= self.position:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((seq, fut))
-        await asyncio.wait_for(fut, timeout)
+        await self._waiters.wait_for(seq, timeout)
 
     async def stop(self) -> None:
         sub = self._sub
