@@ -34,12 +34,14 @@ from dispatch.handlers.groups import GroupService
 from dispatch.handlers.pool import TaskPool
 from dispatch.handlers.responses import IncidentReader, ResponseService
 from dispatch.handlers.subscribers import build_broker
+from dispatch.handlers.tokens import TokenService
 from dispatch.metrics import GaugeCallback, Metrics
 from dispatch.projections import queries
 from dispatch.projections.directory import LiveDirectory
 from dispatch.projections.incidents import IncidentsProjection
 from dispatch.projections.runner import ProjectionRunner
 from dispatch.projections.sql import Database
+from dispatch.projections.tokens import LiveTokens
 from dispatch.settings import Settings, SettingsError
 from dispatch.store.eventstore import EventStore
 from dispatch.store.jobs import JobQueue
@@ -98,6 +100,7 @@ class Service:
         self.runners: list[ProjectionRunner] = []
         self.channels: list[Channel] = []
         self.pools: dict[str, TaskPool] = {}
+        self.admin_token: str | None = None
         self.http: _Server | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._lock: contextlib.ExitStack | None = None
@@ -136,6 +139,10 @@ class Service:
         self.store = EventStore(self.nc)
         self.directory = LiveDirectory(self.nc)
         await self.directory.start()
+        self.tokens = LiveTokens(self.nc)
+        await self.tokens.start()
+        self.token_service = TokenService(self.store, region=st.region)
+        await self._bootstrap_admin()
         self.metrics.directory_numbers.set_function(lambda: self.directory.directory.counts()[1])
 
         self.db = Database(st.db_url)
@@ -181,6 +188,8 @@ class Service:
 
         app = create_app(
             ApiServices(
+                tokens=self.tokens,
+                token_service=self.token_service,
                 calls=self.calls,
                 groups=self.groups,
                 responses=self.responses,
@@ -225,6 +234,27 @@ class Service:
             channels=names,
         )
         self.started.set()
+
+    async def _bootstrap_admin(self) -> None:
+        """The first start of a log issues one admin token into `<data dir>/admin.token` (0600)."""
+        issued = await self.token_service.bootstrap_admin()
+        path = self.settings.data_dir / "admin.token"
+        if issued is None:
+            if path.exists():
+                self.admin_token = path.read_text().strip()
+            return
+        token, seq = issued
+        await self.tokens.wait_for(seq)
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token + "\n")
+        self.admin_token = token
+        log.warning(
+            "tokens.bootstrap_admin",
+            path=str(path),
+            hint="an admin token was issued; keep the file private, create others with `dispatch tokens`",
+        )
 
     def _register_gauges(self) -> None:
         def open_incidents() -> list[tuple[dict[str, str], float]]:
@@ -281,6 +311,8 @@ class Service:
             await runner.stop()
         if getattr(self, "directory", None) is not None:
             await self.directory.stop()
+        if getattr(self, "tokens", None) is not None:
+            await self.tokens.stop()
         for channel in self.channels:
             with contextlib.suppress(Exception):
                 await channel.close()

@@ -36,8 +36,23 @@ def _server(args: argparse.Namespace) -> str:
     return f"http://{host}:{port}"
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    if getattr(args, "token", None):
+        return str(args.token)
+    if os.environ.get("DISPATCH_TOKEN"):
+        return os.environ["DISPATCH_TOKEN"]
+    path = Path(os.environ.get("DISPATCH_DATA_DIR", "./dispatch-data")) / "admin.token"
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
 def _request(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> httpx.Response:
     url = _server(args) + path
+    token = _token(args)
+    if token:
+        kwargs["headers"] = {**kwargs.get("headers", {}), "Authorization": f"Bearer {token}"}
     try:
         return httpx.request(method, url, timeout=30, **kwargs)
     except httpx.HTTPError as exc:
@@ -92,6 +107,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from dispatch.demo import run_demo
 
     return asyncio.run(run_demo(keep=args.keep))
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    from dispatch import logging as dlog
+    from dispatch.tokens_cli import run_tokens
+
+    settings = _settings(args)
+    dlog.configure(settings.log_format, "warning")
+    return asyncio.run(run_tokens(settings, args))
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -185,7 +209,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         writer.writerows(rows)
         print(out.getvalue(), end="")
         return 0
-    print(f"incidents: {data['incidents']}   village: {data['village'] or 'all'}   since: {data['since'] or '-'}")
+    villages = ", ".join(data["villages"]) if data["villages"] is not None else "all"
+    print(f"incidents: {data['incidents']}   villages: {villages}   since: {data['since'] or '-'}")
     print(f"{'measure':<24}{'count':>7}{'p50 s':>10}{'p90 s':>10}{'p99 s':>10}")
     for name, count, p50, p90, p99 in rows:
         print(f"{name:<24}{count:>7}{_num(p50):>10}{_num(p90):>10}{_num(p99):>10}")
@@ -218,8 +243,27 @@ def build_parser() -> argparse.ArgumentParser:
     service_options(p)
     p.set_defaults(func=cmd_replay)
 
+    tokens = sub.add_parser("tokens", help="access tokens (works on the log directly)").add_subparsers(
+        dest="tokens_command", required=True
+    )
+    p = tokens.add_parser("create", help="issue a token; it is printed once")
+    service_options(p)
+    p.add_argument("--name", required=True)
+    p.add_argument("--role", required=True, choices=["gateway", "officer", "duty_desk", "admin", "metrics"])
+    p.add_argument("--villages", default="", help="comma-separated villages (officer, duty_desk)")
+    p.add_argument("--station", help="duty desk number: its villages follow the roster (duty_desk)")
+    p.set_defaults(func=cmd_tokens)
+    p = tokens.add_parser("list", help="active tokens (never their secrets)")
+    service_options(p)
+    p.set_defaults(func=cmd_tokens)
+    p = tokens.add_parser("revoke", help="revoke a token by id")
+    service_options(p)
+    p.add_argument("token_id")
+    p.set_defaults(func=cmd_tokens)
+
     def client(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--server", help="service URL (DISPATCH_SERVER, default http://DISPATCH_HTTP)")
+        p.add_argument("--token", help="bearer token (DISPATCH_TOKEN, else <data dir>/admin.token)")
         return p
 
     p = client(sub.add_parser("call", help="simulate a call to the short number"))

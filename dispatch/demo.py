@@ -93,7 +93,8 @@ async def run_demo(*, keep: bool = False) -> int:
     print(f"服务已启动 (service up): {settings.base_url}  数据目录 (data): {data_dir}")
     await service.start()
     try:
-        async with httpx.AsyncClient(base_url=settings.base_url, timeout=30) as http:
+        headers = {"Authorization": f"Bearer {service.admin_token}"}
+        async with httpx.AsyncClient(base_url=settings.base_url, timeout=30, headers=headers) as http:
             await _story(http, phones)
     finally:
         await service.stop()

@@ -13,15 +13,13 @@ import json
 import sys
 import time
 
-import nats
 from nats.aio.client import Client as NATS
 
+from dispatch.offline import open_log
 from dispatch.projections.incidents import IncidentsProjection
 from dispatch.projections.runner import Projection, ProjectionRunner, drop
 from dispatch.projections.sql import Database
 from dispatch.settings import Settings
-from dispatch.store.provision import provision
-from dispatch.store.server import EmbeddedNats
 
 PROJECTIONS: tuple[type[IncidentsProjection], ...] = (IncidentsProjection,)
 
@@ -62,18 +60,7 @@ async def rebuild(nc: NATS, db: Database, projection: Projection, *, progress: b
 
 
 async def replay(settings: Settings) -> int:
-    embedded = None
-    urls = settings.nats_urls
-    if settings.embedded_nats:
-        from dispatch.bootstrap import data_dir_lock
-
-        lock = data_dir_lock(settings.data_dir)
-        lock.__enter__()
-        embedded = EmbeddedNats(settings.data_dir)
-        urls = [await embedded.start()]
-    nc = await nats.connect(urls, connect_timeout=5)
-    try:
-        await provision(nc, replicas=settings.stream_replicas)
+    async with open_log(settings, use_running=False) as nc:
         db = Database(settings.db_url)
         total = 0
         for cls in PROJECTIONS:
@@ -81,9 +68,4 @@ async def replay(settings: Settings) -> int:
             total += applied
             print(f"{cls.name}: rebuilt from {applied} events")
         print(f"replayed {total} events into {db.dialect}")
-        return 0
-    finally:
-        await nc.close()
-        if embedded is not None:
-            await embedded.stop()
-            lock.__exit__(None, None, None)
+    return 0

@@ -105,6 +105,14 @@ class ServeProcess:
     http_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    token: str = ""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, headers=self.headers)
 
     @property
     def url(self) -> str:
@@ -129,6 +137,7 @@ class ServeProcess:
                 raise AssertionError(f"dispatch serve exited {self.proc.returncode}:\n{self.logs()}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    self.token = (self.data_dir / "admin.token").read_text().strip()
                     return self
             except httpx.HTTPError:
                 pass

@@ -1,7 +1,13 @@
 """The HTTP face: gateway webhooks, the REST API, the console stream, metrics and health.
 
 Invariants:
-- `POST /v1/calls` answers 202 only after the call's events are durably in the log, and 503
+- every endpoint but `/healthz`, `/readyz` (which then says only ready or not), the OpenAPI
+  document and the console's static page needs a bearer token (`Authorization: Bearer dsp_...`;
+  the event stream also takes `?access_token=` for browsers); no token or a bad one is 401, a
+  role without the capability is 403;
+- an officer or duty desk sees only its villages: another village's incident or group is 404 (its
+  existence is not revealed) and lists are filtered;
+- `POST /v1/calls` answers 202 only after the call's decision is durably in the log, and 503
   (with Retry-After) when the log cannot be reached — never 202 for an alarm not stored;
 - every error is JSON `{"error": reason, ...}` with a 4xx naming what was wrong, or 503 when a
   dependency is down; nothing half-applied;
@@ -16,25 +22,29 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from litestar import Litestar, Request, Response, get, post
-from litestar.exceptions import HTTPException, ValidationException
+import msgspec
+from litestar import Litestar, Request, Response, delete, get, post
+from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dispatch.api.live import LiveHub
+from dispatch.domain.access import Capability, Principal
 from dispatch.domain.directory import GroupState
 from dispatch.domain.errors import DomainError, NotFound
 from dispatch.domain.roster import RosterRejected
 from dispatch.handlers.calls import CallRequest, CallService
 from dispatch.handlers.groups import GroupService
 from dispatch.handlers.responses import IncidentReader, ResponseRequest, ResponseService
+from dispatch.handlers.tokens import TokenService
 from dispatch.handlers.views import group_view, incident_view
 from dispatch.metrics import Metrics
 from dispatch.projections import queries
 from dispatch.projections.directory import LiveDirectory
 from dispatch.projections.sql import Database, DatabaseUnavailable, is_db_error
+from dispatch.projections.tokens import LiveTokens
 from dispatch.store.eventstore import AppendConflict, AppendRejected, StoreUnavailable
 
 MAX_ROSTER_BYTES = 64 * 1024 * 1024
@@ -49,6 +59,8 @@ class ApiServices:
     responses: ResponseService
     reader: IncidentReader
     directory: LiveDirectory
+    tokens: LiveTokens
+    token_service: TokenService
     db: Database
     hub: LiveHub
     metrics: Metrics
@@ -56,8 +68,17 @@ class ApiServices:
     version: str = "0.1.0"
 
 
+class TokenRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    role: str
+    villages: tuple[str, ...] = ()
+    station: str | None = None
+
+
 def error(status: int, reason: str, **extra: Any) -> Response[dict[str, Any]]:
     headers = {"Retry-After": "1"} if status == 503 else None
+    if status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="dispatch"'}
     return Response({"error": reason, **extra}, status_code=status, headers=headers)
 
 
@@ -95,8 +116,39 @@ def _decode_text(raw: bytes) -> str:
     raise ValidationException("the roster must be UTF-8 (or GB18030) text")
 
 
+def bearer(request: Request[Any, Any, Any], *, allow_query: bool = False) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if allow_query:
+        return request.query_params.get("access_token")
+    return None
+
+
 def create_app(services: ApiServices) -> Litestar:
     s = services
+
+    def who(request: Request[Any, Any, Any], capability: Capability, *, allow_query: bool = False) -> Principal:
+        principal = s.tokens.table.authenticate(bearer(request, allow_query=allow_query))
+        if principal is None:
+            raise NotAuthorizedException("a valid bearer token is required")
+        if not principal.can(capability):
+            raise PermissionDeniedException(f"a {principal.role} token may not do this")
+        return principal
+
+    def scope(principal: Principal) -> frozenset[str] | None:
+        return principal.scope(s.directory.directory)
+
+    def visible(principal: Principal, village: str | None) -> bool:
+        return principal.sees(village, s.directory.directory)
+
+    def narrowed(principal: Principal, village: str | None) -> frozenset[str] | None:
+        """The villages a list may show: the request's filter within the principal's scope."""
+        allowed = scope(principal)
+        if village is None:
+            return allowed
+        return frozenset({village}) if allowed is None or village in allowed else frozenset()
 
     async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         def run() -> Any:
@@ -115,9 +167,10 @@ def create_app(services: ApiServices) -> Litestar:
         status_code=202,
         request_max_body_size=MAX_JSON_BYTES,
         tags=["calls"],
-        summary="A member dialed the short number: raise or join an incident",
+        summary="A member dialed the short number: raise or join an incident (gateway, admin)",
     )
-    async def post_call(data: JSONBody[CallRequest]) -> dict[str, Any]:
+    async def post_call(data: JSONBody[CallRequest], request: Request[Any, Any, Any]) -> dict[str, Any]:
+        who(request, "call")
         if data.at is not None and data.at.tzinfo is None:
             raise ValidationException("at: must be RFC 3339 with a UTC offset (e.g. 2026-11-24T20:00:00+08:00)")
         if not 0 < len(data.call_id) <= 128 or not 0 < len(data.caller) <= 64 or len(data.callee) > 64:
@@ -130,9 +183,10 @@ def create_app(services: ApiServices) -> Litestar:
         status_code=200,
         request_max_body_size=MAX_ROSTER_BYTES,
         tags=["groups"],
-        summary="Import a roster CSV (village,group,phone,role,name); all or nothing",
+        summary="Import a roster CSV (village,group,phone,role,name); all or nothing (admin)",
     )
     async def import_groups(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+        who(request, "import")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in ("text/csv", "text/plain", "application/octet-stream", ""):
             return error(415, f"send the roster as text/csv, not {content_type}")
@@ -148,18 +202,22 @@ def create_app(services: ApiServices) -> Litestar:
         return Response({"imported": True, "summary": summary}, status_code=200)
 
     @get("/v1/groups/{village:str}/{group:str}", tags=["groups"], summary="One joint-defence group")
-    async def get_group(village: FromPath[str], group: FromPath[str]) -> dict[str, Any]:
+    async def get_group(
+        village: FromPath[str], group: FromPath[str], request: Request[Any, Any, Any]
+    ) -> dict[str, Any]:
+        principal = who(request, "read")
         state = s.directory.directory.group(village, group)
-        if state is None:
+        if state is None or not visible(principal, village):
             raise NotFound(f"no group {village}/{group}")
         return group_view(state, s.directory.directory.duty_desks(village))
 
     @get("/v1/groups", tags=["groups"], summary="Groups, optionally of one village")
-    async def list_groups(village: FromQuery[str | None] = None) -> dict[str, Any]:
+    async def list_groups(request: Request[Any, Any, Any], village: FromQuery[str | None] = None) -> dict[str, Any]:
+        allowed = narrowed(who(request, "read"), village)
         groups = [
             {"village": g.village, "group": g.group, "size": len(g.members), "leader": _leader_name(g)}
             for g in sorted(s.directory.directory.live_groups(), key=lambda g: (g.village, g.group))
-            if village is None or g.village == village
+            if allowed is None or g.village in allowed
         ]
         return {"groups": groups, "count": len(groups)}
 
@@ -173,6 +231,10 @@ def create_app(services: ApiServices) -> Litestar:
     async def post_response(
         incident_id: FromPath[str], data: JSONBody[ResponseRequest], request: Request[Any, Any, Any]
     ) -> dict[str, Any]:
+        principal = who(request, "answer")
+        state, _ = await s.reader.load(incident_id)
+        if not visible(principal, state.opened.village):
+            raise NotFound(f"no incident {incident_id}")
         key = request.headers.get("idempotency-key")
         state, events = await s.responses.respond(incident_id, data, key)
         return {
@@ -183,35 +245,45 @@ def create_app(services: ApiServices) -> Litestar:
         }
 
     @get("/v1/incidents/{incident_id:str}", tags=["incidents"], summary="An incident with responders and timeline")
-    async def get_incident(incident_id: FromPath[str]) -> dict[str, Any]:
+    async def get_incident(incident_id: FromPath[str], request: Request[Any, Any, Any]) -> dict[str, Any]:
+        principal = who(request, "read")
         state, history = await s.reader.load(incident_id)
+        if not visible(principal, state.opened.village):
+            raise NotFound(f"no incident {incident_id}")
         return incident_view(state, history)
 
     @get("/v1/incidents", tags=["incidents"], summary="Incidents, newest first")
     async def list_incidents(
+        request: Request[Any, Any, Any],
         village: FromQuery[str | None] = None,
         status: FromQuery[str | None] = None,
         since: FromQuery[datetime | None] = None,
         limit: FromQuery[int] = 100,
     ) -> dict[str, Any]:
-        allowed = {"open", "raised", "notifying", "acknowledged", "on_scene", "resolved", "cancelled"}
-        if status is not None and status not in allowed:
-            raise ValidationException(f"status must be one of {', '.join(sorted(allowed))}")
+        allowed = narrowed(who(request, "read"), village)
+        statuses = {"open", "raised", "notifying", "acknowledged", "on_scene", "resolved", "cancelled"}
+        if status is not None and status not in statuses:
+            raise ValidationException(f"status must be one of {', '.join(sorted(statuses))}")
         rows = await in_thread(
-            queries.list_incidents, village=village, status=status, since=since, limit=max(1, min(limit, 1000))
+            queries.list_incidents, villages=allowed, status=status, since=since, limit=max(1, min(limit, 1000))
         )
         return {"incidents": rows, "count": len(rows)}
 
     @get("/v1/reports/response-times", tags=["reports"], summary="Count and percentiles of response times")
     async def report_response_times(
-        village: FromQuery[str | None] = None, since: FromQuery[datetime | None] = None
+        request: Request[Any, Any, Any], village: FromQuery[str | None] = None, since: FromQuery[datetime | None] = None
     ) -> Any:
-        return await in_thread(queries.response_times, village=village, since=since)
+        allowed = narrowed(who(request, "read"), village)
+        return await in_thread(queries.response_times, villages=allowed, since=since)
 
     @get("/v1/stream", tags=["console"], summary="Server-sent events: incident events and console notifications")
-    async def stream(village: FromQuery[str | None] = None) -> ServerSentEvent:
-        villages = frozenset(v for v in (village or "").split(",") if v) or None
-        client = await s.hub.connect(villages)
+    async def stream(request: Request[Any, Any, Any], village: FromQuery[str | None] = None) -> ServerSentEvent:
+        principal = who(request, "read", allow_query=True)
+        wanted = frozenset(v for v in (village or "").split(",") if v) or None
+        allowed = scope(principal)
+        if allowed is not None:
+            wanted = allowed if wanted is None else wanted & allowed
+        client = await s.hub.connect(wanted)
 
         async def events() -> AsyncIterator[ServerSentEventMessage]:
             try:
@@ -230,8 +302,52 @@ def create_app(services: ApiServices) -> Litestar:
 
         return ServerSentEvent(events())
 
-    @get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
-    async def metrics() -> Response[bytes]:
+    @post(
+        "/v1/tokens",
+        status_code=201,
+        request_max_body_size=MAX_JSON_BYTES,
+        tags=["tokens"],
+        summary="Issue a token (admin); the token is shown in this answer only",
+    )
+    async def create_token(data: JSONBody[TokenRequest], request: Request[Any, Any, Any]) -> dict[str, Any]:
+        who(request, "manage")
+        token, event, seq = await s.token_service.issue(data.name, data.role, data.villages, data.station)
+        await s.tokens.wait_for(seq)
+        return {
+            "token": token,
+            "token_id": event.token_id,
+            "role": event.role,
+            "villages": list(event.villages),
+            "station": event.station,
+        }
+
+    @get("/v1/tokens", tags=["tokens"], summary="Active tokens (admin); never their secrets")
+    async def list_tokens(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        who(request, "manage")
+        return {
+            "tokens": [
+                {
+                    "token_id": t.token_id,
+                    "name": t.name,
+                    "role": t.role,
+                    "villages": list(t.villages),
+                    "station": t.station,
+                    "issued_at": t.at.isoformat(),
+                }
+                for t in s.tokens.table.active()
+            ]
+        }
+
+    @delete("/v1/tokens/{token_id:str}", status_code=200, tags=["tokens"], summary="Revoke a token (admin)")
+    async def revoke_token(token_id: FromPath[str], request: Request[Any, Any, Any]) -> dict[str, Any]:
+        who(request, "manage")
+        seq = await s.token_service.revoke(token_id)
+        await s.tokens.wait_for(seq)
+        return {"revoked": token_id}
+
+    @get("/metrics", tags=["ops"], summary="Prometheus metrics (metrics or admin token)", include_in_schema=False)
+    async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+        who(request, "metrics")
         return Response(generate_latest(s.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @get("/healthz", tags=["ops"], summary="The process is alive")
@@ -239,10 +355,13 @@ def create_app(services: ApiServices) -> Litestar:
         return {"status": "ok", "version": s.version}
 
     @get("/readyz", tags=["ops"], summary="NATS, the directory and the database are reachable")
-    async def readyz() -> Response[dict[str, Any]]:
+    async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         checks = await s.readiness()
         ok = all(checks.values())
-        return Response({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+        body: dict[str, Any] = {"ready": ok}
+        if s.tokens.table.authenticate(bearer(request)) is not None:
+            body["checks"] = checks
+        return Response(body, status_code=200 if ok else 503)
 
     return Litestar(
         route_handlers=[
@@ -255,6 +374,9 @@ def create_app(services: ApiServices) -> Litestar:
             list_incidents,
             report_response_times,
             stream,
+            create_token,
+            list_tokens,
+            revoke_token,
             metrics,
             healthz,
             readyz,

@@ -233,6 +233,24 @@ class IncidentCancelled(IncidentEvent, frozen=True, kw_only=True):
     note: str = ""
 
 
+# --- Access tokens: stored as a hash, never as the secret ------------------------------------------
+
+TokenRole = Literal["gateway", "officer", "duty_desk", "admin", "metrics"]
+
+
+class TokenIssued(Event, frozen=True, kw_only=True):
+    token_id: str
+    name: str
+    role: TokenRole
+    villages: tuple[str, ...] = ()
+    station: str | None = None
+    secret_hash: str
+
+
+class TokenRevoked(Event, frozen=True, kw_only=True):
+    token_id: str
+
+
 ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     GroupFormed,
     MemberBound,
@@ -257,4 +275,6 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     IncidentEscalated,
     IncidentResolved,
     IncidentCancelled,
+    TokenIssued,
+    TokenRevoked,
 )

@@ -19,6 +19,7 @@ TIMERS_STREAM = "DISPATCH_TIMERS"
 EVENTS_ALL = "dispatch.evt.>"
 INCIDENTS_ALL = "dispatch.evt.incident.>"
 NOTICES_ALL = "dispatch.evt.notice.>"
+TOKENS_ALL = "dispatch.evt.token.>"
 SINGLE_TOKEN_AGGREGATES = "dispatch.evt.*.*"
 GROUPS_ALL = "dispatch.evt.group.>"
 VILLAGES_ALL = "dispatch.evt.village.>"
@@ -57,6 +58,10 @@ def village_subject(village: str) -> str:
 
 def incident_subject(incident_id: str) -> str:
     return f"dispatch.evt.incident.{incident_id}"
+
+
+def token_subject(token_id: str) -> str:
+    return f"dispatch.evt.token.{token_id}"
 
 
 def notice_subject(incident_id: str) -> str:

@@ -53,7 +53,7 @@ class Percentiles(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ResponseTimes(msgspec.Struct, frozen=True, kw_only=True):
-    village: str | None
+    villages: list[str] | None
     since: datetime | None
     incidents: int
     measures: dict[str, Percentiles]
@@ -75,12 +75,16 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo), 3)
 
 
-def _where(village: str | None, since: datetime | None, status: str | None = None) -> tuple[str, list[Any]]:
+def _where(villages: frozenset[str] | None, since: datetime | None, status: str | None = None) -> tuple[str, list[Any]]:
+    """`villages` None: every village; empty: none at all (a scope that sees nothing)."""
     clauses: list[str] = []
     params: list[Any] = []
-    if village:
-        clauses.append("village = ?")
-        params.append(village)
+    if villages is not None:
+        if not villages:
+            clauses.append("1 = 0")
+        else:
+            clauses.append(f"village IN ({', '.join('?' for _ in villages)})")
+            params.extend(sorted(villages))
     if since:
         clauses.append("raised_at >= ?")
         params.append(since.timestamp())
@@ -95,12 +99,12 @@ def _where(village: str | None, since: datetime | None, status: str | None = Non
 def list_incidents(
     conn: Connection,
     *,
-    village: str | None = None,
+    villages: frozenset[str] | None = None,
     status: str | None = None,
     since: datetime | None = None,
     limit: int = 100,
 ) -> list[dict[str, Any]]:
-    where, params = _where(village, since, status)
+    where, params = _where(villages, since, status)
     rows = conn.query(
         f"SELECT {', '.join(LIST_COLUMNS)} FROM incidents{where} ORDER BY raised_at DESC LIMIT ?",
         (*params, limit),
@@ -117,8 +121,11 @@ def list_incidents(
     return out
 
 
-def response_times(conn: Connection, *, village: str | None = None, since: datetime | None = None) -> ResponseTimes:
-    where, params = _where(village, since)
+def response_times(
+    conn: Connection, *, villages: frozenset[str] | None = None, since: datetime | None = None
+) -> ResponseTimes:
+    """Over `villages` (None: every village)."""
+    where, params = _where(villages, since)
     columns = ", ".join(MEASURES.values())
     rows = conn.query(f"SELECT raised_at, status, {columns} FROM incidents{where}", params)
     measures: dict[str, Percentiles] = {}
@@ -131,7 +138,9 @@ def response_times(conn: Connection, *, village: str | None = None, since: datet
         measures[name] = Percentiles(
             count=len(values), p50=percentile(values, 0.5), p90=percentile(values, 0.9), p99=percentile(values, 0.99)
         )
-    return ResponseTimes(village=village, since=since, incidents=len(rows), measures=measures)
+    return ResponseTimes(
+        villages=sorted(villages) if villages is not None else None, since=since, incidents=len(rows), measures=measures
+    )
 
 
 def open_incident_count(conn: Connection) -> int:

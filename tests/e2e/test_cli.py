@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.support import ServeProcess, wait_until
@@ -21,8 +21,11 @@ nanling,1,13700000009,officer,丁
 """
 
 
-def dispatch(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dispatch", *args], capture_output=True, text=True, timeout=timeout)
+def dispatch(*args: str, token: str = "", timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DISPATCH_TOKEN": token} if token else None
+    return subprocess.run(
+        [sys.executable, "-m", "dispatch", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def test_demo_tells_the_whole_story() -> None:
@@ -44,27 +47,26 @@ def test_client_commands_and_replay_rebuild_the_same_read_model(tmp_path: Path) 
     try:
         roster = tmp_path / "roster.csv"
         roster.write_text(ROSTER, encoding="utf-8")
-        assert dispatch("groups", "import", str(roster), "--server", serve.url).returncode == 0
-        shown = dispatch("groups", "show", "nanling", "1", "--server", serve.url)
+        assert dispatch("groups", "import", str(roster), "--server", serve.url, token=serve.token).returncode == 0
+        shown = dispatch("groups", "show", "nanling", "1", "--server", serve.url, token=serve.token)
         assert "  联防组长\t丙\t+8613700000008" in shown.stdout
-        called = dispatch("call", "13700000001", "--call-id", "cli-1", "--server", serve.url)
+        called = dispatch("call", "13700000001", "--call-id", "cli-1", "--server", serve.url, token=serve.token)
         assert called.returncode == 0, called.stderr
-        incident = httpx.post(f"{serve.url}/v1/calls", json={"call_id": "cli-1", "caller": "x"}).json()["incident_id"]
+        http = serve.client()
+        incident = http.post("/v1/calls", json={"call_id": "cli-1", "caller": "x"}).json()["incident_id"]
         for who in ("13700000009", "13700000008"):
-            assert dispatch("respond", incident, who, "accept", "--server", serve.url).returncode == 0
-        refused = dispatch("respond", incident, "13700000002", "resolve", "--server", serve.url)
-        assert refused.returncode == 1 and "refused (403)" in refused.stderr
-        shown = dispatch("incident", incident, "--server", serve.url)
-        assert "已覆盖" in shown.stdout and "已接警" in shown.stdout
-        wait_until(lambda: httpx.get(f"{serve.url}/v1/incidents").json()["count"] == 1)
-        wait_until(
-            lambda: (
-                httpx.get(f"{serve.url}/v1/reports/response-times").json()["measures"]["time_to_covered"]["count"] == 1
+            assert (
+                dispatch("respond", incident, who, "accept", "--server", serve.url, token=serve.token).returncode == 0
             )
-        )
-        report = dispatch("report", "response-times", "--format", "csv", "--server", serve.url)
+        refused = dispatch("respond", incident, "13700000002", "resolve", "--server", serve.url, token=serve.token)
+        assert refused.returncode == 1 and "refused (403)" in refused.stderr
+        shown = dispatch("incident", incident, "--server", serve.url, token=serve.token)
+        assert "已覆盖" in shown.stdout and "已接警" in shown.stdout
+        wait_until(lambda: http.get("/v1/incidents").json()["count"] == 1)
+        wait_until(lambda: http.get("/v1/reports/response-times").json()["measures"]["time_to_covered"]["count"] == 1)
+        report = dispatch("report", "response-times", "--format", "csv", "--server", serve.url, token=serve.token)
         assert report.stdout.splitlines()[0] == "measure,count,p50_s,p90_s,p99_s"
-        before = httpx.get(f"{serve.url}/v1/incidents").json()["incidents"]
+        before = http.get("/v1/incidents").json()["incidents"]
         locked = dispatch("replay", "--data-dir", str(data))
         assert locked.returncode == 2 and "in use by another dispatch process" in locked.stderr
         assert serve.terminate() == 0
@@ -75,8 +77,10 @@ def test_client_commands_and_replay_rebuild_the_same_read_model(tmp_path: Path) 
     assert "incidents_v1: rebuilt from" in replayed.stdout
     again = ServeProcess(data, {}).start()
     try:
-        after = httpx.get(f"{again.url}/v1/incidents").json()["incidents"]
+        again_http = again.client()
+        assert again.token == serve.token, "a restart must keep the bootstrap admin token"
+        after = again_http.get("/v1/incidents").json()["incidents"]
         assert after == before
-        assert httpx.get(f"{again.url}/v1/groups/nanling/1").status_code == 200
+        assert again_http.get("/v1/groups/nanling/1").status_code == 200
     finally:
         again.terminate()

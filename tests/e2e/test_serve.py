@@ -63,7 +63,7 @@ def serve(tmp_path_factory: pytest.TempPathFactory, receiver: WebhookReceiver) -
 
 @pytest.fixture(scope="module")
 def http(serve: ServeProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=serve.url, timeout=30) as client:
+    with serve.client() as client:
         yield client
 
 
@@ -102,7 +102,18 @@ def test_the_cli_imports_the_same_file(tmp_path: Path, serve: ServeProcess, impo
     roster = tmp_path / "roster.csv"
     roster.write_text(ROSTER, encoding="utf-8")
     done = subprocess.run(
-        [sys.executable, "-m", "dispatch", "groups", "import", str(roster), "--server", serve.url],
+        [
+            sys.executable,
+            "-m",
+            "dispatch",
+            "groups",
+            "import",
+            str(roster),
+            "--server",
+            serve.url,
+            "--token",
+            serve.token,
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -277,7 +288,9 @@ def test_the_console_stream_pushes_the_alarm_to_every_recipient(
     connected = threading.Event()
 
     def listen() -> None:
-        with httpx.stream("GET", f"{serve.url}/v1/stream", params={"village": "xiaoyang"}, timeout=30) as response:
+        with httpx.stream(
+            "GET", f"{serve.url}/v1/stream", params={"village": "xiaoyang"}, headers=serve.headers, timeout=30
+        ) as response:
             kind = ""
             for line in response.iter_lines():
                 if line.startswith("event:"):

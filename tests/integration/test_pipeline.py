@@ -22,6 +22,10 @@ from tests.unit.fixtures import ROSTER
 GROUP_ONE = [f"+86138000000{i:02d}" for i in range(1, 9)] + ["+8613900000001", "+8613900000009"]
 
 
+def auth(service: Service) -> dict[str, str]:
+    return {"Authorization": f"Bearer {service.admin_token}"}
+
+
 @pytest.fixture
 async def channel() -> RecordingChannel:
     return RecordingChannel()
@@ -40,7 +44,7 @@ async def service(tmp_path: Path, channel: RecordingChannel) -> AsyncIterator[Se
     settings.validate()
     svc = Service(settings, channels=[channel])
     await svc.start()
-    async with httpx.AsyncClient(base_url=settings.base_url) as http:
+    async with httpx.AsyncClient(base_url=settings.base_url, headers=auth(svc)) as http:
         r = await http.post("/v1/groups/import", content=ROSTER.encode(), headers={"Content-Type": "text/csv"})
         assert r.status_code == 200, r.text
     try:
@@ -51,7 +55,7 @@ async def service(tmp_path: Path, channel: RecordingChannel) -> AsyncIterator[Se
 
 @pytest.fixture
 async def http(service: Service) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=service.settings.base_url, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=service.settings.base_url, timeout=30, headers=auth(service)) as client:
         yield client
 
 

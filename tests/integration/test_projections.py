@@ -190,17 +190,17 @@ def test_response_time_percentiles(database: Database) -> None:
     conn = database.connect()
     ensure_schema(conn, projection)
     apply_batch(conn, projection, recorded(incident_events(4, accept_after=10)))
-    report = queries.response_times(conn, village="dongshan")
+    report = queries.response_times(conn, villages=frozenset({"dongshan"}))
     first_accept = report.measures["time_to_first_accept"]
     assert report.incidents == 4
     assert (first_accept.count, first_accept.p50, first_accept.p90) == (4, 11.5, 12.7)
     covered = report.measures["time_to_covered"]
     assert covered.p50 == 21.5
     assert report.measures["time_to_resolve"].p50 == 900.0
-    assert queries.response_times(conn, village="elsewhere").incidents == 0
+    assert queries.response_times(conn, villages=frozenset({"elsewhere"})).incidents == 0
     later = queries.response_times(conn, since=at(150))
     assert later.incidents == 1
-    listed = queries.list_incidents(conn, village="dongshan", status="resolved", limit=2)
+    listed = queries.list_incidents(conn, villages=frozenset({"dongshan"}), status="resolved", limit=2)
     line = "group.dongshan.1"
     assert [i["incident_id"] for i in listed] == [incident_id_for(line, 3), incident_id_for(line, 2)]
 

@@ -1,0 +1,111 @@
+"""Who may do what: tokens, roles and village scope.
+
+A token reads `dsp_<token id>_<secret>`; only sha256(secret) is ever stored (in TokenIssued).
+
+Invariants:
+- a revoked or unknown token, or one whose secret does not hash to the stored value, is nobody;
+- `officer` and `duty_desk` see only their villages: an officer's are listed on the token, a duty
+  desk's are the villages whose duty desks include its station number (so a roster change moves
+  them); `admin` sees all; `gateway` places calls and relays answers but reads nothing;
+  `metrics` reads /metrics only;
+- every comparison of a secret is constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Literal
+
+from dispatch.domain.directory import Directory
+from dispatch.events.model import Event, TokenIssued, TokenRevoked, TokenRole
+
+PREFIX = "dsp_"
+ROLES: tuple[TokenRole, ...] = ("gateway", "officer", "duty_desk", "admin", "metrics")
+SCOPED: tuple[TokenRole, ...] = ("officer", "duty_desk")
+Capability = Literal["call", "answer", "read", "import", "metrics", "manage"]
+CAPABILITIES: dict[TokenRole, frozenset[Capability]] = {
+    "gateway": frozenset({"call", "answer"}),
+    "officer": frozenset({"answer", "read"}),
+    "duty_desk": frozenset({"answer", "read"}),
+    "admin": frozenset({"call", "answer", "read", "import", "metrics", "manage"}),
+    "metrics": frozenset({"metrics"}),
+}
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def format_token(token_id: str, secret: str) -> str:
+    return f"{PREFIX}{token_id}_{secret}"
+
+
+def parse_token(token: str) -> tuple[str, str] | None:
+    if not token.startswith(PREFIX):
+        return None
+    token_id, sep, secret = token[len(PREFIX) :].partition("_")
+    if not sep or not token_id or not secret or len(token) > 200:
+        return None
+    return token_id, secret
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    token_id: str
+    name: str
+    role: TokenRole
+    villages: frozenset[str]
+    station: str | None
+
+    def can(self, capability: Capability) -> bool:
+        return capability in CAPABILITIES[self.role]
+
+    def scope(self, directory: Directory) -> frozenset[str] | None:
+        """The villages this principal may see; None means every village."""
+        if self.role not in SCOPED:
+            return None
+        if self.station:
+            served = {v for v, state in directory.villages.items() if self.station in state.duty_desks}
+            return frozenset(served | self.villages)
+        return self.villages
+
+    def sees(self, village: str | None, directory: Directory) -> bool:
+        scope = self.scope(directory)
+        return scope is None or (village is not None and village in scope)
+
+
+class TokenTable:
+    """Fold of TokenIssued / TokenRevoked; answers who a presented token is."""
+
+    def __init__(self) -> None:
+        self.issued: dict[str, TokenIssued] = {}
+        self.revoked: set[str] = set()
+
+    def apply(self, event: Event) -> None:
+        if isinstance(event, TokenIssued):
+            self.issued[event.token_id] = event
+        elif isinstance(event, TokenRevoked):
+            self.revoked.add(event.token_id)
+
+    def authenticate(self, token: str | None) -> Principal | None:
+        parsed = parse_token(token or "")
+        if parsed is None:
+            return None
+        token_id, secret = parsed
+        issued = self.issued.get(token_id)
+        if issued is None or token_id in self.revoked:
+            return None
+        if not hmac.compare_digest(issued.secret_hash, hash_secret(secret)):
+            return None
+        return Principal(
+            token_id=token_id,
+            name=issued.name,
+            role=issued.role,
+            villages=frozenset(issued.villages),
+            station=issued.station,
+        )
+
+    def active(self) -> list[TokenIssued]:
+        return [t for tid, t in sorted(self.issued.items()) if tid not in self.revoked]

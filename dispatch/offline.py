@@ -1,0 +1,40 @@
+"""Open the log from a command-line tool: the given NATS, a running service's embedded server, or a
+temporary embedded server on the data directory (refused while a service holds it)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import nats
+from nats.aio.client import Client as NATS
+
+from dispatch.settings import Settings
+from dispatch.store.provision import provision
+from dispatch.store.server import EmbeddedNats, running_url
+
+
+@asynccontextmanager
+async def open_log(settings: Settings, *, use_running: bool = True) -> AsyncIterator[NATS]:
+    from dispatch.bootstrap import data_dir_lock
+
+    urls = settings.nats_urls
+    embedded: EmbeddedNats | None = None
+    lock = None
+    if not urls and use_running and (url := running_url(settings.data_dir)):
+        urls = [url]
+    if not urls:
+        lock = data_dir_lock(settings.data_dir)
+        lock.__enter__()
+        embedded = EmbeddedNats(settings.data_dir)
+        urls = [await embedded.start()]
+    nc = await nats.connect(urls, connect_timeout=5)
+    try:
+        await provision(nc, replicas=settings.stream_replicas)
+        yield nc
+    finally:
+        await nc.close()
+        if embedded is not None:
+            await embedded.stop()
+        if lock is not None:
+            lock.__exit__(None, None, None)

@@ -1,0 +1,28 @@
+"""The live token table every process keeps in memory (tokens are checked on every request)."""
+
+from __future__ import annotations
+
+from nats.aio.client import Client as NATS
+
+from dispatch.domain.access import TokenTable
+from dispatch.events.subjects import TOKENS_ALL
+from dispatch.store.eventstore import Recorded
+from dispatch.store.follow import Follower
+
+
+class LiveTokens:
+    def __init__(self, nc: NATS) -> None:
+        self.table = TokenTable()
+        self._follower = Follower(nc, TOKENS_ALL, self._apply, name="tokens")
+
+    def _apply(self, rec: Recorded) -> None:
+        self.table.apply(rec.event)
+
+    async def start(self) -> None:
+        await self._follower.start()
+
+    async def wait_for(self, seq: int, timeout: float = 10.0) -> None:
+        await self._follower.wait_for(seq, timeout)
+
+    async def stop(self) -> None:
+        await self._follower.stop()
