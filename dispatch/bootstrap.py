@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -266,6 +267,26 @@ class Service:
 
         self.metrics.add_collector(
             GaugeCallback("dispatch_incidents_open", "Incidents not resolved or cancelled", open_incidents)
+        )
+
+        def uncovered(index: int) -> Callable[[], list[tuple[dict[str, str], float]]]:
+            def read() -> list[tuple[dict[str, str], float]]:
+                try:
+                    counts = queries.uncovered_counts(self.db.thread_connection(), time.time())
+                except Exception:
+                    self.db.drop_thread_connection()
+                    return []
+                return [({}, float(counts[index]))]
+
+            return read
+
+        self.metrics.add_collector(
+            GaugeCallback("dispatch_incidents_uncovered", "Open incidents not yet covered", uncovered(0))
+        )
+        self.metrics.add_collector(
+            GaugeCallback(
+                "dispatch_incidents_overdue", "Open incidents not covered by their ack deadline", uncovered(1)
+            )
         )
         for runner in self.runners:
             self.metrics.projection_lag.labels(runner.name).set_function(_pending_of(runner))

@@ -83,6 +83,15 @@ class Metrics:
             ["projection"],
             registry=r,
         )
+        self.escalations = Counter(
+            "dispatch_escalations", "Incidents escalated, by tier and reason", ["tier", "reason"], registry=r
+        )
+        self.timers_fired = Counter(
+            "dispatch_timers_fired", "Deadline timers fired (ack, escalate, arrival)", ["timer"], registry=r
+        )
+        self.delivery_queue = Gauge(
+            "dispatch_delivery_queue_depth", "Delivery retry jobs waiting, by channel", ["channel"], registry=r
+        )
         self.directory_numbers = Gauge(
             "dispatch_directory_numbers", "Phone numbers bound in the in-memory directory", registry=r
         )

@@ -138,6 +138,9 @@ class IncidentOpened(IncidentEvent, frozen=True, kw_only=True):
     recipients: tuple[Person, ...]
     duty_desks: tuple[Person, ...]
     quorum: tuple[tuple[Role, ...], ...]
+    ack_deadline_s: float = 60.0
+    escalate_after_s: float = 300.0
+    arrival_deadline_s: float = 1200.0
 
 
 class AlarmRaised(IncidentOpened, frozen=True, kw_only=True):

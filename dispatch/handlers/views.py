@@ -6,7 +6,7 @@ decides anything.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -96,6 +96,11 @@ def incident_view(state: IncidentState, history: list[Recorded]) -> dict[str, An
         "escalation_tier": state.escalation_tier,
         "quorum": [list(c) for c in opened.quorum],
         "raised_at": iso(state.raised_at),
+        "ack_deadline_at": iso(state.raised_at + timedelta(seconds=opened.ack_deadline_s)),
+        "escalate_at": iso(state.raised_at + timedelta(seconds=opened.escalate_after_s)),
+        "arrival_deadline_at": iso(state.covered_at + timedelta(seconds=opened.arrival_deadline_s))
+        if state.covered_at
+        else None,
         "first_notified_at": iso(state.first_notified_at),
         "first_accept_at": iso(state.first_accept_at),
         "covered_at": iso(state.covered_at),

@@ -72,6 +72,7 @@ class IncidentRow:
     category: str | None
     cancel_reason: str | None
     raised_at: float
+    ack_deadline_at: float
     first_notified_at: float | None
     first_delivered_at: float | None
     first_accept_at: float | None
@@ -159,6 +160,7 @@ class IncidentsProjection:
                 category TEXT,
                 cancel_reason TEXT,
                 raised_at DOUBLE PRECISION NOT NULL,
+                ack_deadline_at DOUBLE PRECISION NOT NULL,
                 first_notified_at DOUBLE PRECISION,
                 first_delivered_at DOUBLE PRECISION,
                 first_accept_at DOUBLE PRECISION,
@@ -337,6 +339,7 @@ class _Batch:
             category=None,
             cancel_reason=None,
             raised_at=ts(event.at),
+            ack_deadline_at=ts(event.at) + event.ack_deadline_s,
             first_notified_at=None,
             first_delivered_at=None,
             first_accept_at=None,

@@ -146,3 +146,13 @@ def response_times(
 def open_incident_count(conn: Connection) -> int:
     row = conn.one("SELECT COUNT(*) FROM incidents WHERE status NOT IN ('resolved', 'cancelled')")
     return int(row[0]) if row else 0
+
+
+def uncovered_counts(conn: Connection, now: float) -> tuple[int, int]:
+    """(open incidents not covered, those of them past their ack deadline)."""
+    row = conn.one(
+        "SELECT COUNT(*), SUM(CASE WHEN ack_deadline_at < ? THEN 1 ELSE 0 END) FROM incidents "
+        "WHERE status NOT IN ('resolved', 'cancelled') AND covered = 0",
+        (now,),
+    )
+    return (int(row[0] or 0), int(row[1] or 0)) if row else (0, 0)
