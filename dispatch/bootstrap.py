@@ -30,6 +30,7 @@ from dispatch.channels.webhook import WebhookChannel
 from dispatch.domain.incident import parse_quorum
 from dispatch.handlers.calls import CallService
 from dispatch.handlers.delivery import DeliveryWorker
+from dispatch.handlers.escalation import EscalationService
 from dispatch.handlers.fanout import FanOut
 from dispatch.handlers.groups import GroupService
 from dispatch.handlers.pool import TaskPool
@@ -48,6 +49,7 @@ from dispatch.store.eventstore import EventStore
 from dispatch.store.jobs import JobQueue
 from dispatch.store.provision import provision
 from dispatch.store.server import EmbeddedNats
+from dispatch.store.timers import Timers
 
 log = structlog.get_logger(__name__)
 
@@ -131,8 +133,9 @@ class Service:
         )
         self.metrics.nats_connected.set(1)
         self.channels = []
-        if st.webhook_urls and st.webhook_secret:
-            self.channels.append(WebhookChannel(st.webhook_urls, st.webhook_secret))
+        if (st.webhook_urls or st.command_centre_url) and st.webhook_secret:
+            role_urls = {"command_centre": [st.command_centre_url]} if st.command_centre_url else {}
+            self.channels.append(WebhookChannel(st.webhook_urls, st.webhook_secret, role_urls=role_urls))
         self.channels.extend(self.extra_channels)
         names = [c.name for c in self.channels]
         await provision(self.nc, replicas=st.stream_replicas, channels=tuple(names))
@@ -158,6 +161,7 @@ class Service:
             self.directory.directory,
             quorum=quorum,
             fallback_duty=st.fallback_duty(),
+            deadlines=st.deadlines(),
             metrics=self.metrics,
             region=st.region,
         )
@@ -171,12 +175,15 @@ class Service:
             max_attempts=st.delivery_max_attempts,
             backoff_base=st.delivery_backoff_base,
             backoff_max=st.delivery_backoff_max,
+            on_permanent_failure=self._escalate_if_unreachable,
         )
-        self.fanout = FanOut(self.store, self.delivery, self.channels, public_url=st.base_url)
+        self.escalation = EscalationService(self.store, metrics=self.metrics, command_centre=st.command_centre_person())
+        self.fanout = FanOut(self.store, self.delivery, self.channels, timers=Timers(self.nc), public_url=st.base_url)
         self.broker = build_broker(
             self.nats_urls,
             fanout=self.fanout,
             delivery=self.delivery,
+            escalation=self.escalation,
             calls=self.calls,
             channels=names,
             pools=self.pools,
@@ -200,6 +207,7 @@ class Service:
                 hub=self.hub,
                 metrics=self.metrics,
                 readiness=self.readiness,
+                deadlines=st.deadlines(),
             )
         )
         config = uvicorn.Config(
@@ -235,6 +243,9 @@ class Service:
             channels=names,
         )
         self.started.set()
+
+    async def _escalate_if_unreachable(self, incident_id: str) -> None:
+        await self.escalation.check_unreachable(incident_id)
 
     async def _bootstrap_admin(self) -> None:
         """The first start of a log issues one admin token into `<data dir>/admin.token` (0600)."""

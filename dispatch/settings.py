@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dispatch.domain.directory import Deadlines
 from dispatch.domain.incident import DEFAULT_QUORUM, parse_quorum
 from dispatch.domain.phone import InvalidPhone, normalize
 from dispatch.events.model import Person
@@ -46,8 +47,13 @@ class Settings:
     log_format: str = "auto"
     log_level: str = "info"
     delivery_max_attempts: int = 5
-    delivery_backoff_base: float = 1.0
+    delivery_backoff_base: float = 2.0
     delivery_backoff_max: float = 60.0
+    ack_deadline_s: float = 60.0
+    escalate_after_s: float = 300.0
+    arrival_deadline_s: float = 1200.0
+    command_centre: str | None = None
+    command_centre_name: str = "县公安局指挥中心"
     nats_restart_delay: float = 1.0
 
     @classmethod
@@ -75,9 +81,14 @@ class Settings:
             log_format=_env("LOG_FORMAT", "auto") or "auto",
             log_level=_env("LOG_LEVEL", "info") or "info",
             delivery_max_attempts=_int("DELIVERY_MAX_ATTEMPTS", 5),
-            delivery_backoff_base=_float("DELIVERY_BACKOFF_BASE", 1.0),
+            delivery_backoff_base=_float("DELIVERY_BACKOFF_BASE", 2.0),
             delivery_backoff_max=_float("DELIVERY_BACKOFF_MAX", 60.0),
             nats_restart_delay=_float("NATS_RESTART_DELAY", 1.0),
+            ack_deadline_s=_float("ACK_DEADLINE", 60.0),
+            escalate_after_s=_float("ESCALATE_AFTER", 300.0),
+            arrival_deadline_s=_float("ARRIVAL_DEADLINE", 1200.0),
+            command_centre=_env("COMMAND_CENTRE"),
+            command_centre_name=_env("COMMAND_CENTRE_NAME", "县公安局指挥中心") or "县公安局指挥中心",
         )
         for key, value in overrides.items():
             if value is not None:
@@ -116,6 +127,21 @@ class Settings:
             raise SettingsError("DISPATCH_LOG_FORMAT must be auto, console or json")
         if self.delivery_max_attempts < 1:
             raise SettingsError("DISPATCH_DELIVERY_MAX_ATTEMPTS must be at least 1")
+        if not 0 < self.ack_deadline_s <= self.escalate_after_s:
+            raise SettingsError("DISPATCH_ACK_DEADLINE must be positive and at most DISPATCH_ESCALATE_AFTER")
+        if self.arrival_deadline_s <= 0:
+            raise SettingsError("DISPATCH_ARRIVAL_DEADLINE must be positive")
+        if self.command_centre and not self.command_centre.startswith(("http://", "https://")):
+            try:
+                self.command_centre = normalize(self.command_centre, self.region)
+            except InvalidPhone:
+                raise SettingsError(
+                    f"DISPATCH_COMMAND_CENTRE: {self.command_centre!r} is neither a phone number nor an http(s) URL"
+                ) from None
+        if self.command_centre_url and not self.webhook_secret:
+            raise SettingsError(
+                "DISPATCH_COMMAND_CENTRE is a URL: set DISPATCH_WEBHOOK_SECRET so its alerts are signed"
+            )
 
     @property
     def embedded_nats(self) -> bool:
@@ -139,6 +165,22 @@ class Settings:
             return self.public_url.rstrip("/")
         host = self.http_host if self.http_host not in ("0.0.0.0", "::") else "127.0.0.1"
         return f"http://{host}:{self.http_port}"
+
+    @property
+    def command_centre_url(self) -> str | None:
+        cc = self.command_centre
+        return cc if cc and cc.startswith(("http://", "https://")) else None
+
+    def command_centre_person(self) -> Person | None:
+        """Tier 2 is rung to this person: its number, or (a URL) a placeholder the webhook channel
+        routes to that URL alone."""
+        if not self.command_centre:
+            return None
+        phone = "command-centre" if self.command_centre_url else self.command_centre
+        return Person(phone=phone, name=self.command_centre_name, role="command_centre")
+
+    def deadlines(self) -> Deadlines:
+        return Deadlines(ack_s=self.ack_deadline_s, escalate_s=self.escalate_after_s, arrival_s=self.arrival_deadline_s)
 
     def fallback_duty(self) -> tuple[Person, ...]:
         if not self.duty_desk:

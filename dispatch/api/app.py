@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from litestar import Litestar, Request, Response, delete, get, post
+from litestar import Litestar, Request, Response, delete, get, post, put
 from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.params import FromPath, FromQuery, JSONBody
@@ -32,11 +32,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dispatch.api.live import LiveHub
 from dispatch.domain.access import Capability, Principal
-from dispatch.domain.directory import GroupState
+from dispatch.domain.directory import Deadlines, GroupState
 from dispatch.domain.errors import DomainError, NotFound
+from dispatch.domain.incident import DEFAULT_DEADLINES
 from dispatch.domain.roster import RosterRejected
 from dispatch.handlers.calls import CallRequest, CallService
-from dispatch.handlers.groups import GroupService
+from dispatch.handlers.groups import GroupService, VillageSettings
 from dispatch.handlers.responses import IncidentReader, ResponseRequest, ResponseService
 from dispatch.handlers.tokens import TokenService
 from dispatch.handlers.views import group_view, incident_view
@@ -65,6 +66,7 @@ class ApiServices:
     hub: LiveHub
     metrics: Metrics
     readiness: Callable[[], Awaitable[dict[str, bool]]]
+    deadlines: Deadlines = DEFAULT_DEADLINES
     version: str = "0.1.0"
 
 
@@ -221,6 +223,53 @@ def create_app(services: ApiServices) -> Litestar:
         ]
         return {"groups": groups, "count": len(groups)}
 
+    def village_view(village: str) -> dict[str, Any] | None:
+        directory = s.directory.directory
+        state = directory.villages.get(village)
+        groups = sorted(g.group for g in directory.live_groups() if g.village == village)
+        if state is None and not groups:
+            return None
+        deadlines = directory.deadlines(village, s.deadlines)
+        return {
+            "village": village,
+            "deadlines": {
+                "ack_deadline_s": deadlines.ack_s,
+                "escalate_after_s": deadlines.escalate_s,
+                "arrival_deadline_s": deadlines.arrival_s,
+            },
+            "overrides": {
+                "ack_deadline_s": state.ack_deadline_s if state else None,
+                "escalate_after_s": state.escalate_after_s if state else None,
+                "arrival_deadline_s": state.arrival_deadline_s if state else None,
+            },
+            "duty_desks": [{"phone": d.phone, "name": d.name} for d in directory.duty_desks(village)],
+            "groups": groups,
+        }
+
+    @get("/v1/villages/{village:str}", tags=["villages"], summary="A village: deadlines, duty desks, groups")
+    async def get_village(village: FromPath[str], request: Request[Any, Any, Any]) -> dict[str, Any]:
+        principal = who(request, "read")
+        view = village_view(village)
+        if view is None or not visible(principal, village):
+            raise NotFound(f"no village {village}")
+        return view
+
+    @put(
+        "/v1/villages/{village:str}/settings",
+        status_code=200,
+        request_max_body_size=MAX_JSON_BYTES,
+        tags=["villages"],
+        summary="Set a village's deadlines (admin); incidents raised afterwards use them",
+    )
+    async def put_village_settings(
+        village: FromPath[str], data: JSONBody[VillageSettings], request: Request[Any, Any, Any]
+    ) -> dict[str, Any]:
+        who(request, "import")
+        await s.groups.set_village_settings(village, data)
+        view = village_view(village)
+        assert view is not None
+        return view
+
     @post(
         "/v1/incidents/{incident_id:str}/responses",
         status_code=200,
@@ -368,6 +417,8 @@ def create_app(services: ApiServices) -> Litestar:
             post_call,
             import_groups,
             get_group,
+            get_village,
+            put_village_settings,
             list_groups,
             post_response,
             get_incident,

@@ -36,13 +36,17 @@ def retry_after(value: str | None) -> float | None:
 class WebhookChannel:
     name = "webhook"
 
-    def __init__(self, urls: list[str], secret: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, urls: list[str], secret: str, *, role_urls: dict[str, list[str]] | None = None, timeout: float = 10.0
+    ) -> None:
         self.urls = urls
+        self.role_urls = role_urls or {}
         self.secret = secret
         self._client = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=200))
 
     def targets(self, recipient: Person) -> list[str]:
-        return list(self.urls)
+        """Every configured URL; a role with URLs of its own (the command centre) gets only those."""
+        return list(self.role_urls.get(recipient.role, self.urls))
 
     async def send(self, job: DeliveryJob, target: Target) -> Outcome:
         body = json.dumps(payload(job, target), ensure_ascii=False).encode()

@@ -26,6 +26,7 @@ from dispatch.events.model import (
     Person,
     RoleAssigned,
     VillageEvent,
+    VillageSettingsChanged,
 )
 from dispatch.events.subjects import group_id
 
@@ -46,11 +47,30 @@ class GroupState:
         return next((m for m in self.members.values() if m.role == "leader"), None)
 
 
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """Seconds from raise to tier 1 (ack), from raise to tier 2 (escalate), from cover to arrival."""
+
+    ack_s: float = 60.0
+    escalate_s: float = 300.0
+    arrival_s: float = 1200.0
+
+
 @dataclass(slots=True)
 class VillageState:
     village: str
     duty_desks: dict[str, Person] = field(default_factory=dict)
     last_seq: int = 0
+    ack_deadline_s: float | None = None
+    escalate_after_s: float | None = None
+    arrival_deadline_s: float | None = None
+
+    def deadlines(self, defaults: Deadlines) -> Deadlines:
+        return Deadlines(
+            ack_s=self.ack_deadline_s if self.ack_deadline_s is not None else defaults.ack_s,
+            escalate_s=self.escalate_after_s if self.escalate_after_s is not None else defaults.escalate_s,
+            arrival_s=self.arrival_deadline_s if self.arrival_deadline_s is not None else defaults.arrival_s,
+        )
 
 
 @dataclass(slots=True)
@@ -116,6 +136,10 @@ class Directory:
             state.duty_desks[event.phone] = Person(phone=event.phone, name=event.name, role="duty")
         elif isinstance(event, DutyDeskUnbound):
             state.duty_desks.pop(event.phone, None)
+        elif isinstance(event, VillageSettingsChanged):
+            state.ack_deadline_s = event.ack_deadline_s
+            state.escalate_after_s = event.escalate_after_s
+            state.arrival_deadline_s = event.arrival_deadline_s
 
     def _unindex(self, phone: str, gid: str) -> None:
         groups = self._by_phone.get(phone)
@@ -139,6 +163,10 @@ class Directory:
     def group(self, village: str, group: str) -> GroupState | None:
         state = self.groups.get(group_id(village, group))
         return None if state is None or state.dissolved else state
+
+    def deadlines(self, village: str | None, defaults: Deadlines) -> Deadlines:
+        state = self.villages.get(village) if village else None
+        return state.deadlines(defaults) if state else defaults
 
     def duty_desks(self, village: str) -> tuple[Person, ...]:
         state = self.villages.get(village)

@@ -24,7 +24,7 @@ from typing import Literal, cast
 
 import msgspec
 
-from dispatch.domain.directory import Directory
+from dispatch.domain.directory import Deadlines, Directory
 from dispatch.domain.errors import InvalidCommand, InvalidTransition, NotFound, NotPermitted
 from dispatch.events.model import (
     CATEGORIES,
@@ -36,6 +36,7 @@ from dispatch.events.model import (
     Category,
     DeliveryFailed,
     DeliverySucceeded,
+    EscalationReason,
     Event,
     IncidentCancelled,
     IncidentCovered,
@@ -62,6 +63,7 @@ CLOSED: tuple[Status, ...] = ("resolved", "cancelled")
 Quorum = tuple[tuple[Role, ...], ...]
 DEFAULT_QUORUM = "officer,leader|assistant"
 REALERT_INTERVAL = timedelta(seconds=30)
+DEFAULT_DEADLINES = Deadlines()
 _ROLE_ORDER: dict[str, int] = {"officer": 0, "assistant": 1, "leader": 2, "household": 3, "duty": 4}
 
 
@@ -117,6 +119,7 @@ class Route:
     recipients: tuple[Person, ...]
     duty_desks: tuple[Person, ...]
     quorum: Quorum
+    deadlines: Deadlines = DEFAULT_DEADLINES
 
 
 def _ordered(people: list[Person]) -> tuple[Person, ...]:
@@ -124,7 +127,13 @@ def _ordered(people: list[Person]) -> tuple[Person, ...]:
     return tuple(sorted(unique.values(), key=lambda p: (_ROLE_ORDER.get(p.role, 9), p.phone)))
 
 
-def route_call(directory: Directory, call: IncomingCall, policy: Quorum, fallback_duty: tuple[Person, ...]) -> Route:
+def route_call(
+    directory: Directory,
+    call: IncomingCall,
+    policy: Quorum,
+    fallback_duty: tuple[Person, ...],
+    defaults: Deadlines = DEFAULT_DEADLINES,
+) -> Route:
     """Decide who a call is for. A number in no group is routed to the duty desk, never dropped."""
     memberships = directory.memberships(call.caller) if call.caller else []
     if len(memberships) == 1:
@@ -140,6 +149,7 @@ def route_call(directory: Directory, call: IncomingCall, policy: Quorum, fallbac
             recipients=recipients,
             duty_desks=duty,
             quorum=effective_quorum(policy, recipients + duty),
+            deadlines=directory.deadlines(group.village, defaults),
         )
     if memberships:
         village = memberships[0].group.village
@@ -162,6 +172,7 @@ def route_call(directory: Directory, call: IncomingCall, policy: Quorum, fallbac
             recipients=_ordered([*staff, *duty]),
             duty_desks=duty,
             quorum=(("duty",),) if duty else effective_quorum(policy, tuple(staff)),
+            deadlines=directory.deadlines(village, defaults),
         )
     duty = tuple(d for d in fallback_duty if d.phone != call.caller)
     return Route(
@@ -173,6 +184,7 @@ def route_call(directory: Directory, call: IncomingCall, policy: Quorum, fallbac
         recipients=duty,
         duty_desks=duty,
         quorum=(("duty",),) if duty else (),
+        deadlines=defaults,
     )
 
 
@@ -199,6 +211,9 @@ def open_incident(route: Route, call: IncomingCall, epoch: int) -> IncidentOpene
         recipients=route.recipients,
         duty_desks=route.duty_desks,
         quorum=route.quorum,
+        ack_deadline_s=route.deadlines.ack_s,
+        escalate_after_s=route.deadlines.escalate_s,
+        arrival_deadline_s=route.deadlines.arrival_s,
     )
 
 
@@ -232,7 +247,7 @@ class Alert:
     """Whom a decision alerts now, with what the message needs (not an event: a view of one)."""
 
     incident_id: str
-    reason: Literal["raised", "repeat"]
+    reason: Literal["raised", "repeat", "escalation"]
     recipients: tuple[Person, ...]
     village: str | None
     group: str | None
@@ -240,14 +255,24 @@ class Alert:
     registered: bool
     urgency: int
     raised_at: datetime
+    tier: int = 0
+    why: str = ""
 
 
-def alert_for(opened: IncidentOpened, trigger: IncidentOpened | CallRepeated) -> Alert | None:
-    """The alert a trigger event carries: everyone on raise, the re-alerted on a repeated call."""
+Trigger = IncidentOpened | CallRepeated | IncidentEscalated
+
+
+def alert_for(opened: IncidentOpened, trigger: Trigger, urgency: int = 1) -> Alert | None:
+    """The alert a trigger event carries: everyone on raise, the re-alerted on a repeated call,
+    the escalation's alerted on an escalation."""
+    tier, why = 0, ""
     if isinstance(trigger, IncidentOpened):
         recipients, reason, caller, urgency = trigger.recipients, "raised", trigger.caller, 1
-    else:
+    elif isinstance(trigger, CallRepeated):
         recipients, reason, caller, urgency = trigger.realerted, "repeat", trigger.caller, trigger.urgency
+    else:
+        recipients, reason, caller = trigger.alerted, "escalation", opened.caller
+        tier, why = trigger.tier, trigger.reason
     if not recipients:
         return None
     return Alert(
@@ -260,6 +285,8 @@ def alert_for(opened: IncidentOpened, trigger: IncidentOpened | CallRepeated) ->
         registered=isinstance(opened, AlarmRaised),
         urgency=urgency,
         raised_at=opened.at,
+        tier=tier,
+        why=why,
     )
 
 
@@ -404,6 +431,8 @@ def evolve(state: IncidentState | None, event: Event) -> IncidentState | None:
     if isinstance(event, IncidentCovered):
         return replace(state, covered_at=state.covered_at or event.at)
     if isinstance(event, IncidentEscalated):
+        for person in event.alerted:
+            state = _with_responder(state, person.phone, last_alerted_at=event.at)
         return replace(state, escalation_tier=max(state.escalation_tier, event.tier))
     if isinstance(event, IncidentResolved):
         return replace(
@@ -514,3 +543,94 @@ def _accept(state: IncidentState, person: Person, at: datetime) -> list[Event]:
         )
         events.append(IncidentCovered(at=at, incident_id=state.id, accepted_by=accepted_by))
     return events
+
+
+# --- Escalation ------------------------------------------------------------------------------------
+
+Timer = Literal["ack", "escalate", "arrival"]
+TIMERS: tuple[Timer, ...] = ("ack", "escalate", "arrival")
+TIER_REASONS: dict[Timer, EscalationReason] = {
+    "ack": "ack_deadline",
+    "escalate": "escalate_deadline",
+    "arrival": "arrival_deadline",
+}
+
+
+def timer_due(state: IncidentState, timer: Timer) -> datetime | None:
+    """When a deadline falls due; the arrival deadline only once the incident is covered."""
+    opened = state.opened
+    if timer == "ack":
+        return state.raised_at + timedelta(seconds=opened.ack_deadline_s)
+    if timer == "escalate":
+        return state.raised_at + timedelta(seconds=opened.escalate_after_s)
+    if state.covered_at is None:
+        return None
+    return state.covered_at + timedelta(seconds=opened.arrival_deadline_s)
+
+
+def _tier_one(state: IncidentState, at: datetime, reason: EscalationReason) -> IncidentEscalated:
+    """Officer and assistant alerted again (unless they accepted), the duty desks notified."""
+    staff = [
+        r.person
+        for r in state.responders.values()
+        if r.recipient and r.person.role in ("officer", "assistant") and r.accepted_at is None
+    ]
+    return IncidentEscalated(
+        at=at, incident_id=state.id, tier=1, reason=reason, alerted=_ordered([*staff, *state.opened.duty_desks])
+    )
+
+
+def _tier_two(
+    state: IncidentState, at: datetime, reason: EscalationReason, command_centre: Person | None
+) -> IncidentEscalated:
+    return IncidentEscalated(
+        at=at, incident_id=state.id, tier=2, reason=reason, alerted=(command_centre,) if command_centre else ()
+    )
+
+
+def decide_timer(
+    state: IncidentState, timer: Timer, at: datetime, command_centre: Person | None
+) -> list[IncidentEscalated]:
+    """A deadline fired: escalate once per tier if the incident is still not where it should be.
+
+    ack: not covered -> tier 1. escalate: not covered -> tier 2 (and tier 1 first if it never
+    happened). arrival: covered but nobody on scene -> the next tier not yet reached.
+    A closed incident, or a tier already reached, decides nothing."""
+    if state.closed:
+        return []
+    due = timer_due(state, timer)
+    if due is None or at < due:
+        return []
+    reason = TIER_REASONS[timer]
+    if timer == "ack":
+        return [] if state.covered or state.escalation_tier >= 1 else [_tier_one(state, at, reason)]
+    if timer == "escalate":
+        if state.covered or state.escalation_tier >= 2:
+            return []
+        first = [_tier_one(state, at, reason)] if state.escalation_tier < 1 else []
+        return [*first, _tier_two(state, at, reason, command_centre)]
+    if state.first_arrival_at is not None or state.escalation_tier >= 2:
+        return []
+    if state.escalation_tier < 1:
+        return [_tier_one(state, at, reason)]
+    return [_tier_two(state, at, reason, command_centre)]
+
+
+def unreachable(responder: Responder) -> bool:
+    """Every channel it was notified on has failed permanently, and nothing was delivered."""
+    if responder.delivered or not responder.failed or not responder.notified:
+        return False
+    if any(kind != "permanent" for kind in responder.failed.values()):
+        return False
+    failed_channels = {key.split("/", 1)[0] for key in responder.failed}
+    return set(responder.notified) <= failed_channels
+
+
+def decide_unreachable(state: IncidentState, at: datetime) -> list[IncidentEscalated]:
+    """No officer can be reached: escalate at once rather than waiting for the deadline."""
+    if state.closed or state.covered or state.escalation_tier >= 1:
+        return []
+    officers = [r for r in state.responders.values() if r.recipient and r.person.role == "officer"]
+    if not officers or not all(unreachable(r) for r in officers):
+        return []
+    return [_tier_one(state, at, "officer_unreachable")]

@@ -50,6 +50,12 @@ STATUS_ZH = {
     "cancelled": "已取消",
 }
 HOW_TO_ANSWER = "接警请按1或回复“接”，到达现场请按3或回复“到”。"
+ESCALATION_ZH = {
+    "ack_deadline": "规定时间内未落实接警",
+    "escalate_deadline": "长时间仍未落实接警",
+    "arrival_deadline": "接警后未按时到达现场",
+    "officer_unreachable": "社区民警无法联系",
+}
 
 
 def place(village: str | None, group: str | None) -> str:
@@ -71,6 +77,9 @@ def alert_text_for(alert: Alert) -> str:
         head = f"【6995联防报警】{place(alert.village, alert.group)} {who(alert.caller)} 拨打6995求助，请立即前往！"
     if alert.reason == "repeat":
         head = f"【再次呼叫·紧急程度{alert.urgency}】" + head
+    elif alert.reason == "escalation":
+        level = "一级" if alert.tier == 1 else "二级·请县局指挥中心调度"
+        head = f"【警情升级·{level}】{ESCALATION_ZH.get(alert.why, alert.why)}。" + head
     return head + HOW_TO_ANSWER
 
 
@@ -114,7 +123,7 @@ def describe(event: object, people: dict[str, Person]) -> str:
     if isinstance(event, m.IncidentCovered):
         return "已覆盖：民警与组长/助理均已接警"
     if isinstance(event, m.IncidentEscalated):
-        return f"升级至第{event.tier}级：{event.reason}"
+        return f"升级至第{event.tier}级：{ESCALATION_ZH.get(event.reason, event.reason)}，通知{len(event.alerted)}人"
     if isinstance(event, m.IncidentResolved):
         return f"{name(event.by)} 处置完毕（{CATEGORY_ZH.get(event.category, event.category)}）"
     if isinstance(event, m.IncidentCancelled):

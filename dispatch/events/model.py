@@ -93,6 +93,14 @@ class DutyDeskUnbound(VillageEvent, frozen=True, kw_only=True):
     phone: str
 
 
+class VillageSettingsChanged(VillageEvent, frozen=True, kw_only=True):
+    """Deadlines for this village's incidents (None: the service default); applied at raise time."""
+
+    ack_deadline_s: float | None = None
+    escalate_after_s: float | None = None
+    arrival_deadline_s: float | None = None
+
+
 # --- Alarm line: at most one open incident per group, per multi-group caller, per unknown number --
 
 
@@ -219,9 +227,16 @@ class IncidentCovered(IncidentEvent, frozen=True, kw_only=True):
     accepted_by: tuple[str, ...]
 
 
+EscalationReason = Literal["ack_deadline", "escalate_deadline", "arrival_deadline", "officer_unreachable"]
+
+
 class IncidentEscalated(IncidentEvent, frozen=True, kw_only=True):
+    """Tier 1: the officer and assistant are alerted again and the duty desk notified; tier 2: the
+    county command centre. `alerted` is whom this escalation rings (decided here, rung by the fan-out)."""
+
     tier: int
-    reason: str
+    reason: EscalationReason
+    alerted: tuple[Person, ...] = ()
 
 
 class IncidentResolved(IncidentEvent, frozen=True, kw_only=True):
@@ -263,6 +278,7 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     GroupDissolved,
     DutyDeskBound,
     DutyDeskUnbound,
+    VillageSettingsChanged,
     LineClosed,
     CallRouted,
     AlarmRaised,

@@ -24,8 +24,9 @@ import msgspec
 import structlog
 
 from dispatch.clock import Clock, utcnow
-from dispatch.domain.directory import Directory
+from dispatch.domain.directory import Deadlines, Directory
 from dispatch.domain.incident import (
+    DEFAULT_DEADLINES,
     IncidentState,
     IncomingCall,
     Quorum,
@@ -72,6 +73,7 @@ class CallService:
         quorum: Quorum,
         fallback_duty: tuple[Person, ...],
         metrics: Metrics,
+        deadlines: Deadlines = DEFAULT_DEADLINES,
         region: str = "CN",
         clock: Clock = utcnow,
     ) -> None:
@@ -79,6 +81,7 @@ class CallService:
         self.directory = directory
         self.quorum = quorum
         self.fallback_duty = fallback_duty
+        self.deadlines = deadlines
         self.metrics = metrics
         self.region = region
         self.clock = clock
@@ -110,7 +113,7 @@ class CallService:
             routed = await self.store.last(routed_subject)
             if routed is not None and isinstance(routed.event, CallRouted):
                 return CallResult(incident_id=routed.event.incident_id, status=routed.event.status, duplicate=True)
-            route = route_call(self.directory, call, self.quorum, self.fallback_duty)
+            route = route_call(self.directory, call, self.quorum, self.fallback_duty, self.deadlines)
             line = await self.store.last(line_subject(route.line))
             epoch = line.event.epoch + 1 if line is not None and isinstance(line.event, LineClosed) else 0
             incident_id = incident_id_for(route.line, epoch)

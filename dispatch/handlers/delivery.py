@@ -8,14 +8,15 @@ Invariants:
   then DeliveryFailed{exhausted}; permanent failures are not retried: DeliveryFailed{permanent};
 - the retry job is queued and the outcome events appended before the job is acknowledged; if
   either fails the whole job comes back (same Idempotency-Keys), never dropped;
-- a channel that raises is treated as a transient failure of that target.
+- a channel that raises is treated as a transient failure of that target;
+- after a permanent failure the escalation decides whether no officer can be reached any more.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 
 import msgspec
@@ -44,8 +45,10 @@ class DeliveryWorker:
         max_attempts: int = 5,
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
+        on_permanent_failure: Callable[[str], Awaitable[object]] | None = None,
         clock: Clock = utcnow,
     ) -> None:
+        self.on_permanent_failure = on_permanent_failure
         self.store = store
         self.jobs = jobs
         self.channels = channels
@@ -56,10 +59,13 @@ class DeliveryWorker:
         self.clock = clock
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
+        """base x 2^(attempt-1), stretched by up to half at random; never sooner than the nominal delay,
+        so `max_attempts` attempts span at least base x (2^(max_attempts-1) - 1) seconds (30 s with
+        the defaults: a receiver down for 30 s still gets every delivery)."""
         if retry_after is not None:
             return min(retry_after, 600.0)
         base = min(self.backoff_max, self.backoff_base * 2.0 ** (attempt - 1))
-        return float(base * random.uniform(0.8, 1.2))
+        return float(base * random.uniform(1.0, 1.5))
 
     async def handle(self, job: DeliveryJob) -> float | None:
         """Deliver one job; None when it is done (acknowledge), else seconds until it is due."""
@@ -167,3 +173,5 @@ class DeliveryWorker:
         if retry:
             self.metrics.notifications.labels(job.channel, "retry").inc(len(retry))
         await asyncio.gather(*(self.store.append([e]) for e in events))
+        if self.on_permanent_failure is not None and any(f.kind == "permanent" for f in failures):
+            await self.on_permanent_failure(job.incident_id)

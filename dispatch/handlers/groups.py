@@ -19,7 +19,10 @@ import msgspec
 import structlog
 
 from dispatch.clock import Clock, utcnow
+from dispatch.domain.errors import InvalidCommand
 from dispatch.domain.roster import AggregateChange, ImportPlan, parse_roster, plan_import
+from dispatch.events.model import VillageSettingsChanged
+from dispatch.events.subjects import InvalidToken, check_token, village_subject
 from dispatch.projections.directory import LiveDirectory
 from dispatch.store.batch import MAX_BATCH
 from dispatch.store.eventstore import AppendConflict, EventStore, Outgoing
@@ -75,6 +78,25 @@ def batches(changes: list[AggregateChange]) -> list[list[AggregateChange]]:
     return out
 
 
+class VillageSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Deadline overrides in seconds; null (or absent) means the service default."""
+
+    ack_deadline_s: float | None = None
+    escalate_after_s: float | None = None
+    arrival_deadline_s: float | None = None
+
+    def check(self) -> None:
+        values = [v for v in (self.ack_deadline_s, self.escalate_after_s, self.arrival_deadline_s) if v is not None]
+        if any(not 1 <= v <= 86_400 for v in values):
+            raise InvalidCommand("deadlines must be between 1 and 86400 seconds")
+        if (
+            self.ack_deadline_s is not None
+            and self.escalate_after_s is not None
+            and self.ack_deadline_s > self.escalate_after_s
+        ):
+            raise InvalidCommand("ack_deadline_s must not exceed escalate_after_s")
+
+
 class GroupService:
     def __init__(self, store: EventStore, live: LiveDirectory, *, region: str = "CN", clock: Clock = utcnow) -> None:
         self.store = store
@@ -100,6 +122,42 @@ class GroupService:
                 log.info("groups.imported", groups=plan.groups_in_file, events=plan.event_count)
                 return ImportSummary.of(plan)
         raise AppendConflict("the directory kept changing during the import; try again")
+
+    async def set_village_settings(self, village: str, settings: VillageSettings) -> None:
+        """Record a village's deadlines; incidents raised afterwards use them."""
+        try:
+            check_token("village", village)
+        except InvalidToken as exc:
+            raise InvalidCommand(str(exc)) from None
+        settings.check()
+        async with self._lock:
+            for attempt in range(MAX_ATTEMPTS):
+                state = self.live.directory.villages.get(village)
+                event = VillageSettingsChanged(
+                    at=self.clock(),
+                    village=village,
+                    ack_deadline_s=settings.ack_deadline_s,
+                    escalate_after_s=settings.escalate_after_s,
+                    arrival_deadline_s=settings.arrival_deadline_s,
+                )
+                subject = village_subject(village)
+                try:
+                    [seq] = await self.store.append(
+                        [
+                            Outgoing(
+                                subject,
+                                event,
+                                f"village:{village}:{state.last_seq if state else 0}:settings",
+                                expected_seq=state.last_seq if state else 0,
+                            )
+                        ]
+                    )
+                except AppendConflict:
+                    await asyncio.sleep(0.1 * (attempt + 1))
+                    continue
+                await self.live.wait_for({subject: seq})
+                return
+        raise AppendConflict("the village kept changing; try again")
 
     async def _apply(self, plan: ImportPlan, digest: str) -> None:
         reached: dict[str, int] = {}

@@ -28,7 +28,8 @@ from faststream.nats import JStream, NatsBroker, PullSub
 from nats.aio.msg import Msg
 
 from dispatch.channels.base import job_decoder
-from dispatch.domain.errors import DomainError
+from dispatch.domain.errors import DomainError, NotFound
+from dispatch.domain.incident import TIMERS
 from dispatch.events.codec import UnknownEvent
 from dispatch.events.subjects import (
     CALL_INGRESS,
@@ -36,14 +37,18 @@ from dispatch.events.subjects import (
     DELIVERY_STREAM,
     EVENTS_STREAM,
     INCIDENTS_ALL,
+    TIMERS_FIRED_ALL,
+    TIMERS_STREAM,
     deliver_subject,
 )
 from dispatch.handlers.calls import CallRequest, CallService
 from dispatch.handlers.delivery import DeliveryWorker
+from dispatch.handlers.escalation import EscalationService
 from dispatch.handlers.fanout import FanOut
 from dispatch.handlers.pool import TaskPool
 from dispatch.store.eventstore import StoreUnavailable, recorded_from
-from dispatch.store.provision import FANOUT, delivery_consumer
+from dispatch.store.provision import FANOUT, TIMERS_CONSUMER, delivery_consumer
+from dispatch.store.timers import timer_decoder
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +80,7 @@ def build_broker(
     *,
     fanout: FanOut,
     delivery: DeliveryWorker,
+    escalation: EscalationService,
     calls: CallService,
     channels: list[str],
     pools: dict[str, TaskPool],
@@ -139,6 +145,44 @@ def build_broker(
             title=f"deliver.{name}",
             description=f"Delivery jobs for the {name} channel",
         )(_delivery_handler(broker, delivery, name, pool))
+
+    timers = pools.setdefault("timers", TaskPool(FANOUT_IN_FLIGHT, "timers"))
+
+    async def timer_fired(raw: Msg) -> None:
+        try:
+            due = timer_decoder.decode(raw.data)
+            if due.timer not in TIMERS:
+                raise msgspec.ValidationError(f"unknown timer {due.timer!r}")
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await dead_letter(broker, "timers", raw, str(exc))
+            await _ack(raw)
+            return
+        try:
+            await escalation.timer_fired(due.incident_id, due.timer)
+        except StoreUnavailable as exc:
+            log.warning("timer.retry", incident_id=due.incident_id, timer=due.timer, error=str(exc))
+            await _nak(raw, RETRY_DELAY)
+            return
+        except NotFound:
+            log.error("timer.unknown_incident", incident_id=due.incident_id, timer=due.timer)
+        except Exception:
+            log.exception("timer.failed", incident_id=due.incident_id, timer=due.timer)
+            await _nak(raw, RETRY_DELAY * 2)
+            return
+        await _ack(raw)
+
+    @broker.subscriber(
+        TIMERS_FIRED_ALL,
+        decoder=raw_message,
+        stream=JStream(TIMERS_STREAM, declare=False),
+        durable=TIMERS_CONSUMER.durable,
+        pull_sub=PullSub(batch_size=1, timeout=5.0),
+        ack_policy=AckPolicy.MANUAL,
+        title="timers",
+        description="Deadlines fired by the server's message schedules -> escalation decisions",
+    )
+    async def on_timer(raw: Msg) -> None:
+        await timers.submit(lambda: timer_fired(raw))
 
     @broker.subscriber(
         CALL_INGRESS,

@@ -80,7 +80,7 @@ def timers_stream(replicas: int) -> dict[str, Any]:
         "storage": "file",
         "num_replicas": replicas,
         "discard": "old",
-        "max_age": 0,
+        "max_age": 7 * 24 * 3600 * NS,
         "duplicate_window": DUPLICATE_WINDOW_S * NS,
         "allow_msg_schedules": True,
         "allow_direct": True,
@@ -124,7 +124,7 @@ def delivery_consumer(channel: str) -> ConsumerSpec:
     )
 
 
-TIMERS = ConsumerSpec(s.TIMERS_STREAM, "timers_v1", (s.TIMERS_FIRED_ALL,), ack_wait_s=30)
+TIMERS_CONSUMER = ConsumerSpec(s.TIMERS_STREAM, "timers_v1", (s.TIMERS_FIRED_ALL,), ack_wait_s=30)
 
 
 async def _api(nc: NATS, subject: str, payload: dict[str, Any] | None = None, timeout: float = 5.0) -> dict[str, Any]:
@@ -195,6 +195,6 @@ async def provision(nc: NATS, *, replicas: int = 1, channels: tuple[str, ...] = 
     await ensure_stream(nc, delivery_stream(replicas))
     await ensure_stream(nc, timers_stream(replicas))
     await ensure_consumer(nc, FANOUT)
-    await ensure_consumer(nc, TIMERS)
+    await ensure_consumer(nc, TIMERS_CONSUMER)
     for channel in channels:
         await ensure_consumer(nc, delivery_consumer(channel))

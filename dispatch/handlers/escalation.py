@@ -1,0 +1,79 @@
+"""Escalation: a deadline fired, or an officer turned out unreachable — decide, record, let the fan-out ring.
+
+Invariants:
+- the decision is made on the incident as loaded from the log and appended with its last decision
+  sequence expected, so two processes handling the same timer record each tier once;
+- a fired timer of a closed incident, or of a tier already reached, decides nothing;
+- the command centre is whoever the settings name at the moment of tier 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import datetime
+
+import structlog
+
+from dispatch.clock import Clock, utcnow
+from dispatch.domain.incident import Timer, decide_timer, decide_unreachable
+from dispatch.events.model import IncidentEscalated, Person
+from dispatch.events.subjects import incident_subject
+from dispatch.handlers.responses import IncidentReader, last_decision_seq
+from dispatch.metrics import Metrics
+from dispatch.store.eventstore import AppendConflict, EventStore, Outgoing, StoreUnavailable
+
+log = structlog.get_logger(__name__)
+
+MAX_ATTEMPTS = 10
+
+
+class EscalationService:
+    def __init__(
+        self, store: EventStore, *, metrics: Metrics, command_centre: Person | None, clock: Clock = utcnow
+    ) -> None:
+        self.store = store
+        self.reader = IncidentReader(store)
+        self.metrics = metrics
+        self.command_centre = command_centre
+        self.clock = clock
+
+    async def timer_fired(self, incident_id: str, timer: Timer) -> list[IncidentEscalated]:
+        self.metrics.timers_fired.labels(timer).inc()
+        return await self._decide(
+            incident_id, lambda state, at: decide_timer(state, timer, at, self.command_centre), f"timer:{timer}"
+        )
+
+    async def check_unreachable(self, incident_id: str) -> list[IncidentEscalated]:
+        return await self._decide(incident_id, decide_unreachable, "unreachable")
+
+    async def _decide(self, incident_id: str, decide: object, why: str) -> list[IncidentEscalated]:
+        for attempt in range(MAX_ATTEMPTS):
+            state, history = await self.reader.load(incident_id)
+            at: datetime = self.clock()
+            events = decide(state, at)  # type: ignore[operator]
+            if not events:
+                return []
+            subject = incident_subject(incident_id)
+            last = last_decision_seq(incident_id, history)
+            messages = [
+                Outgoing(subject, event, f"escalate:{incident_id}:{event.tier}", expected_seq=last if i == 0 else None)
+                for i, event in enumerate(events)
+            ]
+            try:
+                await self.store.append(messages)
+            except AppendConflict:
+                await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
+                continue
+            for event in events:
+                self.metrics.escalations.labels(str(event.tier), event.reason).inc()
+                log.warning(
+                    "incident.escalated",
+                    incident_id=incident_id,
+                    tier=event.tier,
+                    reason=event.reason,
+                    alerted=len(event.alerted),
+                    cause=why,
+                )
+            return list(events)
+        raise StoreUnavailable(f"escalation of {incident_id}: too much contention, retry")
