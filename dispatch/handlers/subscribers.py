@@ -131,7 +131,7 @@ def build_broker(
         description="Incident decisions -> one delivery job per channel for whoever they alert",
     )
     async def on_alert(raw: Msg) -> None:
-        await alerts.submit(lambda: fan_out(raw))
+        await alerts.submit(lambda: fan_out(raw), raw)
 
     for name in channels:
         pool = pools.setdefault(f"deliver.{name}", TaskPool(DELIVERY_IN_FLIGHT, f"deliver.{name}"))
@@ -182,7 +182,7 @@ def build_broker(
         description="Deadlines fired by the server's message schedules -> escalation decisions",
     )
     async def on_timer(raw: Msg) -> None:
-        await timers.submit(lambda: timer_fired(raw))
+        await timers.submit(lambda: timer_fired(raw), raw)
 
     @broker.subscriber(
         CALL_INGRESS,
@@ -251,7 +251,7 @@ def _delivery_handler(
             await _nak(raw, due_in)
 
     async def on_delivery_job(raw: Msg) -> None:
-        await pool.submit(lambda: deliver(raw))
+        await pool.submit(lambda: deliver(raw), raw)
 
     on_delivery_job.__name__ = f"deliver_{channel}"
     return on_delivery_job

@@ -6,7 +6,9 @@ Invariants:
 - an existing stream is updated only where it differs from what the code needs; a setting
   the server refuses to change is a start-up error, never silently ignored;
 - durable consumer names carry a version (`fanout_v1`): a changed config gets a new name
-  rather than an in-place edit nats-py would not notice.
+  rather than an in-place edit nats-py would not notice;
+- the hot consumers' ack wait is short (6 s) and handlers send in-progress acks while they work,
+  so a crashed process's unacknowledged alarms are rung again within seconds, not half a minute.
 """
 
 from __future__ import annotations
@@ -115,16 +117,16 @@ class ConsumerSpec:
         return cfg
 
 
-FANOUT = ConsumerSpec(s.EVENTS_STREAM, "fanout_v1", (s.INCIDENTS_ALL,), ack_wait_s=30)
+FANOUT = ConsumerSpec(s.EVENTS_STREAM, "fanout_v1", (s.INCIDENTS_ALL,), ack_wait_s=6)
 
 
 def delivery_consumer(channel: str) -> ConsumerSpec:
     return ConsumerSpec(
-        s.DELIVERY_STREAM, f"deliver_{channel}_v1", (s.deliver_subject(channel),), ack_wait_s=60, max_ack_pending=2000
+        s.DELIVERY_STREAM, f"deliver_{channel}_v1", (s.deliver_subject(channel),), ack_wait_s=6, max_ack_pending=2000
     )
 
 
-TIMERS_CONSUMER = ConsumerSpec(s.TIMERS_STREAM, "timers_v1", (s.TIMERS_FIRED_ALL,), ack_wait_s=30)
+TIMERS_CONSUMER = ConsumerSpec(s.TIMERS_STREAM, "timers_v1", (s.TIMERS_FIRED_ALL,), ack_wait_s=6)
 
 
 async def _api(nc: NATS, subject: str, payload: dict[str, Any] | None = None, timeout: float = 5.0) -> dict[str, Any]:

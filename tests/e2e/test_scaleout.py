@@ -1,0 +1,145 @@
+"""Several service processes on one NATS, and a three-node NATS cluster losing a node mid-storm."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.test_outages import caller, delivered_pairs, roster, webhook_env
+from tests.support import NatsCluster, ServeProcess, WebhookReceiver, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    hook = WebhookReceiver().start()
+    yield hook
+    hook.stop()
+
+
+def fanned_out(serve: ServeProcess) -> int:
+    text = serve.client().get("/metrics").text
+    return sum(int(float(v)) for v in re.findall(r"^dispatch_fanout_seconds_count\{[^}]*\} (\S+)$", text, re.M))
+
+
+def test_two_processes_share_the_work_and_agree_on_reads(
+    tmp_path: Path, receiver: WebhookReceiver, postgres_schema_url: str
+) -> None:
+    nats = NatsCluster(tmp_path / "nats", size=1).start()
+    env = webhook_env(receiver, DISPATCH_NATS_URL=nats.urls[0], DISPATCH_DATABASE_URL=postgres_schema_url)
+    a = ServeProcess(tmp_path / "a", env).start()
+    b = ServeProcess(tmp_path / "b", env).start()
+    b.token = a.token
+    try:
+        http_a, http_b = a.client(), b.client()
+        assert (
+            http_a.post(
+                "/v1/groups/import", content=roster(40).encode(), headers={"Content-Type": "text/csv"}
+            ).status_code
+            == 200
+        )
+        wait_until(lambda: http_b.get("/v1/groups/storm/39").status_code == 200)
+
+        def place(g: int) -> str:
+            http = http_a if g % 2 else http_b
+            r = http.post("/v1/calls", json={"call_id": f"two-{g}", "caller": caller(g)})
+            assert r.status_code == 202, r.text
+            return str(r.json()["incident_id"])
+
+        with ThreadPoolExecutor(8) as pool:
+            incidents = list(pool.map(place, range(40)))
+        expected = {(iid, f"+86{13000000000 + g * 100 + k}") for g, iid in enumerate(incidents) for k in range(9)}
+        wait_until(lambda: set(delivered_pairs(receiver)) >= expected, timeout=60)
+        time.sleep(1)
+        pairs = delivered_pairs(receiver)
+        per_process = (fanned_out(a), fanned_out(b))
+        print(
+            f"\ntwo processes: alarms fanned out {per_process} (A, B); deliveries {len(receiver.received)} "
+            f"for {len(expected)} expected pairs"
+        )
+        assert set(pairs) == expected
+        assert len(receiver.received) == len(expected), "an alarm was fanned out more than once"
+        assert sum(per_process) == 40
+        for iid in incidents:
+            assert http_a.get(f"/v1/incidents/{iid}").json() == http_b.get(f"/v1/incidents/{iid}").json()
+        wait_until(lambda: http_a.get("/v1/incidents", params={"limit": 1000}).json()["count"] == 40)
+        assert (
+            http_a.get("/v1/incidents", params={"limit": 1000}).json()
+            == http_b.get("/v1/incidents", params={"limit": 1000}).json()
+        )
+        assert http_a.get("/v1/groups").json() == http_b.get("/v1/groups").json()
+    finally:
+        a.kill()
+        b.kill()
+        nats.stop()
+
+
+def test_a_cluster_node_killed_mid_storm_loses_no_alarm(tmp_path: Path, receiver: WebhookReceiver) -> None:
+    cluster = NatsCluster(tmp_path / "cluster").start()
+    env = webhook_env(receiver, DISPATCH_NATS_URL=",".join(cluster.urls), DISPATCH_STREAM_REPLICAS="3")
+    serve = ServeProcess(tmp_path / "data", env).start(timeout=120)
+    try:
+        http = serve.client()
+        assert (
+            http.post(
+                "/v1/groups/import", content=roster(60).encode(), headers={"Content-Type": "text/csv"}
+            ).status_code
+            == 200
+        )
+        accepted: dict[int, str] = {}
+        retries = [0]
+        lock = threading.Lock()
+
+        def place(g: int) -> None:
+            """A gateway: retries with the same call id until the call is answered 202."""
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                try:
+                    r = httpx.post(
+                        f"{serve.url}/v1/calls",
+                        json={"call_id": f"c-{g}", "caller": caller(g)},
+                        headers=serve.headers,
+                        timeout=10,
+                    )
+                    if r.status_code == 202:
+                        with lock:
+                            accepted[g] = r.json()["incident_id"]
+                        return
+                except httpx.HTTPError:
+                    pass
+                with lock:
+                    retries[0] += 1
+                time.sleep(0.5)
+
+        leader = cluster.stream_leader("DISPATCH_EVENTS")
+        with ThreadPoolExecutor(8) as pool:
+            futures = []
+            for g in range(60):
+                futures.append(pool.submit(place, g))
+                time.sleep(0.05)
+                if g == 20:
+                    cluster.kill(leader)
+            for f in futures:
+                f.result()
+        assert len(accepted) == 60, f"only {len(accepted)} calls were ever answered 202"
+        expected = {(iid, f"+86{13000000000 + g * 100 + k}") for g, iid in accepted.items() for k in range(9)}
+        wait_until(lambda: set(delivered_pairs(receiver)) >= expected, timeout=120, interval=0.5)
+        missing = [iid for iid in accepted.values() if http.get(f"/v1/incidents/{iid}").status_code != 200]
+        print(
+            f"\ncluster: killed stream leader {leader} after 21 calls; 60/60 calls answered 202 "
+            f"({retries[0]} gateway retries); {len(set(delivered_pairs(receiver)) & expected)}/{len(expected)} "
+            f"notifications delivered; missing incidents {len(missing)}"
+        )
+        assert missing == []
+        assert set(delivered_pairs(receiver)) >= expected
+    finally:
+        serve.kill()
+        cluster.stop()
