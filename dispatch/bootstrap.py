@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import os
 import signal
 import time
@@ -47,7 +48,7 @@ from dispatch.projections.tokens import LiveTokens
 from dispatch.settings import Settings, SettingsError
 from dispatch.store.eventstore import EventStore
 from dispatch.store.jobs import JobQueue
-from dispatch.store.provision import provision
+from dispatch.store.provision import delivery_consumer, provision
 from dispatch.store.server import EmbeddedNats
 from dispatch.store.timers import Timers
 
@@ -104,6 +105,7 @@ class Service:
         self.channels: list[Channel] = []
         self.pools: dict[str, TaskPool] = {}
         self.admin_token: str | None = None
+        self._watch_queue: asyncio.Task[None] | None = None
         self.http: _Server | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._lock: contextlib.ExitStack | None = None
@@ -193,6 +195,7 @@ class Service:
         self.hub = LiveHub(self.nc, self.store, public_url=st.base_url)
         await self.hub.start()
         self._register_gauges()
+        self._watch_queue = asyncio.get_running_loop().create_task(self._watch_delivery_queue())
 
         app = create_app(
             ApiServices(
@@ -243,6 +246,22 @@ class Service:
             channels=names,
         )
         self.started.set()
+
+    async def _watch_delivery_queue(self, every: float = 5.0) -> None:
+        """dispatch_delivery_queue_depth: retry jobs waiting per channel, read from the consumers."""
+        while True:
+            for channel in self.channels:
+                spec = delivery_consumer(channel.name)
+                try:
+                    reply = await self.nc.request(  # type: ignore[union-attr]
+                        f"$JS.API.CONSUMER.INFO.{spec.stream}.{spec.durable}", b"", timeout=2
+                    )
+                    info = json.loads(reply.data)
+                    waiting = int(info.get("num_pending", 0)) + int(info.get("num_ack_pending", 0))
+                    self.metrics.delivery_queue.labels(channel.name).set(waiting)
+                except Exception as exc:
+                    log.debug("delivery_queue.unreadable", channel=channel.name, error=str(exc))
+            await asyncio.sleep(every)
 
     async def _escalate_if_unreachable(self, incident_id: str) -> None:
         await self.escalation.check_unreachable(incident_id)
@@ -327,6 +346,8 @@ class Service:
     async def stop(self) -> None:
         log.info("service.stopping")
         self._stopping = True
+        if self._watch_queue is not None:
+            self._watch_queue.cancel()
         if self.http is not None:
             self.http.should_exit = True
             if self._http_task is not None:

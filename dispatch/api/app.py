@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
+import structlog.contextvars
 from litestar import Litestar, Request, Response, delete, get, post, put
 from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException, ValidationException
 from litestar.openapi import OpenAPIConfig
@@ -177,7 +178,8 @@ def create_app(services: ApiServices) -> Litestar:
             raise ValidationException("at: must be RFC 3339 with a UTC offset (e.g. 2026-11-24T20:00:00+08:00)")
         if not 0 < len(data.call_id) <= 128 or not 0 < len(data.caller) <= 64 or len(data.callee) > 64:
             raise ValidationException("call_id (1-128 chars), caller (1-64) and callee (0-64) are required")
-        result = await s.calls.call(data)
+        with structlog.contextvars.bound_contextvars(call_id=data.call_id[:64]):
+            result = await s.calls.call(data)
         return {"incident_id": result.incident_id, "status": result.status, "duplicate": result.duplicate}
 
     @post(
@@ -285,7 +287,8 @@ def create_app(services: ApiServices) -> Litestar:
         if not visible(principal, state.opened.village):
             raise NotFound(f"no incident {incident_id}")
         key = request.headers.get("idempotency-key")
-        state, events = await s.responses.respond(incident_id, data, key)
+        with structlog.contextvars.bound_contextvars(incident_id=incident_id):
+            state, events = await s.responses.respond(incident_id, data, key)
         return {
             "incident_id": state.id,
             "status": state.status,

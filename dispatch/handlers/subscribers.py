@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 import structlog
+import structlog.contextvars
 from faststream import AckPolicy
 from faststream.message import StreamMessage
 from faststream.nats import JStream, NatsBroker, PullSub
@@ -108,8 +109,10 @@ def build_broker(
             await dead_letter(broker, "fanout", raw, str(exc))
             await raw.ack()
             return
+        incident_id = getattr(rec.event, "incident_id", None)
         try:
-            await fanout.handle(rec, redelivered=raw.metadata.num_delivered > 1)
+            with structlog.contextvars.bound_contextvars(incident_id=incident_id):
+                await fanout.handle(rec, redelivered=raw.metadata.num_delivered > 1)
         except StoreUnavailable as exc:
             log.warning("fanout.retry", seq=rec.seq, error=str(exc))
             await _nak(raw, RETRY_DELAY)
@@ -158,7 +161,8 @@ def build_broker(
             await _ack(raw)
             return
         try:
-            await escalation.timer_fired(due.incident_id, due.timer)
+            with structlog.contextvars.bound_contextvars(incident_id=due.incident_id):
+                await escalation.timer_fired(due.incident_id, due.timer)
         except StoreUnavailable as exc:
             log.warning("timer.retry", incident_id=due.incident_id, timer=due.timer, error=str(exc))
             await _nak(raw, RETRY_DELAY)
@@ -236,7 +240,8 @@ def _delivery_handler(
             await _ack(raw)
             return
         try:
-            due_in = await worker.handle(job)
+            with structlog.contextvars.bound_contextvars(incident_id=job.incident_id):
+                due_in = await worker.handle(job)
         except StoreUnavailable as exc:
             log.warning("delivery.outcome_not_recorded", incident_id=job.incident_id, error=str(exc))
             await _nak(raw, RETRY_DELAY)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -330,3 +331,8 @@ def test_sigterm_stops_cleanly_with_its_nats_server(
     assert '"service.stopped"' in logs
     leaked = {p for p in GROUP_ONE | {DUTY, FALLBACK_DUTY} if p in logs or p[3:] in logs}
     assert not leaked, f"full phone numbers in the logs: {leaked}"
+    lines = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+    scoped = [line for line in lines if str(line["event"]).startswith(("call.", "fanout.", "delivery.", "incident."))]
+    untagged = [line["event"] for line in scoped if not line.get("incident_id")]
+    print(f"\nlog lines about incidents: {len(scoped)}, without an incident id: {len(untagged)}")
+    assert scoped and not untagged
