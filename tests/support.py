@@ -177,12 +177,13 @@ class ServeProcess:
 
 
 def pid_alive(pid: int) -> bool:
+    """Running and not a zombie (a process may vanish between any two looks at /proc)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except (ProcessLookupError, OSError):
         return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+    return state != "Z"
 
 
 class RecordingChannel:
