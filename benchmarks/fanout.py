@@ -98,7 +98,7 @@ class BenchChannel:
     def __init__(self, waiters: Waiters) -> None:
         self.waiters = waiters
 
-    def targets(self, recipient: Person) -> list[str]:
+    def targets(self, recipient: Person, village: str | None = None) -> list[str]:
         return [recipient.phone]
 
     async def send(self, job: DeliveryJob, target: Target) -> Outcome:

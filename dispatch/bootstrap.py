@@ -27,12 +27,15 @@ from nats.aio.client import Client as NATS
 from dispatch.api.app import ApiServices, create_app
 from dispatch.api.live import LiveHub
 from dispatch.channels.base import Channel
+from dispatch.channels.gateway import CallbackBus, GatewayClient, SmsChannel, VoiceChannel
+from dispatch.channels.robots import DingTalkChannel, WeComChannel
 from dispatch.channels.webhook import WebhookChannel
 from dispatch.domain.incident import parse_quorum
 from dispatch.handlers.calls import CallService
 from dispatch.handlers.delivery import DeliveryWorker
 from dispatch.handlers.escalation import EscalationService
 from dispatch.handlers.fanout import FanOut
+from dispatch.handlers.gateway import GatewayService
 from dispatch.handlers.groups import GroupService
 from dispatch.handlers.pool import TaskPool
 from dispatch.handlers.responses import IncidentReader, ResponseService
@@ -105,6 +108,9 @@ class Service:
         self.channels: list[Channel] = []
         self.pools: dict[str, TaskPool] = {}
         self.admin_token: str | None = None
+        self.gateway_client: GatewayClient | None = None
+        self.callbacks: CallbackBus | None = None
+        self.sms: SmsChannel | None = None
         self._watch_queue: asyncio.Task[None] | None = None
         self.http: _Server | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -134,11 +140,8 @@ class Service:
             error_cb=self._on_error,
         )
         self.metrics.nats_connected.set(1)
-        self.channels = []
-        if (st.webhook_urls or st.command_centre_url) and st.webhook_secret:
-            role_urls = {"command_centre": [st.command_centre_url]} if st.command_centre_url else {}
-            self.channels.append(WebhookChannel(st.webhook_urls, st.webhook_secret, role_urls=role_urls))
-        self.channels.extend(self.extra_channels)
+        self.channel_config = st.channel_config()
+        await self._build_channels()
         names = [c.name for c in self.channels]
         await provision(self.nc, replicas=st.stream_replicas, channels=tuple(names))
 
@@ -180,7 +183,23 @@ class Service:
             on_permanent_failure=self._escalate_if_unreachable,
         )
         self.escalation = EscalationService(self.store, metrics=self.metrics, command_centre=st.command_centre_person())
-        self.fanout = FanOut(self.store, self.delivery, self.channels, timers=Timers(self.nc), public_url=st.base_url)
+        self.fanout = FanOut(
+            self.store,
+            self.delivery,
+            self.channels,
+            timers=Timers(self.nc),
+            public_url=st.base_url,
+            routing=self.channel_config,
+        )
+        self.gateway = GatewayService(
+            self.store,
+            self.directory.directory,
+            self.calls,
+            self.responses,
+            bus=self.callbacks,
+            sms=self.sms,
+            region=st.region,
+        )
         self.broker = build_broker(
             self.nats_urls,
             fanout=self.fanout,
@@ -201,6 +220,7 @@ class Service:
             ApiServices(
                 tokens=self.tokens,
                 token_service=self.token_service,
+                gateway=self.gateway,
                 calls=self.calls,
                 groups=self.groups,
                 responses=self.responses,
@@ -262,6 +282,37 @@ class Service:
                 except Exception as exc:
                     log.debug("delivery_queue.unreadable", channel=channel.name, error=str(exc))
             await asyncio.sleep(every)
+
+    async def _build_channels(self) -> None:
+        st, config = self.settings, self.channel_config
+        assert self.nc is not None
+        self.channels = []
+        if (st.webhook_urls or st.command_centre_url) and st.webhook_secret:
+            role_urls = {"command_centre": [st.command_centre_url]} if st.command_centre_url else {}
+            self.channels.append(WebhookChannel(st.webhook_urls, st.webhook_secret, role_urls=role_urls))
+        if config.gateway is not None:
+            self.gateway_client = GatewayClient(config.gateway.url, config.gateway.secret)
+            self.callbacks = CallbackBus(self.nc)
+            await self.callbacks.start()
+            self.sms = SmsChannel(self.gateway_client)
+            voice = VoiceChannel(
+                self.gateway_client,
+                self.callbacks,
+                callback_url=f"{st.base_url}/v1/gateway/voice",
+                ring_timeout_s=config.gateway.ring_timeout_s,
+            )
+            self.channels += [voice, self.sms]
+        if config.wecom:
+            self.channels.append(WeComChannel(config.wecom))
+        if config.dingtalk:
+            self.channels.append(DingTalkChannel(config.dingtalk))
+        self.channels.extend(self.extra_channels)
+        missing = config.used() - {c.name for c in self.channels}
+        if missing:
+            raise SettingsError(
+                f"DISPATCH_CHANNELS_FILE routes use {sorted(missing)}, which are not configured "
+                "(webhook needs DISPATCH_WEBHOOK_URLS and DISPATCH_WEBHOOK_SECRET)"
+            )
 
     async def _escalate_if_unreachable(self, incident_id: str) -> None:
         await self.escalation.check_unreachable(incident_id)
@@ -369,6 +420,11 @@ class Service:
         for channel in self.channels:
             with contextlib.suppress(Exception):
                 await channel.close()
+        if self.callbacks is not None:
+            with contextlib.suppress(Exception):
+                await self.callbacks.stop()
+        if self.gateway_client is not None:
+            await self.gateway_client.close()
         if getattr(self, "store", None) is not None:
             await self.store.close()
         if self.nc is not None:

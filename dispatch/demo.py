@@ -56,7 +56,7 @@ class DemoPhones:
         self.rung: list[tuple[float, DeliveryJob]] = []
         self.started = time.monotonic()
 
-    def targets(self, recipient: Person) -> list[str]:
+    def targets(self, recipient: Person, village: str | None = None) -> list[str]:
         return [recipient.phone]
 
     async def send(self, job: DeliveryJob, target: Target) -> Outcome:

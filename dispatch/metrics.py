@@ -39,6 +39,13 @@ class Metrics:
             buckets=FAST_BUCKETS,
             registry=r,
         )
+        self.fanout_spread = Histogram(
+            "dispatch_fanout_spread_seconds",
+            "Between the first and the last target of one alert being handed to a channel (ring-all)",
+            ["channel"],
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
         self.first_accept = Histogram(
             "dispatch_first_accept_seconds",
             "Alarm raised -> first responder accepted",

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dispatch.channels.routing import ChannelConfig, ChannelConfigError, load_channel_config
 from dispatch.domain.directory import Deadlines
 from dispatch.domain.incident import DEFAULT_QUORUM, parse_quorum
 from dispatch.domain.phone import InvalidPhone, normalize
@@ -54,6 +55,7 @@ class Settings:
     arrival_deadline_s: float = 1200.0
     command_centre: str | None = None
     command_centre_name: str = "县公安局指挥中心"
+    channels_file: Path | None = None
     nats_restart_delay: float = 1.0
 
     @classmethod
@@ -89,6 +91,7 @@ class Settings:
             arrival_deadline_s=_float("ARRIVAL_DEADLINE", 1200.0),
             command_centre=_env("COMMAND_CENTRE"),
             command_centre_name=_env("COMMAND_CENTRE_NAME", "县公安局指挥中心") or "县公安局指挥中心",
+            channels_file=Path(cf) if (cf := _env("CHANNELS_FILE")) else None,
         )
         for key, value in overrides.items():
             if value is not None:
@@ -138,6 +141,7 @@ class Settings:
                 raise SettingsError(
                     f"DISPATCH_COMMAND_CENTRE: {self.command_centre!r} is neither a phone number nor an http(s) URL"
                 ) from None
+        self.channel_config()
         if self.command_centre_url and not self.webhook_secret:
             raise SettingsError(
                 "DISPATCH_COMMAND_CENTRE is a URL: set DISPATCH_WEBHOOK_SECRET so its alerts are signed"
@@ -165,6 +169,15 @@ class Settings:
             return self.public_url.rstrip("/")
         host = self.http_host if self.http_host not in ("0.0.0.0", "::") else "127.0.0.1"
         return f"http://{host}:{self.http_port}"
+
+    def channel_config(self) -> ChannelConfig:
+        """The channel routing (DISPATCH_CHANNELS_FILE), checked; without a file: every channel, every role."""
+        if self.channels_file is None:
+            return ChannelConfig()
+        try:
+            return load_channel_config(self.channels_file)
+        except ChannelConfigError as exc:
+            raise SettingsError(str(exc)) from None
 
     @property
     def command_centre_url(self) -> str | None:

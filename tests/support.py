@@ -198,7 +198,7 @@ class RecordingChannel:
         self.plan: dict[str, list[Outcome]] = {}
         self.attempts: dict[str, int] = {}
 
-    def targets(self, recipient: Any) -> list[str]:
+    def targets(self, recipient: Any, village: str | None = None) -> list[str]:
         return [recipient.phone]
 
     async def send(self, job: Any, target: Any) -> Any:

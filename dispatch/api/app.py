@@ -32,12 +32,14 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dispatch.api.live import LiveHub
+from dispatch.channels.gateway import VoiceEvent
 from dispatch.domain.access import Capability, Principal
 from dispatch.domain.directory import Deadlines, GroupState
 from dispatch.domain.errors import DomainError, NotFound
 from dispatch.domain.incident import DEFAULT_DEADLINES
 from dispatch.domain.roster import RosterRejected
 from dispatch.handlers.calls import CallRequest, CallService
+from dispatch.handlers.gateway import GatewayService, SmsIn
 from dispatch.handlers.groups import GroupService, VillageSettings
 from dispatch.handlers.responses import IncidentReader, ResponseRequest, ResponseService
 from dispatch.handlers.tokens import TokenService
@@ -63,6 +65,7 @@ class ApiServices:
     directory: LiveDirectory
     tokens: LiveTokens
     token_service: TokenService
+    gateway: GatewayService
     db: Database
     hub: LiveHub
     metrics: Metrics
@@ -355,6 +358,31 @@ def create_app(services: ApiServices) -> Litestar:
         return ServerSentEvent(events())
 
     @post(
+        "/v1/gateway/voice",
+        status_code=200,
+        request_max_body_size=MAX_JSON_BYTES,
+        tags=["gateway"],
+        summary="The telephony gateway: call progress and keypad digits (gateway token); see docs/gateway.md",
+    )
+    async def gateway_voice(data: JSONBody[VoiceEvent], request: Request[Any, Any, Any]) -> dict[str, Any]:
+        who(request, "answer")
+        with structlog.contextvars.bound_contextvars(call_ref=data.call_ref[:64]):
+            return await s.gateway.voice(data)
+
+    @post(
+        "/v1/gateway/sms",
+        status_code=200,
+        request_max_body_size=MAX_JSON_BYTES,
+        tags=["gateway"],
+        summary="A text to the short number: an answer, a cancel, or a new alarm (gateway token)",
+    )
+    async def gateway_sms(data: JSONBody[SmsIn], request: Request[Any, Any, Any]) -> dict[str, Any]:
+        who(request, "call")
+        if not 0 < len(data.message_id) <= 128 or not 0 < len(data.sender) <= 64 or len(data.text) > 1000:
+            raise ValidationException("message_id (1-128), from (1-64) and text (at most 1000) are required")
+        return await s.gateway.text(data)
+
+    @post(
         "/v1/tokens",
         status_code=201,
         request_max_body_size=MAX_JSON_BYTES,
@@ -427,6 +455,8 @@ def create_app(services: ApiServices) -> Litestar:
             get_incident,
             list_incidents,
             report_response_times,
+            gateway_voice,
+            gateway_sms,
             stream,
             create_token,
             list_tokens,

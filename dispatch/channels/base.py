@@ -17,7 +17,7 @@ import msgspec
 
 from dispatch.events.model import Person
 
-JobKind = Literal["alarm", "unregistered", "repeat"]
+JobKind = Literal["alarm", "unregistered", "repeat", "escalation", "caller_update", "cancelled"]
 
 
 class Target(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,6 +40,8 @@ class DeliveryJob(msgspec.Struct, frozen=True, kw_only=True):
     message: str
     message_en: str
     answer_url: str
+    spoken: str = ""
+    console_url: str = ""
     raised_at: datetime
     appended_at: datetime
     attempt: int = 1
@@ -68,8 +70,8 @@ job_decoder = msgspec.json.Decoder(DeliveryJob)
 class Channel(Protocol):
     name: str
 
-    def targets(self, recipient: Person) -> list[str]:
-        """Where this recipient is reached on this channel; empty when not at all."""
+    def targets(self, recipient: Person, village: str | None) -> list[str]:
+        """Where this recipient (of an incident in `village`) is reached on this channel; empty: not at all."""
         ...
 
     async def send(self, job: DeliveryJob, target: Target) -> Outcome: ...

@@ -44,7 +44,7 @@ class WebhookChannel:
         self.secret = secret
         self._client = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=200))
 
-    def targets(self, recipient: Person) -> list[str]:
+    def targets(self, recipient: Person, village: str | None = None) -> list[str]:
         """Every configured URL; a role with URLs of its own (the command centre) gets only those."""
         return list(self.role_urls.get(recipient.role, self.urls))
 

@@ -242,12 +242,15 @@ def repeat_call(state: IncidentState, call: IncomingCall, caller: Person) -> Cal
     )
 
 
+AlertReason = Literal["raised", "repeat", "escalation", "caller_update", "cancelled"]
+
+
 @dataclass(frozen=True, slots=True)
 class Alert:
     """Whom a decision alerts now, with what the message needs (not an event: a view of one)."""
 
     incident_id: str
-    reason: Literal["raised", "repeat", "escalation"]
+    reason: AlertReason
     recipients: tuple[Person, ...]
     village: str | None
     group: str | None
@@ -257,27 +260,49 @@ class Alert:
     raised_at: datetime
     tier: int = 0
     why: str = ""
+    accepted_by: Person | None = None
+    covered: bool = False
 
 
-Trigger = IncidentOpened | CallRepeated | IncidentEscalated
+Trigger = IncidentOpened | CallRepeated | IncidentEscalated | ResponderAccepted | IncidentCovered | IncidentCancelled
 
 
-def alert_for(opened: IncidentOpened, trigger: Trigger, urgency: int = 1) -> Alert | None:
-    """The alert a trigger event carries: everyone on raise, the re-alerted on a repeated call,
-    the escalation's alerted on an escalation."""
-    tier, why = 0, ""
+def reachable(person: Person) -> bool:
+    """A number we can call or text (an unregistered caller may have sent none)."""
+    return person.phone.startswith("+") and person.phone[1:].isdigit()
+
+
+def alert_for(
+    opened: IncidentOpened, trigger: Trigger, state: IncidentState | None = None, urgency: int = 1
+) -> Alert | None:
+    """The alert a trigger event carries: everyone on raise, the re-alerted on a repeated call, the
+    escalation's alerted on an escalation; the caller when the first responder accepts and when the
+    incident is covered; everyone alerted so far when it is cancelled."""
+    caller, tier, why, accepted_by, covered = opened.caller, 0, "", None, False
+    reason: AlertReason
     if isinstance(trigger, IncidentOpened):
-        recipients, reason, caller, urgency = trigger.recipients, "raised", trigger.caller, 1
+        recipients, reason, urgency = trigger.recipients, "raised", 1
     elif isinstance(trigger, CallRepeated):
         recipients, reason, caller, urgency = trigger.realerted, "repeat", trigger.caller, trigger.urgency
+    elif isinstance(trigger, IncidentEscalated):
+        recipients, reason, tier, why = trigger.alerted, "escalation", trigger.tier, trigger.reason
+    elif isinstance(trigger, ResponderAccepted):
+        if not trigger.first:
+            return None
+        recipients, reason = (opened.caller,), "caller_update"
+        accepted_by = Person(phone=trigger.phone, name=trigger.name, role=trigger.role)
+    elif isinstance(trigger, IncidentCovered):
+        recipients, reason, covered = (opened.caller,), "caller_update", True
     else:
-        recipients, reason, caller = trigger.alerted, "escalation", opened.caller
-        tier, why = trigger.tier, trigger.reason
+        alerted = [r.person for r in state.responders.values() if r.notified] if state else []
+        recipients = tuple({p.phone: p for p in [*opened.recipients, *alerted] if p.phone != trigger.by}.values())
+        reason = "cancelled"
+    recipients = tuple(p for p in recipients if reachable(p) or p.role == "command_centre")
     if not recipients:
         return None
     return Alert(
         incident_id=opened.incident_id,
-        reason=reason,  # type: ignore[arg-type]
+        reason=reason,
         recipients=recipients,
         village=opened.village,
         group=opened.group,
@@ -287,6 +312,8 @@ def alert_for(opened: IncidentOpened, trigger: Trigger, urgency: int = 1) -> Ale
         raised_at=opened.at,
         tier=tier,
         why=why,
+        accepted_by=accepted_by,
+        covered=covered,
     )
 
 
@@ -535,7 +562,14 @@ def line_closed_msg_id(event: LineClosed) -> str:
 
 def _accept(state: IncidentState, person: Person, at: datetime) -> list[Event]:
     events: list[Event] = [
-        ResponderAccepted(at=at, incident_id=state.id, phone=person.phone, role=person.role, name=person.name)
+        ResponderAccepted(
+            at=at,
+            incident_id=state.id,
+            phone=person.phone,
+            role=person.role,
+            name=person.name,
+            first=state.first_accept_at is None,
+        )
     ]
     if not state.covered and quorum_met(state.opened.quorum, state.accepted_roles() | {person.role}):
         accepted_by = tuple(

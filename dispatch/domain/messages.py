@@ -70,17 +70,62 @@ def who(person: Person) -> str:
 
 
 def alert_text_for(alert: Alert) -> str:
-    """The alert a recipient reads or hears."""
+    """The alert a recipient reads (SMS, webhook, console)."""
+    where = place(alert.village, alert.group)
+    if alert.reason == "caller_update":
+        if alert.covered:
+            return (
+                "【6995】您的求助已有社区民警和联防组长（或警务助理）接警，正在赶来，请保持电话畅通。回复0可取消报警。"
+            )
+        helper = alert.accepted_by
+        who_ = f"{helper.name or ''}（{ROLE_ZH.get(helper.role, helper.role)}）" if helper else "联防队员"
+        return f"【6995】{who_}已接警，正在赶来，请保持电话畅通、注意安全。回复0可取消报警。"
+    if alert.reason == "cancelled":
+        return f"【6995】{where} {who(alert.caller)} 的报警已取消，无需前往。感谢您的响应。"
     if not alert.registered:
         head = f"【6995报警】未登记号码 {alert.caller.phone} 拨打6995求助，请值班室立即回拨核实并处置。"
     else:
-        head = f"【6995联防报警】{place(alert.village, alert.group)} {who(alert.caller)} 拨打6995求助，请立即前往！"
+        head = f"【6995联防报警】{where} {who(alert.caller)} 拨打6995求助，请立即前往！"
     if alert.reason == "repeat":
         head = f"【再次呼叫·紧急程度{alert.urgency}】" + head
     elif alert.reason == "escalation":
         level = "一级" if alert.tier == 1 else "二级·请县局指挥中心调度"
         head = f"【警情升级·{level}】{ESCALATION_ZH.get(alert.why, alert.why)}。" + head
     return head + HOW_TO_ANSWER
+
+
+def spoken_text_for(alert: Alert) -> str:
+    """What the voice gateway says (TTS): no brackets, digits read one by one, the keypad last."""
+    if alert.reason in ("caller_update", "cancelled"):
+        return alert_text_for(alert).replace("【6995】", "这里是6995联防报警平台。").replace("回复0", "按0")
+    caller = alert.caller
+    who_ = f"{ROLE_ZH.get(caller.role, '')}{caller.name}" if caller.name else "未登记号码"
+    number = " ".join(caller.phone.removeprefix("+86"))
+    urgent = f"再次呼叫，紧急程度{alert.urgency}。" if alert.reason == "repeat" else ""
+    if alert.reason == "escalation":
+        urgent = f"警情升级，{ESCALATION_ZH.get(alert.why, alert.why)}。"
+    return (
+        f"这里是6995联防报警。{urgent}{place(alert.village, alert.group)}{who_}，电话{number}，拨打6995求助，"
+        "请立即前往。接警请按1，无法前往请按2，已到达现场请按3，重听请按9。"
+    )
+
+
+def markdown_for(alert: Alert, console_url: str) -> str:
+    """A group robot's message (WeCom / DingTalk markdown): the summary and a link to the console."""
+    title = {
+        "raised": "6995联防报警",
+        "repeat": f"6995再次呼叫·紧急程度{alert.urgency}",
+        "escalation": f"警情升级·{'一级' if alert.tier == 1 else '二级'}",
+        "caller_update": "6995报警进展",
+        "cancelled": "6995报警已取消",
+    }[alert.reason]
+    alerted = "、".join(f"{p.name or p.phone}（{ROLE_ZH.get(p.role, p.role)}）" for p in alert.recipients)
+    return (
+        f"### 【{title}】{place(alert.village, alert.group)}\n"
+        f"> {alert_text_for(alert)}\n\n"
+        f"已通知：{alerted}\n\n"
+        f"[打开指挥台处置]({console_url})"
+    )
 
 
 def alert_text_en_for(alert: Alert) -> str:

@@ -210,6 +210,7 @@ class ResponderAccepted(IncidentEvent, frozen=True, kw_only=True):
     phone: str
     role: Role
     name: str = ""
+    first: bool = False
 
 
 class ResponderDeclined(IncidentEvent, frozen=True, kw_only=True):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 
@@ -77,10 +78,13 @@ class DeliveryWorker:
             reason = f"channel {job.channel!r} is not configured"
             await self._record(job, [(t, Permanent(reason)) for t in job.targets], [])
             return None
-        sends = [asyncio.ensure_future(self._send(channel, job, t)) for t in job.targets]
+        started: list[float] = []
+        sends = [asyncio.ensure_future(self._send(channel, job, t, started)) for t in job.targets]
         if job.attempt == 1:
             self.metrics.fanout.labels(job.channel).observe(max(0.0, (self.clock() - job.appended_at).total_seconds()))
         outcomes = await asyncio.gather(*sends)
+        if job.attempt == 1 and len(started) > 1:
+            self.metrics.fanout_spread.labels(job.channel).observe(max(started) - min(started))
         retry: list[tuple[Target, Transient]] = [
             (t, o)
             for t, o in zip(job.targets, outcomes, strict=True)
@@ -113,7 +117,8 @@ class DeliveryWorker:
         await self._record(job, done, retry)
         return None
 
-    async def _send(self, channel: Channel, job: DeliveryJob, target: Target) -> Outcome:
+    async def _send(self, channel: Channel, job: DeliveryJob, target: Target, started: list[float]) -> Outcome:
+        started.append(time.perf_counter())
         try:
             return await channel.send(job, target)
         except Exception as exc:

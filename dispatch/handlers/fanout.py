@@ -1,10 +1,12 @@
-"""Fan-out: an alarm decision rings every recipient on every channel at once, in this process.
+"""Fan-out: an alarm decision rings every recipient on their channels at once, in this process.
 
-Triggers are the incident decisions that alert people: AlarmRaised and UnregisteredCall (the
-recipients are in the event), CallRepeated (the re-alerted) and IncidentEscalated (the alerted).
-The fan-out also sets the incident's deadlines as server-side schedules: ack and escalate when it
-is raised, arrival when it is covered; the trigger is acknowledged only after they are set, so no
-alarm is ever left without its deadlines.
+Triggers are the incident decisions that reach people: AlarmRaised and UnregisteredCall (the
+recipients are in the event), CallRepeated (the re-alerted), IncidentEscalated (the alerted), the
+first ResponderAccepted and IncidentCovered (the caller is told help is coming) and
+IncidentCancelled (everyone alerted is told). Which channels reach a person follows their role and
+village (`ChannelConfig`). The fan-out also sets the incident's deadlines as server-side schedules:
+ack and escalate when it is raised, arrival when it is covered; the trigger is acknowledged only
+after they are set, so no alarm is ever left without its deadlines.
 
 The first attempt is made here, not through the work queue: one hop from the log to the phones
 (a queue hop costs an fsynced publish and a second consumer). Targets that fail transiently are
@@ -16,7 +18,7 @@ Invariants:
 - the trigger is acknowledged only after every target has an outcome recorded or a retry job
   queued: a crash in between redelivers the trigger, which rings again exactly the targets that
   have no recorded outcome for that round (at least once, never lost);
-- a redelivered trigger of a closed incident rings nobody.
+- a redelivered trigger of a closed incident rings nobody, except the cancellation itself.
 """
 
 from __future__ import annotations
@@ -28,10 +30,19 @@ from datetime import timedelta
 import structlog
 
 from dispatch.channels.base import Channel, DeliveryJob, JobKind, Target
+from dispatch.channels.routing import ChannelConfig
 from dispatch.clock import Clock, utcnow
-from dispatch.domain.incident import Alert, Timer, alert_for, timer_due
-from dispatch.domain.messages import alert_text_en_for, alert_text_for
-from dispatch.events.model import CallRepeated, IncidentCovered, IncidentEscalated, IncidentOpened, RespondersNotified
+from dispatch.domain.incident import Alert, IncidentState, Timer, alert_for, timer_due
+from dispatch.domain.messages import alert_text_en_for, alert_text_for, spoken_text_for
+from dispatch.events.model import (
+    CallRepeated,
+    IncidentCancelled,
+    IncidentCovered,
+    IncidentEscalated,
+    IncidentOpened,
+    ResponderAccepted,
+    RespondersNotified,
+)
 from dispatch.events.subjects import notice_subject
 from dispatch.handlers.delivery import DeliveryWorker
 from dispatch.handlers.responses import IncidentReader
@@ -42,10 +53,13 @@ from dispatch.store.timers import Timers
 log = structlog.get_logger(__name__)
 
 
+TRIGGERS = (IncidentOpened, CallRepeated, IncidentEscalated, ResponderAccepted, IncidentCovered, IncidentCancelled)
+
+
 def job_kind(alert: Alert) -> JobKind:
-    if alert.reason == "repeat":
-        return "repeat"
-    return "alarm" if alert.registered else "unregistered"
+    if alert.reason == "raised":
+        return "alarm" if alert.registered else "unregistered"
+    return alert.reason
 
 
 class FanOut:
@@ -57,8 +71,10 @@ class FanOut:
         *,
         timers: Timers,
         public_url: str,
+        routing: ChannelConfig | None = None,
         clock: Clock = utcnow,
     ) -> None:
+        self.routing = routing or ChannelConfig()
         self.store = store
         self.reader = IncidentReader(store)
         self.delivery = delivery
@@ -71,27 +87,29 @@ class FanOut:
         return f"{self.public_url}/v1/incidents/{incident_id}/responses"
 
     async def handle(self, rec: Recorded, *, redelivered: bool = False) -> int:
-        """Ring everyone a trigger alerts; return how many targets were handed to channels."""
+        """Ring everyone a trigger reaches; return how many targets were handed to channels."""
         trigger = rec.event
-        if isinstance(trigger, IncidentCovered):
-            await self._schedule_arrival(trigger.incident_id)
+        if not isinstance(trigger, TRIGGERS):
             return 0
-        if not isinstance(trigger, IncidentOpened | CallRepeated | IncidentEscalated):
+        if isinstance(trigger, ResponderAccepted) and not trigger.first:
             return 0
         opened = trigger if isinstance(trigger, IncidentOpened) else None
+        state: IncidentState | None = None
         done: frozenset[tuple[int, str, str]] = frozenset()
         urgency = 1
         if opened is None or redelivered:
             state, _ = await self.reader.load(trigger.incident_id)
-            if redelivered and state.closed:
+            if redelivered and state.closed and not isinstance(trigger, IncidentCancelled):
                 return 0
             opened, done, urgency = state.opened, state.outcomes, state.urgency
         deadlines = (
             [self._schedule(opened, "ack"), self._schedule(opened, "escalate")]
             if isinstance(trigger, IncidentOpened)
+            else [self._schedule_arrival(state)]
+            if isinstance(trigger, IncidentCovered) and state is not None
             else []
         )
-        alert = alert_for(opened, trigger, urgency)
+        alert = alert_for(opened, trigger, state, urgency)
         if alert is None:
             await asyncio.gather(*deadlines)
             return 0
@@ -124,14 +142,19 @@ class FanOut:
         seconds = opened.ack_deadline_s if timer == "ack" else opened.escalate_after_s
         await self.timers.schedule(opened.incident_id, timer, opened.at + timedelta(seconds=seconds))
 
-    async def _schedule_arrival(self, incident_id: str) -> None:
-        state, _ = await self.reader.load(incident_id)
+    async def _schedule_arrival(self, state: IncidentState) -> None:
         due = timer_due(state, "arrival")
         if due is not None and not state.closed and state.first_arrival_at is None:
-            await self.timers.schedule(incident_id, "arrival", due)
+            await self.timers.schedule(state.id, "arrival", due)
+
+    def reaches(self, channel: str, role: str, alert: Alert) -> bool:
+        if alert.reason == "caller_update" and channel == "voice" and not self.routing.caller_voice_updates:
+            return False
+        allowed = self.routing.channels_for(role, alert.village)
+        return allowed is None or channel in allowed
 
     def jobs_for(self, alert: Alert, rec: Recorded, done: frozenset[tuple[int, str, str]]) -> list[DeliveryJob]:
-        message, message_en = alert_text_for(alert), alert_text_en_for(alert)
+        message, message_en, spoken = alert_text_for(alert), alert_text_en_for(alert), spoken_text_for(alert)
         jobs = []
         for channel in self.channels:
             targets = tuple(
@@ -141,7 +164,8 @@ class FanOut:
                     key=stable_key(alert.incident_id, rec.seq, person.phone, channel.name, address),
                 )
                 for person in alert.recipients
-                for address in channel.targets(person)
+                if self.reaches(channel.name, person.role, alert)
+                for address in channel.targets(person, alert.village)
                 if (rec.seq, channel.name, address) not in done
             )
             if targets:
@@ -160,6 +184,8 @@ class FanOut:
                         message=message,
                         message_en=message_en,
                         answer_url=self.answer_url(alert.incident_id),
+                        spoken=spoken,
+                        console_url=f"{self.public_url}/console/#/incidents/{alert.incident_id}",
                         raised_at=alert.raised_at,
                         appended_at=rec.time,
                     )

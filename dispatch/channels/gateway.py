@@ -1,0 +1,205 @@
+"""Voice and SMS through the telephony gateway that owns the short number (contract: docs/gateway.md).
+
+Voice: dispatch asks the gateway to call a number and speak a message; the call's outcome comes
+back later as callbacks (`POST /v1/gateway/voice`), to whichever replica the gateway reaches. That
+replica publishes it on `dispatch.gateway.voice.<call_ref>` (core NATS); the replica whose channel
+originated the call is waiting for it there.
+
+Invariants:
+- all targets of a job are originated at the same moment (the delivery worker starts every send
+  before awaiting any): ring-all;
+- voice outcome: answered -> delivered (not accepted: only a keypad digit accepts); no_answer,
+  busy, or no final status within the ring timeout -> transient (retried by the delivery rules);
+  failed (invalid or unreachable number) -> permanent;
+- each call attempt has its own `call_ref` and Idempotency-Key (`<notification key>/<attempt>`):
+  re-sending an attempt never rings twice, a new attempt after no answer is a new call; SMS keeps
+  the notification key, stable across retries;
+- every request is signed like the webhooks (`X-Dispatch-Signature`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import msgspec
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from dispatch.channels.base import Delivered, DeliveryJob, Outcome, Permanent, Target, Transient
+from dispatch.channels.webhook import TRANSIENT_STATUS, retry_after, sign
+from dispatch.events.model import Person
+
+log = structlog.get_logger(__name__)
+
+VOICE_PATH = "/v1/voice/calls"
+SMS_PATH = "/v1/sms/messages"
+CALLBACK_SUBJECT = "dispatch.gateway.voice"
+FINAL = ("answered", "no_answer", "busy", "failed")
+KEYPAD = {"1": "accept", "2": "decline", "3": "arrived", "9": "repeat"}
+
+
+class VoiceEvent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A callback from the gateway about one call (ours, or the caller's own call to 6995)."""
+
+    call_ref: str
+    event: str
+    direction: str = "outbound"
+    digits: str = ""
+    to: str = ""
+    context: dict[str, Any] = {}
+    call_id: str = ""
+    caller: str = ""
+    at: str = ""
+
+
+voice_event_decoder = msgspec.json.Decoder(VoiceEvent)
+voice_event_encoder = msgspec.json.Encoder()
+
+
+def call_ref(target: Target, attempt: int) -> str:
+    return f"{target.key}-{attempt}"
+
+
+def http_outcome(response: httpx.Response) -> Outcome:
+    status = response.status_code
+    if 200 <= status < 300:
+        return Delivered(f"HTTP {status}")
+    if status in TRANSIENT_STATUS or status >= 500:
+        return Transient(f"HTTP {status}", retry_after(response.headers.get("Retry-After")))
+    return Permanent(f"HTTP {status}")
+
+
+class CallbackBus:
+    """Where a replica hears the outcome of a call it originated, whoever received the callback."""
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self._waiting: dict[str, asyncio.Future[VoiceEvent]] = {}
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(f"{CALLBACK_SUBJECT}.>", cb=self._on_msg)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        try:
+            event = voice_event_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        fut = self._waiting.get(event.call_ref)
+        if fut is not None and not fut.done() and event.event in FINAL:
+            fut.set_result(event)
+
+    async def publish(self, event: VoiceEvent) -> None:
+        await self.nc.publish(f"{CALLBACK_SUBJECT}.{event.call_ref}", voice_event_encoder.encode(event))
+
+    def expect(self, ref: str) -> asyncio.Future[VoiceEvent]:
+        fut: asyncio.Future[VoiceEvent] = asyncio.get_running_loop().create_future()
+        self._waiting[ref] = fut
+        return fut
+
+    def forget(self, ref: str) -> None:
+        self._waiting.pop(ref, None)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+
+class GatewayClient:
+    def __init__(self, base_url: str, secret: str, *, timeout: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.secret = secret
+        self._client = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=200))
+
+    async def post(self, path: str, payload: dict[str, Any], key: str) -> httpx.Response:
+        body = json.dumps(payload, ensure_ascii=False).encode()
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "X-Dispatch-Signature": sign(self.secret, body),
+            "Idempotency-Key": key,
+        }
+        return await self._client.post(self.base_url + path, content=body, headers=headers)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+class VoiceChannel:
+    name = "voice"
+
+    def __init__(self, gateway: GatewayClient, bus: CallbackBus, *, callback_url: str, ring_timeout_s: float) -> None:
+        self.gateway = gateway
+        self.bus = bus
+        self.callback_url = callback_url
+        self.ring_timeout_s = ring_timeout_s
+
+    def targets(self, recipient: Person, village: str | None = None) -> list[str]:
+        return [recipient.phone]
+
+    async def send(self, job: DeliveryJob, target: Target) -> Outcome:
+        ref = call_ref(target, job.attempt)
+        outcome_fut = self.bus.expect(ref)
+        payload = {
+            "call_ref": ref,
+            "to": target.address,
+            "text": job.spoken or job.message,
+            "keypad": KEYPAD,
+            "callback_url": self.callback_url,
+            "ring_timeout_s": self.ring_timeout_s,
+            "notification_key": target.key,
+            "context": {"incident_id": job.incident_id, "phone": target.recipient.phone, "round": job.round},
+        }
+        try:
+            try:
+                response = await self.gateway.post(VOICE_PATH, payload, f"{target.key}/{job.attempt}")
+            except httpx.TimeoutException:
+                return Transient("gateway timeout")
+            except httpx.HTTPError as exc:
+                return Transient(f"gateway {type(exc).__name__}")
+            placed = http_outcome(response)
+            if not isinstance(placed, Delivered):
+                return placed
+            try:
+                final = await asyncio.wait_for(outcome_fut, self.ring_timeout_s + 15)
+            except TimeoutError:
+                return Transient("no final call status from the gateway")
+        finally:
+            self.bus.forget(ref)
+        if final.event == "answered":
+            return Delivered("answered")
+        if final.event in ("no_answer", "busy"):
+            return Transient(final.event)
+        return Permanent(f"call {final.event}")
+
+    async def close(self) -> None:
+        return None
+
+
+class SmsChannel:
+    name = "sms"
+
+    def __init__(self, gateway: GatewayClient) -> None:
+        self.gateway = gateway
+
+    def targets(self, recipient: Person, village: str | None = None) -> list[str]:
+        return [recipient.phone]
+
+    async def send(self, job: DeliveryJob, target: Target) -> Outcome:
+        return await self.text(target.address, job.message, target.key)
+
+    async def text(self, to: str, text: str, key: str) -> Outcome:
+        """Send one SMS (also used for replies that are not alerts, such as the help text)."""
+        try:
+            response = await self.gateway.post(SMS_PATH, {"to": to, "text": text, "ref": key}, key)
+        except httpx.TimeoutException:
+            return Transient("gateway timeout")
+        except httpx.HTTPError as exc:
+            return Transient(f"gateway {type(exc).__name__}")
+        return http_outcome(response)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,175 @@
+"""What the telephony gateway tells us: call progress and keypad digits, and texts to the short number.
+
+Voice callbacks (`POST /v1/gateway/voice`):
+- outbound (a call we placed): final statuses go on the callback bus to the replica waiting for them;
+  digits are answers of the person called: 1 accept, 2 decline, 3 arrived, 9 hear the message again
+  (an answered call with no digit is delivered, not accepted);
+- inbound (the caller's own call to 6995): 0 cancels the alarm (caller safe).
+The answer to a callback may carry `say` (text to speak) or `action: "repeat"`.
+
+Texts (`POST /v1/gateway/sms`): from someone with an open incident, `1`/`接` accepts, `2` declines,
+`3`/`到` arrived, `0` from the caller cancels; any other text from them gets the help text back. From
+anyone else, a text raises an alarm like a call (a bare reply keyword gets the help text instead, so
+a late "1" does not ring a whole group).
+
+Invariant: a gateway message is handled once per id; retries of the same message id decide nothing new
+(responses are idempotent per answer, alarms per call id).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import structlog
+
+from dispatch.channels.gateway import CallbackBus, SmsChannel, VoiceEvent
+from dispatch.domain.directory import Directory
+from dispatch.domain.errors import DomainError
+from dispatch.domain.incident import Action, IncidentState, fold, incident_id_for
+from dispatch.domain.phone import try_normalize
+from dispatch.events.model import CallRouted, LineClosed
+from dispatch.events.subjects import call_subject, caller_line, group_line, incident_history, line_subject, village_line
+from dispatch.handlers.calls import CallRequest, CallService
+from dispatch.handlers.responses import ResponseRequest, ResponseService
+from dispatch.ids import stable_key
+from dispatch.store.eventstore import EventStore
+
+log = structlog.get_logger(__name__)
+
+SMS_ACTIONS: dict[str, Action] = {
+    "1": "accept",
+    "接": "accept",
+    "2": "decline",
+    "3": "arrived",
+    "到": "arrived",
+    "0": "cancel",
+}
+KEYPAD_ACTIONS: dict[str, Action] = {"1": "accept", "2": "decline", "3": "arrived"}
+HELP = "【6995】回复1接警，2无法前往，3已到达现场；报警人回复0取消报警。如需报警，请直接拨打6995或发送求助内容。"
+NOTHING_OPEN = "【6995】当前没有需要您响应的警情。如需报警，请直接拨打6995或发送求助内容。"
+SAID = {
+    "accept": "已确认您接警，请尽快前往。",
+    "decline": "已记录您无法前往。",
+    "arrived": "已记录您到达现场。",
+    "cancel": "您的报警已取消。如仍需帮助，请重新拨打6995。",
+}
+
+
+class SmsIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    message_id: str
+    sender: str = msgspec.field(name="from")
+    to: str = "6995"
+    text: str
+
+
+class GatewayService:
+    def __init__(
+        self,
+        store: EventStore,
+        directory: Directory,
+        calls: CallService,
+        responses: ResponseService,
+        *,
+        bus: CallbackBus | None,
+        sms: SmsChannel | None,
+        region: str = "CN",
+    ) -> None:
+        self.store = store
+        self.directory = directory
+        self.calls = calls
+        self.responses = responses
+        self.bus = bus
+        self.sms = sms
+        self.region = region
+
+    # --- voice ----------------------------------------------------------------------------------
+
+    async def voice(self, event: VoiceEvent) -> dict[str, Any]:
+        if event.direction == "inbound":
+            return await self._inbound(event)
+        if event.event != "digits":
+            if self.bus is not None:
+                await self.bus.publish(event)
+            return {"ok": True}
+        if event.digits == "9":
+            return {"ok": True, "action": "repeat"}
+        action = KEYPAD_ACTIONS.get(event.digits[:1])
+        incident_id, phone = str(event.context.get("incident_id", "")), str(event.context.get("phone", ""))
+        if action is None or not incident_id or not phone:
+            return {"ok": True, "say": "接警请按1，无法前往请按2，已到达现场请按3，重听请按9。"}
+        return await self._answer(incident_id, phone, action, key=f"voice:{event.call_ref}:{event.digits}")
+
+    async def _inbound(self, event: VoiceEvent) -> dict[str, Any]:
+        if event.event != "digits" or event.digits != "0" or not event.call_id:
+            return {"ok": True}
+        routed = await self.store.last(call_subject(event.call_id))
+        if routed is None or not isinstance(routed.event, CallRouted):
+            return {"ok": True, "say": "未找到您的报警。"}
+        state = await self._load(routed.event.incident_id)
+        if state is None:
+            return {"ok": True, "say": "未找到您的报警。"}
+        return await self._answer(state.id, state.caller.phone, "cancel", key=f"voice-in:{event.call_id}:0")
+
+    async def _answer(self, incident_id: str, phone: str, action: Action, *, key: str) -> dict[str, Any]:
+        reason = "caller_safe" if action == "cancel" else None
+        try:
+            await self.responses.respond(
+                incident_id, ResponseRequest(responder=phone, action=action, reason=reason), key
+            )
+        except DomainError as exc:
+            log.warning("gateway.answer_refused", incident_id=incident_id, action=action, reason=exc.reason)
+            return {"ok": False, "say": "该警情已结束或您无法处理此警情。", "error": exc.reason}
+        return {"ok": True, "say": SAID[action]}
+
+    # --- sms -------------------------------------------------------------------------------------
+
+    async def text(self, sms: SmsIn) -> dict[str, Any]:
+        sender = try_normalize(sms.sender, self.region) or sms.sender
+        word = sms.text.strip().lower()
+        state = await self.open_incident_of(sender)
+        action = SMS_ACTIONS.get(word)
+        if state is not None:
+            if action == "cancel" and sender != state.caller.phone:
+                action = None
+            if action is None:
+                await self._reply(sender, HELP, sms.message_id)
+                return {"status": "help", "incident_id": state.id}
+            answer = await self._answer(state.id, sender, action, key=f"sms:{sms.message_id}")
+            return {"status": "answered" if answer["ok"] else "refused", "incident_id": state.id}
+        if action is not None:
+            await self._reply(sender, NOTHING_OPEN, sms.message_id)
+            return {"status": "help"}
+        result = await self.calls.call(
+            CallRequest(call_id=f"sms:{sms.message_id}", caller=sms.sender, callee=sms.to, channel="sms")
+        )
+        return {"status": "alarm", "incident_id": result.incident_id, "call_status": result.status}
+
+    async def _reply(self, to: str, text: str, message_id: str) -> None:
+        if self.sms is None:
+            log.warning("gateway.no_sms_channel", reply="help")
+            return
+        await self.sms.text(to, text, stable_key("reply", message_id))
+
+    async def _load(self, incident_id: str) -> IncidentState | None:
+        history = await self.store.load(incident_history(incident_id))
+        return fold([r.event for r in history])
+
+    async def open_incident_of(self, phone: str) -> IncidentState | None:
+        """The most recent open incident this number is a responder or the caller of."""
+        lines = {caller_line(phone, "")}
+        memberships = self.directory.memberships(phone)
+        for m in memberships:
+            lines.add(group_line(m.group.village, m.group.group))
+            lines.add(village_line(m.group.village))
+        for village, desks in self.directory.villages.items():
+            if phone in desks.duty_desks:
+                lines.add(village_line(village))
+        found: list[IncidentState] = []
+        for line in sorted(lines):
+            last = await self.store.last(line_subject(line))
+            epoch = last.event.epoch + 1 if last is not None and isinstance(last.event, LineClosed) else 0
+            state = await self._load(incident_id_for(line, epoch))
+            if state is not None and not state.closed and (phone in state.responders or phone == state.caller.phone):
+                found.append(state)
+        return max(found, key=lambda s: s.raised_at) if found else None
