@@ -109,6 +109,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(keep=args.keep))
 
 
+def cmd_gateway_sim(args: argparse.Namespace) -> int:
+    from dispatch.gateway_sim import GatewaySim, Scenario, serve
+
+    token = args.token or os.environ.get("DISPATCH_GATEWAY_TOKEN")
+    secret = os.environ.get("DISPATCH_GATEWAY_SECRET")
+    if not token or not secret:
+        print(
+            "dispatch gateway-sim: set --token (or DISPATCH_GATEWAY_TOKEN, a gateway token) and "
+            "DISPATCH_GATEWAY_SECRET (the secret dispatch signs gateway requests with)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    host, _, port = args.listen.rpartition(":")
+    try:
+        scenario = Scenario.load(Path(args.scenario) if args.scenario else None)
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"dispatch gateway-sim: scenario {args.scenario}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    sim = GatewaySim(dispatch_url=_server(args), token=token, secret=secret, scenario=scenario, echo=True)
+    print(f"gateway simulator on http://{args.listen} -> dispatch {_server(args)}", flush=True)
+    try:
+        asyncio.run(serve(sim, host or "127.0.0.1", int(port)))
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
 def cmd_tokens(args: argparse.Namespace) -> int:
     from dispatch import logging as dlog
     from dispatch.tokens_cli import run_tokens
@@ -238,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole story on a demo village, printed")
     p.add_argument("--keep", action="store_true", help="keep the demo's data directory")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("gateway-sim", help="a telephony gateway with virtual phones (docs/gateway.md)")
+    p.add_argument("--listen", default="127.0.0.1:9100", help="HOST:PORT to listen on")
+    p.add_argument("--server", help="dispatch URL (DISPATCH_SERVER, default http://DISPATCH_HTTP)")
+    p.add_argument("--token", help="a gateway token (DISPATCH_GATEWAY_TOKEN)")
+    p.add_argument("--scenario", help="TOML file: how each virtual phone behaves")
+    p.set_defaults(func=cmd_gateway_sim)
 
     p = sub.add_parser("replay", help="drop and rebuild every projection from the log (service stopped)")
     service_options(p)
