@@ -17,6 +17,7 @@ from typing import Any
 from litestar import Request, Response, get
 from litestar.exceptions import NotFoundException
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import FromPath
 from litestar.response import Redirect
 
 MEDIA_TYPES = {
@@ -66,7 +67,7 @@ def console_routes() -> list[HTTPRouteHandler]:
         return serve("index.html")
 
     @get("/console/{name:str}", include_in_schema=False)
-    async def console_file(name: str) -> Response[bytes]:
+    async def console_file(name: FromPath[str]) -> Response[bytes]:
         return serve(name)
 
     return [console_index, console_file]

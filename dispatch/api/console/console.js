@@ -418,7 +418,8 @@ function ms(iso) {
 }
 
 function duration(seconds) {
-  const total = Math.max(0, Math.round(seconds));
+  if (seconds < 9.95) return t("d_s", { s: Number(Math.max(0, seconds).toFixed(1)) });
+  const total = Math.round(seconds);
   if (total < 60) return t("d_s", { s: total });
   if (total < 3600) return t("d_ms", { m: Math.floor(total / 60), s: String(total % 60).padStart(2, "0") });
   return t("d_hm", { h: Math.floor(total / 3600), m: String(Math.floor((total % 3600) / 60)).padStart(2, "0") });
@@ -1367,7 +1368,12 @@ async function loadVillage(village, body) {
     return;
   }
   if (!S.view || S.view.name !== "village" || S.view.village !== village) return;
-  const rows = list.incidents;
+  S.view.data = { rows: list.incidents, report };
+  drawVillage(body);
+}
+
+function drawVillage(body) {
+  const { rows, report } = S.view.data;
   const measures = report.measures || {};
   const p50 = (name) => (measures[name] && measures[name].p50 !== null ? duration(measures[name].p50) : "—");
   const covered = rows.filter((r) => r.covered_at).length;
@@ -1384,18 +1390,31 @@ async function loadVillage(village, body) {
   const today = new Date();
   today.setHours(12, 0, 0, 0);
   for (let i = 29; i >= 0; i -= 1) days.push(dayKey(today.getTime() - i * DAY_MS));
-  const charts = [
+  const specs = [
     ["accept", "chart_accept", "first_accept_at"],
     ["cover", "chart_cover", "covered_at"],
     ["arrive", "chart_arrive", "first_arrival_at"],
-  ].map(([key, label, field]) => chart(key, t(label), series(rows, days, field), days));
-  fill(body,
+  ];
+  const figures = specs.map(() => h("figure", { class: "card chart-card" }));
+  const categories = h("figure", { class: "card chart-card" });
+  fill(
+    body,
     tiles,
     rows.length >= 1000 ? h("p", { class: "warn", text: t("truncated", { n: rows.length }) }) : null,
     h("p", { class: "muted", text: t("chart_note") }),
-    h("div", { class: "charts" }, charts),
-    categoryChart(rows),
+    h("div", { class: "charts" }, figures),
+    categories,
   );
+  const inner = (fig) => Math.max(280, Math.floor(fig.clientWidth - 26));
+  specs.forEach(([key, label, field], i) => chart(figures[i], inner(figures[i]), key, t(label), series(rows, days, field), days));
+  categoryChart(categories, inner(categories), rows);
+  S.view.drawnWidth = body.clientWidth;
+}
+
+function redrawOnResize() {
+  const body = $("village-body");
+  if (!body || !S.view || S.view.name !== "village" || !S.view.data) return;
+  if (Math.abs(body.clientWidth - (S.view.drawnWidth || 0)) > 24) drawVillage(body);
 }
 
 function tile(label, value) {
@@ -1422,42 +1441,43 @@ function series(rows, days, field) {
   });
 }
 
-function chart(key, name, points, days) {
-  const W = 640;
-  const H = 200;
-  const left = 56;
-  const bottom = 28;
-  const top = 12;
-  const plotW = W - left - 8;
+function niceStep(max) {
+  const steps = [0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 28800, 86400];
+  return steps.find((step) => max / step <= 4) || Math.ceil(max / 4 / 86400) * 86400;
+}
+
+function chart(figure, W, key, name, points, days) {
+  const H = 190;
+  const left = 58;
+  const right = 20;
+  const bottom = 26;
+  const top = 10;
+  const plotW = W - left - right;
   const plotH = H - top - bottom;
   const all = points.flatMap((p) => p.values);
   const n = all.length;
-  const top50 = median(all);
-  const maxY = Math.max(1, ...points.map((p) => p.median || 0)) * 1.15;
+  const overall = median(all);
+  const highest = Math.max(0, ...points.map((p) => p.median || 0));
+  const step = niceStep(highest || 1);
+  const maxY = Math.max(step, Math.ceil(highest / step) * step);
   const slot = plotW / days.length;
   const y = (v) => top + plotH - (v / maxY) * plotH;
+  const label = n ? t("chart_label", { name, n, p: duration(overall) }) : `${name}：${t("chart_none")}`;
   const svg = s(
     "svg",
-    {
-      viewBox: `0 0 ${W} ${H}`,
-      role: "img",
-      class: "chart",
-      "data-chart": key,
-      "data-count": String(n),
-      "aria-label": n ? t("chart_label", { name, n, p: duration(top50) }) : `${name}：${t("chart_none")}`,
-    },
-    s("title", {}, n ? t("chart_label", { name, n, p: duration(top50) }) : `${name}：${t("chart_none")}`),
+    { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", class: "chart", "data-chart": key, "data-count": String(n), "aria-label": label },
+    s("title", {}, label),
   );
-  for (const frac of [0, 0.5, 1]) {
-    const v = (maxY / 1.15) * frac;
+  for (let v = 0; v <= maxY + 1e-9; v += step) {
     svg.append(
-      s("line", { x1: left, x2: W - 8, y1: y(v), y2: y(v), class: frac === 0 ? "axis" : "grid" }),
-      s("text", { x: left - 6, y: y(v) + 4, class: "tick", "text-anchor": "end" }, frac === 0 ? "0" : duration(v)),
+      s("line", { x1: left, x2: W - right, y1: y(v), y2: y(v), class: v === 0 ? "axis" : "grid" }),
+      s("text", { x: left - 6, y: y(v) + 4, class: "tick", "text-anchor": "end" }, v === 0 ? "0" : duration(v)),
     );
   }
+  const every = slot * 5 >= 44 ? 5 : 10;
   points.forEach((p, i) => {
     const x = left + i * slot;
-    if (i % 5 === 4 || i === points.length - 1) {
+    if ((points.length - 1 - i) % every === 0) {
       svg.append(s("text", { x: x + slot / 2, y: H - 8, class: "tick", "text-anchor": "middle" }, p.day.slice(5)));
     }
     if (p.median === null) return;
@@ -1481,16 +1501,15 @@ function chart(key, name, points, days) {
       points.filter((p) => p.n).map((p) => h("tr", {}, h("td", { text: p.day }), h("td", { text: p.n }), h("td", { text: duration(p.median) }), h("td", { text: duration(p.max) }))),
     ),
   );
-  return h(
-    "figure",
-    { class: "card chart-card" },
-    h("figcaption", {}, h("strong", { text: name }), n ? ` · ${n} · ${t("median")} ${duration(top50)}` : ""),
+  fill(
+    figure,
+    h("figcaption", {}, h("strong", { text: name }), n ? ` · ${n} · ${t("median")} ${duration(overall)}` : ""),
     svg,
     n ? h("details", {}, h("summary", { text: t("table") }), table) : null,
   );
 }
 
-function categoryChart(rows) {
+function categoryChart(figure, W, rows) {
   const counts = new Map(CATEGORIES.map((c) => [c, 0]));
   let none = 0;
   for (const r of rows) {
@@ -1500,22 +1519,25 @@ function categoryChart(rows) {
   const entries = [...counts.entries()].map(([c, n]) => [c, t(`cat_${c}`), n]);
   entries.push(["none", t("cat_none"), none]);
   const max = Math.max(1, ...entries.map((e) => e[2]));
-  const W = 640;
   const rowH = 26;
-  const left = 96;
-  const svg = s("svg", { viewBox: `0 0 ${W} ${entries.length * rowH + 8}`, role: "img", class: "chart categories", "data-chart": "categories" });
-  svg.append(s("title", {}, entries.map((e) => `${e[1]} ${e[2]}`).join("，")));
-  svg.setAttribute("aria-label", entries.map((e) => `${e[1]} ${e[2]}`).join("，"));
-  entries.forEach(([c, label, n], i) => {
+  const left = S.lang === "en" ? 110 : 84;
+  const H = entries.length * rowH + 8;
+  const label = entries.map((e) => `${e[1]} ${e[2]}`).join(S.lang === "en" ? ", " : "，");
+  const svg = s(
+    "svg",
+    { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", class: "chart categories", "data-chart": "categories", "aria-label": label },
+    s("title", {}, label),
+  );
+  entries.forEach(([c, name, n], i) => {
     const yy = 4 + i * rowH;
-    const width = ((W - left - 48) * n) / max;
+    const width = ((W - left - 40) * n) / max;
     svg.append(
-      s("text", { x: left - 8, y: yy + 17, class: "tick", "text-anchor": "end" }, label),
+      s("text", { x: left - 8, y: yy + 17, class: "tick", "text-anchor": "end" }, name),
       s("rect", { x: left, y: yy + 4, width: Math.max(n ? 2 : 0, width), height: rowH - 8, class: `bar cat cat-${c}`, "data-category": c, "data-n": String(n) }),
       s("text", { x: left + width + 6, y: yy + 17, class: "count" }, String(n)),
     );
   });
-  return h("figure", { class: "card chart-card" }, h("figcaption", {}, h("strong", { text: t("categories") })), svg);
+  fill(figure, h("figcaption", {}, h("strong", { text: t("categories") })), svg);
 }
 
 /* ---------- routing and start ---------- */
@@ -1559,6 +1581,10 @@ async function start() {
   document.addEventListener("click", unlockAudio, { capture: true });
   document.addEventListener("keydown", unlockAudio, { capture: true });
   window.addEventListener("hashchange", route);
+  window.addEventListener("resize", () => {
+    clearTimeout(start.resize);
+    start.resize = setTimeout(redrawOnResize, 150);
+  });
   setInterval(() => {
     for (const card of S.cards.values()) tickCard(card.root);
     if (S.page) tickCard(S.page.root);
