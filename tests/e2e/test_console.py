@@ -30,7 +30,6 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
 DESKTOP = {"width": 1280, "height": 900}
@@ -213,12 +212,17 @@ def test_a_call_shows_up_live_and_two_accepts_cover_it(
     east.press("#my-phone", "Tab")
     east.evaluate("window.__sameDocument = true")
 
-    started = time.monotonic()
+    sent = time.time()
     incident = call(http, "console-0001", "13800000001")
+    answered = time.time()
     alarm = card(east, incident)
     expect(alarm).to_be_visible()
-    delay = time.monotonic() - started
-    record_property("measured_alarm", f"alarm on the open board {delay * 1000:.0f} ms after POST /v1/calls answered")
+    shown = int(alarm.get_attribute("data-shown-at") or "0") / 1000
+    record_property(
+        "measured_alarm",
+        f"alarm on the open board {(shown - answered) * 1000:.0f} ms after POST /v1/calls answered 202 "
+        f"({(shown - sent) * 1000:.0f} ms after it was sent)",
+    )
     assert east.evaluate("window.__sameDocument") is True, "the board was reloaded"
     expect(east.locator("#banner")).to_contain_text("张桂兰")
     expect(alarm).to_have_class("incident card fresh")
@@ -245,8 +249,13 @@ def test_a_call_shows_up_live_and_two_accepts_cover_it(
     expect(alarm.locator(".accepted")).to_contain_text("吴建军")
 
     alarm.locator("select.responder").select_option(LEADER)
+    clicked = time.monotonic()
     alarm.locator("button[data-action='accept']").click()
     expect(alarm).to_have_attribute("data-covered", "true")
+    record_property(
+        "measured_cover",
+        f"leader's accept clicked to covered on the card: {(time.monotonic() - clicked) * 1000:.0f} ms",
+    )
     expect(alarm.locator(".coverage")).to_have_text("已覆盖")
     expect(east.locator("#toast")).to_contain_text("警情已覆盖")
     expect(alarm.locator(".accepted")).to_contain_text("黄志强")
@@ -260,6 +269,11 @@ def test_a_call_shows_up_live_and_two_accepts_cover_it(
     assert "张桂兰" not in west.locator("main").inner_text()
     expect(west.locator("#banner")).to_contain_text("钱秀兰")
     expect(card(east, west_incident)).to_have_count(0)
+    admin = open_console(contexts(), serve, tokens["admin"], errors)
+    expect(card(admin, incident)).to_be_visible()
+    expect(card(admin, west_incident)).to_be_visible()
+    expect(admin.locator(".whoami")).to_contain_text("全部村")
+    admin.close()
 
     other = call(http, "console-0003", "13800000011")
     expect(card(east, other)).to_be_visible()
@@ -381,6 +395,8 @@ def test_keyboard_only_and_english(
     page.keyboard.press("Enter")
     expect(alarm.locator(f"li.member[data-phone='{OFFICER}']")).to_have_attribute("data-state", "accepted")
     expect(page.locator("#toast")).to_contain_text("Recorded")
+    expect(alarm.locator(".accepted")).to_contain_text("community officer")
+    shot(page, "board-desktop-en.png")
 
     page.locator("#lang").focus()
     page.keyboard.press("Enter")

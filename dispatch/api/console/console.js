@@ -24,6 +24,8 @@ const DAY_MS = 86400000;
 
 const TEXT = {
   zh: {
+    colon: "：",
+    list_sep: "、",
     skip: "跳到主要内容",
     app_title: "联防接警台",
     nav_board: "接警看板",
@@ -93,6 +95,11 @@ const TEXT = {
     answer_as: "应答人",
     choose: "— 选择应答人 —",
     me: "我",
+    did_accept: "接警",
+    did_arrived: "到场",
+    did_decline: "表示无法前往",
+    did_resolve: "处置完毕",
+    did_cancel: "取消报警",
     act_accept: "接警",
     act_decline: "无法前往",
     act_arrived: "已到场",
@@ -162,6 +169,8 @@ const TEXT = {
     d_hm: "{h}小时{m}分",
   },
   en: {
+    colon: ": ",
+    list_sep: ", ",
     skip: "Skip to main content",
     app_title: "Joint-defence dispatch",
     nav_board: "Board",
@@ -231,6 +240,11 @@ const TEXT = {
     answer_as: "Answer as",
     choose: "— choose who answers —",
     me: "me",
+    did_accept: "accepted",
+    did_arrived: "arrived",
+    did_decline: "declined",
+    did_resolve: "resolved",
+    did_cancel: "cancelled",
     act_accept: "Accept",
     act_decline: "Decline",
     act_arrived: "Arrived",
@@ -401,7 +415,7 @@ function roleName(role, zh) {
 
 function personLabel(p) {
   const name = p.name || p.phone;
-  return `${name}（${roleName(p.role, p.role_zh)}）`;
+  return S.lang === "en" ? `${name} (${roleName(p.role)})` : `${name}（${roleName(p.role, p.role_zh)}）`;
 }
 
 function statusName(d) {
@@ -730,7 +744,7 @@ function show(d) {
 function raiseAlert(d, repeat) {
   const banner = $("banner");
   const caller = d.caller || {};
-  const text = `${t(repeat ? "repeat_alarm" : "new_alarm")}：${placeName(d)} ${personLabel(caller)} ${caller.phone || ""}`;
+  const text = `${t(repeat ? "repeat_alarm" : "new_alarm")}${t("colon")}${placeName(d)} ${personLabel(caller)} ${caller.phone || ""}`;
   const viewButton = h("button", {
     type: "button",
     text: t("view"),
@@ -844,7 +858,7 @@ function fillIncident(card, d) {
   );
   if (CLOSED.has(d.status) && (d.category || d.cancel_reason)) {
     const outcome = d.category ? t(`cat_${d.category}`) : t(`reason_${d.cancel_reason}`);
-    card.head.append(h("p", { class: "outcome" }, `${t("resolution")}：${outcome}${d.note ? ` · ${d.note}` : ""}`));
+    card.head.append(h("p", { class: "outcome" }, `${t("resolution")}${t("colon")}${outcome}${d.note ? ` · ${d.note}` : ""}`));
   }
   fill(card.deadlines,
     h("dt", { text: t("ack_deadline") }),
@@ -856,8 +870,8 @@ function fillIncident(card, d) {
   );
   const acceptedBy = (d.responders || []).filter((r) => r.accepted_at);
   fill(card.accepted,
-    h("strong", { text: `${t("accepted_by")}：` }),
-    acceptedBy.length ? acceptedBy.map((r) => personLabel(r)).join("、") : t("nobody_yet"),
+    h("strong", { text: `${t("accepted_by")}${t("colon")}` }),
+    acceptedBy.length ? acceptedBy.map((r) => personLabel(r)).join(t("list_sep")) : t("nobody_yet"),
   );
   fill(card.members, ...(d.responders || []).map((r) => member(r)));
   updateActions(card.actions, d);
@@ -1039,7 +1053,7 @@ async function answer(ui, action, extra) {
   }
   const d = S.details.get(ui.id);
   const who = d ? nameOf(d, responder) : responder;
-  const what = t(`act_${action}`);
+  const what = t(`did_${action}`);
   setBusy(ui, true);
   try {
     const result = await api(`v1/incidents/${encodeURIComponent(ui.id)}/responses`, {
@@ -1124,17 +1138,17 @@ function renderBoard() {
     id: "sound",
     type: "button",
     "aria-pressed": String(S.sound),
-    text: `${t("sound")}：${t(S.sound ? "sound_on" : "sound_off")}`,
+    text: `${t("sound")}${t("colon")}${t(S.sound ? "sound_on" : "sound_off")}`,
     onclick: () => {
       S.sound = !S.sound;
       localStorage.setItem("dispatch.sound", S.sound ? "on" : "off");
       soundButton.setAttribute("aria-pressed", String(S.sound));
-      soundButton.textContent = `${t("sound")}：${t(S.sound ? "sound_on" : "sound_off")}`;
+      soundButton.textContent = `${t("sound")}${t("colon")}${t(S.sound ? "sound_on" : "sound_off")}`;
       unlockAudio();
     },
   });
   const me = S.me;
-  const scope = me.villages ? me.villages.join("、") || "—" : t("all_villages");
+  const scope = me.villages ? me.villages.join(t("list_sep")) || "—" : t("all_villages");
   const list = h("div", { id: "board", class: "board", "aria-live": "off" });
   setMain(
     h(
@@ -1191,6 +1205,7 @@ function placeCard(d) {
   } else {
     if (CLOSED.has(d.status)) return;
     card = createIncident(d, false);
+    card.root.dataset.shownAt = String(Date.now());
     S.cards.set(d.incident_id, card);
   }
   if (CLOSED.has(d.status)) {
@@ -1462,7 +1477,7 @@ function chart(figure, W, key, name, points, days) {
   const maxY = Math.max(step, Math.ceil(highest / step) * step);
   const slot = plotW / days.length;
   const y = (v) => top + plotH - (v / maxY) * plotH;
-  const label = n ? t("chart_label", { name, n, p: duration(overall) }) : `${name}：${t("chart_none")}`;
+  const label = n ? t("chart_label", { name, n, p: duration(overall) }) : `${name}${t("colon")}${t("chart_none")}`;
   const svg = s(
     "svg",
     { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", class: "chart", "data-chart": key, "data-count": String(n), "aria-label": label },
