@@ -303,6 +303,9 @@ def test_a_call_shows_up_live_and_two_accepts_cover_it(
     assert all(at and text and ":" in text for at, text in stamps)
     expect(east.locator(".incident.full")).to_have_attribute("data-covered", "true")
     shot(east, "incident-desktop.png")
+    east.set_viewport_size(PHONE)
+    assert east.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    shot(east, "incident-phone.png")
 
     west.goto(f"{serve.url}/console/#/incident/{incident}")
     expect(west.locator("main .error")).to_contain_text("找不到该警情")
