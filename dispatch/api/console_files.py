@@ -12,6 +12,7 @@ Invariants:
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import PurePosixPath
 from typing import Any
 
 from litestar import Request, Response, get
@@ -43,7 +44,7 @@ def load_files() -> dict[str, tuple[bytes, str]]:
     folder = resources.files("dispatch.api").joinpath("console")
     files: dict[str, tuple[bytes, str]] = {}
     for entry in folder.iterdir():
-        suffix = "." + entry.name.rsplit(".", 1)[-1] if "." in entry.name else ""
+        suffix = PurePosixPath(entry.name).suffix
         if entry.is_file() and suffix in MEDIA_TYPES:
             files[entry.name] = (entry.read_bytes(), MEDIA_TYPES[suffix])
     return files
