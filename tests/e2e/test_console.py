@@ -406,3 +406,32 @@ def test_keyboard_only_and_english(
     expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
     expect(card(page, incident).locator(".coverage")).to_have_text("未覆盖")
     assert http.get(f"/v1/incidents/{incident}").json()["first_accept_at"] is not None
+
+
+def test_the_board_catches_up_after_the_service_restarts(
+    tmp_path: Path,
+    contexts: Callable[..., BrowserContext],
+    record_property: Callable[[str, object], None],
+) -> None:
+    process = ServeProcess(tmp_path / "data", {}).start()
+    try:
+        with process.client() as admin:
+            imported = admin.post("/v1/groups/import", content=ROSTER.encode(), headers={"Content-Type": "text/csv"})
+            assert imported.status_code == 200, imported.text
+        page = open_console(contexts(), process, process.token)
+        page.evaluate("window.__sameDocument = true")
+        assert process.terminate() == 0
+        expect(page.locator("html")).to_have_attribute("data-live", "off")
+        process.start()
+        with process.client() as admin:
+            restarted = time.monotonic()
+            incident = call(admin, "restart-0001", "13700000001")
+        expect(card(page, incident)).to_be_visible(timeout=30_000)
+        record_property(
+            "measured_restart",
+            f"alarm placed right after a restart on the board {time.monotonic() - restarted:.1f} s later (reconnect)",
+        )
+        expect(page.locator("html")).to_have_attribute("data-live", "on")
+        assert page.evaluate("window.__sameDocument") is True, "the board was reloaded"
+    finally:
+        process.kill()
