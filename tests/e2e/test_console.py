@@ -161,6 +161,33 @@ def card(page: Page, incident: str) -> Any:
     return page.locator(f"#board [data-incident='{incident}']")
 
 
+LOW_CONTRAST = """() => {
+  const rgb = (c) => (c.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = (v) => ((v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4);
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = (el) => {
+    for (; el; el = el.parentElement) {
+      const c = rgb(getComputedStyle(el).backgroundColor);
+      if (c.length === 3 || c[3] > 0) return c;
+    }
+    return [255, 255, 255];
+  };
+  const low = [];
+  for (const el of document.querySelectorAll("body *")) {
+    const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!own || !el.checkVisibility() || el.disabled || el.closest("svg")) continue;
+    const a = lum(rgb(getComputedStyle(el).color));
+    const b = lum(background(el));
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    const what = `${el.tagName}.${el.className} "${el.textContent.trim().slice(0, 20)}"`;
+    if (ratio < 4.5) low.push(`${what}: ${ratio.toFixed(2)}`);
+  }
+  return low;
+}"""
+
+
 def shot(page: Page, name: str) -> Path:
     path = ARTIFACTS / name
     page.screenshot(path=str(path), full_page=True)
@@ -282,6 +309,7 @@ def test_a_call_shows_up_live_and_two_accepts_cover_it(
     east.locator("#banner button", has_text="知道了").click()
     east.wait_for_timeout(600)
     board_desktop = shot(east, "board-desktop.png")
+    assert east.evaluate(LOW_CONTRAST) == [], "text below WCAG AA contrast (4.5:1)"
     east.set_viewport_size(PHONE)
     expect(card(east, other)).to_be_visible()
     width = east.evaluate("document.documentElement.scrollWidth")
@@ -303,6 +331,7 @@ def test_a_call_shows_up_live_and_two_accepts_cover_it(
     assert all(at and text and ":" in text for at, text in stamps)
     expect(east.locator(".incident.full")).to_have_attribute("data-covered", "true")
     shot(east, "incident-desktop.png")
+    assert east.evaluate(LOW_CONTRAST) == [], "text below WCAG AA contrast (4.5:1)"
     east.set_viewport_size(PHONE)
     assert east.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     shot(east, "incident-phone.png")
@@ -365,6 +394,7 @@ def test_resolve_from_the_board_then_the_village_charts(
     expect(page.locator("svg[data-chart='categories'] rect[data-category='dispute']")).to_have_attribute("data-n", "1")
     expect(page.locator(".tiles .tile").first.locator("dd")).to_have_text(str(len(rows)))
     village_desktop = shot(page, "village-desktop.png")
+    assert page.evaluate(LOW_CONTRAST) == [], "text below WCAG AA contrast (4.5:1)"
     page.set_viewport_size(PHONE)
     page.wait_for_function(
         f"() => Number(document.querySelector('svg[data-chart=accept]').getAttribute('width')) < {PHONE['width']}"
