@@ -31,6 +31,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from dispatch.api.console_files import console_routes
 from dispatch.api.live import LiveHub
 from dispatch.channels.gateway import VoiceEvent
 from dispatch.domain.access import Capability, Principal
@@ -357,6 +358,20 @@ def create_app(services: ApiServices) -> Litestar:
 
         return ServerSentEvent(events())
 
+    @get("/v1/me", tags=["tokens"], summary="Who this token is: its role and the villages it sees (null: all)")
+    async def me(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        principal = s.tokens.table.authenticate(bearer(request))
+        if principal is None:
+            raise NotAuthorizedException("a valid bearer token is required")
+        allowed = scope(principal)
+        return {
+            "token_id": principal.token_id,
+            "name": principal.name,
+            "role": principal.role,
+            "villages": sorted(allowed) if allowed is not None else None,
+            "station": principal.station,
+        }
+
     @post(
         "/v1/gateway/voice",
         status_code=200,
@@ -458,12 +473,14 @@ def create_app(services: ApiServices) -> Litestar:
             gateway_voice,
             gateway_sms,
             stream,
+            me,
             create_token,
             list_tokens,
             revoke_token,
             metrics,
             healthz,
             readyz,
+            *console_routes(),
         ],
         exception_handlers={
             DomainError: _domain_error,

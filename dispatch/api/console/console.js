@@ -1,0 +1,1621 @@
+/*
+ * The officer console: a live board of open incidents, an incident page with its timeline, and a
+ * village page with 30-day response-time charts. Plain JavaScript, no build step, nothing fetched
+ * from outside the service.
+ *
+ * Invariants:
+ * - every datum comes from the service's API with the signed-in token; the page never decides what
+ *   a token may see (the server filters) and shows the server's answer to every action;
+ * - data is put into the page as text nodes, never parsed as HTML;
+ * - the board is kept current by the event stream: an event for an incident refetches that
+ *   incident (folded from the log), so the card always shows one consistent state; a reconnect or
+ *   a `resync` reloads the whole board;
+ * - re-rendering an incident never replaces its action controls, so a half-typed note survives
+ *   updates.
+ */
+"use strict";
+
+const BASE = new URL("../", location.href);
+const CLOSED = new Set(["resolved", "cancelled"]);
+const CATEGORIES = ["criminal", "public_order", "dispute", "help", "traffic", "fire", "other"];
+const CANCEL_REASONS = ["caller_safe", "misdial", "duplicate", "other"];
+const ALARM_TYPES = new Set(["AlarmRaised", "UnregisteredCall", "CallRepeated"]);
+const DAY_MS = 86400000;
+
+const TEXT = {
+  zh: {
+    colon: "：",
+    list_sep: "、",
+    skip: "跳到主要内容",
+    app_title: "联防接警台",
+    nav_board: "接警看板",
+    nav_villages: "村情统计",
+    signout: "退出",
+    signin_title: "登录",
+    signin_hint: "请输入所里发放的访问令牌（以 dsp_ 开头）。",
+    token: "访问令牌",
+    remember: "在此设备上保持登录",
+    signin: "登录",
+    signin_failed: "令牌无效或已被吊销。",
+    no_read: "此令牌（{role}）不能查看警情，请使用民警、值班室或管理员令牌。",
+    err_401: "登录已失效，请重新登录。",
+    live_on: "● 实时",
+    live_off: "○ 连接中断，正在重连…",
+    live_wait: "○ 连接中…",
+    role_officer: "社区民警",
+    role_duty_desk: "值班室",
+    role_admin: "管理员",
+    role_gateway: "网关",
+    role_metrics: "监控",
+    all_villages: "全部村",
+    village_filter: "村",
+    my_number: "我的号码",
+    my_number_hint: "填写后可一键以本人身份应答",
+    sound: "声音提醒",
+    sound_on: "开",
+    sound_off: "关",
+    sound_test: "试听",
+    sound_blocked: "浏览器尚未允许播放声音：点击页面任意处即可启用。",
+    open_count: "未结警情 {n}",
+    uncovered_count: "未覆盖 {n}",
+    overdue_count: "超时 {n}",
+    empty_board: "暂无未结警情。新报警会立即显示在这里。",
+    loading: "加载中…",
+    new_alarm: "新警情",
+    repeat_alarm: "再次呼叫",
+    dismiss: "知道了",
+    view: "查看",
+    caller: "报警人",
+    unregistered: "未登记号码",
+    raised_at: "报警时间",
+    ago: "{d}前",
+    covered: "已覆盖",
+    not_covered: "未覆盖",
+    urgency: "紧急程度 {n}",
+    tier: "已升级第{n}级",
+    ack_deadline: "覆盖时限",
+    arrival_deadline: "到场时限",
+    left: "剩余 {t}",
+    overdue: "已超时 {t}",
+    done_in: "用时 {t}",
+    after_cover: "覆盖后开始计时",
+    accepted_by: "已接警",
+    nobody_yet: "暂无",
+    members: "小组成员",
+    st_pending: "未通知",
+    st_notified: "已通知",
+    st_delivered: "已送达",
+    st_failed: "送达失败",
+    st_accepted: "已接警",
+    st_declined: "无法前往",
+    st_arrived: "已到场",
+    ch_notified: "通知",
+    ch_delivered: "送达",
+    ch_answer: "应答",
+    answer_as: "应答人",
+    choose: "— 选择应答人 —",
+    me: "我",
+    did_accept: "接警",
+    did_arrived: "到场",
+    did_decline: "表示无法前往",
+    did_resolve: "处置完毕",
+    did_cancel: "取消报警",
+    act_accept: "接警",
+    act_decline: "无法前往",
+    act_arrived: "已到场",
+    act_resolve: "处置完毕",
+    act_cancel: "取消报警",
+    category: "警情类别",
+    note: "备注",
+    reason: "取消原因",
+    confirm_resolve: "确认处置",
+    confirm_cancel: "确认取消",
+    close_form: "收起",
+    need_responder: "请先选择应答人。",
+    need_category: "请选择警情类别。",
+    recorded: "已记录：{who} {what}",
+    nothing_changed: "无变化：{who} 已{what}",
+    now_covered: "警情已覆盖",
+    closed_now: "警情已关闭",
+    err_403: "不能应答：{msg}",
+    err_404: "找不到该警情，或不在您的辖区。",
+    err_409: "当前状态不允许：{msg}",
+    err_422: "输入有误：{msg}",
+    err_other: "操作失败（{code}）：{msg}",
+    err_net: "网络错误，请重试。",
+    details: "详情与时间线",
+    back: "← 返回看板",
+    timeline: "时间线",
+    incident: "警情",
+    status: "状态",
+    place: "地点",
+    cat_criminal: "刑事",
+    cat_public_order: "治安",
+    cat_dispute: "纠纷",
+    cat_help: "求助",
+    cat_traffic: "交通",
+    cat_fire: "火灾",
+    cat_other: "其他",
+    cat_none: "未分类",
+    reason_caller_safe: "报警人已安全",
+    reason_misdial: "误拨",
+    reason_duplicate: "重复报警",
+    reason_other: "其他",
+    resolution: "处置结果",
+    village_title: "{v} · 近30天",
+    village_pick: "选择村",
+    no_villages: "没有可查看的村。",
+    total: "报警",
+    covered_rate: "覆盖率",
+    p50_accept: "接警中位",
+    p50_cover: "覆盖中位",
+    p50_arrive: "到场中位",
+    chart_accept: "报警到首次接警",
+    chart_cover: "报警到覆盖",
+    chart_arrive: "报警到首人到场",
+    chart_note: "每日中位数；柱上悬停可看当日起数与最长用时。",
+    chart_none: "近30天无数据",
+    chart_label: "{name}，近30天{n}起，中位{p}",
+    bar_title: "{day}：中位 {p}，最长 {max}（{n}起）",
+    categories: "警情类别（近30天）",
+    table: "数据表",
+    day: "日期",
+    count: "起数",
+    median: "中位",
+    longest: "最长",
+    truncated: "只统计了最近 {n} 起。",
+    d_s: "{s}秒",
+    d_ms: "{m}分{s}秒",
+    d_hm: "{h}小时{m}分",
+  },
+  en: {
+    colon: ": ",
+    list_sep: ", ",
+    skip: "Skip to main content",
+    app_title: "Joint-defence dispatch",
+    nav_board: "Board",
+    nav_villages: "Villages",
+    signout: "Sign out",
+    signin_title: "Sign in",
+    signin_hint: "Enter the access token issued by your station (starts with dsp_).",
+    token: "Access token",
+    remember: "Keep me signed in on this device",
+    signin: "Sign in",
+    signin_failed: "The token is invalid or has been revoked.",
+    no_read: "This token ({role}) cannot read incidents: use an officer, duty desk or admin token.",
+    err_401: "Your session has ended: please sign in again.",
+    live_on: "● Live",
+    live_off: "○ Disconnected, reconnecting…",
+    live_wait: "○ Connecting…",
+    role_officer: "community officer",
+    role_duty_desk: "duty desk",
+    role_admin: "admin",
+    role_gateway: "gateway",
+    role_metrics: "metrics",
+    all_villages: "All villages",
+    village_filter: "Village",
+    my_number: "My number",
+    my_number_hint: "Set it to answer as yourself in one click",
+    sound: "Sound",
+    sound_on: "on",
+    sound_off: "off",
+    sound_test: "Test",
+    sound_blocked: "The browser has not allowed sound yet: click anywhere on the page to enable it.",
+    open_count: "{n} open",
+    uncovered_count: "{n} not covered",
+    overdue_count: "{n} overdue",
+    empty_board: "No open incidents. A new alarm shows up here at once.",
+    loading: "Loading…",
+    new_alarm: "New alarm",
+    repeat_alarm: "Called again",
+    dismiss: "Dismiss",
+    view: "View",
+    caller: "Caller",
+    unregistered: "Unregistered number",
+    raised_at: "Raised",
+    ago: "{d} ago",
+    covered: "Covered",
+    not_covered: "Not covered",
+    urgency: "Urgency {n}",
+    tier: "Escalated, tier {n}",
+    ack_deadline: "Cover by",
+    arrival_deadline: "Arrive by",
+    left: "{t} left",
+    overdue: "{t} overdue",
+    done_in: "took {t}",
+    after_cover: "starts once covered",
+    accepted_by: "Accepted",
+    nobody_yet: "nobody yet",
+    members: "Group members",
+    st_pending: "not notified",
+    st_notified: "notified",
+    st_delivered: "delivered",
+    st_failed: "delivery failed",
+    st_accepted: "accepted",
+    st_declined: "declined",
+    st_arrived: "on scene",
+    ch_notified: "notified",
+    ch_delivered: "delivered",
+    ch_answer: "answer",
+    answer_as: "Answer as",
+    choose: "— choose who answers —",
+    me: "me",
+    did_accept: "accepted",
+    did_arrived: "arrived",
+    did_decline: "declined",
+    did_resolve: "resolved",
+    did_cancel: "cancelled",
+    act_accept: "Accept",
+    act_decline: "Decline",
+    act_arrived: "Arrived",
+    act_resolve: "Resolve",
+    act_cancel: "Cancel alarm",
+    category: "Category",
+    note: "Note",
+    reason: "Reason",
+    confirm_resolve: "Confirm resolve",
+    confirm_cancel: "Confirm cancel",
+    close_form: "Close",
+    need_responder: "Choose who answers first.",
+    need_category: "Choose a category.",
+    recorded: "Recorded: {who} {what}",
+    nothing_changed: "No change: {who} already {what}",
+    now_covered: "the incident is covered",
+    closed_now: "the incident is closed",
+    err_403: "Cannot answer: {msg}",
+    err_404: "No such incident, or not in your villages.",
+    err_409: "Not allowed now: {msg}",
+    err_422: "Invalid input: {msg}",
+    err_other: "Failed ({code}): {msg}",
+    err_net: "Network error, please retry.",
+    details: "Details and timeline",
+    back: "← Back to the board",
+    timeline: "Timeline",
+    incident: "Incident",
+    status: "Status",
+    place: "Place",
+    cat_criminal: "criminal",
+    cat_public_order: "public order",
+    cat_dispute: "dispute",
+    cat_help: "help",
+    cat_traffic: "traffic",
+    cat_fire: "fire",
+    cat_other: "other",
+    cat_none: "uncategorised",
+    reason_caller_safe: "caller is safe",
+    reason_misdial: "misdial",
+    reason_duplicate: "duplicate",
+    reason_other: "other",
+    resolution: "Outcome",
+    village_title: "{v} · last 30 days",
+    village_pick: "Village",
+    no_villages: "No village to show.",
+    total: "Alarms",
+    covered_rate: "Covered",
+    p50_accept: "Median to accept",
+    p50_cover: "Median to cover",
+    p50_arrive: "Median to arrive",
+    chart_accept: "Alarm to first accept",
+    chart_cover: "Alarm to covered",
+    chart_arrive: "Alarm to first arrival",
+    chart_note: "Daily median; hover a bar for the day's count and longest time.",
+    chart_none: "No data in the last 30 days",
+    chart_label: "{name}, last 30 days, {n} incidents, median {p}",
+    bar_title: "{day}: median {p}, longest {max} ({n} incidents)",
+    categories: "Categories (last 30 days)",
+    table: "Data table",
+    day: "Day",
+    count: "Count",
+    median: "Median",
+    longest: "Longest",
+    truncated: "Only the latest {n} incidents are counted.",
+    d_s: "{s}s",
+    d_ms: "{m}m {s}s",
+    d_hm: "{h}h {m}m",
+  },
+};
+
+const ROLE_EN = {
+  household: "household",
+  leader: "group leader",
+  assistant: "police assistant",
+  officer: "community officer",
+  duty: "station duty desk",
+  command_centre: "command centre",
+  unregistered: "unregistered number",
+};
+const STATUS_EN = {
+  raised: "raised",
+  notifying: "notifying",
+  acknowledged: "acknowledged",
+  on_scene: "on scene",
+  resolved: "resolved",
+  cancelled: "cancelled",
+};
+
+const S = {
+  lang: localStorage.getItem("dispatch.lang") === "en" ? "en" : "zh",
+  token: sessionStorage.getItem("dispatch.token") || localStorage.getItem("dispatch.token") || "",
+  me: null,
+  villages: [],
+  filter: localStorage.getItem("dispatch.filter") || "",
+  myPhone: localStorage.getItem("dispatch.myPhone") || "",
+  sound: localStorage.getItem("dispatch.sound") !== "off",
+  details: new Map(),
+  cards: new Map(),
+  page: null,
+  view: null,
+  stream: null,
+  inflight: new Map(),
+  unseen: 0,
+  audio: null,
+};
+
+function t(key, params) {
+  const table = TEXT[S.lang];
+  let text = key in table ? table[key] : TEXT.zh[key] || key;
+  for (const [k, v] of Object.entries(params || {})) text = text.split(`{${k}}`).join(String(v));
+  return text;
+}
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") el.className = v;
+    else if (k === "text") el.textContent = v;
+    else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "dataset") Object.assign(el.dataset, v);
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+const svgNS = "http://www.w3.org/2000/svg";
+function s(tag, attrs, ...children) {
+  const el = document.createElementNS(svgNS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) if (v !== null && v !== undefined) el.setAttribute(k, v);
+  for (const child of children.flat()) if (child) el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  return el;
+}
+
+function fill(el, ...children) {
+  el.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
+}
+
+function $(id) {
+  return document.getElementById(id);
+}
+
+function randomId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function digits(phone) {
+  return String(phone || "").replace(/\D/g, "");
+}
+
+function samePhone(a, b) {
+  const x = digits(a);
+  const y = digits(b);
+  if (!x || !y) return false;
+  if (x === y) return true;
+  const strip = (d) => (d.startsWith("86") && d.length > 11 ? d.slice(2) : d).replace(/^0/, "");
+  return strip(x) === strip(y);
+}
+
+function roleName(role, zh) {
+  return S.lang === "en" ? ROLE_EN[role] || role : zh || role;
+}
+
+function personLabel(p) {
+  const name = p.name || p.phone;
+  return S.lang === "en" ? `${name} (${roleName(p.role)})` : `${name}（${roleName(p.role, p.role_zh)}）`;
+}
+
+function statusName(d) {
+  return S.lang === "en" ? STATUS_EN[d.status] || d.status : d.status_zh || d.status;
+}
+
+function placeName(d) {
+  if (!d.village) return t("unregistered");
+  return d.group ? (S.lang === "en" ? `${d.village} group ${d.group}` : `${d.village}${d.group}组`) : d.village;
+}
+
+function ms(iso) {
+  return iso ? Date.parse(iso) : NaN;
+}
+
+function duration(seconds) {
+  if (seconds < 9.95) return t("d_s", { s: Number(Math.max(0, seconds).toFixed(1)) });
+  const total = Math.round(seconds);
+  if (total < 60) return t("d_s", { s: total });
+  if (total < 3600) return t("d_ms", { m: Math.floor(total / 60), s: String(total % 60).padStart(2, "0") });
+  return t("d_hm", { h: Math.floor(total / 3600), m: String(Math.floor((total % 3600) / 60)).padStart(2, "0") });
+}
+
+function clock(seconds) {
+  const total = Math.max(0, Math.floor(seconds));
+  const m = Math.floor(total / 60);
+  const sec = String(total % 60).padStart(2, "0");
+  return m >= 60 ? `${Math.floor(m / 60)}:${String(m % 60).padStart(2, "0")}:${sec}` : `${m}:${sec}`;
+}
+
+function timeOf(iso, withDate) {
+  if (!iso) return "";
+  const opts = { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false };
+  if (withDate) Object.assign(opts, { month: "2-digit", day: "2-digit" });
+  return new Date(iso).toLocaleString(S.lang === "en" ? "en-GB" : "zh-CN", opts);
+}
+
+function dayKey(when) {
+  const d = new Date(when);
+  return `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, "0")}-${String(d.getDate()).padStart(2, "0")}`;
+}
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function api(path, { method = "GET", body, headers = {} } = {}) {
+  let res;
+  try {
+    res = await fetch(new URL(path, BASE), {
+      method,
+      headers: {
+        Authorization: `Bearer ${S.token}`,
+        Accept: "application/json",
+        ...(body === undefined ? {} : { "Content-Type": "application/json" }),
+        ...headers,
+      },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      cache: "no-store",
+    });
+  } catch (exc) {
+    throw new ApiError(0, t("err_net"));
+  }
+  let data = null;
+  try {
+    data = await res.json();
+  } catch (exc) {
+    data = null;
+  }
+  if (res.status === 401 && S.me) {
+    signOut(t("err_401"));
+  }
+  if (!res.ok) throw new ApiError(res.status, (data && data.error) || res.statusText);
+  return data;
+}
+
+function toast(text, kind) {
+  const el = $("toast");
+  el.textContent = text;
+  el.className = `toast show ${kind || ""}`;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => {
+    el.className = "toast";
+  }, 6000);
+}
+
+/* ---------- sound ---------- */
+
+function audioContext() {
+  if (!S.audio) {
+    const Ctx = window.AudioContext || window.webkitAudioContext;
+    if (!Ctx) return null;
+    S.audio = new Ctx();
+  }
+  return S.audio;
+}
+
+function unlockAudio() {
+  const ctx = audioContext();
+  if (ctx && ctx.state === "suspended") ctx.resume().catch(() => {});
+}
+
+function siren() {
+  const root = document.documentElement;
+  if (!S.sound) {
+    root.dataset.sound = "off";
+    return;
+  }
+  const ctx = audioContext();
+  if (!ctx) {
+    root.dataset.sound = "unsupported";
+    return;
+  }
+  if (ctx.state !== "running") {
+    ctx.resume().catch(() => {});
+    if (ctx.state !== "running") {
+      root.dataset.sound = "blocked";
+      toast(t("sound_blocked"), "warn");
+    }
+  }
+  const start = ctx.currentTime + 0.02;
+  const gain = ctx.createGain();
+  gain.connect(ctx.destination);
+  gain.gain.setValueAtTime(0.0001, start);
+  const osc = ctx.createOscillator();
+  osc.type = "square";
+  for (let i = 0; i < 3; i += 1) {
+    const at = start + i * 0.5;
+    osc.frequency.setValueAtTime(880, at);
+    osc.frequency.setValueAtTime(660, at + 0.25);
+    gain.gain.setValueAtTime(0.18, at);
+    gain.gain.setValueAtTime(0.0001, at + 0.45);
+  }
+  osc.connect(gain);
+  osc.start(start);
+  osc.stop(start + 1.5);
+  if (ctx.state === "running") root.dataset.sound = "played";
+  root.dataset.sirens = String(Number(root.dataset.sirens || 0) + 1);
+}
+
+/* ---------- sign-in ---------- */
+
+function setMain(...children) {
+  const main = $("main");
+  fill(main, ...children);
+}
+
+function renderSignIn(message) {
+  $("nav").hidden = true;
+  $("signout").hidden = true;
+  $("live").textContent = "";
+  const input = h("input", {
+    id: "token",
+    name: "token",
+    type: "password",
+    autocomplete: "off",
+    spellcheck: "false",
+    required: true,
+    "aria-describedby": "token-hint",
+  });
+  const remember = h("input", { id: "remember", type: "checkbox" });
+  const error = h("p", { id: "signin-error", class: "error", role: "alert", text: message || "" });
+  const form = h(
+    "form",
+    { class: "signin card", onsubmit: (e) => signIn(e, input.value.trim(), remember.checked, error) },
+    h("h2", { text: t("signin_title") }),
+    h("p", { id: "token-hint", class: "muted", text: t("signin_hint") }),
+    h("label", { for: "token", text: t("token") }),
+    input,
+    h("label", { class: "check" }, remember, " ", t("remember")),
+    h("button", { type: "submit", class: "primary", text: t("signin") }),
+    error,
+  );
+  setMain(form);
+  input.focus();
+}
+
+async function signIn(event, token, remember, errorEl) {
+  event.preventDefault();
+  unlockAudio();
+  if (!token) return;
+  S.token = token;
+  try {
+    await loadMe();
+  } catch (exc) {
+    S.token = "";
+    errorEl.textContent = exc.status === 401 ? t("signin_failed") : exc.message;
+    return;
+  }
+  (remember ? localStorage : sessionStorage).setItem("dispatch.token", token);
+  if (!location.hash || location.hash === "#/") location.hash = "#/board";
+  else route();
+}
+
+async function loadMe() {
+  const me = await api("v1/me");
+  if (!["officer", "duty_desk", "admin"].includes(me.role)) {
+    throw new ApiError(403, t("no_read", { role: me.role }));
+  }
+  S.me = me;
+  if (me.villages) {
+    S.villages = me.villages;
+  } else {
+    const groups = await api("v1/groups");
+    S.villages = [...new Set(groups.groups.map((g) => g.village))].sort();
+  }
+  if (S.filter && !S.villages.includes(S.filter)) S.filter = "";
+  $("nav").hidden = false;
+  $("signout").hidden = false;
+  connectStream();
+}
+
+function signOut(message) {
+  sessionStorage.removeItem("dispatch.token");
+  localStorage.removeItem("dispatch.token");
+  S.token = "";
+  S.me = null;
+  if (S.stream) S.stream.close();
+  S.stream = null;
+  S.details.clear();
+  S.cards.clear();
+  hideBanner();
+  renderSignIn(message);
+}
+
+/* ---------- live stream ---------- */
+
+function setLive(state) {
+  const el = $("live");
+  el.textContent = t(state === "on" ? "live_on" : state === "off" ? "live_off" : "live_wait");
+  el.className = `live ${state}`;
+  document.documentElement.dataset.live = state;
+}
+
+function connectStream() {
+  if (S.stream) S.stream.close();
+  setLive("wait");
+  const url = new URL("v1/stream", BASE);
+  url.searchParams.set("access_token", S.token);
+  const stream = new EventSource(url);
+  S.stream = stream;
+  stream.addEventListener("hello", () => {
+    setLive("on");
+    reloadView();
+    setTimeout(reloadView, 1500);
+  });
+  stream.addEventListener("incident", (msg) => onIncidentEvent(JSON.parse(msg.data)));
+  stream.addEventListener("resync", () => reloadView());
+  stream.addEventListener("bye", () => setLive("off"));
+  stream.onerror = () => {
+    setLive("off");
+    if (stream.readyState === EventSource.CLOSED && S.stream === stream) {
+      setTimeout(async () => {
+        if (S.stream !== stream || !S.me) return;
+        try {
+          await api("v1/me");
+          connectStream();
+        } catch (exc) {
+          if (exc.status !== 401) setTimeout(() => S.stream === stream && connectStream(), 3000);
+        }
+      }, 2000);
+    }
+  };
+}
+
+function onIncidentEvent(data) {
+  const event = data.event || {};
+  const id = event.incident_id;
+  if (!id) return;
+  const alarm = ALARM_TYPES.has(event.type);
+  const known = S.details.has(id);
+  const shown = S.view && ((S.view.name === "board" && (known || alarm)) || (S.view.name === "incident" && S.view.id === id));
+  if (!shown && !alarm) return;
+  refresh(id).then((d) => {
+    if (d && alarm && !CLOSED.has(d.status) && inFilter(d)) raiseAlert(d, event.type === "CallRepeated");
+  });
+}
+
+function reloadView() {
+  if (S.view && S.view.name === "board") loadBoard();
+  else if (S.view && S.view.name === "incident") refresh(S.view.id);
+}
+
+async function refresh(id) {
+  const running = S.inflight.get(id);
+  if (running) {
+    running.again = true;
+    return running.promise;
+  }
+  const slot = { again: false, promise: null };
+  slot.promise = (async () => {
+    let d = null;
+    do {
+      slot.again = false;
+      try {
+        d = await api(`v1/incidents/${encodeURIComponent(id)}`);
+      } catch (exc) {
+        if (exc.status === 404) dropCard(id);
+        d = null;
+        break;
+      }
+      show(d);
+    } while (slot.again);
+    S.inflight.delete(id);
+    return d;
+  })();
+  S.inflight.set(id, slot);
+  return slot.promise;
+}
+
+function show(d) {
+  S.details.set(d.incident_id, d);
+  if (S.view && S.view.name === "board") placeCard(d);
+  if (S.view && S.view.name === "incident" && S.view.id === d.incident_id && S.page) {
+    fillIncident(S.page, d);
+    fillTimeline(d);
+  }
+  updateCounts();
+}
+
+/* ---------- alerts ---------- */
+
+function raiseAlert(d, repeat) {
+  const banner = $("banner");
+  const caller = d.caller || {};
+  const text = `${t(repeat ? "repeat_alarm" : "new_alarm")}${t("colon")}${placeName(d)} ${personLabel(caller)} ${caller.phone || ""}`;
+  const viewButton = h("button", {
+    type: "button",
+    text: t("view"),
+    onclick: () => {
+      hideBanner();
+      const card = S.cards.get(d.incident_id);
+      if (S.view.name === "board" && card) {
+        card.root.scrollIntoView({ block: "center" });
+        card.root.focus();
+      } else {
+        location.hash = `#/incident/${encodeURIComponent(d.incident_id)}`;
+      }
+    },
+  });
+  fill(banner,
+    h("span", { class: "banner-text", text }),
+    viewButton,
+    h("button", { type: "button", text: t("dismiss"), onclick: hideBanner }),
+  );
+  banner.dataset.incident = d.incident_id;
+  banner.hidden = false;
+  banner.classList.remove("flash");
+  void banner.offsetWidth;
+  banner.classList.add("flash");
+  const card = S.cards.get(d.incident_id);
+  if (card) {
+    card.root.classList.remove("fresh");
+    void card.root.offsetWidth;
+    card.root.classList.add("fresh");
+  }
+  S.unseen += 1;
+  updateTitle();
+  siren();
+}
+
+function hideBanner() {
+  const banner = $("banner");
+  banner.hidden = true;
+  fill(banner);
+  S.unseen = 0;
+  updateTitle();
+}
+
+function updateTitle() {
+  const base = `6995 ${t("app_title")}`;
+  document.title = S.unseen ? `(${S.unseen}) ${t("new_alarm")} · ${base}` : base;
+}
+
+/* ---------- incident rendering (board card and incident page share it) ---------- */
+
+function inFilter(d) {
+  return !S.filter || d.village === S.filter;
+}
+
+function createIncident(d, full) {
+  const root = h("article", {
+    class: full ? "incident full" : "incident card",
+    tabindex: "-1",
+    dataset: { incident: d.incident_id },
+    "aria-labelledby": `h-${d.incident_id}`,
+  });
+  const head = h("div", { class: "head" });
+  const deadlines = h("dl", { class: "deadlines" });
+  const accepted = h("p", { class: "accepted" });
+  const members = h("ul", { class: "members", "aria-label": t("members") });
+  const actions = createActions(d.incident_id);
+  root.append(head, deadlines, accepted, h("h3", { class: "sub", text: t("members") }), members, actions.root);
+  if (!full) {
+    root.append(
+      h("p", { class: "more" }, h("a", { href: `#/incident/${encodeURIComponent(d.incident_id)}`, text: t("details") })),
+    );
+  }
+  const card = { root, head, deadlines, accepted, members, actions, full };
+  fillIncident(card, d);
+  return card;
+}
+
+function fillIncident(card, d) {
+  const caller = d.caller || {};
+  card.root.dataset.status = d.status;
+  card.root.dataset.covered = String(Boolean(d.covered));
+  card.root.classList.toggle("closed", CLOSED.has(d.status));
+  card.root.classList.toggle("is-covered", Boolean(d.covered));
+  const badges = [
+    h("span", { class: `badge status s-${d.status}`, text: statusName(d) }),
+    h("span", {
+      class: `badge ${d.covered ? "ok" : "warn"} coverage`,
+      text: d.covered ? t("covered") : t("not_covered"),
+    }),
+  ];
+  if (d.kind === "unregistered") badges.push(h("span", { class: "badge warn", text: t("unregistered") }));
+  if (d.urgency > 1) badges.push(h("span", { class: "badge bad", text: t("urgency", { n: d.urgency }) }));
+  if (d.escalation_tier > 0) badges.push(h("span", { class: "badge bad", text: t("tier", { n: d.escalation_tier }) }));
+  const title = card.full
+    ? h("h2", { id: `h-${d.incident_id}`, class: "title" }, `${placeName(d)} · ${personLabel(caller)}`)
+    : h(
+        "h2",
+        { id: `h-${d.incident_id}`, class: "title" },
+        h("a", { href: `#/incident/${encodeURIComponent(d.incident_id)}` }, `${placeName(d)} · ${personLabel(caller)}`),
+      );
+  fill(card.head,
+    title,
+    h("div", { class: "badges" }, badges),
+    h(
+      "p",
+      { class: "meta" },
+      h("span", {}, `${t("caller")} `, h("a", { href: `tel:${caller.phone}`, class: "phone", text: caller.phone })),
+      h("span", {}, ` · ${t("raised_at")} ${timeOf(d.raised_at, card.full)} `),
+      h("span", { class: "ago", dataset: { since: d.raised_at } }),
+    ),
+  );
+  if (CLOSED.has(d.status) && (d.category || d.cancel_reason)) {
+    const outcome = d.category ? t(`cat_${d.category}`) : t(`reason_${d.cancel_reason}`);
+    card.head.append(h("p", { class: "outcome" }, `${t("resolution")}${t("colon")}${outcome}${d.note ? ` · ${d.note}` : ""}`));
+  }
+  fill(card.deadlines,
+    h("dt", { text: t("ack_deadline") }),
+    deadline(d.raised_at, d.ack_deadline_at, d.covered_at, "ack"),
+    h("dt", { text: t("arrival_deadline") }),
+    d.arrival_deadline_at
+      ? deadline(d.covered_at, d.arrival_deadline_at, d.first_arrival_at, "arrival")
+      : h("dd", { class: "muted", dataset: { deadline: "arrival" }, text: t("after_cover") }),
+  );
+  const acceptedBy = (d.responders || []).filter((r) => r.accepted_at);
+  fill(card.accepted,
+    h("strong", { text: `${t("accepted_by")}${t("colon")}` }),
+    acceptedBy.length ? acceptedBy.map((r) => personLabel(r)).join(t("list_sep")) : t("nobody_yet"),
+  );
+  fill(card.members, ...(d.responders || []).map((r) => member(r)));
+  updateActions(card.actions, d);
+  tickCard(card.root);
+}
+
+function deadline(fromIso, dueIso, metIso, kind) {
+  const dd = h("dd", { class: "deadline", dataset: { deadline: kind, due: dueIso || "" } });
+  if (metIso) {
+    const took = (ms(metIso) - ms(fromIso)) / 1000;
+    dd.dataset.met = "1";
+    dd.classList.add(ms(metIso) > ms(dueIso) ? "late" : "met");
+    dd.textContent = `✓ ${t("done_in", { t: duration(took) })}`;
+  }
+  return dd;
+}
+
+function tickCard(root) {
+  const now = Date.now();
+  for (const el of root.querySelectorAll(".ago[data-since]")) {
+    el.textContent = `(${t("ago", { d: duration((now - ms(el.dataset.since)) / 1000) })})`;
+  }
+  if (root.classList.contains("closed")) {
+    for (const el of root.querySelectorAll("dd.deadline:not([data-met])")) el.textContent = "—";
+    return;
+  }
+  for (const el of root.querySelectorAll("dd.deadline:not([data-met])")) {
+    const left = (ms(el.dataset.due) - now) / 1000;
+    el.classList.toggle("overdue", left < 0);
+    el.classList.toggle("soon", left >= 0 && left < 30);
+    el.textContent = left >= 0 ? t("left", { t: clock(left) }) : t("overdue", { t: clock(-left) });
+  }
+}
+
+function member(r) {
+  const channels = (map) => Object.keys(map || {}).length > 0;
+  const chips = [];
+  if (r.state === "pending") chips.push(h("span", { class: "chip", text: t("st_pending") }));
+  if (channels(r.notified)) chips.push(h("span", { class: "chip done", text: `${t("st_notified")} ✓` }));
+  if (channels(r.delivered)) chips.push(h("span", { class: "chip done", text: `${t("st_delivered")} ✓` }));
+  else if (channels(r.failed)) {
+    chips.push(h("span", { class: "chip bad", title: Object.values(r.failed).join("; "), text: t("st_failed") }));
+  }
+  if (r.arrived_at) chips.push(h("span", { class: "chip strong", text: `${t("st_arrived")} ${timeOf(r.arrived_at)}` }));
+  else if (r.accepted_at) chips.push(h("span", { class: "chip strong", text: `${t("st_accepted")} ${timeOf(r.accepted_at)}` }));
+  else if (r.declined_at) chips.push(h("span", { class: "chip bad", text: `${t("st_declined")} ${timeOf(r.declined_at)}` }));
+  const mine = S.myPhone && samePhone(S.myPhone, r.phone);
+  return h(
+    "li",
+    { class: `member st-${r.state}${mine ? " mine" : ""}`, dataset: { phone: r.phone, state: r.state } },
+    h("span", { class: "who" }, h("span", { class: "name", text: r.name || r.phone }), " ", h("span", { class: "role", text: roleName(r.role, r.role_zh) })),
+    h("a", { class: "phone", href: `tel:${r.phone}`, text: r.phone }),
+    h("span", { class: "chips" }, chips),
+  );
+}
+
+function createActions(id) {
+  const select = h("select", { class: "responder", id: `who-${id}` });
+  const buttons = {};
+  const make = (action, cls) => {
+    buttons[action] = h("button", {
+      type: "button",
+      class: `act ${cls || ""}`,
+      dataset: { action },
+      text: t(`act_${action}`),
+      onclick: () => (action === "resolve" || action === "cancel" ? toggleForm(ui, action) : answer(ui, action)),
+    });
+    return buttons[action];
+  };
+  const category = h(
+    "select",
+    { id: `cat-${id}`, required: true },
+    h("option", { value: "", text: "—" }),
+    CATEGORIES.map((c) => h("option", { value: c, text: t(`cat_${c}`) })),
+  );
+  const reason = h(
+    "select",
+    { id: `reason-${id}` },
+    CANCEL_REASONS.map((c) => h("option", { value: c, text: t(`reason_${c}`) })),
+  );
+  const note = h("textarea", { id: `note-${id}`, rows: "2", maxlength: "500" });
+  const categoryRow = h("div", { class: "field" }, h("label", { for: `cat-${id}`, text: t("category") }), category);
+  const reasonRow = h("div", { class: "field" }, h("label", { for: `reason-${id}`, text: t("reason") }), reason);
+  const confirm = h("button", { type: "submit", class: "primary", dataset: { confirm: "" } });
+  const form = h(
+    "form",
+    { class: "more-form", hidden: true, onsubmit: (e) => submitForm(e, ui) },
+    categoryRow,
+    reasonRow,
+    h("div", { class: "field" }, h("label", { for: `note-${id}`, text: t("note") }), note),
+    h(
+      "div",
+      { class: "row" },
+      confirm,
+      h("button", { type: "button", text: t("close_form"), onclick: () => closeForm(ui) }),
+    ),
+  );
+  const root = h(
+    "div",
+    { class: "actions" },
+    h("div", { class: "field who-field" }, h("label", { for: `who-${id}`, text: t("answer_as") }), select),
+    h("div", { class: "buttons" }, make("accept", "primary"), make("arrived"), make("decline"), make("resolve"), make("cancel", "danger")),
+    form,
+  );
+  const ui = { id, root, select, buttons, form, category, reason, note, confirm, categoryRow, reasonRow, mode: null, options: "" };
+  select.addEventListener("change", () => {
+    ui.touched = true;
+  });
+  return ui;
+}
+
+function updateActions(ui, d) {
+  const people = (d.responders || []).map((r) => ({ phone: r.phone, label: `${personLabel(r)} ${r.phone}` }));
+  if (d.caller && d.caller.phone && !people.some((p) => p.phone === d.caller.phone)) {
+    people.push({ phone: d.caller.phone, label: `${t("caller")} ${personLabel(d.caller)} ${d.caller.phone}` });
+  }
+  const signature = S.lang + S.myPhone + people.map((p) => p.phone).join(",");
+  if (signature !== ui.options) {
+    const current = ui.select.value;
+    const mine = people.find((p) => samePhone(S.myPhone, p.phone));
+    fill(ui.select,
+      h("option", { value: "", text: t("choose") }),
+      people.map((p) =>
+        h("option", { value: p.phone, text: mine && mine.phone === p.phone ? `${t("me")} · ${p.label}` : p.label }),
+      ),
+    );
+    ui.select.value = ui.touched && people.some((p) => p.phone === current) ? current : mine ? mine.phone : current;
+    ui.options = signature;
+  }
+  const closed = CLOSED.has(d.status);
+  for (const button of Object.values(ui.buttons)) button.disabled = closed || ui.busy;
+  ui.select.disabled = closed;
+  if (closed) closeForm(ui);
+  ui.root.hidden = closed;
+}
+
+function toggleForm(ui, mode) {
+  if (ui.mode === mode) {
+    closeForm(ui);
+    return;
+  }
+  ui.mode = mode;
+  ui.form.hidden = false;
+  ui.categoryRow.hidden = mode !== "resolve";
+  ui.reasonRow.hidden = mode !== "cancel";
+  ui.confirm.textContent = t(mode === "resolve" ? "confirm_resolve" : "confirm_cancel");
+  ui.confirm.className = mode === "cancel" ? "danger" : "primary";
+  ui.confirm.dataset.confirm = mode;
+  for (const [action, button] of Object.entries(ui.buttons)) button.setAttribute("aria-expanded", String(action === mode));
+  (mode === "resolve" ? ui.category : ui.reason).focus();
+}
+
+function closeForm(ui) {
+  ui.mode = null;
+  ui.form.hidden = true;
+  for (const button of Object.values(ui.buttons)) button.removeAttribute("aria-expanded");
+}
+
+function submitForm(event, ui) {
+  event.preventDefault();
+  if (ui.mode === "resolve") {
+    if (!ui.category.value) {
+      toast(t("need_category"), "bad");
+      ui.category.focus();
+      return;
+    }
+    answer(ui, "resolve", { category: ui.category.value, note: ui.note.value.trim() });
+  } else if (ui.mode === "cancel") {
+    answer(ui, "cancel", { reason: ui.reason.value, note: ui.note.value.trim() });
+  }
+}
+
+async function answer(ui, action, extra) {
+  const responder = ui.select.value;
+  if (!responder) {
+    toast(t("need_responder"), "bad");
+    ui.select.focus();
+    return;
+  }
+  const d = S.details.get(ui.id);
+  const who = d ? nameOf(d, responder) : responder;
+  const what = t(`did_${action}`);
+  setBusy(ui, true);
+  try {
+    const result = await api(`v1/incidents/${encodeURIComponent(ui.id)}/responses`, {
+      method: "POST",
+      body: { responder, action, ...(extra || {}) },
+      headers: { "Idempotency-Key": randomId() },
+    });
+    let text = result.recorded.length ? t("recorded", { who, what }) : t("nothing_changed", { who, what });
+    if (result.recorded.includes("IncidentCovered")) text += ` · ${t("now_covered")}`;
+    if (CLOSED.has(result.status)) text += ` · ${t("closed_now")}`;
+    toast(text, "ok");
+    if (action === "resolve" || action === "cancel") {
+      ui.note.value = "";
+      closeForm(ui);
+    }
+    if (d) show({ ...d, status: result.status, covered: result.covered, status_zh: statusZh(result.status, d) });
+    await refresh(ui.id);
+  } catch (exc) {
+    const key = { 403: "err_403", 404: "err_404", 409: "err_409", 422: "err_422" }[exc.status];
+    toast(key ? t(key, { msg: exc.message }) : exc.status ? t("err_other", { code: exc.status, msg: exc.message }) : exc.message, "bad");
+    if (exc.status === 404) refresh(ui.id);
+  } finally {
+    setBusy(ui, false);
+  }
+}
+
+function statusZh(status, d) {
+  const zh = { raised: "已报警", notifying: "通知中", acknowledged: "已接警", on_scene: "已到场", resolved: "已处置", cancelled: "已取消" };
+  return status === d.status ? d.status_zh : zh[status] || status;
+}
+
+function nameOf(d, phone) {
+  const r = (d.responders || []).find((x) => x.phone === phone);
+  if (r) return personLabel(r);
+  return d.caller && d.caller.phone === phone ? personLabel(d.caller) : phone;
+}
+
+function setBusy(ui, busy) {
+  ui.busy = busy;
+  ui.root.setAttribute("aria-busy", String(busy));
+  const d = S.details.get(ui.id);
+  const closed = d && CLOSED.has(d.status);
+  for (const button of Object.values(ui.buttons)) button.disabled = busy || closed;
+  ui.confirm.disabled = busy;
+}
+
+/* ---------- board ---------- */
+
+function renderBoard() {
+  S.view = { name: "board" };
+  S.cards.clear();
+  const villageSelect = h(
+    "select",
+    {
+      id: "filter",
+      onchange: (e) => {
+        S.filter = e.target.value;
+        localStorage.setItem("dispatch.filter", S.filter);
+        for (const d of S.details.values()) placeCard(d);
+        updateCounts();
+      },
+    },
+    h("option", { value: "", text: t("all_villages") }),
+    S.villages.map((v) => h("option", { value: v, text: v })),
+  );
+  villageSelect.value = S.filter;
+  const myPhone = h("input", {
+    id: "my-phone",
+    type: "tel",
+    inputmode: "tel",
+    autocomplete: "tel",
+    value: S.myPhone,
+    placeholder: "139…",
+    "aria-describedby": "my-phone-hint",
+    onchange: (e) => {
+      S.myPhone = e.target.value.trim();
+      localStorage.setItem("dispatch.myPhone", S.myPhone);
+      for (const d of S.details.values()) placeCard(d);
+    },
+  });
+  const soundButton = h("button", {
+    id: "sound",
+    type: "button",
+    "aria-pressed": String(S.sound),
+    text: `${t("sound")}${t("colon")}${t(S.sound ? "sound_on" : "sound_off")}`,
+    onclick: () => {
+      S.sound = !S.sound;
+      localStorage.setItem("dispatch.sound", S.sound ? "on" : "off");
+      soundButton.setAttribute("aria-pressed", String(S.sound));
+      soundButton.textContent = `${t("sound")}${t("colon")}${t(S.sound ? "sound_on" : "sound_off")}`;
+      unlockAudio();
+    },
+  });
+  const me = S.me;
+  const scope = me.villages ? me.villages.join(t("list_sep")) || "—" : t("all_villages");
+  const list = h("div", { id: "board", class: "board", "aria-live": "off" });
+  setMain(
+    h(
+      "section",
+      { class: "toolbar", "aria-label": t("nav_board") },
+      h("p", { class: "whoami" }, h("strong", { text: me.name }), ` · ${t(`role_${me.role}`)} · ${scope}`),
+      h("div", { class: "field" }, h("label", { for: "filter", text: t("village_filter") }), villageSelect),
+      h(
+        "div",
+        { class: "field" },
+        h("label", { for: "my-phone", text: t("my_number") }),
+        myPhone,
+        h("span", { id: "my-phone-hint", class: "hint", text: t("my_number_hint") }),
+      ),
+      h("div", { class: "field buttons" }, soundButton, h("button", { type: "button", text: t("sound_test"), onclick: () => { unlockAudio(); siren(); } })),
+    ),
+    h("p", { id: "counts", class: "counts", role: "status" }),
+    list,
+  );
+  list.append(h("p", { class: "empty muted", text: t("loading") }));
+  loadBoard();
+}
+
+async function loadBoard() {
+  const view = S.view;
+  let rows;
+  try {
+    rows = (await api("v1/incidents?status=open&limit=200")).incidents;
+  } catch (exc) {
+    toast(exc.message, "bad");
+    return;
+  }
+  if (S.view !== view) return;
+  const open = new Set(rows.map((r) => r.incident_id));
+  for (const id of [...S.details.keys()]) {
+    if (!open.has(id) && !CLOSED.has(S.details.get(id).status)) refresh(id);
+  }
+  await Promise.all(rows.map((r) => refresh(r.incident_id)));
+  view.loaded = true;
+  updateCounts();
+}
+
+function placeCard(d) {
+  const board = $("board");
+  if (!board) return;
+  const existing = S.cards.get(d.incident_id);
+  if (!inFilter(d)) {
+    if (existing) existing.root.remove();
+    return;
+  }
+  let card = existing;
+  if (card) {
+    fillIncident(card, d);
+  } else {
+    if (CLOSED.has(d.status)) return;
+    card = createIncident(d, false);
+    card.root.dataset.shownAt = String(Date.now());
+    S.cards.set(d.incident_id, card);
+  }
+  if (CLOSED.has(d.status)) {
+    clearTimeout(card.removal);
+    card.removal = setTimeout(() => dropCard(d.incident_id), 5000);
+  }
+  const cards = [...S.cards.values()]
+    .filter((c) => inFilter(S.details.get(c.root.dataset.incident)))
+    .sort((a, b) => ms(S.details.get(b.root.dataset.incident).raised_at) - ms(S.details.get(a.root.dataset.incident).raised_at));
+  const position = cards.indexOf(card);
+  const next = cards[position + 1];
+  if (card.root.parentNode !== board || (next && card.root.nextSibling !== next.root) || (!next && board.lastChild !== card.root)) {
+    if (next && next.root.parentNode === board) board.insertBefore(card.root, next.root);
+    else board.append(card.root);
+  }
+}
+
+function dropCard(id) {
+  const card = S.cards.get(id);
+  if (card) {
+    card.root.remove();
+    S.cards.delete(id);
+  }
+  S.details.delete(id);
+  updateCounts();
+}
+
+function updateCounts() {
+  const counts = $("counts");
+  if (!counts) return;
+  const open = [...S.details.values()].filter((d) => !CLOSED.has(d.status) && inFilter(d));
+  const now = Date.now();
+  const uncovered = open.filter((d) => !d.covered);
+  const overdue = open.filter(
+    (d) =>
+      (!d.covered && ms(d.ack_deadline_at) < now) ||
+      (d.arrival_deadline_at && !d.first_arrival_at && ms(d.arrival_deadline_at) < now),
+  );
+  fill(counts,
+    h("span", { text: t("open_count", { n: open.length }) }),
+    h("span", { class: uncovered.length ? "warn" : "", text: t("uncovered_count", { n: uncovered.length }) }),
+    h("span", { class: overdue.length ? "bad" : "", text: t("overdue_count", { n: overdue.length }) }),
+  );
+  const board = $("board");
+  if (!board || !S.view.loaded) return;
+  const empty = board.querySelector(".empty");
+  if (board.querySelector(".incident")) {
+    if (empty) empty.remove();
+  } else if (!empty) {
+    board.append(h("p", { class: "empty muted", text: t("empty_board") }));
+  } else {
+    empty.textContent = t("empty_board");
+  }
+}
+
+/* ---------- incident page ---------- */
+
+async function renderIncidentPage(id) {
+  S.view = { name: "incident", id };
+  S.page = null;
+  setMain(h("p", { class: "muted", text: t("loading") }));
+  let d;
+  try {
+    d = await api(`v1/incidents/${encodeURIComponent(id)}`);
+  } catch (exc) {
+    if (S.view.id !== id) return;
+    setMain(h("p", { class: "back" }, h("a", { href: "#/board", text: t("back") })), h("p", { class: "error", role: "alert", text: exc.status === 404 ? t("err_404") : exc.message }));
+    return;
+  }
+  if (S.view.name !== "incident" || S.view.id !== id) return;
+  S.details.set(id, d);
+  S.page = createIncident(d, true);
+  const timeline = h("ol", { id: "timeline", class: "timeline" });
+  setMain(
+    h("p", { class: "back" }, h("a", { href: "#/board", text: t("back") })),
+    S.page.root,
+    h("section", { class: "card", "aria-labelledby": "timeline-title" }, h("h2", { id: "timeline-title", text: t("timeline") }), timeline),
+  );
+  fillTimeline(d);
+  S.page.root.focus();
+}
+
+function fillTimeline(d) {
+  const list = $("timeline");
+  if (!list) return;
+  const people = new Map((d.responders || []).map((r) => [r.phone, r]));
+  if (d.caller) people.set(d.caller.phone, d.caller);
+  const start = ms(d.raised_at);
+  fill(list,
+    ...(d.timeline || []).map((e) =>
+      h(
+        "li",
+        { class: `ev ev-${e.type}`, dataset: { type: e.type, seq: e.seq } },
+        h("time", { datetime: e.at, text: timeOf(e.at, true) }),
+        h("span", { class: "rel", text: `+${clock((ms(e.at) - start) / 1000)}` }),
+        h("span", { class: "text", text: S.lang === "en" ? describeEn(e, people) : e.text }),
+      ),
+    ),
+  );
+}
+
+function describeEn(e, people) {
+  const x = e.detail || {};
+  const who = (phone) => {
+    const p = people.get(phone);
+    return p ? `${p.name || phone} (${ROLE_EN[p.role] || p.role})` : phone;
+  };
+  const caller = x.caller ? `${x.caller.name || x.caller.phone} (${x.caller.phone})` : "";
+  switch (e.type) {
+    case "AlarmRaised":
+      return `${caller} dialed ${x.callee || "6995"}: alarm raised`;
+    case "UnregisteredCall":
+      return `Unregistered number ${caller} dialed ${x.callee || "6995"}: sent to the duty desk`;
+    case "CallRepeated":
+      return `${caller} called again, urgency ${x.urgency}`;
+    case "RespondersNotified":
+      return `Notified ${(x.phones || []).length} people · ${x.channel}`;
+    case "DeliverySucceeded":
+      return `Delivered to ${(x.targets || []).length} people · ${x.channel}`;
+    case "DeliveryFailed":
+      return `${x.channel}: ${(x.failures || []).map((f) => `${who(f.phone)} not reached (${f.reason})`).join("; ")}`;
+    case "ResponderAccepted":
+      return `${who(x.phone)} accepted`;
+    case "ResponderDeclined":
+      return `${who(x.phone)} cannot come`;
+    case "ResponderArrived":
+      return `${who(x.phone)} arrived on scene`;
+    case "IncidentCovered":
+      return "Covered: the officer and the leader or assistant have accepted";
+    case "IncidentEscalated":
+      return `Escalated to tier ${x.tier}: ${x.reason}`;
+    case "IncidentResolved":
+      return `${who(x.by)} resolved it (${TEXT.en[`cat_${x.category}`] || x.category})${x.note ? `: ${x.note}` : ""}`;
+    case "IncidentCancelled":
+      return `${who(x.by)} cancelled it (${TEXT.en[`reason_${x.reason}`] || x.reason})${x.note ? `: ${x.note}` : ""}`;
+    default:
+      return `${e.type}: ${e.text}`;
+  }
+}
+
+/* ---------- village page ---------- */
+
+function renderVillages(village) {
+  S.view = { name: "village", village };
+  if (!S.villages.length) {
+    setMain(h("p", { class: "muted", text: t("no_villages") }));
+    return;
+  }
+  const chosen = village && S.villages.includes(village) ? village : S.filter || S.villages[0];
+  S.view.village = chosen;
+  const picker = h(
+    "select",
+    { id: "village-pick", onchange: (e) => (location.hash = `#/village/${encodeURIComponent(e.target.value)}`) },
+    S.villages.map((v) => h("option", { value: v, text: v })),
+  );
+  picker.value = chosen;
+  const body = h("div", { id: "village-body" }, h("p", { class: "muted", text: t("loading") }));
+  setMain(
+    h("section", { class: "toolbar" }, h("div", { class: "field" }, h("label", { for: "village-pick", text: t("village_pick") }), picker)),
+    h("h2", { id: "village-title", text: t("village_title", { v: chosen }) }),
+    body,
+  );
+  loadVillage(chosen, body);
+}
+
+async function loadVillage(village, body) {
+  const since = new Date(Date.now() - 30 * DAY_MS).toISOString();
+  const query = `village=${encodeURIComponent(village)}&since=${encodeURIComponent(since)}`;
+  let list;
+  let report;
+  try {
+    [list, report] = await Promise.all([api(`v1/incidents?${query}&limit=1000`), api(`v1/reports/response-times?${query}`)]);
+  } catch (exc) {
+    fill(body, h("p", { class: "error", role: "alert", text: exc.message }));
+    return;
+  }
+  if (!S.view || S.view.name !== "village" || S.view.village !== village) return;
+  S.view.data = { rows: list.incidents, report };
+  drawVillage(body);
+}
+
+function drawVillage(body) {
+  const { rows, report } = S.view.data;
+  const measures = report.measures || {};
+  const p50 = (name) => (measures[name] && measures[name].p50 !== null ? duration(measures[name].p50) : "—");
+  const covered = rows.filter((r) => r.covered_at).length;
+  const tiles = h(
+    "dl",
+    { class: "tiles" },
+    tile(t("total"), String(rows.length)),
+    tile(t("covered_rate"), rows.length ? `${Math.round((100 * covered) / rows.length)}%` : "—"),
+    tile(t("p50_accept"), p50("time_to_first_accept")),
+    tile(t("p50_cover"), p50("time_to_covered")),
+    tile(t("p50_arrive"), p50("time_to_arrival")),
+  );
+  const days = [];
+  const today = new Date();
+  today.setHours(12, 0, 0, 0);
+  for (let i = 29; i >= 0; i -= 1) days.push(dayKey(today.getTime() - i * DAY_MS));
+  const specs = [
+    ["accept", "chart_accept", "first_accept_at"],
+    ["cover", "chart_cover", "covered_at"],
+    ["arrive", "chart_arrive", "first_arrival_at"],
+  ];
+  const figures = specs.map(() => h("figure", { class: "card chart-card" }));
+  const categories = h("figure", { class: "card chart-card" });
+  fill(
+    body,
+    tiles,
+    rows.length >= 1000 ? h("p", { class: "warn", text: t("truncated", { n: rows.length }) }) : null,
+    h("p", { class: "muted", text: t("chart_note") }),
+    h("div", { class: "charts" }, figures),
+    categories,
+  );
+  const inner = (fig) => Math.max(280, Math.floor(fig.clientWidth - 26));
+  specs.forEach(([key, label, field], i) => chart(figures[i], inner(figures[i]), key, t(label), series(rows, days, field), days));
+  categoryChart(categories, inner(categories), rows);
+  S.view.drawnWidth = body.clientWidth;
+}
+
+function redrawOnResize() {
+  const body = $("village-body");
+  if (!body || !S.view || S.view.name !== "village" || !S.view.data) return;
+  if (Math.abs(body.clientWidth - (S.view.drawnWidth || 0)) > 24) drawVillage(body);
+}
+
+function tile(label, value) {
+  return h("div", { class: "tile" }, h("dt", { text: label }), h("dd", { text: value }));
+}
+
+function median(values) {
+  const v = [...values].sort((a, b) => a - b);
+  if (!v.length) return null;
+  const mid = (v.length - 1) / 2;
+  return (v[Math.floor(mid)] + v[Math.ceil(mid)]) / 2;
+}
+
+function series(rows, days, field) {
+  const byDay = new Map(days.map((d) => [d, []]));
+  for (const r of rows) {
+    if (!r[field] || !r.raised_at) continue;
+    const bucket = byDay.get(dayKey(ms(r.raised_at)));
+    if (bucket) bucket.push((ms(r[field]) - ms(r.raised_at)) / 1000);
+  }
+  return days.map((day) => {
+    const values = byDay.get(day);
+    return { day, n: values.length, median: median(values), max: values.length ? Math.max(...values) : null, values };
+  });
+}
+
+function niceStep(max) {
+  const steps = [0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 28800, 86400];
+  return steps.find((step) => max / step <= 4) || Math.ceil(max / 4 / 86400) * 86400;
+}
+
+function chart(figure, W, key, name, points, days) {
+  const H = 190;
+  const left = 58;
+  const right = 20;
+  const bottom = 26;
+  const top = 10;
+  const plotW = W - left - right;
+  const plotH = H - top - bottom;
+  const all = points.flatMap((p) => p.values);
+  const n = all.length;
+  const overall = median(all);
+  const highest = Math.max(0, ...points.map((p) => p.median || 0));
+  const step = niceStep(highest || 1);
+  const maxY = Math.max(step, Math.ceil(highest / step) * step);
+  const slot = plotW / days.length;
+  const y = (v) => top + plotH - (v / maxY) * plotH;
+  const label = n ? t("chart_label", { name, n, p: duration(overall) }) : `${name}${t("colon")}${t("chart_none")}`;
+  const svg = s(
+    "svg",
+    { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", class: "chart", "data-chart": key, "data-count": String(n), "aria-label": label },
+    s("title", {}, label),
+  );
+  for (let v = 0; v <= maxY + 1e-9; v += step) {
+    svg.append(
+      s("line", { x1: left, x2: W - right, y1: y(v), y2: y(v), class: v === 0 ? "axis" : "grid" }),
+      s("text", { x: left - 6, y: y(v) + 4, class: "tick", "text-anchor": "end" }, v === 0 ? "0" : duration(v)),
+    );
+  }
+  const every = slot * 5 >= 44 ? 5 : 10;
+  points.forEach((p, i) => {
+    const x = left + i * slot;
+    if ((points.length - 1 - i) % every === 0) {
+      svg.append(s("text", { x: x + slot / 2, y: H - 8, class: "tick", "text-anchor": "middle" }, p.day.slice(5)));
+    }
+    if (p.median === null) return;
+    const height = Math.max(2, top + plotH - y(p.median));
+    svg.append(
+      s(
+        "rect",
+        { x: x + slot * 0.15, y: top + plotH - height, width: slot * 0.7, height, class: `bar bar-${key}`, "data-day": p.day, "data-n": String(p.n) },
+        s("title", {}, t("bar_title", { day: p.day, p: duration(p.median), max: duration(p.max), n: p.n })),
+      ),
+    );
+  });
+  if (!n) svg.append(s("text", { x: left + plotW / 2, y: top + plotH / 2, class: "none", "text-anchor": "middle" }, t("chart_none")));
+  const table = h(
+    "table",
+    {},
+    h("thead", {}, h("tr", {}, [t("day"), t("count"), t("median"), t("longest")].map((c) => h("th", { scope: "col", text: c })))),
+    h(
+      "tbody",
+      {},
+      points.filter((p) => p.n).map((p) => h("tr", {}, h("td", { text: p.day }), h("td", { text: p.n }), h("td", { text: duration(p.median) }), h("td", { text: duration(p.max) }))),
+    ),
+  );
+  fill(
+    figure,
+    h("figcaption", {}, h("strong", { text: name }), n ? ` · ${n} · ${t("median")} ${duration(overall)}` : ""),
+    svg,
+    n ? h("details", {}, h("summary", { text: t("table") }), table) : null,
+  );
+}
+
+function categoryChart(figure, W, rows) {
+  const counts = new Map(CATEGORIES.map((c) => [c, 0]));
+  let none = 0;
+  for (const r of rows) {
+    if (r.category && counts.has(r.category)) counts.set(r.category, counts.get(r.category) + 1);
+    else none += 1;
+  }
+  const entries = [...counts.entries()].map(([c, n]) => [c, t(`cat_${c}`), n]);
+  entries.push(["none", t("cat_none"), none]);
+  const max = Math.max(1, ...entries.map((e) => e[2]));
+  const rowH = 26;
+  const left = S.lang === "en" ? 110 : 84;
+  const H = entries.length * rowH + 8;
+  const label = entries.map((e) => `${e[1]} ${e[2]}`).join(S.lang === "en" ? ", " : "，");
+  const svg = s(
+    "svg",
+    { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", class: "chart categories", "data-chart": "categories", "aria-label": label },
+    s("title", {}, label),
+  );
+  entries.forEach(([c, name, n], i) => {
+    const yy = 4 + i * rowH;
+    const width = ((W - left - 40) * n) / max;
+    svg.append(
+      s("text", { x: left - 8, y: yy + 17, class: "tick", "text-anchor": "end" }, name),
+      s("rect", { x: left, y: yy + 4, width: Math.max(n ? 2 : 0, width), height: rowH - 8, class: `bar cat cat-${c}`, "data-category": c, "data-n": String(n) }),
+      s("text", { x: left + width + 6, y: yy + 17, class: "count" }, String(n)),
+    );
+  });
+  fill(figure, h("figcaption", {}, h("strong", { text: t("categories") })), svg);
+}
+
+/* ---------- routing and start ---------- */
+
+function applyLanguage() {
+  document.documentElement.lang = S.lang === "en" ? "en" : "zh-CN";
+  for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
+  const button = $("lang");
+  button.textContent = S.lang === "en" ? "中文" : "English";
+  button.lang = S.lang === "en" ? "zh-CN" : "en";
+  $("nav").setAttribute("aria-label", S.lang === "en" ? "Main" : "主导航");
+  updateTitle();
+  if (S.me) setLive(document.documentElement.dataset.live || "wait");
+}
+
+function route() {
+  if (!S.me) return;
+  const hash = location.hash.replace(/^#\/?/, "");
+  const [name, ...rest] = hash.split("/");
+  const arg = rest.length ? decodeURIComponent(rest.join("/")) : "";
+  for (const a of document.querySelectorAll("#nav a")) {
+    const current = (name === "villages" || name === "village") ? a.getAttribute("href") === "#/villages" : a.getAttribute("href") === "#/board" && (name === "board" || !name);
+    if (current) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+  if (name === "incident" && arg) renderIncidentPage(arg);
+  else if (name === "village" || name === "villages") renderVillages(arg);
+  else renderBoard();
+}
+
+async function start() {
+  applyLanguage();
+  $("lang").addEventListener("click", () => {
+    S.lang = S.lang === "en" ? "zh" : "en";
+    localStorage.setItem("dispatch.lang", S.lang);
+    applyLanguage();
+    if (S.me) route();
+    else renderSignIn();
+  });
+  $("signout").addEventListener("click", () => signOut());
+  document.addEventListener("click", unlockAudio, { capture: true });
+  document.addEventListener("keydown", unlockAudio, { capture: true });
+  window.addEventListener("hashchange", route);
+  window.addEventListener("resize", () => {
+    clearTimeout(start.resize);
+    start.resize = setTimeout(redrawOnResize, 150);
+  });
+  setInterval(() => {
+    for (const card of S.cards.values()) tickCard(card.root);
+    if (S.page) tickCard(S.page.root);
+    updateCounts();
+  }, 1000);
+  if (!S.token) {
+    renderSignIn();
+    return;
+  }
+  try {
+    await loadMe();
+  } catch (exc) {
+    signOut(exc.status === 401 ? t("err_401") : exc.message);
+    return;
+  }
+  route();
+}
+
+start();

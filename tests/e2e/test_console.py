@@ -1,0 +1,467 @@
+"""The officer console in a real browser: Debian's Chromium driven by Playwright, `dispatch serve` as a subprocess.
+
+Every check is made on what the page shows, then against the API where the page could be wrong in a
+way the page cannot tell. Screenshots go to `test-artifacts/console/` (git-ignored); their path and
+the measured delays are printed at the end of the run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from tests.support import ServeProcess, WebhookReceiver, wait_until
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+SECRET = "console-webhook-secret"
+ROSTER = """village,group,phone,role,name
+东山村,1,13800000001,household,张桂兰
+东山村,1,13800000002,household,李建国
+东山村,1,13800000003,household,王秀英
+东山村,1,13800000008,leader,黄志强
+东山村,1,13900000001,assistant,周丽
+东山村,1,13900000009,officer,吴建军
+东山村,2,13800000011,household,孙大山
+东山村,2,13800000018,leader,郑春生
+东山村,2,13900000009,officer,吴建军
+东山村,3,13800000021,household,林秀梅
+东山村,3,13800000028,leader,何建平
+东山村,3,13900000009,officer,吴建军
+东山村,4,13800000031,household,罗小云
+东山村,4,13800000038,leader,谢德胜
+东山村,4,13900000009,officer,吴建军
+西河村,1,13700000001,household,钱秀兰
+西河村,1,13700000008,leader,冯志明
+西河村,1,13600000009,officer,陈国栋
+东山村,,0731-84512345,duty,城关派出所值班室
+"""
+OFFICER, LEADER = "+8613900000009", "+8613800000008"
+
+expect.set_options(timeout=15_000)
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[WebhookReceiver]:
+    hook = WebhookReceiver().start()
+    yield hook
+    hook.stop()
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory: pytest.TempPathFactory, receiver: WebhookReceiver) -> Iterator[ServeProcess]:
+    process = ServeProcess(
+        tmp_path_factory.mktemp("console") / "data",
+        {"DISPATCH_WEBHOOK_URLS": receiver.url, "DISPATCH_WEBHOOK_SECRET": SECRET},
+    ).start()
+    yield process
+    process.kill()
+
+
+@pytest.fixture(scope="module")
+def http(serve: ServeProcess) -> Iterator[httpx.Client]:
+    with serve.client() as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def tokens(http: httpx.Client) -> dict[str, str]:
+    imported = http.post("/v1/groups/import", content=ROSTER.encode(), headers={"Content-Type": "text/csv"})
+    assert imported.status_code == 200, imported.text
+    issued = {"admin": str(http.headers["Authorization"]).removeprefix("Bearer ")}
+    for name, body in {
+        "officer_east": {"name": "吴建军", "role": "officer", "villages": ["东山村"]},
+        "officer_west": {"name": "陈国栋", "role": "officer", "villages": ["西河村"]},
+        "duty_east": {"name": "城关所值班室", "role": "duty_desk", "station": "0731-84512345"},
+        "gateway": {"name": "网关", "role": "gateway"},
+    }.items():
+        response = http.post("/v1/tokens", json=body)
+        assert response.status_code == 201, response.text
+        issued[name] = response.json()["token"]
+    return issued
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def contexts(browser: Browser) -> Iterator[Callable[..., BrowserContext]]:
+    opened: list[BrowserContext] = []
+
+    def new(viewport: dict[str, int] = DESKTOP, lang: str = "zh") -> BrowserContext:
+        context = browser.new_context(viewport=viewport, locale="zh-CN")  # type: ignore[arg-type]
+        if lang == "en":
+            context.add_init_script("localStorage.setItem('dispatch.lang', 'en')")
+        opened.append(context)
+        return context
+
+    yield new
+    for context in opened:
+        context.close()
+
+
+def open_console(context: BrowserContext, serve: ServeProcess, token: str, errors: list[str] | None = None) -> Page:
+    """Sign in through the form and wait until the live stream is connected.
+
+    `errors` collects script errors and every request the page makes outside the service (an answered
+    HTTP error is the page's business: it shows it).
+    """
+    page = context.new_page()
+    if errors is not None:
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on(
+            "console",
+            lambda msg: (
+                msg.type == "error" and not msg.text.startswith("Failed to load resource") and errors.append(msg.text)
+            ),
+        )
+        page.on("request", lambda r: r.url.startswith(serve.url) or errors.append(f"outside request: {r.url}"))
+    page.goto(f"{serve.url}/console")
+    page.fill("#token", token)
+    page.press("#token", "Enter")
+    expect(page.locator("html")).to_have_attribute("data-live", "on")
+    expect(page.locator("#counts")).to_be_visible()
+    return page
+
+
+def call(http: httpx.Client, call_id: str, caller: str) -> str:
+    response = http.post("/v1/calls", json={"call_id": call_id, "caller": caller, "callee": "6995"})
+    assert response.status_code == 202, response.text
+    incident: str = response.json()["incident_id"]
+    return incident
+
+
+def card(page: Page, incident: str) -> Any:
+    return page.locator(f"#board [data-incident='{incident}']")
+
+
+LOW_CONTRAST = """() => {
+  const rgb = (c) => (c.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = (v) => ((v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4);
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = (el) => {
+    for (; el; el = el.parentElement) {
+      const c = rgb(getComputedStyle(el).backgroundColor);
+      if (c.length === 3 || c[3] > 0) return c;
+    }
+    return [255, 255, 255];
+  };
+  const low = [];
+  for (const el of document.querySelectorAll("body *")) {
+    const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!own || !el.checkVisibility() || el.disabled || el.closest("svg")) continue;
+    const a = lum(rgb(getComputedStyle(el).color));
+    const b = lum(background(el));
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    const what = `${el.tagName}.${el.className} "${el.textContent.trim().slice(0, 20)}"`;
+    if (ratio < 4.5) low.push(`${what}: ${ratio.toFixed(2)}`);
+  }
+  return low;
+}"""
+
+
+def shot(page: Page, name: str) -> Path:
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000, f"{path} looks empty"
+    return path
+
+
+def test_console_files_and_who_am_i(serve: ServeProcess, tokens: dict[str, str]) -> None:
+    with httpx.Client(base_url=serve.url, timeout=30) as anon:
+        moved = anon.get("/console")
+        assert moved.status_code == 308 and moved.headers["location"] == "/console/"
+        page = anon.get("/console/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        assert 'src="console.js"' in page.text and "http" not in page.text.split("<body>")[0].lower()
+        script = anon.get("/console/console.js")
+        assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+        assert anon.get("/console/console.css").headers["content-type"].startswith("text/css")
+        assert anon.get("/console/nosuch.js").status_code == 404
+        assert anon.get("/console/..%2Fapp.py").status_code == 404
+        assert anon.get("/v1/me").status_code == 401
+        assert anon.get("/v1/me", headers={"Authorization": "Bearer dsp_nosuch_secret"}).status_code == 401
+
+        def me(name: str) -> dict[str, Any]:
+            response = anon.get("/v1/me", headers={"Authorization": f"Bearer {tokens[name]}"})
+            assert response.status_code == 200, response.text
+            body: dict[str, Any] = response.json()
+            return body
+
+        assert me("officer_east")["villages"] == ["东山村"] and me("officer_east")["role"] == "officer"
+        assert me("officer_west")["villages"] == ["西河村"]
+        assert me("duty_east")["villages"] == ["东山村"] and me("duty_east")["role"] == "duty_desk"
+        assert me("admin")["villages"] is None and me("admin")["role"] == "admin"
+        assert me("gateway")["role"] == "gateway"
+
+
+def test_a_call_shows_up_live_and_two_accepts_cover_it(
+    serve: ServeProcess,
+    http: httpx.Client,
+    tokens: dict[str, str],
+    contexts: Callable[..., BrowserContext],
+    record_property: Callable[[str, object], None],
+) -> None:
+    errors: list[str] = []
+    east = open_console(contexts(), serve, tokens["officer_east"], errors)
+    west = open_console(contexts(), serve, tokens["officer_west"], errors)
+    expect(east.locator("#board .empty")).to_contain_text("暂无未结警情")
+    east.fill("#my-phone", "139 0000 0009")
+    east.press("#my-phone", "Tab")
+    east.evaluate("window.__sameDocument = true")
+
+    sent = time.time()
+    incident = call(http, "console-0001", "13800000001")
+    answered = time.time()
+    alarm = card(east, incident)
+    expect(alarm).to_be_visible()
+    shown = int(alarm.get_attribute("data-shown-at") or "0") / 1000
+    record_property(
+        "measured_alarm",
+        f"alarm on the open board {(shown - answered) * 1000:.0f} ms after POST /v1/calls answered 202 "
+        f"({(shown - sent) * 1000:.0f} ms after it was sent)",
+    )
+    assert east.evaluate("window.__sameDocument") is True, "the board was reloaded"
+    expect(east.locator("#banner")).to_contain_text("张桂兰")
+    expect(alarm).to_have_class("incident card fresh")
+    assert int(east.evaluate("document.documentElement.dataset.sirens || '0'")) >= 1
+    assert east.evaluate("document.documentElement.dataset.sound") == "played"
+    expect(alarm.locator(".title")).to_contain_text("东山村1组")
+    expect(alarm.locator(".coverage")).to_have_text("未覆盖")
+    expect(alarm.locator("dd[data-deadline='ack']")).to_contain_text("剩余")
+    expect(alarm.locator("dd[data-deadline='arrival']")).to_have_text("覆盖后开始计时")
+
+    view = http.get(f"/v1/incidents/{incident}").json()
+    phones = sorted(r["phone"] for r in view["responders"])
+    assert sorted(alarm.locator("li.member").evaluate_all("els => els.map(e => e.dataset.phone)")) == phones
+    recipients = [r["phone"] for r in view["responders"] if r["recipient"]]
+    for phone in recipients:
+        expect(alarm.locator(f"li.member[data-phone='{phone}']")).to_have_attribute("data-state", "delivered")
+    expect(alarm.locator(f"li.member[data-phone='{OFFICER}'] .chips")).to_contain_text("已通知 ✓")
+
+    assert alarm.locator("select.responder").input_value() == OFFICER
+    alarm.locator("button[data-action='accept']").click()
+    expect(alarm.locator(f"li.member[data-phone='{OFFICER}']")).to_have_attribute("data-state", "accepted")
+    expect(east.locator("#toast")).to_contain_text("已记录")
+    expect(alarm).to_have_attribute("data-covered", "false")
+    expect(alarm.locator(".accepted")).to_contain_text("吴建军")
+
+    alarm.locator("select.responder").select_option(LEADER)
+    clicked = time.monotonic()
+    alarm.locator("button[data-action='accept']").click()
+    expect(alarm).to_have_attribute("data-covered", "true")
+    record_property(
+        "measured_cover",
+        f"leader's accept clicked to covered on the card: {(time.monotonic() - clicked) * 1000:.0f} ms",
+    )
+    expect(alarm.locator(".coverage")).to_have_text("已覆盖")
+    expect(east.locator("#toast")).to_contain_text("警情已覆盖")
+    expect(alarm.locator(".accepted")).to_contain_text("黄志强")
+    expect(alarm.locator("dd[data-deadline='ack']")).to_contain_text("用时")
+    expect(alarm.locator("dd[data-deadline='arrival']")).to_contain_text("剩余")
+    assert http.get(f"/v1/incidents/{incident}").json()["covered"] is True
+
+    west_incident = call(http, "console-0002", "13700000001")
+    expect(card(west, west_incident)).to_be_visible()
+    expect(card(west, incident)).to_have_count(0)
+    assert "张桂兰" not in west.locator("main").inner_text()
+    expect(west.locator("#banner")).to_contain_text("钱秀兰")
+    expect(card(east, west_incident)).to_have_count(0)
+    admin = open_console(contexts(), serve, tokens["admin"], errors)
+    expect(card(admin, incident)).to_be_visible()
+    expect(card(admin, west_incident)).to_be_visible()
+    expect(admin.locator(".whoami")).to_contain_text("全部村")
+    admin.close()
+
+    other = call(http, "console-0003", "13800000011")
+    expect(card(east, other)).to_be_visible()
+    order = east.locator("#board .incident").evaluate_all("els => els.map(e => e.dataset.incident)")
+    assert order == [other, incident], "newest first"
+    east.locator("#banner button", has_text="知道了").click()
+    east.wait_for_timeout(600)
+    board_desktop = shot(east, "board-desktop.png")
+    assert east.evaluate(LOW_CONTRAST) == [], "text below WCAG AA contrast (4.5:1)"
+    east.set_viewport_size(PHONE)
+    expect(card(east, other)).to_be_visible()
+    width = east.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"the board is {width}px wide on a {PHONE['width']}px screen"
+    shot(east, "board-phone.png")
+    east.set_viewport_size(DESKTOP)
+
+    east.get_by_role("link", name="详情与时间线").nth(1).click()
+    timeline = east.locator("#timeline")
+    expect(timeline.locator("li[data-type='IncidentCovered']")).to_have_count(1)
+    types = timeline.locator("li").evaluate_all("els => els.map(e => e.dataset.type)")
+    decisions = [t for t in types if t not in ("RespondersNotified", "DeliverySucceeded")]
+    assert decisions == ["AlarmRaised", "ResponderAccepted", "ResponderAccepted", "IncidentCovered"]
+    accepted = timeline.locator("li[data-type='ResponderAccepted'] .text").all_inner_texts()
+    assert "吴建军" in accepted[0] and "黄志强" in accepted[1]
+    stamps = timeline.locator("li time").evaluate_all(
+        "els => els.map(e => [e.getAttribute('datetime'), e.textContent])"
+    )
+    assert all(at and text and ":" in text for at, text in stamps)
+    expect(east.locator(".incident.full")).to_have_attribute("data-covered", "true")
+    shot(east, "incident-desktop.png")
+    assert east.evaluate(LOW_CONTRAST) == [], "text below WCAG AA contrast (4.5:1)"
+    east.set_viewport_size(PHONE)
+    assert east.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    shot(east, "incident-phone.png")
+
+    west.goto(f"{serve.url}/console/#/incident/{incident}")
+    expect(west.locator("main .error")).to_contain_text("找不到该警情")
+    assert errors == []
+    record_property("measured_screenshots", f"console screenshots: {board_desktop.parent}")
+
+
+def test_resolve_from_the_board_then_the_village_charts(
+    serve: ServeProcess,
+    http: httpx.Client,
+    tokens: dict[str, str],
+    contexts: Callable[..., BrowserContext],
+    record_property: Callable[[str, object], None],
+) -> None:
+    errors: list[str] = []
+    page = open_console(contexts(), serve, tokens["duty_east"], errors)
+    incident = call(http, "console-0011", "13800000021")
+    alarm = card(page, incident)
+    expect(alarm).to_be_visible()
+    alarm.locator("button[data-action='arrived']").click()
+    expect(page.locator("#toast")).to_contain_text("请先选择应答人")
+    alarm.locator("select.responder").select_option(OFFICER)
+    alarm.locator("button[data-action='arrived']").click()
+    expect(alarm).to_have_attribute("data-status", "on_scene")
+    expect(alarm.locator(f"li.member[data-phone='{OFFICER}']")).to_have_attribute("data-state", "arrived")
+
+    alarm.locator("select.responder").select_option("+8613800000021")
+    alarm.locator("button[data-action='resolve']").click()
+    alarm.locator("select[id^='cat-']").select_option("dispute")
+    alarm.locator("textarea").fill("邻里纠纷，已调解")
+    alarm.locator("button[data-confirm='resolve']").click()
+    expect(page.locator("#toast")).to_contain_text("当前状态不允许：the caller cannot resolve")
+    assert http.get(f"/v1/incidents/{incident}").json()["status"] == "on_scene"
+
+    alarm.locator("select.responder").select_option(OFFICER)
+    alarm.locator("button[data-confirm='resolve']").click()
+    expect(page.locator("#toast")).to_contain_text("警情已关闭")
+    expect(alarm).to_have_count(0, timeout=20_000)
+    resolved = http.get(f"/v1/incidents/{incident}").json()
+    assert (
+        resolved["status"] == "resolved"
+        and resolved["category"] == "dispute"
+        and resolved["note"] == "邻里纠纷，已调解"
+    )
+
+    wait_until(lambda: http.get("/v1/incidents", params={"status": "resolved", "village": "东山村"}).json()["count"])
+    page.goto(f"{serve.url}/console/#/village/{'东山村'}")
+    page.reload()
+    expect(page.locator("#village-title")).to_contain_text("东山村")
+    arrive = page.locator("svg[data-chart='arrive']")
+    expect(arrive.locator("rect.bar")).to_have_count(1)
+    rows = http.get("/v1/incidents", params={"village": "东山村", "limit": 1000}).json()["incidents"]
+    for chart, field in (("accept", "first_accept_at"), ("cover", "covered_at"), ("arrive", "first_arrival_at")):
+        reached = sum(1 for r in rows if r[field])
+        assert reached >= 1
+        expect(page.locator(f"svg[data-chart='{chart}']")).to_have_attribute("data-count", str(reached))
+    expect(page.locator("svg[data-chart='categories'] rect[data-category='dispute']")).to_have_attribute("data-n", "1")
+    expect(page.locator(".tiles .tile").first.locator("dd")).to_have_text(str(len(rows)))
+    village_desktop = shot(page, "village-desktop.png")
+    assert page.evaluate(LOW_CONTRAST) == [], "text below WCAG AA contrast (4.5:1)"
+    page.set_viewport_size(PHONE)
+    page.wait_for_function(
+        f"() => Number(document.querySelector('svg[data-chart=accept]').getAttribute('width')) < {PHONE['width']}"
+    )
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    shot(page, "village-phone.png")
+    assert errors == []
+    record_property("measured_village", f"village page screenshots: {village_desktop.parent}")
+
+
+def test_keyboard_only_and_english(
+    serve: ServeProcess, http: httpx.Client, tokens: dict[str, str], contexts: Callable[..., BrowserContext]
+) -> None:
+    page = contexts(lang="en").new_page()
+    page.goto(f"{serve.url}/console/")
+    expect(page.locator("html")).to_have_attribute("lang", "en")
+    expect(page.locator("h1")).to_contain_text("Joint-defence dispatch")
+    page.keyboard.type(tokens["officer_east"])
+    page.keyboard.press("Enter")
+    expect(page.locator("html")).to_have_attribute("data-live", "on")
+    incident = call(http, "console-0021", "13800000031")
+    alarm = card(page, incident)
+    expect(alarm.locator(".coverage")).to_have_text("Not covered")
+    alarm.locator("select.responder").select_option(OFFICER)
+    alarm.locator("select.responder").focus()
+    for _ in range(5):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.dataset.action") == "accept":
+            break
+    assert page.evaluate("document.activeElement.dataset.action") == "accept", "accept is not reachable by Tab"
+    page.keyboard.press("Enter")
+    expect(alarm.locator(f"li.member[data-phone='{OFFICER}']")).to_have_attribute("data-state", "accepted")
+    expect(page.locator("#toast")).to_contain_text("Recorded")
+    expect(alarm.locator(".accepted")).to_contain_text("community officer")
+    shot(page, "board-desktop-en.png")
+
+    page.locator("#lang").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
+    expect(card(page, incident).locator(".coverage")).to_have_text("未覆盖")
+    assert http.get(f"/v1/incidents/{incident}").json()["first_accept_at"] is not None
+
+
+def test_the_board_catches_up_after_the_service_restarts(
+    tmp_path: Path,
+    contexts: Callable[..., BrowserContext],
+    record_property: Callable[[str, object], None],
+) -> None:
+    process = ServeProcess(tmp_path / "data", {}).start()
+    try:
+        with process.client() as admin:
+            imported = admin.post("/v1/groups/import", content=ROSTER.encode(), headers={"Content-Type": "text/csv"})
+            assert imported.status_code == 200, imported.text
+        page = open_console(contexts(), process, process.token)
+        page.evaluate("window.__sameDocument = true")
+        assert process.terminate() == 0
+        expect(page.locator("html")).to_have_attribute("data-live", "off")
+        process.start()
+        with process.client() as admin:
+            restarted = time.monotonic()
+            incident = call(admin, "restart-0001", "13700000001")
+        expect(card(page, incident)).to_be_visible(timeout=30_000)
+        record_property(
+            "measured_restart",
+            f"alarm placed right after a restart on the board {time.monotonic() - restarted:.1f} s later (reconnect)",
+        )
+        expect(page.locator("html")).to_have_attribute("data-live", "on")
+        assert page.evaluate("window.__sameDocument") is True, "the board was reloaded"
+    finally:
+        process.kill()
