@@ -274,7 +274,10 @@ async def serve(sim: GatewaySim, host: str, port: int, ready: asyncio.Event | No
         uvicorn.Config(create_app(sim), host=host, port=port, log_config=None, access_log=False, lifespan="off")
     )
     task = asyncio.get_running_loop().create_task(server.serve())
-    while not server.started and not task.done():
+    while not server.started:
+        if task.done():
+            await task
+            raise RuntimeError(f"gateway simulator could not listen on {host}:{port}")
         await asyncio.sleep(0.02)
     if ready is not None:
         ready.set()

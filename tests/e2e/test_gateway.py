@@ -1,0 +1,324 @@
+"""Voice ring-all with keypad answers, SMS in and out, group robots, the caller kept informed —
+end to end through `dispatch gateway-sim` (a subprocess) and local robot receivers."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from dispatch.store.server import free_port
+from tests.support import ServeProcess, wait_until
+
+pytestmark = pytest.mark.e2e
+
+GATEWAY_SECRET = "gateway-secret"
+DINGTALK_SECRET = "SEC-dingtalk-test-secret"
+ROSTER = """village,group,phone,role,name
+xiaoyang,1,13800000001,household,张桂兰
+xiaoyang,1,13800000002,household,李建国
+xiaoyang,1,13800000003,household,王秀英
+xiaoyang,1,13800000004,household,赵德明
+xiaoyang,1,13800000005,household,刘翠花
+xiaoyang,1,13800000006,household,陈永福
+xiaoyang,1,13800000007,household,杨淑芬
+xiaoyang,1,13800000008,leader,黄志强
+xiaoyang,1,13900000001,assistant,周丽
+xiaoyang,1,13900000009,officer,吴建军
+"""
+CALLER, BUSY, SILENT = "+8613800000001", "+8613800000003", "+8613800000005"
+LEADER, OFFICER = "+8613800000008", "+8613900000009"
+MEMBERS = [f"+86138000000{i:02d}" for i in range(1, 9)] + ["+8613900000001", OFFICER]
+
+
+@dataclass
+class Robot:
+    """A local stand-in for a group robot; the DingTalk one checks the signature as DingTalk does."""
+
+    secret: str | None
+    port: int = 0
+    received: list[dict[str, Any]] | None = None
+    rejected: int = 0
+
+    def start(self) -> Robot:
+        robot = self
+        robot.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+                query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+                answer = {"errcode": 0, "errmsg": "ok"}
+                if robot.secret is not None:
+                    timestamp = query.get("timestamp", [""])[0]
+                    sign = query.get("sign", [""])[0]
+                    string_to_sign = f"{timestamp}\n{robot.secret}"
+                    expected = base64.b64encode(
+                        hmac.new(robot.secret.encode(), string_to_sign.encode(), hashlib.sha256).digest()
+                    ).decode()
+                    fresh = timestamp.isdigit() and abs(time.time() * 1000 - int(timestamp)) < 3_600_000
+                    if not (fresh and hmac.compare_digest(sign, expected)):
+                        robot.rejected += 1
+                        answer = {"errcode": 310000, "errmsg": "sign not match"}
+                if answer["errcode"] == 0:
+                    assert robot.received is not None
+                    robot.received.append(body)
+                data = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class World:
+    serve: ServeProcess
+    sim_url: str
+    sim: subprocess.Popen[bytes]
+    dingtalk: Robot
+    wecom: Robot
+
+    def sim_log(self) -> list[dict[str, Any]]:
+        log: list[dict[str, Any]] = httpx.get(f"{self.sim_url}/v1/sim/log", timeout=10).json()
+        return log
+
+    def sim_post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        answer: dict[str, Any] = httpx.post(f"{self.sim_url}{path}", json=body, timeout=30).json()
+        return answer
+
+    def incident(self, incident_id: str) -> dict[str, Any]:
+        view: dict[str, Any] = self.serve.client().get(f"/v1/incidents/{incident_id}").json()
+        return view
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("gateway")
+    dingtalk, wecom = Robot(DINGTALK_SECRET).start(), Robot(None).start()
+    sim_port = free_port()
+    channels = root / "channels.toml"
+    channels.write_text(
+        f"""
+[gateway]
+url = "http://127.0.0.1:{sim_port}"
+secret_env = "DISPATCH_GATEWAY_SECRET"
+ring_timeout_s = 2
+
+[routes]
+household = ["voice", "sms"]
+leader = ["voice", "sms"]
+assistant = ["voice"]
+officer = ["voice"]
+
+[villages.xiaoyang]
+dingtalk_url = "http://127.0.0.1:{dingtalk.port}/robot/send?access_token=abc"
+dingtalk_secret_env = "TEST_DINGTALK_SECRET"
+wecom_url_env = "TEST_WECOM_URL"
+routes.officer = ["voice", "dingtalk", "wecom"]
+""",
+        encoding="utf-8",
+    )
+    channels.chmod(0o600)
+    env = {
+        "DISPATCH_CHANNELS_FILE": str(channels),
+        "DISPATCH_GATEWAY_SECRET": GATEWAY_SECRET,
+        "TEST_DINGTALK_SECRET": DINGTALK_SECRET,
+        "TEST_WECOM_URL": f"http://127.0.0.1:{wecom.port}/cgi-bin/webhook/send?key=k",
+        "DISPATCH_DELIVERY_BACKOFF_BASE": "0.5",
+    }
+    serve = ServeProcess(root / "data", env).start()
+    http = serve.client()
+    assert (
+        http.post("/v1/groups/import", content=ROSTER.encode(), headers={"Content-Type": "text/csv"}).status_code == 200
+    )
+    gateway_token = http.post("/v1/tokens", json={"name": "gateway-sim", "role": "gateway"}).json()["token"]
+    scenario = root / "scenario.toml"
+    scenario.write_text(
+        f"""
+[defaults]
+answer_after_s = 0.3
+[phones."{OFFICER}"]
+answer_after_s = 0.3
+press = "1"
+press_after_s = 0.5
+[phones."{LEADER}"]
+answer_after_s = 0.3
+press = "1"
+press_after_s = 1.0
+[phones."{BUSY}"]
+behaviour = "busy"
+times = 1
+[phones."{SILENT}"]
+behaviour = "silent"
+times = 1
+""",
+        encoding="utf-8",
+    )
+    sim_log = (root / "sim.log").open("wb")
+    sim = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dispatch",
+            "gateway-sim",
+            "--listen",
+            f"127.0.0.1:{sim_port}",
+            "--server",
+            serve.url,
+            "--token",
+            gateway_token,
+            "--scenario",
+            str(scenario),
+        ],
+        env={**os.environ, "DISPATCH_GATEWAY_SECRET": GATEWAY_SECRET},
+        stdout=sim_log,
+        stderr=subprocess.STDOUT,
+    )
+    sim_url = f"http://127.0.0.1:{sim_port}"
+    wait_until(lambda: _up(sim_url), timeout=30)
+    try:
+        yield World(serve, sim_url, sim, dingtalk, wecom)
+    finally:
+        sim.terminate()
+        sim.wait(10)
+        serve.kill()
+        dingtalk.stop()
+        wecom.stop()
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/v1/sim/log", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_a_call_rings_the_group_at_once_and_keypad_1s_cover_it(world: World) -> None:
+    dialled = world.sim_post("/v1/sim/dial", {"from": "13800000001", "call_id": "gw-voice-1"})
+    assert dialled["status"] == "raised"
+    incident = dialled["incident_id"]
+
+    def originated() -> list[dict[str, Any]]:
+        return [
+            e
+            for e in world.sim_log()
+            if e["kind"] == "originate"
+            and "张桂兰" in e["text"]
+            and "再次" not in e["text"]
+            and "升级" not in e["text"]
+        ]
+
+    wait_until(lambda: len({e["to"] for e in originated()}) == 9, timeout=20)
+    first = {e["to"]: e["t"] for e in reversed(originated())}
+    spread = max(first.values()) - min(first.values())
+    print(f"\nring-all: 9 numbers originated within {spread * 1000:.1f} ms of each other")
+    assert set(first) == set(MEMBERS) - {CALLER}
+
+    view = wait_until(lambda: (v := world.incident(incident))["covered"] and v, timeout=30)
+    accepted = [e for e in view["timeline"] if e["type"] == "ResponderAccepted"]
+    assert {e["detail"]["phone"] for e in accepted} == {OFFICER, LEADER}
+
+    def calls_to(phone: str) -> int:
+        return sum(1 for e in originated() if e["to"] == phone)
+
+    def outcomes() -> Counter[tuple[str, str]]:
+        return Counter((e["to"], e["kind"]) for e in world.sim_log() if e["kind"] in ("busy", "no_answer", "answered"))
+
+    wait_until(lambda: outcomes()[(BUSY, "answered")] and outcomes()[(SILENT, "answered")], timeout=30)
+    counted = outcomes()
+    assert calls_to(BUSY) == 2 and calls_to(SILENT) == 2
+    print(f"busy and silent phones: {dict((k, v) for k, v in counted.items() if k[0] in (BUSY, SILENT))}")
+    assert counted[(BUSY, "busy")] == 1 and counted[(BUSY, "answered")] == 1
+    assert counted[(SILENT, "no_answer")] == 1 and counted[(SILENT, "answered")] == 1
+
+    view = wait_until(
+        lambda: (
+            (v := world.incident(incident))
+            and all("voice" in r["delivered"] for r in v["responders"] if r["recipient"])
+            and v
+        ),
+        timeout=30,
+    )
+    states = {r["phone"]: r["state"] for r in view["responders"]}
+    assert states[OFFICER] == "accepted" and states["+8613800000002"] == "delivered", "answered is not accepted"
+
+    wait_until(lambda: len([e for e in world.sim_log() if e["kind"] == "sms_out" and e["to"] == CALLER]) >= 2)
+    texts = [e["text"] for e in world.sim_log() if e["kind"] == "sms_out" and e["to"] == CALLER]
+    assert any("吴建军（社区民警）已接警" in t for t in texts), texts
+    assert any("已有社区民警和联防组长" in t for t in texts), texts
+
+    assert world.dingtalk.received and world.wecom.received
+    assert world.dingtalk.rejected == 0, "a DingTalk message was not signed the way DingTalk checks it"
+    dingtalk_alarm = [m for m in world.dingtalk.received if incident in m["markdown"]["text"]]
+    assert len(dingtalk_alarm) == 1 and "张桂兰" in dingtalk_alarm[0]["markdown"]["text"]
+    assert dingtalk_alarm[0]["msgtype"] == "markdown" and "/console/" in dingtalk_alarm[0]["markdown"]["text"]
+    assert any(incident in m["markdown"]["content"] for m in world.wecom.received)
+
+    world.serve.client().post(
+        f"/v1/incidents/{incident}/responses", json={"responder": OFFICER, "action": "resolve", "category": "help"}
+    )
+    metrics = world.serve.client().get("/metrics").text
+    assert 'dispatch_fanout_spread_seconds_count{channel="voice"}' in metrics
+
+
+def test_sms_raises_an_alarm_takes_answers_and_the_caller_cancels(world: World) -> None:
+    raised = world.sim_post("/v1/sim/text", {"from": "13800000002", "text": "救命，有人闯进院子"})
+    assert raised["status"] == "alarm"
+    incident = raised["incident_id"]
+    assert world.sim_post("/v1/sim/text", {"from": "13900000001", "text": "1"})["status"] == "answered"
+    assert world.sim_post("/v1/sim/text", {"from": "13900000001", "text": "到"})["status"] == "answered"
+    assert world.sim_post("/v1/sim/text", {"from": "13800000006", "text": "什么情况"})["status"] == "help"
+    wait_until(
+        lambda: any(
+            e["kind"] == "sms_out" and e["to"] == "+8613800000006" and "回复1接警" in e["text"] for e in world.sim_log()
+        )
+    )
+    assert world.sim_post("/v1/sim/text", {"from": "13800000002", "text": "0"})["status"] == "answered"
+    view = world.incident(incident)
+    assert view["status"] == "cancelled" and view["cancel_reason"] == "caller_safe"
+    types = [e["type"] for e in view["timeline"]]
+    assert types.index("ResponderAccepted") < types.index("ResponderArrived") < types.index("IncidentCancelled")
+    wait_until(
+        lambda: any(
+            e["kind"] == "sms_out" and e["to"] == "+8613800000007" and "已取消" in e["text"] for e in world.sim_log()
+        ),
+        timeout=20,
+    )
+    late = world.sim_post("/v1/sim/text", {"from": "13900000001", "text": "1"})
+    assert late["status"] == "help", "a reply after the incident closed must not raise a new alarm"
+
+
+def test_the_caller_presses_0_to_cancel(world: World) -> None:
+    dialled = world.sim_post("/v1/sim/dial", {"from": "13800000004", "call_id": "gw-voice-cancel"})
+    answer = world.sim_post("/v1/sim/press", {"call_id": dialled["call_id"], "digits": "0"})
+    assert "已取消" in answer["say"]
+    view = world.incident(dialled["incident_id"])
+    assert view["status"] == "cancelled" and view["cancel_reason"] == "caller_safe"
