@@ -1,24 +1,25 @@
-"""`dispatch demo`: the whole story on a demo village, through the real service, printed.
+"""`dispatch demo`: the whole story on a demo village, through the real service and a gateway, printed.
 
-It starts the service in this process (embedded NATS, a temporary data directory, a free port),
-adds a "phones" channel that prints each phone as it rings, and drives everything over HTTP
-exactly as a gateway and the officers would.
+It starts, in this process, the service (embedded NATS, a temporary data directory, free ports) and
+the gateway simulator with scripted virtual phones, and drives everything the way the telephony
+gateway and the officers would: a villager dials 6995, the group's phones ring together, the officer
+and the leader press 1, the caller is texted, the officer arrives and resolves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from dispatch.channels.base import Delivered, DeliveryJob, Outcome, Target
 from dispatch.domain.messages import ROLE_ZH
-from dispatch.events.model import Person
+from dispatch.gateway_sim import GatewaySim, PhoneScript, Scenario, serve
 from dispatch.settings import Settings
 from dispatch.store.server import free_port
 
@@ -44,34 +45,72 @@ ROSTER = f"""village,group,phone,role,name
 {VILLAGE},3,13900000009,officer,吴建军
 {VILLAGE},,073184512345,duty,城关派出所值班室
 """
-CALLER, LEADER, OFFICER = "+8613800000001", "+8613800000008", "+8613900000009"
+CHANNELS = """
+[gateway]
+url = "http://127.0.0.1:{port}"
+secret_env = "DISPATCH_GATEWAY_SECRET"
+ring_timeout_s = 5
 
-
-class DemoPhones:
-    """A channel that 'rings' by printing; every recipient has one phone."""
-
-    name = "phones"
-
-    def __init__(self) -> None:
-        self.rung: list[tuple[float, DeliveryJob]] = []
-        self.started = time.monotonic()
-
-    def targets(self, recipient: Person, village: str | None = None) -> list[str]:
-        return [recipient.phone]
-
-    async def send(self, job: DeliveryJob, target: Target) -> Outcome:
-        self.rung.append((time.monotonic(), job))
-        person = target.recipient
-        who = f"{person.name}（{ROLE_ZH.get(person.role, person.role)}）"
-        print(f"   📱 +{(time.monotonic() - self.started) * 1000:6.1f} ms  {who:<16} 响铃：{job.message}")
-        return Delivered()
-
-    async def close(self) -> None:
-        return None
+[routes]
+household = ["voice", "sms"]
+leader = ["voice", "sms"]
+assistant = ["voice", "sms"]
+officer = ["voice", "sms"]
+duty = ["voice"]
+"""
+OFFICER, LEADER = "+8613900000009", "+8613800000008"
+KEYS = {"1": "接警", "2": "无法前往", "3": "已到达", "9": "重听"}
+ROLE_NAMES: dict[str, str] = {str(k): v for k, v in ROLE_ZH.items()}
 
 
 def say(text: str) -> None:
     print(f"\n▶ {text}")
+
+
+def names() -> dict[str, str]:
+    people: dict[str, str] = {}
+    for line in ROSTER.splitlines()[1:]:
+        _, _, phone, role, name = line.split(",")
+        people["+86" + phone.lstrip("0")] = f"{name}（{ROLE_NAMES.get(role, role)}）"
+    return people
+
+
+class Narrator:
+    """Prints what the virtual phones did, in Chinese, as it happens."""
+
+    def __init__(self, sim: GatewaySim) -> None:
+        self.sim = sim
+        self.seen = 0
+        self.people = names()
+
+    def who(self, phone: str) -> str:
+        return self.people.get(phone, phone)
+
+    def flush(self) -> None:
+        for entry in self.sim.log[self.seen :]:
+            t, kind = entry["t"], entry["kind"]
+            line = {
+                "ring": lambda e: f"📞 {self.who(e['to'])} 的电话响了",
+                "answered": lambda e: f"☎  {self.who(e['to'])} 接听，听到报警语音",
+                "busy": lambda e: f"🚫 {self.who(e['to'])} 占线，稍后重拨",
+                "no_answer": lambda e: f"🔕 {self.who(e['to'])} 无人接听，稍后重拨",
+                "digits": lambda e: (
+                    f"⌨  {self.who(e['to'])} 按了 {e['digits']}（{KEYS.get(e['digits'], '')}）→ {e['answer']}"
+                ),
+                "sms_out": lambda e: f"✉  短信发给 {self.who(e['to'])}：{e['text']}",
+            }.get(kind)
+            if line is not None:
+                print(f"   {t:6.2f}s  {line(entry)}")
+        self.seen = len(self.sim.log)
+
+
+async def wait(check: Callable[[], bool], narrator: Narrator, timeout: float = 20.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        narrator.flush()
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    narrator.flush()
 
 
 async def run_demo(*, keep: bool = False) -> int:
@@ -80,30 +119,56 @@ async def run_demo(*, keep: bool = False) -> int:
 
     dlog.configure("console", "error")
     data_dir = Path(tempfile.mkdtemp(prefix="dispatch-demo-"))
-    phones = DemoPhones()
+    sim_port = free_port()
+    os.environ.setdefault("DISPATCH_GATEWAY_SECRET", os.urandom(16).hex())
+    channels = data_dir / "channels.toml"
+    channels.write_text(CHANNELS.format(port=sim_port), encoding="utf-8")
     settings = Settings(
         data_dir=data_dir,
         http=f"127.0.0.1:{free_port()}",
         duty_desk="+8673184512345",
         duty_desk_name="城关派出所值班室",
+        channels_file=channels,
+        delivery_backoff_base=1.0,
     )
     settings.validate()
-    service = Service(settings, channels=[phones])
+    service = Service(settings)
     print("6995 联防联动报警调度 · 演示 (dispatch demo)")
-    print(f"服务已启动 (service up): {settings.base_url}  数据目录 (data): {data_dir}")
     await service.start()
+    print(f"服务 (service): {settings.base_url}   网关模拟器 (gateway simulator): http://127.0.0.1:{sim_port}")
+    sim_task: asyncio.Task[None] | None = None
     try:
         headers = {"Authorization": f"Bearer {service.admin_token}"}
         async with httpx.AsyncClient(base_url=settings.base_url, timeout=30, headers=headers) as http:
-            await _story(http, phones)
+            token = (await http.post("/v1/tokens", json={"name": "演示网关", "role": "gateway"})).json()["token"]
+            scenario = Scenario(
+                defaults=PhoneScript(answer_after_s=0.6),
+                phones={
+                    OFFICER: PhoneScript(answer_after_s=0.4, press="1", press_after_s=0.8),
+                    LEADER: PhoneScript(answer_after_s=0.7, press="1", press_after_s=1.2),
+                    "+8613800000003": PhoneScript(behaviour="busy", times=1),
+                },
+            )
+            sim = GatewaySim(
+                dispatch_url=settings.base_url,
+                token=token,
+                secret=os.environ["DISPATCH_GATEWAY_SECRET"],
+                scenario=scenario,
+            )
+            ready = asyncio.Event()
+            sim_task = asyncio.get_running_loop().create_task(serve(sim, "127.0.0.1", sim_port, ready))
+            await ready.wait()
+            await _story(http, f"http://127.0.0.1:{sim_port}", Narrator(sim))
     finally:
+        if sim_task is not None:
+            sim_task.cancel()
         await service.stop()
         if not keep:
             shutil.rmtree(data_dir, ignore_errors=True)
     return 0
 
 
-async def _story(http: httpx.AsyncClient, phones: DemoPhones) -> None:
+async def _story(http: httpx.AsyncClient, sim_url: str, narrator: Narrator) -> None:
     say(f"导入联防名册：{VILLAGE} 3个联防小组 (import the roster: 3 groups)")
     r = await http.post("/v1/groups/import", content=ROSTER.encode(), headers={"Content-Type": "text/csv"})
     summary = r.json()["summary"]
@@ -114,24 +179,27 @@ async def _story(http: httpx.AsyncClient, phones: DemoPhones) -> None:
     group = (await http.get(f"/v1/groups/{VILLAGE}/1")).json()
     print(f"   {VILLAGE}1组：" + "、".join(f"{m['name']}({m['role_zh']})" for m in group["members"]))
 
-    say("联防户张桂兰拨打 6995 (a household dials 6995)")
-    phones.started = time.monotonic()
-    r = await http.post("/v1/calls", json={"call_id": "demo-call-1", "caller": "13800000001", "callee": "6995"})
-    incident = r.json()["incident_id"]
-    print(f"   网关收到 202：{r.json()['status']}，警情编号 {incident}")
-    await _wait(lambda: len(phones.rung) >= 9)
-    spread = (max(t for t, _ in phones.rung) - min(t for t, _ in phones.rung)) * 1000
-    print(f"   同组其余 9 人同时响铃，首末相差 {spread:.1f} ms (the whole group rang together)")
+    async with httpx.AsyncClient(base_url=sim_url, timeout=30) as phone:
+        say("联防户张桂兰拨打 6995 (a household dials 6995)")
+        dialled = (await phone.post("/v1/sim/dial", json={"from": "13800000001", "call_id": "demo-call-1"})).json()
+        incident = dialled["incident_id"]
+        print(f"   网关收到 202：{dialled['status']}，警情编号 {incident}")
+        sim = narrator.sim
+        await wait(lambda: sum(1 for e in sim.log if e["kind"] == "ring") >= 9, narrator)
+        rings = [e["t"] for e in sim.log if e["kind"] == "originate"][:9]
+        print(f"   同组其余 9 部电话同时呼出，首末相差 {(max(rings) - min(rings)) * 1000:.1f} ms (rang together)")
 
-    say("同一通话重复上报 (the gateway retries the same call id)")
-    r = await http.post("/v1/calls", json={"call_id": "demo-call-1", "caller": "13800000001"})
-    print(f"   仍是同一警情 {r.json()['incident_id'] == incident}，无人被重复呼叫：共 {len(phones.rung)} 次响铃")
+        say("民警和组长按 1 接警；报警人收到短信 (the officer and the leader press 1; the caller is texted)")
 
-    say("应答：社区民警吴建军按 1 接警，组长黄志强按 1 接警 (officer and leader accept)")
-    for who, label in ((OFFICER, "吴建军"), (LEADER, "黄志强")):
-        r = await http.post(f"/v1/incidents/{incident}/responses", json={"responder": who, "action": "accept"})
-        body = r.json()
-        print(f"   {label} 接警 → 状态 {body['status']}，已覆盖 {body['covered']}")
+        def covered() -> bool:
+            texts = [e for e in sim.log if e["kind"] == "sms_out" and e["to"] == "+8613800000001"]
+            return len(texts) >= 2
+
+        await wait(covered, narrator)
+        again = (await phone.post("/v1/sim/dial", json={"from": "13800000001", "call_id": "demo-call-1"})).json()
+        print(f"   网关重复上报同一通话：仍是同一警情 {again['incident_id'] == incident}，无人被重复呼叫")
+
+    say("民警到达现场并处置 (the officer arrives and resolves, from the console)")
     await http.post(f"/v1/incidents/{incident}/responses", json={"responder": OFFICER, "action": "arrived"})
     await http.post(
         f"/v1/incidents/{incident}/responses",
@@ -139,16 +207,15 @@ async def _story(http: httpx.AsyncClient, phones: DemoPhones) -> None:
     )
 
     say("警情时间线 (the incident's timeline)")
-    await _wait_delivered(http, incident)
-    view = (await http.get(f"/v1/incidents/{incident}")).json()
+    await asyncio.sleep(0.5)
+    view: dict[str, Any] = (await http.get(f"/v1/incidents/{incident}")).json()
     for entry in view["timeline"]:
         print(f"   {entry['at'][11:23]}  {entry['text']}")
 
     say("未登记号码拨打 6995：不丢弃，转派出所值班室 (an unknown number is never dropped)")
-    before = len(phones.rung)
     r = await http.post("/v1/calls", json={"call_id": "demo-call-2", "caller": "13111112222"})
-    await _wait(lambda: len(phones.rung) > before)
-    print(f"   {r.json()['status']} → 值班室已通知")
+    await wait(lambda: any(e["kind"] == "ring" and e["to"] == "+8673184512345" for e in sim.log), narrator)
+    print(f"   {r.json()['status']} → 值班室电话已响")
 
     say("响应时间报表 (response-time report)")
     await asyncio.sleep(0.3)
@@ -156,20 +223,7 @@ async def _story(http: httpx.AsyncClient, phones: DemoPhones) -> None:
     for name, m in report["measures"].items():
         if m["count"]:
             print(f"   {name:<24} n={m['count']}  p50={m['p50']:.2f}s  p90={m['p90']:.2f}s")
-    print("\n演示结束。`dispatch serve` 运行正式服务 (run the real service with `dispatch serve`).")
-
-
-async def _wait(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if check():
-            return
-        await asyncio.sleep(0.02)
-
-
-async def _wait_delivered(http: httpx.AsyncClient, incident: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        view = (await http.get(f"/v1/incidents/{incident}")).json()
-        if all(r["delivered"] for r in view["responders"] if r["recipient"]):
-            return
-        await asyncio.sleep(0.05)
+    print(
+        "\n演示结束。`dispatch serve` 运行正式服务；网关接口见 docs/gateway.md"
+        " (run the real service with `dispatch serve`)."
+    )

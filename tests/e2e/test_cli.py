@@ -33,11 +33,14 @@ def test_demo_tells_the_whole_story() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "组建 3 个小组，绑定 18 个号码" in out
-    assert out.count("响铃：【6995联防报警】东山村1组") == 9
-    assert "仍是同一警情 True，无人被重复呼叫：共 9 次响铃" in out
-    assert "已覆盖 True" in out
+    first_ring = out[out.index("▶ 联防户张桂兰拨打 6995") : out.index("同组其余 9 部电话同时呼出")]
+    assert first_ring.count("的电话响了") == 9
+    assert "网关收到 202：raised" in out
+    assert "吴建军（社区民警） 按了 1（接警）" in out and "黄志强（联防组长） 按了 1（接警）" in out
+    assert "已覆盖：民警与组长/助理均已接警" in out
+    assert "仍是同一警情 True，无人被重复呼叫" in out
     assert "处置完毕（纠纷）" in out
-    assert "unregistered → 值班室已通知" in out
+    assert "unregistered → 值班室电话已响" in out
     assert "time_to_covered" in out
 
 
