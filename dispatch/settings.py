@@ -15,6 +15,7 @@ from dispatch.channels.routing import ChannelConfig, ChannelConfigError, load_ch
 from dispatch.domain.directory import Deadlines
 from dispatch.domain.incident import DEFAULT_QUORUM, parse_quorum
 from dispatch.domain.phone import InvalidPhone, normalize
+from dispatch.domain.timezones import DEFAULT_TIME_ZONE, valid_time_zone
 from dispatch.events.model import Person
 
 
@@ -57,6 +58,7 @@ class Settings:
     command_centre_name: str = "县公安局指挥中心"
     channels_file: Path | None = None
     nats_restart_delay: float = 1.0
+    time_zone: str = DEFAULT_TIME_ZONE
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -92,6 +94,7 @@ class Settings:
             command_centre=_env("COMMAND_CENTRE"),
             command_centre_name=_env("COMMAND_CENTRE_NAME", "县公安局指挥中心") or "县公安局指挥中心",
             channels_file=Path(cf) if (cf := _env("CHANNELS_FILE")) else None,
+            time_zone=_env("TIME_ZONE", DEFAULT_TIME_ZONE) or DEFAULT_TIME_ZONE,
         )
         for key, value in overrides.items():
             if value is not None:
@@ -141,6 +144,8 @@ class Settings:
                 raise SettingsError(
                     f"DISPATCH_COMMAND_CENTRE: {self.command_centre!r} is neither a phone number nor an http(s) URL"
                 ) from None
+        if not valid_time_zone(self.time_zone):
+            raise SettingsError(f"DISPATCH_TIME_ZONE: {self.time_zone!r} is not an IANA time zone (e.g. Asia/Shanghai)")
         self.channel_config()
         if self.command_centre_url and not self.webhook_secret:
             raise SettingsError(

@@ -64,6 +64,7 @@ class VillageState:
     ack_deadline_s: float | None = None
     escalate_after_s: float | None = None
     arrival_deadline_s: float | None = None
+    time_zone: str | None = None
 
     def deadlines(self, defaults: Deadlines) -> Deadlines:
         return Deadlines(
@@ -140,6 +141,7 @@ class Directory:
             state.ack_deadline_s = event.ack_deadline_s
             state.escalate_after_s = event.escalate_after_s
             state.arrival_deadline_s = event.arrival_deadline_s
+            state.time_zone = event.time_zone
 
     def _unindex(self, phone: str, gid: str) -> None:
         groups = self._by_phone.get(phone)

@@ -497,7 +497,7 @@ class Respond(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None = None
 
 
-CANCEL_REASONS: tuple[CancelReason, ...] = ("caller_safe", "misdial", "duplicate", "other")
+CANCEL_REASONS: tuple[CancelReason, ...] = ("caller_safe", "misdial", "duplicate", "drill", "other")
 CLOSERS: tuple[Role, ...] = ("leader", "assistant", "officer", "duty")
 
 

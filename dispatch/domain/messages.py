@@ -49,6 +49,13 @@ STATUS_ZH = {
     "resolved": "已处置",
     "cancelled": "已取消",
 }
+CANCEL_ZH = {
+    "caller_safe": "报警人已安全",
+    "misdial": "误拨",
+    "duplicate": "重复报警",
+    "drill": "演练",
+    "other": "其他",
+}
 HOW_TO_ANSWER = "接警请按1或回复“接”，到达现场请按3或回复“到”。"
 ESCALATION_ZH = {
     "ack_deadline": "规定时间内未落实接警",
@@ -172,6 +179,6 @@ def describe(event: object, people: dict[str, Person]) -> str:
     if isinstance(event, m.IncidentResolved):
         return f"{name(event.by)} 处置完毕（{CATEGORY_ZH.get(event.category, event.category)}）"
     if isinstance(event, m.IncidentCancelled):
-        reason = {"caller_safe": "报警人已安全", "misdial": "误拨", "duplicate": "重复报警"}.get(event.reason, "其他")
+        reason = CANCEL_ZH.get(event.reason, "其他")
         return f"{name(event.by)} 取消报警（{reason}）"
     return type(event).__name__

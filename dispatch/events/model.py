@@ -25,7 +25,7 @@ STAFF_ROLES: tuple[Role, ...] = ("leader", "assistant", "officer")
 CallChannel = Literal["voice", "sms", "api", "nats"]
 Category = Literal["criminal", "public_order", "dispute", "help", "traffic", "fire", "other"]
 CATEGORIES: tuple[Category, ...] = ("criminal", "public_order", "dispute", "help", "traffic", "fire", "other")
-CancelReason = Literal["caller_safe", "misdial", "duplicate", "other"]
+CancelReason = Literal["caller_safe", "misdial", "duplicate", "drill", "other"]
 CallStatus = Literal["raised", "merged", "unregistered"]
 FailureKind = Literal["permanent", "exhausted"]
 
@@ -94,11 +94,13 @@ class DutyDeskUnbound(VillageEvent, frozen=True, kw_only=True):
 
 
 class VillageSettingsChanged(VillageEvent, frozen=True, kw_only=True):
-    """Deadlines for this village's incidents (None: the service default); applied at raise time."""
+    """Deadlines for this village's incidents (None: the service default), applied at raise time;
+    the IANA time zone its reports are shown in (None: the service default)."""
 
     ack_deadline_s: float | None = None
     escalate_after_s: float | None = None
     arrival_deadline_s: float | None = None
+    time_zone: str | None = None
 
 
 # --- Alarm line: at most one open incident per group, per multi-group caller, per unknown number --

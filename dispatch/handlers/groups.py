@@ -21,6 +21,7 @@ import structlog
 from dispatch.clock import Clock, utcnow
 from dispatch.domain.errors import InvalidCommand
 from dispatch.domain.roster import AggregateChange, ImportPlan, parse_roster, plan_import
+from dispatch.domain.timezones import valid_time_zone
 from dispatch.events.model import VillageSettingsChanged
 from dispatch.events.subjects import InvalidToken, check_token, village_subject
 from dispatch.projections.directory import LiveDirectory
@@ -79,13 +80,17 @@ def batches(changes: list[AggregateChange]) -> list[list[AggregateChange]]:
 
 
 class VillageSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Deadline overrides in seconds; null (or absent) means the service default."""
+    """Deadline overrides in seconds and the village's IANA time zone; null (or absent) means the
+    service default."""
 
     ack_deadline_s: float | None = None
     escalate_after_s: float | None = None
     arrival_deadline_s: float | None = None
+    time_zone: str | None = None
 
     def check(self) -> None:
+        if self.time_zone is not None and not valid_time_zone(self.time_zone):
+            raise InvalidCommand(f"time_zone {self.time_zone!r} is not an IANA time zone (e.g. Asia/Shanghai)")
         values = [v for v in (self.ack_deadline_s, self.escalate_after_s, self.arrival_deadline_s) if v is not None]
         if any(not 1 <= v <= 86_400 for v in values):
             raise InvalidCommand("deadlines must be between 1 and 86400 seconds")
@@ -139,6 +144,7 @@ class GroupService:
                     ack_deadline_s=settings.ack_deadline_s,
                     escalate_after_s=settings.escalate_after_s,
                     arrival_deadline_s=settings.arrival_deadline_s,
+                    time_zone=settings.time_zone,
                 )
                 subject = village_subject(village)
                 try:

@@ -18,7 +18,7 @@
 const BASE = new URL("../", location.href);
 const CLOSED = new Set(["resolved", "cancelled"]);
 const CATEGORIES = ["criminal", "public_order", "dispute", "help", "traffic", "fire", "other"];
-const CANCEL_REASONS = ["caller_safe", "misdial", "duplicate", "other"];
+const CANCEL_REASONS = ["caller_safe", "misdial", "duplicate", "drill", "other"];
 const ALARM_TYPES = new Set(["AlarmRaised", "UnregisteredCall", "CallRepeated"]);
 const DAY_MS = 86400000;
 
@@ -140,6 +140,7 @@ const TEXT = {
     reason_caller_safe: "报警人已安全",
     reason_misdial: "误拨",
     reason_duplicate: "重复报警",
+    reason_drill: "演练",
     reason_other: "其他",
     resolution: "处置结果",
     village_title: "{v} · 近30天",
@@ -285,6 +286,7 @@ const TEXT = {
     reason_caller_safe: "caller is safe",
     reason_misdial: "misdial",
     reason_duplicate: "duplicate",
+    reason_drill: "drill",
     reason_other: "other",
     resolution: "Outcome",
     village_title: "{v} · last 30 days",
