@@ -32,6 +32,20 @@ def _split_schema(url: str) -> tuple[str, str | None]:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment)), schema
 
 
+def upsert_sql(table: str, columns: Sequence[str], key: Sequence[str], *, rows: int = 1) -> str:
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    values = ", ".join([f"({marks(len(columns))})"] * rows)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values} "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+    )
+
+
+def marks(count: int) -> str:
+    """`?, ?, ?` for an IN list of `count` values."""
+    return ", ".join("?" * count)
+
+
 class Connection:
     """A thin DB-API wrapper: one connection, used by one thread at a time."""
 
@@ -39,6 +53,7 @@ class Connection:
         self.raw = raw
         self.dialect = dialect
         self._in_tx = False
+        self._staged: set[str] = set()
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.dialect == "postgresql" else sql
@@ -52,6 +67,39 @@ class Connection:
                 cur.executemany(self._sql(sql), [tuple(r) for r in rows])
         else:
             self.raw.executemany(sql, [tuple(r) for r in rows])
+
+    def upsert_many(
+        self, table: str, columns: Sequence[str], key: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Insert or replace `rows` (unique by `key`) in one go: executemany on SQLite; on PostgreSQL
+        a COPY into a per-connection staging table and one INSERT ... SELECT ... ON CONFLICT."""
+        if not rows:
+            return
+        if self.dialect == "sqlite":
+            self.raw.executemany(upsert_sql(table, columns, key), rows)
+            return
+        names = ", ".join(columns)
+        stage = f"stage_{table}"
+        if stage not in self._staged:
+            self.raw.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS")
+            self._staged.add(stage)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+        with self.raw.cursor() as cur:
+            with cur.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            cur.execute(
+                f"INSERT INTO {table} ({names}) SELECT {names} FROM {stage} "
+                f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+            )
+            cur.execute(f"TRUNCATE {stage}")
+
+    def forget_staging(self) -> None:
+        """Staging tables copy a table's columns when made: make them again after a schema change."""
+        for stage in self._staged:
+            with suppress(Exception):
+                self.raw.execute(f"DROP TABLE IF EXISTS {stage}")
+        self._staged.clear()
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return list(self.execute(sql, params).fetchall())
