@@ -1,24 +1,34 @@
-"""Incident history read model: one row per incident and one per responder.
+"""Incident history read model: one row per incident and one per person alerted (version 2).
 
 The timeline of one incident is not copied here: it is folded from the log, which holds it whole.
 
 Invariants:
-- rows are a fold of the incident's events: a batch loads the rows it touches once, folds its
-  events into them in memory, and writes each touched row once (an alarm and its delivery
-  notices, arriving together, cost one insert each instead of a statement per event);
+- rows are a fold of the incident's events: a batch loads the rows it touches in one query, folds
+  its events into them in memory, and writes each touched incident once, with all its responder
+  rows (an alarm and its delivery notices, arriving together, cost one write per row instead of a
+  statement per event);
 - "first" times never move once set; times are UTC epoch seconds (DOUBLE PRECISION) so range
   filters and response-time arithmetic are the same on SQLite and PostgreSQL;
+- the deadlines are the ones snapshotted in the incident's opening event (the village's overrides
+  at raise time), so a breach is judged by the rules the incident was raised under;
+- a responder's `failed_kind` is `permanent` once any channel failed permanently (it never goes
+  back to `exhausted`); `raised_at`, `village`, `grp` are copied onto responder rows so a member's
+  last alarms are one indexed read;
 - every column but `events` is idempotent; `events` counts the incident's events applied, so a
   double application would show (the runner's checkpoint makes sure there never is one).
+
+Version 2 added the arrival deadline, the call count and the responder copies of time and place
+(version 1's tables, `incidents` and `incident_responders`, are retired when version 2 takes over).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from operator import attrgetter
+from typing import Any
 
 from dispatch.events.model import (
     CallRepeated,
@@ -36,10 +46,14 @@ from dispatch.events.model import (
     RespondersNotified,
     UnregisteredCall,
 )
-from dispatch.events.subjects import SINGLE_TOKEN_AGGREGATES
-from dispatch.projections.sql import Connection
+from dispatch.events.subjects import INCIDENTS_ALL, NOTICES_ALL
+from dispatch.projections.sql import Connection, marks
 from dispatch.store.eventstore import Recorded
 
+FAMILY = "incidents"
+VERSION = 2
+INCIDENTS = f"incidents_v{VERSION}"
+RESPONDERS = f"incident_responders_v{VERSION}"
 ROLE_ACCEPT_COLUMNS = {
     "officer": "officer_accept_at",
     "leader": "leader_accept_at",
@@ -47,6 +61,7 @@ ROLE_ACCEPT_COLUMNS = {
     "duty": "duty_accept_at",
 }
 CLOSED = ("resolved", "cancelled")
+LOAD_CHUNK = 500
 
 
 def ts(value: datetime) -> float:
@@ -67,12 +82,14 @@ class IncidentRow:
     status: str
     covered: int
     urgency: int
+    calls: int
     recipients: int
     escalation_tier: int
     category: str | None
     cancel_reason: str | None
     raised_at: float
     ack_deadline_at: float
+    arrival_deadline_s: float
     first_notified_at: float | None
     first_delivered_at: float | None
     first_accept_at: float | None
@@ -95,6 +112,9 @@ class ResponderRow:
     name: str
     role: str
     recipient: int
+    raised_at: float
+    village: str | None
+    grp: str | None
     notified_at: float | None = None
     delivered_at: float | None = None
     failed_kind: str | None = None
@@ -110,18 +130,6 @@ responder_values = attrgetter(*RESPONDER_COLUMNS)
 CACHE_INCIDENTS = 20_000
 
 
-def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
-    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
-    return (
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)}) "
-        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
-    )
-
-
-UPSERT_INCIDENT = _upsert("incidents", INCIDENT_COLUMNS, ("id",))
-UPSERT_RESPONDER = _upsert("incident_responders", RESPONDER_COLUMNS, ("incident_id", "phone"))
-
-
 def _first(current: float | None, at: float) -> float:
     return at if current is None else current
 
@@ -130,19 +138,26 @@ class IncidentsProjection:
     """The fold keeps recently written rows between batches; `apply_many` is told whether anyone
     else wrote since (`continued`), and forgets them when someone did."""
 
-    name = "incidents_v1"
-    filter_subject = SINGLE_TOKEN_AGGREGATES
+    family = FAMILY
+    version = VERSION
+    filter_subjects: tuple[str, ...] = (INCIDENTS_ALL, NOTICES_ALL)
+    server_filter = False
+    legacy: tuple[tuple[str, int, tuple[str, ...]], ...] = (("incidents_v1", 1, ("incidents", "incident_responders")),)
 
     def __init__(self) -> None:
         self._rows: OrderedDict[str, IncidentRow | None] = OrderedDict()
         self._responders: dict[str, dict[str, ResponderRow]] = {}
 
+    @property
+    def name(self) -> str:
+        return f"{self.family}_v{self.version}"
+
     def tables(self) -> Sequence[str]:
-        return ("incidents", "incident_responders")
+        return (INCIDENTS, RESPONDERS)
 
     def ddl(self) -> Sequence[str]:
         return (
-            """CREATE TABLE IF NOT EXISTS incidents (
+            f"""CREATE TABLE IF NOT EXISTS {INCIDENTS} (
                 id TEXT PRIMARY KEY,
                 kind TEXT NOT NULL,
                 village TEXT,
@@ -155,12 +170,14 @@ class IncidentsProjection:
                 status TEXT NOT NULL,
                 covered INTEGER NOT NULL DEFAULT 0,
                 urgency INTEGER NOT NULL DEFAULT 1,
+                calls INTEGER NOT NULL DEFAULT 1,
                 recipients INTEGER NOT NULL,
                 escalation_tier INTEGER NOT NULL DEFAULT 0,
                 category TEXT,
                 cancel_reason TEXT,
                 raised_at DOUBLE PRECISION NOT NULL,
                 ack_deadline_at DOUBLE PRECISION NOT NULL,
+                arrival_deadline_s DOUBLE PRECISION NOT NULL,
                 first_notified_at DOUBLE PRECISION,
                 first_delivered_at DOUBLE PRECISION,
                 first_accept_at DOUBLE PRECISION,
@@ -175,14 +192,19 @@ class IncidentsProjection:
                 events INTEGER NOT NULL DEFAULT 0,
                 updated_seq BIGINT NOT NULL
             )""",
-            "CREATE INDEX IF NOT EXISTS incidents_village_raised ON incidents (village, raised_at)",
-            "CREATE INDEX IF NOT EXISTS incidents_status_raised ON incidents (status, raised_at)",
-            """CREATE TABLE IF NOT EXISTS incident_responders (
+            f"CREATE INDEX IF NOT EXISTS {INCIDENTS}_raised ON {INCIDENTS} (raised_at)",
+            f"CREATE INDEX IF NOT EXISTS {INCIDENTS}_village_raised ON {INCIDENTS} (village, grp, raised_at)",
+            f"CREATE INDEX IF NOT EXISTS {INCIDENTS}_status_raised ON {INCIDENTS} (status, raised_at)",
+            f"CREATE INDEX IF NOT EXISTS {INCIDENTS}_caller_raised ON {INCIDENTS} (caller, raised_at)",
+            f"""CREATE TABLE IF NOT EXISTS {RESPONDERS} (
                 incident_id TEXT NOT NULL,
                 phone TEXT NOT NULL,
                 name TEXT NOT NULL,
                 role TEXT NOT NULL,
                 recipient INTEGER NOT NULL,
+                raised_at DOUBLE PRECISION NOT NULL,
+                village TEXT,
+                grp TEXT,
                 notified_at DOUBLE PRECISION,
                 delivered_at DOUBLE PRECISION,
                 failed_kind TEXT,
@@ -191,15 +213,18 @@ class IncidentsProjection:
                 arrived_at DOUBLE PRECISION,
                 PRIMARY KEY (incident_id, phone)
             )""",
+            f"CREATE INDEX IF NOT EXISTS {RESPONDERS}_phone_raised ON {RESPONDERS} (phone, raised_at)",
         )
 
     def apply_many(self, conn: Connection, recs: Sequence[Recorded], *, continued: bool = False) -> None:
         if not continued:
             self.forget()
         batch = _Batch(conn, self._rows, self._responders)
-        for rec in recs:
-            if isinstance(rec.event, IncidentEvent):
-                batch.apply(rec.event, rec.seq)
+        events = [rec for rec in recs if isinstance(rec.event, IncidentEvent)]
+        batch.load(rec.event.incident_id for rec in events)  # type: ignore[attr-defined]
+        apply = batch.apply
+        for rec in events:
+            apply(rec.event, rec.seq)  # type: ignore[arg-type]
         batch.write()
         while len(self._rows) > CACHE_INCIDENTS:
             old, _ = self._rows.popitem(last=False)
@@ -212,7 +237,7 @@ class IncidentsProjection:
 
 
 class _Batch:
-    """The rows one batch touches: taken from the cache or loaded once, folded in memory, written once."""
+    """The rows one batch touches: taken from the cache or loaded at once, folded in memory, written once."""
 
     def __init__(
         self,
@@ -224,106 +249,128 @@ class _Batch:
         self.rows = rows
         self.responders = responders
         self.dirty_rows: set[str] = set()
-        self.dirty_responders: set[tuple[str, str]] = set()
+        self.dirty_people: set[str] = set()
 
-    def _row(self, incident_id: str) -> IncidentRow | None:
-        if incident_id in self.rows:
-            self.rows.move_to_end(incident_id)
-            return self.rows[incident_id]
-        found = self.conn.one(f"SELECT {', '.join(INCIDENT_COLUMNS)} FROM incidents WHERE id = ?", (incident_id,))
-        self.rows[incident_id] = IncidentRow(*found) if found else None
-        if found:
-            self.responders[incident_id] = {
-                r.phone: r
-                for r in (
-                    ResponderRow(*values)
-                    for values in self.conn.query(
-                        f"SELECT {', '.join(RESPONDER_COLUMNS)} FROM incident_responders WHERE incident_id = ?",
-                        (incident_id,),
-                    )
-                )
-            }
-        return self.rows[incident_id]
-
-    def _responder(self, incident_id: str, phone: str) -> ResponderRow | None:
-        r = self.responders.get(incident_id, {}).get(phone)
-        if r is not None:
-            self.dirty_responders.add((incident_id, phone))
-        return r
+    def load(self, ids: Iterable[str]) -> None:
+        """Read every row the batch needs that the cache lacks, a chunk of ids per query."""
+        missing = sorted({iid for iid in ids if iid not in self.rows})
+        for start in range(0, len(missing), LOAD_CHUNK):
+            chunk = missing[start : start + LOAD_CHUNK]
+            for iid in chunk:
+                self.rows[iid] = None
+            found = self.conn.query(
+                f"SELECT {', '.join(INCIDENT_COLUMNS)} FROM {INCIDENTS} WHERE id IN ({marks(len(chunk))})", chunk
+            )
+            if not found:
+                continue
+            for values in found:
+                row = IncidentRow(*values)
+                self.rows[row.id] = row
+                self.responders[row.id] = {}
+            for values in self.conn.query(
+                f"SELECT {', '.join(RESPONDER_COLUMNS)} FROM {RESPONDERS} WHERE incident_id IN ({marks(len(chunk))})",
+                chunk,
+            ):
+                r = ResponderRow(*values)
+                self.responders.setdefault(r.incident_id, {})[r.phone] = r
 
     def apply(self, event: IncidentEvent, seq: int) -> None:
-        iid, at = event.incident_id, ts(event.at)
-        if isinstance(event, IncidentOpened):
-            if self._row(iid) is None:
+        iid = event.incident_id
+        self.rows.move_to_end(iid)
+        row = self.rows[iid]
+        if row is None:
+            if isinstance(event, IncidentOpened):
                 self._open(event, seq)
             return
-        row = self._row(iid)
-        if row is None:
+        handler = _HANDLERS.get(type(event))
+        if handler is None:
             return
         self.dirty_rows.add(iid)
         row.events += 1
         row.updated_seq = seq
-        if isinstance(event, CallRepeated):
-            row.urgency = max(row.urgency, event.urgency)
-        elif isinstance(event, RespondersNotified):
-            for phone in event.phones:
-                r = self._responder(iid, phone)
-                if r is not None:
-                    r.notified_at = _first(r.notified_at, at)
-            row.first_notified_at = _first(row.first_notified_at, at)
-            if row.status == "raised":
-                row.status = "notifying"
-        elif isinstance(event, DeliverySucceeded):
-            for target in event.targets:
-                r = self._responder(iid, target.phone)
-                if r is not None:
-                    r.delivered_at = _first(r.delivered_at, at)
-            row.first_delivered_at = _first(row.first_delivered_at, at)
-        elif isinstance(event, DeliveryFailed):
-            for failure in event.failures:
-                r = self._responder(iid, failure.phone)
-                if r is not None:
-                    r.failed_kind = failure.kind
-        elif isinstance(event, ResponderAccepted):
-            r = self._responder(iid, event.phone)
-            if r is not None:
-                r.accepted_at = _first(r.accepted_at, at)
-                r.declined_at = None
-            if row.first_accept_at is None:
-                row.first_accept_role = event.role
-            row.first_accept_at = _first(row.first_accept_at, at)
-            column = ROLE_ACCEPT_COLUMNS.get(event.role)
-            if column is not None:
-                setattr(row, column, _first(getattr(row, column), at))
-            if row.status in ("raised", "notifying"):
-                row.status = "acknowledged"
-        elif isinstance(event, ResponderDeclined):
-            r = self._responder(iid, event.phone)
-            if r is not None:
-                r.declined_at = at
-        elif isinstance(event, ResponderArrived):
-            r = self._responder(iid, event.phone)
-            if r is not None:
-                r.arrived_at = _first(r.arrived_at, at)
-            row.first_arrival_at = _first(row.first_arrival_at, at)
-            if row.status not in CLOSED:
-                row.status = "on_scene"
-        elif isinstance(event, IncidentCovered):
-            row.covered = 1
-            row.covered_at = _first(row.covered_at, at)
-        elif isinstance(event, IncidentEscalated):
-            row.escalation_tier = max(row.escalation_tier, event.tier)
-        elif isinstance(event, IncidentResolved):
-            row.status, row.category, row.closed_at = "resolved", event.category, at
-        elif isinstance(event, IncidentCancelled):
-            row.status, row.cancel_reason, row.closed_at = "cancelled", event.reason, at
+        handler(self, row, event, ts(event.at))
+
+    def _people(self, row: IncidentRow) -> dict[str, ResponderRow]:
+        self.dirty_people.add(row.id)
+        return self.responders.get(row.id) or {}
+
+    def _repeated(self, row: IncidentRow, event: CallRepeated, at: float) -> None:
+        row.urgency = max(row.urgency, event.urgency)
+        row.calls += 1
+
+    def _notified(self, row: IncidentRow, event: RespondersNotified, at: float) -> None:
+        people = self._people(row)
+        for phone in event.phones:
+            r = people.get(phone)
+            if r is not None and r.notified_at is None:
+                r.notified_at = at
+        if row.first_notified_at is None:
+            row.first_notified_at = at
+        if row.status == "raised":
+            row.status = "notifying"
+
+    def _delivered(self, row: IncidentRow, event: DeliverySucceeded, at: float) -> None:
+        people = self._people(row)
+        for target in event.targets:
+            r = people.get(target.phone)
+            if r is not None and r.delivered_at is None:
+                r.delivered_at = at
+        if row.first_delivered_at is None:
+            row.first_delivered_at = at
+
+    def _failed(self, row: IncidentRow, event: DeliveryFailed, at: float) -> None:
+        people = self._people(row)
+        for failure in event.failures:
+            r = people.get(failure.phone)
+            if r is not None and r.failed_kind != "permanent":
+                r.failed_kind = failure.kind
+
+    def _accepted(self, row: IncidentRow, event: ResponderAccepted, at: float) -> None:
+        r = self._people(row).get(event.phone)
+        if r is not None:
+            r.accepted_at = _first(r.accepted_at, at)
+            r.declined_at = None
+        if row.first_accept_at is None:
+            row.first_accept_role = event.role
+            row.first_accept_at = at
+        column = ROLE_ACCEPT_COLUMNS.get(event.role)
+        if column is not None:
+            setattr(row, column, _first(getattr(row, column), at))
+        if row.status in ("raised", "notifying"):
+            row.status = "acknowledged"
+
+    def _declined(self, row: IncidentRow, event: ResponderDeclined, at: float) -> None:
+        r = self._people(row).get(event.phone)
+        if r is not None:
+            r.declined_at = at
+
+    def _arrived(self, row: IncidentRow, event: ResponderArrived, at: float) -> None:
+        r = self._people(row).get(event.phone)
+        if r is not None:
+            r.arrived_at = _first(r.arrived_at, at)
+        row.first_arrival_at = _first(row.first_arrival_at, at)
+        if row.status not in CLOSED:
+            row.status = "on_scene"
+
+    def _covered(self, row: IncidentRow, event: IncidentCovered, at: float) -> None:
+        row.covered = 1
+        row.covered_at = _first(row.covered_at, at)
+
+    def _escalated(self, row: IncidentRow, event: IncidentEscalated, at: float) -> None:
+        row.escalation_tier = max(row.escalation_tier, event.tier)
+
+    def _resolved(self, row: IncidentRow, event: IncidentResolved, at: float) -> None:
+        row.status, row.category, row.closed_at = "resolved", event.category, at
+
+    def _cancelled(self, row: IncidentRow, event: IncidentCancelled, at: float) -> None:
+        row.status, row.cancel_reason, row.closed_at = "cancelled", event.reason, at
 
     def _open(self, event: IncidentOpened, seq: int) -> None:
         iid = event.incident_id
-        kind = "unregistered" if isinstance(event, UnregisteredCall) else "alarm"
+        raised = ts(event.at)
         self.rows[iid] = IncidentRow(
             id=iid,
-            kind=kind,
+            kind="unregistered" if isinstance(event, UnregisteredCall) else "alarm",
             village=event.village,
             grp=event.group,
             line=event.line,
@@ -334,12 +381,14 @@ class _Batch:
             status="raised",
             covered=0,
             urgency=1,
+            calls=1,
             recipients=len(event.recipients),
             escalation_tier=0,
             category=None,
             cancel_reason=None,
-            raised_at=ts(event.at),
-            ack_deadline_at=ts(event.at) + event.ack_deadline_s,
+            raised_at=raised,
+            ack_deadline_at=raised + event.ack_deadline_s,
+            arrival_deadline_s=event.arrival_deadline_s,
             first_notified_at=None,
             first_delivered_at=None,
             first_accept_at=None,
@@ -355,16 +404,31 @@ class _Batch:
             updated_seq=seq,
         )
         self.dirty_rows.add(iid)
+        self.dirty_people.add(iid)
         people = self.responders.setdefault(iid, {})
         for person, recipient in [(p, 1) for p in event.recipients] + [(d, 0) for d in event.duty_desks]:
             if person.phone not in people:
-                people[person.phone] = ResponderRow(iid, person.phone, person.name, person.role, recipient)
-                self.dirty_responders.add((iid, person.phone))
+                people[person.phone] = ResponderRow(
+                    iid, person.phone, person.name, person.role, recipient, raised, event.village, event.group
+                )
 
     def write(self) -> None:
         rows = [incident_values(r) for iid in self.dirty_rows if (r := self.rows.get(iid)) is not None]
-        if rows:
-            self.conn.executemany(UPSERT_INCIDENT, rows)
-        responders = [responder_values(self.responders[iid][phone]) for iid, phone in self.dirty_responders]
-        if responders:
-            self.conn.executemany(UPSERT_RESPONDER, responders)
+        self.conn.upsert_many(INCIDENTS, INCIDENT_COLUMNS, ("id",), rows)
+        responders = [responder_values(r) for iid in self.dirty_people for r in self.responders.get(iid, {}).values()]
+        self.conn.upsert_many(RESPONDERS, RESPONDER_COLUMNS, ("incident_id", "phone"), responders)
+
+
+_HANDLERS: dict[type[IncidentEvent], Callable[[_Batch, IncidentRow, Any, float], None]] = {
+    CallRepeated: _Batch._repeated,
+    RespondersNotified: _Batch._notified,
+    DeliverySucceeded: _Batch._delivered,
+    DeliveryFailed: _Batch._failed,
+    ResponderAccepted: _Batch._accepted,
+    ResponderDeclined: _Batch._declined,
+    ResponderArrived: _Batch._arrived,
+    IncidentCovered: _Batch._covered,
+    IncidentEscalated: _Batch._escalated,
+    IncidentResolved: _Batch._resolved,
+    IncidentCancelled: _Batch._cancelled,
+}

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from dispatch.projections.incidents import INCIDENTS
 from dispatch.projections.sql import Connection
 
 LIST_COLUMNS = (
@@ -106,7 +107,7 @@ def list_incidents(
 ) -> list[dict[str, Any]]:
     where, params = _where(villages, since, status)
     rows = conn.query(
-        f"SELECT {', '.join(LIST_COLUMNS)} FROM incidents{where} ORDER BY raised_at DESC LIMIT ?",
+        f"SELECT {', '.join(LIST_COLUMNS)} FROM {INCIDENTS}{where} ORDER BY raised_at DESC LIMIT ?",
         (*params, limit),
     )
     out = []
@@ -127,7 +128,7 @@ def response_times(
     """Over `villages` (None: every village)."""
     where, params = _where(villages, since)
     columns = ", ".join(MEASURES.values())
-    rows = conn.query(f"SELECT raised_at, status, {columns} FROM incidents{where}", params)
+    rows = conn.query(f"SELECT raised_at, status, {columns} FROM {INCIDENTS}{where}", params)
     measures: dict[str, Percentiles] = {}
     for index, name in enumerate(MEASURES, start=2):
         values = [
@@ -144,14 +145,14 @@ def response_times(
 
 
 def open_incident_count(conn: Connection) -> int:
-    row = conn.one("SELECT COUNT(*) FROM incidents WHERE status NOT IN ('resolved', 'cancelled')")
+    row = conn.one(f"SELECT COUNT(*) FROM {INCIDENTS} WHERE status NOT IN ('resolved', 'cancelled')")
     return int(row[0]) if row else 0
 
 
 def uncovered_counts(conn: Connection, now: float) -> tuple[int, int]:
     """(open incidents not covered, those of them past their ack deadline)."""
     row = conn.one(
-        "SELECT COUNT(*), SUM(CASE WHEN ack_deadline_at < ? THEN 1 ELSE 0 END) FROM incidents "
+        f"SELECT COUNT(*), SUM(CASE WHEN ack_deadline_at < ? THEN 1 ELSE 0 END) FROM {INCIDENTS} "
         "WHERE status NOT IN ('resolved', 'cancelled') AND covered = 0",
         (now,),
     )

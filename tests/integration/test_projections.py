@@ -1,9 +1,11 @@
-"""The incident projection contract, run against SQLite and PostgreSQL alike."""
+"""The projection contract, run against SQLite and PostgreSQL alike: exactly once, all or nothing,
+several writers, live equals replay, the roster fold, versions that take over, lag."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 from nats.aio.client import Client as NATS
@@ -19,16 +21,29 @@ from dispatch.domain.incident import (
     parse_quorum,
     route_call,
 )
-from dispatch.events.model import Event, IncidentEvent, LineEvent, RespondersNotified
+from dispatch.domain.roster import parse_roster, plan_import
+from dispatch.events.model import Event, GroupDissolved, IncidentEvent, LineEvent, RespondersNotified
 from dispatch.events.subjects import incident_subject, line_subject, notice_subject
-from dispatch.projections import queries
-from dispatch.projections.incidents import IncidentsProjection
-from dispatch.projections.runner import ProjectionRunner, apply_batch, checkpoint, ensure_schema
+from dispatch.projections import queries, roster
+from dispatch.projections.incidents import INCIDENTS, RESPONDERS, IncidentsProjection
+from dispatch.projections.roster import RosterProjection
+from dispatch.projections.runner import (
+    CHECKPOINTS_DDL,
+    ProjectionRunner,
+    active_version,
+    apply_batch,
+    checkpoint,
+    drop_retired,
+    ensure_schema,
+    state_of,
+    take_over,
+)
 from dispatch.projections.sql import Connection, Database
 from dispatch.replay import rebuild
 from dispatch.store.eventstore import EventStore, Outgoing, Recorded
 from dispatch.store.provision import provision
-from tests.unit.fixtures import at, directory_with
+from tests import history
+from tests.unit.fixtures import ROSTER, at, directory_with
 
 OFFICER, LEADER = "+8613900000009", "+8613800000008"
 
@@ -104,9 +119,9 @@ def snapshot(db: Database) -> tuple[list[tuple[object, ...]], ...]:
     conn = db.connect()
     try:
         return (
-            conn.query("SELECT * FROM incidents ORDER BY id"),
-            conn.query("SELECT * FROM incident_responders ORDER BY incident_id, phone"),
-            conn.query("SELECT SUM(events) FROM incidents"),
+            conn.query(f"SELECT * FROM {INCIDENTS} ORDER BY id"),
+            conn.query(f"SELECT * FROM {RESPONDERS} ORDER BY incident_id, phone"),
+            conn.query(f"SELECT SUM(events) FROM {INCIDENTS}"),
         )
     finally:
         conn.close()
@@ -131,7 +146,7 @@ def test_batches_apply_exactly_once_whatever_overlaps(database: Database) -> Non
         ensure_schema(other, projection)
         apply_batch(other, projection, recs)
         assert snapshot(fresh) == once
-    rows = conn.query("SELECT status, covered, category, urgency, first_accept_role FROM incidents ORDER BY id")
+    rows = conn.query(f"SELECT status, covered, category, urgency, first_accept_role FROM {INCIDENTS} ORDER BY id")
     assert rows == [("resolved", 1, "help", 1, "officer")] * 3
 
 
@@ -148,7 +163,7 @@ def test_a_failure_mid_batch_leaves_nothing_behind(database: Database) -> None:
 
     class Failing(IncidentsProjection):
         def apply_many(self, conn: Connection, recs: Sequence[Recorded], *, continued: bool = False) -> None:
-            conn.execute("UPDATE incidents SET urgency = 99")
+            conn.execute(f"UPDATE {INCIDENTS} SET urgency = 99")
             raise Boom
 
     with pytest.raises(Boom):
@@ -223,5 +238,201 @@ async def test_live_runner_and_replay_agree(nc: NATS, database: Database) -> Non
     assert applied == len([e for e in events if isinstance(e, IncidentEvent)])
     assert snapshot(database) == live
     conn = database.connect()
-    assert checkpoint(conn, "incidents_v1") == last
+    assert checkpoint(conn, "incidents_v2") == last
     assert queries.open_incident_count(conn) == 5
+
+
+# --- the roster read model -------------------------------------------------------------------------
+
+
+def roster_rows(conn: Connection) -> tuple[set[tuple[object, ...]], set[tuple[object, ...]], set[tuple[object, ...]]]:
+    groups = {tuple(r) for r in conn.query(f"SELECT village, grp, dissolved FROM {roster.GROUPS}")}
+    members = {tuple(r) for r in conn.query(f"SELECT village, grp, phone, name, role FROM {roster.MEMBERS}")}
+    desks = {tuple(r) for r in conn.query(f"SELECT village, phone, name FROM {roster.DUTY_DESKS}")}
+    return groups, members, desks
+
+
+def test_roster_read_model_is_the_directory_fold(database: Database) -> None:
+    directory, events = history.roster(ROSTER, at())
+    changed = ROSTER.replace("dongshan,1,13800000007,household,杨淑芬\n", "").replace(
+        "13800000006,household,陈永福", "13800000006,household,陈永富"
+    )
+    changed = changed.replace("dongshan,2,13800000011,household,孙大山", "dongshan,2,13800000011,leader,孙大山")
+    changed = changed.replace("dongshan,2,13800000018,leader,郑春生", "dongshan,2,13800000018,household,郑春生")
+    plan = plan_import(directory, parse_roster(changed), at(60))
+    for change in plan.changes:
+        for event in change.events:
+            events.append(event)
+            directory.apply(event, len(events))
+    events.append(GroupDissolved(at=at(120), village="dongshan", group="2"))
+    directory.apply(events[-1], len(events))
+    events.append(history.village_settings("dongshan", at(130), time_zone="Asia/Urumqi", ack_deadline_s=90.0))
+    directory.apply(events[-1], len(events))
+
+    projection = RosterProjection()
+    conn = database.connect()
+    ensure_schema(conn, projection)
+    recs = history.recorded(events)
+    apply_batch(conn, projection, recs[:7])
+    apply_batch(conn, projection, recs)
+    groups, members, desks = roster_rows(conn)
+    assert groups == {(g.village, g.group, int(g.dissolved)) for g in directory.groups.values()}
+    assert members == {
+        (g.village, g.group, p.phone, p.name, p.role) for g in directory.groups.values() for p in g.members.values()
+    }
+    assert ("dongshan", "1", "+8613800000006", "陈永富", "household") in members
+    assert not any(m[2] == "+8613800000007" for m in members)
+    assert desks == {(v, d.phone, d.name) for v, s in directory.villages.items() for d in s.duty_desks.values()}
+    assert conn.one(f"SELECT time_zone, ack_deadline_s FROM {roster.VILLAGES} WHERE village = 'dongshan'") == (
+        "Asia/Urumqi",
+        90.0,
+    )
+
+
+# --- versions --------------------------------------------------------------------------------------
+
+
+class Counts:
+    """A tiny projection family: events per type, in `counts_v<version>`."""
+
+    family = "counts"
+    filter_subjects: tuple[str, ...] = ("dispatch.evt.incident.>",)
+    server_filter = False
+    legacy: tuple[tuple[str, int, tuple[str, ...]], ...] = ()
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+
+    @property
+    def name(self) -> str:
+        return f"counts_v{self.version}"
+
+    def tables(self) -> Sequence[str]:
+        return (self.name,)
+
+    def ddl(self) -> Sequence[str]:
+        return (f"CREATE TABLE IF NOT EXISTS {self.name} (kind TEXT PRIMARY KEY, n INTEGER NOT NULL)",)
+
+    def apply_many(self, conn: Connection, recs: Sequence[Recorded], *, continued: bool = False) -> None:
+        for rec in recs:
+            conn.execute(
+                f"INSERT INTO {self.name} (kind, n) VALUES (?, 1) "
+                f"ON CONFLICT (kind) DO UPDATE SET n = {self.name}.n + 1",
+                (type(rec.event).__name__,),
+            )
+
+    def forget(self) -> None:
+        return None
+
+
+class GatedRunner(ProjectionRunner):
+    """Holds each batch until `gate` is set (outside the transaction: SQLite has one writer)."""
+
+    gate = threading.Event()
+
+    def _apply(self, batch: list[Recorded]) -> int:
+        assert self.gate.wait(30)
+        return super()._apply(batch)
+
+
+async def append_all(store: EventStore, events: Sequence[Event], prefix: str) -> int:
+    seq = 0
+    for i, event in enumerate(events):
+        [seq] = await store.append([Outgoing(history.subject_of(event), event, f"{prefix}:{i}")])
+    return seq
+
+
+def tables_named(conn: Connection, prefix: str) -> set[str]:
+    if conn.dialect == "sqlite":
+        rows = conn.query("SELECT name FROM sqlite_master WHERE type = 'table'")
+    else:
+        rows = conn.query("SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")
+    return {str(r[0]) for r in rows if str(r[0]).startswith(prefix)}
+
+
+async def test_a_new_version_builds_beside_the_old_one_and_takes_over_when_caught_up(
+    nc: NATS, database: Database
+) -> None:
+    await provision(nc)
+    store = EventStore(nc)
+    await append_all(store, incident_events(3), "a")
+    old = ProjectionRunner(nc, database, Counts(1), linger=0.01)
+    await old.start()
+    await old.wait_for(await store.stream_last_seq(), timeout=20)
+    conn = database.connect()
+    assert old.active and state_of(conn, "counts_v1") == "active"
+
+    gate = threading.Event()
+    new = GatedRunner(nc, database, Counts(2), linger=0.01, retired_grace=3600)
+    new.gate = gate
+    await new.start()
+    assert not new.active and state_of(conn, "counts_v2") == "building"
+    await append_all(store, incident_events(1, resolve=False)[:1], "b")
+    await old.wait_for(await store.stream_last_seq(), timeout=20)
+    assert state_of(conn, "counts_v1") == "active", "the old version serves until the new one has caught up"
+    assert "building" in new.progress() or new.progress().startswith("counts_v2 0%")
+
+    gate.set()
+    await new.wait_for(await store.stream_last_seq(), timeout=20)
+    await wait_until_async(lambda: new.active)
+    assert state_of(conn, "counts_v2") == "active" and state_of(conn, "counts_v1") == "retired"
+    assert active_version(conn, "counts") == "counts_v2"
+    assert conn.query("SELECT kind, n FROM counts_v2 ORDER BY kind") == conn.query(
+        "SELECT kind, n FROM counts_v1 ORDER BY kind"
+    ), "both versions folded the same log"
+    assert tables_named(conn, "counts_v") == {"counts_v1", "counts_v2"}, "retired tables stay for the grace period"
+
+    assert not take_over(conn, Counts(1)), "an old version never takes over from a newer one"
+    assert active_version(conn, "counts") == "counts_v2"
+    await old.stop()
+    assert drop_retired(conn, "counts", older_than=0) == ["counts_v1"]
+    assert tables_named(conn, "counts_v") == {"counts_v2"}
+    assert checkpoint(conn, "counts_v1") == 0
+    await new.stop()
+
+
+async def test_incidents_v2_retires_the_tables_of_version_1(nc: NATS, database: Database) -> None:
+    conn = database.connect()
+    conn.execute(CHECKPOINTS_DDL)
+    conn.execute("CREATE TABLE incidents (id TEXT PRIMARY KEY)")
+    conn.execute("CREATE TABLE incident_responders (incident_id TEXT)")
+    conn.execute("INSERT INTO projection_checkpoints (name, position, updated_at) VALUES ('incidents_v1', 7, 0)")
+    await provision(nc)
+    runner = ProjectionRunner(nc, database, IncidentsProjection(), retired_grace=0)
+    await runner.start()
+    await wait_until_async(lambda: runner.active)
+    await runner.stop()
+    assert state_of(conn, "incidents_v1") is None, "dropped once retired (no grace here)"
+    assert tables_named(conn, "incident") == {INCIDENTS, RESPONDERS}
+
+
+async def test_lag_is_what_the_projection_has_not_applied_yet(nc: NATS, database: Database) -> None:
+    await provision(nc)
+    store = EventStore(nc)
+    events = incident_events(4)
+    last = await append_all(store, events, "lag")
+    gate = threading.Event()
+    runner = GatedRunner(nc, database, Counts(1), linger=0.01)
+    runner.gate = gate
+    await runner.start()
+    await wait_until_async(lambda: runner._received == last)
+    assert runner.lag == last, "everything received, nothing applied"
+    gate.set()
+    await runner.wait_for(last, timeout=20)
+    assert runner.lag == 0
+    gate.clear()
+    more = incident_events(1)[:3]
+    last = await append_all(store, more, "lag2")
+    await wait_until_async(lambda: runner.lag == 3)
+    gate.set()
+    await runner.wait_for(last, timeout=20)
+    assert runner.lag == 0
+    await runner.stop()
+
+
+async def wait_until_async(check: Callable[[], object], timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
