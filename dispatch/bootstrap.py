@@ -45,6 +45,7 @@ from dispatch.metrics import GaugeCallback, Metrics
 from dispatch.projections import queries
 from dispatch.projections.directory import LiveDirectory
 from dispatch.projections.incidents import IncidentsProjection
+from dispatch.projections.roster import RosterProjection
 from dispatch.projections.runner import ProjectionRunner
 from dispatch.projections.sql import Database
 from dispatch.projections.tokens import LiveTokens
@@ -155,7 +156,10 @@ class Service:
         self.metrics.directory_numbers.set_function(lambda: self.directory.directory.counts()[1])
 
         self.db = Database(st.db_url)
-        self.runners = [ProjectionRunner(self.nc, self.db, IncidentsProjection())]
+        self.runners = [
+            ProjectionRunner(self.nc, self.db, IncidentsProjection()),
+            ProjectionRunner(self.nc, self.db, RosterProjection()),
+        ]
         for runner in self.runners:
             await runner.start()
 
@@ -231,6 +235,10 @@ class Service:
                 metrics=self.metrics,
                 readiness=self.readiness,
                 deadlines=st.deadlines(),
+                time_zone=st.time_zone,
+                quorum=quorum,
+                region=st.region,
+                rebuilding=self.rebuilding,
             )
         )
         config = uvicorn.Config(
@@ -371,6 +379,11 @@ class Service:
         )
         for runner in self.runners:
             self.metrics.projection_lag.labels(runner.name).set_function(_pending_of(runner))
+
+    async def rebuilding(self) -> str | None:
+        """Why reports cannot be served yet: read models still catching up after a new version."""
+        waiting = [r.progress() for r in self.runners if not await r.refresh_active()]
+        return f"read models being rebuilt, try again shortly: {', '.join(waiting)}" if waiting else None
 
     async def readiness(self) -> dict[str, bool]:
         nats_ok = self.nc is not None and self.nc.is_connected

@@ -1,4 +1,4 @@
-"""The `dispatch` command: serve, demo, call, respond, incident, groups, report, replay.
+"""The `dispatch` command: serve, demo, call, respond, incident, groups, report, replay, projections.
 
 Client commands talk to a running service over HTTP (`--server`, default from DISPATCH_SERVER or
 DISPATCH_HTTP); `serve`, `demo` and `replay` run the service's parts in this process.
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
-import io
 import json
 import os
 import sys
@@ -20,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from dispatch.report_cli import add_arguments as add_report_arguments
 from dispatch.settings import Settings, SettingsError
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
@@ -223,29 +222,18 @@ def cmd_groups_show(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    params = {k: v for k, v in (("village", args.village), ("since", args.since)) if v}
-    data = _fetch(args, "GET", "/v1/reports/response-times", params=params)
-    if args.format == "json":
-        _print_json(data)
-        return 0
-    rows = [(name, m["count"], m["p50"], m["p90"], m["p99"]) for name, m in data["measures"].items()]
-    if args.format == "csv":
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(["measure", "count", "p50_s", "p90_s", "p99_s"])
-        writer.writerows(rows)
-        print(out.getvalue(), end="")
-        return 0
-    villages = ", ".join(data["villages"]) if data["villages"] is not None else "all"
-    print(f"incidents: {data['incidents']}   villages: {villages}   since: {data['since'] or '-'}")
-    print(f"{'measure':<24}{'count':>7}{'p50 s':>10}{'p90 s':>10}{'p99 s':>10}")
-    for name, count, p50, p90, p99 in rows:
-        print(f"{name:<24}{count:>7}{_num(p50):>10}{_num(p90):>10}{_num(p99):>10}")
-    return 0
+    from dispatch.report_cli import run_report
+
+    return run_report(args, _fetch)
 
 
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+def cmd_projections(args: argparse.Namespace) -> int:
+    from dispatch import logging as dlog
+    from dispatch.projections_cli import run_command
+
+    settings = _settings(args)
+    dlog.configure(settings.log_format, "warning")
+    return run_command(settings, args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,6 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="drop and rebuild every projection from the log (service stopped)")
     service_options(p)
     p.set_defaults(func=cmd_replay)
+
+    projections = sub.add_parser("projections", help="the SQL read models").add_subparsers(
+        dest="projections_command", required=True
+    )
+    p = projections.add_parser("run", help="keep the read models up to date, nothing else (a read-side worker)")
+    service_options(p)
+    p.set_defaults(func=cmd_projections)
+    p = projections.add_parser("status", help="each projection version: active, building or retired; how far behind")
+    service_options(p)
+    p.set_defaults(func=cmd_projections)
 
     tokens = sub.add_parser("tokens", help="access tokens (works on the log directly)").add_subparsers(
         dest="tokens_command", required=True
@@ -332,11 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_groups_show)
 
-    p = client(sub.add_parser("report", help="reports"))
-    p.add_argument("kind", choices=["response-times"])
-    p.add_argument("--village")
-    p.add_argument("--since", help="RFC 3339 time")
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p = client(sub.add_parser("report", help="reports: response-times, history, stats, readiness"))
+    add_report_arguments(p)
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -1,71 +1,120 @@
 """`dispatch replay`: drop every SQL projection and rebuild it from the log.
 
-Invariant: when it returns 0, each projection's checkpoint equals the last matching event in the
-log and its rows are exactly a fold of the log (the same code path as live projection).
-Run it with the service stopped: with the embedded server it refuses while a service holds
-the data directory.
+Invariants: when it returns 0, each projection's checkpoint is at the last event the log held when
+its rebuild started, its rows are exactly a fold of the log (the same code path as the live
+projection), it is its family's active version, and every older version's tables are gone.
+Run it with the service stopped: with the embedded server it refuses while a service holds the
+data directory.
+
+Progress goes to stderr: a bar redrawn in place on a terminal, a plain line every few seconds
+otherwise (a log file or CI); the final counts go to stdout.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import gc
 import sys
 import time
+from collections.abc import Sequence
+from typing import TextIO
 
 from nats.aio.client import Client as NATS
 
 from dispatch.offline import open_log
 from dispatch.projections.incidents import IncidentsProjection
-from dispatch.projections.runner import Projection, ProjectionRunner, drop
+from dispatch.projections.roster import RosterProjection
+from dispatch.projections.runner import Projection, ProjectionRunner, drop, drop_retired, last_matching, take_over
 from dispatch.projections.sql import Database
 from dispatch.settings import Settings
 
-PROJECTIONS: tuple[type[IncidentsProjection], ...] = (IncidentsProjection,)
+PROJECTIONS: tuple[type[IncidentsProjection] | type[RosterProjection], ...] = (IncidentsProjection, RosterProjection)
+BAR = 30
+LINE_EVERY_S = 5.0
 
 
-async def _last_matching(nc: NATS, subject: str) -> int:
-    reply = await nc.request(
-        "$JS.API.DIRECT.GET.DISPATCH_EVENTS", json.dumps({"last_by_subj": subject}).encode(), timeout=5
-    )
-    if (reply.headers or {}).get("Status"):
-        return 0
-    return int((reply.headers or {}).get("Nats-Sequence", "0"))
+class Progress:
+    """Draws a rebuild's progress: a bar on a terminal, a line every LINE_EVERY_S otherwise."""
+
+    def __init__(self, stream: TextIO | None = None, *, tty: bool | None = None, every: float = LINE_EVERY_S) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.every = every
+        self._last_line = 0.0
+
+    def update(self, name: str, done: int, target: int, applied: int, elapsed: float) -> None:
+        share = min(1.0, done / target) if target else 1.0
+        rate = applied / elapsed if elapsed > 0 else 0.0
+        if self.tty:
+            bar = "#" * int(share * BAR)
+            self.stream.write(f"\r{name:<14} [{bar:<{BAR}}] {share:6.1%}  {done}/{target}  {rate:,.0f} events/s")
+            self.stream.flush()
+            return
+        now = time.monotonic()
+        if now - self._last_line >= self.every:
+            self._last_line = now
+            line = f"{name}: {share:.1%} ({done}/{target}), {applied} events applied, {rate:,.0f} events/s"
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def finish(self, name: str, applied: int, elapsed: float) -> None:
+        if self.tty:
+            self.stream.write("\n")
+        self.stream.write(f"{name}: done, {applied} events in {elapsed:.1f} s\n")
+        self.stream.flush()
+        self._last_line = 0.0
 
 
-async def rebuild(nc: NATS, db: Database, projection: Projection, *, progress: bool = True) -> int:
+async def rebuild(nc: NATS, db: Database, projection: Projection, *, progress: Progress | bool = True) -> int:
+    """Drop `projection` and rebuild it up to the end of the log as it is now; return the events applied.
+
+    The cyclic garbage collector is paused meanwhile: a rebuild allocates millions of short-lived,
+    acyclic objects, and collections over them cost a fifth of the time, measured."""
+    reporter = progress if isinstance(progress, Progress) else (Progress() if progress else None)
     await asyncio.to_thread(lambda: drop(db.thread_connection(), projection))
-    target = await _last_matching(nc, projection.filter_subject)
+    target = await last_matching(nc, projection.filter_subjects)
     runner = ProjectionRunner(nc, db, projection)
     started = time.monotonic()
+    collecting = gc.isenabled()
+    gc.disable()
     await runner.start()
     try:
         while runner.position < target:
             await asyncio.sleep(0.2)
-            if progress:
-                done = runner.position / target if target else 1.0
-                bar = "#" * int(done * 30)
-                rate = runner.applied / max(time.monotonic() - started, 1e-6)
-                print(
-                    f"\r{projection.name:<16} [{bar:<30}] {runner.position}/{target} ({rate:,.0f} ev/s)",
-                    end="",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            if reporter is not None:
+                reporter.update(projection.name, runner.position, target, runner.applied, time.monotonic() - started)
     finally:
         await runner.stop()
-    if progress:
-        print(file=sys.stderr)
+        if collecting:
+            gc.enable()
+    await asyncio.to_thread(lambda: take_over(db.thread_connection(), projection))
+    if reporter is not None:
+        reporter.update(projection.name, runner.position, target, runner.applied, time.monotonic() - started)
+        reporter.finish(projection.name, runner.applied, time.monotonic() - started)
     return runner.applied
 
 
+async def rebuild_all(
+    nc: NATS, db: Database, projections: Sequence[Projection], *, progress: Progress | bool = True
+) -> dict[str, int]:
+    """Rebuild each projection, then drop every retired version of their families."""
+    applied = {}
+    for projection in projections:
+        applied[projection.name] = await rebuild(nc, db, projection, progress=progress)
+        await asyncio.to_thread(_drop_older, db, projection)
+    return applied
+
+
+def _drop_older(db: Database, projection: Projection) -> None:
+    drop_retired(db.thread_connection(), projection.family, older_than=None, keep=projection.name)
+
+
 async def replay(settings: Settings) -> int:
+    started = time.monotonic()
     async with open_log(settings, use_running=False) as nc:
         db = Database(settings.db_url)
-        total = 0
-        for cls in PROJECTIONS:
-            applied = await rebuild(nc, db, cls())
-            total += applied
-            print(f"{cls.name}: rebuilt from {applied} events")
-        print(f"replayed {total} events into {db.dialect}")
+        applied = await rebuild_all(nc, db, [cls() for cls in PROJECTIONS])
+    for name, count in applied.items():
+        print(f"{name}: rebuilt from {count} events")
+    print(f"replayed {sum(applied.values())} events into {db.dialect} in {time.monotonic() - started:.1f} s")
     return 0

@@ -33,12 +33,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dispatch.api.console_files import console_routes
 from dispatch.api.live import LiveHub
+from dispatch.api.reports import report_routes
 from dispatch.channels.gateway import VoiceEvent
 from dispatch.domain.access import Capability, Principal
 from dispatch.domain.directory import Deadlines, GroupState
 from dispatch.domain.errors import DomainError, NotFound
-from dispatch.domain.incident import DEFAULT_DEADLINES
+from dispatch.domain.incident import DEFAULT_DEADLINES, DEFAULT_QUORUM, Quorum, parse_quorum
 from dispatch.domain.roster import RosterRejected
+from dispatch.domain.timezones import DEFAULT_TIME_ZONE
 from dispatch.handlers.calls import CallRequest, CallService
 from dispatch.handlers.gateway import GatewayService, SmsIn
 from dispatch.handlers.groups import GroupService, VillageSettings
@@ -53,6 +55,7 @@ from dispatch.projections.tokens import LiveTokens
 from dispatch.store.eventstore import AppendConflict, AppendRejected, StoreUnavailable
 
 MAX_ROSTER_BYTES = 64 * 1024 * 1024
+DEFAULT_QUORUM_RULE = parse_quorum(DEFAULT_QUORUM)
 MAX_JSON_BYTES = 64 * 1024
 KEEPALIVE_S = 15.0
 
@@ -72,6 +75,10 @@ class ApiServices:
     metrics: Metrics
     readiness: Callable[[], Awaitable[dict[str, bool]]]
     deadlines: Deadlines = DEFAULT_DEADLINES
+    time_zone: str = DEFAULT_TIME_ZONE
+    quorum: Quorum = DEFAULT_QUORUM_RULE
+    region: str = "CN"
+    rebuilding: Callable[[], Awaitable[str | None]] | None = None
     version: str = "0.1.0"
 
 
@@ -243,10 +250,12 @@ def create_app(services: ApiServices) -> Litestar:
                 "escalate_after_s": deadlines.escalate_s,
                 "arrival_deadline_s": deadlines.arrival_s,
             },
+            "time_zone": (state.time_zone if state else None) or s.time_zone,
             "overrides": {
                 "ack_deadline_s": state.ack_deadline_s if state else None,
                 "escalate_after_s": state.escalate_after_s if state else None,
                 "arrival_deadline_s": state.arrival_deadline_s if state else None,
+                "time_zone": state.time_zone if state else None,
             },
             "duty_desks": [{"phone": d.phone, "name": d.name} for d in directory.duty_desks(village)],
             "groups": groups,
@@ -265,7 +274,7 @@ def create_app(services: ApiServices) -> Litestar:
         status_code=200,
         request_max_body_size=MAX_JSON_BYTES,
         tags=["villages"],
-        summary="Set a village's deadlines (admin); incidents raised afterwards use them",
+        summary="Set a village's deadlines and time zone (admin); incidents raised afterwards use the deadlines",
     )
     async def put_village_settings(
         village: FromPath[str], data: JSONBody[VillageSettings], request: Request[Any, Any, Any]
@@ -324,13 +333,6 @@ def create_app(services: ApiServices) -> Litestar:
             queries.list_incidents, villages=allowed, status=status, since=since, limit=max(1, min(limit, 1000))
         )
         return {"incidents": rows, "count": len(rows)}
-
-    @get("/v1/reports/response-times", tags=["reports"], summary="Count and percentiles of response times")
-    async def report_response_times(
-        request: Request[Any, Any, Any], village: FromQuery[str | None] = None, since: FromQuery[datetime | None] = None
-    ) -> Any:
-        allowed = narrowed(who(request, "read"), village)
-        return await in_thread(queries.response_times, villages=allowed, since=since)
 
     @get("/v1/stream", tags=["console"], summary="Server-sent events: incident events and console notifications")
     async def stream(request: Request[Any, Any, Any], village: FromQuery[str | None] = None) -> ServerSentEvent:
@@ -469,7 +471,7 @@ def create_app(services: ApiServices) -> Litestar:
             post_response,
             get_incident,
             list_incidents,
-            report_response_times,
+            *report_routes(s, who, narrowed, in_thread),
             gateway_voice,
             gateway_sms,
             stream,

@@ -1,0 +1,1 @@
+"""Reports over the read models: response times, incident history, statistics, group readiness."""

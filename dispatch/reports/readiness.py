@@ -1,0 +1,158 @@
+"""Group readiness: who will not answer, who cannot be reached, which groups cannot be covered,
+which groups have not been exercised.
+
+Judged from the roster read model (live groups and their current members) and the incident read
+model (each member's alarms), as of `now`:
+- silent: a member whose last `last` alarms (as a recipient, in that group) were all left without
+  an answer (no accept, decline or arrival), and who had at least `last` of them;
+- unreachable: a member whose most recent alarm in that group was never delivered to them and
+  failed (`permanent`: the number or address is invalid; `exhausted`: every retry failed);
+- without quorum: a group whose members, leaving out the silent and the unreachable, cannot meet
+  the cover quorum (`officer,leader|assistant` by default): each missing clause is named;
+- quiet: a group with no alarm and no drill (an alarm cancelled as `drill`) raised in the last
+  `quiet_days` days.
+
+Invariants: only live groups and current members are judged (a member unbound since is not
+reported); a finding names the village, group, member and the facts behind it; phone numbers are
+masked unless `reveal`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from dispatch.domain.incident import Quorum
+from dispatch.domain.messages import ROLE_ZH
+from dispatch.projections.incidents import INCIDENTS, RESPONDERS
+from dispatch.projections.roster import GROUPS, MEMBERS
+from dispatch.projections.sql import Connection, marks
+from dispatch.reports.common import Zones, shown_phone
+from dispatch.reports.periods import local_iso
+
+DAY = 86400.0
+
+
+def _village_filter(villages: frozenset[str] | None, column: str) -> tuple[str, list[Any]]:
+    if villages is None:
+        return "", []
+    if not villages:
+        return " AND 1 = 0", []
+    return f" AND {column} IN ({marks(len(villages))})", sorted(villages)
+
+
+def readiness(
+    conn: Connection,
+    villages: frozenset[str] | None,
+    zones: Zones,
+    quorum: Quorum,
+    *,
+    now: float,
+    group: str | None = None,
+    last: int = 3,
+    quiet_days: float = 90.0,
+    reveal: bool = False,
+) -> dict[str, Any]:
+    vf, vp = _village_filter(villages, "g.village")
+    gf, gp = (" AND g.grp = ?", [group]) if group is not None else ("", [])
+    groups = [
+        (str(v), str(g))
+        for v, g in conn.query(f"SELECT g.village, g.grp FROM {GROUPS} g WHERE g.dissolved = 0{vf}{gf}", (*vp, *gp))
+    ]
+    members: dict[tuple[str, str], list[tuple[str, str, str]]] = defaultdict(list)
+    for v, g, phone, name, role in conn.query(
+        f"SELECT m.village, m.grp, m.phone, m.name, m.role FROM {MEMBERS} m JOIN {GROUPS} g "
+        f"ON g.village = m.village AND g.grp = m.grp WHERE g.dissolved = 0{vf}{gf} ORDER BY m.village, m.grp, m.phone",
+        (*vp, *gp),
+    ):
+        members[(v, g)].append((phone, name, role))
+
+    rf, rp = _village_filter(villages, "r.village")
+    rgf, rgp = (" AND r.grp = ?", [group]) if group is not None else ("", [])
+    recent: dict[tuple[str, str, str], list[tuple[Any, ...]]] = defaultdict(list)
+    for phone, v, g, raised, accepted, declined, arrived, delivered, failed, _ in conn.query(
+        "SELECT * FROM (SELECT r.phone, r.village, r.grp, r.raised_at, r.accepted_at, r.declined_at, r.arrived_at,"
+        " r.delivered_at, r.failed_kind, ROW_NUMBER() OVER (PARTITION BY r.phone, r.village, r.grp"
+        f" ORDER BY r.raised_at DESC) AS rn FROM {RESPONDERS} r WHERE r.recipient = 1 AND r.grp IS NOT NULL{rf}{rgf})"
+        " ranked WHERE rn <= ? ORDER BY phone, village, grp, raised_at DESC",
+        (*rp, *rgp, max(1, last)),
+    ):
+        recent[(v, g, phone)].append((raised, accepted, declined, arrived, delivered, failed))
+
+    silent, unreachable = [], []
+    out_of_reach: set[tuple[str, str, str]] = set()
+    for (v, g), people in members.items():
+        tz = zones.of(v)
+        for phone, name, role in people:
+            alarms = recent.get((v, g, phone), [])
+            person = {
+                "village": v,
+                "group": g,
+                "phone": shown_phone(phone, reveal),
+                "name": name,
+                "role": role,
+                "role_zh": ROLE_ZH.get(role, role),  # type: ignore[call-overload]
+            }
+            if len(alarms) >= last and all(a[1] is None and a[2] is None and a[3] is None for a in alarms):
+                silent.append({**person, "alarms": len(alarms), "last_alarm_at": local_iso(alarms[0][0], tz)})
+                out_of_reach.add((v, g, phone))
+            if alarms and alarms[0][4] is None and alarms[0][5] is not None:
+                unreachable.append({**person, "failure": alarms[0][5], "last_alarm_at": local_iso(alarms[0][0], tz)})
+                out_of_reach.add((v, g, phone))
+
+    without_quorum = []
+    for v, g in groups:
+        people = members.get((v, g), [])
+        present = {role for _, _, role in people}
+        available = {role for phone, _, role in people if (v, g, phone) not in out_of_reach}
+        missing = []
+        for clause in quorum:
+            if available.intersection(clause):
+                continue
+            roles = "|".join(clause)
+            why = "out_of_reach" if present.intersection(clause) else "none_in_group"
+            missing.append({"roles": roles, "roles_zh": "或".join(ROLE_ZH.get(r, r) for r in clause), "why": why})
+        if missing:
+            without_quorum.append({"village": v, "group": g, "missing": missing})
+
+    cutoff = now - quiet_days * DAY
+    inf, ip = _village_filter(villages, "village")
+    igf, igp = (" AND grp = ?", [group]) if group is not None else ("", [])
+    last_alarm: dict[tuple[str, str], float] = {}
+    last_drill: dict[tuple[str, str], float] = {}
+    for v, g, raised, drill in conn.query(
+        "SELECT village, grp, MAX(raised_at), MAX(CASE WHEN cancel_reason = 'drill' THEN raised_at END)"
+        f" FROM {INCIDENTS} WHERE grp IS NOT NULL{inf}{igf} GROUP BY village, grp",
+        (*ip, *igp),
+    ):
+        last_alarm[(v, g)] = raised
+        if drill is not None:
+            last_drill[(v, g)] = drill
+    quiet = []
+    for v, g in groups:
+        latest = last_alarm.get((v, g))
+        if latest is None or latest < cutoff:
+            tz = zones.of(v)
+            quiet.append(
+                {
+                    "village": v,
+                    "group": g,
+                    "last_alarm_at": local_iso(latest, tz),
+                    "last_drill_at": local_iso(last_drill.get((v, g)), tz),
+                    "days_since": None if latest is None else int((now - latest) // DAY),
+                }
+            )
+    return {
+        "villages": sorted(villages) if villages is not None else None,
+        "group": group,
+        "as_of": local_iso(now, zones.default),
+        "last": last,
+        "quiet_days": quiet_days,
+        "quorum": ",".join("|".join(c) for c in quorum),
+        "groups": len(groups),
+        "members": sum(len(p) for p in members.values()),
+        "silent_members": silent,
+        "unreachable_members": unreachable,
+        "groups_without_quorum": without_quorum,
+        "quiet_groups": quiet,
+    }

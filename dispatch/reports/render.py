@@ -1,0 +1,439 @@
+"""Reports as tables: aligned text for a terminal, CSV for a spreadsheet (JSON is the report itself).
+
+Invariants:
+- the same tables feed the text and the CSV forms, from the report's JSON (so the CLI, which gets
+  JSON from the API, renders exactly what the API exports);
+- CSV cannot inject formulas: a text cell starting with `=`, `+`, `-`, `@`, a tab or a carriage
+  return is prefixed with `'` (OWASP); numbers are written as numbers; headers are the English
+  keys (stable for scripts), one row per line;
+- text tables align by display width (a CJK character takes two columns); headers are Chinese
+  first with the English key beneath; a missing value shows as `-`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dispatch.reports.response_times import MEASURES
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    key: str
+    zh: str
+    get: Callable[[dict[str, Any]], Any]
+    text: Callable[[Any], str] | None = None
+    align_right: bool = False
+
+
+@dataclass(slots=True)
+class Table:
+    title: str
+    columns: list[Column]
+    rows: list[dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
+
+
+def neutralise(value: Any) -> Any:
+    """A CSV cell that a spreadsheet will not run as a formula."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def width(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1 for ch in text)
+
+
+def _pad(text: str, size: int, right: bool) -> str:
+    gap = " " * max(0, size - width(text))
+    return gap + text if right else text + gap
+
+
+def seconds(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.1f}"
+
+
+def number(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def pct(value: Any) -> str:
+    return "-" if value is None else f"{float(value):+.1f}%"
+
+
+def plain(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "是" if value else "否"
+    return str(value)
+
+
+def local_time(value: Any) -> str:
+    """`2026-11-24T20:00:00+08:00` -> `2026-11-24 20:00` (the zone is named above the table)."""
+    return "-" if not value else str(value)[:16].replace("T", " ")
+
+
+def to_text(tables: Sequence[Table]) -> str:
+    out: list[str] = []
+    for table in tables:
+        out.append(table.title)
+        out.extend(table.notes)
+        headers_zh = [c.zh for c in table.columns]
+        headers_en = [c.key for c in table.columns]
+        cells = [[(c.text or plain)(c.get(row)) for c in table.columns] for row in table.rows]
+        sizes = [
+            max([width(headers_zh[i]), width(headers_en[i]), *(width(r[i]) for r in cells)])
+            for i in range(len(table.columns))
+        ]
+        for header in (headers_zh, headers_en):
+            out.append(
+                "  ".join(_pad(h, sizes[i], table.columns[i].align_right) for i, h in enumerate(header)).rstrip()
+            )
+        out.append("  ".join("-" * s for s in sizes))
+        for row in cells:
+            out.append("  ".join(_pad(v, sizes[i], table.columns[i].align_right) for i, v in enumerate(row)).rstrip())
+        if not table.rows:
+            out.append("（无 none）")
+        out.append("")
+    return "\n".join(out)
+
+
+def to_csv(table: Table) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([c.key for c in table.columns])
+    for row in table.rows:
+        writer.writerow([neutralise(_csv_value(c.get(row))) for c in table.columns])
+    return buffer.getvalue()
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return int(value)
+    return "" if value is None else value
+
+
+# --- the tables of each report ---------------------------------------------------------------------
+
+MEASURE_ZH = {
+    "time_to_first_notified": "首次通知",
+    "time_to_first_accept": "首次接警",
+    "time_to_accept_officer": "民警接警",
+    "time_to_accept_leader": "组长接警",
+    "time_to_accept_assistant": "助理接警",
+    "time_to_accept_duty": "值班室接警",
+    "time_to_covered": "落实覆盖",
+    "time_to_arrival": "到达现场",
+    "time_to_resolve": "处置完毕",
+}
+TABLE_MEASURES = ("time_to_first_accept", "time_to_covered", "time_to_arrival")
+
+
+def _measure(name: str, stat: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda row: row["measures"][name][stat]
+
+
+def _scope_note(report: dict[str, Any]) -> str:
+    villages = ", ".join(report.get("villages") or []) if report.get("villages") is not None else "全部 all"
+    parts = [f"村 villages: {villages}"]
+    if report.get("group"):
+        parts.append(f"组 group: {report['group']}")
+    parts.append(f"自 since: {local_time(report.get('since'))}")
+    parts.append(f"至 until: {local_time(report.get('until'))}")
+    return "   ".join(parts)
+
+
+def _zone_note(report: dict[str, Any]) -> str:
+    zones = report.get("time_zone")
+    names = zones if isinstance(zones, list) else [zones]
+    return f"时间按各村时区 times in the village's time zone: {', '.join(str(z) for z in names if z)}"
+
+
+def _key_columns(report: dict[str, Any]) -> list[Column]:
+    cols: list[Column] = []
+    by = report.get("by") or []
+    if "village" in by or "group" in by:
+        cols.append(Column("village", "村", lambda r: r.get("village")))
+    if "group" in by:
+        cols.append(Column("group", "组", lambda r: r.get("group")))
+    if "officer" in by:
+        cols.append(Column("officer", "民警", lambda r: (r.get("officer") or {}).get("name")))
+        cols.append(Column("officer_phone", "民警电话", lambda r: (r.get("officer") or {}).get("phone")))
+    if report.get("period"):
+        cols.append(Column("period", "时段", lambda r: r.get("period")))
+    return cols
+
+
+def response_time_tables(report: dict[str, Any], *, wide: bool = False) -> list[Table]:
+    counts = [
+        Column("incidents", "警情数", lambda r: r["incidents"], number, True),
+        Column("covered", "已覆盖", lambda r: r["covered"], number, True),
+        Column("ack_breached", "超时未覆盖", lambda r: r["ack_breached"], number, True),
+        Column("arrival_breached", "超时未到场", lambda r: r["arrival_breached"], number, True),
+    ]
+    names = list(MEASURES) if wide else list(TABLE_MEASURES)
+    stats = ("count", "p50", "p90", "p99") if wide else ("p50", "p90", "p99")
+    measures = [
+        Column(
+            f"{name}_count" if stat == "count" else f"{name}_{stat}_s",
+            f"{MEASURE_ZH[name]}{'数' if stat == 'count' else stat}",
+            _measure(name, stat),
+            number if stat == "count" else seconds,
+            True,
+        )
+        for name in names
+        for stat in stats
+    ]
+    rows = report["rows"] if report.get("by") or report.get("period") else [report]
+    keys = _key_columns(report)
+    if not keys:
+        keys = [Column("scope", "范围", lambda r: "全部 all")]
+    return [
+        Table(
+            "响应时间（秒） Response times (seconds)",
+            keys + counts + measures,
+            rows,
+            [_scope_note(report), _zone_note(report)],
+        )
+    ]
+
+
+def measures_table(report: dict[str, Any]) -> Table:
+    """One row per measure over the whole scope (the original CSV shape of this report)."""
+    rows = [{"measure": name, **m} for name, m in report["measures"].items()]
+    return Table(
+        "响应时间（秒） Response times (seconds)",
+        [
+            Column("measure", "环节", lambda r: r["measure"]),
+            Column("count", "数量", lambda r: r["count"], number, True),
+            Column("p50_s", "p50", lambda r: r["p50"], seconds, True),
+            Column("p90_s", "p90", lambda r: r["p90"], seconds, True),
+            Column("p99_s", "p99", lambda r: r["p99"], seconds, True),
+        ],
+        rows,
+    )
+
+
+def history_tables(report: dict[str, Any]) -> list[Table]:
+    cols = [
+        Column("raised_at", "报警时间", lambda r: r["raised_at"], local_time),
+        Column("village", "村", lambda r: r["village"]),
+        Column("group", "组", lambda r: r["group"]),
+        Column("caller_name", "报警人", lambda r: r["caller_name"]),
+        Column("caller", "电话", lambda r: r["caller"]),
+        Column("status", "状态", lambda r: r["status_zh"]),
+        Column("category", "类别", lambda r: r["category_zh"] or r["cancel_reason_zh"]),
+        Column("time_to_first_accept_s", "接警s", lambda r: r["time_to_first_accept"], seconds, True),
+        Column("time_to_covered_s", "覆盖s", lambda r: r["time_to_covered"], seconds, True),
+        Column("time_to_arrival_s", "到场s", lambda r: r["time_to_arrival"], seconds, True),
+        Column("escalation_tier", "升级", lambda r: r["escalation_tier"], number, True),
+        Column("incident_id", "警情编号", lambda r: r["incident_id"]),
+    ]
+    shown = f"第 {report['offset'] + 1}-{report['offset'] + report['count']} 条，共 {report['total']} 条"
+    notes = [
+        _scope_note(report),
+        f"{shown}  rows {report['offset'] + 1}-{report['offset'] + report['count']} of {report['total']}",
+    ]
+    zones = sorted({r["time_zone"] for r in report["rows"]})
+    if zones:
+        notes.append(_zone_note({"time_zone": zones}))
+    return [Table("警情记录 Incident history", cols, report["rows"], notes)]
+
+
+def stats_tables(report: dict[str, Any]) -> list[Table]:
+    base = [
+        Column("period", "时段", lambda r: r["period"]),
+    ]
+    figures = [
+        Column("count", "数量", lambda r: r["count"], number, True),
+        Column("previous", "上期", lambda r: r["previous"], number, True),
+        Column("change_pct", "环比", lambda r: r["change_pct"], pct, True),
+        Column("last_year", "去年同期", lambda r: r["last_year"], number, True),
+        Column("yoy_pct", "同比", lambda r: r["yoy_pct"], pct, True),
+    ]
+    notes = [_scope_note(report), _zone_note(report)]
+    partial = [t["period"] for t in report["totals"] if t.get("partial")]
+    if partial:
+        notes.append(f"{partial[0]} 未完 (to date)")
+    return [
+        Table(
+            "警情统计（按类别） Incidents by category",
+            [*base, Column("category", "类别", lambda r: r["category_zh"]), *figures],
+            report["rows"],
+            notes,
+        ),
+        Table("警情合计（不含演练） Total incidents (drills excluded)", base + figures, report["totals"]),
+    ]
+
+
+def stats_csv_table(report: dict[str, Any]) -> Table:
+    return Table(
+        "stats",
+        [
+            Column("period", "时段", lambda r: r["period"]),
+            Column("category", "类别", lambda r: r["category"]),
+            Column("category_zh", "类别", lambda r: r["category_zh"]),
+            Column("count", "数量", lambda r: r["count"]),
+            Column("previous", "上期", lambda r: r["previous"]),
+            Column("change_pct", "环比", lambda r: r["change_pct"]),
+            Column("last_year", "去年同期", lambda r: r["last_year"]),
+            Column("yoy_pct", "同比", lambda r: r["yoy_pct"]),
+        ],
+        report["rows"],
+    )
+
+
+def history_csv_table(report: dict[str, Any]) -> Table:
+    keys = (
+        "incident_id",
+        "raised_at",
+        "time_zone",
+        "village",
+        "group",
+        "caller",
+        "caller_name",
+        "caller_role",
+        "kind",
+        "status",
+        "category",
+        "cancel_reason",
+        "covered",
+        "escalation_tier",
+        "calls",
+        "time_to_first_accept",
+        "time_to_covered",
+        "time_to_arrival",
+        "closed_at",
+    )
+    return Table("history", [Column(k, k, _field(k)) for k in keys], report["rows"])
+
+
+def _field(key: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda row: row.get(key)
+
+
+def readiness_tables(report: dict[str, Any]) -> list[Table]:
+    person = [
+        Column("village", "村", lambda r: r["village"]),
+        Column("group", "组", lambda r: r["group"]),
+        Column("name", "姓名", lambda r: r["name"]),
+        Column("role", "角色", lambda r: r["role_zh"]),
+        Column("phone", "电话", lambda r: r["phone"]),
+    ]
+    notes = [
+        f"截至 as of {local_time(report['as_of'])}   小组 groups: {report['groups']}"
+        f"   成员 members: {report['members']}   覆盖规则 quorum: {report['quorum']}",
+    ]
+    days = int(report["quiet_days"])
+    return [
+        Table(
+            f"最近 {report['last']} 次报警均未应答 Silent for their last {report['last']} alarms",
+            [*person, Column("last_alarm_at", "最近报警", lambda r: r["last_alarm_at"], local_time)],
+            report["silent_members"],
+            notes,
+        ),
+        Table(
+            "无法送达 Unreachable (last delivery failed)",
+            [
+                *person,
+                Column(
+                    "failure",
+                    "失败类型",
+                    lambda r: {"permanent": "号码无效", "exhausted": "重试用尽"}.get(r["failure"], r["failure"]),
+                ),
+                Column("last_alarm_at", "最近报警", lambda r: r["last_alarm_at"], local_time),
+            ],
+            report["unreachable_members"],
+        ),
+        Table(
+            "无法达到覆盖条件的小组 Groups that cannot reach their quorum",
+            [
+                Column("village", "村", lambda r: r["village"]),
+                Column("group", "组", lambda r: r["group"]),
+                Column(
+                    "missing",
+                    "缺少",
+                    lambda r: "；".join(
+                        f"{m['roles_zh']}（{'均无法联系' if m['why'] == 'out_of_reach' else '组内没有'}）"
+                        for m in r["missing"]
+                    ),
+                ),
+            ],
+            report["groups_without_quorum"],
+        ),
+        Table(
+            f"{days} 天内无报警或演练的小组 Groups with no alarm or drill in {days} days",
+            [
+                Column("village", "村", lambda r: r["village"]),
+                Column("group", "组", lambda r: r["group"]),
+                Column("last_alarm_at", "最近报警", lambda r: r["last_alarm_at"], local_time),
+                Column("last_drill_at", "最近演练", lambda r: r["last_drill_at"], local_time),
+                Column("days_since", "天数", lambda r: r["days_since"], number, True),
+            ],
+            report["quiet_groups"],
+        ),
+    ]
+
+
+def readiness_csv_table(report: dict[str, Any]) -> Table:
+    """One row per finding, its kind in the first column."""
+    rows: list[dict[str, Any]] = []
+    for r in report["silent_members"]:
+        rows.append({"finding": "silent", **r, "detail": f"{r['alarms']} alarms unanswered", "at": r["last_alarm_at"]})
+    for r in report["unreachable_members"]:
+        rows.append({"finding": "unreachable", **r, "detail": r["failure"], "at": r["last_alarm_at"]})
+    for r in report["groups_without_quorum"]:
+        detail = "; ".join(f"{m['roles']}: {m['why']}" for m in r["missing"])
+        rows.append({"finding": "no_quorum", **r, "detail": detail})
+    for r in report["quiet_groups"]:
+        rows.append({"finding": "quiet", **r, "detail": f"{r['days_since']} days", "at": r["last_alarm_at"]})
+    return Table(
+        "readiness",
+        [
+            Column("finding", "发现", lambda r: r["finding"]),
+            Column("village", "村", lambda r: r.get("village")),
+            Column("group", "组", lambda r: r.get("group")),
+            Column("name", "姓名", lambda r: r.get("name")),
+            Column("role", "角色", lambda r: r.get("role")),
+            Column("phone", "电话", lambda r: r.get("phone")),
+            Column("detail", "说明", lambda r: r.get("detail")),
+            Column("at", "时间", lambda r: r.get("at")),
+        ],
+        rows,
+    )
+
+
+def tables(kind: str, report: dict[str, Any]) -> list[Table]:
+    if kind == "response-times":
+        return response_time_tables(report)
+    if kind == "history":
+        return history_tables(report)
+    if kind == "stats":
+        return stats_tables(report)
+    if kind == "readiness":
+        return readiness_tables(report)
+    raise ValueError(f"unknown report {kind!r}")
+
+
+def csv_table(kind: str, report: dict[str, Any]) -> Table:
+    """The one table a CSV export of `kind` holds."""
+    if kind == "response-times":
+        if not report.get("by") and not report.get("period"):
+            return measures_table(report)
+        return response_time_tables(report, wide=True)[0]
+    if kind == "history":
+        return history_csv_table(report)
+    if kind == "stats":
+        return stats_csv_table(report)
+    if kind == "readiness":
+        return readiness_csv_table(report)
+    raise ValueError(f"unknown report {kind!r}")
