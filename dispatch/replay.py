@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -40,7 +41,7 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
         self.every = every
-        self._last_line = 0.0
+        self._last_line = -math.inf
 
     def update(self, name: str, done: int, target: int, applied: int, elapsed: float) -> None:
         share = min(1.0, done / target) if target else 1.0
@@ -62,7 +63,7 @@ class Progress:
             self.stream.write("\n")
         self.stream.write(f"{name}: done, {applied} events in {elapsed:.1f} s\n")
         self.stream.flush()
-        self._last_line = 0.0
+        self._last_line = -math.inf
 
 
 async def rebuild(nc: NATS, db: Database, projection: Projection, *, progress: Progress | bool = True) -> int:

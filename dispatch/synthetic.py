@@ -136,7 +136,7 @@ def synthetic_history(
     unreachable |= {p.phone for p in groups[-1].members.values() if p.role == "officer"}
     quiet = {g.id for g in rng.sample(groups, max(1, len(groups) // 20))}
     callers = [(g, p) for g in groups if g.id not in quiet for p in g.members.values() if p.role == "household"]
-    per_incident = 16
+    per_incident = 20
     incidents = max(1, events // per_incident)
     gap = days * 86400 / incidents
     return History(
@@ -290,9 +290,12 @@ def _one_incident(
             answers.append((officer_at, officer, "accept"))
         if helper:
             answers.append((rng.lognormvariate(3.3, 0.5), helper, "accept"))
+        assistant = by_role.get("assistant")
+        if assistant and assistant != helper and rng.random() < 0.7:
+            answers.append((rng.lognormvariate(3.5, 0.5), assistant, "accept" if rng.random() < 0.6 else "decline"))
         for p in people:
-            if p.role == "household" and p.phone not in silent and rng.random() < 0.15:
-                answers.append((rng.uniform(15, 240), p.phone, "decline" if rng.random() < 0.3 else "accept"))
+            if p.role == "household" and p.phone not in silent and rng.random() < 0.6:
+                answers.append((rng.uniform(15, 240), p.phone, "decline" if rng.random() < 0.5 else "accept"))
         if officer:
             arrive = officer_at + rng.lognormvariate(6.4, 0.5)
             answers.append((arrive, officer, "arrived"))

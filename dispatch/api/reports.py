@@ -18,12 +18,11 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from litestar import Request, Response, get
-from litestar.exceptions import ValidationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromQuery
 
 from dispatch.domain.access import Capability, Principal
-from dispatch.domain.errors import DomainError
+from dispatch.domain.errors import DomainError, InvalidCommand
 from dispatch.domain.phone import try_normalize
 from dispatch.events.model import CATEGORIES
 from dispatch.projections.sql import Connection
@@ -51,13 +50,13 @@ def _choice(name: str, value: str | None, allowed: tuple[str, ...]) -> str | Non
     if value is None or value == "":
         return None
     if value not in allowed:
-        raise ValidationException(f"{name} must be one of {', '.join(allowed)}")
+        raise InvalidCommand(f"{name} must be one of {', '.join(allowed)}")
     return value
 
 
 def _bounded(name: str, value: int | float, low: float, high: float) -> None:
     if not low <= value <= high:
-        raise ValidationException(f"{name} must be between {low:g} and {high:g}")
+        raise InvalidCommand(f"{name} must be between {low:g} and {high:g}")
 
 
 def report_routes(
@@ -81,7 +80,7 @@ def report_routes(
         try:
             return parse_when(text, zones_of(conn).of(village))
         except BadTime as exc:
-            raise ValidationException(f"{name}: {exc}") from None
+            raise InvalidCommand(f"{name}: {exc}") from None
 
     def scope_of(
         request: Request[Any, Any, Any],
@@ -91,7 +90,7 @@ def report_routes(
     ) -> tuple[Principal, Scope]:
         principal = who(request, "read")
         if group is not None and not village:
-            raise ValidationException("group needs village (group numbers repeat across villages)")
+            raise InvalidCommand("group needs village (group numbers repeat across villages)")
         return principal, Scope(villages=narrowed(principal, village), group=group or None, **rest)
 
     def answer(kind: str, report: dict[str, Any], fmt: str | None) -> Any:
@@ -220,7 +219,7 @@ def report_routes(
             if start is None:
                 start = periods_back({"day": 14, "week": 12, "month": 12}[chosen], end, zones.default, chosen)
             if start > end:
-                raise ValidationException("since must be before until")
+                raise InvalidCommand("since must be before until")
             return stats(conn, scope, zones, since=start, until=end, period=chosen)
 
         return answer("stats", await in_thread(run), fmt)

@@ -115,8 +115,8 @@ def year_before(name: str, period: Period) -> str | None:
 
 
 def labels_between(since: float, until: float, tz: ZoneInfo, period: Period, *, limit: int = 1000) -> list[str]:
-    """Every period from the one holding `since` to the one holding `until`, in order."""
-    first, last = label(since, tz, period), label(max(since, until), tz, period)
+    """Every period from the one holding `since` to the one holding the last instant before `until`."""
+    first, last = label(since, tz, period), label(max(since, until - 0.001), tz, period)
     out = [first]
     while out[-1] != last and len(out) < limit:
         out.append(following(out[-1], period))

@@ -5,7 +5,7 @@ Invariants:
   JSON from the API, renders exactly what the API exports);
 - CSV cannot inject formulas: a text cell starting with `=`, `+`, `-`, `@`, a tab or a carriage
   return is prefixed with `'` (OWASP); numbers are written as numbers; headers are the English
-  keys (stable for scripts), one row per line;
+  keys (stable for scripts), rows end in CRLF (RFC 4180: a CR or LF inside a cell is quoted);
 - text tables align by display width (a CJK character takes two columns); headers are Chinese
   first with the English key beneath; a missing value shows as `-`.
 """
@@ -31,6 +31,8 @@ class Column:
     get: Callable[[dict[str, Any]], Any]
     text: Callable[[Any], str] | None = None
     align_right: bool = False
+    en: str | None = None
+    """A short English header for text tables (CSV headers are the keys)."""
 
 
 @dataclass(slots=True)
@@ -88,7 +90,7 @@ def to_text(tables: Sequence[Table]) -> str:
         out.append(table.title)
         out.extend(table.notes)
         headers_zh = [c.zh for c in table.columns]
-        headers_en = [c.key for c in table.columns]
+        headers_en = [c.en or c.key for c in table.columns]
         cells = [[(c.text or plain)(c.get(row)) for c in table.columns] for row in table.rows]
         sizes = [
             max([width(headers_zh[i]), width(headers_en[i]), *(width(r[i]) for r in cells)])
@@ -109,7 +111,7 @@ def to_text(tables: Sequence[Table]) -> str:
 
 def to_csv(table: Table) -> str:
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv.writer(buffer)
     writer.writerow([c.key for c in table.columns])
     for row in table.rows:
         writer.writerow([neutralise(_csv_value(c.get(row))) for c in table.columns])
@@ -134,6 +136,17 @@ MEASURE_ZH = {
     "time_to_covered": "落实覆盖",
     "time_to_arrival": "到达现场",
     "time_to_resolve": "处置完毕",
+}
+MEASURE_EN = {
+    "time_to_first_notified": "notify",
+    "time_to_first_accept": "accept",
+    "time_to_accept_officer": "officer",
+    "time_to_accept_leader": "leader",
+    "time_to_accept_assistant": "assistant",
+    "time_to_accept_duty": "duty",
+    "time_to_covered": "cover",
+    "time_to_arrival": "arrive",
+    "time_to_resolve": "resolve",
 }
 TABLE_MEASURES = ("time_to_first_accept", "time_to_covered", "time_to_arrival")
 
@@ -177,8 +190,8 @@ def response_time_tables(report: dict[str, Any], *, wide: bool = False) -> list[
     counts = [
         Column("incidents", "警情数", lambda r: r["incidents"], number, True),
         Column("covered", "已覆盖", lambda r: r["covered"], number, True),
-        Column("ack_breached", "超时未覆盖", lambda r: r["ack_breached"], number, True),
-        Column("arrival_breached", "超时未到场", lambda r: r["arrival_breached"], number, True),
+        Column("ack_breached", "超时未覆盖", lambda r: r["ack_breached"], number, True, "ack late"),
+        Column("arrival_breached", "超时未到场", lambda r: r["arrival_breached"], number, True, "arrive late"),
     ]
     names = list(MEASURES) if wide else list(TABLE_MEASURES)
     stats = ("count", "p50", "p90", "p99") if wide else ("p50", "p90", "p99")
@@ -189,6 +202,7 @@ def response_time_tables(report: dict[str, Any], *, wide: bool = False) -> list[
             _measure(name, stat),
             number if stat == "count" else seconds,
             True,
+            f"{MEASURE_EN[name]} {'n' if stat == 'count' else stat}",
         )
         for name in names
         for stat in stats
@@ -225,18 +239,18 @@ def measures_table(report: dict[str, Any]) -> Table:
 
 def history_tables(report: dict[str, Any]) -> list[Table]:
     cols = [
-        Column("raised_at", "报警时间", lambda r: r["raised_at"], local_time),
+        Column("raised_at", "报警时间", lambda r: r["raised_at"], local_time, en="raised"),
         Column("village", "村", lambda r: r["village"]),
         Column("group", "组", lambda r: r["group"]),
-        Column("caller_name", "报警人", lambda r: r["caller_name"]),
-        Column("caller", "电话", lambda r: r["caller"]),
+        Column("caller_name", "报警人", lambda r: r["caller_name"], en="caller"),
+        Column("caller", "电话", lambda r: r["caller"], en="phone"),
         Column("status", "状态", lambda r: r["status_zh"]),
         Column("category", "类别", lambda r: r["category_zh"] or r["cancel_reason_zh"]),
-        Column("time_to_first_accept_s", "接警s", lambda r: r["time_to_first_accept"], seconds, True),
-        Column("time_to_covered_s", "覆盖s", lambda r: r["time_to_covered"], seconds, True),
-        Column("time_to_arrival_s", "到场s", lambda r: r["time_to_arrival"], seconds, True),
-        Column("escalation_tier", "升级", lambda r: r["escalation_tier"], number, True),
-        Column("incident_id", "警情编号", lambda r: r["incident_id"]),
+        Column("time_to_first_accept_s", "接警s", lambda r: r["time_to_first_accept"], seconds, True, "accept"),
+        Column("time_to_covered_s", "覆盖s", lambda r: r["time_to_covered"], seconds, True, "cover"),
+        Column("time_to_arrival_s", "到场s", lambda r: r["time_to_arrival"], seconds, True, "arrive"),
+        Column("escalation_tier", "升级", lambda r: r["escalation_tier"], number, True, "tier"),
+        Column("incident_id", "警情编号", lambda r: r["incident_id"], en="id"),
     ]
     shown = f"第 {report['offset'] + 1}-{report['offset'] + report['count']} 条，共 {report['total']} 条"
     notes = [
@@ -256,9 +270,9 @@ def stats_tables(report: dict[str, Any]) -> list[Table]:
     figures = [
         Column("count", "数量", lambda r: r["count"], number, True),
         Column("previous", "上期", lambda r: r["previous"], number, True),
-        Column("change_pct", "环比", lambda r: r["change_pct"], pct, True),
-        Column("last_year", "去年同期", lambda r: r["last_year"], number, True),
-        Column("yoy_pct", "同比", lambda r: r["yoy_pct"], pct, True),
+        Column("change_pct", "环比", lambda r: r["change_pct"], pct, True, "change"),
+        Column("last_year", "去年同期", lambda r: r["last_year"], number, True, "last year"),
+        Column("yoy_pct", "同比", lambda r: r["yoy_pct"], pct, True, "yoy"),
     ]
     notes = [_scope_note(report), _zone_note(report)]
     partial = [t["period"] for t in report["totals"] if t.get("partial")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -69,6 +70,20 @@ def test_client_commands_and_replay_rebuild_the_same_read_model(tmp_path: Path) 
         wait_until(lambda: http.get("/v1/reports/response-times").json()["measures"]["time_to_covered"]["count"] == 1)
         report = dispatch("report", "response-times", "--format", "csv", "--server", serve.url, token=serve.token)
         assert report.stdout.splitlines()[0] == "measure,count,p50_s,p90_s,p99_s"
+        table = dispatch(
+            "report", "response-times", "--by", "officer", "--period", "day", "--server", serve.url, token=serve.token
+        )
+        assert "响应时间（秒） Response times (seconds)" in table.stdout and "丁" in table.stdout, table.stderr
+        history = dispatch("report", "history", "--village", "nanling", "--server", serve.url, token=serve.token)
+        assert "警情记录 Incident history" in history.stdout and "+8613700000001" in history.stdout, history.stderr
+        stats = dispatch(
+            "report", "stats", "--period", "day", "--format", "csv", "--server", serve.url, token=serve.token
+        )
+        assert stats.stdout.splitlines()[0] == "period,category,category_zh,count,previous,change_pct,last_year,yoy_pct"
+        ready = dispatch("report", "readiness", "--format", "json", "--server", serve.url, token=serve.token)
+        assert json.loads(ready.stdout)["groups"] == 1
+        bad = dispatch("report", "history", "--group", "1", "--server", serve.url, token=serve.token)
+        assert bad.returncode == 1 and "group needs village" in bad.stderr
         before = http.get("/v1/incidents").json()["incidents"]
         locked = dispatch("replay", "--data-dir", str(data))
         assert locked.returncode == 2 and "in use by another dispatch process" in locked.stderr
@@ -77,7 +92,11 @@ def test_client_commands_and_replay_rebuild_the_same_read_model(tmp_path: Path) 
         serve.kill()
     replayed = dispatch("replay", "--data-dir", str(data))
     assert replayed.returncode == 0, replayed.stderr[-2000:]
-    assert "incidents_v1: rebuilt from" in replayed.stdout
+    assert "incidents_v2: rebuilt from" in replayed.stdout and "roster_v1: rebuilt from" in replayed.stdout
+    assert "replayed " in replayed.stdout.splitlines()[-1]
+    assert "incidents_v2: done," in replayed.stderr and "\r" not in replayed.stderr, "plain lines when not a terminal"
+    status = dispatch("projections", "status", "--data-dir", str(data))
+    assert status.returncode == 0 and "*incidents_v2" in status.stdout and "active" in status.stdout, status.stderr
     again = ServeProcess(data, {}).start()
     try:
         again_http = again.client()

@@ -76,6 +76,9 @@ async def test_every_endpoint_every_role(world: tuple[Service, dict[str, str], d
         ("GET", "/v1/groups", None, read_own),
         ("GET", "/v1/incidents", None, read_own),
         ("GET", "/v1/reports/response-times", None, read_own),
+        ("GET", "/v1/reports/history", None, read_own),
+        ("GET", "/v1/reports/stats", None, read_own),
+        ("GET", "/v1/reports/readiness", None, read_own),
         ("POST", "/v1/calls", {"call_id": "matrix-call", "caller": "13111110000"}, expect(admin=202, gateway=202)),
         (
             "POST",

@@ -1,0 +1,69 @@
+"""Report rendering and calendar arithmetic: formula-safe CSV, aligned CJK tables, periods."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dispatch.domain.timezones import zone
+from dispatch.reports import periods, render
+from dispatch.reports.stats import change
+
+SHANGHAI = zone("Asia/Shanghai")
+
+
+@given(st.text(min_size=1, max_size=40))
+def test_no_csv_cell_can_start_a_formula(text: str) -> None:
+    table = render.Table("t", [render.Column("name", "名", lambda r: r["name"])], [{"name": text}])
+    [row] = list(csv.reader(io.StringIO(render.to_csv(table), newline="")))[1:]
+    assert not row[0].startswith(render.FORMULA_START)
+    assert row[0] in (text, "'" + text)
+
+
+def test_dangerous_cells_are_quoted_and_numbers_stay_numbers() -> None:
+    cells = ['=HYPERLINK("http://x")', "+8613800000001", "-2+3", "@SUM(1)", "\tx", "张三", -12.5, 3]
+    table = render.Table("t", [render.Column(f"c{i}", "", lambda r, i=i: r[i]) for i in range(len(cells))], [cells])
+    header, row = list(csv.reader(io.StringIO(render.to_csv(table), newline="")))
+    assert header == [f"c{i}" for i in range(len(cells))]
+    assert row == ['\'=HYPERLINK("http://x")', "'+8613800000001", "'-2+3", "'@SUM(1)", "'\tx", "张三", "-12.5", "3"]
+
+
+def test_text_tables_align_chinese_by_display_width() -> None:
+    table = render.Table(
+        "标题",
+        [
+            render.Column("name", "姓名", lambda r: r["name"]),
+            render.Column("n", "数量", lambda r: r["n"], render.number, True),
+        ],
+        [{"name": "王秀英", "n": 3}, {"name": "ab", "n": 12}],
+    )
+    lines = render.to_text([table]).splitlines()
+    body = lines[-2:]
+    assert lines[:3] == ["标题", "姓名    数量", "name       n"]
+    assert render.width(body[0]) == render.width(body[1]) == render.width(lines[1]) == 12
+    assert body[0] == "王秀英     3" and body[1] == "ab        12"
+
+
+def test_period_labels_neighbours_and_a_year_before() -> None:
+    assert periods.label(datetime(2026, 10, 31, 16, tzinfo=UTC).timestamp(), SHANGHAI, "month") == "2026-11"
+    assert periods.previous("2026-01", "month") == "2025-12"
+    assert periods.following("2026-12", "month") == "2027-01"
+    assert periods.previous("2026-W01", "week") == "2025-W52"
+    assert periods.year_before("2026-W53", "week") is None
+    assert periods.year_before("2028-02-29", "day") == "2027-02-28"
+    assert periods.year_before("2026-11", "month") == "2025-11"
+    since = periods.parse_when("2026-10-30", SHANGHAI)
+    until = periods.parse_when("2026-11-02", SHANGHAI)
+    assert periods.labels_between(since, until, SHANGHAI, "day") == ["2026-10-30", "2026-10-31", "2026-11-01"]
+    assert periods.periods_back(3, until, SHANGHAI, "month") == periods.parse_when("2026-09-01", SHANGHAI)
+
+
+def test_change_is_a_percentage_and_none_from_nothing() -> None:
+    assert change(3, 2) == 50.0
+    assert change(1, 3) == -66.7
+    assert change(2, 0) is None
+    assert change(0, None) is None
