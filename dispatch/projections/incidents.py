@@ -3,7 +3,8 @@
 The timeline of one incident is not copied here: it is folded from the log, which holds it whole.
 
 Invariants:
-- rows are a fold of the incident's events: a batch loads the rows it touches in one query, folds
+- rows are a fold of the incident's events: a batch loads the rows it touches (but has not cached
+  and is not opening) in one query, folds
   its events into them in memory, and writes each touched incident once, with all its responder
   rows (an alarm and its delivery notices, arriving together, cost one write per row instead of a
   statement per event);
@@ -221,7 +222,7 @@ class IncidentsProjection:
             self.forget()
         batch = _Batch(conn, self._rows, self._responders)
         events = [rec for rec in recs if isinstance(rec.event, IncidentEvent)]
-        batch.load(rec.event.incident_id for rec in events)  # type: ignore[attr-defined]
+        batch.load(events)
         apply = batch.apply
         for rec in events:
             apply(rec.event, rec.seq)  # type: ignore[arg-type]
@@ -251,9 +252,20 @@ class _Batch:
         self.dirty_rows: set[str] = set()
         self.dirty_people: set[str] = set()
 
-    def load(self, ids: Iterable[str]) -> None:
-        """Read every row the batch needs that the cache lacks, a chunk of ids per query."""
-        missing = sorted({iid for iid in ids if iid not in self.rows})
+    def load(self, recs: Iterable[Recorded]) -> None:
+        """Read every row the batch needs that the cache lacks, a chunk of ids per query.
+
+        An incident whose first event here is its opening has no row yet (events at or below the
+        checkpoint are never applied again, and an incident is opened once): nothing to read."""
+        first: dict[str, bool] = {}
+        for rec in recs:
+            iid = rec.event.incident_id  # type: ignore[attr-defined]
+            if iid not in first:
+                first[iid] = isinstance(rec.event, IncidentOpened)
+        missing = sorted(iid for iid, opening in first.items() if not opening and iid not in self.rows)
+        for iid, opening in first.items():
+            if opening and iid not in self.rows:
+                self.rows[iid] = None
         for start in range(0, len(missing), LOAD_CHUNK):
             chunk = missing[start : start + LOAD_CHUNK]
             for iid in chunk:
