@@ -1,16 +1,13 @@
-"""Queries over the incident read model: lists and response-time reports.
+"""Queries over the incident read model for the API's incident list and the service's gauges
+(reports live in `dispatch.reports`).
 
-Invariant: percentiles are computed over exactly the incidents the filters select, with linear
-interpolation between ranks (p50 of [1, 2, 3, 4] is 2.5); a measure nobody reached is counted
-as missing, never as zero.
+Invariant: `villages` None means every village, an empty set none; times are UTC ISO 8601.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
-
-import msgspec
 
 from dispatch.projections.incidents import INCIDENTS
 from dispatch.projections.sql import Connection
@@ -37,43 +34,12 @@ LIST_COLUMNS = (
     "first_arrival_at",
     "closed_at",
 )
-MEASURES = {
-    "time_to_first_notified": "first_notified_at",
-    "time_to_first_accept": "first_accept_at",
-    "time_to_covered": "covered_at",
-    "time_to_arrival": "first_arrival_at",
-    "time_to_resolve": "closed_at",
-}
-
-
-class Percentiles(msgspec.Struct, frozen=True, kw_only=True):
-    count: int
-    p50: float | None
-    p90: float | None
-    p99: float | None
-
-
-class ResponseTimes(msgspec.Struct, frozen=True, kw_only=True):
-    villages: list[str] | None
-    since: datetime | None
-    incidents: int
-    measures: dict[str, Percentiles]
 
 
 def iso(epoch: float | None) -> str | None:
     if epoch is None:
         return None
     return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return round(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo), 3)
 
 
 def _where(villages: frozenset[str] | None, since: datetime | None, status: str | None = None) -> tuple[str, list[Any]]:
@@ -120,28 +86,6 @@ def list_incidents(
             item[key] = iso(item[key])
         out.append(item)
     return out
-
-
-def response_times(
-    conn: Connection, *, villages: frozenset[str] | None = None, since: datetime | None = None
-) -> ResponseTimes:
-    """Over `villages` (None: every village)."""
-    where, params = _where(villages, since)
-    columns = ", ".join(MEASURES.values())
-    rows = conn.query(f"SELECT raised_at, status, {columns} FROM {INCIDENTS}{where}", params)
-    measures: dict[str, Percentiles] = {}
-    for index, name in enumerate(MEASURES, start=2):
-        values = [
-            row[index] - row[0]
-            for row in rows
-            if row[index] is not None and (name != "time_to_resolve" or row[1] == "resolved")
-        ]
-        measures[name] = Percentiles(
-            count=len(values), p50=percentile(values, 0.5), p90=percentile(values, 0.9), p99=percentile(values, 0.99)
-        )
-    return ResponseTimes(
-        villages=sorted(villages) if villages is not None else None, since=since, incidents=len(rows), measures=measures
-    )
 
 
 def open_incident_count(conn: Connection) -> int:

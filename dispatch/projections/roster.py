@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from dispatch.events.model import (
     DutyDeskBound,
     DutyDeskUnbound,
-    Event,
     GroupDissolved,
     GroupEvent,
     GroupFormed,
@@ -160,7 +159,3 @@ class RosterProjection:
                     event.village,
                 ),
             )
-
-
-def is_roster_event(event: Event) -> bool:
-    return isinstance(event, (GroupEvent, VillageEvent))

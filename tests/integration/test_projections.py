@@ -40,6 +40,8 @@ from dispatch.projections.runner import (
 )
 from dispatch.projections.sql import Connection, Database
 from dispatch.replay import rebuild
+from dispatch.reports.common import Scope, Zones
+from dispatch.reports.response_times import response_times
 from dispatch.store.eventstore import EventStore, Outgoing, Recorded
 from dispatch.store.provision import provision
 from tests import history
@@ -205,16 +207,15 @@ def test_response_time_percentiles(database: Database) -> None:
     conn = database.connect()
     ensure_schema(conn, projection)
     apply_batch(conn, projection, recorded(incident_events(4, accept_after=10)))
-    report = queries.response_times(conn, villages=frozenset({"dongshan"}))
-    first_accept = report.measures["time_to_first_accept"]
-    assert report.incidents == 4
-    assert (first_accept.count, first_accept.p50, first_accept.p90) == (4, 11.5, 12.7)
-    covered = report.measures["time_to_covered"]
-    assert covered.p50 == 21.5
-    assert report.measures["time_to_resolve"].p50 == 900.0
-    assert queries.response_times(conn, villages=frozenset({"elsewhere"})).incidents == 0
-    later = queries.response_times(conn, since=at(150))
-    assert later.incidents == 1
+    zones, now = Zones(), at(3600).timestamp()
+    report = response_times(conn, Scope(villages=frozenset({"dongshan"})), zones, now=now)
+    first_accept = report["measures"]["time_to_first_accept"]
+    assert report["incidents"] == 4
+    assert (first_accept["count"], first_accept["p50"], first_accept["p90"]) == (4, 11.5, 12.7)
+    assert report["measures"]["time_to_covered"]["p50"] == 21.5
+    assert report["measures"]["time_to_resolve"]["p50"] == 900.0
+    assert response_times(conn, Scope(villages=frozenset({"elsewhere"})), zones, now=now)["incidents"] == 0
+    assert response_times(conn, Scope(since=at(150).timestamp()), zones, now=now)["incidents"] == 1
     listed = queries.list_incidents(conn, villages=frozenset({"dongshan"}), status="resolved", limit=2)
     line = "group.dongshan.1"
     assert [i["incident_id"] for i in listed] == [incident_id_for(line, 3), incident_id_for(line, 2)]
