@@ -4,7 +4,8 @@
 PostgreSQL, several of them and several `dispatch serve` processes can share one read side; the
 checkpoint lock makes each event apply once whoever applies it. It stops on SIGINT/SIGTERM.
 `status` lists each projection version: active / building / retired, its checkpoint, and how far
-it is behind the log.
+it is behind the log (in stream sequence numbers: the last matching event's sequence minus the
+checkpoint; `-` when the log cannot be reached).
 """
 
 from __future__ import annotations
@@ -78,10 +79,11 @@ async def projection_status(settings: Settings) -> int:
     print(f"{'projection':<16}{'state':<10}{'checkpoint':>12}{'behind':>10}  since")
     for name, family, _, state, changed_at, position, _ in rows:
         head = heads.get(str(family))
-        behind = "-" if head is None or position is None else str(max(0, head - int(position)))  # type: ignore[call-overload]
+        done = int(position or 0)  # type: ignore[call-overload]
+        behind = "-" if head is None else str(max(0, head - done))
         since = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(changed_at)))  # type: ignore[arg-type]
         marker = "*" if state == ACTIVE else " "
-        print(f"{marker}{name!s:<15}{state!s:<10}{position if position is not None else 0!s:>12}{behind:>10}  {since}")
+        print(f"{marker}{name!s:<15}{state!s:<10}{done:>12}{behind:>10}  {since}")
     if not rows:
         print("(no projections yet: start `dispatch serve` or run `dispatch replay`)")
     return 0
