@@ -80,6 +80,8 @@ class DeliveryWorker:
             return None
         started: list[float] = []
         sends = [asyncio.ensure_future(self._send(channel, job, t, started)) for t in job.targets]
+        if job.attempt > 1:
+            self.metrics.delivery_retries.labels(job.channel).inc(len(job.targets))
         if job.attempt == 1:
             self.metrics.fanout.labels(job.channel).observe(max(0.0, (self.clock() - job.appended_at).total_seconds()))
         outcomes = await asyncio.gather(*sends)
@@ -154,7 +156,7 @@ class DeliveryWorker:
                 targets=reached,
             )
             events.append(Outgoing(subject, succeeded, f"dlv:{job.key}:ok"))
-            self.metrics.notifications.labels(job.channel, "delivered").inc(len(reached))
+            self.metrics.deliveries.labels(job.channel, "delivered").inc(len(reached))
         if failures:
             failed = DeliveryFailed(
                 at=now,
@@ -166,7 +168,7 @@ class DeliveryWorker:
             )
             events.append(Outgoing(subject, failed, f"dlv:{job.key}:failed"))
             for failure in failures:
-                self.metrics.notifications.labels(job.channel, failure.kind).inc()
+                self.metrics.deliveries.labels(job.channel, failure.kind).inc()
                 log.error(
                     "delivery.failed",
                     incident_id=job.incident_id,
@@ -176,7 +178,7 @@ class DeliveryWorker:
                     attempt=job.attempt,
                 )
         if retry:
-            self.metrics.notifications.labels(job.channel, "retry").inc(len(retry))
+            self.metrics.deliveries.labels(job.channel, "retry").inc(len(retry))
         await asyncio.gather(*(self.store.append([e]) for e in events))
         if self.on_permanent_failure is not None and any(f.kind == "permanent" for f in failures):
             await self.on_permanent_failure(job.incident_id)

@@ -277,7 +277,7 @@ def test_metrics_and_health(http: httpx.Client, serve: ServeProcess, imported: d
     for name in (
         "dispatch_calls_total",
         "dispatch_alarms_raised_total",
-        "dispatch_notifications_total",
+        "dispatch_deliveries_total",
         "dispatch_fanout_seconds_bucket",
         "dispatch_first_accept_seconds_bucket",
         "dispatch_incidents_open",
