@@ -143,6 +143,7 @@ class Service:
         self.channel_config = st.channel_config()
         await self._build_channels()
         names = [c.name for c in self.channels]
+        self.metrics.start_at_zero(names)
         await provision(self.nc, replicas=st.stream_replicas, channels=tuple(names))
 
         self.store = EventStore(self.nc, metrics=self.metrics)

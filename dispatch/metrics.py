@@ -6,6 +6,9 @@ Invariants:
   village code, which the roster bounds;
 - a scrape never waits on NATS or the database: gauges that need either are refreshed in the
   background (`dispatch.gauges`) and a scrape reads the last value;
+- every counter whose labels come from a closed set starts at 0 for each label value
+  (`start_at_zero`), so `increase()` in an alert sees the very first event (a series born at 1 has
+  no increase to show);
 - counters and histograms count what this process did; gauges read from the log or the shared
   read model (open incidents, queue depth, lag) say the same on every replica, so a dashboard
   takes their `max`, never their `sum`.
@@ -15,12 +18,18 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Histogram, ProcessCollector
+
+from dispatch.domain.incident import TIMERS
+from dispatch.events.model import CallChannel, CallStatus, EscalationReason
 
 FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 HUMAN_BUCKETS = (1, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 900, 1200, 1800, 3600)
 DELIVERY_OUTCOMES = ("delivered", "retry", "exhausted", "permanent")
+ESCALATION_TIERS = ("1", "2")
+NATS_CONNECTIONS = ("service", "handlers")
 
 
 def running_version() -> str:
@@ -167,3 +176,25 @@ class Metrics:
         self.directory_numbers = Gauge(
             "dispatch_directory_numbers", "Phone numbers bound in the in-memory directory", registry=r
         )
+
+    def start_at_zero(self, channels: list[str]) -> None:
+        """Create every closed-set counter series at 0 for these delivery channels."""
+        for call_channel in get_args(CallChannel):
+            for status in (*get_args(CallStatus), "duplicate", "unavailable"):
+                self.calls.labels(call_channel, status)
+        for channel in channels:
+            for outcome in DELIVERY_OUTCOMES:
+                self.deliveries.labels(channel, outcome)
+            self.delivery_retries.labels(channel)
+            self.dead_letters.labels(f"deliver.{channel}")
+        for source in ("fanout", "timers", "ingress.call"):
+            self.dead_letters.labels(source)
+        for tier in ESCALATION_TIERS:
+            for reason in get_args(EscalationReason):
+                self.escalations.labels(tier, reason)
+        for timer in TIMERS:
+            self.timers_fired.labels(timer)
+        for connection in NATS_CONNECTIONS:
+            self.nats_disconnects.labels(connection)
+        for operation in ("call", "append"):
+            self.store_unavailable.labels(operation)

@@ -132,6 +132,9 @@ async def test_an_alarm_from_call_to_resolution_feeds_every_metric(make_service:
     assert value(before, "dispatch_delivery_queue_depth", channel="test") == 0
     assert value(before, "dispatch_directory_numbers") == 12, "12 distinct numbers in two groups"
     assert value(before, "process_resident_memory_bytes") > 0
+    born_at_zero = ("dispatch_escalations_total", frozenset({("tier", "2"), ("reason", "escalate_deadline")}))
+    assert before.get(born_at_zero) == 0, "a counter born at 1 hides its first increase from alerts"
+    assert before.get(("dispatch_deliveries_total", frozenset({("channel", "test"), ("outcome", "permanent")}))) == 0
     appended_groups = value(before, "dispatch_event_append_seconds_count", aggregate="group")
     assert appended_groups >= 1, "the roster import's appends were not timed"
 
