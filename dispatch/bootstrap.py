@@ -220,7 +220,14 @@ class Service:
         await self.hub.start()
         for runner in self.runners:
             self.metrics.projection_lag.labels(runner.name).set_function(runner.lag)
-        self.gauges = GaugeRefresher(self.metrics, nc=self.nc, db=self.db, channels=names, readiness=self.readiness)
+        self.gauges = GaugeRefresher(
+            self.metrics,
+            nc=self.nc,
+            db=self.db,
+            channels=names,
+            readiness=self.readiness,
+            villages=lambda: {g.village for g in self.directory.directory.live_groups()},
+        )
         self.gauges.start()
 
         app = create_app(

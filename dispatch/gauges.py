@@ -4,6 +4,8 @@ Invariants:
 - every `every` seconds (and once at start): the delivery work queue's depth per channel (its
   consumers' pending and unacknowledged jobs, from the server), the open / uncovered / overdue
   incidents (the read model, in a worker thread, never on the event loop), and each readiness check;
+  villages new to the directory get their alarm counter at 0, so an alert's `increase()` sees
+  their first alarm;
 - a source that cannot be read sets its gauges to NaN ("unknown"), never to a stale or zero value
   that would look healthy; the failure shows as `dispatch_ready{check=...} 0`;
 - one refresh failing never stops the next.
@@ -16,7 +18,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -40,8 +42,10 @@ class GaugeRefresher:
         db: Database,
         channels: Sequence[str],
         readiness: Callable[[], Awaitable[dict[str, bool]]],
+        villages: Callable[[], Iterable[str]] = tuple,
         every: float = REFRESH_EVERY_S,
     ) -> None:
+        self.villages = villages
         self.metrics = metrics
         self.nc = nc
         self.db = db
@@ -71,6 +75,7 @@ class GaugeRefresher:
 
     async def refresh(self) -> None:
         """Read every source once and set the gauges."""
+        self.metrics.start_villages_at_zero(self.villages())
         await asyncio.gather(self._queue_depth(), self._incidents(), self._ready())
         self.metrics.gauges_refreshed.set(time.time())
 

@@ -4,6 +4,7 @@ Invariants:
 - no label ever holds a phone number, an incident id or a call id; labels are drawn from small
   closed sets (channel, outcome, role, tier, reason, status, projection, aggregate, check) or the
   village code, which the roster bounds;
+- no `_created` series (they would double every counter's series for a timestamp nobody graphs);
 - a scrape never waits on NATS or the database: gauges that need either are refreshed in the
   background (`dispatch.gauges`) and a scrape reads the last value;
 - every counter whose labels come from a closed set starts at 0 for each label value
@@ -16,20 +17,32 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import get_args
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Histogram, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 from dispatch.domain.incident import TIMERS
 from dispatch.events.model import CallChannel, CallStatus, EscalationReason
+
+disable_created_metrics()
 
 FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 HUMAN_BUCKETS = (1, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 900, 1200, 1800, 3600)
 DELIVERY_OUTCOMES = ("delivered", "retry", "exhausted", "permanent")
 ESCALATION_TIERS = ("1", "2")
 NATS_CONNECTIONS = ("service", "handlers")
+EVENT_AGGREGATES = ("incident", "notice", "group", "village", "line", "call", "token")
 
 
 def running_version() -> str:
@@ -196,5 +209,13 @@ class Metrics:
             self.timers_fired.labels(timer)
         for connection in NATS_CONNECTIONS:
             self.nats_disconnects.labels(connection)
+        for aggregate in EVENT_AGGREGATES:
+            self.append_conflicts.labels(aggregate)
         for operation in ("call", "append"):
             self.store_unavailable.labels(operation)
+        self.alarms_raised.labels("-", "unregistered")
+
+    def start_villages_at_zero(self, villages: Iterable[str]) -> None:
+        """Create the alarm counters of these villages at 0 (a village imported later is added on refresh)."""
+        for village in villages:
+            self.alarms_raised.labels(village, "alarm")

@@ -4,6 +4,7 @@ nats-server, real HTTP; values read back from `/metrics` as Prometheus would par
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import math
 import re
@@ -23,7 +24,7 @@ from dispatch.bootstrap import Service, without_credentials
 from dispatch.channels.base import Permanent, Transient
 from dispatch.events.model import CallRouted
 from dispatch.events.subjects import call_subject
-from dispatch.metrics import Metrics
+from dispatch.metrics import EVENT_AGGREGATES, Metrics
 from dispatch.projections.incidents import IncidentsProjection
 from dispatch.projections.runner import ProjectionRunner
 from dispatch.projections.sql import Database
@@ -135,6 +136,7 @@ async def test_an_alarm_from_call_to_resolution_feeds_every_metric(make_service:
     born_at_zero = ("dispatch_escalations_total", frozenset({("tier", "2"), ("reason", "escalate_deadline")}))
     assert before.get(born_at_zero) == 0, "a counter born at 1 hides its first increase from alerts"
     assert before.get(("dispatch_deliveries_total", frozenset({("channel", "test"), ("outcome", "permanent")}))) == 0
+    assert before.get(("dispatch_alarms_raised_total", frozenset({("village", "dongshan"), ("kind", "alarm")}))) == 0
     appended_groups = value(before, "dispatch_event_append_seconds_count", aggregate="group")
     assert appended_groups >= 1, "the roster import's appends were not timed"
 
@@ -337,6 +339,25 @@ async def test_projection_lag_grows_while_the_read_model_is_stuck_and_drains_aft
         assert runner.lag() == 1500, "lag must count what is stuck, not what was pending at the last batch"
     await eventually(lambda: _ready(lambda: runner.lag() == 0), timeout=30)
     await runner.stop()
+
+
+def test_every_aggregate_of_the_log_starts_its_conflict_counter_at_zero() -> None:
+    from dispatch.events import subjects
+
+    aggregates = set()
+    for name, function in vars(subjects).items():
+        if name.endswith("_subject") and callable(function):
+            arguments = ["x"] * len(inspect.signature(function).parameters)
+            subject = function(*arguments)
+            if subject.startswith("dispatch.evt."):
+                aggregates.add(subjects.aggregate_of(subject))
+    assert aggregates == set(EVENT_AGGREGATES)
+    metrics = Metrics()
+    metrics.start_at_zero([])
+    s = parse(_exposition(metrics))
+    assert {
+        dict(labels)["aggregate"] for name, labels in s if name == "dispatch_event_append_conflicts_total"
+    } == aggregates
 
 
 def test_nats_urls_are_logged_without_credentials() -> None:
