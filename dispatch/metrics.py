@@ -35,7 +35,7 @@ from prometheus_client import (
 from dispatch.domain.incident import TIMERS
 from dispatch.events.model import CallChannel, CallStatus, EscalationReason
 
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 HUMAN_BUCKETS = (1, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 900, 1200, 1800, 3600)
