@@ -5,6 +5,7 @@ it as README says, R3 streams provisioned, an alarm rung; authentication really 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import subprocess
@@ -63,7 +64,7 @@ class OpsCluster:
         self.monitor_ports = {n: free_port() for n in NODES}
         example = env_example()
         secrets = {k: f"e2e-{k.lower().replace('_', '-')}" for k in example if k.endswith("_PASSWORD")}
-        secrets["DISPATCH_NATS_PASSWORD"] = PASSWORD
+        secrets["NATS_DISPATCH_PASSWORD"] = PASSWORD
         routes = {
             f"NATS_ROUTE_{i + 1}": f"nats-route://route:{secrets['NATS_ROUTE_PASSWORD']}@127.0.0.1:{route_ports[n]}"
             for i, n in enumerate(NODES)
@@ -153,6 +154,23 @@ async def stream_infos(urls: list[str]) -> dict[str, dict[str, object]]:
         await nc.close()
 
 
+async def servers_answering(urls: list[str]) -> set[str]:
+    """The system account's view: every server of the cluster answers a ping."""
+    nc = await nats.connect(urls, connect_timeout=2)
+    names: set[str] = set()
+    try:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        await nc.publish("$SYS.REQ.SERVER.PING", b"", reply=inbox)
+        with contextlib.suppress(TimeoutError):
+            while len(names) < len(NODES):
+                msg = await sub.next_msg(timeout=3)
+                names.add(json.loads(msg.data)["server"]["name"])
+    finally:
+        await nc.close()
+    return names
+
+
 async def refused(urls: list[str]) -> bool:
     try:
         nc = await nats.connect(urls, connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False)
@@ -210,6 +228,10 @@ def test_the_shipped_cluster_forms_and_carries_r3_streams_for_the_service(
             assert config["num_replicas"] == 3, stream
             peers = {placement["leader"], *(r["name"] for r in placement["replicas"])}
             assert peers == set(NODES), f"{stream} is not on all three nodes: {placement}"
+        ops = [u.replace(f"dispatch:{PASSWORD}@", "ops:e2e-nats-ops-password@") for u in cluster.urls()]
+        assert asyncio.run(stream_infos(ops))["DISPATCH_EVENTS"]["state"] == infos["DISPATCH_EVENTS"]["state"]
+        sys_urls = [u.replace(f"dispatch:{PASSWORD}@", "sys:e2e-nats-sys-password@") for u in cluster.urls()]
+        assert asyncio.run(servers_answering(sys_urls)) == set(NODES)
         logs = serve.logs()
         assert PASSWORD not in logs, "the NATS password was logged"
         assert "nats://127.0.0.1" in logs

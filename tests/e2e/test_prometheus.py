@@ -1,5 +1,6 @@
-"""Debian's Prometheus scraping a running `dispatch serve` with the shipped config and rules; every metric
-named in the rules, the dashboard and docs/metrics.md is one the service really exports."""
+"""ops/ against a running `dispatch serve`: Debian's Prometheus scraping it with the shipped config and
+rules; every metric named in the rules, the dashboard and docs/metrics.md really exported; the
+deployment's health probes answered."""
 
 from __future__ import annotations
 
@@ -232,3 +233,18 @@ def test_every_metric_in_the_rules_the_dashboard_and_the_catalogue_is_exported(
     assert catalogue - names == set(), "in docs/metrics.md but not exported"
     ours = {base_name(n) for n in names if n.startswith("dispatch_")}
     assert ours - {base_name(n) for n in catalogue} == set(), "exported but missing from docs/metrics.md"
+
+
+def test_the_deployment_probes_answer_on_the_running_service_without_a_token(serve: ServeProcess) -> None:
+    deployment = next(
+        d for d in yaml.safe_load_all((ROOT / "ops" / "k8s" / "dispatch.yaml").read_text()) if d["kind"] == "Deployment"
+    )
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    paths = {container[p]["httpGet"]["path"] for p in ("startupProbe", "livenessProbe", "readinessProbe")}
+    healthcheck = re.search(r"http://127\.0\.0\.1:8080(/\w+)", (ROOT / "Dockerfile").read_text())
+    assert healthcheck is not None
+    paths.add(healthcheck.group(1))
+    assert paths == {"/healthz", "/readyz"}
+    for path in paths:
+        response = httpx.get(f"{serve.url}{path}", timeout=5)
+        assert response.status_code == 200, f"{path}: {response.status_code} {response.text}"
