@@ -434,7 +434,7 @@ def evolve(state: IncidentState | None, event: Event) -> IncidentState | None:
     if isinstance(event, DeliveryFailed):
         for failure in event.failures:
             r = state.responders.get(failure.phone)
-            if r is not None:
+            if r is not None and failure.kind != "withdrawn":
                 key = f"{event.channel}/{failure.address}" if failure.address else event.channel
                 state = _with_responder(state, failure.phone, failed={**r.failed, key: failure.kind})
         done = {(event.round, event.channel, f.address) for f in event.failures}
