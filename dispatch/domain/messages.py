@@ -157,8 +157,7 @@ def describe(event: object, people: dict[str, Person]) -> str:
         return f"已送达 {len(event.targets)} 人 · {event.channel}"
     if isinstance(event, m.DeliveryFailed):
         parts = [
-            f"{name(f.phone)}{FAILURE_ZH[f.kind]}（{WITHDRAWN_ZH.get(f.reason, f.reason)}）"
-            for f in event.failures
+            f"{name(f.phone)}{FAILURE_ZH[f.kind]}（{WITHDRAWN_ZH.get(f.reason, f.reason)}）" for f in event.failures
         ]
         return f"{event.channel}：" + "；".join(parts)
     if isinstance(event, m.ResponderAccepted):
