@@ -203,6 +203,7 @@ class VillageState:
 class Membership:
     group: GroupState
     person: Person
+    members: dict[str, Person]
 
 
 class Directory:
@@ -296,9 +297,10 @@ class Directory:
             return []
         found = []
         for group in sorted((self._slots[s] for s in slots), key=lambda g: g.id):
-            person = group.members.get(phone)
+            members = group.members
+            person = members.get(phone)
             if person is not None and not group.dissolved:
-                found.append(Membership(group, person))
+                found.append(Membership(group, person, members))
         return found
 
     def group(self, village: str, group: str) -> GroupState | None:
