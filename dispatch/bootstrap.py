@@ -146,7 +146,7 @@ class Service:
         await provision(self.nc, replicas=st.stream_replicas, channels=tuple(names))
 
         self.store = EventStore(self.nc)
-        self.directory = LiveDirectory(self.nc)
+        self.directory = LiveDirectory(self.nc, st.data_dir / "directory.snapshot")
         await self.directory.start()
         self.tokens = LiveTokens(self.nc)
         await self.tokens.start()

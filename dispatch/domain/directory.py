@@ -44,6 +44,7 @@ _ROLES: tuple[Role, ...] = get_args(Role)
 _ROLE_CODE = {role: code for code, role in enumerate(_ROLES)}
 OVERLAY_MAX = 50_000
 UNPACKED_MAX = 1_000
+SNAPSHOT_VERSION = 1
 _pack = msgspec.msgpack.Encoder()
 _unpack = msgspec.msgpack.Decoder(list[tuple[str, str, int]])
 
@@ -107,7 +108,7 @@ class PhoneIndex:
 
     def __init__(self) -> None:
         self._keys = array("q")
-        self._slots = array("l")
+        self._slots = array("q")
         self._recent: dict[int | str, tuple[int, ...]] = {}
         self._numbers = 0
 
@@ -151,7 +152,7 @@ class PhoneIndex:
         if not numeric:
             return
         old_keys, old_slots = self._keys, self._slots
-        keys, slots = array("q"), array("l")
+        keys, slots = array("q"), array("q")
         i, n = 0, len(old_keys)
         for key, new in numeric:
             j = bisect_left(old_keys, key, i)
@@ -206,6 +207,40 @@ class Membership:
     members: dict[str, Person]
 
 
+class _GroupRow(msgspec.Struct, array_like=True):
+    village: str
+    group: str
+    last_seq: int
+    dissolved: bool
+    members: bytes
+
+
+class _VillageRow(msgspec.Struct, array_like=True):
+    village: str
+    last_seq: int
+    duty_desks: list[tuple[str, str]]
+    ack_deadline_s: float | None
+    escalate_after_s: float | None
+    arrival_deadline_s: float | None
+
+
+class Snapshot(msgspec.Struct, array_like=True):
+    """The directory as of `positions` (stream sequence applied, per followed subject filter)."""
+
+    version: int
+    stream_created: str
+    positions: dict[str, int]
+    groups: list[_GroupRow]
+    villages: list[_VillageRow]
+    phone_keys: bytes
+    phone_slots: bytes
+    phones_other: list[tuple[str, list[int]]]
+    numbers: int
+
+
+_snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
+
+
 class Directory:
     """Mutable fold of the directory events; not thread-safe (one event loop owns it)."""
 
@@ -235,9 +270,10 @@ class Directory:
             self._slots.append(state)
             self._live += 1
         state.last_seq = seq
-        self._unpacked[state.slot] = state
-        if len(self._unpacked) > UNPACKED_MAX:
-            self._pack_groups()
+        if state.slot not in self._unpacked:
+            if len(self._unpacked) >= UNPACKED_MAX:
+                self._pack_groups()
+            self._unpacked[state.slot] = state
         if isinstance(event, GroupFormed):
             self._live += state.dissolved
             state.dissolved = False
@@ -285,6 +321,70 @@ class Directory:
         """Pack what changed since the last compaction; answers stay the same."""
         self._pack_groups()
         self._by_phone.compact()
+
+    def snapshot(self, stream_created: str, positions: dict[str, int]) -> bytes:
+        """The whole directory as bytes (compacted first), tagged with what it was folded from."""
+        self.compact()
+        for group in self._slots:
+            group.pack()
+        index = self._by_phone
+        return _pack.encode(
+            Snapshot(
+                version=SNAPSHOT_VERSION,
+                stream_created=stream_created,
+                positions=positions,
+                groups=[_GroupRow(g.village, g.group, g.last_seq, g.dissolved, g._packed) for g in self._slots],
+                villages=[
+                    _VillageRow(
+                        v.village,
+                        v.last_seq,
+                        [(p.phone, p.name) for p in v.duty_desks.values()],
+                        v.ack_deadline_s,
+                        v.escalate_after_s,
+                        v.arrival_deadline_s,
+                    )
+                    for v in self.villages.values()
+                ],
+                phone_keys=index._keys.tobytes(),
+                phone_slots=index._slots.tobytes(),
+                phones_other=[(str(k), list(v)) for k, v in index._recent.items()],
+                numbers=index._numbers,
+            )
+        )
+
+    @classmethod
+    def restore(cls, data: bytes) -> tuple[Directory, Snapshot]:
+        """A directory from `snapshot()` bytes; raises msgspec.DecodeError/ValueError when unusable."""
+        snap = _snapshot_decoder.decode(data)
+        if snap.version != SNAPSHOT_VERSION:
+            raise ValueError(f"snapshot version {snap.version}, expected {SNAPSHOT_VERSION}")
+        d = cls()
+        for slot, row in enumerate(snap.groups):
+            state = GroupState(row.village, row.group, slot)
+            state.last_seq, state.dissolved = row.last_seq, row.dissolved
+            state._members, state._packed = None, row.members
+            d._slots.append(state)
+            d.groups[state.id] = state
+            d._live += not row.dissolved
+        for vrow in snap.villages:
+            village = VillageState(
+                vrow.village,
+                {phone: Person(phone=phone, name=name, role="duty") for phone, name in vrow.duty_desks},
+                vrow.last_seq,
+                vrow.ack_deadline_s,
+                vrow.escalate_after_s,
+                vrow.arrival_deadline_s,
+            )
+            d.villages[vrow.village] = village
+        index = d._by_phone
+        index._keys.frombytes(snap.phone_keys)
+        index._slots.frombytes(snap.phone_slots)
+        if len(index._keys) != len(index._slots):
+            raise ValueError("snapshot phone index is torn")
+        index._recent = {k: tuple(v) for k, v in snap.phones_other}
+        index._numbers = snap.numbers
+        d.position = max(snap.positions.values(), default=0)
+        return d, snap
 
     def _pack_groups(self) -> None:
         for group in self._unpacked.values():

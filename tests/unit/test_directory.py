@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -81,6 +83,15 @@ def test_compact_directory_matches_a_plain_model(
                 elif state is not None:
                     assert {p.phone: (p.name, p.role) for p in state.members.values()} == m
         assert d.counts() == (len(model.keys() - dissolved), len({p for m in model.values() for p in m}))
+        restored, snap = Directory.restore(d.snapshot("created", {"a": 3}))
+        assert snap.positions == {"a": 3} and restored.counts() == d.counts()
+        for number in PHONES:
+            assert [(m.group.id, m.person, m.members) for m in restored.memberships(number)] == [
+                (m.group.id, m.person, m.members) for m in d.memberships(number)
+            ]
+        assert {g.id: (g.last_seq, g.dissolved, g.members) for g in restored.groups.values()} == {
+            g.id: (g.last_seq, g.dissolved, g.members) for g in d.groups.values()
+        }
     finally:
         directory_module.OVERLAY_MAX, directory_module.UNPACKED_MAX = 50_000, 1_000
 
@@ -97,3 +108,22 @@ def test_phone_index_keeps_several_groups_per_number_through_compaction() -> Non
     index.compact()
     assert index.get("+8613900000009") == (3,) and index.get("+8613800000001") == (2,)
     assert index.get("+8613800000002") == () and len(index) == 2
+
+
+def test_a_snapshot_keeps_villages_and_refuses_garbage() -> None:
+    from dispatch.events.model import DutyDeskBound, VillageSettingsChanged
+
+    d = Directory()
+    d.apply(DutyDeskBound(at=T0, village="dongshan", phone="+8673184512345", name="值班室"), 1)
+    settings = VillageSettingsChanged(
+        at=T0, village="dongshan", ack_deadline_s=30, escalate_after_s=None, arrival_deadline_s=600
+    )
+    d.apply(settings, 2)
+    restored, _ = Directory.restore(d.snapshot("c", {"v": 2}))
+    assert restored.duty_desks("dongshan") == d.duty_desks("dongshan")
+    assert restored.villages["dongshan"].last_seq == 2
+    village = restored.villages["dongshan"]
+    assert village.ack_deadline_s == 30 and village.escalate_after_s is None and village.arrival_deadline_s == 600
+
+    with pytest.raises((msgspec.DecodeError, msgspec.ValidationError, ValueError)):
+        Directory.restore(b"\x93garbage")
