@@ -137,8 +137,10 @@ class LiveDirectory:
             await follower.wait_for(seq, timeout)
 
     async def stop(self) -> None:
+        """Stop following; a snapshot still owed is written first."""
         if self._pending is not None and not self._pending.done():
             self._pending.cancel()
+            await self.save_snapshot()
         await self._groups.stop()
         await self._villages.stop()
 
