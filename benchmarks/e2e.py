@@ -5,7 +5,8 @@ In one run, on one machine:
 - `dispatch serve` as a subprocess on its embedded defaults (own nats-server, fsync always, SQLite
   read models), `DISPATCH_WEBHOOK_URLS` pointing at a receiver in a second subprocess (a bare
   asyncio HTTP/1.1 server, so the receiver is not what is measured);
-- an open loop of calls at `--rate` calls/s for `--seconds` s over HTTP, each from a different
+- an open loop of calls at `--rate` calls/s for `--seconds` s over HTTP (aiohttp: httpx's pool
+  collapses under concurrency and would measure itself), each from a different
   10-number group; latency from just before the POST is sent to the 9th webhook of that
   incident arriving at the receiver (both on this machine's clock);
 - the raw baseline of benchmarks/fanout.py (plain nats-py fan-out) in the same run; the target
@@ -29,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import httpx
 from common import GROUP_SIZE, caller_of, pct, roster, run_baseline, steady
 
@@ -145,21 +147,22 @@ async def run_e2e(workdir: Path, rate: float, seconds: float) -> tuple[float, fl
     proc = await asyncio.to_thread(start_serve, data_dir, port, f"http://127.0.0.1:{receiver.port}/hook")
     try:
         token = (data_dir / "admin.token").read_text().strip()
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}, timeout=60, limits=limits
-        ) as http:
+        base = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": f"Bearer {token}"}
+        connector = aiohttp.TCPConnector(limit=256)
+        async with aiohttp.ClientSession(base, headers=headers, connector=connector) as http:
             groups = int(rate * seconds) + 10
             csv = roster(groups).encode()
-            r = await http.post("/v1/groups/import", content=csv, headers={"Content-Type": "text/csv"})
-            r.raise_for_status()
+            async with http.post("/v1/groups/import", data=csv, headers={"Content-Type": "text/csv"}) as r:
+                r.raise_for_status()
 
             async def launch(i: int) -> float:
                 sent = time.time()
-                r = await http.post("/v1/calls", json={"call_id": f"e2e-{i}", "caller": caller_of(i)})
-                if r.status_code != 202:
-                    raise RuntimeError(f"call {i}: {r.status_code} {r.text}")
-                arrived = await asyncio.wait_for(receiver.completed(r.json()["incident_id"]), 60)
+                async with http.post("/v1/calls", json={"call_id": f"e2e-{i}", "caller": caller_of(i)}) as r:
+                    if r.status != 202:
+                        raise RuntimeError(f"call {i}: {r.status} {await r.text()}")
+                    incident = (await r.json())["incident_id"]
+                arrived = await asyncio.wait_for(receiver.completed(incident), 60)
                 return (arrived - sent) * 1000
 
             latencies = await steady(launch, rate, seconds)
