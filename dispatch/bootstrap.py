@@ -28,7 +28,7 @@ from dispatch.channels.base import Channel
 from dispatch.channels.gateway import CallbackBus, GatewayClient, SmsChannel, VoiceChannel
 from dispatch.channels.robots import DingTalkChannel, WeComChannel
 from dispatch.channels.webhook import WebhookChannel
-from dispatch.domain.incident import parse_quorum
+from dispatch.domain.incident import IncidentState, parse_quorum
 from dispatch.gauges import GaugeRefresher
 from dispatch.handlers.calls import CallService
 from dispatch.handlers.delivery import DeliveryWorker
@@ -147,7 +147,7 @@ class Service:
         await provision(self.nc, replicas=st.stream_replicas, channels=tuple(names))
 
         self.store = EventStore(self.nc, metrics=self.metrics)
-        self.directory = LiveDirectory(self.nc)
+        self.directory = LiveDirectory(self.nc, st.data_dir / "directory.snapshot")
         await self.directory.start()
         self.tokens = LiveTokens(self.nc)
         await self.tokens.start()
@@ -182,6 +182,7 @@ class Service:
             backoff_base=st.delivery_backoff_base,
             backoff_max=st.delivery_backoff_max,
             on_permanent_failure=self._escalate_if_unreachable,
+            load_incident=self._load_incident,
         )
         self.escalation = EscalationService(self.store, metrics=self.metrics, command_centre=st.command_centre_person())
         self.fanout = FanOut(
@@ -226,7 +227,7 @@ class Service:
             db=self.db,
             channels=names,
             readiness=self.readiness,
-            villages=lambda: {g.village for g in self.directory.directory.live_groups()},
+            villages=lambda: {g.village for g in self.directory.directory.groups.values()},
         )
         self.gauges.start()
 
@@ -314,6 +315,10 @@ class Service:
 
     async def _escalate_if_unreachable(self, incident_id: str) -> None:
         await self.escalation.check_unreachable(incident_id)
+
+    async def _load_incident(self, incident_id: str) -> IncidentState:
+        state, _ = await self.reader.load(incident_id)
+        return state
 
     async def _bootstrap_admin(self) -> None:
         """The first start of a log issues one admin token into `<data dir>/admin.token` (0600)."""

@@ -39,7 +39,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 HUMAN_BUCKETS = (1, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 900, 1200, 1800, 3600)
-DELIVERY_OUTCOMES = ("delivered", "retry", "exhausted", "permanent")
+DELIVERY_OUTCOMES = ("delivered", "retry", "exhausted", "permanent", "withdrawn")
 ESCALATION_TIERS = ("1", "2")
 NATS_CONNECTIONS = ("service", "handlers")
 EVENT_AGGREGATES = ("incident", "notice", "group", "village", "line", "call", "token")
@@ -72,7 +72,8 @@ class Metrics:
         )
         self.deliveries = Counter(
             "dispatch_deliveries",
-            "Delivery attempts to one target, by channel and outcome (delivered, retry, exhausted, permanent)",
+            "Delivery attempts to one target, by channel and outcome (delivered, retry, exhausted, permanent);"
+            " withdrawn: a retry not rung, the target answered or the incident closed",
             ["channel", "outcome"],
             registry=r,
         )

@@ -360,6 +360,14 @@ def test_every_aggregate_of_the_log_starts_its_conflict_counter_at_zero() -> Non
     } == aggregates
 
 
+def test_faststreams_prometheus_middleware_stays_out() -> None:
+    """It labels by the concrete subject: one label value per incident (docs/metrics.md)."""
+    package = Path(__file__).resolve().parents[2] / "dispatch"
+    for path in package.rglob("*.py"):
+        text = path.read_text()
+        assert "faststream.nats.prometheus" not in text and "PrometheusMiddleware" not in text, path
+
+
 def test_nats_urls_are_logged_without_credentials() -> None:
     assert without_credentials("nats://dispatch:s3cret@nats-1:4222") == "nats://nats-1:4222"
     assert without_credentials("tls://tok@nats-2:4222") == "tls://nats-2:4222"
