@@ -288,6 +288,30 @@ async def test_nats_lost_shows_in_connection_state_readiness_and_refused_calls(m
         again.wait(15)
 
 
+async def test_a_hung_read_model_makes_the_incident_gauges_unknown_and_holds_one_read(
+    make_service: ServiceFactory, postgres_schema_url: str
+) -> None:
+    svc = await make_service(RecordingChannel(), database_url=postgres_schema_url)
+    assert svc.gauges is not None
+    svc.gauges.read_timeout = 0.3
+    assert value(await scrape(svc, refresh=True), "dispatch_incidents_open") == 0
+    base_url, schema = postgres_schema_url.split("?")[0], postgres_schema_url.split("schema=")[1]
+    with psycopg.connect(base_url) as blocker, psycopg.connect(base_url, autocommit=True) as observer:
+        blocker.execute(f'LOCK TABLE "{schema}".incidents IN ACCESS EXCLUSIVE MODE')
+        for _ in range(4):
+            s = await scrape(svc, refresh=True)
+            assert math.isnan(value(s, "dispatch_incidents_open")), "a stuck read model must read as unknown"
+            assert math.isnan(value(s, "dispatch_incidents_overdue"))
+            assert value(s, "dispatch_delivery_queue_depth", channel="test") == 0, "other gauges keep refreshing"
+            assert value(s, "dispatch_ready", check="nats") == 1
+        row = observer.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+            ("%FROM incidents%",),
+        ).fetchone()
+        assert row is not None and row[0] == 1, f"{row[0] if row else None} reads waiting: the gauges pile up threads"
+    await eventually(lambda: _when(svc, lambda s: value(s, "dispatch_incidents_open") == 0))
+
+
 async def test_append_latency_and_conflicts_are_counted_per_aggregate(nc: NATS) -> None:
     await provision(nc)
     metrics = Metrics()
