@@ -166,6 +166,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             "applied": applied[name],
             "ratio": round(ratio, 3),
         }
+        figures[f"{name}_ratio"] = round(ratio, 3)
+        figures[f"{name}_events_per_s"] = round(messages / median)
         print(f"{'rebuild ' + name:<18}{median:>10.2f}{messages / median:>12,.0f}{applied[name]:>16}{ratio:>14.2f}")
     worst = min(raw / statistics.median(times[name]) for name in targets)
     print(f"\ntarget: rebuild >= 0.3x the raw read -> {'met' if worst >= 0.3 else 'NOT met'} (worst {worst:.2f}x)")

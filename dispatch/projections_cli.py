@@ -42,7 +42,7 @@ async def run_projections(settings: Settings, *, report_every: float = REPORT_EV
                     await asyncio.wait_for(stop.wait(), report_every)
                 print(
                     "  ".join(
-                        f"{r.name}: {r.position} ({'active' if r.active else r.progress()}, lag {r.lag})"
+                        f"{r.name}: {r.position} ({'active' if r.active else r.progress()}, lag {r.lag():.0f})"
                         for r in runners
                     ),
                     flush=True,

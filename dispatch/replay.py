@@ -13,6 +13,7 @@ otherwise (a log file or CI); the final counts go to stdout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import math
 import sys
@@ -31,6 +32,7 @@ from dispatch.settings import Settings
 
 PROJECTIONS: tuple[type[IncidentsProjection] | type[RosterProjection], ...] = (IncidentsProjection, RosterProjection)
 BAR = 30
+REBUILD_LINGER_S = 0.01
 LINE_EVERY_S = 5.0
 
 
@@ -70,18 +72,20 @@ async def rebuild(nc: NATS, db: Database, projection: Projection, *, progress: P
     """Drop `projection` and rebuild it up to the end of the log as it is now; return the events applied.
 
     The cyclic garbage collector is paused meanwhile: a rebuild allocates millions of short-lived,
-    acyclic objects, and collections over them cost a fifth of the time, measured."""
+    acyclic objects, and collections over them cost a fifth of the time, measured. Batches linger
+    only 10 ms: nothing else competes for the database, and the last batch is not held back."""
     reporter = progress if isinstance(progress, Progress) else (Progress() if progress else None)
     await asyncio.to_thread(lambda: drop(db.thread_connection(), projection))
     target = await last_matching(nc, projection.filter_subjects)
-    runner = ProjectionRunner(nc, db, projection)
+    runner = ProjectionRunner(nc, db, projection, linger=REBUILD_LINGER_S)
     started = time.monotonic()
     collecting = gc.isenabled()
     gc.disable()
     await runner.start()
     try:
         while runner.position < target:
-            await asyncio.sleep(0.2)
+            with contextlib.suppress(TimeoutError):
+                await runner.wait_for(target, timeout=0.2)
             if reporter is not None:
                 reporter.update(projection.name, runner.position, target, runner.applied, time.monotonic() - started)
     finally:

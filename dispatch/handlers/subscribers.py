@@ -47,6 +47,7 @@ from dispatch.handlers.delivery import DeliveryWorker
 from dispatch.handlers.escalation import EscalationService
 from dispatch.handlers.fanout import FanOut
 from dispatch.handlers.pool import TaskPool
+from dispatch.metrics import Metrics
 from dispatch.store.eventstore import StoreUnavailable, recorded_from
 from dispatch.store.provision import FANOUT, TIMERS_CONSUMER, delivery_consumer
 from dispatch.store.timers import timer_decoder
@@ -65,7 +66,9 @@ async def raw_message(msg: StreamMessage[Msg]) -> Msg:
     return msg.raw_message
 
 
-async def dead_letter(broker: NatsBroker, source: str, raw: Msg, reason: str) -> None:
+async def dead_letter(broker: NatsBroker, source: str, raw: Msg, reason: str, metrics: Metrics | None = None) -> None:
+    if metrics is not None:
+        metrics.dead_letters.labels(source).inc()
     headers = dict(raw.headers or {})
     headers["Dispatch-Dead-Reason"] = reason[:500]
     headers["Dispatch-Dead-Subject"] = raw.subject
@@ -86,6 +89,7 @@ def build_broker(
     channels: list[str],
     pools: dict[str, TaskPool],
     connect: dict[str, object] | None = None,
+    metrics: Metrics | None = None,
 ) -> NatsBroker:
     """Register every subscriber; `pools` receives the task pools so the service can drain them."""
     broker = NatsBroker(
@@ -106,7 +110,7 @@ def build_broker(
         try:
             rec = recorded_from(raw)
         except UnknownEvent as exc:
-            await dead_letter(broker, "fanout", raw, str(exc))
+            await dead_letter(broker, "fanout", raw, str(exc), metrics)
             await raw.ack()
             return
         incident_id = getattr(rec.event, "incident_id", None)
@@ -147,7 +151,7 @@ def build_broker(
             ack_policy=AckPolicy.MANUAL,
             title=f"deliver.{name}",
             description=f"Delivery jobs for the {name} channel",
-        )(_delivery_handler(broker, delivery, name, pool))
+        )(_delivery_handler(broker, delivery, name, pool, metrics))
 
     timers = pools.setdefault("timers", TaskPool(FANOUT_IN_FLIGHT, "timers"))
 
@@ -157,7 +161,7 @@ def build_broker(
             if due.timer not in TIMERS:
                 raise msgspec.ValidationError(f"unknown timer {due.timer!r}")
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await dead_letter(broker, "timers", raw, str(exc))
+            await dead_letter(broker, "timers", raw, str(exc), metrics)
             await _ack(raw)
             return
         try:
@@ -199,10 +203,10 @@ def build_broker(
         try:
             req = _call_decoder.decode(raw.data)
         except msgspec.ValidationError as exc:
-            await dead_letter(broker, "ingress.call", raw, str(exc))
+            await dead_letter(broker, "ingress.call", raw, str(exc), metrics)
             return _encoder.encode({"error": f"invalid call: {exc}"})
         except msgspec.DecodeError as exc:
-            await dead_letter(broker, "ingress.call", raw, str(exc))
+            await dead_letter(broker, "ingress.call", raw, str(exc), metrics)
             return _encoder.encode({"error": f"invalid JSON: {exc}"})
         try:
             result = await calls.call(req)
@@ -230,13 +234,13 @@ async def _nak(raw: Msg, delay: float) -> None:
 
 
 def _delivery_handler(
-    broker: NatsBroker, worker: DeliveryWorker, channel: str, pool: TaskPool
+    broker: NatsBroker, worker: DeliveryWorker, channel: str, pool: TaskPool, metrics: Metrics | None
 ) -> Callable[[Msg], Awaitable[None]]:
     async def deliver(raw: Msg) -> None:
         try:
             job = job_decoder.decode(raw.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await dead_letter(broker, f"deliver.{channel}", raw, str(exc))
+            await dead_letter(broker, f"deliver.{channel}", raw, str(exc), metrics)
             await _ack(raw)
             return
         try:

@@ -13,7 +13,8 @@ Invariants:
 - the deadlines are the ones snapshotted in the incident's opening event (the village's overrides
   at raise time), so a breach is judged by the rules the incident was raised under;
 - a responder's `failed_kind` is `permanent` once any channel failed permanently (it never goes
-  back to `exhausted`); `raised_at`, `village`, `grp` are copied onto responder rows so a member's
+  back to `exhausted`); a `withdrawn` retry (the person answered, or the incident closed) is not a
+  failure and leaves it alone; `raised_at`, `village`, `grp` are copied onto responder rows so a member's
   last alarms are one indexed read;
 - every column but `events` is idempotent; `events` counts the incident's events applied, so a
   double application would show (the runner's checkpoint makes sure there never is one).
@@ -334,7 +335,7 @@ class _Batch:
         people = self._people(row)
         for failure in event.failures:
             r = people.get(failure.phone)
-            if r is not None and r.failed_kind != "permanent":
+            if r is not None and failure.kind != "withdrawn" and r.failed_kind != "permanent":
                 r.failed_kind = failure.kind
 
     def _accepted(self, row: IncidentRow, event: ResponderAccepted, at: float) -> None:

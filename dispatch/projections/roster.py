@@ -8,7 +8,9 @@ Invariants:
 - a fold of the group and village events, applied in stream order: the rows equal what
   `dispatch.domain.directory.Directory` holds after the same events (a dissolved group keeps its
   row with `dissolved = 1` and no members);
-- `changed_at` is the time of the group's last event; `bound_at` of a member's binding.
+- `changed_at` is the time of the group's last event; `bound_at` of a member's (last) binding;
+- a batch writes each touched row once (see `_GroupBatch`): the result equals applying its events
+  one by one.
 """
 
 from __future__ import annotations
@@ -91,46 +93,16 @@ class RosterProjection:
         )
 
     def apply_many(self, conn: Connection, recs: Sequence[Recorded], *, continued: bool = False) -> None:
+        batch = _GroupBatch()
         for rec in recs:
             if isinstance(rec.event, GroupEvent):
-                self._group(conn, rec.event)
+                batch.apply(rec.event)
             elif isinstance(rec.event, VillageEvent):
                 self._village(conn, rec.event)
+        batch.write(conn)
 
     def forget(self) -> None:
         return None
-
-    def _group(self, conn: Connection, event: GroupEvent) -> None:
-        at = event.at.timestamp()
-        key = (event.village, event.group)
-        conn.execute(
-            f"INSERT INTO {GROUPS} (village, grp, dissolved, formed_at, changed_at) VALUES (?, ?, 0, ?, ?) "
-            "ON CONFLICT (village, grp) DO UPDATE SET changed_at = excluded.changed_at",
-            (*key, at, at),
-        )
-        if isinstance(event, GroupFormed):
-            conn.execute(f"UPDATE {GROUPS} SET dissolved = 0 WHERE village = ? AND grp = ?", key)
-        elif isinstance(event, MemberBound):
-            conn.execute(
-                f"INSERT INTO {MEMBERS} (village, grp, phone, name, role, bound_at) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (village, grp, phone) DO UPDATE SET name = excluded.name, role = excluded.role",
-                (*key, event.phone, event.name, event.role, at),
-            )
-        elif isinstance(event, MemberUnbound):
-            conn.execute(f"DELETE FROM {MEMBERS} WHERE village = ? AND grp = ? AND phone = ?", (*key, event.phone))
-        elif isinstance(event, RoleAssigned):
-            conn.execute(
-                f"UPDATE {MEMBERS} SET role = ? WHERE village = ? AND grp = ? AND phone = ?",
-                (event.role, *key, event.phone),
-            )
-        elif isinstance(event, MemberRenamed):
-            conn.execute(
-                f"UPDATE {MEMBERS} SET name = ? WHERE village = ? AND grp = ? AND phone = ?",
-                (event.name, *key, event.phone),
-            )
-        elif isinstance(event, GroupDissolved):
-            conn.execute(f"DELETE FROM {MEMBERS} WHERE village = ? AND grp = ?", key)
-            conn.execute(f"UPDATE {GROUPS} SET dissolved = 1 WHERE village = ? AND grp = ?", key)
 
     def _village(self, conn: Connection, event: VillageEvent) -> None:
         at = event.at.timestamp()
@@ -158,4 +130,98 @@ class RosterProjection:
                     event.arrival_deadline_s,
                     event.village,
                 ),
+            )
+
+
+Key = tuple[str, str, str]
+
+
+class _GroupBatch:
+    """A batch of group events folded to one final write per row (an import of thousands of groups
+    is a handful of statements, not two per event). Member rows end as a whole row to put, a
+    delete, or a rename / role change of a row the batch did not bind."""
+
+    def __init__(self) -> None:
+        self.touched: dict[tuple[str, str], list[float]] = {}
+        self.dissolved: dict[tuple[str, str], int] = {}
+        self.cleared: list[tuple[str, str]] = []
+        self.put: dict[Key, tuple[str, str, float]] = {}
+        self.gone: set[Key] = set()
+        self.renamed: dict[Key, str] = {}
+        self.reassigned: dict[Key, str] = {}
+
+    def apply(self, event: GroupEvent) -> None:
+        at = event.at.timestamp()
+        group = (event.village, event.group)
+        times = self.touched.setdefault(group, [at, at])
+        times[1] = at
+        if isinstance(event, GroupFormed):
+            self.dissolved[group] = 0
+        elif isinstance(event, GroupDissolved):
+            self.dissolved[group] = 1
+            self.cleared.append(group)
+            for key in [k for k in (*self.put, *self.renamed, *self.reassigned) if k[:2] == group]:
+                self._forget(key)
+                self.gone.add(key)
+        elif isinstance(event, MemberBound):
+            key = (*group, event.phone)
+            self._forget(key)
+            self.gone.discard(key)
+            self.put[key] = (event.name, event.role, at)
+        elif isinstance(event, MemberUnbound):
+            key = (*group, event.phone)
+            self._forget(key)
+            self.gone.add(key)
+        elif isinstance(event, RoleAssigned):
+            key = (*group, event.phone)
+            if key in self.put:
+                name, _, bound = self.put[key]
+                self.put[key] = (name, event.role, bound)
+            elif key not in self.gone:
+                self.reassigned[key] = event.role
+        elif isinstance(event, MemberRenamed):
+            key = (*group, event.phone)
+            if key in self.put:
+                _, role, bound = self.put[key]
+                self.put[key] = (event.name, role, bound)
+            elif key not in self.gone:
+                self.renamed[key] = event.name
+
+    def _forget(self, key: Key) -> None:
+        self.put.pop(key, None)
+        self.renamed.pop(key, None)
+        self.reassigned.pop(key, None)
+
+    def write(self, conn: Connection) -> None:
+        if not self.touched:
+            return
+        conn.executemany(
+            f"INSERT INTO {GROUPS} (village, grp, dissolved, formed_at, changed_at) VALUES (?, ?, 0, ?, ?) "
+            "ON CONFLICT (village, grp) DO UPDATE SET changed_at = excluded.changed_at",
+            [(v, g, first, last) for (v, g), (first, last) in self.touched.items()],
+        )
+        if self.dissolved:
+            conn.executemany(
+                f"UPDATE {GROUPS} SET dissolved = ? WHERE village = ? AND grp = ?",
+                [(flag, v, g) for (v, g), flag in self.dissolved.items()],
+            )
+        if self.cleared:
+            conn.executemany(f"DELETE FROM {MEMBERS} WHERE village = ? AND grp = ?", self.cleared)
+        if self.gone:
+            conn.executemany(f"DELETE FROM {MEMBERS} WHERE village = ? AND grp = ? AND phone = ?", sorted(self.gone))
+        conn.upsert_many(
+            MEMBERS,
+            ("village", "grp", "phone", "name", "role", "bound_at"),
+            ("village", "grp", "phone"),
+            [(*key, name, role, bound) for key, (name, role, bound) in self.put.items()],
+        )
+        if self.reassigned:
+            conn.executemany(
+                f"UPDATE {MEMBERS} SET role = ? WHERE village = ? AND grp = ? AND phone = ?",
+                [(role, *key) for key, role in self.reassigned.items()],
+            )
+        if self.renamed:
+            conn.executemany(
+                f"UPDATE {MEMBERS} SET name = ? WHERE village = ? AND grp = ? AND phone = ?",
+                [(name, *key) for key, name in self.renamed.items()],
             )

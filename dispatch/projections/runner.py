@@ -11,8 +11,10 @@ Invariants:
   model may lag the log by that much; the incident detail is read from the log itself); while
   catching up on a backlog, batches grow to CATCH_UP_BATCH;
 - a database outage stops the projection where it was; it resumes from its checkpoint;
-- `lag` is how many events the server still holds beyond what was received, plus what was received
-  but not yet applied or skipped (the consumer reads the whole stream and skips other subjects);
+- `lag()` is how many events are in the log but not applied: what the server still held beyond the
+  last one received, plus those received and not yet applied or skipped (the consumer reads the
+  whole stream and skips other subjects); it keeps growing while the database is down (above QUEUE
+  it is a lower bound: delivery pauses while the queue is full);
 - versions: a projection is `<family>_v<version>` and its tables carry the same suffix, so a new
   version builds beside the old one. It becomes the family's *active* version (the one reads use)
   only once it has applied everything the log held when it started; the older versions are then
@@ -302,14 +304,10 @@ class ProjectionRunner:
     def position(self) -> int:
         return self._waiters.position
 
-    @property
-    def lag(self) -> int:
-        """Matching events not yet applied: still on the server, or received and waiting here."""
-        return max(0, self._server_pending + self._received - self._done)
-
-    @property
-    def pending(self) -> int:
-        return self.lag
+    def lag(self) -> float:
+        """Events in the log not applied yet: still on the server beyond the last one received, or
+        received and waiting here (`dispatch_projection_lag_events`)."""
+        return float(max(0, self._server_pending + self._received - self._done))
 
     @property
     def active(self) -> bool:

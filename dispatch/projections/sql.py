@@ -92,7 +92,7 @@ class Connection:
                 f"INSERT INTO {table} ({names}) SELECT {names} FROM {stage} "
                 f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
             )
-            cur.execute(f"TRUNCATE {stage}")
+            cur.execute(f"DELETE FROM {stage}")
 
     def forget_staging(self) -> None:
         """Staging tables copy a table's columns when made: make them again after a schema change."""
