@@ -161,7 +161,7 @@ async def run_service(workdir: Path, rate: float, seconds: float, groups: int) -
 async def run_baseline(workdir: Path, rate: float, seconds: float) -> Result:
     server = EmbeddedNats(workdir / "raw")
     await server.start()
-    nc = await nats.connect(server.url)
+    nc = await nats.connect(server.url, **server.auth.connect_kwargs())
     js = nc.jetstream()
     try:
         await js.add_stream(StreamConfig(name="BENCH", subjects=["bench.alarm.>"], storage="file"))

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import nats
 import structlog
 import uvicorn
 from faststream.nats import NatsBroker
@@ -49,6 +48,7 @@ from dispatch.projections.runner import ProjectionRunner
 from dispatch.projections.sql import Database
 from dispatch.projections.tokens import LiveTokens
 from dispatch.settings import Settings, SettingsError
+from dispatch.store.connect import NatsAuth, NatsConnectError, connect
 from dispatch.store.eventstore import EventStore
 from dispatch.store.jobs import JobQueue
 from dispatch.store.provision import delivery_consumer, provision
@@ -122,6 +122,11 @@ class Service:
     def nats_urls(self) -> list[str]:
         return [self.embedded.url] if self.embedded else self.settings.nats_urls
 
+    @property
+    def nats_auth(self) -> NatsAuth:
+        """The credentials this process connects with: the embedded server's, or the settings'."""
+        return self.embedded.auth if self.embedded else self.settings.nats_auth()
+
     async def start(self) -> None:
         st = self.settings
         if st.embedded_nats:
@@ -129,18 +134,13 @@ class Service:
             self._lock.enter_context(data_dir_lock(st.data_dir))
             self.embedded = EmbeddedNats(st.data_dir, restart_delay=st.nats_restart_delay)
             await self.embedded.start()
-        self.nc = await nats.connect(
-            self.nats_urls,
-            name="dispatch",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            connect_timeout=5,
-            disconnected_cb=self._on_disconnect,
-            reconnected_cb=self._on_reconnect,
-            error_cb=self._on_error,
-        )
+        try:
+            self.nc = await self._connect_nats()
+        except NatsConnectError as exc:
+            raise SettingsError(str(exc)) from None
         self.metrics.nats_connected.set(1)
         self.channel_config = st.channel_config()
+
         await self._build_channels()
         names = [c.name for c in self.channels]
         await provision(self.nc, replicas=st.stream_replicas, channels=tuple(names))
@@ -208,6 +208,7 @@ class Service:
             calls=self.calls,
             channels=names,
             pools=self.pools,
+            connect={"security": self.nats_auth.broker_security()},
         )
         await self.broker.start()
 
@@ -260,12 +261,26 @@ class Service:
             "service.started",
             http=st.base_url,
             nats="embedded" if self.embedded else ",".join(st.nats_urls),
+            nats_auth=self.nats_auth.describe(),
             database=self.db.dialect,
             groups=groups,
             numbers=numbers,
             channels=names,
         )
         self.started.set()
+
+    async def _connect_nats(self) -> NATS:
+        return await connect(
+            self.nats_urls,
+            self.nats_auth,
+            name="dispatch",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            disconnected_cb=self._on_disconnect,
+            reconnected_cb=self._on_reconnect,
+            error_cb=self._on_error,
+        )
 
     async def _watch_delivery_queue(self, every: float = 5.0) -> None:
         """dispatch_delivery_queue_depth: retry jobs waiting per channel, read from the consumers."""

@@ -146,7 +146,7 @@ async def test_transient_failures_retry_and_permanent_ones_do_not(
 
 
 async def test_calls_over_nats_ingress_and_dead_letters(service: Service, channel: RecordingChannel) -> None:
-    nc = await nats.connect(service.nats_urls)
+    nc = await nats.connect(service.nats_urls, **service.nats_auth.connect_kwargs())
     try:
         dead: list[nats.aio.msg.Msg] = []
 
