@@ -232,6 +232,9 @@ class Service:
                 metrics=self.metrics,
                 readiness=self.readiness,
                 deadlines=st.deadlines(),
+                signing=self.channel_config.signing,
+                rate_limit=st.rate_limit,
+                rate_burst=st.rate_burst,
             )
         )
         config = uvicorn.Config(

@@ -99,6 +99,12 @@ class Metrics:
         self.delivery_queue = Gauge(
             "dispatch_delivery_queue_depth", "Delivery retry jobs waiting, by channel", ["channel"], registry=r
         )
+        self.http_refused = Counter(
+            "dispatch_http_refused",
+            "Requests refused at the door: unauthenticated, rate_limited, bad_signature, replayed",
+            ["reason"],
+            registry=r,
+        )
         self.directory_numbers = Gauge(
             "dispatch_directory_numbers", "Phone numbers bound in the in-memory directory", registry=r
         )

@@ -66,6 +66,8 @@ class Settings:
     nats_tls_ca: Path | None = None
     nats_tls_cert: Path | None = None
     nats_tls_key: Path | None = None
+    rate_limit: float = 50.0
+    rate_burst: float = 500.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -102,6 +104,8 @@ class Settings:
             nats_tls_ca=_path("NATS_TLS_CA"),
             nats_tls_cert=_path("NATS_TLS_CERT"),
             nats_tls_key=_path("NATS_TLS_KEY"),
+            rate_limit=_float("RATE_LIMIT", 50.0),
+            rate_burst=_float("RATE_BURST", 500.0),
         )
         for key, value in overrides.items():
             if value is not None:
@@ -139,6 +143,8 @@ class Settings:
             raise SettingsError("DISPATCH_STREAM_REPLICAS must be 1, 3 or 5")
         if self.log_format not in ("auto", "console", "json"):
             raise SettingsError("DISPATCH_LOG_FORMAT must be auto, console or json")
+        if self.rate_limit < 0 or self.rate_burst < 1:
+            raise SettingsError("DISPATCH_RATE_LIMIT must be 0 (off) or more, DISPATCH_RATE_BURST at least 1")
         if self.delivery_max_attempts < 1:
             raise SettingsError("DISPATCH_DELIVERY_MAX_ATTEMPTS must be at least 1")
         if not 0 < self.ack_deadline_s <= self.escalate_after_s:

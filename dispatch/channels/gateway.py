@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import httpx
 import msgspec
@@ -45,15 +45,15 @@ KEYPAD = {"1": "accept", "2": "decline", "3": "arrived", "9": "repeat"}
 class VoiceEvent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A callback from the gateway about one call (ours, or the caller's own call to 6995)."""
 
-    call_ref: str
-    event: str
-    direction: str = "outbound"
-    digits: str = ""
-    to: str = ""
+    call_ref: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    event: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    direction: Literal["outbound", "inbound"] = "outbound"
+    digits: Annotated[str, msgspec.Meta(max_length=32)] = ""
+    to: Annotated[str, msgspec.Meta(max_length=64)] = ""
     context: dict[str, Any] = {}
-    call_id: str = ""
-    caller: str = ""
-    at: str = ""
+    call_id: Annotated[str, msgspec.Meta(max_length=128)] = ""
+    caller: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    at: Annotated[str, msgspec.Meta(max_length=64)] = ""
 
 
 voice_event_decoder = msgspec.json.Decoder(VoiceEvent)
