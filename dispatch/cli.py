@@ -132,7 +132,10 @@ def cmd_gateway_sim(args: argparse.Namespace) -> int:
     except (OSError, ValueError, TypeError) as exc:
         print(f"dispatch gateway-sim: scenario {args.scenario}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    sim = GatewaySim(dispatch_url=_server(args), token=token, secret=secret, scenario=scenario, echo=True)
+    signing = os.environ.get("DISPATCH_GATEWAY_SIGNING_SECRET") or secret
+    sim = GatewaySim(
+        dispatch_url=_server(args), token=token, secret=secret, signing_secret=signing, scenario=scenario, echo=True
+    )
     print(f"gateway simulator on http://{args.listen} -> dispatch {_server(args)}", flush=True)
     try:
         asyncio.run(serve(sim, host or "127.0.0.1", int(port)))
