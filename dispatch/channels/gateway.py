@@ -32,6 +32,7 @@ from nats.aio.msg import Msg
 from dispatch.channels.base import Delivered, DeliveryJob, Outcome, Permanent, Target, Transient
 from dispatch.channels.webhook import TRANSIENT_STATUS, retry_after, sign
 from dispatch.events.model import Person
+from dispatch.store.deadletter import dead_letter
 
 log = structlog.get_logger(__name__)
 
@@ -87,11 +88,15 @@ class CallbackBus:
     async def _on_msg(self, msg: Msg) -> None:
         try:
             event = voice_event_decoder.decode(msg.data)
-        except msgspec.DecodeError:
+        except msgspec.DecodeError as exc:
+            await dead_letter(self._publish, "gateway.voice", msg, str(exc))
             return
         fut = self._waiting.get(event.call_ref)
         if fut is not None and not fut.done() and event.event in FINAL:
             fut.set_result(event)
+
+    async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
+        await self.nc.publish(subject, data, headers=headers)
 
     async def publish(self, event: VoiceEvent) -> None:
         await self.nc.publish(f"{CALLBACK_SUBJECT}.{event.call_ref}", voice_event_encoder.encode(event))
