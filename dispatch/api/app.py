@@ -36,6 +36,7 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -401,7 +402,7 @@ def create_app(services: ApiServices) -> Litestar:
         summary="The telephony gateway: call progress and keypad digits (gateway token); see docs/gateway.md",
     )
     async def gateway_voice(data: JSONBody[VoiceEvent], request: Request[Any, Any, Any]) -> dict[str, Any]:
-        who(request, "answer")
+        who(request, "relay")
         with structlog.contextvars.bound_contextvars(call_ref=data.call_ref[:64]):
             return await s.gateway.voice(data)
 
@@ -513,7 +514,12 @@ def create_app(services: ApiServices) -> Litestar:
         guards=[gate.guard],
         after_exception=[gate.after_exception],
         request_max_body_size=MAX_JSON_BYTES,
-        openapi_config=OpenAPIConfig(title="dispatch", version=s.version, path="/schema"),
+        openapi_config=OpenAPIConfig(
+            title="dispatch",
+            version=s.version,
+            path="/schema",
+            render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"])],
+        ),
         logging_config=None,
         debug=False,
     )
