@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
+import structlog
 import structlog.contextvars
 from litestar import Litestar, Request, Response, delete, get, post, put
 from litestar.exceptions import (
@@ -36,13 +37,13 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dispatch.api.console_files import console_routes
 from dispatch.api.live import LiveHub
+from dispatch.api.openapi import DispatchOpenAPI
 from dispatch.api.security import DEFAULT_BURST, DEFAULT_RATE, Gatekeeper, bearer
 from dispatch.channels.gateway import VoiceEvent
 from dispatch.domain.access import Capability, Principal
@@ -63,6 +64,8 @@ from dispatch.projections.directory import LiveDirectory
 from dispatch.projections.sql import Database, DatabaseUnavailable, is_db_error
 from dispatch.projections.tokens import LiveTokens
 from dispatch.store.eventstore import AppendConflict, AppendRejected, StoreUnavailable
+
+log = structlog.get_logger(__name__)
 
 MAX_ROSTER_BYTES = 64 * 1024 * 1024
 MAX_JSON_BYTES = 64 * 1024
@@ -131,6 +134,12 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[
     if exc.headers:
         response.headers.update(exc.headers)
     return response
+
+
+def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """A bug, not bad input: logged with its traceback (masked), answered in the API's error shape."""
+    log.error("http.unhandled", method=request.method, path=request.url.path, exc_info=exc)
+    return error(500, "internal error (logged)")
 
 
 def _leader_name(group: GroupState) -> str | None:
@@ -510,6 +519,7 @@ def create_app(services: ApiServices) -> Litestar:
             AppendConflict: _conflict,
             AppendRejected: _unavailable,
             HTTPException: _http_error,
+            Exception: _internal_error,
         },
         guards=[gate.guard],
         after_exception=[gate.after_exception],
@@ -518,7 +528,7 @@ def create_app(services: ApiServices) -> Litestar:
             title="dispatch",
             version=s.version,
             path="/schema",
-            render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"])],
+            render_plugins=[DispatchOpenAPI(path=["/", "/openapi.json"])],
         ),
         logging_config=None,
         debug=False,
