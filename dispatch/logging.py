@@ -4,8 +4,9 @@ Invariants:
 - no full phone number reaches a log line: every string in an event — at any depth, under any key,
   the event name and a formatted traceback included — is masked (`+86138****5678`) by the last
   processor before rendering; anything else that is not a number is turned into masked text;
-- records of the standard library's loggers (uvicorn, asyncio, faststream, nats) are masked after
-  formatting, so their tracebacks are masked too;
+- records of the standard library's loggers (uvicorn, asyncio, faststream, nats) are rendered the
+  same way (one JSON object per line with DISPATCH_LOG_FORMAT=json) and masked after formatting, so
+  their tracebacks are masked too;
 - an incident-scoped line carries `incident_id`: handlers bind it with structlog's contextvars,
   which `merge_contextvars` adds to every line logged inside.
 """
@@ -44,8 +45,9 @@ def mask_phones(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     return {key: masked(value) for key, value in event_dict.items()}
 
 
-class MaskingFormatter(logging.Formatter):
-    """A standard-library formatter whose whole output (message, arguments, traceback) is masked."""
+class MaskingFormatter(structlog.stdlib.ProcessorFormatter):
+    """Standard-library records rendered like structlog's lines (JSON or console), the whole output
+    (message, arguments, traceback) masked."""
 
     def format(self, record: logging.LogRecord) -> str:
         return mask_text(super().format(record))
@@ -76,7 +78,12 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(
+        MaskingFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *processors],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.WARNING))

@@ -76,6 +76,10 @@ def test_tracebacks_are_masked_from_structlog_and_the_standard_library(capsys: p
     assert "RuntimeError" in err and "Traceback" in err
     assert "12345678" not in err, err
     assert err.count("****5678") >= 3
+    lines = _lines(err)
+    assert len(lines) == 2 == len(err.splitlines()), "every line, the standard library's too, is one JSON object"
+    uvicorn = next(line for line in lines if line.get("logger") == "uvicorn.error")
+    assert uvicorn["event"] == "request for 138****5678 crashed" and "RuntimeError" in str(uvicorn["exception"])
 
 
 def test_auto_is_console_in_a_terminal_and_json_otherwise(tmp_path: object) -> None:
