@@ -105,6 +105,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.gateway_stale_signatures = Counter(
+            "dispatch_gateway_stale_signatures",
+            "Signed calls accepted although their timestamp was outside the window: check the gateway's clock",
+            registry=r,
+        )
         self.directory_numbers = Gauge(
             "dispatch_directory_numbers", "Phone numbers bound in the in-memory directory", registry=r
         )

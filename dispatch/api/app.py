@@ -201,7 +201,7 @@ def create_app(services: ApiServices) -> Litestar:
         "/v1/calls",
         status_code=202,
         request_max_body_size=MAX_JSON_BYTES,
-        opt={"alarm": True},
+        opt={"alarm": True, "replay_safe": True},
         tags=["calls"],
         summary="A member dialed the short number: raise or join an incident (gateway, admin)",
     )

@@ -11,7 +11,10 @@ One Litestar guard on the whole app runs before any request body is parsed:
    (`dispatch.handlers.flood`);
 3. a `gateway` token with a signing key must present a valid signature (`dispatch.domain.signing`);
    a bad or stale one is 401, a replay 409. A request that then fails on our side (5xx) releases its
-   signature, so the gateway's retry of the same bytes is not taken for a replay.
+   signature, so the gateway's retry of the same bytes is not taken for a replay. On a route marked
+   `opt={"replay_safe": True}` (a call: its call id answers any replay the same and rings nobody) a
+   valid signature with a stale timestamp is accepted, logged and counted
+   (`dispatch_gateway_stale_signatures_total`): a drifting gateway clock must not refuse emergencies.
 The guard leaves the principal in `request.state.principal`; the handler checks the capability.
 
 Invariants: the body is read (and the size limit applied, 413) only for a gateway whose requests
@@ -25,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import structlog
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
@@ -42,6 +46,8 @@ from dispatch.domain.signing import (
     verify,
 )
 from dispatch.metrics import Metrics
+
+log = structlog.get_logger(__name__)
 
 DEFAULT_RATE = 50.0
 DEFAULT_BURST = 500.0
@@ -108,21 +114,25 @@ class Gatekeeper:
                     {"Retry-After": str(max(1, round(wait + 0.5)))},
                 )
         if principal.role == "gateway":
-            await self._check_signature(connection, principal)
+            await self._check_signature(connection, principal, stale_ok=bool(opt.get("replay_safe")))
 
-    async def _check_signature(self, connection: ASGIConnection[Any, Any, Any, Any], principal: Principal) -> None:
+    async def _check_signature(
+        self, connection: ASGIConnection[Any, Any, Any, Any], principal: Principal, *, stale_ok: bool
+    ) -> None:
         key = self.signing.key_for(principal.token_id)
         if key is None:
             return
         body = await connection.body() if hasattr(connection, "body") else b""
+        timestamp, now = connection.headers.get(TIMESTAMP_HEADER), self.clock()
         try:
             claimed = verify(
                 key,
-                connection.headers.get(TIMESTAMP_HEADER),
+                timestamp,
                 connection.headers.get(SIGNATURE_HEADER),
                 body,
-                self.clock(),
+                now,
                 self.replays,
+                stale_ok=stale_ok,
             )
         except SignatureRejected as exc:
             if exc.replayed:
@@ -130,6 +140,14 @@ class Gatekeeper:
             raise self.refuse("bad_signature", 401, exc.reason) from None
         if claimed is not None:
             connection.state.signature = claimed
+        elif timestamp:
+            self.metrics.gateway_stale_signatures.inc()
+            log.warning(
+                "gateway.clock_skew",
+                token_id=principal.token_id,
+                skew_s=round(now - float(timestamp), 1),
+                hint="a signed call was accepted outside the 5-minute window: set the gateway's clock (NTP)",
+            )
 
     async def after_exception(self, exc: Exception, scope: Scope) -> None:
         """Litestar after_exception hook: a signed request that failed on our side (anything but a 4xx)

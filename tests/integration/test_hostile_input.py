@@ -231,9 +231,18 @@ async def test_gateway_requests_must_be_signed_fresh_and_not_replayed(
         replay = await raw.post("/v1/calls", content=body, headers=headers)
         assert replay.status_code == 409 and "replayed" in replay.json()["error"]
         stale_at = str(int(time.time()) - 301)
-        stale = {**bearer, TIMESTAMP_HEADER: stale_at, SIGNATURE_HEADER: sign(SIGNING_SECRET, stale_at, body)}
-        refused = await raw.post("/v1/calls", content=body, headers=stale)
-        assert refused.status_code == 401 and "in the past" in refused.json()["error"]
+        late_call = json.dumps({"call_id": "signed-late", "caller": "13800000011"}).encode()
+        stale = {**bearer, TIMESTAMP_HEADER: stale_at, SIGNATURE_HEADER: sign(SIGNING_SECRET, stale_at, late_call)}
+        tolerated = await raw.post("/v1/calls", content=late_call, headers=stale)
+        assert tolerated.status_code == 202, "a drifting gateway clock turned a call away"
+        again = await raw.post("/v1/calls", content=late_call, headers=stale)
+        assert again.status_code == 202 and again.json()["duplicate"] is True, "a stale replay rang anyone"
+        stale_forgery = {**stale, SIGNATURE_HEADER: sign(SIGNING_SECRET, stale_at, body)}
+        assert (await raw.post("/v1/calls", content=late_call, headers=stale_forgery)).status_code == 401
+        late_sms = json.dumps({"message_id": "s-late", "from": "13800000011", "text": "0"}).encode()
+        stale_sms = {**bearer, TIMESTAMP_HEADER: stale_at, SIGNATURE_HEADER: sign(SIGNING_SECRET, stale_at, late_sms)}
+        refused = await raw.post("/v1/gateway/sms", content=late_sms, headers=stale_sms)
+        assert refused.status_code == 401 and "in the past" in refused.json()["error"], "a stale text could cancel"
         tampered = body.replace(b"13800000011", b"13800000018")
         forged = await raw.post("/v1/calls", content=tampered, headers=headers)
         assert forged.status_code == 401 and forged.json()["error"] == "bad signature"
@@ -246,8 +255,9 @@ async def test_gateway_requests_must_be_signed_fresh_and_not_replayed(
             "an admin token is not a gateway: it does not sign"
         )
     metrics = (await http.get("/metrics")).text
-    for reason, count in (("bad_signature", 4), ("replayed", 1)):
+    for reason, count in (("bad_signature", 5), ("replayed", 1)):
         assert f'dispatch_http_refused_total{{reason="{reason}"}} {count}.0' in metrics, reason
+    assert "dispatch_gateway_stale_signatures_total 2.0" in metrics
 
 
 async def test_a_signed_call_refused_with_503_may_be_sent_again_byte_for_byte(

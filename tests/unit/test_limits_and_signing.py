@@ -90,6 +90,10 @@ def test_signatures_verify_and_refuse_with_reasons() -> None:
     ):
         with pytest.raises(SignatureRejected, match=words):
             verify(KEY, timestamp, signature, body, now, ReplayCache())
+    late = str(int(now - WINDOW_S - 60))
+    assert verify(KEY, late, sign(KEY.secret, late, body), body, now, ReplayCache(), stale_ok=True) is None
+    with pytest.raises(SignatureRejected, match="bad signature"):
+        verify(KEY, late, sign(KEY.secret, late, body + b"x"), body, now, ReplayCache(), stale_ok=True)
     optional = GatewayKey(secret=KEY.secret, required=False)
     assert verify(optional, None, None, body, now, ReplayCache()) is None
     with pytest.raises(SignatureRejected, match="bad signature"):
