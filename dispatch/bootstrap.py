@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import structlog
@@ -29,7 +27,8 @@ from dispatch.channels.base import Channel
 from dispatch.channels.gateway import CallbackBus, GatewayClient, SmsChannel, VoiceChannel
 from dispatch.channels.robots import DingTalkChannel, WeComChannel
 from dispatch.channels.webhook import WebhookChannel
-from dispatch.domain.incident import parse_quorum
+from dispatch.domain.incident import IncidentState, parse_quorum
+from dispatch.gauges import GaugeRefresher
 from dispatch.handlers.calls import CallService
 from dispatch.handlers.delivery import DeliveryWorker
 from dispatch.handlers.escalation import EscalationService
@@ -40,8 +39,7 @@ from dispatch.handlers.pool import TaskPool
 from dispatch.handlers.responses import IncidentReader, ResponseService
 from dispatch.handlers.subscribers import build_broker
 from dispatch.handlers.tokens import TokenService
-from dispatch.metrics import GaugeCallback, Metrics
-from dispatch.projections import queries
+from dispatch.metrics import Metrics
 from dispatch.projections.directory import LiveDirectory
 from dispatch.projections.incidents import IncidentsProjection
 from dispatch.projections.runner import ProjectionRunner
@@ -51,7 +49,7 @@ from dispatch.settings import Settings, SettingsError
 from dispatch.store.connect import NatsAuth, NatsConnectError, connect
 from dispatch.store.eventstore import EventStore
 from dispatch.store.jobs import JobQueue
-from dispatch.store.provision import delivery_consumer, provision
+from dispatch.store.provision import provision
 from dispatch.store.server import EmbeddedNats
 from dispatch.store.timers import Timers
 
@@ -84,8 +82,10 @@ def data_dir_lock(data_dir: Path) -> Iterator[None]:
         handle.close()
 
 
-def _pending_of(runner: ProjectionRunner) -> Callable[[], float]:
-    return lambda: float(runner.pending)
+def without_credentials(url: str) -> str:
+    """A NATS URL fit for a log line: `nats://user:secret@host:4222` -> `nats://host:4222`."""
+    scheme, sep, rest = url.rpartition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
 
 
 class _Server(uvicorn.Server):
@@ -111,7 +111,7 @@ class Service:
         self.gateway_client: GatewayClient | None = None
         self.callbacks: CallbackBus | None = None
         self.sms: SmsChannel | None = None
-        self._watch_queue: asyncio.Task[None] | None = None
+        self.gauges: GaugeRefresher | None = None
         self.http: _Server | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._lock: contextlib.ExitStack | None = None
@@ -138,15 +138,16 @@ class Service:
             self.nc = await self._connect_nats()
         except NatsConnectError as exc:
             raise SettingsError(str(exc)) from None
-        self.metrics.nats_connected.set(1)
+        self.metrics.nats_connected.labels("service").set_function(lambda: float(self._connected(self.nc)))
         self.channel_config = st.channel_config()
 
         await self._build_channels()
         names = [c.name for c in self.channels]
+        self.metrics.start_at_zero(names)
         await provision(self.nc, replicas=st.stream_replicas, channels=tuple(names))
 
-        self.store = EventStore(self.nc)
-        self.directory = LiveDirectory(self.nc)
+        self.store = EventStore(self.nc, metrics=self.metrics)
+        self.directory = LiveDirectory(self.nc, st.data_dir / "directory.snapshot")
         await self.directory.start()
         self.tokens = LiveTokens(self.nc)
         await self.tokens.start()
@@ -181,6 +182,7 @@ class Service:
             backoff_base=st.delivery_backoff_base,
             backoff_max=st.delivery_backoff_max,
             on_permanent_failure=self._escalate_if_unreachable,
+            load_incident=self._load_incident,
         )
         self.escalation = EscalationService(self.store, metrics=self.metrics, command_centre=st.command_centre_person())
         self.fanout = FanOut(
@@ -208,14 +210,26 @@ class Service:
             calls=self.calls,
             channels=names,
             pools=self.pools,
-            connect={"security": self.nats_auth.broker_security()},
+            metrics=self.metrics,
+            connect={"disconnected_cb": self._on_handlers_disconnect, "security": self.nats_auth.broker_security()},
         )
         await self.broker.start()
+        broker = self.broker
+        self.metrics.nats_connected.labels("handlers").set_function(lambda: float(self._connected(broker._connection)))
 
         self.hub = LiveHub(self.nc, self.store, public_url=st.base_url)
         await self.hub.start()
-        self._register_gauges()
-        self._watch_queue = asyncio.get_running_loop().create_task(self._watch_delivery_queue())
+        for runner in self.runners:
+            self.metrics.projection_lag.labels(runner.name).set_function(runner.lag)
+        self.gauges = GaugeRefresher(
+            self.metrics,
+            nc=self.nc,
+            db=self.db,
+            channels=names,
+            readiness=self.readiness,
+            villages=lambda: {g.village for g in self.directory.directory.groups.values()},
+        )
+        self.gauges.start()
 
         app = create_app(
             ApiServices(
@@ -263,7 +277,7 @@ class Service:
         log.info(
             "service.started",
             http=st.base_url,
-            nats="embedded" if self.embedded else ",".join(st.nats_urls),
+            nats="embedded" if self.embedded else ",".join(map(without_credentials, st.nats_urls)),
             nats_auth=self.nats_auth.describe(),
             database=self.db.dialect,
             groups=groups,
@@ -285,22 +299,6 @@ class Service:
             error_cb=self._on_error,
         )
 
-    async def _watch_delivery_queue(self, every: float = 5.0) -> None:
-        """dispatch_delivery_queue_depth: retry jobs waiting per channel, read from the consumers."""
-        while True:
-            for channel in self.channels:
-                spec = delivery_consumer(channel.name)
-                try:
-                    reply = await self.nc.request(  # type: ignore[union-attr]
-                        f"$JS.API.CONSUMER.INFO.{spec.stream}.{spec.durable}", b"", timeout=2
-                    )
-                    info = json.loads(reply.data)
-                    waiting = int(info.get("num_pending", 0)) + int(info.get("num_ack_pending", 0))
-                    self.metrics.delivery_queue.labels(channel.name).set(waiting)
-                except Exception as exc:
-                    log.debug("delivery_queue.unreadable", channel=channel.name, error=str(exc))
-            await asyncio.sleep(every)
-
     async def _build_channels(self) -> None:
         st, config = self.settings, self.channel_config
         assert self.nc is not None
@@ -310,7 +308,7 @@ class Service:
             self.channels.append(WebhookChannel(st.webhook_urls, st.webhook_secret, role_urls=role_urls))
         if config.gateway is not None:
             self.gateway_client = GatewayClient(config.gateway.url, config.gateway.secret)
-            self.callbacks = CallbackBus(self.nc)
+            self.callbacks = CallbackBus(self.nc, metrics=self.metrics)
             await self.callbacks.start()
             self.sms = SmsChannel(self.gateway_client)
             voice = VoiceChannel(
@@ -335,6 +333,10 @@ class Service:
     async def _escalate_if_unreachable(self, incident_id: str) -> None:
         await self.escalation.check_unreachable(incident_id)
 
+    async def _load_incident(self, incident_id: str) -> IncidentState:
+        state, _ = await self.reader.load(incident_id)
+        return state
+
     async def _bootstrap_admin(self) -> None:
         """The first start of a log issues one admin token into `<data dir>/admin.token` (0600)."""
         issued = await self.token_service.bootstrap_admin()
@@ -356,39 +358,9 @@ class Service:
             hint="an admin token was issued; keep the file private, create others with `dispatch tokens`",
         )
 
-    def _register_gauges(self) -> None:
-        def open_incidents() -> list[tuple[dict[str, str], float]]:
-            try:
-                return [({}, float(queries.open_incident_count(self.db.thread_connection())))]
-            except Exception:
-                self.db.drop_thread_connection()
-                return []
-
-        self.metrics.add_collector(
-            GaugeCallback("dispatch_incidents_open", "Incidents not resolved or cancelled", open_incidents)
-        )
-
-        def uncovered(index: int) -> Callable[[], list[tuple[dict[str, str], float]]]:
-            def read() -> list[tuple[dict[str, str], float]]:
-                try:
-                    counts = queries.uncovered_counts(self.db.thread_connection(), time.time())
-                except Exception:
-                    self.db.drop_thread_connection()
-                    return []
-                return [({}, float(counts[index]))]
-
-            return read
-
-        self.metrics.add_collector(
-            GaugeCallback("dispatch_incidents_uncovered", "Open incidents not yet covered", uncovered(0))
-        )
-        self.metrics.add_collector(
-            GaugeCallback(
-                "dispatch_incidents_overdue", "Open incidents not covered by their ack deadline", uncovered(1)
-            )
-        )
-        for runner in self.runners:
-            self.metrics.projection_lag.labels(runner.name).set_function(_pending_of(runner))
+    @staticmethod
+    def _connected(nc: NATS | None) -> bool:
+        return nc is not None and nc.is_connected
 
     async def readiness(self) -> dict[str, bool]:
         nats_ok = self.nc is not None and self.nc.is_connected
@@ -401,12 +373,15 @@ class Service:
         }
 
     async def _on_disconnect(self) -> None:
-        self.metrics.nats_connected.set(0)
         if not self._stopping:
+            self.metrics.nats_disconnects.labels("service").inc()
             log.error("nats.disconnected")
 
+    async def _on_handlers_disconnect(self) -> None:
+        if not self._stopping:
+            self.metrics.nats_disconnects.labels("handlers").inc()
+
     async def _on_reconnect(self) -> None:
-        self.metrics.nats_connected.set(1)
         log.warning("nats.reconnected")
 
     async def _on_error(self, exc: Exception) -> None:
@@ -415,8 +390,8 @@ class Service:
     async def stop(self) -> None:
         log.info("service.stopping")
         self._stopping = True
-        if self._watch_queue is not None:
-            self._watch_queue.cancel()
+        if self.gauges is not None:
+            await self.gauges.stop()
         if self.http is not None:
             self.http.should_exit = True
             if self._http_task is not None:

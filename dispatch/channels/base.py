@@ -61,7 +61,13 @@ class Permanent(msgspec.Struct, frozen=True):
     reason: str
 
 
-Outcome = Delivered | Transient | Permanent
+class Withdrawn(msgspec.Struct, frozen=True):
+    """Not rung any more: the target answered meanwhile, or the incident was closed."""
+
+    reason: str
+
+
+Outcome = Delivered | Transient | Permanent | Withdrawn
 
 job_encoder = msgspec.json.Encoder()
 job_decoder = msgspec.json.Decoder(DeliveryJob)

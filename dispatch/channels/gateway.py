@@ -23,15 +23,15 @@ import asyncio
 import json
 from typing import Annotated, Any, Literal
 
-import httpx
 import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from dispatch.channels.base import Delivered, DeliveryJob, Outcome, Permanent, Target, Transient
-from dispatch.channels.webhook import TRANSIENT_STATUS, retry_after, sign
+from dispatch.channels.http import HttpAnswer, HttpPoster, Unreachable, http_outcome, sign
 from dispatch.events.model import Person
+from dispatch.metrics import Metrics
 from dispatch.store.deadletter import dead_letter
 
 log = structlog.get_logger(__name__)
@@ -65,20 +65,12 @@ def call_ref(target: Target, attempt: int) -> str:
     return f"{target.key}-{attempt}"
 
 
-def http_outcome(response: httpx.Response) -> Outcome:
-    status = response.status_code
-    if 200 <= status < 300:
-        return Delivered(f"HTTP {status}")
-    if status in TRANSIENT_STATUS or status >= 500:
-        return Transient(f"HTTP {status}", retry_after(response.headers.get("Retry-After")))
-    return Permanent(f"HTTP {status}")
-
-
 class CallbackBus:
     """Where a replica hears the outcome of a call it originated, whoever received the callback."""
 
-    def __init__(self, nc: NATS) -> None:
+    def __init__(self, nc: NATS, *, metrics: Metrics | None = None) -> None:
         self.nc = nc
+        self.metrics = metrics
         self._waiting: dict[str, asyncio.Future[VoiceEvent]] = {}
         self._sub: Any = None
 
@@ -89,6 +81,8 @@ class CallbackBus:
         try:
             event = voice_event_decoder.decode(msg.data)
         except msgspec.DecodeError as exc:
+            if self.metrics is not None:
+                self.metrics.dead_letters.labels("gateway.voice").inc()
             await dead_letter(self._publish, "gateway.voice", msg, str(exc))
             return
         fut = self._waiting.get(event.call_ref)
@@ -118,19 +112,20 @@ class GatewayClient:
     def __init__(self, base_url: str, secret: str, *, timeout: float = 10.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.secret = secret
-        self._client = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=200))
+        self._client = HttpPoster(timeout=timeout)
 
-    async def post(self, path: str, payload: dict[str, Any], key: str) -> httpx.Response:
+    async def post(self, path: str, payload: dict[str, Any], key: str) -> HttpAnswer:
+        """POST signed JSON to the gateway; raises Unreachable when no HTTP answer came."""
         body = json.dumps(payload, ensure_ascii=False).encode()
         headers = {
             "Content-Type": "application/json; charset=utf-8",
             "X-Dispatch-Signature": sign(self.secret, body),
             "Idempotency-Key": key,
         }
-        return await self._client.post(self.base_url + path, content=body, headers=headers)
+        return await self._client.post(self.base_url + path, body, headers)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._client.close()
 
 
 class VoiceChannel:
@@ -161,10 +156,8 @@ class VoiceChannel:
         try:
             try:
                 response = await self.gateway.post(VOICE_PATH, payload, f"{target.key}/{job.attempt}")
-            except httpx.TimeoutException:
-                return Transient("gateway timeout")
-            except httpx.HTTPError as exc:
-                return Transient(f"gateway {type(exc).__name__}")
+            except Unreachable as exc:
+                return Transient(f"gateway {exc.reason}")
             placed = http_outcome(response)
             if not isinstance(placed, Delivered):
                 return placed
@@ -200,10 +193,8 @@ class SmsChannel:
         """Send one SMS (also used for replies that are not alerts, such as the help text)."""
         try:
             response = await self.gateway.post(SMS_PATH, {"to": to, "text": text, "ref": key}, key)
-        except httpx.TimeoutException:
-            return Transient("gateway timeout")
-        except httpx.HTTPError as exc:
-            return Transient(f"gateway {type(exc).__name__}")
+        except Unreachable as exc:
+            return Transient(f"gateway {exc.reason}")
         return http_outcome(response)
 
     async def close(self) -> None:

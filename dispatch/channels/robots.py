@@ -16,14 +16,13 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import time
 import urllib.parse
 from typing import Any
 
-import httpx
-
 from dispatch.channels.base import Delivered, DeliveryJob, Outcome, Permanent, Target, Transient
-from dispatch.channels.gateway import http_outcome
+from dispatch.channels.http import HttpPoster, Unreachable, http_outcome
 from dispatch.channels.routing import Robot
 from dispatch.domain.messages import ROLE_ZH
 from dispatch.events.model import Person
@@ -55,7 +54,7 @@ class _Robot:
 
     def __init__(self, robots: dict[str, Robot], *, timeout: float = 10.0) -> None:
         self.robots = robots
-        self._client = httpx.AsyncClient(timeout=timeout)
+        self._client = HttpPoster(timeout=timeout)
         self._sending: dict[tuple[str, str], asyncio.Future[Outcome]] = {}
 
     def targets(self, recipient: Person, village: str | None = None) -> list[str]:
@@ -88,12 +87,11 @@ class _Robot:
     async def _post(self, job: DeliveryJob, target: Target) -> Outcome:
         robot = next((r for r in self.robots.values() if r.url == target.address), Robot(url=target.address))
         title, text = markdown(job, target.address)
+        body = json.dumps(self.body(title, text), ensure_ascii=False).encode()
         try:
-            response = await self._client.post(self.url(robot), json=self.body(title, text))
-        except httpx.TimeoutException:
-            return Transient("robot timeout")
-        except httpx.HTTPError as exc:
-            return Transient(type(exc).__name__)
+            response = await self._client.post(self.url(robot), body, {"Content-Type": "application/json"})
+        except Unreachable as exc:
+            return Transient("robot timeout" if exc.timeout else exc.reason)
         outcome = http_outcome(response)
         if not isinstance(outcome, Delivered):
             return outcome
@@ -108,7 +106,7 @@ class _Robot:
         return Transient(reason) if code in RATE_LIMITED else Permanent(reason)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._client.close()
 
 
 class WeComChannel(_Robot):

@@ -8,29 +8,11 @@ permanent.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 
-import httpx
-
-from dispatch.channels.base import Delivered, DeliveryJob, Outcome, Permanent, Target, Transient, payload
+from dispatch.channels.base import DeliveryJob, Outcome, Target, Transient, payload
+from dispatch.channels.http import HttpPoster, Unreachable, http_outcome, sign
 from dispatch.events.model import Person
-
-TRANSIENT_STATUS = {408, 425, 429}
-
-
-def sign(secret: str, body: bytes) -> str:
-    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 class WebhookChannel:
@@ -42,7 +24,7 @@ class WebhookChannel:
         self.urls = urls
         self.role_urls = role_urls or {}
         self.secret = secret
-        self._client = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=200))
+        self._client = HttpPoster(timeout=timeout)
 
     def targets(self, recipient: Person, village: str | None = None) -> list[str]:
         """Every configured URL; a role with URLs of its own (the command centre) gets only those."""
@@ -57,17 +39,10 @@ class WebhookChannel:
             "User-Agent": "dispatch-webhook/1",
         }
         try:
-            response = await self._client.post(target.address, content=body, headers=headers)
-        except httpx.TimeoutException:
-            return Transient("timeout")
-        except httpx.HTTPError as exc:
-            return Transient(f"{type(exc).__name__}")
-        status = response.status_code
-        if 200 <= status < 300:
-            return Delivered(f"HTTP {status}")
-        if status in TRANSIENT_STATUS or status >= 500:
-            return Transient(f"HTTP {status}", retry_after(response.headers.get("Retry-After")))
-        return Permanent(f"HTTP {status}")
+            answer = await self._client.post(target.address, body, headers)
+        except Unreachable as exc:
+            return Transient(exc.reason)
+        return http_outcome(answer)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._client.close()

@@ -6,12 +6,21 @@ hot path). Invariants:
   sequence already applied for its aggregate is ignored;
 - each group and village remembers the stream sequence of its last event, which is the
   expected-last-subject-sequence for the next change (optimistic concurrency on import);
-- `memberships(phone)` lists live groups only, in a stable order (village, group).
+- `memberships(phone)` lists live groups only, in a stable order (village, group);
+- it stays small at province scale (1M numbers): `compact()` packs every group's members into one
+  msgpack blob and the phone index into two sorted arrays (12 bytes a membership); groups changed
+  since are held unpacked and phones changed since in a small overlay, which is authoritative for
+  them. Compacting changes no answer, only memory.
 """
 
 from __future__ import annotations
 
+from array import array
+from bisect import bisect_left
 from dataclasses import dataclass, field
+from typing import get_args
+
+import msgspec
 
 from dispatch.events.model import (
     DutyDeskBound,
@@ -24,27 +33,145 @@ from dispatch.events.model import (
     MemberRenamed,
     MemberUnbound,
     Person,
+    Role,
     RoleAssigned,
     VillageEvent,
     VillageSettingsChanged,
 )
 from dispatch.events.subjects import group_id
 
+_ROLES: tuple[Role, ...] = get_args(Role)
+_ROLE_CODE = {role: code for code, role in enumerate(_ROLES)}
+OVERLAY_MAX = 50_000
+UNPACKED_MAX = 1_000
+SNAPSHOT_VERSION = 1
+_pack = msgspec.msgpack.Encoder()
+_unpack = msgspec.msgpack.Decoder(list[tuple[str, str, int]])
 
-@dataclass(slots=True)
+
 class GroupState:
-    village: str
-    group: str
-    members: dict[str, Person] = field(default_factory=dict)
-    last_seq: int = 0
-    dissolved: bool = False
+    """One group: its members (unpacked while it changes, one packed blob once compacted)."""
+
+    __slots__ = ("_members", "_packed", "dissolved", "group", "last_seq", "slot", "village")
+
+    def __init__(self, village: str, group: str, slot: int = -1) -> None:
+        self.village = village
+        self.group = group
+        self.slot = slot
+        self.last_seq = 0
+        self.dissolved = False
+        self._members: dict[str, Person] | None = {}
+        self._packed = b""
 
     @property
     def id(self) -> str:
         return group_id(self.village, self.group)
 
+    @property
+    def members(self) -> dict[str, Person]:
+        """phone -> member, in binding order; a fresh dict when packed (changes go through `edit`)."""
+        if self._members is not None:
+            return self._members
+        return {
+            phone: Person(phone=phone, name=name, role=_ROLES[role])
+            for phone, name, role in _unpack.decode(self._packed)
+        }
+
+    def edit(self) -> dict[str, Person]:
+        if self._members is None:
+            self._members = self.members
+            self._packed = b""
+        return self._members
+
+    def pack(self) -> None:
+        if self._members is not None:
+            self._packed = _pack.encode([(p.phone, p.name, _ROLE_CODE[p.role]) for p in self._members.values()])
+            self._members = None
+
     def leader(self) -> Person | None:
         return next((m for m in self.members.values() if m.role == "leader"), None)
+
+
+def phone_key(phone: str) -> int | str:
+    """E.164 numbers as integers (compact, sortable); anything else as itself."""
+    digits = phone[1:]
+    if phone.startswith("+") and digits.isdigit() and len(digits) <= 18:
+        return int(digits)
+    return phone
+
+
+class PhoneIndex:
+    """phone -> group slots: sorted parallel arrays for the bulk, an overlay for what changed since.
+
+    Invariant: a phone in the overlay has exactly the slots the overlay says (maybe none); any
+    other phone has the slots of its run in the arrays."""
+
+    def __init__(self) -> None:
+        self._keys = array("q")
+        self._slots = array("q")
+        self._recent: dict[int | str, tuple[int, ...]] = {}
+        self._numbers = 0
+
+    def get(self, phone: str) -> tuple[int, ...]:
+        key = phone_key(phone)
+        recent = self._recent.get(key)
+        if recent is not None:
+            return recent
+        if not isinstance(key, int):
+            return ()
+        keys = self._keys
+        i = bisect_left(keys, key)
+        found: list[int] = []
+        while i < len(keys) and keys[i] == key:
+            found.append(self._slots[i])
+            i += 1
+        return tuple(found)
+
+    def add(self, phone: str, slot: int) -> None:
+        current = self.get(phone)
+        if slot not in current:
+            self._set(phone, (*current, slot), current)
+
+    def remove(self, phone: str, slot: int) -> None:
+        current = self.get(phone)
+        if slot in current:
+            self._set(phone, tuple(s for s in current if s != slot), current)
+
+    def _set(self, phone: str, slots: tuple[int, ...], before: tuple[int, ...]) -> None:
+        self._recent[phone_key(phone)] = slots
+        self._numbers += bool(slots) - bool(before)
+        if len(self._recent) >= OVERLAY_MAX:
+            self.compact()
+
+    def compact(self) -> None:
+        """Fold the overlay into the arrays (numeric keys; others stay in the overlay).
+
+        A merge: the overlay's keys are looked up in the sorted arrays and the runs between them
+        copied whole, so it costs O(overlay x log n) in Python plus an O(n) copy in C."""
+        numeric = sorted((k, v) for k, v in self._recent.items() if isinstance(k, int))
+        if not numeric:
+            return
+        old_keys, old_slots = self._keys, self._slots
+        keys, slots = array("q"), array("q")
+        i, n = 0, len(old_keys)
+        for key, new in numeric:
+            j = bisect_left(old_keys, key, i)
+            keys.extend(old_keys[i:j])
+            slots.extend(old_slots[i:j])
+            while j < n and old_keys[j] == key:
+                j += 1
+            for slot in sorted(new):
+                keys.append(key)
+                slots.append(slot)
+            i = j
+        keys.extend(old_keys[i:])
+        slots.extend(old_slots[i:])
+        self._keys, self._slots = keys, slots
+        self._recent = {k: v for k, v in self._recent.items() if not isinstance(k, int)}
+
+    def __len__(self) -> int:
+        """How many numbers belong to at least one group."""
+        return self._numbers
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +200,45 @@ class VillageState:
         )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Membership:
     group: GroupState
     person: Person
+    members: dict[str, Person]
+
+
+class _GroupRow(msgspec.Struct, array_like=True):
+    village: str
+    group: str
+    last_seq: int
+    dissolved: bool
+    members: bytes
+
+
+class _VillageRow(msgspec.Struct, array_like=True):
+    village: str
+    last_seq: int
+    duty_desks: list[tuple[str, str]]
+    ack_deadline_s: float | None
+    escalate_after_s: float | None
+    arrival_deadline_s: float | None
+
+
+class Snapshot(msgspec.Struct, array_like=True):
+    """The directory as of `positions` (stream sequence applied, per followed subject filter)."""
+
+    version: int
+    stream_created: str
+    positions: dict[str, int]
+    groups: list[_GroupRow]
+    villages: list[_VillageRow]
+    phone_keys: bytes
+    phone_slots: bytes
+    phones_other: list[tuple[str, list[int]]]
+    numbers: int
+
+
+_snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
 
 
 class Directory:
@@ -85,7 +247,10 @@ class Directory:
     def __init__(self) -> None:
         self.groups: dict[str, GroupState] = {}
         self.villages: dict[str, VillageState] = {}
-        self._by_phone: dict[str, set[str]] = {}
+        self._slots: list[GroupState] = []
+        self._unpacked: dict[int, GroupState] = {}
+        self._by_phone = PhoneIndex()
+        self._live = 0
         self.position = 0
 
     def apply(self, event: Event, seq: int) -> None:
@@ -101,28 +266,39 @@ class Directory:
         if state is not None and seq <= state.last_seq:
             return
         if state is None:
-            state = self.groups[gid] = GroupState(event.village, event.group)
+            state = self.groups[gid] = GroupState(event.village, event.group, len(self._slots))
+            self._slots.append(state)
+            self._live += 1
         state.last_seq = seq
+        if state.slot not in self._unpacked:
+            if len(self._unpacked) >= UNPACKED_MAX:
+                self._pack_groups()
+            self._unpacked[state.slot] = state
         if isinstance(event, GroupFormed):
+            self._live += state.dissolved
             state.dissolved = False
         elif isinstance(event, MemberBound):
-            state.members[event.phone] = Person(phone=event.phone, name=event.name, role=event.role)
-            self._by_phone.setdefault(event.phone, set()).add(gid)
+            state.edit()[event.phone] = Person(phone=event.phone, name=event.name, role=event.role)
+            self._by_phone.add(event.phone, state.slot)
         elif isinstance(event, MemberUnbound):
-            state.members.pop(event.phone, None)
-            self._unindex(event.phone, gid)
+            state.edit().pop(event.phone, None)
+            self._by_phone.remove(event.phone, state.slot)
         elif isinstance(event, RoleAssigned):
-            old = state.members.get(event.phone)
+            members = state.edit()
+            old = members.get(event.phone)
             if old is not None:
-                state.members[event.phone] = Person(phone=old.phone, name=old.name, role=event.role)
+                members[event.phone] = Person(phone=old.phone, name=old.name, role=event.role)
         elif isinstance(event, MemberRenamed):
-            old = state.members.get(event.phone)
+            members = state.edit()
+            old = members.get(event.phone)
             if old is not None:
-                state.members[event.phone] = Person(phone=old.phone, name=event.name, role=old.role)
+                members[event.phone] = Person(phone=old.phone, name=event.name, role=old.role)
         elif isinstance(event, GroupDissolved):
-            for phone in state.members:
-                self._unindex(phone, gid)
-            state.members.clear()
+            members = state.edit()
+            for phone in members:
+                self._by_phone.remove(phone, state.slot)
+            members.clear()
+            self._live -= not state.dissolved
             state.dissolved = True
 
     def _apply_village(self, event: VillageEvent, seq: int) -> None:
@@ -141,23 +317,90 @@ class Directory:
             state.escalate_after_s = event.escalate_after_s
             state.arrival_deadline_s = event.arrival_deadline_s
 
-    def _unindex(self, phone: str, gid: str) -> None:
-        groups = self._by_phone.get(phone)
-        if groups is not None:
-            groups.discard(gid)
-            if not groups:
-                del self._by_phone[phone]
+    def compact(self) -> None:
+        """Pack what changed since the last compaction; answers stay the same."""
+        self._pack_groups()
+        self._by_phone.compact()
+
+    def snapshot(self, stream_created: str, positions: dict[str, int]) -> bytes:
+        """The whole directory as bytes (compacted first), tagged with what it was folded from."""
+        self.compact()
+        for group in self._slots:
+            group.pack()
+        index = self._by_phone
+        return _pack.encode(
+            Snapshot(
+                version=SNAPSHOT_VERSION,
+                stream_created=stream_created,
+                positions=positions,
+                groups=[_GroupRow(g.village, g.group, g.last_seq, g.dissolved, g._packed) for g in self._slots],
+                villages=[
+                    _VillageRow(
+                        v.village,
+                        v.last_seq,
+                        [(p.phone, p.name) for p in v.duty_desks.values()],
+                        v.ack_deadline_s,
+                        v.escalate_after_s,
+                        v.arrival_deadline_s,
+                    )
+                    for v in self.villages.values()
+                ],
+                phone_keys=index._keys.tobytes(),
+                phone_slots=index._slots.tobytes(),
+                phones_other=[(str(k), list(v)) for k, v in index._recent.items()],
+                numbers=index._numbers,
+            )
+        )
+
+    @classmethod
+    def restore(cls, data: bytes) -> tuple[Directory, Snapshot]:
+        """A directory from `snapshot()` bytes; raises msgspec.DecodeError/ValueError when unusable."""
+        snap = _snapshot_decoder.decode(data)
+        if snap.version != SNAPSHOT_VERSION:
+            raise ValueError(f"snapshot version {snap.version}, expected {SNAPSHOT_VERSION}")
+        d = cls()
+        for slot, row in enumerate(snap.groups):
+            state = GroupState(row.village, row.group, slot)
+            state.last_seq, state.dissolved = row.last_seq, row.dissolved
+            state._members, state._packed = None, row.members
+            d._slots.append(state)
+            d.groups[state.id] = state
+            d._live += not row.dissolved
+        for vrow in snap.villages:
+            village = VillageState(
+                vrow.village,
+                {phone: Person(phone=phone, name=name, role="duty") for phone, name in vrow.duty_desks},
+                vrow.last_seq,
+                vrow.ack_deadline_s,
+                vrow.escalate_after_s,
+                vrow.arrival_deadline_s,
+            )
+            d.villages[vrow.village] = village
+        index = d._by_phone
+        index._keys.frombytes(snap.phone_keys)
+        index._slots.frombytes(snap.phone_slots)
+        if len(index._keys) != len(index._slots):
+            raise ValueError("snapshot phone index is torn")
+        index._recent = {k: tuple(v) for k, v in snap.phones_other}
+        index._numbers = snap.numbers
+        d.position = max(snap.positions.values(), default=0)
+        return d, snap
+
+    def _pack_groups(self) -> None:
+        for group in self._unpacked.values():
+            group.pack()
+        self._unpacked.clear()
 
     def memberships(self, phone: str) -> list[Membership]:
-        gids = self._by_phone.get(phone)
-        if not gids:
+        slots = self._by_phone.get(phone)
+        if not slots:
             return []
         found = []
-        for gid in sorted(gids):
-            group = self.groups[gid]
-            person = group.members.get(phone)
+        for group in sorted((self._slots[s] for s in slots), key=lambda g: g.id):
+            members = group.members
+            person = members.get(phone)
             if person is not None and not group.dissolved:
-                found.append(Membership(group, person))
+                found.append(Membership(group, person, members))
         return found
 
     def group(self, village: str, group: str) -> GroupState | None:
@@ -177,4 +420,4 @@ class Directory:
 
     def counts(self) -> tuple[int, int]:
         """(live groups, bound numbers)."""
-        return len(self.live_groups()), len(self._by_phone)
+        return self._live, len(self._by_phone)

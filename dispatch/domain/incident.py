@@ -138,7 +138,7 @@ def route_call(
     memberships = directory.memberships(call.caller) if call.caller else []
     if len(memberships) == 1:
         group, caller = memberships[0].group, memberships[0].person
-        recipients = _ordered([p for p in group.members.values() if p.phone != caller.phone])
+        recipients = _ordered([p for p in memberships[0].members.values() if p.phone != caller.phone])
         duty = directory.duty_desks(group.village) or fallback_duty
         return Route(
             kind="group",
@@ -158,7 +158,7 @@ def route_call(
             p
             for m in memberships
             if m.group.village == village
-            for p in m.group.members.values()
+            for p in m.members.values()
             if p.role in STAFF_ROLES and p.phone != caller.phone
         ]
         duty = directory.duty_desks(village) or fallback_duty
@@ -434,7 +434,7 @@ def evolve(state: IncidentState | None, event: Event) -> IncidentState | None:
     if isinstance(event, DeliveryFailed):
         for failure in event.failures:
             r = state.responders.get(failure.phone)
-            if r is not None:
+            if r is not None and failure.kind != "withdrawn":
                 key = f"{event.channel}/{failure.address}" if failure.address else event.channel
                 state = _with_responder(state, failure.phone, failed={**r.failed, key: failure.kind})
         done = {(event.round, event.channel, f.address) for f in event.failures}

@@ -23,6 +23,8 @@ ROLE_ZH: dict[Role, str] = {
     "command_centre": "指挥中心",
     "unregistered": "未登记号码",
 }
+FAILURE_ZH: dict[str, str] = {"permanent": "无法送达", "exhausted": "多次重试仍未送达", "withdrawn": "不再重拨"}
+WITHDRAWN_ZH: dict[str, str] = {"answered": "已应答", "incident closed": "警情已结束"}
 ROLE_EN: dict[Role, str] = {
     "household": "household",
     "leader": "group leader",
@@ -155,8 +157,7 @@ def describe(event: object, people: dict[str, Person]) -> str:
         return f"已送达 {len(event.targets)} 人 · {event.channel}"
     if isinstance(event, m.DeliveryFailed):
         parts = [
-            f"{name(f.phone)}{'无法送达' if f.kind == 'permanent' else '多次重试仍未送达'}（{f.reason}）"
-            for f in event.failures
+            f"{name(f.phone)}{FAILURE_ZH[f.kind]}（{WITHDRAWN_ZH.get(f.reason, f.reason)}）" for f in event.failures
         ]
         return f"{event.channel}：" + "；".join(parts)
     if isinstance(event, m.ResponderAccepted):

@@ -27,7 +27,7 @@ Category = Literal["criminal", "public_order", "dispute", "help", "traffic", "fi
 CATEGORIES: tuple[Category, ...] = ("criminal", "public_order", "dispute", "help", "traffic", "fire", "other")
 CancelReason = Literal["caller_safe", "misdial", "duplicate", "other"]
 CallStatus = Literal["raised", "merged", "unregistered"]
-FailureKind = Literal["permanent", "exhausted"]
+FailureKind = Literal["permanent", "exhausted", "withdrawn"]
 
 
 class Person(msgspec.Struct, frozen=True, kw_only=True):
@@ -198,7 +198,8 @@ class DeliverySucceeded(IncidentEvent, frozen=True, kw_only=True):
 
 
 class DeliveryFailed(IncidentEvent, frozen=True, kw_only=True):
-    """Targets given up on: `permanent` (never retried) or `exhausted` (every attempt failed)."""
+    """Targets given up on: `permanent` (never retried), `exhausted` (every attempt failed) or
+    `withdrawn` (a retry not rung: the target answered meanwhile or the incident was closed)."""
 
     channel: str
     round: int

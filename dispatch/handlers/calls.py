@@ -63,9 +63,7 @@ MAX_ATTEMPTS = 10
 
 
 class CallRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A call as the gateway reports it. `caller` may be anything up to 64 characters, empty for a
-    withheld number: a call is never refused for its number (one that does not parse reaches the duty
-    desk as an unregistered call)."""
+    """A call as the gateway reports it; a caller that is empty (withheld) or no phone number is never refused."""
 
     call_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     caller: Annotated[str, msgspec.Meta(max_length=64)]
@@ -176,7 +174,6 @@ class CallService:
                 else:
                     result = await self._merge(call, key, route.caller, state, history[-1].seq)
             except AppendConflict:
-                self.metrics.append_conflicts.inc()
                 await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                 continue
             routed_event = CallRouted(
@@ -189,7 +186,7 @@ class CallService:
     async def _open(self, call: IncomingCall, key: str, route: Route, epoch: int) -> CallResult:
         opened = open_incident(route, call, epoch)
         status: CallStatus = "unregistered" if route.kind == "unregistered" else "raised"
-        await self._append(
+        await self.store.append(
             [Outgoing(incident_subject(opened.incident_id), opened, f"call:{key}:open:{epoch}", expected_seq=0)]
         )
         self.metrics.alarms_raised.labels(route.village or "-", "alarm" if status == "raised" else "unregistered").inc()
@@ -207,7 +204,7 @@ class CallService:
         self, call: IncomingCall, key: str, caller: Person, state: IncidentState, last_seq: int
     ) -> CallResult:
         repeated = repeat_call(state, call, caller)
-        await self._append(
+        await self.store.append(
             [Outgoing(incident_subject(state.id), repeated, f"call:{key}:repeat:{state.id}", expected_seq=last_seq)]
         )
         log.info("call.merged", incident_id=state.id, urgency=repeated.urgency, realerted=len(repeated.realerted))
@@ -218,10 +215,6 @@ class CallService:
         closed = line_closed(state, state.closed_at or state.raised_at)
         await self.store.append([Outgoing(line_subject(closed.line), closed, line_closed_msg_id(closed))])
         log.warning("call.line_repaired", incident_id=state.id, epoch=closed.epoch)
-
-    async def _append(self, messages: list[Outgoing]) -> list[int]:
-        with self.metrics.append_seconds.time():
-            return await self.store.append(messages)
 
 
 def _digits_key(raw: str) -> str | None:

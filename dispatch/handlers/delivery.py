@@ -9,6 +9,9 @@ Invariants:
 - the retry job is queued and the outcome events appended before the job is acknowledged; if
   either fails the whole job comes back (same Idempotency-Keys), never dropped;
 - a channel that raises is treated as a transient failure of that target;
+- a retry that asks for an answer (alarm, repeat, escalation, unregistered) is withdrawn, not rung,
+  for a target who has answered meanwhile or once the incident is closed: DeliveryFailed{withdrawn};
+  when the incident cannot be read, the target is rung (a needless ring beats a missed alarm);
 - after a permanent failure the escalation decides whether no officer can be reached any more.
 """
 
@@ -23,9 +26,19 @@ from datetime import timedelta
 import msgspec
 import structlog
 
-from dispatch.channels.base import Channel, Delivered, DeliveryJob, Outcome, Permanent, Target, Transient
+from dispatch.channels.base import (
+    Channel,
+    Delivered,
+    DeliveryJob,
+    Outcome,
+    Permanent,
+    Target,
+    Transient,
+    Withdrawn,
+)
 from dispatch.clock import Clock, utcnow
-from dispatch.events.model import DeliveryFailed, DeliverySucceeded, Reached, Unreached
+from dispatch.domain.incident import IncidentState
+from dispatch.events.model import DeliveryFailed, DeliverySucceeded, FailureKind, Reached, Unreached
 from dispatch.events.subjects import notice_subject
 from dispatch.ids import stable_key
 from dispatch.metrics import Metrics
@@ -33,6 +46,8 @@ from dispatch.store.eventstore import EventStore, Outgoing
 from dispatch.store.jobs import JobQueue
 
 log = structlog.get_logger(__name__)
+
+ANSWER_SEEKING = frozenset({"alarm", "repeat", "escalation", "unregistered"})
 
 
 class DeliveryWorker:
@@ -47,8 +62,10 @@ class DeliveryWorker:
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
         on_permanent_failure: Callable[[str], Awaitable[object]] | None = None,
+        load_incident: Callable[[str], Awaitable[IncidentState]] | None = None,
         clock: Clock = utcnow,
     ) -> None:
+        self.load_incident = load_incident
         self.on_permanent_failure = on_permanent_failure
         self.store = store
         self.jobs = jobs
@@ -78,16 +95,21 @@ class DeliveryWorker:
             reason = f"channel {job.channel!r} is not configured"
             await self._record(job, [(t, Permanent(reason)) for t in job.targets], [])
             return None
+        withdrawn: list[tuple[Target, Outcome]] = list((await self._withdrawn(job)).items())
+        gone = {t.key for t, _ in withdrawn}
+        live = tuple(t for t in job.targets if t.key not in gone)
         started: list[float] = []
-        sends = [asyncio.ensure_future(self._send(channel, job, t, started)) for t in job.targets]
+        sends = [asyncio.ensure_future(self._send(channel, job, t, started)) for t in live]
+        if job.attempt > 1:
+            self.metrics.delivery_retries.labels(job.channel).inc(len(live))
         if job.attempt == 1:
             self.metrics.fanout.labels(job.channel).observe(max(0.0, (self.clock() - job.appended_at).total_seconds()))
-        outcomes = await asyncio.gather(*sends)
+        outcomes = await asyncio.gather(*sends) if sends else []
         if job.attempt == 1 and len(started) > 1:
             self.metrics.fanout_spread.labels(job.channel).observe(max(started) - min(started))
         retry: list[tuple[Target, Transient]] = [
             (t, o)
-            for t, o in zip(job.targets, outcomes, strict=True)
+            for t, o in zip(live, outcomes, strict=True)
             if isinstance(o, Transient) and job.attempt < self.max_attempts
         ]
         if retry:
@@ -113,9 +135,23 @@ class DeliveryWorker:
                 delay_s=round(delay, 2),
             )
         retried = {t.key for t, _ in retry}
-        done = [(t, o) for t, o in zip(job.targets, outcomes, strict=True) if t.key not in retried]
-        await self._record(job, done, retry)
+        done = [(t, o) for t, o in zip(live, outcomes, strict=True) if t.key not in retried]
+        await self._record(job, done + withdrawn, retry)
         return None
+
+    async def _withdrawn(self, job: DeliveryJob) -> dict[Target, Withdrawn]:
+        """The targets of a retry no longer worth ringing, each with the reason."""
+        if job.attempt == 1 or job.kind not in ANSWER_SEEKING or self.load_incident is None:
+            return {}
+        try:
+            state = await self.load_incident(job.incident_id)
+        except Exception:
+            log.warning("delivery.state_unreadable", incident_id=job.incident_id, channel=job.channel)
+            return {}
+        if state.closed:
+            return {t: Withdrawn("incident closed") for t in job.targets}
+        answered = {phone for phone, r in state.responders.items() if r.answered or r.arrived_at is not None}
+        return {t: Withdrawn("answered") for t in job.targets if t.recipient.phone in answered}
 
     async def _send(self, channel: Channel, job: DeliveryJob, target: Target, started: list[float]) -> Outcome:
         started.append(time.perf_counter())
@@ -136,7 +172,7 @@ class DeliveryWorker:
             Unreached(
                 phone=t.recipient.phone,
                 address=t.address,
-                kind="permanent" if isinstance(o, Permanent) else "exhausted",
+                kind=failure_kind(o),
                 reason=o.reason,
             )
             for t, o in done
@@ -154,7 +190,7 @@ class DeliveryWorker:
                 targets=reached,
             )
             events.append(Outgoing(subject, succeeded, f"dlv:{job.key}:ok"))
-            self.metrics.notifications.labels(job.channel, "delivered").inc(len(reached))
+            self.metrics.deliveries.labels(job.channel, "delivered").inc(len(reached))
         if failures:
             failed = DeliveryFailed(
                 at=now,
@@ -166,7 +202,7 @@ class DeliveryWorker:
             )
             events.append(Outgoing(subject, failed, f"dlv:{job.key}:failed"))
             for failure in failures:
-                self.metrics.notifications.labels(job.channel, failure.kind).inc()
+                self.metrics.deliveries.labels(job.channel, failure.kind).inc()
                 log.error(
                     "delivery.failed",
                     incident_id=job.incident_id,
@@ -176,7 +212,15 @@ class DeliveryWorker:
                     attempt=job.attempt,
                 )
         if retry:
-            self.metrics.notifications.labels(job.channel, "retry").inc(len(retry))
+            self.metrics.deliveries.labels(job.channel, "retry").inc(len(retry))
         await asyncio.gather(*(self.store.append([e]) for e in events))
         if self.on_permanent_failure is not None and any(f.kind == "permanent" for f in failures):
             await self.on_permanent_failure(job.incident_id)
+
+
+def failure_kind(outcome: Permanent | Transient | Withdrawn) -> FailureKind:
+    if isinstance(outcome, Permanent):
+        return "permanent"
+    if isinstance(outcome, Withdrawn):
+        return "withdrawn"
+    return "exhausted"

@@ -118,7 +118,7 @@ class GroupService:
                     await asyncio.sleep(0.1 * (attempt + 1))
                     continue
                 if plan.event_count >= FREEZE_AFTER_EVENTS:
-                    self.live.freeze()
+                    self.live.settle()
                 log.info("groups.imported", groups=plan.groups_in_file, events=plan.event_count)
                 return ImportSummary.of(plan)
         raise AppendConflict("the directory kept changing during the import; try again")

@@ -106,7 +106,6 @@ class ResponseService:
                     incident_id, events, last_decision_seq(incident_id, history), f"resp:{incident_id}:{command_id}"
                 )
             except AppendConflict:
-                self.metrics.append_conflicts.inc()
                 await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
                 continue
             new_state = state
@@ -124,8 +123,7 @@ class ResponseService:
             Outgoing(incident_subject(incident_id), event, f"{prefix}:{i}", expected_seq=last_seq if i == 0 else None)
             for i, event in enumerate(decisions)
         ]
-        with self.metrics.append_seconds.time():
-            await self.store.append(messages)
+        await self.store.append(messages)
         for event in events:
             if isinstance(event, LineClosed):
                 await self.store.append([Outgoing(line_subject(event.line), event, line_closed_msg_id(event))])

@@ -46,6 +46,7 @@ from dispatch.handlers.delivery import DeliveryWorker
 from dispatch.handlers.escalation import EscalationService
 from dispatch.handlers.fanout import FanOut
 from dispatch.handlers.pool import TaskPool
+from dispatch.metrics import Metrics
 from dispatch.store.deadletter import dead_letter as store_dead_letter
 from dispatch.store.eventstore import StoreUnavailable, recorded_from
 from dispatch.store.provision import FANOUT, TIMERS_CONSUMER, delivery_consumer
@@ -65,7 +66,10 @@ async def raw_message(msg: StreamMessage[Msg]) -> Msg:
     return msg.raw_message
 
 
-async def dead_letter(broker: NatsBroker, source: str, raw: Msg, reason: str) -> None:
+async def dead_letter(broker: NatsBroker, source: str, raw: Msg, reason: str, metrics: Metrics | None = None) -> None:
+    if metrics is not None:
+        metrics.dead_letters.labels(source).inc()
+
     async def publish(subject: str, data: bytes, headers: dict[str, str]) -> None:
         await broker.publish(data, subject, headers=headers)
 
@@ -82,6 +86,7 @@ def build_broker(
     channels: list[str],
     pools: dict[str, TaskPool],
     connect: dict[str, object] | None = None,
+    metrics: Metrics | None = None,
 ) -> NatsBroker:
     """Register every subscriber; `pools` receives the task pools so the service can drain them."""
     broker = NatsBroker(
@@ -102,7 +107,7 @@ def build_broker(
         try:
             rec = recorded_from(raw)
         except UnknownEvent as exc:
-            await dead_letter(broker, "fanout", raw, str(exc))
+            await dead_letter(broker, "fanout", raw, str(exc), metrics)
             await raw.ack()
             return
         incident_id = getattr(rec.event, "incident_id", None)
@@ -143,7 +148,7 @@ def build_broker(
             ack_policy=AckPolicy.MANUAL,
             title=f"deliver.{name}",
             description=f"Delivery jobs for the {name} channel",
-        )(_delivery_handler(broker, delivery, name, pool))
+        )(_delivery_handler(broker, delivery, name, pool, metrics))
 
     timers = pools.setdefault("timers", TaskPool(FANOUT_IN_FLIGHT, "timers"))
 
@@ -153,7 +158,7 @@ def build_broker(
             if due.timer not in TIMERS:
                 raise msgspec.ValidationError(f"unknown timer {due.timer!r}")
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await dead_letter(broker, "timers", raw, str(exc))
+            await dead_letter(broker, "timers", raw, str(exc), metrics)
             await _ack(raw)
             return
         try:
@@ -195,10 +200,10 @@ def build_broker(
         try:
             req = _call_decoder.decode(raw.data)
         except msgspec.ValidationError as exc:
-            await dead_letter(broker, "ingress.call", raw, str(exc))
+            await dead_letter(broker, "ingress.call", raw, str(exc), metrics)
             return _encoder.encode({"error": f"invalid call: {exc}"})
         except msgspec.DecodeError as exc:
-            await dead_letter(broker, "ingress.call", raw, str(exc))
+            await dead_letter(broker, "ingress.call", raw, str(exc), metrics)
             return _encoder.encode({"error": f"invalid JSON: {exc}"})
         try:
             result = await calls.call(req)
@@ -226,13 +231,13 @@ async def _nak(raw: Msg, delay: float) -> None:
 
 
 def _delivery_handler(
-    broker: NatsBroker, worker: DeliveryWorker, channel: str, pool: TaskPool
+    broker: NatsBroker, worker: DeliveryWorker, channel: str, pool: TaskPool, metrics: Metrics | None
 ) -> Callable[[Msg], Awaitable[None]]:
     async def deliver(raw: Msg) -> None:
         try:
             job = job_decoder.decode(raw.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await dead_letter(broker, f"deliver.{channel}", raw, str(exc))
+            await dead_letter(broker, f"deliver.{channel}", raw, str(exc), metrics)
             await _ack(raw)
             return
         try:

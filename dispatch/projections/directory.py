@@ -1,45 +1,133 @@
 """The live directory every process keeps in memory: phone -> group membership, for ingress.
 
-Invariants: after `start()` it has applied every group and village event stored before it
-started; `wait_for(seq)` gives read-your-writes after an import appended up to `seq`; the heap
-it builds is frozen out of the cyclic GC after start and after large imports.
+Invariants:
+- after `start()` it has applied every group and village event stored before it started;
+  `wait_for(seq)` gives read-your-writes after an import appended up to `seq`;
+- a snapshot file (when a path is given) only ever shortens the replay: it is used only if it was
+  folded from this very stream (same creation time, positions not beyond the stream's end), the
+  followers then start right after its positions, and replaying an event twice changes nothing
+  (the fold ignores sequences it has seen per aggregate); an unreadable snapshot means a full replay;
+- a snapshot is written whole or not at all (temporary file, fsync, rename), after a start that
+  replayed many events and soon after large imports (at most every 30 s);
+- the heap it builds is compacted, then frozen out of the cyclic GC after start and after large imports.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import os
+from pathlib import Path
 
+import msgspec
+import structlog
 from nats.aio.client import Client as NATS
 
 from dispatch.domain.directory import Directory
-from dispatch.events.subjects import GROUPS_ALL, VILLAGES_ALL
+from dispatch.events.subjects import EVENTS_STREAM, GROUPS_ALL, VILLAGES_ALL
 from dispatch.store.eventstore import Recorded
 from dispatch.store.follow import Follower
 
+log = structlog.get_logger(__name__)
+
+SNAPSHOT_AFTER_EVENTS = 10_000
+SNAPSHOT_MIN_INTERVAL_S = 30.0
+
 
 class LiveDirectory:
-    def __init__(self, nc: NATS) -> None:
+    def __init__(self, nc: NATS, snapshot_path: Path | None = None) -> None:
+        self.nc = nc
+        self.snapshot_path = snapshot_path
         self.directory = Directory()
         self._groups = Follower(nc, GROUPS_ALL, self._apply, name="directory.groups")
         self._villages = Follower(nc, VILLAGES_ALL, self._apply, name="directory.villages")
+        self._stream_created = ""
+        self._saving = asyncio.Lock()
+        self._saved_at = -SNAPSHOT_MIN_INTERVAL_S
+        self._pending: asyncio.Task[None] | None = None
         self.ready = False
 
     def _apply(self, rec: Recorded) -> None:
         self.directory.apply(rec.event, rec.seq)
 
     async def start(self) -> None:
-        await self._groups.start()
-        await self._villages.start()
+        info = await self.nc.jetstream().stream_info(EVENTS_STREAM)
+        self._stream_created = info.created.isoformat() if info.created else ""
+        positions = await self._restore(info.state.last_seq)
+        self._groups = Follower(
+            self.nc, GROUPS_ALL, self._apply, name="directory.groups", start_seq=positions.get(GROUPS_ALL, 0) + 1
+        )
+        self._villages = Follower(
+            self.nc, VILLAGES_ALL, self._apply, name="directory.villages", start_seq=positions.get(VILLAGES_ALL, 0) + 1
+        )
+        await self._groups.start(timeout=600)
+        await self._villages.start(timeout=600)
         self.ready = True
         self.freeze()
+        replayed = self._groups.applied + self._villages.applied
+        log.info("directory.ready", replayed=replayed, snapshot=bool(positions))
+        if replayed >= SNAPSHOT_AFTER_EVENTS:
+            await self.save_snapshot()
 
-    @staticmethod
-    def freeze() -> None:
+    async def _restore(self, stream_last_seq: int) -> dict[str, int]:
+        path = self.snapshot_path
+        if path is None or not self._stream_created:
+            return {}
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            log.warning("directory.snapshot_unreadable", path=str(path), error=str(exc))
+            return {}
+        try:
+            directory, snap = Directory.restore(data)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            log.warning("directory.snapshot_unusable", path=str(path), error=str(exc))
+            return {}
+        if snap.stream_created != self._stream_created or max(snap.positions.values(), default=0) > stream_last_seq:
+            log.warning("directory.snapshot_of_another_log", path=str(path))
+            return {}
+        self.directory = directory
+        return snap.positions
+
+    async def save_snapshot(self) -> None:
+        """Write the directory as it is now, whole or not at all; failures are logged, never raised."""
+        path = self.snapshot_path
+        if path is None or not self._stream_created:
+            return
+        data = self.directory.snapshot(
+            self._stream_created, {GROUPS_ALL: self._groups.position, VILLAGES_ALL: self._villages.position}
+        )
+        async with self._saving:
+            self._saved_at = asyncio.get_running_loop().time()
+            try:
+                await asyncio.to_thread(_write_whole, path, data)
+            except OSError as exc:
+                log.warning("directory.snapshot_not_written", path=str(path), error=str(exc))
+                return
+        log.info("directory.snapshot_written", bytes=len(data))
+
+    def settle(self) -> None:
+        """After a large change: compact and freeze now; snapshot soon (at most every 30 s)."""
+        self.freeze()
+        if self.snapshot_path is not None and (self._pending is None or self._pending.done()):
+            self._pending = asyncio.get_running_loop().create_task(self._snapshot_soon())
+
+    async def _snapshot_soon(self) -> None:
+        wait = self._saved_at + SNAPSHOT_MIN_INTERVAL_S - asyncio.get_running_loop().time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        await self.save_snapshot()
+
+    def freeze(self) -> None:
         """Move the long-lived heap (the directory) out of the cyclic GC's reach.
 
         A full collection over a large directory stalls the event loop for tens of milliseconds
         (measured: 49-61 ms with 30k numbers), which is an alarm waiting. Frozen objects are still
-        freed by reference counting; the directory holds no reference cycles."""
+        freed by reference counting; the directory holds no reference cycles. The directory is
+        compacted first (packed groups, sorted phone index), so what is frozen is small."""
+        self.directory.compact()
         gc.collect()
         gc.freeze()
 
@@ -49,5 +137,23 @@ class LiveDirectory:
             await follower.wait_for(seq, timeout)
 
     async def stop(self) -> None:
+        """Stop following; a snapshot still owed is written first."""
+        if self._pending is not None and not self._pending.done():
+            self._pending.cancel()
+            await self.save_snapshot()
         await self._groups.stop()
         await self._villages.stop()
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -282,7 +282,7 @@ class _Batch:
         elif isinstance(event, DeliveryFailed):
             for failure in event.failures:
                 r = self._responder(iid, failure.phone)
-                if r is not None:
+                if r is not None and failure.kind != "withdrawn":
                     r.failed_kind = failure.kind
         elif isinstance(event, ResponderAccepted):
             r = self._responder(iid, event.phone)

@@ -10,7 +10,9 @@ Invariants:
   gathers for up to LINGER_S, so a burst costs a few transactions, not one per event (the read
   model may lag the log by that much; the incident detail is read from the log itself);
 - a database outage stops the projection where it was; it resumes from its checkpoint;
-- `lag` is how many matching events the server still holds beyond what was applied.
+- `lag()` is how many matching events are in the log but not applied: what the server still held
+  beyond the last one received, plus those received and not yet applied; it keeps growing while
+  the database is down (above QUEUE it is a lower bound: delivery pauses while the queue is full).
 """
 
 from __future__ import annotations
@@ -122,8 +124,10 @@ class ProjectionRunner:
         self.db = db
         self.projection = projection
         self.stream = stream
-        self.pending = 0
         self.applied = 0
+        self._server_pending = 0
+        self._received = 0
+        self._done = 0
         self.healthy = True
         self._queue: asyncio.Queue[tuple[Recorded | None, int, int]] = asyncio.Queue(QUEUE)
         self._sub: object | None = None
@@ -171,6 +175,8 @@ class ProjectionRunner:
         except UnknownEvent as exc:
             rec = None
             log.error("projection.unreadable", projection=self.name, seq=meta.sequence.stream, error=str(exc))
+        self._received += 1
+        self._server_pending = meta.num_pending
         await self._queue.put((rec, meta.sequence.stream, meta.num_pending))
 
     async def _gather(self) -> list[tuple[Recorded | None, int, int]]:
@@ -194,11 +200,16 @@ class ProjectionRunner:
     async def _run(self) -> None:
         while True:
             items = await self._gather()
-            _, last, self.pending = items[-1]
+            _, last, _ = items[-1]
             batch = [rec for rec, _, _ in items if rec is not None]
             if batch:
                 await self._apply_until_done(batch)
+            self._done += len(items)
             self._advance(last)
+
+    def lag(self) -> float:
+        """Events in the log that match this projection and are not applied yet."""
+        return float(self._server_pending + self._received - self._done)
 
     async def _apply_until_done(self, batch: list[Recorded]) -> None:
         delay = 0.2

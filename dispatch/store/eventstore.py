@@ -11,7 +11,9 @@ Invariants:
   is R1 or R3; the same id with a different event is a conflict (a concurrent decision won);
 - the server unreachable, or no answer within the timeout, is `StoreUnavailable`; the append
   may or may not have happened, and retrying with the same message ids is always safe;
-- reads use batched direct get: one request, the subject's messages in order.
+- reads use batched direct get: one request, the subject's messages in order;
+- with `metrics`, every append is counted once: its latency when stored, a conflict, or the log
+  unavailable.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +35,8 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from dispatch.events import codec
 from dispatch.events.model import Event
-from dispatch.events.subjects import EVENTS_STREAM
+from dispatch.events.subjects import EVENTS_STREAM, aggregate_of
+from dispatch.metrics import Metrics
 from dispatch.store.batch import MAX_BATCH, publish_batch, publish_one
 
 ERR_WRONG_LAST_SEQUENCE = 10071
@@ -97,8 +101,11 @@ def recorded_from(msg: Msg, subject: str | None = None) -> Recorded:
 
 
 class EventStore:
-    def __init__(self, nc: NATS, *, stream: str = EVENTS_STREAM, timeout: float = 3.0) -> None:
+    def __init__(
+        self, nc: NATS, *, stream: str = EVENTS_STREAM, timeout: float = 3.0, metrics: Metrics | None = None
+    ) -> None:
         self.nc = nc
+        self.metrics = metrics
         self.stream = stream
         self.timeout = timeout
         self._inbox = ""
@@ -113,6 +120,22 @@ class EventStore:
             return []
         if len(messages) > MAX_BATCH:
             raise ValueError(f"at most {MAX_BATCH} messages per atomic append")
+        if self.metrics is None:
+            return await self._append(messages)
+        aggregate = aggregate_of(messages[0].subject)
+        started = time.perf_counter()
+        try:
+            stored = await self._append(messages)
+        except AppendConflict:
+            self.metrics.append_conflicts.labels(aggregate).inc()
+            raise
+        except StoreUnavailable:
+            self.metrics.store_unavailable.labels("append").inc()
+            raise
+        self.metrics.append_seconds.labels(aggregate).observe(time.perf_counter() - started)
+        return stored
+
+    async def _append(self, messages: Sequence[Outgoing]) -> list[int]:
         self._require_connection()
         try:
             if len(messages) == 1:

@@ -133,6 +133,11 @@ class EmbeddedNats:
         return f"nats://127.0.0.1:{self.port}"
 
     @property
+    def authenticated_url(self) -> str:
+        """The URL with the generated user and password in it, for tools that take only a URL (never log it)."""
+        return f"nats://{self.auth.user}:{self.auth.password}@127.0.0.1:{self.port}"
+
+    @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 

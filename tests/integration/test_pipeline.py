@@ -145,6 +145,55 @@ async def test_transient_failures_retry_and_permanent_ones_do_not(
     assert kinds == [("+8613800000003", "permanent"), ("+8613800000004", "exhausted")]
 
 
+async def test_retries_stop_for_who_answered_and_once_the_incident_is_closed(
+    http: httpx.AsyncClient, channel: RecordingChannel
+) -> None:
+    officer, household = "+8613900000009", "+8613800000004"
+    channel.plan[officer] = [Transient("busy", retry_after=1.0)]
+    channel.plan[household] = [Transient("busy", retry_after=1.0)] * 2
+    incident = (await http.post("/v1/calls", json={"call_id": "withdraw-1", "caller": "13800000001"})).json()[
+        "incident_id"
+    ]
+    await eventually(lambda: {t.recipient.phone for t in channel.for_incident(incident)} >= {officer, household})
+    accepted = await http.post(f"/v1/incidents/{incident}/responses", json={"responder": officer, "action": "accept"})
+    assert accepted.status_code == 200, accepted.text
+    await eventually(lambda: [t for t in channel.for_incident(incident) if t.recipient.phone == household][1:])
+    cancelled = await http.post(
+        f"/v1/incidents/{incident}/responses", json={"responder": "13800000001", "action": "cancel"}
+    )
+    assert cancelled.status_code == 200, cancelled.text
+
+    async def withdrawn() -> list[tuple[str, str]]:
+        view = (await http.get(f"/v1/incidents/{incident}")).json()
+        return sorted(
+            (f["phone"], f["reason"])
+            for e in view["timeline"]
+            if e["type"] == "DeliveryFailed"
+            for f in e["detail"]["failures"]
+            if f["kind"] == "withdrawn"
+        )
+
+    assert await eventually(withdrawn) == [(officer, "answered")]
+
+    async def both() -> list[tuple[str, str]] | None:
+        found = await withdrawn()
+        return found if len(found) == 2 else None
+
+    assert await eventually(both) == [(household, "incident closed"), (officer, "answered")]
+    rung = Counter(
+        (target.recipient.phone, job.kind)
+        for _, job, target, _ in channel.sent
+        if job.incident_id == incident and target.recipient.phone in (officer, household)
+    )
+    attempts = {phone: n for (phone, kind), n in rung.items() if kind == "alarm"}
+    print(f"\nattempts before withdrawal: {dict(attempts)}")
+    assert attempts == {officer: 1, household: 2}
+    view = (await http.get(f"/v1/incidents/{incident}")).json()
+    by_phone = {r["phone"]: r for r in view["responders"]}
+    assert by_phone[officer]["failed"] == {} and by_phone[household]["failed"] == {}
+    assert rung[(officer, "cancelled")] == rung[(household, "cancelled")] == 1, "everyone alerted is told"
+
+
 async def test_calls_over_nats_ingress_and_dead_letters(service: Service, channel: RecordingChannel) -> None:
     nc = await nats.connect(service.nats_urls, **service.nats_auth.connect_kwargs())
     try:

@@ -1,0 +1,218 @@
+"""End to end: `POST /v1/calls` -> all 9 signed webhooks received, against `dispatch serve`.
+
+In one run, on one machine:
+
+- `dispatch serve` as a subprocess on its embedded defaults (own nats-server, fsync always, SQLite
+  read models), `DISPATCH_WEBHOOK_URLS` pointing at a receiver in a second subprocess (a bare
+  asyncio HTTP/1.1 server, so the receiver is not what is measured);
+- an open loop of calls at `--rate` calls/s for `--seconds` s over HTTP (aiohttp: httpx's pool
+  collapses under concurrency and would measure itself), each from a different
+  10-number group; latency from just before the POST is sent to the 9th webhook of that
+  incident arriving at the receiver (both on this machine's clock);
+- the raw baseline of benchmarks/fanout.py (plain nats-py fan-out) in the same run; the target
+  is p99 <= 4x that baseline's p99.
+
+    python benchmarks/e2e.py [--rate 200] [--seconds 10] [--rounds 3] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import httpx
+from common import GROUP_SIZE, caller_of, pct, roster, run_baseline, steady
+
+from dispatch.store.server import free_port
+
+RECEIVER = r"""
+import asyncio, json, sys, time
+from collections import Counter
+need = int(sys.argv[2])
+seen = Counter()
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+async def handle(reader, writer):
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            body = await reader.readexactly(length)
+            writer.write(OK)
+            incident = json.loads(body)["incident_id"]
+            seen[incident] += 1
+            if seen[incident] == need:
+                sys.stdout.write(f"{incident} {time.time()}\n")
+                sys.stdout.flush()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]), backlog=1024)
+    sys.stdout.write("ready\n"); sys.stdout.flush()
+    await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.done: dict[str, float] = {}
+        self.waiting: dict[str, asyncio.Future[float]] = {}
+        self.proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", RECEIVER, str(self.port), str(GROUP_SIZE - 1), stdout=asyncio.subprocess.PIPE
+        )
+        assert self.proc.stdout is not None
+        assert (await self.proc.stdout.readline()).strip() == b"ready"
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            incident, at = line.decode().split()
+            fut = self.waiting.pop(incident, None)
+            if fut is not None and not fut.done():
+                fut.set_result(float(at))
+            else:
+                self.done[incident] = float(at)
+
+    def completed(self, incident: str) -> asyncio.Future[float]:
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        if incident in self.done:
+            fut.set_result(self.done.pop(incident))
+        else:
+            self.waiting[incident] = fut
+        return fut
+
+    async def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            await self.proc.wait()
+        if self._reader is not None:
+            self._reader.cancel()
+
+
+def start_serve(data_dir: Path, http_port: int, hook: str) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "DISPATCH_DATA_DIR": str(data_dir),
+        "DISPATCH_HTTP": f"127.0.0.1:{http_port}",
+        "DISPATCH_WEBHOOK_URLS": hook,
+        "DISPATCH_WEBHOOK_SECRET": "bench-secret",
+        "DISPATCH_LOG_LEVEL": "warning",
+        "DISPATCH_LOG_FORMAT": "json",
+    }
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = (data_dir / "serve.log").open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", "dispatch", "serve"], env=env, stdout=log, stderr=log)
+    log.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"dispatch serve exited; see {data_dir / 'serve.log'}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{http_port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("dispatch serve not ready")
+
+
+async def run_e2e(workdir: Path, rate: float, seconds: float) -> tuple[float, float, int]:
+    receiver = Receiver()
+    await receiver.start()
+    port = free_port()
+    data_dir = workdir / "svc"
+    proc = await asyncio.to_thread(start_serve, data_dir, port, f"http://127.0.0.1:{receiver.port}/hook")
+    try:
+        token = (data_dir / "admin.token").read_text().strip()
+        base = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": f"Bearer {token}"}
+        connector = aiohttp.TCPConnector(limit=256)
+        async with aiohttp.ClientSession(base, headers=headers, connector=connector) as http:
+            groups = int(rate * seconds) + 10
+            csv = roster(groups).encode()
+            async with http.post("/v1/groups/import", data=csv, headers={"Content-Type": "text/csv"}) as r:
+                r.raise_for_status()
+
+            async def launch(i: int) -> float:
+                sent = time.time()
+                async with http.post("/v1/calls", json={"call_id": f"e2e-{i}", "caller": caller_of(i)}) as r:
+                    if r.status != 202:
+                        raise RuntimeError(f"call {i}: {r.status} {await r.text()}")
+                    incident = (await r.json())["incident_id"]
+                arrived = await asyncio.wait_for(receiver.completed(incident), 60)
+                return (arrived - sent) * 1000
+
+            latencies = await steady(launch, rate, seconds)
+        return pct(latencies, 0.5), pct(latencies, 0.99), len(latencies)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(proc.wait, 60)
+        await receiver.stop()
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=200)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    rows: list[tuple[float, float, float, float]] = []
+    for round_ in range(1, args.rounds + 1):
+        workdir = Path(tempfile.mkdtemp(prefix="dispatch-bench-e2e-"))
+        try:
+            base = await run_baseline(workdir, args.rate, args.seconds, closed_seconds=0)
+            p50, p99, n = await run_e2e(workdir, args.rate, args.seconds)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        rows.append((base.p50_ms, base.p99_ms, p50, p99))
+        print(
+            f"round {round_}: baseline p50 {base.p50_ms:.2f} p99 {base.p99_ms:.2f} ms | "
+            f"POST /v1/calls -> 9 webhooks p50 {p50:.2f} p99 {p99:.2f} ms ({n} calls)",
+            file=sys.stderr,
+        )
+    figures = {
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "baseline_p50_ms": statistics.median(r[0] for r in rows),
+        "baseline_p99_ms": statistics.median(r[1] for r in rows),
+        "e2e_p50_ms": statistics.median(r[2] for r in rows),
+        "e2e_p99_ms": statistics.median(r[3] for r in rows),
+    }
+    figures["p99_ratio"] = figures["e2e_p99_ms"] / figures["baseline_p99_ms"]
+    print(f"\nPOST /v1/calls -> 9 webhooks at {args.rate:.0f} calls/s, {args.seconds:.0f} s, median of {args.rounds}")
+    print(f"{'':<10}{'p50 ms':>10}{'p99 ms':>10}")
+    print(f"{'baseline':<10}{figures['baseline_p50_ms']:>10.2f}{figures['baseline_p99_ms']:>10.2f}")
+    print(f"{'e2e':<10}{figures['e2e_p50_ms']:>10.2f}{figures['e2e_p99_ms']:>10.2f}")
+    print(f"{'ratio':<10}{figures['e2e_p50_ms'] / figures['baseline_p50_ms']:>10.2f}{figures['p99_ratio']:>10.2f}")
+    if args.json:
+        await asyncio.to_thread(Path(args.json).write_text, json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -1,0 +1,153 @@
+"""Every benchmark in one command, each beside its raw baseline, then one table against the targets.
+
+    python benchmarks/run_all.py [--quick] [--out DIR]
+
+Runs fanout.py (alarm path), e2e.py (HTTP call -> webhooks), storm.py (closed loop, one and two
+processes), replay.py (projections rebuilt vs a raw ordered read) and directory.py (1M numbers),
+one after another (never two at once: they share the machine), each with `--json`, and prints the
+figures with their targets. `--quick` shortens every run for a smoke check; the figures in
+docs/benchmarks.md come from a full run on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+RUNS: dict[str, tuple[list[str], list[str]]] = {
+    "fanout": (["--rounds", "3"], ["--rounds", "1", "--seconds", "3"]),
+    "e2e": (["--rounds", "3"], ["--rounds", "1", "--seconds", "3"]),
+    "storm": ([], ["--seconds", "3", "--groups", "8000"]),
+    "replay": ([], ["--events", "20000"]),
+    "directory": ([], ["--groups", "2000", "--lookups", "5000"]),
+}
+
+
+def target_rows(f: dict[str, dict[str, float]]) -> list[tuple[str, str, str, bool | None]]:
+    """(measure, figure, target, met) for every target of issue 9 whose figures are present."""
+    rows: list[tuple[str, str, str, bool | None]] = []
+    if "fanout" in f:
+        fo = f["fanout"]
+        r = fo["ratio"]["p99"]  # type: ignore[index]
+        rows.append(
+            (
+                "alarm path p99 (200/s)",
+                f"{fo['service']['p99_ms']:.2f} ms vs raw {fo['baseline']['p99_ms']:.2f} ms = {r:.2f}x",  # type: ignore[index]
+                "<= 2x",
+                r <= 2,
+            )
+        )
+    if "e2e" in f:
+        e = f["e2e"]
+        rows.append(
+            (
+                "POST /v1/calls -> 9 webhooks p99 (200/s)",
+                f"{e['e2e_p99_ms']:.2f} ms vs raw {e['baseline_p99_ms']:.2f} ms = {e['p99_ratio']:.2f}x",
+                "<= 4x",
+                e["p99_ratio"] <= 4,
+            )
+        )
+    if "storm" in f:
+        s = f["storm"]
+        rows.append(
+            (
+                "storm, one process",
+                f"{s['one_process_per_s']:,.0f}/s vs raw max {s['baseline_max_per_s']:,.0f}/s = "
+                f"{s['one_vs_baseline']:.2f}x (p99 {s['one_process_p99_ms']:.1f} ms)",
+                ">= 0.2x",
+                s["one_vs_baseline"] >= 0.2,
+            )
+        )
+        rows.append(
+            (
+                "storm, two processes",
+                f"{s['two_processes_per_s']:,.0f}/s = {s['two_vs_one']:.2f}x one "
+                f"(p99 {s['two_processes_p99_ms']:.1f} ms)",
+                ">= 1.7x",
+                s["two_vs_one"] >= 1.7,
+            )
+        )
+    if "replay" in f:
+        rp = f["replay"]
+        for backend in ("sqlite", "postgresql"):
+            ratio = rp.get(f"{backend}_ratio")
+            if ratio is not None:
+                rows.append(
+                    (
+                        f"replay into {backend}",
+                        f"{rp.get(f'{backend}_events_per_s', 0):,.0f} events/s = {ratio:.2f}x raw read",
+                        ">= 0.4x",
+                        ratio >= 0.4,
+                    )
+                )
+    if "directory" in f:
+        d = f["directory"]
+        rows.append(
+            (
+                f"directory lookup p99 ({d['numbers']:,.0f} numbers)",
+                f"memberships {d['memberships_p99_us']:.1f} us, route_call {d['route_call_p99_us']:.1f} us",
+                "<= 50 us",
+                d["route_call_p99_us"] <= 50,
+            )
+        )
+        rows.append(
+            (
+                "service RSS with the directory",
+                f"{d['rss_after_import_mb']:.0f} MB after import, {d['rss_after_restart_mb']:.0f} MB after restart",
+                "<= 250 MB",
+                max(d["rss_after_import_mb"], d["rss_after_restart_mb"]) <= 250,
+            )
+        )
+        rows.append(
+            (
+                "directory import / restart",
+                f"{d['import_s']:.0f} s ({d['import_numbers_per_s']:,.0f} numbers/s) / {d['restart_to_ready_s']:.1f} s",
+                "reported",
+                None,
+            )
+        )
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", help="directory for each benchmark's JSON (default: a temporary one)")
+    parser.add_argument("--only", nargs="*", choices=sorted(RUNS), help="run only these")
+    args = parser.parse_args()
+    out = Path(args.out or tempfile.mkdtemp(prefix="dispatch-bench-all-"))
+    out.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, dict[str, float]] = {}
+    for name, (full, quick) in RUNS.items():
+        if args.only and name not in args.only:
+            continue
+        script = HERE / f"{name}.py"
+        if not script.exists():
+            print(f"== {name}: {script.name} missing, skipped", file=sys.stderr)
+            continue
+        target = out / f"{name}.json"
+        print(f"== {name}", file=sys.stderr)
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, str(script), *(quick if args.quick else full), "--json", str(target)])
+        if done.returncode != 0 or not target.exists():
+            print(f"== {name} failed ({done.returncode})", file=sys.stderr)
+            continue
+        figures[name] = json.loads(target.read_text())
+        print(f"== {name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    print("\n| measure | figure | target | met |\n| --- | --- | --- | --- |")
+    for measure, figure, target, met in target_rows(figures):
+        mark = "-" if met is None else ("yes" if met else "**no**")
+        print(f"| {measure} | {figure} | {target} | {mark} |")
+    print(f"\nJSON per benchmark: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

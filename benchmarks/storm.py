@@ -1,0 +1,202 @@
+"""Storm: a closed loop of alarms, 64 in flight, on one service process and then on two.
+
+In one run, on one machine, against one embedded nats-server (`sync_interval: always`):
+
+- worker processes each run the real Service (every handler, projections, live hub) on that
+  server with a bench channel that announces, on core NATS, when an incident's 9th recipient
+  has been handed to it; calls go in over NATS ingress (`dispatch.ingress.call`, a queue group,
+  so the processes share them), each from a different 10-number group;
+- a closed loop keeps 64 alarms in flight for `--seconds`: sustained alarms/s and p99 from the
+  request to the 9th handoff; first with one worker, then with a second one joined;
+- the raw baseline's maximum (benchmarks/common.py: plain nats-py publish, push consumer, 9 core
+  publishes) in the same run. Targets: one process >= 0.2x the baseline's max; two >= 1.7x one.
+
+    python benchmarks/storm.py [--seconds 8] [--groups 30000] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import nats
+from common import IN_FLIGHT, caller_of, pct, roster, run_baseline
+
+from dispatch.channels.base import Delivered, DeliveryJob, Outcome, Target
+from dispatch.events.model import Person
+from dispatch.store.server import EmbeddedNats, free_port
+
+RECIPIENTS = 9
+
+
+class DoneChannel:
+    """Counts handoffs per incident; announces `bench.done.<incident>` at the 9th."""
+
+    name = "bench"
+
+    def __init__(self, nc: nats.NATS) -> None:
+        self.nc = nc
+        self.seen: Counter[str] = Counter()
+
+    def targets(self, recipient: Person, village: str | None = None) -> list[str]:
+        return [recipient.phone]
+
+    async def send(self, job: DeliveryJob, target: Target) -> Outcome:
+        self.seen[job.incident_id] += 1
+        if self.seen[job.incident_id] == RECIPIENTS:
+            await self.nc.publish(f"bench.done.{job.incident_id}", b"")
+        return Delivered()
+
+    async def close(self) -> None:
+        return None
+
+
+async def worker(nats_url: str, data_dir: str, groups: int) -> int:
+    from dispatch import logging as dlog
+    from dispatch.bootstrap import Service
+    from dispatch.settings import Settings
+
+    dlog.configure("json", "error")
+    nc = await nats.connect(nats_url)
+    settings = Settings(
+        data_dir=Path(data_dir), http=f"127.0.0.1:{free_port()}", nats_urls=[nats_url], log_level="error"
+    )
+    service = Service(settings, channels=[DoneChannel(nc)])
+    await service.start()
+    if groups:
+        await service.groups.import_roster(roster(groups))
+    print("ready", flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_reader(sys.stdin.fileno(), stop.set)
+    await stop.wait()
+    await service.stop()
+    await nc.close()
+    return 0
+
+
+async def spawn(nats_url: str, data_dir: Path, groups: int) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--worker",
+        nats_url,
+        str(data_dir),
+        str(groups),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 600)
+    if line.strip() != b"ready":
+        raise RuntimeError(f"worker did not start: {line!r}")
+    return proc
+
+
+async def storm(nc: nats.NATS, first: int, last: int, seconds: float) -> tuple[float, float, int]:
+    """Closed loop with IN_FLIGHT alarms in flight, callers first..last-1; (alarms/s, p99 ms, count)."""
+    waiting: dict[str, asyncio.Future[None]] = {}
+    early: set[str] = set()
+
+    async def on_done(msg: nats.aio.msg.Msg) -> None:
+        incident = msg.subject.rsplit(".", 1)[1]
+        fut = waiting.pop(incident, None)
+        if fut is None:
+            early.add(incident)
+        elif not fut.done():
+            fut.set_result(None)
+
+    sub = await nc.subscribe("bench.done.*", cb=on_done)
+    counter = [first]
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + seconds
+
+    async def one() -> None:
+        while time.perf_counter() < stop_at and counter[0] < last:
+            i = counter[0]
+            counter[0] += 1
+            started = time.perf_counter()
+            body = json.dumps({"call_id": f"storm-{i}", "caller": caller_of(i)}).encode()
+            reply = json.loads((await nc.request("dispatch.ingress.call", body, timeout=30)).data)
+            incident = reply["incident_id"]
+            if incident in early:
+                early.discard(incident)
+            else:
+                fut = waiting[incident] = asyncio.get_running_loop().create_future()
+                await asyncio.wait_for(fut, 30)
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(IN_FLIGHT)))
+    elapsed = time.perf_counter() - started
+    await sub.unsubscribe()
+    return len(latencies) / elapsed, pct(latencies, 0.99), len(latencies)
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--groups", type=int, default=30_000)
+    parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        url, data_dir, groups = args.worker
+        return await worker(url, data_dir, int(groups))
+    from dispatch import logging as dlog
+
+    dlog.configure("json", "error")
+    workdir = Path(tempfile.mkdtemp(prefix="dispatch-bench-storm-"))
+    figures: dict[str, float] = {"seconds": args.seconds, "in_flight": IN_FLIGHT}
+    procs: list[asyncio.subprocess.Process] = []
+    server = EmbeddedNats(workdir / "nats")
+    try:
+        base = await run_baseline(workdir / "raw", 1, 1, closed_seconds=args.seconds)
+        figures["baseline_max_per_s"] = base.max_rate
+        await server.start()
+        nc = await nats.connect(server.url, **server.auth.connect_kwargs())
+        procs.append(await spawn(server.authenticated_url, workdir / "w1", args.groups))
+        half = args.groups // 2
+        await storm(nc, 0, 200, 2.0)
+        rate1, p99_1, n1 = await storm(nc, 200, half, args.seconds)
+        procs.append(await spawn(server.authenticated_url, workdir / "w2", 0))
+        await storm(nc, half, half + 200, 2.0)
+        rate2, p99_2, n2 = await storm(nc, half + 200, args.groups, args.seconds)
+        await nc.close()
+        figures |= {
+            "one_process_per_s": rate1,
+            "one_process_p99_ms": p99_1,
+            "one_process_alarms": n1,
+            "two_processes_per_s": rate2,
+            "two_processes_p99_ms": p99_2,
+            "two_processes_alarms": n2,
+        }
+        figures["one_vs_baseline"] = rate1 / base.max_rate
+        figures["two_vs_one"] = rate2 / rate1
+    finally:
+        for proc in procs:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        for proc in procs:
+            try:
+                await asyncio.wait_for(proc.wait(), 60)
+            except TimeoutError:
+                proc.kill()
+        await server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\nstorm: closed loop, {IN_FLIGHT} alarms in flight, {args.seconds:.0f} s, fsync always")
+    for key, value in figures.items():
+        print(f"  {key:<24}{value:>12,.2f}")
+    if args.json:
+        await asyncio.to_thread(Path(args.json).write_text, json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -1,0 +1,393 @@
+"""The AsyncAPI 3.0 document of dispatch's NATS subjects: `python -m dispatch.asyncapi > docs/asyncapi.json`.
+
+Channels and operations are written here from `dispatch.events.subjects`; message payloads are the
+JSON Schema of the very Structs that are encoded on each subject (msgspec generates it), so a field
+added to an event changes the document. FastStream's generator is not used: it sees only the four
+FastStream subscribers — not the event store, the schedules, the projections or the gateway
+callbacks — and it cannot describe handlers that take the raw nats message.
+
+Invariants (tests/unit/test_asyncapi.py, tests/integration/test_asyncapi_live.py):
+- docs/asyncapi.json is exactly `document()`;
+- every subject pattern the code builds is a channel here, and every channel is used by the code;
+- every event type is carried by exactly one channel, and a running service writes each event type
+  only on the channel documented for it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import msgspec
+
+from dispatch.channels.base import DeliveryJob
+from dispatch.channels.gateway import VoiceEvent
+from dispatch.events import subjects as s
+from dispatch.events.codec import SCHEMA_HEADER, TYPE_HEADER
+from dispatch.events.model import (
+    ALL_EVENT_TYPES,
+    CallRouted,
+    DeliveryFailed,
+    DeliverySucceeded,
+    Event,
+    GroupEvent,
+    IncidentEvent,
+    LineEvent,
+    RespondersNotified,
+    TokenIssued,
+    TokenRevoked,
+    VillageEvent,
+)
+from dispatch.handlers.calls import CallRequest, CallResult
+from dispatch.metrics import running_version
+from dispatch.store.provision import FANOUT, TIMERS_CONSUMER
+from dispatch.store.timers import TimerDue
+
+SCHEMAS = "#/components/schemas/{name}"
+NOTICES: tuple[type[Event], ...] = (RespondersNotified, DeliverySucceeded, DeliveryFailed)
+
+
+def _events_of(kind: type[Event]) -> list[type[Event]]:
+    return [cls for cls in ALL_EVENT_TYPES if issubclass(cls, kind)]
+
+
+def event_channels() -> dict[str, list[type[Event]]]:
+    """Channel id -> the event types written on it."""
+    decisions = [cls for cls in _events_of(IncidentEvent) if cls not in NOTICES]
+    return {
+        "incidentDecisions": decisions,
+        "incidentNotices": list(NOTICES),
+        "groups": _events_of(GroupEvent),
+        "villages": _events_of(VillageEvent),
+        "lines": _events_of(LineEvent),
+        "calls": [CallRouted],
+        "tokens": [TokenIssued, TokenRevoked],
+    }
+
+
+def _param(description: str) -> dict[str, str]:
+    return {"description": description}
+
+
+INCIDENT_ID = _param("incident id: uuid5(line, epoch), one token")
+EVENT_CHANNELS: dict[str, dict[str, Any]] = {
+    "incidentDecisions": {
+        "address": s.incident_subject("{incident_id}"),
+        "parameters": {"incident_id": INCIDENT_ID},
+        "description": "An incident's decisions. Every decision is appended with "
+        "Nats-Expected-Last-Subject-Sequence (optimistic concurrency per incident).",
+    },
+    "incidentNotices": {
+        "address": s.notice_subject("{incident_id}"),
+        "parameters": {"incident_id": INCIDENT_ID},
+        "description": "An incident's delivery observations, one event per delivery job; facts, "
+        "idempotent by message id, no expected sequence.",
+    },
+    "groups": {
+        "address": s.group_subject("{village}", "{group}"),
+        "parameters": {"village": _param("village code, one token"), "group": _param("group code, one token")},
+        "description": "A joint-defence group's roster. A roster import appends each group's changes as "
+        "one atomic batch with the subject's expected last sequence.",
+    },
+    "villages": {
+        "address": s.village_subject("{village}"),
+        "parameters": {"village": _param("village code, one token")},
+        "description": "A village's duty desks and deadline overrides.",
+    },
+    "lines": {
+        "address": s.line_subject("{line}"),
+        "parameters": {
+            "line": _param(
+                "what an incident is raised on, several tokens: group.<village>.<group>, "
+                "village.<village> or caller.<digits>"
+            )
+        },
+        "description": "LineClosed{epoch}: the next call on the line opens a new incident.",
+    },
+    "calls": {
+        "address": "dispatch.evt.call.{call_key}",
+        "parameters": {"call_key": _param("sha256 of the gateway's call id, first 32 hex digits")},
+        "description": "CallRouted: what one gateway call id was answered (a retried call gets the same answer).",
+    },
+    "tokens": {
+        "address": s.token_subject("{token_id}"),
+        "parameters": {"token_id": _param("token id, one token")},
+        "description": "Access tokens issued and revoked (only a hash of the secret is stored).",
+    },
+}
+EVENTS_STREAM = {
+    "stream": s.EVENTS_STREAM,
+    "storage": "file",
+    "retention": "limits, kept forever (the log is the system of record)",
+    "filters": {
+        s.EVENTS_ALL: "the whole log",
+        s.INCIDENTS_ALL: f"the fan-out (durable pull consumer {FANOUT.durable})",
+        s.SINGLE_TOKEN_AGGREGATES: "the SQL projections and the live console hub (ordered consumers)",
+        s.incident_history("{incident_id}"): "one incident's history, read with one batched direct get",
+        s.GROUPS_ALL: "the in-memory directory",
+        s.VILLAGES_ALL: "the in-memory directory",
+        s.TOKENS_ALL: "the token table",
+    },
+}
+
+
+SUMMARIES = {
+    "GroupFormed": "A joint-defence group was formed",
+    "MemberBound": "A phone number joined a group, with its role and name",
+    "MemberUnbound": "A phone number left a group",
+    "RoleAssigned": "A member's role changed",
+    "MemberRenamed": "A member's name changed",
+    "GroupDissolved": "A group was dissolved",
+    "DutyDeskBound": "A police station duty desk serves this village",
+    "DutyDeskUnbound": "A duty desk no longer serves this village",
+    "VillageSettingsChanged": "The village's deadlines changed",
+    "LineClosed": "The line's incident is closed; its next call opens a new one",
+    "CallRouted": "What one gateway call id was answered",
+    "AlarmRaised": "A group member called 6995: the incident opens and its recipients are alerted",
+    "UnregisteredCall": "A number in no group called: the incident goes to the duty desk",
+    "CallRepeated": "Another call on an open incident: urgency up, maybe members alerted again",
+    "RespondersNotified": "An alert was handed to a channel for these recipients",
+    "DeliverySucceeded": "These targets were reached on a channel",
+    "DeliveryFailed": "These targets were given up on (permanent or exhausted)",
+    "ResponderAccepted": "A responder accepted",
+    "ResponderDeclined": "A responder declined",
+    "ResponderArrived": "A responder is on scene",
+    "IncidentCovered": "The quorum has accepted: the incident is covered",
+    "IncidentEscalated": "The incident went up a tier (station duty desk, then county)",
+    "IncidentResolved": "The incident was resolved, with a category",
+    "IncidentCancelled": "The incident was cancelled (caller safe, misdial...)",
+    "TokenIssued": "An access token was issued",
+    "TokenRevoked": "An access token was revoked",
+}
+
+
+def _event_message(cls: type[Event]) -> dict[str, Any]:
+    name = cls.__name__
+    message: dict[str, Any] = {
+        "name": name,
+        "title": name,
+        "summary": SUMMARIES[name],
+        "contentType": "application/json",
+        "headers": {
+            "type": "object",
+            "properties": {
+                TYPE_HEADER: {"type": "string", "const": name},
+                SCHEMA_HEADER: {"type": "string", "const": str(cls.SCHEMA)},
+                "Nats-Msg-Id": {"type": "string", "description": "deterministic: a retried append is a duplicate"},
+            },
+            "required": [TYPE_HEADER, SCHEMA_HEADER, "Nats-Msg-Id"],
+        },
+        "payload": {"$ref": SCHEMAS.format(name=name)},
+    }
+    if cls.__doc__:
+        message["description"] = " ".join(cls.__doc__.split())
+    return message
+
+
+def _plain_message(
+    name: str, payload: dict[str, Any], summary: str, headers: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"name": name, "title": name, "summary": summary, "contentType": "application/json"}
+    if headers:
+        message["headers"] = {"type": "object", "properties": headers, "required": list(headers)}
+    message["payload"] = payload
+    return message
+
+
+def _ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": f"#/{kind}/{name}"}
+
+
+def document() -> dict[str, Any]:
+    """The AsyncAPI 3.0 document, as a JSON-ready dict."""
+    by_channel = event_channels()
+    structs: list[Any] = [*ALL_EVENT_TYPES, DeliveryJob, TimerDue, CallRequest, CallResult, VoiceEvent]
+    _, schemas = msgspec.json.schema_components(structs, ref_template=SCHEMAS)
+
+    messages: dict[str, Any] = {cls.__name__: _event_message(cls) for cls in ALL_EVENT_TYPES}
+    messages["DeliveryJob"] = _plain_message(
+        "DeliveryJob",
+        {"$ref": SCHEMAS.format(name="DeliveryJob")},
+        "A delivery retry: the targets still to reach, the attempt number and when it is due",
+        {"Nats-Msg-Id": {"type": "string", "description": "the job key: one job is queued once"}},
+    )
+    messages["TimerDue"] = _plain_message(
+        "TimerDue", {"$ref": SCHEMAS.format(name="TimerDue")}, "A deadline of an incident"
+    )
+    messages["TimerSchedule"] = _plain_message(
+        "TimerSchedule",
+        {"$ref": SCHEMAS.format(name="TimerDue")},
+        "A server-side schedule: at the given time the server publishes the body to the target subject",
+        {
+            "Nats-Schedule": {"type": "string", "description": "@at <RFC 3339 UTC, milliseconds>"},
+            "Nats-Schedule-Target": {"type": "string", "description": "dispatch.timer.incident.<id>.<timer>"},
+        },
+    )
+    messages["CallRequest"] = _plain_message(
+        "CallRequest", {"$ref": SCHEMAS.format(name="CallRequest")}, "A call to 6995, as POST /v1/calls takes it"
+    )
+    messages["CallReply"] = _plain_message(
+        "CallReply",
+        {
+            "oneOf": [
+                {"$ref": SCHEMAS.format(name="CallResult")},
+                {
+                    "type": "object",
+                    "properties": {"error": {"type": "string"}, "retry": {"type": "boolean"}},
+                    "required": ["error"],
+                },
+            ]
+        },
+        "The incident the call raised or joined; or an error (retry: true when the log was unreachable)",
+    )
+    messages["VoiceEvent"] = _plain_message(
+        "VoiceEvent",
+        {"$ref": SCHEMAS.format(name="VoiceEvent")},
+        "A telephony gateway callback, relayed to the process waiting on that call",
+    )
+    messages["DeadLetter"] = _plain_message(
+        "DeadLetter",
+        {"description": "the unreadable message's body, unchanged"},
+        "A message no handler could read, copied here and acknowledged at its source",
+        {
+            "Dispatch-Dead-Reason": {"type": "string"},
+            "Dispatch-Dead-Subject": {"type": "string", "description": "where the message was read"},
+        },
+    )
+
+    channels: dict[str, Any] = {}
+    for channel_id, spec in EVENT_CHANNELS.items():
+        channels[channel_id] = {
+            **spec,
+            "messages": {cls.__name__: _ref("components/messages", cls.__name__) for cls in by_channel[channel_id]},
+            "x-dispatch-stream": s.EVENTS_STREAM,
+        }
+    channels["deliveryJobs"] = {
+        "address": s.deliver_subject("{channel}"),
+        "parameters": {"channel": _param("delivery channel: webhook, voice, sms, wecom, dingtalk")},
+        "description": "Delivery retries (the first attempt happens in the fan-out), a work queue: "
+        "each job is taken by one delivery worker in any process.",
+        "messages": {"DeliveryJob": _ref("components/messages", "DeliveryJob")},
+        "x-dispatch-stream": s.DELIVERY_STREAM,
+    }
+    timer = {"incident_id": INCIDENT_ID, "timer": _param("ack, escalate or arrival")}
+    channels["timerSchedules"] = {
+        "address": s.schedule_subject("{incident_id}", "{timer}"),
+        "parameters": timer,
+        "description": "One schedule per incident and timer (setting it again replaces it).",
+        "messages": {"TimerSchedule": _ref("components/messages", "TimerSchedule")},
+        "x-dispatch-stream": s.TIMERS_STREAM,
+    }
+    channels["timersFired"] = {
+        "address": s.timer_fired_subject("{incident_id}", "{timer}"),
+        "parameters": timer,
+        "description": "Published by the server when a schedule is due.",
+        "messages": {"TimerDue": _ref("components/messages", "TimerDue")},
+        "x-dispatch-stream": s.TIMERS_STREAM,
+    }
+    channels["callIngress"] = {
+        "address": s.CALL_INGRESS,
+        "description": "Calls over NATS (request/reply, queue group dispatch-ingress), core NATS.",
+        "messages": {
+            "CallRequest": _ref("components/messages", "CallRequest"),
+            "CallReply": _ref("components/messages", "CallReply"),
+        },
+    }
+    channels["gatewayVoice"] = {
+        "address": "dispatch.gateway.voice.{call_ref}",
+        "parameters": {"call_ref": _param("the gateway's reference of one outbound call")},
+        "description": "Voice callbacks fanned out to every process (core NATS): the one ringing that "
+        "call takes the answer.",
+        "messages": {"VoiceEvent": _ref("components/messages", "VoiceEvent")},
+    }
+    channels["deadLetters"] = {
+        "address": f"{s.DEAD_LETTER_PREFIX}.{{source}}",
+        "parameters": {"source": _param("fanout, timers, ingress.call or deliver.<channel> (may span tokens)")},
+        "description": "Unreadable messages (core NATS: subscribe to dispatch.dead.> to keep them).",
+        "messages": {"DeadLetter": _ref("components/messages", "DeadLetter")},
+    }
+
+    def operation(action: str, channel: str, summary: str, names: list[str] | None = None) -> dict[str, Any]:
+        op: dict[str, Any] = {"action": action, "channel": _ref("channels", channel), "summary": summary}
+        picked = names if names is not None else list(channels[channel]["messages"])
+        op["messages"] = [_ref(f"channels/{channel}/messages", n) for n in picked]
+        return op
+
+    operations = {
+        "appendIncidentDecision": operation(
+            "send", "incidentDecisions", "Calls, answers and escalations append the incident's decisions"
+        ),
+        "fanOut": operation(
+            "receive",
+            "incidentDecisions",
+            f"Durable pull consumer {FANOUT.durable}: ring whoever a decision alerts, set the deadlines",
+        ),
+        "recordDelivery": operation("send", "incidentNotices", "Delivery outcomes, one event per job"),
+        "projectIncidents": operation(
+            "receive", "incidentNotices", "SQL projections and the live console hub follow decisions and notices"
+        ),
+        "importRoster": operation("send", "groups", "A roster import appends each group's changes atomically"),
+        "followDirectory": operation("receive", "groups", "Every process keeps the directory in memory"),
+        "setVillage": operation("send", "villages", "Duty desks (roster import) and deadline overrides (API)"),
+        "closeLine": operation("send", "lines", "Resolving or cancelling an incident closes its line"),
+        "routeCall": operation("send", "calls", "Every call id's answer is recorded"),
+        "manageTokens": operation("send", "tokens", "dispatch tokens / POST /v1/tokens"),
+        "queueRetry": operation("send", "deliveryJobs", "A transient failure queues a retry with backoff"),
+        "deliver": operation("receive", "deliveryJobs", "Delivery workers, one durable pull consumer per channel"),
+        "scheduleDeadline": operation("send", "timerSchedules", "The fan-out sets ack / escalate / arrival deadlines"),
+        "escalate": operation(
+            "receive",
+            "timersFired",
+            f"Durable pull consumer {TIMERS_CONSUMER.durable}: escalate an incident not covered in time",
+        ),
+        "takeCall": operation("receive", "callIngress", "A call over NATS", ["CallRequest"]),
+        "answerCall": operation("send", "callIngress", "The reply to a call over NATS", ["CallReply"]),
+        "relayVoiceCallback": operation("send", "gatewayVoice", "POST /v1/gateway/voice, relayed"),
+        "awaitVoiceCallback": operation("receive", "gatewayVoice", "The process ringing that call"),
+        "deadLetter": operation("send", "deadLetters", "A handler meets a message it cannot read"),
+    }
+
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "dispatch NATS subjects",
+            "version": running_version(),
+            "description": "What the dispatch service (6995 linked-alarm dispatch) reads and writes on NATS. "
+            "Events live in the JetStream stream DISPATCH_EVENTS on dispatch.evt.<aggregate>.<id>; the body "
+            "is the event as JSON without a type tag, the type and schema version travel in the "
+            f"{TYPE_HEADER} and {SCHEMA_HEADER} headers. Generated by `python -m dispatch.asyncapi`.",
+            "x-dispatch-events-stream": EVENTS_STREAM,
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "embedded": {
+                "host": "127.0.0.1:{port}",
+                "protocol": "nats",
+                "description": "The server `dispatch serve` starts when no DISPATCH_NATS_URL is set "
+                "(a free loopback port, written to <data dir>/nats/url); no authentication.",
+                "variables": {"port": {"description": "chosen at start"}},
+            },
+            "cluster": {
+                "host": "nats-1.dispatch.internal:4222",
+                "protocol": "nats",
+                "description": "The three-node cluster of ops/nats (R3 streams); user `dispatch` in account DISPATCH.",
+                "security": [_ref("components/securitySchemes", "userPassword")],
+            },
+        },
+        "channels": channels,
+        "operations": operations,
+        "components": {
+            "messages": messages,
+            "schemas": schemas,
+            "securitySchemes": {"userPassword": {"type": "userPassword"}},
+        },
+    }
+
+
+def render() -> str:
+    return json.dumps(document(), indent=2, ensure_ascii=False) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())

@@ -1,0 +1,141 @@
+"""docs/asyncapi.json against a running service: every message the service stored is on the channel the
+document gives its type, and its body has the documented fields (the service in-process, real NATS)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from nats.js.errors import NotFoundError
+
+from dispatch.bootstrap import Service
+from dispatch.channels.base import Transient
+from dispatch.events.subjects import DELIVERY_STREAM, EVENTS_STREAM, TIMERS_STREAM
+from dispatch.settings import Settings
+from dispatch.store.server import free_port
+from tests.integration.test_metrics import eventually
+from tests.support import RecordingChannel
+from tests.unit.fixtures import ROSTER
+from tests.unit.test_asyncapi import load, resolve
+
+OFFICER, LEADER = "+8613900000009", "+8613800000008"
+
+
+@pytest.fixture
+async def service(tmp_path: Path) -> AsyncIterator[tuple[Service, RecordingChannel]]:
+    channel = RecordingChannel()
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        http=f"127.0.0.1:{free_port()}",
+        duty_desk="+8673184512345",
+        delivery_backoff_base=0.05,
+        nats_restart_delay=600,
+    )
+    settings.validate()
+    svc = Service(settings, channels=[channel])
+    await svc.start()
+    try:
+        yield svc, channel
+    finally:
+        await svc.stop()
+
+
+async def stored(svc: Service, stream: str) -> list[Any]:
+    assert svc.nc is not None
+    js = svc.nc.jetstream()
+    info = await js.stream_info(stream)
+    messages = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        try:
+            messages.append(await js.get_msg(stream, seq))
+        except NotFoundError:
+            continue
+    return messages
+
+
+def on_address(subject: str, address: str) -> bool:
+    """A concrete subject on a documented address: `{param}` is any one token, or the rest when it is last."""
+    have, want = subject.split("."), address.split(".")
+    for i, token in enumerate(want):
+        if i >= len(have):
+            return False
+        if token.startswith("{"):
+            if i == len(want) - 1:
+                return True
+            continue
+        if token != have[i]:
+            return False
+    return len(have) == len(want)
+
+
+def channel_of(doc: dict[str, Any], subject: str) -> tuple[str, dict[str, Any]]:
+    found = [(cid, c) for cid, c in doc["channels"].items() if on_address(subject, c["address"])]
+    assert len(found) == 1, f"{subject}: channels {[cid for cid, _ in found]}"
+    return found[0]
+
+
+def check_body(doc: dict[str, Any], message: dict[str, Any], data: bytes, where: str) -> None:
+    schema = resolve(doc, message["payload"]["$ref"])
+    body = json.loads(data)
+    assert set(body) <= set(schema["properties"]), (
+        f"{where}: fields not in the document: {set(body) - set(schema['properties'])}"
+    )
+    assert set(schema.get("required", [])) <= set(body), f"{where}: required fields missing"
+
+
+async def test_what_the_service_stores_is_where_the_document_says(service: tuple[Service, RecordingChannel]) -> None:
+    svc, channel = service
+    doc = load()
+    channel.plan["+8613800000002"] = [Transient("HTTP 429", retry_after=600)]
+    headers = {"Authorization": f"Bearer {svc.admin_token}"}
+    async with httpx.AsyncClient(base_url=svc.settings.base_url, timeout=30, headers=headers) as http:
+        r = await http.post("/v1/groups/import", content=ROSTER.encode(), headers={"Content-Type": "text/csv"})
+        assert r.status_code == 200, r.text
+        r = await http.put("/v1/villages/dongshan/settings", json={"ack_deadline_s": 120})
+        assert r.status_code == 200, r.text
+        incident = (await http.post("/v1/calls", json={"call_id": "api-1", "caller": "13800000001"})).json()
+        await http.post("/v1/calls", json={"call_id": "api-2", "caller": "13800000003"})
+        await eventually(lambda: _true(len(channel.sent) >= 9))
+        for responder in (OFFICER, LEADER):
+            r = await http.post(
+                f"/v1/incidents/{incident['incident_id']}/responses", json={"responder": responder, "action": "accept"}
+            )
+            assert r.status_code == 200, r.text
+        r = await http.post(
+            f"/v1/incidents/{incident['incident_id']}/responses",
+            json={"responder": OFFICER, "action": "resolve", "category": "help"},
+        )
+        assert r.status_code == 200, r.text
+        unknown = (await http.post("/v1/calls", json={"call_id": "api-3", "caller": "13700000077"})).json()
+        assert unknown["status"] == "unregistered"
+    await asyncio.sleep(0.5)
+
+    seen: Counter[str] = Counter()
+    for msg in await stored(svc, EVENTS_STREAM):
+        channel_id, documented = channel_of(doc, msg.subject)
+        event_type = msg.headers["Dispatch-Type"]
+        assert event_type in documented["messages"], f"{event_type} on {msg.subject} ({channel_id})"
+        check_body(doc, doc["components"]["messages"][event_type], msg.data, msg.subject)
+        seen[channel_id] += 1
+    assert set(seen) == {"incidentDecisions", "incidentNotices", "groups", "villages", "lines", "calls", "tokens"}
+
+    for stream, expected in ((DELIVERY_STREAM, {"deliveryJobs"}), (TIMERS_STREAM, {"timerSchedules"})):
+        kinds = set()
+        for msg in await stored(svc, stream):
+            channel_id, documented = channel_of(doc, msg.subject)
+            [name] = documented["messages"]
+            check_body(doc, doc["components"]["messages"][name], msg.data, msg.subject)
+            for header in doc["components"]["messages"][name].get("headers", {}).get("required", []):
+                assert header in (msg.headers or {}), f"{msg.subject}: no {header} header"
+            kinds.add(channel_id)
+        assert expected <= kinds, f"{stream}: {kinds}"
+
+
+async def _true(value: bool) -> bool:
+    return value

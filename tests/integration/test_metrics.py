@@ -1,0 +1,420 @@
+"""Every metric in docs/metrics.md is fed by what it claims to count: the service in-process, a real
+nats-server, real HTTP; values read back from `/metrics` as Prometheus would parse them."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import math
+import re
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import psycopg
+import pytest
+from nats.aio.client import Client as NATS
+from prometheus_client.parser import text_string_to_metric_families
+
+from dispatch.bootstrap import Service, without_credentials
+from dispatch.channels.base import Permanent, Transient
+from dispatch.events.model import CallRouted
+from dispatch.events.subjects import call_subject
+from dispatch.metrics import EVENT_AGGREGATES, Metrics
+from dispatch.projections.incidents import IncidentsProjection
+from dispatch.projections.runner import ProjectionRunner
+from dispatch.projections.sql import Database
+from dispatch.settings import Settings
+from dispatch.store.eventstore import AppendConflict, EventStore, Outgoing
+from dispatch.store.provision import provision
+from dispatch.store.server import find_binary, free_port
+from tests.support import RecordingChannel
+from tests.unit.fixtures import ROSTER, at
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+PHONE = re.compile(r"\d{7,}")
+OFFICER, LEADER, ASSISTANT = "+8613900000009", "+8613800000008", "+8613900000001"
+
+
+def parse(text: str) -> Samples:
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sample with exactly these labels; 0 when it was never set (a counter not yet incremented)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """Sum over every sample of `name` whose labels include these."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+
+
+ServiceFactory = Callable[..., Awaitable[Service]]
+
+
+@pytest.fixture
+async def make_service(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
+    started: list[Service] = []
+
+    async def make(channel: RecordingChannel, **overrides: Any) -> Service:
+        settings = Settings(
+            data_dir=tmp_path / f"data{len(started)}",
+            http=f"127.0.0.1:{free_port()}",
+            duty_desk="+8673184512345",
+            delivery_backoff_base=0.05,
+            delivery_max_attempts=3,
+            nats_restart_delay=600,
+            **overrides,
+        )
+        settings.validate()
+        svc = Service(settings, channels=[channel])
+        await svc.start()
+        started.append(svc)
+        r = await client(svc).post("/v1/groups/import", content=ROSTER.encode(), headers={"Content-Type": "text/csv"})
+        assert r.status_code == 200, r.text
+        return svc
+
+    yield make
+    for svc in started:
+        await svc.stop()
+
+
+def client(svc: Service) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=svc.settings.base_url, timeout=30, headers={"Authorization": f"Bearer {svc.admin_token}"}
+    )
+
+
+async def scrape(svc: Service, *, refresh: bool = False) -> Samples:
+    if refresh:
+        assert svc.gauges is not None
+        await svc.gauges.refresh()
+    async with client(svc) as http:
+        response = await http.get("/metrics")
+    assert response.status_code == 200, response.text
+    samples = parse(response.text)
+    for name, labels in samples:
+        for label, text in labels:
+            assert not PHONE.search(text), f"a phone number in {name}{{{label}={text!r}}}"
+    return samples
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 15.0) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: Any = None
+    while loop.time() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+async def test_an_alarm_from_call_to_resolution_feeds_every_metric(make_service: ServiceFactory) -> None:
+    channel = RecordingChannel()
+    svc = await make_service(channel)
+    before = await scrape(svc, refresh=True)
+    assert value(before, "dispatch_incidents_open") == 0
+    assert value(before, "dispatch_build_info", version=_version(before)) == 1
+    assert value(before, "dispatch_nats_connected", connection="service") == 1
+    assert value(before, "dispatch_nats_connected", connection="handlers") == 1
+    assert {value(before, "dispatch_ready", check=c) for c in ("nats", "directory", "database", "projections")} == {1}
+    assert value(before, "dispatch_delivery_queue_depth", channel="test") == 0
+    assert value(before, "dispatch_directory_numbers") == 12, "12 distinct numbers in two groups"
+    assert value(before, "process_resident_memory_bytes") > 0
+    born_at_zero = ("dispatch_escalations_total", frozenset({("tier", "2"), ("reason", "escalate_deadline")}))
+    assert before.get(born_at_zero) == 0, "a counter born at 1 hides its first increase from alerts"
+    assert before.get(("dispatch_deliveries_total", frozenset({("channel", "test"), ("outcome", "permanent")}))) == 0
+    assert before.get(("dispatch_alarms_raised_total", frozenset({("village", "dongshan"), ("kind", "alarm")}))) == 0
+    appended_groups = value(before, "dispatch_event_append_seconds_count", aggregate="group")
+    assert appended_groups >= 1, "the roster import's appends were not timed"
+
+    async with client(svc) as http:
+        answer = (await http.post("/v1/calls", json={"call_id": "m-1", "caller": "13800000001"})).json()
+        incident = answer["incident_id"]
+        await eventually(lambda: _ready(lambda: len(channel.for_incident(incident)) >= 9))
+        raised = await eventually(lambda: _when(svc, lambda s: value(s, "dispatch_incidents_open") == 1))
+        assert value(raised, "dispatch_calls_total", channel="voice", status="raised") == 1
+        assert value(raised, "dispatch_alarms_raised_total", village="dongshan", kind="alarm") == 1
+        assert value(raised, "dispatch_incidents_uncovered") == 1
+        assert value(raised, "dispatch_incidents_overdue") == 0
+        assert value(raised, "dispatch_fanout_seconds_count", channel="test") == 1
+        assert value(raised, "dispatch_fanout_spread_seconds_count", channel="test") == 1
+        assert value(raised, "dispatch_deliveries_total", channel="test", outcome="delivered") == 9
+        assert value(raised, "dispatch_event_append_seconds_count", aggregate="incident") == 1
+        assert value(raised, "dispatch_event_append_seconds_count", aggregate="call") == 1
+        assert value(raised, "dispatch_event_append_seconds_count", aggregate="notice") >= 1
+
+        again = await http.post("/v1/calls", json={"call_id": "m-1", "caller": "13800000001"})
+        assert again.json()["duplicate"] is True
+        for responder in (OFFICER, LEADER):
+            r = await http.post(
+                f"/v1/incidents/{incident}/responses", json={"responder": responder, "action": "accept"}
+            )
+            assert r.status_code == 200, r.text
+        covered = await eventually(lambda: _when(svc, lambda s: value(s, "dispatch_incidents_uncovered") == 0))
+        assert value(covered, "dispatch_calls_total", channel="voice", status="duplicate") == 1
+        assert value(covered, "dispatch_first_accept_seconds_count", role="officer") == 1
+        assert value(covered, "dispatch_first_accept_seconds_count", role="leader") == 0, "only the first accept"
+        assert value(covered, "dispatch_cover_seconds_count") == 1
+        assert value(covered, "dispatch_cover_seconds_bucket", le="1.0") == 1, "covered within a second"
+        assert value(covered, "dispatch_responses_total", action="accept", role="officer") == 1
+        assert value(covered, "dispatch_responses_total", action="accept", role="leader") == 1
+        assert value(covered, "dispatch_arrival_seconds_count") == 0
+
+        for responder, action in ((ASSISTANT, "arrived"), (OFFICER, "arrived")):
+            r = await http.post(f"/v1/incidents/{incident}/responses", json={"responder": responder, "action": action})
+            assert r.status_code == 200, r.text
+        r = await http.post(
+            f"/v1/incidents/{incident}/responses",
+            json={"responder": OFFICER, "action": "resolve", "category": "dispute"},
+        )
+        assert r.status_code == 200, r.text
+    done = await eventually(lambda: _when(svc, lambda s: value(s, "dispatch_incidents_open") == 0))
+    assert value(done, "dispatch_arrival_seconds_count") == 1, "only the first arrival"
+    assert value(done, "dispatch_responses_total", action="arrived", role="assistant") == 1
+    assert value(done, "dispatch_responses_total", action="resolve", role="officer") == 1
+    assert value(done, "dispatch_escalations_total", tier="1", reason="ack_deadline") == 0
+    assert total(done, "dispatch_event_append_conflicts_total") == 0
+    assert value(done, "dispatch_projection_lag_events", projection="incidents_v1") == 0
+    assert value(done, "dispatch_gauges_refreshed_timestamp_seconds") > 0
+
+
+async def test_delivery_outcomes_retries_and_queue_depth(make_service: ServiceFactory) -> None:
+    channel = RecordingChannel()
+    channel.plan["+8613800000002"] = [Transient("HTTP 503")]
+    channel.plan["+8613800000003"] = [Permanent("HTTP 404")]
+    channel.plan["+8613800000004"] = [Transient("HTTP 503")] * 5
+    svc = await make_service(channel)
+    async with client(svc) as http:
+        r = await http.post("/v1/calls", json={"call_id": "d-1", "caller": "13800000001"})
+        assert r.status_code == 202
+
+        def settled(s: Samples) -> bool:
+            return value(s, "dispatch_deliveries_total", channel="test", outcome="exhausted") == 1
+
+        s = await eventually(lambda: _when(svc, settled))
+        assert value(s, "dispatch_deliveries_total", channel="test", outcome="permanent") == 1
+        assert value(s, "dispatch_deliveries_total", channel="test", outcome="delivered") == 6 + 1
+        # attempt 1: 002 and 004 transient; attempt 2: 004 transient; attempt 3: 004 exhausted
+        assert value(s, "dispatch_deliveries_total", channel="test", outcome="retry") == 2 + 1
+        assert value(s, "dispatch_delivery_retries_total", channel="test") == 2 + 1
+        assert total(s, "dispatch_deliveries_total", channel="test") == len(channel.sent), "each attempt counted once"
+        await eventually(lambda: _when(svc, lambda s: value(s, "dispatch_delivery_queue_depth", channel="test") == 0))
+
+        channel.plan["+8613800000018"] = [Transient("HTTP 429", retry_after=600)]
+        r = await http.post("/v1/calls", json={"call_id": "d-2", "caller": "13800000011"})
+        assert r.status_code == 202
+    held = await eventually(lambda: _when(svc, lambda s: value(s, "dispatch_delivery_queue_depth", channel="test")))
+    assert value(held, "dispatch_delivery_queue_depth", channel="test") == 1, "the job held by Retry-After: 600"
+    assert value(held, "dispatch_deliveries_total", channel="test", outcome="retry") == 3 + 1
+
+
+async def test_escalation_by_tier_and_overdue_incidents(make_service: ServiceFactory) -> None:
+    channel = RecordingChannel()
+    svc = await make_service(channel, ack_deadline_s=1.0, escalate_after_s=2.0)
+    async with client(svc) as http:
+        r = await http.post("/v1/calls", json={"call_id": "e-1", "caller": "13800000011"})
+        assert r.status_code == 202
+
+    def county(s: Samples) -> bool:
+        return value(s, "dispatch_escalations_total", tier="2", reason="escalate_deadline") == 1
+
+    s = await eventually(lambda: _when(svc, county))
+    assert value(s, "dispatch_escalations_total", tier="1", reason="ack_deadline") == 1
+    assert value(s, "dispatch_timers_fired_total", timer="ack") == 1
+    assert value(s, "dispatch_timers_fired_total", timer="escalate") == 1
+    assert value(s, "dispatch_incidents_overdue") == 1
+    assert value(s, "dispatch_incidents_uncovered") == 1
+
+
+async def test_nats_lost_shows_in_connection_state_readiness_and_refused_calls(make_service: ServiceFactory) -> None:
+    svc = await make_service(RecordingChannel())
+    nc = await nats.connect(svc.nats_urls, **svc.nats_auth.connect_kwargs())
+    try:
+        reply = json.loads((await nc.request("dispatch.ingress.call", b"not json", timeout=10)).data)
+        assert "invalid JSON" in reply["error"]
+    finally:
+        await nc.close()
+    s = await scrape(svc)
+    assert value(s, "dispatch_dead_letters_total", source="ingress.call") == 1
+
+    assert svc.embedded is not None
+    await svc.embedded.stop()
+    assert svc.nc is not None
+    await eventually(lambda: _ready(lambda: not svc.nc.is_connected))  # type: ignore[union-attr]
+    async with client(svc) as http:
+        r = await http.post("/v1/calls", json={"call_id": "n-1", "caller": "13800000001"})
+        assert r.status_code == 503
+    down = await eventually(
+        lambda: _when(svc, lambda s: value(s, "dispatch_nats_connected", connection="handlers") == 0)
+    )
+    assert value(down, "dispatch_nats_connected", connection="service") == 0
+    assert value(down, "dispatch_nats_disconnects_total", connection="service") >= 1
+    assert value(down, "dispatch_nats_disconnects_total", connection="handlers") >= 1
+    assert value(down, "dispatch_ready", check="nats") == 0
+    assert value(down, "dispatch_calls_total", channel="voice", status="unavailable") == 1
+    assert value(down, "dispatch_event_store_unavailable_total", operation="call") == 1
+    assert math.isnan(value(down, "dispatch_delivery_queue_depth", channel="test")), "unknown, not a healthy 0"
+
+    home = svc.embedded.home
+    again = subprocess.Popen([find_binary(), "-c", str(home / "nats-server.conf")], stderr=subprocess.DEVNULL)
+    try:
+        up = await eventually(
+            lambda: _when(
+                svc,
+                lambda s: (
+                    value(s, "dispatch_nats_connected", connection="service") == 1
+                    and value(s, "dispatch_nats_connected", connection="handlers") == 1
+                ),
+            ),
+            timeout=30,
+        )
+        assert value(up, "dispatch_ready", check="nats") == 1
+        assert value(up, "dispatch_delivery_queue_depth", channel="test") == 0
+    finally:
+        again.terminate()
+        again.wait(15)
+
+
+async def test_a_hung_read_model_makes_the_incident_gauges_unknown_and_holds_one_read(
+    make_service: ServiceFactory, postgres_schema_url: str
+) -> None:
+    svc = await make_service(RecordingChannel(), database_url=postgres_schema_url)
+    assert svc.gauges is not None
+    svc.gauges.read_timeout = 0.3
+    assert value(await scrape(svc, refresh=True), "dispatch_incidents_open") == 0
+    base_url, schema = postgres_schema_url.split("?")[0], postgres_schema_url.split("schema=")[1]
+    with psycopg.connect(base_url) as blocker, psycopg.connect(base_url, autocommit=True) as observer:
+        blocker.execute(f'LOCK TABLE "{schema}".incidents IN ACCESS EXCLUSIVE MODE')
+        for _ in range(4):
+            s = await scrape(svc, refresh=True)
+            assert math.isnan(value(s, "dispatch_incidents_open")), "a stuck read model must read as unknown"
+            assert math.isnan(value(s, "dispatch_incidents_overdue"))
+            assert value(s, "dispatch_delivery_queue_depth", channel="test") == 0, "other gauges keep refreshing"
+            assert value(s, "dispatch_ready", check="nats") == 1
+        row = observer.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+            ("%FROM incidents%",),
+        ).fetchone()
+        assert row is not None and row[0] == 1, f"{row[0] if row else None} reads waiting: the gauges pile up threads"
+    await eventually(lambda: _when(svc, lambda s: value(s, "dispatch_incidents_open") == 0))
+
+
+async def test_append_latency_and_conflicts_are_counted_per_aggregate(nc: NATS) -> None:
+    await provision(nc)
+    metrics = Metrics()
+    store = EventStore(nc, metrics=metrics)
+    subject = call_subject("c-1")
+    event = CallRouted(at=at(), call_id="c-1", incident_id="i-1", status="raised")
+    await store.append([Outgoing(subject, event, "m-1", expected_seq=0)])
+    await store.append([Outgoing(subject, event, "m-1", expected_seq=0)])
+    other = CallRouted(at=at(), call_id="c-1", incident_id="i-2", status="raised")
+    with pytest.raises(AppendConflict):
+        await store.append([Outgoing(subject, other, "m-2", expected_seq=0)])
+    s = parse(_exposition(metrics))
+    assert value(s, "dispatch_event_append_seconds_count", aggregate="call") == 2, "a retried append is a success"
+    assert value(s, "dispatch_event_append_conflicts_total", aggregate="call") == 1
+    assert value(s, "dispatch_event_append_seconds_bucket", aggregate="call", le="+Inf") == 2
+
+
+async def test_projection_lag_grows_while_the_read_model_is_stuck_and_drains_after(
+    nc: NATS, postgres_schema_url: str
+) -> None:
+    await provision(nc)
+    database = Database(postgres_schema_url)
+    runner = ProjectionRunner(nc, database, IncidentsProjection())
+    await runner.start()
+    store = EventStore(nc)
+    assert runner.lag() == 0
+    schema = re.search(r"schema=([\w]+)", postgres_schema_url)
+    assert schema is not None
+    base_url = postgres_schema_url.split("?")[0]
+    with psycopg.connect(base_url) as blocker:
+        blocker.execute(f'LOCK TABLE "{schema.group(1)}".projection_checkpoints IN ACCESS EXCLUSIVE MODE')
+        for chunk in range(0, 1500, 100):
+            await asyncio.gather(
+                *(
+                    store.append(
+                        [
+                            Outgoing(
+                                call_subject(f"lag-{i}"),
+                                CallRouted(at=at(), call_id=f"lag-{i}", incident_id="i", status="raised"),
+                                f"lag-{i}",
+                            )
+                        ]
+                    )
+                    for i in range(chunk, chunk + 100)
+                )
+            )
+        await eventually(lambda: _ready(lambda: runner.lag() == 1500))
+        await asyncio.sleep(0.5)
+        assert runner.lag() == 1500, "lag must count what is stuck, not what was pending at the last batch"
+    await eventually(lambda: _ready(lambda: runner.lag() == 0), timeout=30)
+    await runner.stop()
+
+
+def test_every_aggregate_of_the_log_starts_its_conflict_counter_at_zero() -> None:
+    from dispatch.events import subjects
+
+    aggregates = set()
+    for name, function in vars(subjects).items():
+        if name.endswith("_subject") and callable(function):
+            arguments = ["x"] * len(inspect.signature(function).parameters)
+            subject = function(*arguments)
+            if subject.startswith("dispatch.evt."):
+                aggregates.add(subjects.aggregate_of(subject))
+    assert aggregates == set(EVENT_AGGREGATES)
+    metrics = Metrics()
+    metrics.start_at_zero([])
+    s = parse(_exposition(metrics))
+    assert {
+        dict(labels)["aggregate"] for name, labels in s if name == "dispatch_event_append_conflicts_total"
+    } == aggregates
+
+
+def test_faststreams_prometheus_middleware_stays_out() -> None:
+    """It labels by the concrete subject: one label value per incident (docs/metrics.md)."""
+    package = Path(__file__).resolve().parents[2] / "dispatch"
+    for path in package.rglob("*.py"):
+        text = path.read_text()
+        assert "faststream.nats.prometheus" not in text and "PrometheusMiddleware" not in text, path
+
+
+def test_nats_urls_are_logged_without_credentials() -> None:
+    assert without_credentials("nats://dispatch:s3cret@nats-1:4222") == "nats://nats-1:4222"
+    assert without_credentials("tls://tok@nats-2:4222") == "tls://nats-2:4222"
+    assert without_credentials("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
+
+
+def _exposition(metrics: Metrics) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(metrics.registry).decode()
+
+
+def _version(samples: Samples) -> str:
+    for (name, labels), _ in samples.items():
+        if name == "dispatch_build_info":
+            return dict(labels)["version"]
+    raise AssertionError("no dispatch_build_info")
+
+
+async def _ready(check: Callable[[], bool]) -> bool:
+    return check()
+
+
+async def _when(svc: Service, check: Callable[[Samples], bool]) -> Samples | None:
+    samples = await scrape(svc, refresh=True)
+    return samples if check(samples) else None

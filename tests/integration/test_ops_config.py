@@ -1,0 +1,228 @@
+"""ops/ checked with the real tools where they exist here: promtool on the Prometheus config, the rules
+and their unit tests; systemd-analyze on the units. Kubernetes manifests, the Helm values and the
+Dockerfile are checked statically (no cluster, no helm, no Docker engine on these machines)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+OPS = ROOT / "ops"
+PROMETHEUS = OPS / "prometheus"
+REQUIRED_ALERTS = {
+    "DispatchIncidentUncoveredPastDeadline",
+    "DispatchEscalatedToCounty",
+    "DispatchDeliveryFailureRatioHigh",
+    "DispatchProjectionLagging",
+    "DispatchDeliveryQueueGrowing",
+    "DispatchDown",
+    "DispatchNatsDisconnected",
+}
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not found: ./scripts/test installs Debian's `prometheus` package, which provides it")
+    return path
+
+
+def run(*args: str, cwd: Path = PROMETHEUS) -> str:
+    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=60)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    return output
+
+
+def load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def alert_names() -> list[str]:
+    return [rule["alert"] for group in load(PROMETHEUS / "rules.yml")["groups"] for rule in group["rules"]]
+
+
+def test_the_scrape_config_is_valid(tmp_path: Path) -> None:
+    text = (PROMETHEUS / "prometheus.yml").read_text()
+    shipped = "credentials_file: /etc/prometheus/dispatch.token"
+    assert shipped in text
+    (tmp_path / "dispatch.token").write_text("dsp_example\n")
+    (tmp_path / "prometheus.yml").write_text(text.replace(shipped, f"credentials_file: {tmp_path / 'dispatch.token'}"))
+    shutil.copy(PROMETHEUS / "rules.yml", tmp_path / "rules.yml")
+    output = run(tool("promtool"), "check", "config", str(tmp_path / "prometheus.yml"), cwd=tmp_path)
+    assert "SUCCESS: 1 rule files found" in output
+
+
+def test_the_alert_rules_are_valid() -> None:
+    output = run(tool("promtool"), "check", "rules", "rules.yml")
+    assert f"SUCCESS: {len(alert_names())} rules found" in output
+
+
+def test_the_alert_rules_pass_their_unit_tests() -> None:
+    assert "SUCCESS" in run(tool("promtool"), "test", "rules", "rules.test.yml")
+
+
+def test_every_alert_the_issue_asks_for_exists_and_has_a_severity() -> None:
+    names = alert_names()
+    assert set(names) >= REQUIRED_ALERTS
+    assert len(names) == len(set(names))
+    for group in load(PROMETHEUS / "rules.yml")["groups"]:
+        for rule in group["rules"]:
+            assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
+            assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
+
+
+def test_every_alert_is_tested_firing_and_not_firing() -> None:
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for case in load(PROMETHEUS / "rules.test.yml")["tests"]:
+        for check in case.get("alert_rule_test", []):
+            (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
+    names = set(alert_names())
+    assert names - firing == set(), "alerts never shown firing"
+    assert names - quiet == set(), "alerts never shown staying quiet"
+
+
+# --- deployment files: what can be checked without a Docker engine, a cluster or helm ----------
+
+SETTINGS_SOURCE = ROOT / "dispatch" / "settings.py"
+DEPLOYMENT_FILES = [
+    ROOT / "Dockerfile",
+    *sorted((OPS / "k8s").glob("*.yaml")),
+    *sorted((OPS / "systemd").glob("*")),
+]
+
+
+def setting_names() -> set[str]:
+    """Every DISPATCH_* variable the settings read."""
+    source = SETTINGS_SOURCE.read_text()
+    names = re.findall(r"_(?:env|int|float|path|secret)\(\"([A-Z0-9_]+)\"", source)
+    secrets = re.findall(r"_secret\(\"([A-Z0-9_]+)\"", source)
+    return {f"DISPATCH_{name}" for name in names} | {f"DISPATCH_{name}_FILE" for name in secrets}
+
+
+def k8s_documents() -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted((OPS / "k8s").glob("*.yaml")):
+        if path.name == "nats-values.yaml":
+            continue
+        for doc in yaml.safe_load_all(path.read_text()):
+            assert doc["apiVersion"] and doc["kind"] and doc["metadata"]["name"], path
+            docs.append(doc)
+    return docs
+
+
+def test_every_dispatch_variable_in_the_deployment_files_is_a_setting() -> None:
+    known = setting_names()
+    assert {"DISPATCH_NATS_URL", "DISPATCH_STREAM_REPLICAS", "DISPATCH_HTTP"} <= known
+    for path in DEPLOYMENT_FILES:
+        used = set(re.findall(r"\bDISPATCH_[A-Z0-9_]+\b", path.read_text()))
+        assert used - known == set(), f"{path.relative_to(ROOT)} names variables the service never reads"
+
+
+def test_the_k8s_deployment_probes_the_health_endpoints_on_its_http_port() -> None:
+    docs = k8s_documents()
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert {("Deployment", "dispatch"), ("Service", "dispatch"), ("ConfigMap", "dispatch")} <= kinds
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    [config] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "dispatch"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert config["data"]["DISPATCH_HTTP"].endswith(f":{ports['http']}")
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    env = {e["name"]: e for e in container["env"]}
+    urls = env["DISPATCH_NATS_URL"]["value"].split(",")
+    assert len(urls) == 3 and all(u.startswith("nats://dispatch:$(NATS_PASSWORD)@nats-") for u in urls)
+    assert list(env).index("NATS_PASSWORD") < list(env).index("DISPATCH_NATS_URL"), "$(VAR) needs VAR first"
+    assert config["data"]["DISPATCH_STREAM_REPLICAS"] == "3"
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert deployment["spec"]["template"]["metadata"]["labels"] == selector
+    [service] = [d for d in docs if d["kind"] == "Service"]
+    assert service["spec"]["selector"] == selector
+
+
+def test_the_k8s_settings_validate_as_the_service_reads_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dispatch.settings import Settings
+
+    [config] = [d for d in k8s_documents() if d["kind"] == "ConfigMap"]
+    for name, value in {**config["data"], "DISPATCH_NATS_URL": "nats://dispatch:x@nats-0:4222"}.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings.from_env()
+    settings.validate()
+    assert settings.stream_replicas == 3 and settings.http_port == 8080
+
+
+def test_the_systemd_settings_example_validates(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dispatch.settings import Settings
+
+    for line in (OPS / "systemd" / "dispatch.env.example").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.split("=", 1)
+            if name != "DISPATCH_CHANNELS_FILE":
+                monkeypatch.setenv(name, value)
+    settings = Settings.from_env()
+    settings.validate()
+    assert len(settings.nats_urls) == 3 and settings.stream_replicas == 3
+    assert settings.database_url is not None and settings.database_url.startswith("postgresql://")
+
+
+def test_the_nats_helm_values_grant_what_the_tested_nats_conf_grants() -> None:
+    values = yaml.safe_load((OPS / "k8s" / "nats-values.yaml").read_text())
+    assert values["config"]["cluster"]["replicas"] == 3 and values["config"]["jetstream"]["enabled"] is True
+    assert values["config"]["merge"]["jetstream"]["sync_interval"] == "always"
+    users = {u["user"]: u for u in values["config"]["merge"]["accounts"]["DISPATCH"]["users"]}
+    conf = (OPS / "nats" / "nats.conf").read_text()
+    for direction in ("publish", "subscribe"):
+        match = re.search(direction + r": \{ allow: (\[[^\]]*\]) \}", conf)
+        assert match is not None, direction
+        assert users["dispatch"]["permissions"][direction]["allow"] == json.loads(match.group(1))
+    assert set(users) == {"dispatch", "ops"}
+    for name in values["container"]["env"]:
+        assert f"<< ${name} >>" in (OPS / "k8s" / "nats-values.yaml").read_text()
+
+
+def test_the_systemd_units_verify(tmp_path: Path) -> None:
+    from dispatch.store.server import find_binary
+
+    analyze = tool("systemd-analyze")
+    real = {
+        "/opt/dispatch/bin/dispatch": str(Path(sys.executable).with_name("dispatch")),
+        "/usr/local/bin/nats-server": find_binary(),
+    }
+    units = []
+    for unit in ("dispatch.service", "nats.service"):
+        text = (OPS / "systemd" / unit).read_text()
+        shipped = [path for path in real if path in text]
+        assert len(shipped) == 1, f"{unit}: ExecStart binary moved; update this test"
+        (tmp_path / unit).write_text(text.replace(shipped[0], real[shipped[0]]))
+        units.append(str(tmp_path / unit))
+    done = subprocess.run([analyze, "verify", *units], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout + done.stderr == "", done.stdout + done.stderr
+
+
+def test_the_dockerfile_builds_from_files_that_exist_and_serves_on_the_probed_port() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    for line in text.splitlines():
+        if line.startswith("COPY ") and "--from=" not in line:
+            *sources, _ = line.split()[1:]
+            for source in sources:
+                assert (ROOT / source).exists(), source
+    assert "EXPOSE 8080" in text and "DISPATCH_HTTP=0.0.0.0:8080" in text
+    assert 'ENTRYPOINT ["dispatch"]' in text and 'CMD ["serve"]' in text
+    assert "/healthz" in text
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert "dispatch" in scripts
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", "dispatch-data", ".git"} <= set(ignored)
