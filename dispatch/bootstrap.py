@@ -2,8 +2,10 @@
 
 Start order (each step needs the one before): NATS (embedded or given) -> streams and consumers
 -> event store -> directory caught up -> projections -> handlers (FastStream) -> live hub ->
-HTTP. Stop order is the reverse, so no handler runs without its store and HTTP stops taking
-calls before anything else goes away.
+HTTP. Stop: the consumers first (no new work), then the in-flight handlers drain together (at
+most 10 s) while HTTP still takes gateway callbacks and calls (a call is stored before it is
+answered; its fan-out is another replica's or the next start's), then HTTP, then the rest in
+reverse, so no handler runs without its store.
 """
 
 from __future__ import annotations
@@ -392,6 +394,10 @@ class Service:
         self._stopping = True
         if self.gauges is not None:
             await self.gauges.stop()
+        if self.broker is not None:
+            with contextlib.suppress(Exception):
+                await self.broker.stop()
+        await asyncio.gather(*(pool.drain() for pool in self.pools.values()))
         if self.http is not None:
             self.http.should_exit = True
             if self._http_task is not None:
@@ -399,11 +405,6 @@ class Service:
                     await asyncio.wait_for(self._http_task, 10)
         if getattr(self, "hub", None) is not None:
             await self.hub.stop()
-        if self.broker is not None:
-            with contextlib.suppress(Exception):
-                await self.broker.stop()
-        for pool in self.pools.values():
-            await pool.drain()
         for runner in self.runners:
             await runner.stop()
         if getattr(self, "directory", None) is not None:
