@@ -119,6 +119,7 @@ class Service:
         self._lock: contextlib.ExitStack | None = None
         self.started = asyncio.Event()
         self._stopping = False
+        self._db_ping: asyncio.Future[bool] | None = None
 
     @property
     def nats_urls(self) -> list[str]:
@@ -366,13 +367,22 @@ class Service:
 
     async def readiness(self) -> dict[str, bool]:
         nats_ok = self.nc is not None and self.nc.is_connected
-        db_ok = await asyncio.to_thread(self.db.ping)
+        db_ok = await self._database_ok()
         return {
             "nats": nats_ok,
             "directory": self.directory.ready,
             "database": db_ok,
             "projections": all(r.healthy for r in self.runners),
         }
+
+    async def _database_ok(self, timeout: float = 2.0) -> bool:
+        """One ping at a time, however many probes ask: a hung database ties up one thread, not one per probe."""
+        if self._db_ping is None or self._db_ping.done():
+            self._db_ping = asyncio.ensure_future(asyncio.to_thread(self.db.ping))
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._db_ping), timeout)
+        except TimeoutError:
+            return False
 
     async def _on_disconnect(self) -> None:
         if not self._stopping:
