@@ -104,7 +104,7 @@ async def closed_loop(launch, first: int, seconds: float) -> float:  # type: ign
 async def run_baseline(workdir: Path, rate: float, seconds: float, closed_seconds: float = 5.0) -> Result:
     server = EmbeddedNats(workdir / "raw")
     await server.start()
-    nc = await nats.connect(server.url)
+    nc = await nats.connect(server.url, **server.auth.connect_kwargs())
     js = nc.jetstream()
     try:
         await js.add_stream(StreamConfig(name="BENCH", subjects=["bench.alarm.>"], storage="file"))

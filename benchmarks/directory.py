@@ -163,7 +163,7 @@ async def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="dispatch-bench-dir-"))
     server = EmbeddedNats(workdir / "nats")
     await server.start()
-    serve = Serve(workdir / "svc", server.url)
+    serve = Serve(workdir / "svc", server.authenticated_url)
     figures: dict[str, float] = {"groups": groups, "numbers": groups * GROUP_SIZE}
     try:
         figures["first_start_s"] = await asyncio.to_thread(serve.start)
@@ -191,7 +191,7 @@ async def main() -> int:
             last = phone(groups - 1, GROUP_SIZE - 1)
             r = await http.post("/v1/calls", json={"call_id": "dir-bench-1", "caller": last})
             assert r.status_code == 202 and r.json()["status"] == "raised", r.text
-        figures.update(await lookups(server.url, groups, args.lookups))
+        figures.update(await lookups(server.authenticated_url, groups, args.lookups))
     finally:
         serve.stop()
         await server.stop()

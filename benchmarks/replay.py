@@ -121,7 +121,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     schema = f"bench_replay_{uuid.uuid4().hex[:8]}"
     with_pg = postgres_reachable(args.postgres)
     try:
-        nc = await nats.connect(server.url)
+        nc = await nats.connect(server.url, **server.auth.connect_kwargs())
         await provision(nc)
         messages, incident_side, made = await publish(nc, args.events)
         print(f"log: {messages} messages ({incident_side} incident-side events), made in {made:.1f} s", flush=True)

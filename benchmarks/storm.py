@@ -160,12 +160,12 @@ async def main() -> int:
         base = await run_baseline(workdir / "raw", 1, 1, closed_seconds=args.seconds)
         figures["baseline_max_per_s"] = base.max_rate
         await server.start()
-        nc = await nats.connect(server.url)
-        procs.append(await spawn(server.url, workdir / "w1", args.groups))
+        nc = await nats.connect(server.url, **server.auth.connect_kwargs())
+        procs.append(await spawn(server.authenticated_url, workdir / "w1", args.groups))
         half = args.groups // 2
         await storm(nc, 0, 200, 2.0)
         rate1, p99_1, n1 = await storm(nc, 200, half, args.seconds)
-        procs.append(await spawn(server.url, workdir / "w2", 0))
+        procs.append(await spawn(server.authenticated_url, workdir / "w2", 0))
         await storm(nc, half, half + 200, 2.0)
         rate2, p99_2, n2 = await storm(nc, half + 200, args.groups, args.seconds)
         await nc.close()

@@ -2,8 +2,10 @@
 
 Start order (each step needs the one before): NATS (embedded or given) -> streams and consumers
 -> event store -> directory caught up -> projections -> handlers (FastStream) -> live hub ->
-HTTP. Stop order is the reverse, so no handler runs without its store and HTTP stops taking
-calls before anything else goes away.
+HTTP. Stop: the consumers first (no new work), then the in-flight handlers drain together (at
+most 10 s) while HTTP still takes gateway callbacks and calls (a call is stored before it is
+answered; its fan-out is another replica's or the next start's), then HTTP, then the rest in
+reverse, so no handler runs without its store.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-import nats
 import structlog
 import uvicorn
 from faststream.nats import NatsBroker
@@ -48,6 +49,7 @@ from dispatch.projections.runner import ProjectionRunner
 from dispatch.projections.sql import Database
 from dispatch.projections.tokens import LiveTokens
 from dispatch.settings import Settings, SettingsError
+from dispatch.store.connect import NatsAuth, NatsConnectError, connect
 from dispatch.store.eventstore import EventStore
 from dispatch.store.jobs import JobQueue
 from dispatch.store.provision import provision
@@ -118,10 +120,16 @@ class Service:
         self._lock: contextlib.ExitStack | None = None
         self.started = asyncio.Event()
         self._stopping = False
+        self._db_ping: asyncio.Future[bool] | None = None
 
     @property
     def nats_urls(self) -> list[str]:
         return [self.embedded.url] if self.embedded else self.settings.nats_urls
+
+    @property
+    def nats_auth(self) -> NatsAuth:
+        """The credentials this process connects with: the embedded server's, or the settings'."""
+        return self.embedded.auth if self.embedded else self.settings.nats_auth()
 
     async def start(self) -> None:
         st = self.settings
@@ -130,18 +138,13 @@ class Service:
             self._lock.enter_context(data_dir_lock(st.data_dir))
             self.embedded = EmbeddedNats(st.data_dir, restart_delay=st.nats_restart_delay)
             await self.embedded.start()
-        self.nc = await nats.connect(
-            self.nats_urls,
-            name="dispatch",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            connect_timeout=5,
-            disconnected_cb=self._on_disconnect,
-            reconnected_cb=self._on_reconnect,
-            error_cb=self._on_error,
-        )
+        try:
+            self.nc = await self._connect_nats()
+        except NatsConnectError as exc:
+            raise SettingsError(str(exc)) from None
         self.metrics.nats_connected.labels("service").set_function(lambda: float(self._connected(self.nc)))
         self.channel_config = st.channel_config()
+
         await self._build_channels()
         names = [c.name for c in self.channels]
         self.metrics.start_at_zero(names)
@@ -215,7 +218,7 @@ class Service:
             channels=names,
             pools=self.pools,
             metrics=self.metrics,
-            connect={"disconnected_cb": self._on_handlers_disconnect},
+            connect={"disconnected_cb": self._on_handlers_disconnect, "security": self.nats_auth.broker_security()},
         )
         await self.broker.start()
         broker = self.broker
@@ -254,6 +257,9 @@ class Service:
                 quorum=quorum,
                 region=st.region,
                 rebuilding=self.rebuilding,
+                signing=self.channel_config.signing,
+                rate_limit=st.rate_limit,
+                rate_burst=st.rate_burst,
             )
         )
         config = uvicorn.Config(
@@ -283,12 +289,26 @@ class Service:
             "service.started",
             http=st.base_url,
             nats="embedded" if self.embedded else ",".join(map(without_credentials, st.nats_urls)),
+            nats_auth=self.nats_auth.describe(),
             database=self.db.dialect,
             groups=groups,
             numbers=numbers,
             channels=names,
         )
         self.started.set()
+
+    async def _connect_nats(self) -> NATS:
+        return await connect(
+            self.nats_urls,
+            self.nats_auth,
+            name="dispatch",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            disconnected_cb=self._on_disconnect,
+            reconnected_cb=self._on_reconnect,
+            error_cb=self._on_error,
+        )
 
     async def _build_channels(self) -> None:
         st, config = self.settings, self.channel_config
@@ -299,7 +319,7 @@ class Service:
             self.channels.append(WebhookChannel(st.webhook_urls, st.webhook_secret, role_urls=role_urls))
         if config.gateway is not None:
             self.gateway_client = GatewayClient(config.gateway.url, config.gateway.secret)
-            self.callbacks = CallbackBus(self.nc)
+            self.callbacks = CallbackBus(self.nc, metrics=self.metrics)
             await self.callbacks.start()
             self.sms = SmsChannel(self.gateway_client)
             voice = VoiceChannel(
@@ -360,13 +380,22 @@ class Service:
 
     async def readiness(self) -> dict[str, bool]:
         nats_ok = self.nc is not None and self.nc.is_connected
-        db_ok = await asyncio.to_thread(self.db.ping)
+        db_ok = await self._database_ok()
         return {
             "nats": nats_ok,
             "directory": self.directory.ready,
             "database": db_ok,
             "projections": all(r.healthy for r in self.runners),
         }
+
+    async def _database_ok(self, timeout: float = 2.0) -> bool:
+        """One ping at a time, however many probes ask: a hung database ties up one thread, not one per probe."""
+        if self._db_ping is None or self._db_ping.done():
+            self._db_ping = asyncio.ensure_future(asyncio.to_thread(self.db.ping))
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._db_ping), timeout)
+        except TimeoutError:
+            return False
 
     async def _on_disconnect(self) -> None:
         if not self._stopping:
@@ -388,6 +417,10 @@ class Service:
         self._stopping = True
         if self.gauges is not None:
             await self.gauges.stop()
+        if self.broker is not None:
+            with contextlib.suppress(Exception):
+                await self.broker.stop()
+        await asyncio.gather(*(pool.drain() for pool in self.pools.values()))
         if self.http is not None:
             self.http.should_exit = True
             if self._http_task is not None:
@@ -395,11 +428,6 @@ class Service:
                     await asyncio.wait_for(self._http_task, 10)
         if getattr(self, "hub", None) is not None:
             await self.hub.stop()
-        if self.broker is not None:
-            with contextlib.suppress(Exception):
-                await self.broker.stop()
-        for pool in self.pools.values():
-            await pool.drain()
         for runner in self.runners:
             await runner.stop()
         if getattr(self, "directory", None) is not None:

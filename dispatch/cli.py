@@ -89,6 +89,11 @@ def _settings(args: argparse.Namespace) -> Settings:
         if getattr(args, "nats_url", None)
         else None,
         database_url=getattr(args, "database_url", None),
+        nats_user=getattr(args, "nats_user", None),
+        nats_creds=Path(args.nats_creds) if getattr(args, "nats_creds", None) else None,
+        nats_tls_ca=Path(args.nats_tls_ca) if getattr(args, "nats_tls_ca", None) else None,
+        nats_tls_cert=Path(args.nats_tls_cert) if getattr(args, "nats_tls_cert", None) else None,
+        nats_tls_key=Path(args.nats_tls_key) if getattr(args, "nats_tls_key", None) else None,
     )
 
 
@@ -126,7 +131,10 @@ def cmd_gateway_sim(args: argparse.Namespace) -> int:
     except (OSError, ValueError, TypeError) as exc:
         print(f"dispatch gateway-sim: scenario {args.scenario}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    sim = GatewaySim(dispatch_url=_server(args), token=token, secret=secret, scenario=scenario, echo=True)
+    signing = os.environ.get("DISPATCH_GATEWAY_SIGNING_SECRET") or secret
+    sim = GatewaySim(
+        dispatch_url=_server(args), token=token, secret=secret, signing_secret=signing, scenario=scenario, echo=True
+    )
     print(f"gateway simulator on http://{args.listen} -> dispatch {_server(args)}", flush=True)
     try:
         asyncio.run(serve(sim, host or "127.0.0.1", int(port)))
@@ -244,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data-dir", help="data directory (DISPATCH_DATA_DIR, default ./dispatch-data)")
         p.add_argument("--nats-url", help="NATS URL(s), comma-separated (DISPATCH_NATS_URL); none: embedded server")
         p.add_argument("--database-url", help="sqlite:///PATH or postgresql://... (DISPATCH_DATABASE_URL)")
+        p.add_argument("--nats-user", help="NATS user (DISPATCH_NATS_USER; the password only from the environment)")
+        p.add_argument("--nats-creds", help="NATS creds file: JWT and nkey seed (DISPATCH_NATS_CREDS)")
+        p.add_argument("--nats-tls-ca", help="CA certificate(s) to verify the NATS server (DISPATCH_NATS_TLS_CA)")
+        p.add_argument("--nats-tls-cert", help="client certificate for NATS (DISPATCH_NATS_TLS_CERT)")
+        p.add_argument("--nats-tls-key", help="the client certificate's key (DISPATCH_NATS_TLS_KEY)")
 
     p = sub.add_parser("serve", help="run the service: HTTP API, handlers, projections")
     service_options(p)

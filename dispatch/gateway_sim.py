@@ -4,6 +4,9 @@ A real gateway (the carrier platform, or a PBX) plugs in instead by implementing
 requests and posting the same callbacks. The simulator:
 - takes `POST /v1/voice/calls` and `POST /v1/sms/messages` from dispatch, checks their signature,
   answers a repeated Idempotency-Key with the first answer (never rings twice for it);
+- signs every request it sends to dispatch (`X-Gateway-Timestamp`, `X-Gateway-Signature`: HMAC over
+  timestamp and body with DISPATCH_GATEWAY_SIGNING_SECRET, else DISPATCH_GATEWAY_SECRET), anew for
+  each attempt, as a real gateway must when dispatch's `[signing]` asks for it;
 - plays each call per the scenario: the phone rings, then answers (and maybe presses digits after a
   delay), stays silent (no_answer after the ring timeout), is busy, or fails; and posts the callbacks
   to dispatch with its gateway token;
@@ -33,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -44,6 +48,8 @@ import msgspec
 import structlog
 import uvicorn
 from litestar import Litestar, Request, Response, get, post
+
+from dispatch.domain.signing import signed_headers
 
 log = structlog.get_logger(__name__)
 
@@ -101,10 +107,20 @@ class Scenario:
 
 
 class GatewaySim:
-    def __init__(self, *, dispatch_url: str, token: str, secret: str, scenario: Scenario, echo: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        dispatch_url: str,
+        token: str,
+        secret: str,
+        scenario: Scenario,
+        signing_secret: str | None = None,
+        echo: bool = False,
+    ) -> None:
         self.dispatch_url = dispatch_url.rstrip("/")
         self.token = token
         self.secret = secret
+        self.signing_secret = signing_secret
         self.scenario = scenario
         self.echo = echo
         self.log: list[dict[str, Any]] = []
@@ -130,9 +146,11 @@ class GatewaySim:
         task.add_done_callback(self._tasks.discard)
 
     async def to_dispatch(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        response = await self._client.post(
-            self.dispatch_url + path, json=payload, headers={"Authorization": f"Bearer {self.token}"}
-        )
+        body = json.dumps(payload, ensure_ascii=False).encode()
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        if self.signing_secret:
+            headers.update(signed_headers(self.signing_secret, body, time.time()))
+        response = await self._client.post(self.dispatch_url + path, content=body, headers=headers)
         try:
             answer: dict[str, Any] = response.json()
         except ValueError:

@@ -1,30 +1,60 @@
 """Logs: structlog; console in a terminal, JSON when DISPATCH_LOG_FORMAT=json (or not a terminal).
 
-Invariant: no full phone number reaches a log line — every string value in an event is masked
-(`+86138****5678`) by the last processor before rendering, whatever key it sits under.
+Invariants:
+- no full phone number reaches a log line: every string in an event — at any depth, under any key,
+  the event name and a formatted traceback included — is masked (`+86138****5678`) by the last
+  processor before rendering; anything else that is not a number is turned into masked text;
+- records of the standard library's loggers (uvicorn, asyncio, faststream, nats) are rendered the
+  same way (one JSON object per line with DISPATCH_LOG_FORMAT=json) and masked after formatting, so
+  their tracebacks are masked too;
+- an incident-scoped line carries `incident_id`: handlers bind it with structlog's contextvars,
+  which `merge_contextvars` adds to every line logged inside.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
+import traceback
+from types import TracebackType
 from typing import Any
 
 import structlog
 
 from dispatch.domain.phone import mask_text
 
+_PLAIN = (int, float, bool, type(None))
+
+
+def masked(value: Any) -> Any:
+    """`value` with every phone-like run in its text masked; containers are walked, numbers kept."""
+    if isinstance(value, str):
+        return mask_text(value)
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, dict):
+        return {mask_text(str(k)): masked(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [masked(v) for v in value]
+    return mask_text(str(value))
+
 
 def mask_phones(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    for key, value in event_dict.items():
-        if isinstance(value, str):
-            event_dict[key] = mask_text(value)
-        elif isinstance(value, (list, tuple)):
-            event_dict[key] = [mask_text(v) if isinstance(v, str) else v for v in value]
-    return event_dict
+    """structlog processor: mask every value of the event (see `masked`)."""
+    return {key: masked(value) for key, value in event_dict.items()}
+
+
+class MaskingFormatter(structlog.stdlib.ProcessorFormatter):
+    """Standard-library records rendered like structlog's lines (JSON or console), the whole output
+    (message, arguments, traceback) masked."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_text(super().format(record))
 
 
 def configure(fmt: str = "auto", level: str = "info") -> None:
+    """Set up structlog and the standard library's logging for this process (stderr)."""
     json_output = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
@@ -48,18 +78,25 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(
+        MaskingFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *processors],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.WARNING))
-    handler.addFilter(_MaskFilter())
     for noisy in ("httpx", "httpcore", "uvicorn", "uvicorn.error", "litestar", "faststream", "nats"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
+    sys.excepthook = _masked_excepthook
+    threading.excepthook = _masked_thread_excepthook
 
 
-class _MaskFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = mask_text(str(record.msg))
-        if record.args:
-            record.args = tuple(mask_text(str(a)) for a in (record.args if isinstance(record.args, tuple) else ()))
-        return True
+def _masked_excepthook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    sys.stderr.write(mask_text("".join(traceback.format_exception(kind, value, tb))))
+
+
+def _masked_thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is not None:
+        _masked_excepthook(args.exc_type, args.exc_value, args.exc_traceback)

@@ -187,6 +187,17 @@ class Metrics:
             "When the background gauges (queue depth, incidents, readiness) were last read",
             registry=r,
         )
+        self.http_refused = Counter(
+            "dispatch_http_refused",
+            "Requests refused at the door: unauthenticated, rate_limited, bad_signature, replayed",
+            ["reason"],
+            registry=r,
+        )
+        self.gateway_stale_signatures = Counter(
+            "dispatch_gateway_stale_signatures",
+            "Signed calls accepted although their timestamp was outside the window: check the gateway's clock",
+            registry=r,
+        )
         self.directory_numbers = Gauge(
             "dispatch_directory_numbers", "Phone numbers bound in the in-memory directory", registry=r
         )
@@ -194,7 +205,7 @@ class Metrics:
     def start_at_zero(self, channels: list[str]) -> None:
         """Create every closed-set counter series at 0 for these delivery channels."""
         for call_channel in get_args(CallChannel):
-            for status in (*get_args(CallStatus), "duplicate", "unavailable"):
+            for status in (*get_args(CallStatus), "duplicate", "unavailable", "absorbed"):
                 self.calls.labels(call_channel, status)
         for channel in channels:
             for outcome in DELIVERY_OUTCOMES:
@@ -203,6 +214,10 @@ class Metrics:
             self.dead_letters.labels(f"deliver.{channel}")
         for source in ("fanout", "timers", "ingress.call"):
             self.dead_letters.labels(source)
+        if "voice" in channels:
+            self.dead_letters.labels("gateway.voice")
+        for reason in ("unauthenticated", "rate_limited", "bad_signature", "replayed"):
+            self.http_refused.labels(reason)
         for tier in ESCALATION_TIERS:
             for reason in get_args(EscalationReason):
                 self.escalations.labels(tier, reason)

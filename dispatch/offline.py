@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import nats
 from nats.aio.client import Client as NATS
 
-from dispatch.settings import Settings
+from dispatch.settings import Settings, SettingsError
+from dispatch.store.connect import NatsConnectError, connect
 from dispatch.store.provision import provision
-from dispatch.store.server import EmbeddedNats, running_url
+from dispatch.store.server import EmbeddedNats, running_auth, running_url
 
 
 @asynccontextmanager
@@ -19,16 +19,25 @@ async def open_log(settings: Settings, *, use_running: bool = True) -> AsyncIter
     from dispatch.bootstrap import data_dir_lock
 
     urls = settings.nats_urls
+    auth = settings.nats_auth()
     embedded: EmbeddedNats | None = None
     lock = None
     if not urls and use_running and (url := running_url(settings.data_dir)):
-        urls = [url]
+        urls, auth = [url], running_auth(settings.data_dir)
     if not urls:
         lock = data_dir_lock(settings.data_dir)
         lock.__enter__()
         embedded = EmbeddedNats(settings.data_dir)
         urls = [await embedded.start()]
-    nc = await nats.connect(urls, connect_timeout=5)
+        auth = embedded.auth
+    try:
+        nc = await connect(urls, auth, connect_timeout=5, max_reconnect_attempts=3)
+    except NatsConnectError as exc:
+        if embedded is not None:
+            await embedded.stop()
+        if lock is not None:
+            lock.__exit__(None, None, None)
+        raise SettingsError(str(exc)) from None
     try:
         await provision(nc, replicas=settings.stream_replicas)
         yield nc

@@ -1,8 +1,8 @@
 """Settings: command-line flags over `DISPATCH_*` environment variables over defaults.
 
 Invariants: everything is validated at start with an error that names the setting; secrets
-come from the environment or a file (`DISPATCH_WEBHOOK_SECRET_FILE`), never from flags, and are
-never logged.
+come from the environment or a file (`DISPATCH_WEBHOOK_SECRET_FILE`, `DISPATCH_NATS_PASSWORD_FILE`,
+...), never from flags, and are never logged (nor in a repr).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dispatch.domain.incident import DEFAULT_QUORUM, parse_quorum
 from dispatch.domain.phone import InvalidPhone, normalize
 from dispatch.domain.timezones import DEFAULT_TIME_ZONE, valid_time_zone
 from dispatch.events.model import Person
+from dispatch.store.connect import NatsAuth
 
 
 class SettingsError(ValueError):
@@ -58,17 +59,20 @@ class Settings:
     command_centre_name: str = "县公安局指挥中心"
     channels_file: Path | None = None
     nats_restart_delay: float = 1.0
+    nats_user: str | None = None
+    nats_password: str | None = field(default=None, repr=False)
+    nats_token: str | None = field(default=None, repr=False)
+    nats_nkey_seed: str | None = field(default=None, repr=False)
+    nats_creds: Path | None = None
+    nats_tls_ca: Path | None = None
+    nats_tls_cert: Path | None = None
+    nats_tls_key: Path | None = None
+    rate_limit: float = 50.0
+    rate_burst: float = 500.0
     time_zone: str = DEFAULT_TIME_ZONE
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
-        secret = _env("WEBHOOK_SECRET")
-        secret_file = _env("WEBHOOK_SECRET_FILE")
-        if secret is None and secret_file:
-            try:
-                secret = Path(secret_file).read_text().strip()
-            except OSError as exc:
-                raise SettingsError(f"DISPATCH_WEBHOOK_SECRET_FILE: cannot read {secret_file}: {exc}") from None
         settings = cls(
             data_dir=Path(_env("DATA_DIR", "./dispatch-data") or "./dispatch-data"),
             http=_env("HTTP", "127.0.0.1:8080") or "127.0.0.1:8080",
@@ -77,7 +81,7 @@ class Settings:
             duty_desk=_env("DUTY_DESK"),
             duty_desk_name=_env("DUTY_DESK_NAME", "派出所值班室") or "派出所值班室",
             webhook_urls=_split(_env("WEBHOOK_URLS")),
-            webhook_secret=secret,
+            webhook_secret=_secret("WEBHOOK_SECRET"),
             public_url=_env("PUBLIC_URL"),
             quorum=_env("COVER_QUORUM", DEFAULT_QUORUM) or DEFAULT_QUORUM,
             region=_env("REGION", "CN") or "CN",
@@ -94,6 +98,16 @@ class Settings:
             command_centre=_env("COMMAND_CENTRE"),
             command_centre_name=_env("COMMAND_CENTRE_NAME", "县公安局指挥中心") or "县公安局指挥中心",
             channels_file=Path(cf) if (cf := _env("CHANNELS_FILE")) else None,
+            nats_user=_env("NATS_USER"),
+            nats_password=_secret("NATS_PASSWORD"),
+            nats_token=_secret("NATS_TOKEN"),
+            nats_nkey_seed=_secret("NATS_NKEY_SEED"),
+            nats_creds=_path("NATS_CREDS"),
+            nats_tls_ca=_path("NATS_TLS_CA"),
+            nats_tls_cert=_path("NATS_TLS_CERT"),
+            nats_tls_key=_path("NATS_TLS_KEY"),
+            rate_limit=_float("RATE_LIMIT", 50.0),
+            rate_burst=_float("RATE_BURST", 500.0),
             time_zone=_env("TIME_ZONE", DEFAULT_TIME_ZONE) or DEFAULT_TIME_ZONE,
         )
         for key, value in overrides.items():
@@ -109,6 +123,7 @@ class Settings:
         for url in self.nats_urls:
             if not url.startswith(("nats://", "tls://", "ws://", "wss://")):
                 raise SettingsError(f"--nats-url / DISPATCH_NATS_URL: {url!r} is not a nats:// URL")
+        self._validate_nats_auth()
         if self.database_url and not self.database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise SettingsError("--database-url / DISPATCH_DATABASE_URL must be sqlite:///PATH or postgresql://...")
         if self.duty_desk:
@@ -131,6 +146,8 @@ class Settings:
             raise SettingsError("DISPATCH_STREAM_REPLICAS must be 1, 3 or 5")
         if self.log_format not in ("auto", "console", "json"):
             raise SettingsError("DISPATCH_LOG_FORMAT must be auto, console or json")
+        if self.rate_limit < 0 or self.rate_burst < 1:
+            raise SettingsError("DISPATCH_RATE_LIMIT must be 0 (off) or more, DISPATCH_RATE_BURST at least 1")
         if self.delivery_max_attempts < 1:
             raise SettingsError("DISPATCH_DELIVERY_MAX_ATTEMPTS must be at least 1")
         if not 0 < self.ack_deadline_s <= self.escalate_after_s:
@@ -151,6 +168,46 @@ class Settings:
             raise SettingsError(
                 "DISPATCH_COMMAND_CENTRE is a URL: set DISPATCH_WEBHOOK_SECRET so its alerts are signed"
             )
+
+    def _validate_nats_auth(self) -> None:
+        auth = self.nats_auth()
+        given = auth.mechanisms() + (["TLS"] if auth.tls else [])
+        if self.embedded_nats and given:
+            raise SettingsError(
+                f"NATS {' and '.join(given)} set but no DISPATCH_NATS_URL: the embedded server makes its own "
+                "credentials; set --nats-url / DISPATCH_NATS_URL to use a server of yours"
+            )
+        if len(auth.mechanisms()) > 1:
+            raise SettingsError(f"NATS: use one of {', '.join(auth.mechanisms())}, not several")
+        if self.nats_password and not self.nats_user:
+            raise SettingsError("DISPATCH_NATS_PASSWORD is set but DISPATCH_NATS_USER is not")
+        if bool(self.nats_tls_cert) != bool(self.nats_tls_key):
+            raise SettingsError("DISPATCH_NATS_TLS_CERT and DISPATCH_NATS_TLS_KEY go together (a client certificate)")
+        for name, path in (
+            ("DISPATCH_NATS_CREDS", self.nats_creds),
+            ("DISPATCH_NATS_TLS_CA", self.nats_tls_ca),
+            ("DISPATCH_NATS_TLS_CERT", self.nats_tls_cert),
+            ("DISPATCH_NATS_TLS_KEY", self.nats_tls_key),
+        ):
+            if path is not None and not path.is_file():
+                raise SettingsError(f"{name}: {path} is not a readable file")
+        try:
+            auth.ssl_context()
+        except (OSError, ValueError) as exc:
+            raise SettingsError(f"NATS TLS settings: {exc}") from None
+
+    def nats_auth(self) -> NatsAuth:
+        """Credentials and TLS for a NATS given by URL (the embedded server has its own)."""
+        return NatsAuth(
+            user=self.nats_user,
+            password=self.nats_password,
+            token=self.nats_token,
+            nkey_seed=self.nats_nkey_seed,
+            creds_file=self.nats_creds,
+            tls_ca=self.nats_tls_ca,
+            tls_cert=self.nats_tls_cert,
+            tls_key=self.nats_tls_key,
+        )
 
     @property
     def embedded_nats(self) -> bool:
@@ -204,6 +261,23 @@ class Settings:
         if not self.duty_desk:
             return ()
         return (Person(phone=self.duty_desk, name=self.duty_desk_name, role="duty"),)
+
+
+def _secret(name: str) -> str | None:
+    """A secret from DISPATCH_<name>, or read from the file DISPATCH_<name>_FILE names."""
+    value = _env(name)
+    file = _env(f"{name}_FILE")
+    if value is None and file:
+        try:
+            value = Path(file).read_text().strip() or None
+        except OSError as exc:
+            raise SettingsError(f"DISPATCH_{name}_FILE: cannot read {file}: {exc.strerror}") from None
+    return value
+
+
+def _path(name: str) -> Path | None:
+    value = _env(name)
+    return Path(value) if value else None
 
 
 def _int(name: str, default: int) -> int:

@@ -29,7 +29,9 @@ async def nats_server(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
 
 @pytest.fixture
 async def nc(nats_server: EmbeddedNats) -> AsyncIterator[NATS]:
-    client = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    client = await nats.connect(
+        nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, **nats_server.auth.connect_kwargs()
+    )
     try:
         yield client
     finally:

@@ -4,7 +4,10 @@ Invariants:
 - every endpoint but `/healthz`, `/readyz` (which then says only ready or not), the OpenAPI
   document and the console's static page needs a bearer token (`Authorization: Bearer dsp_...`;
   the event stream also takes `?access_token=` for browsers); no token or a bad one is 401, a
-  role without the capability is 403;
+  role without the capability is 403 — checked by `dispatch.api.security.Gatekeeper` before any body
+  is parsed, with per-token rate limits (never on the alarm routes) and gateway signatures;
+- a body over its route's limit (64 KiB of JSON; 64 MiB for a roster) is 413 before it is parsed;
+  bad JSON, unknown fields, wrong types and out-of-range values are 400 naming the field;
 - an officer or duty desk sees only its villages: another village's incident or group is 404 (its
   existence is not revealed) and lists are filtered;
 - `POST /v1/calls` answers 202 only after the call's decision is durably in the log, and 503
@@ -18,14 +21,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+import structlog
 import structlog.contextvars
 from litestar import Litestar, Request, Response, delete, get, post, put
-from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException, ValidationException
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    PermissionDeniedException,
+    SerializationException,
+    ValidationException,
+)
 from litestar.openapi import OpenAPIConfig
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
@@ -33,13 +43,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dispatch.api.console_files import console_routes
 from dispatch.api.live import LiveHub
+from dispatch.api.openapi import DispatchOpenAPI
 from dispatch.api.reports import report_routes
+from dispatch.api.security import DEFAULT_BURST, DEFAULT_RATE, Gatekeeper, bearer
 from dispatch.channels.gateway import VoiceEvent
 from dispatch.domain.access import Capability, Principal
 from dispatch.domain.directory import Deadlines, GroupState
 from dispatch.domain.errors import DomainError, NotFound
 from dispatch.domain.incident import DEFAULT_DEADLINES, DEFAULT_QUORUM, Quorum, parse_quorum
 from dispatch.domain.roster import RosterRejected
+from dispatch.domain.signing import SigningConfig
 from dispatch.domain.timezones import DEFAULT_TIME_ZONE
 from dispatch.handlers.calls import CallRequest, CallService
 from dispatch.handlers.gateway import GatewayService, SmsIn
@@ -53,6 +66,8 @@ from dispatch.projections.directory import LiveDirectory
 from dispatch.projections.sql import Database, DatabaseUnavailable, is_db_error
 from dispatch.projections.tokens import LiveTokens
 from dispatch.store.eventstore import AppendConflict, AppendRejected, StoreUnavailable
+
+log = structlog.get_logger(__name__)
 
 MAX_ROSTER_BYTES = 64 * 1024 * 1024
 DEFAULT_QUORUM_RULE = parse_quorum(DEFAULT_QUORUM)
@@ -80,13 +95,16 @@ class ApiServices:
     region: str = "CN"
     rebuilding: Callable[[], Awaitable[str | None]] | None = None
     version: str = "0.1.0"
+    signing: SigningConfig = field(default_factory=SigningConfig)
+    rate_limit: float = DEFAULT_RATE
+    rate_burst: float = DEFAULT_BURST
 
 
 class TokenRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    name: str
-    role: str
-    villages: tuple[str, ...] = ()
-    station: str | None = None
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    role: Annotated[str, msgspec.Meta(max_length=16)]
+    villages: Annotated[tuple[Annotated[str, msgspec.Meta(max_length=64)], ...], msgspec.Meta(max_length=500)] = ()
+    station: Annotated[str, msgspec.Meta(max_length=32)] | None = None
 
 
 def error(status: int, reason: str, **extra: Any) -> Response[dict[str, Any]]:
@@ -112,8 +130,23 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[
     details = exc.extra if isinstance(exc, ValidationException) else None
     reason = exc.detail
     if isinstance(details, list) and details:
-        reason = "; ".join(f"{d.get('key') or 'body'}: {d.get('message')}" for d in details if isinstance(d, dict))
-    return error(exc.status_code, reason or "bad request")
+        reason = "; ".join(
+            f"{d.get('key') if d.get('key') not in (None, 'data') else 'body'}: {d.get('message')}"
+            for d in details
+            if isinstance(d, dict)
+        )
+    elif isinstance(exc.__cause__, SerializationException):
+        reason = f"malformed JSON body: {reason}"
+    response = error(exc.status_code, reason or "bad request")
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """A bug, not bad input: logged with its traceback (masked), answered in the API's error shape."""
+    log.error("http.unhandled", method=request.method, path=request.url.path, exc_info=exc)
+    return error(500, "internal error (logged)")
 
 
 def _leader_name(group: GroupState) -> str | None:
@@ -130,21 +163,16 @@ def _decode_text(raw: bytes) -> str:
     raise ValidationException("the roster must be UTF-8 (or GB18030) text")
 
 
-def bearer(request: Request[Any, Any, Any], *, allow_query: bool = False) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    if allow_query:
-        return request.query_params.get("access_token")
-    return None
-
-
 def create_app(services: ApiServices) -> Litestar:
     s = services
+    gate = Gatekeeper(
+        lambda: s.tokens.table, metrics=s.metrics, signing=s.signing, rate=s.rate_limit, burst=s.rate_burst
+    )
 
     def who(request: Request[Any, Any, Any], capability: Capability, *, allow_query: bool = False) -> Principal:
-        principal = s.tokens.table.authenticate(bearer(request, allow_query=allow_query))
+        principal: Principal | None = request.state.get("principal")
+        if principal is None:
+            principal = s.tokens.table.authenticate(bearer(request, allow_query=allow_query))
         if principal is None:
             raise NotAuthorizedException("a valid bearer token is required")
         if not principal.can(capability):
@@ -180,15 +208,12 @@ def create_app(services: ApiServices) -> Litestar:
         "/v1/calls",
         status_code=202,
         request_max_body_size=MAX_JSON_BYTES,
+        opt={"alarm": True, "replay_safe": True},
         tags=["calls"],
         summary="A member dialed the short number: raise or join an incident (gateway, admin)",
     )
     async def post_call(data: JSONBody[CallRequest], request: Request[Any, Any, Any]) -> dict[str, Any]:
         who(request, "call")
-        if data.at is not None and data.at.tzinfo is None:
-            raise ValidationException("at: must be RFC 3339 with a UTC offset (e.g. 2026-11-24T20:00:00+08:00)")
-        if not 0 < len(data.call_id) <= 128 or not 0 < len(data.caller) <= 64 or len(data.callee) > 64:
-            raise ValidationException("call_id (1-128 chars), caller (1-64) and callee (0-64) are required")
         with structlog.contextvars.bound_contextvars(call_id=data.call_id[:64]):
             result = await s.calls.call(data)
         return {"incident_id": result.incident_id, "status": result.status, "duplicate": result.duplicate}
@@ -334,7 +359,12 @@ def create_app(services: ApiServices) -> Litestar:
         )
         return {"incidents": rows, "count": len(rows)}
 
-    @get("/v1/stream", tags=["console"], summary="Server-sent events: incident events and console notifications")
+    @get(
+        "/v1/stream",
+        opt={"query_token": True},
+        tags=["console"],
+        summary="Server-sent events: incident events and console notifications",
+    )
     async def stream(request: Request[Any, Any, Any], village: FromQuery[str | None] = None) -> ServerSentEvent:
         principal = who(request, "read", allow_query=True)
         wanted = frozenset(v for v in (village or "").split(",") if v) or None
@@ -378,11 +408,12 @@ def create_app(services: ApiServices) -> Litestar:
         "/v1/gateway/voice",
         status_code=200,
         request_max_body_size=MAX_JSON_BYTES,
+        opt={"alarm": True},
         tags=["gateway"],
         summary="The telephony gateway: call progress and keypad digits (gateway token); see docs/gateway.md",
     )
     async def gateway_voice(data: JSONBody[VoiceEvent], request: Request[Any, Any, Any]) -> dict[str, Any]:
-        who(request, "answer")
+        who(request, "relay")
         with structlog.contextvars.bound_contextvars(call_ref=data.call_ref[:64]):
             return await s.gateway.voice(data)
 
@@ -390,13 +421,12 @@ def create_app(services: ApiServices) -> Litestar:
         "/v1/gateway/sms",
         status_code=200,
         request_max_body_size=MAX_JSON_BYTES,
+        opt={"alarm": True},
         tags=["gateway"],
         summary="A text to the short number: an answer, a cancel, or a new alarm (gateway token)",
     )
     async def gateway_sms(data: JSONBody[SmsIn], request: Request[Any, Any, Any]) -> dict[str, Any]:
         who(request, "call")
-        if not 0 < len(data.message_id) <= 128 or not 0 < len(data.sender) <= 64 or len(data.text) > 1000:
-            raise ValidationException("message_id (1-128), from (1-64) and text (at most 1000) are required")
         return await s.gateway.text(data)
 
     @post(
@@ -447,11 +477,11 @@ def create_app(services: ApiServices) -> Litestar:
         who(request, "metrics")
         return Response(generate_latest(s.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @get("/healthz", tags=["ops"], summary="The process is alive")
+    @get("/healthz", opt={"public": True}, tags=["ops"], summary="The process is alive")
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "version": s.version}
 
-    @get("/readyz", tags=["ops"], summary="NATS, the directory and the database are reachable")
+    @get("/readyz", opt={"public": True}, tags=["ops"], summary="NATS, the directory and the database are reachable")
     async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         checks = await s.readiness()
         ok = all(checks.values())
@@ -491,8 +521,17 @@ def create_app(services: ApiServices) -> Litestar:
             AppendConflict: _conflict,
             AppendRejected: _unavailable,
             HTTPException: _http_error,
+            Exception: _internal_error,
         },
-        openapi_config=OpenAPIConfig(title="dispatch", version=s.version, path="/schema"),
+        guards=[gate.guard],
+        after_exception=[gate.after_exception],
+        request_max_body_size=MAX_JSON_BYTES,
+        openapi_config=OpenAPIConfig(
+            title="dispatch",
+            version=s.version,
+            path="/schema",
+            render_plugins=[DispatchOpenAPI(path=["/", "/openapi.json"])],
+        ),
         logging_config=None,
         debug=False,
     )

@@ -60,14 +60,14 @@ def console_routes() -> list[HTTPRouteHandler]:
         body, media_type = found
         return Response(body, media_type=media_type, headers=HEADERS)
 
-    @get(["/console", "/console/"], include_in_schema=False)
+    @get(["/console", "/console/"], include_in_schema=False, opt={"public": True})
     async def console_index(request: Request[Any, Any, Any]) -> Response[Any]:
         raw = request.scope.get("raw_path") or request.url.path.encode()
         if not raw.split(b"?")[0].endswith(b"/"):
             return Redirect(f"{request.url.path.rstrip('/')}/", status_code=308)
         return serve("index.html")
 
-    @get("/console/{name:str}", include_in_schema=False)
+    @get("/console/{name:str}", include_in_schema=False, opt={"public": True})
     async def console_file(name: FromPath[str]) -> Response[bytes]:
         return serve(name)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import structlog
@@ -31,6 +31,8 @@ from nats.aio.msg import Msg
 from dispatch.channels.base import Delivered, DeliveryJob, Outcome, Permanent, Target, Transient
 from dispatch.channels.http import HttpAnswer, HttpPoster, Unreachable, http_outcome, sign
 from dispatch.events.model import Person
+from dispatch.metrics import Metrics
+from dispatch.store.deadletter import dead_letter
 
 log = structlog.get_logger(__name__)
 
@@ -44,15 +46,15 @@ KEYPAD = {"1": "accept", "2": "decline", "3": "arrived", "9": "repeat"}
 class VoiceEvent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A callback from the gateway about one call (ours, or the caller's own call to 6995)."""
 
-    call_ref: str
-    event: str
-    direction: str = "outbound"
-    digits: str = ""
-    to: str = ""
+    call_ref: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    event: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    direction: Literal["outbound", "inbound"] = "outbound"
+    digits: Annotated[str, msgspec.Meta(max_length=32)] = ""
+    to: Annotated[str, msgspec.Meta(max_length=64)] = ""
     context: dict[str, Any] = {}
-    call_id: str = ""
-    caller: str = ""
-    at: str = ""
+    call_id: Annotated[str, msgspec.Meta(max_length=128)] = ""
+    caller: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    at: Annotated[str, msgspec.Meta(max_length=64)] = ""
 
 
 voice_event_decoder = msgspec.json.Decoder(VoiceEvent)
@@ -66,8 +68,9 @@ def call_ref(target: Target, attempt: int) -> str:
 class CallbackBus:
     """Where a replica hears the outcome of a call it originated, whoever received the callback."""
 
-    def __init__(self, nc: NATS) -> None:
+    def __init__(self, nc: NATS, *, metrics: Metrics | None = None) -> None:
         self.nc = nc
+        self.metrics = metrics
         self._waiting: dict[str, asyncio.Future[VoiceEvent]] = {}
         self._sub: Any = None
 
@@ -77,11 +80,17 @@ class CallbackBus:
     async def _on_msg(self, msg: Msg) -> None:
         try:
             event = voice_event_decoder.decode(msg.data)
-        except msgspec.DecodeError:
+        except msgspec.DecodeError as exc:
+            if self.metrics is not None:
+                self.metrics.dead_letters.labels("gateway.voice").inc()
+            await dead_letter(self._publish, "gateway.voice", msg, str(exc))
             return
         fut = self._waiting.get(event.call_ref)
         if fut is not None and not fut.done() and event.event in FINAL:
             fut.set_result(event)
+
+    async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
+        await self.nc.publish(subject, data, headers=headers)
 
     async def publish(self, event: VoiceEvent) -> None:
         await self.nc.publish(f"{CALLBACK_SUBJECT}.{event.call_ref}", voice_event_encoder.encode(event))

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dispatch.domain.signing import SigningConfig, SigningConfigError, parse_signing
 from dispatch.events.model import Role
 
 ROLES: tuple[Role, ...] = ("household", "leader", "assistant", "officer", "duty", "command_centre", "unregistered")
@@ -68,6 +69,7 @@ class ChannelConfig:
     village_routes: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     wecom: dict[str, Robot] = field(default_factory=dict)
     dingtalk: dict[str, Robot] = field(default_factory=dict)
+    signing: SigningConfig = field(default_factory=SigningConfig)
 
     @property
     def caller_voice_updates(self) -> bool:
@@ -125,9 +127,13 @@ def load_channel_config(path: Path, env: dict[str, str] | None = None) -> Channe
         raise ChannelConfigError(f"{path}: not valid TOML: {exc}") from None
     where = str(path)
     config = ChannelConfig()
-    unknown = set(data) - {"gateway", "routes", "villages"}
+    unknown = set(data) - {"gateway", "routes", "villages", "signing"}
     if unknown:
-        raise ChannelConfigError(f"{where}: unknown table(s) {sorted(unknown)} (gateway, routes, villages)")
+        raise ChannelConfigError(f"{where}: unknown table(s) {sorted(unknown)} (gateway, routes, villages, signing)")
+    try:
+        config.signing = parse_signing(data.get("signing"), where, env)
+    except SigningConfigError as exc:
+        raise ChannelConfigError(str(exc)) from None
     gateway = data.get("gateway")
     if gateway is not None:
         url = gateway.get("url")
@@ -168,8 +174,14 @@ def load_channel_config(path: Path, env: dict[str, str] | None = None) -> Channe
     for robot, robots in (("wecom", config.wecom), ("dingtalk", config.dingtalk)):
         if robot in config.used() and not robots:
             raise ChannelConfigError(f"{where}: routes use {robot} but no village has a {robot}_url")
-    has_inline = "secret" in (gateway or {}) or any(
-        k in t for t in data.get("villages", {}).values() for k in ("wecom_url", "dingtalk_url", "dingtalk_secret")
+    signing = data.get("signing") or {}
+    has_inline = (
+        "secret" in (gateway or {})
+        or "secret" in signing
+        or any("secret" in t for t in (signing.get("tokens") or {}).values() if isinstance(t, dict))
+        or any(
+            k in t for t in data.get("villages", {}).values() for k in ("wecom_url", "dingtalk_url", "dingtalk_secret")
+        )
     )
     if has_inline and path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
         raise ChannelConfigError(f"{where} holds secrets but others may read it: chmod 600 {path}")

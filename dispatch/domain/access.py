@@ -7,7 +7,11 @@ Invariants:
 - `officer` and `duty_desk` see only their villages: an officer's are listed on the token, a duty
   desk's are the villages whose duty desks include its station number (so a roster change moves
   them); `admin` sees all; `gateway` places calls and relays answers but reads nothing;
+- only the gateway (and admin) may `relay` what a phone did (keypad callbacks name any incident and
+  any number, so an officer who could post them would answer outside its villages);
   `metrics` reads /metrics only;
+- exporting personal data in bulk (`export`: reports and lists with phone numbers as files) is
+  admin's alone: an officer reads its villages' incidents one screen at a time;
 - every comparison of a secret is constant-time.
 """
 
@@ -24,12 +28,12 @@ from dispatch.events.model import Event, TokenIssued, TokenRevoked, TokenRole
 PREFIX = "dsp_"
 ROLES: tuple[TokenRole, ...] = ("gateway", "officer", "duty_desk", "admin", "metrics")
 SCOPED: tuple[TokenRole, ...] = ("officer", "duty_desk")
-Capability = Literal["call", "answer", "read", "import", "metrics", "manage"]
+Capability = Literal["call", "relay", "answer", "read", "import", "metrics", "manage", "export"]
 CAPABILITIES: dict[TokenRole, frozenset[Capability]] = {
-    "gateway": frozenset({"call", "answer"}),
+    "gateway": frozenset({"call", "relay", "answer"}),
     "officer": frozenset({"answer", "read"}),
     "duty_desk": frozenset({"answer", "read"}),
-    "admin": frozenset({"call", "answer", "read", "import", "metrics", "manage"}),
+    "admin": frozenset({"call", "relay", "answer", "read", "import", "metrics", "manage", "export"}),
     "metrics": frozenset({"metrics"}),
 }
 

@@ -48,11 +48,24 @@ def mask(phone: str) -> str:
     return "*" * n
 
 
-_PHONE_LIKE = re.compile(r"\+?\d{7,}")
+_MASKABLE = re.compile(
+    r"(?P<keep>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|(?:19|20)\d\d-[01]\d-[0-3]\d(?:[T ]\d{2}:\d{2}(?::\d{2})?)?(?![\d-]))"
+    r"|(?P<phone>\+?\d(?:[ \-()]{0,3}\d){6,})"
+)
+
+
+def _mask_match(match: re.Match[str]) -> str:
+    found = match.group("phone")
+    if found is None:
+        return match.group(0)
+    digits = ("+" if found.startswith("+") else "") + "".join(c for c in found if c.isdigit())
+    return mask(digits)
 
 
 def mask_text(text: str) -> str:
-    """Mask every run of 7+ digits (a phone number's subscriber part always is one) in free text.
+    """Mask every phone-like run in free text: 7 or more digits, alone or split by spaces, dashes or
+    brackets (`138 0000 0001`, `(0731) 8451-2345`, a number spelled digit by digit).
 
-    Dates, times and short codes (6995) have shorter runs and are left alone."""
-    return _PHONE_LIKE.sub(lambda m: mask(m.group(0)), text)
+    UUIDs (incident ids) and ISO dates are left whole; shorter runs (times, the short number 6995) too."""
+    return _MASKABLE.sub(_mask_match, text)

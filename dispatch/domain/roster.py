@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import cast
@@ -102,9 +103,9 @@ def parse_roster(text: str, region: str = "CN") -> list[RosterRow]:
     """Parse and validate a roster file on its own; raise RosterRejected with every error."""
     errors: list[RosterError] = []
     rows: list[RosterRow] = []
-    reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
+    reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""))
     header_seen = False
-    for line_no, cells in enumerate(reader, start=1):
+    for line_no, cells in _records(reader, errors):
         if not cells or all(not c.strip() for c in cells):
             continue
         if not header_seen:
@@ -125,6 +126,21 @@ def parse_roster(text: str, region: str = "CN") -> list[RosterRow]:
     if errors:
         raise RosterRejected(errors)
     return rows
+
+
+def _records(reader: Iterator[list[str]], errors: list[RosterError]) -> Iterator[tuple[int, list[str]]]:
+    """Numbered records; a file the csv module cannot read (a NUL byte, a broken quote) is one error."""
+    line_no = 0
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            errors.append(RosterError(line=line_no + 1, message=f"not readable as CSV: {exc}"))
+            return
+        line_no += 1
+        yield line_no, cells
 
 
 def _parse_row(line: int, cells: list[str], region: str, errors: list[RosterError]) -> RosterRow | None:

@@ -29,6 +29,8 @@ TIMERS_FIRED_ALL = "dispatch.timer.>"
 CONSOLE_ALL = "dispatch.console.>"
 CALL_INGRESS = "dispatch.ingress.call"
 DEAD_LETTER_PREFIX = "dispatch.dead"
+DEAD_LETTER_STREAM = "DISPATCH_DEAD"
+DEAD_LETTERS_ALL = "dispatch.dead.>"
 
 _TOKEN = re.compile(r"^[\w-]{1,64}$")
 

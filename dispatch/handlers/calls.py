@@ -11,7 +11,9 @@ Invariants:
   decision; a retry finds the decision and writes the index if a crash left it out);
 - a closed incident whose line was not yet advanced is repaired by the next call (LineClosed);
 - a number in no group is never dropped: it raises an UnregisteredCall for the duty desk;
-- no atomic batch on this path: on a file stream each batch costs ~3 ms and batches serialize.
+- no atomic batch on this path: on a file stream each batch costs ~3 ms and batches serialize;
+- a caller who floods is absorbed into the open incident past a budget (`dispatch.handlers.flood`);
+  a first call is never absorbed, and nothing here ever refuses a call.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import random
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
 import structlog
@@ -40,8 +43,17 @@ from dispatch.domain.incident import (
     route_call,
 )
 from dispatch.domain.phone import try_normalize
-from dispatch.events.model import CallChannel, CallRouted, CallStatus, LineClosed, Person
+from dispatch.events.model import (
+    CallChannel,
+    CallRouted,
+    CallStatus,
+    IncidentCancelled,
+    IncidentResolved,
+    LineClosed,
+    Person,
+)
 from dispatch.events.subjects import call_key, call_subject, incident_subject, line_subject
+from dispatch.handlers.flood import CallerFlood
 from dispatch.metrics import Metrics
 from dispatch.store.eventstore import AppendConflict, EventStore, Outgoing, StoreUnavailable
 
@@ -51,10 +63,12 @@ MAX_ATTEMPTS = 10
 
 
 class CallRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    call_id: str
-    caller: str
-    callee: str = "6995"
-    at: datetime | None = None
+    """A call as the gateway reports it; a caller that is empty (withheld) or no phone number is never refused."""
+
+    call_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    caller: Annotated[str, msgspec.Meta(max_length=64)]
+    callee: Annotated[str, msgspec.Meta(max_length=64)] = "6995"
+    at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
     channel: CallChannel = "voice"
 
 
@@ -76,7 +90,9 @@ class CallService:
         deadlines: Deadlines = DEFAULT_DEADLINES,
         region: str = "CN",
         clock: Clock = utcnow,
+        flood: CallerFlood | None = None,
     ) -> None:
+        self.flood = flood or CallerFlood()
         self.store = store
         self.directory = directory
         self.quorum = quorum
@@ -97,14 +113,37 @@ class CallService:
             called_at=req.at or now,
             at=now,
         )
+        caller = call.caller or _digits_key(req.caller)
         try:
-            result = await self._route(call)
+            absorbed = await self._absorbed(caller, call) if caller else None
+            result = absorbed or await self._route(call)
         except StoreUnavailable:
             self.metrics.store_unavailable.labels("call").inc()
             self.metrics.calls.labels(req.channel, "unavailable").inc()
             raise
+        if absorbed is not None:
+            self.metrics.calls.labels(req.channel, "duplicate" if absorbed.duplicate else "absorbed").inc()
+            return absorbed
+        if caller:
+            self.flood.routed(caller, result.incident_id)
         self.metrics.calls.labels(req.channel, "duplicate" if result.duplicate else result.status).inc()
         return result
+
+    async def _absorbed(self, caller: str, call: IncomingCall) -> CallResult | None:
+        """The answer for a call of a flooding caller into its still-open incident, else None (route it)."""
+        incident_id = self.flood.admit(caller)
+        if incident_id is None:
+            return None
+        routed = await self.store.last(call_subject(call.call_id))
+        if routed is not None and isinstance(routed.event, CallRouted):
+            return CallResult(incident_id=routed.event.incident_id, status=routed.event.status, duplicate=True)
+        last = await self.store.last(incident_subject(incident_id))
+        if last is None or isinstance(last.event, (IncidentResolved, IncidentCancelled)):
+            return None
+        count = self.flood.count_absorbed(caller)
+        if count in (1, 10, 100, 1000) or count % 10_000 == 0:
+            log.warning("call.flood_absorbed", incident_id=incident_id, absorbed=count, channel=call.channel)
+        return CallResult(incident_id=incident_id, status="merged")
 
     async def _route(self, call: IncomingCall) -> CallResult:
         key = call_key(call.call_id)
@@ -176,3 +215,10 @@ class CallService:
         closed = line_closed(state, state.closed_at or state.raised_at)
         await self.store.append([Outgoing(line_subject(closed.line), closed, line_closed_msg_id(closed))])
         log.warning("call.line_repaired", incident_id=state.id, epoch=closed.epoch)
+
+
+def _digits_key(raw: str) -> str | None:
+    """A caller key for a number that does not parse: its digits, when there are enough to tell callers
+    apart (a withheld number has none: each such call stands alone)."""
+    digits = "".join(ch for ch in raw if ch.isdigit())
+    return f"raw:{digits}" if len(digits) >= 3 else None

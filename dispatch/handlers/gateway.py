@@ -18,7 +18,7 @@ Invariant: a gateway message is handled once per id; retries of the same message
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import structlog
@@ -57,10 +57,10 @@ SAID = {
 
 
 class SmsIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    message_id: str
-    sender: str = msgspec.field(name="from")
-    to: str = "6995"
-    text: str
+    message_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    sender: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = msgspec.field(name="from")
+    to: Annotated[str, msgspec.Meta(max_length=64)] = "6995"
+    text: Annotated[str, msgspec.Meta(max_length=1000)]
 
 
 class GatewayService:

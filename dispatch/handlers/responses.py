@@ -14,6 +14,7 @@ import asyncio
 import random
 import uuid
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
 
@@ -45,11 +46,11 @@ MAX_ATTEMPTS = 10
 
 
 class ResponseRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    responder: str
+    responder: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
     action: Action
-    category: str | None = None
-    note: str = ""
-    reason: str | None = None
+    category: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    note: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    reason: Annotated[str, msgspec.Meta(max_length=64)] | None = None
 
 
 class IncidentReader:

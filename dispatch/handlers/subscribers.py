@@ -34,7 +34,6 @@ from dispatch.domain.incident import TIMERS
 from dispatch.events.codec import UnknownEvent
 from dispatch.events.subjects import (
     CALL_INGRESS,
-    DEAD_LETTER_PREFIX,
     DELIVERY_STREAM,
     EVENTS_STREAM,
     INCIDENTS_ALL,
@@ -48,6 +47,7 @@ from dispatch.handlers.escalation import EscalationService
 from dispatch.handlers.fanout import FanOut
 from dispatch.handlers.pool import TaskPool
 from dispatch.metrics import Metrics
+from dispatch.store.deadletter import dead_letter as store_dead_letter
 from dispatch.store.eventstore import StoreUnavailable, recorded_from
 from dispatch.store.provision import FANOUT, TIMERS_CONSUMER, delivery_consumer
 from dispatch.store.timers import timer_decoder
@@ -69,14 +69,11 @@ async def raw_message(msg: StreamMessage[Msg]) -> Msg:
 async def dead_letter(broker: NatsBroker, source: str, raw: Msg, reason: str, metrics: Metrics | None = None) -> None:
     if metrics is not None:
         metrics.dead_letters.labels(source).inc()
-    headers = dict(raw.headers or {})
-    headers["Dispatch-Dead-Reason"] = reason[:500]
-    headers["Dispatch-Dead-Subject"] = raw.subject
-    try:
-        await broker.publish(raw.data, f"{DEAD_LETTER_PREFIX}.{source}", headers=headers)
-    except Exception as exc:
-        log.error("dead_letter.publish_failed", source=source, error=str(exc))
-    log.error("dead_letter", source=source, reason=reason)
+
+    async def publish(subject: str, data: bytes, headers: dict[str, str]) -> None:
+        await broker.publish(data, subject, headers=headers)
+
+    await store_dead_letter(publish, source, raw, reason)
 
 
 def build_broker(

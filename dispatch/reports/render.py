@@ -3,9 +3,10 @@
 Invariants:
 - the same tables feed the text and the CSV forms, from the report's JSON (so the CLI, which gets
   JSON from the API, renders exactly what the API exports);
-- CSV cannot inject formulas: a text cell starting with `=`, `+`, `-`, `@`, a tab or a carriage
-  return is prefixed with `'` (OWASP); numbers are written as numbers; headers are the English
-  keys (stable for scripts), rows end in CRLF (RFC 4180: a CR or LF inside a cell is quoted);
+- CSV cannot inject formulas: every cell goes through `dispatch.domain.csvsafe` (a cell a
+  spreadsheet would run gets a leading `'`; plain numbers, phone numbers included, stay as they
+  are); headers are the English keys (stable for scripts), rows end in CRLF (RFC 4180: a CR or LF
+  inside a cell is quoted);
 - text tables align by display width (a CJK character takes two columns); headers are Chinese
   first with the English key beneath; a missing value shows as `-`.
 """
@@ -19,9 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dispatch.domain.csvsafe import safe_csv_row
 from dispatch.reports.response_times import MEASURES
-
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +41,6 @@ class Table:
     columns: list[Column]
     rows: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
-
-
-def neutralise(value: Any) -> Any:
-    """A CSV cell that a spreadsheet will not run as a formula."""
-    if isinstance(value, str) and value.startswith(FORMULA_START):
-        return "'" + value
-    return value
 
 
 def width(text: str) -> int:
@@ -114,7 +107,7 @@ def to_csv(table: Table) -> str:
     writer = csv.writer(buffer)
     writer.writerow([c.key for c in table.columns])
     for row in table.rows:
-        writer.writerow([neutralise(_csv_value(c.get(row))) for c in table.columns])
+        writer.writerow(safe_csv_row(_csv_value(c.get(row)) for c in table.columns))
     return buffer.getvalue()
 
 

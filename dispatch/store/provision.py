@@ -89,6 +89,21 @@ def timers_stream(replicas: int) -> dict[str, Any]:
     }
 
 
+def dead_letter_stream(replicas: int) -> dict[str, Any]:
+    return {
+        "name": s.DEAD_LETTER_STREAM,
+        "description": "messages an ingress subscriber could not read, with the reason in a header",
+        "subjects": [s.DEAD_LETTERS_ALL],
+        "retention": "limits",
+        "storage": "file",
+        "num_replicas": replicas,
+        "discard": "old",
+        "max_age": 30 * 24 * 3600 * NS,
+        "max_bytes": 512 * 1024 * 1024,
+        "max_msg_size": 1024 * 1024,
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class ConsumerSpec:
     stream: str
@@ -196,6 +211,7 @@ async def provision(nc: NATS, *, replicas: int = 1, channels: tuple[str, ...] = 
     await ensure_stream(nc, events_stream(replicas))
     await ensure_stream(nc, delivery_stream(replicas))
     await ensure_stream(nc, timers_stream(replicas))
+    await ensure_stream(nc, dead_letter_stream(replicas))
     await ensure_consumer(nc, FANOUT)
     await ensure_consumer(nc, TIMERS_CONSUMER)
     for channel in channels:

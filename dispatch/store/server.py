@@ -5,6 +5,9 @@ Invariants:
   than the features we need (atomic batches, message schedules: 2.12+);
 - it listens on 127.0.0.1 on a free port (never 4222) with JetStream in `<data>/nats/jetstream`
   and `sync_interval: always`, so an acknowledged append survives power loss;
+- it accepts only the user and password generated at each start (`auth`), written for local tools to
+  `<data>/nats/credentials` (JSON, mode 0600) beside its config (0600) in a directory only the
+  owner may enter (0700); nothing else on the machine can read or write the log through it;
 - it dies with the service (PR_SET_PDEATHSIG), and if it exits on its own while the service
   runs, the supervisor restarts it on the same port and store;
 - `url` is written to `<data>/nats/url` while it runs, so CLI commands can find it.
@@ -15,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -28,7 +33,11 @@ from pathlib import Path
 
 import structlog
 
+from dispatch.store.connect import NatsAuth
+
 log = structlog.get_logger(__name__)
+
+EMBEDDED_USER = "dispatch"
 
 MIN_VERSION = (2, 12, 0)
 RESERVED_PORTS = {4222, 6222, 8222}
@@ -74,17 +83,34 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def write_config(conf: Path, store: Path, port: int, sync_always: bool, extra: str = "") -> None:
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by the owner only (0600), whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def write_config(
+    conf: Path, store: Path, port: int, sync_always: bool, extra: str = "", auth: NatsAuth | None = None
+) -> None:
     sync = "sync_interval: always" if sync_always else ""
-    conf.write_text(
+    authorization = (
+        f'authorization {{\n  user: "{auth.user}"\n  password: "{auth.password}"\n}}'
+        if auth is not None and auth.user
+        else ""
+    )
+    write_private(
+        conf,
         f"""server_name: dispatch_embedded
 listen: "127.0.0.1:{port}"
 jetstream {{
   store_dir: "{store}"
   {sync}
 }}
+{authorization}
 {extra}
-"""
+""",
     )
 
 
@@ -100,10 +126,16 @@ class EmbeddedNats:
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
         self.restarts = 0
+        self.auth = NatsAuth()
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def authenticated_url(self) -> str:
+        """The URL with the generated user and password in it, for tools that take only a URL (never log it)."""
+        return f"nats://{self.auth.user}:{self.auth.password}@127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -111,9 +143,14 @@ class EmbeddedNats:
 
     async def start(self) -> str:
         self.home.mkdir(parents=True, exist_ok=True)
+        self.home.chmod(0o700)
         self._reap_leftover()
         self.port = free_port()
-        write_config(self.home / "nats-server.conf", self.home / "jetstream", self.port, self.sync_always)
+        self.auth = NatsAuth(user=EMBEDDED_USER, password=secrets.token_urlsafe(32))
+        write_config(
+            self.home / "nats-server.conf", self.home / "jetstream", self.port, self.sync_always, auth=self.auth
+        )
+        write_private(self.home / "credentials", json.dumps({"user": self.auth.user, "password": self.auth.password}))
         await self._spawn()
         self._watch = asyncio.get_running_loop().create_task(self._supervise())
         return self.url
@@ -203,7 +240,7 @@ class EmbeddedNats:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        for name in ("url", "pid"):
+        for name in ("url", "pid", "credentials"):
             with contextlib.suppress(FileNotFoundError):
                 (self.home / name).unlink()
         log.info("nats.embedded.stopped")
@@ -215,3 +252,12 @@ def running_url(data_dir: Path) -> str | None:
         return (data_dir / "nats" / "url").read_text().strip() or None
     except FileNotFoundError:
         return None
+
+
+def running_auth(data_dir: Path) -> NatsAuth:
+    """The credentials of the embedded server a running service started in `data_dir` (none: empty)."""
+    try:
+        data = json.loads((data_dir / "nats" / "credentials").read_text())
+    except (OSError, ValueError):
+        return NatsAuth()
+    return NatsAuth(user=str(data.get("user") or "") or None, password=str(data.get("password") or "") or None)

@@ -111,13 +111,13 @@ async def test_killed_mid_backlog_twice_then_equal_to_a_replay(
     data = tmp_path / "worker"
     data.mkdir()
 
-    first = kill_when(worker(nats_server.url, database, data), database, 0)
-    second = kill_when(worker(nats_server.url, database, data), database, first)
+    first = kill_when(worker(nats_server.authenticated_url, database, data), database, 0)
+    second = kill_when(worker(nats_server.authenticated_url, database, data), database, first)
     assert 0 < first < second < messages, (first, second, messages)
 
     incidents_end = await last_matching(nc, IncidentsProjection.filter_subjects)
     roster_end = await last_matching(nc, RosterProjection.filter_subjects)
-    last = worker(nats_server.url, database, data)
+    last = worker(nats_server.authenticated_url, database, data)
     deadline = time.monotonic() + 120
     while (
         position(database, IncidentsProjection().name) < incidents_end or position(database, "roster_v1") < roster_end

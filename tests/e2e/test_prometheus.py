@@ -19,7 +19,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from dispatch.store.server import free_port, running_url
+from dispatch.store.server import free_port, running_auth, running_url
 from tests.e2e.test_outages import caller, roster, webhook_env
 from tests.integration.test_ops_config import tool
 from tests.support import ServeProcess, WebhookReceiver, wait_until
@@ -174,7 +174,7 @@ def test_the_shipped_rules_evaluate_and_an_alert_fires_from_a_real_event(
     async def send_garbage() -> None:
         url = running_url(serve.data_dir)
         assert url is not None
-        nc = await nats.connect(url)
+        nc = await nats.connect(url, **running_auth(serve.data_dir).connect_kwargs())
         try:
             reply = json.loads((await nc.request("dispatch.ingress.call", b"{not json", timeout=10)).data)
             assert "invalid JSON" in reply["error"]

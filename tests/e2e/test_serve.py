@@ -265,7 +265,7 @@ def test_bad_calls_get_clear_errors_and_nothing_is_stored(http: httpx.Client) ->
     extra = http.post("/v1/calls", json={"call_id": "x", "caller": "1", "surprise": 1})
     assert extra.status_code == 400 and "surprise" in extra.json()["error"]
     naive = http.post("/v1/calls", json={"call_id": "x2", "caller": "13800000001", "at": "2026-11-24T20:00:00"})
-    assert naive.status_code == 400 and "offset" in naive.json()["error"]
+    assert naive.status_code == 400 and "timezone" in naive.json()["error"]
     assert http.get("/v1/incidents/does-not-exist").status_code == 404
 
 

@@ -242,7 +242,7 @@ async def test_escalation_by_tier_and_overdue_incidents(make_service: ServiceFac
 
 async def test_nats_lost_shows_in_connection_state_readiness_and_refused_calls(make_service: ServiceFactory) -> None:
     svc = await make_service(RecordingChannel())
-    nc = await nats.connect(svc.nats_urls)
+    nc = await nats.connect(svc.nats_urls, **svc.nats_auth.connect_kwargs())
     try:
         reply = json.loads((await nc.request("dispatch.ingress.call", b"not json", timeout=10)).data)
         assert "invalid JSON" in reply["error"]

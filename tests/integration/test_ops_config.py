@@ -105,8 +105,10 @@ DEPLOYMENT_FILES = [
 
 def setting_names() -> set[str]:
     """Every DISPATCH_* variable the settings read."""
-    names = re.findall(r"_(?:env|int|float)\(\"([A-Z0-9_]+)\"", SETTINGS_SOURCE.read_text())
-    return {f"DISPATCH_{name}" for name in names}
+    source = SETTINGS_SOURCE.read_text()
+    names = re.findall(r"_(?:env|int|float|path|secret)\(\"([A-Z0-9_]+)\"", source)
+    secrets = re.findall(r"_secret\(\"([A-Z0-9_]+)\"", source)
+    return {f"DISPATCH_{name}" for name in names} | {f"DISPATCH_{name}_FILE" for name in secrets}
 
 
 def k8s_documents() -> list[dict[str, Any]]:

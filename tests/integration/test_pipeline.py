@@ -195,7 +195,7 @@ async def test_retries_stop_for_who_answered_and_once_the_incident_is_closed(
 
 
 async def test_calls_over_nats_ingress_and_dead_letters(service: Service, channel: RecordingChannel) -> None:
-    nc = await nats.connect(service.nats_urls)
+    nc = await nats.connect(service.nats_urls, **service.nats_auth.connect_kwargs())
     try:
         dead: list[nats.aio.msg.Msg] = []
 
@@ -249,3 +249,26 @@ async def test_nats_down_means_503_never_202(service: Service, http: httpx.Async
     ready = await http.get("/readyz")
     assert ready.status_code == 503 and ready.json()["checks"]["nats"] is False
     assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_a_hung_database_makes_readiness_false_with_one_ping_not_one_per_probe(service: Service) -> None:
+    import threading
+
+    release = threading.Event()
+    pings: list[int] = []
+
+    def hung_ping() -> bool:
+        pings.append(1)
+        release.wait(30)
+        return True
+
+    service.db.ping = hung_ping  # type: ignore[method-assign]
+    try:
+        answers = await asyncio.gather(*(service.readiness() for _ in range(5)))
+        again = await service.readiness()
+    finally:
+        release.set()
+    assert [a["database"] for a in answers] == [False] * 5 and again["database"] is False
+    assert len(pings) == 1, "every probe started a ping of its own"
+    await asyncio.sleep(0.1)
+    assert (await service.readiness())["database"] is True

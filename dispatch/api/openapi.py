@@ -1,0 +1,111 @@
+"""The OpenAPI document at `/schema`, made to say what the service really answers.
+
+Litestar derives the document from the handlers; this adds what it cannot know:
+- every error is `{"error": "..."}` (the app's exception handlers), so each operation lists the
+  statuses it may answer with that shape: 400, 401, 403, 404, 409, 413, 422, 429 and 503 (public
+  operations: none but their own);
+- the event stream answers `text/event-stream`, the roster import takes `text/csv`, the reports
+  answer `text/csv` too (`format=csv`);
+- request bodies refuse unknown fields (`forbid_unknown_fields`), so their schemas say
+  `additionalProperties: false`;
+- the bearer token is a security scheme required by every operation but the public ones.
+The document is served as JSON only: HTML viewers would load scripts from CDNs into the origin
+where the console keeps its token.
+
+Invariant: schemathesis, run against this document on a live service, finds every answer's status,
+content type and body declared (tests/e2e/test_fuzz.py).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from litestar import Request
+from litestar.openapi.plugins import JsonRenderPlugin
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string", "description": "what was wrong, in words"}},
+}
+ERRORS = {
+    "400": "Malformed JSON, an unknown field, a wrong type or a value out of range (named in `error`)",
+    "401": "No valid bearer token, or (a signing gateway) a missing, wrong or stale signature",
+    "403": "The token's role may not do this",
+    "404": "Not found, or outside the token's villages",
+    "409": "Conflicts with the current state (or a replayed signed request)",
+    "413": "The body is larger than this route accepts",
+    "415": "The body's content type is not accepted",
+    "422": "Well-formed but refused (e.g. not a phone number, an unknown role)",
+    "429": "Too many requests for this token (Retry-After says when to retry)",
+    "503": "The event log or the database is unreachable; retry (Retry-After)",
+}
+PUBLIC_PATHS = ("/healthz", "/readyz")
+EVENT_STREAMS = ("/v1/stream",)
+CSV_EXPORTS = ("/v1/reports/",)
+ROSTER_IMPORT = "/v1/groups/import"
+BEARER = {"type": "http", "scheme": "bearer", "description": "A dispatch token: `dsp_<id>_<secret>`"}
+
+
+def refine(document: dict[str, Any]) -> dict[str, Any]:
+    """A copy of Litestar's document with the error shapes, strict bodies and bearer security."""
+    doc = copy.deepcopy(document)
+    components = doc.setdefault("components", {})
+    components.setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+    components.setdefault("securitySchemes", {})["bearer"] = BEARER
+    doc["security"] = [{"bearer": []}]
+    strict: set[str] = set()
+    for path, operations in doc.get("paths", {}).items():
+        for operation in operations.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            if path in PUBLIC_PATHS:
+                operation["security"] = []
+                responses.pop("400", None)
+                if path == "/readyz":
+                    responses["503"] = _readiness_503(responses.get("200"))
+                continue
+            for status, description in ERRORS.items():
+                responses[status] = {
+                    "description": description,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                }
+            if path in EVENT_STREAMS and "200" in responses:
+                responses["200"]["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+            if path.startswith(CSV_EXPORTS) and "200" in responses:
+                responses["200"].setdefault("content", {})["text/csv"] = {"schema": {"type": "string"}}
+            if path == ROSTER_IMPORT:
+                operation["requestBody"] = {
+                    "required": True,
+                    "description": "village,group,phone,role,name (UTF-8 or GB18030)",
+                    "content": {"text/csv": {"schema": {"type": "string"}}},
+                }
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+            ref = body.get("$ref", "")
+            if ref.startswith("#/components/schemas/"):
+                strict.add(ref.rsplit("/", 1)[1])
+    for name in strict:
+        schema = components["schemas"].get(name)
+        if isinstance(schema, dict) and schema.get("type") == "object":
+            schema["additionalProperties"] = False
+    return doc
+
+
+def _readiness_503(ok: dict[str, Any] | None) -> dict[str, Any]:
+    content = (ok or {}).get("content") or {"application/json": {"schema": {"type": "object"}}}
+    return {"description": "Not ready: a dependency is unreachable", "content": content}
+
+
+class DispatchOpenAPI(JsonRenderPlugin):
+    """Serves `refine(document)` as JSON (computed once: the document does not change while running)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._refined: bytes | None = None
+
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        if self._refined is None:
+            self._refined = super().render(request, refine(openapi_schema))
+        return self._refined
