@@ -3,7 +3,8 @@
 Invariants:
 - every report is scoped like the rest of the API: an officer or duty desk sees only its villages
   (a filter outside them selects nothing), an admin sees all;
-- phone numbers are whole only for admin tokens, masked for everyone else, in every format;
+- phone numbers are whole only for tokens that may `export` personal data (admin), masked for
+  everyone else, in every format (an officer may download its villages' reports, without numbers);
 - `format=csv` is one table, formula-safe (see `dispatch.reports.render`), with a UTF-8 BOM so a
   spreadsheet reads the Chinese names; `format=json` (the default) is the report itself;
 - a read model still being rebuilt (a new projection version catching up) answers 503 with its
@@ -140,7 +141,7 @@ def report_routes(
                 now=time.time(),
                 by=[d for d in DIMENSIONS if d in dims],
                 period=chosen,  # type: ignore[arg-type]
-                reveal=principal.role == "admin",
+                reveal=principal.can("export"),
             )
 
         return answer("response-times", await in_thread(run), fmt)
@@ -187,7 +188,7 @@ def report_routes(
                 since=when(conn, since, village, "since"),
                 until=when(conn, until, village, "until"),
             )
-            return history(conn, filters, zones_of(conn), limit=limit, offset=offset, reveal=principal.role == "admin")
+            return history(conn, filters, zones_of(conn), limit=limit, offset=offset, reveal=principal.can("export"))
 
         return answer("history", await in_thread(run), fmt)
 
@@ -253,7 +254,7 @@ def report_routes(
                 group=scope.group,
                 last=last,
                 quiet_days=quiet_days,
-                reveal=principal.role == "admin",
+                reveal=principal.can("export"),
             )
 
         return answer("readiness", await in_thread(run), fmt)
