@@ -393,6 +393,10 @@ class Directory:
             group.pack()
         self._unpacked.clear()
 
+    def knows(self, phone: str) -> bool:
+        """Whether the number is bound in at least one group."""
+        return bool(self._by_phone.get(phone))
+
     def memberships(self, phone: str) -> list[Membership]:
         slots = self._by_phone.get(phone)
         if not slots:

@@ -30,6 +30,18 @@ def normalize(raw: str, region: str = DEFAULT_REGION) -> str:
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
+_CN_MOBILE = re.compile(r"(?:\+86)?(1\d{10})")
+
+
+def cn_mobile_candidate(raw: str) -> str | None:
+    """`13800000001` or `+8613800000001` as `+8613800000001`, unchecked.
+
+    Only a shortcut for numbers already known (bound at import, so checked by `normalize` then):
+    parsing with phonenumbers costs ~190 µs, a third of a call's routing."""
+    match = _CN_MOBILE.fullmatch(raw.strip())
+    return f"+86{match.group(1)}" if match else None
+
+
 def try_normalize(raw: str, region: str = DEFAULT_REGION) -> str | None:
     try:
         return normalize(raw, region)

@@ -42,7 +42,7 @@ from dispatch.domain.incident import (
     repeat_call,
     route_call,
 )
-from dispatch.domain.phone import try_normalize
+from dispatch.domain.phone import cn_mobile_candidate, try_normalize
 from dispatch.events.model import (
     CallChannel,
     CallRouted,
@@ -102,12 +102,20 @@ class CallService:
         self.region = region
         self.clock = clock
 
+    def caller_e164(self, raw: str) -> str | None:
+        """The caller as E.164; a Chinese mobile already in the directory skips the full parse."""
+        if self.region == "CN":
+            candidate = cn_mobile_candidate(raw)
+            if candidate is not None and self.directory.knows(candidate):
+                return candidate
+        return try_normalize(raw, self.region)
+
     async def call(self, req: CallRequest) -> CallResult:
         now = self.clock()
         call = IncomingCall(
             call_id=req.call_id,
             caller_raw=req.caller,
-            caller=try_normalize(req.caller, self.region),
+            caller=self.caller_e164(req.caller),
             callee=req.callee,
             channel=req.channel,
             called_at=req.at or now,
@@ -149,11 +157,12 @@ class CallService:
         key = call_key(call.call_id)
         routed_subject = call_subject(call.call_id)
         for attempt in range(MAX_ATTEMPTS):
-            routed = await self.store.last(routed_subject)
+            route = route_call(self.directory, call, self.quorum, self.fallback_duty, self.deadlines)
+            known = await self.store.last_of([routed_subject, line_subject(route.line)])
+            routed = known.get(routed_subject)
             if routed is not None and isinstance(routed.event, CallRouted):
                 return CallResult(incident_id=routed.event.incident_id, status=routed.event.status, duplicate=True)
-            route = route_call(self.directory, call, self.quorum, self.fallback_duty, self.deadlines)
-            line = await self.store.last(line_subject(route.line))
+            line = known.get(line_subject(route.line))
             epoch = line.event.epoch + 1 if line is not None and isinstance(line.event, LineClosed) else 0
             incident_id = incident_id_for(route.line, epoch)
             history = await self.store.load(incident_subject(incident_id))

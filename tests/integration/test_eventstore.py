@@ -41,6 +41,18 @@ async def test_append_and_load_in_order(store: EventStore) -> None:
     assert await store.load("dispatch.evt.group.v.none") == []
 
 
+async def test_last_of_several_subjects_in_one_request(store: EventStore) -> None:
+    one, two, empty = "dispatch.evt.group.v.1", "dispatch.evt.group.v.2", "dispatch.evt.group.v.none"
+    [a] = await store.append([Outgoing(one, formed(), "lo-1:0", expected_seq=0)])
+    [b] = await store.append([Outgoing(one, bound("+8613800000001"), "lo-1:1", expected_seq=a)])
+    [c] = await store.append([Outgoing(two, formed(), "lo-2:0", expected_seq=0)])
+    found = await store.last_of([one, two, empty])
+    assert sorted(found) == [one, two]
+    assert (found[one].seq, found[one].msg_id, found[one].event) == (b, "lo-1:1", bound("+8613800000001"))
+    assert (found[two].seq, found[two].subject) == (c, two)
+    assert await store.last_of([empty]) == {}
+
+
 async def test_a_stale_expected_sequence_is_a_conflict(store: EventStore) -> None:
     subject = "dispatch.evt.group.v.1"
     await store.append([Outgoing(subject, formed(), "a:0", expected_seq=0)])
