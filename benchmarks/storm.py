@@ -3,11 +3,14 @@
 In one run, on one machine, against one embedded nats-server (`sync_interval: always`):
 
 - worker processes each run the real Service (every handler, projections, live hub) on that
-  server with a bench channel that announces, on core NATS, when an incident's 9th recipient
+  server, sharing one PostgreSQL read side (as scaled-out processes do; `--postgres`, a fresh
+  schema dropped afterwards), with a bench channel that announces, on core NATS, when an incident's 9th recipient
   has been handed to it; calls go in over NATS ingress (`dispatch.ingress.call`, a queue group,
   so the processes share them), each from a different 10-number group;
 - a closed loop keeps 64 alarms in flight for `--seconds`: sustained alarms/s and p99 from the
   request to the 9th handoff; first with one worker, then with a second one joined;
+- the cores kept busy meanwhile (the workers, the nats-server and this driver, from /proc): on a
+  2-core machine two processes cannot scale past what the cores left over allow;
 - the raw baseline's maximum (benchmarks/common.py: plain nats-py publish, push consumer, 9 core
   publishes) in the same run. Targets: one process >= 0.2x the baseline's max; two >= 1.7x one.
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -34,6 +38,23 @@ from dispatch.events.model import Person
 from dispatch.store.server import EmbeddedNats, free_port
 
 RECIPIENTS = 9
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far, plus this one's."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = sum(os.times()[:2])
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def drop_schema(url: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 class DoneChannel:
@@ -58,7 +79,7 @@ class DoneChannel:
         return None
 
 
-async def worker(nats_url: str, data_dir: str, groups: int) -> int:
+async def worker(nats_url: str, data_dir: str, groups: int, database_url: str) -> int:
     from dispatch import logging as dlog
     from dispatch.bootstrap import Service
     from dispatch.settings import Settings
@@ -66,7 +87,11 @@ async def worker(nats_url: str, data_dir: str, groups: int) -> int:
     dlog.configure("json", "error")
     nc = await nats.connect(nats_url)
     settings = Settings(
-        data_dir=Path(data_dir), http=f"127.0.0.1:{free_port()}", nats_urls=[nats_url], log_level="error"
+        data_dir=Path(data_dir),
+        http=f"127.0.0.1:{free_port()}",
+        nats_urls=[nats_url],
+        database_url=database_url,
+        log_level="error",
     )
     service = Service(settings, channels=[DoneChannel(nc)])
     await service.start()
@@ -81,7 +106,7 @@ async def worker(nats_url: str, data_dir: str, groups: int) -> int:
     return 0
 
 
-async def spawn(nats_url: str, data_dir: Path, groups: int) -> asyncio.subprocess.Process:
+async def spawn(nats_url: str, data_dir: Path, groups: int, database_url: str) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         __file__,
@@ -89,6 +114,7 @@ async def spawn(nats_url: str, data_dir: Path, groups: int) -> asyncio.subproces
         nats_url,
         str(data_dir),
         str(groups),
+        database_url,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -144,11 +170,12 @@ async def main() -> int:
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--groups", type=int, default=30_000)
     parser.add_argument("--json", help="also write the figures to this file")
-    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        url, data_dir, groups = args.worker
-        return await worker(url, data_dir, int(groups))
+        url, data_dir, groups, database_url = args.worker
+        return await worker(url, data_dir, int(groups), database_url)
     from dispatch import logging as dlog
 
     dlog.configure("json", "error")
@@ -156,18 +183,27 @@ async def main() -> int:
     figures: dict[str, float] = {"seconds": args.seconds, "in_flight": IN_FLIGHT}
     procs: list[asyncio.subprocess.Process] = []
     server = EmbeddedNats(workdir / "nats")
+    schema = f"bench_storm_{os.getpid()}"
+    database_url = f"{args.postgres}?schema={schema}"
     try:
         base = await run_baseline(workdir / "raw", 1, 1, closed_seconds=args.seconds)
         figures["baseline_max_per_s"] = base.max_rate
         await server.start()
         nc = await nats.connect(server.url, **server.auth.connect_kwargs())
-        procs.append(await spawn(server.authenticated_url, workdir / "w1", args.groups))
+        procs.append(await spawn(server.authenticated_url, workdir / "w1", args.groups, database_url))
         half = args.groups // 2
         await storm(nc, 0, 200, 2.0)
+        pids = [server.pid or 0, procs[0].pid]
+        cpu0, wall0 = cpu_seconds(pids), time.perf_counter()
         rate1, p99_1, n1 = await storm(nc, 200, half, args.seconds)
-        procs.append(await spawn(server.authenticated_url, workdir / "w2", 0))
+        figures["one_process_cores_busy"] = (cpu_seconds(pids) - cpu0) / (time.perf_counter() - wall0)
+        procs.append(await spawn(server.authenticated_url, workdir / "w2", 0, database_url))
         await storm(nc, half, half + 200, 2.0)
+        pids.append(procs[1].pid)
+        cpu0, wall0 = cpu_seconds(pids), time.perf_counter()
         rate2, p99_2, n2 = await storm(nc, half + 200, args.groups, args.seconds)
+        figures["two_processes_cores_busy"] = (cpu_seconds(pids) - cpu0) / (time.perf_counter() - wall0)
+        figures["cores"] = float(os.cpu_count() or 0)
         await nc.close()
         figures |= {
             "one_process_per_s": rate1,
@@ -190,6 +226,7 @@ async def main() -> int:
                 proc.kill()
         await server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+        await asyncio.to_thread(drop_schema, args.postgres, schema)
     print(f"\nstorm: closed loop, {IN_FLIGHT} alarms in flight, {args.seconds:.0f} s, fsync always")
     for key, value in figures.items():
         print(f"  {key:<24}{value:>12,.2f}")
