@@ -221,29 +221,9 @@ class EventStore:
 
     async def last_of(self, subjects: list[str]) -> dict[str, Recorded]:
         """The last message of each subject that has one, in one round trip (a batched direct get)."""
-        await self._ensure_inbox()
         self._require_connection()
-        token = uuid.uuid4().hex
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-        self._waiting[token] = queue
-        request = json.dumps({"multi_last": subjects, "batch": len(subjects)}).encode()
-        found: dict[str, Recorded] = {}
-        try:
-            await self.nc.publish(f"$JS.API.DIRECT.GET.{self.stream}", request, reply=f"{self._inbox}.{token}")
-            while True:
-                msg = await asyncio.wait_for(queue.get(), self.timeout)
-                headers = msg.headers or {}
-                status = headers.get("Status")
-                if status in ("404", "204"):
-                    return found
-                if status is not None:
-                    raise StoreUnavailable(f"direct get failed: {status} {headers.get('Description')}")
-                subject = headers.get("Nats-Subject", "")
-                found[subject] = recorded_from(msg, subject)
-        except (TimeoutError, ConnectionClosedError) as exc:
-            raise StoreUnavailable(f"event log unavailable: {type(exc).__name__}") from exc
-        finally:
-            self._waiting.pop(token, None)
+        found, _ = await self._direct_get_batch({"multi_last": subjects, "batch": len(subjects)})
+        return {r.subject: r for r in found}
 
     async def load(self, subject: str, after: int = 0) -> list[Recorded]:
         """Every message of `subject` with a sequence above `after`, in order."""
@@ -268,14 +248,21 @@ class EventStore:
             queue.put_nowait(msg)
 
     async def _direct_batch(self, subject: str, start: int) -> tuple[list[Recorded], bool]:
+        return await self._direct_get_batch({"seq": start, "next_by_subj": subject, "batch": READ_PAGE}, subject)
+
+    async def _direct_get_batch(
+        self, request: dict[str, object], subject: str | None = None
+    ) -> tuple[list[Recorded], bool]:
+        """One batched direct get: the messages it returned, and whether the server holds more."""
         await self._ensure_inbox()
         token = uuid.uuid4().hex
         queue: asyncio.Queue[Msg] = asyncio.Queue()
         self._waiting[token] = queue
-        request = json.dumps({"seq": start, "next_by_subj": subject, "batch": READ_PAGE}).encode()
         out: list[Recorded] = []
         try:
-            await self.nc.publish(f"$JS.API.DIRECT.GET.{self.stream}", request, reply=f"{self._inbox}.{token}")
+            await self.nc.publish(
+                f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(request).encode(), reply=f"{self._inbox}.{token}"
+            )
             while True:
                 msg = await asyncio.wait_for(queue.get(), self.timeout)
                 headers = msg.headers or {}
