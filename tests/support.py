@@ -262,9 +262,6 @@ jetstream {{ store_dir: "{home / "js"}", sync_interval: always }}
         return self
 
     def _jetstream_ready(self) -> bool:
-        import asyncio
-
-        import nats
 
         for name, proc in self.procs.items():
             if proc.poll() is not None:
@@ -272,20 +269,7 @@ jetstream {{ store_dir: "{home / "js"}", sync_interval: always }}
                     f"nats-server {name} exited: {(self.root / name / 'nats.log').read_text()[-1500:]}"
                 )
 
-        async def probe() -> bool:
-            try:
-                nc = await nats.connect(self.urls, connect_timeout=2, max_reconnect_attempts=0)
-            except Exception:
-                return False
-            try:
-                reply = await nc.request("$JS.API.INFO", b"", timeout=2)
-                return b'"error"' not in reply.data
-            except Exception:
-                return False
-            finally:
-                await nc.close()
-
-        return asyncio.run(probe())
+        return jetstream_answers(self.urls)
 
     def stream_leader(self, stream: str) -> str:
         import asyncio
@@ -316,3 +300,65 @@ jetstream {{ store_dir: "{home / "js"}", sync_interval: always }}
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def start_gateway_sim(
+    root: Path, port: int, server_url: str, token: str, scenario: Path, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`dispatch gateway-sim` on `port` against a running service, logging to `root/sim.log`;
+    (the process, its URL) once it answers."""
+    log = (root / "sim.log").open("wb")
+    sim = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dispatch",
+            "gateway-sim",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--server",
+            server_url,
+            "--token",
+            token,
+            "--scenario",
+            str(scenario),
+        ],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if sim.poll() is not None:
+            raise AssertionError(f"gateway-sim exited: {(root / 'sim.log').read_text()[-2000:]}")
+        try:
+            return httpx.get(f"{url}/v1/sim/log", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(up, timeout=30)
+    return sim, url
+
+
+def jetstream_answers(urls: list[str]) -> bool:
+    """Whether a JetStream (a cluster: its meta leader) answers on these URLs."""
+    import asyncio
+
+    import nats
+
+    async def probe() -> bool:
+        try:
+            nc = await nats.connect(urls, connect_timeout=2, max_reconnect_attempts=0)
+        except Exception:
+            return False
+        try:
+            reply = await nc.request("$JS.API.INFO", b"", timeout=2)
+            return b'"error"' not in reply.data
+        except Exception:
+            return False
+        finally:
+            await nc.close()
+
+    return asyncio.run(probe())

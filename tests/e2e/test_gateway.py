@@ -7,9 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -23,7 +21,7 @@ import httpx
 import pytest
 
 from dispatch.store.server import free_port
-from tests.support import ServeProcess, wait_until
+from tests.support import ServeProcess, start_gateway_sim, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -182,28 +180,8 @@ times = 1
 """,
         encoding="utf-8",
     )
-    sim_log = (root / "sim.log").open("wb")
-    sim = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dispatch",
-            "gateway-sim",
-            "--listen",
-            f"127.0.0.1:{sim_port}",
-            "--server",
-            serve.url,
-            "--token",
-            gateway_token,
-            "--scenario",
-            str(scenario),
-        ],
-        env={**os.environ, "DISPATCH_GATEWAY_SECRET": GATEWAY_SECRET},
-        stdout=sim_log,
-        stderr=subprocess.STDOUT,
-    )
-    sim_url = f"http://127.0.0.1:{sim_port}"
-    wait_until(lambda: _up(sim_url), timeout=30)
+    env = {"DISPATCH_GATEWAY_SECRET": GATEWAY_SECRET}
+    sim, sim_url = start_gateway_sim(root, sim_port, serve.url, gateway_token, scenario, env)
     try:
         yield World(serve, sim_url, sim, dingtalk, wecom)
     finally:
@@ -212,13 +190,6 @@ times = 1
         serve.kill()
         dingtalk.stop()
         wecom.stop()
-
-
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/v1/sim/log", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_a_call_rings_the_group_at_once_and_keypad_1s_cover_it(world: World) -> None:

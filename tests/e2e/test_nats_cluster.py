@@ -20,7 +20,7 @@ from nats.errors import Error as NatsError
 
 from dispatch.store.server import find_binary, free_port
 from tests.e2e.test_outages import caller, roster, webhook_env
-from tests.support import Received, ServeProcess, WebhookReceiver, wait_until
+from tests.support import Received, ServeProcess, WebhookReceiver, jetstream_answers, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -97,20 +97,7 @@ class OpsCluster:
             if proc.poll() is not None:
                 raise AssertionError(f"{name} exited: {(self.root / name / 'nats.log').read_text()[-2000:]}")
 
-        async def probe() -> bool:
-            try:
-                nc = await nats.connect(self.urls(), connect_timeout=2, max_reconnect_attempts=0)
-            except Exception:
-                return False
-            try:
-                reply = await nc.request("$JS.API.INFO", b"", timeout=2)
-                return b'"error"' not in reply.data
-            except Exception:
-                return False
-            finally:
-                await nc.close()
-
-        return asyncio.run(probe())
+        return jetstream_answers(self.urls())
 
     def routes_of(self, name: str) -> set[str]:
         routez = httpx.get(f"http://127.0.0.1:{self.monitor_ports[name]}/routez", timeout=5).json()

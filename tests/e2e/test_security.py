@@ -22,7 +22,7 @@ import pytest
 
 from dispatch.domain.signing import signed_headers
 from dispatch.store.server import free_port, running_auth, running_url
-from tests.support import Received, ServeProcess, WebhookReceiver, wait_until
+from tests.support import Received, ServeProcess, WebhookReceiver, start_gateway_sim, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -162,32 +162,8 @@ behaviour = "busy"
 """,
         encoding="utf-8",
     )
-    sim_out = (root / "sim.log").open("wb")
-    sim = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dispatch",
-            "gateway-sim",
-            "--listen",
-            f"127.0.0.1:{sim_port}",
-            "--server",
-            serve.url,
-            "--token",
-            gateway_token,
-            "--scenario",
-            str(scenario),
-        ],
-        env={
-            **os.environ,
-            "DISPATCH_GATEWAY_SECRET": GATEWAY_SECRET,
-            "DISPATCH_GATEWAY_SIGNING_SECRET": SIGNING_SECRET,
-        },
-        stdout=sim_out,
-        stderr=subprocess.STDOUT,
-    )
-    sim_url = f"http://127.0.0.1:{sim_port}"
-    wait_until(lambda: _up(sim_url), timeout=30)
+    env = {"DISPATCH_GATEWAY_SECRET": GATEWAY_SECRET, "DISPATCH_GATEWAY_SIGNING_SECRET": SIGNING_SECRET}
+    sim, sim_url = start_gateway_sim(root, sim_port, serve.url, gateway_token, scenario, env)
     try:
         yield World(serve, sim_url, sim, receiver, gateway_token)
     finally:
@@ -195,13 +171,6 @@ behaviour = "busy"
         sim.wait(10)
         serve.kill()
         receiver.stop()
-
-
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/v1/sim/log", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 async def malformed_ingress(serve: ServeProcess) -> None:
