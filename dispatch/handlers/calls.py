@@ -55,7 +55,7 @@ from dispatch.events.model import (
 from dispatch.events.subjects import call_key, call_subject, incident_subject, line_subject
 from dispatch.handlers.flood import CallerFlood
 from dispatch.metrics import Metrics
-from dispatch.store.eventstore import AppendConflict, EventStore, Outgoing, StoreUnavailable
+from dispatch.store.eventstore import AppendConflict, EventStore, Outgoing, Recorded, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -142,10 +142,12 @@ class CallService:
         incident_id = self.flood.admit(caller)
         if incident_id is None:
             return None
-        routed = await self.store.last(call_subject(call.call_id))
-        if routed is not None and isinstance(routed.event, CallRouted):
-            return CallResult(incident_id=routed.event.incident_id, status=routed.event.status, duplicate=True)
-        last = await self.store.last(incident_subject(incident_id))
+        routed_subject, subject = call_subject(call.call_id), incident_subject(incident_id)
+        known = await self.store.last_of([routed_subject, subject])
+        duplicate = _duplicate(known.get(routed_subject))
+        if duplicate is not None:
+            return duplicate
+        last = known.get(subject)
         if last is None or isinstance(last.event, (IncidentResolved, IncidentCancelled)):
             return None
         count = self.flood.count_absorbed(caller)
@@ -159,9 +161,9 @@ class CallService:
         for attempt in range(MAX_ATTEMPTS):
             route = route_call(self.directory, call, self.quorum, self.fallback_duty, self.deadlines)
             known = await self.store.last_of([routed_subject, line_subject(route.line)])
-            routed = known.get(routed_subject)
-            if routed is not None and isinstance(routed.event, CallRouted):
-                return CallResult(incident_id=routed.event.incident_id, status=routed.event.status, duplicate=True)
+            duplicate = _duplicate(known.get(routed_subject))
+            if duplicate is not None:
+                return duplicate
             line = known.get(line_subject(route.line))
             epoch = line.event.epoch + 1 if line is not None and isinstance(line.event, LineClosed) else 0
             incident_id = incident_id_for(route.line, epoch)
@@ -224,6 +226,13 @@ class CallService:
         closed = line_closed(state, state.closed_at or state.raised_at)
         await self.store.append([Outgoing(line_subject(closed.line), closed, line_closed_msg_id(closed))])
         log.warning("call.line_repaired", incident_id=state.id, epoch=closed.epoch)
+
+
+def _duplicate(routed: Recorded | None) -> CallResult | None:
+    """The answer already given to a call id, from its index entry."""
+    if routed is not None and isinstance(routed.event, CallRouted):
+        return CallResult(incident_id=routed.event.incident_id, status=routed.event.status, duplicate=True)
+    return None
 
 
 def _digits_key(raw: str) -> str | None:

@@ -95,7 +95,7 @@ class DeliveryWorker:
             reason = f"channel {job.channel!r} is not configured"
             await self._record(job, [(t, Permanent(reason)) for t in job.targets], [])
             return None
-        withdrawn: list[tuple[Target, Outcome]] = list((await self._withdrawn(job)).items())
+        withdrawn = await self._withdrawn(job)
         gone = {t.key for t, _ in withdrawn}
         live = tuple(t for t in job.targets if t.key not in gone)
         started: list[float] = []
@@ -139,19 +139,19 @@ class DeliveryWorker:
         await self._record(job, done + withdrawn, retry)
         return None
 
-    async def _withdrawn(self, job: DeliveryJob) -> dict[Target, Withdrawn]:
+    async def _withdrawn(self, job: DeliveryJob) -> list[tuple[Target, Outcome]]:
         """The targets of a retry no longer worth ringing, each with the reason."""
         if job.attempt == 1 or job.kind not in ANSWER_SEEKING or self.load_incident is None:
-            return {}
+            return []
         try:
             state = await self.load_incident(job.incident_id)
         except Exception:
             log.warning("delivery.state_unreadable", incident_id=job.incident_id, channel=job.channel)
-            return {}
+            return []
         if state.closed:
-            return {t: Withdrawn("incident closed") for t in job.targets}
+            return [(t, Withdrawn("incident closed")) for t in job.targets]
         answered = {phone for phone, r in state.responders.items() if r.answered or r.arrived_at is not None}
-        return {t: Withdrawn("answered") for t in job.targets if t.recipient.phone in answered}
+        return [(t, Withdrawn("answered")) for t in job.targets if t.recipient.phone in answered]
 
     async def _send(self, channel: Channel, job: DeliveryJob, target: Target, started: list[float]) -> Outcome:
         started.append(time.perf_counter())

@@ -194,6 +194,28 @@ async def test_retries_stop_for_who_answered_and_once_the_incident_is_closed(
     assert rung[(officer, "cancelled")] == rung[(household, "cancelled")] == 1, "everyone alerted is told"
 
 
+async def test_a_retry_rings_when_the_incident_cannot_be_read(
+    service: Service, http: httpx.AsyncClient, channel: RecordingChannel
+) -> None:
+    from dispatch.store.eventstore import StoreUnavailable
+
+    officer = "+8613900000009"
+    channel.plan[officer] = [Transient("busy", retry_after=0.5)]
+
+    async def unreadable(incident_id: str) -> object:
+        raise StoreUnavailable("event log unavailable: test")
+
+    service.delivery.load_incident = unreadable  # type: ignore[assignment]
+    incident = (await http.post("/v1/calls", json={"call_id": "unreadable-1", "caller": "13800000001"})).json()[
+        "incident_id"
+    ]
+    await eventually(lambda: [t for t in channel.for_incident(incident) if t.recipient.phone == officer])
+    accepted = await http.post(f"/v1/incidents/{incident}/responses", json={"responder": officer, "action": "accept"})
+    assert accepted.status_code == 200, accepted.text
+    rung = await eventually(lambda: [t for t in channel.for_incident(incident) if t.recipient.phone == officer][1:])
+    assert len(rung) == 1, "the retry was not rung although the incident could not be read"
+
+
 async def test_calls_over_nats_ingress_and_dead_letters(service: Service, channel: RecordingChannel) -> None:
     nc = await nats.connect(service.nats_urls, **service.nats_auth.connect_kwargs())
     try:
