@@ -18,6 +18,7 @@ from nats.js.api import StreamConfig
 
 from dispatch.store.server import EmbeddedNats
 
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 GROUP_SIZE = 10
 RECIPIENTS = GROUP_SIZE - 1
 IN_FLIGHT = 64
@@ -138,3 +139,11 @@ async def run_baseline(workdir: Path, rate: float, seconds: float, closed_second
     finally:
         await nc.close()
         await server.stop()
+
+
+def drop_schema(url: str, schema: str) -> None:
+    """Drop a benchmark's PostgreSQL schema and everything in it."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -30,6 +30,7 @@ import uuid
 from pathlib import Path
 
 import nats
+from common import DEFAULT_POSTGRES, drop_schema
 from nats.aio.client import Client as NATS
 from nats.js.api import DeliverPolicy
 
@@ -41,8 +42,6 @@ from dispatch.store.eventstore import H_MSG_ID, EventStore
 from dispatch.store.provision import provision
 from dispatch.store.server import EmbeddedNats
 from dispatch.synthetic import synthetic_history
-
-DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 async def publish(nc: NATS, events: int) -> tuple[int, int, float]:
@@ -105,13 +104,6 @@ def postgres_reachable(url: str) -> bool:
         return True
     except Exception:
         return False
-
-
-def drop_schema(url: str, schema: str) -> None:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:

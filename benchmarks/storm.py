@@ -31,7 +31,7 @@ from collections import Counter
 from pathlib import Path
 
 import nats
-from common import IN_FLIGHT, caller_of, pct, roster, run_baseline
+from common import DEFAULT_POSTGRES, IN_FLIGHT, caller_of, drop_schema, pct, roster, run_baseline
 
 from dispatch.channels.base import Delivered, DeliveryJob, Outcome, Target
 from dispatch.events.model import Person
@@ -48,13 +48,6 @@ def cpu_seconds(pids: list[int]) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += (int(fields[11]) + int(fields[12])) / tick
     return total
-
-
-def drop_schema(url: str, schema: str) -> None:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 class DoneChannel:
@@ -170,7 +163,7 @@ async def main() -> int:
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--groups", type=int, default=30_000)
     parser.add_argument("--json", help="also write the figures to this file")
-    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--postgres", default=DEFAULT_POSTGRES)
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
