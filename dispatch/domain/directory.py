@@ -242,6 +242,10 @@ class Snapshot(msgspec.Struct, array_like=True):
 _snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
 
 
+def encode_snapshot(snapshot: Snapshot) -> bytes:
+    return _pack.encode(snapshot)
+
+
 class Directory:
     """Mutable fold of the directory events; not thread-safe (one event loop owns it)."""
 
@@ -324,34 +328,34 @@ class Directory:
         self._pack_groups()
         self._by_phone.compact()
 
-    def snapshot(self, stream_created: str, positions: dict[str, int]) -> bytes:
-        """The whole directory as bytes (compacted first), tagged with what it was folded from."""
+    def snapshot(self, stream_created: str, positions: dict[str, int]) -> Snapshot:
+        """The whole directory as it is now (compacted first), tagged with what it was folded from.
+
+        It shares nothing mutable with the directory, so `encode_snapshot` may run in another thread."""
         self.compact()
         for group in self._slots:
             group.pack()
         index = self._by_phone
-        return _pack.encode(
-            Snapshot(
-                version=SNAPSHOT_VERSION,
-                stream_created=stream_created,
-                positions=positions,
-                groups=[_GroupRow(g.village, g.group, g.last_seq, g.dissolved, g._packed) for g in self._slots],
-                villages=[
-                    _VillageRow(
-                        v.village,
-                        v.last_seq,
-                        [(p.phone, p.name) for p in v.duty_desks.values()],
-                        v.ack_deadline_s,
-                        v.escalate_after_s,
-                        v.arrival_deadline_s,
-                    )
-                    for v in self.villages.values()
-                ],
-                phone_keys=index._keys.tobytes(),
-                phone_slots=index._slots.tobytes(),
-                phones_other=[(str(k), list(v)) for k, v in index._recent.items()],
-                numbers=index._numbers,
-            )
+        return Snapshot(
+            version=SNAPSHOT_VERSION,
+            stream_created=stream_created,
+            positions=positions,
+            groups=[_GroupRow(g.village, g.group, g.last_seq, g.dissolved, g._packed) for g in self._slots],
+            villages=[
+                _VillageRow(
+                    v.village,
+                    v.last_seq,
+                    [(p.phone, p.name) for p in v.duty_desks.values()],
+                    v.ack_deadline_s,
+                    v.escalate_after_s,
+                    v.arrival_deadline_s,
+                )
+                for v in self.villages.values()
+            ],
+            phone_keys=index._keys.tobytes(),
+            phone_slots=index._slots.tobytes(),
+            phones_other=[(str(k), list(v)) for k, v in index._recent.items()],
+            numbers=index._numbers,
         )
 
     @classmethod

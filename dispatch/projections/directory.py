@@ -23,7 +23,7 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 
-from dispatch.domain.directory import Directory
+from dispatch.domain.directory import Directory, Snapshot, encode_snapshot
 from dispatch.events.subjects import EVENTS_STREAM, GROUPS_ALL, VILLAGES_ALL
 from dispatch.store.eventstore import Recorded
 from dispatch.store.follow import Follower
@@ -96,13 +96,13 @@ class LiveDirectory:
         path = self.snapshot_path
         if path is None or not self._stream_created:
             return
-        data = self.directory.snapshot(
+        snapshot = self.directory.snapshot(
             self._stream_created, {GROUPS_ALL: self._groups.position, VILLAGES_ALL: self._villages.position}
         )
         async with self._saving:
             self._saved_at = asyncio.get_running_loop().time()
             try:
-                await asyncio.to_thread(_write_whole, path, data)
+                data = await asyncio.to_thread(_encode_and_write, path, snapshot)
             except OSError as exc:
                 log.warning("directory.snapshot_not_written", path=str(path), error=str(exc))
                 return
@@ -143,6 +143,13 @@ class LiveDirectory:
             await self.save_snapshot()
         await self._groups.stop()
         await self._villages.stop()
+
+
+def _encode_and_write(path: Path, snapshot: Snapshot) -> bytes:
+    """Encoded off the event loop (the GIL is handed back every few ms), then written whole."""
+    data = encode_snapshot(snapshot)
+    _write_whole(path, data)
+    return data
 
 
 def _write_whole(path: Path, data: bytes) -> None:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dispatch.domain import directory as directory_module
-from dispatch.domain.directory import Directory, PhoneIndex
+from dispatch.domain.directory import Directory, PhoneIndex, encode_snapshot
 from dispatch.events.model import GroupDissolved, GroupFormed, MemberBound, MemberRenamed, MemberUnbound, RoleAssigned
 from tests.unit.fixtures import T0
 
@@ -83,7 +83,7 @@ def test_compact_directory_matches_a_plain_model(
                 elif state is not None:
                     assert {p.phone: (p.name, p.role) for p in state.members.values()} == m
         assert d.counts() == (len(model.keys() - dissolved), len({p for m in model.values() for p in m}))
-        restored, snap = Directory.restore(d.snapshot("created", {"a": 3}))
+        restored, snap = Directory.restore(encode_snapshot(d.snapshot("created", {"a": 3})))
         assert snap.positions == {"a": 3} and restored.counts() == d.counts()
         for number in PHONES:
             assert [(m.group.id, m.person, m.members) for m in restored.memberships(number)] == [
@@ -119,7 +119,7 @@ def test_a_snapshot_keeps_villages_and_refuses_garbage() -> None:
         at=T0, village="dongshan", ack_deadline_s=30, escalate_after_s=None, arrival_deadline_s=600
     )
     d.apply(settings, 2)
-    restored, _ = Directory.restore(d.snapshot("c", {"v": 2}))
+    restored, _ = Directory.restore(encode_snapshot(d.snapshot("c", {"v": 2})))
     assert restored.duty_desks("dongshan") == d.duty_desks("dongshan")
     assert restored.villages["dongshan"].last_seq == 2
     village = restored.villages["dongshan"]
