@@ -104,3 +104,21 @@ async def test_a_snapshot_of_another_log_is_ignored(tmp_path: Path) -> None:
         assert found["+8613700000002"] == [("dongshan.3", "household")]
     finally:
         await svc.stop()
+
+
+async def test_a_snapshot_that_cannot_be_written_changes_nothing_but_the_restart_time(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    svc = await started(data)
+    try:
+        (data / "directory.snapshot").mkdir()
+        await import_csv(svc, ROSTER)
+        await svc.directory.save_snapshot()
+        expected = answers(svc)
+    finally:
+        await svc.stop()
+    assert (data / "directory.snapshot").is_dir()
+    svc = await started(data)
+    try:
+        assert answers(svc) == expected and expected["+8613800000001"] == [("dongshan.1", "household")]
+    finally:
+        await svc.stop()
