@@ -122,7 +122,7 @@ EVENTS_STREAM = {
     "retention": "limits, kept forever (the log is the system of record)",
     "filters": {
         s.EVENTS_ALL: "the whole log",
-        s.INCIDENTS_ALL: f"the fan-out (durable pull consumer {FANOUT.durable})",
+        s.INCIDENTS_ALL: f"the fan-out (durable push consumer {FANOUT.durable}, queue group)",
         s.SINGLE_TOKEN_AGGREGATES: "the SQL projections and the live console hub (ordered consumers)",
         s.incident_history("{incident_id}"): "one incident's history, read with one batched direct get",
         s.GROUPS_ALL: "the in-memory directory",
@@ -318,11 +318,15 @@ def document() -> dict[str, Any]:
         "appendIncidentDecision": operation(
             "send", "incidentDecisions", "Calls, answers and escalations append the incident's decisions"
         ),
-        "fanOut": operation(
-            "receive",
-            "incidentDecisions",
-            f"Durable pull consumer {FANOUT.durable}: ring whoever a decision alerts, set the deadlines",
-        ),
+        "fanOut": {
+            **operation(
+                "receive",
+                "incidentDecisions",
+                f"Durable push consumer {FANOUT.durable}: ring whoever a decision alerts, set the deadlines; "
+                f"the server pushes each decision to one member of the queue group {FANOUT.durable} (any process)",
+            ),
+            "x-dispatch-deliver-subject": s.FANOUT_PUSH,
+        },
         "recordDelivery": operation("send", "incidentNotices", "Delivery outcomes, one event per job"),
         "projectIncidents": operation(
             "receive", "incidentNotices", "SQL projections and the live console hub follow decisions and notices"

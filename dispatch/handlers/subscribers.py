@@ -4,9 +4,13 @@ Invariants:
 - every JetStream subscriber binds to a consumer our code provisioned (`declare=False`) and
   acknowledges manually, only after the handler's effect is durable; FastStream's default for
   JetStream (terminate on any exception) would lose a message on a transient error;
-- pulls are one message at a time (nats-py's batch fetch waits for the whole batch or its
-  timeout, which would delay an alarm); each message is handed to a bounded task pool and
-  acknowledged when its work is done, so a slow receiver never holds up the next alarm;
+- the fan-out's triggers are pushed (a deliver group shared by every process): no fetch round
+  trip between a stored alarm and its handler; the consumer's max_ack_pending equals the pool's
+  size, so a trigger is never left waiting unacknowledged (and without in-progress acks) in the
+  client behind a full pool;
+- the other consumers pull one message at a time (nats-py's batch fetch waits for the whole
+  batch or its timeout, which would delay an alarm); each message is handed to a bounded task pool
+  and acknowledged when its work is done, so a slow receiver never holds up the next alarm;
 - a message the handler cannot read is acknowledged (it would never become readable) after it is
   copied to `dispatch.dead.<source>` with the reason in a header; nothing else is ever dropped:
   errors nack with a delay and the message comes back;
@@ -57,7 +61,8 @@ log = structlog.get_logger(__name__)
 _call_decoder = msgspec.json.Decoder(CallRequest)
 _encoder = msgspec.json.Encoder()
 RETRY_DELAY = 2.0
-FANOUT_IN_FLIGHT = 256
+FANOUT_IN_FLIGHT = FANOUT.max_ack_pending
+TIMERS_IN_FLIGHT = 256
 DELIVERY_IN_FLIGHT = 512
 
 
@@ -128,8 +133,7 @@ def build_broker(
         INCIDENTS_ALL,
         decoder=raw_message,
         stream=events,
-        durable=FANOUT.durable,
-        pull_sub=PullSub(batch_size=1, timeout=5.0),
+        queue=FANOUT.durable,
         ack_policy=AckPolicy.MANUAL,
         title="fanout",
         description="Incident decisions -> one delivery job per channel for whoever they alert",
@@ -150,7 +154,7 @@ def build_broker(
             description=f"Delivery jobs for the {name} channel",
         )(_delivery_handler(broker, delivery, name, pool, metrics))
 
-    timers = pools.setdefault("timers", TaskPool(FANOUT_IN_FLIGHT, "timers"))
+    timers = pools.setdefault("timers", TaskPool(TIMERS_IN_FLIGHT, "timers"))
 
     async def timer_fired(raw: Msg) -> None:
         try:

@@ -5,8 +5,13 @@ Invariants:
   allow_direct, an explicit duplicate window; R1 embedded, R3 in a cluster;
 - an existing stream is updated only where it differs from what the code needs; a setting
   the server refuses to change is a start-up error, never silently ignored;
-- durable consumer names carry a version (`fanout_v1`): a changed config gets a new name
-  rather than an in-place edit nats-py would not notice;
+- durable consumer names carry a version (`fanout_v2`): a changed config gets a new name
+  rather than an in-place edit nats-py would not notice; a new version that replaces an older
+  one starts where the older one's acknowledgements end, and the older one is then deleted, so
+  an upgrade neither skips a stored alarm nor leaves two consumers ringing it;
+- the fan-out's consumer is a push consumer with a deliver group: the server sends each trigger
+  to one process of the group as soon as it is stored (a pull consumer costs a fetch round trip
+  per message); max_ack_pending bounds what one process holds unacknowledged;
 - the hot consumers' ack wait is short (6 s) and handlers send in-progress acks while they work,
   so a crashed process's unacknowledged alarms are rung again within seconds, not half a minute.
 """
@@ -113,6 +118,11 @@ class ConsumerSpec:
     max_ack_pending: int = 1000
     max_deliver: int = -1
     deliver_policy: str = "all"
+    deliver_subject: str | None = None
+    """Set for a push consumer: where the server sends its messages, to the queue group named
+    like the durable (nats-py binds a queue subscription only to a durable of the queue's name)."""
+    replaces: tuple[str, ...] = ()
+    """Older versions of this consumer: the new one takes over from their acknowledged position."""
 
     def config(self) -> dict[str, Any]:
         cfg: dict[str, Any] = {
@@ -123,8 +133,12 @@ class ConsumerSpec:
             "max_deliver": self.max_deliver,
             "deliver_policy": self.deliver_policy,
             "replay_policy": "instant",
-            "max_waiting": 512,
         }
+        if self.deliver_subject is None:
+            cfg["max_waiting"] = 512
+        else:
+            cfg["deliver_subject"] = self.deliver_subject
+            cfg["deliver_group"] = self.durable
         if len(self.filter_subjects) == 1:
             cfg["filter_subject"] = self.filter_subjects[0]
         else:
@@ -132,7 +146,15 @@ class ConsumerSpec:
         return cfg
 
 
-FANOUT = ConsumerSpec(s.EVENTS_STREAM, "fanout_v1", (s.INCIDENTS_ALL,), ack_wait_s=6)
+FANOUT = ConsumerSpec(
+    s.EVENTS_STREAM,
+    "fanout_v2",
+    (s.INCIDENTS_ALL,),
+    ack_wait_s=6,
+    max_ack_pending=512,
+    deliver_subject=s.FANOUT_PUSH,
+    replaces=("fanout_v1",),
+)
 
 
 def delivery_consumer(channel: str) -> ConsumerSpec:
@@ -188,21 +210,52 @@ async def ensure_stream(nc: NATS, config: dict[str, Any]) -> dict[str, Any]:
     return updated
 
 
+async def _consumer_info(nc: NATS, stream: str, durable: str) -> dict[str, Any] | None:
+    info = await _api(nc, f"$JS.API.CONSUMER.INFO.{stream}.{durable}")
+    if "error" not in info:
+        return info
+    if info["error"].get("err_code") != CONSUMER_NOT_FOUND:
+        raise ProvisionError(f"consumer {durable}: {info['error'].get('description')}")
+    return None
+
+
+async def _take_over_from(nc: NATS, spec: ConsumerSpec, want: dict[str, Any]) -> list[str]:
+    """Start `want` after the lowest acknowledged position of the versions it replaces."""
+    older = []
+    start: int | None = None
+    for name in spec.replaces:
+        info = await _consumer_info(nc, spec.stream, name)
+        if info is not None:
+            older.append(name)
+            floor = int(info["ack_floor"]["stream_seq"]) + 1
+            start = floor if start is None else min(start, floor)
+    if start is not None:
+        want["deliver_policy"] = "by_start_sequence"
+        want["opt_start_seq"] = start
+    return older
+
+
 async def ensure_consumer(nc: NATS, spec: ConsumerSpec) -> dict[str, Any]:
     want = spec.config()
-    info = await _api(nc, f"$JS.API.CONSUMER.INFO.{spec.stream}.{spec.durable}")
-    if "error" not in info:
+    older: list[str] = []
+    info = await _consumer_info(nc, spec.stream, spec.durable)
+    if info is not None:
         diff = _differences(info["config"], {k: v for k, v in want.items() if k != "deliver_policy"})
         if not diff:
             return info
         log.warning("consumer.drift", consumer=spec.durable, changed=sorted(diff))
-    elif info["error"].get("err_code") != CONSUMER_NOT_FOUND:
-        raise ProvisionError(f"consumer {spec.durable}: {info['error'].get('description')}")
+    else:
+        older = await _take_over_from(nc, spec, want)
     created = await _api(
         nc, f"$JS.API.CONSUMER.CREATE.{spec.stream}.{spec.durable}", {"stream_name": spec.stream, "config": want}
     )
     if "error" in created:
         raise ProvisionError(f"cannot create consumer {spec.durable}: {created['error'].get('description')}")
+    for name in older:
+        deleted = await _api(nc, f"$JS.API.CONSUMER.DELETE.{spec.stream}.{name}")
+        if "error" in deleted and deleted["error"].get("err_code") != CONSUMER_NOT_FOUND:
+            raise ProvisionError(f"cannot delete replaced consumer {name}: {deleted['error'].get('description')}")
+        log.warning("consumer.replaced", consumer=name, by=spec.durable, start_seq=want.get("opt_start_seq"))
     return created
 
 
