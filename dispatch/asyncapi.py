@@ -15,6 +15,7 @@ Invariants (tests/unit/test_asyncapi.py, tests/integration/test_asyncapi_live.py
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from typing import Any
@@ -204,6 +205,9 @@ def document() -> dict[str, Any]:
     by_channel = event_channels()
     structs: list[Any] = [*ALL_EVENT_TYPES, DeliveryJob, TimerDue, CallRequest, CallResult, VoiceEvent]
     _, schemas = msgspec.json.schema_components(structs, ref_template=SCHEMAS)
+    for schema in schemas.values():
+        if "description" in schema:
+            schema["description"] = inspect.cleandoc(schema["description"])
 
     messages: dict[str, Any] = {cls.__name__: _event_message(cls) for cls in ALL_EVENT_TYPES}
     messages["DeliveryJob"] = _plain_message(
