@@ -1,7 +1,13 @@
-"""Identifiers: UUIDv7 for incidents (time-ordered, so ids sort by raise time)."""
+"""Identifiers: UUIDv7 for time-ordered ids, UUIDv5 for deterministic keys.
+
+Invariant: `stable_key` is exactly `uuid.uuid5(NAMESPACE_URL, "dispatch:" + parts joined by US)`:
+incident ids and idempotency keys already in logs and at receivers depend on it. It is computed
+without building a `uuid.UUID` (a third of the cost, on every target of every alert).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import uuid
@@ -18,6 +24,13 @@ def uuid7(now_ms: int | None = None) -> str:
     return str(uuid.UUID(int=value))
 
 
+_NAMESPACE = uuid.NAMESPACE_URL.bytes + b"dispatch:"
+
+
 def stable_key(*parts: object) -> str:
     """A short deterministic key (UUIDv5) for idempotency keys and message ids."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, "dispatch:" + "\x1f".join(str(p) for p in parts)))
+    digest = bytearray(hashlib.sha1(_NAMESPACE + "\x1f".join(map(str, parts)).encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
