@@ -22,6 +22,7 @@ class TaskPool:
         self.heartbeat = heartbeat
         self._slots = asyncio.Semaphore(limit)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._beats: set[asyncio.Task[None]] = set()
 
     @property
     def running(self) -> int:
@@ -34,19 +35,28 @@ class TaskPool:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, work: Callable[[], Awaitable[None]], msg: Msg | None) -> None:
-        beat = asyncio.get_running_loop().create_task(self._heartbeat(msg)) if msg is not None else None
+        beat = self._beat_later(msg) if msg is not None else None
         try:
             await work()
         finally:
             if beat is not None:
-                beat.cancel()
+                beat[0].cancel()
             self._slots.release()
 
-    async def _heartbeat(self, msg: Msg) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
+    def _beat_later(self, msg: Msg) -> list[asyncio.TimerHandle]:
+        """A timer (not a task: most handlers finish long before it) that tells the server the
+        message is in progress every `heartbeat` seconds; the list holds the pending handle."""
+        loop = asyncio.get_running_loop()
+        pending: list[asyncio.TimerHandle] = []
+
+        def beat() -> None:
+            sending = loop.create_task(_in_progress(msg))
+            self._beats.add(sending)
+            sending.add_done_callback(self._beats.discard)
+            pending[0] = loop.call_later(self.heartbeat, beat)
+
+        pending.append(loop.call_later(self.heartbeat, beat))
+        return pending
 
     async def drain(self, timeout: float = 10.0) -> None:
         if not self._tasks:
@@ -56,3 +66,8 @@ class TaskPool:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+async def _in_progress(msg: Msg) -> None:
+    with contextlib.suppress(Exception):
+        await msg.in_progress()
