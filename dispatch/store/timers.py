@@ -36,7 +36,7 @@ timer_decoder = msgspec.json.Decoder(TimerDue)
 
 
 def at_header(due: datetime) -> str:
-    return "@at " + due.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return "@at " + due.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 class Timers:
