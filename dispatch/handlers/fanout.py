@@ -127,8 +127,8 @@ class FanOut:
         ]
         subject = notice_subject(alert.incident_id)
         await asyncio.gather(
-            *deadlines,
             *(self.delivery.handle(job) for job in jobs),
+            *deadlines,
             *(
                 self.store.append([Outgoing(subject, n, f"notify:{n.incident_id}:{n.round}:{n.channel}")])
                 for n in notices
