@@ -8,6 +8,9 @@ Invariants:
   trip between a stored alarm and its handler; the consumer's max_ack_pending equals the pool's
   size, so a trigger is never left waiting unacknowledged (and without in-progress acks) in the
   client behind a full pool;
+- calls over NATS are answered concurrently (a bounded pool, like the HTTP door): a core
+  subscription's callbacks run one after another, which held every call behind the log round
+  trips of the one before it;
 - the other consumers pull one message at a time (nats-py's batch fetch waits for the whole
   batch or its timeout, which would delay an alarm); each message is handed to a bounded task pool
   and acknowledged when its work is done, so a slow receiver never holds up the next alarm;
@@ -64,6 +67,7 @@ RETRY_DELAY = 2.0
 FANOUT_IN_FLIGHT = FANOUT.max_ack_pending
 TIMERS_IN_FLIGHT = 256
 DELIVERY_IN_FLIGHT = 512
+INGRESS_IN_FLIGHT = 256
 
 
 async def raw_message(msg: StreamMessage[Msg]) -> Msg:
@@ -193,31 +197,50 @@ def build_broker(
     async def on_timer(raw: Msg) -> None:
         await timers.submit(lambda: timer_fired(raw), raw)
 
-    @broker.subscriber(
-        CALL_INGRESS,
-        decoder=raw_message,
-        queue="dispatch-ingress",
-        title="ingress.call",
-        description="A call as JSON (same body as POST /v1/calls); replies with the incident",
-    )
-    async def on_call(raw: Msg) -> bytes:
+    ingress = pools.setdefault("ingress", TaskPool(INGRESS_IN_FLIGHT, "ingress"))
+
+    async def answer_call(raw: Msg) -> None:
         try:
             req = _call_decoder.decode(raw.data)
         except msgspec.ValidationError as exc:
             await dead_letter(broker, "ingress.call", raw, str(exc), metrics)
-            return _encoder.encode({"error": f"invalid call: {exc}"})
+            reply = _encoder.encode({"error": f"invalid call: {exc}"})
         except msgspec.DecodeError as exc:
             await dead_letter(broker, "ingress.call", raw, str(exc), metrics)
-            return _encoder.encode({"error": f"invalid JSON: {exc}"})
-        try:
-            result = await calls.call(req)
-        except StoreUnavailable as exc:
-            return _encoder.encode({"error": str(exc), "retry": True})
-        except DomainError as exc:
-            return _encoder.encode({"error": exc.reason})
-        return _encoder.encode(result)
+            reply = _encoder.encode({"error": f"invalid JSON: {exc}"})
+        else:
+            reply = await _call_reply(calls, req)
+        if raw.reply:
+            try:
+                await raw.respond(reply)
+            except Exception as exc:
+                log.warning("ingress.reply_failed", error=str(exc) or type(exc).__name__)
+
+    @broker.subscriber(
+        CALL_INGRESS,
+        decoder=raw_message,
+        queue="dispatch-ingress",
+        no_reply=True,
+        title="ingress.call",
+        description="A call as JSON (same body as POST /v1/calls); replies with the incident",
+    )
+    async def on_call(raw: Msg) -> None:
+        await ingress.submit(lambda: answer_call(raw))
 
     return broker
+
+
+async def _call_reply(calls: CallService, req: CallRequest) -> bytes:
+    try:
+        result = await calls.call(req)
+    except StoreUnavailable as exc:
+        return _encoder.encode({"error": str(exc), "retry": True})
+    except DomainError as exc:
+        return _encoder.encode({"error": exc.reason})
+    except Exception:
+        log.exception("ingress.call_failed", call_id=req.call_id)
+        return _encoder.encode({"error": "internal error, retry", "retry": True})
+    return _encoder.encode(result)
 
 
 async def _ack(raw: Msg) -> None:

@@ -294,3 +294,37 @@ async def test_a_hung_database_makes_readiness_false_with_one_ping_not_one_per_p
     assert len(pings) == 1, "every probe started a ping of its own"
     await asyncio.sleep(0.1)
     assert (await service.readiness())["database"] is True
+
+
+async def test_calls_over_nats_ingress_are_answered_concurrently(service: Service) -> None:
+    """Two calls in flight at once over NATS: each is held until both have started, so calls
+    answered one after another would never finish."""
+    original = service.calls.call
+    both_started = asyncio.Event()
+    started: list[str] = []
+
+    async def held(req):  # type: ignore[no-untyped-def]
+        started.append(req.call_id)
+        if len(started) == 2:
+            both_started.set()
+        await asyncio.wait_for(both_started.wait(), 5)
+        return await original(req)
+
+    service.calls.call = held  # type: ignore[method-assign]
+    nc = await nats.connect(service.nats_urls, **service.nats_auth.connect_kwargs())
+    try:
+        replies = await asyncio.gather(
+            *(
+                nc.request(
+                    "dispatch.ingress.call", json.dumps({"call_id": f"held-{i}", "caller": phone}).encode(), timeout=10
+                )
+                for i, phone in enumerate(["13800000001", "13800000011"])
+            )
+        )
+    finally:
+        await nc.close()
+        service.calls.call = original  # type: ignore[method-assign]
+    bodies = [json.loads(r.data) for r in replies]
+    assert [b.get("error") for b in bodies] == [None, None], bodies
+    assert {b["status"] for b in bodies} <= {"raised", "unregistered"}
+    assert sorted(started) == ["held-0", "held-1"]
