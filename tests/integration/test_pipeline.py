@@ -328,3 +328,23 @@ async def test_calls_over_nats_ingress_are_answered_concurrently(service: Servic
     assert [b.get("error") for b in bodies] == [None, None], bodies
     assert {b["status"] for b in bodies} <= {"raised", "unregistered"}
     assert sorted(started) == ["held-0", "held-1"]
+
+
+async def test_a_call_that_fails_unexpectedly_over_nats_is_answered_retry(service: Service) -> None:
+    original = service.calls.call
+
+    async def broken(req):  # type: ignore[no-untyped-def]
+        raise RuntimeError("bug")
+
+    service.calls.call = broken  # type: ignore[method-assign]
+    nc = await nats.connect(service.nats_urls, **service.nats_auth.connect_kwargs())
+    try:
+        body = json.dumps({"call_id": "broken-1", "caller": "13800000001"}).encode()
+        failed = json.loads((await nc.request("dispatch.ingress.call", body, timeout=10)).data)
+        service.calls.call = original  # type: ignore[method-assign]
+        retried = json.loads((await nc.request("dispatch.ingress.call", body, timeout=10)).data)
+    finally:
+        await nc.close()
+        service.calls.call = original  # type: ignore[method-assign]
+    assert failed["retry"] is True and "error" in failed
+    assert retried["status"] == "raised" and retried["duplicate"] is False
