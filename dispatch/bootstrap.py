@@ -226,6 +226,7 @@ class Service:
             channels=names,
             pools=self.pools,
             metrics=self.metrics,
+            replies=self.nc,
             connect={"disconnected_cb": self._on_handlers_disconnect, "security": self.nats_auth.broker_security()},
         )
         await self.broker.start()

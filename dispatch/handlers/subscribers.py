@@ -10,7 +10,8 @@ Invariants:
   client behind a full pool;
 - calls over NATS are answered concurrently (a bounded pool, like the HTTP door): a core
   subscription's callbacks run one after another, which held every call behind the log round
-  trips of the one before it;
+  trips of the one before it; the answer goes out on the service's own connection, which is
+  still open while the pools drain at a stop;
 - the other consumers pull one message at a time (nats-py's batch fetch waits for the whole
   batch or its timeout, which would delay an alarm); each message is handed to a bounded task pool
   and acknowledged when its work is done, so a slow receiver never holds up the next alarm;
@@ -33,6 +34,7 @@ import structlog.contextvars
 from faststream import AckPolicy
 from faststream.message import StreamMessage
 from faststream.nats import JStream, NatsBroker, PullSub
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from dispatch.channels.base import job_decoder
@@ -96,8 +98,12 @@ def build_broker(
     pools: dict[str, TaskPool],
     connect: dict[str, object] | None = None,
     metrics: Metrics | None = None,
+    replies: NATS | None = None,
 ) -> NatsBroker:
-    """Register every subscriber; `pools` receives the task pools so the service can drain them."""
+    """Register every subscriber; `pools` receives the task pools so the service can drain them.
+
+    `replies` is the connection that answers NATS calls; it must outlive the broker's, which
+    closes before the pools drain (a call finishing during a stop is still answered)."""
     broker = NatsBroker(
         servers,
         logger=None,
@@ -212,7 +218,7 @@ def build_broker(
             reply = await _call_reply(calls, req)
         if raw.reply:
             try:
-                await raw.respond(reply)
+                await (replies.publish(raw.reply, reply) if replies is not None else raw.respond(reply))
             except Exception as exc:
                 log.warning("ingress.reply_failed", error=str(exc) or type(exc).__name__)
 

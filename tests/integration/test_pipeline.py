@@ -348,3 +348,28 @@ async def test_a_call_that_fails_unexpectedly_over_nats_is_answered_retry(servic
         service.calls.call = original  # type: ignore[method-assign]
     assert failed["retry"] is True and "error" in failed
     assert retried["status"] == "raised" and retried["duplicate"] is False
+
+
+async def test_a_call_in_flight_over_nats_when_the_service_stops_is_still_answered(service: Service) -> None:
+    original = service.calls.call
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def held(req):  # type: ignore[no-untyped-def]
+        entered.set()
+        await release.wait()
+        return await original(req)
+
+    service.calls.call = held  # type: ignore[method-assign]
+    nc = await nats.connect(service.nats_urls, **service.nats_auth.connect_kwargs())
+    try:
+        body = json.dumps({"call_id": "at-stop", "caller": "13800000001"}).encode()
+        request = asyncio.create_task(nc.request("dispatch.ingress.call", body, timeout=10))
+        await asyncio.wait_for(entered.wait(), 5)
+        stopping = asyncio.create_task(service.stop())
+        await asyncio.sleep(0.3)
+        release.set()
+        answer = json.loads((await request).data)
+        await stopping
+    finally:
+        await nc.close()
+    assert answer["status"] == "raised" and answer["duplicate"] is False
