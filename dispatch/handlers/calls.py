@@ -10,6 +10,9 @@ Invariants:
   the call ids it holds, and the call's routing is indexed on its own subject (written after the
   decision; a retry finds the decision and writes the index if a crash left it out);
 - a closed incident whose line was not yet advanced is repaired by the next call (LineClosed);
+- a call that opens an incident reads the log once: the call index, the line and the incident of
+  the line's last epoch seen here are read together, and the open's expected sequence 0 catches
+  any incident opened since (a stale guess costs one more read, never a wrong decision);
 - a number in no group is never dropped: it raises an UnregisteredCall for the duty desk;
 - no atomic batch on this path: on a file stream each batch costs ~3 ms and batches serialize;
 - a caller who floods is absorbed into the open incident past a budget (`dispatch.handlers.flood`);
@@ -60,6 +63,7 @@ from dispatch.store.eventstore import AppendConflict, EventStore, Outgoing, Reco
 log = structlog.get_logger(__name__)
 
 MAX_ATTEMPTS = 10
+EPOCHS_REMEMBERED = 200_000
 
 
 class CallRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -101,6 +105,12 @@ class CallService:
         self.metrics = metrics
         self.region = region
         self.clock = clock
+        self._epochs: dict[str, int] = {}
+
+    def _remember_epoch(self, line: str, epoch: int) -> None:
+        if len(self._epochs) >= EPOCHS_REMEMBERED and line not in self._epochs:
+            self._epochs.clear()
+        self._epochs[line] = epoch
 
     def caller_e164(self, raw: str) -> str | None:
         """The caller as E.164; a Chinese mobile already in the directory skips the full parse."""
@@ -160,14 +170,18 @@ class CallService:
         routed_subject = call_subject(call.call_id)
         for attempt in range(MAX_ATTEMPTS):
             route = route_call(self.directory, call, self.quorum, self.fallback_duty, self.deadlines)
-            known = await self.store.last_of([routed_subject, line_subject(route.line)])
+            guess = self._epochs.get(route.line, 0)
+            guessed = incident_subject(incident_id_for(route.line, guess))
+            known = await self.store.last_of([routed_subject, line_subject(route.line), guessed])
             duplicate = _duplicate(known.get(routed_subject))
             if duplicate is not None:
                 return duplicate
             line = known.get(line_subject(route.line))
             epoch = line.event.epoch + 1 if line is not None and isinstance(line.event, LineClosed) else 0
+            self._remember_epoch(route.line, epoch)
             incident_id = incident_id_for(route.line, epoch)
-            history = await self.store.load(incident_subject(incident_id))
+            fresh = epoch == guess and guessed not in known
+            history = [] if fresh else await self.store.load(incident_subject(incident_id))
             state = fold([r.event for r in history])
             try:
                 if state is None:

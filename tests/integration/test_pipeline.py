@@ -14,6 +14,7 @@ import pytest
 
 from dispatch.bootstrap import Service
 from dispatch.channels.base import Permanent, Transient
+from dispatch.handlers.calls import CallRequest, CallService
 from dispatch.settings import Settings
 from dispatch.store.server import free_port
 from tests.support import RecordingChannel
@@ -373,3 +374,45 @@ async def test_a_call_in_flight_over_nats_when_the_service_stops_is_still_answer
     finally:
         await nc.close()
     assert answer["status"] == "raised" and answer["duplicate"] is False
+
+
+async def test_a_call_that_opens_an_incident_reads_the_log_once_and_a_stale_epoch_guess_still_routes_right(
+    service: Service, http: httpx.AsyncClient
+) -> None:
+    store = service.calls.store
+    reads: list[str] = []
+    last_of, load = store.last_of, store.load
+
+    async def counted_last_of(subjects: list[str]):  # type: ignore[no-untyped-def]
+        reads.append("last_of")
+        return await last_of(subjects)
+
+    async def counted_load(subject: str, after: int = 0):  # type: ignore[no-untyped-def]
+        reads.append("load")
+        return await load(subject, after)
+
+    store.last_of, store.load = counted_last_of, counted_load  # type: ignore[method-assign]
+    caller = "13800000001"
+    first = (await http.post("/v1/calls", json={"call_id": "epoch-1", "caller": caller})).json()
+    assert first["status"] == "raised" and reads == ["last_of"]
+
+    other_process = CallService(
+        store,
+        service.directory.directory,
+        quorum=service.calls.quorum,
+        fallback_duty=service.calls.fallback_duty,
+        metrics=service.calls.metrics,
+    )
+    incidents = [first["incident_id"]]
+    for n in range(2):
+        r = await http.post(f"/v1/incidents/{incidents[-1]}/responses", json={"responder": caller, "action": "cancel"})
+        assert r.status_code == 200, r.text
+        again = (await http.post("/v1/calls", json={"call_id": f"epoch-{n + 2}", "caller": caller})).json()
+        assert again["status"] == "raised" and again["incident_id"] not in incidents
+        incidents.append(again["incident_id"])
+    stale = await other_process.call(CallRequest(call_id="epoch-stale", caller="13800000002"))
+    assert stale.status == "merged" and stale.incident_id == incidents[-1]
+    reads.clear()
+    fresh_guess = await service.calls.call(CallRequest(call_id="epoch-merge", caller="13800000003"))
+    assert fresh_guess.status == "merged" and fresh_guess.incident_id == incidents[-1]
+    assert reads[:2] == ["last_of", "load"], "merging needs the incident's history"
