@@ -199,12 +199,15 @@ class Service:
             on_permanent_failure=self._escalate_if_unreachable,
             load_incident=self._load_incident,
         )
-        self.escalation = EscalationService(self.store, metrics=self.metrics, command_centre=st.command_centre_person())
+        timers = Timers(self.nc)
+        self.escalation = EscalationService(
+            self.store, metrics=self.metrics, command_centre=st.command_centre_person(), timers=timers
+        )
         self.fanout = FanOut(
             self.store,
             self.delivery,
             self.channels,
-            timers=Timers(self.nc),
+            timers=timers,
             public_url=st.base_url,
             routing=self.channel_config,
         )

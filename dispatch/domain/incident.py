@@ -602,6 +602,17 @@ def timer_due(state: IncidentState, timer: Timer) -> datetime | None:
     return state.covered_at + timedelta(seconds=opened.arrival_deadline_s)
 
 
+def deadline_after(state: IncidentState, fired: Timer) -> tuple[Timer, datetime] | None:
+    """The deadline a fired one sets: the escalate deadline once the ack deadline passed uncovered.
+
+    An alarm covered before its ack deadline never needs the escalate one (cover is never
+    withdrawn), so raising sets only the ack deadline and the escalate one follows from it."""
+    if fired != "ack" or state.closed or state.covered or state.escalation_tier >= 2:
+        return None
+    due = timer_due(state, "escalate")
+    return None if due is None else ("escalate", due)
+
+
 def _tier_one(state: IncidentState, at: datetime, reason: EscalationReason) -> IncidentEscalated:
     """Officer and assistant alerted again (unless they accepted), the duty desks notified."""
     staff = [

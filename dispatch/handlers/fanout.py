@@ -5,8 +5,9 @@ recipients are in the event), CallRepeated (the re-alerted), IncidentEscalated (
 first ResponderAccepted and IncidentCovered (the caller is told help is coming) and
 IncidentCancelled (everyone alerted is told). Which channels reach a person follows their role and
 village (`ChannelConfig`). The fan-out also sets the incident's deadlines as server-side schedules:
-ack and escalate when it is raised, arrival when it is covered; the trigger is acknowledged only
-after they are set, so no alarm is ever left without its deadlines.
+ack when it is raised (the ack deadline, when it passes uncovered, sets the escalate deadline:
+`EscalationService`), arrival when it is covered; the trigger is acknowledged only after they are
+set, so no alarm is ever left without its deadlines.
 
 The first attempt is made here, not through the work queue: one hop from the log to the phones
 (a queue hop costs an fsynced publish and a second consumer). Targets that fail transiently are
@@ -32,7 +33,7 @@ import structlog
 from dispatch.channels.base import Channel, DeliveryJob, JobKind, Target
 from dispatch.channels.routing import ChannelConfig
 from dispatch.clock import Clock, utcnow
-from dispatch.domain.incident import Alert, IncidentState, Timer, alert_for, timer_due
+from dispatch.domain.incident import Alert, IncidentState, alert_for, timer_due
 from dispatch.domain.messages import alert_text_en_for, alert_text_for, spoken_text_for
 from dispatch.events.model import (
     CallRepeated,
@@ -103,7 +104,7 @@ class FanOut:
                 return 0
             opened, done, urgency = state.opened, state.outcomes, state.urgency
         deadlines = (
-            [self._schedule(opened, "ack"), self._schedule(opened, "escalate")]
+            [self._schedule_ack(opened)]
             if isinstance(trigger, IncidentOpened)
             else [self._schedule_arrival(state)]
             if isinstance(trigger, IncidentCovered) and state is not None
@@ -138,9 +139,8 @@ class FanOut:
         log.info("fanout.rung", incident_id=alert.incident_id, round=rec.seq, reason=alert.reason, targets=targets)
         return targets
 
-    async def _schedule(self, opened: IncidentOpened, timer: Timer) -> None:
-        seconds = opened.ack_deadline_s if timer == "ack" else opened.escalate_after_s
-        await self.timers.schedule(opened.incident_id, timer, opened.at + timedelta(seconds=seconds))
+    async def _schedule_ack(self, opened: IncidentOpened) -> None:
+        await self.timers.schedule(opened.incident_id, "ack", opened.at + timedelta(seconds=opened.ack_deadline_s))
 
     async def _schedule_arrival(self, state: IncidentState) -> None:
         due = timer_due(state, "arrival")

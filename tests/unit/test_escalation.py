@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import contextlib
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dispatch.domain.errors import DomainError
 from dispatch.domain.incident import (
     IncidentState,
+    deadline_after,
     decide_timer,
     decide_unreachable,
     evolve,
@@ -142,3 +146,43 @@ def test_any_order_of_timers_reaches_each_tier_at_most_once(fired: list[tuple[st
     assert tiers == sorted(set(tiers)) and set(tiers) <= {1, 2}, "a tier fired twice or out of order"
     assert 2 not in tiers or 1 in tiers, "tier 2 without tier 1"
     assert state.escalation_tier == (max(tiers) if tiers else 0)
+
+
+def test_the_ack_deadline_sets_the_escalate_deadline_only_while_it_can_still_matter() -> None:
+    state = raised()
+    assert deadline_after(state, "ack") == ("escalate", at(300))
+    assert deadline_after(state, "escalate") is None and deadline_after(state, "arrival") is None
+    covered = apply(state, respond(state, OFFICER, "accept", seconds=5))
+    covered = apply(covered, respond(covered, LEADER, "accept", seconds=6))
+    assert deadline_after(covered, "ack") is None
+    closed = apply(state, respond(state, OFFICER, "resolve", category="other"))
+    assert deadline_after(closed, "ack") is None
+
+
+ANSWERS = st.lists(
+    st.tuples(
+        st.sampled_from([OFFICER, LEADER, ASSISTANT]),
+        st.sampled_from(["accept", "decline", "arrived", "resolve"]),
+        st.integers(1, 400),
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ANSWERS)
+def test_an_escalation_the_escalate_deadline_would_make_always_had_its_deadline_set_at_ack(
+    answers: list[tuple[str, str, int]],
+) -> None:
+    state = raised()
+    at_ack: IncidentState | None = None
+    for who, action, second in sorted(answers, key=lambda a: a[2]):
+        if at_ack is None and second > 60:
+            at_ack = state
+        extra = {"category": "other"} if action == "resolve" else {}
+        with contextlib.suppress(DomainError):
+            state = apply(state, respond(state, who, action, seconds=second, **extra))
+    at_ack = at_ack or state
+    state = apply(state, decide_timer(at_ack, "ack", at(60), CENTRE))
+    if decide_timer(state, "escalate", at(300), CENTRE):
+        assert deadline_after(at_ack, "ack") == ("escalate", at(300)), "tier 2 would have had no deadline"

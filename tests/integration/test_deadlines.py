@@ -1,0 +1,87 @@
+"""Deadlines on a real nats-server: raising sets the ack deadline; the escalate deadline follows from it
+only for an incident still uncovered when the ack deadline passes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from nats.js.errors import NotFoundError
+
+from dispatch.bootstrap import Service
+from dispatch.events.subjects import TIMERS_STREAM, schedule_subject, timer_fired_subject
+from dispatch.settings import Settings
+from dispatch.store.server import free_port
+from tests.support import RecordingChannel
+from tests.unit.fixtures import ROSTER
+
+OFFICER, LEADER = "+8613900000009", "+8613800000008"
+
+
+@pytest.fixture
+async def service(tmp_path: Path) -> AsyncIterator[Service]:
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        http=f"127.0.0.1:{free_port()}",
+        duty_desk="+8673184512345",
+        ack_deadline_s=2.0,
+        escalate_after_s=3.0,
+        nats_restart_delay=600,
+    )
+    settings.validate()
+    svc = Service(settings, channels=[RecordingChannel()])
+    await svc.start()
+    try:
+        async with http_for(svc) as http:
+            r = await http.post("/v1/groups/import", content=ROSTER.encode(), headers={"Content-Type": "text/csv"})
+            assert r.status_code == 200, r.text
+        yield svc
+    finally:
+        await svc.stop()
+
+
+def http_for(svc: Service) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=svc.settings.base_url, timeout=30, headers={"Authorization": f"Bearer {svc.admin_token}"}
+    )
+
+
+async def stored(svc: Service, subject: str) -> bool:
+    try:
+        await svc.nc.jetstream().get_last_msg(TIMERS_STREAM, subject)
+    except NotFoundError:
+        return False
+    return True
+
+
+async def tiers(http: httpx.AsyncClient, incident: str) -> list[int]:
+    view = (await http.get(f"/v1/incidents/{incident}")).json()
+    return [e["detail"]["tier"] for e in view["timeline"] if e["type"] == "IncidentEscalated"]
+
+
+async def test_the_escalate_deadline_is_set_by_an_ack_deadline_passing_uncovered_and_only_then(
+    service: Service,
+) -> None:
+    async with http_for(service) as http:
+        covered = (await http.post("/v1/calls", json={"call_id": "cov-1", "caller": "13800000001"})).json()
+        uncovered = (await http.post("/v1/calls", json={"call_id": "unc-1", "caller": "13800000011"})).json()
+        covered_id, uncovered_id = covered["incident_id"], uncovered["incident_id"]
+        assert not await stored(service, schedule_subject(uncovered_id, "escalate")), "set at raise, not at ack"
+        for who in (OFFICER, LEADER):
+            r = await http.post(f"/v1/incidents/{covered_id}/responses", json={"responder": who, "action": "accept"})
+            assert r.status_code == 200, r.text
+        assert (await http.get(f"/v1/incidents/{covered_id}")).json()["status"] == "acknowledged"
+
+        for _ in range(200):
+            if await tiers(http, uncovered_id) == [1, 2]:
+                break
+            await asyncio.sleep(0.05)
+        assert await tiers(http, uncovered_id) == [1, 2], "the uncovered incident reached no tier 2"
+        assert await stored(service, timer_fired_subject(uncovered_id, "escalate"))
+        assert await stored(service, timer_fired_subject(covered_id, "ack")), "the covered one's ack deadline fired"
+        assert not await stored(service, schedule_subject(covered_id, "escalate"))
+        assert not await stored(service, timer_fired_subject(covered_id, "escalate"))
+        assert await tiers(http, covered_id) == []
