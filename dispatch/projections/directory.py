@@ -15,8 +15,10 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -32,6 +34,26 @@ log = structlog.get_logger(__name__)
 
 SNAPSHOT_AFTER_EVENTS = 10_000
 SNAPSHOT_MIN_INTERVAL_S = 30.0
+
+
+def _libc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _libc_trim()
+
+
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc; elsewhere nothing to do).
+
+    A large import frees much more than it keeps (request bodies, plans, the snapshot's bytes);
+    glibc keeps those pages mapped, so the process would look as large as its worst moment."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class LiveDirectory:
@@ -107,6 +129,8 @@ class LiveDirectory:
                 log.warning("directory.snapshot_not_written", path=str(path), error=str(exc))
                 return
         log.info("directory.snapshot_written", bytes=len(data))
+        del data
+        trim_heap()
 
     def settle(self) -> None:
         """After a large change: compact and freeze now; snapshot soon (at most every 30 s)."""
@@ -130,6 +154,7 @@ class LiveDirectory:
         self.directory.compact()
         gc.collect()
         gc.freeze()
+        trim_heap()
 
     async def wait_for(self, seqs_by_subject: dict[str, int], timeout: float = 10.0) -> None:
         for subject, seq in seqs_by_subject.items():
