@@ -9,7 +9,8 @@ Invariants:
   (the fold ignores sequences it has seen per aggregate); an unreadable snapshot means a full replay;
 - a snapshot is written whole or not at all (temporary file, fsync, rename), after a start that
   replayed many events and soon after large imports (at most every 30 s);
-- the heap it builds is compacted, then frozen out of the cyclic GC after start and after large imports.
+- the heap it builds is compacted, then frozen out of the cyclic GC after start and after large imports;
+  the C heap's free pages are then handed back, and again after each snapshot.
 """
 
 from __future__ import annotations
