@@ -38,7 +38,7 @@ class EscalationService:
         *,
         metrics: Metrics,
         command_centre: Person | None,
-        timers: Timers | None = None,
+        timers: Timers,
         clock: Clock = utcnow,
     ) -> None:
         self.timers = timers
@@ -54,7 +54,7 @@ class EscalationService:
             incident_id, lambda state, at: decide_timer(state, timer, at, self.command_centre), f"timer:{timer}"
         )
         following = deadline_after(state, timer)
-        if following is not None and self.timers is not None:
+        if following is not None:
             await self.timers.schedule(incident_id, *following)
         return escalated
 
