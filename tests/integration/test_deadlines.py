@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -14,6 +15,7 @@ from nats.js.errors import NotFoundError
 from dispatch.bootstrap import Service
 from dispatch.events.subjects import TIMERS_STREAM, schedule_subject, timer_fired_subject
 from dispatch.settings import Settings
+from dispatch.store.eventstore import StoreUnavailable
 from dispatch.store.server import free_port
 from tests.support import RecordingChannel
 from tests.unit.fixtures import ROSTER
@@ -85,3 +87,26 @@ async def test_the_escalate_deadline_is_set_by_an_ack_deadline_passing_uncovered
         assert not await stored(service, schedule_subject(covered_id, "escalate"))
         assert not await stored(service, timer_fired_subject(covered_id, "escalate"))
         assert await tiers(http, covered_id) == []
+
+
+async def test_an_escalate_deadline_that_cannot_be_stored_comes_back_with_its_ack_timer(service: Service) -> None:
+    timers = service.escalation.timers
+    schedule = timers.schedule
+    refused: list[str] = []
+
+    async def once_unreachable(incident_id: str, timer: str, due: datetime) -> None:
+        if timer == "escalate" and not refused:
+            refused.append(incident_id)
+            raise StoreUnavailable("timers unavailable: test")
+        await schedule(incident_id, timer, due)
+
+    timers.schedule = once_unreachable  # type: ignore[method-assign]
+    async with http_for(service) as http:
+        raised = (await http.post("/v1/calls", json={"call_id": "refused-1", "caller": "13800000011"})).json()
+        incident = raised["incident_id"]
+        for _ in range(300):
+            if await tiers(http, incident) == [1, 2]:
+                break
+            await asyncio.sleep(0.05)
+        assert refused == [incident], "the escalate deadline was never refused"
+        assert await tiers(http, incident) == [1, 2], "a refused escalate deadline lost tier 2"
