@@ -131,7 +131,7 @@ class LiveDirectory:
                 return
         log.info("directory.snapshot_written", bytes=len(data))
         del data
-        trim_heap()
+        await asyncio.to_thread(trim_heap)
 
     def settle(self) -> None:
         """After a large change: compact and freeze now; snapshot soon (at most every 30 s)."""
