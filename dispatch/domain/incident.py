@@ -18,6 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal, cast
@@ -402,6 +403,22 @@ def _with_responder(state: IncidentState, phone: str, **changes: object) -> Inci
     return replace(state, responders=responders)
 
 
+def _notified(state: IncidentState, channel: str, round_: int, phones: Iterable[str], at: datetime) -> IncidentState:
+    """These recipients' alert of `round_` was handed to `channel` at `at` (a notice, or a first
+    attempt's outcome that carries `handed_at`)."""
+    for phone in phones:
+        r = state.responders.get(phone)
+        if r is not None and channel not in r.notified:
+            state = _with_responder(state, phone, notified={**r.notified, channel: at})
+    status: Status = "notifying" if state.status == "raised" else state.status
+    return replace(
+        state,
+        status=status,
+        rounds=state.rounds | {round_},
+        first_notified_at=state.first_notified_at or at,
+    )
+
+
 def evolve(state: IncidentState | None, event: Event) -> IncidentState | None:
     """Fold one event into the incident state; unknown or stray events leave it unchanged."""
     if isinstance(event, IncidentOpened):
@@ -413,18 +430,10 @@ def evolve(state: IncidentState | None, event: Event) -> IncidentState | None:
             state = _with_responder(state, person.phone, last_alerted_at=event.at)
         return replace(state, urgency=max(state.urgency, event.urgency), calls=state.calls | {event.call_id})
     if isinstance(event, RespondersNotified):
-        for phone in event.phones:
-            r = state.responders.get(phone)
-            if r is not None and event.channel not in r.notified:
-                state = _with_responder(state, phone, notified={**r.notified, event.channel: event.at})
-        status: Status = "notifying" if state.status == "raised" else state.status
-        return replace(
-            state,
-            status=status,
-            rounds=state.rounds | {event.round},
-            first_notified_at=state.first_notified_at or event.at,
-        )
+        return _notified(state, event.channel, event.round, event.phones, event.at)
     if isinstance(event, DeliverySucceeded):
+        if event.handed_at is not None:
+            state = _notified(state, event.channel, event.round, [t.phone for t in event.targets], event.handed_at)
         for target in event.targets:
             r = state.responders.get(target.phone)
             if r is not None and event.channel not in r.delivered:
@@ -432,6 +441,8 @@ def evolve(state: IncidentState | None, event: Event) -> IncidentState | None:
         done = {(event.round, event.channel, t.address) for t in event.targets}
         return replace(state, outcomes=state.outcomes | done)
     if isinstance(event, DeliveryFailed):
+        if event.handed_at is not None:
+            state = _notified(state, event.channel, event.round, [f.phone for f in event.failures], event.handed_at)
         for failure in event.failures:
             r = state.responders.get(failure.phone)
             if r is not None and failure.kind != "withdrawn":

@@ -173,7 +173,9 @@ class CallRepeated(IncidentEvent, frozen=True, kw_only=True):
 class RespondersNotified(IncidentEvent, frozen=True, kw_only=True):
     """The alert of `round` was queued on `channel` for these recipients (one event per job: the
     log is fsynced per message, so per-recipient events would multiply the cost of an alarm).
-    Delivery observations live on `dispatch.evt.notice.<incident>`, apart from the decisions."""
+    Delivery observations live on `dispatch.evt.notice.<incident>`, apart from the decisions.
+    Since the fan-out's first attempt records its outcome with `handed_at`, this event is written
+    only for the targets of that attempt left to a retry; older logs hold one per job."""
 
     channel: str
     round: int
@@ -193,20 +195,26 @@ class Unreached(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DeliverySucceeded(IncidentEvent, frozen=True, kw_only=True):
+    """`handed_at` is set on the fan-out's first attempt: when the alert was handed to the channel.
+    Such an outcome is also the notice of its targets (no RespondersNotified is written for them)."""
+
     channel: str
     round: int
     attempt: int = 1
     targets: tuple[Reached, ...]
+    handed_at: datetime | None = None
 
 
 class DeliveryFailed(IncidentEvent, frozen=True, kw_only=True):
     """Targets given up on: `permanent` (never retried), `exhausted` (every attempt failed) or
-    `withdrawn` (a retry not rung: the target answered meanwhile or the incident was closed)."""
+    `withdrawn` (a retry not rung: the target answered meanwhile or the incident was closed).
+    `handed_at` as in DeliverySucceeded: set on the fan-out's first attempt, then also the notice."""
 
     channel: str
     round: int
     attempt: int = 1
     failures: tuple[Unreached, ...]
+    handed_at: datetime | None = None
 
 
 class ResponderAccepted(IncidentEvent, frozen=True, kw_only=True):

@@ -8,6 +8,8 @@ Invariants:
   then DeliveryFailed{exhausted}; permanent failures are not retried: DeliveryFailed{permanent};
 - the retry job is queued and the outcome events appended before the job is acknowledged; if
   either fails the whole job comes back (same Idempotency-Keys), never dropped;
+- a first attempt's outcomes carry `handed_at` and are also the notice of their targets; the
+  targets it leaves to a retry get a RespondersNotified, so everyone rung counts as notified;
 - a channel that raises is treated as a transient failure of that target;
 - a retry that asks for an answer (alarm, repeat, escalation, unregistered) is withdrawn, not rung,
   for a target who has answered meanwhile or once the incident is closed: DeliveryFailed{withdrawn};
@@ -21,7 +23,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import msgspec
 import structlog
@@ -38,7 +40,14 @@ from dispatch.channels.base import (
 )
 from dispatch.clock import Clock, utcnow
 from dispatch.domain.incident import IncidentState
-from dispatch.events.model import DeliveryFailed, DeliverySucceeded, FailureKind, Reached, Unreached
+from dispatch.events.model import (
+    DeliveryFailed,
+    DeliverySucceeded,
+    FailureKind,
+    Reached,
+    RespondersNotified,
+    Unreached,
+)
 from dispatch.events.subjects import notice_subject
 from dispatch.ids import stable_key
 from dispatch.metrics import Metrics
@@ -136,7 +145,7 @@ class DeliveryWorker:
             )
         retried = {t.key for t, _ in retry}
         done = [(t, o) for t, o in zip(live, outcomes, strict=True) if t.key not in retried]
-        await self._record(job, done + withdrawn, retry)
+        await self._record(job, done + withdrawn, retry, handed_at=now if job.attempt == 1 else None)
         return None
 
     async def _withdrawn(self, job: DeliveryJob) -> list[tuple[Target, Outcome]]:
@@ -162,8 +171,15 @@ class DeliveryWorker:
             return Transient(f"{type(exc).__name__}")
 
     async def _record(
-        self, job: DeliveryJob, done: list[tuple[Target, Outcome]], retry: list[tuple[Target, Transient]]
+        self,
+        job: DeliveryJob,
+        done: list[tuple[Target, Outcome]],
+        retry: list[tuple[Target, Transient]],
+        *,
+        handed_at: datetime | None = None,
     ) -> None:
+        """Append the outcomes; with `handed_at` (a first attempt) they are also the notice, and the
+        targets left to a retry get a RespondersNotified of their own."""
         now = self.clock()
         reached = tuple(
             Reached(phone=t.recipient.phone, address=t.address) for t, o in done if isinstance(o, Delivered)
@@ -188,6 +204,7 @@ class DeliveryWorker:
                 round=job.round,
                 attempt=job.attempt,
                 targets=reached,
+                handed_at=handed_at,
             )
             events.append(Outgoing(subject, succeeded, f"dlv:{job.key}:ok"))
             self.metrics.deliveries.labels(job.channel, "delivered").inc(len(reached))
@@ -199,6 +216,7 @@ class DeliveryWorker:
                 round=job.round,
                 attempt=job.attempt,
                 failures=failures,
+                handed_at=handed_at,
             )
             events.append(Outgoing(subject, failed, f"dlv:{job.key}:failed"))
             for failure in failures:
@@ -213,6 +231,12 @@ class DeliveryWorker:
                 )
         if retry:
             self.metrics.deliveries.labels(job.channel, "retry").inc(len(retry))
+            if handed_at is not None:
+                phones = tuple(dict.fromkeys(t.recipient.phone for t, _ in retry))
+                notified = RespondersNotified(
+                    at=handed_at, incident_id=job.incident_id, channel=job.channel, round=job.round, phones=phones
+                )
+                events.append(Outgoing(subject, notified, f"notify:{stable_key(job.key, *phones)}"))
         await asyncio.gather(*(self.store.append([e]) for e in events))
         if self.on_permanent_failure is not None and any(f.kind == "permanent" for f in failures):
             await self.on_permanent_failure(job.incident_id)

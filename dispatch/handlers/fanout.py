@@ -11,7 +11,9 @@ set, so no alarm is ever left without its deadlines.
 
 The first attempt is made here, not through the work queue: one hop from the log to the phones
 (a queue hop costs an fsynced publish and a second consumer). Targets that fail transiently are
-queued on DISPATCH_DELIVERY for retries, which any process's delivery worker takes.
+queued on DISPATCH_DELIVERY for retries, which any process's delivery worker takes. The first
+attempt's outcome, carrying `handed_at`, is also its targets' notice: one append per job, not two
+(every append to the log is fsynced, in the stream's one write path; `docs/benchmarks.md`).
 
 Invariants:
 - the trigger's stream sequence is its round: every target's Idempotency-Key contains it, so a
@@ -42,13 +44,11 @@ from dispatch.events.model import (
     IncidentEscalated,
     IncidentOpened,
     ResponderAccepted,
-    RespondersNotified,
 )
-from dispatch.events.subjects import notice_subject
 from dispatch.handlers.delivery import DeliveryWorker
 from dispatch.handlers.responses import IncidentReader
 from dispatch.ids import stable_key
-from dispatch.store.eventstore import EventStore, Outgoing, Recorded
+from dispatch.store.eventstore import EventStore, Recorded
 from dispatch.store.timers import Timers
 
 log = structlog.get_logger(__name__)
@@ -115,26 +115,7 @@ class FanOut:
             await asyncio.gather(*deadlines)
             return 0
         jobs = self.jobs_for(alert, rec, done)
-        now = self.clock()
-        notices = [
-            RespondersNotified(
-                at=now,
-                incident_id=alert.incident_id,
-                channel=job.channel,
-                round=rec.seq,
-                phones=tuple(dict.fromkeys(t.recipient.phone for t in job.targets)),
-            )
-            for job in jobs
-        ]
-        subject = notice_subject(alert.incident_id)
-        await asyncio.gather(
-            *(self.delivery.handle(job) for job in jobs),
-            *deadlines,
-            *(
-                self.store.append([Outgoing(subject, n, f"notify:{n.incident_id}:{n.round}:{n.channel}")])
-                for n in notices
-            ),
-        )
+        await asyncio.gather(*(self.delivery.handle(job) for job in jobs), *deadlines)
         targets = sum(len(j.targets) for j in jobs)
         log.info("fanout.rung", incident_id=alert.incident_id, round=rec.seq, reason=alert.reason, targets=targets)
         return targets

@@ -312,8 +312,11 @@ class _Batch:
         row.calls += 1
 
     def _notified(self, row: IncidentRow, event: RespondersNotified, at: float) -> None:
+        self._handed(row, event.phones, at)
+
+    def _handed(self, row: IncidentRow, phones: Iterable[str], at: float) -> None:
         people = self._people(row)
-        for phone in event.phones:
+        for phone in phones:
             r = people.get(phone)
             if r is not None and r.notified_at is None:
                 r.notified_at = at
@@ -323,6 +326,8 @@ class _Batch:
             row.status = "notifying"
 
     def _delivered(self, row: IncidentRow, event: DeliverySucceeded, at: float) -> None:
+        if event.handed_at is not None:
+            self._handed(row, [t.phone for t in event.targets], ts(event.handed_at))
         people = self._people(row)
         for target in event.targets:
             r = people.get(target.phone)
@@ -332,6 +337,8 @@ class _Batch:
             row.first_delivered_at = at
 
     def _failed(self, row: IncidentRow, event: DeliveryFailed, at: float) -> None:
+        if event.handed_at is not None:
+            self._handed(row, [f.phone for f in event.failures], ts(event.handed_at))
         people = self._people(row)
         for failure in event.failures:
             r = people.get(failure.phone)

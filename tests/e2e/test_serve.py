@@ -187,13 +187,14 @@ def test_one_call_alerts_the_other_nine_once_and_answers_cover_it(
     )
     types = [e["type"] for e in view["timeline"]]
     assert types[0] == "AlarmRaised"
-    notified = [e for e in view["timeline"] if e["type"] == "RespondersNotified"]
+    notified = [e for e in view["timeline"] if e["type"] == "DeliverySucceeded" and e["detail"]["handed_at"]]
     alarm_round = view["timeline"][0]["seq"]
     [alarm] = [e for e in notified if e["detail"]["round"] == alarm_round]
-    assert sorted(alarm["detail"]["phones"]) == sorted(GROUP_ONE - {CALLER})
-    assert [e["detail"]["phones"] for e in notified if e is not alarm] == [[CALLER], [CALLER]], (
+    assert sorted(t["phone"] for t in alarm["detail"]["targets"]) == sorted(GROUP_ONE - {CALLER})
+    assert [[t["phone"] for t in e["detail"]["targets"]] for e in notified if e is not alarm] == [[CALLER], [CALLER]], (
         "the caller is told when the first responder accepts and when the incident is covered"
     )
+    assert "RespondersNotified" not in types, "a first attempt that had an outcome needs no notice of its own"
     tail = [t for t in types if t not in ("RespondersNotified", "DeliverySucceeded")]
     assert tail == [
         "AlarmRaised",

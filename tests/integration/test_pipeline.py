@@ -144,6 +144,14 @@ async def test_transient_failures_retry_and_permanent_ones_do_not(
     failed = [e for e in view["timeline"] if e["type"] == "DeliveryFailed"]
     kinds = sorted((f["phone"], f["kind"]) for e in failed for f in e["detail"]["failures"])
     assert kinds == [("+8613800000003", "permanent"), ("+8613800000004", "exhausted")]
+    first = [e for e in view["timeline"] if e["type"].startswith("Delivery") and e["detail"]["attempt"] == 1]
+    assert first and all(e["detail"]["handed_at"] for e in first), "a first attempt's outcome is its notice"
+    assert all(not e["detail"]["handed_at"] for e in view["timeline"] if e["detail"].get("attempt", 1) > 1)
+    [notice] = [e for e in view["timeline"] if e["type"] == "RespondersNotified"]
+    assert sorted(notice["detail"]["phones"]) == ["+8613800000002", "+8613800000004"], (
+        "only the targets the first attempt left to a retry get a notice of their own"
+    )
+    assert all("test" in r["notified"] for r in view["responders"] if r["recipient"])
 
 
 async def test_retries_stop_for_who_answered_and_once_the_incident_is_closed(

@@ -7,6 +7,8 @@ import asyncio
 import random
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 from nats.aio.client import Client as NATS
@@ -25,6 +27,8 @@ from dispatch.domain.incident import (
 )
 from dispatch.domain.roster import parse_roster, plan_import
 from dispatch.events.model import (
+    DeliveryFailed,
+    DeliverySucceeded,
     Event,
     GroupDissolved,
     GroupFormed,
@@ -33,8 +37,10 @@ from dispatch.events.model import (
     MemberBound,
     MemberRenamed,
     MemberUnbound,
+    Reached,
     RespondersNotified,
     RoleAssigned,
+    Unreached,
 )
 from dispatch.events.subjects import incident_subject, line_subject, notice_subject
 from dispatch.projections import queries, roster
@@ -117,7 +123,7 @@ def subject_of(event: Event) -> str:
     if isinstance(event, LineEvent):
         return line_subject(event.line)
     assert isinstance(event, IncidentEvent)
-    if isinstance(event, RespondersNotified):
+    if isinstance(event, (RespondersNotified, DeliverySucceeded, DeliveryFailed)):
         return notice_subject(event.incident_id)
     return incident_subject(event.incident_id)
 
@@ -163,6 +169,49 @@ def test_batches_apply_exactly_once_whatever_overlaps(database: Database) -> Non
         assert snapshot(fresh) == once
     rows = conn.query(f"SELECT status, covered, category, urgency, first_accept_role FROM {INCIDENTS} ORDER BY id")
     assert rows == [("resolved", 1, "help", 1, "officer")] * 3
+
+
+def test_a_first_attempt_outcome_with_handed_at_makes_the_rows_its_notice_would(database: Database) -> None:
+    """Old logs: a notice per job, then its outcome; new ones: the outcome carries handed_at."""
+    old_style: list[Event] = []
+    new_style: list[Event] = []
+    for event in incident_events(3):
+        if not isinstance(event, RespondersNotified):
+            old_style.append(event)
+            new_style.append(event)
+            continue
+        reached = tuple(Reached(phone=p, address=p) for p in event.phones[:-1])
+        lost = (Unreached(phone=event.phones[-1], address=event.phones[-1], kind="permanent", reason="HTTP 404"),)
+        common = {"at": event.at + timedelta(seconds=2), "incident_id": event.incident_id, "channel": event.channel}
+        old_style += [
+            event,
+            DeliverySucceeded(**common, round=event.round, targets=reached),
+            DeliveryFailed(**common, round=event.round, failures=lost),
+        ]
+        new_style += [
+            DeliverySucceeded(**common, round=event.round, targets=reached, handed_at=event.at),
+            DeliveryFailed(**common, round=event.round, failures=lost, handed_at=event.at),
+        ]
+    projection = IncidentsProjection()
+    conn = database.connect()
+    ensure_schema(conn, projection)
+    incident_columns = "status, first_notified_at, first_delivered_at, first_accept_at, covered_at"
+    responder_columns = "phone, recipient, notified_at, delivered_at, failed_kind, accepted_at"
+
+    def rows() -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+        return (
+            conn.query(f"SELECT {incident_columns} FROM {INCIDENTS} ORDER BY id"),
+            conn.query(f"SELECT incident_id, {responder_columns} FROM {RESPONDERS} ORDER BY incident_id, phone"),
+        )
+
+    apply_batch(conn, projection, recorded(old_style))
+    expected = rows()
+    conn.execute(f"DELETE FROM {INCIDENTS}")
+    conn.execute(f"DELETE FROM {RESPONDERS}")
+    apply_batch(conn, IncidentsProjection(), [replace(r, seq=r.seq + 10_000) for r in recorded(new_style)])
+    assert rows() == expected
+    assert all(r[3] is not None for r in expected[1] if r[2]), "every recipient notified"
+    assert {r[5] for r in expected[1] if r[2]} == {None, "permanent"}
 
 
 def test_a_failure_mid_batch_leaves_nothing_behind(database: Database) -> None:

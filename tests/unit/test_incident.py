@@ -24,11 +24,16 @@ from dispatch.domain.messages import alert_text_for
 from dispatch.domain.phone import try_normalize
 from dispatch.events.model import (
     AlarmRaised,
+    DeliveryFailed,
+    DeliverySucceeded,
     Event,
     IncidentCovered,
     LineClosed,
     Person,
+    Reached,
     ResponderAccepted,
+    RespondersNotified,
+    Unreached,
     UnregisteredCall,
 )
 
@@ -255,3 +260,62 @@ def test_alarm_raised_opens_and_fold_is_deterministic() -> None:
     assert isinstance(state.opened, AlarmRaised)
     assert state.status == "raised" and state.urgency == 1
     assert len([r for r in state.responders.values() if r.recipient]) == 9
+
+
+OUTCOMES = st.sampled_from(["delivered", "permanent", "retried_delivered", "retried_exhausted"])
+
+
+@given(st.data())
+@settings(max_examples=150, deadline=None)
+def test_a_first_attempt_outcome_with_handed_at_folds_like_a_notice_beside_it(data: st.DataObject) -> None:
+    """Old logs hold one notice per job beside its outcomes; new ones fold the notice into the first
+    attempt's outcomes (handed_at) and give only the retried targets a notice. Whatever the targets'
+    fates and whatever order the concurrently appended observations landed in, the state is the same."""
+    state = raised()
+    opened = state.opened
+    phones = [p.phone for p in opened.recipients]
+    fates = {phone: data.draw(OUTCOMES, label=phone) for phone in phones}
+    iid, ch, rnd = opened.incident_id, "sms", 7
+    handed, first, second = at(1), at(2), at(5)
+
+    def outcomes(handed_at: object) -> list[Event]:
+        ok = tuple(Reached(phone=p, address=p) for p in phones if fates[p] == "delivered")
+        bad = tuple(
+            Unreached(phone=p, address=p, kind="permanent", reason="HTTP 404")
+            for p in phones
+            if fates[p] == "permanent"
+        )
+        later_ok = tuple(Reached(phone=p, address=p) for p in phones if fates[p] == "retried_delivered")
+        later_bad = tuple(
+            Unreached(phone=p, address=p, kind="exhausted", reason="HTTP 503")
+            for p in phones
+            if fates[p] == "retried_exhausted"
+        )
+        out: list[Event] = []
+        if ok:
+            out.append(
+                DeliverySucceeded(at=first, incident_id=iid, channel=ch, round=rnd, targets=ok, handed_at=handed_at)  # type: ignore[arg-type]
+            )
+        if bad:
+            out.append(
+                DeliveryFailed(at=first, incident_id=iid, channel=ch, round=rnd, failures=bad, handed_at=handed_at)  # type: ignore[arg-type]
+            )
+        if later_ok:
+            out.append(
+                DeliverySucceeded(at=second, incident_id=iid, channel=ch, round=rnd, attempt=2, targets=later_ok)
+            )
+        if later_bad:
+            out.append(DeliveryFailed(at=second, incident_id=iid, channel=ch, round=rnd, attempt=2, failures=later_bad))
+        return out
+
+    retried = tuple(p for p in phones if fates[p].startswith("retried"))
+    old = [RespondersNotified(at=handed, incident_id=iid, channel=ch, round=rnd, phones=tuple(phones)), *outcomes(None)]
+    new: list[Event] = [*outcomes(handed)]
+    if retried:
+        new.append(RespondersNotified(at=handed, incident_id=iid, channel=ch, round=rnd, phones=retried))
+    old_state = fold([opened, *data.draw(st.permutations(old), label="old order")])
+    new_state = fold([opened, *data.draw(st.permutations(new), label="new order")])
+    assert old_state is not None and new_state is not None
+    assert new_state == old_state
+    assert all(new_state.responders[p].notified == {ch: handed} for p in phones)
+    assert new_state.status == "notifying" and new_state.rounds == {rnd} and new_state.first_notified_at == handed
