@@ -35,7 +35,7 @@ from nats.aio.client import Client as NATS
 from nats.js.api import DeliverPolicy
 
 from dispatch.events import codec
-from dispatch.events.subjects import EVENTS_ALL
+from dispatch.events.subjects import EVENTS_ALL, EVENTS_STREAM, stream_of
 from dispatch.projections.sql import Database
 from dispatch.replay import PROJECTIONS, rebuild_all
 from dispatch.store.eventstore import H_MSG_ID, EventStore
@@ -48,7 +48,7 @@ async def publish(nc: NATS, events: int) -> tuple[int, int, float]:
     """Make and store the history; return (messages, incident-side events, seconds to make it)."""
     started = time.perf_counter()
     history = synthetic_history(events=events)
-    stored = [*history.roster, *history.incidents]
+    stored = [s for s in [*history.roster, *history.incidents] if stream_of(s.subject) == EVENTS_STREAM]
     made = time.perf_counter() - started
     for i, item in enumerate(stored, start=1):
         headers = codec.event_headers(item.event)

@@ -107,9 +107,10 @@ EVENT_CHANNELS: dict[str, dict[str, Any]] = {
         "description": "LineClosed{epoch}: the next call on the line opens a new incident.",
     },
     "calls": {
-        "address": "dispatch.evt.call.{call_key}",
+        "address": "dispatch.idx.call.{call_key}",
         "parameters": {"call_key": _param("sha256 of the gateway's call id, first 32 hex digits")},
-        "description": "CallRouted: what one gateway call id was answered (a retried call gets the same answer).",
+        "description": "CallRouted: what one gateway call id was answered (a retried call gets the same answer). "
+        f"Stream {s.INDEX_STREAM}, off the log's write path (see legacyCalls for where it was before).",
     },
     "tokens": {
         "address": s.token_subject("{token_id}"),
@@ -265,8 +266,16 @@ def document() -> dict[str, Any]:
         channels[channel_id] = {
             **spec,
             "messages": {cls.__name__: _ref("components/messages", cls.__name__) for cls in by_channel[channel_id]},
-            "x-dispatch-stream": s.EVENTS_STREAM,
+            "x-dispatch-stream": s.INDEX_STREAM if channel_id == "calls" else s.EVENTS_STREAM,
         }
+    channels["legacyCalls"] = {
+        "address": "dispatch.evt.call.{call_key}",
+        "parameters": {"call_key": _param("sha256 of the gateway's call id, first 32 hex digits")},
+        "description": "The call index as deployments before DISPATCH_INDEX wrote it (CallRouted, in the log): "
+        "read beside the current index so a call retried across the upgrade gets its answer, never written.",
+        "messages": {},
+        "x-dispatch-stream": s.EVENTS_STREAM,
+    }
     channels["deliveryJobs"] = {
         "address": s.deliver_subject("{channel}"),
         "parameters": {"channel": _param("delivery channel: webhook, voice, sms, wecom, dingtalk")},

@@ -4,7 +4,10 @@ Invariants:
 - every event lives on `dispatch.evt.<aggregate>.<id>`; an id may span tokens (`group.<village>.<group>`);
 - an incident's id is one token, so `dispatch.evt.*.<id>` is exactly its decisions and notices;
 - village and group codes are single subject tokens: letters (any script), digits, `_` and `-`;
-- a gateway's call id is never put in a subject raw: it is hashed, so any string is safe.
+- a gateway's call id is never put in a subject raw: it is hashed, so any string is safe;
+- the call index (`dispatch.idx.call.<key>`) has its own stream, DISPATCH_INDEX: every stream is
+  one fsynced write path in the server, and the index is not a fact the read models fold; older
+  deployments hold it on `dispatch.evt.call.<key>`, which is still read.
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ import re
 EVENTS_STREAM = "DISPATCH_EVENTS"
 DELIVERY_STREAM = "DISPATCH_DELIVERY"
 TIMERS_STREAM = "DISPATCH_TIMERS"
+INDEX_STREAM = "DISPATCH_INDEX"
 
 EVENTS_ALL = "dispatch.evt.>"
+INDEX_PREFIX = "dispatch.idx."
+INDEX_ALL = "dispatch.idx.>"
 INCIDENTS_ALL = "dispatch.evt.incident.>"
 NOTICES_ALL = "dispatch.evt.notice.>"
 TOKENS_ALL = "dispatch.evt.token.>"
@@ -85,7 +91,17 @@ def call_key(call_id: str) -> str:
 
 
 def call_subject(call_id: str) -> str:
+    return f"dispatch.idx.call.{call_key(call_id)}"
+
+
+def legacy_call_subject(call_id: str) -> str:
+    """Where deployments before DISPATCH_INDEX indexed a call (read, never written)."""
     return f"dispatch.evt.call.{call_key(call_id)}"
+
+
+def stream_of(subject: str, events_stream: str = EVENTS_STREAM) -> str:
+    """The stream holding `subject`: the index's, or the log's."""
+    return INDEX_STREAM if subject.startswith(INDEX_PREFIX) else events_stream
 
 
 def group_line(village: str, group: str) -> str:
@@ -121,5 +137,5 @@ def console_subject(village: str) -> str:
 
 
 def aggregate_of(subject: str) -> str:
-    """`dispatch.evt.incident.X` -> `incident`."""
+    """`dispatch.evt.incident.X` -> `incident`; `dispatch.idx.call.X` -> `call`."""
     return subject.split(".", 3)[2]

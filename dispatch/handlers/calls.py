@@ -8,10 +8,11 @@ Invariants:
   two callers racing to open it one wins and the other merges into it;
 - the same call id always gets the same answer and alerts nobody twice: the open incident knows
   the call ids it holds, and the call's routing is indexed on its own subject (written after the
-  decision; a retry finds the decision and writes the index if a crash left it out);
+  decision; a retry finds the decision and writes the index if a crash left it out); the index is
+  on DISPATCH_INDEX, off the log's write path, and read together with the line in one round trip;
 - a closed incident whose line was not yet advanced is repaired by the next call (LineClosed);
-- a call that opens an incident reads the log once: the call index, the line and the incident of
-  the line's last epoch seen here are read together, and the open's expected sequence 0 catches
+- a call that opens an incident reads once (one round trip): the call index, the line and the
+  incident of the line's last epoch seen here are read together, and the open's expected sequence 0 catches
   any incident opened since (a stale guess costs one more read, never a wrong decision);
 - a number in no group is never dropped: it raises an UnregisteredCall for the duty desk;
 - no atomic batch on this path: on a file stream each batch costs ~3 ms and batches serialize;
@@ -55,7 +56,7 @@ from dispatch.events.model import (
     LineClosed,
     Person,
 )
-from dispatch.events.subjects import call_key, call_subject, incident_subject, line_subject
+from dispatch.events.subjects import call_key, call_subject, incident_subject, legacy_call_subject, line_subject
 from dispatch.handlers.flood import CallerFlood
 from dispatch.metrics import Metrics
 from dispatch.store.eventstore import AppendConflict, EventStore, Outgoing, Recorded, StoreUnavailable
@@ -153,8 +154,8 @@ class CallService:
         if incident_id is None:
             return None
         routed_subject, subject = call_subject(call.call_id), incident_subject(incident_id)
-        known = await self.store.last_of([routed_subject, subject])
-        duplicate = _duplicate(known.get(routed_subject))
+        known = await self.store.last_of([routed_subject, legacy_call_subject(call.call_id), subject])
+        duplicate = _answered(known, call.call_id)
         if duplicate is not None:
             return duplicate
         last = known.get(subject)
@@ -172,8 +173,10 @@ class CallService:
             route = route_call(self.directory, call, self.quorum, self.fallback_duty, self.deadlines)
             guess = self._epochs.get(route.line, 0)
             guessed = incident_subject(incident_id_for(route.line, guess))
-            known = await self.store.last_of([routed_subject, line_subject(route.line), guessed])
-            duplicate = _duplicate(known.get(routed_subject))
+            known = await self.store.last_of(
+                [routed_subject, legacy_call_subject(call.call_id), line_subject(route.line), guessed]
+            )
+            duplicate = _answered(known, call.call_id)
             if duplicate is not None:
                 return duplicate
             line = known.get(line_subject(route.line))
@@ -242,10 +245,13 @@ class CallService:
         log.warning("call.line_repaired", incident_id=state.id, epoch=closed.epoch)
 
 
-def _duplicate(routed: Recorded | None) -> CallResult | None:
-    """The answer already given to a call id, from its index entry."""
-    if routed is not None and isinstance(routed.event, CallRouted):
-        return CallResult(incident_id=routed.event.incident_id, status=routed.event.status, duplicate=True)
+def _answered(known: dict[str, Recorded], call_id: str) -> CallResult | None:
+    """The answer already given to a call id, from its index entry (where it is now, or where
+    deployments before DISPATCH_INDEX wrote it)."""
+    for subject in (call_subject(call_id), legacy_call_subject(call_id)):
+        routed = known.get(subject)
+        if routed is not None and isinstance(routed.event, CallRouted):
+            return CallResult(incident_id=routed.event.incident_id, status=routed.event.status, duplicate=True)
     return None
 
 

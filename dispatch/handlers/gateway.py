@@ -29,7 +29,15 @@ from dispatch.domain.errors import DomainError
 from dispatch.domain.incident import Action, IncidentState, fold, incident_id_for
 from dispatch.domain.phone import try_normalize
 from dispatch.events.model import CallRouted, LineClosed
-from dispatch.events.subjects import call_subject, caller_line, group_line, incident_history, line_subject, village_line
+from dispatch.events.subjects import (
+    call_subject,
+    caller_line,
+    group_line,
+    incident_history,
+    legacy_call_subject,
+    line_subject,
+    village_line,
+)
 from dispatch.handlers.calls import CallRequest, CallService
 from dispatch.handlers.responses import ResponseRequest, ResponseService
 from dispatch.ids import stable_key
@@ -103,7 +111,9 @@ class GatewayService:
     async def _inbound(self, event: VoiceEvent) -> dict[str, Any]:
         if event.event != "digits" or event.digits != "0" or not event.call_id:
             return {"ok": True}
-        routed = await self.store.last(call_subject(event.call_id))
+        index = [call_subject(event.call_id), legacy_call_subject(event.call_id)]
+        known = await self.store.last_of(index)
+        routed = known.get(index[0]) or known.get(index[1])
         if routed is None or not isinstance(routed.event, CallRouted):
             return {"ok": True, "say": "未找到您的报警。"}
         state = await self._load(routed.event.incident_id)

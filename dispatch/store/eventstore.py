@@ -11,7 +11,8 @@ Invariants:
   is R1 or R3; the same id with a different event is a conflict (a concurrent decision won);
 - the server unreachable, or no answer within the timeout, is `StoreUnavailable`; the append
   may or may not have happened, and retrying with the same message ids is always safe;
-- reads use batched direct get: one request, the subject's messages in order;
+- reads use batched direct get: one request, the subject's messages in order; a subject of the
+  call index is read from and appended to DISPATCH_INDEX (`subjects.stream_of`);
 - with `metrics`, every append is counted once: its latency when stored, a conflict, or the log
   unavailable.
 """
@@ -35,7 +36,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from dispatch.events import codec
 from dispatch.events.model import Event
-from dispatch.events.subjects import EVENTS_STREAM, aggregate_of
+from dispatch.events.subjects import EVENTS_STREAM, aggregate_of, stream_of
 from dispatch.metrics import Metrics
 from dispatch.store.batch import MAX_BATCH, publish_batch, publish_one
 
@@ -204,12 +205,17 @@ class EventStore:
 
     # --- read ---------------------------------------------------------------------------------
 
+    def _stream_of(self, subject: str) -> str:
+        return stream_of(subject, self.stream)
+
     async def last(self, subject: str) -> Recorded | None:
         """The subject's last message, or None when it has none."""
         self._require_connection()
         payload = json.dumps({"last_by_subj": subject}).encode()
         try:
-            reply = await self.nc.request(f"$JS.API.DIRECT.GET.{self.stream}", payload, timeout=self.timeout)
+            reply = await self.nc.request(
+                f"$JS.API.DIRECT.GET.{self._stream_of(subject)}", payload, timeout=self.timeout
+            )
         except (NatsTimeout, NoRespondersError, ConnectionClosedError) as exc:
             raise StoreUnavailable(f"event log unavailable: {type(exc).__name__}") from exc
         status = (reply.headers or {}).get("Status")
@@ -220,10 +226,19 @@ class EventStore:
         return recorded_from(reply, subject)
 
     async def last_of(self, subjects: list[str]) -> dict[str, Recorded]:
-        """The last message of each subject that has one, in one round trip (a batched direct get)."""
+        """The last message of each subject that has one, in one round trip (a batched direct get
+        per stream the subjects are on, sent together)."""
         self._require_connection()
-        found, _ = await self._direct_get_batch({"multi_last": subjects, "batch": len(subjects)})
-        return {r.subject: r for r in found}
+        by_stream: dict[str, list[str]] = {}
+        for subject in subjects:
+            by_stream.setdefault(self._stream_of(subject), []).append(subject)
+        pages = await asyncio.gather(
+            *(
+                self._direct_get_batch({"multi_last": names, "batch": len(names)}, stream=stream)
+                for stream, names in by_stream.items()
+            )
+        )
+        return {r.subject: r for found, _ in pages for r in found}
 
     async def load(self, subject: str, after: int = 0) -> list[Recorded]:
         """Every message of `subject` with a sequence above `after`, in order."""
@@ -248,10 +263,12 @@ class EventStore:
             queue.put_nowait(msg)
 
     async def _direct_batch(self, subject: str, start: int) -> tuple[list[Recorded], bool]:
-        return await self._direct_get_batch({"seq": start, "next_by_subj": subject, "batch": READ_PAGE}, subject)
+        return await self._direct_get_batch(
+            {"seq": start, "next_by_subj": subject, "batch": READ_PAGE}, subject, stream=self._stream_of(subject)
+        )
 
     async def _direct_get_batch(
-        self, request: dict[str, object], subject: str | None = None
+        self, request: dict[str, object], subject: str | None = None, *, stream: str
     ) -> tuple[list[Recorded], bool]:
         """One batched direct get: the messages it returned, and whether the server holds more."""
         await self._ensure_inbox()
@@ -261,7 +278,7 @@ class EventStore:
         out: list[Recorded] = []
         try:
             await self.nc.publish(
-                f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(request).encode(), reply=f"{self._inbox}.{token}"
+                f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=f"{self._inbox}.{token}"
             )
             while True:
                 msg = await asyncio.wait_for(queue.get(), self.timeout)

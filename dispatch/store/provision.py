@@ -2,7 +2,8 @@
 
 Invariants:
 - DISPATCH_EVENTS is the log: file storage, no limits, deny_delete, deny_purge, allow_atomic,
-  allow_direct, an explicit duplicate window; R1 embedded, R3 in a cluster;
+  allow_direct, an explicit duplicate window; R1 embedded, R3 in a cluster; DISPATCH_INDEX (the
+  call index) is kept the same way, on its own write path;
 - an existing stream is updated only where it differs from what the code needs; a setting
   the server refuses to change is a start-up error, never silently ignored;
 - durable consumer names carry a version (`fanout_v2`): a changed config gets a new name
@@ -74,6 +75,26 @@ def delivery_stream(replicas: int) -> dict[str, Any]:
         "max_msg_size": 256 * 1024,
         "duplicate_window": DUPLICATE_WINDOW_S * NS,
         "allow_atomic": True,
+        "allow_direct": True,
+    }
+
+
+def index_stream(replicas: int) -> dict[str, Any]:
+    return {
+        "name": s.INDEX_STREAM,
+        "description": "the call index: what each gateway call id was answered (apart from the log's write path)",
+        "subjects": [s.INDEX_ALL],
+        "retention": "limits",
+        "storage": "file",
+        "num_replicas": replicas,
+        "discard": "old",
+        "max_msgs": -1,
+        "max_bytes": -1,
+        "max_age": 0,
+        "max_msg_size": 64 * 1024,
+        "duplicate_window": DUPLICATE_WINDOW_S * NS,
+        "deny_delete": True,
+        "deny_purge": True,
         "allow_direct": True,
     }
 
@@ -262,6 +283,7 @@ async def ensure_consumer(nc: NATS, spec: ConsumerSpec) -> dict[str, Any]:
 async def provision(nc: NATS, *, replicas: int = 1, channels: tuple[str, ...] = ()) -> None:
     """Create or correct every stream and durable consumer the service uses."""
     await ensure_stream(nc, events_stream(replicas))
+    await ensure_stream(nc, index_stream(replicas))
     await ensure_stream(nc, delivery_stream(replicas))
     await ensure_stream(nc, timers_stream(replicas))
     await ensure_stream(nc, dead_letter_stream(replicas))

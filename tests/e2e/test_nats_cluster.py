@@ -28,7 +28,7 @@ NATS_DIR = Path(__file__).resolve().parents[2] / "ops" / "nats"
 NODES = ("nats-1", "nats-2", "nats-3")
 PASSWORD = "e2e-dispatch-pw-7f3a"
 LEADER = str(13000000000)
-STREAMS = ("DISPATCH_EVENTS", "DISPATCH_DELIVERY", "DISPATCH_TIMERS")
+STREAMS = ("DISPATCH_EVENTS", "DISPATCH_INDEX", "DISPATCH_DELIVERY", "DISPATCH_TIMERS")
 
 
 def env_example() -> dict[str, str]:

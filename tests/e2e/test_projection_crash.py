@@ -17,6 +17,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from dispatch.events import codec
+from dispatch.events.subjects import EVENTS_STREAM, stream_of
 from dispatch.projections.incidents import INCIDENTS, RESPONDERS, IncidentsProjection
 from dispatch.projections.roster import DUTY_DESKS, GROUPS, MEMBERS, VILLAGES, RosterProjection
 from dispatch.projections.runner import last_matching
@@ -45,6 +46,8 @@ async def publish_history(nc: NATS, events: int) -> tuple[int, int]:
     history = synthetic_history(events=events, villages=8, days=400)
     count = incident_side = 0
     for stored in [*history.roster, *history.incidents]:
+        if stream_of(stored.subject) != EVENTS_STREAM:
+            continue
         headers = codec.event_headers(stored.event)
         headers[H_MSG_ID] = stored.msg_id
         await nc.publish(stored.subject, codec.encode(stored.event), headers=headers)

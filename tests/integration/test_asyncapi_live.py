@@ -16,7 +16,7 @@ from nats.js.errors import NotFoundError
 
 from dispatch.bootstrap import Service
 from dispatch.channels.base import Transient
-from dispatch.events.subjects import DELIVERY_STREAM, EVENTS_STREAM, TIMERS_STREAM
+from dispatch.events.subjects import DELIVERY_STREAM, EVENTS_STREAM, INDEX_STREAM, TIMERS_STREAM
 from dispatch.settings import Settings
 from dispatch.store.server import free_port
 from tests.integration.test_metrics import eventually
@@ -117,12 +117,14 @@ async def test_what_the_service_stores_is_where_the_document_says(service: tuple
     await asyncio.sleep(0.5)
 
     seen: Counter[str] = Counter()
-    for msg in await stored(svc, EVENTS_STREAM):
-        channel_id, documented = channel_of(doc, msg.subject)
-        event_type = msg.headers["Dispatch-Type"]
-        assert event_type in documented["messages"], f"{event_type} on {msg.subject} ({channel_id})"
-        check_body(doc, doc["components"]["messages"][event_type], msg.data, msg.subject)
-        seen[channel_id] += 1
+    for stream in (EVENTS_STREAM, INDEX_STREAM):
+        for msg in await stored(svc, stream):
+            channel_id, documented = channel_of(doc, msg.subject)
+            assert documented["x-dispatch-stream"] == stream, f"{msg.subject} found in {stream}"
+            event_type = msg.headers["Dispatch-Type"]
+            assert event_type in documented["messages"], f"{event_type} on {msg.subject} ({channel_id})"
+            check_body(doc, doc["components"]["messages"][event_type], msg.data, msg.subject)
+            seen[channel_id] += 1
     assert set(seen) == {"incidentDecisions", "incidentNotices", "groups", "villages", "lines", "calls", "tokens"}
 
     for stream, expected in ((DELIVERY_STREAM, {"deliveryJobs"}), (TIMERS_STREAM, {"timerSchedules"})):

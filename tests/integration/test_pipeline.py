@@ -9,13 +9,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import msgspec
 import nats
 import pytest
+from nats.js.errors import NotFoundError
 
 from dispatch.bootstrap import Service
 from dispatch.channels.base import Permanent, Transient
+from dispatch.clock import utcnow
+from dispatch.events.model import CallRouted
+from dispatch.events.subjects import EVENTS_STREAM, INDEX_STREAM, call_subject, legacy_call_subject
 from dispatch.handlers.calls import CallRequest, CallService
 from dispatch.settings import Settings
+from dispatch.store.eventstore import Outgoing
 from dispatch.store.server import free_port
 from tests.support import RecordingChannel
 from tests.unit.fixtures import ROSTER
@@ -424,3 +430,22 @@ async def test_a_call_that_opens_an_incident_reads_the_log_once_and_a_stale_epoc
     fresh_guess = await service.calls.call(CallRequest(call_id="epoch-merge", caller="13800000003"))
     assert fresh_guess.status == "merged" and fresh_guess.incident_id == incidents[-1]
     assert reads[:2] == ["last_of", "load"], "merging needs the incident's history"
+
+
+async def test_the_call_index_is_off_the_log_and_an_index_from_before_still_answers_a_retry(
+    service: Service, http: httpx.AsyncClient
+) -> None:
+    """A call's index entry goes to DISPATCH_INDEX, not the log; a deployment before it wrote the
+    entry in the log (`dispatch.evt.call.<key>`), and a call retried across the upgrade, whose
+    incident has closed since, still gets its first answer instead of opening a new incident."""
+    answer = (await http.post("/v1/calls", json={"call_id": "idx-1", "caller": "13800000001"})).json()
+    js = service.nc.jetstream()
+    indexed = await js.get_last_msg(INDEX_STREAM, call_subject("idx-1"))
+    assert msgspec.json.decode(indexed.data)["incident_id"] == answer["incident_id"]
+    with pytest.raises(NotFoundError):
+        await js.get_last_msg(EVENTS_STREAM, legacy_call_subject("idx-1"))
+
+    before = CallRouted(at=utcnow(), call_id="idx-old", incident_id="closed-long-ago", status="raised")
+    await service.store.append([Outgoing(legacy_call_subject("idx-old"), before, "call:legacy:idx-old:routed")])
+    retried = (await http.post("/v1/calls", json={"call_id": "idx-old", "caller": "13800000002"})).json()
+    assert retried == {"incident_id": "closed-long-ago", "status": "raised", "duplicate": True}
