@@ -40,11 +40,12 @@ class ProvisionError(RuntimeError):
     pass
 
 
-def events_stream(replicas: int) -> dict[str, Any]:
+def _kept_forever(name: str, description: str, subjects: list[str], replicas: int) -> dict[str, Any]:
+    """A stream nothing ever leaves: file storage, no limits, no deletes or purges."""
     return {
-        "name": s.EVENTS_STREAM,
-        "description": "dispatch event log: every fact, never deleted",
-        "subjects": [s.EVENTS_ALL],
+        "name": name,
+        "description": description,
+        "subjects": subjects,
         "retention": "limits",
         "storage": "file",
         "num_replicas": replicas,
@@ -52,13 +53,19 @@ def events_stream(replicas: int) -> dict[str, Any]:
         "max_msgs": -1,
         "max_bytes": -1,
         "max_age": 0,
-        "max_msgs_per_subject": -1,
-        "max_msg_size": 1024 * 1024,
         "duplicate_window": DUPLICATE_WINDOW_S * NS,
         "deny_delete": True,
         "deny_purge": True,
-        "allow_atomic": True,
         "allow_direct": True,
+    }
+
+
+def events_stream(replicas: int) -> dict[str, Any]:
+    return {
+        **_kept_forever(s.EVENTS_STREAM, "dispatch event log: every fact, never deleted", [s.EVENTS_ALL], replicas),
+        "max_msgs_per_subject": -1,
+        "max_msg_size": 1024 * 1024,
+        "allow_atomic": True,
         "allow_rollup_hdrs": False,
     }
 
@@ -80,23 +87,8 @@ def delivery_stream(replicas: int) -> dict[str, Any]:
 
 
 def index_stream(replicas: int) -> dict[str, Any]:
-    return {
-        "name": s.INDEX_STREAM,
-        "description": "the call index: what each gateway call id was answered (apart from the log's write path)",
-        "subjects": [s.INDEX_ALL],
-        "retention": "limits",
-        "storage": "file",
-        "num_replicas": replicas,
-        "discard": "old",
-        "max_msgs": -1,
-        "max_bytes": -1,
-        "max_age": 0,
-        "max_msg_size": 64 * 1024,
-        "duplicate_window": DUPLICATE_WINDOW_S * NS,
-        "deny_delete": True,
-        "deny_purge": True,
-        "allow_direct": True,
-    }
+    description = "the call index: what each gateway call id was answered (apart from the log's write path)"
+    return {**_kept_forever(s.INDEX_STREAM, description, [s.INDEX_ALL], replicas), "max_msg_size": 64 * 1024}
 
 
 def timers_stream(replicas: int) -> dict[str, Any]:
