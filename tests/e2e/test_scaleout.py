@@ -66,8 +66,10 @@ def test_two_processes_share_the_work_and_agree_on_reads(
             f"for {len(expected)} expected pairs"
         )
         assert set(pairs) == expected
-        assert len(receiver.received) == len(expected), "an alarm was fanned out more than once"
-        assert sum(per_process) == 40
+        assert sum(per_process) == 40, "an alarm was fanned out by both processes"
+        assert all(len(keys) == 1 for keys in pairs.values()), "a recipient was rung in two rounds"
+        # More receipts than pairs are retries of the same attempt (a receiver too slow to answer
+        # within the timeout under this load): same Idempotency-Key, which the receiver dedupes.
         for iid in incidents:
             assert http_a.get(f"/v1/incidents/{iid}").json() == http_b.get(f"/v1/incidents/{iid}").json()
         wait_until(lambda: http_a.get("/v1/incidents", params={"limit": 1000}).json()["count"] == 40)
