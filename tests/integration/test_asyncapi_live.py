@@ -17,10 +17,8 @@ from nats.js.errors import NotFoundError
 from dispatch.bootstrap import Service
 from dispatch.channels.base import Transient
 from dispatch.events.subjects import DELIVERY_STREAM, EVENTS_STREAM, INDEX_STREAM, TIMERS_STREAM
-from dispatch.settings import Settings
-from dispatch.store.server import free_port
 from tests.integration.test_metrics import eventually
-from tests.support import RecordingChannel
+from tests.support import RecordingChannel, start_service
 from tests.unit.fixtures import ROSTER
 from tests.unit.test_asyncapi import load, resolve
 
@@ -30,16 +28,7 @@ OFFICER, LEADER = "+8613900000009", "+8613800000008"
 @pytest.fixture
 async def service(tmp_path: Path) -> AsyncIterator[tuple[Service, RecordingChannel]]:
     channel = RecordingChannel()
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        http=f"127.0.0.1:{free_port()}",
-        duty_desk="+8673184512345",
-        delivery_backoff_base=0.05,
-        nats_restart_delay=600,
-    )
-    settings.validate()
-    svc = Service(settings, channels=[channel])
-    await svc.start()
+    svc = await start_service(tmp_path / "data", channel, delivery_backoff_base=0.05)
     try:
         yield svc, channel
     finally:

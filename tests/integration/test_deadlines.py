@@ -14,10 +14,8 @@ from nats.js.errors import NotFoundError
 
 from dispatch.bootstrap import Service
 from dispatch.events.subjects import TIMERS_STREAM, schedule_subject, timer_fired_subject
-from dispatch.settings import Settings
 from dispatch.store.eventstore import StoreUnavailable
-from dispatch.store.server import free_port
-from tests.support import RecordingChannel
+from tests.support import RecordingChannel, service_client, start_service
 from tests.unit.fixtures import ROSTER
 
 OFFICER, LEADER = "+8613900000009", "+8613800000008"
@@ -25,30 +23,13 @@ OFFICER, LEADER = "+8613900000009", "+8613800000008"
 
 @pytest.fixture
 async def service(tmp_path: Path) -> AsyncIterator[Service]:
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        http=f"127.0.0.1:{free_port()}",
-        duty_desk="+8673184512345",
-        ack_deadline_s=2.0,
-        escalate_after_s=3.0,
-        nats_restart_delay=600,
+    svc = await start_service(
+        tmp_path / "data", RecordingChannel(), roster=ROSTER, ack_deadline_s=2.0, escalate_after_s=3.0
     )
-    settings.validate()
-    svc = Service(settings, channels=[RecordingChannel()])
-    await svc.start()
     try:
-        async with http_for(svc) as http:
-            r = await http.post("/v1/groups/import", content=ROSTER.encode(), headers={"Content-Type": "text/csv"})
-            assert r.status_code == 200, r.text
         yield svc
     finally:
         await svc.stop()
-
-
-def http_for(svc: Service) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=svc.settings.base_url, timeout=30, headers={"Authorization": f"Bearer {svc.admin_token}"}
-    )
 
 
 async def stored(svc: Service, subject: str) -> bool:
@@ -67,7 +48,7 @@ async def tiers(http: httpx.AsyncClient, incident: str) -> list[int]:
 async def test_the_escalate_deadline_is_set_by_an_ack_deadline_passing_uncovered_and_only_then(
     service: Service,
 ) -> None:
-    async with http_for(service) as http:
+    async with service_client(service) as http:
         covered = (await http.post("/v1/calls", json={"call_id": "cov-1", "caller": "13800000001"})).json()
         uncovered = (await http.post("/v1/calls", json={"call_id": "unc-1", "caller": "13800000011"})).json()
         covered_id, uncovered_id = covered["incident_id"], uncovered["incident_id"]
@@ -101,7 +82,7 @@ async def test_an_escalate_deadline_that_cannot_be_stored_comes_back_with_its_ac
         await schedule(incident_id, timer, due)
 
     timers.schedule = once_unreachable  # type: ignore[method-assign]
-    async with http_for(service) as http:
+    async with service_client(service) as http:
         raised = (await http.post("/v1/calls", json={"call_id": "refused-1", "caller": "13800000011"})).json()
         incident = raised["incident_id"]
         for _ in range(300):

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import nats
 import psycopg
 import pytest
@@ -28,11 +27,10 @@ from dispatch.metrics import EVENT_AGGREGATES, Metrics
 from dispatch.projections.incidents import INCIDENTS, IncidentsProjection
 from dispatch.projections.runner import ProjectionRunner
 from dispatch.projections.sql import Database
-from dispatch.settings import Settings
 from dispatch.store.eventstore import AppendConflict, EventStore, Outgoing
 from dispatch.store.provision import provision
-from dispatch.store.server import find_binary, free_port
-from tests.support import RecordingChannel
+from dispatch.store.server import find_binary
+from tests.support import RecordingChannel, service_client, start_service
 from tests.unit.fixtures import ROSTER, at
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -67,21 +65,9 @@ async def make_service(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
     started: list[Service] = []
 
     async def make(channel: RecordingChannel, **overrides: Any) -> Service:
-        settings = Settings(
-            data_dir=tmp_path / f"data{len(started)}",
-            http=f"127.0.0.1:{free_port()}",
-            duty_desk="+8673184512345",
-            delivery_backoff_base=0.05,
-            delivery_max_attempts=3,
-            nats_restart_delay=600,
-            **overrides,
-        )
-        settings.validate()
-        svc = Service(settings, channels=[channel])
-        await svc.start()
+        settings: dict[str, Any] = {"delivery_backoff_base": 0.05, "delivery_max_attempts": 3} | overrides
+        svc = await start_service(tmp_path / f"data{len(started)}", channel, roster=ROSTER, **settings)
         started.append(svc)
-        r = await client(svc).post("/v1/groups/import", content=ROSTER.encode(), headers={"Content-Type": "text/csv"})
-        assert r.status_code == 200, r.text
         return svc
 
     yield make
@@ -89,17 +75,11 @@ async def make_service(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
         await svc.stop()
 
 
-def client(svc: Service) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=svc.settings.base_url, timeout=30, headers={"Authorization": f"Bearer {svc.admin_token}"}
-    )
-
-
 async def scrape(svc: Service, *, refresh: bool = False) -> Samples:
     if refresh:
         assert svc.gauges is not None
         await svc.gauges.refresh()
-    async with client(svc) as http:
+    async with service_client(svc) as http:
         response = await http.get("/metrics")
     assert response.status_code == 200, response.text
     samples = parse(response.text)
@@ -140,7 +120,7 @@ async def test_an_alarm_from_call_to_resolution_feeds_every_metric(make_service:
     appended_groups = value(before, "dispatch_event_append_seconds_count", aggregate="group")
     assert appended_groups >= 1, "the roster import's appends were not timed"
 
-    async with client(svc) as http:
+    async with service_client(svc) as http:
         answer = (await http.post("/v1/calls", json={"call_id": "m-1", "caller": "13800000001"})).json()
         incident = answer["incident_id"]
         await eventually(lambda: _ready(lambda: len(channel.for_incident(incident)) >= 9))
@@ -198,7 +178,7 @@ async def test_delivery_outcomes_retries_and_queue_depth(make_service: ServiceFa
     channel.plan["+8613800000003"] = [Permanent("HTTP 404")]
     channel.plan["+8613800000004"] = [Transient("HTTP 503")] * 5
     svc = await make_service(channel)
-    async with client(svc) as http:
+    async with service_client(svc) as http:
         r = await http.post("/v1/calls", json={"call_id": "d-1", "caller": "13800000001"})
         assert r.status_code == 202
 
@@ -225,7 +205,7 @@ async def test_delivery_outcomes_retries_and_queue_depth(make_service: ServiceFa
 async def test_escalation_by_tier_and_overdue_incidents(make_service: ServiceFactory) -> None:
     channel = RecordingChannel()
     svc = await make_service(channel, ack_deadline_s=1.0, escalate_after_s=2.0)
-    async with client(svc) as http:
+    async with service_client(svc) as http:
         r = await http.post("/v1/calls", json={"call_id": "e-1", "caller": "13800000011"})
         assert r.status_code == 202
 
@@ -255,7 +235,7 @@ async def test_nats_lost_shows_in_connection_state_readiness_and_refused_calls(m
     await svc.embedded.stop()
     assert svc.nc is not None
     await eventually(lambda: _ready(lambda: not svc.nc.is_connected))  # type: ignore[union-attr]
-    async with client(svc) as http:
+    async with service_client(svc) as http:
         r = await http.post("/v1/calls", json={"call_id": "n-1", "caller": "13800000001"})
         assert r.status_code == 503
     down = await eventually(

@@ -20,10 +20,8 @@ from dispatch.clock import utcnow
 from dispatch.events.model import CallRouted
 from dispatch.events.subjects import EVENTS_STREAM, INDEX_STREAM, call_subject, legacy_call_subject
 from dispatch.handlers.calls import CallRequest, CallService
-from dispatch.settings import Settings
 from dispatch.store.eventstore import Outgoing
-from dispatch.store.server import free_port
-from tests.support import RecordingChannel
+from tests.support import RecordingChannel, start_service
 from tests.unit.fixtures import ROSTER
 
 GROUP_ONE = [f"+86138000000{i:02d}" for i in range(1, 9)] + ["+8613900000001", "+8613900000009"]
@@ -40,20 +38,9 @@ async def channel() -> RecordingChannel:
 
 @pytest.fixture
 async def service(tmp_path: Path, channel: RecordingChannel) -> AsyncIterator[Service]:
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        http=f"127.0.0.1:{free_port()}",
-        duty_desk="+8673184512345",
-        delivery_backoff_base=0.05,
-        delivery_max_attempts=3,
-        nats_restart_delay=600,
+    svc = await start_service(
+        tmp_path / "data", channel, roster=ROSTER, delivery_backoff_base=0.05, delivery_max_attempts=3
     )
-    settings.validate()
-    svc = Service(settings, channels=[channel])
-    await svc.start()
-    async with httpx.AsyncClient(base_url=settings.base_url, headers=auth(svc)) as http:
-        r = await http.post("/v1/groups/import", content=ROSTER.encode(), headers={"Content-Type": "text/csv"})
-        assert r.status_code == 200, r.text
     try:
         yield svc
     finally:
