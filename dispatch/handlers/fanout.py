@@ -34,7 +34,6 @@ import structlog
 
 from dispatch.channels.base import Channel, DeliveryJob, JobKind, Target
 from dispatch.channels.routing import ChannelConfig
-from dispatch.clock import Clock, utcnow
 from dispatch.domain.incident import Alert, IncidentState, alert_for, timer_due
 from dispatch.domain.messages import alert_text_en_for, alert_text_for, spoken_text_for
 from dispatch.events.model import (
@@ -73,7 +72,6 @@ class FanOut:
         timers: Timers,
         public_url: str,
         routing: ChannelConfig | None = None,
-        clock: Clock = utcnow,
     ) -> None:
         self.routing = routing or ChannelConfig()
         self.store = store
@@ -82,7 +80,6 @@ class FanOut:
         self.timers = timers
         self.channels = list(channels)
         self.public_url = public_url.rstrip("/")
-        self.clock = clock
 
     def answer_url(self, incident_id: str) -> str:
         return f"{self.public_url}/v1/incidents/{incident_id}/responses"
