@@ -99,6 +99,11 @@ def legacy_call_subject(call_id: str) -> str:
     return f"dispatch.evt.call.{call_key(call_id)}"
 
 
+def call_index_subjects(call_id: str) -> tuple[str, str]:
+    """Where a call's index entry may be, the current place first."""
+    return call_subject(call_id), legacy_call_subject(call_id)
+
+
 def stream_of(subject: str, events_stream: str = EVENTS_STREAM) -> str:
     """The stream holding `subject`: the index's, or the log's."""
     return INDEX_STREAM if subject.startswith(INDEX_PREFIX) else events_stream

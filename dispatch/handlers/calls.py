@@ -56,7 +56,7 @@ from dispatch.events.model import (
     LineClosed,
     Person,
 )
-from dispatch.events.subjects import call_key, call_subject, incident_subject, legacy_call_subject, line_subject
+from dispatch.events.subjects import call_index_subjects, call_key, call_subject, incident_subject, line_subject
 from dispatch.handlers.flood import CallerFlood
 from dispatch.metrics import Metrics
 from dispatch.store.eventstore import AppendConflict, EventStore, Outgoing, Recorded, StoreUnavailable
@@ -153,8 +153,8 @@ class CallService:
         incident_id = self.flood.admit(caller)
         if incident_id is None:
             return None
-        routed_subject, subject = call_subject(call.call_id), incident_subject(incident_id)
-        known = await self.store.last_of([routed_subject, legacy_call_subject(call.call_id), subject])
+        subject = incident_subject(incident_id)
+        known = await self.store.last_of([*call_index_subjects(call.call_id), subject])
         duplicate = _answered(known, call.call_id)
         if duplicate is not None:
             return duplicate
@@ -173,9 +173,7 @@ class CallService:
             route = route_call(self.directory, call, self.quorum, self.fallback_duty, self.deadlines)
             guess = self._epochs.get(route.line, 0)
             guessed = incident_subject(incident_id_for(route.line, guess))
-            known = await self.store.last_of(
-                [routed_subject, legacy_call_subject(call.call_id), line_subject(route.line), guessed]
-            )
+            known = await self.store.last_of([*call_index_subjects(call.call_id), line_subject(route.line), guessed])
             duplicate = _answered(known, call.call_id)
             if duplicate is not None:
                 return duplicate
@@ -245,14 +243,22 @@ class CallService:
         log.warning("call.line_repaired", incident_id=state.id, epoch=closed.epoch)
 
 
-def _answered(known: dict[str, Recorded], call_id: str) -> CallResult | None:
-    """The answer already given to a call id, from its index entry (where it is now, or where
-    deployments before DISPATCH_INDEX wrote it)."""
-    for subject in (call_subject(call_id), legacy_call_subject(call_id)):
+def call_routed(known: dict[str, Recorded], call_id: str) -> CallRouted | None:
+    """A call id's index entry among what was read (where it is now, or where deployments before
+    DISPATCH_INDEX wrote it)."""
+    for subject in call_index_subjects(call_id):
         routed = known.get(subject)
         if routed is not None and isinstance(routed.event, CallRouted):
-            return CallResult(incident_id=routed.event.incident_id, status=routed.event.status, duplicate=True)
+            return routed.event
     return None
+
+
+def _answered(known: dict[str, Recorded], call_id: str) -> CallResult | None:
+    """The answer already given to a call id, from its index entry."""
+    routed = call_routed(known, call_id)
+    if routed is None:
+        return None
+    return CallResult(incident_id=routed.incident_id, status=routed.status, duplicate=True)
 
 
 def _digits_key(raw: str) -> str | None:

@@ -28,17 +28,16 @@ from dispatch.domain.directory import Directory
 from dispatch.domain.errors import DomainError
 from dispatch.domain.incident import Action, IncidentState, fold, incident_id_for
 from dispatch.domain.phone import try_normalize
-from dispatch.events.model import CallRouted, LineClosed
+from dispatch.events.model import LineClosed
 from dispatch.events.subjects import (
-    call_subject,
+    call_index_subjects,
     caller_line,
     group_line,
     incident_history,
-    legacy_call_subject,
     line_subject,
     village_line,
 )
-from dispatch.handlers.calls import CallRequest, CallService
+from dispatch.handlers.calls import CallRequest, CallService, call_routed
 from dispatch.handlers.responses import ResponseRequest, ResponseService
 from dispatch.ids import stable_key
 from dispatch.store.eventstore import EventStore
@@ -111,12 +110,11 @@ class GatewayService:
     async def _inbound(self, event: VoiceEvent) -> dict[str, Any]:
         if event.event != "digits" or event.digits != "0" or not event.call_id:
             return {"ok": True}
-        index = [call_subject(event.call_id), legacy_call_subject(event.call_id)]
-        known = await self.store.last_of(index)
-        routed = known.get(index[0]) or known.get(index[1])
-        if routed is None or not isinstance(routed.event, CallRouted):
+        known = await self.store.last_of(list(call_index_subjects(event.call_id)))
+        routed = call_routed(known, event.call_id)
+        if routed is None:
             return {"ok": True, "say": "未找到您的报警。"}
-        state = await self._load(routed.event.incident_id)
+        state = await self._load(routed.incident_id)
         if state is None:
             return {"ok": True, "say": "未找到您的报警。"}
         return await self._answer(state.id, state.caller.phone, "cancel", key=f"voice-in:{event.call_id}:0")
