@@ -34,6 +34,7 @@ import aiohttp
 import httpx
 from common import GROUP_SIZE, caller_of, pct, roster, run_baseline, steady
 
+from dispatch import eventloop
 from dispatch.store.server import free_port
 
 RECEIVER = r"""
@@ -215,4 +216,4 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(eventloop.run(main()))
