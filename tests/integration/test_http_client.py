@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
+from pathlib import Path
 
 import pytest
 
 from dispatch.channels.base import Delivered, Permanent, Transient
-from dispatch.channels.http import HttpPoster, Unreachable, http_outcome
+from dispatch.channels.http import MAX_BODY, HttpPoster, Unreachable, http_outcome
 from dispatch.store.server import free_port
+from tests.support import make_pki
 
 
 async def answering(status_line: bytes, headers: bytes = b"") -> tuple[asyncio.Server, str]:
@@ -61,3 +64,194 @@ async def test_a_refused_connection_and_a_silent_receiver_are_unreachable() -> N
         assert timed_out.value.timeout and timed_out.value.reason == "timeout"
     finally:
         await poster.close()
+
+
+class Receiver:
+    """A loopback HTTP/1.1 receiver that keeps connections open and counts what it saw."""
+
+    def __init__(self, answer: bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", delay: float = 0.0) -> None:
+        self.answer = answer
+        self.delay = delay
+        self.connections = 0
+        self.open = 0
+        self.most_open = 0
+        self.bodies: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    return
+                length = next(
+                    int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")
+                )
+                self.bodies.append(await reader.readexactly(length))
+                await asyncio.sleep(self.delay)
+                writer.write(self.answer)
+                await writer.drain()
+        finally:
+            self.open -= 1
+            writer.close()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/hook?v=1"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+async def test_connections_are_kept_alive_and_bounded_per_host() -> None:
+    receiver = Receiver(delay=0.02)
+    poster = HttpPoster(timeout=5, max_connections=3)
+    try:
+        async with receiver as url:
+            for i in range(20):
+                assert (await poster.post(url, b'{"n":%d}' % i, {})).status == 200
+            assert receiver.connections == 1
+            answers = await asyncio.gather(*(poster.post(url, b"{}", {}) for _ in range(12)))
+    finally:
+        await poster.close()
+    assert [a.status for a in answers] == [200] * 12
+    assert receiver.most_open <= 3 and receiver.connections <= 3
+    assert len(receiver.bodies) == 32 and receiver.bodies[3] == b'{"n":3}'
+
+
+async def test_a_connection_the_receiver_closed_while_idle_is_replaced_and_nothing_is_sent_twice() -> None:
+    poster = HttpPoster(timeout=5)
+    seen: list[bytes] = []
+
+    async def one_answer_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length"))
+        seen.append(await reader.readexactly(length))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.close()
+
+    server = await asyncio.start_server(one_answer_per_connection, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+    try:
+        async with server:
+            first = await poster.post(url, b"1", {})
+            raced = await poster.post(url, b"2", {})
+            await asyncio.sleep(0.2)
+            after_close = await poster.post(url, b"3", {})
+    finally:
+        await poster.close()
+    assert [first.status, raced.status, after_close.status] == [200, 200, 200]
+    assert seen.count(b"1") == 1 and seen.count(b"3") == 1 and b"2" in seen
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "retry_after", "body"),
+    [
+        (
+            b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\nRetry-After: 3\r\n\r\n"
+            b"2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n",
+            503,
+            "3",
+            b"abcde",
+        ),
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\nyes", 201, None, b"yes"),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end", 200, None, b"until the end"),
+        (b"HTTP/1.0 302 Found\r\nLocation: http://elsewhere/\r\nContent-Length: 0\r\n\r\n", 302, None, b""),
+    ],
+    ids=["chunked", "interim-100", "close-delimited", "redirect-not-followed"],
+)
+async def test_every_framing_of_an_answer_is_read_whole(
+    answer: bytes, status: int, retry_after: str | None, body: bytes
+) -> None:
+    poster = HttpPoster(timeout=5)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        async with server:
+            got = await poster.post(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/x", b"", {})
+    finally:
+        await poster.close()
+    assert (got.status, got.retry_after, got.body) == (status, retry_after, body)
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (b"SMTP ready\r\n\r\n", "malformed response"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab", "closed before the answer was complete"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY + 1) + b"x" * (MAX_BODY + 1),
+            "response too large",
+        ),
+    ],
+    ids=["not-http", "truncated", "oversized"],
+)
+async def test_a_broken_answer_is_unreachable_not_delivered(answer: bytes, reason: str) -> None:
+    poster = HttpPoster(timeout=5)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        async with server:
+            with pytest.raises(Unreachable) as caught:
+                await poster.post(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/x", b"", {})
+    finally:
+        await poster.close()
+    assert caught.value.reason == reason and not caught.value.timeout
+
+
+async def test_an_unusable_url_or_header_is_refused_before_anything_is_sent() -> None:
+    poster = HttpPoster(timeout=1)
+    receiver = Receiver()
+    try:
+        async with receiver as url:
+            bad_urls = ("ftp://127.0.0.1/x", "http:///nohost", "http://127.0.0.1:99999/x", "not a url", url + " x")
+            for bad in bad_urls:
+                with pytest.raises(Unreachable) as caught:
+                    await poster.post(bad, b"{}", {})
+                assert caught.value.reason == "InvalidURL", bad
+            with pytest.raises(Unreachable) as injected:
+                await poster.post(url, b"{}", {"X-Key": "a\r\nX-Evil: 1"})
+            assert injected.value.reason == "invalid header"
+    finally:
+        await poster.close()
+    assert receiver.bodies == []
+
+
+async def test_https_verifies_the_receivers_certificate(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(pki.server_cert, pki.server_key)
+    receiver = Receiver()
+    server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0, ssl=server_side)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
+    trusting = HttpPoster(timeout=5, ssl_context=ssl.create_default_context(cafile=str(pki.ca)))
+    default = HttpPoster(timeout=5)
+    try:
+        async with server:
+            assert (await trusting.post(url, b'{"secure":1}', {})).status == 200
+            with pytest.raises(Unreachable) as untrusted:
+                await default.post(url, b"{}", {})
+    finally:
+        await trusting.close()
+        await default.close()
+    assert receiver.bodies == [b'{"secure":1}']
+    assert untrusted.value.reason == "SSLCertVerificationError"
