@@ -289,6 +289,7 @@ class HttpPoster:
 
     async def close(self) -> None:
         idle, self._idle = self._idle, {}
+        self._slots = {}
         for conns in idle.values():
             for conn in conns:
                 conn.close()
