@@ -29,6 +29,19 @@ async def answering(status_line: bytes, headers: bytes = b"") -> tuple[asyncio.S
     return server, f"http://127.0.0.1:{port}/hook"
 
 
+async def answering_raw(answer: bytes) -> tuple[asyncio.Server, str]:
+    """A receiver that writes exactly `answer` to the first request and closes."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/x"
+
+
 async def test_statuses_map_to_delivered_transient_and_permanent() -> None:
     poster = HttpPoster(timeout=5)
     cases = [
@@ -171,17 +184,10 @@ async def test_every_framing_of_an_answer_is_read_whole(
     answer: bytes, status: int, retry_after: str | None, body: bytes
 ) -> None:
     poster = HttpPoster(timeout=5)
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(answer)
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    server, url = await answering_raw(answer)
     try:
         async with server:
-            got = await poster.post(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/x", b"", {})
+            got = await poster.post(url, b"", {})
     finally:
         await poster.close()
     assert (got.status, got.retry_after, got.body) == (status, retry_after, body)
@@ -201,18 +207,11 @@ async def test_every_framing_of_an_answer_is_read_whole(
 )
 async def test_a_broken_answer_is_unreachable_not_delivered(answer: bytes, reason: str) -> None:
     poster = HttpPoster(timeout=5)
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(answer)
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    server, url = await answering_raw(answer)
     try:
         async with server:
             with pytest.raises(Unreachable) as caught:
-                await poster.post(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/x", b"", {})
+                await poster.post(url, b"", {})
     finally:
         await poster.close()
     assert caught.value.reason == reason and not caught.value.timeout
