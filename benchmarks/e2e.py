@@ -34,7 +34,6 @@ import aiohttp
 import httpx
 from common import GROUP_SIZE, caller_of, pct, roster, run_baseline, steady
 
-from dispatch import eventloop
 from dispatch.store.server import free_port
 
 RECEIVER = r"""
@@ -216,4 +215,4 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(eventloop.run(main()))
+    sys.exit(asyncio.run(main()))

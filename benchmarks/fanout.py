@@ -28,7 +28,6 @@ from pathlib import Path
 
 from common import Result, Waiters, caller_of, closed_loop, pct, roster, run_baseline, steady
 
-from dispatch import eventloop
 from dispatch.bootstrap import Service
 from dispatch.channels.base import Delivered, DeliveryJob, Outcome, Target
 from dispatch.events.model import Person
@@ -131,4 +130,4 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(eventloop.run(main()))
+    sys.exit(asyncio.run(main()))

@@ -33,7 +33,6 @@ from pathlib import Path
 import nats
 from common import DEFAULT_POSTGRES, IN_FLIGHT, caller_of, drop_schema, pct, roster, run_baseline
 
-from dispatch import eventloop
 from dispatch.channels.base import Delivered, DeliveryJob, Outcome, Target
 from dispatch.events.model import Person
 from dispatch.store.server import EmbeddedNats, free_port
@@ -230,4 +229,4 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(eventloop.run(main()))
+    sys.exit(asyncio.run(main()))

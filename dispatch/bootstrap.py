@@ -306,7 +306,6 @@ class Service:
             groups=groups,
             numbers=numbers,
             channels=names,
-            loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
             http_parser="httptools" if "HttpTools" in self.http.config.http_protocol_class.__name__ else "h11",
         )
         self.started.set()

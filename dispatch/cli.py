@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx
 
-from dispatch import eventloop
 from dispatch.report_cli import add_arguments as add_report_arguments
 from dispatch.settings import Settings, SettingsError
 
@@ -104,14 +103,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     dlog.configure(settings.log_format, settings.log_level)
-    eventloop.run(run(settings))
+    asyncio.run(run(settings))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from dispatch.demo import run_demo
 
-    return eventloop.run(run_demo(keep=args.keep))
+    return asyncio.run(run_demo(keep=args.keep))
 
 
 def cmd_gateway_sim(args: argparse.Namespace) -> int:
