@@ -1,10 +1,10 @@
 """The outbound HTTP client the channels share (webhook, telephony gateway, group robots).
 
 Every alarm is one POST per recipient and channel (nine webhooks for a ten-number group), so the
-client's own cost is paid nine times an alarm. It is HTTP/1.1 with keep-alive on asyncio streams,
-responses parsed by httptools (llhttp, the parser uvicorn and Node use): ~30 us of CPU per request
-on this machine, where aiohttp's client took ~110 us and httpx's pool collapsed under concurrency
-(`docs/benchmarks.md`). Invariants:
+client's own cost is paid nine times an alarm. It is HTTP/1.1 with keep-alive on an asyncio
+protocol, answers parsed by httptools (llhttp, uvicorn's parser) as they arrive: 64-72 us of CPU
+per request on this machine against aiohttp's 86-124 us, nine at a time to one receiver; httpx's
+pool collapsed under concurrency (`docs/benchmarks.md`). Invariants:
 - `post` returns an `HttpAnswer` for any HTTP status, or raises `Unreachable` (timeout, refused or
   reset connection, malformed or oversized response, unusable URL): the caller decides what is
   transient;
@@ -20,7 +20,6 @@ on this machine, where aiohttp's client took ~110 us and httpx's pool collapsed 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -129,45 +128,87 @@ class _Response:
             self.status, self.retry_after, self.chunks, self.size, self.framed = 0, None, [], 0, False
 
 
-class _Connection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; the answer is parsed as its bytes arrive, in `data_received`."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.response: _Response | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.answered = False
+        self.closed = False
         self.idle_since = time.monotonic()
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        response = self.response
+        if response is None:
+            self.close()
+            return
+        self.answered = True
+        try:
+            response.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._finish(Unreachable("malformed response"))
+            return
+        if response.too_large:
+            self._finish(Unreachable("response too large"))
+        elif response.complete:
+            self._finish(None)
+
+    def eof_received(self) -> bool:
+        self._lost("ServerDisconnected")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost(type(exc).__name__ if exc else "ServerDisconnected")
+
+    def _lost(self, reason: str) -> None:
+        self.closed = True
+        response = self.response
+        if response is None:
+            return
+        if response.status and not response.framed:
+            response.keep_alive = False
+            self._finish(None)
+        elif self.answered:
+            self._finish(Unreachable("closed before the answer was complete"))
+        else:
+            self._finish(_NoAnswer(reason))
+
+    def _finish(self, error: Exception | None) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
+
     def close(self) -> None:
-        self.writer.close()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
 
     async def exchange(self, request: bytes) -> tuple[_Response, bool]:
         """Send one request, read its answer; (the answer, whether the connection may be reused)."""
+        if not self.usable or self.transport is None:
+            raise _NoAnswer("ServerDisconnected")
+        response = self.response = _Response()
+        self.answered = False
+        self.waiter = asyncio.get_running_loop().create_future()
         try:
-            self.writer.write(request)
-            await self.writer.drain()
-        except OSError as exc:
-            raise _NoAnswer(type(exc).__name__) from None
-        response = _Response()
-        answered = False
-        while not response.complete:
-            try:
-                data = await self.reader.read(65536)
-            except OSError as exc:
-                if answered:
-                    raise Unreachable(type(exc).__name__) from None
-                raise _NoAnswer(type(exc).__name__) from None
-            if not data:
-                if response.status and not response.framed:
-                    return response, False
-                if answered:
-                    raise Unreachable("closed before the answer was complete")
-                raise _NoAnswer("ServerDisconnected")
-            answered = True
-            try:
-                response.parser.feed_data(data)
-            except httptools.HttpParserError as exc:
-                raise Unreachable("malformed response") from exc
-            if response.too_large:
-                raise Unreachable("response too large")
-        return response, response.keep_alive
+            self.transport.write(request)
+            await self.waiter
+        finally:
+            self.response = self.waiter = None
+        return response, response.keep_alive and self.usable
 
 
 @dataclass(frozen=True)
@@ -271,7 +312,7 @@ class HttpPoster:
         now = time.monotonic()
         while idle:
             conn = idle.pop()
-            if now - conn.idle_since < self.idle_s and not conn.reader.at_eof() and not conn.writer.is_closing():
+            if now - conn.idle_since < self.idle_s and conn.usable:
                 return conn
             conn.close()
         return None
@@ -282,10 +323,10 @@ class HttpPoster:
             if self._ssl is None:
                 self._ssl = ssl.create_default_context()
             context = self._ssl
-        reader, writer = await asyncio.open_connection(
-            origin.host, origin.port, ssl=context, server_hostname=origin.host if context else None
+        _, conn = await asyncio.get_running_loop().create_connection(
+            _Connection, origin.host, origin.port, ssl=context, server_hostname=origin.host if context else None
         )
-        return _Connection(reader, writer)
+        return conn
 
     async def close(self) -> None:
         idle, self._idle = self._idle, {}
@@ -293,5 +334,3 @@ class HttpPoster:
         for conns in idle.values():
             for conn in conns:
                 conn.close()
-                with contextlib.suppress(Exception):
-                    await conn.writer.wait_closed()
