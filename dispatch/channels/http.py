@@ -20,6 +20,7 @@ pool collapsed under concurrency (`docs/benchmarks.md`). Invariants:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
@@ -198,13 +199,14 @@ class _Connection(asyncio.Protocol):
 
     async def exchange(self, request: bytes) -> tuple[_Response, bool]:
         """Send one request, read its answer; (the answer, whether the connection may be reused)."""
-        if not self.usable or self.transport is None:
+        transport = self.transport
+        if transport is None or not self.usable:
             raise _NoAnswer("ServerDisconnected")
         response = self.response = _Response()
         self.answered = False
         self.waiter = asyncio.get_running_loop().create_future()
         try:
-            self.transport.write(request)
+            transport.write(request)
             await self.waiter
         finally:
             self.response = self.waiter = None
@@ -224,6 +226,7 @@ class _Origin:
         return host if self.port == default else f"{host}:{self.port}"
 
 
+@functools.lru_cache(maxsize=1024)
 def _split(url: str) -> tuple[_Origin, str]:
     try:
         parts = urlsplit(url)
