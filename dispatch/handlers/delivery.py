@@ -19,7 +19,6 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -49,6 +48,7 @@ from dispatch.events.model import (
     Unreached,
 )
 from dispatch.events.subjects import notice_subject
+from dispatch.handlers.eager import gather_now, settled, start
 from dispatch.ids import stable_key
 from dispatch.metrics import Metrics
 from dispatch.store.eventstore import EventStore, Outgoing
@@ -108,12 +108,12 @@ class DeliveryWorker:
         gone = {t.key for t, _ in withdrawn}
         live = tuple(t for t in job.targets if t.key not in gone)
         started: list[float] = []
-        sends = [asyncio.ensure_future(self._send(channel, job, t, started)) for t in live]
+        sends = [start(self._send(channel, job, t, started)) for t in live]
         if job.attempt > 1:
             self.metrics.delivery_retries.labels(job.channel).inc(len(live))
         if job.attempt == 1:
             self.metrics.fanout.labels(job.channel).observe(max(0.0, (self.clock() - job.appended_at).total_seconds()))
-        outcomes = await asyncio.gather(*sends) if sends else []
+        outcomes = await settled(sends)
         if job.attempt == 1 and len(started) > 1:
             self.metrics.fanout_spread.labels(job.channel).observe(max(started) - min(started))
         retry: list[tuple[Target, Transient]] = [
@@ -237,7 +237,7 @@ class DeliveryWorker:
                     at=handed_at, incident_id=job.incident_id, channel=job.channel, round=job.round, phones=phones
                 )
                 events.append(Outgoing(subject, notified, f"notify:{stable_key(job.key, *phones)}"))
-        await asyncio.gather(*(self.store.append([e]) for e in events))
+        await gather_now(*(self.store.append([e]) for e in events))
         if self.on_permanent_failure is not None and any(f.kind == "permanent" for f in failures):
             await self.on_permanent_failure(job.incident_id)
 

@@ -26,7 +26,6 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -45,6 +44,7 @@ from dispatch.events.model import (
     ResponderAccepted,
 )
 from dispatch.handlers.delivery import DeliveryWorker
+from dispatch.handlers.eager import gather_now
 from dispatch.handlers.responses import IncidentReader
 from dispatch.ids import stable_key
 from dispatch.store.eventstore import EventStore, Recorded
@@ -109,10 +109,10 @@ class FanOut:
         )
         alert = alert_for(opened, trigger, state, urgency)
         if alert is None:
-            await asyncio.gather(*deadlines)
+            await gather_now(*deadlines)
             return 0
         jobs = self.jobs_for(alert, rec, done)
-        await asyncio.gather(*(self.delivery.handle(job) for job in jobs), *deadlines)
+        await gather_now(*(self.delivery.handle(job) for job in jobs), *deadlines)
         targets = sum(len(j.targets) for j in jobs)
         log.info("fanout.rung", incident_id=alert.incident_id, round=rec.seq, reason=alert.reason, targets=targets)
         return targets
