@@ -1,7 +1,9 @@
 """A bounded pool of in-flight message handlers.
 
 Invariants: at most `limit` handlers run at once; `submit` waits for a free slot (backpressure
-reaches the consumer, which then stops pulling); `drain` lets the running ones finish. While a
+reaches the consumer, which then stops pulling), then runs the handler at once up to its first
+wait (no turn of the loop between a message and its handler) and leaves the rest to a task;
+`drain` lets the running ones finish. While a
 handler works on a JetStream message, the pool tells the server it is in progress every
 `heartbeat` seconds: consumers can then keep a short ack wait, so the messages of a process that
 died come back within seconds, while a slow receiver does not cause a redelivery.
@@ -15,13 +17,15 @@ from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
 
+from dispatch.handlers.eager import start
+
 
 class TaskPool:
     def __init__(self, limit: int, name: str, *, heartbeat: float = 2.0) -> None:
         self.name = name
         self.heartbeat = heartbeat
         self._slots = asyncio.Semaphore(limit)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
         self._beats: set[asyncio.Task[None]] = set()
 
     @property
@@ -30,9 +34,10 @@ class TaskPool:
 
     async def submit(self, work: Callable[[], Awaitable[None]], msg: Msg | None = None) -> None:
         await self._slots.acquire()
-        task = asyncio.get_running_loop().create_task(self._run(work, msg), name=self.name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        running = start(self._run(work, msg))
+        if not running.done():
+            self._tasks.add(running)
+            running.add_done_callback(self._tasks.discard)
 
     async def _run(self, work: Callable[[], Awaitable[None]], msg: Msg | None) -> None:
         beat = self._beat_later(msg) if msg is not None else None

@@ -53,3 +53,25 @@ async def test_submit_waits_for_a_free_slot() -> None:
     await third
     await pool.drain()
     assert sorted(started) == [1, 2, 3]
+
+
+async def test_a_handler_starts_before_submit_returns_and_one_done_at_once_frees_its_slot() -> None:
+    pool = TaskPool(1, "t")
+    steps: list[str] = []
+    gate = asyncio.Event()
+
+    async def quick() -> None:
+        steps.append("quick")
+
+    async def waits() -> None:
+        steps.append("waits: before")
+        await gate.wait()
+        steps.append("waits: after")
+
+    await pool.submit(quick)
+    assert steps == ["quick"] and pool.running == 0
+    await pool.submit(waits)
+    assert steps == ["quick", "waits: before"] and pool.running == 1
+    gate.set()
+    await pool.drain()
+    assert steps[-1] == "waits: after" and pool.running == 0
