@@ -50,7 +50,7 @@ from dispatch.metrics import Metrics
 from dispatch.projections.directory import LiveDirectory
 from dispatch.projections.incidents import IncidentsProjection
 from dispatch.projections.roster import RosterProjection
-from dispatch.projections.runner import ProjectionRunner
+from dispatch.projections.runner import Projection, ProjectionRunner, ensure_schema
 from dispatch.projections.sql import Database
 from dispatch.projections.tokens import LiveTokens
 from dispatch.settings import Settings, SettingsError
@@ -168,12 +168,13 @@ class Service:
         self.metrics.directory_numbers.set_function(lambda: self.directory.directory.counts()[1])
 
         self.db = Database(st.db_url)
-        self.runners = [
-            ProjectionRunner(self.nc, self.db, IncidentsProjection()),
-            ProjectionRunner(self.nc, self.db, RosterProjection()),
-        ]
-        for runner in self.runners:
-            await runner.start()
+        projections: list[Projection] = [IncidentsProjection(), RosterProjection()]
+        if st.read_models == "here":
+            self.runners = [ProjectionRunner(self.nc, self.db, projection) for projection in projections]
+            for runner in self.runners:
+                await runner.start()
+        else:
+            await asyncio.to_thread(self._read_side_schema, projections)
 
         quorum = parse_quorum(st.quorum)
         self.reader = IncidentReader(self.store)
@@ -247,6 +248,7 @@ class Service:
             channels=names,
             readiness=self.readiness,
             villages=lambda: {g.village for g in self.directory.directory.groups.values()},
+            read_side=projections if st.read_models == "elsewhere" else (),
         )
         self.gauges.start()
 
@@ -307,6 +309,7 @@ class Service:
             numbers=numbers,
             channels=names,
             http_parser="httptools" if "HttpTools" in self.http.config.http_protocol_class.__name__ else "h11",
+            read_models=st.read_models,
         )
         self.started.set()
 
@@ -381,6 +384,13 @@ class Service:
             path=str(path),
             hint="an admin token was issued; keep the file private, create others with `dispatch tokens`",
         )
+
+    def _read_side_schema(self, projections: list[Projection]) -> None:
+        """With the read models kept elsewhere, their tables still exist from the start: views read
+        empty tables until `dispatch projections run` fills them, never missing ones."""
+        conn = self.db.thread_connection()
+        for projection in projections:
+            ensure_schema(conn, projection)
 
     @staticmethod
     def _connected(nc: NATS | None) -> bool:

@@ -11,7 +11,9 @@ Invariants:
   establish counts as not ready;
 - a database that hangs holds at most one read and one readiness check: the next starts only once
   the last has returned, so the shared thread pool (projections, API) is never drained by the gauges;
-- one source failing never delays or stops the others, nor the next refresh.
+- one source failing never delays or stops the others, nor the next refresh;
+- with the read models kept by another process (`read_side`), each one's lag is how far its
+  checkpoint is behind the last matching message of the log, in stream sequence numbers.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from nats.aio.client import Client as NATS
 
 from dispatch.metrics import Metrics
 from dispatch.projections import queries
+from dispatch.projections.runner import Projection, checkpoint, last_matching
 from dispatch.projections.sql import Database
 from dispatch.store.provision import delivery_consumer
 
@@ -49,9 +52,11 @@ class GaugeRefresher:
         channels: Sequence[str],
         readiness: Callable[[], Awaitable[dict[str, bool]]],
         villages: Callable[[], Iterable[str]] = tuple,
+        read_side: Sequence[Projection] = (),
         every: float = REFRESH_EVERY_S,
         read_timeout: float = READ_TIMEOUT_S,
     ) -> None:
+        self.read_side = list(read_side)
         self.metrics = metrics
         self.nc = nc
         self.db = db
@@ -86,7 +91,7 @@ class GaugeRefresher:
     async def refresh(self) -> None:
         """Read every source once and set the gauges."""
         self.metrics.start_villages_at_zero(self.villages())
-        await asyncio.gather(self._queue_depth(), self._incidents(), self._ready())
+        await asyncio.gather(self._queue_depth(), self._incidents(), self._ready(), self._read_side_lag())
         self.metrics.gauges_refreshed.set(time.time())
 
     async def _queue_depth(self) -> None:
@@ -102,6 +107,26 @@ class GaugeRefresher:
                 log.debug("gauges.queue_unreadable", channel=channel, error=str(exc) or type(exc).__name__)
                 waiting = math.nan
             self.metrics.delivery_queue.labels(channel).set(waiting)
+
+    async def _read_side_lag(self) -> None:
+        for projection in self.read_side:
+            try:
+                head = await last_matching(self.nc, projection.filter_subjects)
+                done = await asyncio.wait_for(asyncio.to_thread(self._checkpoint, projection.name), self.read_timeout)
+                lag = float(max(0, head - done))
+            except Exception as exc:
+                log.debug(
+                    "gauges.read_side_unreadable", projection=projection.name, error=str(exc) or type(exc).__name__
+                )
+                lag = math.nan
+            self.metrics.projection_lag.labels(projection.name).set(lag)
+
+    def _checkpoint(self, name: str) -> int:
+        try:
+            return checkpoint(self.db.thread_connection(), name)
+        except Exception:
+            self.db.drop_thread_connection()
+            raise
 
     async def _incidents(self) -> None:
         counts = UNKNOWN

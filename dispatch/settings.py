@@ -24,6 +24,10 @@ class SettingsError(ValueError):
     pass
 
 
+READ_MODELS = ("here", "elsewhere")
+"""Where the SQL read models are kept: in this process, or by `dispatch projections run` beside it."""
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(f"DISPATCH_{name}")
     return value if value not in (None, "") else default
@@ -70,6 +74,7 @@ class Settings:
     rate_limit: float = 50.0
     rate_burst: float = 500.0
     time_zone: str = DEFAULT_TIME_ZONE
+    read_models: str = "here"
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -109,6 +114,7 @@ class Settings:
             rate_limit=_float("RATE_LIMIT", 50.0),
             rate_burst=_float("RATE_BURST", 500.0),
             time_zone=_env("TIME_ZONE", DEFAULT_TIME_ZONE) or DEFAULT_TIME_ZONE,
+            read_models=_env("READ_MODELS", "here") or "here",
         )
         for key, value in overrides.items():
             if value is not None:
@@ -117,6 +123,10 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        if self.read_models not in READ_MODELS:
+            raise SettingsError(
+                f"DISPATCH_READ_MODELS must be one of {', '.join(READ_MODELS)}, got {self.read_models!r}"
+            )
         host, _, port = self.http.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise SettingsError(f"--http / DISPATCH_HTTP must be HOST:PORT, got {self.http!r}")

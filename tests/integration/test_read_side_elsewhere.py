@@ -1,0 +1,86 @@
+"""DISPATCH_READ_MODELS=elsewhere: the service rings without keeping the read models, `dispatch
+projections run` beside it keeps them, and the service's lag gauge shows how far behind they are."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dispatch.projections import queries
+from dispatch.projections.incidents import INCIDENTS
+from dispatch.settings import Settings, SettingsError
+from tests.support import RecordingChannel, start_service
+from tests.unit.fixtures import ROSTER
+
+CALLER = "+8613800000001"
+
+
+def test_an_unknown_read_models_setting_is_refused_by_name() -> None:
+    with pytest.raises(SettingsError, match="DISPATCH_READ_MODELS"):
+        Settings(read_models="somewhere").validate()
+
+
+async def test_the_read_side_kept_by_another_process(tmp_path: Path) -> None:
+    channel = RecordingChannel()
+    data_dir = tmp_path / "data"
+    svc = await start_service(data_dir, channel, roster=ROSTER, read_models="elsewhere")
+    projector: subprocess.Popen[bytes] | None = None
+    try:
+        assert svc.runners == []
+        headers = {"Authorization": f"Bearer {svc.admin_token}"}
+        async with httpx.AsyncClient(base_url=svc.settings.base_url, timeout=30, headers=headers) as http:
+            r = await http.post("/v1/calls", json={"call_id": "elsewhere-1", "caller": CALLER})
+            assert r.status_code == 202, r.text
+            incident = r.json()["incident_id"]
+            for _ in range(300):
+                if {job.incident_id for _, job, _, _ in channel.sent} == {incident}:
+                    break
+                await asyncio.sleep(0.05)
+            assert {job.incident_id for _, job, _, _ in channel.sent} == {incident}
+            assert (await http.get("/readyz")).status_code == 200
+
+        def open_incidents() -> int:
+            conn = svc.db.connect()
+            try:
+                return queries.open_incident_count(conn)
+            finally:
+                conn.close()
+
+        assert await asyncio.to_thread(open_incidents) == 0, "the service must not have projected"
+
+        def lag() -> float | None:
+            return svc.metrics.registry.get_sample_value("dispatch_projection_lag_events", {"projection": INCIDENTS})
+
+        assert svc.gauges is not None
+        await svc.gauges.refresh()
+        assert (lag() or 0) > 0
+
+        env = {**os.environ, "DISPATCH_DATA_DIR": str(data_dir), "DISPATCH_LOG_LEVEL": "error"}
+        projector = subprocess.Popen(
+            [sys.executable, "-m", "dispatch", "projections", "run"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(600):
+            if await asyncio.to_thread(open_incidents) == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(open_incidents) == 1
+        for _ in range(100):
+            await svc.gauges.refresh()
+            if lag() == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert lag() == 0
+    finally:
+        if projector is not None:
+            projector.terminate()
+            projector.wait(30)
+        await svc.stop()
