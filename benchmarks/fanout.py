@@ -12,7 +12,10 @@ Both flows run in one process against one embedded nats-server with `sync_interv
 Steady rate (open loop, default 200 alarms/s for 10 s): p50/p99. Max sustained rate: closed loop
 with 64 alarms in flight for 5 s. Median of `--rounds` rounds; ratios printed at the end.
 
-    python benchmarks/fanout.py [--rate 200] [--seconds 10] [--rounds 3]
+`--read-models elsewhere` runs the service with DISPATCH_READ_MODELS=elsewhere and the read models
+kept by `dispatch projections run` in a process of its own, on the same server and database.
+
+    python benchmarks/fanout.py [--rate 200] [--seconds 10] [--rounds 3] [--read-models here|elsewhere]
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -53,11 +58,21 @@ class BenchChannel:
         return None
 
 
-async def run_service(workdir: Path, rate: float, seconds: float, groups: int) -> Result:
+def start_projector(data_dir: Path) -> subprocess.Popen[bytes]:
+    """`dispatch projections run` on the running service's data directory (its server, its database)."""
+    env = {**os.environ, "DISPATCH_DATA_DIR": str(data_dir), "DISPATCH_LOG_LEVEL": "error"}
+    cmd = [sys.executable, "-m", "dispatch", "projections", "run"]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def run_service(workdir: Path, rate: float, seconds: float, groups: int, read_models: str = "here") -> Result:
     waiters = Waiters()
-    settings = Settings(data_dir=workdir / "svc", http=f"127.0.0.1:{free_port()}", log_level="error")
+    settings = Settings(
+        data_dir=workdir / "svc", http=f"127.0.0.1:{free_port()}", log_level="error", read_models=read_models
+    )
     service = Service(settings, channels=[BenchChannel(waiters)])
     await service.start()
+    projector = start_projector(settings.data_dir) if read_models == "elsewhere" else None
     try:
         await service.groups.import_roster(roster(groups))
 
@@ -69,6 +84,9 @@ async def run_service(workdir: Path, rate: float, seconds: float, groups: int) -
         max_rate = await closed_loop(launch, len(latencies), 5.0)
         return Result(pct(latencies, 0.5), pct(latencies, 0.99), len(latencies), max_rate)
     finally:
+        if projector is not None:
+            projector.terminate()
+            await asyncio.to_thread(projector.wait, 30)
         await service.stop()
 
 
@@ -82,6 +100,7 @@ async def main() -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--read-models", choices=("here", "elsewhere"), default="here")
     args = parser.parse_args()
     from dispatch import logging as dlog
 
@@ -93,7 +112,7 @@ async def main() -> int:
         workdir = Path(tempfile.mkdtemp(prefix="dispatch-bench-"))
         try:
             baseline_runs.append(await run_baseline(workdir, args.rate, args.seconds))
-            service_runs.append(await run_service(workdir, args.rate, args.seconds, groups))
+            service_runs.append(await run_service(workdir, args.rate, args.seconds, groups, args.read_models))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         b, s = baseline_runs[-1], service_runs[-1]
@@ -106,6 +125,7 @@ async def main() -> int:
         "rate": args.rate,
         "seconds": args.seconds,
         "rounds": args.rounds,
+        "read_models": args.read_models,
         "baseline": {k: median(baseline_runs, k) for k in ("p50_ms", "p99_ms", "max_rate")},
         "service": {k: median(service_runs, k) for k in ("p50_ms", "p99_ms", "max_rate")},
     }
@@ -116,7 +136,7 @@ async def main() -> int:
     }
     print(
         f"\nfan-out at {args.rate:.0f} alarms/s for {args.seconds:.0f} s, 10-number groups, fsync always, "
-        f"median of {args.rounds}"
+        f"median of {args.rounds}, read models {args.read_models}"
     )
     print(f"{'':<10}{'p50 ms':>10}{'p99 ms':>10}{'max alarms/s':>15}")
     for name in ("baseline", "service"):

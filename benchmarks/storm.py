@@ -14,7 +14,10 @@ In one run, on one machine, against one embedded nats-server (`sync_interval: al
 - the raw baseline's maximum (benchmarks/common.py: plain nats-py publish, push consumer, 9 core
   publishes) in the same run. Targets: one process >= 0.2x the baseline's max; two >= 1.7x one.
 
-    python benchmarks/storm.py [--seconds 8] [--groups 30000] [--json FILE]
+`--read-models elsewhere`: the workers run with DISPATCH_READ_MODELS=elsewhere and one
+`dispatch projections run` keeps the shared read side, in a process of its own.
+
+    python benchmarks/storm.py [--seconds 8] [--groups 30000] [--read-models here|elsewhere] [--json FILE]
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ class DoneChannel:
         return None
 
 
-async def worker(nats_url: str, data_dir: str, groups: int, database_url: str) -> int:
+async def worker(nats_url: str, data_dir: str, groups: int, database_url: str, read_models: str) -> int:
     from dispatch import logging as dlog
     from dispatch.bootstrap import Service
     from dispatch.settings import Settings
@@ -85,6 +88,7 @@ async def worker(nats_url: str, data_dir: str, groups: int, database_url: str) -
         nats_urls=[nats_url],
         database_url=database_url,
         log_level="error",
+        read_models=read_models,
     )
     service = Service(settings, channels=[DoneChannel(nc)])
     await service.start()
@@ -99,7 +103,9 @@ async def worker(nats_url: str, data_dir: str, groups: int, database_url: str) -
     return 0
 
 
-async def spawn(nats_url: str, data_dir: Path, groups: int, database_url: str) -> asyncio.subprocess.Process:
+async def spawn(
+    nats_url: str, data_dir: Path, groups: int, database_url: str, read_models: str
+) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         __file__,
@@ -108,6 +114,7 @@ async def spawn(nats_url: str, data_dir: Path, groups: int, database_url: str) -
         str(data_dir),
         str(groups),
         database_url,
+        read_models,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -164,17 +171,20 @@ async def main() -> int:
     parser.add_argument("--groups", type=int, default=30_000)
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--postgres", default=DEFAULT_POSTGRES)
-    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--read-models", choices=("here", "elsewhere"), default="here")
+    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        url, data_dir, groups, database_url = args.worker
-        return await worker(url, data_dir, int(groups), database_url)
+        url, data_dir, groups, database_url, read_models = args.worker
+        return await worker(url, data_dir, int(groups), database_url, read_models)
     from dispatch import logging as dlog
 
     dlog.configure("json", "error")
     workdir = Path(tempfile.mkdtemp(prefix="dispatch-bench-storm-"))
     figures: dict[str, float] = {"seconds": args.seconds, "in_flight": IN_FLIGHT}
+    print(f"read models: {args.read_models}")
     procs: list[asyncio.subprocess.Process] = []
+    read_side: list[asyncio.subprocess.Process] = []
     server = EmbeddedNats(workdir / "nats")
     schema = f"bench_storm_{os.getpid()}"
     database_url = f"{args.postgres}?schema={schema}"
@@ -183,14 +193,31 @@ async def main() -> int:
         figures["baseline_max_per_s"] = base.max_rate
         await server.start()
         nc = await nats.connect(server.url, **server.auth.connect_kwargs())
-        procs.append(await spawn(server.authenticated_url, workdir / "w1", args.groups, database_url))
+        procs.append(await spawn(server.authenticated_url, workdir / "w1", args.groups, database_url, args.read_models))
+        if args.read_models == "elsewhere":
+            projector = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "dispatch",
+                "projections",
+                "run",
+                env={
+                    **os.environ,
+                    "DISPATCH_NATS_URL": server.authenticated_url,
+                    "DISPATCH_DATABASE_URL": database_url,
+                    "DISPATCH_DATA_DIR": str(workdir / "projector"),
+                    "DISPATCH_LOG_LEVEL": "error",
+                },
+                stdout=asyncio.subprocess.DEVNULL,
+            )
+            read_side.append(projector)
         half = args.groups // 2
         await storm(nc, 0, 200, 2.0)
-        pids = [server.pid or 0, procs[0].pid]
+        pids = [server.pid or 0, procs[0].pid, *(p.pid for p in read_side)]
         cpu0, wall0 = cpu_seconds(pids), time.perf_counter()
         rate1, p99_1, n1 = await storm(nc, 200, half, args.seconds)
         figures["one_process_cores_busy"] = (cpu_seconds(pids) - cpu0) / (time.perf_counter() - wall0)
-        procs.append(await spawn(server.authenticated_url, workdir / "w2", 0, database_url))
+        procs.append(await spawn(server.authenticated_url, workdir / "w2", 0, database_url, args.read_models))
         await storm(nc, half, half + 200, 2.0)
         pids.append(procs[1].pid)
         cpu0, wall0 = cpu_seconds(pids), time.perf_counter()
@@ -209,6 +236,9 @@ async def main() -> int:
         figures["one_vs_baseline"] = rate1 / base.max_rate
         figures["two_vs_one"] = rate2 / rate1
     finally:
+        for proc in read_side:
+            proc.terminate()
+            await proc.wait()
         for proc in procs:
             if proc.stdin is not None:
                 proc.stdin.close()
