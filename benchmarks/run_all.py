@@ -1,12 +1,13 @@
 """Every benchmark in one command, each beside its raw baseline, then one table against the targets.
 
-    python benchmarks/run_all.py [--quick] [--out DIR]
+    python benchmarks/run_all.py [--quick] [--out DIR] [--read-models here|elsewhere]
 
 Runs fanout.py (alarm path), e2e.py (HTTP call -> webhooks), storm.py (closed loop, one and two
 processes), replay.py (projections rebuilt vs a raw ordered read) and directory.py (1M numbers),
 one after another (never two at once: they share the machine), each with `--json`, and prints the
 figures with their targets. `--quick` shortens every run for a smoke check; the figures in
-docs/benchmarks.md come from a full run on a quiet machine.
+docs/benchmarks.md come from a full run on a quiet machine. `--read-models elsewhere` runs fanout.py
+and storm.py with the read models in a process of their own (DISPATCH_READ_MODELS=elsewhere).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
     "replay": ([], ["--events", "20000"]),
     "directory": ([], ["--groups", "2000", "--lookups", "5000"]),
 }
+TAKE_READ_MODELS = ("fanout", "storm")
 
 
 def target_rows(f: dict[str, dict[str, float]]) -> list[tuple[str, str, str, bool | None]]:
@@ -121,6 +123,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", help="directory for each benchmark's JSON (default: a temporary one)")
     parser.add_argument("--only", nargs="*", choices=sorted(RUNS), help="run only these")
+    parser.add_argument("--read-models", choices=("here", "elsewhere"), default="here")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="dispatch-bench-all-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -135,12 +138,15 @@ def main() -> int:
         target = out / f"{name}.json"
         print(f"== {name}", file=sys.stderr)
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, str(script), *(quick if args.quick else full), "--json", str(target)])
+        extra = ["--read-models", args.read_models] if name in TAKE_READ_MODELS else []
+        cmd = [sys.executable, str(script), *(quick if args.quick else full), *extra, "--json", str(target)]
+        done = subprocess.run(cmd)
         if done.returncode != 0 or not target.exists():
             print(f"== {name} failed ({done.returncode})", file=sys.stderr)
             continue
         figures[name] = json.loads(target.read_text())
         print(f"== {name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    print(f"\nread models: {args.read_models} (fanout, storm)")
     print("\n| measure | figure | target | met |\n| --- | --- | --- | --- |")
     for measure, figure, target, met in target_rows(figures):
         mark = "-" if met is None else ("yes" if met else "**no**")

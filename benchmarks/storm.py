@@ -125,6 +125,49 @@ async def spawn(
     return proc
 
 
+async def start_projector(nats_url: str, database_url: str, data_dir: Path) -> asyncio.subprocess.Process:
+    env = {
+        **os.environ,
+        "DISPATCH_NATS_URL": nats_url,
+        "DISPATCH_DATABASE_URL": database_url,
+        "DISPATCH_DATA_DIR": str(data_dir),
+        "DISPATCH_LOG_LEVEL": "error",
+    }
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dispatch", "projections", "run", env=env, stdout=asyncio.subprocess.DEVNULL
+    )
+
+
+async def read_side_caught_up(nc: nats.NATS, database_url: str, timeout: float = 600) -> None:
+    """Until every read model's checkpoint has reached the log's last matching message: the storm
+    measures alarms, not the worker catching up on the roster import."""
+    from dispatch.projections.runner import checkpoint, last_matching
+    from dispatch.projections.sql import Database
+    from dispatch.replay import PROJECTIONS
+
+    db = Database(database_url)
+
+    def position(name: str) -> int:
+        try:
+            return checkpoint(db.thread_connection(), name)
+        except Exception:  # the worker has not made its tables yet
+            db.drop_thread_connection()
+            return 0
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        behind = 0
+        for cls in PROJECTIONS:
+            projection = cls()
+            head = await last_matching(nc, projection.filter_subjects)
+            done = await asyncio.to_thread(position, projection.name)
+            behind += max(0, head - done)
+        if not behind:
+            return
+        await asyncio.sleep(0.5)
+    raise RuntimeError("the read side did not catch up")
+
+
 async def storm(nc: nats.NATS, first: int, last: int, seconds: float) -> tuple[float, float, int]:
     """Closed loop with IN_FLIGHT alarms in flight, callers first..last-1; (alarms/s, p99 ms, count)."""
     waiting: dict[str, asyncio.Future[None]] = {}
@@ -193,24 +236,11 @@ async def main() -> int:
         figures["baseline_max_per_s"] = base.max_rate
         await server.start()
         nc = await nats.connect(server.url, **server.auth.connect_kwargs())
-        procs.append(await spawn(server.authenticated_url, workdir / "w1", args.groups, database_url, args.read_models))
         if args.read_models == "elsewhere":
-            projector = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "dispatch",
-                "projections",
-                "run",
-                env={
-                    **os.environ,
-                    "DISPATCH_NATS_URL": server.authenticated_url,
-                    "DISPATCH_DATABASE_URL": database_url,
-                    "DISPATCH_DATA_DIR": str(workdir / "projector"),
-                    "DISPATCH_LOG_LEVEL": "error",
-                },
-                stdout=asyncio.subprocess.DEVNULL,
-            )
-            read_side.append(projector)
+            read_side.append(await start_projector(server.authenticated_url, database_url, workdir / "projector"))
+        procs.append(await spawn(server.authenticated_url, workdir / "w1", args.groups, database_url, args.read_models))
+        if read_side:
+            await read_side_caught_up(nc, database_url)
         half = args.groups // 2
         await storm(nc, 0, 200, 2.0)
         pids = [server.pid or 0, procs[0].pid, *(p.pid for p in read_side)]
