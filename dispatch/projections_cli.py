@@ -17,7 +17,7 @@ import signal
 import time
 
 from dispatch.offline import open_log
-from dispatch.projections.runner import ACTIVE, CHECKPOINTS_DDL, VERSIONS_DDL, ProjectionRunner, last_matching
+from dispatch.projections.runner import ACTIVE, ProjectionRunner, ensure_bookkeeping, last_matching
 from dispatch.projections.sql import Database
 from dispatch.replay import PROJECTIONS
 from dispatch.settings import Settings
@@ -59,8 +59,7 @@ async def projection_status(settings: Settings) -> int:
     def read() -> list[tuple[object, ...]]:
         conn = db.connect()
         try:
-            conn.execute(CHECKPOINTS_DDL)
-            conn.execute(VERSIONS_DDL)
+            ensure_bookkeeping(conn)
             return conn.query(
                 "SELECT v.name, v.family, v.version, v.state, v.changed_at, c.position, c.updated_at "
                 "FROM projection_versions v LEFT JOIN projection_checkpoints c ON c.name = v.name "

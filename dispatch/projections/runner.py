@@ -30,7 +30,7 @@ import contextlib
 import json
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -54,6 +54,8 @@ QUEUE = 10_000
 LINGER_S = 0.1
 RETIRED_GRACE_S = 3600.0
 
+SCHEMA_LOCK = 0x6469_7370
+"""The PostgreSQL advisory lock that schema changes take ("disp")."""
 CHECKPOINTS_DDL = (
     "CREATE TABLE IF NOT EXISTS projection_checkpoints ("
     " name TEXT PRIMARY KEY, position BIGINT NOT NULL, updated_at DOUBLE PRECISION NOT NULL)"
@@ -97,17 +99,36 @@ def versioned(family: str, version: int) -> str:
     return f"{family}_v{version}"
 
 
+@contextlib.contextmanager
+def schema_change(conn: Connection) -> Iterator[Connection]:
+    """A transaction that processes changing the schema take one at a time: PostgreSQL's
+    `CREATE TABLE IF NOT EXISTS` run by two at once fails in one of them (a duplicate pg_type row),
+    as when a service and a read-side worker start together."""
+    with conn.transaction():
+        if conn.dialect == "postgresql":
+            conn.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
+        yield conn
+
+
+def ensure_bookkeeping(conn: Connection) -> None:
+    with schema_change(conn):
+        conn.execute(CHECKPOINTS_DDL)
+        conn.execute(VERSIONS_DDL)
+
+
 def ensure_schema(conn: Connection, projection: Projection) -> None:
     """Create the bookkeeping tables and the projection's own, and register it (building) if new."""
-    conn.execute(CHECKPOINTS_DDL)
-    conn.execute(VERSIONS_DDL)
-    for statement in projection.ddl():
-        conn.execute(statement)
-    conn.execute(
-        "INSERT INTO projection_versions (name, family, version, state, tables, changed_at) VALUES (?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (name) DO NOTHING",
-        (projection.name, projection.family, projection.version, BUILDING, ",".join(projection.tables()), time.time()),
-    )
+    with schema_change(conn):
+        conn.execute(CHECKPOINTS_DDL)
+        conn.execute(VERSIONS_DDL)
+        for statement in projection.ddl():
+            conn.execute(statement)
+        tables = ",".join(projection.tables())
+        conn.execute(
+            "INSERT INTO projection_versions (name, family, version, state, tables, changed_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+            (projection.name, projection.family, projection.version, BUILDING, tables, time.time()),
+        )
 
 
 def checkpoint(conn: Connection, name: str, *, lock: bool = False) -> int:
@@ -210,8 +231,7 @@ def apply_batch(
 
 def drop(conn: Connection, projection: Projection) -> None:
     """Drop the projection's tables, checkpoint and registration (it rebuilds from the start)."""
-    conn.execute(CHECKPOINTS_DDL)
-    conn.execute(VERSIONS_DDL)
+    ensure_bookkeeping(conn)
     with conn.transaction():
         for table in projection.tables():
             conn.execute(f"DROP TABLE IF EXISTS {table}")
@@ -327,7 +347,7 @@ class ProjectionRunner:
 
     def _prepare(self) -> tuple[int, bool]:
         conn = self.db.thread_connection()
-        conn.execute(VERSIONS_DDL)
+        ensure_bookkeeping(conn)
         drop_retired(conn, self.projection.family, older_than=self.retired_grace, keep=self.name)
         ensure_schema(conn, self.projection)
         return checkpoint(conn, self.projection.name), state_of(conn, self.projection.name) == ACTIVE

@@ -48,6 +48,7 @@ from dispatch.projections.incidents import INCIDENTS, RESPONDERS, IncidentsProje
 from dispatch.projections.roster import RosterProjection
 from dispatch.projections.runner import (
     CHECKPOINTS_DDL,
+    Projection,
     ProjectionRunner,
     active_version,
     apply_batch,
@@ -262,6 +263,35 @@ def test_two_writers_sharing_one_database_apply_each_event_once(database: Databa
         t.join()
     assert not errors
     assert snapshot(database)[2] == [(len(recs),)]
+
+
+def test_processes_creating_the_schema_at_once_all_succeed(database: Database) -> None:
+    """A service and a read-side worker starting together both create the tables."""
+    errors: list[BaseException] = []
+    ready = threading.Barrier(6)
+
+    def create(projection: Projection) -> None:
+        conn = database.connect()
+        try:
+            ready.wait()
+            ensure_schema(conn, projection)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=create, args=(cls(),)) for cls in (IncidentsProjection, RosterProjection) * 3]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    conn = database.connect()
+    try:
+        names = {row[0] for row in conn.query("SELECT name FROM projection_versions")}
+    finally:
+        conn.close()
+    assert names == {IncidentsProjection().name, RosterProjection().name}
 
 
 def test_response_time_percentiles(database: Database) -> None:
