@@ -138,7 +138,9 @@ async def start_projector(nats_url: str, database_url: str, data_dir: Path) -> a
     )
 
 
-async def read_side_caught_up(nc: nats.NATS, database_url: str, timeout: float = 600) -> None:
+async def read_side_caught_up(
+    nc: nats.NATS, database_url: str, projector: asyncio.subprocess.Process, timeout: float = 600
+) -> None:
     """Until every read model's checkpoint has reached the log's last matching message: the storm
     measures alarms, not the worker catching up on the roster import."""
     from dispatch.projections.runner import checkpoint, last_matching
@@ -156,6 +158,8 @@ async def read_side_caught_up(nc: nats.NATS, database_url: str, timeout: float =
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if projector.returncode is not None:
+            raise RuntimeError(f"dispatch projections run exited ({projector.returncode})")
         behind = 0
         for cls in PROJECTIONS:
             projection = cls()
@@ -240,7 +244,7 @@ async def main() -> int:
             read_side.append(await start_projector(server.authenticated_url, database_url, workdir / "projector"))
         procs.append(await spawn(server.authenticated_url, workdir / "w1", args.groups, database_url, args.read_models))
         if read_side:
-            await read_side_caught_up(nc, database_url)
+            await read_side_caught_up(nc, database_url, read_side[0])
         half = args.groups // 2
         await storm(nc, 0, 200, 2.0)
         pids = [server.pid or 0, procs[0].pid, *(p.pid for p in read_side)]
