@@ -42,7 +42,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from dispatch.events import codec
 from dispatch.events.codec import UnknownEvent
 from dispatch.events.subjects import EVENTS_ALL, EVENTS_STREAM
-from dispatch.projections.sql import Connection, Database, is_db_error
+from dispatch.projections.sql import SCHEMA_LOCK, Connection, Database, is_db_error
 from dispatch.store.eventstore import H_MSG_ID, Recorded
 from dispatch.store.follow import SequenceWaiters
 
@@ -54,8 +54,6 @@ QUEUE = 10_000
 LINGER_S = 0.1
 RETIRED_GRACE_S = 3600.0
 
-SCHEMA_LOCK = 0x6469_7370
-"""The PostgreSQL advisory lock that schema changes take ("disp")."""
 CHECKPOINTS_DDL = (
     "CREATE TABLE IF NOT EXISTS projection_checkpoints ("
     " name TEXT PRIMARY KEY, position BIGINT NOT NULL, updated_at DOUBLE PRECISION NOT NULL)"

@@ -19,6 +19,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 Dialect = Literal["sqlite", "postgresql"]
 
+SCHEMA_LOCK = 0x6469_7370
+"""The PostgreSQL advisory lock that schema changes take ("disp"): `CREATE ... IF NOT EXISTS` run by
+two processes at once fails in one of them (a duplicate catalog row)."""
+
 
 class DatabaseUnavailable(Exception):
     pass
@@ -158,7 +162,9 @@ class Database:
 
             raw = psycopg.connect(self._pg_url, autocommit=True, connect_timeout=5)
             if self.schema:
-                raw.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                with raw.transaction():
+                    raw.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                    raw.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                 raw.execute(f'SET search_path TO "{self.schema}"')
             return Connection(raw, "postgresql")
         except (sqlite3.Error, OSError) as exc:

@@ -271,20 +271,22 @@ def test_processes_creating_the_schema_at_once_all_succeed(database: Database) -
     ready = threading.Barrier(6)
 
     def create(projection: Projection) -> None:
-        conn = database.connect()
         try:
-            ready.wait()
-            ensure_schema(conn, projection)
+            ready.wait(timeout=30)
+            conn = database.connect()
+            try:
+                ensure_schema(conn, projection)
+            finally:
+                conn.close()
         except BaseException as exc:
             errors.append(exc)
-        finally:
-            conn.close()
 
-    threads = [threading.Thread(target=create, args=(cls(),)) for cls in (IncidentsProjection, RosterProjection) * 3]
+    projections = (IncidentsProjection, RosterProjection) * 3
+    threads = [threading.Thread(target=create, args=(cls(),), daemon=True) for cls in projections]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(60)
     assert not errors
     conn = database.connect()
     try:
