@@ -185,7 +185,10 @@ async def test_projection_lag_is_exported_per_projection(
     api: tuple[Service, httpx.AsyncClient, httpx.AsyncClient],
 ) -> None:
     svc, admin, _ = api
-    text = (await admin.get("/metrics")).text
-    for runner in svc.runners:
-        assert f'dispatch_projection_lag_events{{projection="{runner.name}"}} 0.0' in text
     assert {r.name for r in svc.runners} == {"incidents_v2", "roster_v1"}
+
+    async def caught_up() -> bool:
+        text = (await admin.get("/metrics")).text
+        return all(f'dispatch_projection_lag_events{{projection="{r.name}"}} 0.0' in text for r in svc.runners)
+
+    await until_true(caught_up)
