@@ -8,6 +8,8 @@ from the stored alarm's server timestamp to the 9th subscriber's receipt.
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -147,3 +149,19 @@ def drop_schema(url: str, schema: str) -> None:
 
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+async def start_read_side(data_dir: Path, **env: str) -> asyncio.subprocess.Process:
+    """`dispatch projections run` (DISPATCH_READ_MODELS=elsewhere's worker) on `data_dir`; `env` adds
+    DISPATCH_* settings (NATS_URL, DATABASE_URL); without them it joins the service running there."""
+    settings = {f"DISPATCH_{k}": v for k, v in env.items()}
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "dispatch",
+        "projections",
+        "run",
+        env={**os.environ, **settings, "DISPATCH_DATA_DIR": str(data_dir), "DISPATCH_LOG_LEVEL": "error"},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )

@@ -23,15 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from common import Result, Waiters, caller_of, closed_loop, pct, roster, run_baseline, steady
+from common import Result, Waiters, caller_of, closed_loop, pct, roster, run_baseline, start_read_side, steady
 
 from dispatch.bootstrap import Service
 from dispatch.channels.base import Delivered, DeliveryJob, Outcome, Target
@@ -58,13 +56,6 @@ class BenchChannel:
         return None
 
 
-def start_projector(data_dir: Path) -> subprocess.Popen[bytes]:
-    """`dispatch projections run` on the running service's data directory (its server, its database)."""
-    env = {**os.environ, "DISPATCH_DATA_DIR": str(data_dir), "DISPATCH_LOG_LEVEL": "error"}
-    cmd = [sys.executable, "-m", "dispatch", "projections", "run"]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 async def run_service(workdir: Path, rate: float, seconds: float, groups: int, read_models: str = "here") -> Result:
     waiters = Waiters()
     settings = Settings(
@@ -72,7 +63,7 @@ async def run_service(workdir: Path, rate: float, seconds: float, groups: int, r
     )
     service = Service(settings, channels=[BenchChannel(waiters)])
     await service.start()
-    projector = start_projector(settings.data_dir) if read_models == "elsewhere" else None
+    projector = await start_read_side(settings.data_dir) if read_models == "elsewhere" else None
     try:
         await service.groups.import_roster(roster(groups))
 
@@ -86,7 +77,7 @@ async def run_service(workdir: Path, rate: float, seconds: float, groups: int, r
     finally:
         if projector is not None:
             projector.terminate()
-            await asyncio.to_thread(projector.wait, 30)
+            await projector.wait()
         await service.stop()
 
 

@@ -34,7 +34,16 @@ from collections import Counter
 from pathlib import Path
 
 import nats
-from common import DEFAULT_POSTGRES, IN_FLIGHT, caller_of, drop_schema, pct, roster, run_baseline
+from common import (
+    DEFAULT_POSTGRES,
+    IN_FLIGHT,
+    caller_of,
+    drop_schema,
+    pct,
+    roster,
+    run_baseline,
+    start_read_side,
+)
 
 from dispatch.channels.base import Delivered, DeliveryJob, Outcome, Target
 from dispatch.events.model import Person
@@ -123,19 +132,6 @@ async def spawn(
     if line.strip() != b"ready":
         raise RuntimeError(f"worker did not start: {line!r}")
     return proc
-
-
-async def start_projector(nats_url: str, database_url: str, data_dir: Path) -> asyncio.subprocess.Process:
-    env = {
-        **os.environ,
-        "DISPATCH_NATS_URL": nats_url,
-        "DISPATCH_DATABASE_URL": database_url,
-        "DISPATCH_DATA_DIR": str(data_dir),
-        "DISPATCH_LOG_LEVEL": "error",
-    }
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dispatch", "projections", "run", env=env, stdout=asyncio.subprocess.DEVNULL
-    )
 
 
 async def read_side_caught_up(
@@ -241,7 +237,11 @@ async def main() -> int:
         await server.start()
         nc = await nats.connect(server.url, **server.auth.connect_kwargs())
         if args.read_models == "elsewhere":
-            read_side.append(await start_projector(server.authenticated_url, database_url, workdir / "projector"))
+            read_side.append(
+                await start_read_side(
+                    workdir / "projector", NATS_URL=server.authenticated_url, DATABASE_URL=database_url
+                )
+            )
         procs.append(await spawn(server.authenticated_url, workdir / "w1", args.groups, database_url, args.read_models))
         if read_side:
             await read_side_caught_up(nc, database_url, read_side[0])

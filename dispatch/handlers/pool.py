@@ -3,10 +3,10 @@
 Invariants: at most `limit` handlers run at once; `submit` waits for a free slot (backpressure
 reaches the consumer, which then stops pulling), then runs the handler at once up to its first
 wait (no turn of the loop between a message and its handler) and leaves the rest to a task;
-`drain` lets the running ones finish. While a
-handler works on a JetStream message, the pool tells the server it is in progress every
-`heartbeat` seconds: consumers can then keep a short ack wait, so the messages of a process that
-died come back within seconds, while a slow receiver does not cause a redelivery.
+`drain` lets the running ones finish. While a handler works on a JetStream message, the pool
+tells the server it is in progress every `heartbeat` seconds: consumers can then keep a short ack
+wait, so the messages of a process that died come back within seconds, while a slow receiver
+does not cause a redelivery.
 """
 
 from __future__ import annotations
