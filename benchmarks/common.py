@@ -74,6 +74,16 @@ class Waiters:
                 fut.set_result((time.time_ns() - appended_ns) / 1e6)
 
 
+def cpu_seconds(pids: list[int], *, this_process: bool = True) -> float:
+    """User + system CPU seconds of these processes so far (and of this one, unless told not)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = sum(os.times()[:2]) if this_process else 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 async def steady(launch, rate: float, seconds: float) -> list[float]:  # type: ignore[no-untyped-def]
     total = int(rate * seconds)
     interval = 1.0 / rate
@@ -165,3 +175,37 @@ async def start_read_side(data_dir: Path, **env: str) -> asyncio.subprocess.Proc
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
+
+
+async def read_side_caught_up(
+    nc: nats.NATS, database_url: str, projector: asyncio.subprocess.Process, timeout: float = 600
+) -> None:
+    """Until every read model's checkpoint has reached the log's last matching message: the storm
+    measures alarms, not the worker catching up on the roster import."""
+    from dispatch.projections.runner import checkpoint, last_matching
+    from dispatch.projections.sql import Database
+    from dispatch.replay import PROJECTIONS
+
+    db = Database(database_url)
+
+    def position(name: str) -> int:
+        try:
+            return checkpoint(db.thread_connection(), name)
+        except Exception:  # the worker has not made its tables yet
+            db.drop_thread_connection()
+            return 0
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if projector.returncode is not None:
+            raise RuntimeError(f"dispatch projections run exited ({projector.returncode})")
+        behind = 0
+        for cls in PROJECTIONS:
+            projection = cls()
+            head = await last_matching(nc, projection.filter_subjects)
+            done = await asyncio.to_thread(position, projection.name)
+            behind += max(0, head - done)
+        if not behind:
+            return
+        await asyncio.sleep(0.5)
+    raise RuntimeError("the read side did not catch up")

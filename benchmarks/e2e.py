@@ -10,9 +10,13 @@ In one run, on one machine:
   10-number group; latency from just before the POST is sent to the 9th webhook of that
   incident arriving at the receiver (both on this machine's clock);
 - the raw baseline of benchmarks/fanout.py (plain nats-py fan-out) in the same run; the target
-  is p99 <= 4x that baseline's p99.
+  is p99 <= 4x that baseline's p99;
+- the CPU `dispatch serve` spent per call during the load (its own process, not its nats-server),
+  and with `--read-models elsewhere` (DISPATCH_READ_MODELS=elsewhere, the read models kept by
+  `dispatch projections run` beside it) the worker's too.
 
-    python benchmarks/e2e.py [--rate 200] [--seconds 10] [--rounds 3] [--json FILE]
+    python benchmarks/e2e.py [--rate 200] [--seconds 10] [--rounds 3] [--read-models here|elsewhere]
+                             [--json FILE]
 """
 
 from __future__ import annotations
@@ -28,13 +32,25 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import httpx
-from common import GROUP_SIZE, caller_of, pct, roster, run_baseline, steady
+from common import (
+    GROUP_SIZE,
+    caller_of,
+    cpu_seconds,
+    pct,
+    read_side_caught_up,
+    roster,
+    run_baseline,
+    start_read_side,
+    steady,
+)
 
-from dispatch.store.server import free_port
+from dispatch.store.connect import connect
+from dispatch.store.server import free_port, running_auth, running_url
 
 RECEIVER = r"""
 import asyncio, json, sys, time
@@ -112,7 +128,16 @@ class Receiver:
             self._reader.cancel()
 
 
-def start_serve(data_dir: Path, http_port: int, hook: str) -> subprocess.Popen[bytes]:
+@dataclass
+class E2E:
+    p50_ms: float
+    p99_ms: float
+    calls: int
+    serve_cpu_ms: float
+    read_side_cpu_ms: float | None
+
+
+def start_serve(data_dir: Path, http_port: int, hook: str, read_models: str) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "DISPATCH_DATA_DIR": str(data_dir),
@@ -121,6 +146,7 @@ def start_serve(data_dir: Path, http_port: int, hook: str) -> subprocess.Popen[b
         "DISPATCH_WEBHOOK_SECRET": "bench-secret",
         "DISPATCH_LOG_LEVEL": "warning",
         "DISPATCH_LOG_FORMAT": "json",
+        "DISPATCH_READ_MODELS": read_models,
     }
     data_dir.mkdir(parents=True, exist_ok=True)
     log = (data_dir / "serve.log").open("ab")
@@ -139,12 +165,14 @@ def start_serve(data_dir: Path, http_port: int, hook: str) -> subprocess.Popen[b
     raise RuntimeError("dispatch serve not ready")
 
 
-async def run_e2e(workdir: Path, rate: float, seconds: float) -> tuple[float, float, int]:
+async def run_e2e(workdir: Path, rate: float, seconds: float, read_models: str) -> E2E:
     receiver = Receiver()
     await receiver.start()
     port = free_port()
     data_dir = workdir / "svc"
-    proc = await asyncio.to_thread(start_serve, data_dir, port, f"http://127.0.0.1:{receiver.port}/hook")
+    hook = f"http://127.0.0.1:{receiver.port}/hook"
+    proc = await asyncio.to_thread(start_serve, data_dir, port, hook, read_models)
+    projector = await start_read_side(data_dir) if read_models == "elsewhere" else None
     try:
         token = (data_dir / "admin.token").read_text().strip()
         base = f"http://127.0.0.1:{port}"
@@ -155,6 +183,12 @@ async def run_e2e(workdir: Path, rate: float, seconds: float) -> tuple[float, fl
             csv = roster(groups).encode()
             async with http.post("/v1/groups/import", data=csv, headers={"Content-Type": "text/csv"}) as r:
                 r.raise_for_status()
+            if projector is not None:
+                nc = await connect([running_url(data_dir) or ""], running_auth(data_dir))
+                try:
+                    await read_side_caught_up(nc, f"sqlite:///{data_dir / 'dispatch.db'}", projector)
+                finally:
+                    await nc.close()
 
             async def launch(i: int) -> float:
                 sent = time.time()
@@ -165,9 +199,20 @@ async def run_e2e(workdir: Path, rate: float, seconds: float) -> tuple[float, fl
                 arrived = await asyncio.wait_for(receiver.completed(incident), 60)
                 return (arrived - sent) * 1000
 
+            pids = [proc.pid] + ([projector.pid] if projector is not None else [])
+            cpu0 = [cpu_seconds([pid], this_process=False) for pid in pids]
             latencies = await steady(launch, rate, seconds)
-        return pct(latencies, 0.5), pct(latencies, 0.99), len(latencies)
+            cpu = [
+                (cpu_seconds([pid], this_process=False) - c) * 1000 / len(latencies)
+                for pid, c in zip(pids, cpu0, strict=True)
+            ]
+        return E2E(
+            pct(latencies, 0.5), pct(latencies, 0.99), len(latencies), cpu[0], cpu[1] if projector is not None else None
+        )
     finally:
+        if projector is not None:
+            projector.terminate()
+            await projector.wait()
         proc.send_signal(signal.SIGTERM)
         await asyncio.to_thread(proc.wait, 60)
         await receiver.stop()
@@ -178,37 +223,48 @@ async def main() -> int:
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--read-models", choices=("here", "elsewhere"), default="here")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
-    rows: list[tuple[float, float, float, float]] = []
+    rows: list[tuple[float, float, E2E]] = []
     for round_ in range(1, args.rounds + 1):
         workdir = Path(tempfile.mkdtemp(prefix="dispatch-bench-e2e-"))
         try:
             base = await run_baseline(workdir, args.rate, args.seconds, closed_seconds=0)
-            p50, p99, n = await run_e2e(workdir, args.rate, args.seconds)
+            e2e = await run_e2e(workdir, args.rate, args.seconds, args.read_models)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        rows.append((base.p50_ms, base.p99_ms, p50, p99))
+        rows.append((base.p50_ms, base.p99_ms, e2e))
+        worker = "" if e2e.read_side_cpu_ms is None else f", read side {e2e.read_side_cpu_ms:.2f}"
         print(
             f"round {round_}: baseline p50 {base.p50_ms:.2f} p99 {base.p99_ms:.2f} ms | "
-            f"POST /v1/calls -> 9 webhooks p50 {p50:.2f} p99 {p99:.2f} ms ({n} calls)",
+            f"POST /v1/calls -> 9 webhooks p50 {e2e.p50_ms:.2f} p99 {e2e.p99_ms:.2f} ms ({e2e.calls} calls) | "
+            f"CPU per call: serve {e2e.serve_cpu_ms:.2f}{worker} ms",
             file=sys.stderr,
         )
     figures = {
         "rate": args.rate,
         "seconds": args.seconds,
         "rounds": args.rounds,
+        "read_models": args.read_models,
         "baseline_p50_ms": statistics.median(r[0] for r in rows),
         "baseline_p99_ms": statistics.median(r[1] for r in rows),
-        "e2e_p50_ms": statistics.median(r[2] for r in rows),
-        "e2e_p99_ms": statistics.median(r[3] for r in rows),
+        "e2e_p50_ms": statistics.median(r[2].p50_ms for r in rows),
+        "e2e_p99_ms": statistics.median(r[2].p99_ms for r in rows),
+        "serve_cpu_ms_per_call": statistics.median(r[2].serve_cpu_ms for r in rows),
     }
+    if args.read_models == "elsewhere":
+        figures["read_side_cpu_ms_per_call"] = statistics.median(r[2].read_side_cpu_ms or 0.0 for r in rows)
     figures["p99_ratio"] = figures["e2e_p99_ms"] / figures["baseline_p99_ms"]
-    print(f"\nPOST /v1/calls -> 9 webhooks at {args.rate:.0f} calls/s, {args.seconds:.0f} s, median of {args.rounds}")
+    print(
+        f"\nPOST /v1/calls -> 9 webhooks at {args.rate:.0f} calls/s, {args.seconds:.0f} s, median of {args.rounds}, "
+        f"read models {args.read_models}"
+    )
     print(f"{'':<10}{'p50 ms':>10}{'p99 ms':>10}")
     print(f"{'baseline':<10}{figures['baseline_p50_ms']:>10.2f}{figures['baseline_p99_ms']:>10.2f}")
     print(f"{'e2e':<10}{figures['e2e_p50_ms']:>10.2f}{figures['e2e_p99_ms']:>10.2f}")
     print(f"{'ratio':<10}{figures['e2e_p50_ms'] / figures['baseline_p50_ms']:>10.2f}{figures['p99_ratio']:>10.2f}")
+    print(f"serve CPU per call {figures['serve_cpu_ms_per_call']:.2f} ms")
     if args.json:
         await asyncio.to_thread(Path(args.json).write_text, json.dumps(figures, indent=2))
     return 0

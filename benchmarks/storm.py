@@ -38,8 +38,10 @@ from common import (
     DEFAULT_POSTGRES,
     IN_FLIGHT,
     caller_of,
+    cpu_seconds,
     drop_schema,
     pct,
+    read_side_caught_up,
     roster,
     run_baseline,
     start_read_side,
@@ -50,16 +52,6 @@ from dispatch.events.model import Person
 from dispatch.store.server import EmbeddedNats, free_port
 
 RECIPIENTS = 9
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes so far, plus this one's."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = sum(os.times()[:2])
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
 
 
 class DoneChannel:
@@ -132,40 +124,6 @@ async def spawn(
     if line.strip() != b"ready":
         raise RuntimeError(f"worker did not start: {line!r}")
     return proc
-
-
-async def read_side_caught_up(
-    nc: nats.NATS, database_url: str, projector: asyncio.subprocess.Process, timeout: float = 600
-) -> None:
-    """Until every read model's checkpoint has reached the log's last matching message: the storm
-    measures alarms, not the worker catching up on the roster import."""
-    from dispatch.projections.runner import checkpoint, last_matching
-    from dispatch.projections.sql import Database
-    from dispatch.replay import PROJECTIONS
-
-    db = Database(database_url)
-
-    def position(name: str) -> int:
-        try:
-            return checkpoint(db.thread_connection(), name)
-        except Exception:  # the worker has not made its tables yet
-            db.drop_thread_connection()
-            return 0
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if projector.returncode is not None:
-            raise RuntimeError(f"dispatch projections run exited ({projector.returncode})")
-        behind = 0
-        for cls in PROJECTIONS:
-            projection = cls()
-            head = await last_matching(nc, projection.filter_subjects)
-            done = await asyncio.to_thread(position, projection.name)
-            behind += max(0, head - done)
-        if not behind:
-            return
-        await asyncio.sleep(0.5)
-    raise RuntimeError("the read side did not catch up")
 
 
 async def storm(nc: nats.NATS, first: int, last: int, seconds: float) -> tuple[float, float, int]:
