@@ -1,0 +1,66 @@
+"""The header parser put in nats-py's place gives the library's own result for every input."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nats.aio.client import Client
+
+import dispatch.store  # noqa: F401  (installs the parser)
+from dispatch.store.headers import LIBRARY, install, parse_header_lines
+
+PIECES = st.sampled_from(
+    [
+        b"\r\n",
+        b":",
+        b": ",
+        b" ",
+        b"\t",
+        b"\x1c",
+        b"\x0b",
+        b"Nats-Msg-Id",
+        b"Dispatch-Type",
+        b"\xe4\xb8\xad",
+        b"\xff",
+        b"\r",
+        b"\n",
+        b"",
+        b"a b",
+        b"1",
+        b"NATS/1.0",
+    ]
+)
+
+
+def test_the_library_function_was_found_and_replaced() -> None:
+    assert LIBRARY is not None
+    assert Client._parse_header_lines is parse_header_lines
+    assert install() is True
+
+
+def test_a_stored_events_headers() -> None:
+    raw = (
+        b"Dispatch-Type: IncidentOpened\r\nDispatch-Schema: 1\r\nNats-Msg-Id: call:4f5e:opened\r\n"
+        b"Nats-Subject: dispatch.incident.ab\r\nNats-Sequence: 12\r\nX-Name: \xe6\x9d\x91\xe5\xa7\x94\r\n\r\n"
+    )
+    assert parse_header_lines(raw) == {
+        "Dispatch-Type": "IncidentOpened",
+        "Dispatch-Schema": "1",
+        "Nats-Msg-Id": "call:4f5e:opened",
+        "Nats-Subject": "dispatch.incident.ab",
+        "Nats-Sequence": "12",
+        "X-Name": "村委",
+    }
+    assert parse_header_lines(raw) == LIBRARY(raw)  # type: ignore[misc]
+
+
+@settings(max_examples=3000)
+@given(st.lists(PIECES, max_size=24).map(b"".join))
+def test_same_result_as_the_library_for_header_like_bytes(raw: bytes) -> None:
+    assert parse_header_lines(raw) == LIBRARY(raw)  # type: ignore[misc]
+
+
+@settings(max_examples=1000)
+@given(st.binary(max_size=200))
+def test_same_result_as_the_library_for_any_bytes(raw: bytes) -> None:
+    assert parse_header_lines(raw) == LIBRARY(raw)  # type: ignore[misc]
