@@ -20,6 +20,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -149,6 +150,27 @@ def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response
     return error(500, "internal error (logged)")
 
 
+GROUPS_PAGE = 500
+GROUPS_PAGE_MAX = 1000
+
+
+def _cursor_of(group: GroupState) -> str:
+    return base64.urlsafe_b64encode(msgspec.json.encode([group.village, group.group])).decode().rstrip("=")
+
+
+def _group_cursor(after: str | None) -> tuple[str, str] | None:
+    """The (village, group) a `next` cursor names; a cursor this service did not give is refused."""
+    if after is None:
+        return None
+    try:
+        village, group = msgspec.json.decode(
+            base64.urlsafe_b64decode(after + "=" * (-len(after) % 4)), type=tuple[str, str]
+        )
+    except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
+        raise ValidationException("after: not a cursor from this list's `next`") from None
+    return village, group
+
+
 def _leader_name(group: GroupState) -> str | None:
     leader = group.leader()
     return leader.name if leader else None
@@ -251,15 +273,41 @@ def create_app(services: ApiServices) -> Litestar:
             raise NotFound(f"no group {village}/{group}")
         return group_view(state, s.directory.directory.duty_desks(village))
 
-    @get("/v1/groups", tags=["groups"], summary="Groups, optionally of one village")
-    async def list_groups(request: Request[Any, Any, Any], village: FromQuery[str | None] = None) -> dict[str, Any]:
+    @get(
+        "/v1/groups",
+        tags=["groups"],
+        summary="Groups by village and name, a page at a time (optionally of one village)",
+        description=(
+            "Up to `limit` groups (1-1000, default 500) after the cursor `after`; `next` is the cursor "
+            "of the following page, null on the last; `total` counts every group the filter matches."
+        ),
+    )
+    async def list_groups(
+        request: Request[Any, Any, Any],
+        village: FromQuery[str | None] = None,
+        after: FromQuery[str | None] = None,
+        limit: FromQuery[int] = GROUPS_PAGE,
+    ) -> dict[str, Any]:
         allowed = narrowed(who(request, "read"), village)
+        if not 1 <= limit <= GROUPS_PAGE_MAX:
+            raise ValidationException(f"limit must be 1 to {GROUPS_PAGE_MAX}")
+        directory = s.directory.directory
+        page, more = directory.page_groups(villages=allowed, after=_group_cursor(after), limit=limit)
         groups = [
-            {"village": g.village, "group": g.group, "size": len(g.members), "leader": _leader_name(g)}
-            for g in sorted(s.directory.directory.live_groups(), key=lambda g: (g.village, g.group))
-            if allowed is None or g.village in allowed
+            {"village": g.village, "group": g.group, "size": len(g.members), "leader": _leader_name(g)} for g in page
         ]
-        return {"groups": groups, "count": len(groups)}
+        return {
+            "groups": groups,
+            "count": len(groups),
+            "total": directory.count_groups(allowed),
+            "next": _cursor_of(page[-1]) if more else None,
+        }
+
+    @get("/v1/villages", tags=["villages"], summary="Villages with groups or settings of their own, by name")
+    async def list_villages(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        allowed = scope(who(request, "read"))
+        names = [v for v in s.directory.directory.village_names() if allowed is None or v in allowed]
+        return {"villages": names, "count": len(names)}
 
     def village_view(village: str) -> dict[str, Any] | None:
         directory = s.directory.directory
@@ -498,6 +546,7 @@ def create_app(services: ApiServices) -> Litestar:
             get_village,
             put_village_settings,
             list_groups,
+            list_villages,
             post_response,
             get_incident,
             list_incidents,

@@ -147,6 +147,7 @@ def cases(w: World) -> list[Case]:
         ),
         Case("GET", "/v1/groups", "/v1/groups", READ_OWN),
         Case("GET", "/v1/groups", "/v1/groups?village=west", READ_OWN, "other"),
+        Case("GET", "/v1/villages", "/v1/villages", READ_OWN),
         Case(
             "POST",
             "/v1/incidents/{incident_id:str}/responses",
@@ -282,6 +283,7 @@ async def test_lists_and_streams_show_only_the_token_villages(world: World) -> N
         assert (await http.get("/v1/incidents", params={"village": "west"})).json()["count"] == 0
         groups = (await http.get("/v1/groups")).json()["groups"]
         assert [(g["village"], g["group"]) for g in groups] == [("east", "1")]
+        assert (await http.get("/v1/villages")).json()["villages"] == ["east"]
         report = (await http.get("/v1/reports/response-times", params={"village": "west"})).json()
         assert report["incidents"] == 0 and report["villages"] == []
 

@@ -624,8 +624,7 @@ async function loadMe() {
   if (me.villages) {
     S.villages = me.villages;
   } else {
-    const groups = await api("v1/groups");
-    S.villages = [...new Set(groups.groups.map((g) => g.village))].sort();
+    S.villages = (await api("v1/villages")).villages;
   }
   if (S.filter && !S.villages.includes(S.filter)) S.filter = "";
   $("nav").hidden = false;
