@@ -9,7 +9,9 @@ One run, one machine, one embedded nats-server (`sync_interval: always`):
 - lookups: a LiveDirectory built from the same log in this process (the code ingress runs),
   `memberships(phone)` and the whole `route_call` for random members, p50/p99; beside them in
   the same run the baseline, a plain dict phone -> (group, person) holding the same numbers;
-- a call placed on the restarted service for a member of the last village: raised, not dropped.
+- a call placed on the restarted service for a member of the last village: raised, not dropped;
+- the console's lists on the restarted service: `GET /v1/villages`, the first page of 500 groups,
+  the next ten, one village's groups (wall time over HTTP; the service's loop is held that long).
 
     python benchmarks/directory.py [--groups 100000] [--lookups 100000] [--json FILE]
 """
@@ -111,6 +113,33 @@ class Serve:
             self.proc.wait(60)
 
 
+async def listings(http: httpx.AsyncClient, groups: int) -> dict[str, float]:
+    """Wall time of the console's lists on the restarted service (on its loop, so alarms wait that
+    long): the villages, the first page of groups (which sorts the index), the next ten pages."""
+
+    async def timed(path: str, **params: str | int) -> tuple[float, dict[str, object]]:
+        started = time.perf_counter()
+        r = await http.get(path, params=params)
+        r.raise_for_status()
+        return (time.perf_counter() - started) * 1000, r.json()
+
+    villages_ms, villages = await timed("/v1/villages")
+    first_ms, page = await timed("/v1/groups", limit=500)
+    assert page["total"] == groups, page["total"]
+    pages: list[float] = []
+    while page["next"] is not None and len(pages) < 10:
+        ms, page = await timed("/v1/groups", limit=500, after=str(page["next"]))
+        pages.append(ms)
+    village_ms, one = await timed("/v1/groups", village=str(villages["villages"][-1]))  # type: ignore[index]
+    assert one["count"] == GROUPS_PER_VILLAGE, one["count"]
+    return {
+        "list_villages_ms": villages_ms,
+        "list_groups_first_page_ms": first_ms,
+        "list_groups_page_p50_ms": pct(pages, 0.5) if pages else float("nan"),
+        "list_village_groups_ms": village_ms,
+    }
+
+
 async def lookups(nats_url: str, groups: int, count: int) -> dict[str, float]:
     nc = await nats.connect(nats_url)
     try:
@@ -191,6 +220,7 @@ async def main() -> int:
             last = phone(groups - 1, GROUP_SIZE - 1)
             r = await http.post("/v1/calls", json={"call_id": "dir-bench-1", "caller": last})
             assert r.status_code == 202 and r.json()["status"] == "raised", r.text
+            figures.update(await listings(http, groups))
         figures.update(await lookups(server.authenticated_url, groups, args.lookups))
     finally:
         serve.stop()
