@@ -171,9 +171,10 @@ def _group_cursor(after: str | None) -> tuple[str, str] | None:
     return village, group
 
 
-def _leader_name(group: GroupState) -> str | None:
-    leader = group.leader()
-    return leader.name if leader else None
+def _group_row(group: GroupState) -> dict[str, Any]:
+    members = group.members.values()
+    leader = next((m.name for m in members if m.role == "leader"), None)
+    return {"village": group.village, "group": group.group, "size": len(members), "leader": leader}
 
 
 def _decode_text(raw: bytes) -> str:
@@ -293,9 +294,7 @@ def create_app(services: ApiServices) -> Litestar:
             raise ValidationException(f"limit must be 1 to {GROUPS_PAGE_MAX}")
         directory = s.directory.directory
         page, more = directory.page_groups(villages=allowed, after=_group_cursor(after), limit=limit)
-        groups = [
-            {"village": g.village, "group": g.group, "size": len(g.members), "leader": _leader_name(g)} for g in page
-        ]
+        groups = [_group_row(g) for g in page]
         return {
             "groups": groups,
             "count": len(groups),
@@ -312,7 +311,7 @@ def create_app(services: ApiServices) -> Litestar:
     def village_view(village: str) -> dict[str, Any] | None:
         directory = s.directory.directory
         state = directory.villages.get(village)
-        groups = sorted(g.group for g in directory.live_groups() if g.village == village)
+        groups = [g.group for g in directory.groups_of(village)]
         if state is None and not groups:
             return None
         deadlines = directory.deadlines(village, s.deadlines)

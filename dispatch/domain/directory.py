@@ -471,6 +471,10 @@ class Directory:
                 page.append(group)
         return page, False
 
+    def groups_of(self, village: str) -> list[GroupState]:
+        """A village's live groups by name."""
+        return self.page_groups(villages=frozenset({village}), after=None, limit=len(self.groups))[0]
+
     def count_groups(self, villages: frozenset[str] | None) -> int:
         """Live groups within `villages` (None: all)."""
         if villages is None:

@@ -66,6 +66,8 @@ def test_pages_list_every_live_group_once_in_order(
     got = [(g.village, g.group) for g in every_page(d, villages, limit)]
     assert got == expected
     assert d.count_groups(villages) == len(expected)
+    for village in villages or ():
+        assert [(g.village, g.group) for g in d.groups_of(village)] == [k for k in expected if k[0] == village]
     live_villages = {g.village for g in d.live_groups()}
     assert d.village_names() == sorted(live_villages | set(d.villages))
 
