@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dispatch.channels.http import url_problem
 from dispatch.channels.routing import ChannelConfig, ChannelConfigError, load_channel_config
 from dispatch.domain.directory import Deadlines
 from dispatch.domain.incident import DEFAULT_QUORUM, parse_quorum
@@ -141,9 +142,9 @@ class Settings:
                 self.duty_desk = normalize(self.duty_desk, self.region)
             except InvalidPhone:
                 raise SettingsError(f"DISPATCH_DUTY_DESK: {self.duty_desk!r} is not a valid phone number") from None
-        for url in self.webhook_urls:
-            if not url.startswith(("http://", "https://")):
-                raise SettingsError(f"DISPATCH_WEBHOOK_URLS: {url!r} is not an http(s) URL")
+        for n, url in enumerate(self.webhook_urls, start=1):
+            if (problem := url_problem(url)) is not None:
+                raise SettingsError(f"DISPATCH_WEBHOOK_URLS: URL {n} {problem}")
         if self.webhook_urls and not self.webhook_secret:
             raise SettingsError(
                 "DISPATCH_WEBHOOK_URLS is set but DISPATCH_WEBHOOK_SECRET (or _FILE) is not: webhooks must be signed"
@@ -173,6 +174,8 @@ class Settings:
                 ) from None
         if not valid_time_zone(self.time_zone):
             raise SettingsError(f"DISPATCH_TIME_ZONE: {self.time_zone!r} is not an IANA time zone (e.g. Asia/Shanghai)")
+        if (centre := self.command_centre_url) is not None and (problem := url_problem(centre)) is not None:
+            raise SettingsError(f"DISPATCH_COMMAND_CENTRE: the URL {problem}")
         self.channel_config()
         if self.command_centre_url and not self.webhook_secret:
             raise SettingsError(

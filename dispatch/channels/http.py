@@ -241,6 +241,23 @@ def _split(url: str) -> tuple[_Origin, str]:
     return _Origin(parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)), target
 
 
+def url_problem(url: str) -> str | None:
+    """Why this client could never post to `url` (None: it can); the reason never repeats the URL,
+    which may hold a token. Credentials in the URL (user:password@) are refused: they would be
+    dropped, and the receiver would answer 401 to every alarm."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "is not a URL"
+    if "@" in parts.netloc:
+        return "holds credentials (user:password@), which are never sent: authenticate the receiver another way"
+    try:
+        _split(url)
+    except Unreachable:
+        return "is not an http(s) URL with a host (and a valid port, path and query)"
+    return None
+
+
 def _head_bytes(method: str, target: str, origin: _Origin, headers: dict[str, str], length: int) -> bytes:
     lines = [f"{method} {target} HTTP/1.1", f"Host: {origin.host_header}", f"Content-Length: {length}"]
     for name, value in headers.items():

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dispatch.channels.http import url_problem
 from dispatch.domain.signing import SigningConfig, SigningConfigError, parse_signing
 from dispatch.events.model import Role
 
@@ -139,6 +140,8 @@ def load_channel_config(path: Path, env: dict[str, str] | None = None) -> Channe
         url = gateway.get("url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ChannelConfigError(f"{where} [gateway].url must be an http(s) URL")
+        if (problem := url_problem(url)) is not None:
+            raise ChannelConfigError(f"{where} [gateway].url {problem}")
         secret = _secret(gateway, "secret", f"{where} [gateway]", env)
         if not secret:
             raise ChannelConfigError(f"{where} [gateway] needs secret_env (or secret): gateway requests are signed")
@@ -165,6 +168,10 @@ def load_channel_config(path: Path, env: dict[str, str] | None = None) -> Channe
         if extra:
             raise ChannelConfigError(f"{vwhere}: unknown key(s) {sorted(extra)}")
         config.village_routes[village] = _routes(table.get("routes", {}), f"{vwhere}.routes")
+        for key in ("wecom_url", "dingtalk_url"):
+            robot_url = _secret(table, key, vwhere, env)
+            if robot_url is not None and (problem := url_problem(robot_url)) is not None:
+                raise ChannelConfigError(f"{vwhere}: {key} {problem}")
         if (wecom := _secret(table, "wecom_url", vwhere, env)) is not None:
             config.wecom[village] = Robot(url=wecom)
         if (dingtalk := _secret(table, "dingtalk_url", vwhere, env)) is not None:
