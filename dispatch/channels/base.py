@@ -5,13 +5,16 @@ Invariants:
   at once; a retry job carries only the targets still to reach, not before `not_before`;
 - each target's `key` is stable across retries and restarts and goes out as the `Idempotency-Key`;
 - a channel never raises for a failed delivery: it answers Delivered, Transient (retry, maybe
-  after `retry_after` seconds) or Permanent (do not retry).
+  after `retry_after` seconds) or Permanent (do not retry);
+- what is recorded of a target's address (`recorded_address`) holds no secret a URL carried.
 """
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Literal, Protocol
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -24,6 +27,20 @@ class Target(msgspec.Struct, frozen=True, kw_only=True):
     recipient: Person
     address: str
     key: str
+
+
+def recorded_address(address: str) -> str:
+    """The address as the log, the read models and the API keep it: a URL loses its userinfo, query
+    and fragment (a robot's access key rides in its query), and gains a digest of the whole in their
+    place, so two URLs that differ there still differ here; a phone number stays as it is."""
+    if not address.startswith(("http://", "https://")):
+        return address
+    parts = urlsplit(address)
+    if not (parts.query or parts.fragment or "@" in parts.netloc):
+        return address
+    host = parts.netloc.rpartition("@")[2]
+    digest = hashlib.sha256(address.encode()).hexdigest()[:12]
+    return f"{parts.scheme}://{host}{parts.path}#{digest}"
 
 
 class DeliveryJob(msgspec.Struct, frozen=True, kw_only=True):

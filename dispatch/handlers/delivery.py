@@ -36,6 +36,7 @@ from dispatch.channels.base import (
     Target,
     Transient,
     Withdrawn,
+    recorded_address,
 )
 from dispatch.clock import Clock, utcnow
 from dispatch.domain.incident import IncidentState
@@ -182,12 +183,14 @@ class DeliveryWorker:
         targets left to a retry get a RespondersNotified of their own."""
         now = self.clock()
         reached = tuple(
-            Reached(phone=t.recipient.phone, address=t.address) for t, o in done if isinstance(o, Delivered)
+            Reached(phone=t.recipient.phone, address=recorded_address(t.address))
+            for t, o in done
+            if isinstance(o, Delivered)
         )
         failures = tuple(
             Unreached(
                 phone=t.recipient.phone,
-                address=t.address,
+                address=recorded_address(t.address),
                 kind=failure_kind(o),
                 reason=o.reason,
             )

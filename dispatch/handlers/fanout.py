@@ -31,7 +31,7 @@ from datetime import timedelta
 
 import structlog
 
-from dispatch.channels.base import Channel, DeliveryJob, JobKind, Target
+from dispatch.channels.base import Channel, DeliveryJob, JobKind, Target, recorded_address
 from dispatch.channels.routing import ChannelConfig
 from dispatch.domain.incident import Alert, IncidentState, alert_for, timer_due
 from dispatch.domain.messages import alert_text_en_for, alert_text_for, spoken_text_for
@@ -144,7 +144,7 @@ class FanOut:
                 for person in alert.recipients
                 if self.reaches(channel.name, person.role, alert)
                 for address in channel.targets(person, alert.village)
-                if (rec.seq, channel.name, address) not in done
+                if (rec.seq, channel.name, recorded_address(address)) not in done
             )
             if targets:
                 jobs.append(
