@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -26,6 +27,24 @@ two processes at once fails in one of them (a duplicate catalog row)."""
 
 class DatabaseUnavailable(Exception):
     pass
+
+
+WAL_WAIT_S = 30.0
+
+
+def _wal(lite: sqlite3.Connection) -> None:
+    """Put the file in WAL mode. Connections opened at once on a fresh file (a service and a
+    read-side worker starting together) race to convert it, and the loser is answered "database is
+    locked" at once, its busy timeout not consulted: it tries again until WAL_WAIT_S."""
+    deadline = time.monotonic() + WAL_WAIT_S
+    while True:
+        try:
+            lite.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _split_schema(url: str) -> tuple[str, str | None]:
@@ -155,7 +174,7 @@ class Database:
             if self.dialect == "sqlite":
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 lite = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-                lite.execute("PRAGMA journal_mode=WAL")
+                _wal(lite)
                 lite.execute("PRAGMA synchronous=NORMAL")
                 return Connection(lite, "sqlite")
             import psycopg
