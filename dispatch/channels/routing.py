@@ -100,6 +100,13 @@ def _secret(table: dict[str, Any], key: str, where: str, env: dict[str, str]) ->
     return value
 
 
+def _robot_url(table: dict[str, Any], key: str, where: str, env: dict[str, str]) -> str | None:
+    url = _secret(table, key, where, env)
+    if url is not None and (problem := url_problem(url)) is not None:
+        raise ChannelConfigError(f"{where}: {key} {problem}")
+    return url
+
+
 def _routes(table: Any, where: str) -> dict[str, list[str]]:
     if not isinstance(table, dict):
         raise ChannelConfigError(f"{where} must be a table of role = [channels]")
@@ -168,13 +175,9 @@ def load_channel_config(path: Path, env: dict[str, str] | None = None) -> Channe
         if extra:
             raise ChannelConfigError(f"{vwhere}: unknown key(s) {sorted(extra)}")
         config.village_routes[village] = _routes(table.get("routes", {}), f"{vwhere}.routes")
-        for key in ("wecom_url", "dingtalk_url"):
-            robot_url = _secret(table, key, vwhere, env)
-            if robot_url is not None and (problem := url_problem(robot_url)) is not None:
-                raise ChannelConfigError(f"{vwhere}: {key} {problem}")
-        if (wecom := _secret(table, "wecom_url", vwhere, env)) is not None:
+        if (wecom := _robot_url(table, "wecom_url", vwhere, env)) is not None:
             config.wecom[village] = Robot(url=wecom)
-        if (dingtalk := _secret(table, "dingtalk_url", vwhere, env)) is not None:
+        if (dingtalk := _robot_url(table, "dingtalk_url", vwhere, env)) is not None:
             config.dingtalk[village] = Robot(url=dingtalk, secret=_secret(table, "dingtalk_secret", vwhere, env))
     if {"voice", "sms"} & config.used() and config.gateway is None:
         raise ChannelConfigError(f"{where}: routes use voice or sms but there is no [gateway]")

@@ -247,6 +247,12 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
     return _pack.encode(snapshot)
 
 
+def _village_range(keys: list[tuple[str, str]], village: str) -> tuple[int, int]:
+    """Where a village's groups lie in the sorted (village, group) keys: "\x00" appended is the
+    smallest name after the village's own."""
+    return bisect_left(keys, (village,)), bisect_left(keys, (village + "\x00",))
+
+
 class Directory:
     """Mutable fold of the directory events; not thread-safe (one event loop owns it)."""
 
@@ -456,10 +462,9 @@ class Directory:
         else:
             ranges = []
             for village in sorted(villages):
-                lo = max(start, bisect_left(keys, (village,)))
-                hi = bisect_left(keys, (village + "\x00",))
-                if lo < hi:
-                    ranges.append((lo, hi))
+                lo, hi = _village_range(keys, village)
+                if max(lo, start) < hi:
+                    ranges.append((max(lo, start), hi))
         page: list[GroupState] = []
         for lo, hi in ranges:
             for i in range(lo, hi):
@@ -482,8 +487,7 @@ class Directory:
         keys, ordered = self._ordered()
         total = 0
         for village in villages:
-            lo = bisect_left(keys, (village,))
-            hi = bisect_left(keys, (village + "\x00",))
+            lo, hi = _village_range(keys, village)
             total += sum(1 for g in ordered[lo:hi] if not g.dissolved)
         return total
 
