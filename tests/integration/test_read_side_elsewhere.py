@@ -4,6 +4,7 @@ projections run` beside it keeps them, and the service's lag gauge shows how far
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from dispatch.projections import queries
 from dispatch.projections.incidents import INCIDENTS
+from dispatch.projections.sql import Database
 from dispatch.settings import Settings, SettingsError
 from tests.support import RecordingChannel, start_service
 from tests.unit.fixtures import ROSTER
@@ -83,4 +85,29 @@ async def test_the_read_side_kept_by_another_process(tmp_path: Path) -> None:
         if projector is not None:
             projector.terminate()
             projector.wait(30)
+        await svc.stop()
+
+
+async def test_the_lag_is_unknown_while_the_read_side_database_is_down_and_alarms_still_ring(tmp_path: Path) -> None:
+    channel = RecordingChannel()
+    svc = await start_service(tmp_path / "data", channel, roster=ROSTER, read_models="elsewhere")
+    try:
+        assert svc.gauges is not None
+        blocker = tmp_path / "not-a-directory"
+        blocker.write_text("")
+        svc.gauges.db = Database(f"sqlite:///{blocker / 'dispatch.db'}")
+        await svc.gauges.refresh()
+        lag = svc.metrics.registry.get_sample_value("dispatch_projection_lag_events", {"projection": INCIDENTS})
+        assert lag is not None and math.isnan(lag)
+        headers = {"Authorization": f"Bearer {svc.admin_token}"}
+        async with httpx.AsyncClient(base_url=svc.settings.base_url, timeout=30, headers=headers) as http:
+            r = await http.post("/v1/calls", json={"call_id": "elsewhere-db-down", "caller": CALLER})
+            assert r.status_code == 202, r.text
+            incident = r.json()["incident_id"]
+        for _ in range(300):
+            if incident in {job.incident_id for _, job, _, _ in channel.sent}:
+                break
+            await asyncio.sleep(0.05)
+        assert incident in {job.incident_id for _, job, _, _ in channel.sent}
+    finally:
         await svc.stop()
