@@ -4,6 +4,7 @@ several writers, live equals replay, the roster fold, versions that take over, l
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import threading
 from collections.abc import Callable, Sequence
@@ -170,6 +171,9 @@ def test_batches_apply_exactly_once_whatever_overlaps(database: Database) -> Non
         assert snapshot(fresh) == once
     rows = conn.query(f"SELECT status, covered, category, urgency, first_accept_role FROM {INCIDENTS} ORDER BY id")
     assert rows == [("resolved", 1, "help", 1, "officer")] * 3
+    cached = [r for r in projection._rows.values() if r is not None]
+    cached += [r for people in projection._responders.values() for r in people.values()]
+    assert len(cached) > 3 and not any(gc.is_tracked(r) for r in cached), "the cyclic GC never walks the cache"
 
 
 def test_a_first_attempt_outcome_with_handed_at_makes_the_rows_its_notice_would(database: Database) -> None:
