@@ -196,10 +196,6 @@ class IncidentsProjection:
                 events INTEGER NOT NULL DEFAULT 0,
                 updated_seq BIGINT NOT NULL
             )""",
-            f"CREATE INDEX IF NOT EXISTS {INCIDENTS}_raised ON {INCIDENTS} (raised_at)",
-            f"CREATE INDEX IF NOT EXISTS {INCIDENTS}_village_raised ON {INCIDENTS} (village, grp, raised_at)",
-            f"CREATE INDEX IF NOT EXISTS {INCIDENTS}_status_raised ON {INCIDENTS} (status, raised_at)",
-            f"CREATE INDEX IF NOT EXISTS {INCIDENTS}_caller_raised ON {INCIDENTS} (caller, raised_at)",
             f"""CREATE TABLE IF NOT EXISTS {RESPONDERS} (
                 incident_id TEXT NOT NULL,
                 phone TEXT NOT NULL,
@@ -217,6 +213,14 @@ class IncidentsProjection:
                 arrived_at DOUBLE PRECISION,
                 PRIMARY KEY (incident_id, phone)
             )""",
+        )
+
+    def indexes(self) -> Sequence[str]:
+        return (
+            f"CREATE INDEX IF NOT EXISTS {INCIDENTS}_raised ON {INCIDENTS} (raised_at)",
+            f"CREATE INDEX IF NOT EXISTS {INCIDENTS}_village_raised ON {INCIDENTS} (village, grp, raised_at)",
+            f"CREATE INDEX IF NOT EXISTS {INCIDENTS}_status_raised ON {INCIDENTS} (status, raised_at)",
+            f"CREATE INDEX IF NOT EXISTS {INCIDENTS}_caller_raised ON {INCIDENTS} (caller, raised_at)",
             f"CREATE INDEX IF NOT EXISTS {RESPONDERS}_phone_raised ON {RESPONDERS} (phone, raised_at)",
         )
 

@@ -75,7 +75,6 @@ class RosterProjection:
                 bound_at DOUBLE PRECISION NOT NULL,
                 PRIMARY KEY (village, grp, phone)
             )""",
-            f"CREATE INDEX IF NOT EXISTS {MEMBERS}_phone ON {MEMBERS} (phone)",
             f"""CREATE TABLE IF NOT EXISTS {VILLAGES} (
                 village TEXT PRIMARY KEY,
                 time_zone TEXT,
@@ -91,6 +90,9 @@ class RosterProjection:
                 PRIMARY KEY (village, phone)
             )""",
         )
+
+    def indexes(self) -> Sequence[str]:
+        return (f"CREATE INDEX IF NOT EXISTS {MEMBERS}_phone ON {MEMBERS} (phone)",)
 
     def apply_many(self, conn: Connection, recs: Sequence[Recorded], *, continued: bool = False) -> None:
         batch = _GroupBatch()

@@ -20,7 +20,11 @@ Invariants:
   only once it has applied everything the log held when it started; the older versions are then
   *retired* in the same transaction, and their tables dropped after RETIRED_GRACE_S (old processes
   of a rolling upgrade may still be serving from them) or by `dispatch replay`. A version never
-  takes over from a newer one.
+  takes over from a newer one;
+- a version's secondary indexes (`indexes()`) are made in the transaction that makes it active,
+  and at start when it already is, never while it builds: nothing reads a building version, and
+  filling tables then indexing them is cheaper than keeping the indexes up row by row
+  (`docs/benchmarks.md`).
 """
 
 from __future__ import annotations
@@ -79,7 +83,13 @@ class Projection(Protocol):
     @property
     def name(self) -> str: ...
 
-    def ddl(self) -> Sequence[str]: ...
+    def ddl(self) -> Sequence[str]:
+        """The tables, with their primary keys (`CREATE TABLE IF NOT EXISTS`)."""
+        ...
+
+    def indexes(self) -> Sequence[str]:
+        """The secondary indexes (`CREATE INDEX IF NOT EXISTS`): what reads need and folding does not."""
+        ...
 
     def tables(self) -> Sequence[str]: ...
 
@@ -115,7 +125,8 @@ def ensure_bookkeeping(conn: Connection) -> None:
 
 
 def ensure_schema(conn: Connection, projection: Projection) -> None:
-    """Create the bookkeeping tables and the projection's own, and register it (building) if new."""
+    """Create the bookkeeping tables and the projection's own, and register it (building) if new;
+    an active version gets any index it lacks."""
     with schema_change(conn):
         conn.execute(CHECKPOINTS_DDL)
         conn.execute(VERSIONS_DDL)
@@ -127,6 +138,9 @@ def ensure_schema(conn: Connection, projection: Projection) -> None:
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
             (projection.name, projection.family, projection.version, BUILDING, tables, time.time()),
         )
+        if state_of(conn, projection.name) == ACTIVE:
+            for statement in projection.indexes():
+                conn.execute(statement)
 
 
 def checkpoint(conn: Connection, name: str, *, lock: bool = False) -> int:
@@ -146,9 +160,10 @@ def active_version(conn: Connection, family: str) -> str | None:
 
 
 def take_over(conn: Connection, projection: Projection) -> bool:
-    """Make `projection` its family's active version and retire the others; False if a newer one is active."""
+    """Index `projection`, make it its family's active version and retire the others; False (and
+    nothing changed) if a newer one is active."""
     now = time.time()
-    with conn.transaction():
+    with schema_change(conn):
         lock = " FOR UPDATE" if conn.dialect == "postgresql" else ""
         rows = conn.query(
             f"SELECT name, version, state FROM projection_versions WHERE family = ?{lock}", (projection.family,)
@@ -166,6 +181,8 @@ def take_over(conn: Connection, projection: Projection) -> bool:
             "UPDATE projection_versions SET state = ?, changed_at = ? WHERE family = ? AND version < ? AND state <> ?",
             (RETIRED, now, projection.family, projection.version, RETIRED),
         )
+        for statement in projection.indexes():
+            conn.execute(statement)
         conn.execute(
             "UPDATE projection_versions SET state = ?, changed_at = ? WHERE name = ?", (ACTIVE, now, projection.name)
         )

@@ -412,6 +412,9 @@ class Counts:
     def ddl(self) -> Sequence[str]:
         return (f"CREATE TABLE IF NOT EXISTS {self.name} (kind TEXT PRIMARY KEY, n INTEGER NOT NULL)",)
 
+    def indexes(self) -> Sequence[str]:
+        return (f"CREATE INDEX IF NOT EXISTS {self.name}_n ON {self.name} (n)",)
+
     def apply_many(self, conn: Connection, recs: Sequence[Recorded], *, continued: bool = False) -> None:
         for rec in recs:
             conn.execute(
@@ -449,6 +452,14 @@ def tables_named(conn: Connection, prefix: str) -> set[str]:
     return {str(r[0]) for r in rows if str(r[0]).startswith(prefix)}
 
 
+def indexes_named(conn: Connection, prefix: str) -> set[str]:
+    if conn.dialect == "sqlite":
+        rows = conn.query("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+    else:
+        rows = conn.query("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")
+    return {str(r[0]) for r in rows if str(r[0]).startswith(prefix) and not str(r[0]).endswith("_pkey")}
+
+
 async def test_a_new_version_builds_beside_the_old_one_and_takes_over_when_caught_up(
     nc: NATS, database: Database
 ) -> None:
@@ -466,6 +477,7 @@ async def test_a_new_version_builds_beside_the_old_one_and_takes_over_when_caugh
     new.gate = gate
     await new.start()
     assert not new.active and state_of(conn, "counts_v2") == "building"
+    assert indexes_named(conn, "counts_v") == {"counts_v1_n"}, "a building version is filled without its indexes"
     await append_all(store, incident_events(1, resolve=False)[:1], "b")
     await old.wait_for(await store.stream_last_seq(), timeout=20)
     assert state_of(conn, "counts_v1") == "active", "the old version serves until the new one has caught up"
@@ -476,6 +488,10 @@ async def test_a_new_version_builds_beside_the_old_one_and_takes_over_when_caugh
     await wait_until_async(lambda: new.active)
     assert state_of(conn, "counts_v2") == "active" and state_of(conn, "counts_v1") == "retired"
     assert active_version(conn, "counts") == "counts_v2"
+    assert indexes_named(conn, "counts_v2") == {"counts_v2_n"}, "indexed as it took over"
+    conn.execute("DROP INDEX counts_v2_n")
+    ensure_schema(conn, Counts(2))
+    assert indexes_named(conn, "counts_v2") == {"counts_v2_n"}, "an active version gets an index it lacks at start"
     assert conn.query("SELECT kind, n FROM counts_v2 ORDER BY kind") == conn.query(
         "SELECT kind, n FROM counts_v1 ORDER BY kind"
     ), "both versions folded the same log"
