@@ -50,8 +50,16 @@ from dispatch.metrics import Metrics
 from dispatch.projections.directory import LiveDirectory
 from dispatch.projections.incidents import IncidentsProjection
 from dispatch.projections.roster import RosterProjection
-from dispatch.projections.runner import Projection, ProjectionRunner, ensure_schema
-from dispatch.projections.sql import Database
+from dispatch.projections.runner import (
+    ACTIVE,
+    RETIRED,
+    Projection,
+    ProjectionRunner,
+    checkpoint,
+    ensure_schema,
+    state_of,
+)
+from dispatch.projections.sql import Database, is_db_error
 from dispatch.projections.tokens import LiveTokens
 from dispatch.settings import Settings, SettingsError
 from dispatch.store.connect import NatsAuth, NatsConnectError, connect
@@ -115,6 +123,8 @@ class Service:
         self.nc: NATS | None = None
         self.broker: NatsBroker | None = None
         self.runners: list[ProjectionRunner] = []
+        self.read_side: list[Projection] = []
+        self._read_side_served: set[str] = set()
         self.channels: list[Channel] = []
         self.pools: dict[str, TaskPool] = {}
         self.admin_token: str | None = None
@@ -174,6 +184,7 @@ class Service:
             for runner in self.runners:
                 await runner.start()
         else:
+            self.read_side = projections
             await asyncio.to_thread(self._read_side_schema, projections)
 
         quorum = parse_quorum(st.quorum)
@@ -397,9 +408,34 @@ class Service:
         return nc is not None and nc.is_connected
 
     async def rebuilding(self) -> str | None:
-        """Why reports cannot be served yet: read models still catching up after a new version."""
+        """Why reports cannot be served yet: read models still catching up after a new version, here
+        or (DISPATCH_READ_MODELS=elsewhere) in the read-side worker, as the database tells."""
         waiting = [r.progress() for r in self.runners if not await r.refresh_active()]
+        if len(self._read_side_served) < len(self.read_side):
+            waiting += await asyncio.to_thread(self._read_side_building)
         return f"read models being rebuilt, try again shortly: {', '.join(waiting)}" if waiting else None
+
+    def _read_side_building(self) -> list[str]:
+        """The read-side worker's versions that have not caught up yet. One that has stays served, as
+        a retired version's tables outlive a rolling upgrade's grace period; when the database
+        cannot say, the report's own query meets the outage and answers for it."""
+        try:
+            conn = self.db.thread_connection()
+            waiting = []
+            for projection in self.read_side:
+                if projection.name in self._read_side_served:
+                    continue
+                if state_of(conn, projection.name) in (ACTIVE, RETIRED):
+                    self._read_side_served.add(projection.name)
+                else:
+                    applied = checkpoint(conn, projection.name)
+                    waiting.append(f"{projection.name} (kept by `dispatch projections run`: {applied} events applied)")
+            return waiting
+        except Exception as exc:
+            if not is_db_error(exc):
+                raise
+            self.db.drop_thread_connection()
+            return []
 
     async def readiness(self) -> dict[str, bool]:
         nats_ok = self.nc is not None and self.nc.is_connected

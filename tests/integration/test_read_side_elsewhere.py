@@ -55,6 +55,10 @@ async def test_the_read_side_kept_by_another_process(tmp_path: Path) -> None:
                 conn.close()
 
         assert await asyncio.to_thread(open_incidents) == 0, "the service must not have projected"
+        async with httpx.AsyncClient(base_url=svc.settings.base_url, timeout=30, headers=headers) as http:
+            r = await http.get("/v1/reports/history")
+            assert r.status_code == 503 and r.headers["retry-after"], r.text
+            assert f"{INCIDENTS} (kept by `dispatch projections run`: 0 events applied)" in r.json()["error"]
 
         def lag() -> float | None:
             return svc.metrics.registry.get_sample_value("dispatch_projection_lag_events", {"projection": INCIDENTS})
@@ -75,6 +79,9 @@ async def test_the_read_side_kept_by_another_process(tmp_path: Path) -> None:
                 break
             await asyncio.sleep(0.05)
         assert await asyncio.to_thread(open_incidents) == 1
+        async with httpx.AsyncClient(base_url=svc.settings.base_url, timeout=30, headers=headers) as http:
+            r = await http.get("/v1/reports/history")
+            assert r.status_code == 200 and r.json()["total"] == 1, r.text
         for _ in range(100):
             await svc.gauges.refresh()
             if lag() == 0:
