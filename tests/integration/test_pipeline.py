@@ -436,3 +436,32 @@ async def test_the_call_index_is_off_the_log_and_an_index_from_before_still_answ
     await service.store.append([Outgoing(legacy_call_subject("idx-old"), before, "call:legacy:idx-old:routed")])
     retried = (await http.post("/v1/calls", json={"call_id": "idx-old", "caller": "13800000002"})).json()
     assert retried == {"incident_id": "closed-long-ago", "status": "raised", "duplicate": True}
+
+
+async def test_with_the_call_index_unwritable_alone_the_alarm_rings_and_the_retry_is_answered_once(
+    service: Service, http: httpx.AsyncClient, channel: RecordingChannel
+) -> None:
+    """DISPATCH_INDEX takes no writes (its subjects moved away) while the log does: the call's
+    incident is raised and rung, the gateway is told to retry (503), and the retry, once the index
+    is back, gets the same incident and rings nobody again; the index entry is written then."""
+    js = service.nc.jetstream()
+    config = (await js.stream_info(INDEX_STREAM)).config
+    subjects = list(config.subjects or [])
+    config.subjects = ["dispatch.parked-index.>"]
+    await js.update_stream(config)
+    try:
+        first = await http.post("/v1/calls", json={"call_id": "idx-down-1", "caller": "13800000001"})
+        assert first.status_code == 503 and first.headers["retry-after"], first.text
+        rung = await eventually(lambda: {job.incident_id for _, job, _, _ in channel.sent})
+        assert len(rung) == 1, "the alarm rang although its call could not be indexed"
+    finally:
+        config.subjects = subjects
+        await js.update_stream(config)
+    sent = len(channel.sent)
+    retried = await http.post("/v1/calls", json={"call_id": "idx-down-1", "caller": "13800000001"})
+    assert retried.status_code == 202, retried.text
+    assert retried.json()["incident_id"] in rung
+    indexed = await js.get_last_msg(INDEX_STREAM, call_subject("idx-down-1"))
+    assert msgspec.json.decode(indexed.data)["incident_id"] in rung
+    await asyncio.sleep(0.5)
+    assert len(channel.sent) == sent, "the retry alerted nobody twice"
