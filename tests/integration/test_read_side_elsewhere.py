@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +16,25 @@ import pytest
 
 from dispatch.projections import queries
 from dispatch.projections.incidents import INCIDENTS
-from dispatch.projections.sql import Database
+from dispatch.projections.sql import Connection, Database
 from dispatch.settings import Settings, SettingsError
 from tests.support import RecordingChannel, start_service
 from tests.unit.fixtures import ROSTER
 
 CALLER = "+8613800000001"
+
+
+async def raise_and_ring(http: httpx.AsyncClient, channel: RecordingChannel, call_id: str) -> str:
+    """Raise an alarm by the API and wait until the channel has rung it; its incident id."""
+    r = await http.post("/v1/calls", json={"call_id": call_id, "caller": CALLER})
+    assert r.status_code == 202, r.text
+    incident: str = r.json()["incident_id"]
+    for _ in range(300):
+        if incident in {job.incident_id for _, job, _, _ in channel.sent}:
+            break
+        await asyncio.sleep(0.05)
+    assert incident in {job.incident_id for _, job, _, _ in channel.sent}
+    return incident
 
 
 def test_an_unknown_read_models_setting_is_refused_by_name() -> None:
@@ -37,13 +51,7 @@ async def test_the_read_side_kept_by_another_process(tmp_path: Path) -> None:
         assert svc.runners == []
         headers = {"Authorization": f"Bearer {svc.admin_token}"}
         async with httpx.AsyncClient(base_url=svc.settings.base_url, timeout=30, headers=headers) as http:
-            r = await http.post("/v1/calls", json={"call_id": "elsewhere-1", "caller": CALLER})
-            assert r.status_code == 202, r.text
-            incident = r.json()["incident_id"]
-            for _ in range(300):
-                if {job.incident_id for _, job, _, _ in channel.sent} == {incident}:
-                    break
-                await asyncio.sleep(0.05)
+            incident = await raise_and_ring(http, channel, "elsewhere-1")
             assert {job.incident_id for _, job, _, _ in channel.sent} == {incident}
             assert (await http.get("/readyz")).status_code == 200
 
@@ -108,13 +116,30 @@ async def test_the_lag_is_unknown_while_the_read_side_database_is_down_and_alarm
         assert lag is not None and math.isnan(lag)
         headers = {"Authorization": f"Bearer {svc.admin_token}"}
         async with httpx.AsyncClient(base_url=svc.settings.base_url, timeout=30, headers=headers) as http:
-            r = await http.post("/v1/calls", json={"call_id": "elsewhere-db-down", "caller": CALLER})
-            assert r.status_code == 202, r.text
-            incident = r.json()["incident_id"]
-        for _ in range(300):
-            if incident in {job.incident_id for _, job, _, _ in channel.sent}:
-                break
-            await asyncio.sleep(0.05)
-        assert incident in {job.incident_id for _, job, _, _ in channel.sent}
+            await raise_and_ring(http, channel, "elsewhere-db-down")
     finally:
+        await svc.stop()
+
+
+async def test_reports_with_the_read_side_database_down_say_so_and_alarms_still_ring(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Elsewhere, the check whether the worker has caught up meets the outage first: the report
+    answers the outage (503), never a 500, and never claims the read models are being rebuilt."""
+    channel = RecordingChannel()
+    svc = await start_service(tmp_path / "data", channel, roster=ROSTER, read_models="elsewhere")
+    try:
+
+        def unreachable() -> Connection:
+            raise sqlite3.OperationalError("unable to open database file")
+
+        monkeypatch.setattr(svc.db, "thread_connection", unreachable)
+        headers = {"Authorization": f"Bearer {svc.admin_token}"}
+        async with httpx.AsyncClient(base_url=svc.settings.base_url, timeout=30, headers=headers) as http:
+            r = await http.get("/v1/reports/history")
+            assert r.status_code == 503, r.text
+            assert "rebuilt" not in r.json()["error"]
+            await raise_and_ring(http, channel, "elsewhere-reports-db-down")
+    finally:
+        monkeypatch.undo()
         await svc.stop()
