@@ -108,3 +108,27 @@ async def test_context_variables_set_by_the_coroutine_stay_its_own() -> None:
 
 async def test_settled_without_futures_is_empty() -> None:
     assert await settled([]) == []
+
+
+async def test_a_timeout_inside_a_started_coroutine_times_out_that_coroutine_never_its_caller() -> None:
+    """`asyncio.timeout` cancels the task current when it was entered: in a first step run in the
+    caller's turn, that must be the task that goes on with the coroutine, or the timeout would
+    cancel the caller (a subscription's loop) and leave the coroutine waiting for ever."""
+    never = asyncio.get_running_loop().create_future()
+    started: list[asyncio.Future[None]] = []
+    current: list[asyncio.Task[object] | None] = []
+
+    async def send() -> None:
+        current.append(asyncio.current_task())
+        async with asyncio.timeout(0.05):
+            await never
+
+    async def consumer() -> str:
+        started.append(start(send()))
+        await asyncio.sleep(0.3)
+        return "still consuming"
+
+    assert await asyncio.wait_for(asyncio.ensure_future(consumer()), 5) == "still consuming"
+    assert current == [started[0]], "the first step runs as the task that continues it"
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(started[0], 5)
