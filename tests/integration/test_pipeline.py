@@ -7,6 +7,7 @@ import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import msgspec
@@ -16,6 +17,7 @@ from nats.js.errors import NotFoundError
 
 from dispatch.bootstrap import Service
 from dispatch.channels.base import Permanent, Transient
+from dispatch.channels.webhook import WebhookChannel
 from dispatch.clock import utcnow
 from dispatch.events.model import CallRouted
 from dispatch.events.subjects import EVENTS_STREAM, INDEX_STREAM, call_subject, legacy_call_subject
@@ -465,3 +467,58 @@ async def test_with_the_call_index_unwritable_alone_the_alarm_rings_and_the_retr
     assert msgspec.json.decode(indexed.data)["incident_id"] in rung
     await asyncio.sleep(0.5)
     assert len(channel.sent) == sent, "the retry alerted nobody twice"
+
+
+class SilentThenAnswering(asyncio.Protocol):
+    """A webhook receiver on loopback: while `hang` is set it reads requests and never answers."""
+
+    hang: ClassVar[bool] = True
+    bodies: ClassVar[list[dict[str, object]]] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            head, _, rest = self.buffer.partition(b"\r\n\r\n")
+            length = int(
+                next(
+                    v for k, _, v in (h.partition(b": ") for h in head.split(b"\r\n")) if k.lower() == b"content-length"
+                )
+            )
+            if len(rest) < length:
+                return
+            self.buffer = rest[length:]
+            if not SilentThenAnswering.hang:
+                SilentThenAnswering.bodies.append(json.loads(rest[:length]))
+                self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+
+async def test_a_receiver_silent_past_the_timeout_delays_its_alarm_and_never_stops_the_fan_out(tmp_path: Path) -> None:
+    """The client's timeout ends the silent sends (retried later), not the consumer that started
+    them: an alarm raised after it still rings, and the first one rings once the receiver answers."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(SilentThenAnswering, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    SilentThenAnswering.hang, SilentThenAnswering.bodies = True, []
+    webhook = WebhookChannel([f"http://127.0.0.1:{port}/hook"], "test-secret", timeout=0.3)
+    svc = await start_service(
+        tmp_path / "data", webhook, roster=ROSTER, delivery_backoff_base=0.05, delivery_max_attempts=5
+    )
+    try:
+        async with httpx.AsyncClient(base_url=svc.settings.base_url, timeout=30, headers=auth(svc)) as http:
+            first = (await http.post("/v1/calls", json={"call_id": "silent-1", "caller": "13800000001"})).json()
+            await asyncio.sleep(0.8)
+            SilentThenAnswering.hang = False
+            second = (await http.post("/v1/calls", json={"call_id": "silent-2", "caller": "13800000011"})).json()
+
+            def rung() -> set[object]:
+                return {body["incident_id"] for body in SilentThenAnswering.bodies}
+
+            await eventually(lambda: {first["incident_id"], second["incident_id"]} <= rung(), timeout=20)
+    finally:
+        await svc.stop()
+        server.close()
