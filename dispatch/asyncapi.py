@@ -126,7 +126,7 @@ EVENTS_STREAM = {
         s.EVENTS_ALL: "the whole log",
         s.INCIDENTS_ALL: f"the fan-out (durable push consumer {FANOUT.durable}, queue group)",
         s.SINGLE_TOKEN_AGGREGATES: "the SQL projections and the live console hub (ordered consumers)",
-        s.incident_history("{incident_id}"): "one incident's history, read with one batched direct get",
+        s.INCIDENT_HISTORY: "one incident's history, read with one batched direct get",
         s.GROUPS_ALL: "the in-memory directory",
         s.VILLAGES_ALL: "the in-memory directory",
         s.TOKENS_ALL: "the token table",

@@ -28,7 +28,7 @@ async def run_tokens(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"revoked {args.token_id}")
             else:
                 table = TokenTable()
-                for rec in await store.load(TOKENS_ALL):
+                for rec in await store.scan(TOKENS_ALL):
                     table.apply(rec.event)
                 for t in table.active():
                     scope = ",".join(t.villages) or (f"station {t.station}" if t.station else "all")

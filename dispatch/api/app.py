@@ -55,6 +55,7 @@ from dispatch.domain.incident import DEFAULT_DEADLINES, DEFAULT_QUORUM, Quorum, 
 from dispatch.domain.roster import RosterRejected
 from dispatch.domain.signing import SigningConfig
 from dispatch.domain.timezones import DEFAULT_TIME_ZONE
+from dispatch.events.subjects import InvalidSubject, InvalidToken
 from dispatch.handlers.calls import CallRequest, CallService
 from dispatch.handlers.gateway import GatewayService, SmsIn
 from dispatch.handlers.groups import GroupService, VillageSettings
@@ -125,6 +126,11 @@ def _unavailable(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str
 
 def _conflict(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     return error(409, str(exc))
+
+
+def _not_a_subject(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """An id or name from outside that can never name one subject: refused, never read as a filter."""
+    return error(422, str(exc))
 
 
 def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
@@ -567,6 +573,8 @@ def create_app(services: ApiServices) -> Litestar:
             StoreUnavailable: _unavailable,
             DatabaseUnavailable: _unavailable,
             AppendConflict: _conflict,
+            InvalidToken: _not_a_subject,
+            InvalidSubject: _not_a_subject,
             AppendRejected: _unavailable,
             HTTPException: _http_error,
             Exception: _internal_error,

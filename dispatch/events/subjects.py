@@ -5,6 +5,10 @@ Invariants:
 - an incident's id is one token, so `dispatch.evt.*.<id>` is exactly its decisions and notices;
 - village and group codes are single subject tokens: letters (any script), digits, `_` and `-`;
 - a gateway's call id is never put in a subject raw: it is hashed, so any string is safe;
+- nothing from outside reaches a subject unchecked: an incident id is a canonical UUID
+  (`check_incident_id`), names are single tokens (`check_token`), and the store refuses a subject
+  with a wildcard, an empty token, whitespace or a control character (`check_subject`) — the one
+  filter it reads, `incident_history`, has its wildcard only in the aggregate's place;
 - the call index (`dispatch.idx.call.<key>`) has its own stream, DISPATCH_INDEX: every stream is
   one fsynced write path in the server, and the index is not a fact the read models fold; older
   deployments hold it on `dispatch.evt.call.<key>`, which is still read.
@@ -40,10 +44,34 @@ DEAD_LETTER_STREAM = "DISPATCH_DEAD"
 DEAD_LETTERS_ALL = "dispatch.dead.>"
 
 _TOKEN = re.compile(r"^[\w-]{1,64}$")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_LITERAL_TOKEN = r"[^\s\x00-\x1f\x7f-\x9f*>.]+"
+_SUBJECT = re.compile(rf"^{_LITERAL_TOKEN}(?:\.{_LITERAL_TOKEN})*$")
+_HISTORY_FILTER = re.compile(rf"^dispatch\.evt\.\*(?:\.{_LITERAL_TOKEN})+$")
 
 
 class InvalidToken(ValueError):
-    pass
+    """A value from outside that cannot be put in a subject as it is."""
+
+
+class InvalidSubject(ValueError):
+    """A subject the store was asked to write or read as one subject is a wildcard or malformed."""
+
+
+def check_subject(subject: str, *, history_filter: bool = False) -> str:
+    """Return `subject` when it names exactly one subject (or, with `history_filter`, one
+    aggregate id's subjects under `dispatch.evt.*.`), else raise InvalidSubject."""
+    if _SUBJECT.fullmatch(subject) or (history_filter and _HISTORY_FILTER.fullmatch(subject)):
+        return subject
+    raise InvalidSubject(f"not one subject: {subject[:80]!r}")
+
+
+def check_incident_id(value: str) -> str:
+    """Return `value` when it is an incident id as the service gives them (a lower-case UUID),
+    else raise InvalidToken."""
+    if len(value) != 36 or not _UUID.fullmatch(value):
+        raise InvalidToken(f"incident id {value[:80]!r} is not an incident id (a lower-case UUID)")
+    return value
 
 
 def check_token(kind: str, value: str) -> str:
@@ -77,9 +105,12 @@ def notice_subject(incident_id: str) -> str:
     return f"dispatch.evt.notice.{incident_id}"
 
 
+INCIDENT_HISTORY = "dispatch.evt.*.{incident_id}"
+
+
 def incident_history(incident_id: str) -> str:
-    """Every subject of one incident: its decisions and its delivery notices."""
-    return f"dispatch.evt.*.{incident_id}"
+    """Every subject of one incident: its decisions and its delivery notices (the id checked)."""
+    return INCIDENT_HISTORY.format(incident_id=check_incident_id(incident_id))
 
 
 def line_subject(line: str) -> str:

@@ -38,7 +38,7 @@ from dispatch.events.model import (
     ResponderAccepted,
     ResponderArrived,
 )
-from dispatch.events.subjects import incident_history, incident_subject, line_subject
+from dispatch.events.subjects import InvalidToken, incident_history, incident_subject, line_subject
 from dispatch.metrics import Metrics
 from dispatch.store.eventstore import AppendConflict, EventStore, Outgoing, Recorded, StoreUnavailable
 
@@ -58,8 +58,15 @@ class IncidentReader:
         self.store = store
 
     async def load(self, incident_id: str) -> tuple[IncidentState, list[Recorded]]:
-        """The incident folded from its decisions and notices, with that history in log order."""
-        history = await self.store.load(incident_history(incident_id))
+        """The incident folded from its decisions and notices, with that history in log order;
+        an id that is not a UUID is InvalidCommand, and only this incident's events are folded."""
+        try:
+            subject = incident_history(incident_id)
+        except InvalidToken as exc:
+            raise InvalidCommand(str(exc)) from None
+        history = [
+            r for r in await self.store.load(subject) if getattr(r.event, "incident_id", incident_id) == incident_id
+        ]
         state = fold([r.event for r in history])
         if state is None:
             raise NotFound(f"no incident {incident_id}")

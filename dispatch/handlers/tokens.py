@@ -79,6 +79,11 @@ class TokenService:
         return token, seq
 
     async def revoke(self, token_id: str) -> int:
+        """Revoke a token by id; an id that is no token's (or could not be one) is NotFound."""
+        try:
+            check_token("token id", token_id)
+        except InvalidToken:
+            raise NotFound(f"no token {token_id[:64]!r}") from None
         if await self.store.last(token_subject(token_id)) is None:
             raise NotFound(f"no token {token_id}")
         [seq] = await self.store.append(

@@ -13,6 +13,9 @@ Invariants:
   may or may not have happened, and retrying with the same message ids is always safe;
 - reads use batched direct get: one request, the subject's messages in order; a subject of the
   call index is read from and appended to DISPATCH_INDEX (`subjects.stream_of`);
+- a subject that is not exactly one subject (a wildcard, an empty token, whitespace, a control
+  character) is refused before anything is sent (`InvalidSubject`); the only filter `load` takes
+  is one aggregate id's history (`dispatch.evt.*.<id>`);
 - with `metrics`, every append is counted once: its latency when stored, a conflict, or the log
   unavailable.
 """
@@ -36,7 +39,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from dispatch.events import codec
 from dispatch.events.model import Event
-from dispatch.events.subjects import EVENTS_STREAM, aggregate_of, stream_of
+from dispatch.events.subjects import EVENTS_STREAM, aggregate_of, check_subject, stream_of
 from dispatch.metrics import Metrics
 from dispatch.store.batch import MAX_BATCH, publish_batch, publish_one
 
@@ -121,6 +124,8 @@ class EventStore:
             return []
         if len(messages) > MAX_BATCH:
             raise ValueError(f"at most {MAX_BATCH} messages per atomic append")
+        for message in messages:
+            check_subject(message.subject)
         if self.metrics is None:
             return await self._append(messages)
         aggregate = aggregate_of(messages[0].subject)
@@ -210,6 +215,7 @@ class EventStore:
 
     async def last(self, subject: str) -> Recorded | None:
         """The subject's last message, or None when it has none."""
+        check_subject(subject)
         self._require_connection()
         payload = json.dumps({"last_by_subj": subject}).encode()
         try:
@@ -228,6 +234,8 @@ class EventStore:
     async def last_of(self, subjects: list[str]) -> dict[str, Recorded]:
         """The last message of each subject that has one, in one round trip (a batched direct get
         per stream the subjects are on, sent together)."""
+        for subject in subjects:
+            check_subject(subject)
         self._require_connection()
         by_stream: dict[str, list[str]] = {}
         for subject in subjects:
@@ -241,7 +249,17 @@ class EventStore:
         return {r.subject: r for found, _ in pages for r in found}
 
     async def load(self, subject: str, after: int = 0) -> list[Recorded]:
-        """Every message of `subject` with a sequence above `after`, in order."""
+        """Every message of `subject` (or of one aggregate id's history filter) with a sequence
+        above `after`, in order."""
+        check_subject(subject, history_filter=True)
+        return await self._load(subject, after)
+
+    async def scan(self, filter_subject: str, after: int = 0) -> list[Recorded]:
+        """Every message matching one of the service's own filters (e.g. `TOKENS_ALL`), in order;
+        never a filter built from outside input."""
+        return await self._load(filter_subject, after)
+
+    async def _load(self, subject: str, after: int) -> list[Recorded]:
         self._require_connection()
         out: list[Recorded] = []
         start = after + 1

@@ -8,6 +8,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from dispatch.events.model import CallRouted, GroupFormed, MemberBound
+from dispatch.events.subjects import InvalidSubject
 from dispatch.store.eventstore import AppendConflict, EventStore, Outgoing, StoreUnavailable
 from dispatch.store.provision import provision
 from dispatch.store.server import EmbeddedNats
@@ -141,3 +142,41 @@ async def test_the_same_message_id_with_other_content_is_a_conflict_not_a_succes
     with pytest.raises(AppendConflict):
         await store.append(batch_of(ours))
     assert await store.append(batch_of(theirs)) == stored
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "dispatch.evt.*.*",
+        "dispatch.evt.>",
+        "dispatch.evt.token.*",
+        "dispatch.evt.group.v.>",
+        "dispatch.evt.group..1",
+        "dispatch.evt.group.v 1",
+        "dispatch.evt.group.v\x001",
+        "dispatch.evt.group.v.1.",
+    ],
+)
+async def test_the_store_refuses_a_wildcard_where_it_expects_one_subject(store: EventStore, subject: str) -> None:
+    """Nothing is sent: the log gains nothing and no other subject is read."""
+    await store.append([Outgoing("dispatch.evt.group.v.1", formed(), "cmd-w:0", expected_seq=0)])
+    before = await store.stream_last_seq()
+    with pytest.raises(InvalidSubject):
+        await store.append([Outgoing(subject, formed(), "cmd-wild:0")])
+    with pytest.raises(InvalidSubject):
+        await store.last(subject)
+    with pytest.raises(InvalidSubject):
+        await store.last_of(["dispatch.evt.group.v.1", subject])
+    if subject != "dispatch.evt.*.*":
+        with pytest.raises(InvalidSubject):
+            await store.load(subject)
+    assert await store.stream_last_seq() == before
+
+
+async def test_the_one_filter_load_takes_is_an_incidents_history(store: EventStore) -> None:
+    with pytest.raises(InvalidSubject):
+        await store.load("dispatch.evt.*.*")
+    with pytest.raises(InvalidSubject):
+        await store.load("dispatch.evt.*.>")
+    assert await store.load("dispatch.evt.*.0190ab12-3456-7abc-8def-0123456789ab") == []
+    assert len(await store.scan("dispatch.evt.>")) == 0
