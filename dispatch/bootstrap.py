@@ -249,6 +249,7 @@ class Service:
         self.metrics.nats_connected.labels("handlers").set_function(lambda: float(self._connected(broker._connection)))
 
         self.hub = LiveHub(self.nc, self.store, public_url=st.base_url)
+        self.tokens.on_revoke.append(self.hub.revoke)
         await self.hub.start()
         for runner in self.runners:
             self.metrics.projection_lag.labels(runner.name).set_function(runner.lag)

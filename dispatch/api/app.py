@@ -424,7 +424,7 @@ def create_app(services: ApiServices) -> Litestar:
         allowed = scope(principal)
         if allowed is not None:
             wanted = allowed if wanted is None else wanted & allowed
-        client = await s.hub.connect(wanted)
+        client = await s.hub.connect(wanted, principal.token_id)
 
         async def events() -> AsyncIterator[ServerSentEventMessage]:
             try:
@@ -433,6 +433,10 @@ def create_app(services: ApiServices) -> Litestar:
                     try:
                         kind, data = await asyncio.wait_for(client.queue.get(), KEEPALIVE_S)
                     except TimeoutError:
+                        kind, data = "keepalive", ""
+                    if principal.token_id in s.tokens.table.revoked:
+                        kind, data = "bye", '{"reason": "revoked"}'
+                    if kind == "keepalive":
                         yield ServerSentEventMessage(comment="keepalive")
                         continue
                     yield ServerSentEventMessage(event=kind, data=data)

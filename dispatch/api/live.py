@@ -10,7 +10,9 @@ Invariants:
 - a client only receives what its filter allows (villages; None means all); with no client
   connected the hub reads nothing from the log;
 - a slow client never slows the hub: its queue is bounded and, when full, the client is told to
-  reload (`resync`) instead of being fed a partial stream.
+  reload (`resync`) instead of being fed a partial stream;
+- a client is bound to the token that opened it: when that token is revoked (seen by every
+  process's token table), the client's pending messages are dropped and its stream ends (`bye`).
 """
 
 from __future__ import annotations
@@ -44,14 +46,23 @@ _SKIP = {"recipients", "duty_desks", "quorum"}
 @dataclass(eq=False)
 class Client:
     villages: frozenset[str] | None
+    token_id: str | None = None
     queue: asyncio.Queue[tuple[str, str]] = field(default_factory=lambda: asyncio.Queue(CLIENT_QUEUE))
     overflowed: bool = False
+    closed: bool = False
 
     def wants(self, village: str | None) -> bool:
         return self.villages is None or (village is not None and village in self.villages)
 
+    def close(self, reason: str) -> None:
+        """Drop what is pending and end the stream with `bye`; nothing is queued after."""
+        self.closed = True
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(("bye", json.dumps({"reason": reason})))
+
     def put(self, kind: str, data: str) -> None:
-        if self.overflowed:
+        if self.overflowed or self.closed:
             return
         try:
             self.queue.put_nowait((kind, data))
@@ -77,15 +88,20 @@ class LiveHub:
     async def start(self) -> None:
         return None
 
-    async def connect(self, villages: frozenset[str] | None) -> Client:
+    async def connect(self, villages: frozenset[str] | None, token_id: str | None = None) -> Client:
         """A new browser: the hub follows the log only while someone is listening."""
-        client = Client(villages)
+        client = Client(villages, token_id)
         self.clients.add(client)
         async with self._lock:
             if not self._following:
                 await self._follower.start(catch_up=False)
                 self._following = True
         return client
+
+    def revoke(self, token_id: str) -> None:
+        """End every open stream of a revoked token at once."""
+        for client in [c for c in self.clients if c.token_id == token_id]:
+            client.close("revoked")
 
     async def disconnect(self, client: Client) -> None:
         self.clients.discard(client)
