@@ -31,6 +31,7 @@ import structlog
 import structlog.contextvars
 from litestar import Litestar, Request, Response, delete, get, post, put
 from litestar.exceptions import (
+    ClientException,
     HTTPException,
     NotAuthorizedException,
     PermissionDeniedException,
@@ -107,6 +108,16 @@ class TokenRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     role: Annotated[str, msgspec.Meta(max_length=16)]
     villages: Annotated[tuple[Annotated[str, msgspec.Meta(max_length=64)], ...], msgspec.Meta(max_length=500)] = ()
     station: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+
+
+class DispatchRequest(Request[Any, Any, Any]):
+    """Litestar's request, but JSON nested deeper than the decoder recurses is bad input (400), not a 500."""
+
+    async def json(self) -> Any:
+        try:
+            return await super().json()
+        except RecursionError:
+            raise ClientException("malformed JSON body: nested too deeply") from None
 
 
 def error(status: int, reason: str, **extra: Any) -> Response[dict[str, Any]]:
@@ -586,6 +597,7 @@ def create_app(services: ApiServices) -> Litestar:
         guards=[gate.guard],
         after_exception=[gate.after_exception],
         request_max_body_size=MAX_JSON_BYTES,
+        request_class=DispatchRequest,
         openapi_config=OpenAPIConfig(
             title="dispatch",
             version=s.version,

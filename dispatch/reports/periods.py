@@ -6,7 +6,8 @@ Invariants:
 - `previous(label)` is the period just before; `year_before(label)` the same period a year earlier
   (29 February falls back to the 28th; ISO week 53 of a year without one has no counterpart);
 - `parse_when` reads RFC 3339 (offset honoured), a naive date-time or a bare date (both read in the
-  given zone): `--since 2026-11-01` means local midnight, not UTC midnight.
+  given zone): `--since 2026-11-01` means local midnight, not UTC midnight; a time outside
+  [EARLIEST, LATEST) is refused, so every period and label computed from it stays in range.
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ Period = Literal["day", "week", "month"]
 PERIODS: tuple[Period, ...] = ("day", "week", "month")
 
 
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC).timestamp()
+LATEST = datetime(9000, 1, 1, tzinfo=UTC).timestamp()
+
+
 class BadTime(ValueError):
-    pass
+    """A filter's time that cannot be read, or lies outside the range reports can show."""
 
 
 def local(epoch: float, tz: ZoneInfo) -> datetime:
@@ -46,14 +51,20 @@ def parse_when(text: str, tz: ZoneInfo) -> float:
         raise BadTime("empty time")
     try:
         if len(raw) == 10:
-            day = date.fromisoformat(raw)
-            return datetime.combine(day, time(), tz).timestamp()
-        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00").replace(" ", "T", 1))
+            parsed = datetime.combine(date.fromisoformat(raw), time())
+        else:
+            parsed = datetime.fromisoformat(raw.replace("Z", "+00:00").replace(" ", "T", 1))
     except ValueError:
         raise BadTime(f"{text!r} is not a date (2026-11-01) or an RFC 3339 time (2026-11-01T08:00:00+08:00)") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=tz)
-    return parsed.timestamp()
+    try:
+        epoch = parsed.timestamp()
+    except (ValueError, OverflowError):
+        epoch = EARLIEST - 1 if parsed.year < 1900 else LATEST
+    if not EARLIEST <= epoch < LATEST:
+        raise BadTime(f"{text!r} is out of range: give a time from 1900-01-02 to 8999-12-31")
+    return epoch
 
 
 def label(epoch: float, tz: ZoneInfo, period: Period) -> str:

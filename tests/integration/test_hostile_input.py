@@ -96,6 +96,9 @@ async def test_bad_bodies_get_a_4xx_naming_what_is_wrong(service: Service, http:
         ("/v1/tokens", b'{"name": "n", "role": "officer", "station": "not-a-phone"}', 422, "phone"),
         ("/v1/tokens", b'{"name": "n", "role": "root"}', 422, "role"),
     ]
+    deep = [b"[" * 20_000 + b"]" * 20_000, b'{"a":' * 10_000 + b"1" + b"}" * 10_000]
+    for path in ("/v1/calls", "/v1/gateway/voice", "/v1/gateway/sms", "/v1/tokens"):
+        cases += [(path, body, 400, "nested too deeply") for body in deep]
     for path, body, status, words in cases:
         r = await http.post(path, content=body, headers={"Content-Type": "application/json"})
         assert r.status_code == status, (path, body[:60], r.status_code, r.text)
@@ -106,6 +109,32 @@ async def test_bad_bodies_get_a_4xx_naming_what_is_wrong(service: Service, http:
     )
     assert bad_responder.status_code == 422 and "phone" in bad_responder.json()["error"]
     assert await history_types(service, call["incident_id"]) == ["AlarmRaised"], "a refused answer stored something"
+
+
+async def test_report_times_out_of_the_calendar_are_422_naming_the_filter(tmp_path: Path) -> None:
+    """Before: `since=0001-01-01` and `until=9999-12-31T23:59:59+14:00` answered 500 (ValueError,
+    OverflowError) in every report that shows or steps through periods."""
+    service = await started(tmp_path, rate_limit=0.0)
+    try:
+        async with httpx.AsyncClient(base_url=service.settings.base_url, headers=admin(service), timeout=30) as http:
+            for query, field in (
+                ("since=0001-01-01", "since"),
+                ("until=9999-12-31T23:59:59%2B14:00", "until"),
+                ("since=0001-01-01T00:00:00-14:00", "since"),
+                ("until=9999-12-31", "until"),
+            ):
+                for report in ("history", "response-times", "stats", "readiness"):
+                    r = await http.get(f"/v1/reports/{report}?{query}")
+                    if report == "readiness":
+                        assert r.status_code in (200, 422), (report, query, r.status_code, r.text)
+                        continue
+                    assert r.status_code == 422, (report, query, r.status_code, r.text)
+                    assert r.json()["error"].startswith(f"{field}: "), r.json()
+                    assert "out of range" in r.json()["error"], r.json()
+            edges = await http.get("/v1/reports/stats?since=1900-01-02&until=8999-12-31&period=month")
+            assert edges.status_code == 200, edges.text
+    finally:
+        await service.stop()
 
 
 async def test_a_call_is_never_refused_for_its_number(http: httpx.AsyncClient) -> None:
