@@ -414,12 +414,18 @@ def create_app(services: ApiServices) -> Litestar:
         since: FromQuery[datetime | None] = None,
         limit: FromQuery[int] = 100,
     ) -> dict[str, Any]:
-        allowed = narrowed(who(request, "read"), village)
+        principal = who(request, "read")
+        allowed = narrowed(principal, village)
         statuses = {"open", "raised", "notifying", "acknowledged", "on_scene", "resolved", "cancelled"}
         if status is not None and status not in statuses:
             raise ValidationException(f"status must be one of {', '.join(sorted(statuses))}")
         rows = await in_thread(
-            queries.list_incidents, villages=allowed, status=status, since=since, limit=max(1, min(limit, 1000))
+            queries.list_incidents,
+            villages=allowed,
+            status=status,
+            since=since,
+            limit=max(1, min(limit, 1000)),
+            reveal=principal.can("export"),
         )
         return {"incidents": rows, "count": len(rows)}
 

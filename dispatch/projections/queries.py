@@ -1,7 +1,8 @@
 """Queries over the incident read model for the API's incident list and the service's gauges
 (reports live in `dispatch.reports`).
 
-Invariant: `villages` None means every village, an empty set none; times are UTC ISO 8601.
+Invariants: `villages` None means every village, an empty set none; times are UTC ISO 8601;
+a list shows callers' numbers masked unless asked to `reveal` them (a list is not an export).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from dispatch.domain.phone import mask
 from dispatch.projections.incidents import INCIDENTS
 from dispatch.projections.sql import Connection
 
@@ -70,7 +72,9 @@ def list_incidents(
     status: str | None = None,
     since: datetime | None = None,
     limit: int = 100,
+    reveal: bool = False,
 ) -> list[dict[str, Any]]:
+    """Incidents newest first, within `villages`; callers masked unless `reveal`."""
     where, params = _where(villages, since, status)
     rows = conn.query(
         f"SELECT {', '.join(LIST_COLUMNS)} FROM {INCIDENTS}{where} ORDER BY raised_at DESC LIMIT ?",
@@ -82,6 +86,8 @@ def list_incidents(
         item["incident_id"] = item.pop("id")
         item["group"] = item.pop("grp")
         item["covered"] = bool(item["covered"])
+        if not reveal and item["caller"]:
+            item["caller"] = mask(item["caller"])
         for key in ("raised_at", "first_accept_at", "covered_at", "first_arrival_at", "closed_at"):
             item[key] = iso(item[key])
         out.append(item)

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from dispatch.bootstrap import Service
+from dispatch.channels.gateway import leg_key
 from dispatch.settings import Settings
 from dispatch.store.server import free_port
 
@@ -182,10 +183,11 @@ def cases(w: World) -> list[Case]:
             "/v1/gateway/voice",
             expect(admin=OK, gateway=OK),
             json={
-                "call_ref": "m-1",
+                "call_ref": f"{leg_key(west, 1, '+8613655507766')}-1",
                 "event": "digits",
                 "digits": "1",
-                "context": {"incident_id": west, "phone": "+8613655507766"},
+                "to": "+8613655507766",
+                "context": {"incident_id": west, "phone": "+8613655507766", "round": 1},
             },
         ),
         Case(
@@ -280,13 +282,19 @@ async def test_lists_and_streams_show_only_the_token_villages(world: World) -> N
                 break
             await asyncio.sleep(0.05)
         assert [r["incident_id"] for r in rows] == [world.incidents["east"]]
+        assert "****" in rows[0]["caller"], "a list showed an officer a whole number (lists are masked)"
+        view = (await http.get(f"/v1/incidents/{world.incidents['east']}")).json()
+        assert "****" not in view["caller"]["phone"], "the incident view is where an officer calls back"
         assert (await http.get("/v1/incidents", params={"village": "west"})).json()["count"] == 0
         groups = (await http.get("/v1/groups")).json()["groups"]
         assert [(g["village"], g["group"]) for g in groups] == [("east", "1")]
         assert (await http.get("/v1/villages")).json()["villages"] == ["east"]
         report = (await http.get("/v1/reports/response-times", params={"village": "west"})).json()
         assert report["incidents"] == 0 and report["villages"] == []
-
+    async with httpx.AsyncClient(base_url=base, headers=admin, timeout=30) as as_admin:
+        whole = (await as_admin.get("/v1/incidents", params={"village": "east"})).json()["incidents"]
+        assert whole[0]["caller"].startswith("+86") and "****" not in whole[0]["caller"]
+    async with httpx.AsyncClient(base_url=base, headers=officer, timeout=30) as http:
         seen: dict[str, list[str]] = {"all": [], "west": []}
 
         async def listen(label: str, params: dict[str, str]) -> None:
