@@ -30,6 +30,7 @@ from nats.aio.client import Client as NATS
 
 from dispatch.api.app import ApiServices, create_app
 from dispatch.api.live import LiveHub
+from dispatch.api.security import warn_if_unsigned
 from dispatch.channels.base import Channel
 from dispatch.channels.gateway import CallbackBus, GatewayClient, SmsChannel, VoiceChannel
 from dispatch.channels.robots import DingTalkChannel, WeComChannel
@@ -304,6 +305,7 @@ class Service:
                 await self._http_task
                 raise SettingsError(f"HTTP server could not start on {st.http}")
             await asyncio.sleep(0.02)
+        warn_if_unsigned(self.channel_config.signing)
         if not st.duty_desk:
             log.warning(
                 "settings.no_duty_desk",

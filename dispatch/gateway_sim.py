@@ -11,7 +11,8 @@ requests and posting the same callbacks. The simulator:
   delay), stays silent (no_answer after the ring timeout), is busy, or fails; and posts the callbacks
   to dispatch with its gateway token;
 - lets a virtual phone dial 6995 (`POST /v1/sim/dial`), press a key during that call
-  (`POST /v1/sim/press`) or text 6995 (`POST /v1/sim/text`), the way the gateway would tell dispatch;
+  (`POST /v1/sim/press`, as the number that dialled it unless `from` says otherwise) or text 6995
+  (`POST /v1/sim/text`), the way the gateway would tell dispatch;
 - keeps a log of everything (`GET /v1/sim/log`).
 
 Scenario (TOML), per phone; `times` limits a behaviour to the first N calls, then `answer` applies:
@@ -127,6 +128,7 @@ class GatewaySim:
         self.started = time.monotonic()
         self._answers: dict[str, dict[str, Any]] = {}
         self._calls_to: dict[str, int] = {}
+        self._callers: dict[str, str] = {}
         self._client = httpx.AsyncClient(timeout=15)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -259,6 +261,7 @@ def create_app(sim: GatewaySim) -> Litestar:
         answer = await sim.to_dispatch(
             "/v1/calls", {"call_id": call_id, "caller": data["from"], "callee": data.get("to", "6995")}
         )
+        sim._callers[call_id] = str(data["from"])
         sim.record("dial", caller=data["from"], call_id=call_id, answer=answer.get("status"))
         return {"call_id": call_id, **answer}
 
@@ -270,7 +273,7 @@ def create_app(sim: GatewaySim) -> Litestar:
             "event": "digits",
             "digits": str(data["digits"]),
             "call_id": data["call_id"],
-            "caller": data.get("from", ""),
+            "caller": data.get("from", sim._callers.get(data["call_id"], "")),
         }
         answer = await sim.to_dispatch("/v1/gateway/voice", payload)
         sim.record("press", call_id=data["call_id"], digits=data["digits"], answer=answer.get("say", ""))

@@ -16,6 +16,8 @@ One Litestar guard on the whole app runs before any request body is parsed:
    valid signature with a stale timestamp is accepted, logged and counted
    (`dispatch_gateway_stale_signatures_total`): a drifting gateway clock must not refuse emergencies.
 The guard leaves the principal in `request.state.principal`; the handler checks the capability.
+Signing is off unless `[signing]` asks for it: every start says so (`warn_if_unsigned`, a warning) while
+any gateway token may send unsigned requests, for the gateway routes are always served.
 
 Invariants: the body is read (and the size limit applied, 413) only for a gateway whose requests
 are signed; nothing about a refused request reaches the log but a count in
@@ -63,6 +65,22 @@ def bearer(connection: ASGIConnection[Any, Any, Any, Any], *, allow_query: bool 
     if allow_query:
         return connection.query_params.get("access_token")
     return None
+
+
+def warn_if_unsigned(signing: SigningConfig) -> list[str]:
+    """Log `gateway.signing_off` (a warning) when some gateway token may send unsigned requests; who may."""
+    unsigned = [f"token {token_id}" for token_id, key in sorted(signing.tokens.items()) if not key.required]
+    if signing.default is None or not signing.default.required:
+        unsigned.insert(0, "every gateway token not in [signing.tokens]" if signing.tokens else "every gateway token")
+    if unsigned:
+        log.warning(
+            "gateway.signing_off",
+            unsigned=unsigned,
+            hint="calls, texts and keypad answers from these gateway tokens are taken unsigned: a stolen token "
+            "alone can raise and cancel alarms; set [signing] secret_env and required = true in "
+            "DISPATCH_CHANNELS_FILE (docs/gateway.md, docs/security.md deployment checklist)",
+        )
+    return unsigned
 
 
 class Refused(HTTPException):

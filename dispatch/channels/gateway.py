@@ -14,6 +14,9 @@ Invariants:
 - each call attempt has its own `call_ref` and Idempotency-Key (`<notification key>/<attempt>`):
   re-sending an attempt never rings twice, a new attempt after no answer is a new call; SMS keeps
   the notification key, stable across retries;
+- a `call_ref` is `<leg key>-<attempt>`, the leg key derived from the incident, the round and the
+  number rung (`leg_key`): a callback's call_ref, echoed context and `to` either name the same leg
+  or do not belong together;
 - every request is signed like the webhooks (`X-Dispatch-Signature`).
 """
 
@@ -31,6 +34,7 @@ from nats.aio.msg import Msg
 from dispatch.channels.base import Delivered, DeliveryJob, Outcome, Permanent, Target, Transient
 from dispatch.channels.http import HttpAnswer, HttpPoster, Unreachable, http_outcome, sign
 from dispatch.events.model import Person
+from dispatch.ids import stable_key
 from dispatch.metrics import Metrics
 from dispatch.store.deadletter import dead_letter
 
@@ -63,6 +67,18 @@ voice_event_encoder = msgspec.json.Encoder()
 
 def call_ref(target: Target, attempt: int) -> str:
     return f"{target.key}-{attempt}"
+
+
+def leg_key(incident_id: str, round: object, phone: str) -> str:
+    """The target key of the voice leg that rings `phone` for an incident's alert of `round`: the
+    fan-out's key of a target (`dispatch.handlers.fanout`) on this channel, whose address is the phone."""
+    return stable_key(incident_id, round, phone, VoiceChannel.name, phone)
+
+
+def is_leg_of(ref: str, incident_id: str, round: object, phone: str) -> bool:
+    """True when `ref` is the `call_ref` of an attempt of the leg that rings `phone` for that alert."""
+    key, dash, attempt = ref.rpartition("-")
+    return bool(dash) and attempt.isdecimal() and key == leg_key(incident_id, round, phone)
 
 
 class CallbackBus:

@@ -12,8 +12,13 @@ Texts (`POST /v1/gateway/sms`): from someone with an open incident, `1`/`接` ac
 anyone else, a text raises an alarm like a call (a bare reply keyword gets the help text instead, so
 a late "1" does not ring a whole group).
 
-Invariant: a gateway message is handled once per id; retries of the same message id decide nothing new
-(responses are idempotent per answer, alarms per call id).
+Invariants:
+- a gateway message is handled once per id; retries of the same message id decide nothing new
+  (responses are idempotent per answer, alarms per call id);
+- a keypad answer is recorded only as the number its call rang: outbound, `to` is `context.phone`
+  and `call_ref` is that number's leg of `context`'s incident and round; inbound, `caller` is the
+  number that made the call `call_id`, and the cancel is theirs. Anything else is 403, logged
+  masked (`gateway.number_mismatch`), and records nothing.
 """
 
 from __future__ import annotations
@@ -23,12 +28,12 @@ from typing import Annotated, Any
 import msgspec
 import structlog
 
-from dispatch.channels.gateway import CallbackBus, SmsChannel, VoiceEvent
+from dispatch.channels.gateway import CallbackBus, SmsChannel, VoiceEvent, is_leg_of
 from dispatch.domain.directory import Directory
-from dispatch.domain.errors import DomainError
+from dispatch.domain.errors import DomainError, NotPermitted
 from dispatch.domain.incident import Action, IncidentState, fold, incident_id_for
-from dispatch.domain.phone import try_normalize
-from dispatch.events.model import LineClosed
+from dispatch.domain.phone import mask, try_normalize
+from dispatch.events.model import CallRepeated, Event, IncidentOpened, LineClosed, Person
 from dispatch.events.subjects import (
     call_index_subjects,
     caller_line,
@@ -105,6 +110,11 @@ class GatewayService:
         incident_id, phone = str(event.context.get("incident_id", "")), str(event.context.get("phone", ""))
         if action is None or not incident_id or not phone:
             return {"ok": True, "say": "接警请按1，无法前往请按2，已到达现场请按3，重听请按9。"}
+        said = self._number(event.to)
+        if said != phone:
+            raise self._mismatch("to", "is not the number this call rang", said, phone, incident_id)
+        if not is_leg_of(event.call_ref, incident_id, event.context.get("round"), phone):
+            raise self._mismatch("call_ref", "is not the call that rang context.phone", said, phone, incident_id)
         return await self._answer(incident_id, phone, action, key=f"voice:{event.call_ref}:{event.digits}")
 
     async def _inbound(self, event: VoiceEvent) -> dict[str, Any]:
@@ -114,10 +124,24 @@ class GatewayService:
         routed = call_routed(known, event.call_id)
         if routed is None:
             return {"ok": True, "say": "未找到您的报警。"}
-        state = await self._load(routed.incident_id)
-        if state is None:
+        history = [r.event for r in await self.store.load(incident_history(routed.incident_id))]
+        state, rung = fold(history), caller_of(history, routed.incident_id, event.call_id)
+        if state is None or rung is None:
             return {"ok": True, "say": "未找到您的报警。"}
-        return await self._answer(state.id, state.caller.phone, "cancel", key=f"voice-in:{event.call_id}:0")
+        said = self._number(event.caller)
+        if said != rung.phone:
+            raise self._mismatch("caller", "is not the number that made this call", said, rung.phone, state.id)
+        return await self._answer(state.id, rung.phone, "cancel", key=f"voice-in:{event.call_id}:0")
+
+    def _number(self, raw: str) -> str:
+        """A number from a callback as the log keeps numbers: E.164, else as given (as a call's caller)."""
+        return self.calls.caller_e164(raw) or raw
+
+    def _mismatch(self, field: str, why: str, said: str, rung: str, incident_id: str) -> NotPermitted:
+        """The refusal of a callback whose number is not the one its call rang (logged masked; the
+        caller raises it before anything is recorded)."""
+        log.warning("gateway.number_mismatch", field=field, said=mask(said), rung=mask(rung), incident_id=incident_id)
+        return NotPermitted(f"{field} {why}: nothing recorded")
 
     async def _answer(self, incident_id: str, phone: str, action: Action, *, key: str) -> dict[str, Any]:
         reason = "caller_safe" if action == "cancel" else None
@@ -181,3 +205,12 @@ class GatewayService:
             if state is not None and not state.closed and (phone in state.responders or phone == state.caller.phone):
                 found.append(state)
         return max(found, key=lambda s: s.raised_at) if found else None
+
+
+def caller_of(history: list[Event], incident_id: str, call_id: str) -> Person | None:
+    """Who made the call `call_id` into the incident: the caller that opened it, or of a repeat."""
+    calls = (e for e in history if isinstance(e, (IncidentOpened, CallRepeated)))
+    for event in calls:
+        if event.incident_id == incident_id and event.call_id == call_id:
+            return event.caller
+    return None
