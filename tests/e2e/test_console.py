@@ -7,6 +7,7 @@ the measured delays are printed at the end of the run.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -465,3 +466,100 @@ def test_the_board_catches_up_after_the_service_restarts(
         assert page.evaluate("window.__sameDocument") is True, "the board was reloaded"
     finally:
         process.kill()
+
+
+RLO = "\u202e"
+BIDI_ISOLATES = """() => {
+  const opens = new Set(["\\u2066", "\\u2067", "\\u2068"]);
+  const loose = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    if (!node.data.includes("\\u202e")) continue;
+    const el = node.parentElement;
+    if (getComputedStyle(el).unicodeBidi === "isolate") continue;
+    let depth = 0;
+    for (const ch of node.data) {
+      if (opens.has(ch)) depth += 1;
+      else if (ch === "\\u2069") depth = Math.max(0, depth - 1);
+      else if (ch === "\\u202e" && depth === 0) {
+        loose.push(`${el.tagName}.${el.className}: ${JSON.stringify(node.data.slice(0, 40))}`);
+        break;
+      }
+    }
+  }
+  return loose;
+}"""
+CHARACTER_LEFTS = """([selector, pattern]) => {
+  const root = document.querySelector(selector);
+  const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const found = new RegExp(pattern).exec(node.data);
+    if (!found) continue;
+    const lefts = [];
+    for (let i = 0; i < found[0].length; i += 1) {
+      const range = document.createRange();
+      range.setStart(node, found.index + i);
+      range.setEnd(node, found.index + i + 1);
+      lefts.push(range.getBoundingClientRect().left);
+    }
+    return [found[0], lefts];
+  }
+  return null;
+}"""
+
+
+def poisoned(view: dict[str, Any]) -> dict[str, Any]:
+    """An incident as a hostile caller, roster or note could make it: a right-to-left override, never
+    closed, at the end of every name, village, group, note and timeline text, and before the caller's
+    number."""
+    for person in [view["caller"], *view["responders"]]:
+        person["name"] = f"{person.get('name') or '无名'}{RLO}"
+    view["caller"]["phone"] = f"{RLO}{view['caller']['phone']}"
+    view["village"], view["group"] = f"{view['village']}{RLO}", f"{view['group']}{RLO}"
+    view["status_zh"], view["note"] = f"{view['status_zh']}{RLO}", f"{RLO}备注"
+    for entry in view["timeline"]:
+        entry["text"] = f"{entry['text']}{RLO}"
+    return view
+
+
+def test_a_right_to_left_override_in_a_value_turns_nothing_around_it(
+    serve: ServeProcess, http: httpx.Client, tokens: dict[str, str], contexts: Callable[..., BrowserContext]
+) -> None:
+    errors: list[str] = []
+    page = open_console(contexts(), serve, tokens["officer_east"], errors)
+
+    def poison(route: Any) -> None:
+        response = route.fetch()
+        route.fulfill(response=response, json=poisoned(response.json()))
+
+    page.route(re.compile(r".*/v1/incidents/[0-9a-f-]{36}$"), poison)
+    incident = call(http, "console-bidi-1", "13800000021")
+    alarm = card(page, incident)
+    expect(alarm).to_be_visible()
+    expect(page.locator("#banner")).to_contain_text("林秀梅")
+    expect(alarm.locator(".members")).to_contain_text("何建平")
+
+    number = page.evaluate(CHARACTER_LEFTS, ["#banner", r"\+8613800000021"])
+    assert number is not None, page.locator("#banner").inner_text()
+    digits, lefts = number
+    assert lefts == sorted(lefts) and len(set(lefts)) == len(lefts), f"the banner shows {digits} turned around"
+    meta = f"#board [data-incident='{incident}'] .meta"
+    stamp = page.evaluate(CHARACTER_LEFTS, [meta, r"\d\d:\d\d:\d\d"])
+    assert stamp is not None, page.locator(meta).inner_text()
+    time_text, lefts = stamp
+    assert lefts == sorted(lefts), f"the time {time_text} next to the caller's number is shown turned around"
+    assert page.evaluate(BIDI_ISOLATES) == [], "a value on the board is not isolated"
+
+    alarm.get_by_role("link", name="详情与时间线").click()
+    expect(page.locator("#timeline li[data-type='AlarmRaised']")).to_have_count(1)
+    stamp = page.evaluate(CHARACTER_LEFTS, [".incident.full .meta", r"\d\d:\d\d:\d\d"])
+    assert stamp is not None and stamp[1] == sorted(stamp[1]), stamp
+    resolved = http.post(
+        f"/v1/incidents/{incident}/responses",
+        json={"responder": OFFICER, "action": "resolve", "category": "dispute", "note": "已调解"},
+    )
+    assert resolved.status_code == 200, resolved.text
+    expect(page.locator(".incident.full .outcome")).to_contain_text("备注")
+    assert page.evaluate(BIDI_ISOLATES) == [], "a value on the incident page is not isolated"
+    shot(page, "bidi-incident.png")
+    assert errors == []

@@ -7,6 +7,10 @@
  * - every datum comes from the service's API with the signed-in token; the page never decides what
  *   a token may see (the server filters) and shows the server's answer to every action;
  * - data is put into the page as text nodes, never parsed as HTML;
+ * - every value from the server (numbers, names, villages, groups, notes, categories, reasons) is
+ *   shown bidi-isolated: in its own <bdi> (`val`, `phoneEl`) or, where only text can go (an option,
+ *   a message), between FSI and PDI (`iso`), so a bidi control inside one value cannot reorder the
+ *   text around it; a phone number is shown left to right without bidi controls (`phoneText`);
  * - the board is kept current by the event stream: an event for an incident refetches that
  *   incident (folded from the log), so the card always shows one consistent state; a reconnect or
  *   a `resync` reloads the whole board;
@@ -370,7 +374,7 @@ function h(tag, attrs, ...children) {
     else if (k === "dataset") Object.assign(el.dataset, v);
     else el.setAttribute(k, v === true ? "" : v);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     el.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -387,6 +391,28 @@ function s(tag, attrs, ...children) {
 
 function fill(el, ...children) {
   el.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
+}
+
+const BIDI_CONTROLS = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+
+function val(value, cls) {
+  return h("bdi", { class: cls || null, text: value === null || value === undefined ? "" : String(value) });
+}
+
+function iso(value) {
+  return `\u2068${value === null || value === undefined ? "" : value}\u2069`;
+}
+
+function phoneText(phone) {
+  return String(phone || "").replace(BIDI_CONTROLS, "");
+}
+
+function phoneEl(phone, attrs) {
+  return h("bdi", { dir: "ltr", ...(attrs || {}), text: phoneText(phone) });
+}
+
+function joined(items, sep) {
+  return items.flatMap((item, i) => (i ? [sep, item] : [item]));
 }
 
 function $(id) {
@@ -415,9 +441,16 @@ function roleName(role, zh) {
   return S.lang === "en" ? ROLE_EN[role] || role : zh || role;
 }
 
+function personText(p) {
+  const name = iso(p.name || phoneText(p.phone));
+  return S.lang === "en" ? `${name} (${iso(roleName(p.role))})` : `${name}（${iso(roleName(p.role, p.role_zh))}）`;
+}
+
 function personLabel(p) {
-  const name = p.name || p.phone;
-  return S.lang === "en" ? `${name} (${roleName(p.role)})` : `${name}（${roleName(p.role, p.role_zh)}）`;
+  const name = p.name ? val(p.name, "name") : phoneEl(p.phone, { class: "name" });
+  return S.lang === "en"
+    ? [name, " (", val(roleName(p.role), "role"), ")"]
+    : [name, "（", val(roleName(p.role, p.role_zh), "role"), "）"];
 }
 
 function statusName(d) {
@@ -426,7 +459,10 @@ function statusName(d) {
 
 function placeName(d) {
   if (!d.village) return t("unregistered");
-  return d.group ? (S.lang === "en" ? `${d.village} group ${d.group}` : `${d.village}${d.group}组`) : d.village;
+  if (!d.group) return val(d.village, "village");
+  const village = val(d.village, "village");
+  const group = val(d.group, "group");
+  return S.lang === "en" ? [village, " group ", group] : [village, group, "组"];
 }
 
 function ms(iso) {
@@ -745,7 +781,14 @@ function show(d) {
 function raiseAlert(d, repeat) {
   const banner = $("banner");
   const caller = d.caller || {};
-  const text = `${t(repeat ? "repeat_alarm" : "new_alarm")}${t("colon")}${placeName(d)} ${personLabel(caller)} ${caller.phone || ""}`;
+  const text = [
+    `${t(repeat ? "repeat_alarm" : "new_alarm")}${t("colon")}`,
+    placeName(d),
+    " ",
+    personLabel(caller),
+    " ",
+    phoneEl(caller.phone, { class: "phone" }),
+  ];
   const viewButton = h("button", {
     type: "button",
     text: t("view"),
@@ -761,7 +804,7 @@ function raiseAlert(d, repeat) {
     },
   });
   fill(banner,
-    h("span", { class: "banner-text", text }),
+    h("span", { class: "banner-text" }, text),
     viewButton,
     h("button", { type: "button", text: t("dismiss"), onclick: hideBanner }),
   );
@@ -830,7 +873,7 @@ function fillIncident(card, d) {
   card.root.classList.toggle("closed", CLOSED.has(d.status));
   card.root.classList.toggle("is-covered", Boolean(d.covered));
   const badges = [
-    h("span", { class: `badge status s-${d.status}`, text: statusName(d) }),
+    h("span", { class: `badge status s-${d.status}` }, val(statusName(d))),
     h("span", {
       class: `badge ${d.covered ? "ok" : "warn"} coverage`,
       text: d.covered ? t("covered") : t("not_covered"),
@@ -839,27 +882,26 @@ function fillIncident(card, d) {
   if (d.kind === "unregistered") badges.push(h("span", { class: "badge warn", text: t("unregistered") }));
   if (d.urgency > 1) badges.push(h("span", { class: "badge bad", text: t("urgency", { n: d.urgency }) }));
   if (d.escalation_tier > 0) badges.push(h("span", { class: "badge bad", text: t("tier", { n: d.escalation_tier }) }));
+  const label = [placeName(d), " · ", personLabel(caller)];
   const title = card.full
-    ? h("h2", { id: `h-${d.incident_id}`, class: "title" }, `${placeName(d)} · ${personLabel(caller)}`)
-    : h(
-        "h2",
-        { id: `h-${d.incident_id}`, class: "title" },
-        h("a", { href: `#/incident/${encodeURIComponent(d.incident_id)}` }, `${placeName(d)} · ${personLabel(caller)}`),
-      );
+    ? h("h2", { id: `h-${d.incident_id}`, class: "title" }, label)
+    : h("h2", { id: `h-${d.incident_id}`, class: "title" }, h("a", { href: `#/incident/${encodeURIComponent(d.incident_id)}` }, label));
   fill(card.head,
     title,
     h("div", { class: "badges" }, badges),
     h(
       "p",
       { class: "meta" },
-      h("span", {}, `${t("caller")} `, h("a", { href: `tel:${caller.phone}`, class: "phone", text: caller.phone })),
+      h("span", {}, `${t("caller")} `, h("a", { href: `tel:${phoneText(caller.phone)}`, class: "phone", dir: "ltr", text: phoneText(caller.phone) })),
       h("span", {}, ` · ${t("raised_at")} ${timeOf(d.raised_at, card.full)} `),
       h("span", { class: "ago", dataset: { since: d.raised_at } }),
     ),
   );
   if (CLOSED.has(d.status) && (d.category || d.cancel_reason)) {
     const outcome = d.category ? t(`cat_${d.category}`) : t(`reason_${d.cancel_reason}`);
-    card.head.append(h("p", { class: "outcome" }, `${t("resolution")}${t("colon")}${outcome}${d.note ? ` · ${d.note}` : ""}`));
+    card.head.append(
+      h("p", { class: "outcome" }, `${t("resolution")}${t("colon")}`, val(outcome, "category"), d.note ? [" · ", val(d.note, "note")] : null),
+    );
   }
   fill(card.deadlines,
     h("dt", { text: t("ack_deadline") }),
@@ -872,7 +914,7 @@ function fillIncident(card, d) {
   const acceptedBy = (d.responders || []).filter((r) => r.accepted_at);
   fill(card.accepted,
     h("strong", { text: `${t("accepted_by")}${t("colon")}` }),
-    acceptedBy.length ? acceptedBy.map((r) => personLabel(r)).join(t("list_sep")) : t("nobody_yet"),
+    acceptedBy.length ? joined(acceptedBy.map((r) => h("span", { class: "person" }, personLabel(r))), t("list_sep")) : t("nobody_yet"),
   );
   fill(card.members, ...(d.responders || []).map((r) => member(r)));
   updateActions(card.actions, d);
@@ -923,8 +965,8 @@ function member(r) {
   return h(
     "li",
     { class: `member st-${r.state}${mine ? " mine" : ""}`, dataset: { phone: r.phone, state: r.state } },
-    h("span", { class: "who" }, h("span", { class: "name", text: r.name || r.phone }), " ", h("span", { class: "role", text: roleName(r.role, r.role_zh) })),
-    h("a", { class: "phone", href: `tel:${r.phone}`, text: r.phone }),
+    h("span", { class: "who" }, r.name ? val(r.name, "name") : phoneEl(r.phone, { class: "name" }), " ", val(roleName(r.role, r.role_zh), "role")),
+    h("a", { class: "phone", href: `tel:${phoneText(r.phone)}`, dir: "ltr", text: phoneText(r.phone) }),
     h("span", { class: "chips" }, chips),
   );
 }
@@ -985,9 +1027,9 @@ function createActions(id) {
 }
 
 function updateActions(ui, d) {
-  const people = (d.responders || []).map((r) => ({ phone: r.phone, label: `${personLabel(r)} ${r.phone}` }));
+  const people = (d.responders || []).map((r) => ({ phone: r.phone, label: `${personText(r)} ${iso(phoneText(r.phone))}` }));
   if (d.caller && d.caller.phone && !people.some((p) => p.phone === d.caller.phone)) {
-    people.push({ phone: d.caller.phone, label: `${t("caller")} ${personLabel(d.caller)} ${d.caller.phone}` });
+    people.push({ phone: d.caller.phone, label: `${t("caller")} ${personText(d.caller)} ${iso(phoneText(d.caller.phone))}` });
   }
   const signature = S.lang + S.myPhone + people.map((p) => p.phone).join(",");
   if (signature !== ui.options) {
@@ -1088,8 +1130,8 @@ function statusZh(status, d) {
 
 function nameOf(d, phone) {
   const r = (d.responders || []).find((x) => x.phone === phone);
-  if (r) return personLabel(r);
-  return d.caller && d.caller.phone === phone ? personLabel(d.caller) : phone;
+  if (r) return personText(r);
+  return d.caller && d.caller.phone === phone ? personText(d.caller) : iso(phoneText(phone));
 }
 
 function setBusy(ui, busy) {
@@ -1118,7 +1160,7 @@ function renderBoard() {
       },
     },
     h("option", { value: "", text: t("all_villages") }),
-    S.villages.map((v) => h("option", { value: v, text: v })),
+    S.villages.map((v) => h("option", { value: v, text: iso(v) })),
   );
   villageSelect.value = S.filter;
   const myPhone = h("input", {
@@ -1149,13 +1191,13 @@ function renderBoard() {
     },
   });
   const me = S.me;
-  const scope = me.villages ? me.villages.join(t("list_sep")) || "—" : t("all_villages");
+  const scope = me.villages ? joined(me.villages.map((v) => val(v, "village")), t("list_sep")) : t("all_villages");
   const list = h("div", { id: "board", class: "board", "aria-live": "off" });
   setMain(
     h(
       "section",
       { class: "toolbar", "aria-label": t("nav_board") },
-      h("p", { class: "whoami" }, h("strong", { text: me.name }), ` · ${t(`role_${me.role}`)} · ${scope}`),
+      h("p", { class: "whoami" }, h("strong", {}, val(me.name)), ` · ${t(`role_${me.role}`)} · `, me.villages && !me.villages.length ? "—" : scope),
       h("div", { class: "field" }, h("label", { for: "filter", text: t("village_filter") }), villageSelect),
       h(
         "div",
@@ -1302,7 +1344,7 @@ function fillTimeline(d) {
         { class: `ev ev-${e.type}`, dataset: { type: e.type, seq: e.seq } },
         h("time", { datetime: e.at, text: timeOf(e.at, true) }),
         h("span", { class: "rel", text: `+${clock((ms(e.at) - start) / 1000)}` }),
-        h("span", { class: "text", text: S.lang === "en" ? describeEn(e, people) : e.text }),
+        h("bdi", { class: "text", text: S.lang === "en" ? describeEn(e, people) : e.text }),
       ),
     ),
   );
@@ -1312,14 +1354,14 @@ function describeEn(e, people) {
   const x = e.detail || {};
   const who = (phone) => {
     const p = people.get(phone);
-    return p ? `${p.name || phone} (${ROLE_EN[p.role] || p.role})` : phone;
+    return p ? `${iso(p.name || phoneText(phone))} (${iso(ROLE_EN[p.role] || p.role)})` : iso(phoneText(phone));
   };
-  const caller = x.caller ? `${x.caller.name || x.caller.phone} (${x.caller.phone})` : "";
+  const caller = x.caller ? `${iso(x.caller.name || phoneText(x.caller.phone))} (${iso(phoneText(x.caller.phone))})` : "";
   switch (e.type) {
     case "AlarmRaised":
-      return `${caller} dialed ${x.callee || "6995"}: alarm raised`;
+      return `${caller} dialed ${iso(x.callee || "6995")}: alarm raised`;
     case "UnregisteredCall":
-      return `Unregistered number ${caller} dialed ${x.callee || "6995"}: sent to the duty desk`;
+      return `Unregistered number ${caller} dialed ${iso(x.callee || "6995")}: sent to the duty desk`;
     case "CallRepeated":
       return `${caller} called again, urgency ${x.urgency}`;
     case "RespondersNotified":
@@ -1327,7 +1369,7 @@ function describeEn(e, people) {
     case "DeliverySucceeded":
       return `Delivered to ${(x.targets || []).length} people · ${x.channel}`;
     case "DeliveryFailed":
-      return `${x.channel}: ${(x.failures || []).map((f) => `${who(f.phone)} not reached (${f.reason})`).join("; ")}`;
+      return `${x.channel}: ${(x.failures || []).map((f) => `${who(f.phone)} not reached (${iso(f.reason)})`).join("; ")}`;
     case "ResponderAccepted":
       return `${who(x.phone)} accepted`;
     case "ResponderDeclined":
@@ -1337,13 +1379,13 @@ function describeEn(e, people) {
     case "IncidentCovered":
       return "Covered: the officer and the leader or assistant have accepted";
     case "IncidentEscalated":
-      return `Escalated to tier ${x.tier}: ${x.reason}`;
+      return `Escalated to tier ${x.tier}: ${iso(x.reason)}`;
     case "IncidentResolved":
-      return `${who(x.by)} resolved it (${TEXT.en[`cat_${x.category}`] || x.category})${x.note ? `: ${x.note}` : ""}`;
+      return `${who(x.by)} resolved it (${iso(TEXT.en[`cat_${x.category}`] || x.category)})${x.note ? `: ${iso(x.note)}` : ""}`;
     case "IncidentCancelled":
-      return `${who(x.by)} cancelled it (${TEXT.en[`reason_${x.reason}`] || x.reason})${x.note ? `: ${x.note}` : ""}`;
+      return `${who(x.by)} cancelled it (${iso(TEXT.en[`reason_${x.reason}`] || x.reason)})${x.note ? `: ${iso(x.note)}` : ""}`;
     default:
-      return `${e.type}: ${e.text}`;
+      return `${e.type}: ${iso(e.text)}`;
   }
 }
 
@@ -1360,13 +1402,13 @@ function renderVillages(village) {
   const picker = h(
     "select",
     { id: "village-pick", onchange: (e) => (location.hash = `#/village/${encodeURIComponent(e.target.value)}`) },
-    S.villages.map((v) => h("option", { value: v, text: v })),
+    S.villages.map((v) => h("option", { value: v, text: iso(v) })),
   );
   picker.value = chosen;
   const body = h("div", { id: "village-body" }, h("p", { class: "muted", text: t("loading") }));
   setMain(
     h("section", { class: "toolbar" }, h("div", { class: "field" }, h("label", { for: "village-pick", text: t("village_pick") }), picker)),
-    h("h2", { id: "village-title", text: t("village_title", { v: chosen }) }),
+    h("h2", { id: "village-title", text: t("village_title", { v: iso(chosen) }) }),
     body,
   );
   loadVillage(chosen, body);
