@@ -7,6 +7,11 @@ most 10 s) while HTTP still takes gateway callbacks and calls (a call is stored 
 answered; its fan-out is another replica's or the next start's), then HTTP, then the rest in
 reverse, so no handler runs without its store.
 
+The data directory (`data_dir_lock`, or `private_data_dir` with an external NATS) is its owner's
+alone: the process's umask is 077 from then on, so every file the service, its SQLite read models and
+the embedded nats-server create there is 0600 and every directory 0700, and group or other
+permissions found on what was already there are removed at start (logged `data_dir.modes_repaired`).
+
 The process's GIL switch interval is 0.5 ms (Python's default is 5 ms): the read models write
 from worker threads, and a thread running Python holds the GIL for up to the interval while the
 event loop waits with an alarm ready to ring.
@@ -19,6 +24,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,15 +79,45 @@ from dispatch.store.timers import Timers
 log = structlog.get_logger(__name__)
 
 GIL_SWITCH_INTERVAL = 0.0005
+PRIVATE_UMASK = 0o077
 
 
 class DataDirLocked(SettingsError):
     pass
 
 
+def private_data_dir(data_dir: Path) -> None:
+    """Make `data_dir` its owner's alone: this process creates files 0600 and directories 0700 from
+    now on (umask 077, which the embedded nats-server inherits), the directory exists 0700, and any
+    group or other permission left on it or under it is removed, in one log line."""
+    os.umask(PRIVATE_UMASK)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    repaired: list[str] = []
+    failed: list[str] = []
+    for directory, _, files in os.walk(data_dir):
+        for path in (Path(directory), *(Path(directory, name) for name in files)):
+            try:
+                mode = path.lstat().st_mode
+                if stat.S_ISLNK(mode) or not mode & 0o077:
+                    continue
+                path.chmod(stat.S_IMODE(mode) & ~0o077)
+                repaired.append(f"{path.relative_to(data_dir)} {stat.S_IMODE(mode):o}")
+            except OSError as exc:
+                failed.append(f"{path.relative_to(data_dir)}: {exc.strerror}")
+    if repaired or failed:
+        log.warning(
+            "data_dir.modes_repaired",
+            path=str(data_dir),
+            repaired=len(repaired),
+            was=repaired[:10],
+            not_repaired=failed[:10],
+            hint="the data directory holds phone numbers: group and other permissions removed (now 0700/0600)",
+        )
+
+
 @contextlib.contextmanager
 def data_dir_lock(data_dir: Path) -> Iterator[None]:
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_data_dir(data_dir)
     handle = (data_dir / ".lock").open("a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -157,6 +193,8 @@ class Service:
             self._lock.enter_context(data_dir_lock(st.data_dir))
             self.embedded = EmbeddedNats(st.data_dir, restart_delay=st.nats_restart_delay)
             await self.embedded.start()
+        else:
+            private_data_dir(st.data_dir)
         try:
             self.nc = await self._connect_nats()
         except NatsConnectError as exc:

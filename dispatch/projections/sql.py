@@ -3,12 +3,15 @@
 Invariants:
 - statements are written with `?` placeholders and run unchanged on both dialects (no `%` in SQL);
 - `transaction()` is all-or-nothing; a projection writes its checkpoint inside it;
+- a SQLite file this creates is 0600 (its directory, if made here, 0700) whatever the umask, and
+  SQLite gives its `-wal` and `-shm` the database file's mode: read models hold names and numbers;
 - a PostgreSQL URL may carry `?schema=NAME`: the schema is created if missing and used as the
   search path, so test runs and tenants stay apart.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -172,7 +175,8 @@ class Database:
     def connect(self) -> Connection:
         try:
             if self.dialect == "sqlite":
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.close(os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o600))  # SQLite would make it 0644
                 lite = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
                 _wal(lite)
                 lite.execute("PRAGMA synchronous=NORMAL")

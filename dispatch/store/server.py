@@ -8,6 +8,8 @@ Invariants:
 - it accepts only the user and password generated at each start (`auth`), written for local tools to
   `<data>/nats/credentials` (JSON, mode 0600) beside its config (0600) in a directory only the
   owner may enter (0700); nothing else on the machine can read or write the log through it;
+- it runs with umask 077, whoever starts it: its JetStream store (every message: names, numbers)
+  is files 0600 in directories 0700, and its log, pid and url files here are 0600 too;
 - it dies with the service (PR_SET_PDEATHSIG), and if it exits on its own while the service
   runs, the supervisor restarts it on the same port and store;
 - `url` is written to `<data>/nats/url` while it runs, so CLI commands can find it.
@@ -157,17 +159,18 @@ class EmbeddedNats:
 
     async def _spawn(self) -> None:
         binary = find_binary()
-        logfile = (self.home / "nats-server.log").open("ab")
+        logfile = os.fdopen(os.open(self.home / "nats-server.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         self._proc = subprocess.Popen(
             [binary, "-c", str(self.home / "nats-server.conf")],
             stdout=logfile,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
+            umask=0o077,
         )
         logfile.close()
-        (self.home / "pid").write_text(str(self._proc.pid))
+        write_private(self.home / "pid", str(self._proc.pid))
         await self._wait_ready()
-        (self.home / "url").write_text(self.url)
+        write_private(self.home / "url", self.url)
         log.info("nats.embedded.started", url=self.url, pid=self._proc.pid, store=str(self.home / "jetstream"))
 
     async def _wait_ready(self, timeout: float = 20.0) -> None:
