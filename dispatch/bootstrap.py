@@ -37,6 +37,7 @@ from nats.aio.client import Client as NATS
 from dispatch.api.app import ApiServices, create_app
 from dispatch.api.live import LiveHub
 from dispatch.api.security import warn_if_unsigned
+from dispatch.api.serving import descriptor_room, server_config
 from dispatch.channels.base import Channel
 from dispatch.channels.gateway import CallbackBus, GatewayClient, SmsChannel, VoiceChannel
 from dispatch.channels.robots import DingTalkChannel, WeComChannel
@@ -327,15 +328,24 @@ class Service:
                 rate_burst=st.rate_burst,
             )
         )
-        config = uvicorn.Config(
+        config = server_config(
             app,
             host=st.http_host,
             port=st.http_port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=5,
+            header_timeout=st.http_header_timeout,
+            body_timeout=st.http_body_timeout,
+            max_connections=st.http_max_connections,
+            refused=lambda reason: self.metrics.http_refused.labels(reason).inc(),
         )
+        descriptors, wanted = descriptor_room(st.http_max_connections)
+        if descriptors < wanted:
+            log.warning(
+                "settings.open_file_limit",
+                limit=descriptors,
+                wanted=wanted,
+                hint="raise the open-file limit (LimitNOFILE=, ulimit -n) or lower DISPATCH_HTTP_MAX_CONNECTIONS: "
+                "past the limit, accepting connections and ringing phones fail alike",
+            )
         self.http = _Server(config)
         self._http_task = asyncio.get_running_loop().create_task(self.http.serve())
         while not self.http.started:

@@ -76,6 +76,9 @@ class Settings:
     rate_burst: float = 500.0
     time_zone: str = DEFAULT_TIME_ZONE
     read_models: str = "here"
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    http_max_connections: int = 1000
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -116,6 +119,9 @@ class Settings:
             rate_burst=_float("RATE_BURST", 500.0),
             time_zone=_env("TIME_ZONE", DEFAULT_TIME_ZONE) or DEFAULT_TIME_ZONE,
             read_models=_env("READ_MODELS", "here") or "here",
+            http_header_timeout=_float("HTTP_HEADER_TIMEOUT", 10.0),
+            http_body_timeout=_float("HTTP_BODY_TIMEOUT", 30.0),
+            http_max_connections=_int("HTTP_MAX_CONNECTIONS", 1000),
         )
         for key, value in overrides.items():
             if value is not None:
@@ -157,6 +163,10 @@ class Settings:
             raise SettingsError("DISPATCH_STREAM_REPLICAS must be 1, 3 or 5")
         if self.log_format not in ("auto", "console", "json"):
             raise SettingsError("DISPATCH_LOG_FORMAT must be auto, console or json")
+        if not (self.http_header_timeout > 0 and self.http_body_timeout > 0):
+            raise SettingsError("DISPATCH_HTTP_HEADER_TIMEOUT and DISPATCH_HTTP_BODY_TIMEOUT must be positive seconds")
+        if self.http_max_connections < 1:
+            raise SettingsError("DISPATCH_HTTP_MAX_CONNECTIONS must be at least 1")
         if self.rate_limit < 0 or self.rate_burst < 1:
             raise SettingsError("DISPATCH_RATE_LIMIT must be 0 (off) or more, DISPATCH_RATE_BURST at least 1")
         if self.delivery_max_attempts < 1:
