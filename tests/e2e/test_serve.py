@@ -267,7 +267,9 @@ def test_bad_calls_get_clear_errors_and_nothing_is_stored(http: httpx.Client) ->
     assert extra.status_code == 400 and "surprise" in extra.json()["error"]
     naive = http.post("/v1/calls", json={"call_id": "x2", "caller": "13800000001", "at": "2026-11-24T20:00:00"})
     assert naive.status_code == 400 and "timezone" in naive.json()["error"]
-    assert http.get("/v1/incidents/does-not-exist").status_code == 404
+    malformed = http.get("/v1/incidents/does-not-exist")
+    assert malformed.status_code == 422 and "not an incident id" in malformed.json()["error"]
+    assert http.get("/v1/incidents/0190ab12-3456-7abc-8def-0123456789ab").status_code == 404
 
 
 def test_metrics_and_health(http: httpx.Client, serve: ServeProcess, imported: dict[str, int]) -> None:
