@@ -7,7 +7,7 @@ Invariants:
 - a gateway's call id is never put in a subject raw: it is hashed, so any string is safe;
 - nothing from outside reaches a subject unchecked: an incident id is a canonical UUID
   (`check_incident_id`), names are single tokens (`check_token`), and the store refuses a subject
-  with a wildcard, an empty token, whitespace or a control character (`check_subject`) — the one
+  with a wildcard, an empty token, whitespace or a control character (`check_literal`) — the one
   filter it reads, `incident_history`, has its wildcard only in the aggregate's place;
 - the call index (`dispatch.idx.call.<key>`) has its own stream, DISPATCH_INDEX: every stream is
   one fsynced write path in the server, and the index is not a fact the read models fold; older
@@ -58,7 +58,7 @@ class InvalidSubject(ValueError):
     """A subject the store was asked to write or read as one subject is a wildcard or malformed."""
 
 
-def check_subject(subject: str, *, history_filter: bool = False) -> str:
+def check_literal(subject: str, *, history_filter: bool = False) -> str:
     """Return `subject` when it names exactly one subject (or, with `history_filter`, one
     aggregate id's subjects under `dispatch.evt.*.`), else raise InvalidSubject."""
     if _SUBJECT.fullmatch(subject) or (history_filter and _HISTORY_FILTER.fullmatch(subject)):

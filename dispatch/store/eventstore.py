@@ -39,7 +39,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from dispatch.events import codec
 from dispatch.events.model import Event
-from dispatch.events.subjects import EVENTS_STREAM, aggregate_of, check_subject, stream_of
+from dispatch.events.subjects import EVENTS_STREAM, aggregate_of, check_literal, stream_of
 from dispatch.metrics import Metrics
 from dispatch.store.batch import MAX_BATCH, publish_batch, publish_one
 
@@ -125,7 +125,7 @@ class EventStore:
         if len(messages) > MAX_BATCH:
             raise ValueError(f"at most {MAX_BATCH} messages per atomic append")
         for message in messages:
-            check_subject(message.subject)
+            check_literal(message.subject)
         if self.metrics is None:
             return await self._append(messages)
         aggregate = aggregate_of(messages[0].subject)
@@ -215,7 +215,7 @@ class EventStore:
 
     async def last(self, subject: str) -> Recorded | None:
         """The subject's last message, or None when it has none."""
-        check_subject(subject)
+        check_literal(subject)
         self._require_connection()
         payload = json.dumps({"last_by_subj": subject}).encode()
         try:
@@ -235,7 +235,7 @@ class EventStore:
         """The last message of each subject that has one, in one round trip (a batched direct get
         per stream the subjects are on, sent together)."""
         for subject in subjects:
-            check_subject(subject)
+            check_literal(subject)
         self._require_connection()
         by_stream: dict[str, list[str]] = {}
         for subject in subjects:
@@ -251,7 +251,7 @@ class EventStore:
     async def load(self, subject: str, after: int = 0) -> list[Recorded]:
         """Every message of `subject` (or of one aggregate id's history filter) with a sequence
         above `after`, in order."""
-        check_subject(subject, history_filter=True)
+        check_literal(subject, history_filter=True)
         return await self._load(subject, after)
 
     async def scan(self, filter_subject: str, after: int = 0) -> list[Recorded]:

@@ -12,7 +12,7 @@ from dispatch.events.subjects import (
     InvalidSubject,
     InvalidToken,
     check_incident_id,
-    check_subject,
+    check_literal,
     check_token,
     incident_history,
 )
@@ -37,7 +37,7 @@ def test_every_id_the_service_gives_is_accepted(value: uuid.UUID) -> None:
 @given(st.text(max_size=80))
 def test_a_checked_subject_has_no_wildcard_and_no_empty_token(value: str) -> None:
     try:
-        subject = check_subject(f"dispatch.evt.x.{value}")
+        subject = check_literal(f"dispatch.evt.x.{value}")
     except InvalidSubject:
         return
     tokens = subject.split(".")
@@ -50,7 +50,7 @@ def test_a_bad_character_anywhere_in_a_token_is_refused(prefix: str, bad: str) -
     with pytest.raises(InvalidToken):
         check_token("village", prefix + bad)
     with pytest.raises(InvalidSubject):
-        check_subject(f"dispatch.evt.group.{prefix}{bad}" if bad != "." else f"dispatch.evt.group.{prefix}..1")
+        check_literal(f"dispatch.evt.group.{prefix}{bad}" if bad != "." else f"dispatch.evt.group.{prefix}..1")
 
 
 @pytest.mark.parametrize(
