@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import hmac
+import inspect
 import ipaddress
 import json
 import os
@@ -137,15 +139,59 @@ class WebhookReceiver:
             return [r for r in self.received if r.json.get("incident_id") == incident_id]
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+def _not_met(what: str, timeout: float, last: Any) -> AssertionError:
+    shown = repr(last)
+    if len(shown) > 500:
+        shown = shown[:500] + "..."
+    return AssertionError(f"{what or 'condition'} not met within {timeout}s (last value: {shown})")
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll `check` from a thread or a synchronous test until it returns something truthy; return that."""
     deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
+    while True:
         last = check()
         if last:
             return last
+        if time.monotonic() >= deadline:
+            raise _not_met(what, timeout, last)
         time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str = "", interval: float = 0.05) -> Any:
+    """Poll `check` (a plain function, or one returning an awaitable) without blocking the event loop
+    until it returns something truthy; return that value. Fails naming `what` and the last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = check()
+        if inspect.isawaitable(last):
+            last = await last
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise _not_met(what, timeout, last)
+        await asyncio.sleep(interval)
+
+
+async def handlers_idle(svc: Service, streams: tuple[str, ...] = ("DISPATCH_EVENTS", "DISPATCH_DELIVERY")) -> bool:
+    """Whether every durable consumer of `streams` has been handed every message and acknowledged it
+    (its ack floor is past the stream's last sequence), with no stream growing while we looked: the
+    handlers (fan-out, delivery, ...) have finished all they were asked so far. A positive marker to
+    wait for (`await eventually(lambda: handlers_idle(svc))`) before asserting that nothing more happened."""
+    assert svc.nc is not None
+    js = svc.nc.jetstream()
+
+    async def last_seqs() -> list[int]:
+        return [(await js.stream_info(stream)).state.last_seq for stream in streams]
+
+    before = await last_seqs()
+    for stream in streams:
+        for consumer in await js.consumers_info(stream):
+            if consumer.config.durable_name is None:
+                continue
+            if consumer.num_pending or consumer.num_ack_pending:
+                return False
+    return await last_seqs() == before
 
 
 @dataclass

@@ -21,24 +21,14 @@ import httpx
 import pytest
 
 from dispatch.store.server import free_port
+from tests.rosters import village
 from tests.support import ServeProcess, start_gateway_sim, wait_until
 
 pytestmark = pytest.mark.e2e
 
 GATEWAY_SECRET = "gateway-secret"
 DINGTALK_SECRET = "SEC-dingtalk-test-secret"
-ROSTER = """village,group,phone,role,name
-xiaoyang,1,13800000001,household,张桂兰
-xiaoyang,1,13800000002,household,李建国
-xiaoyang,1,13800000003,household,王秀英
-xiaoyang,1,13800000004,household,赵德明
-xiaoyang,1,13800000005,household,刘翠花
-xiaoyang,1,13800000006,household,陈永福
-xiaoyang,1,13800000007,household,杨淑芬
-xiaoyang,1,13800000008,leader,黄志强
-xiaoyang,1,13900000001,assistant,周丽
-xiaoyang,1,13900000009,officer,吴建军
-"""
+ROSTER = village("xiaoyang", officer="吴建军", second_group=False, duty=None)
 CALLER, BUSY, SILENT = "+8613800000001", "+8613800000003", "+8613800000005"
 LEADER, OFFICER = "+8613800000008", "+8613900000009"
 MEMBERS = [f"+86138000000{i:02d}" for i in range(1, 9)] + ["+8613900000001", OFFICER]

@@ -22,6 +22,7 @@ import pytest
 
 from dispatch.domain.signing import signed_headers
 from dispatch.store.server import free_port, running_auth, running_url
+from tests.rosters import village
 from tests.support import Received, ServeProcess, WebhookReceiver, start_gateway_sim, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -29,17 +30,18 @@ pytestmark = pytest.mark.e2e
 GATEWAY_SECRET = "gateway-outbound-secret-0001"
 SIGNING_SECRET = "gateway-inbound-signing-0001"
 WEBHOOK_SECRET = "webhook-secret-0001"
-ROSTER = """village,group,phone,role,name
-xiaoyang,1,13800000001,household,张桂兰
-xiaoyang,1,13800000002,household,李建国
-xiaoyang,1,13800000008,leader,黄志强
-xiaoyang,1,13900000001,assistant,周丽
-xiaoyang,1,13900000009,officer,吴建军
-xiaoyang,2,13811112222,household,孙大山
-xiaoyang,2,13833334444,leader,郑春生
-xiaoyang,2,13955556666,officer,钱警官
-xiaoyang,,0731-84512345,duty,城关派出所值班室
-"""
+ROSTER = village(
+    "xiaoyang",
+    officer="吴建军",
+    households=2,
+    second_group=False,
+    extra=[
+        ("xiaoyang", 2, "13811112222", "household", "孙大山"),
+        ("xiaoyang", 2, "13833334444", "leader", "郑春生"),
+        ("xiaoyang", 2, "13955556666", "officer", "钱警官"),
+    ],
+    duty=("0731-84512345", "城关派出所值班室"),
+)
 UNKNOWN = "13312345678"
 COMMAND_CENTRE = "+861062551234"
 FALLBACK_DUTY = "+861088886666"

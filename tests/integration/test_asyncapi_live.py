@@ -17,9 +17,8 @@ from nats.js.errors import NotFoundError
 from dispatch.bootstrap import Service
 from dispatch.channels.base import Transient
 from dispatch.events.subjects import DELIVERY_STREAM, EVENTS_STREAM, INDEX_STREAM, TIMERS_STREAM
-from tests.integration.test_metrics import eventually
-from tests.support import RecordingChannel, start_service
-from tests.unit.fixtures import ROSTER
+from tests.rosters import ROSTER
+from tests.support import RecordingChannel, eventually, start_service
 from tests.unit.test_asyncapi import load, resolve
 
 OFFICER, LEADER = "+8613900000009", "+8613800000008"
@@ -90,7 +89,7 @@ async def test_what_the_service_stores_is_where_the_document_says(service: tuple
         assert r.status_code == 200, r.text
         incident = (await http.post("/v1/calls", json={"call_id": "api-1", "caller": "13800000001"})).json()
         await http.post("/v1/calls", json={"call_id": "api-2", "caller": "13800000003"})
-        await eventually(lambda: _true(len(channel.sent) >= 9))
+        await eventually(lambda: len(channel.sent) >= 9)
         for responder in (OFFICER, LEADER):
             r = await http.post(
                 f"/v1/incidents/{incident['incident_id']}/responses", json={"responder": responder, "action": "accept"}
@@ -126,7 +125,3 @@ async def test_what_the_service_stores_is_where_the_document_says(service: tuple
                 assert header in (msg.headers or {}), f"{msg.subject}: no {header} header"
             kinds.add(channel_id)
         assert expected <= kinds, f"{stream}: {kinds}"
-
-
-async def _true(value: bool) -> bool:
-    return value

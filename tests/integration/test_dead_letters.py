@@ -22,17 +22,8 @@ from dispatch.events.subjects import DEAD_LETTER_STREAM, incident_subject
 from dispatch.settings import Settings
 from dispatch.store.provision import dead_letter_stream, ensure_stream
 from dispatch.store.server import free_port
-from tests.support import RecordingChannel
-from tests.unit.fixtures import ROSTER
-
-
-async def eventually(check: Any, timeout: float = 15.0, what: str = "condition not met") -> Any:
-    for _ in range(int(timeout / 0.05)):
-        value = await check() if asyncio.iscoroutinefunction(check) else check()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(what)
+from tests.rosters import ROSTER
+from tests.support import RecordingChannel, eventually
 
 
 @pytest.fixture

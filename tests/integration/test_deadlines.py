@@ -15,8 +15,8 @@ from nats.js.errors import NotFoundError
 from dispatch.bootstrap import Service
 from dispatch.events.subjects import TIMERS_STREAM, schedule_subject, timer_fired_subject
 from dispatch.store.eventstore import StoreUnavailable
+from tests.rosters import ROSTER
 from tests.support import RecordingChannel, service_client, start_service
-from tests.unit.fixtures import ROSTER
 
 OFFICER, LEADER = "+8613900000009", "+8613800000008"
 

@@ -10,7 +10,7 @@ import httpx
 from dispatch.bootstrap import Service
 from dispatch.settings import Settings
 from dispatch.store.server import free_port
-from tests.unit.fixtures import ROSTER
+from tests.rosters import ROSTER
 
 GROUP_THREE = """village,group,phone,role,name
 dongshan,3,13700000001,household,钱一

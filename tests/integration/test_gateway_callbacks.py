@@ -20,8 +20,8 @@ from dispatch.bootstrap import Service
 from dispatch.channels.gateway import call_ref
 from dispatch.events.model import IncidentCancelled, ResponderAccepted
 from dispatch.events.subjects import incident_subject
+from tests.rosters import ROSTER
 from tests.support import RecordingChannel, service_client, start_service
-from tests.unit.fixtures import ROSTER
 
 CALLER, MEMBER, LEADER, OFFICER = "+8613800000001", "+8613800000002", "+8613800000008", "+8613900000009"
 

@@ -22,8 +22,8 @@ from dispatch.events.model import AlarmRaised, CallRepeated
 from dispatch.events.subjects import call_subject, incident_subject
 from dispatch.settings import Settings
 from dispatch.store.server import free_port
+from tests.rosters import ROSTER
 from tests.support import RecordingChannel
-from tests.unit.fixtures import ROSTER
 
 SIGNING_SECRET = "signing-secret-for-the-gateway-0001"
 

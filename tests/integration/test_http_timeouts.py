@@ -27,8 +27,8 @@ from dispatch.api.serving import MAX_HEADER_BYTES, server_config
 from dispatch.bootstrap import Service
 from dispatch.settings import Settings, SettingsError
 from dispatch.store.server import free_port
+from tests.rosters import ROSTER
 from tests.support import RecordingChannel, service_client, start_service
-from tests.unit.fixtures import ROSTER
 
 TIMEOUT = 0.5
 """The header and body deadlines in these tests (the defaults are 10 s and 30 s)."""

@@ -30,8 +30,9 @@ from dispatch.projections.sql import Database
 from dispatch.store.eventstore import AppendConflict, EventStore, Outgoing
 from dispatch.store.provision import provision
 from dispatch.store.server import find_binary
-from tests.support import RecordingChannel, service_client, start_service
-from tests.unit.fixtures import ROSTER, at
+from tests.rosters import ROSTER
+from tests.support import RecordingChannel, eventually, service_client, start_service
+from tests.unit.fixtures import at
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 PHONE = re.compile(r"\d{7,}")
@@ -89,18 +90,6 @@ async def scrape(svc: Service, *, refresh: bool = False) -> Samples:
     return samples
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 15.0) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: Any = None
-    while loop.time() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
-
-
 async def test_an_alarm_from_call_to_resolution_feeds_every_metric(make_service: ServiceFactory) -> None:
     channel = RecordingChannel()
     svc = await make_service(channel)
@@ -123,7 +112,7 @@ async def test_an_alarm_from_call_to_resolution_feeds_every_metric(make_service:
     async with service_client(svc) as http:
         answer = (await http.post("/v1/calls", json={"call_id": "m-1", "caller": "13800000001"})).json()
         incident = answer["incident_id"]
-        await eventually(lambda: _ready(lambda: len(channel.for_incident(incident)) >= 9))
+        await eventually(lambda: len(channel.for_incident(incident)) >= 9)
         raised = await eventually(lambda: _when(svc, lambda s: value(s, "dispatch_incidents_open") == 1))
         assert value(raised, "dispatch_calls_total", channel="voice", status="raised") == 1
         assert value(raised, "dispatch_alarms_raised_total", village="dongshan", kind="alarm") == 1
@@ -234,7 +223,7 @@ async def test_nats_lost_shows_in_connection_state_readiness_and_refused_calls(m
     assert svc.embedded is not None
     await svc.embedded.stop()
     assert svc.nc is not None
-    await eventually(lambda: _ready(lambda: not svc.nc.is_connected))  # type: ignore[union-attr]
+    await eventually(lambda: not svc.nc.is_connected)  # type: ignore[union-attr]
     async with service_client(svc) as http:
         r = await http.post("/v1/calls", json={"call_id": "n-1", "caller": "13800000001"})
         assert r.status_code == 503
@@ -339,10 +328,10 @@ async def test_projection_lag_grows_while_the_read_model_is_stuck_and_drains_aft
                     for i in range(chunk, chunk + 100)
                 )
             )
-        await eventually(lambda: _ready(lambda: runner.lag() == 1500))
+        await eventually(lambda: runner.lag() == 1500)
         await asyncio.sleep(0.5)
         assert runner.lag() == 1500, "lag must count what is stuck, not what was pending at the last batch"
-    await eventually(lambda: _ready(lambda: runner.lag() == 0), timeout=30)
+    await eventually(lambda: runner.lag() == 0, timeout=30)
     await runner.stop()
 
 
@@ -390,10 +379,6 @@ def _version(samples: Samples) -> str:
         if name == "dispatch_build_info":
             return dict(labels)["version"]
     raise AssertionError("no dispatch_build_info")
-
-
-async def _ready(check: Callable[[], bool]) -> bool:
-    return check()
 
 
 async def _when(svc: Service, check: Callable[[Samples], bool]) -> Samples | None:

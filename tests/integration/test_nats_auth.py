@@ -27,8 +27,8 @@ from dispatch.bootstrap import Service
 from dispatch.settings import Settings, SettingsError
 from dispatch.store.connect import NatsAuth, NatsConnectError, connect
 from dispatch.store.server import EmbeddedNats, find_binary, free_port, running_auth
+from tests.rosters import ROSTER
 from tests.support import Pki, RecordingChannel, make_pki, wait_until
-from tests.unit.fixtures import ROSTER
 
 PASSWORD = "s3cret-pa55word-for-tests"
 

@@ -23,8 +23,8 @@ from dispatch.events.model import CallRouted
 from dispatch.events.subjects import EVENTS_STREAM, INDEX_STREAM, call_subject, legacy_call_subject
 from dispatch.handlers.calls import CallRequest, CallService
 from dispatch.store.eventstore import Outgoing
-from tests.support import RecordingChannel, start_service
-from tests.unit.fixtures import ROSTER
+from tests.rosters import ROSTER
+from tests.support import RecordingChannel, eventually, start_service
 
 GROUP_ONE = [f"+86138000000{i:02d}" for i in range(1, 9)] + ["+8613900000001", "+8613900000009"]
 
@@ -53,15 +53,6 @@ async def service(tmp_path: Path, channel: RecordingChannel) -> AsyncIterator[Se
 async def http(service: Service) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=service.settings.base_url, timeout=30, headers=auth(service)) as client:
         yield client
-
-
-async def eventually(check, timeout: float = 15.0):  # type: ignore[no-untyped-def]
-    for _ in range(int(timeout / 0.05)):
-        value = await check() if asyncio.iscoroutinefunction(check) else check()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met")
 
 
 async def test_members_calling_at_once_make_one_incident(http: httpx.AsyncClient, channel: RecordingChannel) -> None:

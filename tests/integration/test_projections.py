@@ -3,11 +3,10 @@ several writers, live equals replay, the roster fold, versions that take over, l
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import random
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 
@@ -66,7 +65,9 @@ from dispatch.reports.response_times import response_times
 from dispatch.store.eventstore import EventStore, Outgoing, Recorded
 from dispatch.store.provision import provision
 from tests import history
-from tests.unit.fixtures import ROSTER, at, directory_with
+from tests.rosters import ROSTER
+from tests.support import eventually
+from tests.unit.fixtures import at, directory_with
 
 OFFICER, LEADER = "+8613900000009", "+8613800000008"
 
@@ -485,7 +486,7 @@ async def test_a_new_version_builds_beside_the_old_one_and_takes_over_when_caugh
 
     gate.set()
     await new.wait_for(await store.stream_last_seq(), timeout=20)
-    await wait_until_async(lambda: new.active)
+    await eventually(lambda: new.active, timeout=20)
     assert state_of(conn, "counts_v2") == "active" and state_of(conn, "counts_v1") == "retired"
     assert active_version(conn, "counts") == "counts_v2"
     assert indexes_named(conn, "counts_v2") == {"counts_v2_n"}, "indexed as it took over"
@@ -515,7 +516,7 @@ async def test_incidents_v2_retires_the_tables_of_version_1(nc: NATS, database: 
     await provision(nc)
     runner = ProjectionRunner(nc, database, IncidentsProjection(), retired_grace=0)
     await runner.start()
-    await wait_until_async(lambda: runner.active)
+    await eventually(lambda: runner.active, timeout=20)
     await runner.stop()
     assert state_of(conn, "incidents_v1") is None, "dropped once retired (no grace here)"
     assert tables_named(conn, "incident") == {INCIDENTS, RESPONDERS}
@@ -530,7 +531,7 @@ async def test_lag_is_what_the_projection_has_not_applied_yet(nc: NATS, database
     runner = GatedRunner(nc, database, Counts(1), linger=0.01)
     runner.gate = gate
     await runner.start()
-    await wait_until_async(lambda: runner._received == last)
+    await eventually(lambda: runner._received == last, timeout=20)
     assert runner.lag() == last, "everything received, nothing applied"
     gate.set()
     await runner.wait_for(last, timeout=20)
@@ -538,19 +539,11 @@ async def test_lag_is_what_the_projection_has_not_applied_yet(nc: NATS, database
     gate.clear()
     more = incident_events(1)[:3]
     last = await append_all(store, more, "lag2")
-    await wait_until_async(lambda: runner.lag() == 3)
+    await eventually(lambda: runner.lag() == 3, timeout=20)
     gate.set()
     await runner.wait_for(last, timeout=20)
     assert runner.lag() == 0
     await runner.stop()
-
-
-async def wait_until_async(check: Callable[[], object], timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def test_roster_batches_fold_like_the_directory_however_they_are_cut(database: Database) -> None:

@@ -18,8 +18,8 @@ from dispatch.projections import queries
 from dispatch.projections.incidents import INCIDENTS
 from dispatch.projections.sql import Connection, Database
 from dispatch.settings import Settings, SettingsError
+from tests.rosters import ROSTER
 from tests.support import RecordingChannel, start_service
-from tests.unit.fixtures import ROSTER
 
 CALLER = "+8613800000001"
 

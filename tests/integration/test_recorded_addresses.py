@@ -4,8 +4,7 @@ that target was reached and rings it no second time."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import msgspec
@@ -17,8 +16,8 @@ from dispatch.channels.webhook import WebhookChannel
 from dispatch.domain.incident import IncidentState
 from dispatch.events.model import IncidentOpened
 from dispatch.store.eventstore import Recorded
-from tests.support import Received, WebhookReceiver, service_client, start_service
-from tests.unit.fixtures import ROSTER
+from tests.rosters import ROSTER
+from tests.support import WebhookReceiver, eventually, service_client, start_service
 
 SECRET = "k3y-0f-the-village-robot-7d1c"
 
@@ -57,7 +56,11 @@ async def test_a_url_secret_is_sent_never_recorded_and_a_redelivery_rings_nobody
         r = await http.post("/v1/calls", json={"call_id": "secret-1", "caller": "13800000001"})
         assert r.status_code == 202, r.text
         incident_id = r.json()["incident_id"]
-        hooks = await eventually(lambda: receiver.for_incident(incident_id), 9)
+        hooks = await eventually(
+            lambda: len(receiver.for_incident(incident_id)) >= 9 and receiver.for_incident(incident_id),
+            timeout=20,
+            what="9 webhooks",
+        )
         assert all(h.path == f"/hook?key={SECRET}" for h in hooks), "the secret is still sent"
 
         state, history = await recorded(service, incident_id)
@@ -72,18 +75,12 @@ async def test_a_url_secret_is_sent_never_recorded_and_a_redelivery_rings_nobody
     assert len(receiver.for_incident(incident_id)) == len(hooks)
 
 
-async def eventually(get: Callable[[], list[Received]], count: int) -> list[Received]:
-    for _ in range(400):
-        if len(found := get()) >= count:
-            return found
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"fewer than {count} webhooks arrived")
-
-
 async def recorded(service: Service, incident_id: str) -> tuple[IncidentState, list[Recorded]]:
-    for _ in range(400):
+    async def with_outcome() -> tuple[IncidentState, list[Recorded]] | None:
         state, history = await service.reader.load(incident_id)
-        if any(channel == "webhook" for _, channel, _ in state.outcomes):
-            return state, history
-        await asyncio.sleep(0.05)
-    raise AssertionError("no webhook outcome recorded")
+        return (state, history) if any(channel == "webhook" for _, channel, _ in state.outcomes) else None
+
+    found: tuple[IncidentState, list[Recorded]] = await eventually(
+        with_outcome, timeout=20, what="a webhook outcome recorded"
+    )
+    return found

@@ -17,22 +17,10 @@ from dispatch.projections.incidents import INCIDENTS
 from dispatch.settings import Settings
 from dispatch.store.server import free_port
 from tests.integration.test_reports import ROSTER
+from tests.support import eventually
 
 OFFICER, LEADER1 = "13900000009", "13800000008"
 INJECTION = '=HYPERLINK("http://evil.example";"x")'
-
-
-async def until_true(check: Any, timeout: float = 20.0) -> Any:
-    import asyncio
-
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not true within {timeout}s: {value!r}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -64,7 +52,7 @@ async def api(tmp_path: Path) -> AsyncIterator[tuple[Service, httpx.AsyncClient,
             report = (await admin.get("/v1/reports/history")).json()
             return report.get("total") == 3 and report["rows"][-1]["status"] == "resolved"
 
-        await until_true(projected)
+        await eventually(projected, timeout=20, what="the three calls in the history report")
         yield svc, admin, officer
         await officer.aclose()
     finally:
@@ -175,7 +163,7 @@ async def test_a_village_time_zone_shows_in_its_reports(
         row: dict[str, Any] = (await officer.get("/v1/reports/history")).json()["rows"][0]
         return row if row["time_zone"] == "Asia/Kathmandu" else None
 
-    after = await until_true(shifted)
+    after = await eventually(shifted, timeout=20)
     assert after["raised_at"].endswith("+05:45") and after["incident_id"] == before["incident_id"]
     table = (await officer.get("/v1/villages/dongshan")).json()
     assert table["time_zone"] == "Asia/Kathmandu" and table["overrides"]["time_zone"] == "Asia/Kathmandu"
@@ -191,4 +179,4 @@ async def test_projection_lag_is_exported_per_projection(
         text = (await admin.get("/metrics")).text
         return all(f'dispatch_projection_lag_events{{projection="{r.name}"}} 0.0' in text for r in svc.runners)
 
-    await until_true(caught_up)
+    await eventually(caught_up, timeout=20)

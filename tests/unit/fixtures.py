@@ -1,4 +1,5 @@
-"""Shared builders for unit tests: a demo-like village roster and a directory holding it."""
+"""Shared builders for unit tests: a clock, and a directory holding a roster (the demo-like village
+of `tests.rosters` unless told otherwise)."""
 
 from __future__ import annotations
 
@@ -6,25 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 from dispatch.domain.directory import Directory
 from dispatch.domain.roster import parse_roster, plan_import
+from tests.rosters import ROSTER
 
 T0 = datetime(2026, 11, 24, 20, 0, tzinfo=UTC)
 
-ROSTER = """village,group,phone,role,name
-dongshan,1,13800000001,household,张桂兰
-dongshan,1,13800000002,household,李建国
-dongshan,1,13800000003,household,王秀英
-dongshan,1,13800000004,household,赵德明
-dongshan,1,13800000005,household,刘翠花
-dongshan,1,13800000006,household,陈永福
-dongshan,1,13800000007,household,杨淑芬
-dongshan,1,13800000008,leader,黄志强
-dongshan,1,13900000001,assistant,周丽
-dongshan,1,13900000009,officer,吴警官
-dongshan,2,13800000011,household,孙大山
-dongshan,2,13800000018,leader,郑春生
-dongshan,2,13900000009,officer,吴警官
-dongshan,,073184512345,duty,城关派出所值班室
-"""
+__all__ = ["ROSTER", "T0", "at", "directory_with"]
 
 
 def at(seconds: float = 0) -> datetime:
