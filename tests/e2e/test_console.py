@@ -17,6 +17,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
+from tests.rosters import village
 from tests.support import ServeProcess, WebhookReceiver, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -36,59 +37,41 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 SECRET = "console-webhook-secret"
-ROSTER = """village,group,phone,role,name
-东山村,1,13800000001,household,张桂兰
-东山村,1,13800000002,household,李建国
-东山村,1,13800000003,household,王秀英
-东山村,1,13800000008,leader,黄志强
-东山村,1,13900000001,assistant,周丽
-东山村,1,13900000009,officer,吴建军
-东山村,2,13800000011,household,孙大山
-东山村,2,13800000018,leader,郑春生
-东山村,2,13900000009,officer,吴建军
-东山村,3,13800000021,household,林秀梅
-东山村,3,13800000028,leader,何建平
-东山村,3,13900000009,officer,吴建军
-东山村,4,13800000031,household,罗小云
-东山村,4,13800000038,leader,谢德胜
-东山村,4,13900000009,officer,吴建军
-西河村,1,13700000001,household,钱秀兰
-西河村,1,13700000008,leader,冯志明
-西河村,1,13600000009,officer,陈国栋
-东山村,,0731-84512345,duty,城关派出所值班室
-"""
+EAST, WEST = "东山村", "西河村"
+ROSTER = village(
+    EAST,
+    officer="吴建军",
+    households=3,
+    extra=[
+        (EAST, 3, "13800000021", "household", "林秀梅"),
+        (EAST, 3, "13800000028", "leader", "何建平"),
+        (EAST, 3, "13900000009", "officer", "吴建军"),
+        (EAST, 4, "13800000031", "household", "罗小云"),
+        (EAST, 4, "13800000038", "leader", "谢德胜"),
+        (EAST, 4, "13900000009", "officer", "吴建军"),
+        (WEST, 1, "13700000001", "household", "钱秀兰"),
+        (WEST, 1, "13700000008", "leader", "冯志明"),
+        (WEST, 1, "13600000009", "officer", "陈国栋"),
+    ],
+    duty=("0731-84512345", "城关派出所值班室"),
+)
 OFFICER, LEADER = "+8613900000009", "+8613800000008"
 
 expect.set_options(timeout=15_000)
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[WebhookReceiver]:
-    hook = WebhookReceiver().start()
-    yield hook
-    hook.stop()
+def serve_env(module_receiver: WebhookReceiver) -> dict[str, str]:
+    return {"DISPATCH_WEBHOOK_URLS": module_receiver.url, "DISPATCH_WEBHOOK_SECRET": SECRET}
 
 
 @pytest.fixture(scope="module")
-def serve(tmp_path_factory: pytest.TempPathFactory, receiver: WebhookReceiver) -> Iterator[ServeProcess]:
-    process = ServeProcess(
-        tmp_path_factory.mktemp("console") / "data",
-        {"DISPATCH_WEBHOOK_URLS": receiver.url, "DISPATCH_WEBHOOK_SECRET": SECRET},
-    ).start()
-    yield process
-    process.kill()
+def roster() -> str:
+    return ROSTER
 
 
 @pytest.fixture(scope="module")
-def http(serve: ServeProcess) -> Iterator[httpx.Client]:
-    with serve.client() as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def tokens(http: httpx.Client) -> dict[str, str]:
-    imported = http.post("/v1/groups/import", content=ROSTER.encode(), headers={"Content-Type": "text/csv"})
-    assert imported.status_code == 200, imported.text
+def tokens(http: httpx.Client, imported: dict[str, int]) -> dict[str, str]:
     issued = {"admin": str(http.headers["Authorization"]).removeprefix("Bearer ")}
     for name, body in {
         "officer_east": {"name": "吴建军", "role": "officer", "villages": ["东山村"]},

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -23,13 +22,6 @@ hedong,1,13900000009,officer,民警
 hedong,,073184512345,duty,河东派出所
 """
 OFFICER, ASSISTANT, DUTY = "+8613900000009", "+8613900000001", "+8673184512345"
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    hook = WebhookReceiver().start()
-    yield hook
-    hook.stop()
 
 
 def start(data: Path, receiver: WebhookReceiver, ack: float, escalate: float) -> ServeProcess:

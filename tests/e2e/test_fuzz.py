@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -54,19 +53,20 @@ def checks_for(case: Any) -> list[Any]:
 
 
 @pytest.fixture(scope="module")
-def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    process = ServeProcess(tmp_path_factory.mktemp("fuzz") / "data", {"DISPATCH_RATE_LIMIT": "0"}).start()
-    yield process
-    process.kill()
+def serve_env() -> dict[str, str]:
+    return {"DISPATCH_RATE_LIMIT": "0"}
 
 
-def test_schemathesis_finds_no_server_error_and_no_undeclared_answer(serve: ServeProcess) -> None:
-    with serve.client() as http:
-        assert (
-            http.post("/v1/groups/import", content=ROSTER.encode(), headers={"Content-Type": "text/csv"}).status_code
-            == 200
-        )
-        fuzzer = http.post("/v1/tokens", json={"name": "fuzzer", "role": "admin"}).json()["token"]
+@pytest.fixture(scope="module")
+def roster() -> str:
+    return ROSTER
+
+
+def test_schemathesis_finds_no_server_error_and_no_undeclared_answer(
+    serve: ServeProcess, http: httpx.Client, imported: dict[str, int]
+) -> None:
+    assert imported["groups_formed"] == 1
+    fuzzer = http.post("/v1/tokens", json={"name": "fuzzer", "role": "admin"}).json()["token"]
     auth = {"Authorization": f"Bearer {fuzzer}"}
     schema = schemathesis.openapi.from_url(f"{serve.url}/schema")
     session = httpx.Client()
@@ -106,6 +106,6 @@ def test_schemathesis_finds_no_server_error_and_no_undeclared_answer(serve: Serv
         f"\nschemathesis: {len(operations)} operations, {requests} requests in {elapsed:.1f} s, {len(failures)} failing"
     )
     assert failures == [], "\n\n".join(failures)
-    with httpx.Client(base_url=serve.url, headers=auth, timeout=30) as http:
-        assert http.get("/readyz").json()["ready"], "the service did not survive the fuzzing"
+    with httpx.Client(base_url=serve.url, headers=auth, timeout=30) as fuzzer_http:
+        assert fuzzer_http.get("/readyz").json()["ready"], "the service did not survive the fuzzing"
     assert "Traceback" not in serve.logs(), serve.logs()[-3000:]

@@ -9,7 +9,6 @@ every village's timeline; `DELETE /v1/tokens/*` answered 200."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -64,25 +63,28 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    serve = ServeProcess(tmp_path_factory.mktemp("hostile-ids") / "data", {"DISPATCH_RATE_LIMIT": "0"}).start()
-    try:
-        with serve.client() as http:
-            r = http.post("/v1/groups/import", content=ROSTER.encode(), headers={"Content-Type": "text/csv"})
-            assert r.status_code == 200, r.text
-            officer = http.post("/v1/tokens", json={"name": "甲村民警", "role": "officer", "villages": ["甲村"]})
-            assert officer.status_code == 201, officer.text
-            a = http.post("/v1/calls", json={"call_id": "hostile-a", "caller": "13800000001", "callee": "6995"})
-            assert a.status_code == 202, a.text
-            incidents = []
-            for i, caller in enumerate(("13700000011", "13500000099")):
-                r = http.post("/v1/calls", json={"call_id": f"hostile-{i}", "caller": caller, "callee": "6995"})
-                assert r.status_code == 202, r.text
-                incidents.append(r.json()["incident_id"])
-            wait_until(lambda: len(http.get("/v1/incidents").json()["incidents"]) == 3)
-        yield World(serve, {"Authorization": f"Bearer {officer.json()['token']}"}, serve.headers, incidents)
-    finally:
-        serve.kill()
+def serve_env() -> dict[str, str]:
+    return {"DISPATCH_RATE_LIMIT": "0"}
+
+
+@pytest.fixture(scope="module")
+def roster() -> str:
+    return ROSTER
+
+
+@pytest.fixture(scope="module")
+def world(serve: ServeProcess, http: httpx.Client, imported: dict[str, int]) -> World:
+    officer = http.post("/v1/tokens", json={"name": "甲村民警", "role": "officer", "villages": ["甲村"]})
+    assert officer.status_code == 201, officer.text
+    a = http.post("/v1/calls", json={"call_id": "hostile-a", "caller": "13800000001", "callee": "6995"})
+    assert a.status_code == 202, a.text
+    incidents = []
+    for i, caller in enumerate(("13700000011", "13500000099")):
+        r = http.post("/v1/calls", json={"call_id": f"hostile-{i}", "caller": caller, "callee": "6995"})
+        assert r.status_code == 202, r.text
+        incidents.append(r.json()["incident_id"])
+    wait_until(lambda: len(http.get("/v1/incidents").json()["incidents"]) == 3)
+    return World(serve, {"Authorization": f"Bearer {officer.json()['token']}"}, serve.headers, incidents)
 
 
 def _requests(value: str) -> list[tuple[str, str, dict[str, object] | None]]:

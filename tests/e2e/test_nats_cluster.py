@@ -123,13 +123,6 @@ def cluster(tmp_path: Path) -> Iterator[OpsCluster]:
         nodes.stop()
 
 
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    hook = WebhookReceiver().start()
-    yield hook
-    hook.stop()
-
-
 async def stream_infos(urls: list[str]) -> dict[str, dict[str, object]]:
     nc = await nats.connect(urls, connect_timeout=2)
     try:

@@ -9,7 +9,6 @@ import os
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -35,13 +34,6 @@ def roster(groups: int, village: str = "storm") -> str:
 
 def caller(group: int) -> str:
     return str(13000000000 + group * 100 + 9)
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    hook = WebhookReceiver().start()
-    yield hook
-    hook.stop()
 
 
 def webhook_env(receiver: WebhookReceiver, **extra: str) -> dict[str, str]:

@@ -37,23 +37,12 @@ LEADER, OFFICER = str(13000000000), str(13000000001)
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[WebhookReceiver]:
-    hook = WebhookReceiver().start()
-    yield hook
-    hook.stop()
+def serve_env(module_receiver: WebhookReceiver) -> dict[str, str]:
+    return webhook_env(module_receiver)
 
 
 @pytest.fixture(scope="module")
-def serve(tmp_path_factory: pytest.TempPathFactory, receiver: WebhookReceiver) -> Iterator[ServeProcess]:
-    process = ServeProcess(tmp_path_factory.mktemp("prom") / "data", webhook_env(receiver)).start()
-    try:
-        yield process
-    finally:
-        process.kill()
-
-
-@pytest.fixture(scope="module")
-def traffic(serve: ServeProcess, receiver: WebhookReceiver) -> str:
+def traffic(serve: ServeProcess, module_receiver: WebhookReceiver) -> str:
     """A roster, an alarm rung to nine phones, accepted by officer and leader (covered), arrival."""
     with serve.client() as http:
         r = http.post("/v1/groups/import", content=roster(1).encode(), headers={"Content-Type": "text/csv"})
@@ -61,7 +50,7 @@ def traffic(serve: ServeProcess, receiver: WebhookReceiver) -> str:
         r = http.post("/v1/calls", json={"call_id": "prom-1", "caller": caller(0)})
         assert r.status_code == 202, r.text
         incident = str(r.json()["incident_id"])
-        wait_until(lambda: len(receiver.for_incident(incident)) >= 9)
+        wait_until(lambda: len(module_receiver.for_incident(incident)) >= 9)
         for phone, action in ((OFFICER, "accept"), (LEADER, "accept"), (OFFICER, "arrived")):
             r = http.post(f"/v1/incidents/{incident}/responses", json={"responder": phone, "action": action})
             assert r.status_code == 200, r.text
@@ -138,7 +127,7 @@ def scalar(prometheus: str, expr: str) -> float | None:
 
 
 def test_prometheus_scrapes_the_service_with_the_shipped_config(
-    prometheus: str, serve: ServeProcess, receiver: WebhookReceiver, traffic: str
+    prometheus: str, serve: ServeProcess, module_receiver: WebhookReceiver, traffic: str
 ) -> None:
     started = time.monotonic()
     wait_until(lambda: (scalar(prometheus, "sum(dispatch_alarms_raised_total)") or 0) >= 1, timeout=30)
@@ -147,8 +136,8 @@ def test_prometheus_scrapes_the_service_with_the_shipped_config(
     # nine members alerted, and the caller texted twice (first accept, covered): what the receiver got
     wait_until(
         lambda: (
-            scalar(prometheus, 'sum(dispatch_deliveries_total{outcome="delivered"})') == len(receiver.received)
-            and len(receiver.received) == 11
+            scalar(prometheus, 'sum(dispatch_deliveries_total{outcome="delivered"})') == len(module_receiver.received)
+            and len(module_receiver.received) == 11
         ),
         timeout=10,
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,13 +15,6 @@ from tests.e2e.test_outages import caller, delivered_pairs, roster, webhook_env
 from tests.support import NatsCluster, ServeProcess, WebhookReceiver, wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    hook = WebhookReceiver().start()
-    yield hook
-    hook.stop()
 
 
 def fanned_out(serve: ServeProcess) -> int:

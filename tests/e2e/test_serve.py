@@ -7,12 +7,12 @@ import re
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.rosters import village
 from tests.support import ServeProcess, WebhookReceiver, pid_alive, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -20,60 +20,24 @@ pytestmark = pytest.mark.e2e
 SECRET = "e2e-webhook-secret"
 DUTY = "+8673184512345"
 FALLBACK_DUTY = "+861062551234"
-ROSTER = """village,group,phone,role,name
-xiaoyang,1,13800000001,household,张桂兰
-xiaoyang,1,13800000002,household,李建国
-xiaoyang,1,13800000003,household,王秀英
-xiaoyang,1,13800000004,household,赵德明
-xiaoyang,1,13800000005,household,刘翠花
-xiaoyang,1,13800000006,household,陈永福
-xiaoyang,1,13800000007,household,杨淑芬
-xiaoyang,1,13800000008,leader,黄志强
-xiaoyang,1,13900000001,assistant,周丽
-xiaoyang,1,13900000009,officer,吴建军
-xiaoyang,2,13800000011,household,孙大山
-xiaoyang,2,13800000018,leader,郑春生
-xiaoyang,2,13900000009,officer,吴建军
-xiaoyang,,0731-84512345,duty,城关派出所值班室
-"""
+ROSTER = village("xiaoyang", officer="吴建军", duty=("0731-84512345", "城关派出所值班室"))
 CALLER = "+8613800000001"
 GROUP_ONE = {f"+86138000000{i:02d}" for i in range(1, 9)} | {"+8613900000001", "+8613900000009"}
 OFFICER, LEADER = "+8613900000009", "+8613800000008"
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[WebhookReceiver]:
-    hook = WebhookReceiver().start()
-    yield hook
-    hook.stop()
+def serve_env(module_receiver: WebhookReceiver) -> dict[str, str]:
+    return {
+        "DISPATCH_WEBHOOK_URLS": module_receiver.url,
+        "DISPATCH_WEBHOOK_SECRET": SECRET,
+        "DISPATCH_DUTY_DESK": FALLBACK_DUTY,
+    }
 
 
 @pytest.fixture(scope="module")
-def serve(tmp_path_factory: pytest.TempPathFactory, receiver: WebhookReceiver) -> Iterator[ServeProcess]:
-    process = ServeProcess(
-        tmp_path_factory.mktemp("serve") / "data",
-        {
-            "DISPATCH_WEBHOOK_URLS": receiver.url,
-            "DISPATCH_WEBHOOK_SECRET": SECRET,
-            "DISPATCH_DUTY_DESK": FALLBACK_DUTY,
-        },
-    ).start()
-    yield process
-    process.kill()
-
-
-@pytest.fixture(scope="module")
-def http(serve: ServeProcess) -> Iterator[httpx.Client]:
-    with serve.client() as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def imported(http: httpx.Client) -> dict[str, int]:
-    response = http.post("/v1/groups/import", content=ROSTER.encode(), headers={"Content-Type": "text/csv"})
-    assert response.status_code == 200, response.text
-    summary: dict[str, int] = response.json()["summary"]
-    return summary
+def roster() -> str:
+    return ROSTER
 
 
 def test_roster_import_and_reimport(http: httpx.Client, imported: dict[str, int]) -> None:
@@ -124,14 +88,16 @@ def test_the_cli_imports_the_same_file(tmp_path: Path, serve: ServeProcess, impo
 
 
 def test_one_call_alerts_the_other_nine_once_and_answers_cover_it(
-    http: httpx.Client, receiver: WebhookReceiver, imported: dict[str, int]
+    http: httpx.Client, module_receiver: WebhookReceiver, imported: dict[str, int]
 ) -> None:
     response = http.post("/v1/calls", json={"call_id": "gw-0001", "caller": "138 0000 0001", "callee": "6995"})
     assert response.status_code == 202
     incident = response.json()["incident_id"]
     assert response.json()["status"] == "raised"
 
-    hooks = wait_until(lambda: len(receiver.for_incident(incident)) >= 9 and receiver.for_incident(incident))
+    hooks = wait_until(
+        lambda: len(module_receiver.for_incident(incident)) >= 9 and module_receiver.for_incident(incident)
+    )
     recipients = Counter(h.json["recipient"]["phone"] for h in hooks)
     print(f"\nwebhooks received for the alarm: {len(hooks)}; recipients: {len(recipients)}")
     assert set(recipients) == GROUP_ONE - {CALLER}
@@ -221,16 +187,16 @@ def test_one_call_alerts_the_other_nine_once_and_answers_cover_it(
     assert 0 < measures["time_to_first_accept"]["p50"] <= measures["time_to_covered"]["p50"]
     assert measures["time_to_covered"]["p50"] <= measures["time_to_resolve"]["p50"] < 60
 
-    wait_until(lambda: len(receiver.for_incident(incident)) >= 11)
-    kinds = Counter(h.json["type"] for h in receiver.for_incident(incident))
+    wait_until(lambda: len(module_receiver.for_incident(incident)) >= 11)
+    kinds = Counter(h.json["type"] for h in module_receiver.for_incident(incident))
     assert kinds == {"alarm": 9, "caller_update": 2}, f"the repeated call id notified someone twice: {kinds}"
-    updates = [h.json for h in receiver.for_incident(incident) if h.json["type"] == "caller_update"]
+    updates = [h.json for h in module_receiver.for_incident(incident) if h.json["type"] == "caller_update"]
     assert all(u["recipient"]["phone"] == CALLER for u in updates)
     assert any("吴建军（社区民警）已接警" in str(u["message"]) for u in updates)
 
 
 def test_a_second_call_from_the_group_is_merged_while_open(
-    http: httpx.Client, receiver: WebhookReceiver, imported: dict[str, int]
+    http: httpx.Client, module_receiver: WebhookReceiver, imported: dict[str, int]
 ) -> None:
     first = http.post("/v1/calls", json={"call_id": "gw-merge-1", "caller": "13800000002"}).json()
     second = http.post("/v1/calls", json={"call_id": "gw-merge-2", "caller": "13800000003"}).json()
@@ -247,12 +213,12 @@ def test_a_second_call_from_the_group_is_merged_while_open(
 
 
 def test_an_unknown_number_reaches_the_duty_desk(
-    http: httpx.Client, receiver: WebhookReceiver, imported: dict[str, int]
+    http: httpx.Client, module_receiver: WebhookReceiver, imported: dict[str, int]
 ) -> None:
     response = http.post("/v1/calls", json={"call_id": "gw-unknown", "caller": "13111112222"})
     assert response.status_code == 202 and response.json()["status"] == "unregistered"
     incident = response.json()["incident_id"]
-    hooks = wait_until(lambda: receiver.for_incident(incident))
+    hooks = wait_until(lambda: module_receiver.for_incident(incident))
     assert [h.json["recipient"]["phone"] for h in hooks] == [FALLBACK_DUTY]
     assert hooks[0].json["type"] == "unregistered" and "未登记号码" in hooks[0].json["message"]
     withheld = http.post("/v1/calls", json={"call_id": "gw-anon", "caller": "anonymous"})
