@@ -56,6 +56,11 @@ def village(
     return csv(rows)
 
 
+def combined(*rosters: str) -> str:
+    """One roster file holding the rows of several."""
+    return HEADER + "".join(text.removeprefix(HEADER) for text in rosters)
+
+
 def numbered_groups(name: str, groups: Iterable[int], *, households: int = 7) -> str:
     """Groups shaped like the demo's group 1 in village `name`, each with numbers of its own:
     group g's members are 1370{g:03d}{i:04d} (households i = 1.., leader 8, assistant 9) and its

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -13,6 +16,7 @@ import httpx
 import msgspec
 import nats
 import pytest
+import pytest_asyncio
 from nats.js.errors import NotFoundError
 
 from dispatch.bootstrap import Service
@@ -23,39 +27,104 @@ from dispatch.events.model import CallRouted
 from dispatch.events.subjects import EVENTS_STREAM, INDEX_STREAM, call_subject, legacy_call_subject
 from dispatch.handlers.calls import CallRequest, CallService
 from dispatch.store.eventstore import Outgoing
-from tests.rosters import ROSTER
-from tests.support import RecordingChannel, eventually, start_service
+from tests.rosters import ROSTER, combined, group_officer, group_phone, numbered_groups
+from tests.support import RecordingChannel, eventually, handlers_idle, start_service
+
+# Every test runs in the module's event loop: most share one service (`service`, `http`, `channel`),
+# each calling from the demo roster's groups 1 and 2 (one test each) or from a `group` of its own, so
+# that no call merges into another test's incident; a test that stops NATS or the service, or replaces
+# a part of it for good, has a service of its own (`own`).
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 GROUP_ONE = [f"+86138000000{i:02d}" for i in range(1, 9)] + ["+8613900000001", "+8613900000009"]
+SHARED_GROUPS = 12
+SHARED_ROSTER = combined(ROSTER, numbered_groups("pipeline", range(1, SHARED_GROUPS + 1)))
+SETTINGS = {"delivery_backoff_base": 0.05, "delivery_max_attempts": 3}
 
 
 def auth(service: Service) -> dict[str, str]:
     return {"Authorization": f"Bearer {service.admin_token}"}
 
 
-@pytest.fixture
-async def channel() -> RecordingChannel:
-    return RecordingChannel()
+@dataclass(frozen=True)
+class Group:
+    """A group of the shared roster's village `pipeline` that no other test calls from: households
+    1-7, leader 8, assistant 9 (`phone(member)`, `e164(member)`) and an officer of its own."""
+
+    number: int
+
+    def phone(self, member: int) -> str:
+        return group_phone(self.number, member)
+
+    def e164(self, member: int) -> str:
+        return "+86" + self.phone(member)
+
+    @property
+    def officer(self) -> str:
+        return "+86" + group_officer(self.number)
+
+
+_unused_groups = itertools.count(1)
 
 
 @pytest.fixture
-async def service(tmp_path: Path, channel: RecordingChannel) -> AsyncIterator[Service]:
-    svc = await start_service(
-        tmp_path / "data", channel, roster=ROSTER, delivery_backoff_base=0.05, delivery_max_attempts=3
-    )
+def group() -> Group:
+    number = next(_unused_groups)
+    assert number <= SHARED_GROUPS, "add groups to SHARED_ROSTER"
+    return Group(number)
+
+
+other_group = group
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[Service, RecordingChannel]]:
+    channel = RecordingChannel()
+    svc = await start_service(tmp_path_factory.mktemp("pipeline") / "data", channel, roster=SHARED_ROSTER, **SETTINGS)
     try:
-        yield svc
+        yield svc, channel
     finally:
         await svc.stop()
 
 
 @pytest.fixture
+def service(shared: tuple[Service, RecordingChannel]) -> Service:
+    return shared[0]
+
+
+@pytest.fixture
+def channel(shared: tuple[Service, RecordingChannel]) -> RecordingChannel:
+    return shared[1]
+
+
+@pytest_asyncio.fixture(loop_scope="module")
 async def http(service: Service) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=service.settings.base_url, timeout=30, headers=auth(service)) as client:
         yield client
 
 
-async def test_members_calling_at_once_make_one_incident(http: httpx.AsyncClient, channel: RecordingChannel) -> None:
+@dataclass
+class Own:
+    service: Service
+    channel: RecordingChannel
+    http: httpx.AsyncClient
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def own(tmp_path: Path) -> AsyncIterator[Own]:
+    """A service of the test's own, with the demo roster."""
+    channel = RecordingChannel()
+    svc = await start_service(tmp_path / "data", channel, roster=ROSTER, **SETTINGS)
+    try:
+        async with httpx.AsyncClient(base_url=svc.settings.base_url, timeout=30, headers=auth(svc)) as client:
+            yield Own(svc, channel, client)
+    finally:
+        await svc.stop()
+
+
+async def test_members_calling_at_once_make_one_incident(
+    service: Service, http: httpx.AsyncClient, channel: RecordingChannel
+) -> None:
     single_group = GROUP_ONE[:-1]
     officer = GROUP_ONE[-1]
     calls = [
@@ -75,13 +144,13 @@ async def test_members_calling_at_once_make_one_incident(http: httpx.AsyncClient
     view = (await http.get(f"/v1/incidents/{incident}")).json()
     assert view["urgency"] == 9
     await eventually(lambda: len(channel.for_incident(incident)) >= 9)
-    await asyncio.sleep(0.5)
+    await eventually(lambda: handlers_idle(service), what="fan-out and delivery done with every repeat")
     rung = Counter(t.recipient.phone for t in channel.for_incident(incident))
     assert len(rung) == 9 and max(rung.values()) == 1, "repeats within 30 s re-alerted someone"
 
 
 async def test_one_call_id_retried_concurrently_raises_one_incident(
-    http: httpx.AsyncClient, channel: RecordingChannel
+    service: Service, http: httpx.AsyncClient, channel: RecordingChannel
 ) -> None:
     answers = [
         r.json()
@@ -93,17 +162,18 @@ async def test_one_call_id_retried_concurrently_raises_one_incident(
     assert sum(not a["duplicate"] for a in answers) == 1
     incident = answers[0]["incident_id"]
     await eventually(lambda: channel.for_incident(incident))
-    await asyncio.sleep(0.3)
+    await eventually(lambda: handlers_idle(service), what="fan-out and delivery done with every retry")
     assert sorted(t.recipient.phone for t in channel.for_incident(incident)) == ["+8613800000018", "+8613900000009"]
 
 
 async def test_transient_failures_retry_and_permanent_ones_do_not(
-    http: httpx.AsyncClient, channel: RecordingChannel
+    http: httpx.AsyncClient, channel: RecordingChannel, group: Group
 ) -> None:
-    channel.plan["+8613800000002"] = [Transient("HTTP 503"), Transient("timeout")]
-    channel.plan["+8613800000003"] = [Permanent("HTTP 404")]
-    channel.plan["+8613800000004"] = [Transient("HTTP 503")] * 5
-    incident = (await http.post("/v1/calls", json={"call_id": "retry-1", "caller": "13800000001"})).json()[
+    two, three, four = group.e164(2), group.e164(3), group.e164(4)
+    channel.plan[two] = [Transient("HTTP 503"), Transient("timeout")]
+    channel.plan[three] = [Permanent("HTTP 404")]
+    channel.plan[four] = [Transient("HTTP 503")] * 5
+    incident = (await http.post("/v1/calls", json={"call_id": "retry-1", "caller": group.phone(1)})).json()[
         "incident_id"
     ]
 
@@ -120,33 +190,33 @@ async def test_transient_failures_retry_and_permanent_ones_do_not(
     by_phone = {r["phone"]: r for r in view["responders"]}
     attempts = Counter(t.recipient.phone for t in channel.for_incident(incident))
     print(f"\nattempts per recipient: {dict(attempts)}")
-    assert "test" in by_phone["+8613800000002"]["delivered"] and attempts["+8613800000002"] == 3
-    assert by_phone["+8613800000003"]["failed"] == {"test/+8613800000003": "permanent"}
-    assert attempts["+8613800000003"] == 1
-    assert by_phone["+8613800000004"]["failed"] == {"test/+8613800000004": "exhausted"}
-    assert attempts["+8613800000004"] == 3
-    keys = {t.key for t in channel.for_incident(incident) if t.recipient.phone == "+8613800000002"}
+    assert "test" in by_phone[two]["delivered"] and attempts[two] == 3
+    assert by_phone[three]["failed"] == {f"test/{three}": "permanent"}
+    assert attempts[three] == 1
+    assert by_phone[four]["failed"] == {f"test/{four}": "exhausted"}
+    assert attempts[four] == 3
+    keys = {t.key for t in channel.for_incident(incident) if t.recipient.phone == two}
     assert len(keys) == 1, "a retry changed the idempotency key"
     failed = [e for e in view["timeline"] if e["type"] == "DeliveryFailed"]
     kinds = sorted((f["phone"], f["kind"]) for e in failed for f in e["detail"]["failures"])
-    assert kinds == [("+8613800000003", "permanent"), ("+8613800000004", "exhausted")]
+    assert kinds == [(three, "permanent"), (four, "exhausted")]
     first = [e for e in view["timeline"] if e["type"].startswith("Delivery") and e["detail"]["attempt"] == 1]
     assert first and all(e["detail"]["handed_at"] for e in first), "a first attempt's outcome is its notice"
     assert all(not e["detail"]["handed_at"] for e in view["timeline"] if e["detail"].get("attempt", 1) > 1)
     [notice] = [e for e in view["timeline"] if e["type"] == "RespondersNotified"]
-    assert sorted(notice["detail"]["phones"]) == ["+8613800000002", "+8613800000004"], (
+    assert sorted(notice["detail"]["phones"]) == [two, four], (
         "only the targets the first attempt left to a retry get a notice of their own"
     )
     assert all("test" in r["notified"] for r in view["responders"] if r["recipient"])
 
 
 async def test_retries_stop_for_who_answered_and_once_the_incident_is_closed(
-    http: httpx.AsyncClient, channel: RecordingChannel
+    http: httpx.AsyncClient, channel: RecordingChannel, group: Group
 ) -> None:
-    officer, household = "+8613900000009", "+8613800000004"
+    officer, household = group.officer, group.e164(4)
     channel.plan[officer] = [Transient("busy", retry_after=1.0)]
     channel.plan[household] = [Transient("busy", retry_after=1.0)] * 2
-    incident = (await http.post("/v1/calls", json={"call_id": "withdraw-1", "caller": "13800000001"})).json()[
+    incident = (await http.post("/v1/calls", json={"call_id": "withdraw-1", "caller": group.phone(1)})).json()[
         "incident_id"
     ]
     await eventually(lambda: {t.recipient.phone for t in channel.for_incident(incident)} >= {officer, household})
@@ -154,7 +224,7 @@ async def test_retries_stop_for_who_answered_and_once_the_incident_is_closed(
     assert accepted.status_code == 200, accepted.text
     await eventually(lambda: [t for t in channel.for_incident(incident) if t.recipient.phone == household][1:])
     cancelled = await http.post(
-        f"/v1/incidents/{incident}/responses", json={"responder": "13800000001", "action": "cancel"}
+        f"/v1/incidents/{incident}/responses", json={"responder": group.phone(1), "action": "cancel"}
     )
     assert cancelled.status_code == 200, cancelled.text
 
@@ -174,7 +244,7 @@ async def test_retries_stop_for_who_answered_and_once_the_incident_is_closed(
         found = await withdrawn()
         return found if len(found) == 2 else None
 
-    assert await eventually(both) == [(household, "incident closed"), (officer, "answered")]
+    assert await eventually(both) == sorted([(household, "incident closed"), (officer, "answered")])
     rung = Counter(
         (target.recipient.phone, job.kind)
         for _, job, target, _ in channel.sent
@@ -189,11 +259,10 @@ async def test_retries_stop_for_who_answered_and_once_the_incident_is_closed(
     assert rung[(officer, "cancelled")] == rung[(household, "cancelled")] == 1, "everyone alerted is told"
 
 
-async def test_a_retry_rings_when_the_incident_cannot_be_read(
-    service: Service, http: httpx.AsyncClient, channel: RecordingChannel
-) -> None:
+async def test_a_retry_rings_when_the_incident_cannot_be_read(own: Own) -> None:
     from dispatch.store.eventstore import StoreUnavailable
 
+    service, http, channel = own.service, own.http, own.channel
     officer = "+8613900000009"
     channel.plan[officer] = [Transient("busy", retry_after=0.5)]
 
@@ -211,7 +280,7 @@ async def test_a_retry_rings_when_the_incident_cannot_be_read(
     assert len(rung) == 1, "the retry was not rung although the incident could not be read"
 
 
-async def test_calls_over_nats_ingress_and_dead_letters(service: Service, channel: RecordingChannel) -> None:
+async def test_calls_over_nats_ingress_and_dead_letters(service: Service, group: Group) -> None:
     nc = await nats.connect(service.nats_urls, **service.nats_auth.connect_kwargs())
     try:
         dead: list[nats.aio.msg.Msg] = []
@@ -246,7 +315,7 @@ async def test_calls_over_nats_ingress_and_dead_letters(service: Service, channe
             (
                 await nc.request(
                     "dispatch.ingress.call",
-                    json.dumps({"call_id": "nats-2", "caller": "13800000002"}).encode(),
+                    json.dumps({"call_id": "nats-2", "caller": group.phone(2)}).encode(),
                     timeout=10,
                 )
             ).data
@@ -256,7 +325,8 @@ async def test_calls_over_nats_ingress_and_dead_letters(service: Service, channe
         await nc.close()
 
 
-async def test_nats_down_means_503_never_202(service: Service, http: httpx.AsyncClient) -> None:
+async def test_nats_down_means_503_never_202(own: Own) -> None:
+    service, http = own.service, own.http
     assert service.embedded is not None
     await service.embedded.stop()
     await eventually(lambda: not service.nc.is_connected)  # type: ignore[union-attr]
@@ -268,9 +338,9 @@ async def test_nats_down_means_503_never_202(service: Service, http: httpx.Async
     assert (await http.get("/healthz")).status_code == 200
 
 
-async def test_a_hung_database_makes_readiness_false_with_one_ping_not_one_per_probe(service: Service) -> None:
-    import threading
-
+async def test_a_hung_database_makes_readiness_false_with_one_ping_not_one_per_probe(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
     release = threading.Event()
     pings: list[int] = []
 
@@ -279,7 +349,7 @@ async def test_a_hung_database_makes_readiness_false_with_one_ping_not_one_per_p
         release.wait(30)
         return True
 
-    service.db.ping = hung_ping  # type: ignore[method-assign]
+    monkeypatch.setattr(service.db, "ping", hung_ping)
     try:
         answers = await asyncio.gather(*(service.readiness() for _ in range(5)))
         again = await service.readiness()
@@ -287,11 +357,16 @@ async def test_a_hung_database_makes_readiness_false_with_one_ping_not_one_per_p
         release.set()
     assert [a["database"] for a in answers] == [False] * 5 and again["database"] is False
     assert len(pings) == 1, "every probe started a ping of its own"
-    await asyncio.sleep(0.1)
-    assert (await service.readiness())["database"] is True
+
+    async def database_ready() -> bool:
+        return bool((await service.readiness())["database"])
+
+    assert await eventually(database_ready, timeout=5, what="readiness once the hung ping returned")
 
 
-async def test_calls_over_nats_ingress_are_answered_concurrently(service: Service) -> None:
+async def test_calls_over_nats_ingress_are_answered_concurrently(
+    service: Service, group: Group, other_group: Group
+) -> None:
     """Two calls in flight at once over NATS: each is held until both have started, so calls
     answered one after another would never finish."""
     original = service.calls.call
@@ -313,7 +388,7 @@ async def test_calls_over_nats_ingress_are_answered_concurrently(service: Servic
                 nc.request(
                     "dispatch.ingress.call", json.dumps({"call_id": f"held-{i}", "caller": phone}).encode(), timeout=10
                 )
-                for i, phone in enumerate(["13800000001", "13800000011"])
+                for i, phone in enumerate([group.phone(1), other_group.phone(1)])
             )
         )
     finally:
@@ -325,7 +400,7 @@ async def test_calls_over_nats_ingress_are_answered_concurrently(service: Servic
     assert sorted(started) == ["held-0", "held-1"]
 
 
-async def test_a_call_that_fails_unexpectedly_over_nats_is_answered_retry(service: Service) -> None:
+async def test_a_call_that_fails_unexpectedly_over_nats_is_answered_retry(service: Service, group: Group) -> None:
     original = service.calls.call
 
     async def broken(req):  # type: ignore[no-untyped-def]
@@ -334,7 +409,7 @@ async def test_a_call_that_fails_unexpectedly_over_nats_is_answered_retry(servic
     service.calls.call = broken  # type: ignore[method-assign]
     nc = await nats.connect(service.nats_urls, **service.nats_auth.connect_kwargs())
     try:
-        body = json.dumps({"call_id": "broken-1", "caller": "13800000001"}).encode()
+        body = json.dumps({"call_id": "broken-1", "caller": group.phone(1)}).encode()
         failed = json.loads((await nc.request("dispatch.ingress.call", body, timeout=10)).data)
         service.calls.call = original  # type: ignore[method-assign]
         retried = json.loads((await nc.request("dispatch.ingress.call", body, timeout=10)).data)
@@ -345,7 +420,8 @@ async def test_a_call_that_fails_unexpectedly_over_nats_is_answered_retry(servic
     assert retried["status"] == "raised" and retried["duplicate"] is False
 
 
-async def test_a_call_in_flight_over_nats_when_the_service_stops_is_still_answered(service: Service) -> None:
+async def test_a_call_in_flight_over_nats_when_the_service_stops_is_still_answered(own: Own) -> None:
+    service = own.service
     original = service.calls.call
     entered, release = asyncio.Event(), asyncio.Event()
 
@@ -361,7 +437,18 @@ async def test_a_call_in_flight_over_nats_when_the_service_stops_is_still_answer
         request = asyncio.create_task(nc.request("dispatch.ingress.call", body, timeout=10))
         await asyncio.wait_for(entered.wait(), 5)
         stopping = asyncio.create_task(service.stop())
-        await asyncio.sleep(0.3)
+
+        async def ingress_closed() -> bool:
+            try:
+                await nc.request("dispatch.ingress.call", b"{}", timeout=0.5)
+            except nats.errors.NoRespondersError:
+                return True
+            except nats.errors.TimeoutError:
+                pass
+            return False
+
+        await eventually(ingress_closed, timeout=10, what="the stopping service no longer taking calls")
+        assert not request.done(), "the call was answered before the service stopped taking calls"
         release.set()
         answer = json.loads((await request).data)
         await stopping
@@ -371,8 +458,9 @@ async def test_a_call_in_flight_over_nats_when_the_service_stops_is_still_answer
 
 
 async def test_a_call_that_opens_an_incident_reads_the_log_once_and_a_stale_epoch_guess_still_routes_right(
-    service: Service, http: httpx.AsyncClient
+    own: Own,
 ) -> None:
+    service, http = own.service, own.http
     store = service.calls.store
     reads: list[str] = []
     last_of, load = store.last_of, store.load
@@ -413,12 +501,12 @@ async def test_a_call_that_opens_an_incident_reads_the_log_once_and_a_stale_epoc
 
 
 async def test_the_call_index_is_off_the_log_and_an_index_from_before_still_answers_a_retry(
-    service: Service, http: httpx.AsyncClient
+    service: Service, http: httpx.AsyncClient, group: Group
 ) -> None:
     """A call's index entry goes to DISPATCH_INDEX, not the log; a deployment before it wrote the
     entry in the log (`dispatch.evt.call.<key>`), and a call retried across the upgrade, whose
     incident has closed since, still gets its first answer instead of opening a new incident."""
-    answer = (await http.post("/v1/calls", json={"call_id": "idx-1", "caller": "13800000001"})).json()
+    answer = (await http.post("/v1/calls", json={"call_id": "idx-1", "caller": group.phone(1)})).json()
     js = service.nc.jetstream()
     indexed = await js.get_last_msg(INDEX_STREAM, call_subject("idx-1"))
     assert msgspec.json.decode(indexed.data)["incident_id"] == answer["incident_id"]
@@ -427,43 +515,51 @@ async def test_the_call_index_is_off_the_log_and_an_index_from_before_still_answ
 
     before = CallRouted(at=utcnow(), call_id="idx-old", incident_id="closed-long-ago", status="raised")
     await service.store.append([Outgoing(legacy_call_subject("idx-old"), before, "call:legacy:idx-old:routed")])
-    retried = (await http.post("/v1/calls", json={"call_id": "idx-old", "caller": "13800000002"})).json()
+    retried = (await http.post("/v1/calls", json={"call_id": "idx-old", "caller": group.phone(2)})).json()
     assert retried == {"incident_id": "closed-long-ago", "status": "raised", "duplicate": True}
 
 
 async def test_with_the_call_index_unwritable_alone_the_alarm_rings_and_the_retry_is_answered_once(
-    service: Service, http: httpx.AsyncClient, channel: RecordingChannel
+    service: Service, http: httpx.AsyncClient, channel: RecordingChannel, group: Group
 ) -> None:
     """DISPATCH_INDEX takes no writes (its subjects moved away) while the log does: the call's
     incident is raised and rung, the gateway is told to retry (503), and the retry, once the index
     is back, gets the same incident and rings nobody again; the index entry is written then."""
+    members = {group.e164(i) for i in range(1, 10)} | {group.officer}
+
+    def sent_to_group() -> list[str]:
+        return [job.incident_id for _, job, target, _ in channel.sent if target.recipient.phone in members]
+
     js = service.nc.jetstream()
     config = (await js.stream_info(INDEX_STREAM)).config
     subjects = list(config.subjects or [])
     config.subjects = ["dispatch.parked-index.>"]
     await js.update_stream(config)
     try:
-        first = await http.post("/v1/calls", json={"call_id": "idx-down-1", "caller": "13800000001"})
+        first = await http.post("/v1/calls", json={"call_id": "idx-down-1", "caller": group.phone(1)})
         assert first.status_code == 503 and first.headers["retry-after"], first.text
-        rung = await eventually(lambda: {job.incident_id for _, job, _, _ in channel.sent})
+        rung = await eventually(lambda: set(sent_to_group()))
         assert len(rung) == 1, "the alarm rang although its call could not be indexed"
     finally:
         config.subjects = subjects
         await js.update_stream(config)
-    sent = len(channel.sent)
-    retried = await http.post("/v1/calls", json={"call_id": "idx-down-1", "caller": "13800000001"})
+    await eventually(lambda: handlers_idle(service), what="the alarm's fan-out and deliveries done")
+    sent = len(sent_to_group())
+    assert sent == 9
+    retried = await http.post("/v1/calls", json={"call_id": "idx-down-1", "caller": group.phone(1)})
     assert retried.status_code == 202, retried.text
     assert retried.json()["incident_id"] in rung
     indexed = await js.get_last_msg(INDEX_STREAM, call_subject("idx-down-1"))
     assert msgspec.json.decode(indexed.data)["incident_id"] in rung
-    await asyncio.sleep(0.5)
-    assert len(channel.sent) == sent, "the retry alerted nobody twice"
+    await eventually(lambda: handlers_idle(service), what="fan-out and delivery done with the retry")
+    assert len(sent_to_group()) == sent, "the retry alerted nobody twice"
 
 
 class SilentThenAnswering(asyncio.Protocol):
-    """A webhook receiver on loopback: while `hang` is set it reads requests and never answers."""
+    """A webhook receiver on loopback: while `hang` is set it reads requests (`heard`) and never answers."""
 
     hang: ClassVar[bool] = True
+    heard: ClassVar[list[dict[str, object]]] = []
     bodies: ClassVar[list[dict[str, object]]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -483,7 +579,9 @@ class SilentThenAnswering(asyncio.Protocol):
             if len(rest) < length:
                 return
             self.buffer = rest[length:]
-            if not SilentThenAnswering.hang:
+            if SilentThenAnswering.hang:
+                SilentThenAnswering.heard.append(json.loads(rest[:length]))
+            else:
                 SilentThenAnswering.bodies.append(json.loads(rest[:length]))
                 self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
 
@@ -494,7 +592,7 @@ async def test_a_receiver_silent_past_the_timeout_delays_its_alarm_and_never_sto
     loop = asyncio.get_running_loop()
     server = await loop.create_server(SilentThenAnswering, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    SilentThenAnswering.hang, SilentThenAnswering.bodies = True, []
+    SilentThenAnswering.hang, SilentThenAnswering.heard, SilentThenAnswering.bodies = True, [], []
     webhook = WebhookChannel([f"http://127.0.0.1:{port}/hook"], "test-secret", timeout=0.3)
     svc = await start_service(
         tmp_path / "data", webhook, roster=ROSTER, delivery_backoff_base=0.05, delivery_max_attempts=5
@@ -502,7 +600,16 @@ async def test_a_receiver_silent_past_the_timeout_delays_its_alarm_and_never_sto
     try:
         async with httpx.AsyncClient(base_url=svc.settings.base_url, timeout=30, headers=auth(svc)) as http:
             first = (await http.post("/v1/calls", json={"call_id": "silent-1", "caller": "13800000001"})).json()
-            await asyncio.sleep(0.8)
+
+            def sent_again_after_a_timeout() -> bool:
+                heard = Counter(
+                    str(body["recipient"]["phone"])  # type: ignore[index]
+                    for body in SilentThenAnswering.heard
+                    if body["incident_id"] == first["incident_id"]
+                )
+                return len(heard) == 9 and min(heard.values()) >= 2
+
+            await eventually(sent_again_after_a_timeout, what="every send of the first alarm timed out and sent again")
             SilentThenAnswering.hang = False
             second = (await http.post("/v1/calls", json={"call_id": "silent-2", "caller": "13800000011"})).json()
 
