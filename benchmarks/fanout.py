@@ -34,7 +34,7 @@ from common import Result, Waiters, caller_of, closed_loop, pct, roster, run_bas
 from dispatch.bootstrap import Service
 from dispatch.channels.base import Delivered, DeliveryJob, Outcome, Target
 from dispatch.events.model import Person
-from dispatch.handlers.calls import CallRequest
+from dispatch.handlers.messages import CallRequest
 from dispatch.settings import Settings
 from dispatch.store.server import free_port
 

@@ -40,7 +40,7 @@ from dispatch.events.model import (
     TokenRevoked,
     VillageEvent,
 )
-from dispatch.handlers.calls import CallRequest, CallResult
+from dispatch.handlers.messages import CallRequest, CallResult
 from dispatch.metrics import running_version
 from dispatch.store.provision import FANOUT, TIMERS_CONSUMER
 from dispatch.store.timers import TimerDue

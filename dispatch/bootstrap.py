@@ -38,22 +38,27 @@ from dispatch.api.app import ApiServices, create_app
 from dispatch.api.live import LiveHub
 from dispatch.api.security import warn_if_unsigned
 from dispatch.api.serving import descriptor_room, server_config
-from dispatch.channels.base import Channel
+from dispatch.channels.base import Channel, DeliveryJob
 from dispatch.channels.gateway import CallbackBus, GatewayClient, SmsChannel, VoiceChannel
 from dispatch.channels.robots import DingTalkChannel, WeComChannel
 from dispatch.channels.webhook import WebhookChannel
-from dispatch.domain.incident import IncidentState, parse_quorum
+from dispatch.domain.incident import parse_quorum
+from dispatch.events.model import DeliveryFailed
 from dispatch.gauges import GaugeRefresher
+from dispatch.handlers.aggregates import Incidents
+from dispatch.handlers.bus import MessageBus
 from dispatch.handlers.calls import CallService
 from dispatch.handlers.delivery import DeliveryWorker
 from dispatch.handlers.escalation import EscalationService
 from dispatch.handlers.fanout import FanOut
-from dispatch.handlers.gateway import GatewayService
+from dispatch.handlers.gateway import GatewayCallbacks
 from dispatch.handlers.groups import GroupService
+from dispatch.handlers.messages import Answer, CallRequest, Trigger
 from dispatch.handlers.pool import TaskPool
-from dispatch.handlers.responses import IncidentReader, ResponseService
+from dispatch.handlers.responses import ResponseService
 from dispatch.handlers.subscribers import build_broker
 from dispatch.handlers.tokens import TokenService
+from dispatch.handlers.uow import UnitOfWork
 from dispatch.metrics import Metrics
 from dispatch.projections.directory import LiveDirectory
 from dispatch.projections.incidents import IncidentsProjection
@@ -75,12 +80,29 @@ from dispatch.store.eventstore import EventStore
 from dispatch.store.jobs import JobQueue
 from dispatch.store.provision import provision
 from dispatch.store.server import EmbeddedNats
-from dispatch.store.timers import Timers
+from dispatch.store.timers import TimerDue, Timers
 
 log = structlog.get_logger(__name__)
 
 GIL_SWITCH_INTERVAL = 0.0005
 PRIVATE_UMASK = 0o077
+
+
+def register_handlers(
+    bus: MessageBus,
+    calls: CallService,
+    responses: ResponseService,
+    fanout: FanOut,
+    delivery: DeliveryWorker,
+    escalation: EscalationService,
+) -> None:
+    """The one table of who handles what: commands to their handler, stored events to reactions."""
+    bus.register(CallRequest, calls.call)
+    bus.register(Answer, responses.answer)
+    bus.register(Trigger, fanout.on_trigger)
+    bus.register(DeliveryJob, delivery.handle)
+    bus.register(TimerDue, escalation.on_timer)
+    bus.subscribe(DeliveryFailed, escalation.on_delivery_failed)
 
 
 class DataDirLocked(SettingsError):
@@ -213,7 +235,9 @@ class Service:
         await self.directory.start()
         self.tokens = LiveTokens(self.nc)
         await self.tokens.start()
-        self.token_service = TokenService(self.store, region=st.region)
+        self.uow = UnitOfWork(self.store)
+        self.bus = MessageBus()
+        self.token_service = TokenService(self.uow, region=st.region)
         await self._bootstrap_admin()
         self.metrics.directory_numbers.set_function(lambda: self.directory.directory.counts()[1])
 
@@ -228,9 +252,9 @@ class Service:
             await asyncio.to_thread(self._read_side_schema, projections)
 
         quorum = parse_quorum(st.quorum)
-        self.reader = IncidentReader(self.store)
+        self.incidents = Incidents(self.store)
         self.calls = CallService(
-            self.store,
+            self.uow,
             self.directory.directory,
             quorum=quorum,
             fallback_duty=st.fallback_duty(),
@@ -239,45 +263,41 @@ class Service:
             region=st.region,
         )
         self.groups = GroupService(self.store, self.directory, region=st.region)
-        self.responses = ResponseService(self.store, self.metrics, region=st.region)
+        self.responses = ResponseService(self.uow, self.metrics, region=st.region)
         self.delivery = DeliveryWorker(
             self.store,
             JobQueue(self.nc),
             {c.name: c for c in self.channels},
             metrics=self.metrics,
+            bus=self.bus,
             max_attempts=st.delivery_max_attempts,
             backoff_base=st.delivery_backoff_base,
             backoff_max=st.delivery_backoff_max,
-            on_permanent_failure=self._escalate_if_unreachable,
-            load_incident=self._load_incident,
         )
         timers = Timers(self.nc)
         self.escalation = EscalationService(
-            self.store, metrics=self.metrics, command_centre=st.command_centre_person(), timers=timers
+            self.uow, metrics=self.metrics, command_centre=st.command_centre_person(), timers=timers
         )
         self.fanout = FanOut(
             self.store,
-            self.delivery,
+            self.bus,
             self.channels,
             timers=timers,
             public_url=st.base_url,
             routing=self.channel_config,
         )
-        self.gateway = GatewayService(
+        self.gateway_callbacks = GatewayCallbacks(
             self.store,
             self.directory.directory,
-            self.calls,
-            self.responses,
-            bus=self.callbacks,
+            self.bus,
+            callbacks=self.callbacks,
             sms=self.sms,
             region=st.region,
         )
+        register_handlers(self.bus, self.calls, self.responses, self.fanout, self.delivery, self.escalation)
         self.broker = build_broker(
             self.nats_urls,
-            fanout=self.fanout,
-            delivery=self.delivery,
-            escalation=self.escalation,
-            calls=self.calls,
+            bus=self.bus,
             channels=names,
             pools=self.pools,
             metrics=self.metrics,
@@ -308,11 +328,10 @@ class Service:
             ApiServices(
                 tokens=self.tokens,
                 token_service=self.token_service,
-                gateway=self.gateway,
-                calls=self.calls,
+                gateway_callbacks=self.gateway_callbacks,
+                bus=self.bus,
                 groups=self.groups,
-                responses=self.responses,
-                reader=self.reader,
+                incidents=self.incidents,
                 directory=self.directory,
                 db=self.db,
                 hub=self.hub,
@@ -418,13 +437,6 @@ class Service:
                 f"DISPATCH_CHANNELS_FILE routes use {sorted(missing)}, which are not configured "
                 "(webhook needs DISPATCH_WEBHOOK_URLS and DISPATCH_WEBHOOK_SECRET)"
             )
-
-    async def _escalate_if_unreachable(self, incident_id: str) -> None:
-        await self.escalation.check_unreachable(incident_id)
-
-    async def _load_incident(self, incident_id: str) -> IncidentState:
-        state, _ = await self.reader.load(incident_id)
-        return state
 
     async def _bootstrap_admin(self) -> None:
         """The first start of a log issues one admin token into `<data dir>/admin.token` (0600)."""

@@ -8,6 +8,7 @@ from dispatch.domain.access import TokenTable
 from dispatch.domain.errors import DomainError
 from dispatch.events.subjects import TOKENS_ALL
 from dispatch.handlers.tokens import TokenService
+from dispatch.handlers.uow import UnitOfWork
 from dispatch.offline import open_log
 from dispatch.settings import Settings
 from dispatch.store.eventstore import EventStore
@@ -16,7 +17,7 @@ from dispatch.store.eventstore import EventStore
 async def run_tokens(settings: Settings, args: argparse.Namespace) -> int:
     async with open_log(settings) as nc:
         store = EventStore(nc)
-        service = TokenService(store, region=settings.region)
+        service = TokenService(UnitOfWork(store), region=settings.region)
         try:
             if args.tokens_command == "create":
                 villages = [v.strip() for v in args.villages.split(",") if v.strip()]

@@ -57,10 +57,11 @@ from dispatch.domain.roster import RosterRejected
 from dispatch.domain.signing import SigningConfig
 from dispatch.domain.timezones import DEFAULT_TIME_ZONE
 from dispatch.events.subjects import InvalidSubject, InvalidToken
-from dispatch.handlers.calls import CallRequest, CallService
-from dispatch.handlers.gateway import GatewayService, SmsIn
+from dispatch.handlers.aggregates import Incidents
+from dispatch.handlers.bus import MessageBus
+from dispatch.handlers.gateway import GatewayCallbacks, SmsIn
 from dispatch.handlers.groups import GroupService, VillageSettings
-from dispatch.handlers.responses import IncidentReader, ResponseRequest, ResponseService
+from dispatch.handlers.messages import Answer, CallRequest, CallResult, ResponseRequest
 from dispatch.handlers.tokens import TokenService
 from dispatch.handlers.views import group_view, incident_view
 from dispatch.metrics import Metrics
@@ -80,14 +81,13 @@ KEEPALIVE_S = 15.0
 
 @dataclass
 class ApiServices:
-    calls: CallService
+    bus: MessageBus
     groups: GroupService
-    responses: ResponseService
-    reader: IncidentReader
+    incidents: Incidents
     directory: LiveDirectory
     tokens: LiveTokens
     token_service: TokenService
-    gateway: GatewayService
+    gateway_callbacks: GatewayCallbacks
     db: Database
     hub: LiveHub
     metrics: Metrics
@@ -255,7 +255,7 @@ def create_app(services: ApiServices) -> Litestar:
     async def post_call(data: JSONBody[CallRequest], request: Request[Any, Any, Any]) -> dict[str, Any]:
         who(request, "call")
         with structlog.contextvars.bound_contextvars(call_id=data.call_id[:64]):
-            result = await s.calls.call(data)
+            result: CallResult = await s.bus.handle(data)
         return {"incident_id": result.incident_id, "status": result.status, "duplicate": result.duplicate}
 
     @post(
@@ -385,12 +385,12 @@ def create_app(services: ApiServices) -> Litestar:
         incident_id: FromPath[str], data: JSONBody[ResponseRequest], request: Request[Any, Any, Any]
     ) -> dict[str, Any]:
         principal = who(request, "answer")
-        state, _ = await s.reader.load(incident_id)
+        state = await s.incidents.get(incident_id)
         if not visible(principal, state.opened.village):
             raise NotFound(f"no incident {incident_id}")
         key = request.headers.get("idempotency-key")
         with structlog.contextvars.bound_contextvars(incident_id=incident_id):
-            state, events = await s.responses.respond(incident_id, data, key)
+            state, events = await s.bus.handle(Answer(incident_id=incident_id, request=data, idempotency_key=key))
         return {
             "incident_id": state.id,
             "status": state.status,
@@ -401,7 +401,7 @@ def create_app(services: ApiServices) -> Litestar:
     @get("/v1/incidents/{incident_id:str}", tags=["incidents"], summary="An incident with responders and timeline")
     async def get_incident(incident_id: FromPath[str], request: Request[Any, Any, Any]) -> dict[str, Any]:
         principal = who(request, "read")
-        state, history = await s.reader.load(incident_id)
+        state, history = await s.incidents.history(incident_id)
         if not visible(principal, state.opened.village):
             raise NotFound(f"no incident {incident_id}")
         return incident_view(state, history)
@@ -489,7 +489,7 @@ def create_app(services: ApiServices) -> Litestar:
     async def gateway_voice(data: JSONBody[VoiceEvent], request: Request[Any, Any, Any]) -> dict[str, Any]:
         who(request, "relay")
         with structlog.contextvars.bound_contextvars(call_ref=data.call_ref[:64]):
-            return await s.gateway.voice(data)
+            return await s.gateway_callbacks.voice(data)
 
     @post(
         "/v1/gateway/sms",
@@ -501,7 +501,7 @@ def create_app(services: ApiServices) -> Litestar:
     )
     async def gateway_sms(data: JSONBody[SmsIn], request: Request[Any, Any, Any]) -> dict[str, Any]:
         who(request, "call")
-        return await s.gateway.text(data)
+        return await s.gateway_callbacks.text(data)
 
     @post(
         "/v1/tokens",

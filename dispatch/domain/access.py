@@ -12,7 +12,9 @@ Invariants:
   `metrics` reads /metrics only;
 - exporting personal data in bulk (`export`: reports and lists with phone numbers as files) is
   admin's alone: an officer reads its villages' incidents one screen at a time;
-- every comparison of a secret is constant-time.
+- every comparison of a secret is constant-time;
+- a token is an aggregate deciding as `decide_token(state, command, now)`: issued once per id,
+  revoked once (a second revocation decides nothing); its events never carry the secret.
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
+import msgspec
+
 from dispatch.domain.directory import Directory
+from dispatch.domain.errors import InvalidCommand, NotFound
 from dispatch.events.model import Event, TokenIssued, TokenRevoked, TokenRole
+from dispatch.events.subjects import InvalidToken, check_token
 
 PREFIX = "dsp_"
 ROLES: tuple[TokenRole, ...] = ("gateway", "officer", "duty_desk", "admin", "metrics")
@@ -113,3 +120,53 @@ class TokenTable:
 
     def active(self) -> list[TokenIssued]:
         return [t for tid, t in sorted(self.issued.items()) if tid not in self.revoked]
+
+
+class IssueToken(msgspec.Struct, frozen=True, kw_only=True):
+    """Issue a token; the handler draws the id and the secret and gives only the secret's hash."""
+
+    token_id: str
+    name: str
+    role: str
+    villages: tuple[str, ...] = ()
+    station: str | None = None
+    secret_hash: str
+
+
+class RevokeToken(msgspec.Struct, frozen=True, kw_only=True):
+    """Revoke a token by id."""
+
+    token_id: str
+
+
+TokenCommand = IssueToken | RevokeToken
+
+
+def decide_token(state: Event | None, command: TokenCommand, now: datetime) -> list[Event]:
+    """A token's decider: `state` is its subject's last event (None: never issued)."""
+    if isinstance(command, RevokeToken):
+        if state is None:
+            raise NotFound(f"no token {command.token_id}")
+        return [] if isinstance(state, TokenRevoked) else [TokenRevoked(at=now, token_id=command.token_id)]
+    if state is not None:
+        return []
+    if command.role not in ROLES:
+        raise InvalidCommand(f"role must be one of {', '.join(ROLES)}")
+    if command.role in SCOPED and not command.villages and not command.station:
+        raise InvalidCommand(f"a {command.role} token needs --villages or --station")
+    try:
+        for village in command.villages:
+            check_token("village", village)
+    except InvalidToken as exc:
+        raise InvalidCommand(str(exc)) from None
+    return [
+        TokenIssued(
+            at=now,
+            token_id=command.token_id,
+            name=command.name[:64],
+            role=command.role,
+            villages=tuple(sorted(set(command.villages))),
+            station=command.station,
+            secret_hash=command.secret_hash,
+        )
+    ]

@@ -23,6 +23,7 @@ from typing import get_args
 
 import msgspec
 
+from dispatch.domain.phone import cn_mobile_candidate, try_normalize
 from dispatch.events.model import (
     DutyDeskBound,
     DutyDeskUnbound,
@@ -414,6 +415,15 @@ class Directory:
     def knows(self, phone: str) -> bool:
         """Whether the number is bound in at least one group."""
         return bool(self._by_phone.get(phone))
+
+    def caller_e164(self, raw: str, region: str) -> str | None:
+        """A caller's number as E.164 (None: not a number); a Chinese mobile already bound here
+        skips the full parse (the alarm path's common case)."""
+        if region == "CN":
+            candidate = cn_mobile_candidate(raw)
+            if candidate is not None and self.knows(candidate):
+                return candidate
+        return try_normalize(raw, region)
 
     def memberships(self, phone: str) -> list[Membership]:
         slots = self._by_phone.get(phone)

@@ -13,7 +13,9 @@ Invariants:
   closes its line (LineClosed{epoch}), so the line's next call opens the next epoch's incident;
 - an incident's id is a function of its line and epoch: concurrent openers agree on it;
 - repeating an answer already recorded decides nothing (idempotent), so a retried request is safe;
-- `evolve` never fails: it folds whatever the log holds.
+- `evolve` never fails: it folds whatever the log holds;
+- one decision shape: an incident decides every command as `decide(state, command, now)`, a call's
+  line as `decide_call(line, call, now)`; the rule functions below them are pure and take no clock.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from dispatch.events.model import (
     AlarmRaised,
     CallChannel,
     CallRepeated,
+    CallRouted,
+    CallStatus,
     CancelReason,
     Category,
     DeliveryFailed,
@@ -499,10 +503,12 @@ def fold(events: list[Event]) -> IncidentState | None:
 
 
 class Respond(msgspec.Struct, frozen=True, kw_only=True):
+    """An answer by `responder` (accept, decline, arrived, resolve, cancel); `at` is the decision's time."""
+
     incident_id: str
     responder: str
     action: Action
-    at: datetime
+    at: datetime | None = None
     category: str | None = None
     note: str = ""
     reason: str | None = None
@@ -522,6 +528,8 @@ def decide_response(state: IncidentState | None, cmd: Respond) -> list[Event]:
         raise NotPermitted("only members of the incident's group and its duty desk may answer")
     if state.closed:
         raise InvalidTransition(f"incident is already {state.status}")
+    if cmd.at is None:
+        raise InvalidCommand("an answer needs its time")
     at, iid = cmd.at, state.id
     if cmd.action == "cancel":
         if not is_caller and (responder is None or responder.person.role not in CLOSERS):
@@ -531,7 +539,7 @@ def decide_response(state: IncidentState | None, cmd: Respond) -> list[Event]:
             raise InvalidCommand(f"cancel reason must be one of {', '.join(CANCEL_REASONS)}")
         return [
             IncidentCancelled(at=at, incident_id=iid, by=cmd.responder, reason=reason, note=cmd.note),
-            line_closed(state, cmd.at),
+            line_closed(state, at),
         ]
     if is_caller or responder is None:
         raise InvalidTransition(f"the caller cannot {cmd.action} their own alarm; the caller may only cancel")
@@ -539,7 +547,7 @@ def decide_response(state: IncidentState | None, cmd: Respond) -> list[Event]:
     if cmd.action == "accept":
         if responder.accepted_at is not None:
             return []
-        return _accept(state, person, cmd.at)
+        return _accept(state, person, at)
     if cmd.action == "decline":
         if responder.accepted_at is not None:
             raise InvalidTransition("already accepted; an accepted alarm cannot be declined")
@@ -549,7 +557,7 @@ def decide_response(state: IncidentState | None, cmd: Respond) -> list[Event]:
     if cmd.action == "arrived":
         if responder.arrived_at is not None:
             return []
-        accepted = [] if responder.accepted_at is not None else _accept(state, person, cmd.at)
+        accepted = [] if responder.accepted_at is not None else _accept(state, person, at)
         return [*accepted, ResponderArrived(at=at, incident_id=iid, phone=person.phone, role=person.role)]
     if cmd.action == "resolve":
         if person.role not in CLOSERS:
@@ -558,17 +566,13 @@ def decide_response(state: IncidentState | None, cmd: Respond) -> list[Event]:
             raise InvalidCommand(f"resolve needs a category: one of {', '.join(CATEGORIES)}")
         return [
             IncidentResolved(at=at, incident_id=iid, by=person.phone, category=cmd.category, note=cmd.note),
-            line_closed(state, cmd.at),
+            line_closed(state, at),
         ]
     raise InvalidCommand(f"action must be one of {', '.join(ACTIONS)}")
 
 
 def line_closed(state: IncidentState, at: datetime) -> LineClosed:
     return LineClosed(at=at, line=state.opened.line, incident_id=state.id, epoch=state.opened.epoch)
-
-
-def line_closed_msg_id(event: LineClosed) -> str:
-    return f"line:{event.line}:closed:{event.epoch}"
 
 
 def _accept(state: IncidentState, person: Person, at: datetime) -> list[Event]:
@@ -690,3 +694,82 @@ def decide_unreachable(state: IncidentState, at: datetime) -> list[IncidentEscal
     if not officers or not all(unreachable(r) for r in officers):
         return []
     return [_tier_one(state, at, "officer_unreachable")]
+
+
+# --- One decision shape -----------------------------------------------------------------------------
+
+
+class FireTimer(msgspec.Struct, frozen=True, kw_only=True):
+    """A deadline of the incident fell due; tier 2 alerts `command_centre` (whoever it is now)."""
+
+    incident_id: str
+    timer: Timer
+    command_centre: Person | None = None
+
+
+class CheckUnreachable(msgspec.Struct, frozen=True, kw_only=True):
+    """A delivery failed permanently: is any officer still reachable?"""
+
+    incident_id: str
+
+
+IncidentCommand = Respond | FireTimer | CheckUnreachable
+
+
+def decide(state: IncidentState | None, command: IncidentCommand, now: datetime) -> list[Event]:
+    """The incident's decider: the events `command` makes of `state` at `now` (none: nothing to do)."""
+    if isinstance(command, Respond):
+        return decide_response(state, command if command.at is not None else replace_at(command, now))
+    if state is None:
+        raise NotFound(f"no incident {command.incident_id}")
+    if isinstance(command, FireTimer):
+        return list(decide_timer(state, command.timer, now, command.command_centre))
+    return list(decide_unreachable(state, now))
+
+
+def replace_at(command: Respond, at: datetime) -> Respond:
+    """The answer stamped with the decision's time."""
+    return msgspec.structs.replace(command, at=at)
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """What a call decides on: its route, the line's current epoch, that epoch's incident (if any),
+    and the answer the call id was already given (if any)."""
+
+    route: Route
+    epoch: int
+    incident: IncidentState | None
+    answered: CallRouted | None = None
+
+
+def decide_call(line: Line, call: IncomingCall, now: datetime) -> list[Event]:
+    """A call on its line: open the epoch's incident, or merge into it (the call indexed either way);
+    a call already indexed decides nothing, one the incident holds but the index lacks (a crash
+    between the two appends) is indexed; a closed incident whose line was not advanced gets its
+    LineClosed first (the call is then decided again on the next epoch)."""
+    if line.answered is not None:
+        return []
+    state = line.incident
+    if state is None:
+        opened = open_incident(line.route, call, line.epoch)
+        status: CallStatus = "unregistered" if line.route.kind == "unregistered" else "raised"
+        return [opened, CallRouted(at=call.at, call_id=call.call_id, incident_id=opened.incident_id, status=status)]
+    if state.closed:
+        return [line_closed(state, state.closed_at or state.raised_at)]
+    if call.call_id in state.calls:
+        status = call_status(line, call.call_id)
+        return [CallRouted(at=call.at, call_id=call.call_id, incident_id=state.id, status=status)]
+    repeated = repeat_call(state, call, line.route.caller)
+    return [repeated, CallRouted(at=call.at, call_id=call.call_id, incident_id=state.id, status="merged")]
+
+
+def call_status(line: Line, call_id: str) -> CallStatus:
+    """The answer to a call its line already holds (a retried call id)."""
+    if line.answered is not None:
+        return line.answered.status
+    state = line.incident
+    assert state is not None
+    if call_id != state.opened.call_id:
+        return "merged"
+    return "raised" if state.registered else "unregistered"

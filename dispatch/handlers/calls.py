@@ -22,44 +22,40 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
-import random
-from datetime import datetime
-from typing import Annotated
-
-import msgspec
 import structlog
 
 from dispatch.clock import Clock, utcnow
 from dispatch.domain.directory import Deadlines, Directory
 from dispatch.domain.incident import (
     DEFAULT_DEADLINES,
-    IncidentState,
     IncomingCall,
+    Line,
     Quorum,
-    Route,
+    call_status,
+    decide_call,
     fold,
     incident_id_for,
-    line_closed,
-    line_closed_msg_id,
-    open_incident,
-    repeat_call,
     route_call,
 )
-from dispatch.domain.phone import cn_mobile_candidate, try_normalize
+from dispatch.events import msgids
 from dispatch.events.model import (
-    CallChannel,
+    CallRepeated,
     CallRouted,
     CallStatus,
+    Event,
     IncidentCancelled,
+    IncidentOpened,
     IncidentResolved,
     LineClosed,
     Person,
 )
 from dispatch.events.subjects import call_index_subjects, call_key, call_subject, incident_subject, line_subject
+from dispatch.handlers.aggregates import call_routed
 from dispatch.handlers.flood import CallerFlood
+from dispatch.handlers.messages import CallRequest, CallResult
+from dispatch.handlers.uow import Loaded, UnitOfWork
 from dispatch.metrics import Metrics
-from dispatch.store.eventstore import AppendConflict, EventStore, Outgoing, Recorded, StoreUnavailable
+from dispatch.store.eventstore import Recorded, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -67,26 +63,32 @@ MAX_ATTEMPTS = 10
 EPOCHS_REMEMBERED = 200_000
 
 
-class CallRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A call as the gateway reports it; a caller that is empty (withheld) or no phone number is never refused."""
+class Lines:
+    """Where a call's decision goes: the incident's subject (expected), its line, its index entry."""
 
-    call_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-    caller: Annotated[str, msgspec.Meta(max_length=64)]
-    callee: Annotated[str, msgspec.Meta(max_length=64)] = "6995"
-    at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
-    channel: CallChannel = "voice"
+    def subject_of(self, key: str, event: Event) -> str:
+        """The incident's events on its subject, a closed line on the line's, the index on the call's."""
+        if isinstance(event, LineClosed):
+            return line_subject(event.line)
+        if isinstance(event, CallRouted):
+            return call_subject(event.call_id)
+        assert isinstance(event, IncidentOpened | CallRepeated)
+        return incident_subject(event.incident_id)
+
+    async def load(self, key: str) -> Loaded[Line]:
+        """Unused: a call's line is read with its index entry in one round trip (`CallService`)."""
+        raise NotImplementedError
 
 
-class CallResult(msgspec.Struct, frozen=True, kw_only=True):
-    incident_id: str
-    status: CallStatus
-    duplicate: bool = False
+LINES = Lines()
 
 
 class CallService:
+    """Turns calls into incidents: raised, merged, or (a number in no group) for the duty desk."""
+
     def __init__(
         self,
-        store: EventStore,
+        uow: UnitOfWork,
         directory: Directory,
         *,
         quorum: Quorum,
@@ -98,7 +100,8 @@ class CallService:
         flood: CallerFlood | None = None,
     ) -> None:
         self.flood = flood or CallerFlood()
-        self.store = store
+        self.uow = uow
+        self.store = uow.store
         self.directory = directory
         self.quorum = quorum
         self.fallback_duty = fallback_duty
@@ -113,20 +116,13 @@ class CallService:
             self._epochs.clear()
         self._epochs[line] = epoch
 
-    def caller_e164(self, raw: str) -> str | None:
-        """The caller as E.164; a Chinese mobile already in the directory skips the full parse."""
-        if self.region == "CN":
-            candidate = cn_mobile_candidate(raw)
-            if candidate is not None and self.directory.knows(candidate):
-                return candidate
-        return try_normalize(raw, self.region)
-
     async def call(self, req: CallRequest) -> CallResult:
+        """Raise, merge or recognise a call; answered once the decision is durable in the log."""
         now = self.clock()
         call = IncomingCall(
             call_id=req.call_id,
             caller_raw=req.caller,
-            caller=self.caller_e164(req.caller),
+            caller=self.directory.caller_e164(req.caller, self.region),
             callee=req.callee,
             channel=req.channel,
             called_at=req.at or now,
@@ -168,89 +164,60 @@ class CallService:
 
     async def _route(self, call: IncomingCall) -> CallResult:
         key = call_key(call.call_id)
-        routed_subject = call_subject(call.call_id)
-        for attempt in range(MAX_ATTEMPTS):
-            route = route_call(self.directory, call, self.quorum, self.fallback_duty, self.deadlines)
-            guess = self._epochs.get(route.line, 0)
-            guessed = incident_subject(incident_id_for(route.line, guess))
-            known = await self.store.last_of([*call_index_subjects(call.call_id), line_subject(route.line), guessed])
-            duplicate = _answered(known, call.call_id)
-            if duplicate is not None:
-                return duplicate
-            line = known.get(line_subject(route.line))
-            epoch = line.event.epoch + 1 if line is not None and isinstance(line.event, LineClosed) else 0
-            self._remember_epoch(route.line, epoch)
-            incident_id = incident_id_for(route.line, epoch)
-            fresh = epoch == guess and guessed not in known
-            history = [] if fresh else await self.store.load(incident_subject(incident_id))
-            state = fold([r.event for r in history])
-            try:
-                if state is None:
-                    result = await self._open(call, key, route, epoch)
-                elif state.closed:
-                    await self._close_line(state)
-                    continue
-                elif call.call_id in state.calls:
-                    status: CallStatus = (
-                        "merged"
-                        if call.call_id != state.opened.call_id
-                        else ("unregistered" if not state.registered else "raised")
-                    )
-                    result = CallResult(incident_id=state.id, status=status, duplicate=True)
-                else:
-                    result = await self._merge(call, key, route.caller, state, history[-1].seq)
-            except AppendConflict:
-                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
-                continue
-            routed_event = CallRouted(
-                at=call.at, call_id=call.call_id, incident_id=result.incident_id, status=result.status
+        for _ in range(MAX_ATTEMPTS):
+            decided = await self.uow.decide_loaded(
+                lambda: self._line(call),
+                LINES,
+                call.call_id,
+                lambda line, now: decide_call(line, call, now),
+                msgids.call(key),
             )
-            await self.store.append([Outgoing(routed_subject, routed_event, f"call:{key}:routed")])
-            return result
+            line = decided.before
+            if not decided.events or isinstance(decided.events[0], CallRouted):
+                incident_id = line.answered.incident_id if line.answered else line.incident.id  # type: ignore[union-attr]
+                return CallResult(incident_id=incident_id, status=call_status(line, call.call_id), duplicate=True)
+            first = decided.events[0]
+            if isinstance(first, LineClosed):
+                log.warning("call.line_repaired", incident_id=first.incident_id, epoch=first.epoch)
+                continue
+            if isinstance(first, CallRepeated):
+                log.info(
+                    "call.merged", incident_id=first.incident_id, urgency=first.urgency, realerted=len(first.realerted)
+                )
+                return CallResult(incident_id=first.incident_id, status="merged")
+            assert isinstance(first, IncidentOpened)
+            status: CallStatus = "unregistered" if line.route.kind == "unregistered" else "raised"
+            self.metrics.alarms_raised.labels(
+                line.route.village or "-", "alarm" if status == "raised" else "unregistered"
+            ).inc()
+            log.info(
+                "call.raised",
+                incident_id=first.incident_id,
+                status=status,
+                village=line.route.village,
+                group=line.route.group,
+                recipients=len(line.route.recipients),
+            )
+            return CallResult(incident_id=first.incident_id, status=status)
         raise StoreUnavailable(f"call {call.call_id}: too much contention, retry")
 
-    async def _open(self, call: IncomingCall, key: str, route: Route, epoch: int) -> CallResult:
-        opened = open_incident(route, call, epoch)
-        status: CallStatus = "unregistered" if route.kind == "unregistered" else "raised"
-        await self.store.append(
-            [Outgoing(incident_subject(opened.incident_id), opened, f"call:{key}:open:{epoch}", expected_seq=0)]
-        )
-        self.metrics.alarms_raised.labels(route.village or "-", "alarm" if status == "raised" else "unregistered").inc()
-        log.info(
-            "call.raised",
-            incident_id=opened.incident_id,
-            status=status,
-            village=route.village,
-            group=route.group,
-            recipients=len(route.recipients),
-        )
-        return CallResult(incident_id=opened.incident_id, status=status)
-
-    async def _merge(
-        self, call: IncomingCall, key: str, caller: Person, state: IncidentState, last_seq: int
-    ) -> CallResult:
-        repeated = repeat_call(state, call, caller)
-        await self.store.append(
-            [Outgoing(incident_subject(state.id), repeated, f"call:{key}:repeat:{state.id}", expected_seq=last_seq)]
-        )
-        log.info("call.merged", incident_id=state.id, urgency=repeated.urgency, realerted=len(repeated.realerted))
-        return CallResult(incident_id=state.id, status="merged")
-
-    async def _close_line(self, state: IncidentState) -> None:
-        """Finish a close that stopped between the incident's close and its line's."""
-        closed = line_closed(state, state.closed_at or state.raised_at)
-        await self.store.append([Outgoing(line_subject(closed.line), closed, line_closed_msg_id(closed))])
-        log.warning("call.line_repaired", incident_id=state.id, epoch=closed.epoch)
-
-
-def call_routed(known: dict[str, Recorded], call_id: str) -> CallRouted | None:
-    """A call id's index entry among what was read (where it is now, or where deployments before
-    DISPATCH_INDEX wrote it)."""
-    for subject in call_index_subjects(call_id):
-        routed = known.get(subject)
-        if routed is not None and isinstance(routed.event, CallRouted):
-            return routed.event
-    return None
+    async def _line(self, call: IncomingCall) -> Loaded[Line]:
+        """The call's route and line, read in one round trip with the call's index entry and the
+        incident of the line's last epoch seen here (a right guess skips reading its history)."""
+        route = route_call(self.directory, call, self.quorum, self.fallback_duty, self.deadlines)
+        guess = self._epochs.get(route.line, 0)
+        guessed = incident_subject(incident_id_for(route.line, guess))
+        known = await self.store.last_of([*call_index_subjects(call.call_id), line_subject(route.line), guessed])
+        closed = known.get(line_subject(route.line))
+        epoch = closed.event.epoch + 1 if closed is not None and isinstance(closed.event, LineClosed) else 0
+        self._remember_epoch(route.line, epoch)
+        subject = incident_subject(incident_id_for(route.line, epoch))
+        answered = call_routed(known, call.call_id)
+        if answered is not None:
+            return Loaded(Line(route, epoch, None, answered), subject, 0)
+        fresh = epoch == guess and guessed not in known
+        history = [] if fresh else await self.store.load(subject)
+        return Loaded(Line(route, epoch, fold([r.event for r in history])), subject, history[-1].seq if history else 0)
 
 
 def _answered(known: dict[str, Recorded], call_id: str) -> CallResult | None:

@@ -14,14 +14,16 @@ Invariants:
 - a retry that asks for an answer (alarm, repeat, escalation, unregistered) is withdrawn, not rung,
   for a target who has answered meanwhile or once the incident is closed: DeliveryFailed{withdrawn};
   when the incident cannot be read, the target is rung (a needless ring beats a missed alarm);
-- after a permanent failure the escalation decides whether no officer can be reached any more.
+- the outcome events are decided by the domain (`decide_attempt`) and appended as facts (no
+  expectation: they never conflict); each stored DeliveryFailed is published on the bus, where
+  the escalation decides whether no officer can be reached any more.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 import msgspec
@@ -39,16 +41,20 @@ from dispatch.channels.base import (
     recorded_address,
 )
 from dispatch.clock import Clock, utcnow
-from dispatch.domain.incident import IncidentState
+from dispatch.domain.delivery import RecordAttempt, decide_attempt
+from dispatch.events import msgids
 from dispatch.events.model import (
     DeliveryFailed,
     DeliverySucceeded,
+    Event,
     FailureKind,
     Reached,
     RespondersNotified,
     Unreached,
 )
 from dispatch.events.subjects import notice_subject
+from dispatch.handlers.aggregates import Incidents
+from dispatch.handlers.bus import MessageBus
 from dispatch.handlers.eager import gather_now, settled, start
 from dispatch.ids import stable_key
 from dispatch.metrics import Metrics
@@ -61,6 +67,8 @@ ANSWER_SEEKING = frozenset({"alarm", "repeat", "escalation", "unregistered"})
 
 
 class DeliveryWorker:
+    """Rings a job's targets through its channel and records what happened."""
+
     def __init__(
         self,
         store: EventStore,
@@ -68,15 +76,14 @@ class DeliveryWorker:
         channels: Mapping[str, Channel],
         *,
         metrics: Metrics,
+        bus: MessageBus | None = None,
         max_attempts: int = 5,
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
-        on_permanent_failure: Callable[[str], Awaitable[object]] | None = None,
-        load_incident: Callable[[str], Awaitable[IncidentState]] | None = None,
         clock: Clock = utcnow,
     ) -> None:
-        self.load_incident = load_incident
-        self.on_permanent_failure = on_permanent_failure
+        self.incidents = Incidents(store)
+        self.bus = bus or MessageBus()
         self.store = store
         self.jobs = jobs
         self.channels = channels
@@ -151,10 +158,10 @@ class DeliveryWorker:
 
     async def _withdrawn(self, job: DeliveryJob) -> list[tuple[Target, Outcome]]:
         """The targets of a retry no longer worth ringing, each with the reason."""
-        if job.attempt == 1 or job.kind not in ANSWER_SEEKING or self.load_incident is None:
+        if job.attempt == 1 or job.kind not in ANSWER_SEEKING:
             return []
         try:
-            state = await self.load_incident(job.incident_id)
+            state = await self.incidents.get(job.incident_id)
         except Exception:
             log.warning("delivery.state_unreadable", incident_id=job.incident_id, channel=job.channel)
             return []
@@ -179,9 +186,7 @@ class DeliveryWorker:
         *,
         handed_at: datetime | None = None,
     ) -> None:
-        """Append the outcomes; with `handed_at` (a first attempt) they are also the notice, and the
-        targets left to a retry get a RespondersNotified of their own."""
-        now = self.clock()
+        """Append the outcomes (decided by `decide_attempt`) and publish the failures on the bus."""
         reached = tuple(
             Reached(phone=t.recipient.phone, address=recorded_address(t.address))
             for t, o in done
@@ -197,52 +202,51 @@ class DeliveryWorker:
             for t, o in done
             if not isinstance(o, Delivered)
         )
+        retried = tuple(t.recipient.phone for t, _ in retry)
+        command = RecordAttempt(
+            incident_id=job.incident_id,
+            channel=job.channel,
+            round=job.round,
+            attempt=job.attempt,
+            reached=reached,
+            failures=failures,
+            retried=retried,
+            handed_at=handed_at,
+        )
+        events = decide_attempt(command, self.clock())
         subject = notice_subject(job.incident_id)
-        events: list[Outgoing] = []
+        await gather_now(*(self.store.append([Outgoing(subject, e, _msg_id(job.key, e))]) for e in events))
+        self._count(job, reached, failures, retried)
+        for event in events:
+            if isinstance(event, DeliveryFailed):
+                await self.bus.publish(event)
+
+    def _count(
+        self, job: DeliveryJob, reached: tuple[Reached, ...], failures: tuple[Unreached, ...], retried: tuple[str, ...]
+    ) -> None:
         if reached:
-            succeeded = DeliverySucceeded(
-                at=now,
-                incident_id=job.incident_id,
-                channel=job.channel,
-                round=job.round,
-                attempt=job.attempt,
-                targets=reached,
-                handed_at=handed_at,
-            )
-            events.append(Outgoing(subject, succeeded, f"dlv:{job.key}:ok"))
             self.metrics.deliveries.labels(job.channel, "delivered").inc(len(reached))
-        if failures:
-            failed = DeliveryFailed(
-                at=now,
+        for failure in failures:
+            self.metrics.deliveries.labels(job.channel, failure.kind).inc()
+            log.error(
+                "delivery.failed",
                 incident_id=job.incident_id,
                 channel=job.channel,
-                round=job.round,
+                kind=failure.kind,
+                reason=failure.reason,
                 attempt=job.attempt,
-                failures=failures,
-                handed_at=handed_at,
             )
-            events.append(Outgoing(subject, failed, f"dlv:{job.key}:failed"))
-            for failure in failures:
-                self.metrics.deliveries.labels(job.channel, failure.kind).inc()
-                log.error(
-                    "delivery.failed",
-                    incident_id=job.incident_id,
-                    channel=job.channel,
-                    kind=failure.kind,
-                    reason=failure.reason,
-                    attempt=job.attempt,
-                )
-        if retry:
-            self.metrics.deliveries.labels(job.channel, "retry").inc(len(retry))
-            if handed_at is not None:
-                phones = tuple(dict.fromkeys(t.recipient.phone for t, _ in retry))
-                notified = RespondersNotified(
-                    at=handed_at, incident_id=job.incident_id, channel=job.channel, round=job.round, phones=phones
-                )
-                events.append(Outgoing(subject, notified, f"notify:{stable_key(job.key, *phones)}"))
-        await gather_now(*(self.store.append([e]) for e in events))
-        if self.on_permanent_failure is not None and any(f.kind == "permanent" for f in failures):
-            await self.on_permanent_failure(job.incident_id)
+        if retried:
+            self.metrics.deliveries.labels(job.channel, "retry").inc(len(retried))
+
+
+def _msg_id(job_key: str, event: Event) -> str:
+    if isinstance(event, DeliverySucceeded):
+        return msgids.delivered(job_key)
+    if isinstance(event, DeliveryFailed):
+        return msgids.delivery_failed(job_key)
+    assert isinstance(event, RespondersNotified)
+    return msgids.notified(job_key, event.phones)
 
 
 def failure_kind(outcome: Permanent | Transient | Withdrawn) -> FailureKind:

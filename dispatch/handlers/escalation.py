@@ -1,97 +1,92 @@
 """Escalation: a deadline fired, or an officer turned out unreachable — decide, record, let the fan-out ring.
 
 Invariants:
-- the decision is made on the incident as loaded from the log and appended with its last decision
-  sequence expected, so two processes handling the same timer record each tier once;
+- every escalation is decided by the incident's `decide` through the unit of work, so two processes
+  handling the same timer record each tier once (one message id per tier);
 - a fired timer of a closed incident, or of a tier already reached, decides nothing;
 - the ack deadline of an uncovered incident sets its escalate deadline before the timer is
   acknowledged (`deadline_after`), so the escalate deadline is never missing when it matters;
+- a permanent delivery failure is an event this handler reacts to (`on_delivery_failed`): when no
+  officer can be reached any more, tier 1 happens at once;
 - the command centre is whoever the settings name at the moment of tier 2.
 """
 
 from __future__ import annotations
 
-import asyncio
-import random
-from datetime import datetime
-
 import structlog
 
-from dispatch.clock import Clock, utcnow
-from dispatch.domain.incident import IncidentState, Timer, deadline_after, decide_timer, decide_unreachable
-from dispatch.events.model import IncidentEscalated, Person
-from dispatch.events.subjects import incident_subject
-from dispatch.handlers.responses import IncidentReader, last_decision_seq
+from dispatch.domain.errors import InvalidCommand
+from dispatch.domain.incident import (
+    TIMERS,
+    CheckUnreachable,
+    FireTimer,
+    IncidentCommand,
+    IncidentState,
+    Timer,
+    deadline_after,
+    decide,
+)
+from dispatch.events import msgids
+from dispatch.events.model import DeliveryFailed, IncidentEscalated, Person
+from dispatch.handlers.aggregates import Incidents
+from dispatch.handlers.uow import UnitOfWork
 from dispatch.metrics import Metrics
-from dispatch.store.eventstore import AppendConflict, EventStore, Outgoing, StoreUnavailable
-from dispatch.store.timers import Timers
+from dispatch.store.timers import TimerDue, Timers
 
 log = structlog.get_logger(__name__)
 
-MAX_ATTEMPTS = 10
-
 
 class EscalationService:
-    def __init__(
-        self,
-        store: EventStore,
-        *,
-        metrics: Metrics,
-        command_centre: Person | None,
-        timers: Timers,
-        clock: Clock = utcnow,
-    ) -> None:
+    """Decides escalations when deadlines fire or officers are unreachable."""
+
+    def __init__(self, uow: UnitOfWork, *, metrics: Metrics, command_centre: Person | None, timers: Timers) -> None:
+        self.uow = uow
+        self.incidents = Incidents(uow.store)
         self.timers = timers
-        self.store = store
-        self.reader = IncidentReader(store)
         self.metrics = metrics
         self.command_centre = command_centre
-        self.clock = clock
 
     async def timer_fired(self, incident_id: str, timer: Timer) -> list[IncidentEscalated]:
+        """A deadline fell due: escalate if the incident is not where it should be, set the next deadline."""
         self.metrics.timers_fired.labels(timer).inc()
-        state, escalated = await self._decide(
-            incident_id, lambda state, at: decide_timer(state, timer, at, self.command_centre), f"timer:{timer}"
-        )
+        command = FireTimer(incident_id=incident_id, timer=timer, command_centre=self.command_centre)
+        state, escalated = await self._decide(command, f"timer:{timer}")
         following = deadline_after(state, timer)
         if following is not None:
             await self.timers.schedule(incident_id, *following)
         return escalated
 
-    async def check_unreachable(self, incident_id: str) -> list[IncidentEscalated]:
-        _, escalated = await self._decide(incident_id, decide_unreachable, "unreachable")
+    async def on_timer(self, due: TimerDue) -> list[IncidentEscalated]:
+        """A schedule fired (see `dispatch.store.timers`); a timer this service does not know is an error."""
+        timer = next((t for t in TIMERS if t == due.timer), None)
+        if timer is None:
+            raise InvalidCommand(f"unknown timer {due.timer!r}")
+        return await self.timer_fired(due.incident_id, timer)
+
+    async def on_delivery_failed(self, event: DeliveryFailed) -> list[IncidentEscalated]:
+        """A delivery failed: if permanently, and no officer can be reached any more, escalate now."""
+        if not any(f.kind == "permanent" for f in event.failures):
+            return []
+        _, escalated = await self._decide(CheckUnreachable(incident_id=event.incident_id), "unreachable")
         return escalated
 
-    async def _decide(
-        self, incident_id: str, decide: object, why: str
-    ) -> tuple[IncidentState, list[IncidentEscalated]]:
-        """The incident as loaded for the decision, and the escalations recorded."""
-        for attempt in range(MAX_ATTEMPTS):
-            state, history = await self.reader.load(incident_id)
-            at: datetime = self.clock()
-            events = decide(state, at)  # type: ignore[operator]
-            if not events:
-                return state, []
-            subject = incident_subject(incident_id)
-            last = last_decision_seq(incident_id, history)
-            messages = [
-                Outgoing(subject, event, f"escalate:{incident_id}:{event.tier}", expected_seq=last if i == 0 else None)
-                for i, event in enumerate(events)
-            ]
-            try:
-                await self.store.append(messages)
-            except AppendConflict:
-                await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
-                continue
-            for event in events:
-                self.metrics.escalations.labels(str(event.tier), event.reason).inc()
-                log.warning(
-                    "incident.escalated",
-                    incident_id=incident_id,
-                    tier=event.tier,
-                    reason=event.reason,
-                    alerted=len(event.alerted),
-                    cause=why,
-                )
-            return state, list(events)
-        raise StoreUnavailable(f"escalation of {incident_id}: too much contention, retry")
+    async def _decide(self, command: IncidentCommand, why: str) -> tuple[IncidentState, list[IncidentEscalated]]:
+        decided = await self.uow.decide(
+            self.incidents,
+            command.incident_id,
+            lambda state, now: decide(state, command, now),
+            msgids.escalation(command.incident_id),
+        )
+        escalated = [e for e in decided.events if isinstance(e, IncidentEscalated)]
+        for event in escalated:
+            self.metrics.escalations.labels(str(event.tier), event.reason).inc()
+            log.warning(
+                "incident.escalated",
+                incident_id=command.incident_id,
+                tier=event.tier,
+                reason=event.reason,
+                alerted=len(event.alerted),
+                cause=why,
+            )
+        assert decided.before is not None
+        return decided.before, escalated

@@ -43,9 +43,10 @@ from dispatch.events.model import (
     IncidentOpened,
     ResponderAccepted,
 )
-from dispatch.handlers.delivery import DeliveryWorker
+from dispatch.handlers.aggregates import Incidents
+from dispatch.handlers.bus import MessageBus
 from dispatch.handlers.eager import gather_now
-from dispatch.handlers.responses import IncidentReader
+from dispatch.handlers.messages import Trigger
 from dispatch.ids import stable_key
 from dispatch.store.eventstore import EventStore, Recorded
 from dispatch.store.timers import Timers
@@ -57,16 +58,19 @@ TRIGGERS = (IncidentOpened, CallRepeated, IncidentEscalated, ResponderAccepted, 
 
 
 def job_kind(alert: Alert) -> JobKind:
+    """What a job of this alert asks of its targets (an alarm, a repeat, an update...)."""
     if alert.reason == "raised":
         return "alarm" if alert.registered else "unregistered"
     return alert.reason
 
 
 class FanOut:
+    """Turns each alerting decision into delivery jobs, sent on the bus at once, and sets deadlines."""
+
     def __init__(
         self,
         store: EventStore,
-        delivery: DeliveryWorker,
+        bus: MessageBus,
         channels: Sequence[Channel],
         *,
         timers: Timers,
@@ -75,14 +79,19 @@ class FanOut:
     ) -> None:
         self.routing = routing or ChannelConfig()
         self.store = store
-        self.reader = IncidentReader(store)
-        self.delivery = delivery
+        self.incidents = Incidents(store)
+        self.bus = bus
         self.timers = timers
         self.channels = list(channels)
         self.public_url = public_url.rstrip("/")
 
     def answer_url(self, incident_id: str) -> str:
+        """Where an alert's recipient answers."""
         return f"{self.public_url}/v1/incidents/{incident_id}/responses"
+
+    async def on_trigger(self, trigger: Trigger) -> int:
+        """A stored decision: ring everyone it reaches; return how many targets were handed to channels."""
+        return await self.handle(trigger.record, redelivered=trigger.redelivered)
 
     async def handle(self, rec: Recorded, *, redelivered: bool = False) -> int:
         """Ring everyone a trigger reaches; return how many targets were handed to channels."""
@@ -96,7 +105,7 @@ class FanOut:
         done: frozenset[tuple[int, str, str]] = frozenset()
         urgency = 1
         if opened is None or redelivered:
-            state, _ = await self.reader.load(trigger.incident_id)
+            state = await self.incidents.get(trigger.incident_id)
             if redelivered and state.closed and not isinstance(trigger, IncidentCancelled):
                 return 0
             opened, done, urgency = state.opened, state.outcomes, state.urgency
@@ -112,7 +121,7 @@ class FanOut:
             await gather_now(*deadlines)
             return 0
         jobs = self.jobs_for(alert, rec, done)
-        await gather_now(*(self.delivery.handle(job) for job in jobs), *deadlines)
+        await gather_now(*(self.bus.handle(job) for job in jobs), *deadlines)
         targets = sum(len(j.targets) for j in jobs)
         log.info("fanout.rung", incident_id=alert.incident_id, round=rec.seq, reason=alert.reason, targets=targets)
         return targets
@@ -126,12 +135,14 @@ class FanOut:
             await self.timers.schedule(state.id, "arrival", due)
 
     def reaches(self, channel: str, role: str, alert: Alert) -> bool:
+        """Whether `channel` carries this alert to a person of `role` (the channel routing)."""
         if alert.reason == "caller_update" and channel == "voice" and not self.routing.caller_voice_updates:
             return False
         allowed = self.routing.channels_for(role, alert.village)
         return allowed is None or channel in allowed
 
     def jobs_for(self, alert: Alert, rec: Recorded, done: frozenset[tuple[int, str, str]]) -> list[DeliveryJob]:
+        """One job per channel holding every target of the alert that has no outcome in this round."""
         message, message_en, spoken = alert_text_for(alert), alert_text_en_for(alert), spoken_text_for(alert)
         jobs = []
         for channel in self.channels:

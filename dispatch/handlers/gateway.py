@@ -42,8 +42,9 @@ from dispatch.events.subjects import (
     line_subject,
     village_line,
 )
-from dispatch.handlers.calls import CallRequest, CallService, call_routed
-from dispatch.handlers.responses import ResponseRequest, ResponseService
+from dispatch.handlers.aggregates import Incidents, call_routed
+from dispatch.handlers.bus import MessageBus
+from dispatch.handlers.messages import Answer, CallRequest, CallResult, ResponseRequest
 from dispatch.ids import stable_key
 from dispatch.store.eventstore import EventStore
 
@@ -75,34 +76,36 @@ class SmsIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     text: Annotated[str, msgspec.Meta(max_length=1000)]
 
 
-class GatewayService:
+class GatewayCallbacks:
+    """What the telephony gateway reports: call progress, keypad digits and texts."""
+
     def __init__(
         self,
         store: EventStore,
         directory: Directory,
-        calls: CallService,
-        responses: ResponseService,
+        bus: MessageBus,
         *,
-        bus: CallbackBus | None,
+        callbacks: CallbackBus | None,
         sms: SmsChannel | None,
         region: str = "CN",
     ) -> None:
         self.store = store
+        self.incidents = Incidents(store)
         self.directory = directory
-        self.calls = calls
-        self.responses = responses
         self.bus = bus
+        self.callbacks = callbacks
         self.sms = sms
         self.region = region
 
     # --- voice ----------------------------------------------------------------------------------
 
     async def voice(self, event: VoiceEvent) -> dict[str, Any]:
+        """A voice callback: progress goes to the replica waiting for it, digits are answers."""
         if event.direction == "inbound":
             return await self._inbound(event)
         if event.event != "digits":
-            if self.bus is not None:
-                await self.bus.publish(event)
+            if self.callbacks is not None:
+                await self.callbacks.publish(event)
             return {"ok": True}
         if event.digits == "9":
             return {"ok": True, "action": "repeat"}
@@ -135,7 +138,7 @@ class GatewayService:
 
     def _number(self, raw: str) -> str:
         """A number from a callback as the log keeps numbers: E.164, else as given (as a call's caller)."""
-        return self.calls.caller_e164(raw) or raw
+        return self.directory.caller_e164(raw, self.region) or raw
 
     def _mismatch(self, field: str, why: str, said: str, rung: str, incident_id: str) -> NotPermitted:
         """The refusal of a callback whose number is not the one its call rang (logged masked; the
@@ -146,8 +149,12 @@ class GatewayService:
     async def _answer(self, incident_id: str, phone: str, action: Action, *, key: str) -> dict[str, Any]:
         reason = "caller_safe" if action == "cancel" else None
         try:
-            await self.responses.respond(
-                incident_id, ResponseRequest(responder=phone, action=action, reason=reason), key
+            await self.bus.handle(
+                Answer(
+                    incident_id=incident_id,
+                    request=ResponseRequest(responder=phone, action=action, reason=reason),
+                    idempotency_key=key,
+                )
             )
         except DomainError as exc:
             log.warning("gateway.answer_refused", incident_id=incident_id, action=action, reason=exc.reason)
@@ -157,6 +164,7 @@ class GatewayService:
     # --- sms -------------------------------------------------------------------------------------
 
     async def text(self, sms: SmsIn) -> dict[str, Any]:
+        """A text to the short number: an answer or a cancel from someone with an open incident, else an alarm."""
         sender = try_normalize(sms.sender, self.region) or sms.sender
         word = sms.text.strip().lower()
         state = await self.open_incident_of(sender)
@@ -172,7 +180,7 @@ class GatewayService:
         if action is not None:
             await self._reply(sender, NOTHING_OPEN, sms.message_id)
             return {"status": "help"}
-        result = await self.calls.call(
+        result: CallResult = await self.bus.handle(
             CallRequest(call_id=f"sms:{sms.message_id}", caller=sms.sender, callee=sms.to, channel="sms")
         )
         return {"status": "alarm", "incident_id": result.incident_id, "call_status": result.status}
@@ -184,8 +192,7 @@ class GatewayService:
         await self.sms.text(to, text, stable_key("reply", message_id))
 
     async def _load(self, incident_id: str) -> IncidentState | None:
-        history = await self.store.load(incident_history(incident_id))
-        return fold([r.event for r in history])
+        return (await self.incidents.load(incident_id)).state
 
     async def open_incident_of(self, phone: str) -> IncidentState | None:
         """The most recent open incident this number is a responder or the caller of."""

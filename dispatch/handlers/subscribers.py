@@ -15,9 +15,13 @@ Invariants:
 - the other consumers pull one message at a time (nats-py's batch fetch waits for the whole
   batch or its timeout, which would delay an alarm); each message is handed to a bounded task pool
   and acknowledged when its work is done, so a slow receiver never holds up the next alarm;
-- a message the handler cannot read is acknowledged (it would never become readable) after it is
-  copied to `dispatch.dead.<source>` with the reason in a header; nothing else is ever dropped:
-  errors nack with a delay and the message comes back;
+- one policy for every JetStream message (`consume`): a message the handler cannot read is
+  acknowledged (it would never become readable) after it is copied to `dispatch.dead.<source>`
+  with the reason in a header; the log unreachable nacks it with a delay, any other error too
+  (twice the delay, logged with its traceback), an incident that does not exist acknowledges it
+  (logged); nothing else is ever dropped;
+- subscribers know no handler: each message becomes a bus message (`dispatch.handlers.messages`,
+  a delivery job, a fired timer), and the composition root's table says who handles it;
 - FastStream's per-message logging is off (it costs a third of the throughput on this path), and
   so is its dependency injection: a handler gets the raw nats message from a decoder (injecting
   `NatsMessage` runs a synchronous resolver in a thread pool for every message: measured, it
@@ -27,6 +31,7 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
@@ -37,7 +42,7 @@ from faststream.nats import JStream, NatsBroker, PullSub
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from dispatch.channels.base import job_decoder
+from dispatch.channels.base import DeliveryJob, job_decoder
 from dispatch.domain.errors import DomainError, NotFound
 from dispatch.domain.incident import TIMERS
 from dispatch.events.codec import UnknownEvent
@@ -50,19 +55,18 @@ from dispatch.events.subjects import (
     TIMERS_STREAM,
     deliver_subject,
 )
-from dispatch.handlers.calls import CallRequest, CallService
-from dispatch.handlers.delivery import DeliveryWorker
-from dispatch.handlers.escalation import EscalationService
-from dispatch.handlers.fanout import FanOut
+from dispatch.handlers.bus import MessageBus
+from dispatch.handlers.messages import CallRequest, CallResult, Trigger
 from dispatch.handlers.pool import TaskPool
 from dispatch.metrics import Metrics
 from dispatch.store.deadletter import dead_letter as store_dead_letter
 from dispatch.store.eventstore import StoreUnavailable, recorded_from
 from dispatch.store.provision import FANOUT, TIMERS_CONSUMER, delivery_consumer
-from dispatch.store.timers import timer_decoder
+from dispatch.store.timers import TimerDue, timer_decoder
 
 log = structlog.get_logger(__name__)
 
+M = TypeVar("M")
 _call_decoder = msgspec.json.Decoder(CallRequest)
 _encoder = msgspec.json.Encoder()
 RETRY_DELAY = 2.0
@@ -70,6 +74,7 @@ FANOUT_IN_FLIGHT = FANOUT.max_ack_pending
 TIMERS_IN_FLIGHT = 256
 DELIVERY_IN_FLIGHT = 512
 INGRESS_IN_FLIGHT = 256
+UNREADABLE = (UnknownEvent, msgspec.DecodeError, msgspec.ValidationError)
 
 
 async def raw_message(msg: StreamMessage[Msg]) -> Msg:
@@ -78,6 +83,7 @@ async def raw_message(msg: StreamMessage[Msg]) -> Msg:
 
 
 async def dead_letter(broker: NatsBroker, source: str, raw: Msg, reason: str, metrics: Metrics | None = None) -> None:
+    """Copy an unreadable message to `dispatch.dead.<source>` with the reason."""
     if metrics is not None:
         metrics.dead_letters.labels(source).inc()
 
@@ -87,13 +93,70 @@ async def dead_letter(broker: NatsBroker, source: str, raw: Msg, reason: str, me
     await store_dead_letter(publish, source, raw, reason)
 
 
+async def consume(
+    raw: Msg,
+    *,
+    source: str,
+    decode: Callable[[Msg], M],
+    handle: Callable[[M], Awaitable[Any]],
+    broker: NatsBroker,
+    metrics: Metrics | None,
+) -> None:
+    """The ack policy, once: decode, handle, then acknowledge, nack or dead-letter (see the module
+    docstring). A handler that returns a float asks for the message again in that many seconds
+    (a delivery job not yet due)."""
+    try:
+        message = decode(raw)
+    except UNREADABLE as exc:
+        await dead_letter(broker, source, raw, str(exc), metrics)
+        await _ack(raw)
+        return
+    incident_id = _incident_of(message)
+    try:
+        with structlog.contextvars.bound_contextvars(incident_id=incident_id):
+            due_in = await handle(message)
+    except StoreUnavailable as exc:
+        log.warning(f"{source}.retry", error=str(exc))
+        await _nak(raw, RETRY_DELAY)
+        return
+    except NotFound as exc:
+        log.error(f"{source}.unknown_incident", incident_id=incident_id, error=exc.reason)
+    except Exception:
+        log.exception(f"{source}.failed", incident_id=incident_id)
+        await _nak(raw, RETRY_DELAY * 2)
+        return
+    if isinstance(due_in, float):
+        await _nak(raw, due_in)
+    else:
+        await _ack(raw)
+
+
+def _incident_of(message: object) -> str | None:
+    if isinstance(message, Trigger):
+        message = message.record.event
+    value = getattr(message, "incident_id", None)
+    return value if isinstance(value, str) else None
+
+
+def _trigger(raw: Msg) -> Trigger:
+    return Trigger(record=recorded_from(raw), redelivered=raw.metadata.num_delivered > 1)
+
+
+def _timer(raw: Msg) -> TimerDue:
+    due = timer_decoder.decode(raw.data)
+    if due.timer not in TIMERS:
+        raise msgspec.ValidationError(f"unknown timer {due.timer!r}")
+    return due
+
+
+def _job(raw: Msg) -> DeliveryJob:
+    return job_decoder.decode(raw.data)
+
+
 def build_broker(
     servers: list[str],
     *,
-    fanout: FanOut,
-    delivery: DeliveryWorker,
-    escalation: EscalationService,
-    calls: CallService,
+    bus: MessageBus,
     channels: list[str],
     pools: dict[str, TaskPool],
     connect: dict[str, object] | None = None,
@@ -118,26 +181,10 @@ def build_broker(
     deliveries = JStream(DELIVERY_STREAM, declare=False)
     alerts = pools.setdefault("fanout", TaskPool(FANOUT_IN_FLIGHT, "fanout"))
 
-    async def fan_out(raw: Msg) -> None:
-        try:
-            rec = recorded_from(raw)
-        except UnknownEvent as exc:
-            await dead_letter(broker, "fanout", raw, str(exc), metrics)
-            await raw.ack()
-            return
-        incident_id = getattr(rec.event, "incident_id", None)
-        try:
-            with structlog.contextvars.bound_contextvars(incident_id=incident_id):
-                await fanout.handle(rec, redelivered=raw.metadata.num_delivered > 1)
-        except StoreUnavailable as exc:
-            log.warning("fanout.retry", seq=rec.seq, error=str(exc))
-            await _nak(raw, RETRY_DELAY)
-            return
-        except Exception:
-            log.exception("fanout.failed", seq=rec.seq)
-            await _nak(raw, RETRY_DELAY * 2)
-            return
-        await _ack(raw)
+    def consumer(source: str, decode: Callable[[Msg], Any]) -> Callable[[Msg], Awaitable[None]]:
+        return lambda raw: consume(raw, source=source, decode=decode, handle=bus.handle, broker=broker, metrics=metrics)
+
+    fan_out = consumer("fanout", _trigger)
 
     @broker.subscriber(
         INCIDENTS_ALL,
@@ -162,33 +209,10 @@ def build_broker(
             ack_policy=AckPolicy.MANUAL,
             title=f"deliver.{name}",
             description=f"Delivery jobs for the {name} channel",
-        )(_delivery_handler(broker, delivery, name, pool, metrics))
+        )(_pooled(pool, consumer(f"deliver.{name}", _job), f"deliver_{name}"))
 
     timers = pools.setdefault("timers", TaskPool(TIMERS_IN_FLIGHT, "timers"))
-
-    async def timer_fired(raw: Msg) -> None:
-        try:
-            due = timer_decoder.decode(raw.data)
-            if due.timer not in TIMERS:
-                raise msgspec.ValidationError(f"unknown timer {due.timer!r}")
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await dead_letter(broker, "timers", raw, str(exc), metrics)
-            await _ack(raw)
-            return
-        try:
-            with structlog.contextvars.bound_contextvars(incident_id=due.incident_id):
-                await escalation.timer_fired(due.incident_id, due.timer)
-        except StoreUnavailable as exc:
-            log.warning("timer.retry", incident_id=due.incident_id, timer=due.timer, error=str(exc))
-            await _nak(raw, RETRY_DELAY)
-            return
-        except NotFound:
-            log.error("timer.unknown_incident", incident_id=due.incident_id, timer=due.timer)
-        except Exception:
-            log.exception("timer.failed", incident_id=due.incident_id, timer=due.timer)
-            await _nak(raw, RETRY_DELAY * 2)
-            return
-        await _ack(raw)
+    timer_fired = consumer("timers", _timer)
 
     @broker.subscriber(
         TIMERS_FIRED_ALL,
@@ -215,7 +239,7 @@ def build_broker(
             await dead_letter(broker, "ingress.call", raw, str(exc), metrics)
             reply = _encoder.encode({"error": f"invalid JSON: {exc}"})
         else:
-            reply = await _call_reply(calls, req)
+            reply = await _call_reply(bus, req)
         if raw.reply:
             try:
                 await (replies.publish(raw.reply, reply) if replies is not None else raw.respond(reply))
@@ -236,9 +260,17 @@ def build_broker(
     return broker
 
 
-async def _call_reply(calls: CallService, req: CallRequest) -> bytes:
+def _pooled(pool: TaskPool, work: Callable[[Msg], Awaitable[None]], name: str) -> Callable[[Msg], Awaitable[None]]:
+    async def submit(raw: Msg) -> None:
+        await pool.submit(lambda: work(raw), raw)
+
+    submit.__name__ = name
+    return submit
+
+
+async def _call_reply(bus: MessageBus, req: CallRequest) -> bytes:
     try:
-        result = await calls.call(req)
+        result: CallResult = await bus.handle(req)
     except StoreUnavailable as exc:
         return _encoder.encode({"error": str(exc), "retry": True})
     except DomainError as exc:
@@ -261,36 +293,3 @@ async def _nak(raw: Msg, delay: float) -> None:
         await raw.nak(delay=delay)
     except Exception as exc:
         log.warning("nak_failed", error=str(exc) or type(exc).__name__)
-
-
-def _delivery_handler(
-    broker: NatsBroker, worker: DeliveryWorker, channel: str, pool: TaskPool, metrics: Metrics | None
-) -> Callable[[Msg], Awaitable[None]]:
-    async def deliver(raw: Msg) -> None:
-        try:
-            job = job_decoder.decode(raw.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await dead_letter(broker, f"deliver.{channel}", raw, str(exc), metrics)
-            await _ack(raw)
-            return
-        try:
-            with structlog.contextvars.bound_contextvars(incident_id=job.incident_id):
-                due_in = await worker.handle(job)
-        except StoreUnavailable as exc:
-            log.warning("delivery.outcome_not_recorded", incident_id=job.incident_id, error=str(exc))
-            await _nak(raw, RETRY_DELAY)
-            return
-        except Exception:
-            log.exception("delivery.crashed", incident_id=job.incident_id, channel=channel)
-            await _nak(raw, RETRY_DELAY * 2)
-            return
-        if due_in is None:
-            await _ack(raw)
-        else:
-            await _nak(raw, due_in)
-
-    async def on_delivery_job(raw: Msg) -> None:
-        await pool.submit(lambda: deliver(raw), raw)
-
-    on_delivery_job.__name__ = f"deliver_{channel}"
-    return on_delivery_job

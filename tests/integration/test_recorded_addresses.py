@@ -77,7 +77,7 @@ async def test_a_url_secret_is_sent_never_recorded_and_a_redelivery_rings_nobody
 
 async def recorded(service: Service, incident_id: str) -> tuple[IncidentState, list[Recorded]]:
     async def with_outcome() -> tuple[IncidentState, list[Recorded]] | None:
-        state, history = await service.reader.load(incident_id)
+        state, history = await service.incidents.history(incident_id)
         return (state, history) if any(channel == "webhook" for _, channel, _ in state.outcomes) else None
 
     found: tuple[IncidentState, list[Recorded]] = await eventually(

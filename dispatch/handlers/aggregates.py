@@ -1,0 +1,91 @@
+"""Aggregates as the handlers load them from the log (the unit of work's `Aggregate`s).
+
+Invariants:
+- an incident is folded from its decisions and its delivery notices, only events carrying its id;
+  its expected sequence is the last one on its decision subject (notices never conflict with
+  decisions);
+- an id from outside that cannot name one subject is InvalidCommand before anything is read;
+- a token is its subject's last event: issued (expected 0 when none) then perhaps revoked.
+"""
+
+from __future__ import annotations
+
+from dispatch.domain.errors import InvalidCommand, NotFound
+from dispatch.domain.incident import IncidentState, fold
+from dispatch.events.model import CallRouted, Event, LineClosed
+from dispatch.events.subjects import (
+    InvalidToken,
+    call_index_subjects,
+    incident_history,
+    incident_subject,
+    line_subject,
+    token_subject,
+)
+from dispatch.handlers.uow import Loaded
+from dispatch.store.eventstore import EventStore, Recorded
+
+
+class Incidents:
+    """Incidents in the log."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+
+    async def history(self, incident_id: str) -> tuple[IncidentState, list[Recorded]]:
+        """The incident with its history in log order; NotFound when there is none."""
+        state, history = await self._read(incident_id)
+        if state is None:
+            raise NotFound(f"no incident {incident_id}")
+        return state, history
+
+    async def get(self, incident_id: str) -> IncidentState:
+        """The incident as it is now; NotFound when there is none."""
+        state, _ = await self.history(incident_id)
+        return state
+
+    async def load(self, key: str) -> Loaded[IncidentState | None]:
+        """The incident (None when it was never opened) and its decision subject's last sequence."""
+        state, history = await self._read(key)
+        subject = incident_subject(key)
+        return Loaded(state, subject, max((r.seq for r in history if r.subject == subject), default=0))
+
+    def subject_of(self, key: str, event: Event) -> str:
+        """An incident's decisions go on its subject; the line it closes on the line's."""
+        return line_subject(event.line) if isinstance(event, LineClosed) else incident_subject(key)
+
+    async def _read(self, incident_id: str) -> tuple[IncidentState | None, list[Recorded]]:
+        try:
+            subject = incident_history(incident_id)
+        except InvalidToken as exc:
+            raise InvalidCommand(str(exc)) from None
+        history = [
+            r for r in await self.store.load(subject) if getattr(r.event, "incident_id", incident_id) == incident_id
+        ]
+        return fold([r.event for r in history]), history
+
+
+class Tokens:
+    """Access tokens in the log: each token id's subject holds its issue and its revocation."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+
+    async def load(self, key: str) -> Loaded[Event | None]:
+        """The token's last event (None: never issued) and its sequence."""
+        subject = token_subject(key)
+        last = await self.store.last(subject)
+        return Loaded(last.event if last else None, subject, last.seq if last else 0)
+
+    def subject_of(self, key: str, event: Event) -> str:
+        """A token's events go on its own subject."""
+        return token_subject(key)
+
+
+def call_routed(known: dict[str, Recorded], call_id: str) -> CallRouted | None:
+    """A call id's index entry among what was read (where it is now, or where deployments before
+    DISPATCH_INDEX wrote it)."""
+    for subject in call_index_subjects(call_id):
+        routed = known.get(subject)
+        if routed is not None and isinstance(routed.event, CallRouted):
+            return routed.event
+    return None

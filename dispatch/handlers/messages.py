@@ -1,0 +1,61 @@
+"""The commands the handler layer takes, as the outside faces send them (HTTP, NATS ingress, gateway).
+
+Invariants: a command is a frozen msgspec Struct whose fields are checked on decoding (lengths, types,
+time zones), so a handler never sees an unchecked value; a caller string is never refused here (an
+unknown or withheld number still raises an alarm for the duty desk).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+
+from dispatch.domain.incident import Action
+from dispatch.events.model import CallChannel, CallStatus
+from dispatch.store.eventstore import Recorded
+
+
+class CallRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A call as the gateway reports it; a caller that is empty (withheld) or no phone number is never refused."""
+
+    call_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    caller: Annotated[str, msgspec.Meta(max_length=64)]
+    callee: Annotated[str, msgspec.Meta(max_length=64)] = "6995"
+    at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+    channel: CallChannel = "voice"
+
+
+class CallResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to a call: its incident, and whether the call id had been answered before."""
+
+    incident_id: str
+    status: CallStatus
+    duplicate: bool = False
+
+
+class ResponseRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An answer to an incident as sent (the responder's number as typed)."""
+
+    responder: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    action: Action
+    category: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    note: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    reason: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
+class Answer(msgspec.Struct, frozen=True, kw_only=True):
+    """Record `request` on an incident; the same `idempotency_key` makes a retry decide nothing new."""
+
+    incident_id: str
+    request: ResponseRequest
+    idempotency_key: str | None = None
+
+
+class Trigger(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored incident decision that may reach people (the fan-out's input); `redelivered` when
+    the log hands it over again (a process died or gave up before acknowledging it)."""
+
+    record: Recorded
+    redelivered: bool = False

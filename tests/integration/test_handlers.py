@@ -1,0 +1,224 @@
+"""The handler layer alone: every handler built on a real nats-server and event store, wired by the
+composition root's table (`register_handlers`), with no `Service`, no HTTP server and no read models.
+Messages go in through the bus as the subscribers and the API send them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from dispatch.bootstrap import register_handlers
+from dispatch.channels.base import Permanent
+from dispatch.domain.directory import Directory
+from dispatch.domain.incident import DEFAULT_QUORUM, parse_quorum
+from dispatch.events.model import (
+    AlarmRaised,
+    DeliveryFailed,
+    DeliverySucceeded,
+    Event,
+    IncidentCovered,
+    IncidentEscalated,
+    LineClosed,
+    Person,
+    ResponderAccepted,
+)
+from dispatch.events.subjects import incident_subject, line_subject, notice_subject
+from dispatch.handlers.bus import MessageBus, UnknownMessage
+from dispatch.handlers.calls import CallService
+from dispatch.handlers.delivery import DeliveryWorker
+from dispatch.handlers.escalation import EscalationService
+from dispatch.handlers.fanout import FanOut
+from dispatch.handlers.messages import Answer, CallRequest, CallResult, ResponseRequest, Trigger
+from dispatch.handlers.responses import ResponseService
+from dispatch.handlers.uow import Loaded, UnitOfWork
+from dispatch.metrics import Metrics
+from dispatch.store.eventstore import EventStore, StoreUnavailable
+from dispatch.store.jobs import JobQueue
+from dispatch.store.provision import provision
+from dispatch.store.timers import TimerDue, Timers
+from tests.support import RecordingChannel
+from tests.unit.fixtures import directory_with
+
+CALLER, LEADER, ASSISTANT, OFFICER = "+8613800000001", "+8613800000008", "+8613900000001", "+8613900000009"
+DUTY = Person(phone="+8673100000000", name="值班室", role="duty")
+
+
+@dataclass
+class Handlers:
+    store: EventStore
+    bus: MessageBus
+    channel: RecordingChannel
+    directory: Directory
+
+    async def call(self, call_id: str, caller: str) -> CallResult:
+        result: CallResult = await self.bus.handle(CallRequest(call_id=call_id, caller=caller))
+        return result
+
+    async def answer(
+        self, incident_id: str, responder: str, action: str = "accept", key: str | None = None
+    ) -> list[Event]:
+        request = ResponseRequest(responder=responder, action=action)  # type: ignore[arg-type]
+        _, events = await self.bus.handle(Answer(incident_id=incident_id, request=request, idempotency_key=key))
+        return list(events)
+
+    async def decisions(self, incident_id: str) -> list[Event]:
+        return [r.event for r in await self.store.load(incident_subject(incident_id))]
+
+    async def notices(self, incident_id: str) -> list[Event]:
+        return [r.event for r in await self.store.load(notice_subject(incident_id))]
+
+    async def ring(self, incident_id: str) -> int:
+        """Hand the incident's opening decision to the fan-out, as its subscriber does."""
+        [opened, *_] = await self.store.load(incident_subject(incident_id))
+        targets: int = await self.bus.handle(Trigger(record=opened))
+        return targets
+
+
+def build(
+    nc: NATS, store: EventStore, directory: Directory, *, later: float = 0.0
+) -> tuple[MessageBus, RecordingChannel]:
+    """The composition root's wiring, by hand: `later` moves the deciders' clock on (a deadline due)."""
+    uow = UnitOfWork(store, clock=lambda: datetime.now(UTC) + timedelta(seconds=later))
+    metrics, bus, channel, timers = Metrics(), MessageBus(), RecordingChannel(), Timers(nc)
+    calls = CallService(uow, directory, quorum=parse_quorum(DEFAULT_QUORUM), fallback_duty=(DUTY,), metrics=metrics)
+    responses = ResponseService(uow, metrics)
+    delivery = DeliveryWorker(store, JobQueue(nc), {channel.name: channel}, metrics=metrics, bus=bus)
+    escalation = EscalationService(uow, metrics=metrics, command_centre=None, timers=timers)
+    fanout = FanOut(store, bus, [channel], timers=timers, public_url="http://127.0.0.1:9")
+    register_handlers(bus, calls, responses, fanout, delivery, escalation)
+    return bus, channel
+
+
+@pytest.fixture
+async def handlers(nc: NATS) -> AsyncIterator[Handlers]:
+    await provision(nc, channels=("test",))
+    store = EventStore(nc, timeout=2.0)
+    directory = directory_with()
+    bus, channel = build(nc, store, directory)
+    yield Handlers(store, bus, channel, directory)
+    await store.close()
+
+
+def test_the_table_sends_every_message_to_its_handler() -> None:
+    bus = MessageBus()
+
+    async def one(_: object) -> None:
+        return None
+
+    bus.register(CallRequest, one)
+    with pytest.raises(ValueError, match="already has a handler"):
+        bus.register(CallRequest, one)
+    with pytest.raises(UnknownMessage):
+        asyncio.run(bus.handle(object()))
+
+
+async def test_the_composition_roots_table(handlers: Handlers) -> None:
+    assert handlers.bus.table() == {
+        "CallRequest": ["CallService.call"],
+        "Answer": ["ResponseService.answer"],
+        "Trigger": ["FanOut.on_trigger"],
+        "DeliveryJob": ["DeliveryWorker.handle"],
+        "TimerDue": ["EscalationService.on_timer"],
+        "DeliveryFailed": ["EscalationService.on_delivery_failed"],
+    }
+
+
+async def test_a_call_opens_a_second_member_merges_a_retry_is_recognised(handlers: Handlers) -> None:
+    first = await handlers.call("c-1", "13800000001")
+    assert (first.status, first.duplicate) == ("raised", False)
+    second = await handlers.call("c-2", "13800000002")
+    assert (second.incident_id, second.status, second.duplicate) == (first.incident_id, "merged", False)
+    again = await handlers.call("c-1", "13800000001")
+    assert (again.incident_id, again.status, again.duplicate) == (first.incident_id, "raised", True)
+    unknown = await handlers.call("c-3", "13500000000")
+    assert (unknown.status, unknown.duplicate) == ("unregistered", False)
+    kinds = [type(e).__name__ for e in await handlers.decisions(first.incident_id)]
+    assert kinds == ["AlarmRaised", "CallRepeated"]
+
+
+async def test_a_trigger_rings_every_recipient_on_the_bus_and_records_the_outcome(handlers: Handlers) -> None:
+    incident = (await handlers.call("ring-1", "13800000001")).incident_id
+    assert await handlers.ring(incident) == 9
+    rung = {t.recipient.phone for t in handlers.channel.for_incident(incident)}
+    assert len(rung) == 9 and CALLER not in rung and {LEADER, ASSISTANT, OFFICER} <= rung
+    [outcome] = await handlers.notices(incident)
+    assert isinstance(outcome, DeliverySucceeded) and outcome.handed_at is not None and len(outcome.targets) == 9
+
+
+async def test_answers_cover_once_and_closing_closes_the_line(handlers: Handlers) -> None:
+    incident = (await handlers.call("ans-1", "13800000001")).incident_id
+    officer = await handlers.answer(incident, OFFICER)
+    assert [type(e) for e in officer] == [ResponderAccepted]
+    leader = await handlers.answer(incident, LEADER)
+    assert [type(e) for e in leader] == [ResponderAccepted, IncidentCovered]
+    assert await handlers.answer(incident, LEADER) == [], "a repeated accept decided something"
+    cancelled = await handlers.answer(incident, CALLER, "cancel")
+    assert [type(e).__name__ for e in cancelled] == ["IncidentCancelled", "LineClosed"]
+    [closed] = [r.event for r in await handlers.store.load(line_subject("group.dongshan.1"))]
+    assert isinstance(closed, LineClosed) and closed.incident_id == incident
+    reopened = await handlers.call("ans-2", "13800000001")
+    assert reopened.status == "raised" and reopened.incident_id != incident
+
+
+async def test_answers_racing_on_one_incident_are_each_recorded_once(handlers: Handlers) -> None:
+    """Two processes' answers at once: the unit of work re-decides the loser on fresh state."""
+    incident = (await handlers.call("race-1", "13800000001")).incident_id
+    other_bus, _ = build(handlers.store.nc, handlers.store, handlers.directory)
+    other = Handlers(handlers.store, other_bus, handlers.channel, handlers.directory)
+    await asyncio.gather(handlers.answer(incident, OFFICER, key="k1"), other.answer(incident, LEADER, key="k2"))
+    decisions = await handlers.decisions(incident)
+    accepted = sorted(e.phone for e in decisions if isinstance(e, ResponderAccepted))
+    assert accepted == sorted([OFFICER, LEADER])
+    assert sum(isinstance(e, IncidentCovered) for e in decisions) == 1
+    assert await handlers.answer(incident, OFFICER, key="k1") == [], "a retried answer was recorded twice"
+
+
+async def test_a_permanent_failure_is_an_event_the_escalation_reacts_to(handlers: Handlers) -> None:
+    handlers.channel.plan[OFFICER] = [Permanent("invalid number")]
+    incident = (await handlers.call("perm-1", "13800000001")).incident_id
+    await handlers.ring(incident)
+    failed = [e for e in await handlers.notices(incident) if isinstance(e, DeliveryFailed)]
+    assert [f.phone for e in failed for f in e.failures] == [OFFICER]
+    [escalated] = [e for e in await handlers.decisions(incident) if isinstance(e, IncidentEscalated)]
+    assert (escalated.tier, escalated.reason) == (1, "officer_unreachable")
+
+
+async def test_a_deadline_fired_twice_at_once_escalates_its_tier_once(handlers: Handlers, nc: NATS) -> None:
+    incident = (await handlers.call("late-1", "13800000001")).incident_id
+    due = TimerDue(incident_id=incident, timer="ack", due_at=datetime.now(UTC))
+    later_bus, _ = build(nc, handlers.store, handlers.directory, later=3600)
+    other_bus, _ = build(nc, handlers.store, handlers.directory, later=3600)
+    await asyncio.gather(later_bus.handle(due), other_bus.handle(due))
+    tiers = [e.tier for e in await handlers.decisions(incident) if isinstance(e, IncidentEscalated)]
+    assert tiers == [1]
+    early = TimerDue(incident_id=incident, timer="escalate", due_at=datetime.now(UTC))
+    assert await handlers.bus.handle(early) == [], "a deadline not yet due escalated"
+
+
+async def test_a_decision_of_nothing_appends_nothing_and_endless_conflicts_end(handlers: Handlers) -> None:
+    incident = (await handlers.call("uow-1", "13800000001")).incident_id
+    before = await handlers.store.stream_last_seq()
+    assert await handlers.answer(incident, OFFICER, key="same") != []
+    assert await handlers.answer(incident, OFFICER, key="same") == []
+    assert await handlers.store.stream_last_seq() == before + 1
+
+    class Stale:
+        """An aggregate whose load is always one decision behind the log."""
+
+        async def load(self, key: str) -> Loaded[None]:
+            return Loaded(None, incident_subject(incident), 1)
+
+        def subject_of(self, key: str, event: Event) -> str:
+            return incident_subject(incident)
+
+    uow = UnitOfWork(handlers.store, max_attempts=3, pause=0.001)
+    alarm = (await handlers.decisions(incident))[0]
+    assert isinstance(alarm, AlarmRaised)
+    with pytest.raises(StoreUnavailable, match="contention"):
+        await uow.decide(Stale(), incident, lambda _s, _now: [alarm], lambda i, _e: f"stale:{i}")
+    assert await handlers.store.stream_last_seq() == before + 1, "a conflicting decision was stored"
