@@ -46,14 +46,17 @@ CAPABILITIES: dict[TokenRole, frozenset[Capability]] = {
 
 
 def hash_secret(secret: str) -> str:
+    """The stored form of a token's secret (SHA-256, hex)."""
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def format_token(token_id: str, secret: str) -> str:
+    """The token as handed out: `dsp_<id>_<secret>`."""
     return f"{PREFIX}{token_id}_{secret}"
 
 
 def parse_token(token: str) -> tuple[str, str] | None:
+    """The (id, secret) of a presented token, or None when it is not of our form."""
     if not token.startswith(PREFIX):
         return None
     token_id, sep, secret = token[len(PREFIX) :].partition("_")
@@ -64,6 +67,8 @@ def parse_token(token: str) -> tuple[str, str] | None:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
+    """Who a valid token is: its id, name, role, villages and duty-desk station."""
+
     token_id: str
     name: str
     role: TokenRole
@@ -71,6 +76,7 @@ class Principal:
     station: str | None
 
     def can(self, capability: Capability) -> bool:
+        """Whether the role holds `capability`."""
         return capability in CAPABILITIES[self.role]
 
     def scope(self, directory: Directory) -> frozenset[str] | None:
@@ -83,6 +89,7 @@ class Principal:
         return self.villages
 
     def sees(self, village: str | None, directory: Directory) -> bool:
+        """Whether `village` is within this principal's scope."""
         scope = self.scope(directory)
         return scope is None or (village is not None and village in scope)
 
@@ -95,12 +102,14 @@ class TokenTable:
         self.revoked: set[str] = set()
 
     def apply(self, event: Event) -> None:
+        """Fold one token event."""
         if isinstance(event, TokenIssued):
             self.issued[event.token_id] = event
         elif isinstance(event, TokenRevoked):
             self.revoked.add(event.token_id)
 
     def authenticate(self, token: str | None) -> Principal | None:
+        """The principal of a presented token; None when unknown, revoked or the secret is wrong."""
         parsed = parse_token(token or "")
         if parsed is None:
             return None
@@ -119,6 +128,7 @@ class TokenTable:
         )
 
     def active(self) -> list[TokenIssued]:
+        """Tokens issued and not revoked, by id."""
         return [t for tid, t in sorted(self.issued.items()) if tid not in self.revoked]
 
 

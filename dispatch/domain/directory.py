@@ -67,6 +67,7 @@ class GroupState:
 
     @property
     def id(self) -> str:
+        """The group's id: `<village>.<group>`."""
         return group_id(self.village, self.group)
 
     @property
@@ -80,17 +81,20 @@ class GroupState:
         }
 
     def edit(self) -> dict[str, Person]:
+        """The members unpacked for changing (call `pack` when done)."""
         if self._members is None:
             self._members = self.members
             self._packed = b""
         return self._members
 
     def pack(self) -> None:
+        """Pack the members back into bytes after an edit."""
         if self._members is not None:
             self._packed = _pack.encode([(p.phone, p.name, _ROLE_CODE[p.role]) for p in self._members.values()])
             self._members = None
 
     def leader(self) -> Person | None:
+        """The group's leader, if it has one."""
         return next((m for m in self.members.values() if m.role == "leader"), None)
 
 
@@ -115,6 +119,7 @@ class PhoneIndex:
         self._numbers = 0
 
     def get(self, phone: str) -> tuple[int, ...]:
+        """The group slots a number is bound in."""
         key = phone_key(phone)
         recent = self._recent.get(key)
         if recent is not None:
@@ -130,11 +135,13 @@ class PhoneIndex:
         return tuple(found)
 
     def add(self, phone: str, slot: int) -> None:
+        """Bind a number to a group slot."""
         current = self.get(phone)
         if slot not in current:
             self._set(phone, (*current, slot), current)
 
     def remove(self, phone: str, slot: int) -> None:
+        """Unbind a number from a group slot."""
         current = self.get(phone)
         if slot in current:
             self._set(phone, tuple(s for s in current if s != slot), current)
@@ -187,6 +194,8 @@ class Deadlines:
 
 @dataclass(slots=True)
 class VillageState:
+    """A village's own settings: deadline overrides, time zone and duty desks."""
+
     village: str
     duty_desks: dict[str, Person] = field(default_factory=dict)
     last_seq: int = 0
@@ -196,6 +205,7 @@ class VillageState:
     time_zone: str | None = None
 
     def deadlines(self, defaults: Deadlines) -> Deadlines:
+        """The village's deadlines, its overrides over `defaults`."""
         return Deadlines(
             ack_s=self.ack_deadline_s if self.ack_deadline_s is not None else defaults.ack_s,
             escalate_s=self.escalate_after_s if self.escalate_after_s is not None else defaults.escalate_s,
@@ -205,6 +215,8 @@ class VillageState:
 
 @dataclass(slots=True, frozen=True)
 class Membership:
+    """One group a number belongs to, as that member."""
+
     group: GroupState
     person: Person
     members: dict[str, Person]
@@ -245,6 +257,7 @@ _snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
 
 
 def encode_snapshot(snapshot: Snapshot) -> bytes:
+    """A directory snapshot as bytes (msgpack)."""
     return _pack.encode(snapshot)
 
 
@@ -269,6 +282,7 @@ class Directory:
         self.position = 0
 
     def apply(self, event: Event, seq: int) -> None:
+        """Fold one group or village event stored at `seq`."""
         if isinstance(event, GroupEvent):
             self._apply_group(event, seq)
         elif isinstance(event, VillageEvent):
@@ -426,6 +440,7 @@ class Directory:
         return try_normalize(raw, region)
 
     def memberships(self, phone: str) -> list[Membership]:
+        """Every group the number is bound in."""
         slots = self._by_phone.get(phone)
         if not slots:
             return []
@@ -438,18 +453,22 @@ class Directory:
         return found
 
     def group(self, village: str, group: str) -> GroupState | None:
+        """A group by village and name, or None."""
         state = self.groups.get(group_id(village, group))
         return None if state is None or state.dissolved else state
 
     def deadlines(self, village: str | None, defaults: Deadlines) -> Deadlines:
+        """The deadlines of incidents raised in `village`."""
         state = self.villages.get(village) if village else None
         return state.deadlines(defaults) if state else defaults
 
     def duty_desks(self, village: str) -> tuple[Person, ...]:
+        """The village's duty desks."""
         state = self.villages.get(village)
         return tuple(state.duty_desks.values()) if state else ()
 
     def live_groups(self) -> list[GroupState]:
+        """Every group not dissolved."""
         return [g for g in self.groups.values() if not g.dissolved]
 
     def _ordered(self) -> tuple[list[tuple[str, str]], list[GroupState]]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 class DomainError(Exception):
+    """A command refused for a reason a person can read; `status` is its HTTP status."""
+
     status = 400
 
     def __init__(self, reason: str) -> None:
@@ -12,16 +14,24 @@ class DomainError(Exception):
 
 
 class NotFound(DomainError):
+    """No such incident, group, village or token (404)."""
+
     status = 404
 
 
 class NotPermitted(DomainError):
+    """This person or token may not do this (403)."""
+
     status = 403
 
 
 class InvalidTransition(DomainError):
+    """Not possible in the aggregate's state, e.g. answering a closed incident (409)."""
+
     status = 409
 
 
 class InvalidCommand(DomainError):
+    """The command itself is malformed (422)."""
+
     status = 422

@@ -94,6 +94,7 @@ def effective_quorum(policy: Quorum, people: tuple[Person, ...]) -> Quorum:
 
 
 def quorum_met(quorum: Quorum, accepted_roles: set[Role]) -> bool:
+    """Whether the accepted roles meet every clause of the quorum."""
     if not quorum:
         return bool(accepted_roles)
     return all(accepted_roles.intersection(clause) for clause in quorum)
@@ -116,6 +117,8 @@ class IncomingCall(msgspec.Struct, frozen=True, kw_only=True):
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    """Who a call is for: its line, village, group, caller, recipients, duty desks, quorum, deadlines."""
+
     kind: Literal["group", "village", "unregistered"]
     line: str
     village: str | None
@@ -200,6 +203,7 @@ def incident_id_for(line: str, epoch: int) -> str:
 
 
 def open_incident(route: Route, call: IncomingCall, epoch: int) -> IncidentOpened:
+    """The event that opens the line's incident of `epoch` for this call."""
     kind = UnregisteredCall if route.kind == "unregistered" else AlarmRaised
     return kind(
         at=call.at,
@@ -327,6 +331,8 @@ def alert_for(
 
 @dataclass(slots=True)
 class Responder:
+    """One person an incident reaches, with what they were sent and answered."""
+
     person: Person
     recipient: bool
     notified: dict[str, datetime] = field(default_factory=dict)
@@ -339,11 +345,14 @@ class Responder:
 
     @property
     def answered(self) -> bool:
+        """Whether they accepted or declined."""
         return self.accepted_at is not None or self.declined_at is not None
 
 
 @dataclass(slots=True)
 class IncidentState:
+    """An incident folded from its log: opened, responders, cover, escalation, close."""
+
     id: str
     opened: IncidentOpened
     status: Status
@@ -366,21 +375,26 @@ class IncidentState:
 
     @property
     def closed(self) -> bool:
+        """Resolved or cancelled."""
         return self.status in CLOSED
 
     @property
     def covered(self) -> bool:
+        """The cover quorum was met."""
         return self.covered_at is not None
 
     @property
     def caller(self) -> Person:
+        """Who raised it."""
         return self.opened.caller
 
     @property
     def registered(self) -> bool:
+        """Raised by a member of a group (not an unknown number)."""
         return isinstance(self.opened, AlarmRaised)
 
     def accepted_roles(self) -> set[Role]:
+        """The roles of everyone who accepted."""
         return {r.person.role for r in self.responders.values() if r.accepted_at is not None}
 
 
@@ -493,6 +507,7 @@ def evolve(state: IncidentState | None, event: Event) -> IncidentState | None:
 
 
 def fold(events: list[Event]) -> IncidentState | None:
+    """The incident folded from its events, or None when none opens it."""
     state: IncidentState | None = None
     for event in events:
         state = evolve(state, event)
@@ -572,6 +587,7 @@ def decide_response(state: IncidentState | None, cmd: Respond) -> list[Event]:
 
 
 def line_closed(state: IncidentState, at: datetime) -> LineClosed:
+    """The event that closes the incident's line, so its next call opens the next epoch."""
     return LineClosed(at=at, line=state.opened.line, incident_id=state.id, epoch=state.opened.epoch)
 
 

@@ -68,12 +68,14 @@ ESCALATION_ZH = {
 
 
 def place(village: str | None, group: str | None) -> str:
+    """Where an alert is from, as people say it: `东山村1组`."""
     if village and group:
         return f"{village}{group}组"
     return village or "未知地点"
 
 
 def who(person: Person) -> str:
+    """A person as the alert names them: name and role, else the number."""
     name = person.name or ROLE_ZH.get(person.role, "村民")
     return f"{ROLE_ZH.get(person.role, '')}{name}（{person.phone}）" if person.name else f"{name}（{person.phone}）"
 
@@ -138,6 +140,7 @@ def markdown_for(alert: Alert, console_url: str) -> str:
 
 
 def alert_text_en_for(alert: Alert) -> str:
+    """The alert in English (for the console's English view and webhooks)."""
     where = f"{alert.village}/{alert.group}" if alert.group else (alert.village or "unknown place")
     caller = alert.caller
     return f"6995 alarm: {ROLE_EN.get(caller.role, '')} {caller.name} ({caller.phone}) at {where} needs help."

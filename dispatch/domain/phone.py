@@ -14,10 +14,13 @@ DEFAULT_REGION = "CN"
 
 
 class InvalidPhone(ValueError):
+    """Not a phone number of the region."""
+
     pass
 
 
 def normalize(raw: str, region: str = DEFAULT_REGION) -> str:
+    """The number in E.164; InvalidPhone when it is none."""
     text = raw.strip()
     if not text or len(text) > 32:
         raise InvalidPhone(f"not a valid phone number: {raw!r}")
@@ -43,6 +46,7 @@ def cn_mobile_candidate(raw: str) -> str | None:
 
 
 def try_normalize(raw: str, region: str = DEFAULT_REGION) -> str | None:
+    """The number in E.164, or None."""
     try:
         return normalize(raw, region)
     except InvalidPhone:

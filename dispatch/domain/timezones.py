@@ -13,6 +13,7 @@ DEFAULT_TIME_ZONE = "Asia/Shanghai"
 
 
 def valid_time_zone(name: str) -> bool:
+    """Whether `name` is an IANA time zone this machine knows."""
     if not name or len(name) > 64 or name.startswith("/") or ".." in name:
         return False
     try:

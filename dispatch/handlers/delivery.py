@@ -250,6 +250,7 @@ def _msg_id(job_key: str, event: Event) -> str:
 
 
 def failure_kind(outcome: Permanent | Transient | Withdrawn) -> FailureKind:
+    """How a target was given up on: permanent, withdrawn, or exhausted (retries spent)."""
     if isinstance(outcome, Permanent):
         return "permanent"
     if isinstance(outcome, Withdrawn):

@@ -28,6 +28,8 @@ REPEAT_EVERY_S = 10.0
 
 
 class CallerFlood:
+    """Per caller: a call budget and the incident their last call went to."""
+
     def __init__(
         self,
         *,

@@ -70,6 +70,8 @@ SAID = {
 
 
 class SmsIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A text to the short number as the gateway reports it."""
+
     message_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     sender: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = msgspec.field(name="from")
     to: Annotated[str, msgspec.Meta(max_length=64)] = "6995"

@@ -21,6 +21,8 @@ from dispatch.handlers.eager import start
 
 
 class TaskPool:
+    """At most `size` message handlers at once; in-progress acks while they run."""
+
     def __init__(self, limit: int, name: str, *, heartbeat: float = 2.0) -> None:
         self.name = name
         self.heartbeat = heartbeat
@@ -30,9 +32,11 @@ class TaskPool:
 
     @property
     def running(self) -> int:
+        """How many handlers are running."""
         return len(self._tasks)
 
     async def submit(self, work: Callable[[], Awaitable[None]], msg: Msg | None = None) -> None:
+        """Run `work` in the pool, waiting for a free place."""
         await self._slots.acquire()
         running = start(self._run(work, msg))
         if not running.done():
@@ -64,6 +68,7 @@ class TaskPool:
         return pending
 
     async def drain(self, timeout: float = 10.0) -> None:
+        """Wait for the running handlers to finish, up to `timeout`."""
         if not self._tasks:
             return
         _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)

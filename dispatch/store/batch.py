@@ -45,6 +45,7 @@ async def publish_batch(
 async def publish_one(
     nc: NATS, subject: str, body: bytes, headers: dict[str, str], *, timeout: float
 ) -> dict[str, Any]:
+    """Publish one message to JetStream and return the server's answer."""
     reply = await nc.request(subject, body, timeout=timeout, headers=dict(headers))
     ack: dict[str, Any] = json.loads(reply.data)
     return ack

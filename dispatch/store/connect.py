@@ -30,6 +30,8 @@ from nats.aio.client import Client as NATS
 
 
 class NatsConnectError(RuntimeError):
+    """NATS refused us or cannot be reached; the message names the settings to check."""
+
     pass
 
 
@@ -50,6 +52,7 @@ class NatsAuth:
     tls_key: Path | None = None
 
     def mechanisms(self) -> list[str]:
+        """The credential mechanisms configured."""
         found = [
             name
             for name, value in (
@@ -64,6 +67,7 @@ class NatsAuth:
 
     @property
     def tls(self) -> bool:
+        """Whether TLS settings are given."""
         return bool(self.tls_ca or self.tls_cert)
 
     def describe(self) -> str:
@@ -77,6 +81,7 @@ class NatsAuth:
         return ", ".join(parts) or "no credentials"
 
     def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for these settings, or None."""
         if not self.tls:
             return None
         context = ssl.create_default_context(cafile=str(self.tls_ca) if self.tls_ca else None)

@@ -67,6 +67,8 @@ class AppendRejected(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
+    """A message to append: subject, event, message id and the subject's expected last sequence."""
+
     subject: str
     event: Event
     msg_id: str
@@ -75,6 +77,8 @@ class Outgoing:
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
+    """A message read from the log: its sequence, subject, event, message id and time."""
+
     seq: int
     subject: str
     event: Event
@@ -83,6 +87,7 @@ class Recorded:
 
 
 def parse_time(value: str | None) -> datetime:
+    """A `Nats-Time-Stamp` as a UTC datetime (now when missing)."""
     if not value:
         return datetime.now(UTC)
     head, _, frac = value.rstrip("Z").partition(".")
@@ -91,6 +96,7 @@ def parse_time(value: str | None) -> datetime:
 
 
 def recorded_from(msg: Msg, subject: str | None = None) -> Recorded:
+    """A stored message as a Recorded."""
     headers = msg.headers or {}
     meta_seq = headers.get("Nats-Sequence")
     seq = int(meta_seq) if meta_seq else msg.metadata.sequence.stream
@@ -105,6 +111,8 @@ def recorded_from(msg: Msg, subject: str | None = None) -> Recorded:
 
 
 class EventStore:
+    """Appends to and reads from the log."""
+
     def __init__(
         self, nc: NATS, *, stream: str = EVENTS_STREAM, timeout: float = 3.0, metrics: Metrics | None = None
     ) -> None:
@@ -315,12 +323,14 @@ class EventStore:
             self._waiting.pop(token, None)
 
     async def close(self) -> None:
+        """Stop the reply subscription of batched reads."""
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
 
     async def stream_last_seq(self) -> int:
+        """The log's last sequence."""
         self._require_connection()
         try:
             reply = await self.nc.request(f"$JS.API.STREAM.INFO.{self.stream}", b"", timeout=self.timeout)

@@ -35,6 +35,7 @@ class SequenceWaiters:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     def advance(self, seq: int) -> None:
+        """Move the position to `seq` and release the waiters it reaches."""
         self.position = max(self.position, seq)
         if not self._waiters:
             return
@@ -48,6 +49,7 @@ class SequenceWaiters:
         self._waiters = keep
 
     async def wait_for(self, seq: int, timeout: float = 10.0) -> None:
+        """Wait until the position reaches `seq`."""
         if seq <= self.position:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -56,6 +58,8 @@ class SequenceWaiters:
 
 
 class Follower:
+    """Follows a subject filter in order and calls `apply` for each message."""
+
     def __init__(
         self,
         nc: NATS,
@@ -81,9 +85,11 @@ class Follower:
 
     @property
     def position(self) -> int:
+        """The last sequence applied."""
         return self._waiters.position
 
     async def start(self, *, catch_up: bool = True, timeout: float = 120.0) -> None:
+        """Start following; with `catch_up`, return once what was stored before is applied."""
         target = 0 if self.only_new or not catch_up else await self._last_matching_seq()
         js = self.nc.jetstream()
         if self.only_new:
@@ -130,9 +136,11 @@ class Follower:
         self._waiters.advance(seq)
 
     async def wait_for(self, seq: int, timeout: float = 10.0) -> None:
+        """Wait until the message at `seq` is applied."""
         await self._waiters.wait_for(seq, timeout)
 
     async def stop(self) -> None:
+        """Stop following."""
         sub = self._sub
         self._sub = None
         if sub is not None:

@@ -37,6 +37,8 @@ CONSUMER_NOT_FOUND = 10014
 
 
 class ProvisionError(RuntimeError):
+    """A stream or consumer could not be created as configured."""
+
     pass
 
 
@@ -61,6 +63,7 @@ def _kept_forever(name: str, description: str, subjects: list[str], replicas: in
 
 
 def events_stream(replicas: int) -> dict[str, Any]:
+    """DISPATCH_EVENTS: the log."""
     return {
         **_kept_forever(s.EVENTS_STREAM, "dispatch event log: every fact, never deleted", [s.EVENTS_ALL], replicas),
         "max_msgs_per_subject": -1,
@@ -71,6 +74,7 @@ def events_stream(replicas: int) -> dict[str, Any]:
 
 
 def delivery_stream(replicas: int) -> dict[str, Any]:
+    """DISPATCH_DELIVERY: the delivery work queue."""
     return {
         "name": s.DELIVERY_STREAM,
         "description": "delivery jobs: one per recipient, channel and target, removed once acknowledged",
@@ -87,11 +91,13 @@ def delivery_stream(replicas: int) -> dict[str, Any]:
 
 
 def index_stream(replicas: int) -> dict[str, Any]:
+    """DISPATCH_INDEX: the call index."""
     description = "the call index: what each gateway call id was answered (apart from the log's write path)"
     return {**_kept_forever(s.INDEX_STREAM, description, [s.INDEX_ALL], replicas), "max_msg_size": 64 * 1024}
 
 
 def timers_stream(replicas: int) -> dict[str, Any]:
+    """DISPATCH_TIMERS: the deadlines' message schedules."""
     return {
         "name": s.TIMERS_STREAM,
         "description": "incident deadlines as server-side message schedules, and the timers they fire",
@@ -108,6 +114,7 @@ def timers_stream(replicas: int) -> dict[str, Any]:
 
 
 def dead_letter_stream(replicas: int) -> dict[str, Any]:
+    """DISPATCH_DEAD: messages no handler could read."""
     return {
         "name": s.DEAD_LETTER_STREAM,
         "description": "messages an ingress subscriber could not read, with the reason in a header",
@@ -124,6 +131,8 @@ def dead_letter_stream(replicas: int) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class ConsumerSpec:
+    """A durable consumer as we provision it (versioned names: nats-py never detects drift)."""
+
     stream: str
     durable: str
     filter_subjects: tuple[str, ...]
@@ -138,6 +147,7 @@ class ConsumerSpec:
     """Older versions of this consumer: the new one takes over from their acknowledged position."""
 
     def config(self) -> dict[str, Any]:
+        """The consumer's JetStream configuration."""
         cfg: dict[str, Any] = {
             "durable_name": self.durable,
             "ack_policy": "explicit",
@@ -171,6 +181,7 @@ FANOUT = ConsumerSpec(
 
 
 def delivery_consumer(channel: str) -> ConsumerSpec:
+    """The pull consumer of one channel's delivery jobs."""
     return ConsumerSpec(
         s.DELIVERY_STREAM, f"deliver_{channel}_v1", (s.deliver_subject(channel),), ack_wait_s=6, max_ack_pending=2000
     )
@@ -199,6 +210,7 @@ def _differences(have: dict[str, Any], want: dict[str, Any]) -> dict[str, tuple[
 
 
 async def ensure_stream(nc: NATS, config: dict[str, Any]) -> dict[str, Any]:
+    """Create the stream, or update it to this configuration."""
     name = config["name"]
     info = await _api(nc, f"$JS.API.STREAM.INFO.{name}")
     if "error" in info:
@@ -249,6 +261,7 @@ async def _take_over_from(nc: NATS, spec: ConsumerSpec, want: dict[str, Any]) ->
 
 
 async def ensure_consumer(nc: NATS, spec: ConsumerSpec) -> dict[str, Any]:
+    """Create the consumer, or update it to this configuration."""
     want = spec.config()
     older: list[str] = []
     info = await _consumer_info(nc, spec.stream, spec.durable)

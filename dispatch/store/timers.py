@@ -26,6 +26,8 @@ from dispatch.store.eventstore import AppendRejected, StoreUnavailable
 
 
 class TimerDue(msgspec.Struct, frozen=True, kw_only=True):
+    """A deadline as scheduled and fired: the incident, the timer, when it was due."""
+
     incident_id: str
     timer: str
     due_at: datetime
@@ -36,15 +38,19 @@ timer_decoder = msgspec.json.Decoder(TimerDue)
 
 
 def at_header(due: datetime) -> str:
+    """The `Nats-Schedule` value for a due time."""
     return "@at " + due.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 class Timers:
+    """Sets deadlines as JetStream message schedules."""
+
     def __init__(self, nc: NATS, *, timeout: float = 3.0) -> None:
         self.nc = nc
         self.timeout = timeout
 
     async def schedule(self, incident_id: str, timer: str, due: datetime) -> None:
+        """Set (or replace) the incident's timer to fire at `due`."""
         if not self.nc.is_connected:
             raise StoreUnavailable("timers unavailable: not connected to NATS")
         body = timer_encoder.encode(TimerDue(incident_id=incident_id, timer=timer, due_at=due))
