@@ -19,6 +19,7 @@ from dispatch.bootstrap import Service
 from dispatch.channels.gateway import leg_key
 from dispatch.settings import Settings
 from dispatch.store.server import free_port
+from tests.support import eventually
 
 ROSTER = """village,group,phone,role,name
 east,1,13800000001,household,甲
@@ -276,11 +277,12 @@ async def test_lists_and_streams_show_only_the_token_villages(world: World) -> N
     admin = {"Authorization": f"Bearer {world.tokens['admin']}"}
     base = world.service.settings.base_url
     async with httpx.AsyncClient(base_url=base, headers=officer, timeout=30) as http:
-        for _ in range(100):
-            rows = (await http.get("/v1/incidents")).json()["incidents"]
-            if rows:
-                break
-            await asyncio.sleep(0.05)
+
+        async def listed() -> list[dict[str, Any]]:
+            rows: list[dict[str, Any]] = (await http.get("/v1/incidents")).json()["incidents"]
+            return rows
+
+        rows = await eventually(listed, timeout=10, what="an incident listed for the officer")
         assert [r["incident_id"] for r in rows] == [world.incidents["east"]]
         assert "****" in rows[0]["caller"], "a list showed an officer a whole number (lists are masked)"
         view = (await http.get(f"/v1/incidents/{world.incidents['east']}")).json()
@@ -295,26 +297,32 @@ async def test_lists_and_streams_show_only_the_token_villages(world: World) -> N
         whole = (await as_admin.get("/v1/incidents", params={"village": "east"})).json()["incidents"]
         assert whole[0]["caller"].startswith("+86") and "****" not in whole[0]["caller"]
     async with httpx.AsyncClient(base_url=base, headers=officer, timeout=30) as http:
-        seen: dict[str, list[str]] = {"all": [], "west": []}
+        seen: dict[str, list[str]] = {"all": [], "west": [], "control": []}
 
-        async def listen(label: str, params: dict[str, str]) -> None:
-            async with http.stream("GET", "/v1/stream", params=params) as stream:
+        async def listen(label: str, params: dict[str, str], headers: dict[str, str] = officer) -> None:
+            async with http.stream("GET", "/v1/stream", params=params, headers=headers) as stream:
                 async for line in stream.aiter_lines():
                     seen[label].append(line)
 
         listeners = [
             asyncio.create_task(listen("all", {})),
             asyncio.create_task(listen("west", {"village": "west"})),
+            asyncio.create_task(listen("control", {"village": "west"}, admin)),
         ]
-        await asyncio.sleep(0.5)
+        await eventually(
+            lambda: all("event: hello" in lines for lines in seen.values()), what="every stream said hello"
+        )
         async with httpx.AsyncClient(base_url=base, headers=admin, timeout=30) as root:
             west = (await root.post("/v1/calls", json={"call_id": "s-west", "caller": "13755506543"})).json()
             east = (await root.post("/v1/calls", json={"call_id": "s-east", "caller": "13800000008"})).json()
-        for _ in range(100):
-            if any(east["incident_id"] in line for line in seen["all"]):
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)
+        # The hub hands each event to every stream at once: once an admin's stream of village west has
+        # the west alarm and the officer's has the later east one, the officer's west stream had its chance.
+        await eventually(
+            lambda: any(west["incident_id"] in line for line in seen["control"]), what="the west alarm, to an admin"
+        )
+        await eventually(
+            lambda: any(east["incident_id"] in line for line in seen["all"]), what="the east alarm, to its officer"
+        )
         for task in listeners:
             task.cancel()
         await asyncio.gather(*listeners, return_exceptions=True)

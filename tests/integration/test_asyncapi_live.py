@@ -3,7 +3,6 @@ document gives its type, and its body has the documented fields (the service in-
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from tests.support import RecordingChannel, eventually, start_service
 from tests.unit.test_asyncapi import load, resolve
 
 OFFICER, LEADER = "+8613900000009", "+8613800000008"
+LOG_CHANNELS = {"incidentDecisions", "incidentNotices", "groups", "villages", "lines", "calls", "tokens"}
 
 
 @pytest.fixture
@@ -102,7 +102,19 @@ async def test_what_the_service_stores_is_where_the_document_says(service: tuple
         assert r.status_code == 200, r.text
         unknown = (await http.post("/v1/calls", json={"call_id": "api-3", "caller": "13700000077"})).json()
         assert unknown["status"] == "unregistered"
-    await asyncio.sleep(0.5)
+
+    async def every_channel_stored() -> bool:
+        logged = {
+            channel_of(doc, m.subject)[0] for stream in (EVENTS_STREAM, INDEX_STREAM) for m in await stored(svc, stream)
+        }
+        queued = {
+            channel_of(doc, m.subject)[0]
+            for stream in (DELIVERY_STREAM, TIMERS_STREAM)
+            for m in await stored(svc, stream)
+        }
+        return logged >= LOG_CHANNELS and queued >= {"deliveryJobs", "timerSchedules"}
+
+    await eventually(every_channel_stored, what="a message stored on every channel the scenario reaches")
 
     seen: Counter[str] = Counter()
     for stream in (EVENTS_STREAM, INDEX_STREAM):
@@ -113,7 +125,7 @@ async def test_what_the_service_stores_is_where_the_document_says(service: tuple
             assert event_type in documented["messages"], f"{event_type} on {msg.subject} ({channel_id})"
             check_body(doc, doc["components"]["messages"][event_type], msg.data, msg.subject)
             seen[channel_id] += 1
-    assert set(seen) == {"incidentDecisions", "incidentNotices", "groups", "villages", "lines", "calls", "tokens"}
+    assert set(seen) == LOG_CHANNELS
 
     for stream, expected in ((DELIVERY_STREAM, {"deliveryJobs"}), (TIMERS_STREAM, {"timerSchedules"})):
         kinds = set()

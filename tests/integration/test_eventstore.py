@@ -12,6 +12,7 @@ from dispatch.events.subjects import InvalidSubject
 from dispatch.store.eventstore import AppendConflict, EventStore, Outgoing, StoreUnavailable
 from dispatch.store.provision import provision
 from dispatch.store.server import EmbeddedNats
+from tests.support import eventually
 from tests.unit.fixtures import at
 
 
@@ -121,9 +122,11 @@ async def test_loads_page_past_one_thousand(store: EventStore) -> None:
     assert len(await store.load(subject, after=2400)) == 100
 
 
-async def test_nats_down_is_store_unavailable_not_a_hang(store: EventStore, nats_server: EmbeddedNats) -> None:
+async def test_nats_down_is_store_unavailable_not_a_hang(
+    store: EventStore, nats_server: EmbeddedNats, nc: NATS
+) -> None:
     await nats_server.stop()
-    await asyncio.sleep(0.2)
+    await eventually(lambda: not nc.is_connected, timeout=5, what="the client saw the server go")
     with pytest.raises(StoreUnavailable):
         await store.append([Outgoing("dispatch.evt.group.v.1", formed(), "x:0", expected_seq=0)])
     with pytest.raises(StoreUnavailable):

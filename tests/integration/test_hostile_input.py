@@ -4,7 +4,6 @@ its open incident, and signed gateway requests (window, replays, a 5xx releasing
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -12,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,7 +23,7 @@ from dispatch.events.subjects import call_subject, incident_subject
 from dispatch.settings import Settings
 from dispatch.store.server import free_port
 from tests.rosters import ROSTER
-from tests.support import RecordingChannel
+from tests.support import RecordingChannel, eventually
 
 SIGNING_SECRET = "signing-secret-for-the-gateway-0001"
 
@@ -172,8 +172,15 @@ async def test_oversize_bodies_are_413_before_anything_is_parsed_or_stored(
     assert (
         await http.post("/v1/groups/import", content=roster.encode(), headers={"Content-Type": "text/csv"})
     ).status_code != 413, "a roster may be larger than a JSON body"
-    await asyncio.sleep(0.3)
-    assert (await http.get("/v1/incidents")).json()["count"] == before
+    marker = (await http.post("/v1/calls", json={"call_id": "after-413", "caller": "13800000011"})).json()
+
+    async def listed() -> dict[str, Any] | None:
+        page = await http.get("/v1/incidents")
+        found = page.status_code == 200 and marker["incident_id"] in page.text
+        return page.json() if found else None  # type: ignore[no-any-return]
+
+    page = await eventually(listed, interval=0.3, what="the incident raised after the refused calls, listed")
+    assert page["count"] == before + 1, "a refused call was listed"
     for call_id in ("huge", "chunked"):
         assert await service.store.last(call_subject(call_id)) is None, f"{call_id} reached the log"
 
@@ -304,10 +311,11 @@ async def test_a_signed_call_refused_with_503_may_be_sent_again_byte_for_byte(
     async with httpx.AsyncClient(base_url=service.settings.base_url, timeout=30) as raw:
         down = await raw.post("/v1/calls", content=body, headers=headers)
         assert down.status_code == 503
-        for _ in range(200):
-            if (await raw.get("/readyz")).status_code == 200:
-                break
-            await asyncio.sleep(0.05)
+
+        async def ready() -> bool:
+            return (await raw.get("/readyz")).status_code == 200
+
+        await eventually(ready, timeout=15, what="ready again once NATS is back")
         retried = await raw.post("/v1/calls", content=body, headers=headers)
         assert retried.status_code == 202, retried.text
         again = await raw.post("/v1/calls", content=body, headers=headers)

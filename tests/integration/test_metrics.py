@@ -329,7 +329,7 @@ async def test_projection_lag_grows_while_the_read_model_is_stuck_and_drains_aft
                 )
             )
         await eventually(lambda: runner.lag() == 1500)
-        await asyncio.sleep(0.5)
+        await eventually(lambda: runner._received == 1500, what="the stuck runner was handed every event")
         assert runner.lag() == 1500, "lag must count what is stuck, not what was pending at the last batch"
     await eventually(lambda: runner.lag() == 0, timeout=30)
     await runner.stop()

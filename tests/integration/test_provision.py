@@ -9,6 +9,7 @@ from nats.aio.msg import Msg
 
 from dispatch.events.subjects import EVENTS_STREAM, FANOUT_PUSH, INCIDENTS_ALL
 from dispatch.store.provision import FANOUT, ConsumerSpec, ensure_consumer, provision
+from tests.support import eventually
 
 OLD_FANOUT = ConsumerSpec(EVENTS_STREAM, "fanout_v1", (INCIDENTS_ALL,), ack_wait_s=6)
 
@@ -25,7 +26,12 @@ async def _received_by_queue(nc: NATS, expected: int) -> list[int]:
 
     sub = await nc.jetstream().subscribe(INCIDENTS_ALL, queue=FANOUT.durable, cb=on_msg, manual_ack=True)
     await asyncio.wait_for(done.wait(), 5)
-    await asyncio.sleep(0.2)
+
+    async def drained() -> bool:
+        info = await nc.jetstream().consumer_info(EVENTS_STREAM, FANOUT.durable)
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    await eventually(drained, timeout=5, what="the queue delivered and acknowledged all it will")
     await sub.unsubscribe()
     return got
 
