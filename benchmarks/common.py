@@ -182,9 +182,9 @@ async def read_side_caught_up(
 ) -> None:
     """Until every read model's checkpoint has reached the log's last matching message: the storm
     measures alarms, not the worker catching up on the roster import."""
+    from dispatch.projections.rebuild import PROJECTIONS
     from dispatch.projections.runner import checkpoint, last_matching
     from dispatch.projections.sql import Database
-    from dispatch.replay import PROJECTIONS
 
     db = Database(database_url)
 

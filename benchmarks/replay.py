@@ -36,8 +36,8 @@ from nats.js.api import DeliverPolicy
 
 from dispatch.events import codec
 from dispatch.events.subjects import EVENTS_ALL, EVENTS_STREAM, stream_of
+from dispatch.projections.rebuild import PROJECTIONS, rebuild_all
 from dispatch.projections.sql import Database
-from dispatch.replay import PROJECTIONS, rebuild_all
 from dispatch.store.eventstore import H_MSG_ID, EventStore
 from dispatch.store.provision import provision
 from dispatch.store.server import EmbeddedNats

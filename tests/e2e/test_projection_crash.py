@@ -19,10 +19,10 @@ from nats.aio.client import Client as NATS
 from dispatch.events import codec
 from dispatch.events.subjects import EVENTS_STREAM, stream_of
 from dispatch.projections.incidents import INCIDENTS, RESPONDERS, IncidentsProjection
+from dispatch.projections.rebuild import PROJECTIONS, rebuild_all
 from dispatch.projections.roster import DUTY_DESKS, GROUPS, MEMBERS, VILLAGES, RosterProjection
 from dispatch.projections.runner import last_matching
 from dispatch.projections.sql import Database
-from dispatch.replay import PROJECTIONS, rebuild_all
 from dispatch.store.eventstore import H_MSG_ID, EventStore
 from dispatch.store.provision import provision
 from dispatch.store.server import EmbeddedNats

@@ -45,6 +45,7 @@ from dispatch.events.model import (
 from dispatch.events.subjects import incident_subject, line_subject, notice_subject
 from dispatch.projections import queries, roster
 from dispatch.projections.incidents import INCIDENTS, RESPONDERS, IncidentsProjection
+from dispatch.projections.rebuild import rebuild
 from dispatch.projections.roster import RosterProjection
 from dispatch.projections.runner import (
     CHECKPOINTS_DDL,
@@ -59,7 +60,6 @@ from dispatch.projections.runner import (
     take_over,
 )
 from dispatch.projections.sql import Connection, Database
-from dispatch.replay import rebuild
 from dispatch.reports.common import Scope, Zones
 from dispatch.reports.response_times import response_times
 from dispatch.store.eventstore import EventStore, Outgoing, Recorded

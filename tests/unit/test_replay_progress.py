@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from dispatch.replay import Progress
+from dispatch.projections.rebuild import Progress
 
 
 def test_a_terminal_gets_one_bar_redrawn_in_place() -> None:

@@ -16,10 +16,10 @@ import contextlib
 import signal
 import time
 
-from dispatch.offline import open_log
+from dispatch.cli.offline import open_log
+from dispatch.projections.rebuild import PROJECTIONS
 from dispatch.projections.runner import ACTIVE, ProjectionRunner, ensure_bookkeeping, last_matching
 from dispatch.projections.sql import Database
-from dispatch.replay import PROJECTIONS
 from dispatch.settings import Settings
 
 REPORT_EVERY_S = 5.0

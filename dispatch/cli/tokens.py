@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from dispatch.cli.offline import open_log
 from dispatch.domain.access import TokenTable
 from dispatch.domain.errors import DomainError
 from dispatch.events.subjects import TOKENS_ALL
 from dispatch.handlers.tokens import TokenService
 from dispatch.handlers.uow import UnitOfWork
-from dispatch.offline import open_log
 from dispatch.settings import Settings
 from dispatch.store.eventstore import EventStore
 

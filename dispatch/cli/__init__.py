@@ -1,5 +1,8 @@
 """The `dispatch` command: serve, demo, call, respond, incident, groups, report, replay, projections.
 
+This module parses the command line and runs the client commands; the commands that work on the log
+or the read models live beside it (`offline`, `replay`, `projections`, `tokens`, `report`).
+
 Client commands talk to a running service over HTTP (`--server`, default from DISPATCH_SERVER or
 DISPATCH_HTTP); `serve`, `demo` and `replay` run the service's parts in this process.
 Exit status: 0 done, 1 refused by the service (the reason is printed), 2 bad usage or settings,
@@ -18,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from dispatch.report_cli import add_arguments as add_report_arguments
+from dispatch.cli.report import add_arguments as add_report_arguments
 from dispatch.settings import Settings, SettingsError
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
@@ -145,7 +148,7 @@ def cmd_gateway_sim(args: argparse.Namespace) -> int:
 
 def cmd_tokens(args: argparse.Namespace) -> int:
     from dispatch import logging as dlog
-    from dispatch.tokens_cli import run_tokens
+    from dispatch.cli.tokens import run_tokens
 
     settings = _settings(args)
     dlog.configure(settings.log_format, "warning")
@@ -154,7 +157,7 @@ def cmd_tokens(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from dispatch import logging as dlog
-    from dispatch.replay import replay
+    from dispatch.cli.replay import replay
 
     settings = _settings(args)
     dlog.configure(settings.log_format, "warning")
@@ -230,14 +233,14 @@ def cmd_groups_show(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from dispatch.report_cli import run_report
+    from dispatch.cli.report import run_report
 
     return run_report(args, _fetch)
 
 
 def cmd_projections(args: argparse.Namespace) -> int:
     from dispatch import logging as dlog
-    from dispatch.projections_cli import run_command
+    from dispatch.cli.projections import run_command
 
     settings = _settings(args)
     dlog.configure(settings.log_format, "warning")
@@ -359,7 +362,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

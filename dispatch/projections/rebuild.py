@@ -1,13 +1,11 @@
-"""`dispatch replay`: drop every SQL projection and rebuild it from the log.
+"""Rebuild SQL projections from the log: what `dispatch replay` runs, and the benchmarks and tests.
 
-Invariants: when it returns 0, each projection's checkpoint is at the last event the log held when
-its rebuild started, its rows are exactly a fold of the log (the same code path as the live
-projection), it is its family's active version, and every older version's tables are gone.
-Run it with the service stopped: with the embedded server it refuses while a service holds the
-data directory.
+Invariants: when `rebuild_all` returns, each projection's checkpoint is at the last event the log
+held when its rebuild started, its rows are exactly a fold of the log (the same code path as the
+live projection), it is its family's active version, and every older version's tables are gone.
 
 Progress goes to stderr: a bar redrawn in place on a terminal, a plain line every few seconds
-otherwise (a log file or CI); the final counts go to stdout.
+otherwise (a log file or CI).
 """
 
 from __future__ import annotations
@@ -23,12 +21,10 @@ from typing import TextIO
 
 from nats.aio.client import Client as NATS
 
-from dispatch.offline import open_log
 from dispatch.projections.incidents import IncidentsProjection
 from dispatch.projections.roster import RosterProjection
 from dispatch.projections.runner import Projection, ProjectionRunner, drop, drop_retired, last_matching, take_over
 from dispatch.projections.sql import Database
-from dispatch.settings import Settings
 
 PROJECTIONS: tuple[type[IncidentsProjection] | type[RosterProjection], ...] = (IncidentsProjection, RosterProjection)
 BAR = 30
@@ -112,14 +108,3 @@ async def rebuild_all(
 
 def _drop_older(db: Database, projection: Projection) -> None:
     drop_retired(db.thread_connection(), projection.family, older_than=None, keep=projection.name)
-
-
-async def replay(settings: Settings) -> int:
-    started = time.monotonic()
-    async with open_log(settings, use_running=False) as nc:
-        db = Database(settings.db_url)
-        applied = await rebuild_all(nc, db, [cls() for cls in PROJECTIONS])
-    for name, count in applied.items():
-        print(f"{name}: rebuilt from {count} events")
-    print(f"replayed {sum(applied.values())} events into {db.dialect} in {time.monotonic() - started:.1f} s")
-    return 0
