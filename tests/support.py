@@ -173,13 +173,34 @@ async def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str 
         await asyncio.sleep(interval)
 
 
-async def handlers_idle(svc: Service, streams: tuple[str, ...] = ("DISPATCH_EVENTS", "DISPATCH_DELIVERY")) -> bool:
+HANDLED_STREAMS = ("DISPATCH_EVENTS", "DISPATCH_DELIVERY")
+
+
+async def handlers_idle(svc: Service, streams: tuple[str, ...] = HANDLED_STREAMS) -> bool:
     """Whether every durable consumer of `streams` has been handed every message and acknowledged it
     (its ack floor is past the stream's last sequence), with no stream growing while we looked: the
     handlers (fan-out, delivery, ...) have finished all they were asked so far. A positive marker to
     wait for (`await eventually(lambda: handlers_idle(svc))`) before asserting that nothing more happened."""
     assert svc.nc is not None
-    js = svc.nc.jetstream()
+    return await consumers_idle(svc.nc, streams)
+
+
+def jetstream_idle(urls: list[str], streams: tuple[str, ...] = HANDLED_STREAMS) -> bool:
+    """`handlers_idle` for services in other processes, asked over a connection of our own to `urls`."""
+    import nats
+
+    async def ask() -> bool:
+        nc = await nats.connect(urls, connect_timeout=2)
+        try:
+            return await consumers_idle(nc, streams)
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
+
+
+async def consumers_idle(nc: Any, streams: tuple[str, ...]) -> bool:
+    js = nc.jetstream()
 
     async def last_seqs() -> list[int]:
         return [(await js.stream_info(stream)).state.last_seq for stream in streams]

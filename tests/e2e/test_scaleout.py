@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.e2e.test_outages import caller, delivered_pairs, roster, webhook_env
-from tests.support import NatsCluster, ServeProcess, WebhookReceiver, wait_until
+from tests.support import NatsCluster, ServeProcess, WebhookReceiver, jetstream_idle, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -50,7 +50,7 @@ def test_two_processes_share_the_work_and_agree_on_reads(
             incidents = list(pool.map(place, range(40)))
         expected = {(iid, f"+86{13000000000 + g * 100 + k}") for g, iid in enumerate(incidents) for k in range(9)}
         wait_until(lambda: set(delivered_pairs(receiver)) >= expected, timeout=60)
-        time.sleep(1)
+        wait_until(lambda: jetstream_idle(nats.urls), timeout=30, what="fan-out and delivery done in both processes")
         pairs = delivered_pairs(receiver)
         per_process = (fanned_out(a), fanned_out(b))
         print(

@@ -3,7 +3,6 @@ only for an incident still uncovered when the ack deadline passes."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +15,7 @@ from dispatch.bootstrap import Service
 from dispatch.events.subjects import TIMERS_STREAM, schedule_subject, timer_fired_subject
 from dispatch.store.eventstore import StoreUnavailable
 from tests.rosters import ROSTER
-from tests.support import RecordingChannel, service_client, start_service
+from tests.support import RecordingChannel, eventually, service_client, start_service
 
 OFFICER, LEADER = "+8613900000009", "+8613800000008"
 
@@ -58,10 +57,10 @@ async def test_the_escalate_deadline_is_set_by_an_ack_deadline_passing_uncovered
             assert r.status_code == 200, r.text
         assert (await http.get(f"/v1/incidents/{covered_id}")).json()["status"] == "acknowledged"
 
-        for _ in range(200):
-            if await tiers(http, uncovered_id) == [1, 2]:
-                break
-            await asyncio.sleep(0.05)
+        async def uncovered_reached_tier_two() -> bool:
+            return await tiers(http, uncovered_id) == [1, 2]
+
+        await eventually(uncovered_reached_tier_two, timeout=15, what="the uncovered incident at tier 2")
         assert await tiers(http, uncovered_id) == [1, 2], "the uncovered incident reached no tier 2"
         assert await stored(service, timer_fired_subject(uncovered_id, "escalate"))
         assert await stored(service, timer_fired_subject(covered_id, "ack")), "the covered one's ack deadline fired"
@@ -85,9 +84,10 @@ async def test_an_escalate_deadline_that_cannot_be_stored_comes_back_with_its_ac
     async with service_client(service) as http:
         raised = (await http.post("/v1/calls", json={"call_id": "refused-1", "caller": "13800000011"})).json()
         incident = raised["incident_id"]
-        for _ in range(300):
-            if await tiers(http, incident) == [1, 2]:
-                break
-            await asyncio.sleep(0.05)
+
+        async def reached_tier_two() -> bool:
+            return await tiers(http, incident) == [1, 2]
+
+        await eventually(reached_tier_two, timeout=20, what="tier 2 after a refused escalate deadline")
         assert refused == [incident], "the escalate deadline was never refused"
         assert await tiers(http, incident) == [1, 2], "a refused escalate deadline lost tier 2"

@@ -7,7 +7,6 @@ Anything else is 403, logged masked, and leaves the incident as it was."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from dispatch.channels.gateway import call_ref
 from dispatch.events.model import IncidentCancelled, ResponderAccepted
 from dispatch.events.subjects import incident_subject
 from tests.rosters import ROSTER
-from tests.support import RecordingChannel, service_client, start_service
+from tests.support import RecordingChannel, eventually, service_client, start_service
 
 CALLER, MEMBER, LEADER, OFFICER = "+8613800000001", "+8613800000002", "+8613800000008", "+8613900000009"
 
@@ -110,13 +109,12 @@ async def test_a_keypad_answer_counts_only_for_the_leg_its_call_rang(
     service: Service, http: httpx.AsyncClient, voice: RecordingChannel
 ) -> None:
     incident = await raise_alarm(http, "cb-out-1", "13800000001")
-    for _ in range(300):
+
+    def rung() -> dict[str, tuple[Any, Any, int]] | None:
         legs = {target.recipient.phone: (job, target, attempt) for _, job, target, attempt in voice.sent}
-        if {LEADER, OFFICER} <= set(legs):
-            break
-        await asyncio.sleep(0.02)
-    else:
-        raise AssertionError("the alarm did not ring the leader and the officer")
+        return legs if {LEADER, OFFICER} <= set(legs) else None
+
+    legs = await eventually(rung, timeout=6, interval=0.02, what="the alarm ringing the leader and the officer")
 
     def callback(leg: str, *, to: str | None = None, phone: str | None = None, round_: int | None = None) -> Any:
         job, target, attempt = legs[leg]

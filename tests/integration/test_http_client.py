@@ -11,7 +11,7 @@ import pytest
 from dispatch.channels.base import Delivered, Permanent, Transient
 from dispatch.channels.http import MAX_BODY, HttpPoster, Unreachable, http_outcome
 from dispatch.store.server import free_port
-from tests.support import make_pki
+from tests.support import eventually, make_pki
 
 
 async def answering(status_line: bytes, headers: bytes = b"") -> tuple[asyncio.Server, str]:
@@ -140,8 +140,10 @@ async def test_connections_are_kept_alive_and_bounded_per_host() -> None:
 async def test_a_connection_the_receiver_closed_while_idle_is_replaced_and_nothing_is_sent_twice() -> None:
     poster = HttpPoster(timeout=5)
     seen: list[bytes] = []
+    connections = {"opened": 0, "closed": 0}
 
     async def one_answer_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections["opened"] += 1
         head = await reader.readuntil(b"\r\n\r\n")
         length = next(int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length"))
         seen.append(await reader.readexactly(length))
@@ -149,6 +151,7 @@ async def test_a_connection_the_receiver_closed_while_idle_is_replaced_and_nothi
         await writer.drain()
         await asyncio.sleep(0.05)
         writer.close()
+        connections["closed"] += 1
 
     server = await asyncio.start_server(one_answer_per_connection, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
@@ -156,7 +159,9 @@ async def test_a_connection_the_receiver_closed_while_idle_is_replaced_and_nothi
         async with server:
             first = await poster.post(url, b"1", {})
             raced = await poster.post(url, b"2", {})
-            await asyncio.sleep(0.2)
+            await eventually(
+                lambda: connections["opened"] == connections["closed"], what="the receiver closed every connection"
+            )
             after_close = await poster.post(url, b"3", {})
     finally:
         await poster.close()

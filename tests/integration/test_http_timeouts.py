@@ -28,7 +28,7 @@ from dispatch.bootstrap import Service
 from dispatch.settings import Settings, SettingsError
 from dispatch.store.server import free_port
 from tests.rosters import ROSTER
-from tests.support import RecordingChannel, service_client, start_service
+from tests.support import RecordingChannel, eventually, service_client, start_service
 
 TIMEOUT = 0.5
 """The header and body deadlines in these tests (the defaults are 10 s and 30 s)."""
@@ -212,11 +212,18 @@ async def test_connections_past_the_cap_are_closed_at_once_and_the_rest_still_se
         assert (await asyncio.wait_for(reader.readuntil(b"\r\n"), BOUND)).startswith(b"HTTP/1.1 200 ")
         for _, writer in held + refused:
             writer.close()
-        await asyncio.sleep(0.1)
-        reader, writer = await connect(port)
-        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert (await asyncio.wait_for(reader.readuntil(b"\r\n"), BOUND)).startswith(b"HTTP/1.1 200 ")
-        writer.close()
+
+        async def served() -> bool:
+            reader, writer = await connect(port)
+            try:
+                writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                return (await asyncio.wait_for(reader.readuntil(b"\r\n"), BOUND)).startswith(b"HTTP/1.1 200 ")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return False
+            finally:
+                writer.close()
+
+        await eventually(served, timeout=BOUND, what="a new connection served once the held ones closed")
 
 
 def test_the_settings_have_defaults_are_read_from_the_environment_and_refuse_nonsense(
@@ -319,7 +326,13 @@ async def test_the_service_closes_connections_past_its_cap(service: Service) -> 
     assert closed - started < SERVICE_TIMEOUT, "closed at once, not at the header deadline"
     for _, writer in held:
         writer.close()
-    await asyncio.sleep(0.2)
     async with httpx.AsyncClient(base_url=service.settings.base_url, timeout=BOUND) as http:
-        assert (await http.get("/healthz")).status_code == 200
+
+        async def healthy() -> bool:
+            try:
+                return (await http.get("/healthz")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await eventually(healthy, timeout=BOUND, what="served once the held connections closed")
     refused.close()

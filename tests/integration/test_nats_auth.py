@@ -28,7 +28,7 @@ from dispatch.settings import Settings, SettingsError
 from dispatch.store.connect import NatsAuth, NatsConnectError, connect
 from dispatch.store.server import EmbeddedNats, find_binary, free_port, running_auth
 from tests.rosters import ROSTER
-from tests.support import Pki, RecordingChannel, make_pki, wait_until
+from tests.support import Pki, RecordingChannel, eventually, handlers_idle, make_pki, wait_until
 
 PASSWORD = "s3cret-pa55word-for-tests"
 
@@ -126,10 +126,8 @@ async def test_the_service_runs_on_a_nats_with_a_password_and_mutual_tls(
             answer = await http.post("/v1/calls", json={"call_id": "auth-1", "caller": "13800000001"})
             assert answer.status_code == 202 and answer.json()["status"] == "raised"
         incident = answer.json()["incident_id"]
-        for _ in range(200):
-            if len(channel.for_incident(incident)) >= 9:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: len(channel.for_incident(incident)) >= 9, timeout=10, what="nine phones rung")
+        await eventually(lambda: handlers_idle(service), what="fan-out and delivery done")
         assert len(channel.for_incident(incident)) == 9, "the FastStream fan-out did not run on the secured NATS"
     finally:
         await service.stop()

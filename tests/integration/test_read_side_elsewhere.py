@@ -19,7 +19,7 @@ from dispatch.projections.incidents import INCIDENTS
 from dispatch.projections.sql import Connection, Database
 from dispatch.settings import Settings, SettingsError
 from tests.rosters import ROSTER
-from tests.support import RecordingChannel, start_service
+from tests.support import RecordingChannel, eventually, start_service
 
 CALLER = "+8613800000001"
 
@@ -29,10 +29,9 @@ async def raise_and_ring(http: httpx.AsyncClient, channel: RecordingChannel, cal
     r = await http.post("/v1/calls", json={"call_id": call_id, "caller": CALLER})
     assert r.status_code == 202, r.text
     incident: str = r.json()["incident_id"]
-    for _ in range(300):
-        if incident in {job.incident_id for _, job, _, _ in channel.sent}:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(
+        lambda: incident in {job.incident_id for _, job, _, _ in channel.sent}, timeout=20, what="the alarm rung"
+    )
     assert incident in {job.incident_id for _, job, _, _ in channel.sent}
     return incident
 
@@ -82,19 +81,22 @@ async def test_the_read_side_kept_by_another_process(tmp_path: Path) -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        for _ in range(600):
-            if await asyncio.to_thread(open_incidents) == 1:
-                break
-            await asyncio.sleep(0.05)
+
+        async def projected() -> bool:
+            return await asyncio.to_thread(open_incidents) == 1
+
+        await eventually(projected, timeout=40, what="the other process's projection of the incident")
         assert await asyncio.to_thread(open_incidents) == 1
         async with httpx.AsyncClient(base_url=svc.settings.base_url, timeout=30, headers=headers) as http:
             r = await http.get("/v1/reports/history")
             assert r.status_code == 200 and r.json()["total"] == 1, r.text
-        for _ in range(100):
+
+        async def caught_up() -> bool:
+            assert svc.gauges is not None
             await svc.gauges.refresh()
-            if lag() == 0:
-                break
-            await asyncio.sleep(0.1)
+            return lag() == 0
+
+        await eventually(caught_up, timeout=15, interval=0.1, what="no projection lag left")
         assert lag() == 0
     finally:
         if projector is not None:
