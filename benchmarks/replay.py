@@ -2,7 +2,7 @@
 
 One process, one embedded nats-server, in the same run:
 
-- the log: `dispatch.synthetic` makes a realistic county history (rosters, then alarms with their
+- the log: `dispatch.sim.synthetic` makes a realistic county history (rosters, then alarms with their
   delivery notices, answers, escalations, resolutions; about 20 events an incident), published in
   order (the log is written without fsync: writing it is not what is measured);
 - raw: an ordered consumer reads the whole stream and only counts messages (nats-py, the way the
@@ -38,10 +38,10 @@ from dispatch.events import codec
 from dispatch.events.subjects import EVENTS_ALL, EVENTS_STREAM, stream_of
 from dispatch.projections.rebuild import PROJECTIONS, rebuild_all
 from dispatch.projections.sql import Database
+from dispatch.sim.synthetic import synthetic_history
 from dispatch.store.eventstore import H_MSG_ID, EventStore
 from dispatch.store.provision import provision
 from dispatch.store.server import EmbeddedNats
-from dispatch.synthetic import synthetic_history
 
 TARGET = 0.4  # issue 9: rebuild at least 0.4x the raw ordered read
 

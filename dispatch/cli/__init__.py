@@ -111,13 +111,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from dispatch.demo import run_demo
+    from dispatch.sim.demo import run_demo
 
     return asyncio.run(run_demo(keep=args.keep))
 
 
 def cmd_gateway_sim(args: argparse.Namespace) -> int:
-    from dispatch.gateway_sim import GatewaySim, Scenario, serve
+    from dispatch.sim.gateway import GatewaySim, Scenario, serve
 
     token = args.token or os.environ.get("DISPATCH_GATEWAY_TOKEN")
     secret = os.environ.get("DISPATCH_GATEWAY_SECRET")

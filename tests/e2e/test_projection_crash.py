@@ -23,10 +23,10 @@ from dispatch.projections.rebuild import PROJECTIONS, rebuild_all
 from dispatch.projections.roster import DUTY_DESKS, GROUPS, MEMBERS, VILLAGES, RosterProjection
 from dispatch.projections.runner import last_matching
 from dispatch.projections.sql import Database
+from dispatch.sim.synthetic import synthetic_history
 from dispatch.store.eventstore import H_MSG_ID, EventStore
 from dispatch.store.provision import provision
 from dispatch.store.server import EmbeddedNats
-from dispatch.synthetic import synthetic_history
 
 pytestmark = pytest.mark.e2e
 

@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 
 from dispatch.domain.messages import ROLE_ZH
-from dispatch.gateway_sim import GatewaySim, PhoneScript, Scenario, serve
 from dispatch.settings import Settings
+from dispatch.sim.gateway import GatewaySim, PhoneScript, Scenario, serve
 from dispatch.store.server import free_port
 
 VILLAGE = "东山村"

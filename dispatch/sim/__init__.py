@@ -1,0 +1,1 @@
+"""Simulators: the `dispatch demo` story, a telephony gateway with virtual phones, a synthetic log."""
