@@ -5,15 +5,18 @@ clear 400s for a bad page size or a cursor the service did not give."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
+import pytest_asyncio
 
 from dispatch.bootstrap import Service
 from dispatch.settings import Settings
 from dispatch.store.server import free_port
 from tests.support import RecordingChannel
+
+# The tests only read: they share one service, in the module's event loop.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 VILLAGES = {"东山村": 12, "xishan": 7, "beiling": 6}
 
@@ -29,9 +32,9 @@ def roster() -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.fixture
-async def http(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(data_dir=tmp_path / "data", http=f"127.0.0.1:{free_port()}")
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def http(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(data_dir=tmp_path_factory.mktemp("group-pages") / "data", http=f"127.0.0.1:{free_port()}")
     service = Service(settings, channels=[RecordingChannel()])
     await service.start()
     headers = {"Authorization": f"Bearer {service.admin_token}"}

@@ -6,11 +6,11 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
 
 from dispatch.bootstrap import Service
 from dispatch.projections.incidents import INCIDENTS
@@ -19,13 +19,19 @@ from dispatch.store.server import free_port
 from tests.integration.test_reports import ROSTER
 from tests.support import eventually
 
+# One service for the module (in its event loop): the tests read the same three calls; the one that
+# marks a read model as being rebuilt puts it back, and the time zone one changes what no other reads.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
 OFFICER, LEADER1 = "13900000009", "13800000008"
 INJECTION = '=HYPERLINK("http://evil.example";"x")'
 
 
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[tuple[Service, httpx.AsyncClient, httpx.AsyncClient]]:
-    settings = Settings(data_dir=tmp_path / "data", http=f"127.0.0.1:{free_port()}")
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def api(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[Service, httpx.AsyncClient, httpx.AsyncClient]]:
+    settings = Settings(data_dir=tmp_path_factory.mktemp("report-api") / "data", http=f"127.0.0.1:{free_port()}")
     svc = Service(settings)
     await svc.start()
     admin = httpx.AsyncClient(base_url=settings.base_url, headers={"Authorization": f"Bearer {svc.admin_token}"})
@@ -133,13 +139,13 @@ async def test_bad_filters_are_422_naming_the_filter(
 
 
 async def test_reports_wait_for_a_read_model_being_rebuilt(
-    api: tuple[Service, httpx.AsyncClient, httpx.AsyncClient],
+    api: tuple[Service, httpx.AsyncClient, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     svc, admin, _ = api
     runner = next(r for r in svc.runners if r.name == INCIDENTS)
     conn = svc.db.connect()
     conn.execute("UPDATE projection_versions SET state = 'building' WHERE name = ?", (INCIDENTS,))
-    runner._active = False
+    monkeypatch.setattr(runner, "_active", False)
     r = await admin.get("/v1/reports/history")
     assert r.status_code == 503 and r.headers["retry-after"]
     assert f"read models being rebuilt, try again shortly: {INCIDENTS} 100%" in r.json()["error"]
