@@ -93,7 +93,7 @@ async def main() -> int:
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--read-models", choices=("here", "elsewhere"), default="here")
     args = parser.parse_args()
-    from dispatch import logging as dlog
+    from dispatch.observe import logging as dlog
 
     dlog.configure("console", "error")
     groups = int(args.rate * args.seconds + 2000 * 5) + 100

@@ -77,8 +77,8 @@ class DoneChannel:
 
 
 async def worker(nats_url: str, data_dir: str, groups: int, database_url: str, read_models: str) -> int:
-    from dispatch import logging as dlog
     from dispatch.bootstrap import Service
+    from dispatch.observe import logging as dlog
     from dispatch.settings import Settings
 
     dlog.configure("json", "error")
@@ -178,7 +178,7 @@ async def main() -> int:
     if args.worker:
         url, data_dir, groups, database_url, read_models = args.worker
         return await worker(url, data_dir, int(groups), database_url, read_models)
-    from dispatch import logging as dlog
+    from dispatch.observe import logging as dlog
 
     dlog.configure("json", "error")
     workdir = Path(tempfile.mkdtemp(prefix="dispatch-bench-storm-"))

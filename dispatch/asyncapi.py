@@ -41,7 +41,7 @@ from dispatch.events.model import (
     VillageEvent,
 )
 from dispatch.handlers.messages import CallRequest, CallResult
-from dispatch.metrics import running_version
+from dispatch.observe.metrics import running_version
 from dispatch.store.provision import FANOUT, TIMERS_CONSUMER
 from dispatch.store.timers import TimerDue
 

@@ -44,7 +44,6 @@ from dispatch.channels.robots import DingTalkChannel, WeComChannel
 from dispatch.channels.webhook import WebhookChannel
 from dispatch.domain.incident import parse_quorum
 from dispatch.events.model import DeliveryFailed
-from dispatch.gauges import GaugeRefresher
 from dispatch.handlers.aggregates import Incidents
 from dispatch.handlers.bus import MessageBus
 from dispatch.handlers.calls import CallService
@@ -59,7 +58,8 @@ from dispatch.handlers.responses import ResponseService
 from dispatch.handlers.subscribers import build_broker
 from dispatch.handlers.tokens import TokenService
 from dispatch.handlers.uow import UnitOfWork
-from dispatch.metrics import Metrics
+from dispatch.observe.gauges import GaugeRefresher
+from dispatch.observe.metrics import Metrics
 from dispatch.projections.directory import LiveDirectory
 from dispatch.projections.incidents import IncidentsProjection
 from dispatch.projections.roster import RosterProjection

@@ -64,7 +64,7 @@ from dispatch.handlers.groups import GroupService, VillageSettings
 from dispatch.handlers.messages import Answer, CallRequest, CallResult, ResponseRequest
 from dispatch.handlers.tokens import TokenService
 from dispatch.handlers.views import group_view, incident_view
-from dispatch.metrics import Metrics
+from dispatch.observe.metrics import Metrics
 from dispatch.projections import queries
 from dispatch.projections.directory import LiveDirectory
 from dispatch.projections.sql import Database, DatabaseUnavailable, is_db_error

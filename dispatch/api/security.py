@@ -47,7 +47,7 @@ from dispatch.domain.signing import (
     SigningConfig,
     verify,
 )
-from dispatch.metrics import Metrics
+from dispatch.observe.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 

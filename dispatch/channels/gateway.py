@@ -35,7 +35,7 @@ from dispatch.channels.base import Delivered, DeliveryJob, Outcome, Permanent, T
 from dispatch.channels.http import HttpAnswer, HttpPoster, Unreachable, http_outcome, sign
 from dispatch.events.model import Person
 from dispatch.ids import stable_key
-from dispatch.metrics import Metrics
+from dispatch.observe.metrics import Metrics
 from dispatch.store.deadletter import dead_letter
 
 log = structlog.get_logger(__name__)

@@ -101,8 +101,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from dispatch import logging as dlog
     from dispatch.bootstrap import run
+    from dispatch.observe import logging as dlog
 
     settings = _settings(args)
     dlog.configure(settings.log_format, settings.log_level)
@@ -147,8 +147,8 @@ def cmd_gateway_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
-    from dispatch import logging as dlog
     from dispatch.cli.tokens import run_tokens
+    from dispatch.observe import logging as dlog
 
     settings = _settings(args)
     dlog.configure(settings.log_format, "warning")
@@ -156,8 +156,8 @@ def cmd_tokens(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from dispatch import logging as dlog
     from dispatch.cli.replay import replay
+    from dispatch.observe import logging as dlog
 
     settings = _settings(args)
     dlog.configure(settings.log_format, "warning")
@@ -239,8 +239,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_projections(args: argparse.Namespace) -> int:
-    from dispatch import logging as dlog
     from dispatch.cli.projections import run_command
+    from dispatch.observe import logging as dlog
 
     settings = _settings(args)
     dlog.configure(settings.log_format, "warning")

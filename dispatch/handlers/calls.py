@@ -54,7 +54,7 @@ from dispatch.handlers.aggregates import call_routed
 from dispatch.handlers.flood import CallerFlood
 from dispatch.handlers.messages import CallRequest, CallResult
 from dispatch.handlers.uow import Loaded, UnitOfWork
-from dispatch.metrics import Metrics
+from dispatch.observe.metrics import Metrics
 from dispatch.store.eventstore import Recorded, StoreUnavailable
 
 log = structlog.get_logger(__name__)

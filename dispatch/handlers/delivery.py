@@ -57,7 +57,7 @@ from dispatch.handlers.aggregates import Incidents
 from dispatch.handlers.bus import MessageBus
 from dispatch.handlers.eager import gather_now, settled, start
 from dispatch.ids import stable_key
-from dispatch.metrics import Metrics
+from dispatch.observe.metrics import Metrics
 from dispatch.store.eventstore import EventStore, Outgoing
 from dispatch.store.jobs import JobQueue
 

@@ -30,7 +30,7 @@ from dispatch.events import msgids
 from dispatch.events.model import DeliveryFailed, IncidentEscalated, Person
 from dispatch.handlers.aggregates import Incidents
 from dispatch.handlers.uow import UnitOfWork
-from dispatch.metrics import Metrics
+from dispatch.observe.metrics import Metrics
 from dispatch.store.timers import TimerDue, Timers
 
 log = structlog.get_logger(__name__)

@@ -21,7 +21,7 @@ from dispatch.events.model import Event, IncidentCovered, ResponderAccepted, Res
 from dispatch.handlers.aggregates import Incidents
 from dispatch.handlers.messages import Answer
 from dispatch.handlers.uow import UnitOfWork
-from dispatch.metrics import Metrics
+from dispatch.observe.metrics import Metrics
 
 
 class ResponseService:

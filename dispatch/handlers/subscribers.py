@@ -58,7 +58,7 @@ from dispatch.events.subjects import (
 from dispatch.handlers.bus import MessageBus
 from dispatch.handlers.messages import CallRequest, CallResult, Trigger
 from dispatch.handlers.pool import TaskPool
-from dispatch.metrics import Metrics
+from dispatch.observe.metrics import Metrics
 from dispatch.store.deadletter import dead_letter as store_dead_letter
 from dispatch.store.eventstore import StoreUnavailable, recorded_from
 from dispatch.store.provision import FANOUT, TIMERS_CONSUMER, delivery_consumer

@@ -114,8 +114,8 @@ async def wait(check: Callable[[], bool], narrator: Narrator, timeout: float = 2
 
 
 async def run_demo(*, keep: bool = False) -> int:
-    from dispatch import logging as dlog
     from dispatch.bootstrap import Service
+    from dispatch.observe import logging as dlog
 
     dlog.configure("console", "error")
     data_dir = Path(tempfile.mkdtemp(prefix="dispatch-demo-"))

@@ -36,7 +36,7 @@ from dispatch.handlers.fanout import FanOut
 from dispatch.handlers.messages import Answer, CallRequest, CallResult, ResponseRequest, Trigger
 from dispatch.handlers.responses import ResponseService
 from dispatch.handlers.uow import Loaded, UnitOfWork
-from dispatch.metrics import Metrics
+from dispatch.observe.metrics import Metrics
 from dispatch.store.eventstore import EventStore, StoreUnavailable
 from dispatch.store.jobs import JobQueue
 from dispatch.store.provision import provision

@@ -23,7 +23,7 @@ from dispatch.bootstrap import Service, without_credentials
 from dispatch.channels.base import Permanent, Transient
 from dispatch.events.model import CallRouted, RespondersNotified
 from dispatch.events.subjects import call_subject, notice_subject
-from dispatch.metrics import EVENT_AGGREGATES, Metrics
+from dispatch.observe.metrics import EVENT_AGGREGATES, Metrics
 from dispatch.projections.incidents import INCIDENTS, IncidentsProjection
 from dispatch.projections.runner import ProjectionRunner
 from dispatch.projections.sql import Database

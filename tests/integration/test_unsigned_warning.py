@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import structlog
 
-from dispatch import logging as dlog
 from dispatch.api.security import warn_if_unsigned
 from dispatch.domain.signing import GatewayKey, SigningConfig
+from dispatch.observe import logging as dlog
 from tests.support import RecordingChannel, start_service
 
 SECRET = "signing-secret-for-the-gateway-0001"

@@ -17,8 +17,8 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatch import logging as dlog
 from dispatch.domain.phone import mask_text
+from dispatch.observe import logging as dlog
 
 PHONE = "+8613812345678"
 INCIDENT = "1f0e8a2c-4d3b-5c6d-8e9f-0a1b2c3d4e5f"
@@ -84,7 +84,7 @@ def test_tracebacks_are_masked_from_structlog_and_the_standard_library(capsys: p
 
 def test_auto_is_console_in_a_terminal_and_json_otherwise(tmp_path: object) -> None:
     script = (
-        "import structlog; from dispatch.logging import configure; configure('auto', 'info'); "
+        "import structlog; from dispatch.observe.logging import configure; configure('auto', 'info'); "
         f"structlog.get_logger().info('call.raised', caller='{PHONE}', incident_id='{INCIDENT}')"
     )
     piped = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)

@@ -6,7 +6,7 @@ Invariants:
   village code, which the roster bounds;
 - no `_created` series (they would double every counter's series for a timestamp nobody graphs);
 - a scrape never waits on NATS or the database: gauges that need either are refreshed in the
-  background (`dispatch.gauges`) and a scrape reads the last value;
+  background (`dispatch.observe.gauges`) and a scrape reads the last value;
 - every counter whose labels come from a closed set starts at 0 for each label value
   (`start_at_zero`), so `increase()` in an alert sees the very first event (a series born at 1 has
   no increase to show);

@@ -29,7 +29,7 @@ from typing import Any
 import structlog
 from nats.aio.client import Client as NATS
 
-from dispatch.metrics import Metrics
+from dispatch.observe.metrics import Metrics
 from dispatch.projections import queries
 from dispatch.projections.runner import Projection, checkpoint, last_matching
 from dispatch.projections.sql import Database

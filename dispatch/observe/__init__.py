@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics, the gauges refreshed in the background, structured logging."""
