@@ -48,6 +48,7 @@ from dispatch.api.live import LiveHub
 from dispatch.api.openapi import DispatchOpenAPI
 from dispatch.api.reports import report_routes
 from dispatch.api.security import DEFAULT_BURST, DEFAULT_RATE, Gatekeeper, bearer
+from dispatch.api.views import group_view, incident_view
 from dispatch.channels.gateway import VoiceEvent
 from dispatch.domain.access import Capability, Principal
 from dispatch.domain.directory import Deadlines, GroupState
@@ -63,7 +64,6 @@ from dispatch.handlers.gateway import GatewayCallbacks, SmsIn
 from dispatch.handlers.groups import GroupService, VillageSettings
 from dispatch.handlers.messages import Answer, CallRequest, CallResult, ResponseRequest
 from dispatch.handlers.tokens import TokenService
-from dispatch.handlers.views import group_view, incident_view
 from dispatch.observe.metrics import Metrics
 from dispatch.projections import queries
 from dispatch.projections.directory import LiveDirectory

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dispatch import asyncapi
+from dispatch.api import asyncapi
 from dispatch.events import subjects
 from dispatch.events.model import ALL_EVENT_TYPES
 
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "asyncapi.json"
 PACKAGE = ROOT / "dispatch"
 SUBJECTS_PY = PACKAGE / "events" / "subjects.py"
-GENERATOR_PY = PACKAGE / "asyncapi.py"
+GENERATOR_PY = PACKAGE / "api" / "asyncapi.py"
 NOT_SUBJECTS = {"dispatch.db"}  # the SQLite file name in settings.py
 
 
@@ -162,7 +162,7 @@ def resolve(doc: dict[str, Any], ref: str) -> Any:
 
 
 def test_the_committed_document_is_the_generated_one() -> None:
-    assert DOC.read_text() == asyncapi.render(), "regenerate: python -m dispatch.asyncapi > docs/asyncapi.json"
+    assert DOC.read_text() == asyncapi.render(), "regenerate: python -m dispatch.api.asyncapi > docs/asyncapi.json"
 
 
 def test_every_subject_pattern_the_code_uses_is_documented() -> None:
