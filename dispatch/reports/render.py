@@ -3,7 +3,7 @@
 Invariants:
 - the same tables feed the text and the CSV forms, from the report's JSON (so the CLI, which gets
   JSON from the API, renders exactly what the API exports);
-- CSV cannot inject formulas: every cell goes through `dispatch.domain.csvsafe` (a cell a
+- CSV cannot inject formulas: every cell goes through `dispatch.reports.csvsafe` (a cell a
   spreadsheet would run gets a leading `'`; plain numbers, phone numbers included, stay as they
   are); headers are the English keys (stable for scripts), rows end in CRLF (RFC 4180: a CR or LF
   inside a cell is quoted);
@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dispatch.domain.csvsafe import safe_csv_row
+from dispatch.reports.csvsafe import safe_csv_row
 from dispatch.reports.response_times import MEASURES
 
 

@@ -8,7 +8,7 @@ import io
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatch.domain.csvsafe import FORMULA_START, safe_csv_cell, safe_csv_row
+from dispatch.reports.csvsafe import FORMULA_START, safe_csv_cell, safe_csv_row
 
 
 def test_formulas_are_neutralised_and_numbers_kept() -> None:

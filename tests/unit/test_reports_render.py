@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatch.domain.csvsafe import FORMULA_START
 from dispatch.domain.timezones import zone
 from dispatch.reports import periods, render
+from dispatch.reports.csvsafe import FORMULA_START
 from dispatch.reports.stats import change
 
 SHANGHAI = zone("Asia/Shanghai")
