@@ -182,7 +182,7 @@ async def read_side_caught_up(
 ) -> None:
     """Until every read model's checkpoint has reached the log's last matching message: the storm
     measures alarms, not the worker catching up on the roster import."""
-    from dispatch.projections.rebuild import PROJECTIONS
+    from dispatch.projections.registry import all_projections
     from dispatch.projections.runner import checkpoint, last_matching
     from dispatch.projections.sql import Database
 
@@ -200,8 +200,7 @@ async def read_side_caught_up(
         if projector.returncode is not None:
             raise RuntimeError(f"dispatch projections run exited ({projector.returncode})")
         behind = 0
-        for cls in PROJECTIONS:
-            projection = cls()
+        for projection in all_projections():
             head = await last_matching(nc, projection.filter_subjects)
             done = await asyncio.to_thread(position, projection.name)
             behind += max(0, head - done)

@@ -36,7 +36,8 @@ from nats.js.api import DeliverPolicy
 
 from dispatch.events import codec
 from dispatch.events.subjects import EVENTS_ALL, EVENTS_STREAM, stream_of
-from dispatch.projections.rebuild import PROJECTIONS, rebuild_all
+from dispatch.projections.rebuild import rebuild_all
+from dispatch.projections.registry import all_projections
 from dispatch.projections.sql import Database
 from dispatch.sim.synthetic import synthetic_history
 from dispatch.store.eventstore import H_MSG_ID, EventStore
@@ -93,7 +94,7 @@ async def raw_read(nc: NATS, messages: int) -> float:
 async def rebuild(nc: NATS, url: str) -> tuple[float, int]:
     db = Database(url)
     started = time.perf_counter()
-    applied = await rebuild_all(nc, db, [cls() for cls in PROJECTIONS], progress=False)
+    applied = await rebuild_all(nc, db, all_projections(), progress=False)
     return time.perf_counter() - started, sum(applied.values())
 
 

@@ -61,8 +61,7 @@ from dispatch.handlers.uow import UnitOfWork
 from dispatch.observe.gauges import GaugeRefresher
 from dispatch.observe.metrics import Metrics
 from dispatch.projections.directory import LiveDirectory
-from dispatch.projections.incidents import IncidentsProjection
-from dispatch.projections.roster import RosterProjection
+from dispatch.projections.registry import all_projections
 from dispatch.projections.runner import (
     ACTIVE,
     RETIRED,
@@ -242,7 +241,7 @@ class Service:
         self.metrics.directory_numbers.set_function(lambda: self.directory.directory.counts()[1])
 
         self.db = Database(st.db_url)
-        projections: list[Projection] = [IncidentsProjection(), RosterProjection()]
+        projections = all_projections()
         if st.read_models == "here":
             self.runners = [ProjectionRunner(self.nc, self.db, projection) for projection in projections]
             for runner in self.runners:

@@ -17,7 +17,7 @@ import signal
 import time
 
 from dispatch.cli.offline import open_log
-from dispatch.projections.rebuild import PROJECTIONS
+from dispatch.projections.registry import all_projections
 from dispatch.projections.runner import ACTIVE, ProjectionRunner, ensure_bookkeeping, last_matching
 from dispatch.projections.sql import Database
 from dispatch.settings import Settings
@@ -32,7 +32,7 @@ async def run_projections(settings: Settings, *, report_every: float = REPORT_EV
         loop.add_signal_handler(sig, stop.set)
     async with open_log(settings) as nc:
         db = Database(settings.db_url)
-        runners = [ProjectionRunner(nc, db, cls()) for cls in PROJECTIONS]
+        runners = [ProjectionRunner(nc, db, projection) for projection in all_projections()]
         for runner in runners:
             await runner.start()
         print(f"projecting into {db.dialect}: {', '.join(r.name for r in runners)}", flush=True)
@@ -72,8 +72,7 @@ async def projection_status(settings: Settings) -> int:
     heads: dict[str, int] = {}
     with contextlib.suppress(Exception):
         async with open_log(settings) as nc:
-            for cls in PROJECTIONS:
-                projection = cls()
+            for projection in all_projections():
                 heads[projection.family] = await last_matching(nc, projection.filter_subjects)
     print(f"{'projection':<16}{'state':<10}{'checkpoint':>12}{'behind':>10}  since")
     for name, family, _, state, changed_at, position, _ in rows:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import time
 
 from dispatch.cli.offline import open_log
-from dispatch.projections.rebuild import PROJECTIONS, rebuild_all
+from dispatch.projections.rebuild import rebuild_all
+from dispatch.projections.registry import all_projections
 from dispatch.projections.sql import Database
 from dispatch.settings import Settings
 
@@ -24,7 +25,7 @@ async def replay(settings: Settings) -> int:
     started = time.monotonic()
     async with open_log(settings, use_running=False) as nc:
         db = Database(settings.db_url)
-        applied = await rebuild_all(nc, db, [cls() for cls in PROJECTIONS])
+        applied = await rebuild_all(nc, db, all_projections())
     for name, count in applied.items():
         print(f"{name}: rebuilt from {count} events")
     print(f"replayed {sum(applied.values())} events into {db.dialect} in {time.monotonic() - started:.1f} s")

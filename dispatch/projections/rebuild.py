@@ -21,12 +21,9 @@ from typing import TextIO
 
 from nats.aio.client import Client as NATS
 
-from dispatch.projections.incidents import IncidentsProjection
-from dispatch.projections.roster import RosterProjection
 from dispatch.projections.runner import Projection, ProjectionRunner, drop, drop_retired, last_matching, take_over
 from dispatch.projections.sql import Database
 
-PROJECTIONS: tuple[type[IncidentsProjection] | type[RosterProjection], ...] = (IncidentsProjection, RosterProjection)
 BAR = 30
 REBUILD_LINGER_S = 0.01
 LINE_EVERY_S = 5.0

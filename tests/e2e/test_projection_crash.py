@@ -19,7 +19,8 @@ from nats.aio.client import Client as NATS
 from dispatch.events import codec
 from dispatch.events.subjects import EVENTS_STREAM, stream_of
 from dispatch.projections.incidents import INCIDENTS, RESPONDERS, IncidentsProjection
-from dispatch.projections.rebuild import PROJECTIONS, rebuild_all
+from dispatch.projections.rebuild import rebuild_all
+from dispatch.projections.registry import all_projections
 from dispatch.projections.roster import DUTY_DESKS, GROUPS, MEMBERS, VILLAGES, RosterProjection
 from dispatch.projections.runner import last_matching
 from dispatch.projections.sql import Database
@@ -133,7 +134,7 @@ async def test_killed_mid_backlog_twice_then_equal_to_a_replay(
 
     fresh = fresh_database(database, tmp_path)
     try:
-        applied = await rebuild_all(nc, fresh, [cls() for cls in PROJECTIONS], progress=False)
+        applied = await rebuild_all(nc, fresh, all_projections(), progress=False)
         assert applied["incidents_v2"] == incident_side
         replayed = snapshot(fresh)
     finally:
