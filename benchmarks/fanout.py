@@ -32,7 +32,8 @@ from pathlib import Path
 from common import Result, Waiters, caller_of, closed_loop, pct, roster, run_baseline, start_read_side, steady
 
 from dispatch.bootstrap import Service
-from dispatch.channels.base import Delivered, DeliveryJob, Outcome, Target
+from dispatch.channels.base import Delivered, Outcome
+from dispatch.events.jobs import DeliveryJob, Target
 from dispatch.events.model import Person
 from dispatch.handlers.messages import CallRequest
 from dispatch.settings import Settings

@@ -47,7 +47,8 @@ from common import (
     start_read_side,
 )
 
-from dispatch.channels.base import Delivered, DeliveryJob, Outcome, Target
+from dispatch.channels.base import Delivered, Outcome
+from dispatch.events.jobs import DeliveryJob, Target
 from dispatch.events.model import Person
 from dispatch.store.server import EmbeddedNats, free_port
 

@@ -34,15 +34,17 @@ import uvicorn
 from faststream.nats import NatsBroker
 from nats.aio.client import Client as NATS
 
-from dispatch.api.app import ApiServices, create_app
+from dispatch.api.app import create_app
+from dispatch.api.deps import ApiServices
 from dispatch.api.live import LiveHub
 from dispatch.api.security import warn_if_unsigned
 from dispatch.api.serving import descriptor_room, server_config
-from dispatch.channels.base import Channel, DeliveryJob
+from dispatch.channels.base import Channel
 from dispatch.channels.gateway import CallbackBus, GatewayClient, SmsChannel, VoiceChannel
 from dispatch.channels.robots import DingTalkChannel, WeComChannel
 from dispatch.channels.webhook import WebhookChannel
 from dispatch.domain.incident import parse_quorum
+from dispatch.events.jobs import DeliveryJob
 from dispatch.events.model import DeliveryFailed
 from dispatch.handlers.aggregates import Incidents
 from dispatch.handlers.bus import MessageBus

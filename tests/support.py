@@ -301,7 +301,8 @@ class RecordingChannel:
     name = "test"
 
     def __init__(self) -> None:
-        from dispatch.channels.base import DeliveryJob, Outcome
+        from dispatch.channels.base import Outcome
+        from dispatch.events.jobs import DeliveryJob
 
         self.sent: list[tuple[float, DeliveryJob, Any, int]] = []
         self.plan: dict[str, list[Outcome]] = {}

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -34,7 +33,6 @@ from litestar.exceptions import (
     ClientException,
     HTTPException,
     NotAuthorizedException,
-    PermissionDeniedException,
     SerializationException,
     ValidationException,
 )
@@ -43,64 +41,31 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from dispatch.api import deps
 from dispatch.api.console_files import console_routes
-from dispatch.api.live import LiveHub
+from dispatch.api.deps import ApiServices, error
 from dispatch.api.openapi import DispatchOpenAPI
 from dispatch.api.reports import report_routes
-from dispatch.api.security import DEFAULT_BURST, DEFAULT_RATE, Gatekeeper, bearer
+from dispatch.api.security import Gatekeeper, bearer
 from dispatch.api.views import group_view, incident_view
 from dispatch.channels.gateway import VoiceEvent
 from dispatch.domain.access import Capability, Principal
-from dispatch.domain.directory import Deadlines, GroupState
+from dispatch.domain.directory import GroupState
 from dispatch.domain.errors import DomainError, NotFound
-from dispatch.domain.incident import DEFAULT_DEADLINES, DEFAULT_QUORUM, Quorum, parse_quorum
 from dispatch.domain.roster import RosterRejected
-from dispatch.domain.signing import SigningConfig
-from dispatch.domain.timezones import DEFAULT_TIME_ZONE
 from dispatch.events.subjects import InvalidSubject, InvalidToken
-from dispatch.handlers.aggregates import Incidents
-from dispatch.handlers.bus import MessageBus
-from dispatch.handlers.gateway import GatewayCallbacks, SmsIn
-from dispatch.handlers.groups import GroupService, VillageSettings
+from dispatch.handlers.gateway import SmsIn
+from dispatch.handlers.groups import VillageSettings
 from dispatch.handlers.messages import Answer, CallRequest, CallResult, ResponseRequest
-from dispatch.handlers.tokens import TokenService
-from dispatch.observe.metrics import Metrics
 from dispatch.projections import queries
-from dispatch.projections.directory import LiveDirectory
-from dispatch.projections.sql import Database, DatabaseUnavailable, is_db_error
-from dispatch.projections.tokens import LiveTokens
+from dispatch.projections.sql import DatabaseUnavailable
 from dispatch.store.eventstore import AppendConflict, AppendRejected, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
 MAX_ROSTER_BYTES = 64 * 1024 * 1024
-DEFAULT_QUORUM_RULE = parse_quorum(DEFAULT_QUORUM)
 MAX_JSON_BYTES = 64 * 1024
 KEEPALIVE_S = 15.0
-
-
-@dataclass
-class ApiServices:
-    bus: MessageBus
-    groups: GroupService
-    incidents: Incidents
-    directory: LiveDirectory
-    tokens: LiveTokens
-    token_service: TokenService
-    gateway_callbacks: GatewayCallbacks
-    db: Database
-    hub: LiveHub
-    metrics: Metrics
-    readiness: Callable[[], Awaitable[dict[str, bool]]]
-    deadlines: Deadlines = DEFAULT_DEADLINES
-    time_zone: str = DEFAULT_TIME_ZONE
-    quorum: Quorum = DEFAULT_QUORUM_RULE
-    region: str = "CN"
-    rebuilding: Callable[[], Awaitable[str | None]] | None = None
-    version: str = "0.1.0"
-    signing: SigningConfig = field(default_factory=SigningConfig)
-    rate_limit: float = DEFAULT_RATE
-    rate_burst: float = DEFAULT_BURST
 
 
 class TokenRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -118,13 +83,6 @@ class DispatchRequest(Request[Any, Any, Any]):
             return await super().json()
         except RecursionError:
             raise ClientException("malformed JSON body: nested too deeply") from None
-
-
-def error(status: int, reason: str, **extra: Any) -> Response[dict[str, Any]]:
-    headers = {"Retry-After": "1"} if status == 503 else None
-    if status == 401:
-        headers = {"WWW-Authenticate": 'Bearer realm="dispatch"'}
-    return Response({"error": reason, **extra}, status_code=status, headers=headers)
 
 
 def _domain_error(_: Request[Any, Any, Any], exc: DomainError) -> Response[dict[str, Any]]:
@@ -210,39 +168,19 @@ def create_app(services: ApiServices) -> Litestar:
     )
 
     def who(request: Request[Any, Any, Any], capability: Capability, *, allow_query: bool = False) -> Principal:
-        principal: Principal | None = request.state.get("principal")
-        if principal is None:
-            principal = s.tokens.table.authenticate(bearer(request, allow_query=allow_query))
-        if principal is None:
-            raise NotAuthorizedException("a valid bearer token is required")
-        if not principal.can(capability):
-            raise PermissionDeniedException(f"a {principal.role} token may not do this")
-        return principal
+        return deps.who(s, request, capability, allow_query=allow_query)
 
     def scope(principal: Principal) -> frozenset[str] | None:
-        return principal.scope(s.directory.directory)
+        return deps.scope(s, principal)
 
     def visible(principal: Principal, village: str | None) -> bool:
-        return principal.sees(village, s.directory.directory)
+        return deps.visible(s, principal, village)
 
     def narrowed(principal: Principal, village: str | None) -> frozenset[str] | None:
-        """The villages a list may show: the request's filter within the principal's scope."""
-        allowed = scope(principal)
-        if village is None:
-            return allowed
-        return frozenset({village}) if allowed is None or village in allowed else frozenset()
+        return deps.narrowed(s, principal, village)
 
     async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        def run() -> Any:
-            try:
-                return fn(s.db.thread_connection(), *args, **kwargs)
-            except Exception as exc:
-                if is_db_error(exc):
-                    s.db.drop_thread_connection()
-                    raise DatabaseUnavailable(str(exc)) from exc
-                raise
-
-        return await asyncio.to_thread(run)
+        return await deps.in_thread(s, fn, *args, **kwargs)
 
     @post(
         "/v1/calls",
@@ -576,7 +514,7 @@ def create_app(services: ApiServices) -> Litestar:
             post_response,
             get_incident,
             list_incidents,
-            *report_routes(s, who, narrowed, in_thread),
+            *report_routes(s),
             gateway_voice,
             gateway_sms,
             stream,

@@ -22,10 +22,10 @@ from typing import Any
 
 import msgspec
 
-from dispatch.channels.base import DeliveryJob
 from dispatch.channels.gateway import VoiceEvent
 from dispatch.events import subjects as s
 from dispatch.events.codec import SCHEMA_HEADER, TYPE_HEADER
+from dispatch.events.jobs import DeliveryJob
 from dispatch.events.model import (
     ALL_EVENT_TYPES,
     CallRouted,

@@ -15,14 +15,14 @@ Invariants:
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from litestar import Request, Response, get
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromQuery
 
-from dispatch.domain.access import Capability, Principal
+from dispatch.api.deps import ApiServices, in_thread, narrowed, who
+from dispatch.domain.access import Principal
 from dispatch.domain.errors import DomainError, InvalidCommand
 from dispatch.domain.phone import try_normalize
 from dispatch.events.model import CATEGORIES
@@ -34,9 +34,6 @@ from dispatch.reports.periods import PERIODS, BadTime, Period, parse_when, perio
 from dispatch.reports.readiness import readiness
 from dispatch.reports.response_times import DIMENSIONS, response_times
 from dispatch.reports.stats import stats
-
-if TYPE_CHECKING:
-    from dispatch.api.app import ApiServices
 
 FORMATS = ("json", "csv")
 
@@ -60,13 +57,8 @@ def _bounded(name: str, value: int | float, low: float, high: float) -> None:
         raise InvalidCommand(f"{name} must be between {low:g} and {high:g}")
 
 
-def report_routes(
-    s: ApiServices,
-    who: Callable[[Request[Any, Any, Any], Capability], Principal],
-    narrowed: Callable[[Principal, str | None], frozenset[str] | None],
-    in_thread: Callable[..., Awaitable[Any]],
-) -> list[HTTPRouteHandler]:
-    """The report endpoints, bound to the app's authentication, scoping and database thread."""
+def report_routes(s: ApiServices) -> list[HTTPRouteHandler]:
+    """The report endpoints over the API's services (`dispatch.api.deps`)."""
 
     async def ready() -> None:
         if s.rebuilding is not None and (reason := await s.rebuilding()):
@@ -89,10 +81,10 @@ def report_routes(
         group: str | None,
         **rest: Any,
     ) -> tuple[Principal, Scope]:
-        principal = who(request, "read")
+        principal = who(s, request, "read")
         if group is not None and not village:
             raise InvalidCommand("group needs village (group numbers repeat across villages)")
-        return principal, Scope(villages=narrowed(principal, village), group=group or None, **rest)
+        return principal, Scope(villages=narrowed(s, principal, village), group=group or None, **rest)
 
     def answer(kind: str, report: dict[str, Any], fmt: str | None) -> Any:
         if fmt == "csv":
@@ -144,7 +136,7 @@ def report_routes(
                 reveal=principal.can("export"),
             )
 
-        return answer("response-times", await in_thread(run), fmt)
+        return answer("response-times", await in_thread(s, run), fmt)
 
     @get(
         "/v1/reports/history",
@@ -190,7 +182,7 @@ def report_routes(
             )
             return history(conn, filters, zones_of(conn), limit=limit, offset=offset, reveal=principal.can("export"))
 
-        return answer("history", await in_thread(run), fmt)
+        return answer("history", await in_thread(s, run), fmt)
 
     @get(
         "/v1/reports/stats",
@@ -223,7 +215,7 @@ def report_routes(
                 raise InvalidCommand("since must be before until")
             return stats(conn, scope, zones, since=start, until=end, period=chosen)
 
-        return answer("stats", await in_thread(run), fmt)
+        return answer("stats", await in_thread(s, run), fmt)
 
     @get(
         "/v1/reports/readiness",
@@ -257,6 +249,6 @@ def report_routes(
                 reveal=principal.can("export"),
             )
 
-        return answer("readiness", await in_thread(run), fmt)
+        return answer("readiness", await in_thread(s, run), fmt)
 
     return [report_response_times, report_history, report_stats, report_readiness]

@@ -1,9 +1,7 @@
-"""What a channel is given (a delivery job) and what it answers (an outcome), per target.
+"""What a channel is (`Channel`) and what it answers (an outcome) for each target of a delivery job
+(`dispatch.events.jobs`, the job's wire format).
 
 Invariants:
-- a job is one alert on one channel and carries every target of it, so a worker rings them all
-  at once; a retry job carries only the targets still to reach, not before `not_before`;
-- each target's `key` is stable across retries and restarts and goes out as the `Idempotency-Key`;
 - a channel never raises for a failed delivery: it answers Delivered, Transient (retry, maybe
   after `retry_after` seconds) or Permanent (do not retry);
 - what is recorded of a target's address (`recorded_address`) holds no secret a URL carried.
@@ -13,20 +11,13 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import msgspec
 
+from dispatch.events.jobs import DeliveryJob, Target
 from dispatch.events.model import Person
-
-JobKind = Literal["alarm", "unregistered", "repeat", "escalation", "caller_update", "cancelled"]
-
-
-class Target(msgspec.Struct, frozen=True, kw_only=True):
-    recipient: Person
-    address: str
-    key: str
 
 
 def recorded_address(address: str) -> str:
@@ -41,28 +32,6 @@ def recorded_address(address: str) -> str:
     host = parts.netloc.rpartition("@")[2]
     digest = hashlib.sha256(address.encode()).hexdigest()[:12]
     return f"{parts.scheme}://{host}{parts.path}#{digest}"
-
-
-class DeliveryJob(msgspec.Struct, frozen=True, kw_only=True):
-    key: str
-    incident_id: str
-    round: int
-    kind: JobKind
-    channel: str
-    targets: tuple[Target, ...]
-    village: str | None
-    group: str | None
-    caller: Person
-    urgency: int
-    message: str
-    message_en: str
-    answer_url: str
-    spoken: str = ""
-    console_url: str = ""
-    raised_at: datetime
-    appended_at: datetime
-    attempt: int = 1
-    not_before: datetime | None = None
 
 
 class Delivered(msgspec.Struct, frozen=True):
@@ -85,9 +54,6 @@ class Withdrawn(msgspec.Struct, frozen=True):
 
 
 Outcome = Delivered | Transient | Permanent | Withdrawn
-
-job_encoder = msgspec.json.Encoder()
-job_decoder = msgspec.json.Decoder(DeliveryJob)
 
 
 class Channel(Protocol):

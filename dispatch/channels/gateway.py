@@ -31,8 +31,9 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from dispatch.channels.base import Delivered, DeliveryJob, Outcome, Permanent, Target, Transient
+from dispatch.channels.base import Delivered, Outcome, Permanent, Transient
 from dispatch.channels.http import HttpAnswer, HttpPoster, Unreachable, http_outcome, sign
+from dispatch.events.jobs import DeliveryJob, Target
 from dispatch.events.model import Person
 from dispatch.ids import stable_key
 from dispatch.observe.metrics import Metrics

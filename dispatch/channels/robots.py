@@ -21,10 +21,11 @@ import time
 import urllib.parse
 from typing import Any
 
-from dispatch.channels.base import Delivered, DeliveryJob, Outcome, Permanent, Target, Transient
+from dispatch.channels.base import Delivered, Outcome, Permanent, Transient
 from dispatch.channels.http import HttpPoster, Unreachable, http_outcome
 from dispatch.channels.routing import Robot
 from dispatch.domain.messages import ROLE_ZH
+from dispatch.events.jobs import DeliveryJob, Target
 from dispatch.events.model import Person
 
 RATE_LIMITED = {130101, 45009, -1}

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 
-from dispatch.channels.base import DeliveryJob, Outcome, Target, Transient, payload
+from dispatch.channels.base import Outcome, Transient, payload
 from dispatch.channels.http import HttpPoster, Unreachable, http_outcome, sign
+from dispatch.events.jobs import DeliveryJob, Target
 from dispatch.events.model import Person
 
 

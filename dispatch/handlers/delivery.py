@@ -29,20 +29,11 @@ from datetime import datetime, timedelta
 import msgspec
 import structlog
 
-from dispatch.channels.base import (
-    Channel,
-    Delivered,
-    DeliveryJob,
-    Outcome,
-    Permanent,
-    Target,
-    Transient,
-    Withdrawn,
-    recorded_address,
-)
+from dispatch.channels.base import Channel, Delivered, Outcome, Permanent, Transient, Withdrawn, recorded_address
 from dispatch.clock import Clock, utcnow
 from dispatch.domain.delivery import RecordAttempt, decide_attempt
 from dispatch.events import msgids
+from dispatch.events.jobs import DeliveryJob, Target
 from dispatch.events.model import (
     DeliveryFailed,
     DeliverySucceeded,

@@ -31,10 +31,11 @@ from datetime import timedelta
 
 import structlog
 
-from dispatch.channels.base import Channel, DeliveryJob, JobKind, Target, recorded_address
+from dispatch.channels.base import Channel, recorded_address
 from dispatch.channels.routing import ChannelConfig
 from dispatch.domain.incident import Alert, IncidentState, alert_for, timer_due
 from dispatch.domain.messages import alert_text_en_for, alert_text_for, spoken_text_for
+from dispatch.events.jobs import DeliveryJob, JobKind, Target
 from dispatch.events.model import (
     CallRepeated,
     IncidentCancelled,

@@ -42,10 +42,10 @@ from faststream.nats import JStream, NatsBroker, PullSub
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from dispatch.channels.base import DeliveryJob, job_decoder
 from dispatch.domain.errors import DomainError, NotFound
 from dispatch.domain.incident import TIMERS
 from dispatch.events.codec import UnknownEvent
+from dispatch.events.jobs import DeliveryJob, job_decoder
 from dispatch.events.subjects import (
     CALL_INGRESS,
     DELIVERY_STREAM,

@@ -14,7 +14,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeout
 
-from dispatch.channels.base import DeliveryJob, job_encoder
+from dispatch.events.jobs import DeliveryJob, job_encoder
 from dispatch.events.subjects import deliver_subject
 from dispatch.store.batch import MAX_BATCH, publish_batch, publish_one
 from dispatch.store.eventstore import ERR_BATCH_DUPLICATE_MSG_ID, AppendRejected, StoreUnavailable
