@@ -38,6 +38,7 @@ import nats
 from dispatch.domain.incident import DEFAULT_QUORUM, IncomingCall, parse_quorum, route_call
 from dispatch.events.model import Person
 from dispatch.projections.directory import LiveDirectory
+from dispatch.store.headers import install_header_parser
 from dispatch.store.server import EmbeddedNats, free_port
 
 GROUP_SIZE = 10
@@ -182,6 +183,7 @@ async def lookups(nats_url: str, groups: int, count: int) -> dict[str, float]:
 
 
 async def main() -> int:
+    install_header_parser()  # as the service does (dispatch.store.headers)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--groups", type=int, default=100_000)
     parser.add_argument("--lookups", type=int, default=100_000)

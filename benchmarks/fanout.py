@@ -37,6 +37,7 @@ from dispatch.events.jobs import DeliveryJob, Target
 from dispatch.events.model import Person
 from dispatch.handlers.messages import CallRequest
 from dispatch.settings import Settings
+from dispatch.store.headers import install_header_parser
 from dispatch.store.server import free_port
 
 
@@ -87,6 +88,7 @@ def median(results: list[Result], attr: str) -> float:
 
 
 async def main() -> int:
+    install_header_parser()  # as the service does (dispatch.store.headers)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--seconds", type=float, default=10)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import nats
 
+from dispatch.store.headers import install_header_parser
 from dispatch.store.provision import events_stream
 from dispatch.store.server import EmbeddedNats
 
@@ -58,6 +59,7 @@ async def appends(nc: nats.NATS, streams: int, seconds: float) -> int:
 
 
 async def main() -> int:
+    install_header_parser()  # as the service does (dispatch.store.headers)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=4)
     parser.add_argument("--rounds", type=int, default=2)

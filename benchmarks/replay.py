@@ -41,6 +41,7 @@ from dispatch.projections.registry import all_projections
 from dispatch.projections.sql import Database
 from dispatch.sim.synthetic import synthetic_history
 from dispatch.store.eventstore import H_MSG_ID, EventStore
+from dispatch.store.headers import install_header_parser
 from dispatch.store.provision import provision
 from dispatch.store.server import EmbeddedNats
 
@@ -172,6 +173,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
 
 def main() -> int:
+    install_header_parser()  # as the service does (dispatch.store.headers)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)

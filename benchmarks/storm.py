@@ -50,6 +50,7 @@ from common import (
 from dispatch.channels.base import Delivered, Outcome
 from dispatch.events.jobs import DeliveryJob, Target
 from dispatch.events.model import Person
+from dispatch.store.headers import install_header_parser
 from dispatch.store.server import EmbeddedNats, free_port
 
 RECIPIENTS = 9
@@ -168,6 +169,7 @@ async def storm(nc: nats.NATS, first: int, last: int, seconds: float) -> tuple[f
 
 
 async def main() -> int:
+    install_header_parser()  # as the service does (dispatch.store.headers)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--groups", type=int, default=30_000)

@@ -78,6 +78,7 @@ from dispatch.projections.tokens import LiveTokens
 from dispatch.settings import Settings, SettingsError
 from dispatch.store.connect import NatsAuth, NatsConnectError, connect
 from dispatch.store.eventstore import EventStore
+from dispatch.store.headers import install_header_parser
 from dispatch.store.jobs import JobQueue
 from dispatch.store.provision import provision
 from dispatch.store.server import EmbeddedNats
@@ -212,6 +213,7 @@ class Service:
     async def start(self) -> None:
         st = self.settings
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+        install_header_parser()
         if st.embedded_nats:
             self._lock = contextlib.ExitStack()
             self._lock.enter_context(data_dir_lock(st.data_dir))

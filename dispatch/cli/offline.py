@@ -10,6 +10,7 @@ from nats.aio.client import Client as NATS
 
 from dispatch.settings import Settings, SettingsError
 from dispatch.store.connect import NatsConnectError, connect
+from dispatch.store.headers import install_header_parser
 from dispatch.store.provision import provision
 from dispatch.store.server import EmbeddedNats, running_auth, running_url
 
@@ -18,6 +19,7 @@ from dispatch.store.server import EmbeddedNats, running_auth, running_url
 async def open_log(settings: Settings, *, use_running: bool = True) -> AsyncIterator[NATS]:
     from dispatch.bootstrap import data_dir_lock
 
+    install_header_parser()
     urls = settings.nats_urls
     auth = settings.nats_auth()
     embedded: EmbeddedNats | None = None

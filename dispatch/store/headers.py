@@ -9,8 +9,11 @@ regular-expression search per name: ~3.4 µs.
 Invariants:
 - for any bytes, `parse_header_lines(raw) == LIBRARY(raw)` (a property test holds it to the
   installed library's own function, so an upgrade that changes its rules fails the suite);
-- `install()` (run when `dispatch.store` is imported, before any connection) replaces the
-  library's function only while it is still the one captured here, and is idempotent.
+- `install_header_parser()` replaces the library's function only while it is still the one
+  captured here, and is idempotent; nothing is replaced on import: the composition root
+  (`dispatch.bootstrap`) calls it, and so does every entry point that connects to NATS without it
+  (`dispatch.cli.offline`, the benchmarks). Until then nats-py's own parser runs, with the same
+  result.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def parse_header_lines(raw: bytes) -> dict[str, str]:
     return out
 
 
-def install() -> bool:
+def install_header_parser() -> bool:
     """Put `parse_header_lines` in the library's place; False when the library has no such function."""
     current = getattr(Client, "_parse_header_lines", None)
     if current is parse_header_lines:

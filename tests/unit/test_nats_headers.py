@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
 
-import dispatch.store  # noqa: F401  (installs the parser)
-from dispatch.store.headers import LIBRARY, install, parse_header_lines
+from dispatch.store.headers import LIBRARY, install_header_parser, parse_header_lines
 
 PIECES = st.sampled_from(
     [
@@ -34,8 +36,9 @@ PIECES = st.sampled_from(
 
 def test_the_library_function_was_found_and_replaced() -> None:
     assert LIBRARY is not None
+    assert install_header_parser() is True
     assert Client._parse_header_lines is parse_header_lines
-    assert install() is True
+    assert install_header_parser() is True
 
 
 def test_a_stored_events_headers() -> None:
@@ -64,3 +67,12 @@ def test_same_result_as_the_library_for_header_like_bytes(raw: bytes) -> None:
 @given(st.binary(max_size=200))
 def test_same_result_as_the_library_for_any_bytes(raw: bytes) -> None:
     assert parse_header_lines(raw) == LIBRARY(raw)  # type: ignore[misc]
+
+
+def test_importing_the_store_replaces_nothing() -> None:
+    """The parser is installed by an explicit call (the composition root, the CLI), never on import."""
+    code = (
+        "import dispatch.store.eventstore, dispatch.store.headers as h; from nats.aio.client import Client; "
+        "assert Client._parse_header_lines is h.LIBRARY"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
