@@ -1,9 +1,27 @@
 from __future__ import annotations
 
+import csv
+import io
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dispatch.domain.directory import Directory
-from dispatch.domain.roster import RosterRejected, parse_roster, plan_import
+from dispatch.domain.roster import (
+    MAX_DUTY_DESKS,
+    MAX_NAME,
+    MAX_REPORTED_ERRORS,
+    NAME_FORMAT_ALLOWED,
+    DirectoryView,
+    RosterRejected,
+    RosterUnreadable,
+    parse_roster,
+    plan_import,
+    plan_roster,
+    read_roster,
+    refused_in_name,
+)
 from dispatch.events.model import MemberBound, MemberRenamed, MemberUnbound, RoleAssigned
 
 from .fixtures import ROSTER, T0, directory_with
@@ -151,3 +169,140 @@ def test_duty_desks_follow_the_file_for_villages_it_lists() -> None:
     plan = plan_import(directory, parse_roster(text), T0)
     names = sorted(type(e).__name__ for c in plan.changes for e in c.events)
     assert names == ["DutyDeskBound", "DutyDeskUnbound"]
+
+
+# --- names that turn text around (issue 26, item 8) ------------------------------------------------
+
+BIDI_AND_CONTROLS = [
+    *(chr(c) for c in range(0x202A, 0x202F)),  # LRE RLE PDF LRO RLO
+    *(chr(c) for c in range(0x2066, 0x206A)),  # LRI RLI FSI PDI
+    "\u200e",  # LRM
+    "\u200f",  # RLM
+    "\u061c",  # ALM
+    "\x00",
+    "\x07",
+    "\x1b",
+    "\x7f",
+    "\x85",
+    "\u2028",
+    "\u2029",
+    "\ufeff",
+    "\u200b",
+    "\u00ad",
+]
+
+
+def refused_char() -> st.SearchStrategy[str]:
+    """Any character a name may not hold: controls, format characters, line and paragraph separators."""
+    return st.characters(
+        whitelist_categories=("Cc", "Cf", "Zl", "Zp"), blacklist_characters=sorted(NAME_FORMAT_ALLOWED)
+    ) | st.sampled_from(BIDI_AND_CONTROLS)
+
+
+def name_char() -> st.SearchStrategy[str]:
+    """Any character a name may hold (Han, Latin, Arabic, Mongolian, ideographic spaces, private use...)."""
+    return st.characters(blacklist_categories=("Cc", "Cf", "Zl", "Zp", "Cs")) | st.sampled_from(
+        sorted(NAME_FORMAT_ALLOWED)
+    )
+
+
+def roster_with_name(name: str, *, village: str = "dongshan", group: str = "1") -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)  # "\r\n" lines: a name holding "\r" or "\n" is quoted
+    writer.writerow(["village", "group", "phone", "role", "name"])
+    writer.writerow([village, group, "13800000001", "leader", "甲"])
+    writer.writerow([village, group, "13800000002", "household", name])
+    writer.writerow([village, group, "13900000009", "officer", "乙"])
+    return out.getvalue()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(name_char(), min_size=1, max_size=30), refused_char(), st.text(name_char(), min_size=1, max_size=30))
+def test_a_name_with_a_control_or_direction_character_is_refused_on_its_line(before: str, bad: str, after: str) -> None:
+    name = f"x{before}{bad}{after}x"
+    errors = parse_errors(roster_with_name(name))
+    assert [line for line, _ in errors] == [3]
+    assert errors[0][1].startswith(f"name holds U+{ord(bad):04X} "), errors
+    assert errors[0][1].endswith("control, format and text-direction characters are not allowed")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(name_char(), min_size=1, max_size=MAX_NAME))
+def test_any_other_name_is_kept_as_written(name: str) -> None:
+    rows = parse_roster(roster_with_name(name))
+    assert rows[1].name == name.strip()
+
+
+def test_the_issues_reversed_number_is_refused_with_the_character_named() -> None:
+    errors = parse_errors(roster_with_name("张三\u202e8613800000006+"))
+    assert errors == [
+        (
+            3,
+            "name holds U+202E RIGHT-TO-LEFT OVERRIDE: control, format and text-direction characters are not allowed",
+        )
+    ]
+    assert refused_in_name("张三") is None and refused_in_name("Ayşe\u3000Öz") is None
+    for joiner in NAME_FORMAT_ALLOWED:  # zero-width (non-)joiners and the Mongolian vowel separator spell names
+        assert parse_roster(roster_with_name(f"a{joiner}b"))[1].name == f"a{joiner}b"
+
+
+@settings(max_examples=200, deadline=None)
+@given(refused_char(), st.sampled_from(["village", "group"]))
+def test_villages_and_groups_refuse_them_too(bad: str, field: str) -> None:
+    text = roster_with_name("丙", **{field: f"dong{bad}shan"})
+    errors = parse_errors(text)
+    assert {line for line, _ in errors} == {2, 3, 4}
+    assert all(f"{field} " in message for _, message in errors)
+
+
+# --- large files (issue 26, item 3) ---------------------------------------------------------------
+
+
+def test_bytes_are_read_as_utf8_with_or_without_bom_or_as_gb18030_else_refused() -> None:
+    expected = parse_roster(ROSTER)
+    for raw in (ROSTER.encode(), b"\xef\xbb\xbf" + ROSTER.encode(), ROSTER.encode("gb18030")):
+        assert parse_roster(raw) == expected
+    with pytest.raises(RosterUnreadable):
+        parse_roster(b"village,group,phone,role,name\n\xff\xfe\x80\x81,1,13800000001,leader,\x81\n")
+
+
+def test_the_worker_path_plans_exactly_what_plan_import_plans() -> None:
+    directory = directory_with()
+    changed = ROSTER.replace("13800000006,household,陈永福", "13800000006,household,陈永富") + (
+        "xishan,1,13700000001,leader,甲\nxishan,1,13900000009,officer,吴警官\n"
+    )
+    file = read_roster(changed.encode())
+    view = DirectoryView.of(directory, file)
+    planned = plan_roster(file, view, T0)
+    expected = plan_import(directory, parse_roster(changed), T0)
+    assert planned == expected
+    assert [e for c in planned.changes for e in c.events] == [e for c in expected.changes for e in c.events]
+    assert planned.members_renamed == 1 and planned.groups_formed == 1
+
+
+def test_a_file_full_of_errors_counts_them_all_and_lists_the_first_by_line() -> None:
+    bad = "".join(f"v,{i},12345,household,甲\n" for i in range(MAX_REPORTED_ERRORS + 500))
+    with pytest.raises(RosterRejected) as info:
+        read_roster(("village,group,phone,role,name\n" + bad).encode())
+    assert info.value.total == MAX_REPORTED_ERRORS + 500
+    assert [e.line for e in info.value.errors] == list(range(2, MAX_REPORTED_ERRORS + 2))
+
+
+def test_a_village_has_at_most_a_hundred_duty_desks() -> None:
+    desks = "".join(f"v,,0731845{i:05d},duty,值班室{i}\n" for i in range(MAX_DUTY_DESKS + 1))
+    errors = errors_of("village,group,phone,role,name\n" + desks)
+    assert errors == [(MAX_DUTY_DESKS + 2, f"village v has more than {MAX_DUTY_DESKS} duty desks")]
+    ok = "".join(f"v,,0731845{i:05d},duty,值班室{i}\n" for i in range(MAX_DUTY_DESKS))
+    assert plan_import(Directory(), parse_roster("village,group,phone,role,name\n" + ok), T0).duty_desks_bound == 100
+
+
+def test_a_read_file_and_its_plan_are_emptied_for_release_but_keep_their_counts() -> None:
+    file = read_roster(ROSTER.encode())
+    view = DirectoryView.of(Directory(), file)
+    plan = plan_roster(file, view, T0)
+    file.release()
+    view.release()
+    events = plan.event_count
+    plan.release()
+    assert not file.groups and not any(file.phones) and not file.duty and plan.changes == []
+    assert events == 16 and plan.members_bound == 13
