@@ -265,7 +265,7 @@ class Service:
             metrics=self.metrics,
             region=st.region,
         )
-        self.groups = GroupService(self.store, self.directory, region=st.region)
+        self.groups = GroupService(self.uow, self.directory, region=st.region)
         self.responses = ResponseService(self.uow, self.metrics, region=st.region)
         self.delivery = DeliveryWorker(
             self.store,

@@ -19,11 +19,14 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import get_args
 
 import msgspec
 
+from dispatch.domain.errors import InvalidCommand
 from dispatch.domain.phone import cn_mobile_candidate, try_normalize
+from dispatch.domain.timezones import valid_time_zone
 from dispatch.events.model import (
     DutyDeskBound,
     DutyDeskUnbound,
@@ -40,7 +43,7 @@ from dispatch.events.model import (
     VillageEvent,
     VillageSettingsChanged,
 )
-from dispatch.events.subjects import group_id
+from dispatch.events.subjects import InvalidToken, check_token, group_id
 
 _ROLES: tuple[Role, ...] = get_args(Role)
 _ROLE_CODE = {role: code for code, role in enumerate(_ROLES)}
@@ -531,3 +534,39 @@ class Directory:
     def counts(self) -> tuple[int, int]:
         """(live groups, bound numbers)."""
         return self._live, len(self._by_phone)
+
+
+class ChangeVillageSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Set a village's deadline overrides (seconds) and time zone; None means the service default."""
+
+    village: str
+    ack_deadline_s: float | None = None
+    escalate_after_s: float | None = None
+    arrival_deadline_s: float | None = None
+    time_zone: str | None = None
+
+
+def decide_village_settings(state: VillageState | None, command: ChangeVillageSettings, now: datetime) -> list[Event]:
+    """A village's settings decider: InvalidCommand unless the name, zone and deadlines make sense."""
+    c = command
+    try:
+        check_token("village", c.village)
+    except InvalidToken as exc:
+        raise InvalidCommand(str(exc)) from None
+    if c.time_zone is not None and not valid_time_zone(c.time_zone):
+        raise InvalidCommand(f"time_zone {c.time_zone!r} is not an IANA time zone (e.g. Asia/Shanghai)")
+    values = [v for v in (c.ack_deadline_s, c.escalate_after_s, c.arrival_deadline_s) if v is not None]
+    if any(not 1 <= v <= 86_400 for v in values):
+        raise InvalidCommand("deadlines must be between 1 and 86400 seconds")
+    if c.ack_deadline_s is not None and c.escalate_after_s is not None and c.ack_deadline_s > c.escalate_after_s:
+        raise InvalidCommand("ack_deadline_s must not exceed escalate_after_s")
+    return [
+        VillageSettingsChanged(
+            at=now,
+            village=c.village,
+            ack_deadline_s=c.ack_deadline_s,
+            escalate_after_s=c.escalate_after_s,
+            arrival_deadline_s=c.arrival_deadline_s,
+            time_zone=c.time_zone,
+        )
+    ]

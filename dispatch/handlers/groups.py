@@ -29,13 +29,14 @@ import msgspec
 import structlog
 
 from dispatch.clock import Clock, utcnow
-from dispatch.domain.errors import InvalidCommand
+from dispatch.domain.directory import ChangeVillageSettings, VillageState, decide_village_settings
 from dispatch.domain.roster import AggregateChange, DirectoryView, ImportPlan, RosterFile, plan_roster, read_roster
-from dispatch.domain.timezones import valid_time_zone
-from dispatch.events.model import VillageSettingsChanged
-from dispatch.events.subjects import InvalidToken, check_token, village_subject
+from dispatch.events import msgids
+from dispatch.events.model import Event
+from dispatch.events.subjects import village_subject
+from dispatch.handlers.uow import Loaded, UnitOfWork
 from dispatch.projections.directory import LiveDirectory
-from dispatch.store.eventstore import AppendConflict, EventStore, Outgoing
+from dispatch.store.eventstore import AppendConflict, Outgoing
 
 log = structlog.get_logger(__name__)
 
@@ -106,19 +107,31 @@ class VillageSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     arrival_deadline_s: float | None = None
     time_zone: str | None = None
 
-    def check(self) -> None:
-        """Raise InvalidCommand unless the time zone is known and the deadlines make sense."""
-        if self.time_zone is not None and not valid_time_zone(self.time_zone):
-            raise InvalidCommand(f"time_zone {self.time_zone!r} is not an IANA time zone (e.g. Asia/Shanghai)")
-        values = [v for v in (self.ack_deadline_s, self.escalate_after_s, self.arrival_deadline_s) if v is not None]
-        if any(not 1 <= v <= 86_400 for v in values):
-            raise InvalidCommand("deadlines must be between 1 and 86400 seconds")
-        if (
-            self.ack_deadline_s is not None
-            and self.escalate_after_s is not None
-            and self.ack_deadline_s > self.escalate_after_s
-        ):
-            raise InvalidCommand("ack_deadline_s must not exceed escalate_after_s")
+    def command(self, village: str) -> ChangeVillageSettings:
+        """The domain's command for `village` (checked by its decider)."""
+        return ChangeVillageSettings(
+            village=village,
+            ack_deadline_s=self.ack_deadline_s,
+            escalate_after_s=self.escalate_after_s,
+            arrival_deadline_s=self.arrival_deadline_s,
+            time_zone=self.time_zone,
+        )
+
+
+class Villages:
+    """Villages as the live directory holds them (it follows the log): the unit of work's aggregate."""
+
+    def __init__(self, live: LiveDirectory) -> None:
+        self.live = live
+
+    async def load(self, key: str) -> Loaded[VillageState | None]:
+        """The village's settings and its subject's last sequence, as this process has applied them."""
+        state = self.live.directory.villages.get(key)
+        return Loaded(state, village_subject(key), state.last_seq if state else 0)
+
+    def subject_of(self, key: str, event: Event) -> str:
+        """A village's events go on its subject."""
+        return village_subject(key)
 
 
 def _plan_releasing(file: RosterFile, view: DirectoryView, at: datetime) -> ImportPlan:
@@ -140,8 +153,9 @@ def _summary_releasing(plan: ImportPlan) -> ImportSummary:
 class GroupService:
     """Roster imports and village settings: validated, planned against the directory, appended."""
 
-    def __init__(self, store: EventStore, live: LiveDirectory, *, region: str = "CN", clock: Clock = utcnow) -> None:
-        self.store = store
+    def __init__(self, uow: UnitOfWork, live: LiveDirectory, *, region: str = "CN", clock: Clock = utcnow) -> None:
+        self.uow = uow
+        self.store = uow.store
         self.live = live
         self.region = region
         self.clock = clock
@@ -185,40 +199,19 @@ class GroupService:
 
     async def set_village_settings(self, village: str, settings: VillageSettings) -> None:
         """Record a village's deadlines; incidents raised afterwards use them."""
-        try:
-            check_token("village", village)
-        except InvalidToken as exc:
-            raise InvalidCommand(str(exc)) from None
-        settings.check()
+        command = settings.command(village)
+        villages = Villages(self.live)
+
+        def ids(_i: int, _event: Event) -> str:
+            # decided on the state `load` read just before, with no wait in between
+            state = self.live.directory.villages.get(village)
+            return msgids.village_settings(village, state.last_seq if state else 0)
+
         async with self._lock:
-            for attempt in range(MAX_ATTEMPTS):
-                state = self.live.directory.villages.get(village)
-                event = VillageSettingsChanged(
-                    at=self.clock(),
-                    village=village,
-                    ack_deadline_s=settings.ack_deadline_s,
-                    escalate_after_s=settings.escalate_after_s,
-                    arrival_deadline_s=settings.arrival_deadline_s,
-                    time_zone=settings.time_zone,
-                )
-                subject = village_subject(village)
-                try:
-                    [seq] = await self.store.append(
-                        [
-                            Outgoing(
-                                subject,
-                                event,
-                                f"village:{village}:{state.last_seq if state else 0}:settings",
-                                expected_seq=state.last_seq if state else 0,
-                            )
-                        ]
-                    )
-                except AppendConflict:
-                    await asyncio.sleep(0.1 * (attempt + 1))
-                    continue
-                await self.live.wait_for({subject: seq})
-                return
-        raise AppendConflict("the village kept changing; try again")
+            decided = await self.uow.decide(
+                villages, village, lambda state, now: decide_village_settings(state, command, now), ids
+            )
+        await self.live.wait_for({village_subject(village): decided.seqs[-1]})
 
     async def _apply(self, plan: ImportPlan, digest: str) -> None:
         # The directory follows groups and villages each in stream order, so waiting for the last
@@ -231,7 +224,7 @@ class GroupService:
                 Outgoing(
                     change.subject,
                     event,
-                    f"roster:{digest}:{change.subject}:{change.expected_seq}:{i}",
+                    msgids.roster_change(digest, change.subject, change.expected_seq)(i, event),
                     expected_seq=change.expected_seq if i == 0 else None,
                 )
                 for change in chunk

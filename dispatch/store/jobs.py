@@ -21,11 +21,14 @@ from dispatch.store.eventstore import ERR_BATCH_DUPLICATE_MSG_ID, AppendRejected
 
 
 class JobQueue:
+    """Queues delivery jobs on DISPATCH_DELIVERY for any process's delivery worker."""
+
     def __init__(self, nc: NATS, *, timeout: float = 3.0) -> None:
         self.nc = nc
         self.timeout = timeout
 
     async def enqueue(self, jobs: list[DeliveryJob]) -> None:
+        """Queue jobs, each on its channel's subject, with its key as the message id."""
         if not jobs:
             return
         if not self.nc.is_connected:
