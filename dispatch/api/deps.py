@@ -40,6 +40,7 @@ from dispatch.projections.sql import Database, DatabaseUnavailable, is_db_error
 from dispatch.projections.tokens import LiveTokens
 
 DEFAULT_QUORUM_RULE = parse_quorum(DEFAULT_QUORUM)
+MAX_JSON_BYTES = 64 * 1024
 
 
 @dataclass

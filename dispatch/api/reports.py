@@ -57,7 +57,7 @@ def _bounded(name: str, value: int | float, low: float, high: float) -> None:
         raise InvalidCommand(f"{name} must be between {low:g} and {high:g}")
 
 
-def report_routes(s: ApiServices) -> list[HTTPRouteHandler]:
+def routes(s: ApiServices) -> list[HTTPRouteHandler]:
     """The report endpoints over the API's services (`dispatch.api.deps`)."""
 
     async def ready() -> None:

@@ -1,0 +1,124 @@
+"""Incidents: answers (accept, decline, arrived, resolve, cancel), one incident, the list, the live stream.
+
+Invariants: an officer or duty desk sees only its villages' incidents (another's is 404) and streams
+only their events; numbers in the list are masked without `export`; a revoked token's stream ends."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import structlog
+import structlog.contextvars
+from litestar import Request, get, post
+from litestar.exceptions import ValidationException
+from litestar.handlers import HTTPRouteHandler
+from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from dispatch.api.deps import MAX_JSON_BYTES, ApiServices, in_thread, narrowed, scope, visible, who
+from dispatch.api.views import incident_view
+from dispatch.domain.errors import NotFound
+from dispatch.handlers.messages import Answer, ResponseRequest
+from dispatch.projections import queries
+
+KEEPALIVE_S = 15.0
+
+
+def routes(s: ApiServices) -> list[HTTPRouteHandler]:
+    """The incident routes and the console's event stream."""
+
+    @post(
+        "/v1/incidents/{incident_id:str}/responses",
+        status_code=200,
+        request_max_body_size=MAX_JSON_BYTES,
+        tags=["incidents"],
+        summary="Accept, decline, arrived, resolve or cancel",
+    )
+    async def post_response(
+        incident_id: FromPath[str], data: JSONBody[ResponseRequest], request: Request[Any, Any, Any]
+    ) -> dict[str, Any]:
+        principal = who(s, request, "answer")
+        state = await s.incidents.get(incident_id)
+        if not visible(s, principal, state.opened.village):
+            raise NotFound(f"no incident {incident_id}")
+        key = request.headers.get("idempotency-key")
+        with structlog.contextvars.bound_contextvars(incident_id=incident_id):
+            state, events = await s.bus.handle(Answer(incident_id=incident_id, request=data, idempotency_key=key))
+        return {
+            "incident_id": state.id,
+            "status": state.status,
+            "covered": state.covered,
+            "recorded": [type(e).__name__ for e in events],
+        }
+
+    @get("/v1/incidents/{incident_id:str}", tags=["incidents"], summary="An incident with responders and timeline")
+    async def get_incident(incident_id: FromPath[str], request: Request[Any, Any, Any]) -> dict[str, Any]:
+        principal = who(s, request, "read")
+        state, history = await s.incidents.history(incident_id)
+        if not visible(s, principal, state.opened.village):
+            raise NotFound(f"no incident {incident_id}")
+        return incident_view(state, history)
+
+    @get("/v1/incidents", tags=["incidents"], summary="Incidents, newest first")
+    async def list_incidents(
+        request: Request[Any, Any, Any],
+        village: FromQuery[str | None] = None,
+        status: FromQuery[str | None] = None,
+        since: FromQuery[datetime | None] = None,
+        limit: FromQuery[int] = 100,
+    ) -> dict[str, Any]:
+        principal = who(s, request, "read")
+        allowed = narrowed(s, principal, village)
+        statuses = {"open", "raised", "notifying", "acknowledged", "on_scene", "resolved", "cancelled"}
+        if status is not None and status not in statuses:
+            raise ValidationException(f"status must be one of {', '.join(sorted(statuses))}")
+        rows = await in_thread(
+            s,
+            queries.list_incidents,
+            villages=allowed,
+            status=status,
+            since=since,
+            limit=max(1, min(limit, 1000)),
+            reveal=principal.can("export"),
+        )
+        return {"incidents": rows, "count": len(rows)}
+
+    @get(
+        "/v1/stream",
+        opt={"query_token": True},
+        tags=["console"],
+        summary="Server-sent events: incident events and console notifications",
+    )
+    async def stream(request: Request[Any, Any, Any], village: FromQuery[str | None] = None) -> ServerSentEvent:
+        principal = who(s, request, "read", allow_query=True)
+        wanted = frozenset(v for v in (village or "").split(",") if v) or None
+        allowed = scope(s, principal)
+        if allowed is not None:
+            wanted = allowed if wanted is None else wanted & allowed
+        client = await s.hub.connect(wanted, principal.token_id)
+
+        async def events() -> AsyncIterator[ServerSentEventMessage]:
+            try:
+                yield ServerSentEventMessage(event="hello", data='{"ok": true}')
+                while True:
+                    try:
+                        kind, data = await asyncio.wait_for(client.queue.get(), KEEPALIVE_S)
+                    except TimeoutError:
+                        kind, data = "keepalive", ""
+                    if principal.token_id in s.tokens.table.revoked:
+                        kind, data = "bye", '{"reason": "revoked"}'
+                    if kind == "keepalive":
+                        yield ServerSentEventMessage(comment="keepalive")
+                        continue
+                    yield ServerSentEventMessage(event=kind, data=data)
+                    if kind in ("resync", "bye"):
+                        return
+            finally:
+                await s.hub.disconnect(client)
+
+        return ServerSentEvent(events())
+
+    return [post_response, get_incident, list_incidents, stream]
