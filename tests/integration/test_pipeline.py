@@ -25,7 +25,9 @@ from dispatch.channels.webhook import WebhookChannel
 from dispatch.clock import utcnow
 from dispatch.events.model import CallRouted
 from dispatch.events.subjects import EVENTS_STREAM, INDEX_STREAM, call_subject, legacy_call_subject
-from dispatch.handlers.calls import CallRequest, CallService
+from dispatch.handlers.calls import CallService
+from dispatch.handlers.messages import CallRequest
+from dispatch.handlers.uow import UnitOfWork
 from dispatch.store.eventstore import Outgoing
 from tests.rosters import ROSTER, combined, group_officer, group_phone, numbered_groups
 from tests.support import RecordingChannel, eventually, handlers_idle, start_service
@@ -269,7 +271,7 @@ async def test_a_retry_rings_when_the_incident_cannot_be_read(own: Own) -> None:
     async def unreadable(incident_id: str) -> object:
         raise StoreUnavailable("event log unavailable: test")
 
-    service.delivery.load_incident = unreadable  # type: ignore[assignment]
+    service.delivery.incidents.get = unreadable  # type: ignore[method-assign,assignment]
     incident = (await http.post("/v1/calls", json={"call_id": "unreadable-1", "caller": "13800000001"})).json()[
         "incident_id"
     ]
@@ -380,7 +382,7 @@ async def test_calls_over_nats_ingress_are_answered_concurrently(
         await asyncio.wait_for(both_started.wait(), 5)
         return await original(req)
 
-    service.calls.call = held  # type: ignore[method-assign]
+    service.bus.commands[CallRequest] = held
     nc = await nats.connect(service.nats_urls, **service.nats_auth.connect_kwargs())
     try:
         replies = await asyncio.gather(
@@ -393,7 +395,7 @@ async def test_calls_over_nats_ingress_are_answered_concurrently(
         )
     finally:
         await nc.close()
-        service.calls.call = original  # type: ignore[method-assign]
+        service.bus.commands[CallRequest] = original
     bodies = [json.loads(r.data) for r in replies]
     assert [b.get("error") for b in bodies] == [None, None], bodies
     assert {b["status"] for b in bodies} <= {"raised", "unregistered"}
@@ -406,16 +408,16 @@ async def test_a_call_that_fails_unexpectedly_over_nats_is_answered_retry(servic
     async def broken(req):  # type: ignore[no-untyped-def]
         raise RuntimeError("bug")
 
-    service.calls.call = broken  # type: ignore[method-assign]
+    service.bus.commands[CallRequest] = broken
     nc = await nats.connect(service.nats_urls, **service.nats_auth.connect_kwargs())
     try:
         body = json.dumps({"call_id": "broken-1", "caller": group.phone(1)}).encode()
         failed = json.loads((await nc.request("dispatch.ingress.call", body, timeout=10)).data)
-        service.calls.call = original  # type: ignore[method-assign]
+        service.bus.commands[CallRequest] = original
         retried = json.loads((await nc.request("dispatch.ingress.call", body, timeout=10)).data)
     finally:
         await nc.close()
-        service.calls.call = original  # type: ignore[method-assign]
+        service.bus.commands[CallRequest] = original
     assert failed["retry"] is True and "error" in failed
     assert retried["status"] == "raised" and retried["duplicate"] is False
 
@@ -430,7 +432,7 @@ async def test_a_call_in_flight_over_nats_when_the_service_stops_is_still_answer
         await release.wait()
         return await original(req)
 
-    service.calls.call = held  # type: ignore[method-assign]
+    service.bus.commands[CallRequest] = held
     nc = await nats.connect(service.nats_urls, **service.nats_auth.connect_kwargs())
     try:
         body = json.dumps({"call_id": "at-stop", "caller": "13800000001"}).encode()
@@ -479,7 +481,7 @@ async def test_a_call_that_opens_an_incident_reads_the_log_once_and_a_stale_epoc
     assert first["status"] == "raised" and reads == ["last_of"]
 
     other_process = CallService(
-        store,
+        UnitOfWork(store),
         service.directory.directory,
         quorum=service.calls.quorum,
         fallback_duty=service.calls.fallback_duty,
