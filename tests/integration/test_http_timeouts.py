@@ -44,6 +44,15 @@ class _Server(uvicorn.Server):
         yield
 
 
+SERVING: dict[int, uvicorn.Server] = {}
+"""The servers `serving` runs, by port."""
+
+
+async def holding(server: uvicorn.Server, count: int) -> None:
+    """Wait until `server` holds `count` open connections or more (accepted, counted against the cap)."""
+    await eventually(lambda: len(server.server_state.connections) >= count, what=f"{count} connections held")
+
+
 async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Reads the whole body and answers its length."""
     size, more = 0, True
@@ -74,7 +83,7 @@ async def serving(
         max_connections=max_connections,
         refused=refusals.append,
     )
-    server = _Server(config)
+    server = SERVING[port] = _Server(config)
     task = asyncio.get_running_loop().create_task(server.serve())
     while not server.started:
         assert not task.done(), "uvicorn did not start"
@@ -82,6 +91,7 @@ async def serving(
     try:
         yield port, refusals
     finally:
+        del SERVING[port]
         server.should_exit = True
         await asyncio.wait_for(task, 10)
 
@@ -199,7 +209,7 @@ async def test_a_body_trickled_a_byte_at_a_time_is_cut_off_and_one_sent_at_a_fai
 async def test_connections_past_the_cap_are_closed_at_once_and_the_rest_still_served() -> None:
     async with serving(header_timeout=BOUND * 2, max_connections=20) as (port, refusals):
         held = [await connect(port) for _ in range(20)]
-        await asyncio.sleep(0.1)
+        await holding(SERVING[port], 20)
         started = time.monotonic()
         refused = [await connect(port) for _ in range(30)]
         for reader, _ in refused:
@@ -318,7 +328,8 @@ async def test_slow_clients_are_cut_off_and_an_alarm_call_among_them_is_answered
 async def test_the_service_closes_connections_past_its_cap(service: Service) -> None:
     port = service.settings.http_port
     held = [await connect(port) for _ in range(60)]
-    await asyncio.sleep(0.1)
+    assert service.http is not None
+    await holding(service.http, 60)
     started = time.monotonic()
     refused_reader, refused = await connect(port)
     received, closed = await until_closed(refused_reader)
