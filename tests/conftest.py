@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -10,6 +13,7 @@ from pathlib import Path
 import nats
 import psycopg
 import pytest
+import structlog
 from nats.aio.client import Client as NATS
 
 from dispatch.projections.sql import Database
@@ -36,6 +40,18 @@ async def nc(nats_server: EmbeddedNats) -> AsyncIterator[NATS]:
         yield client
     finally:
         await client.close()
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """configure() binds structlog to this test's captured stderr: put everything back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    hooks = sys.excepthook, threading.excepthook
+    yield
+    structlog.reset_defaults()
+    root.handlers[:], root.level = handlers, level
+    sys.excepthook, threading.excepthook = hooks
 
 
 @pytest.fixture(scope="session")

@@ -4,14 +4,9 @@ warning, while any gateway token may send unsigned requests, and says nothing on
 from __future__ import annotations
 
 import json
-import logging
-import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 from dispatch.api.security import warn_if_unsigned
 from dispatch.domain.signing import GatewayKey, SigningConfig
@@ -21,16 +16,7 @@ from tests.support import RecordingChannel, start_service
 SECRET = "signing-secret-for-the-gateway-0001"
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """configure() binds structlog to this test's captured stderr: put everything back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    hooks = sys.excepthook, threading.excepthook
-    yield
-    structlog.reset_defaults()
-    root.handlers[:], root.level = handlers, level
-    sys.excepthook, threading.excepthook = hooks
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def warnings_in(err: str) -> list[dict[str, object]]:

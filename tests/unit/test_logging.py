@@ -9,8 +9,6 @@ import pty
 import re
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 
 import pytest
 import structlog
@@ -24,16 +22,7 @@ PHONE = "+8613812345678"
 INCIDENT = "1f0e8a2c-4d3b-5c6d-8e9f-0a1b2c3d4e5f"
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """configure() binds structlog to this test's captured stderr: put everything back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    hooks = sys.excepthook, threading.excepthook
-    yield
-    structlog.reset_defaults()
-    root.handlers[:], root.level = handlers, level
-    sys.excepthook, threading.excepthook = hooks
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def _lines(text: str) -> list[dict[str, object]]:
