@@ -109,7 +109,7 @@ def test_a_restart_between_raise_and_deadline_still_fires_each_tier_once(
             lambda: len(escalations(again, later["incident_id"])) >= 2 and escalations(again, later["incident_id"]),
             timeout=25,
         )
-        assert [e["detail"]["tier"] for e in marker] == [1, 2]  # type: ignore[index]
+        assert [e["detail"]["tier"] for e in marker] == [1, 2]
         assert len(escalations(again, incident)) == 2, "a timer fired twice"
     finally:
         again.kill()

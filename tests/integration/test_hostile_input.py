@@ -177,7 +177,7 @@ async def test_oversize_bodies_are_413_before_anything_is_parsed_or_stored(
     async def listed() -> dict[str, Any] | None:
         page = await http.get("/v1/incidents")
         found = page.status_code == 200 and marker["incident_id"] in page.text
-        return page.json() if found else None  # type: ignore[no-any-return]
+        return page.json() if found else None
 
     page = await eventually(listed, interval=0.3, what="the incident raised after the refused calls, listed")
     assert page["count"] == before + 1, "a refused call was listed"

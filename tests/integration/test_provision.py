@@ -29,7 +29,7 @@ async def _received_by_queue(nc: NATS, expected: int) -> list[int]:
 
     async def drained() -> bool:
         info = await nc.jetstream().consumer_info(EVENTS_STREAM, FANOUT.durable)
-        return info.num_pending == 0 and info.num_ack_pending == 0
+        return bool(info.num_pending == 0 and info.num_ack_pending == 0)
 
     await eventually(drained, timeout=5, what="the queue delivered and acknowledged all it will")
     await sub.unsubscribe()
