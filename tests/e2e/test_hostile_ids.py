@@ -31,6 +31,9 @@ ROSTER = """village,group,phone,role,name
 """
 B_SECRETS = ("13700000011", "13700000012", "13600000013", "赵乙一", "钱乙二", "孙乙三", "乙村", "13500000099")
 
+A_OWN = frozenset({"1", "甲村"})
+"""Village A's own village and group: the officer may read them (200), so they are no probe."""
+
 HOSTILE = [
     "*",
     ">",
@@ -88,7 +91,7 @@ def world(serve: ServeProcess, http: httpx.Client, imported: dict[str, int]) -> 
 
 
 def _requests(value: str) -> list[tuple[str, str, dict[str, object] | None]]:
-    v = quote(value, safe="%")
+    v = quote(value, safe="%" if value in HOSTILE else "")  # the list's %2A are sent as written
     return [
         ("GET", f"/v1/incidents/{v}", None),
         ("POST", f"/v1/incidents/{v}/responses", {"responder": "13900000003", "action": "accept"}),
@@ -103,7 +106,12 @@ def _leaks(world: World, text: str, asked: str) -> list[str]:
     return [s for s in (*B_SECRETS, *world.b_incidents) if s in text and s not in asked]
 
 
-@given(value=st.one_of(st.sampled_from(HOSTILE), st.text(min_size=1, max_size=80).filter(lambda v: v.strip(".") != "")))
+@given(
+    value=st.one_of(
+        st.sampled_from(HOSTILE),
+        st.text(min_size=1, max_size=80).filter(lambda v: v.strip(".") != "" and v not in A_OWN),
+    )
+)
 @settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 def test_hostile_path_ids_answer_4xx_and_show_nothing_of_another_village(world: World, value: str) -> None:
     with httpx.Client(base_url=world.serve.url, headers=world.officer_a, timeout=30) as http:
