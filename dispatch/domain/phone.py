@@ -40,7 +40,7 @@ def cn_mobile_candidate(raw: str) -> str | None:
     """`13800000001` or `+8613800000001` as `+8613800000001`, unchecked.
 
     Only a shortcut for numbers already known (bound at import, so checked by `normalize` then):
-    parsing with phonenumbers costs ~190 µs, a third of a call's routing."""
+    parsing with phonenumbers costs a third of a call's routing (docs/benchmarks.md)."""
     match = _CN_MOBILE.fullmatch(raw.strip())
     return f"+86{match.group(1)}" if match else None
 

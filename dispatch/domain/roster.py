@@ -227,8 +227,8 @@ class RosterFile:
     Kept out of the cyclic GC's way (a full collection holds the GIL, so it stalls the event loop
     whichever thread runs it, for ~100 ns a visited item at 2M rows): rows are untracked, and a
     group's rows are a dict by line, which holds no container, so it is untracked too. The numbers
-    are spread over PHONE_SHARDS dicts: growing one dict of 2M keys rehashes them all in one C call
-    (measured 60-115 ms of GIL)."""
+    are spread over PHONE_SHARDS dicts: growing one dict of 2M keys rehashes them all in one C call,
+    holding the GIL (docs/benchmarks.md)."""
 
     groups: defaultdict[str, dict[int, RosterRow]] = field(default_factory=lambda: defaultdict(dict))
     duty: defaultdict[str, list[RosterRow]] = field(default_factory=lambda: defaultdict(list))

@@ -15,7 +15,8 @@ Invariants:
   incident of the line's last epoch seen here are read together, and the open's expected sequence 0 catches
   any incident opened since (a stale guess costs one more read, never a wrong decision);
 - a number in no group is never dropped: it raises an UnregisteredCall for the duty desk;
-- no atomic batch on this path: on a file stream each batch costs ~3 ms and batches serialize;
+- no atomic batch on this path: on a file stream batches serialize, and each costs far more than
+  a single append (docs/benchmarks.md);
 - a caller who floods is absorbed into the open incident past a budget (`dispatch.handlers.flood`);
   a first call is never absorbed, and nothing here ever refuses a call.
 """

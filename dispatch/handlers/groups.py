@@ -43,9 +43,8 @@ log = structlog.get_logger(__name__)
 MAX_ATTEMPTS = 5
 FREEZE_AFTER_EVENTS = 1000
 # Events per atomic batch of an import (the store takes up to 1000). A call's decision waits in
-# the log's write path behind the batch being stored: measured with 55k events on 2 cores, calls
-# during an import took a median 160-260 ms with batches of 1000, 80 ms with 250, 36 ms with 100,
-# for an import 25% slower.
+# the log's write path behind the batch being stored, so smaller batches keep calls quick during
+# an import, at some cost to the import (docs/benchmarks.md, "Measured reasons in the code").
 IMPORT_BATCH = 100
 
 
@@ -216,8 +215,7 @@ class GroupService:
     async def _apply(self, plan: ImportPlan, digest: str) -> None:
         # The directory follows groups and villages each in stream order, so waiting for the last
         # subject of each kind in a batch waits for the whole batch. The next batch waits for that:
-        # the directory (on this loop) never lags an import by more than a batch (measured: no
-        # slower than letting it lag one more, calls no slower either).
+        # the directory (on this loop) never lags an import by more than a batch.
         villages = village_subject("")
         for chunk in batches(plan.changes):
             messages = [
