@@ -9,12 +9,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
 from dispatch.bootstrap import register_handlers
 from dispatch.channels.base import Permanent
+from dispatch.channels.gateway import VoiceEvent
 from dispatch.domain.directory import Directory
+from dispatch.domain.errors import InvalidCommand, NotPermitted
 from dispatch.domain.incident import DEFAULT_QUORUM, parse_quorum
 from dispatch.events.model import (
     AlarmRaised,
@@ -33,10 +36,13 @@ from dispatch.handlers.calls import CallService
 from dispatch.handlers.delivery import DeliveryWorker
 from dispatch.handlers.escalation import EscalationService
 from dispatch.handlers.fanout import FanOut
+from dispatch.handlers.gateway import GatewayCallbacks, SmsIn
+from dispatch.handlers.groups import GroupService, VillageSettings
 from dispatch.handlers.messages import Answer, CallRequest, CallResult, ResponseRequest, Trigger
 from dispatch.handlers.responses import ResponseService
 from dispatch.handlers.uow import Loaded, UnitOfWork
 from dispatch.observe.metrics import Metrics
+from dispatch.projections.directory import LiveDirectory
 from dispatch.store.eventstore import EventStore, StoreUnavailable
 from dispatch.store.jobs import JobQueue
 from dispatch.store.provision import provision
@@ -222,3 +228,56 @@ async def test_a_decision_of_nothing_appends_nothing_and_endless_conflicts_end(h
     with pytest.raises(StoreUnavailable, match="contention"):
         await uow.decide(Stale(), incident, lambda _s, _now: [alarm], lambda i, _e: f"stale:{i}")
     assert await handlers.store.stream_last_seq() == before + 1, "a conflicting decision was stored"
+
+
+def gateway_of(handlers: Handlers) -> GatewayCallbacks:
+    return GatewayCallbacks(handlers.store, handlers.directory, handlers.bus, callbacks=None, sms=None)
+
+
+async def test_texts_answer_an_open_incident_and_otherwise_raise_an_alarm(handlers: Handlers) -> None:
+    gateway = gateway_of(handlers)
+    raised = await gateway.text(SmsIn(message_id="m-1", sender="13800000001", text="救命"))
+    assert raised["status"] == "alarm" and raised["call_status"] == "raised"
+    incident = raised["incident_id"]
+    accepted = await gateway.text(SmsIn(message_id="m-2", sender="13900000009", text="1"))
+    assert accepted == {"status": "answered", "incident_id": incident}
+    not_theirs = await gateway.text(SmsIn(message_id="m-3", sender="13800000002", text="0"))
+    assert not_theirs["status"] == "help", "a member who is not the caller cancelled by text"
+    kinds = [type(e).__name__ for e in await handlers.decisions(incident)]
+    assert kinds == ["AlarmRaised", "ResponderAccepted"]
+
+
+async def test_a_keypad_cancel_counts_only_as_the_number_that_made_the_call(handlers: Handlers) -> None:
+    gateway = gateway_of(handlers)
+    incident = (await handlers.call("kp-1", "13800000001")).incident_id
+    forged = VoiceEvent(
+        call_ref="in-1", event="digits", direction="inbound", digits="0", call_id="kp-1", caller="13800000002"
+    )
+    with pytest.raises(NotPermitted):
+        await gateway.voice(forged)
+    assert [type(e).__name__ for e in await handlers.decisions(incident)] == ["AlarmRaised"]
+    own = msgspec.structs.replace(forged, caller="13800000001")
+    assert (await gateway.voice(own))["ok"] is True
+    assert [type(e).__name__ for e in await handlers.decisions(incident)] == ["AlarmRaised", "IncidentCancelled"]
+
+
+async def test_village_settings_go_through_the_unit_of_work(handlers: Handlers, nc: NATS) -> None:
+    live = LiveDirectory(nc)
+    await live.start()
+    try:
+        groups = GroupService(UnitOfWork(handlers.store), live)
+        await groups.set_village_settings("dongshan", VillageSettings(ack_deadline_s=30, time_zone="Asia/Urumqi"))
+        state = live.directory.villages["dongshan"]
+        assert (state.ack_deadline_s, state.time_zone) == (30, "Asia/Urumqi")
+        before = await handlers.store.stream_last_seq()
+        for bad in (
+            VillageSettings(time_zone="Mars/Olympus"),
+            VillageSettings(ack_deadline_s=600, escalate_after_s=60),
+        ):
+            with pytest.raises(InvalidCommand):
+                await groups.set_village_settings("dongshan", bad)
+        with pytest.raises(InvalidCommand):
+            await groups.set_village_settings("a.b", VillageSettings())
+        assert await handlers.store.stream_last_seq() == before, "a refused setting was stored"
+    finally:
+        await live.stop()
