@@ -91,7 +91,7 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
             body = "\ufeff" + render.to_csv(render.csv_table(kind, report))
             return Response(
                 body,
-                media_type="text/csv; charset=utf-8",
+                media_type="text/csv",  # the framework appends `; charset=utf-8`
                 headers={"Content-Disposition": f'attachment; filename="{kind}.csv"'},
             )
         return report

@@ -57,7 +57,8 @@ def run_report(args: argparse.Namespace, fetch: Callable[..., Any]) -> int:
     if args.format == "json":
         print(json.dumps(report, ensure_ascii=False, indent=2))
     elif args.format == "csv":
-        print(render.to_csv(render.csv_table(args.kind, report)), end="")
+        # a UTF-8 BOM, as the HTTP download has: without it Chinese Excel reads the file as GBK
+        print("\ufeff" + render.to_csv(render.csv_table(args.kind, report)), end="")
     else:
         print(render.to_text(render.tables(args.kind, report)), end="")
     return 0

@@ -142,6 +142,7 @@ MEASURE_EN = {
     "time_to_resolve": "resolve",
 }
 TABLE_MEASURES = ("time_to_first_accept", "time_to_covered", "time_to_arrival")
+COUNT_KEYS = ("incidents", "covered", "ack_breached", "arrival_breached")
 
 
 def _measure(name: str, stat: str) -> Callable[[dict[str, Any]], Any]:
@@ -215,16 +216,17 @@ def response_time_tables(report: dict[str, Any], *, wide: bool = False) -> list[
 
 
 def measures_table(report: dict[str, Any]) -> Table:
-    """One row per measure over the whole scope (the original CSV shape of this report)."""
-    rows = [{"measure": name, **m} for name, m in report["measures"].items()]
+    """One row per measure over the whole scope, after the counts the text table shows."""
+    counts = [{"measure": key, "count": report[key]} for key in COUNT_KEYS]
+    rows = counts + [{"measure": name, **m} for name, m in report["measures"].items()]
     return Table(
         "响应时间（秒） Response times (seconds)",
         [
             Column("measure", "环节", lambda r: r["measure"]),
             Column("count", "数量", lambda r: r["count"], number, True),
-            Column("p50_s", "p50", lambda r: r["p50"], seconds, True),
-            Column("p90_s", "p90", lambda r: r["p90"], seconds, True),
-            Column("p99_s", "p99", lambda r: r["p99"], seconds, True),
+            Column("p50_s", "p50", lambda r: r.get("p50"), seconds, True),
+            Column("p90_s", "p90", lambda r: r.get("p90"), seconds, True),
+            Column("p99_s", "p99", lambda r: r.get("p99"), seconds, True),
         ],
         rows,
     )

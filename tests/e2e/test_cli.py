@@ -69,7 +69,9 @@ def test_client_commands_and_replay_rebuild_the_same_read_model(tmp_path: Path) 
         wait_until(lambda: http.get("/v1/incidents").json()["count"] == 1)
         wait_until(lambda: http.get("/v1/reports/response-times").json()["measures"]["time_to_covered"]["count"] == 1)
         report = dispatch("report", "response-times", "--format", "csv", "--server", serve.url, token=serve.token)
-        assert report.stdout.splitlines()[0] == "measure,count,p50_s,p90_s,p99_s"
+        assert report.stdout.startswith("\ufeff"), "Chinese Excel needs the BOM, as the HTTP download has"
+        assert report.stdout.lstrip("\ufeff").splitlines()[0] == "measure,count,p50_s,p90_s,p99_s"
+        assert "\nincidents,1,,,\n" in report.stdout, "the counts the table shows"
         table = dispatch(
             "report", "response-times", "--by", "officer", "--period", "day", "--server", serve.url, token=serve.token
         )
@@ -79,7 +81,10 @@ def test_client_commands_and_replay_rebuild_the_same_read_model(tmp_path: Path) 
         stats = dispatch(
             "report", "stats", "--period", "day", "--format", "csv", "--server", serve.url, token=serve.token
         )
-        assert stats.stdout.splitlines()[0] == "period,category,category_zh,count,previous,change_pct,last_year,yoy_pct"
+        assert (
+            stats.stdout.lstrip("\ufeff").splitlines()[0]
+            == "period,category,category_zh,count,previous,change_pct,last_year,yoy_pct"
+        )
         ready = dispatch("report", "readiness", "--format", "json", "--server", serve.url, token=serve.token)
         assert json.loads(ready.stdout)["groups"] == 1
         bad = dispatch("report", "history", "--group", "1", "--server", serve.url, token=serve.token)

@@ -98,6 +98,7 @@ async def test_csv_exports_cannot_inject_formulas(api: tuple[Service, httpx.Asyn
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     assert r.headers["content-disposition"] == 'attachment; filename="history.csv"'
     assert r.text.startswith("\ufeff")
+    assert r.headers["content-type"].lower().count("charset") == 1, r.headers["content-type"]
     rows = list(csv.DictReader(io.StringIO(r.text.lstrip("\ufeff"), newline="")))
     assert len(rows) == 3
     callers = {row["caller"] for row in rows}
@@ -112,6 +113,8 @@ async def test_csv_exports_cannot_inject_formulas(api: tuple[Service, httpx.Asyn
 
     measures = (await admin.get("/v1/reports/response-times", params={"format": "csv"})).text.lstrip("\ufeff")
     assert measures.splitlines()[0] == "measure,count,p50_s,p90_s,p99_s"
+    counted = {row["measure"]: row["count"] for row in csv.DictReader(io.StringIO(measures, newline=""))}
+    assert [counted[k] for k in ("incidents", "covered", "ack_breached", "arrival_breached")] == ["3", "1", "0", "0"]
 
 
 BAD_FILTERS = [

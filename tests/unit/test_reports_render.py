@@ -50,6 +50,26 @@ def test_text_tables_align_chinese_by_display_width() -> None:
     assert body[0] == "王秀英     3" and body[1] == "ab        12"
 
 
+def test_the_response_times_csv_keeps_the_counts_of_the_table() -> None:
+    stat = {"count": 1, "p50": 2.0, "p90": 2.0, "p99": 2.0}
+    report = {
+        "incidents": 5,
+        "covered": 4,
+        "ack_breached": 1,
+        "arrival_breached": 2,
+        "measures": {"time_to_covered": stat},
+    }
+    rows = list(csv.reader(io.StringIO(render.to_csv(render.csv_table("response-times", report)), newline="")))
+    assert rows[0] == ["measure", "count", "p50_s", "p90_s", "p99_s"]
+    assert rows[1:] == [
+        ["incidents", "5", "", "", ""],
+        ["covered", "4", "", "", ""],
+        ["ack_breached", "1", "", "", ""],
+        ["arrival_breached", "2", "", "", ""],
+        ["time_to_covered", "1", "2.0", "2.0", "2.0"],
+    ]
+
+
 def test_period_labels_neighbours_and_a_year_before() -> None:
     assert periods.label(datetime(2026, 10, 31, 16, tzinfo=UTC).timestamp(), SHANGHAI, "month") == "2026-11"
     assert periods.previous("2026-01", "month") == "2025-12"
