@@ -386,6 +386,7 @@ class Service:
         log.info(
             "service.started",
             http=st.base_url,
+            console=f"{st.base_url}/console/",
             nats="embedded" if self.embedded else ",".join(map(without_credentials, st.nats_urls)),
             nats_auth=self.nats_auth.describe(),
             database=self.db.dialect,

@@ -1,4 +1,5 @@
-"""The officer console's files: plain HTML, CSS and JavaScript shipped in the package, served at `/console/`.
+"""The officer console's files: plain HTML, CSS and JavaScript shipped in the package, served at `/console/`
+(`/` redirects there).
 
 Invariants:
 - only the files present in `dispatch/api/console/` when the process starts are served, by exact
@@ -71,4 +72,9 @@ def console_routes() -> list[HTTPRouteHandler]:
     async def console_file(name: FromPath[str]) -> Response[bytes]:
         return serve(name)
 
-    return [console_index, console_file]
+    @get("/", include_in_schema=False, opt={"public": True})
+    async def root() -> Redirect:
+        """A browser pointed at the service lands on the console (302, no token needed)."""
+        return Redirect("/console/", status_code=302)
+
+    return [console_index, console_file, root]

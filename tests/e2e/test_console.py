@@ -415,6 +415,14 @@ def test_keyboard_only_and_english(
     expect(alarm.locator(".accepted")).to_contain_text("community officer")
     shot(page, "board-desktop-en.png")
 
+    page.evaluate(f"location.hash = '#/incident/{incident}'")
+    expect(page.locator("#timeline li time").first).to_be_visible()
+    stamps = page.locator("#timeline li time").all_inner_texts()
+    iso = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
+    assert stamps and all(iso.fullmatch(s) for s in stamps), f"English dates are ISO (YYYY-MM-DD): {stamps}"
+    page.evaluate("location.hash = '#/board'")
+    expect(card(page, incident)).to_be_visible()
+
     page.locator("#lang").focus()
     page.keyboard.press("Enter")
     expect(page.locator("html")).to_have_attribute("lang", "zh-CN")

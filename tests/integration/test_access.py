@@ -36,7 +36,7 @@ ROLES = ("none", "bad", "revoked", "admin", "officer_east", "duty_east", "gatewa
 SCOPED = ("officer_east", "duty_east")
 TOKENS = ("admin", "officer_east", "duty_east", "gateway", "metrics")
 
-OK, CREATED, ACCEPTED, DENY_AUTH, DENY_ROLE, HIDDEN = 200, 201, 202, 401, 403, 404
+OK, CREATED, ACCEPTED, FOUND, DENY_AUTH, DENY_ROLE, HIDDEN = 200, 201, 202, 302, 401, 403, 404
 
 
 @dataclass
@@ -90,6 +90,7 @@ def expect(**allowed: int) -> dict[str, int]:
 
 
 PUBLIC = {role: OK for role in ROLES}
+TO_CONSOLE = {role: FOUND for role in ROLES}
 READ_OWN = expect(admin=OK, officer_east=OK, duty_east=OK)
 READ_OTHER = expect(admin=OK, officer_east=HIDDEN, duty_east=HIDDEN)
 ADMIN = expect(admin=OK)
@@ -207,6 +208,7 @@ def cases(w: World) -> list[Case]:
         Case("GET", "/metrics", "/metrics", expect(admin=OK, metrics=OK)),
         Case("GET", "/healthz", "/healthz", PUBLIC),
         Case("GET", "/readyz", "/readyz", PUBLIC),
+        Case("GET", "/", "/", TO_CONSOLE),
         Case("GET", "/console", "/console/", PUBLIC),
         Case("GET", "/console/{name:str}", "/console/console.js", PUBLIC),
         Case("GET", "/schema", "/schema", PUBLIC),

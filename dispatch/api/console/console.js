@@ -487,8 +487,13 @@ function clock(seconds) {
 function timeOf(iso, withDate) {
   if (!iso) return "";
   const opts = { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false };
+  if (S.lang === "en") {
+    // ISO dates (2026-04-12), never 04/12, which reads as April or December depending on the reader
+    const time = new Date(iso).toLocaleTimeString("en-GB", opts);
+    return withDate ? `${dayKey(iso)} ${time}` : time;
+  }
   if (withDate) Object.assign(opts, { month: "2-digit", day: "2-digit" });
-  return new Date(iso).toLocaleString(S.lang === "en" ? "en-GB" : "zh-CN", opts);
+  return new Date(iso).toLocaleString("zh-CN", opts);
 }
 
 function dayKey(when) {
