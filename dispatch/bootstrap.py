@@ -1,11 +1,14 @@
 """The composition root: the one place adapters are built and wired to handlers.
 
-Start order (each step needs the one before): NATS (embedded or given) -> streams and consumers
+Start order (each step needs the one before): the HTTP port bound (a port in use stops the start
+before anything else exists) -> NATS (embedded or given) -> streams and consumers
 -> event store -> directory caught up -> projections -> handlers (FastStream) -> live hub ->
 HTTP. Stop: the consumers first (no new work), then the in-flight handlers drain together (at
 most 10 s) while HTTP still takes gateway callbacks and calls (a call is stored before it is
 answered; its fan-out is another replica's or the next start's), then HTTP, then the rest in
-reverse, so no handler runs without its store.
+reverse, so no handler runs without its store. A requested stop (SIGINT, SIGTERM) logs one info
+line per component and nothing louder: the embedded nats-server runs in its own process group, so a
+terminal's Ctrl-C reaches the service alone, which stops the server last.
 
 The data directory (`data_dir_lock`, or `private_data_dir` with an external NATS) is its owner's
 alone: the process's umask is 077 from then on, so every file the service, its SQLite read models and
@@ -24,6 +27,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import socket
 import stat
 import sys
 from collections.abc import Iterator
@@ -168,6 +172,22 @@ def without_credentials(url: str) -> str:
     return f"{scheme}{sep}{rest.rpartition('@')[2]}"
 
 
+def bind_http(host: str, port: int) -> socket.socket:
+    """The HTTP listening socket, bound now; a port in use is a SettingsError naming it and the setting."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SettingsError(
+            f"cannot listen on {host}:{port} (--http / DISPATCH_HTTP): {exc.strerror or exc}; "
+            "is another dispatch serve or another program using that port? Stop it or choose another port"
+        ) from None
+    return sock
+
+
 class _Server(uvicorn.Server):
     """Uvicorn without its own signal handling: the service owns SIGINT/SIGTERM."""
 
@@ -196,6 +216,7 @@ class Service:
         self.gauges: GaugeRefresher | None = None
         self.http: _Server | None = None
         self._http_task: asyncio.Task[None] | None = None
+        self._http_socket: socket.socket | None = None
         self._lock: contextlib.ExitStack | None = None
         self.started = asyncio.Event()
         self._stopping = False
@@ -214,6 +235,7 @@ class Service:
         st = self.settings
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         install_header_parser()
+        self._http_socket = bind_http(st.http_host, st.http_port)
         if st.embedded_nats:
             self._lock = contextlib.ExitStack()
             self._lock.enter_context(data_dir_lock(st.data_dir))
@@ -369,7 +391,7 @@ class Service:
                 "past the limit, accepting connections and ringing phones fail alike",
             )
         self.http = _Server(config)
-        self._http_task = asyncio.get_running_loop().create_task(self.http.serve())
+        self._http_task = asyncio.get_running_loop().create_task(self.http.serve(sockets=[self._http_socket]))
         while not self.http.started:
             if self._http_task.done():
                 await self._http_task
@@ -536,6 +558,8 @@ class Service:
         log.warning("nats.reconnected")
 
     async def _on_error(self, exc: Exception) -> None:
+        if self._stopping:
+            return
         log.warning("nats.error", error=str(exc) or type(exc).__name__)
 
     async def stop(self) -> None:
@@ -547,15 +571,22 @@ class Service:
             with contextlib.suppress(Exception):
                 await self.broker.stop()
         await asyncio.gather(*(pool.drain() for pool in self.pools.values()))
+        if self.broker is not None:
+            log.info("handlers.stopped")
         if self.http is not None:
             self.http.should_exit = True
             if self._http_task is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._http_task, 10)
+            log.info("http.stopped")
+        if self._http_socket is not None:
+            self._http_socket.close()
         if getattr(self, "hub", None) is not None:
             await self.hub.stop()
         for runner in self.runners:
             await runner.stop()
+        if self.runners:
+            log.info("projections.stopped", count=len(self.runners))
         if getattr(self, "directory", None) is not None:
             await self.directory.stop()
         if getattr(self, "tokens", None) is not None:
@@ -573,6 +604,7 @@ class Service:
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
+            log.info("nats.closed")
         if self.embedded is not None:
             await self.embedded.stop()
         if self._lock is not None:

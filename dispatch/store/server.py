@@ -174,6 +174,7 @@ class EmbeddedNats:
             stdout=logfile,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
+            process_group=0,  # a terminal's Ctrl-C reaches the service, which stops the server last
             umask=0o077,
         )
         logfile.close()
