@@ -214,8 +214,14 @@ def cmd_groups_import(args: argparse.Namespace) -> int:
 
 def cmd_groups_list(args: argparse.Namespace) -> int:
     params = {"village": args.village} if args.village else None
-    for group in _fetch(args, "GET", "/v1/groups", params=params)["groups"]:
-        print(f"{group['village']}/{group['group']}\t{group['size']} numbers\tleader {group['leader'] or '-'}")
+    from dispatch.reports.render import align
+
+    rows = [
+        [f"{g['village']}/{g['group']}", f"{g['size']} numbers", f"leader {g['leader'] or '-'}"]
+        for g in _fetch(args, "GET", "/v1/groups", params=params)["groups"]
+    ]
+    for line in align(rows):
+        print(line)
     return 0
 
 
@@ -224,11 +230,15 @@ def cmd_groups_show(args: argparse.Namespace) -> int:
     if args.format == "json":
         _print_json(data)
         return 0
-    print(f"{data['village']}/{data['group']}  ({data['size']} numbers)")
-    for m in data["members"]:
-        print(f"  {m['role_zh']}\t{m['name']}\t{m['phone']}")
-    for d in data["duty_desks"]:
-        print(f"  值班室\t{d['name']}\t{d['phone']}")
+    from dispatch.reports.render import align
+
+    # `size` counts the group's members; the village's duty desks are listed (and rung) too
+    rows = [[m["role_zh"], m["name"], m["phone"]] for m in data["members"]]
+    rows += [["值班室", d["name"], d["phone"]] for d in data["duty_desks"]]
+    desks = f", {len(data['duty_desks'])} duty desk" if data["duty_desks"] else ""
+    print(f"{data['village']}/{data['group']}  ({len(rows)} numbers: {data['size']} members{desks})")
+    for line in align(rows, indent="  "):
+        print(line)
     return 0
 
 

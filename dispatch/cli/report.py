@@ -31,6 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offset", type=int, help="history: skip this many rows")
     p.add_argument("--last", type=int, help="readiness: a member is silent after this many unanswered alarms (3)")
     p.add_argument("--quiet-days", type=float, help="readiness: a group is quiet after this many days (90)")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="stats: also the categories with no incident in any period (the table omits them; csv, json never do)",
+    )
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
 
@@ -60,5 +65,5 @@ def run_report(args: argparse.Namespace, fetch: Callable[..., Any]) -> int:
         # a UTF-8 BOM, as the HTTP download has: without it Chinese Excel reads the file as GBK
         print("\ufeff" + render.to_csv(render.csv_table(args.kind, report)), end="")
     else:
-        print(render.to_text(render.tables(args.kind, report)), end="")
+        print(render.to_text(render.tables(args.kind, report, all_categories=args.all)), end="")
     return 0

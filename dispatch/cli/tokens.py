@@ -10,6 +10,7 @@ from dispatch.domain.errors import DomainError
 from dispatch.events.subjects import TOKENS_ALL
 from dispatch.handlers.tokens import TokenService
 from dispatch.handlers.uow import UnitOfWork
+from dispatch.reports.render import align
 from dispatch.settings import Settings
 from dispatch.store.eventstore import EventStore
 
@@ -31,9 +32,12 @@ async def run_tokens(settings: Settings, args: argparse.Namespace) -> int:
                 table = TokenTable()
                 for rec in await store.scan(TOKENS_ALL):
                     table.apply(rec.event)
+                rows = [["id", "role", "scope", "name", "issued"]]
                 for t in table.active():
                     scope = ",".join(t.villages) or (f"station {t.station}" if t.station else "all")
-                    print(f"{t.token_id}\t{t.role}\t{scope}\t{t.name}\t{t.at:%Y-%m-%d %H:%M}")
+                    rows.append([t.token_id, t.role, scope, t.name, f"{t.at:%Y-%m-%d %H:%M}"])
+                for line in align(rows):
+                    print(line)
         except DomainError as exc:
             print(f"dispatch tokens: {exc.reason}")
             return 1

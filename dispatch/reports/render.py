@@ -8,7 +8,8 @@ Invariants:
   are); headers are the English keys (stable for scripts), rows end in CRLF (RFC 4180: a CR or LF
   inside a cell is quoted);
 - text tables align by display width (a CJK character takes two columns); headers are Chinese
-  first with the English key beneath; a missing value shows as `-`.
+  first with the English key beneath; a missing value shows as `-`; a table wider than 120
+  columns is stacked in parts that repeat its key columns.
 """
 
 from __future__ import annotations
@@ -41,10 +42,22 @@ class Table:
     columns: list[Column]
     rows: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
+    keys: int = 0
+    """Leading columns that name a row: repeated in each part when the table is too wide to print."""
+
+
+MAX_WIDTH = 120
+"""Columns of a terminal a text table fits in (wider ones are stacked in parts)."""
 
 
 def width(text: str) -> int:
     return sum(2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1 for ch in text)
+
+
+def align(rows: Sequence[Sequence[str]], indent: str = "") -> list[str]:
+    """Lines of `rows` with each column padded to its widest cell (a CJK character takes two columns)."""
+    sizes = [max(width(r[i]) for r in rows if i < len(r)) for i in range(max((len(r) for r in rows), default=0))]
+    return [indent + "  ".join(_pad(cell, sizes[i], False) for i, cell in enumerate(r)).rstrip() for r in rows]
 
 
 def _pad(text: str, size: int, right: bool) -> str:
@@ -77,7 +90,8 @@ def local_time(value: Any) -> str:
     return "-" if not value else str(value)[:16].replace("T", " ")
 
 
-def to_text(tables: Sequence[Table]) -> str:
+def to_text(tables: Sequence[Table], max_width: int = MAX_WIDTH) -> str:
+    """Aligned text; a table wider than `max_width` is stacked in parts that repeat its key columns."""
     out: list[str] = []
     for table in tables:
         out.append(table.title)
@@ -89,17 +103,39 @@ def to_text(tables: Sequence[Table]) -> str:
             max([width(headers_zh[i]), width(headers_en[i]), *(width(r[i]) for r in cells)])
             for i in range(len(table.columns))
         ]
-        for header in (headers_zh, headers_en):
-            out.append(
-                "  ".join(_pad(h, sizes[i], table.columns[i].align_right) for i, h in enumerate(header)).rstrip()
-            )
-        out.append("  ".join("-" * s for s in sizes))
-        for row in cells:
-            out.append("  ".join(_pad(v, sizes[i], table.columns[i].align_right) for i, v in enumerate(row)).rstrip())
+        for n, part in enumerate(_parts(sizes, table.keys, max_width)):
+            if n:
+                out.append("")
+                out.append(f"{table.title}（续 cont.）")
+            right = [c.align_right for c in table.columns]
+            out.append(_line(headers_zh, sizes, right, part))
+            out.append(_line(headers_en, sizes, right, part))
+            out.append("  ".join("-" * sizes[i] for i in part))
+            out.extend(_line(row, sizes, right, part) for row in cells)
         if not table.rows:
             out.append("（无 none）")
         out.append("")
     return "\n".join(out)
+
+
+def _line(values: Sequence[str], sizes: Sequence[int], right: Sequence[bool], part: Sequence[int]) -> str:
+    return "  ".join(_pad(values[i], sizes[i], right[i]) for i in part).rstrip()
+
+
+def _parts(sizes: Sequence[int], keys: int, max_width: int) -> list[list[int]]:
+    """Column indexes of each stacked part: the first `keys` columns, then as many more as fit."""
+    head = list(range(min(keys, len(sizes))))
+    used = sum(sizes[i] + 2 for i in head)
+    parts: list[list[int]] = []
+    current: list[int] = []
+    for i in range(len(head), len(sizes)):
+        if current and used + sum(sizes[j] + 2 for j in current) + sizes[i] > max_width:
+            parts.append(head + current)
+            current = []
+        current.append(i)
+    if current or not parts:
+        parts.append(head + current)
+    return parts
 
 
 def to_csv(table: Table) -> str:
@@ -211,6 +247,7 @@ def response_time_tables(report: dict[str, Any], *, wide: bool = False) -> list[
             keys + counts + measures,
             rows,
             [_scope_note(report), _zone_note(report)],
+            len(keys),
         )
     ]
 
@@ -247,18 +284,27 @@ def history_tables(report: dict[str, Any]) -> list[Table]:
         Column("escalation_tier", "升级", lambda r: r["escalation_tier"], number, True, "tier"),
         Column("incident_id", "警情编号", lambda r: r["incident_id"], en="id"),
     ]
-    shown = f"第 {report['offset'] + 1}-{report['offset'] + report['count']} 条，共 {report['total']} 条"
-    notes = [
-        _scope_note(report),
-        f"{shown}  rows {report['offset'] + 1}-{report['offset'] + report['count']} of {report['total']}",
-    ]
+    first, last, total = report["offset"] + 1, report["offset"] + report["count"], report["total"]
+    if report["count"]:
+        shown = f"第 {first}-{last} 条，共 {total} 条  rows {first}-{last} of {total}"
+    else:
+        shown = f"共 {total} 条  no incidents" if not total else f"共 {total} 条，此页无  no rows past {total}"
+    notes = [_scope_note(report), shown]
     zones = sorted({r["time_zone"] for r in report["rows"]})
     if zones:
         notes.append(_zone_note({"time_zone": zones}))
     return [Table("警情记录 Incident history", cols, report["rows"], notes)]
 
 
-def stats_tables(report: dict[str, Any]) -> list[Table]:
+def _empty_categories(rows: Sequence[dict[str, Any]]) -> set[str]:
+    """Categories with nothing, this period, the one before or a year before, in every period."""
+    seen = {r["category"] for r in rows}
+    busy = {r["category"] for r in rows if any(r.get(k) for k in ("count", "previous", "last_year"))}
+    return seen - busy
+
+
+def stats_tables(report: dict[str, Any], *, all_categories: bool = True) -> list[Table]:
+    """The by-category and total tables; without `all_categories`, no category that is zero throughout."""
     base = [
         Column("period", "时段", lambda r: r["period"]),
     ]
@@ -273,11 +319,17 @@ def stats_tables(report: dict[str, Any]) -> list[Table]:
     partial = [t["period"] for t in report["totals"] if t.get("partial")]
     if partial:
         notes.append(f"{partial[0]} 未完 (to date)")
+    rows = report["rows"]
+    if not all_categories:
+        empty = _empty_categories(rows)
+        rows = [r for r in rows if r["category"] not in empty]
+        if empty:
+            notes.append(f"省略 {len(empty)} 个全为零的类别  {len(empty)} categories with no incident omitted (--all)")
     return [
         Table(
             "警情统计（按类别） Incidents by category",
             [*base, Column("category", "类别", lambda r: r["category_zh"]), *figures],
-            report["rows"],
+            rows,
             notes,
         ),
         Table("警情合计（不含演练） Total incidents (drills excluded)", base + figures, report["totals"]),
@@ -421,13 +473,14 @@ def readiness_csv_table(report: dict[str, Any]) -> Table:
     )
 
 
-def tables(kind: str, report: dict[str, Any]) -> list[Table]:
+def tables(kind: str, report: dict[str, Any], *, all_categories: bool = True) -> list[Table]:
+    """The text tables of a report (`all_categories`: stats keeps its all-zero categories)."""
     if kind == "response-times":
         return response_time_tables(report)
     if kind == "history":
         return history_tables(report)
     if kind == "stats":
-        return stats_tables(report)
+        return stats_tables(report, all_categories=all_categories)
     if kind == "readiness":
         return readiness_tables(report)
     raise ValueError(f"unknown report {kind!r}")

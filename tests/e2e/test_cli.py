@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from dispatch.reports import render
 from tests.support import ServeProcess, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -19,6 +20,7 @@ nanling,1,13700000001,household,甲
 nanling,1,13700000002,household,乙
 nanling,1,13700000008,leader,丙
 nanling,1,13700000009,officer,丁
+nanling,,13700000099,duty,镇值班室
 """
 
 
@@ -53,7 +55,12 @@ def test_client_commands_and_replay_rebuild_the_same_read_model(tmp_path: Path) 
         roster.write_text(ROSTER, encoding="utf-8")
         assert dispatch("groups", "import", str(roster), "--server", serve.url, token=serve.token).returncode == 0
         shown = dispatch("groups", "show", "nanling", "1", "--server", serve.url, token=serve.token)
-        assert "  联防组长\t丙\t+8613700000008" in shown.stdout
+        head, *rows = shown.stdout.splitlines()
+        assert head == "nanling/1  (5 numbers: 4 members, 1 duty desk)" and len(rows) == 5, shown.stdout
+        assert "  联防组长  丙        +8613700000008" in rows, "aligned by display width, no tabs"
+        assert len({render.width(r[: r.index("+86")]) for r in rows}) == 1, shown.stdout
+        listed = dispatch("groups", "list", "--server", serve.url, token=serve.token)
+        assert listed.stdout == "nanling/1  4 numbers  leader 丙\n", listed.stdout
         called = dispatch("call", "13700000001", "--call-id", "cli-1", "--server", serve.url, token=serve.token)
         assert called.returncode == 0, called.stderr
         http = serve.client()
@@ -85,6 +92,10 @@ def test_client_commands_and_replay_rebuild_the_same_read_model(tmp_path: Path) 
             stats.stdout.lstrip("\ufeff").splitlines()[0]
             == "period,category,category_zh,count,previous,change_pct,last_year,yoy_pct"
         )
+        daily = dispatch("report", "stats", "--period", "day", "--server", serve.url, token=serve.token)
+        assert "categories with no incident omitted (--all)" in daily.stdout, daily.stdout
+        every = dispatch("report", "stats", "--period", "day", "--all", "--server", serve.url, token=serve.token)
+        assert "omitted" not in every.stdout and "火灾" in every.stdout and "火灾" not in daily.stdout, every.stdout
         ready = dispatch("report", "readiness", "--format", "json", "--server", serve.url, token=serve.token)
         assert json.loads(ready.stdout)["groups"] == 1
         bad = dispatch("report", "history", "--group", "1", "--server", serve.url, token=serve.token)
@@ -100,6 +111,9 @@ def test_client_commands_and_replay_rebuild_the_same_read_model(tmp_path: Path) 
     assert "incidents_v2: rebuilt from" in replayed.stdout and "roster_v1: rebuilt from" in replayed.stdout
     assert "replayed " in replayed.stdout.splitlines()[-1]
     assert "incidents_v2: done," in replayed.stderr and "\r" not in replayed.stderr, "plain lines when not a terminal"
+    tokens = dispatch("tokens", "list", "--data-dir", str(data)).stdout.splitlines()
+    assert tokens[0].split() == ["id", "role", "scope", "name", "issued"], tokens
+    assert all(line.index(" admin ") == tokens[0].index(" role ") for line in tokens[1:]), tokens
     status = dispatch("projections", "status", "--data-dir", str(data))
     assert status.returncode == 0 and "*incidents_v2" in status.stdout and "active" in status.stdout, status.stderr
     again = ServeProcess(data, {}).start()

@@ -89,3 +89,54 @@ def test_change_is_a_percentage_and_none_from_nothing() -> None:
     assert change(1, 3) == -66.7
     assert change(2, 0) is None
     assert change(0, None) is None
+
+
+def test_align_pads_columns_by_display_width() -> None:
+    lines = render.align([["联防组长", "丙", "+8613700000008"], ["联防户", "王秀英", "+8613700000001"]], indent="  ")
+    assert lines == ["  联防组长  丙      +8613700000008", "  联防户    王秀英  +8613700000001"]
+
+
+def test_an_empty_history_says_none_not_rows_1_to_0() -> None:
+    report = {"offset": 0, "count": 0, "total": 0, "rows": [], "villages": None, "since": None, "until": None}
+    text = render.to_text(render.history_tables(report))
+    assert "第 1-0 条" not in text and "1-0" not in text
+    assert "共 0 条  no incidents" in text
+
+
+def _stats_row(period: str, category: str, count: int, previous: int = 0) -> dict[str, object]:
+    figures = {"previous": previous, "change_pct": None, "last_year": 0, "yoy_pct": None}
+    return {"period": period, "category": category, "category_zh": category, "count": count, **figures}
+
+
+def test_stats_tables_omit_categories_zero_in_every_period_unless_asked() -> None:
+    rows = [_stats_row(p, c, 0) for p in ("2026-11-01", "2026-11-02") for c in ("fire", "traffic", "help")]
+    rows[1] = _stats_row("2026-11-01", "traffic", 2)
+    rows[5] = _stats_row("2026-11-02", "help", 0, previous=1)
+    report = {"rows": rows, "totals": [], "villages": None, "time_zone": "Asia/Shanghai"}
+    shown = render.stats_tables(report, all_categories=False)[0]
+    assert {r["category"] for r in shown.rows} == {"traffic", "help"}
+    assert "1 categories with no incident omitted (--all)" in render.to_text([shown])
+    assert render.stats_tables(report)[0].rows == rows
+    assert render.csv_table("stats", report).rows == rows, "CSV keeps every category"
+
+
+def test_a_wide_response_times_table_is_stacked_to_fit_120_columns() -> None:
+    stat = {"count": 12, "p50": 12345.6, "p90": 12345.6, "p99": 12345.6}
+    row = {
+        "village": "南岭村",
+        "group": "12",
+        "officer": {"name": "欧阳建国", "phone": "+8613700000009"},
+        "period": "2026-11-01",
+        "incidents": 120,
+        "covered": 118,
+        "ack_breached": 2,
+        "arrival_breached": 3,
+        "measures": dict.fromkeys(render.MEASURE_ZH, stat),
+    }
+    report = {"by": ["village", "group", "officer"], "period": "day", "rows": [row, row], "time_zone": "Asia/Shanghai"}
+    text = render.to_text(render.tables("response-times", report))
+    assert max(render.width(line) for line in text.splitlines() if not line.startswith("村 villages")) <= 120
+    assert text.count("欧阳建国") == 2 * text.count("响应时间（秒）"), "each part repeats the key columns"
+    assert (
+        text.count("响应时间（秒）") >= 2 and "首次接警p50" in text and "到达现场p99" in text and "超时未到场" in text
+    )
