@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 @dataclass(slots=True)
 class Bucket:
+    """One key's token bucket: tokens left and when they were counted."""
+
     tokens: float
     at: float
 

@@ -47,7 +47,7 @@ class SignatureRejected(Exception):
 
 
 class SigningConfigError(ValueError):
-    pass
+    """The `[signing]` settings are malformed: the message names the key."""
 
 
 def sign(secret: str, timestamp: str | int, body: bytes) -> str:
@@ -63,6 +63,8 @@ def signed_headers(secret: str, body: bytes, now: float) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class GatewayKey:
+    """A gateway's signing key, and whether its requests must be signed."""
+
     secret: str = field(repr=False)
     required: bool = True
 
@@ -75,6 +77,7 @@ class SigningConfig:
     tokens: dict[str, GatewayKey] = field(default_factory=dict)
 
     def key_for(self, token_id: str) -> GatewayKey | None:
+        """The key a gateway token signs with (its own, else the default), or None."""
         return self.tokens.get(token_id, self.default)
 
 
