@@ -176,7 +176,7 @@ class Database:
         try:
             if self.dialect == "sqlite":
                 self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                os.close(os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o600))  # SQLite would make it 0644
+                _create_private(self.path)
                 lite = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
                 _wal(lite)
                 lite.execute("PRAGMA synchronous=NORMAL")
@@ -224,3 +224,18 @@ class Database:
 
 def is_db_error(exc: BaseException) -> bool:
     return isinstance(exc, (sqlite3.Error, DatabaseUnavailable)) or type(exc).__module__.startswith("psycopg")
+
+
+def _create_private(path: Path) -> None:
+    """Create a new SQLite file 0600 (SQLite would make it 0644); never touch an existing one.
+
+    Closing any descriptor of a file drops every POSIX lock this process holds on it, SQLite's
+    included: an open-and-close on every connect let one connection's locks vanish under another's,
+    which then deleted the `-wal` and `-shm` in use ("disk I/O error"). With O_EXCL the descriptor
+    closed is of a file no connection of ours can have open yet."""
+    if path.exists():
+        return
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        return
