@@ -59,10 +59,13 @@ def responder_view(r: Responder) -> dict[str, Any]:
 
 
 def timeline(history: list[Recorded], people: dict[str, Person]) -> list[dict[str, Any]]:
+    """The incident's events as lines, in the order they happened (`at`), ties in the log's order.
+
+    The log's order is not time order: a first attempt's RespondersNotified carries the time the
+    targets were handed to the channel but is recorded after the attempt's outcomes."""
+    events = sorted((rec for rec in history if isinstance(rec.event, IncidentEvent)), key=lambda rec: rec.event.at)
     out = []
-    for rec in history:
-        if not isinstance(rec.event, IncidentEvent):
-            continue
+    for rec in events:
         detail = {k: v for k, v in msgspec.to_builtins(rec.event).items() if k not in _TIMELINE_SKIP}
         out.append(
             {
