@@ -555,7 +555,7 @@ class Service:
             self.metrics.nats_disconnects.labels("handlers").inc()
 
     async def _on_reconnect(self) -> None:
-        log.warning("nats.reconnected")
+        log.info("nats.reconnected")
 
     async def _on_error(self, exc: Exception) -> None:
         if self._stopping:

@@ -55,6 +55,10 @@ from dispatch.store.jobs import JobQueue
 log = structlog.get_logger(__name__)
 
 ANSWER_SEEKING = frozenset({"alarm", "repeat", "escalation", "unregistered"})
+# What an operator is woken for: a permanent failure (a wrong number in the roster, a receiver that
+# refuses us) needs someone to fix it; retries spent are handled by the deadlines and escalation; a
+# ring withdrawn because the person answered or the incident closed is the system working.
+FAILURE_LEVEL: dict[FailureKind, str] = {"permanent": "error", "exhausted": "warning", "withdrawn": "info"}
 
 
 class DeliveryWorker:
@@ -219,8 +223,8 @@ class DeliveryWorker:
             self.metrics.deliveries.labels(job.channel, "delivered").inc(len(reached))
         for failure in failures:
             self.metrics.deliveries.labels(job.channel, failure.kind).inc()
-            log.error(
-                "delivery.failed",
+            getattr(log, FAILURE_LEVEL[failure.kind])(
+                "delivery.withdrawn" if failure.kind == "withdrawn" else "delivery.failed",
                 incident_id=job.incident_id,
                 channel=job.channel,
                 kind=failure.kind,

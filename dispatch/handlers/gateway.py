@@ -159,7 +159,7 @@ class GatewayCallbacks:
                 )
             )
         except DomainError as exc:
-            log.warning("gateway.answer_refused", incident_id=incident_id, action=action, reason=exc.reason)
+            log.info("gateway.answer_refused", incident_id=incident_id, action=action, reason=exc.reason)
             return {"ok": False, "say": "该警情已结束或您无法处理此警情。", "error": exc.reason}
         return {"ok": True, "say": SAID[action]}
 

@@ -231,7 +231,7 @@ async def ensure_stream(nc: NATS, config: dict[str, Any]) -> dict[str, Any]:
             f"stream {name} differs from what dispatch needs ({', '.join(diff)}) and cannot be updated: "
             f"{updated['error'].get('description')}"
         )
-    log.warning("stream.updated", stream=name, changed=sorted(diff))
+    log.info("stream.updated", stream=name, changed=sorted(diff))
     return updated
 
 
@@ -281,7 +281,7 @@ async def ensure_consumer(nc: NATS, spec: ConsumerSpec) -> dict[str, Any]:
         deleted = await _api(nc, f"$JS.API.CONSUMER.DELETE.{spec.stream}.{name}")
         if "error" in deleted and deleted["error"].get("err_code") != CONSUMER_NOT_FOUND:
             raise ProvisionError(f"cannot delete replaced consumer {name}: {deleted['error'].get('description')}")
-        log.warning("consumer.replaced", consumer=name, by=spec.durable, start_seq=want.get("opt_start_seq"))
+        log.info("consumer.replaced", consumer=name, by=spec.durable, start_seq=want.get("opt_start_seq"))
     return created
 
 

@@ -12,13 +12,15 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 from nats.aio.client import Client as NATS
+from structlog.testing import capture_logs
 
 from dispatch.bootstrap import register_handlers
-from dispatch.channels.base import Permanent
+from dispatch.channels.base import Permanent, Transient
 from dispatch.channels.gateway import VoiceEvent
 from dispatch.domain.directory import Directory
 from dispatch.domain.errors import InvalidCommand, NotPermitted
 from dispatch.domain.incident import DEFAULT_QUORUM, parse_quorum
+from dispatch.events.jobs import DeliveryJob
 from dispatch.events.model import (
     AlarmRaised,
     DeliveryFailed,
@@ -281,3 +283,38 @@ async def test_village_settings_go_through_the_unit_of_work(handlers: Handlers, 
         assert await handlers.store.stream_last_seq() == before, "a refused setting was stored"
     finally:
         await live.stop()
+
+
+async def _retry_of(handlers: Handlers, incident: str, phone: str, attempt: int) -> DeliveryJob:
+    """The retry job the work queue would hold for `phone` after the first attempt."""
+    [job] = [job for _, job, target, _ in handlers.channel.sent if target.recipient.phone == phone][:1]
+    [target] = [t for t in job.targets if t.recipient.phone == phone]
+    return msgspec.structs.replace(job, attempt=attempt, targets=(target,), not_before=None)
+
+
+async def test_a_ring_withdrawn_because_the_incident_closed_is_no_error(handlers: Handlers) -> None:
+    """The demo's story: a busy phone's retry comes due after the incident was resolved (issue 24.2)."""
+    incident = (await handlers.call("wd-1", "13800000001")).incident_id
+    await handlers.ring(incident)
+    retry = await _retry_of(handlers, incident, "+8613800000003", 2)
+    await handlers.answer(incident, CALLER, "cancel")
+    with capture_logs() as logs:
+        assert await handlers.bus.handle(retry) is None
+    withdrawn = [e for e in await handlers.notices(incident) if isinstance(e, DeliveryFailed) and e.attempt == 2]
+    assert [(f.kind, f.reason) for e in withdrawn for f in e.failures] == [("withdrawn", "incident closed")]
+    assert [e["log_level"] for e in logs if e["event"].startswith("delivery.")] == ["info"]
+    assert not [e for e in logs if e["log_level"] in ("error", "critical", "exception")], logs
+
+
+async def test_spent_retries_warn_and_a_permanent_failure_is_an_error(handlers: Handlers) -> None:
+    """Levels an operator can trust: a permanent failure needs someone to act; retries spent are
+    handled by the deadlines (warning)."""
+    incident = (await handlers.call("lv-1", "13800000001")).incident_id
+    await handlers.ring(incident)
+    handlers.channel.plan["+8613800000002"] = [Transient("busy")]
+    handlers.channel.plan["+8613800000004"] = [Permanent("invalid number")]
+    with capture_logs() as logs:
+        await handlers.bus.handle(await _retry_of(handlers, incident, "+8613800000002", 5))
+        await handlers.bus.handle(await _retry_of(handlers, incident, "+8613800000004", 2))
+    failed = [(e["kind"], e["log_level"]) for e in logs if e["event"] == "delivery.failed"]
+    assert failed == [("exhausted", "warning"), ("permanent", "error")]
