@@ -10,7 +10,9 @@ Invariants (tests/unit/test_asyncapi.py, tests/integration/test_asyncapi_live.py
 - docs/asyncapi.json is exactly `document()`;
 - every subject pattern the code builds is a channel here, and every channel is used by the code;
 - every event type is carried by exactly one channel, and a running service writes each event type
-  only on the channel documented for it.
+  only on the channel documented for it;
+- every server states how a client authenticates, and the embedded server's is what a live one
+  demands (its generated user and password; nothing without them).
 """
 
 from __future__ import annotations
@@ -381,14 +383,23 @@ def document() -> dict[str, Any]:
             "embedded": {
                 "host": "127.0.0.1:{port}",
                 "protocol": "nats",
-                "description": "The server `dispatch serve` starts when no DISPATCH_NATS_URL is set "
-                "(a free loopback port, written to <data dir>/nats/url); no authentication.",
+                "description": "The server `dispatch serve` starts when no DISPATCH_NATS_URL is set (a free loopback "
+                "port, written to <data dir>/nats/url). It accepts one user, `dispatch`, with a password generated "
+                "at each start and written to <data dir>/nats/credentials (JSON {user, password}, mode 0600, in a "
+                "directory only the service's user may enter); a connection without them is refused. The CLI reads "
+                "that file; no TLS (loopback only).",
                 "variables": {"port": {"description": "chosen at start"}},
+                "security": [_ref("components/securitySchemes", "generatedPassword")],
             },
             "cluster": {
                 "host": "nats-1.dispatch.internal:4222",
                 "protocol": "nats",
-                "description": "The three-node cluster of ops/nats (R3 streams); user `dispatch` in account DISPATCH.",
+                "description": "The three-node cluster of ops/nats (R3 streams). Every client authenticates: user "
+                "`dispatch` (the service: publish and subscribe on dispatch.> and the JetStream API only) or `ops` "
+                "(operators) in account DISPATCH, passwords from the nodes' environment (ops/nats/nats.env.example). "
+                "TLS when the client tls block of ops/nats/nats.conf is filled in (tls:// URLs, "
+                "DISPATCH_NATS_TLS_CA), with a client certificate when it sets verify: true "
+                "(DISPATCH_NATS_TLS_CERT and DISPATCH_NATS_TLS_KEY, in addition to the password).",
                 "security": [_ref("components/securitySchemes", "userPassword")],
             },
         },
@@ -397,7 +408,19 @@ def document() -> dict[str, Any]:
         "components": {
             "messages": messages,
             "schemas": schemas,
-            "securitySchemes": {"userPassword": {"type": "userPassword"}},
+            "securitySchemes": {
+                "generatedPassword": {
+                    "type": "userPassword",
+                    "description": "user `dispatch` and the password generated at each start of the embedded "
+                    "server, in <data dir>/nats/credentials (DISPATCH_NATS_USER / DISPATCH_NATS_PASSWORD do "
+                    "not apply to it)",
+                },
+                "userPassword": {
+                    "type": "userPassword",
+                    "description": "a user of ops/nats/nats.conf: DISPATCH_NATS_USER with DISPATCH_NATS_PASSWORD "
+                    "(or _FILE), or both in DISPATCH_NATS_URL",
+                },
+            },
         },
     }
 

@@ -16,6 +16,8 @@ from nats.js.errors import NotFoundError
 from dispatch.bootstrap import Service
 from dispatch.channels.base import Transient
 from dispatch.events.subjects import DELIVERY_STREAM, EVENTS_STREAM, INDEX_STREAM, TIMERS_STREAM
+from dispatch.store.connect import NatsAuth, NatsConnectError, connect
+from dispatch.store.server import EmbeddedNats, running_auth
 from tests.rosters import ROSTER
 from tests.support import RecordingChannel, eventually, start_service
 from tests.unit.test_asyncapi import load, resolve
@@ -137,3 +139,28 @@ async def test_what_the_service_stores_is_where_the_document_says(service: tuple
                 assert header in (msg.headers or {}), f"{msg.subject}: no {header} header"
             kinds.add(channel_id)
         assert expected <= kinds, f"{stream}: {kinds}"
+
+
+async def test_every_server_states_the_security_a_live_embedded_server_demands(tmp_path: Path) -> None:
+    """The document's servers each name how a client authenticates, and what it says of the embedded
+    server is what a running one demands: no connection without credentials, the generated user and
+    password from the file the description names."""
+    doc = load()
+    for name, server in doc["servers"].items():
+        schemes = [resolve(doc, ref["$ref"]) for ref in server.get("security", [])]
+        assert schemes, f"server {name} states no security"
+        assert all(scheme["type"] == "userPassword" for scheme in schemes), (name, schemes)
+    embedded = doc["servers"]["embedded"]
+    assert "no authentication" not in embedded["description"]
+    assert "<data dir>/nats/credentials" in embedded["description"]
+    nats_server = EmbeddedNats(tmp_path / "data", sync_always=False)
+    await nats_server.start()
+    try:
+        with pytest.raises(NatsConnectError, match="refused"):
+            await connect([nats_server.url], NatsAuth(), connect_timeout=2, max_reconnect_attempts=0)
+        written = json.loads((tmp_path / "data" / "nats" / "credentials").read_text())
+        assert set(written) == {"user", "password"}
+        nc = await connect([nats_server.url], running_auth(tmp_path / "data"), connect_timeout=2)
+        await nc.close()
+    finally:
+        await nats_server.stop()
