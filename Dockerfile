@@ -2,14 +2,21 @@
 # Runs `dispatch serve` as an unprivileged user; point it at NATS and PostgreSQL with DISPATCH_*
 # (README, "Configuration"); without DISPATCH_NATS_URL it starts its own embedded nats-server in
 # /var/lib/dispatch (a single node: mount a volume there).
-FROM python:3.11-slim AS build
+# Reproducible: the base is pinned by digest (the multi-platform index of python:3.11-slim-bookworm,
+# Python 3.11.16 on Debian 12; bump it deliberately: `docker buildx imagetools inspect
+# python:3.11-slim-bookworm`), and every Python package is installed at the version the test suite
+# ran (constraints.txt, written by scripts/constraints from the tested venv). The build backend
+# (setuptools, pyproject's build-system) is not in it: pip freeze leaves it out.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
+
+FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY dispatch ./dispatch
 RUN python -m venv /opt/dispatch \
- && /opt/dispatch/bin/pip install --no-cache-dir --disable-pip-version-check .
+ && PIP_CONSTRAINT=/src/constraints.txt /opt/dispatch/bin/pip install --no-cache-dir --disable-pip-version-check .
 
-FROM python:3.11-slim
+FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 dispatch \
  && useradd --system --uid 10001 --gid dispatch --home-dir /var/lib/dispatch --shell /usr/sbin/nologin dispatch \
  && install -d -o dispatch -g dispatch -m 0700 /var/lib/dispatch
