@@ -1,7 +1,8 @@
 """Group import: a roster CSV in, every error with its line out, or the exact difference as events.
 
-Columns `village,group,phone,role,name`; role one of household, leader, assistant, officer, duty
-(a duty row has an empty group: a station duty desk serving the village).
+Columns `village,group,phone,role,name` (or the console's words: `村,组,电话,角色,姓名`); role one of
+household, leader, assistant, officer, duty, or 联防户, 联防组长, 警务助理, 社区民警, 值班室 (a duty row has
+an empty group: a station duty desk serving the village).
 
 Invariants of an accepted roster (all checked before any event is produced; an invalid file
 yields errors and no events):
@@ -16,6 +17,10 @@ yields errors and no events):
 - the file is authoritative for every group it lists, and for the duty desks of every village
   it has duty rows for; groups and villages it does not mention are left alone.
 Re-planning the same file against the directory it produced yields no events.
+
+Every error of every kind is reported at once: a row refused for its number or role still counts
+towards its group's size, leader and officer (a refused row of unknown role could be the leader, so
+it is not reported missing), so fixing what a rejection lists never reveals a second list.
 
 A roster may be as large as the API accepts (64 MiB, 2M rows), so reading it is built to run in a
 worker thread in bounded memory: the bytes are decoded a chunk at a time (never a second copy of
@@ -58,7 +63,17 @@ from dispatch.events.model import (
 from dispatch.events.subjects import InvalidToken, check_token, group_id, group_subject, village_subject
 
 HEADER = ("village", "group", "phone", "role", "name")
+HEADER_ZH = ("村", "组", "电话", "角色", "姓名")
 ROSTER_ROLES: tuple[str, ...] = ("household", "leader", "assistant", "officer", "duty")
+# The words the console and `groups show` print for each role, accepted in a file too.
+ROLES_ZH: dict[str, Role] = {
+    "联防户": "household",
+    "联防组长": "leader",
+    "警务助理": "assistant",
+    "社区民警": "officer",
+    "值班室": "duty",
+    "派出所值班室": "duty",
+}
 EXCLUSIVE_ROLES: tuple[str, ...] = ("household", "leader")
 MAX_GROUP_SIZE = 10
 MAX_DUTY_DESKS = 100
@@ -68,6 +83,8 @@ MAX_REPORTED_ERRORS = 1000
 ENCODINGS: tuple[str, ...] = ("utf-8-sig", "gb18030")
 DECODE_CHUNK = 64 * 1024
 VIEW_SLICE = 256
+PROGRESS_EVERY = 1024
+FULL_WIDTH_COMMA = "\uff0c"
 PHONE_SHARDS = 64
 # Zero-width non-joiner and joiner, and the Mongolian vowel separator: format characters, but part
 # of the spelling of Arabic-script (Uyghur), Indic and Mongolian names; none turns text around.
@@ -75,7 +92,7 @@ PHONE_SHARDS = 64
 NAME_FORMAT_ALLOWED = frozenset("\u200c\u200d\u180e")
 NAME_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
-_ROLES: dict[str, Role] = {role: cast(Role, role) for role in ROSTER_ROLES}
+_ROLES: dict[str, Role] = {**{role: cast(Role, role) for role in ROSTER_ROLES}, **ROLES_ZH}
 _members_codec = msgspec.msgpack.Encoder()
 _members_decoder = msgspec.msgpack.Decoder(list[tuple[str, str, str]])
 
@@ -219,6 +236,39 @@ class _Errors:
 
 
 @dataclass(slots=True)
+class RefusedRows:
+    """What the refused rows of one group still say (their village and group were readable): how
+    many there are, their first lines, and the roles they claim (None: a role not understood).
+    Bounded whatever the file: a group needs no more to be checked."""
+
+    count: int = 0
+    lines: list[int] = field(default_factory=list)
+    leader_lines: list[int] = field(default_factory=list)
+    officer: bool = False
+    unknown_role: bool = False
+
+    def add(self, line: int, role: Role | None) -> None:
+        """Count one refused row of the group."""
+        self.count += 1
+        if len(self.lines) <= MAX_GROUP_SIZE:
+            self.lines.append(line)
+        if role is None:
+            self.unknown_role = True
+        elif role == "leader" and len(self.leader_lines) <= MAX_GROUP_SIZE:
+            self.leader_lines.append(line)
+        elif role == "officer":
+            self.officer = True
+
+
+@dataclass(slots=True)
+class ReadProgress:
+    """How far reading a roster has come: written by the reading thread, read by anyone (plain ints)."""
+
+    rows: int = 0
+    bytes_read: int = 0
+
+
+@dataclass(slots=True)
 class RosterFile:
     """A roster read whole and grouped: rows by group id and duty rows by village, in file order;
     each number of a group row with its first row (`numbers()`), and every row of the numbers
@@ -236,6 +286,9 @@ class RosterFile:
     repeated: dict[str, list[RosterRow]] = field(default_factory=dict)
     rows: int = 0
     digest: str = ""
+    errors: _Errors = field(default_factory=lambda: _Errors())
+    refused: dict[str, RefusedRows] = field(default_factory=dict)
+    checked: bool = False
 
     def add(self, row: RosterRow) -> None:
         """File one accepted row under its group (or its village's duty desks) and its number."""
@@ -248,6 +301,10 @@ class RosterFile:
         if first is not row:
             self.repeated.setdefault(row.phone, [first]).append(row)
 
+    def phone_row(self, phone: str) -> RosterRow | None:
+        """The first group row of a number, or None."""
+        return self.phones[hash(phone) % PHONE_SHARDS].get(phone)
+
     def numbers(self) -> Iterator[tuple[str, RosterRow]]:
         """Every number of a group row, once, with its first row."""
         for shard in self.phones:
@@ -256,7 +313,7 @@ class RosterFile:
     def release(self) -> None:
         """Empty it an item at a time: dropping 2M rows at once is one C call holding the GIL
         for ~0.1 s, even in a worker thread."""
-        _empty(self.groups, self.duty, *self.phones, self.repeated)
+        _empty(self.groups, self.duty, *self.phones, self.repeated, self.refused)
 
     @classmethod
     def of(cls, rows: Iterable[RosterRow]) -> RosterFile:
@@ -390,49 +447,78 @@ def roster_digest(source: str | bytes) -> str:
     return digest.hexdigest()[:16]
 
 
-def _lines(source: str | bytes) -> Iterator[str]:
+def _lines(source: str | bytes, progress: ReadProgress | None = None) -> Iterator[str]:
     """The file's lines as `open(newline="")` gives them (`\\n`, `\\r\\n` or `\\r` ends, kept),
-    decoded as they are read, leading byte-order marks dropped."""
+    decoded as they are read, leading byte-order marks dropped; `progress.bytes_read` follows the
+    bytes decoded so far (a chunk ahead of the lines given)."""
     stream: io.TextIOBase
+    raw: io.BytesIO | io.StringIO
     if isinstance(source, bytes):
-        stream = io.TextIOWrapper(io.BytesIO(source), encoding=roster_encoding(source), newline="")
+        raw = io.BytesIO(source)
+        stream = io.TextIOWrapper(raw, encoding=roster_encoding(source), newline="")
     else:
-        stream = io.StringIO(source, newline="")
+        raw = stream = io.StringIO(source, newline="")
     first = True
-    for line in stream:
+    for count, line in enumerate(stream):
+        if progress is not None and count % PROGRESS_EVERY == 0 and isinstance(raw, io.BytesIO):
+            progress.bytes_read = raw.tell()
         if first:
             first = False
             line = line.lstrip("\ufeff")
             if not line:
                 continue
         yield line
+    if progress is not None and isinstance(source, bytes):
+        progress.bytes_read = len(source)
 
 
 def parse_roster(source: str | bytes, region: str = "CN") -> list[RosterRow]:
-    """Parse and validate a roster file on its own; raise RosterRejected with every error."""
+    """Parse and validate a roster's rows on their own; raise RosterRejected with every row's error."""
     errors = _Errors()
-    rows = list(_rows(source, region, errors))
+    rows = [row for row in _rows(source, region, errors) if isinstance(row, RosterRow)]
     if errors:
         raise errors.rejected()
     return rows
 
 
-def read_roster(source: str | bytes, region: str = "CN") -> RosterFile:
-    """Parse, validate and group a roster file (bytes: UTF-8 or GB18030); raise RosterRejected
-    with every error or RosterUnreadable. Meant for a worker thread."""
-    errors = _Errors()
+def scan_roster(source: str | bytes, region: str = "CN", progress: ReadProgress | None = None) -> RosterFile:
+    """Parse and group a roster file (bytes: UTF-8 or GB18030), keeping every row's error in
+    `errors` (and what its refused rows still say in `refused`) for `plan_roster` to report with
+    the rest; raise RosterUnreadable. Meant for a worker thread."""
     file = RosterFile(digest=roster_digest(source))
-    for row in _rows(source, region, errors):
-        if not errors:
+    for row in _rows(source, region, file.errors, progress):
+        if isinstance(row, RosterRow):
             file.add(row)
-    if errors:
-        file.release()
-        raise errors.rejected()
+        else:
+            line, gid, role = row
+            refused = file.refused.get(gid)
+            if refused is None:
+                refused = file.refused[gid] = RefusedRows()
+            refused.add(line, role)
     return file
 
 
-def _rows(source: str | bytes, region: str, errors: _Errors) -> Iterator[RosterRow]:
-    reader = csv.reader(_lines(source))
+def read_roster(source: str | bytes, region: str = "CN") -> RosterFile:
+    """Parse, validate and group a roster file (bytes: UTF-8 or GB18030); raise RosterRejected
+    with every error the file shows on its own (rows, groups, duty desks, numbers in several
+    groups) or RosterUnreadable. Meant for a worker thread."""
+    file = scan_roster(source, region)
+    check_file(file)
+    if file.errors:
+        file.release()
+        raise file.errors.rejected()
+    return file
+
+
+Refused = tuple[int, str, Role | None]
+
+
+def _rows(
+    source: str | bytes, region: str, errors: _Errors, progress: ReadProgress | None = None
+) -> Iterator[RosterRow | Refused]:
+    """Accepted rows, and (line, group id, role or None) for a refused group row whose village and
+    group are readable."""
+    reader = csv.reader(_lines(source, progress))
     header_seen = False
     count = 0
     interned: dict[str, str] = {}
@@ -441,8 +527,10 @@ def _rows(source: str | bytes, region: str, errors: _Errors) -> Iterator[RosterR
             continue
         if not header_seen:
             header_seen = True
-            if tuple(c.strip().lower() for c in cells) != HEADER:
-                errors.append(RosterError(line=line_no, message=f"header must be {','.join(HEADER)}"))
+            header = tuple(c.strip().lower() for c in cells)
+            if header not in (HEADER, HEADER_ZH):
+                message = f"header must be {','.join(HEADER)} (or {','.join(HEADER_ZH)})"
+                errors.append(RosterError(line=line_no, message=message + _full_width_hint(cells)))
                 if len(cells) != len(HEADER):
                     break
             continue
@@ -450,11 +538,20 @@ def _rows(source: str | bytes, region: str, errors: _Errors) -> Iterator[RosterR
             errors.append(RosterError(line=line_no, message=f"more than {MAX_ROWS} rows"))
             break
         count += 1
+        if progress is not None:
+            progress.rows = count
         row = _parse_row(line_no, cells, region, errors, interned)
         if row is not None:
             yield row
     if not header_seen:
         errors.append(RosterError(line=1, message=f"empty file: expected header {','.join(HEADER)}"))
+
+
+def _full_width_hint(cells: list[str]) -> str:
+    """What to say of a line read as one column that holds full-width commas."""
+    if len(cells) == 1 and FULL_WIDTH_COMMA in cells[0]:
+        return f"; the line separates its columns with full-width commas ({FULL_WIDTH_COMMA}): use ASCII commas (,)"
+    return ""
 
 
 def _records(reader: Iterator[list[str]], errors: _Errors) -> Iterator[tuple[int, list[str]]]:
@@ -483,42 +580,49 @@ def refused_in_name(name: str) -> str | None:
     return None
 
 
-def _parse_row(line: int, cells: list[str], region: str, errors: _Errors, interned: dict[str, str]) -> RosterRow | None:
+def _parse_row(
+    line: int, cells: list[str], region: str, errors: _Errors, interned: dict[str, str]
+) -> RosterRow | Refused | None:
+    """The row if it is whole (even with a bad name: it is refused by its error, but its number
+    and role still count for its group), else what a refused group row still says, else None."""
     if len(cells) != len(HEADER):
-        errors.append(RosterError(line=line, message=f"expected {len(HEADER)} columns, found {len(cells)}"))
+        message = f"expected {len(HEADER)} columns, found {len(cells)}" + _full_width_hint(cells)
+        errors.append(RosterError(line=line, message=message))
         return None
     village, group, raw_phone, role_text, name = (c.strip() for c in cells)
-    ok = True
+    place_ok = True
     try:
         check_token("village", village)
     except InvalidToken as exc:
         errors.append(RosterError(line=line, message=str(exc)))
-        ok = False
+        place_ok = False
     role = _ROLES.get(role_text.lower())
     if role is None:
         errors.append(
-            RosterError(line=line, message=f"role {role_text.lower()!r} must be one of {', '.join(ROSTER_ROLES)}")
+            RosterError(
+                line=line,
+                message=(
+                    f"role {role_text.lower()!r} must be one of {', '.join(ROSTER_ROLES)} "
+                    f"(or {', '.join(dict.fromkeys(ROLES_ZH))})"
+                ),
+            )
         )
-        ok = False
-    elif role == "duty":
-        if group:
-            errors.append(RosterError(line=line, message="a duty row must have an empty group"))
-            ok = False
-    else:
+    elif role == "duty" and group:
+        errors.append(RosterError(line=line, message="a duty row must have an empty group"))
+        place_ok = False
+    if role != "duty":
         try:
             check_token("group", group)
         except InvalidToken as exc:
             errors.append(RosterError(line=line, message=str(exc)))
-            ok = False
+            place_ok = False
     try:
         phone = normalize(raw_phone, region)
     except InvalidPhone as exc:
         errors.append(RosterError(line=line, message=str(exc)))
         phone = ""
-        ok = False
     if len(name) > MAX_NAME:
         errors.append(RosterError(line=line, message=f"name longer than {MAX_NAME} characters"))
-        ok = False
     refused = refused_in_name(name)
     if refused is not None:
         errors.append(
@@ -527,9 +631,10 @@ def _parse_row(line: int, cells: list[str], region: str, errors: _Errors, intern
                 message=f"name holds {refused}: control, format and text-direction characters are not allowed",
             )
         )
-        ok = False
-    if not ok or role is None:
+    if not place_ok:
         return None
+    if role is None or not phone:
+        return None if role == "duty" else (line, group_id(village, group), role)
     return RosterRow(line, interned.setdefault(village, village), interned.setdefault(group, group), phone, role, name)
 
 
@@ -541,10 +646,33 @@ def plan_import(directory: Directory, rows: Iterable[RosterRow], at: datetime) -
 
 def plan_roster(file: RosterFile, view: DirectoryView, at: datetime) -> ImportPlan:
     """`plan_import` against a view read beforehand: touches no directory, so it may run in a
-    worker thread."""
-    errors = _Errors()
+    worker thread. Raises RosterRejected with every error: the rows' (kept by `scan_roster`), the
+    file's own rules, and its numbers against the groups it does not list."""
+    errors = file.errors
+    if not file.checked:
+        check_file(file)
+    _check_elsewhere(file, view, errors)
+    if errors:
+        raise errors.rejected()
+
+    plan = ImportPlan(groups_in_file=len(file.groups))
     for gid, members in file.groups.items():
-        _check_group(gid, list(members.values()), errors)
+        _diff_group(view.groups.get(gid), list(members.values()), at, plan)
+    for village, desks in file.duty.items():
+        _diff_duty(view.villages.get(village), village, desks, at, plan)
+    return plan
+
+
+def check_file(file: RosterFile) -> None:
+    """The rules a file can be checked against on its own, into `file.errors`: each group's size,
+    leader and officer (counting its refused rows), each village's duty desks, and household and
+    leader numbers listed in several groups."""
+    errors = file.errors
+    for gid, members in file.groups.items():
+        _check_group(gid, list(members.values()), errors, file.refused.get(gid))
+    for gid, refused in file.refused.items():
+        if gid not in file.groups:
+            _check_group(gid, [], errors, refused)
     for village, desks in file.duty.items():
         seen: dict[str, int] = {}
         for row in desks:
@@ -560,19 +688,11 @@ def plan_roster(file: RosterFile, view: DirectoryView, at: datetime) -> ImportPl
                 errors.append(
                     RosterError(line=row.line, message=f"village {village} has more than {MAX_DUTY_DESKS} duty desks")
                 )
-    _check_exclusive(file, view, errors)
-    if errors:
-        raise errors.rejected()
-
-    plan = ImportPlan(groups_in_file=len(file.groups))
-    for gid, members in file.groups.items():
-        _diff_group(view.groups.get(gid), list(members.values()), at, plan)
-    for village, desks in file.duty.items():
-        _diff_duty(view.villages.get(village), village, desks, at, plan)
-    return plan
+    _check_exclusive(file, errors)
+    file.checked = True
 
 
-def _check_group(gid: str, rows: list[RosterRow], errors: _Errors) -> None:
+def _check_group(gid: str, rows: list[RosterRow], errors: _Errors, refused: RefusedRows | None = None) -> None:
     label = gid.replace(".", "/")
     seen: dict[str, int] = {}
     for row in rows:
@@ -583,34 +703,34 @@ def _check_group(gid: str, rows: list[RosterRow], errors: _Errors) -> None:
                 )
             )
         seen.setdefault(row.phone, row.line)
-    if len(seen) > MAX_GROUP_SIZE:
+    refused = refused or RefusedRows()
+    lines = sorted([r.line for r in rows] + refused.lines)
+    size = len(seen) + refused.count
+    if size > MAX_GROUP_SIZE:
         errors.append(
             RosterError(
-                line=rows[MAX_GROUP_SIZE].line,
-                message=f"group {label} has {len(seen)} numbers; at most {MAX_GROUP_SIZE} are allowed",
+                line=lines[MAX_GROUP_SIZE],
+                message=f"group {label} has {size} numbers; at most {MAX_GROUP_SIZE} are allowed",
             )
         )
-    leaders = [r for r in rows if r.role == "leader"]
-    if not leaders:
-        errors.append(RosterError(line=rows[0].line, message=f"group {label} has no leader; exactly one is needed"))
+    leaders = sorted([r.line for r in rows if r.role == "leader"] + refused.leader_lines)
+    if not leaders and not refused.unknown_role:
+        errors.append(RosterError(line=lines[0], message=f"group {label} has no leader; exactly one is needed"))
     for extra in leaders[1:]:
-        errors.append(
-            RosterError(line=extra.line, message=f"group {label} already has a leader at line {leaders[0].line}")
-        )
-    if not any(r.role == "officer" for r in rows):
+        errors.append(RosterError(line=extra, message=f"group {label} already has a leader at line {leaders[0]}"))
+    if not refused.officer and not refused.unknown_role and not any(r.role == "officer" for r in rows):
         errors.append(
             RosterError(
-                line=rows[0].line, message=f"group {label} has no officer; at least one community officer is needed"
+                line=lines[0], message=f"group {label} has no officer; at least one community officer is needed"
             )
         )
 
 
-def _check_exclusive(file: RosterFile, view: DirectoryView, errors: _Errors) -> None:
-    """A household or leader number may appear in one group only, in any role anywhere else."""
-    for phone, first in file.numbers():
-        rows = file.repeated.get(phone) or [first]
+def _check_exclusive(file: RosterFile, errors: _Errors) -> None:
+    """A household or leader number may appear in one group of the file only."""
+    for phone, rows in file.repeated.items():
         exclusive = [r for r in rows if r.role in EXCLUSIVE_ROLES]
-        if exclusive and len(rows) > 1 and len({group_id(r.village, r.group) for r in rows}) > 1:
+        if exclusive and len({group_id(r.village, r.group) for r in rows}) > 1:
             first = exclusive[0]
             for other in rows:
                 if group_id(other.village, other.group) != group_id(first.village, first.group):
@@ -624,7 +744,18 @@ def _check_exclusive(file: RosterFile, view: DirectoryView, errors: _Errors) -> 
                             ),
                         )
                     )
-        for member in view.elsewhere.get(phone, ()):
+
+
+def _check_elsewhere(file: RosterFile, view: DirectoryView, errors: _Errors) -> None:
+    """A household or leader number of the file may be in no group of the directory the file does
+    not list, and no number of the file may be a household or leader in one."""
+    for phone, members in view.elsewhere.items():
+        first = file.phone_row(phone)
+        if first is None:
+            continue
+        rows = file.repeated.get(phone) or [first]
+        exclusive = [r for r in rows if r.role in EXCLUSIVE_ROLES]
+        for member in members:
             if exclusive or member.role in EXCLUSIVE_ROLES:
                 row = exclusive[0] if exclusive else rows[0]
                 errors.append(

@@ -30,7 +30,7 @@ import structlog
 
 from dispatch.clock import Clock, utcnow
 from dispatch.domain.directory import ChangeVillageSettings, VillageState, decide_village_settings
-from dispatch.domain.roster import AggregateChange, DirectoryView, ImportPlan, RosterFile, plan_roster, read_roster
+from dispatch.domain.roster import AggregateChange, DirectoryView, ImportPlan, RosterFile, plan_roster, scan_roster
 from dispatch.events import msgids
 from dispatch.events.model import Event
 from dispatch.events.subjects import village_subject
@@ -165,7 +165,7 @@ class GroupService:
         async with self._lock:
             for attempt in range(MAX_ATTEMPTS):
                 started = time.perf_counter()
-                file = await asyncio.to_thread(read_roster, roster, self.region)
+                file = await asyncio.to_thread(scan_roster, roster, self.region)
                 planning = time.perf_counter()
                 view = DirectoryView()
                 for _ in view.read(self.live.directory, file):

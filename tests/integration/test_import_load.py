@@ -128,7 +128,8 @@ async def test_the_api_reads_gb18030_refuses_other_bytes_and_lists_the_first_tho
             assert unreadable.status_code == 400
             assert unreadable.json()["error"] == "the roster must be UTF-8 (or GB18030) text"
 
-            bad = "village,group,phone,role,name\n" + "v,1,12345,household,甲\n" * 1500
+            # duty rows: bad group rows would also leave their group without a leader and an officer
+            bad = "village,group,phone,role,name\n" + "".join(f"v{i},,12345,duty,甲\n" for i in range(1500))
             rejected = await post(bad.encode())
             assert rejected.status_code == 422
             body = rejected.json()

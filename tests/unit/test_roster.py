@@ -21,6 +21,7 @@ from dispatch.domain.roster import (
     plan_roster,
     read_roster,
     refused_in_name,
+    scan_roster,
 )
 from dispatch.events.model import MemberBound, MemberRenamed, MemberUnbound, RoleAssigned
 
@@ -281,7 +282,8 @@ def test_the_worker_path_plans_exactly_what_plan_import_plans() -> None:
 
 
 def test_a_file_full_of_errors_counts_them_all_and_lists_the_first_by_line() -> None:
-    bad = "".join(f"v,{i},12345,household,甲\n" for i in range(MAX_REPORTED_ERRORS + 500))
+    # duty rows: a bad group row would also leave its group without a leader and an officer
+    bad = "".join(f"v{i},,12345,duty,甲\n" for i in range(MAX_REPORTED_ERRORS + 500))
     with pytest.raises(RosterRejected) as info:
         read_roster(("village,group,phone,role,name\n" + bad).encode())
     assert info.value.total == MAX_REPORTED_ERRORS + 500
@@ -306,3 +308,100 @@ def test_a_read_file_and_its_plan_are_emptied_for_release_but_keep_their_counts(
     plan.release()
     assert not file.groups and not any(file.phones) and not file.duty and plan.changes == []
     assert events == 16 and plan.members_bound == 13
+
+
+# --- every error of every kind at once (issue 24, item 1) -----------------------------------------
+
+
+def test_a_bad_number_and_an_oversized_group_are_reported_in_one_answer() -> None:
+    households = "".join(f"v,big,138000001{i:02d},household,h{i}\n" for i in range(8))
+    text = (
+        "village,group,phone,role,name\n"
+        + households
+        + "v,big,12345,household,bad\n"
+        + "v,big,13900000001,leader,L\n"
+        + "v,big,13900000002,officer,O\n"
+    )
+    with pytest.raises(RosterRejected) as info:
+        read_roster(text.encode())
+    errors = [(e.line, e.message) for e in info.value.errors]
+    assert errors[0][0] == 10 and "not a valid phone number" in errors[0][1]
+    assert (12, "group v/big has 11 numbers; at most 10 are allowed") in errors
+    assert info.value.total == 2
+
+
+def test_the_service_path_reports_the_rows_the_groups_and_the_directory_at_once() -> None:
+    directory = directory_with()
+    text = (
+        "village,group,phone,role,name\n"
+        "xishan,1,13800000001,leader,张桂兰\n"  # a household of dongshan/1 in the directory
+        "xishan,1,12345,household,甲\n"
+        "xishan,1,13900000009,officer,吴警官\n"
+        "xishan,1,13700000002,leader,乙\n"
+    )
+    file = scan_roster(text.encode())
+    with pytest.raises(RosterRejected) as info:
+        plan_roster(file, DirectoryView.of(directory, file), T0)
+    messages = [(e.line, e.message) for e in info.value.errors]
+    assert [line for line, _ in messages] == [2, 3, 5], messages
+    assert "already a household in group dongshan/1" in messages[0][1]
+    assert "not a valid phone number" in messages[1][1]
+    assert "already has a leader at line 2" in messages[2][1]
+
+
+def test_a_refused_row_still_counts_for_its_groups_leader_and_officer() -> None:
+    leader_with_bad_number = "village,group,phone,role,name\nv,1,12345,leader,L\nv,1,13700000009,officer,O\n"
+    [(line, message)] = errors_of_file(leader_with_bad_number)
+    assert line == 2 and "not a valid phone number" in message
+    unknown_role = "village,group,phone,role,name\nv,1,13700000001,chief,L\n"
+    assert all("no leader" not in m and "no officer" not in m for _, m in errors_of_file(unknown_role))
+    household_only = "village,group,phone,role,name\nv,1,12345,household,H\n"
+    assert [m.split(";")[0] for _, m in errors_of_file(household_only)][1:] == [
+        "group v/1 has no leader",
+        "group v/1 has no officer",
+    ]
+
+
+def errors_of_file(text: str) -> list[tuple[int, str]]:
+    with pytest.raises(RosterRejected) as info:
+        read_roster(text.encode())
+    return [(e.line, e.message) for e in info.value.errors]
+
+
+# --- the console's words, and a full-width comma named (issue 27, item 2) --------------------------
+
+CHINESE = """村,组,电话,角色,姓名
+dongshan,1,13800000001,联防户,张桂兰
+dongshan,1,13800000008,联防组长,黄志强
+dongshan,1,13900000001,警务助理,周丽
+dongshan,1,13900000009,社区民警,吴警官
+dongshan,,073184512345,值班室,城关派出所值班室
+"""
+
+
+def test_the_chinese_header_and_role_names_read_like_the_english_ones() -> None:
+    english = (
+        CHINESE.replace("村,组,电话,角色,姓名", "village,group,phone,role,name")
+        .replace("联防户", "household")
+        .replace("联防组长", "leader")
+        .replace("警务助理", "assistant")
+        .replace("社区民警", "officer")
+        .replace("值班室,城关", "duty,城关")
+    )
+    assert parse_roster(CHINESE) == parse_roster(english)
+    assert [r.role for r in parse_roster(CHINESE)] == ["household", "leader", "assistant", "officer", "duty"]
+    assert plan_import(Directory(), parse_roster(CHINESE.encode("gb18030")), T0).members_bound == 4
+
+
+def test_an_unknown_role_names_the_chinese_words_too() -> None:
+    [(line, message)] = parse_errors("村,组,电话,角色,姓名\nv,1,13800000001,村长,甲\n")
+    assert line == 2 and "联防户" in message and "household" in message
+
+
+def test_a_line_of_one_column_with_full_width_commas_is_told_so() -> None:
+    [(line, message)] = parse_errors("village,group,phone,role,name\ndongshan，1，13800000001，household，甲\n")
+    assert line == 2 and "found 1" in message and "full-width commas (，)" in message
+    [(line, message)] = parse_errors("村，组，电话，角色，姓名\ndongshan,1,13800000001,household,甲\n")
+    assert line == 1 and "full-width commas (，)" in message
+    [(_, plain)] = parse_errors("village,group,phone,role,name\ndongshan 1 13800000001\n")
+    assert "full-width" not in plain
