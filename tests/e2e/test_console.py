@@ -554,3 +554,45 @@ def test_a_right_to_left_override_in_a_value_turns_nothing_around_it(
     assert page.evaluate(BIDI_ISOLATES) == [], "a value on the incident page is not isolated"
     shot(page, "bidi-incident.png")
     assert errors == []
+
+
+COVERED_CONTROLS = """() => {
+  const toast = document.getElementById("toast");
+  const box = toast.getBoundingClientRect();
+  const covered = [];
+  for (const el of document.querySelectorAll("button, select, a, input, textarea")) {
+    if (!el.checkVisibility()) continue;
+    const r = el.getBoundingClientRect();
+    if (r.bottom <= 0 || r.top >= innerHeight || r.width === 0) continue;
+    const overlaps = r.left < box.right && box.left < r.right && r.top < box.bottom && box.top < r.bottom;
+    const x = Math.min(Math.max(r.left + r.width / 2, 0), innerWidth - 1);
+    const y = Math.min(Math.max(r.top + r.height / 2, 0), innerHeight - 1);
+    const top = document.elementFromPoint(x, y);
+    if (overlaps || (top && toast.contains(top))) covered.push(`${el.tagName} ${el.textContent.trim().slice(0, 12)}`);
+  }
+  return { covered, top: box.top, bottom: box.bottom, height: innerHeight };
+}"""
+
+
+def test_on_a_phone_the_toast_covers_no_button(
+    serve: ServeProcess, http: httpx.Client, tokens: dict[str, str], contexts: Callable[..., BrowserContext]
+) -> None:
+    """Issue 24.6: at 390x844 the "已记录…" toast sat over the card's 已到场 and 处置完毕 for its whole life.
+    The card is scrolled to the bottom of the screen, as the last card of a board is."""
+    page = open_console(contexts(viewport=PHONE), serve, tokens["officer_west"])
+    incident = call(http, "console-toast-1", "13700000008")
+    alarm = card(page, incident)
+    expect(alarm).to_be_visible()
+    page.locator("#banner button", has_text="知道了").click()
+    page.evaluate("window.scrollTo(0, document.documentElement.scrollHeight)")
+    alarm.locator("select.responder").select_option("+8613600000009")
+    alarm.locator("button[data-action='accept']").click()
+    expect(page.locator("#toast")).to_contain_text("记录")
+    expect(page.locator("#toast")).to_be_visible()
+    placed = page.evaluate(COVERED_CONTROLS)
+    assert placed["covered"] == [], f"the toast covers {placed['covered']}"
+    assert placed["top"] >= 0 and placed["bottom"] <= placed["height"] + 1, f"the toast is off screen: {placed}"
+    for action in ("arrived", "resolve"):
+        alarm.locator(f"button[data-action='{action}']").scroll_into_view_if_needed()
+    assert page.evaluate(COVERED_CONTROLS)["covered"] == []
+    shot(page, "toast-phone.png")

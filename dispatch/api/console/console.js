@@ -538,13 +538,23 @@ async function api(path, { method = "GET", body, headers = {} } = {}) {
   return data;
 }
 
-function toast(text, kind) {
-  const el = $("toast");
+/* A short message in the page's flow, never over it: under the controls it answers (`near`), else at
+   the top of the page. A fixed toast at the bottom of a phone's screen hid the card's buttons for its
+   whole life. When it fades, its space stays until the next message, so nothing moves under a finger. */
+function toast(text, kind, near) {
+  const el = toast.el || (toast.el = $("toast"));
   el.textContent = text;
   el.className = `toast show ${kind || ""}`;
+  if (near && near.isConnected) {
+    if (el.previousElementSibling !== near) near.after(el);
+  } else {
+    const main = $("main");
+    if (main && main.firstElementChild !== el) main.prepend(el);
+  }
+  el.scrollIntoView({ block: "nearest" });
   clearTimeout(toast.timer);
   toast.timer = setTimeout(() => {
-    el.className = "toast";
+    el.className = "toast spent";
   }, 6000);
 }
 
@@ -1017,14 +1027,15 @@ function createActions(id) {
       h("button", { type: "button", text: t("close_form"), onclick: () => closeForm(ui) }),
     ),
   );
+  const row = h("div", { class: "buttons" }, make("accept", "primary"), make("arrived"), make("decline"), make("resolve"), make("cancel", "danger"));
   const root = h(
     "div",
     { class: "actions" },
     h("div", { class: "field who-field" }, h("label", { for: `who-${id}`, text: t("answer_as") }), select),
-    h("div", { class: "buttons" }, make("accept", "primary"), make("arrived"), make("decline"), make("resolve"), make("cancel", "danger")),
+    row,
     form,
   );
-  const ui = { id, root, select, buttons, form, category, reason, note, confirm, categoryRow, reasonRow, mode: null, options: "" };
+  const ui = { id, root, row, select, buttons, form, category, reason, note, confirm, categoryRow, reasonRow, mode: null, options: "" };
   select.addEventListener("change", () => {
     ui.touched = true;
   });
@@ -1082,7 +1093,7 @@ function submitForm(event, ui) {
   event.preventDefault();
   if (ui.mode === "resolve") {
     if (!ui.category.value) {
-      toast(t("need_category"), "bad");
+      toast(t("need_category"), "bad", ui.form);
       ui.category.focus();
       return;
     }
@@ -1095,7 +1106,7 @@ function submitForm(event, ui) {
 async function answer(ui, action, extra) {
   const responder = ui.select.value;
   if (!responder) {
-    toast(t("need_responder"), "bad");
+    toast(t("need_responder"), "bad", ui.row);
     ui.select.focus();
     return;
   }
@@ -1112,7 +1123,7 @@ async function answer(ui, action, extra) {
     let text = result.recorded.length ? t("recorded", { who, what }) : t("nothing_changed", { who, what });
     if (result.recorded.includes("IncidentCovered")) text += ` · ${t("now_covered")}`;
     if (CLOSED.has(result.status)) text += ` · ${t("closed_now")}`;
-    toast(text, "ok");
+    toast(text, "ok", ui.row);
     if (action === "resolve" || action === "cancel") {
       ui.note.value = "";
       closeForm(ui);
@@ -1121,7 +1132,7 @@ async function answer(ui, action, extra) {
     await refresh(ui.id);
   } catch (exc) {
     const key = { 403: "err_403", 404: "err_404", 409: "err_409", 422: "err_422" }[exc.status];
-    toast(key ? t(key, { msg: exc.message }) : exc.status ? t("err_other", { code: exc.status, msg: exc.message }) : exc.message, "bad");
+    toast(key ? t(key, { msg: exc.message }) : exc.status ? t("err_other", { code: exc.status, msg: exc.message }) : exc.message, "bad", ui.row);
     if (exc.status === 404) refresh(ui.id);
   } finally {
     setBusy(ui, false);
