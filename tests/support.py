@@ -139,6 +139,54 @@ class WebhookReceiver:
             return [r for r in self.received if r.json.get("incident_id") == incident_id]
 
 
+@dataclass
+class RobotReceiver:
+    """A WeCom or DingTalk group robot on loopback: records every request and answers each with the
+    next of `errcodes` (then 0, "ok"), as the robots do: HTTP 200 with `{"errcode", "errmsg"}`."""
+
+    errcodes: list[int] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+    requests: list[Received] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _server: ThreadingHTTPServer | None = None
+
+    def url(self, path: str = "/cgi-bin/webhook/send?key=k") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def start(self) -> RobotReceiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with receiver._lock:
+                    receiver.requests.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                    code = receiver.errcodes.pop(0) if receiver.errcodes else 0
+                data = json.dumps({"errcode": code, "errmsg": "ok" if code == 0 else f"error {code}"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def bodies(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [r.json for r in self.requests]
+
+
 def _not_met(what: str, timeout: float, last: Any) -> AssertionError:
     shown = repr(last)
     if len(shown) > 500:

@@ -241,7 +241,7 @@ def test_a_call_rings_the_group_at_once_and_keypad_1s_cover_it(world: World) -> 
     dingtalk_alarm = [m for m in world.dingtalk.received if incident in m["markdown"]["text"]]
     assert len(dingtalk_alarm) == 1 and "张桂兰" in dingtalk_alarm[0]["markdown"]["text"]
     assert dingtalk_alarm[0]["msgtype"] == "markdown" and "/console/" in dingtalk_alarm[0]["markdown"]["text"]
-    assert any(incident in m["markdown"]["content"] for m in world.wecom.received)
+    assert any(incident in m["text"]["content"] and m["text"]["mentioned_mobile_list"] for m in world.wecom.received)
 
     world.serve.client().post(
         f"/v1/incidents/{incident}/responses", json={"responder": OFFICER, "action": "resolve", "category": "help"}
