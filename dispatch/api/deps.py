@@ -91,6 +91,12 @@ def who(
     return principal
 
 
+def village_zone(s: ApiServices, village: str | None) -> str:
+    """The time zone `village`'s times are shown in: its own setting, else the service's."""
+    settings = s.directory.directory.villages.get(village) if village else None
+    return (settings.time_zone if settings else None) or s.time_zone
+
+
 def scope(s: ApiServices, principal: Principal) -> frozenset[str] | None:
     """The villages `principal` sees (None: every village)."""
     return principal.scope(s.directory.directory)

@@ -15,7 +15,7 @@ from litestar.exceptions import ValidationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, FromQuery, JSONBody
 
-from dispatch.api.deps import MAX_JSON_BYTES, ApiServices, error, narrowed, scope, visible, who
+from dispatch.api.deps import MAX_JSON_BYTES, ApiServices, error, narrowed, scope, village_zone, visible, who
 from dispatch.api.views import group_view
 from dispatch.domain.directory import GroupState
 from dispatch.domain.errors import NotFound
@@ -134,7 +134,7 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
                 "escalate_after_s": deadlines.escalate_s,
                 "arrival_deadline_s": deadlines.arrival_s,
             },
-            "time_zone": (state.time_zone if state else None) or s.time_zone,
+            "time_zone": village_zone(s, village),
             "overrides": {
                 "ack_deadline_s": state.ack_deadline_s if state else None,
                 "escalate_after_s": state.escalate_after_s if state else None,

@@ -18,7 +18,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from dispatch.api.deps import MAX_JSON_BYTES, ApiServices, in_thread, narrowed, scope, visible, who
+from dispatch.api.deps import MAX_JSON_BYTES, ApiServices, in_thread, narrowed, scope, village_zone, visible, who
 from dispatch.api.views import incident_view
 from dispatch.domain.errors import NotFound
 from dispatch.handlers.messages import Answer, ResponseRequest
@@ -60,7 +60,7 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
         state, history = await s.incidents.history(incident_id)
         if not visible(s, principal, state.opened.village):
             raise NotFound(f"no incident {incident_id}")
-        return incident_view(state, history)
+        return incident_view(state, history, village_zone(s, state.opened.village))
 
     @get("/v1/incidents", tags=["incidents"], summary="Incidents, newest first")
     async def list_incidents(

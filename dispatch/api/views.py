@@ -14,6 +14,7 @@ import msgspec
 from dispatch.domain.directory import GroupState
 from dispatch.domain.incident import IncidentState, Responder
 from dispatch.domain.messages import ROLE_ZH, STATUS_ZH, describe
+from dispatch.domain.timezones import human_time
 from dispatch.events.model import IncidentEvent, Person, UnregisteredCall
 from dispatch.store.eventstore import Recorded
 
@@ -58,8 +59,9 @@ def responder_view(r: Responder) -> dict[str, Any]:
     }
 
 
-def timeline(history: list[Recorded], people: dict[str, Person]) -> list[dict[str, Any]]:
-    """The incident's events as lines, in the order they happened (`at`), ties in the log's order.
+def timeline(history: list[Recorded], people: dict[str, Person], time_zone: str) -> list[dict[str, Any]]:
+    """The incident's events as lines, in the order they happened (`at`), ties in the log's order;
+    each with its time (RFC 3339, and `at_text` as people read it in `time_zone`) and its text.
 
     The log's order is not time order: a first attempt's RespondersNotified carries the time the
     targets were handed to the channel but is recorded after the attempt's outcomes."""
@@ -71,6 +73,7 @@ def timeline(history: list[Recorded], people: dict[str, Person]) -> list[dict[st
             {
                 "seq": rec.seq,
                 "at": iso(rec.event.at),
+                "at_text": human_time(rec.event.at, time_zone),
                 "type": type(rec.event).__name__,
                 "text": describe(rec.event, people),
                 "detail": detail,
@@ -79,7 +82,8 @@ def timeline(history: list[Recorded], people: dict[str, Person]) -> list[dict[st
     return out
 
 
-def incident_view(state: IncidentState, history: list[Recorded]) -> dict[str, Any]:
+def incident_view(state: IncidentState, history: list[Recorded], time_zone: str) -> dict[str, Any]:
+    """The incident as the API shows it; `time_zone` is its village's (the zone people read its times in)."""
     opened = state.opened
     people = {p: r.person for p, r in state.responders.items()}
     people[state.caller.phone] = state.caller
@@ -113,7 +117,8 @@ def incident_view(state: IncidentState, history: list[Recorded]) -> dict[str, An
         "cancel_reason": state.cancel_reason,
         "note": state.note,
         "responders": [responder_view(r) for r in state.responders.values()],
-        "timeline": timeline(history, people),
+        "time_zone": time_zone,
+        "timeline": timeline(history, people, time_zone),
         "version": history[-1].seq if history else 0,
     }
 

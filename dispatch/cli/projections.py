@@ -14,9 +14,9 @@ import argparse
 import asyncio
 import contextlib
 import signal
-import time
 
 from dispatch.cli.offline import open_log
+from dispatch.domain.timezones import human_time
 from dispatch.projections.registry import all_projections
 from dispatch.projections.runner import ACTIVE, ProjectionRunner, ensure_bookkeeping, last_matching
 from dispatch.projections.sql import Database
@@ -79,7 +79,7 @@ async def projection_status(settings: Settings) -> int:
         head = heads.get(str(family))
         done = int(position or 0)  # type: ignore[call-overload]
         behind = "-" if head is None else str(max(0, head - done))
-        since = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(changed_at)))  # type: ignore[arg-type]
+        since = human_time(float(changed_at), settings.time_zone)  # type: ignore[arg-type]
         marker = "*" if state == ACTIVE else " "
         print(f"{marker}{name!s:<15}{state!s:<10}{done:>12}{behind:>10}  {since}")
     if not rows:

@@ -16,6 +16,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
+from dispatch.domain.timezones import human_time
+
 Period = Literal["day", "week", "month"]
 PERIODS: tuple[Period, ...] = ("day", "week", "month")
 
@@ -40,8 +42,8 @@ def local_iso(epoch: float | None, tz: ZoneInfo) -> str | None:
 
 
 def local_text(epoch: float | None, tz: ZoneInfo) -> str:
-    """For tables: `2026-11-24 20:00`."""
-    return "-" if epoch is None else local(epoch, tz).strftime("%Y-%m-%d %H:%M")
+    """For people: `2026-11-24 20:00:00 +08:00` (`timezones.human_time`)."""
+    return human_time(epoch, tz)
 
 
 def parse_when(text: str, tz: ZoneInfo) -> float:

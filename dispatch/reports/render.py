@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dispatch.domain.timezones import human_time
 from dispatch.reports.csvsafe import safe_csv_row
 from dispatch.reports.response_times import MEASURES
 
@@ -86,8 +87,8 @@ def plain(value: Any) -> str:
 
 
 def local_time(value: Any) -> str:
-    """`2026-11-24T20:00:00+08:00` -> `2026-11-24 20:00` (the zone is named above the table)."""
-    return "-" if not value else str(value)[:16].replace("T", " ")
+    """`2026-11-24T20:00:00+08:00` -> `2026-11-24 20:00:00 +08:00` (`timezones.human_time`, its own offset)."""
+    return human_time(str(value) if value else None)
 
 
 def to_text(tables: Sequence[Table], max_width: int = MAX_WIDTH) -> str:

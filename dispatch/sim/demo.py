@@ -210,7 +210,7 @@ async def _story(http: httpx.AsyncClient, sim_url: str, narrator: Narrator) -> N
     await asyncio.sleep(0.5)
     view: dict[str, Any] = (await http.get(f"/v1/incidents/{incident}")).json()
     for entry in view["timeline"]:
-        print(f"   {entry['at'][11:23]}  {entry['text']}")
+        print(f"   {entry['at_text']}  {entry['text']}")
 
     say("未登记号码拨打 6995：不丢弃，转派出所值班室 (an unknown number is never dropped)")
     r = await http.post("/v1/calls", json={"call_id": "demo-call-2", "caller": "13111112222"})

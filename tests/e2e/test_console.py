@@ -312,7 +312,12 @@ def test_a_call_shows_up_live_and_two_accepts_cover_it(
     stamps = timeline.locator("li time").evaluate_all(
         "els => els.map(e => [e.getAttribute('datetime'), e.textContent])"
     )
-    assert all(at and text and ":" in text for at, text in stamps)
+    on_page = {at: text for at, text in stamps}
+    served = {e["at"]: e["at_text"] for e in http.get(f"/v1/incidents/{incident}").json()["timeline"]}
+    assert on_page and all(served[at] == text for at, text in on_page.items()), (
+        f"the console writes times as the CLI does (the village's zone, named by its offset): {on_page} {served}"
+    )
+    assert all(text.endswith(" +08:00") for text in on_page.values()), on_page
     expect(east.locator(".incident.full")).to_have_attribute("data-covered", "true")
     shot(east, "incident-desktop.png")
     assert east.evaluate(LOW_CONTRAST) == [], "text below WCAG AA contrast (4.5:1)"
@@ -418,7 +423,7 @@ def test_keyboard_only_and_english(
     page.evaluate(f"location.hash = '#/incident/{incident}'")
     expect(page.locator("#timeline li time").first).to_be_visible()
     stamps = page.locator("#timeline li time").all_inner_texts()
-    iso = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
+    iso = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} \+08:00")
     assert stamps and all(iso.fullmatch(s) for s in stamps), f"English dates are ISO (YYYY-MM-DD): {stamps}"
     page.evaluate("location.hash = '#/board'")
     expect(card(page, incident)).to_be_visible()

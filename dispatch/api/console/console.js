@@ -484,16 +484,25 @@ function clock(seconds) {
   return m >= 60 ? `${Math.floor(m / 60)}:${String(m % 60).padStart(2, "0")}:${sec}` : `${m}:${sec}`;
 }
 
-function timeOf(iso, withDate) {
+// A time as people read it, in the incident's village zone, the shape of the server's human_time:
+// "2026-12-04 14:03:05 +08:00" (ISO date, never 04/12), "14:03:05 +08:00" (zone) or "14:03:05" (time).
+function timeOf(iso, zone, shape = "time") {
   if (!iso) return "";
-  const opts = { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false };
-  if (S.lang === "en") {
-    // ISO dates (2026-04-12), never 04/12, which reads as April or December depending on the reader
-    const time = new Date(iso).toLocaleTimeString("en-GB", opts);
-    return withDate ? `${dayKey(iso)} ${time}` : time;
+  const opts = {
+    year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit",
+    hourCycle: "h23", timeZoneName: "longOffset",
+  };
+  let parts;
+  try {
+    parts = new Intl.DateTimeFormat("en-US", { ...opts, timeZone: zone || undefined }).formatToParts(new Date(iso));
+  } catch {
+    parts = new Intl.DateTimeFormat("en-US", opts).formatToParts(new Date(iso));
   }
-  if (withDate) Object.assign(opts, { month: "2-digit", day: "2-digit" });
-  return new Date(iso).toLocaleString("zh-CN", opts);
+  const p = Object.fromEntries(parts.map((x) => [x.type, x.value]));
+  const offset = p.timeZoneName === "GMT" ? "+00:00" : p.timeZoneName.replace("GMT", "");
+  const time = `${p.hour}:${p.minute}:${p.second}`;
+  if (shape === "full") return `${p.year}-${p.month}-${p.day} ${time} ${offset}`;
+  return shape === "zone" ? `${time} ${offset}` : time;
 }
 
 function dayKey(when) {
@@ -908,7 +917,7 @@ function fillIncident(card, d) {
       "p",
       { class: "meta" },
       h("span", {}, `${t("caller")} `, h("a", { href: `tel:${phoneText(caller.phone)}`, class: "phone", dir: "ltr", text: phoneText(caller.phone) })),
-      h("span", {}, ` · ${t("raised_at")} ${timeOf(d.raised_at, card.full)} `),
+      h("span", {}, ` · ${t("raised_at")} `, h("time", { datetime: d.raised_at, text: timeOf(d.raised_at, d.time_zone, card.full ? "full" : "zone") }), " "),
       h("span", { class: "ago", dataset: { since: d.raised_at } }),
     ),
   );
@@ -931,7 +940,7 @@ function fillIncident(card, d) {
     h("strong", { text: `${t("accepted_by")}${t("colon")}` }),
     acceptedBy.length ? joined(acceptedBy.map((r) => h("span", { class: "person" }, personLabel(r))), t("list_sep")) : t("nobody_yet"),
   );
-  fill(card.members, ...(d.responders || []).map((r) => member(r)));
+  fill(card.members, ...(d.responders || []).map((r) => member(r, d.time_zone)));
   updateActions(card.actions, d);
   tickCard(card.root);
 }
@@ -964,7 +973,7 @@ function tickCard(root) {
   }
 }
 
-function member(r) {
+function member(r, zone) {
   const channels = (map) => Object.keys(map || {}).length > 0;
   const chips = [];
   if (r.state === "pending") chips.push(h("span", { class: "chip", text: t("st_pending") }));
@@ -973,9 +982,9 @@ function member(r) {
   else if (channels(r.failed)) {
     chips.push(h("span", { class: "chip bad", title: Object.values(r.failed).join("; "), text: t("st_failed") }));
   }
-  if (r.arrived_at) chips.push(h("span", { class: "chip strong", text: `${t("st_arrived")} ${timeOf(r.arrived_at)}` }));
-  else if (r.accepted_at) chips.push(h("span", { class: "chip strong", text: `${t("st_accepted")} ${timeOf(r.accepted_at)}` }));
-  else if (r.declined_at) chips.push(h("span", { class: "chip bad", text: `${t("st_declined")} ${timeOf(r.declined_at)}` }));
+  if (r.arrived_at) chips.push(h("span", { class: "chip strong", text: `${t("st_arrived")} ${timeOf(r.arrived_at, zone)}` }));
+  else if (r.accepted_at) chips.push(h("span", { class: "chip strong", text: `${t("st_accepted")} ${timeOf(r.accepted_at, zone)}` }));
+  else if (r.declined_at) chips.push(h("span", { class: "chip bad", text: `${t("st_declined")} ${timeOf(r.declined_at, zone)}` }));
   const mine = S.myPhone && samePhone(S.myPhone, r.phone);
   return h(
     "li",
@@ -1358,7 +1367,7 @@ function fillTimeline(d) {
       h(
         "li",
         { class: `ev ev-${e.type}`, dataset: { type: e.type, seq: e.seq } },
-        h("time", { datetime: e.at, text: timeOf(e.at, true) }),
+        h("time", { datetime: e.at, text: timeOf(e.at, d.time_zone, "full") }),
         h("span", { class: "rel", text: `+${clock((ms(e.at) - start) / 1000)}` }),
         h("bdi", { class: "text", text: S.lang === "en" ? describeEn(e, people) : e.text }),
       ),
