@@ -24,7 +24,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 
 from dispatch.api.live import LiveHub
 from dispatch.api.security import DEFAULT_BURST, DEFAULT_RATE, bearer
-from dispatch.domain.access import Capability, Principal
+from dispatch.domain.access import Capability, Principal, refusal
 from dispatch.domain.directory import Deadlines
 from dispatch.domain.incident import DEFAULT_DEADLINES, DEFAULT_QUORUM, Quorum, parse_quorum
 from dispatch.domain.signing import SigningConfig
@@ -87,7 +87,7 @@ def who(
     if principal is None:
         raise NotAuthorizedException("a valid bearer token is required")
     if not principal.can(capability):
-        raise PermissionDeniedException(f"a {principal.role} token may not do this")
+        raise PermissionDeniedException(refusal(principal.role, capability))
     return principal
 
 

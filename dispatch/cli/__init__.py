@@ -16,50 +16,120 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from dispatch.cli.report import add_arguments as add_report_arguments
+from dispatch.domain.access import ROLES
+from dispatch.domain.messages import CANCEL_ZH, CATEGORY_ZH
 from dispatch.settings import Settings, SettingsError
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
 
-def _server(args: argparse.Namespace) -> str:
+class CliError(Exception):
+    """A problem the user can fix, said with what to do; `code` is the exit status."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dispatch")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def _server_and_source(args: argparse.Namespace) -> tuple[str, str]:
+    """The service URL, and where it came from (for messages)."""
     if getattr(args, "server", None):
-        return str(args.server).rstrip("/")
-    if os.environ.get("DISPATCH_SERVER"):
-        return os.environ["DISPATCH_SERVER"].rstrip("/")
-    http = os.environ.get("DISPATCH_HTTP", "127.0.0.1:8080")
-    host, _, port = http.rpartition(":")
-    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    return f"http://{host}:{port}"
+        url, source = str(args.server), "--server"
+    elif os.environ.get("DISPATCH_SERVER"):
+        url, source = os.environ["DISPATCH_SERVER"], "DISPATCH_SERVER"
+    else:
+        http = os.environ.get("DISPATCH_HTTP", "127.0.0.1:8080")
+        host, _, port = http.rpartition(":")
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        source = "DISPATCH_HTTP" if "DISPATCH_HTTP" in os.environ else "the default (DISPATCH_HTTP)"
+        return f"http://{host}:{port}", source
+    if not url.startswith(("http://", "https://")):
+        example = url.split("/")[0] or "127.0.0.1:8080"
+        raise CliError(f"{source} {url!r} is not a URL: give it with its scheme, e.g. http://{example}")
+    return url.rstrip("/"), source
+
+
+def _server(args: argparse.Namespace) -> str:
+    return _server_and_source(args)[0]
+
+
+def _token_file() -> Path:
+    return Path(os.environ.get("DISPATCH_DATA_DIR", "./dispatch-data")) / "admin.token"
+
+
+def _token_and_source(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The bearer token and where it came from; (None, what was looked for) when there is none."""
+    if getattr(args, "token", None):
+        return str(args.token), "--token"
+    if os.environ.get("DISPATCH_TOKEN"):
+        return os.environ["DISPATCH_TOKEN"], "DISPATCH_TOKEN"
+    path = _token_file()
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        reason = "does not exist" if isinstance(exc, FileNotFoundError) else f"cannot be read ({exc.strerror})"
+        return None, f"no --token, no DISPATCH_TOKEN, and {path.resolve()} {reason}"
+    if not token:
+        return None, f"no --token, no DISPATCH_TOKEN, and {path.resolve()} is empty"
+    return token, str(path.resolve())
 
 
 def _token(args: argparse.Namespace) -> str | None:
-    if getattr(args, "token", None):
-        return str(args.token)
-    if os.environ.get("DISPATCH_TOKEN"):
-        return os.environ["DISPATCH_TOKEN"]
-    path = Path(os.environ.get("DISPATCH_DATA_DIR", "./dispatch-data")) / "admin.token"
-    try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None
+    return _token_and_source(args)[0]
 
 
 def _request(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    url = _server(args) + path
+    server, source = _server_and_source(args)
     token = _token(args)
     if token:
         kwargs["headers"] = {**kwargs.get("headers", {}), "Authorization": f"Bearer {token}"}
     try:
-        return httpx.request(method, url, timeout=30, **kwargs)
+        return httpx.request(method, server + path, timeout=30, **kwargs)
+    except httpx.ConnectError as exc:
+        where = server.split("://", 1)[1]
+        raise CliError(
+            f"cannot reach the dispatch service at {server} (from {source}): {exc or 'connection failed'}.\n"
+            f"Is `dispatch serve` running on {where}? Otherwise pass --server http://HOST:PORT "
+            "(or set DISPATCH_SERVER) with the address it listens on (its DISPATCH_HTTP).",
+            EXIT_UNREACHABLE,
+        ) from None
     except httpx.HTTPError as exc:
-        print(f"cannot reach the dispatch service at {_server(args)}: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_UNREACHABLE) from None
+        raise CliError(
+            f"cannot reach the dispatch service at {server} (from {source}): {type(exc).__name__} {exc}",
+            EXIT_UNREACHABLE,
+        ) from None
+
+
+def _refusal_hint(args: argparse.Namespace, status: int, error: str) -> str | None:
+    """What to do about a 401 or a 403."""
+    if status == 401:
+        token, source = _token_and_source(args)
+        if token is None:
+            return (
+                f"no token was sent: {source}. Run this where `dispatch serve` keeps its data directory "
+                "(or set DISPATCH_DATA_DIR), or pass --token / set DISPATCH_TOKEN "
+                "(issue one with `dispatch tokens create`)."
+            )
+        return f"the token from {source} is not valid here: revoked, mistyped, or issued by another service's log."
+    if status == 403 and "token may not" in error:
+        return "use a token with that role: `dispatch tokens create --name NAME --role ROLE ...` issues one."
+    return None
 
 
 def _fetch(args: argparse.Namespace, method: str, path: str, *, expect: int = 200, **kwargs: Any) -> Any:
@@ -74,6 +144,8 @@ def _fetch(args: argparse.Namespace, method: str, path: str, *, expect: int = 20
     print(f"refused ({response.status_code}): {body.get('error')}", file=sys.stderr)
     for item in body.get("errors", []):
         print(f"  line {item['line']}: {item['message']}", file=sys.stderr)
+    if hint := _refusal_hint(args, response.status_code, str(body.get("error"))):
+        print(hint, file=sys.stderr)
     raise SystemExit(EXIT_REFUSED)
 
 
@@ -167,6 +239,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
 # --- client commands -------------------------------------------------------------------------------
 
 
+CALL_STATUS = {
+    "raised": "新警情：全组正在被通知 (a new incident: the whole group is being alerted)",
+    "merged": "并入该报警人正在处理的警情 (merged into the caller's open incident)",
+    "unregistered": "未登记号码：已转派出所值班室 (an unregistered number: sent to the station's duty desk)",
+}
+
+
 def cmd_call(args: argparse.Namespace) -> int:
     import uuid
 
@@ -176,7 +255,15 @@ def cmd_call(args: argparse.Namespace) -> int:
         "callee": args.callee,
         "channel": "api",
     }
-    _print_json(_fetch(args, "POST", "/v1/calls", expect=202, json=body))
+    answer = _fetch(args, "POST", "/v1/calls", expect=202, json=body)
+    if args.json:
+        _print_json(answer)
+        return 0
+    print(f"警情 incident {answer['incident_id']}")
+    print(f"  {CALL_STATUS.get(answer['status'], answer['status'])}")
+    if answer.get("duplicate"):
+        print(f"  同一通话重复上报，无人被重复呼叫 (call id {body['call_id']} was seen before: nobody rung twice)")
+    print(f"  查看 show it: dispatch incident {answer['incident_id']}")
     return 0
 
 
@@ -184,18 +271,35 @@ def cmd_respond(args: argparse.Namespace) -> int:
     body = {"responder": args.responder, "action": args.action, "note": args.note or ""}
     if args.category:
         body["category"] = args.category
-    _print_json(_fetch(args, "POST", f"/v1/incidents/{args.incident_id}/responses", json=body))
+    if args.reason:
+        body["reason"] = args.reason
+    answer = _fetch(args, "POST", f"/v1/incidents/{args.incident_id}/responses", json=body)
+    if args.json:
+        _print_json(answer)
+        return 0
+    from dispatch.domain.messages import STATUS_ZH
+
+    recorded = ", ".join(answer.get("recorded") or []) or "nothing new (already recorded)"
+    covered = "已覆盖 covered" if answer["covered"] else "未覆盖 not covered"
+    status = answer["status"]
+    print(f"已记录 recorded: {recorded}")
+    print(f"警情 incident {answer['incident_id']}: {STATUS_ZH.get(status, status)} ({status}), {covered}")
     return 0
 
 
 def cmd_incident(args: argparse.Namespace) -> int:
     data = _fetch(args, "GET", f"/v1/incidents/{args.incident_id}")
-    if args.format == "json":
+    if args.json or args.format == "json":
         _print_json(data)
         return 0
+    from dispatch.domain.timezones import human_time
+
+    zone = data.get("time_zone")
     print(f"{data['incident_id']}  {data['status_zh']} ({data['status']})  {'已覆盖' if data['covered'] else '未覆盖'}")
+    if zone:
+        print(f"  时区 time zone: {zone}")
     for entry in data["timeline"]:
-        print(f"  {entry['at']}  {entry['text']}")
+        print(f"  {entry.get('at_text') or human_time(entry['at'], zone)}  {entry['text']}")
     return 0
 
 
@@ -257,9 +361,72 @@ def cmd_projections(args: argparse.Namespace) -> int:
     return run_command(settings, args)
 
 
+CATEGORIES = {en: en for en in CATEGORY_ZH} | {zh: en for en, zh in CATEGORY_ZH.items()}
+REASONS = {en: en for en in CANCEL_ZH} | {zh: en for en, zh in CANCEL_ZH.items()}
+ACTION_ZH = {"accept": "接警", "decline": "无法前往", "arrived": "已到场", "resolve": "处置完毕", "cancel": "取消报警"}
+ACTIONS = {en: en for en in ACTION_ZH} | {zh: en for en, zh in ACTION_ZH.items()}
+
+
+def _alias(kind: str, names: dict[str, str]) -> Callable[[str], str]:
+    """An argparse type: an English name, or the Chinese name the console shows, read as the English one."""
+
+    def read(text: str) -> str:
+        key = names.get(text.strip()) or names.get(text.strip().lower())
+        if key is None:
+            shown = ", ".join(f"{en} ({zh})" for zh, en in names.items() if zh != en)
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind}: one of {shown}")
+        return key
+
+    read.__name__ = kind
+    return read
+
+
+def _choices(names: dict[str, str]) -> str:
+    return ", ".join(f"{en} {zh}" for zh, en in names.items() if zh != en)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples as written; option help wrapped."""
+
+
+def _add(
+    sub: Any, name: str, summary: str, description: str, examples: list[str] | None = None
+) -> argparse.ArgumentParser:
+    """A subcommand with a one-line summary (in its parent's list), a description and examples."""
+    epilog = None
+    if examples:
+        epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples)
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=summary,
+        description=f"{summary[0].upper()}{summary[1:]}.\n\n{description}",
+        epilog=epilog,
+        formatter_class=_Formatter,
+    )
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dispatch", description="6995 joint-defence linked-alarm dispatch")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="dispatch",
+        description=(
+            "6995 joint-defence linked-alarm dispatch: one call to 6995 alerts the caller's whole group.\n\n"
+            "`dispatch serve` runs the service; the client commands (call, respond, incident, groups, report)\n"
+            "talk to it over HTTP; tokens, replay and projections work on its log directly.\n"
+            "Exit status: 0 done, 1 refused by the service, 2 bad usage or settings, 3 service unreachable."
+        ),
+        epilog=(
+            "first steps:\n"
+            "  dispatch serve                                  # in one terminal: the service\n"
+            "  dispatch groups import roster.csv               # in another, from the same directory\n"
+            "  dispatch call 13800000001                       # what the telephony gateway sends\n"
+            "  dispatch demo                                   # or: the whole story on a demo village\n\n"
+            "`dispatch COMMAND --help` describes each command, with examples."
+        ),
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"dispatch {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def service_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data-dir", help="data directory (DISPATCH_DATA_DIR, default ./dispatch-data)")
@@ -271,93 +438,273 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--nats-tls-cert", help="client certificate for NATS (DISPATCH_NATS_TLS_CERT)")
         p.add_argument("--nats-tls-key", help="the client certificate's key (DISPATCH_NATS_TLS_KEY)")
 
-    p = sub.add_parser("serve", help="run the service: HTTP API, handlers, projections")
+    def client(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "--server", help="the service's URL, http://HOST:PORT (DISPATCH_SERVER; default http://DISPATCH_HTTP)"
+        )
+        p.add_argument(
+            "--token", help="bearer token (DISPATCH_TOKEN; default: the admin token in <data dir>/admin.token)"
+        )
+        return p
+
+    p = _add(
+        sub,
+        "serve",
+        "run the service: HTTP API, console, handlers, read models",
+        "With no NATS URL it starts its own nats-server on the data directory, with SQLite read models\n"
+        "beside it, and issues an admin token into <data dir>/admin.token on the first start.\n"
+        "Every setting is also a DISPATCH_* variable (README.md, Configuration). Stop it with Ctrl-C.",
+        [
+            "dispatch serve",
+            "dispatch serve --http 0.0.0.0:8080 --data-dir /var/lib/dispatch",
+            "dispatch serve --nats-url nats://n1:4222,nats://n2:4222,nats://n3:4222 \\\n"
+            "      --database-url 'postgresql://dispatch@db/dispatch?schema=dispatch'",
+        ],
+    )
     service_options(p)
     p.add_argument("--http", help="listen address HOST:PORT (DISPATCH_HTTP, default 127.0.0.1:8080)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("demo", help="the whole story on a demo village, printed")
-    p.add_argument("--keep", action="store_true", help="keep the demo's data directory")
+    p = _add(
+        sub,
+        "demo",
+        "the whole story on a demo village, printed",
+        "Starts a private service and gateway simulator in a temporary directory, imports a roster of\n"
+        "three groups, places a call, and prints what every phone does, the timeline and a report.",
+        ["dispatch demo", "dispatch demo --keep"],
+    )
+    p.add_argument("--keep", action="store_true", help="keep the demo's data directory (its path is printed)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("gateway-sim", help="a telephony gateway with virtual phones (docs/gateway.md)")
-    p.add_argument("--listen", default="127.0.0.1:9100", help="HOST:PORT to listen on")
-    p.add_argument("--server", help="dispatch URL (DISPATCH_SERVER, default http://DISPATCH_HTTP)")
+    p = _add(
+        sub,
+        "gateway-sim",
+        "a telephony gateway with virtual phones (docs/gateway.md)",
+        "Answers dispatch's voice and SMS requests like a real gateway and plays each virtual phone as\n"
+        "the scenario says (answer, press 1, stay silent, be busy). Point DISPATCH_CHANNELS_FILE's\n"
+        "[gateway].url at it. Needs a gateway token and the shared secret.",
+        [
+            "DISPATCH_GATEWAY_TOKEN=dsp_... DISPATCH_GATEWAY_SECRET=s3cret dispatch gateway-sim",
+            "dispatch gateway-sim --scenario docs/examples/phones.toml --listen 127.0.0.1:9100",
+        ],
+    )
+    p.add_argument("--listen", default="127.0.0.1:9100", help="HOST:PORT to listen on (default 127.0.0.1:9100)")
+    p.add_argument("--server", help="the dispatch URL (DISPATCH_SERVER, default http://DISPATCH_HTTP)")
     p.add_argument("--token", help="a gateway token (DISPATCH_GATEWAY_TOKEN)")
-    p.add_argument("--scenario", help="TOML file: how each virtual phone behaves")
+    p.add_argument("--scenario", help="TOML file: how each virtual phone behaves (docs/examples/phones.toml)")
     p.set_defaults(func=cmd_gateway_sim)
 
-    p = sub.add_parser("replay", help="drop and rebuild every projection from the log (service stopped)")
+    p = _add(
+        sub,
+        "replay",
+        "drop and rebuild every read model from the log",
+        "Run it with the service stopped. The log is the record; the SQL read models are rebuilt from it\n"
+        "exactly (progress on stderr, the counts at the end).",
+        ["dispatch replay", "dispatch replay --database-url 'postgresql://dispatch@db/dispatch'"],
+    )
     service_options(p)
     p.set_defaults(func=cmd_replay)
 
-    projections = sub.add_parser("projections", help="the SQL read models").add_subparsers(
-        dest="projections_command", required=True
+    projections = _add(
+        sub,
+        "projections",
+        "the SQL read models: run a read-side worker, or show where each stands",
+        "Reports come from read models that follow the log; these commands run or inspect them.",
+        ["dispatch projections status", "dispatch projections run --database-url postgresql://..."],
+    ).add_subparsers(dest="projections_command", required=True, metavar="SUBCOMMAND")
+    p = _add(
+        projections,
+        "run",
+        "keep the read models up to date, nothing else (a read-side worker)",
+        "For DISPATCH_READ_MODELS=elsewhere: the alarm process keeps no read models, this one does.",
+        ["dispatch projections run --nats-url nats://n1:4222 --database-url postgresql://..."],
     )
-    p = projections.add_parser("run", help="keep the read models up to date, nothing else (a read-side worker)")
     service_options(p)
     p.set_defaults(func=cmd_projections)
-    p = projections.add_parser("status", help="each projection version: active, building or retired; how far behind")
+    p = _add(
+        projections,
+        "status",
+        "each read model: active, building or retired, and how far behind the log",
+        "`*` marks the active version of each read model; `since` is when it entered its state.",
+        ["dispatch projections status", "dispatch projections status --data-dir /var/lib/dispatch"],
+    )
     service_options(p)
     p.set_defaults(func=cmd_projections)
 
-    tokens = sub.add_parser("tokens", help="access tokens (works on the log directly)").add_subparsers(
-        dest="tokens_command", required=True
+    tokens = _add(
+        sub,
+        "tokens",
+        "access tokens: create, list, revoke (works on the log directly)",
+        "Works with or without a running service. A token is shown once, when it is created.",
+        ["dispatch tokens create --name 吴建军 --role officer --villages 东山村", "dispatch tokens list"],
+    ).add_subparsers(dest="tokens_command", required=True, metavar="SUBCOMMAND")
+    p = _add(
+        tokens,
+        "create",
+        "issue a token; it is printed once",
+        "Roles: gateway places calls and relays answers; officer and duty_desk read and answer for their\n"
+        "villages; admin does everything; metrics reads /metrics. The villages must be in the roster\n"
+        "(import it first), unless --new-village.",
+        [
+            "dispatch tokens create --name 吴建军 --role officer --villages 东山村,西山村",
+            "dispatch tokens create --name 镇派出所 --role duty_desk --station 07318451234",
+            "dispatch tokens create --name 网关 --role gateway",
+        ],
     )
-    p = tokens.add_parser("create", help="issue a token; it is printed once")
     service_options(p)
-    p.add_argument("--name", required=True)
-    p.add_argument("--role", required=True, choices=["gateway", "officer", "duty_desk", "admin", "metrics"])
-    p.add_argument("--villages", default="", help="comma-separated villages (officer, duty_desk)")
+    p.add_argument("--name", required=True, help="who holds the token (a person or a system), shown in `tokens list`")
+    p.add_argument("--role", required=True, choices=list(ROLES), help="what it may do: " + ", ".join(ROLES))
+    p.add_argument("--villages", default="", help="comma-separated villages it sees (officer, duty_desk)")
     p.add_argument("--station", help="duty desk number: its villages follow the roster (duty_desk)")
+    p.add_argument(
+        "--new-village",
+        action="store_true",
+        help="issue it even though a village is not in the roster yet (imported later)",
+    )
     p.set_defaults(func=cmd_tokens)
-    p = tokens.add_parser("list", help="active tokens (never their secrets)")
+    p = _add(
+        tokens,
+        "list",
+        "active tokens (never their secrets)",
+        "Times are in DISPATCH_TIME_ZONE.",
+        ["dispatch tokens list"],
+    )
     service_options(p)
     p.set_defaults(func=cmd_tokens)
-    p = tokens.add_parser("revoke", help="revoke a token by id")
+    p = _add(
+        tokens,
+        "revoke",
+        "revoke a token by id",
+        "The token stops working at once in every process, and open consoles signed in with it close.",
+        ["dispatch tokens revoke 3f2a9c1b7d04"],
+    )
     service_options(p)
-    p.add_argument("token_id")
+    p.add_argument("token_id", help="the token's id: the `id` column of `dispatch tokens list`")
     p.set_defaults(func=cmd_tokens)
 
-    def client(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--server", help="service URL (DISPATCH_SERVER, default http://DISPATCH_HTTP)")
-        p.add_argument("--token", help="bearer token (DISPATCH_TOKEN, else <data dir>/admin.token)")
-        return p
-
-    p = client(sub.add_parser("call", help="simulate a call to the short number"))
-    p.add_argument("caller")
-    p.add_argument("--callee", default="6995")
-    p.add_argument("--call-id")
+    p = client(
+        _add(
+            sub,
+            "call",
+            "place a call to the short number, as the telephony gateway would",
+            "The caller's whole group is alerted; an unregistered number goes to the duty desk. The same\n"
+            "--call-id sent twice is one call (nobody is rung twice).",
+            ["dispatch call 13800000001", "dispatch call 13800000001 --call-id gw-20261204-0001 --json"],
+        )
+    )
+    p.add_argument("caller", help="the calling phone number (13800000001, +8613800000001, 0086...)")
+    p.add_argument("--callee", default="6995", help="the number dialled (default 6995)")
+    p.add_argument("--call-id", help="the gateway's id for this call, to make retries safe (default: a new one)")
+    p.add_argument("--json", action="store_true", help="print the service's JSON answer")
     p.set_defaults(func=cmd_call)
 
-    p = client(sub.add_parser("respond", help="answer an incident as a responder"))
-    p.add_argument("incident_id")
-    p.add_argument("responder")
-    p.add_argument("action", choices=["accept", "decline", "arrived", "resolve", "cancel"])
-    p.add_argument("--category")
-    p.add_argument("--note")
+    p = client(
+        _add(
+            sub,
+            "respond",
+            "answer an incident on behalf of a responder",
+            "What a member does with the keypad, a text or the console. Actions: accept (接警), decline\n"
+            "(无法前往), arrived (已到场), resolve (处置完毕, with --category), cancel (取消报警, with --reason).\n"
+            "Chinese names are accepted for actions, categories and reasons, as the console shows them.",
+            [
+                "dispatch respond 0193a8c2-... 13900000009 accept",
+                "dispatch respond 0193a8c2-... 13900000009 resolve --category 纠纷 --note 邻里纠纷，已调解",
+                "dispatch respond 0193a8c2-... 13900000009 cancel --reason drill",
+            ],
+        )
+    )
+    p.add_argument("incident_id", help="the incident's id (printed by `dispatch call`, shown in the console)")
+    p.add_argument("responder", help="the phone number of the member answering")
+    p.add_argument(
+        "action",
+        type=_alias("action", ACTIONS),
+        choices=list(ACTION_ZH),
+        help="accept, decline, arrived, resolve or cancel (or 接警, 无法前往, 已到场, 处置完毕, 取消报警)",
+    )
+    p.add_argument(
+        "--category",
+        type=_alias("category", CATEGORIES),
+        help="resolve: what it was: " + _choices(CATEGORIES),
+    )
+    p.add_argument("--reason", type=_alias("reason", REASONS), help="cancel: why: " + _choices(REASONS))
+    p.add_argument("--note", help="resolve, cancel: a free-text note kept with the incident")
+    p.add_argument("--json", action="store_true", help="print the service's JSON answer")
     p.set_defaults(func=cmd_respond)
 
-    p = client(sub.add_parser("incident", help="show an incident and its timeline"))
-    p.add_argument("incident_id")
-    p.add_argument("--format", choices=["table", "json"], default="table")
+    p = client(
+        _add(
+            sub,
+            "incident",
+            "show an incident and its timeline",
+            "Times are in the village's time zone, with its UTC offset.",
+            ["dispatch incident 0193a8c2-...", "dispatch incident 0193a8c2-... --json"],
+        )
+    )
+    p.add_argument("incident_id", help="the incident's id (printed by `dispatch call`, shown in the console)")
+    p.add_argument("--format", choices=["table", "json"], default="table", help="table (default) or json")
+    p.add_argument("--json", action="store_true", help="the same as --format json")
     p.set_defaults(func=cmd_incident)
 
-    groups = sub.add_parser("groups", help="joint-defence groups").add_subparsers(dest="groups_command", required=True)
-    p = client(groups.add_parser("import", help="import a roster CSV (village,group,phone,role,name)"))
-    p.add_argument("file")
+    groups = _add(
+        sub,
+        "groups",
+        "joint-defence groups: import the roster, list, show",
+        "The roster is a CSV file: village,group,phone,role,name (README.md, The roster).",
+        ["dispatch groups import roster.csv", "dispatch groups show 东山村 1"],
+    ).add_subparsers(dest="groups_command", required=True, metavar="SUBCOMMAND")
+    p = client(
+        _add(
+            groups,
+            "import",
+            "import a roster CSV (village,group,phone,role,name)",
+            "Every error is reported with its line and nothing is applied; otherwise the differences\n"
+            "(members bound, unbound, moved) are applied and counted.",
+            ["dispatch groups import roster.csv"],
+        )
+    )
+    p.add_argument("file", help="the roster CSV (UTF-8 or GB18030, as Excel saves it)")
     p.set_defaults(func=cmd_groups_import)
-    p = client(groups.add_parser("list", help="list groups"))
-    p.add_argument("--village")
+    p = client(
+        _add(
+            groups,
+            "list",
+            "list groups",
+            "Each group with its number of members and its leader.",
+            ["dispatch groups list", "dispatch groups list --village 东山村"],
+        )
+    )
+    p.add_argument("--village", help="only this village's groups")
     p.set_defaults(func=cmd_groups_list)
-    p = client(groups.add_parser("show", help="show one group"))
-    p.add_argument("village")
-    p.add_argument("group")
-    p.add_argument("--format", choices=["table", "json"], default="table")
+    p = client(
+        _add(
+            groups,
+            "show",
+            "show one group: its members and its village's duty desks",
+            "Everyone an alarm from this group rings.",
+            ["dispatch groups show 东山村 1"],
+        )
+    )
+    p.add_argument("village", help="the village, as in the roster")
+    p.add_argument("group", help="the group, as in the roster")
+    p.add_argument("--format", choices=["table", "json"], default="table", help="table (default) or json")
     p.set_defaults(func=cmd_groups_show)
 
-    p = client(sub.add_parser("report", help="reports: response-times, history, stats, readiness"))
-    add_report_arguments(p)
+    p = client(
+        _add(
+            sub,
+            "report",
+            "reports: response-times, history, stats, readiness",
+            "The same reports as GET /v1/reports/<kind>, with the same filters. Times are in each\n"
+            "village's time zone; --since 2026-11-01 is local midnight.",
+            [
+                "dispatch report response-times --by village,officer --period month --since 2026-01-01",
+                "dispatch report history --village 东山村 --status resolved --category 纠纷",
+                "dispatch report stats --period month",
+                "dispatch report readiness --last 3 --quiet-days 90",
+            ],
+        )
+    )
+    add_report_arguments(p, _alias("category", CATEGORIES))
     p.set_defaults(func=cmd_report)
     return parser
 
@@ -369,6 +716,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"dispatch: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except CliError as exc:
+        print(f"dispatch {args.command}: {exc}", file=sys.stderr)
+        return exc.code
     except KeyboardInterrupt:
         return 130
     return code

@@ -16,8 +16,14 @@ from dispatch.reports import render
 KINDS = ("response-times", "history", "stats", "readiness")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("kind", choices=KINDS)
+def add_arguments(p: argparse.ArgumentParser, category: Callable[[str], str] = str) -> None:
+    """The report's arguments; `category` reads a category name (the CLI passes one taking Chinese names)."""
+    p.add_argument(
+        "kind",
+        choices=KINDS,
+        help="response-times (how fast help came), history (incidents), stats (by category), "
+        "readiness (who will not answer)",
+    )
     p.add_argument("--village", help="one village (default: every village the token sees)")
     p.add_argument("--group", help="one group of --village")
     p.add_argument("--since", help="from this date or RFC 3339 time (a date is local midnight in the village's zone)")
@@ -26,7 +32,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--period", choices=["day", "week", "month"], help="response-times, stats: one row per period")
     p.add_argument("--caller", help="history: one caller's phone number")
     p.add_argument("--status", help="history: open, raised, notifying, acknowledged, on_scene, resolved or cancelled")
-    p.add_argument("--category", help="history, stats: criminal, public_order, dispute, help, traffic, fire, other")
+    p.add_argument(
+        "--category",
+        type=category,
+        help="history, stats: criminal, public_order, dispute, help, traffic, fire, other (or 刑事, 治安, 纠纷, ...)",
+    )
     p.add_argument("--limit", type=int, help="history: at most this many rows (default 100)")
     p.add_argument("--offset", type=int, help="history: skip this many rows")
     p.add_argument("--last", type=int, help="readiness: a member is silent after this many unanswered alarms (3)")
@@ -36,7 +46,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="stats: also the categories with no incident in any period (the table omits them; csv, json never do)",
     )
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument(
+        "--format",
+        choices=["table", "csv", "json"],
+        default="table",
+        help="table (default: Chinese headers over English), csv (for Excel, with a BOM) or json",
+    )
 
 
 PARAMS = (

@@ -45,6 +45,27 @@ CAPABILITIES: dict[TokenRole, frozenset[Capability]] = {
 }
 
 
+CAPABILITY_EN: dict[Capability, str] = {
+    "call": "place calls",
+    "relay": "relay the gateway's callbacks",
+    "answer": "answer incidents",
+    "read": "read incidents, groups and reports",
+    "import": "import rosters and change village settings",
+    "metrics": "read metrics",
+    "manage": "manage tokens",
+    "export": "see whole phone numbers",
+}
+
+
+def refusal(role: TokenRole, capability: Capability) -> str:
+    """Why a token of `role` is refused `capability`, and which roles may do it (a 403's reason)."""
+    roles = [r for r in ROLES if capability in CAPABILITIES[r]]
+    article = "an" if role[0] in "aeiou" else "a"
+    return (
+        f"{article} {role} token may not {CAPABILITY_EN[capability]}: this needs a token with role {' or '.join(roles)}"
+    )
+
+
 def hash_secret(secret: str) -> str:
     """The stored form of a token's secret (SHA-256, hex)."""
     return hashlib.sha256(secret.encode()).hexdigest()
