@@ -14,7 +14,7 @@ import msgspec
 from dispatch.domain.directory import GroupState
 from dispatch.domain.incident import IncidentState, Responder
 from dispatch.domain.messages import ROLE_ZH, STATUS_ZH, describe
-from dispatch.domain.timezones import human_time
+from dispatch.domain.timezones import DEFAULT_TIME_ZONE, human_time
 from dispatch.events.model import IncidentEvent, Person, UnregisteredCall
 from dispatch.store.eventstore import Recorded
 
@@ -82,7 +82,7 @@ def timeline(history: list[Recorded], people: dict[str, Person], time_zone: str)
     return out
 
 
-def incident_view(state: IncidentState, history: list[Recorded], time_zone: str) -> dict[str, Any]:
+def incident_view(state: IncidentState, history: list[Recorded], time_zone: str = DEFAULT_TIME_ZONE) -> dict[str, Any]:
     """The incident as the API shows it; `time_zone` is its village's (the zone people read its times in)."""
     opened = state.opened
     people = {p: r.person for p, r in state.responders.items()}
