@@ -65,6 +65,7 @@ from dispatch.handlers.subscribers import build_broker
 from dispatch.handlers.tokens import TokenService
 from dispatch.handlers.uow import UnitOfWork
 from dispatch.observe.gauges import GaugeRefresher
+from dispatch.observe.looplag import LoopLagMonitor
 from dispatch.observe.metrics import Metrics
 from dispatch.projections.directory import LiveDirectory
 from dispatch.projections.registry import all_projections
@@ -214,6 +215,7 @@ class Service:
         self.callbacks: CallbackBus | None = None
         self.sms: SmsChannel | None = None
         self.gauges: GaugeRefresher | None = None
+        self.loop_lag = LoopLagMonitor(self.metrics.event_loop_lag)
         self.http: _Server | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._http_socket: socket.socket | None = None
@@ -348,6 +350,7 @@ class Service:
             read_side=projections if st.read_models == "elsewhere" else (),
         )
         self.gauges.start()
+        self.loop_lag.start()
 
         app = create_app(
             ApiServices(
@@ -567,6 +570,7 @@ class Service:
         self._stopping = True
         if self.gauges is not None:
             await self.gauges.stop()
+        await self.loop_lag.stop()
         if self.broker is not None:
             with contextlib.suppress(Exception):
                 await self.broker.stop()

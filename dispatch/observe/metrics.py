@@ -201,6 +201,12 @@ class Metrics:
         self.directory_numbers = Gauge(
             "dispatch_directory_numbers", "Phone numbers bound in the in-memory directory", registry=r
         )
+        self.event_loop_lag = Histogram(
+            "dispatch_event_loop_lag_seconds",
+            "How much later than asked the event loop woke a task sleeping 0.5 s (sampled twice a second)",
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
 
     def start_at_zero(self, channels: list[str]) -> None:
         """Create every closed-set counter series at 0 for these delivery channels."""

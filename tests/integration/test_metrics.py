@@ -9,6 +9,7 @@ import json
 import math
 import re
 import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -280,6 +281,27 @@ async def test_a_hung_read_model_makes_the_incident_gauges_unknown_and_holds_one
         ).fetchone()
         assert row is not None and row[0] == 1, f"{row[0] if row else None} reads waiting: the gauges pile up threads"
     await eventually(lambda: _when(svc, lambda s: value(s, "dispatch_incidents_open") == 0))
+
+
+async def test_a_callback_blocking_the_event_loop_shows_as_loop_lag(make_service: ServiceFactory) -> None:
+    svc = await make_service(RecordingChannel())
+    await eventually(lambda: svc.metrics.event_loop_lag.collect()[0].samples, what="a first lag sample")
+    before = await scrape(svc)
+    slow = value(before, "dispatch_event_loop_lag_seconds_bucket", le="0.25")
+    everything = value(before, "dispatch_event_loop_lag_seconds_count")
+    assert slow == everything, "an idle loop woke a sleeper 250 ms late"
+    time.sleep(1.0)  # blocks the loop, as a synchronous read would: the sampler wakes >= 0.5 s late  # noqa: ASYNC251
+
+    async def blocked_seen() -> Samples | None:
+        samples = await scrape(svc)
+        late = value(samples, "dispatch_event_loop_lag_seconds_count") - value(
+            samples, "dispatch_event_loop_lag_seconds_bucket", le="0.25"
+        )
+        return samples if late >= 1 else None
+
+    after = await eventually(blocked_seen, what="a sample later than 250 ms")
+    lag_sum = "dispatch_event_loop_lag_seconds_sum"
+    assert value(after, lag_sum) - value(before, lag_sum) >= 0.5
 
 
 async def test_append_latency_and_conflicts_are_counted_per_aggregate(nc: NATS) -> None:
