@@ -1,0 +1,470 @@
+"""Soak: a steady county load on `dispatch serve` for an hour; does anything grow?
+
+In one run, on one machine (not part of the test suite; `--minutes` sets the length):
+
+- `dispatch serve` as a subprocess on its embedded defaults (own nats-server, fsync always, SQLite
+  read models), a duty desk, `DISPATCH_WEBHOOK_URLS` and `DISPATCH_COMMAND_CENTRE` pointing at a
+  receiver in a second subprocess (benchmarks/e2e.py's bare asyncio receiver);
+- `--rate` alarms/s (5: a county's worst evening, sustained), each from one of `--groups`
+  10-number groups in turn (a group's next call comes long after its last incident closed); each
+  alarm is answered as on the phones: the officer and the leader accept 1 s after its 9th webhook,
+  the officer arrives 2 s later and resolves 2 s after that; one alarm in `--unanswered-every` is
+  left alone until both escalation tiers have fired (ack deadline 10 s, county 20 s) and is then
+  resolved at 30 s, so timers and escalations run all along;
+- every minute, one row: RSS and open file descriptors of serve and of its nats-server (from
+  /proc), the service's event-loop lag over that minute (`dispatch_event_loop_lag_seconds` from
+  /metrics: mean and the bucket bound of its p99 and max), each read model's lag (the log's last
+  matching stream sequence minus the read model's checkpoint, read from NATS and the SQLite file
+  at the minute mark), the alarm path's p50 / p99 (POST /v1/calls -> 9th webhook at the receiver),
+  serve's CPU share, the data directory's size and the errors;
+- at the end, for each column, the least-squares slope over the last half of the run, per hour:
+  flat is the goal (the log and the read models grow with the alarms by design; the data
+  directory's slope is shown for that reason, not as a leak).
+
+    python benchmarks/soak.py [--minutes 60] [--rate 5] [--groups 1500] [--unanswered-every 50]
+                              [--workdir DIR] [--markdown FILE] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+from common import caller_of, cpu_seconds, pct, roster
+from e2e import Receiver
+from prometheus_client.parser import text_string_to_metric_families
+
+from dispatch.channels.http import HttpPoster
+from dispatch.projections.registry import all_projections
+from dispatch.projections.runner import checkpoint, last_matching
+from dispatch.projections.sql import Database
+from dispatch.store.connect import connect
+from dispatch.store.server import free_port, running_auth, running_url
+
+DUTY_DESK = "+8673184512345"
+ACK_DEADLINE_S = 10
+ESCALATE_AFTER_S = 20
+UNANSWERED_RESOLVE_S = 30
+
+
+def start_serve(data_dir: Path, http_port: int, hook: str) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "DISPATCH_DATA_DIR": str(data_dir),
+        "DISPATCH_HTTP": f"127.0.0.1:{http_port}",
+        "DISPATCH_WEBHOOK_URLS": hook,
+        "DISPATCH_WEBHOOK_SECRET": "soak-secret",
+        "DISPATCH_COMMAND_CENTRE": hook.replace("/hook", "/centre"),
+        "DISPATCH_DUTY_DESK": DUTY_DESK,
+        "DISPATCH_ACK_DEADLINE": str(ACK_DEADLINE_S),
+        "DISPATCH_ESCALATE_AFTER": str(ESCALATE_AFTER_S),
+        "DISPATCH_LOG_LEVEL": "warning",
+        "DISPATCH_LOG_FORMAT": "json",
+    }
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = (data_dir / "serve.log").open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", "dispatch", "serve"], env=env, stdout=log, stderr=log)
+    log.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"dispatch serve exited; see {data_dir / 'serve.log'}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{http_port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("dispatch serve not ready")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def fd_kinds(pid: int) -> dict[str, int]:
+    """Open descriptors by what they point at (socket, pipe, anon_inode, or the file's directory)."""
+    kinds: dict[str, int] = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        kind = target.split(":", 1)[0] if ":" in target and not target.startswith("/") else str(Path(target).parent)
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
+
+
+def tree_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
+
+
+@dataclass
+class LoopLag:
+    """The histogram's cumulative buckets, count and sum at one scrape."""
+
+    buckets: dict[float, float] = field(default_factory=dict)
+    count: float = 0.0
+    total: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> LoopLag:
+        lag = cls()
+        for family in text_string_to_metric_families(text):
+            if family.name != "dispatch_event_loop_lag_seconds":
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    lag.buckets[float(sample.labels["le"])] = sample.value
+                elif sample.name.endswith("_count"):
+                    lag.count = sample.value
+                elif sample.name.endswith("_sum"):
+                    lag.total = sample.value
+        return lag
+
+    def since(self, before: LoopLag) -> tuple[float, float, float]:
+        """(mean, p99 bucket bound, max bucket bound) in ms of the samples between `before` and this."""
+        n = self.count - before.count
+        if n <= 0:
+            return math.nan, math.nan, math.nan
+        mean = (self.total - before.total) / n * 1000
+        bounds = sorted(self.buckets)
+        delta = [self.buckets[b] - before.buckets.get(b, 0.0) for b in bounds]
+
+        def bound(q: float) -> float:
+            for b, cumulative in zip(bounds, delta, strict=True):
+                if cumulative >= q * n:
+                    return b * 1000
+            return math.inf
+
+        return mean, bound(0.99), bound(1.0)
+
+
+@dataclass
+class Row:
+    minute: int
+    alarms: int
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    serve_rss_mb: float
+    serve_fds: int
+    serve_cpu: float
+    nats_rss_mb: float
+    nats_fds: int
+    loop_lag_mean_ms: float
+    loop_lag_p99_ms: float
+    loop_lag_max_ms: float
+    read_lag: dict[str, int]
+    open_incidents: float
+    data_mb: float
+    serve_fd_kinds: dict[str, int] = field(default_factory=dict)
+    nats_fd_kinds: dict[str, int] = field(default_factory=dict)
+
+
+COLUMNS: list[tuple[str, str]] = [
+    ("serve_rss_mb", "serve RSS MB"),
+    ("serve_fds", "serve fds"),
+    ("nats_rss_mb", "nats RSS MB"),
+    ("nats_fds", "nats fds"),
+    ("loop_lag_mean_ms", "loop lag mean ms"),
+    ("loop_lag_p99_ms", "loop lag p99 ms"),
+    ("read_lag_total", "read lag events"),
+    ("p99_ms", "alarm p99 ms"),
+    ("serve_cpu", "serve CPU"),
+    ("open_incidents", "open incidents"),
+    ("data_mb", "data dir MB"),
+]
+
+
+def column(row: Row, name: str) -> float:
+    if name == "read_lag_total":
+        return float(sum(row.read_lag.values()))
+    return float(getattr(row, name))
+
+
+def slope_per_hour(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (minute, value) points, per hour."""
+    points = [(x, y) for x, y in points if math.isfinite(y)]
+    if len(points) < 2:
+        return math.nan
+    mx = sum(x for x, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    var = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / var * 60 if var else math.nan
+
+
+def fmt(value: float) -> str:
+    if not math.isfinite(value):
+        return "-"
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+
+
+class Soak:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.data_dir = workdir / "svc"
+        self.receiver = Receiver()
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.http = HttpPoster(timeout=60, max_connections=128)
+        self.headers: dict[str, str] = {}
+        self.latencies: list[float] = []
+        self.alarms = 0
+        self.errors = 0
+        self.error_samples: list[str] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.rows: list[Row] = []
+
+    def error(self, what: str) -> None:
+        self.errors += 1
+        if len(self.error_samples) < 20:
+            self.error_samples.append(what)
+            print(f"error: {what}", file=sys.stderr, flush=True)
+
+    async def post(self, path: str, body: dict[str, object]) -> dict[str, object] | None:
+        answer = await self.http.post(
+            f"{self.base}{path}", json.dumps(body).encode(), {**self.headers, "Content-Type": "application/json"}
+        )
+        if answer.status >= 300:
+            self.error(f"{path}: {answer.status} {answer.body[:300]!r}")
+            return None
+        result: dict[str, object] = answer.json()
+        return result
+
+    async def alarm(self, i: int) -> None:
+        group = i % self.args.groups
+        phone = caller_of(group)[:-1]  # the group's numbers differ in the last digit: 0 leader, 1 officer
+        leader, officer = f"{phone}0", f"{phone}1"
+        sent = time.time()
+        try:
+            call = await self.post("/v1/calls", {"call_id": f"soak-{i}", "caller": caller_of(group)})
+            if call is None:
+                return
+            incident = str(call["incident_id"])
+            if call.get("status") != "raised":
+                self.error(f"call {i}: {call}")
+            arrived = await asyncio.wait_for(self.receiver.completed(incident), 60)
+            self.latencies.append((arrived - sent) * 1000)
+            path = f"/v1/incidents/{incident}/responses"
+            if self.args.unanswered_every and i % self.args.unanswered_every == 0:
+                await asyncio.sleep(max(0.0, sent + UNANSWERED_RESOLVE_S - time.time()))
+            else:
+                await asyncio.sleep(1)
+                for who in (officer, leader):
+                    await self.post(path, {"responder": who, "action": "accept"})
+                await asyncio.sleep(2)
+                await self.post(path, {"responder": officer, "action": "arrived"})
+                await asyncio.sleep(2)
+            await self.post(path, {"responder": officer, "action": "resolve", "category": "help"})
+        except Exception as exc:
+            self.error(f"alarm {i}: {type(exc).__name__} {exc}")
+
+    async def read_lag(self, nc: object, db: Database) -> dict[str, int]:
+        def position(name: str) -> int:
+            try:
+                return checkpoint(db.thread_connection(), name)
+            except Exception:
+                db.drop_thread_connection()
+                return -1
+
+        lags: dict[str, int] = {}
+        for projection in all_projections():
+            # the checkpoint first: the log only moves on, so the lag is never understated
+            done = await asyncio.to_thread(position, projection.name)
+            head = await last_matching(nc, projection.filter_subjects)  # type: ignore[arg-type]
+            lags[projection.name] = head - done if done >= 0 else -1
+        return lags
+
+    async def run(self) -> dict[str, object]:
+        args = self.args
+        await self.receiver.start()
+        hook = f"http://127.0.0.1:{self.receiver.port}/hook"
+        proc = await asyncio.to_thread(start_serve, self.data_dir, self.port, hook)
+        nats_pid = int((self.data_dir / "nats" / "pid").read_text())
+        nc = await connect([running_url(self.data_dir) or ""], running_auth(self.data_dir))
+        db = Database(f"sqlite:///{self.data_dir / 'dispatch.db'}")
+        scrape = httpx.AsyncClient(base_url=self.base, timeout=30)
+        try:
+            token = (self.data_dir / "admin.token").read_text().strip()
+            self.headers = {"Authorization": f"Bearer {token}"}
+            scrape.headers["Authorization"] = f"Bearer {token}"
+            answer = await self.http.post(
+                f"{self.base}/v1/groups/import",
+                roster(args.groups).encode(),
+                {**self.headers, "Content-Type": "text/csv"},
+            )
+            if answer.status != 200:
+                raise RuntimeError(f"import: {answer.status} {answer.body[:500]!r}")
+            print(
+                f"soak: {args.minutes} min at {args.rate} alarms/s, {args.groups} groups, serve pid {proc.pid}, "
+                f"nats pid {nats_pid}, data {self.data_dir}",
+                flush=True,
+            )
+            header = (
+                f"{'min':>4} {'alarms':>6} {'err':>4} {'p50ms':>7} {'p99ms':>7} {'srvRSS':>7} {'srvfd':>5} "
+                f"{'cpu':>5} {'natsRSS':>7} {'natsfd':>6} {'lag_mean':>8} {'lag_p99':>7} {'lag_max':>7} "
+                f"{'readlag':>12} {'open':>5} {'dataMB':>7}"
+            )
+            print(header, flush=True)
+            lag_before = LoopLag.parse((await scrape.get("/metrics")).text)
+            cpu_before = cpu_seconds([proc.pid], this_process=False)
+            interval = 1.0 / args.rate
+            start = time.perf_counter()
+            i = 0
+            for minute in range(1, args.minutes + 1):
+                minute_end = start + minute * 60
+                self.latencies, self.alarms, errors_before = [], 0, self.errors
+                while (at := start + i * interval) < minute_end:
+                    delay = at - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    task = asyncio.create_task(self.alarm(i))
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
+                    i += 1
+                    self.alarms += 1
+                await asyncio.sleep(max(0.0, minute_end - time.perf_counter()))
+                if proc.poll() is not None:
+                    raise RuntimeError(f"dispatch serve exited {proc.returncode}; see {self.data_dir / 'serve.log'}")
+                metrics = (await scrape.get("/metrics")).text
+                lag_now = LoopLag.parse(metrics)
+                mean, p99, worst = lag_now.since(lag_before)
+                lag_before = lag_now
+                cpu_now = cpu_seconds([proc.pid], this_process=False)
+                open_incidents = math.nan
+                for family in text_string_to_metric_families(metrics):
+                    if family.name == "dispatch_incidents_open":
+                        open_incidents = family.samples[0].value
+                row = Row(
+                    minute=minute,
+                    alarms=self.alarms,
+                    errors=self.errors - errors_before,
+                    p50_ms=pct(self.latencies, 0.5) if self.latencies else math.nan,
+                    p99_ms=pct(self.latencies, 0.99) if self.latencies else math.nan,
+                    serve_rss_mb=rss_mb(proc.pid),
+                    serve_fds=open_fds(proc.pid),
+                    serve_cpu=(cpu_now - cpu_before) / 60,
+                    nats_rss_mb=rss_mb(nats_pid),
+                    nats_fds=open_fds(nats_pid),
+                    loop_lag_mean_ms=mean,
+                    loop_lag_p99_ms=p99,
+                    loop_lag_max_ms=worst,
+                    read_lag=await self.read_lag(nc, db),
+                    open_incidents=open_incidents,
+                    data_mb=await asyncio.to_thread(tree_mb, self.data_dir),
+                    serve_fd_kinds=fd_kinds(proc.pid),
+                    nats_fd_kinds=fd_kinds(nats_pid),
+                )
+                cpu_before = cpu_now
+                self.rows.append(row)
+                lags = "/".join(str(v) for v in row.read_lag.values())
+                print(
+                    f"{minute:>4} {row.alarms:>6} {row.errors:>4} {fmt(row.p50_ms):>7} {fmt(row.p99_ms):>7} "
+                    f"{row.serve_rss_mb:>7.1f} {row.serve_fds:>5} {row.serve_cpu:>5.2f} {row.nats_rss_mb:>7.1f} "
+                    f"{row.nats_fds:>6} {fmt(row.loop_lag_mean_ms):>8} {fmt(row.loop_lag_p99_ms):>7} "
+                    f"{fmt(row.loop_lag_max_ms):>7} {lags:>12} {fmt(row.open_incidents):>5} {row.data_mb:>7.1f}",
+                    flush=True,
+                )
+            if self.tasks:
+                await asyncio.wait(self.tasks, timeout=UNANSWERED_RESOLVE_S + 90)
+        finally:
+            await scrape.aclose()
+            await self.http.close()
+            await nc.close()
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(proc.wait, 60)
+            await self.receiver.stop()
+        return self.summary()
+
+    def summary(self) -> dict[str, object]:
+        half = [r for r in self.rows if r.minute > len(self.rows) / 2]
+        slopes = {name: slope_per_hour([(r.minute, column(r, name)) for r in half]) for name, _ in COLUMNS}
+        return {
+            "minutes": self.args.minutes,
+            "rate": self.args.rate,
+            "groups": self.args.groups,
+            "errors": sum(r.errors for r in self.rows),
+            "error_samples": self.error_samples,
+            "rows": [asdict(r) for r in self.rows],
+            "slope_per_hour_last_half": slopes,
+        }
+
+
+def markdown(summary: dict[str, object], every: int) -> str:
+    rows = [Row(**r) for r in summary["rows"]]  # type: ignore[attr-defined]
+    lines = [
+        "| minute | alarms | errors | p50 / p99 ms | serve RSS MB | serve fds | serve CPU | nats RSS MB | nats fds "
+        "| loop lag mean / p99 / max ms | read lag (events) | open | data MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.minute % every and r.minute not in (1, len(rows)):
+            continue
+        lags = " / ".join(str(v) for v in r.read_lag.values())
+        lines.append(
+            f"| {r.minute} | {r.alarms} | {r.errors} | {fmt(r.p50_ms)} / {fmt(r.p99_ms)} | {r.serve_rss_mb:.1f} "
+            f"| {r.serve_fds} | {r.serve_cpu:.2f} | {r.nats_rss_mb:.1f} | {r.nats_fds} "
+            f"| {fmt(r.loop_lag_mean_ms)} / {fmt(r.loop_lag_p99_ms)} / {fmt(r.loop_lag_max_ms)} | {lags} "
+            f"| {fmt(r.open_incidents)} | {r.data_mb:.1f} |"
+        )
+    slopes: dict[str, float] = summary["slope_per_hour_last_half"]  # type: ignore[assignment]
+    half = [r for r in rows if r.minute > len(rows) / 2]
+    lines += ["", "| over the last half | first | last | slope per hour |", "|---|---|---|---|"]
+    for name, title in COLUMNS:
+        if half:
+            lines.append(
+                f"| {title} | {fmt(column(half[0], name))} | {fmt(column(half[-1], name))} | {fmt(slopes[name])} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=int, default=60)
+    parser.add_argument("--rate", type=float, default=5)
+    parser.add_argument("--groups", type=int, default=1500)
+    parser.add_argument("--unanswered-every", type=int, default=50, help="0: answer every alarm")
+    parser.add_argument("--workdir", help="keep the service's data here (default: a temporary directory, removed)")
+    parser.add_argument("--markdown", help="also write the table (every 5th minute) and the slopes to this file")
+    parser.add_argument("--json", help="also write every row and the slopes to this file")
+    args = parser.parse_args()
+    if args.groups < args.rate * (UNANSWERED_RESOLVE_S + 30):
+        parser.error("--groups too small: a group would call again before its last incident closed")
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="dispatch-soak-"))
+    try:
+        summary = asyncio.run(Soak(args, workdir).run())
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    table = markdown(summary, 5)
+    print("\n" + table)
+    if args.markdown:
+        Path(args.markdown).write_text(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2, default=str))
+    return 1 if summary["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
