@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from tests.rosters import village
-from tests.support import ServeProcess, WebhookReceiver, wait_until
+from tests.support import Received, ServeProcess, WebhookReceiver, jetstream_idle, pid_alive, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -111,5 +115,119 @@ def test_a_restart_between_raise_and_deadline_still_fires_each_tier_once(
         )
         assert [e["detail"]["tier"] for e in marker] == [1, 2]
         assert len(escalations(again, incident)) == 2, "a timer fired twice"
+    finally:
+        again.kill()
+
+
+def storm_roster(groups: int) -> str:
+    """`groups` ten-number groups (leader, officer, assistant, seven households) of one village."""
+    lines = ["village,group,phone,role,name"]
+    for g in range(groups):
+        base = 13000000000 + g * 100
+        roles = ["leader", "officer", "assistant"] + ["household"] * 7
+        lines += [f"xiba,{g},{base + k},{role},m{k}" for k, role in enumerate(roles)]
+    return "\n".join(lines) + "\n"
+
+
+def embedded_url(serve: ServeProcess) -> str:
+    """The URL, with its credentials, of the nats-server `serve` embeds."""
+    from dispatch.store.server import running_auth, running_url
+
+    url, auth = running_url(serve.data_dir), running_auth(serve.data_dir)
+    assert url is not None and auth.user and auth.password
+    return url.replace("nats://", f"nats://{auth.user}:{auth.password}@", 1)
+
+
+def test_a_kill_9_between_raise_and_deadline_fires_each_tier_once_per_incident(
+    tmp_path: Path, receiver: WebhookReceiver
+) -> None:
+    """Service and its nats-server SIGKILLed after the alarms rang and before any deadline, kept down
+    across the ack deadline: after the restart every incident reaches tier 1 (officer, assistant, duty
+    desk; from its own ack deadline, fired while down) and tier 2 (the command centre) once each,
+    counted at the receiver by alert round and Idempotency-Key."""
+    groups, ack, escalate = 20, 6.0, 14.0
+    data = tmp_path / "data"
+    env = {
+        "DISPATCH_WEBHOOK_URLS": receiver.url,
+        "DISPATCH_WEBHOOK_SECRET": SECRET,
+        "DISPATCH_COMMAND_CENTRE": receiver.url.replace("/hook", "/centre"),
+        "DISPATCH_DUTY_DESK": DUTY,
+        "DISPATCH_ACK_DEADLINE": str(ack),
+        "DISPATCH_ESCALATE_AFTER": str(escalate),
+    }
+    serve = ServeProcess(data, env).start()
+    try:
+        http = serve.client()
+        imported = http.post(
+            "/v1/groups/import", content=storm_roster(groups + 1).encode(), headers={"Content-Type": "text/csv"}
+        )
+        assert imported.status_code == 200, imported.text
+        raised = time.monotonic()
+        incidents = [
+            http.post("/v1/calls", json={"call_id": f"k9-{g}", "caller": str(13000000000 + g * 100 + 9)}).json()[
+                "incident_id"
+            ]
+            for g in range(groups)
+        ]
+        wait_until(
+            lambda: all(len(receiver.for_incident(i)) >= 9 for i in incidents), what="every alarm rung before the kill"
+        )
+        nats_pid = serve.nats_pid()
+        assert nats_pid is not None and serve.proc is not None
+        os.kill(nats_pid, signal.SIGKILL)
+        serve.proc.kill()
+        killed_after = time.monotonic() - raised
+        assert killed_after < ack, f"killed {killed_after:.1f} s after the raise: past the ack deadline"
+        serve.proc.wait(10)
+        wait_until(lambda: not pid_alive(nats_pid), timeout=10, what="the embedded nats-server gone")
+        # the scenario, not a wait for an event: stay down until the ack deadline has passed
+        wait_until(lambda: time.monotonic() - raised > ack + 0.5, timeout=ack + 1, interval=0.1)
+    finally:
+        serve.kill()
+    again = ServeProcess(data, env).start()
+    try:
+
+        def centre(incident: str) -> list[Received]:
+            return [r for r in receiver.for_incident(incident) if r.path == "/centre"]
+
+        # a group raised after the restart: its tier 2 falls due after every first incident's, so once
+        # it has arrived any second firing of their timers would have arrived too
+        later = again.client().post(
+            "/v1/calls", json={"call_id": "k9-later", "caller": str(13000000000 + groups * 100 + 9)}
+        )
+        assert later.status_code == 202, later.text
+        marker = later.json()["incident_id"]
+        wait_until(
+            lambda: all(centre(i) for i in [*incidents, marker]),
+            timeout=60,
+            what="tier 2 of every incident at the command centre",
+        )
+        wait_until(lambda: jetstream_idle([embedded_url(again)]), timeout=30, what="fan-out and delivery done")
+        rounds: dict[tuple[str, int], set[int]] = defaultdict(set)
+        keys: dict[tuple[str, int, str], set[str]] = defaultdict(set)
+        for r in list(receiver.received):
+            if r.json["type"] != "escalation":
+                continue
+            tier = 2 if r.path == "/centre" else 1
+            rounds[(r.json["incident_id"], tier)].add(r.json["round"])
+            keys[(r.json["incident_id"], tier, r.json["recipient"]["phone"])].add(r.headers["idempotency-key"])
+        fired = {(i, tier): len(rounds[(i, tier)]) for i in incidents for tier in (1, 2)}
+        print(
+            f"\nkilled {killed_after:.1f} s after the raise; escalation rounds per incident and tier: "
+            f"{sorted(set(fired.values()))}"
+        )
+        assert {k: n for k, n in fired.items() if n != 1} == {}, "a tier fired twice or never"
+        assert {k: v for k, v in keys.items() if len(v) != 1} == {}, "one recipient got a tier under two keys"
+        tier_one = {i: {phone for (inc, tier, phone) in keys if inc == i and tier == 1} for i in incidents}
+        assert all(DUTY in phones and len(phones) == 3 for phones in tier_one.values()), tier_one
+        http = again.client()
+        for incident in incidents:
+            view = http.get(f"/v1/incidents/{incident}").json()
+            tiers = [
+                (e["detail"]["tier"], e["detail"]["reason"])
+                for e in view["timeline"]
+                if e["type"] == "IncidentEscalated"
+            ]
+            assert tiers == [(1, "ack_deadline"), (2, "escalate_deadline")], (incident, tiers)
     finally:
         again.kill()
