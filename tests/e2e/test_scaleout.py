@@ -137,3 +137,95 @@ def test_a_cluster_node_killed_mid_storm_loses_no_alarm(tmp_path: Path, receiver
     finally:
         serve.kill()
         cluster.stop()
+
+
+def test_one_of_two_processes_killed_mid_storm_the_survivor_rings_every_alarm_once(
+    tmp_path: Path, receiver: WebhookReceiver, postgres_schema_url: str
+) -> None:
+    """200 calls from 16 concurrent gateway clients spread over two processes on one NATS; one process
+    is SIGKILLed once a third were answered 202. A client whose request failed retries the same call id
+    on the survivor. Every call ends answered, every target of every call is rung, and a recipient rung
+    more than once was rung under one Idempotency-Key (a retry of the same attempt, never a new round)."""
+    calls = 200
+    nats = NatsCluster(tmp_path / "nats", size=1).start()
+    env = webhook_env(
+        receiver,
+        DISPATCH_NATS_URL=nats.urls[0],
+        DISPATCH_DATABASE_URL=postgres_schema_url,
+        DISPATCH_ACK_DEADLINE="600",
+        DISPATCH_ESCALATE_AFTER="900",
+    )
+    victim = ServeProcess(tmp_path / "victim", env).start()
+    survivor = ServeProcess(tmp_path / "survivor", env).start()
+    survivor.token = victim.token
+    try:
+        imported = survivor.client().post(
+            "/v1/groups/import", content=roster(calls).encode(), headers={"Content-Type": "text/csv"}, timeout=120
+        )
+        assert imported.status_code == 200, imported.text
+        wait_until(lambda: victim.client().get(f"/v1/groups/storm/{calls - 1}").status_code == 200)
+        accepted: dict[int, str] = {}
+        failed_on_victim: set[int] = set()
+        lock = threading.Lock()
+
+        def place(g: int) -> None:
+            """A gateway: the call goes to either process; a failed request is retried, with the same call
+            id, on the other one (a load balancer taking the dead process out)."""
+            servers = [victim, survivor] if g % 2 else [survivor, victim]
+            deadline = time.monotonic() + 90
+            attempt = 0
+            while time.monotonic() < deadline:
+                serve = servers[attempt % 2]
+                attempt += 1
+                try:
+                    r = httpx.post(
+                        f"{serve.url}/v1/calls",
+                        json={"call_id": f"kill-{g}", "caller": caller(g)},
+                        headers=survivor.headers,
+                        timeout=10,
+                    )
+                    if r.status_code == 202:
+                        with lock:
+                            accepted[g] = r.json()["incident_id"]
+                        return
+                except httpx.HTTPError:
+                    pass
+                if serve is victim:
+                    with lock:
+                        failed_on_victim.add(g)
+                else:
+                    time.sleep(0.2)
+            raise AssertionError(f"call kill-{g} never answered 202")
+
+        with ThreadPoolExecutor(16) as pool:
+            futures = [pool.submit(place, g) for g in range(calls)]
+            wait_until(lambda: len(accepted) >= calls // 3, timeout=60, interval=0.01, what="a third answered")
+            assert victim.proc is not None
+            victim.proc.kill()
+            at_kill = len(accepted)
+            for f in futures:
+                f.result()
+        assert len(accepted) == calls and len(set(accepted.values())) == calls
+        expected = {(iid, f"+86{13000000000 + g * 100 + k}") for g, iid in accepted.items() for k in range(9)}
+        wait_until(
+            lambda: set(delivered_pairs(receiver)) >= expected,
+            timeout=120,
+            interval=0.5,
+            what="every target of every answered call rung",
+        )
+        wait_until(lambda: jetstream_idle(nats.urls), timeout=60, what="fan-out and delivery done on the survivor")
+        pairs = delivered_pairs(receiver)
+        twice = {pair: keys for pair, keys in pairs.items() if len(keys) > 1}
+        print(
+            f"\ntwo processes, one killed after {at_kill} calls answered: {len(failed_on_victim)} calls retried on "
+            f"the survivor; survivor fanned out {fanned_out(survivor)}; deliveries {len(receiver.received)} for "
+            f"{len(expected)} pairs ({len(receiver.received) - len(pairs)} repeats under their key), "
+            f"under two keys {len(twice)}"
+        )
+        assert failed_on_victim, "no call's request failed with the process: the kill came too late"
+        assert set(pairs) == expected, "somebody outside the groups was rung"
+        assert twice == {}, "a recipient was rung again under another Idempotency-Key"
+    finally:
+        victim.kill()
+        survivor.kill()
+        nats.stop()
