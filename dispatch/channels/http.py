@@ -13,8 +13,9 @@ pool collapsed under concurrency (`docs/benchmarks.md`). Invariants:
 - a connection goes back to the pool only after a complete response that allows keep-alive; a
   request that fails on a reused connection before any byte of its answer is sent once more on a
   fresh one (the server closed it while idle; the receivers deduplicate by Idempotency-Key);
-- at most `max_connections` connections per host, idle ones closed after `idle_s`; `close` closes
-  the pool.
+- at most `max_connections` connections per host; one idle for `idle_s` is closed at the next
+  request to its host, even while newer ones keep being reused (a burst's extra connections do not
+  stay open for ever); `close` closes the pool.
 """
 
 from __future__ import annotations
@@ -329,10 +330,19 @@ class HttpPoster:
 
     def _take(self, origin: _Origin) -> _Connection | None:
         idle = self._idle.get(origin)
+        if not idle:
+            return None
+        # The stack is in the order connections came back, oldest first: the newest is reused, and
+        # those left over from a burst are closed once idle for `idle_s`, not kept for ever.
         now = time.monotonic()
+        stale = 0
+        while stale < len(idle) and now - idle[stale].idle_since >= self.idle_s:
+            idle[stale].close()
+            stale += 1
+        del idle[:stale]
         while idle:
             conn = idle.pop()
-            if now - conn.idle_since < self.idle_s and conn.usable:
+            if conn.usable:
                 return conn
             conn.close()
         return None

@@ -137,6 +137,23 @@ async def test_connections_are_kept_alive_and_bounded_per_host() -> None:
     assert len(receiver.bodies) == 32 and receiver.bodies[3] == b'{"n":3}'
 
 
+async def test_a_bursts_extra_connections_close_once_idle_while_one_keeps_being_reused() -> None:
+    receiver = Receiver(delay=0.05)
+    poster = HttpPoster(timeout=5, max_connections=20, idle_s=0.3)
+    try:
+        async with receiver as url:
+            await asyncio.gather(*(poster.post(url, b"{}", {}) for _ in range(10)))
+            assert receiver.open == 10
+
+            async def one_more_then_one_open() -> bool:
+                assert (await poster.post(url, b"{}", {})).status == 200
+                return receiver.open == 1
+
+            await eventually(one_more_then_one_open, timeout=5, what="the burst's idle connections closed")
+    finally:
+        await poster.close()
+
+
 async def test_a_connection_the_receiver_closed_while_idle_is_replaced_and_nothing_is_sent_twice() -> None:
     poster = HttpPoster(timeout=5)
     seen: list[bytes] = []
