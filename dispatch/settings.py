@@ -321,3 +321,136 @@ def _float(name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise SettingsError(f"DISPATCH_{name} must be a number, got {raw!r}") from None
+
+
+SIP_PROMPT = "已通知您的联防小组，请保持电话畅通。如您已安全，请按0取消报警。"
+SIP_FALLBACK_PROMPT = "报警系统暂时无法接通，请立即拨打110报警。"
+
+
+@dataclass
+class SipSettings:
+    """`dispatch sip`: the telephony bridge (docs/telephony.md), from `DISPATCH_SIP_*`."""
+
+    http: str = "127.0.0.1:9100"
+    dispatch_url: str = "http://127.0.0.1:8080"
+    token: str | None = field(default=None, repr=False)
+    gateway_secret: str | None = field(default=None, repr=False)
+    signing_secret: str | None = field(default=None, repr=False)
+    proxy: str = "127.0.0.1:5060"
+    domain: str | None = None
+    user: str = "6995"
+    auth_user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    register: bool = True
+    listen: str = "0.0.0.0:5080"
+    control_port: int = 0
+    rtp_ports: str = "10000-20000"
+    codecs: list[str] = field(default_factory=lambda: ["PCMA", "PCMU"])
+    state_dir: Path = Path("./dispatch-sip")
+    prompt: str = SIP_PROMPT
+    fallback_prompt: str = SIP_FALLBACK_PROMPT
+    answer_within_s: float = 1.0
+    dispatch_deadline_s: float = 20.0
+    repeats: int = 3
+    dial_rules: str = "+8610=010,+861=1,+86=0,+=00"
+    max_legs: int = 64
+    spare_lines: int = 16
+    speech_rate: int = 150
+    log_format: str = "auto"
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> SipSettings:
+        settings = cls(
+            http=_env("SIP_HTTP", "127.0.0.1:9100") or "127.0.0.1:9100",
+            dispatch_url=_env("SIP_DISPATCH_URL") or _env("SERVER") or "http://127.0.0.1:8080",
+            token=_secret("SIP_TOKEN"),
+            gateway_secret=_secret("GATEWAY_SECRET"),
+            signing_secret=_secret("GATEWAY_SIGNING_SECRET"),
+            proxy=_env("SIP_PROXY", "127.0.0.1:5060") or "127.0.0.1:5060",
+            domain=_env("SIP_DOMAIN"),
+            user=_env("SIP_USER", "6995") or "6995",
+            auth_user=_env("SIP_AUTH_USER"),
+            password=_secret("SIP_PASSWORD"),
+            register=(_env("SIP_REGISTER", "yes") or "yes").lower() in ("1", "yes", "true", "on"),
+            listen=_env("SIP_LISTEN", "0.0.0.0:5080") or "0.0.0.0:5080",
+            control_port=_int("SIP_CONTROL_PORT", 0),
+            rtp_ports=_env("SIP_RTP_PORTS", "10000-20000") or "10000-20000",
+            codecs=[c.upper() for c in _split(_env("SIP_CODECS", "PCMA,PCMU"))],
+            state_dir=Path(_env("SIP_STATE_DIR", "./dispatch-sip") or "./dispatch-sip"),
+            prompt=_env("SIP_PROMPT", SIP_PROMPT) or SIP_PROMPT,
+            fallback_prompt=_env("SIP_FALLBACK_PROMPT", SIP_FALLBACK_PROMPT) or SIP_FALLBACK_PROMPT,
+            answer_within_s=_float("SIP_ANSWER_WITHIN", 1.0),
+            dispatch_deadline_s=_float("SIP_DISPATCH_DEADLINE", 20.0),
+            repeats=_int("SIP_REPEATS", 3),
+            dial_rules=_env("SIP_DIAL_RULES", "+8610=010,+861=1,+86=0,+=00") or "",
+            max_legs=_int("SIP_MAX_LEGS", 64),
+            spare_lines=_int("SIP_SPARE_LINES", 16),
+            speech_rate=_int("SIP_SPEECH_RATE", 150),
+            log_format=_env("LOG_FORMAT", "auto") or "auto",
+            log_level=_env("LOG_LEVEL", "info") or "info",
+        )
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(settings, key, value)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        from dispatch.domain.dialing import DialRules, DialRulesError
+
+        for name, value in (("DISPATCH_SIP_HTTP", self.http), ("DISPATCH_SIP_LISTEN", self.listen)):
+            host, _, port = value.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise SettingsError(f"{name} must be HOST:PORT, got {value!r}")
+        host, _, port = self.proxy.rpartition(":") if ":" in self.proxy else (self.proxy, "", "5060")
+        if not (host or self.proxy) or (port and not port.isdigit()):
+            raise SettingsError(f"DISPATCH_SIP_PROXY must be HOST or HOST:PORT, got {self.proxy!r}")
+        if not self.dispatch_url.startswith(("http://", "https://")):
+            raise SettingsError(f"DISPATCH_SIP_DISPATCH_URL must be an http(s) URL, got {self.dispatch_url!r}")
+        if not self.token:
+            raise SettingsError(
+                "DISPATCH_SIP_TOKEN (or _FILE) is required: a gateway token (dispatch tokens create --role gateway)"
+            )
+        if not self.gateway_secret:
+            raise SettingsError(
+                "DISPATCH_GATEWAY_SECRET (or _FILE) is required: the secret dispatch signs its requests with"
+            )
+        if not self.user or not all(c.isalnum() or c in "+-_." for c in self.user):
+            raise SettingsError(f"DISPATCH_SIP_USER must be a SIP user (the service number), got {self.user!r}")
+        lo, _, hi = self.rtp_ports.partition("-")
+        if not (lo.isdigit() and hi.isdigit() and 0 < int(lo) < int(hi) < 65536):
+            raise SettingsError(f"DISPATCH_SIP_RTP_PORTS must be LOW-HIGH, got {self.rtp_ports!r}")
+        unknown = [c for c in self.codecs if c not in ("PCMA", "PCMU")]
+        if unknown or not self.codecs:
+            raise SettingsError(f"DISPATCH_SIP_CODECS must list PCMA and/or PCMU, got {','.join(self.codecs)!r}")
+        if not 0 < self.answer_within_s <= 1.5:
+            raise SettingsError("DISPATCH_SIP_ANSWER_WITHIN must be more than 0 and at most 1.5 seconds")
+        if self.dispatch_deadline_s < self.answer_within_s:
+            raise SettingsError("DISPATCH_SIP_DISPATCH_DEADLINE must be at least DISPATCH_SIP_ANSWER_WITHIN")
+        if not 1 <= self.repeats <= 10:
+            raise SettingsError("DISPATCH_SIP_REPEATS must be 1 to 10")
+        if not 80 <= self.speech_rate <= 450:
+            raise SettingsError("DISPATCH_SIP_SPEECH_RATE must be 80 to 450 (words a minute)")
+        if not 0 <= self.spare_lines <= self.max_legs:
+            raise SettingsError("DISPATCH_SIP_SPARE_LINES must be 0 to DISPATCH_SIP_MAX_LEGS")
+        if not 1 <= self.max_legs <= 1000:
+            raise SettingsError("DISPATCH_SIP_MAX_LEGS must be 1 to 1000")
+        if not self.prompt.strip() or not self.fallback_prompt.strip():
+            raise SettingsError("DISPATCH_SIP_PROMPT and DISPATCH_SIP_FALLBACK_PROMPT must not be empty")
+        try:
+            DialRules.parse(self.dial_rules)
+        except DialRulesError as exc:
+            raise SettingsError(f"DISPATCH_SIP_DIAL_RULES: {exc}") from None
+
+    @property
+    def sip_domain(self) -> str:
+        return self.domain or self.proxy
+
+    @property
+    def http_host(self) -> str:
+        return self.http.rpartition(":")[0]
+
+    @property
+    def http_port(self) -> int:
+        return int(self.http.rpartition(":")[2])

@@ -218,6 +218,28 @@ def cmd_gateway_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sip(args: argparse.Namespace) -> int:
+    from dispatch.observe import logging as dlog
+    from dispatch.settings import SettingsError, SipSettings
+    from dispatch.sip.app import run_bridge
+    from dispatch.sip.baresip import EngineError
+    from dispatch.sip.speech import SpeechError
+
+    try:
+        settings = SipSettings.from_env(http=args.http, listen=args.listen, proxy=args.proxy, dispatch_url=args.server)
+    except SettingsError as exc:
+        print(f"dispatch sip: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    dlog.configure(settings.log_format, settings.log_level)
+    try:
+        return asyncio.run(run_bridge(settings))
+    except (EngineError, SpeechError) as exc:
+        print(f"dispatch sip: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
 def cmd_tokens(args: argparse.Namespace) -> int:
     from dispatch.cli.tokens import run_tokens
     from dispatch.observe import logging as dlog
@@ -493,6 +515,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="a gateway token (DISPATCH_GATEWAY_TOKEN)")
     p.add_argument("--scenario", help="TOML file: how each virtual phone behaves (docs/examples/phones.toml)")
     p.set_defaults(func=cmd_gateway_sim)
+
+    p = _add(
+        sub,
+        "sip",
+        "the SIP telephony bridge: a trunk or PBX on one side, dispatch on the other",
+        "Runs beside a SIP trunk, PBX or registrar: a call to the service number becomes an alarm, and\n"
+        "dispatch's voice calls ring real phones through baresip (docs/telephony.md). Point\n"
+        "DISPATCH_CHANNELS_FILE's [gateway].url at its --http address. Settings: DISPATCH_SIP_*.",
+        [
+            "DISPATCH_SIP_TOKEN=dsp_... DISPATCH_GATEWAY_SECRET=s3cret dispatch sip --proxy 10.0.0.5:5060",
+            "DISPATCH_SIP_REGISTER=no dispatch sip --listen 0.0.0.0:5060 --proxy trunk.carrier.example",
+        ],
+    )
+    p.add_argument("--http", help="the gateway API's HOST:PORT (DISPATCH_SIP_HTTP, default 127.0.0.1:9100)")
+    p.add_argument("--listen", help="the SIP HOST:PORT (DISPATCH_SIP_LISTEN, default 0.0.0.0:5080)")
+    p.add_argument("--proxy", help="the trunk, PBX or registrar HOST:PORT (DISPATCH_SIP_PROXY)")
+    p.add_argument("--server", help="the dispatch URL (DISPATCH_SIP_DISPATCH_URL, default http://127.0.0.1:8080)")
+    p.set_defaults(func=cmd_sip)
 
     p = _add(
         sub,

@@ -19,7 +19,7 @@ INNER = BASE | {"events", "domain"}
 # What each part may import besides itself. Read as layers from the inside out: the vocabulary
 # (events) and the pure deciders (domain); the log (store); read models (projections); metrics and
 # logs (observe); delivery adapters (channels); handlers; the faces (api, reports); the composition
-# root (bootstrap); what drives it (sim, cli).
+# root (bootstrap); the SIP bridge, a process of its own beside the service (sip); what drives it (sim, cli).
 ALLOWED: dict[str, set[str]] = {
     "ids": set(),
     "clock": set(),
@@ -34,10 +34,23 @@ ALLOWED: dict[str, set[str]] = {
     "reports": INNER | {"store", "projections"},
     "api": INNER | {"store", "projections", "observe", "channels", "handlers", "reports"},
     "bootstrap": INNER | {"store", "projections", "observe", "channels", "settings", "handlers", "reports", "api"},
+    "sip": INNER | {"store", "observe", "channels", "settings"},
     "sim": INNER
-    | {"store", "projections", "observe", "channels", "settings", "handlers", "reports", "api", "bootstrap"},
+    | {"store", "projections", "observe", "channels", "settings", "handlers", "reports", "api", "bootstrap", "sip"},
     "cli": INNER
-    | {"store", "projections", "observe", "channels", "settings", "handlers", "reports", "api", "bootstrap", "sim"},
+    | {
+        "store",
+        "projections",
+        "observe",
+        "channels",
+        "settings",
+        "handlers",
+        "reports",
+        "api",
+        "bootstrap",
+        "sim",
+        "sip",
+    },
     "__main__": {"cli"},
     "__init__": set(),
 }
