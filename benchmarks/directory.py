@@ -86,6 +86,10 @@ class Serve:
             "DISPATCH_DATA_DIR": str(self.data_dir),
             "DISPATCH_HTTP": f"127.0.0.1:{self.port}",
             "DISPATCH_NATS_URL": self.nats_url,
+            # /readyz is 200 only with a channel and a duty desk; nothing is rung here
+            "DISPATCH_WEBHOOK_URLS": "http://127.0.0.1:9/unused",
+            "DISPATCH_WEBHOOK_SECRET": "bench-secret",
+            "DISPATCH_DUTY_DESK": "+8673184512345",
             "DISPATCH_LOG_LEVEL": "warning",
             "DISPATCH_LOG_FORMAT": "json",
         }

@@ -153,6 +153,7 @@ def start_serve(data_dir: Path, http_port: int, hook: str, read_models: str) -> 
         "DISPATCH_HTTP": f"127.0.0.1:{http_port}",
         "DISPATCH_WEBHOOK_URLS": hook,
         "DISPATCH_WEBHOOK_SECRET": "bench-secret",
+        "DISPATCH_DUTY_DESK": "+8673184512345",  # /readyz is 200 only with a channel and a duty desk
         "DISPATCH_LOG_LEVEL": "warning",
         "DISPATCH_LOG_FORMAT": "json",
         "DISPATCH_READ_MODELS": read_models,

@@ -401,11 +401,19 @@ class Service:
                 raise SettingsError(f"HTTP server could not start on {st.http}")
             await asyncio.sleep(0.02)
         warn_if_unsigned(self.channel_config.signing)
+        if not names:
+            log.warning(
+                "settings.no_delivery_channel",
+                channels=names,
+                hint="nothing rings: every alarm is recorded and shown on the console, and its timeline says "
+                "通知0人：未配置通知渠道; configure the telephony gateway or group robots (DISPATCH_CHANNELS_FILE) "
+                "or webhooks (DISPATCH_WEBHOOK_URLS, DISPATCH_WEBHOOK_SECRET); /readyz answers 503 until then",
+            )
         if not st.duty_desk:
             log.warning(
                 "settings.no_duty_desk",
-                hint="set DISPATCH_DUTY_DESK: calls from unknown numbers "
-                "are recorded but reach only the console until a duty desk is configured",
+                hint="set DISPATCH_DUTY_DESK: a call from an unknown number is recorded and shown on the console "
+                "but rings nobody; /readyz answers 503 until a duty desk is configured",
             )
         groups, numbers = self.directory.directory.counts()
         log.info(
@@ -530,6 +538,8 @@ class Service:
             return []
 
     async def readiness(self) -> dict[str, bool]:
+        """What /readyz checks: the log, the directory, the database and the read models are there, and
+        an alarm can reach someone (a delivery channel; a duty desk for calls from unknown numbers)."""
         nats_ok = self.nc is not None and self.nc.is_connected
         db_ok = await self._database_ok()
         return {
@@ -537,6 +547,8 @@ class Service:
             "directory": self.directory.ready,
             "database": db_ok,
             "projections": all(r.healthy for r in self.runners),
+            "channels": bool(self.channels),
+            "duty_desk": bool(self.settings.duty_desk),
         }
 
     async def _database_ok(self, timeout: float = 2.0) -> bool:

@@ -95,7 +95,11 @@ def refine(document: dict[str, Any]) -> dict[str, Any]:
 
 def _readiness_503(ok: dict[str, Any] | None) -> dict[str, Any]:
     content = (ok or {}).get("content") or {"application/json": {"schema": {"type": "object"}}}
-    return {"description": "Not ready: a dependency is unreachable", "content": content}
+    return {
+        "description": "Not ready: a dependency is unreachable, or an alarm could reach nobody "
+        "(no delivery channel, no duty desk)",
+        "content": content,
+    }
 
 
 class DispatchOpenAPI(JsonRenderPlugin):

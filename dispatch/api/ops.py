@@ -25,7 +25,12 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "version": s.version}
 
-    @get("/readyz", opt={"public": True}, tags=["ops"], summary="NATS, the directory and the database are reachable")
+    @get(
+        "/readyz",
+        opt={"public": True},
+        tags=["ops"],
+        summary="NATS, the directory and the database are reachable; a delivery channel and a duty desk are configured",
+    )
     async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         checks = await s.readiness()
         ok = all(checks.values())

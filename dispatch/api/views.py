@@ -11,11 +11,21 @@ from typing import Any
 
 import msgspec
 
+from dispatch.domain.delivery import NO_CHANNEL
 from dispatch.domain.directory import GroupState
 from dispatch.domain.incident import IncidentState, Responder
-from dispatch.domain.messages import ROLE_ZH, STATUS_ZH, describe
+from dispatch.domain.messages import ROLE_ZH, STATUS_ZH, Reach, describe
 from dispatch.domain.timezones import DEFAULT_TIME_ZONE, human_time
-from dispatch.events.model import IncidentEvent, Person, UnregisteredCall
+from dispatch.events.model import (
+    DeliveryFailed,
+    DeliverySucceeded,
+    IncidentEscalated,
+    IncidentEvent,
+    IncidentOpened,
+    Person,
+    RespondersNotified,
+    UnregisteredCall,
+)
 from dispatch.store.eventstore import Recorded
 
 _TIMELINE_SKIP = {"recipients", "duty_desks", "quorum", "incident_id", "at"}
@@ -66,20 +76,56 @@ def timeline(history: list[Recorded], people: dict[str, Person], time_zone: str)
     The log's order is not time order: a first attempt's RespondersNotified carries the time the
     targets were handed to the channel but is recorded after the attempt's outcomes."""
     events = sorted((rec for rec in history if isinstance(rec.event, IncidentEvent)), key=lambda rec: rec.event.at)
+    handed, unrouted = rounds_reached(history)
     out = []
     for rec in events:
         detail = {k: v for k, v in msgspec.to_builtins(rec.event).items() if k not in _TIMELINE_SKIP}
-        out.append(
-            {
-                "seq": rec.seq,
-                "at": iso(rec.event.at),
-                "at_text": human_time(rec.event.at, time_zone),
-                "type": type(rec.event).__name__,
-                "text": describe(rec.event, people),
-                "detail": detail,
+        entry: dict[str, Any] = {
+            "seq": rec.seq,
+            "at": iso(rec.event.at),
+            "at_text": human_time(rec.event.at, time_zone),
+            "type": type(rec.event).__name__,
+        }
+        alerted = _alerted(rec.event)
+        reach = None
+        if alerted is not None:
+            why = unrouted.get(rec.seq, {})
+            reach = Reach(len(alerted), len(handed.get(rec.seq, ())), len(why), next(iter(why.values()), ""))
+            entry["reach"] = {
+                "expected": reach.expected,
+                "notified": reach.handed,
+                "unrouted": reach.unrouted,
+                "why": reach.why,
             }
-        )
+        out.append({**entry, "text": describe(rec.event, people, reach), "detail": detail})
     return out
+
+
+def _alerted(event: object) -> tuple[Person, ...] | None:
+    """Whom an alerting decision alerts (None: the event alerts nobody by itself)."""
+    if isinstance(event, IncidentOpened):
+        return event.recipients
+    if isinstance(event, IncidentEscalated):
+        return event.alerted
+    return None
+
+
+def rounds_reached(history: list[Recorded]) -> tuple[dict[int, set[str]], dict[int, dict[str, str]]]:
+    """Per round (the sequence of the decision that alerted): the people handed to a channel, and
+    the people no channel reaches with the reason the fan-out recorded."""
+    handed: dict[int, set[str]] = {}
+    unrouted: dict[int, dict[str, str]] = {}
+    for rec in history:
+        e = rec.event
+        if isinstance(e, RespondersNotified):
+            handed.setdefault(e.round, set()).update(e.phones)
+        elif isinstance(e, DeliverySucceeded) and e.handed_at is not None:
+            handed.setdefault(e.round, set()).update(t.phone for t in e.targets)
+        elif isinstance(e, DeliveryFailed) and e.channel == NO_CHANNEL:
+            unrouted.setdefault(e.round, {}).update((f.phone, f.reason) for f in e.failures)
+        elif isinstance(e, DeliveryFailed) and e.handed_at is not None:
+            handed.setdefault(e.round, set()).update(f.phone for f in e.failures)
+    return handed, unrouted
 
 
 def incident_view(state: IncidentState, history: list[Recorded], time_zone: str = DEFAULT_TIME_ZONE) -> dict[str, Any]:

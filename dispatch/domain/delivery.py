@@ -16,6 +16,12 @@ import msgspec
 
 from dispatch.events.model import DeliveryFailed, DeliverySucceeded, Event, Reached, RespondersNotified, Unreached
 
+# The fan-out records the recipients no channel reaches as failed on this pseudo-channel, so every
+# screen says they were not notified (nothing is handed anywhere: no `handed_at`, no notice).
+NO_CHANNEL = "none"
+NO_CHANNEL_CONFIGURED = "no channel configured"
+NO_CHANNEL_ROUTED = "no channel reaches this person"
+
 
 class RecordAttempt(msgspec.Struct, frozen=True, kw_only=True):
     """One attempt of one job: who was reached, who was given up on, who is left to a retry."""

@@ -6,8 +6,10 @@ and how to answer (keypad / SMS reply / the answer link), within one SMS-sized p
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from dispatch.domain.delivery import NO_CHANNEL, NO_CHANNEL_CONFIGURED, NO_CHANNEL_ROUTED
 from dispatch.events import model as m
 from dispatch.events.model import Person, Role
 
@@ -24,7 +26,12 @@ ROLE_ZH: dict[Role, str] = {
     "unregistered": "未登记号码",
 }
 FAILURE_ZH: dict[str, str] = {"permanent": "无法送达", "exhausted": "多次重试仍未送达", "withdrawn": "不再重拨"}
-WITHDRAWN_ZH: dict[str, str] = {"answered": "已应答", "incident closed": "警情已结束"}
+WITHDRAWN_ZH: dict[str, str] = {
+    "answered": "已应答",
+    "incident closed": "警情已结束",
+    NO_CHANNEL_CONFIGURED: "未配置通知渠道",
+    NO_CHANNEL_ROUTED: "无可用通知渠道",
+}
 ROLE_EN: dict[Role, str] = {
     "household": "household",
     "leader": "group leader",
@@ -146,8 +153,34 @@ def alert_text_en_for(alert: Alert) -> str:
     return f"6995 alarm: {ROLE_EN.get(caller.role, '')} {caller.name} ({caller.phone}) at {where} needs help."
 
 
-def describe(event: object, people: dict[str, Person]) -> str:
-    """One timeline line in Chinese for any incident event."""
+@dataclass(frozen=True, slots=True)
+class Reach:
+    """Who an alerting decision actually reached: `handed` people handed to a channel in its round,
+    `unrouted` people no channel reaches (why: the reason recorded), out of `expected` alerted."""
+
+    expected: int
+    handed: int = 0
+    unrouted: int = 0
+    why: str = ""
+
+
+def reach_text(reach: Reach) -> str:
+    """`通知N人` counting only people handed to a channel; says why when some or all were not."""
+    why = WITHDRAWN_ZH.get(reach.why, reach.why)
+    if reach.handed and reach.unrouted:
+        return f"通知{reach.handed}人，{reach.unrouted}人{why}"
+    if reach.handed:
+        return f"通知{reach.handed}人"
+    if reach.unrouted:
+        return f"通知0人：{why}"
+    if reach.expected:
+        return f"正在通知{reach.expected}人"
+    return "通知0人：无人可通知"
+
+
+def describe(event: object, people: dict[str, Person], reach: Reach | None = None) -> str:
+    """One timeline line in Chinese for any incident event; `reach` says who an alerting decision
+    (raise, escalation) actually reached, else the line says how many it alerts."""
 
     def name(phone: str) -> str:
         p = people.get(phone)
@@ -156,15 +189,21 @@ def describe(event: object, people: dict[str, Person]) -> str:
         return f"{p.name or phone}（{ROLE_ZH.get(p.role, p.role)}）"
 
     if isinstance(event, m.UnregisteredCall):
-        return f"未登记号码 {event.caller.phone} 拨打{event.callee}报警，转派出所值班室"
+        head = f"未登记号码 {event.caller.phone} 拨打{event.callee}报警"
+        if not event.recipients:
+            return f"{head}，未配置值班室，通知0人"
+        return f"{head}，转派出所值班室，{reach_text(reach or Reach(len(event.recipients)))}"
     if isinstance(event, m.AlarmRaised):
-        return f"{who(event.caller)} 拨打{event.callee}报警，通知{len(event.recipients)}人"
+        return f"{who(event.caller)} 拨打{event.callee}报警，{reach_text(reach or Reach(len(event.recipients)))}"
     if isinstance(event, m.CallRepeated):
         return f"{who(event.caller)} 再次呼叫，紧急程度{event.urgency}"
     if isinstance(event, m.RespondersNotified):
         return f"已通知 {len(event.phones)} 人 · {event.channel}"
     if isinstance(event, m.DeliverySucceeded):
         return f"已送达 {len(event.targets)} 人 · {event.channel}"
+    if isinstance(event, m.DeliveryFailed) and event.channel == NO_CHANNEL:
+        whys = "、".join(dict.fromkeys(WITHDRAWN_ZH.get(f.reason, f.reason) for f in event.failures))
+        return f"未通知 {len(event.failures)} 人：{whys}"
     if isinstance(event, m.DeliveryFailed):
         parts = [
             f"{name(f.phone)}{FAILURE_ZH[f.kind]}（{WITHDRAWN_ZH.get(f.reason, f.reason)}）" for f in event.failures
@@ -179,7 +218,8 @@ def describe(event: object, people: dict[str, Person]) -> str:
     if isinstance(event, m.IncidentCovered):
         return "已覆盖：民警与组长/助理均已接警"
     if isinstance(event, m.IncidentEscalated):
-        return f"升级至第{event.tier}级：{ESCALATION_ZH.get(event.reason, event.reason)}，通知{len(event.alerted)}人"
+        said = reach_text(reach or Reach(len(event.alerted)))
+        return f"升级至第{event.tier}级：{ESCALATION_ZH.get(event.reason, event.reason)}，{said}"
     if isinstance(event, m.IncidentResolved):
         return f"{name(event.by)} 处置完毕（{CATEGORY_ZH.get(event.category, event.category)}）"
     if isinstance(event, m.IncidentCancelled):

@@ -33,8 +33,10 @@ import structlog
 
 from dispatch.channels.base import Channel, recorded_address
 from dispatch.channels.routing import ChannelConfig
+from dispatch.domain.delivery import NO_CHANNEL, NO_CHANNEL_CONFIGURED, NO_CHANNEL_ROUTED, RecordAttempt, decide_attempt
 from dispatch.domain.incident import Alert, IncidentState, alert_for, timer_due
 from dispatch.domain.messages import alert_text_en_for, alert_text_for, spoken_text_for
+from dispatch.events import msgids
 from dispatch.events.jobs import DeliveryJob, JobKind, Target
 from dispatch.events.model import (
     CallRepeated,
@@ -42,14 +44,17 @@ from dispatch.events.model import (
     IncidentCovered,
     IncidentEscalated,
     IncidentOpened,
+    Person,
     ResponderAccepted,
+    Unreached,
 )
+from dispatch.events.subjects import notice_subject
 from dispatch.handlers.aggregates import Incidents
 from dispatch.handlers.bus import MessageBus
 from dispatch.handlers.eager import gather_now
 from dispatch.handlers.messages import Trigger
 from dispatch.ids import stable_key
-from dispatch.store.eventstore import EventStore, Recorded
+from dispatch.store.eventstore import EventStore, Outgoing, Recorded
 from dispatch.store.timers import Timers
 
 log = structlog.get_logger(__name__)
@@ -119,13 +124,44 @@ class FanOut:
         )
         alert = alert_for(opened, trigger, state, urgency)
         if alert is None:
+            if isinstance(trigger, IncidentOpened):
+                log.error(
+                    "fanout.nobody_to_alert",
+                    incident_id=trigger.incident_id,
+                    hint="a call from an unknown number with no duty desk: set DISPATCH_DUTY_DESK",
+                )
             await gather_now(*deadlines)
             return 0
-        jobs = self.jobs_for(alert, rec, done)
+        unrouted: list[Person] = []
+        jobs = self.jobs_for(alert, rec, done, unrouted)
+        if unrouted and (rec.seq, NO_CHANNEL, "") not in done:
+            deadlines.append(self._record_unrouted(alert, rec, unrouted))
         await gather_now(*(self.bus.handle(job) for job in jobs), *deadlines)
         targets = sum(len(j.targets) for j in jobs)
         log.info("fanout.rung", incident_id=alert.incident_id, round=rec.seq, reason=alert.reason, targets=targets)
         return targets
+
+    async def _record_unrouted(self, alert: Alert, rec: Recorded, people: list[Person]) -> None:
+        """The recipients no channel reaches, recorded as not notified (DeliveryFailed on NO_CHANNEL)."""
+        why = NO_CHANNEL_CONFIGURED if not self.channels else NO_CHANNEL_ROUTED
+        log.error(
+            "fanout.not_rung",
+            incident_id=alert.incident_id,
+            round=rec.seq,
+            reason=alert.reason,
+            people=len(people),
+            why=why,
+            hint="nobody is handed this alert: configure a channel (DISPATCH_CHANNELS_FILE, DISPATCH_WEBHOOK_URLS)"
+            if not self.channels
+            else "DISPATCH_CHANNELS_FILE [routes] give these roles no channel here",
+        )
+        failures = tuple(Unreached(phone=p.phone, kind="permanent", reason=why) for p in people)
+        command = RecordAttempt(
+            incident_id=alert.incident_id, channel=NO_CHANNEL, round=rec.seq, attempt=1, failures=failures
+        )
+        key = stable_key(alert.incident_id, rec.seq, NO_CHANNEL)
+        for event in decide_attempt(command, rec.event.at):
+            await self.store.append([Outgoing(notice_subject(alert.incident_id), event, msgids.delivery_failed(key))])
 
     async def _schedule_ack(self, opened: IncidentOpened) -> None:
         await self.timers.schedule(opened.incident_id, "ack", opened.at + timedelta(seconds=opened.ack_deadline_s))
@@ -142,20 +178,33 @@ class FanOut:
         allowed = self.routing.channels_for(role, alert.village)
         return allowed is None or channel in allowed
 
-    def jobs_for(self, alert: Alert, rec: Recorded, done: frozenset[tuple[int, str, str]]) -> list[DeliveryJob]:
-        """One job per channel holding every target of the alert that has no outcome in this round."""
+    def jobs_for(
+        self,
+        alert: Alert,
+        rec: Recorded,
+        done: frozenset[tuple[int, str, str]],
+        unrouted: list[Person] | None = None,
+    ) -> list[DeliveryJob]:
+        """One job per channel holding every target of the alert that has no outcome in this round;
+        the recipients no channel reaches at all are added to `unrouted`."""
         message, message_en, spoken = alert_text_for(alert), alert_text_en_for(alert), spoken_text_for(alert)
         jobs = []
+        routed: set[str] = set()
         for channel in self.channels:
+            addressed = [
+                (person, address)
+                for person in alert.recipients
+                if self.reaches(channel.name, person.role, alert)
+                for address in channel.targets(person, alert.village)
+            ]
+            routed.update(person.phone for person, _ in addressed)
             targets = tuple(
                 Target(
                     recipient=person,
                     address=address,
                     key=stable_key(alert.incident_id, rec.seq, person.phone, channel.name, address),
                 )
-                for person in alert.recipients
-                if self.reaches(channel.name, person.role, alert)
-                for address in channel.targets(person, alert.village)
+                for person, address in addressed
                 if (rec.seq, channel.name, recorded_address(address)) not in done
             )
             if targets:
@@ -180,4 +229,6 @@ class FanOut:
                         appended_at=rec.time,
                     )
                 )
+        if unrouted is not None:
+            unrouted.extend(p for p in alert.recipients if p.phone not in routed)
         return jobs

@@ -178,7 +178,8 @@ class Metrics:
         )
         self.ready = Gauge(
             "dispatch_ready",
-            "1 when a readiness check passes (nats, directory, database, projections), as /readyz sees it",
+            "1 when a readiness check passes (nats, directory, database, projections, channels, duty_desk), "
+            "as /readyz sees it",
             ["check"],
             registry=r,
         )

@@ -62,7 +62,11 @@ expect.set_options(timeout=15_000)
 
 @pytest.fixture(scope="module")
 def serve_env(module_receiver: WebhookReceiver) -> dict[str, str]:
-    return {"DISPATCH_WEBHOOK_URLS": module_receiver.url, "DISPATCH_WEBHOOK_SECRET": SECRET}
+    return {
+        "DISPATCH_WEBHOOK_URLS": module_receiver.url,
+        "DISPATCH_WEBHOOK_SECRET": SECRET,
+        "DISPATCH_DUTY_DESK": "0731-84512345",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -601,3 +605,27 @@ def test_on_a_phone_the_toast_covers_no_button(
         alarm.locator(f"button[data-action='{action}']").scroll_into_view_if_needed()
     assert page.evaluate(COVERED_CONTROLS)["covered"] == []
     shot(page, "toast-phone.png")
+
+
+def test_a_service_that_rings_nobody_says_so_above_the_board(
+    serve: ServeProcess, tokens: dict[str, str], contexts: Callable[..., BrowserContext], tmp_path: Path
+) -> None:
+    """Issues 27.1 and 24.5: on the README's defaults (no channel, no duty desk) the console looked
+    like any other; now a banner says what cannot ring, and a configured service shows none."""
+    configured = open_console(contexts(viewport=PHONE), serve, tokens["officer_east"])
+    expect(configured.locator("html")).to_have_attribute("data-live", "on")
+    bare = ServeProcess(tmp_path / "data", {}).start()
+    try:
+        page = open_console(contexts(viewport=PHONE), bare, bare.token)
+        setup = page.locator("#setup")
+        expect(setup.locator("p[data-check='channels']")).to_contain_text("未配置通知渠道")
+        expect(setup.locator("p[data-check='duty_desk']")).to_contain_text("未配置值班室")
+        expect(setup).to_be_visible()
+        assert page.evaluate(LOW_CONTRAST) == [], "text below WCAG AA contrast (4.5:1)"
+        shot(page, "setup-phone.png")
+        page.locator("#lang").click()
+        expect(setup.locator("p[data-check='channels']")).to_contain_text("No delivery channel")
+    finally:
+        bare.kill()
+    expect(configured.locator("#counts")).to_be_visible()
+    assert configured.locator("#setup").is_hidden()

@@ -26,7 +26,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from tests.support import ServeProcess
+from tests.support import ServeProcess, WebhookReceiver, infrastructure_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -53,8 +53,14 @@ def checks_for(case: Any) -> list[Any]:
 
 
 @pytest.fixture(scope="module")
-def serve_env() -> dict[str, str]:
-    return {"DISPATCH_RATE_LIMIT": "0"}
+def serve_env(module_receiver: WebhookReceiver) -> dict[str, str]:
+    """A service that is ready: /readyz answers 503 without a delivery channel and a duty desk."""
+    return {
+        "DISPATCH_RATE_LIMIT": "0",
+        "DISPATCH_WEBHOOK_URLS": module_receiver.url,
+        "DISPATCH_WEBHOOK_SECRET": "fuzz-webhook-secret",
+        "DISPATCH_DUTY_DESK": "+8673184512345",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -107,5 +113,5 @@ def test_schemathesis_finds_no_server_error_and_no_undeclared_answer(
     )
     assert failures == [], "\n\n".join(failures)
     with httpx.Client(base_url=serve.url, headers=auth, timeout=30) as fuzzer_http:
-        assert fuzzer_http.get("/readyz").json()["ready"], "the service did not survive the fuzzing"
+        assert infrastructure_ready(fuzzer_http), "the service did not survive the fuzzing"
     assert "Traceback" not in serve.logs(), serve.logs()[-3000:]

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import ServeProcess, WebhookReceiver, pid_alive, wait_until
+from tests.support import ServeProcess, WebhookReceiver, infrastructure_ready, pid_alive, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -96,7 +96,7 @@ def test_nats_killed_after_202s_loses_nothing_and_refuses_calls_while_down(
             return r.status_code == 202
 
         wait_until(recovered, timeout=60, interval=0.5)
-        wait_until(lambda: http.get("/readyz").status_code == 200, timeout=30)
+        wait_until(lambda: infrastructure_ready(http), timeout=30)
         missing = [cid for cid, iid in accepted.items() if http.get(f"/v1/incidents/{iid}").status_code != 200]
         assert missing == [], f"incidents answered 202 but gone: {missing}"
         wait_until(lambda: {i for i, _ in delivered_pairs(receiver)} >= set(accepted.values()), timeout=30)

@@ -86,7 +86,7 @@ def test_a_requested_stop_logs_info_lines_only(tmp_path: Path, how: str) -> None
         while True:
             assert proc.poll() is None and time.monotonic() < deadline, "dispatch serve did not become ready"
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

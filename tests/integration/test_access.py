@@ -19,7 +19,7 @@ from dispatch.bootstrap import Service
 from dispatch.channels.gateway import leg_key
 from dispatch.settings import Settings
 from dispatch.store.server import free_port
-from tests.support import eventually
+from tests.support import DUTY_DESK, RecordingChannel, eventually
 
 ROSTER = """village,group,phone,role,name
 east,1,13800000001,household,甲
@@ -50,8 +50,8 @@ class World:
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
-    settings = Settings(data_dir=tmp_path / "data", http=f"127.0.0.1:{free_port()}", rate_limit=0)
-    svc = Service(settings)
+    settings = Settings(data_dir=tmp_path / "data", http=f"127.0.0.1:{free_port()}", rate_limit=0, duty_desk=DUTY_DESK)
+    svc = Service(settings, channels=[RecordingChannel()])
     await svc.start()
     admin = {"Authorization": f"Bearer {svc.admin_token}"}
     async with httpx.AsyncClient(base_url=settings.base_url, headers=admin) as http:

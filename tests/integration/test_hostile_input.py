@@ -23,7 +23,7 @@ from dispatch.events.subjects import call_subject, incident_subject
 from dispatch.settings import Settings
 from dispatch.store.server import free_port
 from tests.rosters import ROSTER
-from tests.support import RecordingChannel, eventually
+from tests.support import DUTY_DESK, RecordingChannel, eventually
 
 SIGNING_SECRET = "signing-secret-for-the-gateway-0001"
 
@@ -41,6 +41,7 @@ async def started(tmp_path: Path, **overrides: object) -> Service:
         http=f"127.0.0.1:{free_port()}",
         channels_file=channels,
         nats_restart_delay=0.5,
+        duty_desk=DUTY_DESK,
     )
     for key, value in overrides.items():
         setattr(settings, key, value)

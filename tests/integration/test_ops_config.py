@@ -211,11 +211,17 @@ def test_the_k8s_settings_validate_as_the_service_reads_them(monkeypatch: pytest
     from dispatch.settings import Settings
 
     [config] = [d for d in k8s_documents() if d["kind"] == "ConfigMap"]
-    for name, value in {**config["data"], "DISPATCH_NATS_URL": "nats://dispatch:x@nats-0:4222"}.items():
+    [deployment] = [d for d in k8s_documents() if d["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    from_secret = {e["name"] for e in container["env"] if "valueFrom" in e}
+    assert "DISPATCH_WEBHOOK_SECRET" in from_secret
+    given = {"DISPATCH_NATS_URL": "nats://dispatch:x@nats-0:4222", "DISPATCH_WEBHOOK_SECRET": "x"}
+    for name, value in {**config["data"], **given}.items():
         monkeypatch.setenv(name, value)
     settings = Settings.from_env()
     settings.validate()
     assert settings.stream_replicas == 3 and settings.http_port == 8080
+    assert settings.webhook_urls and settings.duty_desk, "a deployment that rings nobody is never ready"
 
 
 def test_the_systemd_settings_example_validates(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -60,6 +60,8 @@ const TEXT = {
     sound_off: "关",
     sound_test: "试听",
     sound_blocked: "浏览器尚未允许播放声音：点击页面任意处即可启用。",
+    setup_no_channel: "未配置通知渠道：报警只记录并在本页显示，不会拨打电话、发短信或通知任何人。",
+    setup_no_duty_desk: "未配置值班室（DISPATCH_DUTY_DESK）：未登记号码的报警无人接报，只在本页显示。",
     open_count: "未结警情 {n}",
     uncovered_count: "未覆盖 {n}",
     overdue_count: "超时 {n}",
@@ -206,6 +208,8 @@ const TEXT = {
     sound_off: "off",
     sound_test: "Test",
     sound_blocked: "The browser has not allowed sound yet: click anywhere on the page to enable it.",
+    setup_no_channel: "No delivery channel: alarms are recorded and shown here, but nobody is called, texted or notified.",
+    setup_no_duty_desk: "No duty desk (DISPATCH_DUTY_DESK): an alarm from an unknown number rings nobody and is only shown here.",
     open_count: "{n} open",
     uncovered_count: "{n} not covered",
     overdue_count: "{n} overdue",
@@ -692,7 +696,30 @@ async function loadMe() {
   connectStream();
 }
 
+/* What the service cannot do as configured (from /readyz, which lists its checks to a token holder):
+   shown above the board for as long as it lasts, in the page's flow. */
+async function checkSetup() {
+  clearTimeout(checkSetup.timer);
+  if (!S.token) return;
+  let checks = {};
+  try {
+    const res = await fetch(new URL("readyz", BASE), { headers: { Authorization: `Bearer ${S.token}` }, cache: "no-store" });
+    checks = (await res.json()).checks || {};
+  } catch (exc) {
+    checks = {};
+  }
+  const problems = [];
+  if (checks.channels === false) problems.push(["channels", t("setup_no_channel")]);
+  if (checks.duty_desk === false) problems.push(["duty_desk", t("setup_no_duty_desk")]);
+  const el = $("setup");
+  fill(el, ...problems.map(([key, text]) => h("p", { dataset: { check: key }, text })));
+  el.hidden = problems.length === 0 || !S.me;
+  checkSetup.timer = setTimeout(checkSetup, 60000);
+}
+
 function signOut(message) {
+  clearTimeout(checkSetup.timer);
+  $("setup").hidden = true;
   sessionStorage.removeItem("dispatch.token");
   localStorage.removeItem("dispatch.token");
   S.token = "";
@@ -723,6 +750,7 @@ function connectStream() {
   S.stream = stream;
   stream.addEventListener("hello", () => {
     setLive("on");
+    checkSetup();
     reloadView();
     setTimeout(reloadView, 1500);
   });
@@ -1375,6 +1403,15 @@ function fillTimeline(d) {
   );
 }
 
+/* Who an alerting decision reached: only people handed to a channel count as notified. */
+function reachEn(r) {
+  if (!r) return "";
+  if (r.notified && r.unrouted) return `, ${r.notified} notified, ${r.unrouted} not (${iso(r.why)})`;
+  if (r.notified) return `, ${r.notified} notified`;
+  if (r.unrouted) return `, nobody notified (${iso(r.why)})`;
+  return r.expected ? `, notifying ${r.expected}` : ", nobody to notify";
+}
+
 function describeEn(e, people) {
   const x = e.detail || {};
   const who = (phone) => {
@@ -1384,9 +1421,10 @@ function describeEn(e, people) {
   const caller = x.caller ? `${iso(x.caller.name || phoneText(x.caller.phone))} (${iso(phoneText(x.caller.phone))})` : "";
   switch (e.type) {
     case "AlarmRaised":
-      return `${caller} dialed ${iso(x.callee || "6995")}: alarm raised`;
+      return `${caller} dialed ${iso(x.callee || "6995")}: alarm raised${reachEn(e.reach)}`;
     case "UnregisteredCall":
-      return `Unregistered number ${caller} dialed ${iso(x.callee || "6995")}: sent to the duty desk`;
+      if (e.reach && !e.reach.expected) return `Unregistered number ${caller} dialed ${iso(x.callee || "6995")}: no duty desk configured, nobody notified`;
+      return `Unregistered number ${caller} dialed ${iso(x.callee || "6995")}: sent to the duty desk${reachEn(e.reach)}`;
     case "CallRepeated":
       return `${caller} called again, urgency ${x.urgency}`;
     case "RespondersNotified":
@@ -1394,6 +1432,7 @@ function describeEn(e, people) {
     case "DeliverySucceeded":
       return `Delivered to ${(x.targets || []).length} people · ${x.channel}`;
     case "DeliveryFailed":
+      if (x.channel === "none") return `Not notified: ${(x.failures || []).length} people (${iso([...new Set((x.failures || []).map((f) => f.reason))].join(", "))})`;
       return `${x.channel}: ${(x.failures || []).map((f) => `${who(f.phone)} not reached (${iso(f.reason)})`).join("; ")}`;
     case "ResponderAccepted":
       return `${who(x.phone)} accepted`;
@@ -1404,7 +1443,7 @@ function describeEn(e, people) {
     case "IncidentCovered":
       return "Covered: the officer and the leader or assistant have accepted";
     case "IncidentEscalated":
-      return `Escalated to tier ${x.tier}: ${iso(x.reason)}`;
+      return `Escalated to tier ${x.tier}: ${iso(x.reason)}${reachEn(e.reach)}`;
     case "IncidentResolved":
       return `${who(x.by)} resolved it (${iso(TEXT.en[`cat_${x.category}`] || x.category)})${x.note ? `: ${iso(x.note)}` : ""}`;
     case "IncidentCancelled":
@@ -1657,8 +1696,10 @@ async function start() {
     S.lang = S.lang === "en" ? "zh" : "en";
     localStorage.setItem("dispatch.lang", S.lang);
     applyLanguage();
-    if (S.me) route();
-    else renderSignIn();
+    if (S.me) {
+      route();
+      checkSetup();
+    } else renderSignIn();
   });
   $("signout").addEventListener("click", () => signOut());
   document.addEventListener("click", unlockAudio, { capture: true });
