@@ -38,7 +38,7 @@ LEADER, OFFICER = str(13000000000), str(13000000001)
 
 @pytest.fixture(scope="module")
 def serve_env(module_receiver: WebhookReceiver) -> dict[str, str]:
-    return webhook_env(module_receiver)
+    return webhook_env(module_receiver, DISPATCH_DUTY_DESK="+8673184512345")  # ready: a channel, a duty desk
 
 
 @pytest.fixture(scope="module")
