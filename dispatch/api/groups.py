@@ -1,6 +1,7 @@
 """Groups and villages: the roster import, a group, the groups a page at a time, villages and their settings.
 
-Invariants: a roster is imported whole or not at all (422 lists the errors by line); an officer or
+Invariants: a roster is imported whole or not at all (422 lists every error by line; a dry run
+writes nothing; `max_unbound` refuses a file that unbinds more before anything is written); an officer or
 duty desk sees only its villages (another village's group or village is 404); a list cursor this
 service did not give is refused."""
 
@@ -10,9 +11,10 @@ import base64
 from typing import Any
 
 import msgspec
-from litestar import Request, Response, get, post, put
+from litestar import Request, Response, delete, get, post, put
 from litestar.exceptions import ValidationException
 from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from dispatch.api.deps import MAX_JSON_BYTES, ApiServices, error, narrowed, scope, village_zone, visible, who
@@ -20,7 +22,7 @@ from dispatch.api.views import group_view
 from dispatch.domain.directory import GroupState
 from dispatch.domain.errors import NotFound
 from dispatch.domain.roster import RosterRejected
-from dispatch.handlers.groups import VillageSettings
+from dispatch.handlers.groups import UnbindingRefused, VillageSettings
 
 MAX_ROSTER_BYTES = 64 * 1024 * 1024
 GROUPS_PAGE = 500
@@ -59,22 +61,88 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
         request_max_body_size=MAX_ROSTER_BYTES,
         tags=["groups"],
         summary="Import a roster CSV (village,group,phone,role,name); all or nothing (admin)",
+        description=(
+            "The file replaces every group it lists (members it leaves out are unbound) and the duty "
+            "desks of every village it has duty rows for; groups and villages it does not mention are "
+            "left alone. `dry_run=true` plans and writes nothing: the answer's `difference` lists who "
+            "would be bound, unbound, moved, renamed or given another role. `max_unbound=N` refuses "
+            "(409, with the difference) a file that would unbind more than N numbers. `wait=false` "
+            "answers 202 at once with an `import_id`; `GET /v1/imports/{import_id}` then follows it "
+            "(rows parsed, changes and events written, of how many) and says how it ended."
+        ),
+        responses={
+            202: ResponseSpec(
+                data_container=dict[str, Any],
+                description="Started (wait=false): follow it at the Location, /v1/imports/{import_id}",
+                generate_examples=False,
+            )
+        },
     )
-    async def import_groups(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    async def import_groups(
+        request: Request[Any, Any, Any],
+        dry_run: FromQuery[bool] = False,
+        wait: FromQuery[bool] = True,
+        max_unbound: FromQuery[int | None] = None,
+    ) -> Response[dict[str, Any]]:
         who(s, request, "import")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in ("text/csv", "text/plain", "application/octet-stream", ""):
             return error(415, f"send the roster as text/csv, not {content_type}")
+        if max_unbound is not None and max_unbound < 0:
+            raise ValidationException("max_unbound must be 0 or more")
+        body = await request.body()
+        if not wait:
+            started = s.groups.start_import(body, dry_run=dry_run, max_unbound=max_unbound)
+            location = f"/v1/imports/{started.import_id}"
+            return Response({**started.view(), "location": location}, status_code=202, headers={"Location": location})
+        progress = s.groups.track(len(body), dry_run=dry_run, max_unbound=max_unbound)
         try:  # decoded (UTF-8 or GB18030, else 400), parsed and planned off the event loop
-            summary = await s.groups.import_roster(await request.body())
-        except RosterRejected as exc:
-            listed = f"; the first {len(exc.errors)} by line are listed" if exc.total > len(exc.errors) else ""
+            summary = await s.groups.import_roster(body, dry_run=dry_run, max_unbound=max_unbound, progress=progress)
+        except RosterRejected:
+            assert progress.error is not None
             return error(
                 422,
-                f"roster rejected: {exc.total} error(s); nothing was imported{listed}",
-                errors=[{"line": e.line, "message": e.message} for e in exc.errors],
+                progress.error,
+                errors=[{"line": e.line, "message": e.message} for e in progress.errors],
+                import_id=progress.import_id,
             )
-        return Response({"imported": True, "summary": summary}, status_code=200)
+        except UnbindingRefused as exc:
+            return error(
+                409,
+                exc.reason,
+                import_id=progress.import_id,
+                summary=progress.summary,
+                difference=progress.difference,
+            )
+        return Response(
+            {
+                "imported": not dry_run,
+                "dry_run": dry_run,
+                "import_id": progress.import_id,
+                "summary": summary,
+                "difference": progress.difference,
+            },
+            status_code=200,
+        )
+
+    @get(
+        "/v1/imports/{import_id:str}",
+        tags=["groups"],
+        summary="A roster import's progress and outcome (admin; imports this process ran, the last 50)",
+        description=(
+            "`state`: queued, reading, planning, writing, done, rejected or failed. While reading, "
+            "`bytes_read` of `bytes_total` and `rows_parsed`; while writing, `changes_written` of "
+            "`changes_total` (groups and duty-desk villages) and `events_written` of `events_total`. "
+            "Done: `summary` and `difference`; rejected or failed: `error`, `status` (the HTTP status "
+            "a waiting import would have answered) and the roster's `errors` by line."
+        ),
+    )
+    async def import_progress(import_id: FromPath[str], request: Request[Any, Any, Any]) -> dict[str, Any]:
+        who(s, request, "import")
+        progress = s.groups.progress(import_id)
+        if progress is None:
+            raise NotFound(f"no import {import_id} in this process (only its last 50 are kept)")
+        return progress.view()
 
     @get("/v1/groups/{village:str}/{group:str}", tags=["groups"], summary="One joint-defence group")
     async def get_group(
@@ -85,6 +153,23 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
         if state is None or not visible(s, principal, village):
             raise NotFound(f"no group {village}/{group}")
         return group_view(state, s.directory.directory.duty_desks(village))
+
+    @delete(
+        "/v1/groups/{village:str}/{group:str}",
+        status_code=200,
+        tags=["groups"],
+        summary="Dissolve a group (admin): its members unbound; its open incidents can still be closed",
+        description=(
+            "Answers how many members were unbound; a group already dissolved answers 0 (a retry "
+            "succeeds), one never formed 404."
+        ),
+    )
+    async def dissolve_group(
+        village: FromPath[str], group: FromPath[str], request: Request[Any, Any, Any]
+    ) -> dict[str, Any]:
+        who(s, request, "import")
+        unbound = await s.groups.dissolve_group(village, group)
+        return {"village": village, "group": group, "dissolved": True, "members_unbound": unbound}
 
     @get(
         "/v1/groups",
@@ -169,4 +254,13 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
         assert view is not None
         return view
 
-    return [import_groups, get_group, get_village, put_village_settings, list_groups, list_villages]
+    return [
+        import_groups,
+        import_progress,
+        get_group,
+        dissolve_group,
+        get_village,
+        put_village_settings,
+        list_groups,
+        list_villages,
+    ]

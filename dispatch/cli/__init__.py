@@ -326,16 +326,15 @@ def cmd_incident(args: argparse.Namespace) -> int:
 
 
 def cmd_groups_import(args: argparse.Namespace) -> int:
-    try:
-        content = Path(args.file).read_bytes()
-    except OSError as exc:
-        print(f"cannot read {args.file}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    summary = _fetch(args, "POST", "/v1/groups/import", content=content, headers={"Content-Type": "text/csv"})[
-        "summary"
-    ]
-    print("imported: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
-    return 0
+    from dispatch.cli.groups import run_import
+
+    return run_import(args, _request, _refusal_hint)
+
+
+def cmd_groups_dissolve(args: argparse.Namespace) -> int:
+    from dispatch.cli.groups import run_dissolve
+
+    return run_dissolve(args, _request, _fetch)
 
 
 def cmd_groups_list(args: argparse.Namespace) -> int:
@@ -688,7 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups = _add(
         sub,
         "groups",
-        "joint-defence groups: import the roster, list, show",
+        "joint-defence groups: import the roster, dissolve, list, show",
         "The roster is a CSV file: village,group,phone,role,name (README.md, The roster).",
         ["dispatch groups import roster.csv", "dispatch groups show 东山村 1"],
     ).add_subparsers(dest="groups_command", required=True, metavar="SUBCOMMAND")
@@ -698,12 +697,41 @@ def build_parser() -> argparse.ArgumentParser:
             "import",
             "import a roster CSV (village,group,phone,role,name)",
             "Every error is reported with its line and nothing is applied; otherwise the differences\n"
-            "(members bound, unbound, moved) are applied and counted.",
-            ["dispatch groups import roster.csv"],
+            "(members bound, unbound, moved) are applied and counted. The file replaces every group it\n"
+            "lists: before unbinding anyone it shows whom and asks (--yes: don't ask).",
+            [
+                "dispatch groups import roster.csv --dry-run",
+                "dispatch groups import roster.csv",
+                "dispatch groups import roster.csv --yes",
+            ],
         )
     )
     p.add_argument("file", help="the roster CSV (UTF-8 or GB18030, as Excel saves it)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print who would be bound, unbound, moved, renamed or given another role; write nothing",
+    )
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="unbind the numbers the file leaves out of its groups without asking (needed without a terminal)",
+    )
     p.set_defaults(func=cmd_groups_import)
+    p = client(
+        _add(
+            groups,
+            "dissolve",
+            "dissolve a group: its members unbound, its open incidents kept",
+            "Shows the group and asks first (--yes: don't ask). Incidents already raised on the group\n"
+            "can still be answered and closed.",
+            ["dispatch groups dissolve 东山村 2"],
+        )
+    )
+    p.add_argument("village", help="the village, as in the roster")
+    p.add_argument("group", help="the group, as in the roster")
+    p.add_argument("--yes", action="store_true", help="dissolve without showing the group and asking")
+    p.set_defaults(func=cmd_groups_dissolve)
     p = client(
         _add(
             groups,

@@ -24,7 +24,7 @@ from typing import get_args
 
 import msgspec
 
-from dispatch.domain.errors import InvalidCommand
+from dispatch.domain.errors import InvalidCommand, NotFound
 from dispatch.domain.phone import cn_mobile_candidate, try_normalize
 from dispatch.domain.timezones import valid_time_zone
 from dispatch.events.model import (
@@ -570,3 +570,23 @@ def decide_village_settings(state: VillageState | None, command: ChangeVillageSe
             time_zone=c.time_zone,
         )
     ]
+
+
+class DissolveGroup(msgspec.Struct, frozen=True, kw_only=True):
+    """Dissolve a group: every member unbound, the group gone from the directory."""
+
+    village: str
+    group: str
+
+
+def decide_dissolve(state: GroupState | None, command: DissolveGroup, now: datetime) -> list[Event]:
+    """A group's dissolution decider: NotFound for a group never formed; nothing for one already
+    dissolved (a retried dissolution succeeds); else each member's MemberUnbound, then GroupDissolved.
+    Incidents already raised on the group keep their own responders, so they can still be closed."""
+    if state is None:
+        raise NotFound(f"no group {command.village}/{command.group}")
+    if state.dissolved:
+        return []
+    village, group = state.village, state.group
+    unbound: list[Event] = [MemberUnbound(at=now, village=village, group=group, phone=p) for p in state.members]
+    return [*unbound, GroupDissolved(at=now, village=village, group=group)]

@@ -126,6 +126,9 @@ class Op(msgspec.Struct, frozen=True, gc=False):
     phone: str = ""
     name: str = ""
     role: Role = "household"
+    # what it was, for the difference shown (no event carries it): an unbound member's name and
+    # role, a renamed member's or duty desk's old name, a reassigned member's old role
+    before: str = ""
 
 
 class AggregateChange(msgspec.Struct, frozen=True, gc=False):
@@ -781,9 +784,9 @@ def _diff_group(known: KnownGroup | None, rows: list[RosterRow], at: datetime, p
         have: dict[str, tuple[str, Role]] = {}
     else:
         have = known.member_map()
-    for phone in have:
+    for phone, (old_name, old_role) in have.items():
         if phone not in wanted:
-            ops.append(Op("unbound", phone))
+            ops.append(Op("unbound", phone, old_name, old_role))
             plan.members_unbound += 1
     for phone, row in wanted.items():
         if phone not in have:
@@ -792,10 +795,10 @@ def _diff_group(known: KnownGroup | None, rows: list[RosterRow], at: datetime, p
             continue
         name, role = have[phone]
         if role != row.role:
-            ops.append(Op("role", phone, role=row.role))
+            ops.append(Op("role", phone, row.name, row.role, role))
             plan.roles_assigned += 1
         if name != row.name:
-            ops.append(Op("renamed", phone, row.name))
+            ops.append(Op("renamed", phone, row.name, row.role, name))
             plan.members_renamed += 1
     if not ops:
         plan.groups_unchanged += 1
@@ -809,14 +812,153 @@ def _diff_duty(known: KnownVillage | None, village: str, rows: list[RosterRow], 
     have = known.duty_desks if known is not None else {}
     wanted = {r.phone: r.name for r in rows}
     ops: list[Op] = []
-    for phone in have:
+    for phone, old_name in have.items():
         if phone not in wanted:
-            ops.append(Op("desk_unbound", phone))
+            ops.append(Op("desk_unbound", phone, old_name, "duty"))
             plan.duty_desks_unbound += 1
     for phone, name in wanted.items():
         if have.get(phone) != name:
-            ops.append(Op("desk_bound", phone, name))
+            ops.append(Op("desk_bound", phone, name, "duty", have.get(phone, "")))
             plan.duty_desks_bound += 1
     if ops:
         expected = known.last_seq if known else 0
         plan.changes.append(AggregateChange(village_subject(village), expected, at, village, "", tuple(ops)))
+
+
+MAX_LISTED = 1000
+
+
+class MemberChange(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One number's change as the difference lists it; `was` is what it was (the old name of a
+    renamed number, the old role of a reassigned one, the group a moved member leaves)."""
+
+    village: str
+    group: str = ""
+    phone: str
+    name: str = ""
+    role: str = ""
+    was: str = ""
+
+
+class Difference(msgspec.Struct, kw_only=True):
+    """What an import changes, person by person (each list its first MAX_LISTED; `truncated` says
+    when one holds fewer than it counts). A member unbound from one group of the file and bound in
+    another is `moved`, in neither `bound` nor `unbound`."""
+
+    formed: list[str] = msgspec.field(default_factory=list)
+    bound: list[MemberChange] = msgspec.field(default_factory=list)
+    unbound: list[MemberChange] = msgspec.field(default_factory=list)
+    moved: list[MemberChange] = msgspec.field(default_factory=list)
+    renamed: list[MemberChange] = msgspec.field(default_factory=list)
+    roles: list[MemberChange] = msgspec.field(default_factory=list)
+    duty_desks_bound: list[MemberChange] = msgspec.field(default_factory=list)
+    duty_desks_unbound: list[MemberChange] = msgspec.field(default_factory=list)
+    counts: dict[str, int] = msgspec.field(default_factory=dict)
+    truncated: bool = False
+
+
+def difference(plan: ImportPlan, listed: int = MAX_LISTED) -> Difference:
+    """The plan's changes person by person, moves found (a number unbound from one group and bound
+    in another), each kind counted and its first `listed` kept."""
+    unbound: dict[str, list[tuple[str, str, Op]]] = {}
+    for change in plan.changes:
+        for op in change.ops:
+            if op.kind == "unbound":
+                unbound.setdefault(op.phone, []).append((change.village, change.group, op))
+    counts: dict[str, int] = defaultdict(int)
+    diff = Difference()
+
+    def keep(kind: str, items: list[MemberChange], item: MemberChange) -> None:
+        counts[kind] += 1
+        if len(items) < listed:
+            items.append(item)
+        else:
+            diff.truncated = True
+
+    for change in plan.changes:
+        village, group = change.village, change.group
+        for op in change.ops:
+            if op.kind == "formed":
+                counts["formed"] += 1
+                if len(diff.formed) < listed:
+                    diff.formed.append(f"{village}/{group}")
+                else:
+                    diff.truncated = True
+            elif op.kind == "bound":
+                left = next((u for u in unbound.get(op.phone, ()) if (u[0], u[1]) != (village, group)), None)
+                if left is None:
+                    keep(
+                        "bound",
+                        diff.bound,
+                        MemberChange(village=village, group=group, phone=op.phone, name=op.name, role=op.role),
+                    )
+                    continue
+                unbound[op.phone].remove(left)
+                keep(
+                    "moved",
+                    diff.moved,
+                    MemberChange(
+                        village=village,
+                        group=group,
+                        phone=op.phone,
+                        name=op.name,
+                        role=op.role,
+                        was=f"{left[0]}/{left[1]}",
+                    ),
+                )
+            elif op.kind == "role":
+                keep(
+                    "roles",
+                    diff.roles,
+                    MemberChange(
+                        village=village, group=group, phone=op.phone, name=op.name, role=op.role, was=op.before
+                    ),
+                )
+            elif op.kind == "renamed":
+                keep(
+                    "renamed",
+                    diff.renamed,
+                    MemberChange(
+                        village=village, group=group, phone=op.phone, name=op.name, role=op.role, was=op.before
+                    ),
+                )
+            elif op.kind == "desk_bound":
+                if op.before:
+                    keep(
+                        "renamed",
+                        diff.renamed,
+                        MemberChange(village=village, phone=op.phone, name=op.name, role="duty", was=op.before),
+                    )
+                else:
+                    keep(
+                        "duty_desks_bound",
+                        diff.duty_desks_bound,
+                        MemberChange(village=village, phone=op.phone, name=op.name, role="duty"),
+                    )
+            elif op.kind == "desk_unbound":
+                keep(
+                    "duty_desks_unbound",
+                    diff.duty_desks_unbound,
+                    MemberChange(village=village, phone=op.phone, name=op.name, role="duty"),
+                )
+    for phone, places in unbound.items():
+        for village, group, op in places:
+            keep(
+                "unbound",
+                diff.unbound,
+                MemberChange(village=village, group=group, phone=phone, name=op.name, role=op.role),
+            )
+    diff.counts = {
+        kind: counts[kind]
+        for kind in (
+            "formed",
+            "bound",
+            "unbound",
+            "moved",
+            "renamed",
+            "roles",
+            "duty_desks_bound",
+            "duty_desks_unbound",
+        )
+    }
+    return diff

@@ -96,6 +96,11 @@ def village_settings(village: str, after_seq: int) -> str:
     return f"village:{village}:{after_seq}:settings"
 
 
+def group_dissolved(village: str, group: str, after_seq: int) -> MessageIds:
+    """A group's dissolution (its members unbound, then the group) on top of its state at `after_seq`."""
+    return indexed(f"group:{village}:{group}:{after_seq}:dissolved")
+
+
 def roster_change(digest: str, subject: str, expected_seq: int) -> MessageIds:
     """A roster import's events for one aggregate, planned on its state at `expected_seq`."""
     return indexed(f"roster:{digest}:{subject}:{expected_seq}")

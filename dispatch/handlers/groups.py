@@ -21,19 +21,44 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, Literal
 
 import msgspec
 import structlog
 
 from dispatch.clock import Clock, utcnow
-from dispatch.domain.directory import ChangeVillageSettings, VillageState, decide_village_settings
-from dispatch.domain.roster import AggregateChange, DirectoryView, ImportPlan, RosterFile, plan_roster, scan_roster
+from dispatch.domain.directory import (
+    ChangeVillageSettings,
+    DissolveGroup,
+    GroupState,
+    VillageState,
+    decide_dissolve,
+    decide_village_settings,
+)
+from dispatch.domain.errors import DomainError, InvalidTransition
+from dispatch.domain.roster import (
+    AggregateChange,
+    Difference,
+    DirectoryView,
+    ImportPlan,
+    ReadProgress,
+    RosterError,
+    RosterFile,
+    RosterRejected,
+    difference,
+    plan_roster,
+    scan_roster,
+)
 from dispatch.events import msgids
 from dispatch.events.model import Event
-from dispatch.events.subjects import village_subject
+from dispatch.events.subjects import group_id, group_subject, village_subject
 from dispatch.handlers.uow import Loaded, UnitOfWork
 from dispatch.projections.directory import LiveDirectory
 from dispatch.store.eventstore import AppendConflict, Outgoing
@@ -46,6 +71,8 @@ FREEZE_AFTER_EVENTS = 1000
 # the log's write path behind the batch being stored, so smaller batches keep calls quick during
 # an import, at some cost to the import (docs/benchmarks.md, "Measured reasons in the code").
 IMPORT_BATCH = 100
+# Imports whose progress `GroupService.progress` still answers for (the newest are kept).
+KEPT_IMPORTS = 50
 
 
 class ImportSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -62,10 +89,11 @@ class ImportSummary(msgspec.Struct, frozen=True, kw_only=True):
     duty_desks_bound: int
     duty_desks_unbound: int
     events: int
+    members_moved: int = 0
 
     @classmethod
-    def of(cls, plan: ImportPlan) -> ImportSummary:
-        """The plan's counts."""
+    def of(cls, plan: ImportPlan, moved: int = 0) -> ImportSummary:
+        """The plan's counts (members_bound and members_unbound count the `moved` members too)."""
         return cls(
             groups_in_file=plan.groups_in_file,
             groups_formed=plan.groups_formed,
@@ -78,7 +106,82 @@ class ImportSummary(msgspec.Struct, frozen=True, kw_only=True):
             duty_desks_bound=plan.duty_desks_bound,
             duty_desks_unbound=plan.duty_desks_unbound,
             events=plan.event_count,
+            members_moved=moved,
         )
+
+
+class UnbindingRefused(InvalidTransition):
+    """The roster would unbind more numbers than the caller confirmed (`max_unbound`): nothing written."""
+
+
+ImportState = Literal["queued", "reading", "planning", "writing", "done", "rejected", "failed"]
+
+
+@dataclass(slots=True)
+class ImportProgress:
+    """One import as it goes (`state`), what it has read and written of how much, and how it ended:
+    the summary and difference, or the errors. The reading counters are written by the worker
+    thread; the rest on the event loop."""
+
+    import_id: str
+    bytes_total: int
+    dry_run: bool = False
+    max_unbound: int | None = None
+    state: ImportState = "queued"
+    reading: ReadProgress = field(default_factory=ReadProgress)
+    groups_in_file: int = 0
+    changes_total: int = 0
+    changes_written: int = 0
+    events_total: int = 0
+    events_written: int = 0
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    summary: ImportSummary | None = None
+    difference: Difference | None = None
+    error: str | None = None
+    status: int | None = None
+    errors: list[RosterError] = field(default_factory=list)
+    error_total: int = 0
+
+    @property
+    def finished(self) -> bool:
+        """Whether it ended (done, rejected or failed)."""
+        return self.state in ("done", "rejected", "failed")
+
+    def view(self) -> dict[str, Any]:
+        """What the API answers about it."""
+        return {
+            "import_id": self.import_id,
+            "state": self.state,
+            "dry_run": self.dry_run,
+            "max_unbound": self.max_unbound,
+            "bytes_total": self.bytes_total,
+            "bytes_read": self.reading.bytes_read,
+            "rows_parsed": self.reading.rows,
+            "groups_in_file": self.groups_in_file,
+            "changes_total": self.changes_total,
+            "changes_written": self.changes_written,
+            "events_total": self.events_total,
+            "events_written": self.events_written,
+            "elapsed_s": round((self.finished_at or time.time()) - self.started_at, 3),
+            "summary": self.summary,
+            "difference": self.difference,
+            "error": self.error,
+            "status": self.status,
+            "errors": [{"line": e.line, "message": e.message} for e in self.errors],
+            "error_total": self.error_total,
+        }
+
+    def rejected(self, exc: RosterRejected) -> None:
+        """Ended by an invalid roster."""
+        listed = f"; the first {len(exc.errors)} by line are listed" if exc.total > len(exc.errors) else ""
+        self.end("rejected", f"roster rejected: {exc.total} error(s); nothing was imported{listed}", 422)
+        self.errors, self.error_total = list(exc.errors), exc.total
+
+    def end(self, state: ImportState, error: str | None = None, status: int | None = None) -> None:
+        """Ended: `state`, with the error and the HTTP status it answers when not done."""
+        self.state, self.error, self.status = state, error, status
+        self.finished_at = time.time()
 
 
 def batches(changes: list[AggregateChange], limit: int = IMPORT_BATCH) -> Iterator[list[AggregateChange]]:
@@ -133,6 +236,24 @@ class Villages:
         return village_subject(key)
 
 
+class Groups:
+    """Groups as the live directory holds them (dissolved ones too): the unit of work's aggregate."""
+
+    def __init__(self, live: LiveDirectory) -> None:
+        self.live = live
+
+    async def load(self, key: str) -> Loaded[GroupState | None]:
+        """The group (`<village>.<group>`) and its subject's last sequence, as this process has applied them."""
+        state = self.live.directory.groups.get(key)
+        village, _, group = key.partition(".")
+        return Loaded(state, group_subject(village, group), state.last_seq if state else 0)
+
+    def subject_of(self, key: str, event: Event) -> str:
+        """A group's events go on its subject."""
+        village, _, group = key.partition(".")
+        return group_subject(village, group)
+
+
 def _plan_releasing(file: RosterFile, view: DirectoryView, at: datetime) -> ImportPlan:
     """Plan (in a worker thread), then free the rows and the view there, a piece at a time."""
     try:
@@ -142,11 +263,10 @@ def _plan_releasing(file: RosterFile, view: DirectoryView, at: datetime) -> Impo
         view.release()
 
 
-def _summary_releasing(plan: ImportPlan) -> ImportSummary:
-    """The plan's summary, then its changes freed (in a worker thread, a piece at a time)."""
-    summary = ImportSummary.of(plan)
-    plan.release()
-    return summary
+def _summarize(plan: ImportPlan) -> tuple[ImportSummary, Difference]:
+    """The plan's summary and difference (in a worker thread)."""
+    diff = difference(plan)
+    return ImportSummary.of(plan, diff.counts["moved"]), diff
 
 
 class GroupService:
@@ -159,32 +279,107 @@ class GroupService:
         self.region = region
         self.clock = clock
         self._lock = asyncio.Lock()
+        self._imports: OrderedDict[str, ImportProgress] = OrderedDict()
+        self._running: set[asyncio.Task[None]] = set()
 
-    async def import_roster(self, roster: str | bytes) -> ImportSummary:
-        """Import a roster (bytes: UTF-8 or GB18030) all or nothing; return what changed."""
+    def track(self, size: int, *, dry_run: bool = False, max_unbound: int | None = None) -> ImportProgress:
+        """A new import's progress, answered by `progress` until KEPT_IMPORTS newer ones were tracked."""
+        progress = ImportProgress(uuid.uuid4().hex, size, dry_run, max_unbound)
+        self._imports[progress.import_id] = progress
+        while len(self._imports) > KEPT_IMPORTS:
+            self._imports.popitem(last=False)
+        return progress
+
+    def progress(self, import_id: str) -> ImportProgress | None:
+        """An import this process ran or runs, by id (None: unknown, or forgotten)."""
+        return self._imports.get(import_id)
+
+    def start_import(self, roster: bytes, *, dry_run: bool = False, max_unbound: int | None = None) -> ImportProgress:
+        """Import in the background; follow it with `progress(import_id)`."""
+        progress = self.track(len(roster), dry_run=dry_run, max_unbound=max_unbound)
+
+        async def run() -> None:
+            with contextlib.suppress(Exception):  # how it ended is in `progress`
+                await self.import_roster(roster, dry_run=dry_run, max_unbound=max_unbound, progress=progress)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return progress
+
+    async def import_roster(
+        self,
+        roster: str | bytes,
+        *,
+        dry_run: bool = False,
+        max_unbound: int | None = None,
+        progress: ImportProgress | None = None,
+    ) -> ImportSummary:
+        """Import a roster (bytes: UTF-8 or GB18030) all or nothing; return what changed. A dry run
+        plans and writes nothing; with `max_unbound`, a roster that would unbind more numbers is
+        refused (UnbindingRefused) before anything is written. `progress` follows it and keeps how
+        it ended (the summary and difference, or the errors)."""
+        if progress is None:
+            size = len(roster) if isinstance(roster, bytes) else len(roster.encode())
+            progress = self.track(size, dry_run=dry_run, max_unbound=max_unbound)
+        try:
+            return await self._import(roster, dry_run, max_unbound, progress)
+        except RosterRejected as exc:
+            progress.rejected(exc)
+            raise
+        except DomainError as exc:
+            progress.end("rejected", exc.reason, exc.status)
+            raise
+        except Exception as exc:
+            progress.end("failed", f"{type(exc).__name__}: {exc}", 503)
+            raise
+
+    async def _import(
+        self, roster: str | bytes, dry_run: bool, max_unbound: int | None, progress: ImportProgress
+    ) -> ImportSummary:
         async with self._lock:
             for attempt in range(MAX_ATTEMPTS):
                 started = time.perf_counter()
-                file = await asyncio.to_thread(scan_roster, roster, self.region)
+                progress.state, progress.reading = "reading", ReadProgress()
+                file = await asyncio.to_thread(scan_roster, roster, self.region, progress.reading)
+                progress.state = "planning"
                 planning = time.perf_counter()
                 view = DirectoryView()
                 for _ in view.read(self.live.directory, file):
                     await asyncio.sleep(0)
+                progress.groups_in_file = len(file.groups)
                 plan = await asyncio.to_thread(_plan_releasing, file, view, self.clock())
                 digest = file.digest
                 del file  # emptied in the worker; a conflict reads the roster again
+                summary, diff = await asyncio.to_thread(_summarize, plan)
+                progress.summary, progress.difference = summary, diff
+                progress.changes_total, progress.events_total = len(plan.changes), summary.events
+                unbinding = summary.members_unbound + summary.duty_desks_unbound
+                if dry_run:
+                    await asyncio.to_thread(plan.release)
+                    progress.end("done")
+                    return summary
+                if max_unbound is not None and unbinding > max_unbound:
+                    await asyncio.to_thread(plan.release)
+                    raise UnbindingRefused(
+                        f"the roster unbinds {unbinding} number(s), more than the {max_unbound} confirmed "
+                        "(max_unbound); nothing was imported: see its difference (dry_run)"
+                    )
+                progress.state = "writing"
                 appending = time.perf_counter()
                 try:
-                    await self._apply(plan, digest)
+                    await self._apply(plan, digest, progress)
                 except AppendConflict:
                     log.warning("groups.import_conflict", attempt=attempt)
                     await asyncio.to_thread(plan.release)
+                    progress.changes_written = progress.events_written = 0
                     await asyncio.sleep(0.1 * (attempt + 1))
                     continue
-                summary = await asyncio.to_thread(_summary_releasing, plan)
+                await asyncio.to_thread(plan.release)
                 if summary.events >= FREEZE_AFTER_EVENTS:
                     self.live.settle()
                 done = time.perf_counter()
+                progress.end("done")
                 log.info(
                     "groups.imported",
                     groups=summary.groups_in_file,
@@ -212,7 +407,28 @@ class GroupService:
             )
         await self.live.wait_for({village_subject(village): decided.seqs[-1]})
 
-    async def _apply(self, plan: ImportPlan, digest: str) -> None:
+    async def dissolve_group(self, village: str, group: str) -> int:
+        """Dissolve a group (NotFound if it never was): its members unbound, then the group; return
+        how many members were unbound (0: it was dissolved already). Its open incidents can still close."""
+        command = DissolveGroup(village=village, group=group)
+        key = group_id(village, group)
+
+        def ids(i: int, event: Event) -> str:
+            # decided on the state `load` read just before, with no wait in between
+            state = self.live.directory.groups.get(key)
+            return msgids.group_dissolved(village, group, state.last_seq if state else 0)(i, event)
+
+        async with self._lock:
+            decided = await self.uow.decide(
+                Groups(self.live), key, lambda state, now: decide_dissolve(state, command, now), ids
+            )
+        if not decided.events:
+            return 0
+        await self.live.wait_for({group_subject(village, group): decided.seqs[-1]})
+        log.info("groups.dissolved", village=village, group=group, members_unbound=len(decided.events) - 1)
+        return len(decided.events) - 1
+
+    async def _apply(self, plan: ImportPlan, digest: str, progress: ImportProgress) -> None:
         # The directory follows groups and villages each in stream order, so waiting for the last
         # subject of each kind in a batch waits for the whole batch. The next batch waits for that:
         # the directory (on this loop) never lags an import by more than a batch.
@@ -233,3 +449,5 @@ class GroupService:
             for message, seq in zip(messages, seqs, strict=True):
                 latest[message.subject.startswith(villages)] = (message.subject, seq)
             await self.live.wait_for(dict(latest.values()))
+            progress.changes_written += len(chunk)
+            progress.events_written += len(messages)

@@ -41,16 +41,25 @@ class Progress:
     def update(self, name: str, done: int, target: int, applied: int, elapsed: float) -> None:
         share = min(1.0, done / target) if target else 1.0
         rate = applied / elapsed if elapsed > 0 else 0.0
+        self.show(
+            name,
+            share,
+            f"{done}/{target}  {rate:,.0f} events/s",
+            f"({done}/{target}), {applied} events applied, {rate:,.0f} events/s",
+        )
+
+    def show(self, name: str, share: float, bar_text: str, line_text: str | None = None) -> None:
+        """Draw `share` (0-1) of `name` done: on a terminal the bar and `bar_text`, redrawn in place;
+        otherwise a line with `line_text` (default `bar_text`) every `every` seconds."""
         if self.tty:
             bar = "#" * int(share * BAR)
-            self.stream.write(f"\r{name:<14} [{bar:<{BAR}}] {share:6.1%}  {done}/{target}  {rate:,.0f} events/s")
+            self.stream.write(f"\r{name:<14} [{bar:<{BAR}}] {share:6.1%}  {bar_text}")
             self.stream.flush()
             return
         now = time.monotonic()
         if now - self._last_line >= self.every:
             self._last_line = now
-            line = f"{name}: {share:.1%} ({done}/{target}), {applied} events applied, {rate:,.0f} events/s"
-            self.stream.write(line + "\n")
+            self.stream.write(f"{name}: {share:.1%} {line_text if line_text is not None else bar_text}\n")
             self.stream.flush()
 
     def finish(self, name: str, applied: int, elapsed: float) -> None:

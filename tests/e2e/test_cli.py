@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,57 @@ def test_client_commands_and_replay_rebuild_the_same_read_model(tmp_path: Path) 
         assert again_http.get("/v1/groups/nanling/1").status_code == 200
     finally:
         again.terminate()
+
+
+def test_an_import_that_unbinds_asks_first_and_a_group_can_be_dissolved(tmp_path: Path) -> None:
+    """Issue 27, item 2: a partial file shows whom it unbinds, asks on a terminal, refuses without one."""
+    serve = ServeProcess(tmp_path / "data", {}).start()
+    client = ("--server", serve.url)
+    env = {**os.environ, "DISPATCH_TOKEN": serve.token}
+
+    def run(*args: str, stdin: int | None = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dispatch", *args, *client],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            stdin=stdin,
+        )
+
+    try:
+        full, partial = tmp_path / "full.csv", tmp_path / "partial.csv"
+        full.write_text(ROSTER, encoding="utf-8")
+        partial.write_text(
+            "村,组,电话,角色,姓名\nnanling,1,13700000001,联防户,甲\nnanling,1,13700000008,联防组长,丙\n"
+            "nanling,1,13700000009,社区民警,丁\n",
+            encoding="gb18030",
+        )
+        assert run("groups", "import", str(full)).returncode == 0
+        dry = run("groups", "import", str(partial), "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert "unbound (no longer rung for their group) (1):\n  nanling/1  乙  +8613700000002  household" in dry.stdout
+        assert "dry run, nothing written" in dry.stdout
+        refused = run("groups", "import", str(partial))
+        assert refused.returncode == 2, refused.stderr
+        assert "pass --yes to import anyway, or --dry-run" in refused.stderr and "乙" in refused.stdout
+        assert "4 numbers" in run("groups", "list").stdout, "nothing was unbound"
+
+        main, terminal = pty.openpty()
+        try:
+            os.write(main, b"y\n")
+            asked = run("groups", "import", str(partial), stdin=terminal)
+        finally:
+            os.close(main)
+            os.close(terminal)
+        assert asked.returncode == 0, asked.stderr
+        assert "members_unbound=1" in asked.stdout
+        assert "3 numbers" in run("groups", "list").stdout
+
+        unasked = run("groups", "dissolve", "nanling", "1")
+        assert unasked.returncode == 2 and "pass --yes" in unasked.stderr
+        dissolved = run("groups", "dissolve", "nanling", "1", "--yes")
+        assert dissolved.stdout == "dissolved nanling/1: members_unbound=3\n", dissolved.stderr
+        assert run("groups", "show", "nanling", "1").returncode == 1
+    finally:
+        serve.kill()

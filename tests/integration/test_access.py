@@ -28,6 +28,10 @@ east,1,13900000009,officer,丙
 west,1,13755504321,household,丁一
 west,1,13755506543,leader,戊二
 west,1,13655507766,officer,己三
+east,9,13800000098,leader,解散甲
+east,9,13900000009,officer,丙
+west,9,13755500098,leader,解散乙
+west,9,13655507766,officer,己三
 east,,073184512345,duty,东站
 """
 WEST_DIGITS = ("13755504321", "13755506543", "13655507766")
@@ -46,6 +50,7 @@ class World:
     incidents: dict[str, str]
     throwaway_token_id: str
     app: Any = field(default=None)
+    import_id: str = ""
 
 
 @pytest.fixture
@@ -78,7 +83,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
             incidents[village] = r.json()["incident_id"]
     assert svc.http is not None
     try:
-        yield World(svc, tokens, incidents, tokens["throwaway_id"], svc.http.config.app)
+        yield World(svc, tokens, incidents, tokens["throwaway_id"], svc.http.config.app, imported.json()["import_id"])
     finally:
         await svc.stop()
 
@@ -128,8 +133,11 @@ def cases(w: World) -> list[Case]:
             content=roster,
             headers={"Content-Type": "text/csv"},
         ),
+        Case("GET", "/v1/imports/{import_id:str}", f"/v1/imports/{w.import_id}", ADMIN),
         Case("GET", "/v1/groups/{village:str}/{group:str}", "/v1/groups/east/1", READ_OWN, "own"),
         Case("GET", "/v1/groups/{village:str}/{group:str}", "/v1/groups/west/1", READ_OTHER, "other"),
+        Case("DELETE", "/v1/groups/{village:str}/{group:str}", "/v1/groups/east/9", ADMIN, "own"),
+        Case("DELETE", "/v1/groups/{village:str}/{group:str}", "/v1/groups/west/9", ADMIN, "other"),
         Case("GET", "/v1/villages/{village:str}", "/v1/villages/east", READ_OWN, "own"),
         Case("GET", "/v1/villages/{village:str}", "/v1/villages/west", READ_OTHER, "other"),
         Case(
@@ -291,7 +299,7 @@ async def test_lists_and_streams_show_only_the_token_villages(world: World) -> N
         assert "****" not in view["caller"]["phone"], "the incident view is where an officer calls back"
         assert (await http.get("/v1/incidents", params={"village": "west"})).json()["count"] == 0
         groups = (await http.get("/v1/groups")).json()["groups"]
-        assert [(g["village"], g["group"]) for g in groups] == [("east", "1")]
+        assert [(g["village"], g["group"]) for g in groups] == [("east", "1"), ("east", "9")]
         assert (await http.get("/v1/villages")).json()["villages"] == ["east"]
         report = (await http.get("/v1/reports/response-times", params={"village": "west"})).json()
         assert report["incidents"] == 0 and report["villages"] == []

@@ -18,7 +18,7 @@ from dispatch.bootstrap import register_handlers
 from dispatch.channels.base import Permanent, Transient
 from dispatch.channels.gateway import VoiceEvent
 from dispatch.domain.directory import Directory
-from dispatch.domain.errors import InvalidCommand, NotPermitted
+from dispatch.domain.errors import InvalidCommand, NotFound, NotPermitted
 from dispatch.domain.incident import DEFAULT_QUORUM, parse_quorum
 from dispatch.events.jobs import DeliveryJob
 from dispatch.events.model import (
@@ -318,3 +318,31 @@ async def test_spent_retries_warn_and_a_permanent_failure_is_an_error(handlers: 
         await handlers.bus.handle(await _retry_of(handlers, incident, "+8613800000004", 2))
     failed = [(e["kind"], e["log_level"]) for e in logs if e["event"] == "delivery.failed"]
     assert failed == [("exhausted", "warning"), ("permanent", "error")]
+
+
+async def test_a_group_is_dissolved_through_the_unit_of_work_and_a_dry_run_writes_nothing(
+    handlers: Handlers, nc: NATS
+) -> None:
+    live = LiveDirectory(nc)
+    await live.start()
+    try:
+        groups = GroupService(UnitOfWork(handlers.store), live)
+        roster = "village,group,phone,role,name\nv,1,13800000001,household,甲\nv,1,13800000008,leader,乙\n"
+        roster += "v,1,13900000009,officer,丙\n"
+        await groups.import_roster(roster)
+        before = await handlers.store.stream_last_seq()
+        summary = await groups.import_roster(roster.replace("v,1,13800000001,household,甲\n", ""), dry_run=True)
+        assert summary.members_unbound == 1
+        assert await handlers.store.stream_last_seq() == before, "a dry run was written"
+
+        assert await groups.dissolve_group("v", "1") == 3
+        stored = [type(r.event).__name__ for r in await handlers.store.load("dispatch.evt.group.v.1")]
+        assert stored[-4:] == ["MemberUnbound", "MemberUnbound", "MemberUnbound", "GroupDissolved"]
+        assert live.directory.group("v", "1") is None and not live.directory.knows("+8613800000001")
+        after = await handlers.store.stream_last_seq()
+        assert await groups.dissolve_group("v", "1") == 0
+        assert await handlers.store.stream_last_seq() == after, "a second dissolution appended"
+        with pytest.raises(NotFound):
+            await groups.dissolve_group("v", "2")
+    finally:
+        await live.stop()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -405,3 +406,14 @@ def test_a_line_of_one_column_with_full_width_commas_is_told_so() -> None:
     assert line == 1 and "full-width commas (，)" in message
     [(_, plain)] = parse_errors("village,group,phone,role,name\ndongshan 1 13800000001\n")
     assert "full-width" not in plain
+
+
+def test_the_readmes_roster_example_is_a_valid_roster() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## The roster") : readme.index("## Reports")]
+    example = section[section.index("```csv\n") + 7 :]
+    example = example[: example.index("```")]
+    plan = plan_import(Directory(), parse_roster(example), T0)
+    assert (plan.groups_formed, plan.members_bound, plan.duty_desks_bound) == (1, 4, 1)
+    for role in ("联防户", "联防组长", "警务助理", "社区民警", "值班室", "村,组,电话,角色,姓名"):
+        assert role in section
