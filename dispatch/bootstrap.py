@@ -597,6 +597,8 @@ class Service:
             log.info("http.stopped")
         if self._http_socket is not None:
             self._http_socket.close()
+        if getattr(self, "groups", None) is not None:
+            await self.groups.stop()
         if getattr(self, "hub", None) is not None:
             await self.hub.stop()
         for runner in self.runners:

@@ -282,6 +282,15 @@ class GroupService:
         self._imports: OrderedDict[str, ImportProgress] = OrderedDict()
         self._running: set[asyncio.Task[None]] = set()
 
+    async def stop(self) -> None:
+        """Cancel the imports still running in the background (one cut short converges when
+        imported again: each group's change is appended whole or not at all)."""
+        for task in list(self._running):
+            task.cancel()
+        for task in list(self._running):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
     def track(self, size: int, *, dry_run: bool = False, max_unbound: int | None = None) -> ImportProgress:
         """A new import's progress, answered by `progress` until KEPT_IMPORTS newer ones were tracked."""
         progress = ImportProgress(uuid.uuid4().hex, size, dry_run, max_unbound)
@@ -333,6 +342,9 @@ class GroupService:
         except Exception as exc:
             progress.end("failed", f"{type(exc).__name__}: {exc}", 503)
             raise
+        except asyncio.CancelledError:
+            progress.end("failed", "the service stopped during the import; import the file again", 503)
+            raise
 
     async def _import(
         self, roster: str | bytes, dry_run: bool, max_unbound: int | None, progress: ImportProgress
@@ -342,12 +354,11 @@ class GroupService:
                 started = time.perf_counter()
                 progress.state, progress.reading = "reading", ReadProgress()
                 file = await asyncio.to_thread(scan_roster, roster, self.region, progress.reading)
-                progress.state = "planning"
+                progress.state, progress.groups_in_file = "planning", len(file.groups)
                 planning = time.perf_counter()
                 view = DirectoryView()
                 for _ in view.read(self.live.directory, file):
                     await asyncio.sleep(0)
-                progress.groups_in_file = len(file.groups)
                 plan = await asyncio.to_thread(_plan_releasing, file, view, self.clock())
                 digest = file.digest
                 del file  # emptied in the worker; a conflict reads the roster again
