@@ -410,7 +410,7 @@ def readiness_tables(report: dict[str, Any]) -> list[Table]:
                 Column(
                     "failure",
                     "失败类型",
-                    lambda r: {"permanent": "号码无效", "exhausted": "重试用尽"}.get(r["failure"], r["failure"]),
+                    lambda r: {"permanent": "无法送达", "exhausted": "重试用尽"}.get(r["failure"], r["failure"]),
                 ),
                 Column("last_alarm_at", "最近报警", lambda r: r["last_alarm_at"], local_time),
             ],
