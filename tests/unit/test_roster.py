@@ -17,6 +17,7 @@ from dispatch.domain.roster import (
     DirectoryView,
     RosterRejected,
     RosterUnreadable,
+    difference,
     parse_roster,
     plan_import,
     plan_roster,
@@ -417,3 +418,25 @@ def test_the_readmes_roster_example_is_a_valid_roster() -> None:
     assert (plan.groups_formed, plan.members_bound, plan.duty_desks_bound) == (1, 4, 1)
     for role in ("联防户", "联防组长", "警务助理", "社区民警", "值班室", "村,组,电话,角色,姓名"):
         assert role in section
+
+
+def test_the_difference_finds_moves_and_lists_each_kind_up_to_its_limit() -> None:
+    directory = directory_with()
+    text = (
+        "village,group,phone,role,name\n"
+        "dongshan,1,13800000008,leader,黄志强\n"
+        "dongshan,1,13900000009,officer,吴警官\n"
+        "dongshan,2,13800000001,household,张桂兰\n"  # moved from group 1
+        "dongshan,2,13800000018,leader,郑春生\n"
+        "dongshan,2,13900000009,officer,吴警官\n"
+        "dongshan,2,13800000031,household,新户一\n"
+        "dongshan,2,13800000032,household,新户二\n"
+    )
+    plan = plan_import(directory, parse_roster(text), T0)
+    diff = difference(plan, listed=1)
+    assert [(m.phone, m.was, m.group) for m in diff.moved] == [("+8613800000001", "dongshan/1", "2")]
+    assert diff.counts["moved"] == 1 and diff.counts["bound"] == 2 and len(diff.bound) == 1
+    assert "+8613800000001" not in {m.phone for m in diff.unbound}, "a moved member is not also unbound"
+    assert diff.counts["unbound"] == plan.members_unbound - 1 == 8  # group 1's six others, the assistant; group 2's one
+    assert diff.truncated
+    assert difference(plan).truncated is False and len(difference(plan).unbound) == 8
