@@ -16,7 +16,9 @@ yields errors and no events):
   several groups;
 - the file is authoritative for every group it lists, and for the duty desks of every village
   it has duty rows for; groups and villages it does not mention are left alone.
-Re-planning the same file against the directory it produced yields no events.
+Re-planning the same file against the directory it produced yields no events. `difference(plan)`
+shows a plan person by person (bound, unbound, moved between the file's groups, renamed, new
+roles, duty desks), each kind counted and its first MAX_LISTED listed.
 
 Every error of every kind is reported at once: a row refused for its number or role still counts
 towards its group's size, leader and officer (a refused row of unknown role could be the leader, so

@@ -1,8 +1,9 @@
-"""Group import: validate a roster whole, then append only the differences.
+"""Group import: validate a roster whole, then append only the differences; group dissolution.
 
 Invariants:
-- an invalid roster appends nothing (RosterRejected counts every error and lists the first 1000
-  by line);
+- an invalid roster appends nothing (RosterRejected counts every error of every kind and lists
+  the first 1000 by line); neither does a dry run, nor an import that would unbind more numbers
+  than its `max_unbound` (UnbindingRefused, decided before the first append);
 - each group's (and village's) events are appended with the expected sequence the directory
   had for it, so a concurrent change to the same group is a conflict, re-planned from fresh
   state; imports within one process are serialized (parsing too: one file's rows in memory at a
@@ -15,7 +16,11 @@ Invariants:
   rows): decoding, parsing and planning run in a worker thread (the switch interval set at start
   hands the loop the GIL within 0.5 ms), the directory is read on the loop a slice at a time, and
   the rows are dropped (in the worker, a piece at a time) once planned; a conflict reads the file
-  again. While appending, an import holds the file's bytes and its plan (one small op an event).
+  again. While appending, an import holds the file's bytes and its plan (one small op an event);
+- every import's progress (state, rows read, changes and events written of their totals) and its
+  outcome are kept for the last KEPT_IMPORTS imports of this process, by id;
+- a group is dissolved by its decider through the unit of work (each member's MemberUnbound, then
+  GroupDissolved, with the group's last sequence expected), serialized with the imports.
 """
 
 from __future__ import annotations
@@ -142,11 +147,6 @@ class ImportProgress:
     status: int | None = None
     errors: list[RosterError] = field(default_factory=list)
     error_total: int = 0
-
-    @property
-    def finished(self) -> bool:
-        """Whether it ended (done, rejected or failed)."""
-        return self.state in ("done", "rejected", "failed")
 
     def view(self) -> dict[str, Any]:
         """What the API answers about it."""
