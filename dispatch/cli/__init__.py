@@ -258,6 +258,23 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return asyncio.run(replay(settings))
 
 
+def cmd_log_copy(args: argparse.Namespace) -> int:
+    from dispatch.cli.copy import run_copy
+    from dispatch.observe import logging as dlog
+    from dispatch.store.connect import NatsAuth
+
+    settings = _settings(args)
+    dlog.configure(settings.log_format, "warning")
+    to = [u.strip() for u in args.to.split(",") if u.strip()]
+    if not to or not all(u.startswith(("nats://", "tls://")) for u in to):
+        raise CliError(f"--to {args.to!r}: give the target's NATS URLs, e.g. nats://dispatch:PASSWORD@nats-1:4222,...")
+    auth = NatsAuth(
+        creds_file=Path(args.to_creds) if args.to_creds else None,
+        tls_ca=Path(args.to_tls_ca) if args.to_tls_ca else None,
+    )
+    return asyncio.run(run_copy(settings, to, auth, args.replicas))
+
+
 # --- client commands -------------------------------------------------------------------------------
 
 
@@ -543,6 +560,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     service_options(p)
     p.set_defaults(func=cmd_replay)
+
+    log = _add(
+        sub,
+        "log",
+        "the log itself: copy it to another NATS",
+        "The JetStream streams are the system of record (docs/operations.md).",
+        ["dispatch log copy --to nats://dispatch:PW@nats-1:4222,nats://dispatch:PW@nats-2:4222"],
+    ).add_subparsers(dest="log_command", required=True, metavar="SUBCOMMAND")
+    p = _add(
+        log,
+        "copy",
+        "copy the whole log to an unused NATS (a pilot's embedded server to the cluster)",
+        "Run it with the service stopped. Every stream is copied in order, with the position of every\n"
+        "consumer, so nothing handled is handled again and no pending deadline or delivery is lost.\n"
+        "The source is the data directory's embedded server (or --nats-url ...). Then start the\n"
+        "service against the target with DISPATCH_STREAM_REPLICAS=3 (docs/migration.md).",
+        [
+            "dispatch log copy --data-dir ./dispatch-data \\\n"
+            "      --to nats://dispatch:PW@nats-1:4222,nats://dispatch:PW@nats-2:4222,nats://dispatch:PW@nats-3:4222",
+        ],
+    )
+    service_options(p)
+    p.add_argument("--to", required=True, help="the target's NATS URL(s), comma-separated, user:password@ in them")
+    p.add_argument("--to-creds", help="a creds file (JWT and nkey seed) for the target, instead of a password")
+    p.add_argument("--to-tls-ca", help="the CA that signed the target's TLS certificates")
+    p.add_argument("--replicas", type=int, default=3, help="replicas of each stream on the target (default 3)")
+    p.set_defaults(func=cmd_log_copy)
 
     projections = _add(
         sub,
