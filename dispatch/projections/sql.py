@@ -5,8 +5,9 @@ Invariants:
 - `transaction()` is all-or-nothing; a projection writes its checkpoint inside it;
 - a SQLite file this creates is 0600 (its directory, if made here, 0700) whatever the umask, and
   SQLite gives its `-wal` and `-shm` the database file's mode: read models hold names and numbers;
-- a PostgreSQL URL may carry `?schema=NAME`: the schema is created if missing and used as the
-  search path, so test runs and tenants stay apart.
+- a PostgreSQL URL may carry `?schema=NAME`: the schema is created if missing (which needs CREATE
+  on the database; an existing one needs only its own privileges) and used as the search path, so
+  test runs and tenants stay apart.
 """
 
 from __future__ import annotations
@@ -184,10 +185,16 @@ class Database:
             import psycopg
 
             raw = psycopg.connect(self._pg_url, autocommit=True, connect_timeout=5)
-            if self.schema:
+            if (
+                self.schema
+                and not raw.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)).fetchone()
+            ):
+                # only when missing: CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when
+                # the schema exists, which a least-privileged user (docs/postgresql.md) does not have
                 with raw.transaction():
                     raw.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                     raw.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            if self.schema:
                 raw.execute(f'SET search_path TO "{self.schema}"')
             return Connection(raw, "postgresql")
         except (sqlite3.Error, OSError) as exc:
