@@ -19,10 +19,14 @@ In one run, on one machine (not part of the test suite; `--minutes` sets the len
   serve's CPU share, the data directory's size and the errors;
 - at the end, for each column, the least-squares slope over the last half of the run, per hour:
   flat is the goal (the log and the read models grow with the alarms by design; the data
-  directory's slope is shown for that reason, not as a leak).
+  directory's slope is shown for that reason, not as a leak); the machine's 1-minute load average
+  beside each row, since a shared machine's other work shows in the latencies and the loop lag;
+- `--tracemalloc`: serve runs with tracemalloc and, at the middle and the end of the run, dumps a
+  snapshot; the 20 source lines whose allocations grew most between them are printed (what grows,
+  when RSS does).
 
     python benchmarks/soak.py [--minutes 60] [--rate 5] [--groups 1500] [--unanswered-every 50]
-                              [--workdir DIR] [--markdown FILE] [--json FILE]
+                              [--tracemalloc] [--workdir DIR] [--markdown FILE] [--json FILE]
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -58,10 +63,24 @@ ACK_DEADLINE_S = 10
 ESCALATE_AFTER_S = 20
 UNANSWERED_RESOLVE_S = 30
 
+# `dispatch serve` with tracemalloc on; SIGUSR1 dumps a snapshot into SOAK_SNAPSHOTS (--tracemalloc)
+TRACED_SERVE = """
+import os, runpy, signal, sys, time, tracemalloc
+tracemalloc.start(int(os.environ.get("SOAK_FRAMES", "1")))
+def dump(*_):
+    path = os.path.join(os.environ["SOAK_SNAPSHOTS"], f"snap-{time.time_ns()}.pickle")
+    tracemalloc.take_snapshot().dump(path + ".part")
+    os.rename(path + ".part", path)
+signal.signal(signal.SIGUSR1, dump)
+sys.argv = ["dispatch", "serve"]
+runpy.run_module("dispatch", run_name="__main__", alter_sys=True)
+"""
 
-def start_serve(data_dir: Path, http_port: int, hook: str) -> subprocess.Popen[bytes]:
+
+def start_serve(data_dir: Path, http_port: int, hook: str, traced: bool = False) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
+        "SOAK_SNAPSHOTS": str(data_dir.parent),
         "DISPATCH_DATA_DIR": str(data_dir),
         "DISPATCH_HTTP": f"127.0.0.1:{http_port}",
         "DISPATCH_WEBHOOK_URLS": hook,
@@ -75,7 +94,8 @@ def start_serve(data_dir: Path, http_port: int, hook: str) -> subprocess.Popen[b
     }
     data_dir.mkdir(parents=True, exist_ok=True)
     log = (data_dir / "serve.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "dispatch", "serve"], env=env, stdout=log, stderr=log)
+    command = [sys.executable, "-c", TRACED_SERVE] if traced else [sys.executable, "-m", "dispatch", "serve"]
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=log)
     log.close()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -177,6 +197,7 @@ class Row:
     read_lag: dict[str, int]
     open_incidents: float
     data_mb: float
+    load1: float = math.nan
     serve_fd_kinds: dict[str, int] = field(default_factory=dict)
     nats_fd_kinds: dict[str, int] = field(default_factory=dict)
 
@@ -280,6 +301,25 @@ class Soak:
         except Exception as exc:
             self.error(f"alarm {i}: {type(exc).__name__} {exc}")
 
+    async def snapshot(self, proc: subprocess.Popen[bytes]) -> None:
+        """Ask the traced serve for a tracemalloc snapshot; from the second on, print what grew since the first."""
+        before = set(self.workdir.glob("snap-*.pickle"))
+        proc.send_signal(signal.SIGUSR1)
+        for _ in range(600):
+            if new := set(self.workdir.glob("snap-*.pickle")) - before:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            print("tracemalloc: no snapshot written", flush=True)
+            return
+        snaps = sorted(self.workdir.glob("snap-*.pickle"))
+        if len(snaps) < 2:
+            return
+        first, last = (tracemalloc.Snapshot.load(str(p)) for p in (snaps[0], max(new)))
+        print("tracemalloc: largest growth since the first snapshot", flush=True)
+        for stat in last.compare_to(first, "lineno")[:20]:
+            print(f"  {stat}", flush=True)
+
     async def read_lag(self, nc: object, db: Database) -> dict[str, int]:
         def position(name: str) -> int:
             try:
@@ -300,7 +340,7 @@ class Soak:
         args = self.args
         await self.receiver.start()
         hook = f"http://127.0.0.1:{self.receiver.port}/hook"
-        proc = await asyncio.to_thread(start_serve, self.data_dir, self.port, hook)
+        proc = await asyncio.to_thread(start_serve, self.data_dir, self.port, hook, args.tracemalloc)
         nats_pid = int((self.data_dir / "nats" / "pid").read_text())
         nc = await connect([running_url(self.data_dir) or ""], running_auth(self.data_dir))
         db = Database(f"sqlite:///{self.data_dir / 'dispatch.db'}")
@@ -324,7 +364,7 @@ class Soak:
             header = (
                 f"{'min':>4} {'alarms':>6} {'err':>4} {'p50ms':>7} {'p99ms':>7} {'srvRSS':>7} {'srvfd':>5} "
                 f"{'cpu':>5} {'natsRSS':>7} {'natsfd':>6} {'lag_mean':>8} {'lag_p99':>7} {'lag_max':>7} "
-                f"{'readlag':>12} {'open':>5} {'dataMB':>7}"
+                f"{'readlag':>12} {'open':>5} {'dataMB':>7} {'load':>5}"
             )
             print(header, flush=True)
             lag_before = LoopLag.parse((await scrape.get("/metrics")).text)
@@ -373,17 +413,21 @@ class Soak:
                     read_lag=await self.read_lag(nc, db),
                     open_incidents=open_incidents,
                     data_mb=await asyncio.to_thread(tree_mb, self.data_dir),
+                    load1=os.getloadavg()[0],
                     serve_fd_kinds=fd_kinds(proc.pid),
                     nats_fd_kinds=fd_kinds(nats_pid),
                 )
                 cpu_before = cpu_now
                 self.rows.append(row)
+                if args.tracemalloc and minute in (max(1, args.minutes // 2), args.minutes):
+                    await self.snapshot(proc)
                 lags = "/".join(str(v) for v in row.read_lag.values())
                 print(
                     f"{minute:>4} {row.alarms:>6} {row.errors:>4} {fmt(row.p50_ms):>7} {fmt(row.p99_ms):>7} "
                     f"{row.serve_rss_mb:>7.1f} {row.serve_fds:>5} {row.serve_cpu:>5.2f} {row.nats_rss_mb:>7.1f} "
                     f"{row.nats_fds:>6} {fmt(row.loop_lag_mean_ms):>8} {fmt(row.loop_lag_p99_ms):>7} "
-                    f"{fmt(row.loop_lag_max_ms):>7} {lags:>12} {fmt(row.open_incidents):>5} {row.data_mb:>7.1f}",
+                    f"{fmt(row.loop_lag_max_ms):>7} {lags:>12} {fmt(row.open_incidents):>5} {row.data_mb:>7.1f} "
+                    f"{row.load1:>5.1f}",
                     flush=True,
                 )
             if self.tasks:
@@ -415,8 +459,8 @@ def markdown(summary: dict[str, object], every: int) -> str:
     rows = [Row(**r) for r in summary["rows"]]  # type: ignore[attr-defined]
     lines = [
         "| minute | alarms | errors | p50 / p99 ms | serve RSS MB | serve fds | serve CPU | nats RSS MB | nats fds "
-        "| loop lag mean / p99 / max ms | read lag (events) | open | data MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| loop lag mean / p99 / max ms | read lag (events) | open | data MB | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r.minute % every and r.minute not in (1, len(rows)):
@@ -426,7 +470,7 @@ def markdown(summary: dict[str, object], every: int) -> str:
             f"| {r.minute} | {r.alarms} | {r.errors} | {fmt(r.p50_ms)} / {fmt(r.p99_ms)} | {r.serve_rss_mb:.1f} "
             f"| {r.serve_fds} | {r.serve_cpu:.2f} | {r.nats_rss_mb:.1f} | {r.nats_fds} "
             f"| {fmt(r.loop_lag_mean_ms)} / {fmt(r.loop_lag_p99_ms)} / {fmt(r.loop_lag_max_ms)} | {lags} "
-            f"| {fmt(r.open_incidents)} | {r.data_mb:.1f} |"
+            f"| {fmt(r.open_incidents)} | {r.data_mb:.1f} | {r.load1:.1f} |"
         )
     slopes: dict[str, float] = summary["slope_per_hour_last_half"]  # type: ignore[assignment]
     half = [r for r in rows if r.minute > len(rows) / 2]
@@ -445,6 +489,11 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=5)
     parser.add_argument("--groups", type=int, default=1500)
     parser.add_argument("--unanswered-every", type=int, default=50, help="0: answer every alarm")
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="run serve with tracemalloc (slower); print what grew between mid-run and the end",
+    )
     parser.add_argument("--workdir", help="keep the service's data here (default: a temporary directory, removed)")
     parser.add_argument("--markdown", help="also write the table (every 5th minute) and the slopes to this file")
     parser.add_argument("--json", help="also write every row and the slopes to this file")
