@@ -19,8 +19,10 @@ In one run, on one machine (not part of the test suite; `--minutes` sets the len
   serve's CPU share, the data directory's size and the errors;
 - at the end, for each column, the least-squares slope over the last half of the run, per hour:
   flat is the goal (the log and the read models grow with the alarms by design; the data
-  directory's slope is shown for that reason, not as a leak); the machine's 1-minute load average
-  beside each row, since a shared machine's other work shows in the latencies and the loop lag;
+  directory's and the subjects' slopes are shown for that reason, not as leaks: the nats-server
+  keeps an index entry per subject of the log, kept for ever, and of the timers' stream, 7 days);
+  the machine's 1-minute load average beside each row, since a shared machine's other work shows
+  in the latencies and the loop lag;
 - `--tracemalloc`: serve runs with tracemalloc and, at the middle and the end of the run, dumps a
   snapshot; the 20 source lines whose allocations grew most between them are printed (what grows,
   when RSS does).
@@ -198,6 +200,7 @@ class Row:
     open_incidents: float
     data_mb: float
     load1: float = math.nan
+    log_subjects: int = 0
     serve_fd_kinds: dict[str, int] = field(default_factory=dict)
     nats_fd_kinds: dict[str, int] = field(default_factory=dict)
 
@@ -214,6 +217,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("serve_cpu", "serve CPU"),
     ("open_incidents", "open incidents"),
     ("data_mb", "data dir MB"),
+    ("log_subjects", "log + timer subjects"),
 ]
 
 
@@ -301,6 +305,14 @@ class Soak:
         except Exception as exc:
             self.error(f"alarm {i}: {type(exc).__name__} {exc}")
 
+    async def subjects(self, nc: object) -> int:
+        """Subjects held by the log and the timers' stream (the nats-server keeps an index entry for each)."""
+        total = 0
+        for stream in ("DISPATCH_EVENTS", "DISPATCH_TIMERS"):
+            reply = await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=5)  # type: ignore[attr-defined]
+            total += int(json.loads(reply.data)["state"].get("num_subjects") or 0)
+        return total
+
     async def snapshot(self, proc: subprocess.Popen[bytes]) -> None:
         """Ask the traced serve for a tracemalloc snapshot; from the second on, print what grew since the first."""
         before = set(self.workdir.glob("snap-*.pickle"))
@@ -364,7 +376,7 @@ class Soak:
             header = (
                 f"{'min':>4} {'alarms':>6} {'err':>4} {'p50ms':>7} {'p99ms':>7} {'srvRSS':>7} {'srvfd':>5} "
                 f"{'cpu':>5} {'natsRSS':>7} {'natsfd':>6} {'lag_mean':>8} {'lag_p99':>7} {'lag_max':>7} "
-                f"{'readlag':>12} {'open':>5} {'dataMB':>7} {'load':>5}"
+                f"{'readlag':>12} {'open':>5} {'dataMB':>7} {'load':>5} {'subjects':>8}"
             )
             print(header, flush=True)
             lag_before = LoopLag.parse((await scrape.get("/metrics")).text)
@@ -414,6 +426,7 @@ class Soak:
                     open_incidents=open_incidents,
                     data_mb=await asyncio.to_thread(tree_mb, self.data_dir),
                     load1=os.getloadavg()[0],
+                    log_subjects=await self.subjects(nc),
                     serve_fd_kinds=fd_kinds(proc.pid),
                     nats_fd_kinds=fd_kinds(nats_pid),
                 )
@@ -427,7 +440,7 @@ class Soak:
                     f"{row.serve_rss_mb:>7.1f} {row.serve_fds:>5} {row.serve_cpu:>5.2f} {row.nats_rss_mb:>7.1f} "
                     f"{row.nats_fds:>6} {fmt(row.loop_lag_mean_ms):>8} {fmt(row.loop_lag_p99_ms):>7} "
                     f"{fmt(row.loop_lag_max_ms):>7} {lags:>12} {fmt(row.open_incidents):>5} {row.data_mb:>7.1f} "
-                    f"{row.load1:>5.1f}",
+                    f"{row.load1:>5.1f} {row.log_subjects:>8}",
                     flush=True,
                 )
             if self.tasks:
