@@ -312,6 +312,7 @@ class Service:
             timers=timers,
             public_url=st.base_url,
             routing=self.channel_config,
+            metrics=self.metrics,
         )
         self.gateway_callbacks = GatewayCallbacks(
             self.store,

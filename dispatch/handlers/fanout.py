@@ -54,6 +54,7 @@ from dispatch.handlers.bus import MessageBus
 from dispatch.handlers.eager import gather_now
 from dispatch.handlers.messages import Trigger
 from dispatch.ids import stable_key
+from dispatch.observe.metrics import Metrics
 from dispatch.store.eventstore import EventStore, Outgoing, Recorded
 from dispatch.store.timers import Timers
 
@@ -82,7 +83,9 @@ class FanOut:
         timers: Timers,
         public_url: str,
         routing: ChannelConfig | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.routing = routing or ChannelConfig()
         self.store = store
         self.incidents = Incidents(store)
@@ -155,6 +158,8 @@ class FanOut:
             if not self.channels
             else "DISPATCH_CHANNELS_FILE [routes] give these roles no channel here",
         )
+        if self.metrics is not None:
+            self.metrics.deliveries.labels(NO_CHANNEL, "permanent").inc(len(people))
         failures = tuple(Unreached(phone=p.phone, kind="permanent", reason=why) for p in people)
         command = RecordAttempt(
             incident_id=alert.incident_id, channel=NO_CHANNEL, round=rec.seq, attempt=1, failures=failures

@@ -73,7 +73,8 @@ class Metrics:
         self.deliveries = Counter(
             "dispatch_deliveries",
             "Delivery attempts to one target, by channel and outcome (delivered, retry, exhausted, permanent);"
-            " withdrawn: a retry not rung, the target answered or the incident closed",
+            " withdrawn: a retry not rung, the target answered or the incident closed;"
+            " channel none: recipients no channel reaches, never handed to any (permanent)",
             ["channel", "outcome"],
             registry=r,
         )
@@ -219,6 +220,7 @@ class Metrics:
                 self.deliveries.labels(channel, outcome)
             self.delivery_retries.labels(channel)
             self.dead_letters.labels(f"deliver.{channel}")
+        self.deliveries.labels("none", "permanent")  # recipients no channel reaches (handlers/fanout.py)
         for source in ("fanout", "timers", "ingress.call"):
             self.dead_letters.labels(source)
         if "voice" in channels:

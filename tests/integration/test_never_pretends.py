@@ -56,6 +56,8 @@ async def test_on_the_readme_defaults_every_face_says_nothing_rings(tmp_path: Pa
             assert view["first_notified_at"] is None
             errors = [e for e in rung if e["log_level"] == "error"]
             assert [(e["event"], e["people"]) for e in errors] == [("fanout.not_rung", GROUP)], errors
+            metrics = (await http.get("/metrics")).text
+            assert f'dispatch_deliveries_total{{channel="none",outcome="permanent"}} {GROUP}.0' in metrics
 
             unknown = (await http.post("/v1/calls", json={"call_id": "np-2", "caller": "13111112222"})).json()
             assert unknown["status"] == "unregistered"
