@@ -6,6 +6,8 @@ Invariants:
 - a job is one alert on one channel and carries every target of it, so a worker rings them all
   at once; a retry job carries only the targets still to reach, not before `not_before`;
 - each target's `key` is stable across retries and restarts and goes out as the `Idempotency-Key`;
+- an escalation's job names the deadline it answers (`deadline`), so its lateness is measured
+  where its targets are handed to the channel;
 - a job is JSON as `job_encoder` writes it and `job_decoder` reads it (unknown fields ignored, so a
   job queued by an older or newer version still decodes).
 """
@@ -28,6 +30,14 @@ class Target(msgspec.Struct, frozen=True, kw_only=True):
     key: str
 
 
+class Deadline(msgspec.Struct, frozen=True, kw_only=True):
+    """The deadline an escalation's job answers: the timer that fell due, the tier, when it was due."""
+
+    timer: str
+    tier: int
+    due_at: datetime
+
+
 class DeliveryJob(msgspec.Struct, frozen=True, kw_only=True):
     key: str
     incident_id: str
@@ -48,6 +58,7 @@ class DeliveryJob(msgspec.Struct, frozen=True, kw_only=True):
     appended_at: datetime
     attempt: int = 1
     not_before: datetime | None = None
+    deadline: Deadline | None = None
 
 
 job_encoder = msgspec.json.Encoder()

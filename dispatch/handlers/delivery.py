@@ -115,7 +115,11 @@ class DeliveryWorker:
         if job.attempt > 1:
             self.metrics.delivery_retries.labels(job.channel).inc(len(live))
         if job.attempt == 1:
-            self.metrics.fanout.labels(job.channel).observe(max(0.0, (self.clock() - job.appended_at).total_seconds()))
+            handed = self.clock()
+            self.metrics.fanout.labels(job.channel).observe(max(0.0, (handed - job.appended_at).total_seconds()))
+            if job.deadline is not None:
+                late = max(0.0, (handed - job.deadline.due_at).total_seconds())
+                self.metrics.deadline_lateness.labels(job.deadline.timer, str(job.deadline.tier)).observe(late)
         outcomes = await settled(sends)
         if job.attempt == 1 and len(started) > 1:
             self.metrics.fanout_spread.labels(job.channel).observe(max(started) - min(started))

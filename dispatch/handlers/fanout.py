@@ -34,10 +34,10 @@ import structlog
 from dispatch.channels.base import Channel, recorded_address
 from dispatch.channels.routing import ChannelConfig
 from dispatch.domain.delivery import NO_CHANNEL, NO_CHANNEL_CONFIGURED, NO_CHANNEL_ROUTED, RecordAttempt, decide_attempt
-from dispatch.domain.incident import Alert, IncidentState, alert_for, timer_due
+from dispatch.domain.incident import TIER_REASONS, Alert, IncidentState, alert_for, timer_due
 from dispatch.domain.messages import alert_text_en_for, alert_text_for, spoken_text_for
 from dispatch.events import msgids
-from dispatch.events.jobs import DeliveryJob, JobKind, Target
+from dispatch.events.jobs import Deadline, DeliveryJob, JobKind, Target
 from dispatch.events.model import (
     CallRepeated,
     IncidentCancelled,
@@ -61,6 +61,7 @@ from dispatch.store.timers import Timers
 log = structlog.get_logger(__name__)
 
 
+TIMER_OF_REASON = {reason: timer for timer, reason in TIER_REASONS.items()}
 TRIGGERS = (IncidentOpened, CallRepeated, IncidentEscalated, ResponderAccepted, IncidentCovered, IncidentCancelled)
 
 
@@ -136,7 +137,7 @@ class FanOut:
             await gather_now(*deadlines)
             return 0
         unrouted: list[Person] = []
-        jobs = self.jobs_for(alert, rec, done, unrouted)
+        jobs = self.jobs_for(alert, rec, done, unrouted, deadline_of(trigger, state))
         if unrouted and (rec.seq, NO_CHANNEL, "") not in done:
             deadlines.append(self._record_unrouted(alert, rec, unrouted))
         await gather_now(*(self.bus.handle(job) for job in jobs), *deadlines)
@@ -189,9 +190,11 @@ class FanOut:
         rec: Recorded,
         done: frozenset[tuple[int, str, str]],
         unrouted: list[Person] | None = None,
+        deadline: Deadline | None = None,
     ) -> list[DeliveryJob]:
         """One job per channel holding every target of the alert that has no outcome in this round;
-        the recipients no channel reaches at all are added to `unrouted`."""
+        the recipients no channel reaches at all are added to `unrouted`; an escalation's jobs name
+        the `deadline` it answers."""
         message, message_en, spoken = alert_text_for(alert), alert_text_en_for(alert), spoken_text_for(alert)
         jobs = []
         routed: set[str] = set()
@@ -232,8 +235,18 @@ class FanOut:
                         console_url=f"{self.public_url}/console/#/incidents/{alert.incident_id}",
                         raised_at=alert.raised_at,
                         appended_at=rec.time,
+                        deadline=deadline,
                     )
                 )
         if unrouted is not None:
             unrouted.extend(p for p in alert.recipients if p.phone not in routed)
         return jobs
+
+
+def deadline_of(trigger: object, state: IncidentState | None) -> Deadline | None:
+    """The deadline an escalation answers (none for an officer found unreachable, or another trigger)."""
+    if not isinstance(trigger, IncidentEscalated) or state is None:
+        return None
+    timer = TIMER_OF_REASON.get(trigger.reason)
+    due = timer_due(state, timer) if timer is not None else None
+    return None if timer is None or due is None else Deadline(timer=timer, tier=trigger.tier, due_at=due)

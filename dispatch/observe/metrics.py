@@ -39,6 +39,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 HUMAN_BUCKETS = (1, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 900, 1200, 1800, 3600)
+LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 DELIVERY_OUTCOMES = ("delivered", "retry", "exhausted", "permanent", "withdrawn")
 ESCALATION_TIERS = ("1", "2")
 NATS_CONNECTIONS = ("service", "handlers")
@@ -125,6 +126,14 @@ class Metrics:
         )
         self.timers_fired = Counter(
             "dispatch_timers_fired", "Deadline timers fired (ack, escalate, arrival)", ["timer"], registry=r
+        )
+        self.deadline_lateness = Histogram(
+            "dispatch_deadline_lateness_seconds",
+            "A deadline's due time -> its escalation's deliveries handed to the channel (first attempt),"
+            " by timer (ack, escalate, arrival) and tier",
+            ["timer", "tier"],
+            buckets=LATENESS_BUCKETS,
+            registry=r,
         )
         self.append_seconds = Histogram(
             "dispatch_event_append_seconds",
@@ -232,6 +241,8 @@ class Metrics:
                 self.escalations.labels(tier, reason)
         for timer in TIMERS:
             self.timers_fired.labels(timer)
+            for tier in ESCALATION_TIERS:
+                self.deadline_lateness.labels(timer, tier)
         for connection in NATS_CONNECTIONS:
             self.nats_disconnects.labels(connection)
         for aggregate in EVENT_AGGREGATES:

@@ -206,6 +206,14 @@ async def test_escalation_by_tier_and_overdue_incidents(make_service: ServiceFac
     assert value(s, "dispatch_escalations_total", tier="1", reason="ack_deadline") == 1
     assert value(s, "dispatch_timers_fired_total", timer="ack") == 1
     assert value(s, "dispatch_timers_fired_total", timer="escalate") == 1
+    # tier 1 rang the officer and assistant on the one channel: one job, one lateness observed;
+    # tier 2 alerted nobody (no command centre configured), so nothing was handed to a channel
+    late = await eventually(
+        lambda: _when(svc, lambda s: value(s, "dispatch_deadline_lateness_seconds_count", timer="ack", tier="1") == 1)
+    )
+    assert value(late, "dispatch_deadline_lateness_seconds_sum", timer="ack", tier="1") >= 0
+    assert value(late, "dispatch_deadline_lateness_seconds_count", timer="escalate", tier="2") == 0
+    assert ("dispatch_deadline_lateness_seconds_count", frozenset({("timer", "arrival"), ("tier", "2")})) in late
     assert value(s, "dispatch_incidents_overdue") == 1
     assert value(s, "dispatch_incidents_uncovered") == 1
 

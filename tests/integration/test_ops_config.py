@@ -30,6 +30,7 @@ REQUIRED_ALERTS = {
     "DispatchDeliveryQueueGrowing",
     "DispatchDown",
     "DispatchNatsDisconnected",
+    "DispatchDeadlinesLate",
 }
 
 
