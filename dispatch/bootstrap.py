@@ -61,7 +61,7 @@ from dispatch.handlers.groups import GroupService
 from dispatch.handlers.messages import Answer, CallRequest, Trigger
 from dispatch.handlers.pool import TaskPool
 from dispatch.handlers.responses import ResponseService
-from dispatch.handlers.subscribers import build_broker
+from dispatch.handlers.subscribers import TIMERS_IN_FLIGHT, LocalDeadlines, build_broker
 from dispatch.handlers.tokens import TokenService
 from dispatch.handlers.uow import UnitOfWork
 from dispatch.observe.gauges import GaugeRefresher
@@ -85,7 +85,7 @@ from dispatch.store.connect import NatsAuth, NatsConnectError, connect
 from dispatch.store.eventstore import EventStore
 from dispatch.store.headers import install_header_parser
 from dispatch.store.jobs import JobQueue
-from dispatch.store.provision import provision
+from dispatch.store.provision import TIMERS_CONSUMER, provision
 from dispatch.store.server import EmbeddedNats
 from dispatch.store.timers import TimerDue, Timers
 
@@ -301,7 +301,7 @@ class Service:
             backoff_base=st.delivery_backoff_base,
             backoff_max=st.delivery_backoff_max,
         )
-        timers = Timers(self.nc)
+        timers = self.timers = Timers(self.nc)
         self.escalation = EscalationService(
             self.uow, metrics=self.metrics, command_centre=st.command_centre_person(), timers=timers
         )
@@ -330,8 +330,12 @@ class Service:
             pools=self.pools,
             metrics=self.metrics,
             replies=self.nc,
+            deadlines=timers,
             connect={"disconnected_cb": self._on_handlers_disconnect, "security": self.nats_auth.broker_security()},
         )
+        here = self.pools.setdefault("timers.local", TaskPool(TIMERS_IN_FLIGHT, "timers.local"))
+        self.local_deadlines = LocalDeadlines(self.bus, here, timers)
+        self.local_deadlines.resume(*await timers.outstanding(TIMERS_CONSUMER.durable))
         await self.broker.start()
         broker = self.broker
         self.metrics.nats_connected.labels("handlers").set_function(lambda: float(self._connected(broker._connection)))
@@ -584,6 +588,8 @@ class Service:
         if self.gauges is not None:
             await self.gauges.stop()
         await self.loop_lag.stop()
+        if getattr(self, "timers", None) is not None:
+            self.timers.close()
         if self.broker is not None:
             with contextlib.suppress(Exception):
                 await self.broker.stop()

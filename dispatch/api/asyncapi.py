@@ -355,11 +355,15 @@ def document() -> dict[str, Any]:
         "queueRetry": operation("send", "deliveryJobs", "A transient failure queues a retry with backoff"),
         "deliver": operation("receive", "deliveryJobs", "Delivery workers, one durable pull consumer per channel"),
         "scheduleDeadline": operation("send", "timerSchedules", "The fan-out sets ack / escalate / arrival deadlines"),
-        "escalate": operation(
-            "receive",
-            "timersFired",
-            f"Durable pull consumer {TIMERS_CONSUMER.durable}: escalate an incident not covered in time",
-        ),
+        "escalate": {
+            **operation(
+                "receive",
+                "timersFired",
+                f"Durable push consumer {TIMERS_CONSUMER.durable}: escalate an incident not covered in time; "
+                f"the server pushes each fired deadline to one member of the queue group {TIMERS_CONSUMER.durable}",
+            ),
+            "x-dispatch-deliver-subject": s.TIMERS_PUSH,
+        },
         "takeCall": operation("receive", "callIngress", "A call over NATS", ["CallRequest"]),
         "answerCall": operation("send", "callIngress", "The reply to a call over NATS", ["CallReply"]),
         "relayVoiceCallback": operation("send", "gatewayVoice", "POST /v1/gateway/voice, relayed"),

@@ -30,7 +30,10 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
@@ -62,7 +65,7 @@ from dispatch.observe.metrics import Metrics
 from dispatch.store.deadletter import dead_letter as store_dead_letter
 from dispatch.store.eventstore import StoreUnavailable, recorded_from
 from dispatch.store.provision import FANOUT, TIMERS_CONSUMER, delivery_consumer
-from dispatch.store.timers import TimerDue, timer_decoder
+from dispatch.store.timers import TimerDue, Timers, timer_decoder
 
 log = structlog.get_logger(__name__)
 
@@ -71,9 +74,10 @@ _call_decoder = msgspec.json.Decoder(CallRequest)
 _encoder = msgspec.json.Encoder()
 RETRY_DELAY = 2.0
 FANOUT_IN_FLIGHT = FANOUT.max_ack_pending
-TIMERS_IN_FLIGHT = 256
+TIMERS_IN_FLIGHT = TIMERS_CONSUMER.max_ack_pending
 DELIVERY_IN_FLIGHT = 512
 INGRESS_IN_FLIGHT = 256
+CATCH_UP_WAVE_S = 1.0
 UNREADABLE = (UnknownEvent, msgspec.DecodeError, msgspec.ValidationError)
 
 
@@ -162,11 +166,14 @@ def build_broker(
     connect: dict[str, object] | None = None,
     metrics: Metrics | None = None,
     replies: NATS | None = None,
+    deadlines: Timers | None = None,
 ) -> NatsBroker:
     """Register every subscriber; `pools` receives the task pools so the service can drain them.
 
     `replies` is the connection that answers NATS calls; it must outlive the broker's, which
-    closes before the pools drain (a call finishing during a stop is still answered)."""
+    closes before the pools drain (a call finishing during a stop is still answered). `deadlines`:
+    the timers whose in-process clock this process runs (`local_deadlines`), to skip a fired
+    schedule already handled here."""
     broker = NatsBroker(
         servers,
         logger=None,
@@ -212,14 +219,20 @@ def build_broker(
         )(_pooled(pool, consumer(f"deliver.{name}", _job), f"deliver_{name}"))
 
     timers = pools.setdefault("timers", TaskPool(TIMERS_IN_FLIGHT, "timers"))
-    timer_fired = consumer("timers", _timer)
+
+    async def fired(due: TimerDue) -> Any:
+        if deadlines is not None and await deadlines.already_handled(due):
+            return None
+        return await bus.handle(due)
+
+    def timer_fired(raw: Msg) -> Awaitable[None]:
+        return consume(raw, source="timers", decode=_timer, handle=fired, broker=broker, metrics=metrics)
 
     @broker.subscriber(
         TIMERS_FIRED_ALL,
         decoder=raw_message,
         stream=JStream(TIMERS_STREAM, declare=False),
-        durable=TIMERS_CONSUMER.durable,
-        pull_sub=PullSub(batch_size=1, timeout=5.0),
+        queue=TIMERS_CONSUMER.durable,
         ack_policy=AckPolicy.MANUAL,
         title="timers",
         description="Deadlines fired by the server's message schedules -> escalation decisions",
@@ -258,6 +271,74 @@ def build_broker(
         await ingress.submit(lambda: answer_call(raw))
 
     return broker
+
+
+class LocalDeadlines:
+    """The in-process deadline clock's handler (`Timers.on_due`) and the catch-up at start.
+
+    Each deadline is handled in `pool` as a fired schedule would be; once handled, the server's
+    firing of the same deadline is acknowledged with nothing more to do (`Timers.already_handled`).
+    A failure is logged and left to the server's schedule, which fires the same deadline later.
+    `catch_up` takes the deadlines that fell due while no process handled them, and hands them over
+    in due-time order: those due within the same second at once, each later second only once the
+    earlier ones are decided, so a deadline overdue longer is never decided after one due later."""
+
+    def __init__(self, bus: MessageBus, pool: TaskPool, timers: Timers) -> None:
+        self.bus = bus
+        self.pool = pool
+        self.timers = timers
+        self._running: set[asyncio.Task[None]] = set()
+        timers.on_due = self.on_due
+
+    def on_due(self, due: TimerDue) -> None:
+        """A deadline of the in-process clock fell due: handle it in the pool."""
+        settled = self.timers.handling_here(due)
+        self._spawn(self.pool.submit(functools.partial(self._handle, due, settled)))
+
+    def resume(self, fired: list[TimerDue], pending: list[TimerDue]) -> None:
+        """At start: the fired deadlines no process acknowledged and the pending schedules already
+        due are caught up (`catch_up`); the other pending schedules go on the in-process clock."""
+        now = datetime.now(UTC)
+        self.catch_up([*fired, *(due for due in pending if due.due_at <= now)])
+        for due in pending:
+            if due.due_at > now:
+                self.timers.keep(due)
+
+    def catch_up(self, overdue: list[TimerDue]) -> None:
+        """Handle these overdue deadlines in due-time order (see the class docstring), in the background;
+        the server's deliveries of them wait for their outcome."""
+        unique = {(d.incident_id, d.timer, d.due_at): d for d in overdue}
+        ordered = sorted(unique.values(), key=lambda d: d.due_at)
+        if ordered:
+            log.info("timers.catch_up", overdue=len(ordered), since=ordered[0].due_at.isoformat())
+        settled = [self.timers.handling_here(due) for due in ordered]
+        self._spawn(self._waves(list(zip(ordered, settled, strict=True))))
+
+    async def _waves(self, ordered: list[tuple[TimerDue, asyncio.Future[bool]]]) -> None:
+        while ordered:
+            first = ordered[0][0].due_at
+            wave = [item for item in ordered if (item[0].due_at - first).total_seconds() < CATCH_UP_WAVE_S]
+            ordered = ordered[len(wave) :]
+            for due, settled in wave:
+                await self.pool.submit(functools.partial(self._handle, due, settled))
+            await asyncio.gather(*(asyncio.shield(fut) for _, fut in wave))
+
+    async def _handle(self, due: TimerDue, settled: asyncio.Future[bool]) -> None:
+        handled = False
+        try:
+            with structlog.contextvars.bound_contextvars(incident_id=due.incident_id):
+                await self.bus.handle(due)
+            handled = True
+        except Exception as exc:
+            log.warning("timers.local_failed", timer=due.timer, error=str(exc) or type(exc).__name__)
+        finally:
+            if not settled.done():
+                settled.set_result(handled)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
 
 def _pooled(pool: TaskPool, work: Callable[[Msg], Awaitable[None]], name: str) -> Callable[[Msg], Awaitable[None]]:

@@ -10,9 +10,11 @@ Invariants:
   rather than an in-place edit nats-py would not notice; a new version that replaces an older
   one starts where the older one's acknowledgements end, and the older one is then deleted, so
   an upgrade neither skips a stored alarm nor leaves two consumers ringing it;
-- the fan-out's consumer is a push consumer with a deliver group: the server sends each trigger
-  to one process of the group as soon as it is stored (a pull consumer costs a fetch round trip
-  per message); max_ack_pending bounds what one process holds unacknowledged;
+- the fan-out's and the timers' consumers are push consumers with a deliver group: the server sends
+  each trigger or fired deadline to one process of the group as soon as it is stored (a pull
+  consumer costs a fetch round trip per message, and the timers' one fetched them one after
+  another: 1,000 deadlines due together took seconds); max_ack_pending bounds what one process
+  holds unacknowledged;
 - the hot consumers' ack wait is short (6 s) and handlers send in-progress acks while they work,
   so a crashed process's unacknowledged alarms are rung again within seconds, not half a minute.
 """
@@ -187,7 +189,15 @@ def delivery_consumer(channel: str) -> ConsumerSpec:
     )
 
 
-TIMERS_CONSUMER = ConsumerSpec(s.TIMERS_STREAM, "timers_v1", (s.TIMERS_FIRED_ALL,), ack_wait_s=6)
+TIMERS_CONSUMER = ConsumerSpec(
+    s.TIMERS_STREAM,
+    "timers_v2",
+    (s.TIMERS_FIRED_ALL,),
+    ack_wait_s=6,
+    max_ack_pending=32,
+    deliver_subject=s.TIMERS_PUSH,
+    replaces=("timers_v1",),
+)
 
 
 async def _api(nc: NATS, subject: str, payload: dict[str, Any] | None = None, timeout: float = 5.0) -> dict[str, Any]:

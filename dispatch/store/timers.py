@@ -5,22 +5,46 @@ A schedule is a message on `dispatch.sched.incident.<id>.<timer>` carrying
 in the same stream (DISPATCH_TIMERS, `allow_msg_schedules`). At that time the server publishes the
 body to the target, where the timers consumer takes it.
 
+The server fires a schedule at its due time, but not at once when many fall due together: it
+stores each fired message (fsynced) one after another, so 1,000 deadlines due in the same second
+reach the timers consumer over most of a second even on an idle server (`benchmarks/deadlines.py`).
+So a deadline this process sets is also kept in an in-process alarm clock (`on_due`), which hands
+it to the escalation at its due time; the server's schedule stays the deadline of record. Whichever
+comes first decides (the incident's unit of work records each tier once); the other finds the tier
+reached and decides nothing.
+
 Invariants:
 - a subject holds one schedule: scheduling the same timer again replaces it (the same due time is
   a no-op), so re-scheduling on a redelivered trigger is safe; a due time in the past fires at once;
-- an unreachable server is StoreUnavailable, and the caller does not acknowledge its trigger.
+- an unreachable server is StoreUnavailable, and the caller does not acknowledge its trigger;
+- a deadline is kept in memory only after the server stored its schedule, never instead of it; the
+  in-process clock fires a deadline at or after its due time (never before: a decision before the due
+  time decides nothing), holds at most `MAX_IN_MEMORY` of them (beyond, the server's schedule alone),
+  and is lost with the process, which the server's schedule covers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections import OrderedDict
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
-from dispatch.events.subjects import schedule_subject, timer_fired_subject
+from dispatch.events.subjects import (
+    SCHEDULES_ALL,
+    TIMERS_FIRED_ALL,
+    TIMERS_STREAM,
+    schedule_subject,
+    timer_fired_subject,
+)
 from dispatch.store.batch import publish_one
 from dispatch.store.eventstore import AppendRejected, StoreUnavailable
 
@@ -33,6 +57,8 @@ class TimerDue(msgspec.Struct, frozen=True, kw_only=True):
     due_at: datetime
 
 
+MAX_IN_MEMORY = 100_000
+
 timer_encoder = msgspec.json.Encoder()
 timer_decoder = msgspec.json.Decoder(TimerDue)
 
@@ -43,11 +69,14 @@ def at_header(due: datetime) -> str:
 
 
 class Timers:
-    """Sets deadlines as JetStream message schedules."""
+    """Sets deadlines as JetStream message schedules, and keeps them in an in-process clock too."""
 
-    def __init__(self, nc: NATS, *, timeout: float = 3.0) -> None:
+    def __init__(self, nc: NATS, *, timeout: float = 3.0, on_due: Callable[[TimerDue], None] | None = None) -> None:
         self.nc = nc
         self.timeout = timeout
+        self.on_due = on_due
+        self._pending: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._here: OrderedDict[tuple[str, str, datetime], asyncio.Future[bool]] = OrderedDict()
 
     async def schedule(self, incident_id: str, timer: str, due: datetime) -> None:
         """Set (or replace) the incident's timer to fire at `due`."""
@@ -64,3 +93,105 @@ class Timers:
             raise StoreUnavailable(f"timers unavailable: {type(exc).__name__}") from exc
         if "error" in ack:
             raise AppendRejected(f"{ack['error'].get('err_code')}: {ack['error'].get('description')}")
+        if self.on_due is not None:
+            self.keep(TimerDue(incident_id=incident_id, timer=timer, due_at=due))
+
+    @property
+    def in_memory(self) -> int:
+        """How many deadlines the in-process clock holds."""
+        return len(self._pending)
+
+    def keep(self, due: TimerDue) -> None:
+        """Fire `due` from the in-process clock at its due time (its schedule is stored), unless this
+        very deadline is handled here already (a redelivered trigger setting it again)."""
+        if (due.incident_id, due.timer, due.due_at) in self._here:
+            return
+        key = (due.incident_id, due.timer)
+        earlier = self._pending.pop(key, None)
+        if earlier is not None:
+            earlier.cancel()
+        if len(self._pending) >= MAX_IN_MEMORY:
+            return
+        loop = asyncio.get_running_loop()
+        delay = (due.due_at - datetime.now(UTC)).total_seconds()
+        self._pending[key] = loop.call_later(max(0.0, delay), self._fire, due)
+
+    def _fire(self, due: TimerDue) -> None:
+        key = (due.incident_id, due.timer)
+        early = (due.due_at - datetime.now(UTC)).total_seconds()
+        if early > 0:  # the loop's monotonic clock and the wall clock differ by a hair
+            self._pending[key] = asyncio.get_running_loop().call_later(early, self._fire, due)
+            return
+        self._pending.pop(key, None)
+        if self.on_due is not None:
+            self.on_due(due)
+
+    def handling_here(self, due: TimerDue) -> asyncio.Future[bool]:
+        """The in-process clock's deadline is being handled here: set the future's result to whether
+        it was (decided, the next deadline stored), for `already_handled`."""
+        key = (due.incident_id, due.timer, due.due_at)
+        settled = self._here[key] = asyncio.get_running_loop().create_future()
+        while len(self._here) > MAX_IN_MEMORY:
+            _, oldest = self._here.popitem(last=False)
+            if not oldest.done():
+                oldest.set_result(False)
+        return settled
+
+    async def already_handled(self, due: TimerDue) -> bool:
+        """Whether this process handled this very deadline (same due time) from its in-process clock,
+        waiting for that to finish if it is under way: the server's firing then needs nothing more."""
+        settled = self._here.get((due.incident_id, due.timer, due.due_at))
+        return settled is not None and await asyncio.shield(settled)
+
+    async def outstanding(self, durable: str, *, limit: int = MAX_IN_MEMORY) -> tuple[list[TimerDue], list[TimerDue]]:
+        """What a starting process takes over: the fired deadlines the timers consumer `durable` has
+        not acknowledged past its ack floor (fired while no process ran, or taken by one that died),
+        and the schedules still pending (a fired one leaves the stream); at most `limit` of each."""
+        js = self.nc.jetstream()
+        try:
+            info = await js.consumer_info(TIMERS_STREAM, durable)
+            floor = info.ack_floor.stream_seq if info.ack_floor and info.ack_floor.stream_seq else 0
+            fired = await self._read(TIMERS_FIRED_ALL, floor + 1, limit)
+        except NotFoundError:
+            fired = []
+        except (NatsTimeout, NoRespondersError, ConnectionClosedError) as exc:
+            raise StoreUnavailable(f"timers unavailable: {type(exc).__name__}") from exc
+        return fired, await self._read(SCHEDULES_ALL, 1, limit)
+
+    async def _read(self, subjects: str, start: int, limit: int) -> list[TimerDue]:
+        js = self.nc.jetstream()
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
+            inactive_threshold=30.0,
+        )
+        try:
+            reader = await js.pull_subscribe(subjects, stream=TIMERS_STREAM, config=config)
+        except (NatsTimeout, NoRespondersError, ConnectionClosedError) as exc:
+            raise StoreUnavailable(f"timers unavailable: {type(exc).__name__}") from exc
+        found: list[TimerDue] = []
+        try:
+            left = min(limit, (await reader.consumer_info()).num_pending or 0)
+            while left > 0:
+                batch = await reader.fetch(min(256, left), timeout=self.timeout)
+                left -= len(batch)
+                for msg in batch:
+                    with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                        found.append(timer_decoder.decode(msg.data))
+        except (NatsTimeout, TimeoutError) as exc:
+            raise StoreUnavailable(f"timers unavailable: {type(exc).__name__}") from exc
+        finally:
+            with contextlib.suppress(Exception):
+                await reader.unsubscribe()
+        return found
+
+    def close(self) -> None:
+        """Forget the in-process deadlines (the server's schedules remain)."""
+        for handle in self._pending.values():
+            handle.cancel()
+        self._pending.clear()
+        for settled in self._here.values():
+            if not settled.done():
+                settled.set_result(False)
+        self._here.clear()

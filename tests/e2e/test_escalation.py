@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.rosters import village
+from tests.rosters import combined, group_phone, numbered_groups, village
 from tests.support import Received, ServeProcess, WebhookReceiver, jetstream_idle, pid_alive, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -231,3 +231,65 @@ def test_a_kill_9_between_raise_and_deadline_fires_each_tier_once_per_incident(
             assert tiers == [(1, "ack_deadline"), (2, "escalate_deadline")], (incident, tiers)
     finally:
         again.kill()
+
+
+def test_deadlines_overdue_across_a_kill_fire_at_the_restart_in_due_order_each_once(
+    tmp_path: Path, receiver: WebhookReceiver
+) -> None:
+    """kill -9 of the service and its embedded nats-server while deadlines are pending; back after
+    all fell due. They are decided in due-time order, each once, although they were set (and so
+    stored as schedules) in the opposite order: group g's village has an ack deadline 1.5 s shorter
+    than group g-1's, and group g raises its alarm after group g-1."""
+    data = tmp_path / "data"
+    groups = range(1, 5)
+    roster = combined(*(numbered_groups(f"v{g}", [g]) for g in groups))
+    serve = start(data, receiver, ack=600, escalate=1200)
+    raised: list[tuple[str, datetime]] = []
+    try:
+        http = serve.client()
+        imported = http.post("/v1/groups/import", content=roster.encode(), headers={"Content-Type": "text/csv"})
+        assert imported.status_code == 200, imported.text
+        for g in groups:
+            r = http.put(f"/v1/villages/v{g}/settings", json={"ack_deadline_s": 10.0 - 1.5 * g})
+            assert r.status_code == 200, r.text
+        for g in groups:
+            answer = http.post("/v1/calls", json={"call_id": f"order-{g}", "caller": group_phone(g, 1)})
+            assert answer.status_code == 202, answer.text
+            incident = answer.json()["incident_id"]
+            due = datetime.fromisoformat(http.get(f"/v1/incidents/{incident}").json()["ack_deadline_at"])
+            raised.append((incident, due))
+        wait_until(lambda: all(receiver.for_incident(i) for i, _ in raised), what="every alarm rung")
+        dues = [due for _, due in raised]
+        assert dues == sorted(dues, reverse=True), f"the deadlines were not set in reverse due order: {dues}"
+        nats_pid = serve.nats_pid()
+        assert serve.proc is not None and nats_pid is not None
+        os.kill(serve.proc.pid, signal.SIGKILL)
+        os.kill(nats_pid, signal.SIGKILL)
+        serve.proc.wait(10)
+        wait_until(lambda: not pid_alive(nats_pid), what="the nats-server killed")
+        assert not any(escalation_hooks(receiver, i) for i, _ in raised), "escalated before the kill"
+        latest = max(dues).timestamp()
+        wait_until(lambda: time.time() > latest + 0.5, timeout=30, what="every deadline overdue")
+    finally:
+        serve.kill()
+    again = start(data, receiver, ack=600, escalate=1200)
+    try:
+        found = wait_until(
+            lambda: all(escalations(again, i) for i, _ in raised) and [escalations(again, i) for i, _ in raised],
+            timeout=30,
+            what="every overdue deadline escalated",
+        )
+        assert all(len(e) == 1 and e[0]["detail"]["tier"] == 1 for e in found), f"not once each: {found}"
+        at = [datetime.fromisoformat(str(e[0]["at"])) for e in found]
+        decided = sorted(zip(at, dues, strict=True))
+        assert [due for _, due in decided] == sorted(dues), f"decided out of due order: {decided}"
+        wait_until(lambda: all(len(escalation_hooks(receiver, i)) >= 2 for i, _ in raised), what="tier 1 rung")
+        for incident, _ in raised:
+            keys = {r.headers["idempotency-key"] for r in escalation_hooks(receiver, incident)}
+            assert len(keys) == 2, "tier 1 did not ring the officer and the assistant, once each"
+    finally:
+        again.kill()
+
+
+def escalation_hooks(receiver: WebhookReceiver, incident: str) -> list[Received]:
+    return [r for r in receiver.for_incident(incident) if r.json.get("type") == "escalation"]
