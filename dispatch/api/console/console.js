@@ -551,20 +551,21 @@ async function api(path, { method = "GET", body, headers = {} } = {}) {
   return data;
 }
 
-/* A short message in the page's flow, never over it: under the controls it answers (`near`), else at
-   the top of the page. A fixed toast at the bottom of a phone's screen hid the card's buttons for its
-   whole life. When it fades, its space stays until the next message, so nothing moves under a finger. */
+/* A short message in the page's flow, never over it: under the controls it answers (`near`, scrolled
+   into view), else at the top of the page (not scrolled to: the page stays where the user has it).
+   A fixed toast at the bottom of a phone's screen hid the card's buttons for its whole life. When it
+   fades, its space stays until the next message, so nothing moves under a finger. */
 function toast(text, kind, near) {
   const el = toast.el || (toast.el = $("toast"));
   el.textContent = text;
   el.className = `toast show ${kind || ""}`;
   if (near && near.isConnected) {
     if (el.previousElementSibling !== near) near.after(el);
+    el.scrollIntoView({ block: "nearest" });
   } else {
     const main = $("main");
     if (main && main.firstElementChild !== el) main.prepend(el);
   }
-  el.scrollIntoView({ block: "nearest" });
   clearTimeout(toast.timer);
   toast.timer = setTimeout(() => {
     el.className = "toast spent";
