@@ -414,6 +414,13 @@ class Service:
                 "通知0人：未配置通知渠道; configure the telephony gateway or group robots (DISPATCH_CHANNELS_FILE) "
                 "or webhooks (DISPATCH_WEBHOOK_URLS, DISPATCH_WEBHOOK_SECRET); /readyz answers 503 until then",
             )
+        if names and (silent := self.channel_config.silent_routes()):
+            log.warning(
+                "settings.roles_without_channel",
+                roles=silent,
+                hint="DISPATCH_CHANNELS_FILE routes these roles to no channel: they are never notified, and each "
+                "alarm logs fanout.not_rung for them",
+            )
         if not st.duty_desk:
             log.warning(
                 "settings.no_duty_desk",

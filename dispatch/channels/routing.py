@@ -82,6 +82,13 @@ class ChannelConfig:
             return self.village_routes[village][role]
         return self.routes.get(role)
 
+    def silent_routes(self) -> list[str]:
+        """The roles routed to no channel at all (`role`, or `role in village`): never notified."""
+        silent = [role for role, channels in self.routes.items() if not channels]
+        for village, routes in self.village_routes.items():
+            silent += [f"{role} in {village}" for role, channels in routes.items() if not channels]
+        return silent
+
     def used(self) -> set[str]:
         names = {c for cs in self.routes.values() for c in cs}
         names |= {c for routes in self.village_routes.values() for cs in routes.values() for c in cs}

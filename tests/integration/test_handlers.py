@@ -17,6 +17,8 @@ from structlog.testing import capture_logs
 from dispatch.bootstrap import register_handlers
 from dispatch.channels.base import Permanent, Transient
 from dispatch.channels.gateway import VoiceEvent
+from dispatch.channels.routing import ChannelConfig
+from dispatch.domain.delivery import NO_CHANNEL, NO_CHANNEL_ROUTED
 from dispatch.domain.directory import Directory
 from dispatch.domain.errors import InvalidCommand, NotFound, NotPermitted
 from dispatch.domain.incident import DEFAULT_QUORUM, parse_quorum
@@ -346,3 +348,27 @@ async def test_a_group_is_dissolved_through_the_unit_of_work_and_a_dry_run_write
             await groups.dissolve_group("v", "2")
     finally:
         await live.stop()
+
+
+async def test_people_no_channel_reaches_are_recorded_and_counted_out(handlers: Handlers, nc: NATS) -> None:
+    """Issue 27.1: a role routed to no channel was silently left out while the timeline counted it."""
+    incident = (await handlers.call("route-1", "13800000001")).incident_id
+    fanout = FanOut(
+        handlers.store,
+        handlers.bus,
+        [handlers.channel],
+        timers=Timers(nc),
+        public_url="http://127.0.0.1:9",
+        routing=ChannelConfig(routes={"household": []}),
+    )
+    [opened, *_] = await handlers.store.load(incident_subject(incident))
+    with capture_logs() as logs:
+        assert await fanout.handle(opened) == 3  # the leader, the assistant and the officer
+    [not_rung] = [e for e in logs if e["event"] == "fanout.not_rung"]
+    assert (not_rung["log_level"], not_rung["people"], not_rung["why"]) == ("error", 6, NO_CHANNEL_ROUTED)
+    [unrouted] = [e for e in await handlers.notices(incident) if isinstance(e, DeliveryFailed)]
+    assert isinstance(unrouted, DeliveryFailed) and unrouted.channel == NO_CHANNEL and unrouted.handed_at is None
+    assert {f.phone for f in unrouted.failures} == {f"+86138000000{n:02d}" for n in range(2, 8)}
+    recorded = len(await handlers.notices(incident))
+    assert await fanout.handle(opened, redelivered=True) == 0
+    assert len(await handlers.notices(incident)) == recorded, "a redelivered trigger recorded the unrouted twice"

@@ -87,3 +87,14 @@ def test_the_channels_file_refuses_urls_the_client_cannot_post_to(table: str, co
     with pytest.raises(ChannelConfigError, match=complaint) as refused:
         load_channel_config(path, {})
     assert SECRET not in str(refused.value)
+
+
+def test_roles_routed_to_no_channel_are_named(tmp_path: Path) -> None:
+    """Start-up warns of them (settings.roles_without_channel): nobody in them is ever notified."""
+    path = tmp_path / "channels.toml"
+    path.write_text(
+        '[routes]\nhousehold = ["webhook"]\nduty = []\n'
+        '[villages."东山村".routes]\nleader = []\nofficer = ["webhook"]\n',
+        encoding="utf-8",
+    )
+    assert load_channel_config(path, {}).silent_routes() == ["duty", "leader in 东山村"]
