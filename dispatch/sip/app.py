@@ -4,56 +4,81 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 import structlog
 import uvicorn
-from litestar import Litestar, Request, Response, get, post
 
 from dispatch.settings import SipSettings
 from dispatch.sip.bridge import Bridge, metrics_text
 
 log = structlog.get_logger(__name__)
 
+MAX_BODY = 64 * 1024
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-def create_app(bridge: Bridge) -> Litestar:
-    @post("/v1/voice/calls", status_code=201)
-    async def voice_call(request: Request[Any, Any, Any]) -> Response[Any]:
-        body = await request.body()
-        if not bridge.signed(body, request.headers.get("x-dispatch-signature")):
-            log.warning("sip.bad_signature", path=request.url.path)
-            return Response({"error": "bad signature"}, status_code=401)
-        try:
-            status, answer = bridge.originate(request.headers.get("idempotency-key", ""), body)
-        except msgspec.DecodeError as exc:
-            return Response({"error": f"bad request: {exc}"}, status_code=400)
-        headers = {"Retry-After": "2"} if status == 503 else None
-        return Response(answer, status_code=status, headers=headers)
 
-    @post("/v1/sms/messages", status_code=422)
-    async def sms_out(request: Request[Any, Any, Any]) -> Response[Any]:
-        body = await request.body()
-        if not bridge.signed(body, request.headers.get("x-dispatch-signature")):
-            return Response({"error": "bad signature"}, status_code=401)
-        return Response(
-            {"error": "the SIP bridge places calls only: route texts to an SMS gateway (docs/telephony.md)"},
-            status_code=422,
-        )
+def create_app(bridge: Bridge) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """A bare ASGI app (four routes: a framework would double the bridge's start time)."""
 
-    @get("/healthz")
-    async def healthz() -> Response[Any]:
-        up = not bridge.engine.closed.is_set() and bridge.engine.process is not None
-        registered = bridge.registered.is_set()
-        body = {"engine": "up" if up else "down", "registered": registered, "legs": len(bridge.legs)}
-        return Response(body, status_code=200 if up and registered else 503)
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        method, path = scope["method"], scope["path"]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        body = b""
+        if method == "POST":
+            while True:
+                message = await receive()
+                body += message.get("body", b"")
+                if len(body) > MAX_BODY:
+                    await _reply(send, 413, {"error": "body over 64 KiB"})
+                    return
+                if not message.get("more_body"):
+                    break
+        if method == "POST" and path in ("/v1/voice/calls", "/v1/sms/messages"):
+            if not bridge.signed(body, headers.get("x-dispatch-signature")):
+                log.warning("sip.bad_signature", path=path)
+                await _reply(send, 401, {"error": "bad signature"})
+            elif path == "/v1/sms/messages":
+                error = "the SIP bridge places calls only: route texts to an SMS gateway (docs/telephony.md)"
+                await _reply(send, 422, {"error": error})
+            else:
+                try:
+                    status, answer = bridge.originate(headers.get("idempotency-key", ""), body)
+                except msgspec.DecodeError as exc:
+                    status, answer = 400, {"error": f"bad request: {exc}"}
+                await _reply(send, status, answer, retry_after=status == 503)
+        elif method == "GET" and path == "/healthz":
+            up = not bridge.engine.closed.is_set() and bridge.engine.process is not None
+            registered = bridge.registered.is_set()
+            answer = {"engine": "up" if up else "down", "registered": registered, "legs": len(bridge.legs)}
+            await _reply(send, 200 if up and registered else 503, answer)
+        elif method == "GET" and path == "/metrics":
+            await _send(send, 200, metrics_text(bridge.metrics), "text/plain; version=0.0.4")
+        else:
+            await _reply(send, 404, {"error": f"no route {method} {path}"})
 
-    @get("/metrics")
-    async def metrics() -> Response[bytes]:
-        return Response(metrics_text(bridge.metrics), media_type="text/plain; version=0.0.4")
+    return app
 
-    return Litestar([voice_call, sms_out, healthz, metrics], logging_config=None, debug=False)
+
+async def _reply(send: Send, status: int, body: dict[str, Any], *, retry_after: bool = False) -> None:
+    extra = [(b"retry-after", b"2")] if retry_after else []
+    await _send(send, status, json.dumps(body, ensure_ascii=False).encode(), "application/json", extra)
+
+
+async def _send(
+    send: Send, status: int, body: bytes, content_type: str, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode()), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def run_bridge(settings: SipSettings) -> int:

@@ -234,7 +234,7 @@ class Baresip:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
-                await asyncio.to_thread(self.process.wait, 5)
+                await asyncio.to_thread(self.process.wait, 2)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 await asyncio.to_thread(self.process.wait, 5)

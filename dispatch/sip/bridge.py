@@ -113,7 +113,8 @@ class Journal:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS legs (key TEXT PRIMARY KEY, call_ref TEXT NOT NULL, "
-            "notification TEXT NOT NULL, payload TEXT NOT NULL, created REAL NOT NULL, outcome TEXT)"
+            "notification TEXT NOT NULL, payload TEXT NOT NULL, created REAL NOT NULL, outcome TEXT, "
+            "reported INTEGER NOT NULL DEFAULT 0)"
         )
         self.db.execute("CREATE INDEX IF NOT EXISTS legs_notification ON legs (notification)")
 
@@ -122,7 +123,7 @@ class Journal:
 
     def add(self, key: str, call: Origination, payload: bytes, now: float) -> None:
         self.db.execute(
-            "INSERT OR IGNORE INTO legs VALUES (?, ?, ?, ?, ?, NULL)",
+            "INSERT OR IGNORE INTO legs VALUES (?, ?, ?, ?, ?, NULL, 0)",
             (key, call.call_ref, call.notification_key, payload.decode(), now),
         )
 
@@ -136,6 +137,23 @@ class Journal:
 
     def outcome(self, call_ref: str, outcome: str) -> None:
         self.db.execute("UPDATE legs SET outcome = ? WHERE call_ref = ? AND outcome IS NULL", (outcome, call_ref))
+
+    def reported(self, call_ref: str) -> None:
+        """Dispatch has the leg's outcome."""
+        self.db.execute("UPDATE legs SET reported = 1 WHERE call_ref = ?", (call_ref,))
+
+    def unreported(self, now: float, grace_s: float) -> list[tuple[bytes, str]]:
+        """Outcomes recorded but maybe never told to dispatch (a crash in between), while it waits."""
+        rows = self.db.execute(
+            "SELECT payload, outcome, created FROM legs WHERE outcome IS NOT NULL AND outcome != 'lost' "
+            "AND reported = 0"
+        ).fetchall()
+        found = []
+        for payload, outcome, created in rows:
+            call = msgspec.json.decode(payload.encode(), type=Origination)
+            if created + call.ring_timeout_s + grace_s > now:
+                found.append((payload.encode(), str(outcome)))
+        return found
 
     def unfinished(self, now: float, grace_s: float) -> list[tuple[str, bytes]]:
         """Legs without an outcome that dispatch still waits for; older ones are marked `lost`."""
@@ -220,14 +238,20 @@ class Bridge:
         _point(self.inbound_link, self.prompt_wav)
         await self.engine.start()
         params = self._account_params(register=s.register) + f";audio_source=aufile,{self.inbound_link}"
-        answer = await self.engine.run([("uanew", f"<{self.inbound_aor}>{params}")])
-        if not answer[0].get("ok"):
-            raise EngineError(f"could not add the service number's user agent: {answer[0].get('data')}")
-        for _ in range(min(s.max_legs, s.spare_lines)):
-            self.free_uas.append(await self._new_ua())
+        spares = [self._line() for _ in range(min(s.max_legs, s.spare_lines))]
+        answers = await self.engine.run(
+            [("uanew", f"<{self.inbound_aor}>{params}"), *(("uanew", spec) for _, spec in spares)]
+        )
+        if not all(answer.get("ok") for answer in answers):
+            raise EngineError(f"could not add the service number's user agents: {answers[0].get('data')}")
+        self.free_uas.extend(aor for aor, _ in reversed(spares))
         if not s.register:
             self.metrics.registered.set(1)
             self.registered.set()
+        for payload, outcome in self.journal.unreported(time.time(), grace_s=15.0):
+            call = msgspec.json.decode(payload, type=Origination)
+            log.info("sip.outcome_resent", call_ref=call.call_ref, outcome=outcome)
+            self.spawn(self._report(call, outcome))
         for key, payload in self.journal.unfinished(time.time(), grace_s=15.0):
             call = msgspec.json.decode(payload, type=Origination)
             log.info("sip.leg_resumed", call_ref=call.call_ref, to=mask(call.to))
@@ -309,11 +333,15 @@ class Bridge:
             return self.free_uas.pop()
         return await self._new_ua()
 
-    async def _new_ua(self) -> str:
+    def _line(self) -> tuple[str, str]:
+        """A new outbound line: its address, and its `uanew` parameter."""
         self.ua_count += 1
         aor = f"sip:{self.settings.user}-{self.ua_count}@{self.domain}"
-        params = self._account_params(register=False)
-        answer = await self.engine.run([("uanew", f'"{self.settings.user}" <{aor}>{params}')])
+        return aor, f'"{self.settings.user}" <{aor}>{self._account_params(register=False)}'
+
+    async def _new_ua(self) -> str:
+        aor, spec = self._line()
+        answer = await self.engine.run([("uanew", spec)])
         if not answer[0].get("ok"):
             raise EngineError(f"could not add a line: {answer[0].get('data')}")
         return aor
@@ -323,7 +351,7 @@ class Bridge:
         if self.journal.answered_before(call.notification_key):
             log.info("sip.already_answered", call_ref=call.call_ref, to=mask(call.to))
             self.journal.outcome(call.call_ref, "answered")
-            await self.callback(call, "answered")
+            await self._report(call, "answered")
             await self.callback(call, "completed")
             return
         try:
@@ -385,7 +413,7 @@ class Bridge:
                 self.journal.outcome(call.call_ref, "answered")
                 self.metrics.legs.labels("answered").inc()
                 log.info("sip.answered", call_ref=call.call_ref, to=mask(call.to))
-                await self.callback(call, "answered")
+                await self._report(call, "answered")
             elif kind == "CALL_RTPESTAB" and established:
                 self.metrics.setup.labels("audio").observe(loop.time() - started)
             elif kind == "CALL_DTMF_START" and established:
@@ -395,14 +423,27 @@ class Bridge:
                     await self.callback(call, "completed")
                     return
                 outcome = "no_answer" if hung_up else closed_outcome(str(event.get("param", "")))
-                log.info("sip.not_answered", call_ref=call.call_ref, outcome=outcome, reason=event.get("param", ""))
+                log.info(
+                    "sip.not_answered",
+                    call_ref=call.call_ref,
+                    to=mask(call.to),
+                    outcome=outcome,
+                    reason=event.get("param", ""),
+                )
                 await self._finish(call, outcome)
                 return
 
     async def _finish(self, call: Origination, outcome: str) -> None:
         self.journal.outcome(call.call_ref, outcome)
         self.metrics.legs.labels(outcome).inc()
-        await self.callback(call, outcome)
+        await self._report(call, outcome)
+
+    async def _report(self, call: Origination, outcome: str) -> None:
+        """The leg's final status to dispatch; journalled as told once dispatch took it."""
+        payload = {"call_ref": call.call_ref, "event": outcome, "to": call.to, "context": call.context}
+        status, _ = await self.post_retrying("/v1/gateway/voice", payload)
+        if 200 <= status < 500:
+            self.journal.reported(call.call_ref)
 
     async def _hangup(self, ua: str) -> None:
         with contextlib.suppress(EngineError, TimeoutError):
@@ -505,7 +546,13 @@ class Bridge:
                 self.metrics.inbound.labels(result if result in INBOUND_RESULTS else "raised").inc()
                 if call.fallback:
                     self.metrics.inbound.labels("late").inc()
-                log.info("sip.alarm_raised", call_id=call.call_id, incident_id=call.incident_id, status=result)
+                log.info(
+                    "sip.alarm_raised",
+                    call_id=call.call_id,
+                    caller=mask(call.caller),
+                    incident_id=call.incident_id,
+                    status=result,
+                )
                 call.reached.set()
                 return
             if 400 <= status < 500 and status not in (408, 429):

@@ -263,12 +263,8 @@ class Phone:
         if self.control is not None:
             self.control.close()
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+            self.proc.kill()  # a phone has nothing to save; baresip's own shutdown waits to unregister
+            self.proc.wait(5)
 
 
 def voiced_seconds(path: Path, threshold: float = 300.0, frame_s: float = 0.02) -> float:

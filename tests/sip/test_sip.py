@@ -23,17 +23,30 @@ pytestmark = [
 GATEWAY_SECRET = "sip-gateway-secret"
 CALLER = HOUSEHOLDS[0][0]
 GROUP = [p for p, _ in HOUSEHOLDS] + [LEADER[0], ASSISTANT[0], OFFICER_PHONE]
-# group 3: the kill -9 story; 13700030002 and 13700030003 never answer, 13700030008 answers
-G3_CALLER, G3_SILENT, G3_ANSWERS = "13700030001", ("13700030002", "13700030003"), "13700030008"
+# group 3: the kill -9 story; 13700030002 and 13700030003 never answer, the leader and the officer
+# answer (and press nothing), 13700030004 is registered nowhere (404: permanent)
+G3_CALLER, G3_SILENT, G3_ANSWERS, G3_UNKNOWN = (
+    "13700030001",
+    ("13700030002", "13700030003"),
+    "13700030008",
+    "13700030004",
+)
 EXTRA = [
     ("xiaoyang", 3, G3_CALLER, "household", "户3-1"),
     ("xiaoyang", 3, G3_SILENT[0], "household", "户3-2"),
     ("xiaoyang", 3, G3_SILENT[1], "household", "户3-3"),
+    ("xiaoyang", 3, G3_UNKNOWN, "household", "户3-4"),
     ("xiaoyang", 3, G3_ANSWERS, "leader", "组长3"),
-    ("xiaoyang", 3, "13600030009", "officer", "民警3"),  # registered nowhere: 404, permanent
+    ("xiaoyang", 3, OFFICER_PHONE, "officer", "吴建军"),
 ]
+ACK_DEADLINE = 12
 ROSTER = village("xiaoyang", officer="吴建军", second_group=False, duty=None, extra=EXTRA)
-RING_TIMEOUT = 4
+RING_TIMEOUT = 20
+
+
+def masked(number: str) -> str:
+    """A number as the logs show it."""
+    return f"{number[:3]}****{number[-4:]}"
 
 
 @dataclass
@@ -50,16 +63,16 @@ class World:
             view: dict[str, Any] = http.get(f"/v1/incidents/{incident_id}").json()
         return view
 
-    def raised(self, caller: str) -> str:
-        """The incident the bridge raised for a call from `caller` (its log names it)."""
+    def raised(self, phone: Phone) -> str:
+        """The incident the bridge raised for a call from `phone` (its log names the caller, masked)."""
 
         def found() -> str:
             for entry in self.bridge.log_events("sip.alarm_raised"):
-                if entry.get("incident_id"):
+                if entry.get("caller") == masked(phone.number):
                     return str(entry["incident_id"])
             return ""
 
-        return str(wait_until(found, timeout=10, what=f"the alarm of {caller} raised"))
+        return str(wait_until(found, timeout=10, what=f"the alarm of {phone.number} raised"))
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +104,7 @@ officer = ["voice"]
             "DISPATCH_GATEWAY_SECRET": GATEWAY_SECRET,
             "DISPATCH_DELIVERY_BACKOFF_BASE": "0.5",
             "DISPATCH_DELIVERY_BACKOFF_MAX": "1",
+            "DISPATCH_ACK_DEADLINE": str(ACK_DEADLINE),
         },
     ).start()
     phones: dict[str, Phone] = {}
@@ -135,7 +149,7 @@ def test_a_call_to_6995_rings_the_nine_at_once_they_hear_the_alarm_and_two_1s_co
     answered_at = wait_until(caller.established, timeout=5, what="the bridge answers")[0][0]
     # the caller is answered (and hears the prompt) within 2 s, whatever dispatch does
     assert answered_at - dialled_at < 2.0
-    incident_id = world.raised(CALLER)
+    incident_id = world.raised(caller)
 
     rings = wait_until(lambda: all(p.incoming() for p in others) and [p.incoming()[0][0] for p in others], timeout=15)
     spread = max(rings) - min(rings)
@@ -160,12 +174,15 @@ def test_a_call_to_6995_rings_the_nine_at_once_they_hear_the_alarm_and_two_1s_co
     audio_s = float(world.bridge.log_events("sip.dialled")[0]["audio_s"])
     wait_until(lambda: all(p.closed() for p in others), timeout=audio_s + 20, what="the alarms spoken")
     for phone in others:
-        [heard] = phone.recordings()
+        heard = phone.recordings()[0]  # the alarm's call (dispatch may ring the officer again later)
         voiced = voiced_seconds(heard)
         if phone.number in (OFFICER_PHONE, LEADER[0]):
             assert voiced > 1.0, (phone.number, voiced)  # until they pressed 1, then the confirmation
         else:
             assert voiced > 0.6 * audio_s, (phone.number, voiced, audio_s)
+    # the caller, still on the line, presses 0: the alarm is cancelled (the caller is safe)
+    caller.press("0")
+    wait_until(lambda: world.incident(incident_id)["status"] == "cancelled", timeout=15, what="cancelled by 0")
     caller.hangup()
     wait_until(caller.closed, timeout=10)
     assert voiced_seconds(caller.recordings()[0]) > 2.0  # the prompt
@@ -194,3 +211,73 @@ def test_dispatch_down_the_caller_still_hears_the_fallback_prompt(world: World, 
         assert voiced_seconds(heard) > 4.0
     finally:
         lonely.stop()
+
+
+def test_kill_9_while_phones_ring_rings_again_only_those_without_an_outcome(world: World) -> None:
+    caller, leader, officer = world.phones[G3_CALLER], world.phones[G3_ANSWERS], world.phones[OFFICER_PHONE]
+    silent = [world.phones[n] for n in G3_SILENT]
+    officer_calls = len(officer.incoming())
+
+    def answers() -> dict[str, int]:
+        logged = [e["to"] for e in world.bridge.log_events("sip.answered")]
+        return {n: logged.count(f"+86{masked(n)}") for n in (G3_ANSWERS, OFFICER_PHONE)}
+
+    before = answers()
+    caller.dial("6995")
+    wait_until(caller.established, timeout=5, what="the bridge answers")
+    incident_id = world.raised(caller)
+    wait_until(lambda: all(p.incoming() for p in silent), timeout=15, what="the silent phones ring")
+    wait_until(leader.established, timeout=10, what="the leader answers")
+    wait_until(lambda: len(officer.established()) > officer_calls, timeout=10, what="the officer answers")
+
+    def journalled() -> bool:
+        now = answers()
+        refused = [e for e in world.bridge.log_events("sip.not_answered") if e["to"] == f"+86{masked(G3_UNKNOWN)}"]
+        return all(now[n] > before[n] for n in (G3_ANSWERS, OFFICER_PHONE)) and bool(refused)
+
+    # the bridge has recorded both answers and the 404 (a phone hears its 200 OK before the bridge
+    # journals it: a crash in between is the one case where an answered phone rings again)
+    wait_until(journalled, timeout=10, what="the outcomes journalled")
+
+    world.bridge.kill()  # kill -9, the engine dies with it, the silent phones still ringing
+    world.bridge.start()
+    resumed = wait_until(lambda: world.bridge.log_events("sip.leg_resumed"), timeout=10, what="legs resumed")
+    # the legs that had no outcome ring again; the leader and the officer, who answered, do not
+    wait_until(lambda: all(len(p.incoming()) >= 2 for p in silent), timeout=15, what="rung again")
+    assert {e["to"] for e in resumed} == {f"+86{masked(n)}" for n in G3_SILENT}
+    assert len(leader.incoming()) == 1
+    assert len(officer.incoming()) == officer_calls + 1
+
+    # a number the registrar does not know: permanent, at once (no retry)
+    def unknown_failed() -> list[dict[str, Any]]:
+        return [
+            r for r in world.incident(incident_id)["responders"] if r["phone"] == f"+86{G3_UNKNOWN}" and r["failed"]
+        ]
+
+    # (dispatch records a job's outcomes together: once the silent phones' ring timeout is over)
+    [unknown] = wait_until(unknown_failed, timeout=RING_TIMEOUT + 20, what="404 recorded as a failure")
+    kinds = [
+        f["kind"]
+        for e in world.incident(incident_id)["timeline"]
+        if e["type"] == "DeliveryFailed"
+        for f in e["detail"].get("failures", [])
+        if f["phone"] == f"+86{G3_UNKNOWN}"
+    ]
+    assert kinds == ["permanent"], (kinds, unknown)
+    assert [e["to"] for e in world.bridge.log_events("sip.originate")].count(f"+86{masked(G3_UNKNOWN)}") == 1
+
+    # nobody answers or presses: dispatch retries the silent phones, then escalates at the ack deadline
+    def escalated() -> list[dict[str, Any]]:
+        return [e for e in world.incident(incident_id)["timeline"] if e["type"] == "IncidentEscalated"]
+
+    [tier1, *_] = wait_until(escalated, timeout=ACK_DEADLINE + 15, what="escalated")
+    view = world.incident(incident_id)
+    assert tier1["detail"]["reason"] == "ack_deadline"
+    assert tier1["at"] >= view["ack_deadline_at"]
+
+    def retried() -> set[str]:
+        return {e["to"] for e in world.bridge.log_events("sip.originate") if not e["call_ref"].endswith("-1")} & {
+            f"+86{masked(n)}" for n in G3_SILENT
+        }
+
+    wait_until(lambda: len(retried()) == 2, timeout=RING_TIMEOUT + 15, what="dispatch's own retry of the silent")
