@@ -43,6 +43,18 @@ from dispatch.events.model import Role
 
 ROLES: tuple[Role, ...] = ("household", "leader", "assistant", "officer", "duty", "command_centre", "unregistered")
 CHANNEL_NAMES = ("webhook", "voice", "sms", "wecom", "dingtalk")
+TABLES = ("gateway", "routes", "villages", "signing")
+GATEWAY_KEYS = ("url", "secret", "secret_env", "ring_timeout_s", "caller_voice_updates")
+VILLAGE_KEYS = (
+    "routes",
+    "wecom_url",
+    "wecom_url_env",
+    "dingtalk_url",
+    "dingtalk_url_env",
+    "dingtalk_secret",
+    "dingtalk_secret_env",
+)
+"""Every key the file may hold, per table (docs/examples/channels.toml shows and explains each)."""
 
 
 class ChannelConfigError(ValueError):
@@ -142,15 +154,19 @@ def load_channel_config(path: Path, env: dict[str, str] | None = None) -> Channe
         raise ChannelConfigError(f"{path}: not valid TOML: {exc}") from None
     where = str(path)
     config = ChannelConfig()
-    unknown = set(data) - {"gateway", "routes", "villages", "signing"}
+    unknown = set(data) - set(TABLES)
     if unknown:
-        raise ChannelConfigError(f"{where}: unknown table(s) {sorted(unknown)} (gateway, routes, villages, signing)")
+        raise ChannelConfigError(f"{where}: unknown table(s) {sorted(unknown)} ({', '.join(TABLES)})")
     try:
         config.signing = parse_signing(data.get("signing"), where, env)
     except SigningConfigError as exc:
         raise ChannelConfigError(str(exc)) from None
     gateway = data.get("gateway")
     if gateway is not None:
+        if not isinstance(gateway, dict):
+            raise ChannelConfigError(f"{where} [gateway] must be a table")
+        if extra := set(gateway) - set(GATEWAY_KEYS):
+            raise ChannelConfigError(f"{where} [gateway]: unknown key(s) {sorted(extra)} ({', '.join(GATEWAY_KEYS)})")
         url = gateway.get("url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ChannelConfigError(f"{where} [gateway].url must be an http(s) URL")
@@ -170,15 +186,7 @@ def load_channel_config(path: Path, env: dict[str, str] | None = None) -> Channe
         vwhere = f'{where} [villages."{village}"]'
         if not isinstance(table, dict):
             raise ChannelConfigError(f"{vwhere} must be a table")
-        extra = set(table) - {
-            "routes",
-            "wecom_url",
-            "wecom_url_env",
-            "dingtalk_url",
-            "dingtalk_url_env",
-            "dingtalk_secret",
-            "dingtalk_secret_env",
-        }
+        extra = set(table) - set(VILLAGE_KEYS)
         if extra:
             raise ChannelConfigError(f"{vwhere}: unknown key(s) {sorted(extra)}")
         config.village_routes[village] = _routes(table.get("routes", {}), f"{vwhere}.routes")

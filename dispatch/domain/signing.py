@@ -157,6 +157,10 @@ def check_only(key: GatewayKey, timestamp: str, signature: str, body: bytes) -> 
         raise SignatureRejected("bad signature")
 
 
+SIGNING_KEYS = ("secret", "secret_env", "required", "tokens")
+"""The keys of `[signing]`; a `[signing.tokens."<id>"]` table takes the same but `tokens`."""
+
+
 def parse_signing(table: Any, where: str, env: dict[str, str]) -> SigningConfig:
     """The `[signing]` table of DISPATCH_CHANNELS_FILE, checked; secrets from `secret` or `secret_env`."""
     if table is None:
@@ -165,7 +169,7 @@ def parse_signing(table: Any, where: str, env: dict[str, str]) -> SigningConfig:
         raise SigningConfigError(f"{where} [signing] must be a table")
 
     def key(spec: dict[str, Any], at: str, required_default: bool) -> GatewayKey | None:
-        extra = set(spec) - {"secret", "secret_env", "required", "tokens"}
+        extra = set(spec) - set(SIGNING_KEYS)
         if extra:
             raise SigningConfigError(f"{at}: unknown key(s) {sorted(extra)} (secret, secret_env, required)")
         secret = spec.get("secret")

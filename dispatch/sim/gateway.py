@@ -72,6 +72,13 @@ class OutboundSms(msgspec.Struct, kw_only=True):
     ref: str = ""
 
 
+SCENARIO_TABLES = ("defaults", "phones", "sms")
+PHONE_KEYS = ("behaviour", "times", "answer_after_s", "press", "press_after_s")
+SMS_KEYS = ("reply", "reply_after_s")
+BEHAVIOURS = ("answer", "silent", "busy", "fail")
+"""Every table and key a scenario file may hold (docs/examples/phones.toml shows and explains each)."""
+
+
 @dataclass
 class PhoneScript:
     behaviour: str = "answer"
@@ -89,9 +96,23 @@ class Scenario:
 
     @classmethod
     def load(cls, path: Path | None) -> Scenario:
+        """The scenario in a TOML file (docs/examples/phones.toml); ValueError names what is wrong."""
         if path is None:
             return cls()
         data = tomllib.loads(path.read_text(encoding="utf-8"))
+        if extra := set(data) - set(SCENARIO_TABLES):
+            raise ValueError(f"unknown table(s) {sorted(extra)} ({', '.join(SCENARIO_TABLES)})")
+        for where, spec in [
+            ("defaults", data.get("defaults", {})),
+            *((f"phones.{p}", s) for p, s in data.get("phones", {}).items()),
+        ]:
+            if extra := set(spec) - set(PHONE_KEYS):
+                raise ValueError(f"[{where}]: unknown key(s) {sorted(extra)} ({', '.join(PHONE_KEYS)})")
+            if spec.get("behaviour", "answer") not in BEHAVIOURS:
+                raise ValueError(f"[{where}].behaviour must be one of {', '.join(BEHAVIOURS)}")
+        for phone, spec in data.get("sms", {}).items():
+            if extra := set(spec) - set(SMS_KEYS):
+                raise ValueError(f"[sms.{phone}]: unknown key(s) {sorted(extra)} ({', '.join(SMS_KEYS)})")
         defaults = PhoneScript(**data.get("defaults", {}))
         phones = {
             phone: PhoneScript(**{**defaults.__dict__, **{k: v for k, v in spec.items()}})
