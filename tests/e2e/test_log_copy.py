@@ -42,10 +42,13 @@ def replicas(urls: list[str]) -> dict[str, int]:
     return asyncio.run(ask())
 
 
+DUTY = "+8673184512345"  # with a channel, what makes /readyz answer 200
+
+
 def test_a_pilot_moves_to_the_cluster_with_its_log(tmp_path: Path) -> None:
     receiver = WebhookReceiver().start()
     data = tmp_path / "pilot"
-    env = webhook_env(receiver, DISPATCH_ACK_DEADLINE="15", DISPATCH_ESCALATE_AFTER="600")
+    env = webhook_env(receiver, DISPATCH_ACK_DEADLINE="15", DISPATCH_ESCALATE_AFTER="600", DISPATCH_DUTY_DESK=DUTY)
     pilot = ServeProcess(data, env).start()
     cluster: NatsCluster | None = None
     after: ServeProcess | None = None
