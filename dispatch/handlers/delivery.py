@@ -14,6 +14,8 @@ Invariants:
 - a retry that asks for an answer (alarm, repeat, escalation, unregistered) is withdrawn, not rung,
   for a target who has answered meanwhile or once the incident is closed: DeliveryFailed{withdrawn};
   when the incident cannot be read, the target is rung (a needless ring beats a missed alarm);
+- an outcome is logged at the level an operator acts on: permanent error, exhausted warning,
+  withdrawn info (`FAILURE_LEVEL`);
 - the outcome events are decided by the domain (`decide_attempt`) and appended as facts (no
   expectation: they never conflict); each stored DeliveryFailed is published on the bus, where
   the escalation decides whether no officer can be reached any more.

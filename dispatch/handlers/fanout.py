@@ -21,7 +21,10 @@ Invariants:
 - the trigger is acknowledged only after every target has an outcome recorded or a retry job
   queued: a crash in between redelivers the trigger, which rings again exactly the targets that
   have no recorded outcome for that round (at least once, never lost);
-- a redelivered trigger of a closed incident rings nobody, except the cancellation itself.
+- a redelivered trigger of a closed incident rings nobody, except the cancellation itself;
+- a recipient no channel reaches (none configured, or routed to none) is never silently left out:
+  it is recorded as DeliveryFailed on the pseudo-channel `none` (permanent, no `handed_at`, so never
+  counted as notified), once per round, with an error log (`fanout.not_rung`).
 """
 
 from __future__ import annotations
