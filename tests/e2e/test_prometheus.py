@@ -203,6 +203,19 @@ def exported(serve: ServeProcess) -> set[str]:
     return names
 
 
+def sip_exported() -> set[str]:
+    """What `dispatch sip` (the SIP bridge, a process of its own) exports on its /metrics."""
+    from prometheus_client import generate_latest
+
+    from dispatch.sip.bridge import SipMetrics
+
+    names = set()
+    for family in text_string_to_metric_families(generate_latest(SipMetrics().registry).decode()):
+        names.add(family.name)
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
 def base_name(name: str) -> str:
     for suffix in SUFFIXES:
         if name.endswith(suffix):
@@ -213,7 +226,7 @@ def base_name(name: str) -> str:
 def test_every_metric_in_the_rules_the_dashboard_and_the_catalogue_is_exported(
     serve: ServeProcess, traffic: str
 ) -> None:
-    names = exported(serve)
+    names = exported(serve) | sip_exported()
     used = {m for expr in (*rule_exprs(), *dashboard_exprs()) for m in METRIC_NAME.findall(expr)}
     assert {"dispatch_cover_seconds_bucket", "dispatch_deliveries_total", "dispatch_escalations_total"} <= used
     assert used - names == set(), "named in ops/ but not exported"
