@@ -102,8 +102,8 @@ def browser() -> Iterator[Browser]:
 def contexts(browser: Browser) -> Iterator[Callable[..., BrowserContext]]:
     opened: list[BrowserContext] = []
 
-    def new(viewport: dict[str, int] = DESKTOP, lang: str = "zh") -> BrowserContext:
-        context = browser.new_context(viewport=viewport, locale="zh-CN")  # type: ignore[arg-type]
+    def new(viewport: dict[str, int] = DESKTOP, lang: str = "zh", timezone: str | None = None) -> BrowserContext:
+        context = browser.new_context(viewport=viewport, locale="zh-CN", timezone_id=timezone)  # type: ignore[arg-type]
         if lang == "en":
             context.add_init_script("localStorage.setItem('dispatch.lang', 'en')")
         opened.append(context)
@@ -401,7 +401,8 @@ def test_resolve_from_the_board_then_the_village_charts(
 def test_keyboard_only_and_english(
     serve: ServeProcess, http: httpx.Client, tokens: dict[str, str], contexts: Callable[..., BrowserContext]
 ) -> None:
-    page = contexts(lang="en").new_page()
+    # a browser far from the village: times are still the village's, named by its offset
+    page = contexts(lang="en", timezone="America/Los_Angeles").new_page()
     page.goto(f"{serve.url}/console/")
     expect(page.locator("html")).to_have_attribute("lang", "en")
     expect(page.locator("h1")).to_contain_text("Joint-defence dispatch")

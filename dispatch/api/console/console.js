@@ -492,26 +492,32 @@ function clock(seconds) {
 // "2026-12-04 14:03:05 +08:00" (ISO date, never 04/12), "14:03:05 +08:00" (zone) or "14:03:05" (time).
 function timeOf(iso, zone, shape = "time") {
   if (!iso) return "";
-  const opts = {
-    year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit",
-    hourCycle: "h23", timeZoneName: "longOffset",
-  };
-  let parts;
-  try {
-    parts = new Intl.DateTimeFormat("en-US", { ...opts, timeZone: zone || undefined }).formatToParts(new Date(iso));
-  } catch {
-    parts = new Intl.DateTimeFormat("en-US", opts).formatToParts(new Date(iso));
-  }
-  const p = Object.fromEntries(parts.map((x) => [x.type, x.value]));
+  const p = zoneParts(iso, zone);
   const offset = p.timeZoneName === "GMT" ? "+00:00" : p.timeZoneName.replace("GMT", "");
   const time = `${p.hour}:${p.minute}:${p.second}`;
   if (shape === "full") return `${p.year}-${p.month}-${p.day} ${time} ${offset}`;
   return shape === "zone" ? `${time} ${offset}` : time;
 }
 
-function dayKey(when) {
-  const d = new Date(when);
-  return `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, "0")}-${String(d.getDate()).padStart(2, "0")}`;
+// The calendar fields of a moment in a zone (an unknown zone: the browser's).
+function zoneParts(when, zone) {
+  const opts = {
+    year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit",
+    hourCycle: "h23", timeZoneName: "longOffset",
+  };
+  let parts;
+  try {
+    parts = new Intl.DateTimeFormat("en-US", { ...opts, timeZone: zone || undefined }).formatToParts(new Date(when));
+  } catch {
+    parts = new Intl.DateTimeFormat("en-US", opts).formatToParts(new Date(when));
+  }
+  return Object.fromEntries(parts.map((x) => [x.type, x.value]));
+}
+
+// The day of a moment in the village's zone: 2026-12-04.
+function dayKey(when, zone) {
+  const p = zoneParts(when, zone);
+  return `${p.year}-${p.month}-${p.day}`;
 }
 
 class ApiError extends Error {
@@ -1509,10 +1515,13 @@ function drawVillage(body) {
     tile(t("p50_cover"), p50("time_to_covered")),
     tile(t("p50_arrive"), p50("time_to_arrival")),
   );
+  // the village's last 30 days, in its own zone (the browser may be elsewhere)
+  const zone = [report.time_zone].flat()[0];
   const days = [];
-  const today = new Date();
-  today.setHours(12, 0, 0, 0);
-  for (let i = 29; i >= 0; i -= 1) days.push(dayKey(today.getTime() - i * DAY_MS));
+  for (let i = 29; i >= 0; i -= 1) {
+    const day = dayKey(Date.now() - i * DAY_MS, zone);
+    if (days[days.length - 1] !== day) days.push(day);
+  }
   const specs = [
     ["accept", "chart_accept", "first_accept_at"],
     ["cover", "chart_cover", "covered_at"],
@@ -1529,7 +1538,7 @@ function drawVillage(body) {
     categories,
   );
   const inner = (fig) => Math.max(280, Math.floor(fig.clientWidth - 26));
-  specs.forEach(([key, label, field], i) => chart(figures[i], inner(figures[i]), key, t(label), series(rows, days, field), days));
+  specs.forEach(([key, label, field], i) => chart(figures[i], inner(figures[i]), key, t(label), series(rows, days, field, zone), days));
   categoryChart(categories, inner(categories), rows);
   S.view.drawnWidth = body.clientWidth;
 }
@@ -1551,11 +1560,11 @@ function median(values) {
   return (v[Math.floor(mid)] + v[Math.ceil(mid)]) / 2;
 }
 
-function series(rows, days, field) {
+function series(rows, days, field, zone) {
   const byDay = new Map(days.map((d) => [d, []]));
   for (const r of rows) {
     if (!r[field] || !r.raised_at) continue;
-    const bucket = byDay.get(dayKey(ms(r.raised_at)));
+    const bucket = byDay.get(dayKey(ms(r.raised_at), zone));
     if (bucket) bucket.push((ms(r[field]) - ms(r.raised_at)) / 1000);
   }
   return days.map((day) => {
