@@ -1147,10 +1147,15 @@ function submitForm(event, ui) {
   }
 }
 
+/* Where a card's message goes: under its open form (so the form does not move), else under its buttons. */
+function below(ui) {
+  return ui.form.hidden ? ui.row : ui.form;
+}
+
 async function answer(ui, action, extra) {
   const responder = ui.select.value;
   if (!responder) {
-    toast(t("need_responder"), "bad", ui.row);
+    toast(t("need_responder"), "bad", below(ui));
     ui.select.focus();
     return;
   }
@@ -1167,7 +1172,7 @@ async function answer(ui, action, extra) {
     let text = result.recorded.length ? t("recorded", { who, what }) : t("nothing_changed", { who, what });
     if (result.recorded.includes("IncidentCovered")) text += ` · ${t("now_covered")}`;
     if (CLOSED.has(result.status)) text += ` · ${t("closed_now")}`;
-    toast(text, "ok", ui.row);
+    toast(text, "ok", below(ui));
     if (action === "resolve" || action === "cancel") {
       ui.note.value = "";
       closeForm(ui);
@@ -1176,7 +1181,7 @@ async function answer(ui, action, extra) {
     await refresh(ui.id);
   } catch (exc) {
     const key = { 403: "err_403", 404: "err_404", 409: "err_409", 422: "err_422" }[exc.status];
-    toast(key ? t(key, { msg: exc.message }) : exc.status ? t("err_other", { code: exc.status, msg: exc.message }) : exc.message, "bad", ui.row);
+    toast(key ? t(key, { msg: exc.message }) : exc.status ? t("err_other", { code: exc.status, msg: exc.message }) : exc.message, "bad", below(ui));
     if (exc.status === 404) refresh(ui.id);
   } finally {
     setBusy(ui, false);
