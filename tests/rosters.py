@@ -86,3 +86,23 @@ def group_officer(group: int) -> str:
 
 
 ROSTER = village()
+
+
+PLACES = {
+    "13800000001": ("村东头老槐树旁", "28.228209", "112.938814"),
+    "13800000002": ("村委会对面", "", ""),
+}
+
+
+def placed(roster: str, places: dict[str, tuple[str, str, str]] | None = None, *, chinese: bool = False) -> str:
+    """`roster` with the optional place columns (address, lat, lon; 地址, 纬度, 经度 when `chinese`),
+    filled for the numbers of `places` (PLACES unless told) and empty for the others."""
+    places = PLACES if places is None else places
+    lines = roster.splitlines()
+    head = "村,组,电话,角色,姓名,地址,纬度,经度" if chinese else lines[0] + ",address,lat,lon"
+    out = [head]
+    for line in lines[1:]:
+        phone = line.split(",")[2]
+        address, lat, lon = places.get(phone, ("", "", ""))
+        out.append(f"{line},{address},{lat},{lon}")
+    return "\n".join(out) + "\n"

@@ -142,6 +142,7 @@ SUMMARIES = {
     "MemberUnbound": "A phone number left a group",
     "RoleAssigned": "A member's role changed",
     "MemberRenamed": "A member's name changed",
+    "MemberPlaced": "A member's address and coordinates changed",
     "GroupDissolved": "A group was dissolved",
     "DutyDeskBound": "A police station duty desk serves this village",
     "DutyDeskUnbound": "A duty desk no longer serves this village",

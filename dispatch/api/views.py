@@ -14,7 +14,7 @@ import msgspec
 from dispatch.domain.delivery import NO_CHANNEL
 from dispatch.domain.directory import GroupState
 from dispatch.domain.incident import IncidentState, Responder
-from dispatch.domain.messages import ROLE_ZH, STATUS_ZH, Reach, describe
+from dispatch.domain.messages import ROLE_ZH, STATUS_ZH, Reach, describe, geo_uri, home
 from dispatch.domain.timezones import DEFAULT_TIME_ZONE, human_time
 from dispatch.events.model import (
     DeliveryFailed,
@@ -35,8 +35,18 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
-def person(p: Person) -> dict[str, str]:
-    return {"phone": p.phone, "name": p.name, "role": p.role, "role_zh": ROLE_ZH.get(p.role, p.role)}
+def person(p: Person) -> dict[str, Any]:
+    """A person as the API shows them; `place` (address, lat, lon, geo link) when the roster gives one."""
+    shown: dict[str, Any] = {"phone": p.phone, "name": p.name, "role": p.role, "role_zh": ROLE_ZH.get(p.role, p.role)}
+    if p.place is not None:
+        shown["place"] = {
+            "address": p.place.address,
+            "lat": p.place.lat,
+            "lon": p.place.lon,
+            "geo": geo_uri(p),
+            "where": home(p),
+        }
+    return shown
 
 
 def responder_state(r: Responder) -> str:

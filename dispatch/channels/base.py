@@ -87,6 +87,14 @@ def payload(job: DeliveryJob, target: Target) -> dict[str, object]:
     )
 
 
+def _caller(caller: Person) -> dict[str, object]:
+    """The caller as a webhook shows them; where they live when the roster says."""
+    shown: dict[str, object] = {"phone": caller.phone, "name": caller.name, "role": caller.role}
+    if caller.place is not None:
+        shown["place"] = {"address": caller.place.address, "lat": caller.place.lat, "lon": caller.place.lon}
+    return shown
+
+
 def notification(
     *,
     kind: str,
@@ -108,7 +116,7 @@ def notification(
         "incident_id": incident_id,
         "village": village,
         "group": group,
-        "caller": {"phone": caller.phone, "name": caller.name, "role": caller.role},
+        "caller": _caller(caller),
         "recipient": {"phone": recipient.phone, "name": recipient.name, "role": recipient.role},
         "urgency": urgency,
         "message": message,

@@ -122,6 +122,12 @@ def print_difference(diff: dict[str, Any], out: Any = None) -> None:
     def changed(m: dict[str, Any]) -> str:
         return f"{_who(m)}  (was {m['was']})"
 
+    def placed(m: dict[str, Any]) -> str:
+        where = m.get("address") or "-"
+        if m.get("lat") is not None:
+            where += f"  geo:{m['lat']},{m['lon']}"
+        return f"{_who(m)}  at {where}" + (f"  (was {m['was']})" if m.get("was") else "")
+
     sections: tuple[tuple[str, str, Callable[[dict[str, Any]], str]], ...] = (
         ("unbound", "unbound (no longer rung for their group)", plain),
         ("duty_desks_unbound", "duty desks unbound", plain),
@@ -130,6 +136,7 @@ def print_difference(diff: dict[str, Any], out: Any = None) -> None:
         ("duty_desks_bound", "duty desks bound", plain),
         ("renamed", "renamed", changed),
         ("roles", "new role", changed),
+        ("placed", "new address or coordinates", placed),
     )
     formed = diff.get("formed") or []
     if formed:

@@ -35,9 +35,11 @@ from dispatch.events.model import (
     GroupEvent,
     GroupFormed,
     MemberBound,
+    MemberPlaced,
     MemberRenamed,
     MemberUnbound,
     Person,
+    Place,
     Role,
     RoleAssigned,
     VillageEvent,
@@ -57,7 +59,7 @@ _unpack = msgspec.msgpack.Decoder(list[tuple[str, str, int]])
 class GroupState:
     """One group: its members (unpacked while it changes, one packed blob once compacted)."""
 
-    __slots__ = ("_members", "_packed", "dissolved", "group", "last_seq", "slot", "village")
+    __slots__ = ("_members", "_packed", "dissolved", "group", "last_seq", "places", "slot", "village")
 
     def __init__(self, village: str, group: str, slot: int = -1) -> None:
         self.village = village
@@ -67,6 +69,9 @@ class GroupState:
         self.dissolved = False
         self._members: dict[str, Person] | None = {}
         self._packed = b""
+        # phone -> place, for the members the roster places (None while none is): kept apart from
+        # the packed members, so a roster without places packs and snapshots as before
+        self.places: dict[str, Place] | None = None
 
     @property
     def id(self) -> str:
@@ -78,10 +83,33 @@ class GroupState:
         """phone -> member, in binding order; a fresh dict when packed (changes go through `edit`)."""
         if self._members is not None:
             return self._members
+        places = self.places
+        if places:
+            return {
+                phone: Person(phone=phone, name=name, role=_ROLES[role], place=places.get(phone))
+                for phone, name, role in _unpack.decode(self._packed)
+            }
         return {
             phone: Person(phone=phone, name=name, role=_ROLES[role])
             for phone, name, role in _unpack.decode(self._packed)
         }
+
+    def place_member(self, phone: str, place: Place | None) -> None:
+        """Set (or clear, None) a member's place."""
+        members = self.edit()
+        old = members.get(phone)
+        if old is None:
+            return
+        members[phone] = msgspec.structs.replace(old, place=place)
+        if place is None:
+            if self.places is not None:
+                self.places.pop(phone, None)
+                if not self.places:
+                    self.places = None
+        else:
+            if self.places is None:
+                self.places = {}
+            self.places[phone] = place
 
     def edit(self) -> dict[str, Person]:
         """The members unpacked for changing (call `pack` when done)."""
@@ -231,6 +259,7 @@ class _GroupRow(msgspec.Struct, array_like=True):
     last_seq: int
     dissolved: bool
     members: bytes
+    places: list[tuple[str, Place]] = []
 
 
 class _VillageRow(msgspec.Struct, array_like=True):
@@ -314,25 +343,33 @@ class Directory:
             state.dissolved = False
         elif isinstance(event, MemberBound):
             state.edit()[event.phone] = Person(phone=event.phone, name=event.name, role=event.role)
+            if state.places is not None:
+                state.place_member(event.phone, None)
             self._by_phone.add(event.phone, state.slot)
         elif isinstance(event, MemberUnbound):
             state.edit().pop(event.phone, None)
+            if state.places is not None:
+                state.places.pop(event.phone, None)
+                state.places = state.places or None
             self._by_phone.remove(event.phone, state.slot)
         elif isinstance(event, RoleAssigned):
             members = state.edit()
             old = members.get(event.phone)
             if old is not None:
-                members[event.phone] = Person(phone=old.phone, name=old.name, role=event.role)
+                members[event.phone] = msgspec.structs.replace(old, role=event.role)
         elif isinstance(event, MemberRenamed):
             members = state.edit()
             old = members.get(event.phone)
             if old is not None:
-                members[event.phone] = Person(phone=old.phone, name=event.name, role=old.role)
+                members[event.phone] = msgspec.structs.replace(old, name=event.name)
+        elif isinstance(event, MemberPlaced):
+            state.place_member(event.phone, event.place)
         elif isinstance(event, GroupDissolved):
             members = state.edit()
             for phone in members:
                 self._by_phone.remove(phone, state.slot)
             members.clear()
+            state.places = None
             self._live -= not state.dissolved
             state.dissolved = True
             self._names = None
@@ -372,7 +409,10 @@ class Directory:
             version=SNAPSHOT_VERSION,
             stream_created=stream_created,
             positions=positions,
-            groups=[_GroupRow(g.village, g.group, g.last_seq, g.dissolved, g._packed) for g in self._slots],
+            groups=[
+                _GroupRow(g.village, g.group, g.last_seq, g.dissolved, g._packed, list((g.places or {}).items()))
+                for g in self._slots
+            ],
             villages=[
                 _VillageRow(
                     v.village,
@@ -401,6 +441,7 @@ class Directory:
             state = GroupState(row.village, row.group, slot)
             state.last_seq, state.dissolved = row.last_seq, row.dissolved
             state._members, state._packed = None, row.members
+            state.places = dict(row.places) or None
             d._slots.append(state)
             d.groups[state.id] = state
             d._live += not row.dissolved

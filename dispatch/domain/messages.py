@@ -81,6 +81,29 @@ def place(village: str | None, group: str | None) -> str:
     return village or "未知地点"
 
 
+def home(person: Person) -> str:
+    """Where a caller the roster places lives, as people say it: `张桂兰家，村东头老槐树旁` ("" when
+    the roster gives no address)."""
+    address = person.place.address if person.place is not None else ""
+    if not address:
+        return ""
+    return f"{person.name}家，{address}" if person.name else address
+
+
+def geo_uri(person: Person) -> str:
+    """The caller's coordinates as an RFC 5870 `geo:lat,lon` link ("" without coordinates)."""
+    place_ = person.place
+    if place_ is None or place_.lat is None or place_.lon is None:
+        return ""
+    return f"geo:{place_.lat},{place_.lon}"
+
+
+def where_of(village: str | None, group: str | None, caller: Person) -> str:
+    """The place and, when the roster gives it, the home: `东山村1组 张桂兰家，村东头老槐树旁`."""
+    at_home = home(caller)
+    return f"{place(village, group)} {at_home}" if at_home else place(village, group)
+
+
 def who(person: Person) -> str:
     """A person as the alert names them: name and role, else the number."""
     name = person.name or ROLE_ZH.get(person.role, "村民")
@@ -103,7 +126,9 @@ def alert_text_for(alert: Alert) -> str:
     if not alert.registered:
         head = f"【6995报警】未登记号码 {alert.caller.phone} 拨打6995求助，请值班室立即回拨核实并处置。"
     else:
-        head = f"【6995联防报警】{where} {who(alert.caller)} 拨打6995求助，请立即前往！"
+        at_home = home(alert.caller)
+        there = f"地点：{where} {at_home}。" if at_home else ""
+        head = f"【6995联防报警】{where} {who(alert.caller)} 拨打6995求助，{there}请立即前往！"
     if alert.reason == "repeat":
         head = f"【再次呼叫·紧急程度{alert.urgency}】" + head
     elif alert.reason == "escalation":
@@ -122,9 +147,11 @@ def spoken_text_for(alert: Alert) -> str:
     urgent = f"再次呼叫，紧急程度{alert.urgency}。" if alert.reason == "repeat" else ""
     if alert.reason == "escalation":
         urgent = f"警情升级，{ESCALATION_ZH.get(alert.why, alert.why)}。"
+    at_home = home(caller)
+    there = f"地点：{place(alert.village, alert.group)}{at_home}。" if at_home else ""
     return (
         f"这里是6995联防报警。{urgent}{place(alert.village, alert.group)}{who_}，电话{number}，拨打6995求助，"
-        "请立即前往。接警请按1，无法前往请按2，已到达现场请按3，重听请按9。"
+        f"{there}请立即前往。接警请按1，无法前往请按2，已到达现场请按3，重听请按9。"
     )
 
 
@@ -138,9 +165,12 @@ def markdown_for(alert: Alert, console_url: str) -> str:
         "cancelled": "6995报警已取消",
     }[alert.reason]
     alerted = "、".join(f"{p.name or p.phone}（{ROLE_ZH.get(p.role, p.role)}）" for p in alert.recipients)
+    geo = geo_uri(alert.caller)
+    coords = f"坐标：[{geo.removeprefix('geo:')}]({geo})\n\n" if geo else ""
     return (
-        f"### 【{title}】{place(alert.village, alert.group)}\n"
+        f"### 【{title}】{where_of(alert.village, alert.group, alert.caller)}\n"
         f"> {alert_text_for(alert)}\n\n"
+        f"{coords}"
         f"已通知：{alerted}\n\n"
         f"[打开指挥台处置]({console_url})"
     )
@@ -150,6 +180,8 @@ def alert_text_en_for(alert: Alert) -> str:
     """The alert in English (for the console's English view and webhooks)."""
     where = f"{alert.village}/{alert.group}" if alert.group else (alert.village or "unknown place")
     caller = alert.caller
+    if caller.place is not None and caller.place.address:
+        where += f" ({caller.place.address})"
     return f"6995 alarm: {ROLE_EN.get(caller.role, '')} {caller.name} ({caller.phone}) at {where} needs help."
 
 

@@ -2,7 +2,10 @@
 
 Columns `village,group,phone,role,name` (or the console's words: `村,组,电话,角色,姓名`); role one of
 household, leader, assistant, officer, duty, or 联防户, 联防组长, 警务助理, 社区民警, 值班室 (a duty row has
-an empty group: a station duty desk serving the village).
+an empty group: a station duty desk serving the village). Optional columns after them, in any order:
+`address` (地址), `lat` (纬度) and `lon` (经度): where a member lives, said in alarms. A file with
+them is authoritative for its members' places (an empty cell clears one); a file without them
+leaves places alone. Coordinates come both or neither, WGS-84 degrees.
 
 Invariants of an accepted roster (all checked before any event is produced; an invalid file
 yields errors and no events):
@@ -57,8 +60,10 @@ from dispatch.events.model import (
     Event,
     GroupFormed,
     MemberBound,
+    MemberPlaced,
     MemberRenamed,
     MemberUnbound,
+    Place,
     Role,
     RoleAssigned,
 )
@@ -66,6 +71,19 @@ from dispatch.events.subjects import InvalidToken, check_token, group_id, group_
 
 HEADER = ("village", "group", "phone", "role", "name")
 HEADER_ZH = ("村", "组", "电话", "角色", "姓名")
+# the optional columns after the five, by every name a header may give them
+PLACE_COLUMNS: dict[str, str] = {
+    "address": "address",
+    "地址": "address",
+    "lat": "lat",
+    "latitude": "lat",
+    "纬度": "lat",
+    "lon": "lon",
+    "lng": "lon",
+    "longitude": "lon",
+    "经度": "lon",
+}
+MAX_ADDRESS = 128
 ROSTER_ROLES: tuple[str, ...] = ("household", "leader", "assistant", "officer", "duty")
 # The words the console and `groups show` print for each role, accepted in a file too.
 ROLES_ZH: dict[str, Role] = {
@@ -116,9 +134,13 @@ class RosterRow(msgspec.Struct, frozen=True, gc=False):
     phone: str
     role: Role
     name: str
+    # whether the file has place columns at all (a file without them leaves places alone), and
+    # the row's place when it gives one
+    placed: bool = False
+    place: Place | None = None
 
 
-OpKind = Literal["formed", "bound", "unbound", "role", "renamed", "desk_bound", "desk_unbound"]
+OpKind = Literal["formed", "bound", "unbound", "role", "renamed", "placed", "desk_bound", "desk_unbound"]
 
 
 class Op(msgspec.Struct, frozen=True, gc=False):
@@ -129,8 +151,10 @@ class Op(msgspec.Struct, frozen=True, gc=False):
     name: str = ""
     role: Role = "household"
     # what it was, for the difference shown (no event carries it): an unbound member's name and
-    # role, a renamed member's or duty desk's old name, a reassigned member's old role
+    # role, a renamed member's or duty desk's old name, a reassigned member's old role, a placed
+    # member's old address
     before: str = ""
+    place: Place | None = None
 
 
 class AggregateChange(msgspec.Struct, frozen=True, gc=False):
@@ -169,6 +193,8 @@ class AggregateChange(msgspec.Struct, frozen=True, gc=False):
                 return RoleAssigned(at=at, village=village, group=group, phone=op.phone, role=op.role)
             case "renamed":
                 return MemberRenamed(at=at, village=village, group=group, phone=op.phone, name=op.name)
+            case "placed":
+                return MemberPlaced(at=at, village=village, group=group, phone=op.phone, place=op.place)
             case "desk_bound":
                 return DutyDeskBound(at=at, village=village, phone=op.phone, name=op.name)
             case "desk_unbound":
@@ -188,6 +214,7 @@ class ImportPlan:
     members_unbound: int = 0
     roles_assigned: int = 0
     members_renamed: int = 0
+    members_placed: int = 0
     duty_desks_bound: int = 0
     duty_desks_unbound: int = 0
 
@@ -335,6 +362,7 @@ class KnownGroup(msgspec.Struct, frozen=True, gc=False):
 
     last_seq: int
     members: bytes | None
+    places: dict[str, Place] | None = None
 
     def member_map(self) -> dict[str, tuple[str, Role]]:
         """phone -> (name, role) of its live members; empty when it has none."""
@@ -384,7 +412,8 @@ class DirectoryView:
                     if current is None
                     else _members_codec.encode([(p.phone, p.name, p.role) for p in current.members.values()])
                 )
-                self.groups[gid] = KnownGroup(existing.last_seq, members)
+                places = None if current is None or not current.places else dict(current.places)
+                self.groups[gid] = KnownGroup(existing.last_seq, members, places)
             done += 1
             if done % step == 0:
                 yield
@@ -527,17 +556,23 @@ def _rows(
     header_seen = False
     count = 0
     interned: dict[str, str] = {}
+    extra: tuple[str, ...] = ()
     for line_no, cells in _records(reader, errors):
         if not cells or all(not c.strip() for c in cells):
             continue
         if not header_seen:
             header_seen = True
             header = tuple(c.strip().lower() for c in cells)
-            if header not in (HEADER, HEADER_ZH):
-                message = f"header must be {','.join(HEADER)} (or {','.join(HEADER_ZH)})"
+            extra = tuple(PLACE_COLUMNS.get(c, "") for c in header[len(HEADER) :])
+            if header[: len(HEADER)] not in (HEADER, HEADER_ZH) or "" in extra or len(set(extra)) < len(extra):
+                message = (
+                    f"header must be {','.join(HEADER)} (or {','.join(HEADER_ZH)}), "
+                    "optionally followed by address, lat, lon (or 地址, 纬度, 经度)"
+                )
                 errors.append(RosterError(line=line_no, message=message + _full_width_hint(cells)))
-                if len(cells) != len(HEADER):
+                if len(cells) < len(HEADER):
                     break
+                extra = tuple(c for c in extra if c)
             continue
         if count >= MAX_ROWS:
             errors.append(RosterError(line=line_no, message=f"more than {MAX_ROWS} rows"))
@@ -545,7 +580,7 @@ def _rows(
         count += 1
         if progress is not None:
             progress.rows = count
-        row = _parse_row(line_no, cells, region, errors, interned)
+        row = _parse_row(line_no, cells, region, errors, interned, extra)
         if row is not None:
             yield row
     if not header_seen:
@@ -585,16 +620,51 @@ def refused_in_name(name: str) -> str | None:
     return None
 
 
+def _parse_place(line: int, cells: list[str], extra: tuple[str, ...], errors: _Errors) -> Place | None:
+    """The place the optional columns give (None: all empty); errors for a bad one."""
+    given = {column: cell.strip() for column, cell in zip(extra, cells, strict=True)}
+    address = given.get("address", "")
+    lat_text, lon_text = given.get("lat", ""), given.get("lon", "")
+    if len(address) > MAX_ADDRESS:
+        errors.append(RosterError(line=line, message=f"address longer than {MAX_ADDRESS} characters"))
+    refused = refused_in_name(address)
+    if refused is not None:
+        errors.append(RosterError(line=line, message=f"address holds {refused}: control characters are not allowed"))
+    lat = lon = None
+    if bool(lat_text) != bool(lon_text):
+        errors.append(RosterError(line=line, message="give both coordinates (lat and lon) or neither"))
+    elif lat_text:
+        try:
+            lat, lon = float(lat_text), float(lon_text)
+        except ValueError:
+            errors.append(RosterError(line=line, message=f"coordinates {lat_text},{lon_text} are not numbers"))
+        else:
+            if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+                message = f"coordinates {lat_text},{lon_text} out of range (lat ±90, lon ±180)"
+                errors.append(RosterError(line=line, message=message))
+                lat = lon = None
+    if not address and lat is None:
+        return None
+    return Place(address=address, lat=lat, lon=lon)
+
+
 def _parse_row(
-    line: int, cells: list[str], region: str, errors: _Errors, interned: dict[str, str]
+    line: int,
+    cells: list[str],
+    region: str,
+    errors: _Errors,
+    interned: dict[str, str],
+    extra: tuple[str, ...] = (),
 ) -> RosterRow | Refused | None:
     """The row if it is whole (even with a bad name: it is refused by its error, but its number
     and role still count for its group), else what a refused group row still says, else None."""
-    if len(cells) != len(HEADER):
-        message = f"expected {len(HEADER)} columns, found {len(cells)}" + _full_width_hint(cells)
+    width = len(HEADER) + len(extra)
+    if len(cells) != width:
+        message = f"expected {width} columns, found {len(cells)}" + _full_width_hint(cells)
         errors.append(RosterError(line=line, message=message))
         return None
-    village, group, raw_phone, role_text, name = (c.strip() for c in cells)
+    village, group, raw_phone, role_text, name = (c.strip() for c in cells[: len(HEADER)])
+    place = _parse_place(line, cells[len(HEADER) :], extra, errors) if extra else None
     place_ok = True
     try:
         check_token("village", village)
@@ -640,7 +710,16 @@ def _parse_row(
         return None
     if role is None or not phone:
         return None if role == "duty" else (line, group_id(village, group), role)
-    return RosterRow(line, interned.setdefault(village, village), interned.setdefault(group, group), phone, role, name)
+    return RosterRow(
+        line,
+        interned.setdefault(village, village),
+        interned.setdefault(group, group),
+        phone,
+        role,
+        name,
+        bool(extra) and role != "duty",
+        place if role != "duty" else None,
+    )
 
 
 def plan_import(directory: Directory, rows: Iterable[RosterRow], at: datetime) -> ImportPlan:
@@ -802,6 +881,14 @@ def _diff_group(known: KnownGroup | None, rows: list[RosterRow], at: datetime, p
         if name != row.name:
             ops.append(Op("renamed", phone, row.name, row.role, name))
             plan.members_renamed += 1
+    if any(row.placed for row in rows):
+        places = (known.places if known is not None else None) or {}
+        for phone, row in wanted.items():
+            old_place = places.get(phone) if phone in have else None
+            if row.place != old_place:
+                before = old_place.address if old_place is not None else ""
+                ops.append(Op("placed", phone, row.name, row.role, before, row.place))
+                plan.members_placed += 1
     if not ops:
         plan.groups_unchanged += 1
         return
@@ -840,6 +927,9 @@ class MemberChange(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     name: str = ""
     role: str = ""
     was: str = ""
+    address: str = ""
+    lat: float | None = None
+    lon: float | None = None
 
 
 class Difference(msgspec.Struct, kw_only=True):
@@ -853,6 +943,7 @@ class Difference(msgspec.Struct, kw_only=True):
     moved: list[MemberChange] = msgspec.field(default_factory=list)
     renamed: list[MemberChange] = msgspec.field(default_factory=list)
     roles: list[MemberChange] = msgspec.field(default_factory=list)
+    placed: list[MemberChange] = msgspec.field(default_factory=list)
     duty_desks_bound: list[MemberChange] = msgspec.field(default_factory=list)
     duty_desks_unbound: list[MemberChange] = msgspec.field(default_factory=list)
     counts: dict[str, int] = msgspec.field(default_factory=dict)
@@ -924,6 +1015,23 @@ def difference(plan: ImportPlan, listed: int = MAX_LISTED) -> Difference:
                         village=village, group=group, phone=op.phone, name=op.name, role=op.role, was=op.before
                     ),
                 )
+            elif op.kind == "placed":
+                where = op.place or Place()
+                keep(
+                    "placed",
+                    diff.placed,
+                    MemberChange(
+                        village=village,
+                        group=group,
+                        phone=op.phone,
+                        name=op.name,
+                        role=op.role,
+                        was=op.before,
+                        address=where.address,
+                        lat=where.lat,
+                        lon=where.lon,
+                    ),
+                )
             elif op.kind == "desk_bound":
                 if op.before:
                     keep(
@@ -959,6 +1067,7 @@ def difference(plan: ImportPlan, listed: int = MAX_LISTED) -> Difference:
             "moved",
             "renamed",
             "roles",
+            "placed",
             "duty_desks_bound",
             "duty_desks_unbound",
         )

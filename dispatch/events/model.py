@@ -30,10 +30,23 @@ CallStatus = Literal["raised", "merged", "unregistered"]
 FailureKind = Literal["permanent", "exhausted", "withdrawn"]
 
 
-class Person(msgspec.Struct, frozen=True, kw_only=True):
+class Place(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Where a household lives: an address as villagers say it, and WGS-84 coordinates (both or
+    neither)."""
+
+    address: str = ""
+    lat: float | None = None
+    lon: float | None = None
+
+
+class Person(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A number with its name and role; `place` only when the roster gives one (omitted otherwise,
+    so a person without one encodes as before)."""
+
     phone: str
     name: str = ""
     role: Role
+    place: Place | None = None
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,6 +84,13 @@ class RoleAssigned(GroupEvent, frozen=True, kw_only=True):
 class MemberRenamed(GroupEvent, frozen=True, kw_only=True):
     phone: str
     name: str
+
+
+class MemberPlaced(GroupEvent, frozen=True, kw_only=True):
+    """A member's address and coordinates (None: the roster no longer gives one)."""
+
+    phone: str
+    place: Place | None = None
 
 
 class GroupDissolved(GroupEvent, frozen=True, kw_only=True):
@@ -287,6 +307,7 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     MemberUnbound,
     RoleAssigned,
     MemberRenamed,
+    MemberPlaced,
     GroupDissolved,
     DutyDeskBound,
     DutyDeskUnbound,

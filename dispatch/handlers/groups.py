@@ -95,6 +95,7 @@ class ImportSummary(msgspec.Struct, frozen=True, kw_only=True):
     duty_desks_unbound: int
     events: int
     members_moved: int = 0
+    members_placed: int = 0
 
     @classmethod
     def of(cls, plan: ImportPlan, moved: int = 0) -> ImportSummary:
@@ -112,6 +113,7 @@ class ImportSummary(msgspec.Struct, frozen=True, kw_only=True):
             duty_desks_unbound=plan.duty_desks_unbound,
             events=plan.event_count,
             members_moved=moved,
+            members_placed=plan.members_placed,
         )
 
 

@@ -57,7 +57,7 @@ from dispatch.projections.sql import Connection, marks
 from dispatch.store.eventstore import Recorded
 
 FAMILY = "incidents"
-VERSION = 2
+VERSION = 3
 INCIDENTS = f"incidents_v{VERSION}"
 RESPONDERS = f"incident_responders_v{VERSION}"
 ROLE_ACCEPT_COLUMNS = {
@@ -108,6 +108,9 @@ class IncidentRow(msgspec.Struct):
     closed_at: float | None
     events: int
     updated_seq: int
+    caller_address: str = ""
+    caller_lat: float | None = None
+    caller_lon: float | None = None
 
 
 class ResponderRow(msgspec.Struct):
@@ -194,7 +197,10 @@ class IncidentsProjection:
                 first_arrival_at DOUBLE PRECISION,
                 closed_at DOUBLE PRECISION,
                 events INTEGER NOT NULL DEFAULT 0,
-                updated_seq BIGINT NOT NULL
+                updated_seq BIGINT NOT NULL,
+                caller_address TEXT NOT NULL DEFAULT '',
+                caller_lat DOUBLE PRECISION,
+                caller_lon DOUBLE PRECISION
             )""",
             f"""CREATE TABLE IF NOT EXISTS {RESPONDERS} (
                 incident_id TEXT NOT NULL,
@@ -403,6 +409,9 @@ class _Batch:
             caller=event.caller.phone,
             caller_name=event.caller.name,
             caller_role=event.caller.role,
+            caller_address=event.caller.place.address if event.caller.place else "",
+            caller_lat=event.caller.place.lat if event.caller.place else None,
+            caller_lon=event.caller.place.lon if event.caller.place else None,
             channel=event.channel,
             status="raised",
             covered=0,

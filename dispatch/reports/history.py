@@ -26,6 +26,9 @@ COLUMNS = (
     "caller",
     "caller_name",
     "caller_role",
+    "caller_address",
+    "caller_lat",
+    "caller_lon",
     "channel",
     "status",
     "covered",
@@ -72,6 +75,10 @@ def history(
                 "caller": shown_phone(row["caller"], reveal),
                 "caller_name": row["caller_name"],
                 "caller_role": row["caller_role"],
+                "caller_address": row["caller_address"],
+                "caller_geo": (
+                    f"geo:{row['caller_lat']},{row['caller_lon']}" if row["caller_lat"] is not None else None
+                ),
                 "channel": row["channel"],
                 "status": row["status"],
                 "status_zh": STATUS_ZH.get(row["status"], row["status"]),

@@ -364,6 +364,8 @@ def history_csv_table(report: dict[str, Any]) -> Table:
         "caller",
         "caller_name",
         "caller_role",
+        "caller_address",
+        "caller_geo",
         "kind",
         "status",
         "category",

@@ -338,7 +338,7 @@ async def test_live_runner_and_replay_agree(nc: NATS, database: Database) -> Non
     assert applied == len([e for e in events if isinstance(e, IncidentEvent)])
     assert snapshot(database) == live
     conn = database.connect()
-    assert checkpoint(conn, "incidents_v2") == last
+    assert checkpoint(conn, "incidents_v3") == last
     assert queries.open_incident_count(conn) == 5
 
 
@@ -507,7 +507,7 @@ async def test_a_new_version_builds_beside_the_old_one_and_takes_over_when_caugh
     await new.stop()
 
 
-async def test_incidents_v2_retires_the_tables_of_version_1(nc: NATS, database: Database) -> None:
+async def test_incidents_v3_retires_the_tables_of_version_1(nc: NATS, database: Database) -> None:
     conn = database.connect()
     conn.execute(CHECKPOINTS_DDL)
     conn.execute("CREATE TABLE incidents (id TEXT PRIMARY KEY)")

@@ -8,10 +8,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dispatch.events import codec
-from dispatch.events.model import ALL_EVENT_TYPES, AlarmRaised, Event, GroupFormed
+from dispatch.events.model import ALL_EVENT_TYPES, AlarmRaised, Event, GroupFormed, Place
 
 aware = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
 st.register_type_strategy(datetime, aware)
+# the roster gives finite WGS-84 degrees only (JSON has no infinity)
+st.register_type_strategy(
+    Place,
+    st.builds(
+        Place,
+        address=st.text(max_size=20),
+        lat=st.none() | st.floats(-90, 90),
+        lon=st.none() | st.floats(-180, 180),
+    ),
+)
 
 
 @pytest.mark.parametrize("cls", ALL_EVENT_TYPES, ids=lambda c: c.__name__)

@@ -72,6 +72,8 @@ const TEXT = {
     dismiss: "知道了",
     view: "查看",
     caller: "报警人",
+    location: "地点",
+    map: "地图",
     unregistered: "未登记号码",
     raised_at: "报警时间",
     ago: "{d}前",
@@ -220,6 +222,8 @@ const TEXT = {
     dismiss: "Dismiss",
     view: "View",
     caller: "Caller",
+    location: "Where",
+    map: "map",
     unregistered: "Unregistered number",
     raised_at: "Raised",
     ago: "{d} ago",
@@ -956,6 +960,18 @@ function fillIncident(card, d) {
       h("span", { class: "ago", dataset: { since: d.raised_at } }),
     ),
   );
+  const where = caller.place;
+  if (where && (where.address || where.geo)) {
+    card.head.append(
+      h(
+        "p",
+        { class: "where" },
+        `${t("location")}${t("colon")}`,
+        where.where ? val(where.where, "where") : null,
+        where.geo ? [" ", h("a", { href: where.geo, class: "geo", dir: "ltr", text: `${t("map")} ${where.geo.slice(4)}` })] : null,
+      ),
+    );
+  }
   if (CLOSED.has(d.status) && (d.category || d.cancel_reason)) {
     const outcome = d.category ? t(`cat_${d.category}`) : t(`reason_${d.cancel_reason}`);
     card.head.append(
