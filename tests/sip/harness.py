@@ -248,8 +248,11 @@ class Phone:
         answer = self.control.command("dial", f"sip:{number}@{self.proxy}")
         assert answer["ok"], answer
 
-    def press(self, digits: str) -> None:
+    def press(self, digits: str, call_id: str | None = None) -> None:
+        """Send RFC 2833 digits on the current call, or on the call `call_id` (a phone may hold two)."""
         assert self.control is not None
+        if call_id is not None:
+            assert self.control.command("callfind", call_id)["ok"]
         assert self.control.command("sndcode", digits)["ok"]
 
     def hangup(self) -> None:

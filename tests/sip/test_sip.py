@@ -87,6 +87,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 url = "http://127.0.0.1:{bridge_port}"
 secret_env = "DISPATCH_GATEWAY_SECRET"
 ring_timeout_s = {RING_TIMEOUT}
+caller_voice_updates = true
 
 [routes]
 household = ["voice"]
@@ -180,8 +181,13 @@ def test_a_call_to_6995_rings_the_nine_at_once_they_hear_the_alarm_and_two_1s_co
             assert voiced > 1.0, (phone.number, voiced)  # until they pressed 1, then the confirmation
         else:
             assert voiced > 0.6 * audio_s, (phone.number, voiced, audio_s)
+    # "help is coming" reaches the caller as a call-back through the bridge, not only by text
+    [(_, callback)] = wait_until(lambda: caller.incoming()[:1], timeout=15, what="the caller called back")
+    assert callback["peeruri"].startswith("sip:6995-")
+
     # the caller, still on the line, presses 0: the alarm is cancelled (the caller is safe)
-    caller.press("0")
+    own_call = next(e["id"] for _, e in caller.established() if e.get("direction") == "outgoing")
+    caller.press("0", call_id=own_call)
     wait_until(lambda: world.incident(incident_id)["status"] == "cancelled", timeout=15, what="cancelled by 0")
     caller.hangup()
     wait_until(caller.closed, timeout=10)
