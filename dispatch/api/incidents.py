@@ -1,7 +1,8 @@
 """Incidents: answers (accept, decline, arrived, resolve, cancel), one incident, the list, the live stream.
 
 Invariants: an officer or duty desk sees only its villages' incidents (another's is 404) and streams
-only their events; numbers in the list are masked without `export`; a revoked token's stream ends."""
+only their events; numbers in the list are masked without `export`; a revoked token's stream ends;
+a closed stream leaves the live hub, even one closed before its first event."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import structlog
 import structlog.contextvars
 from litestar import Request, get, post
+from litestar.background_tasks import BackgroundTask
 from litestar.exceptions import ValidationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, FromQuery, JSONBody
@@ -34,6 +36,7 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
         "/v1/incidents/{incident_id:str}/responses",
         status_code=200,
         request_max_body_size=MAX_JSON_BYTES,
+        opt={"gateway": True},
         tags=["incidents"],
         summary="Accept, decline, arrived, resolve or cancel",
     )
@@ -119,6 +122,8 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
             finally:
                 await s.hub.disconnect(client)
 
-        return ServerSentEvent(events())
+        # Also after the response (background): a browser gone before the stream's first step never
+        # runs the generator, so its `finally` alone would leave the client, and the hub following the log.
+        return ServerSentEvent(events(), background=BackgroundTask(s.hub.disconnect, client))
 
     return [post_response, get_incident, list_incidents, stream]

@@ -12,7 +12,9 @@ Invariants:
 - a slow client never slows the hub: its queue is bounded and, when full, the client is told to
   reload (`resync`) instead of being fed a partial stream;
 - a client is bound to the token that opened it: when that token is revoked (seen by every
-  process's token table), the client's pending messages are dropped and its stream ends (`bye`).
+  process's token table), the client's pending messages are dropped and its stream ends (`bye`);
+- the log unreachable when the first browser connects is StoreUnavailable (503), and that browser
+  is not kept.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 
 import structlog
 from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
 
 from dispatch.channels.base import notification
 from dispatch.domain.incident import alert_for
@@ -33,7 +36,7 @@ from dispatch.events.codec import to_builtins
 from dispatch.events.model import CallRepeated, IncidentEvent, IncidentOpened
 from dispatch.events.subjects import SINGLE_TOKEN_AGGREGATES, incident_subject
 from dispatch.ids import stable_key
-from dispatch.store.eventstore import EventStore, Recorded
+from dispatch.store.eventstore import EventStore, Recorded, StoreUnavailable
 from dispatch.store.follow import Follower
 
 log = structlog.get_logger(__name__)
@@ -88,14 +91,22 @@ class LiveHub:
     async def start(self) -> None:
         return None
 
+    @property
+    def following(self) -> bool:
+        """Whether the hub follows the log now (some browser is connected)."""
+        return self._following
+
     async def connect(self, villages: frozenset[str] | None, token_id: str | None = None) -> Client:
         """A new browser: the hub follows the log only while someone is listening."""
         client = Client(villages, token_id)
-        self.clients.add(client)
         async with self._lock:
             if not self._following:
-                await self._follower.start(catch_up=False)
+                try:
+                    await self._follower.start(catch_up=False)
+                except (NatsError, TimeoutError) as exc:  # the log unreachable: 503, not a 500
+                    raise StoreUnavailable(f"event log unavailable: {type(exc).__name__}") from exc
                 self._following = True
+            self.clients.add(client)
         return client
 
     def revoke(self, token_id: str) -> None:

@@ -9,11 +9,13 @@ One Litestar guard on the whole app runs before any request body is parsed:
    call, a text to 6995, a gateway callback) are never limited: a limit there could turn a real
    emergency into a 429 during a mass event; floods of calls are absorbed per caller instead
    (`dispatch.handlers.flood`);
-3. a `gateway` token with a signing key must present a valid signature (`dispatch.domain.signing`);
-   a bad or stale one is 401, a replay 409. A request that then fails on our side (5xx) releases its
-   signature, so the gateway's retry of the same bytes is not taken for a replay. On a route marked
-   `opt={"replay_safe": True}` (a call: its call id answers any replay the same and rings nobody) a
-   valid signature with a stale timestamp is accepted, logged and counted
+3. a `gateway` token is served only on the routes made for gateways (`opt={"alarm": True}` or
+   `opt={"gateway": True}`; elsewhere 403 before anything else is read, so a replay is never a 409
+   where nothing conflicts), and with a signing key it must present a valid signature
+   (`dispatch.domain.signing`); a bad or stale one is 401, a replay 409. A request that then fails
+   on our side (5xx) releases its signature, so the gateway's retry of the same bytes is not taken
+   for a replay. On a route marked `opt={"replay_safe": True}` (a call: its call id answers any
+   replay the same and rings nobody) a valid signature with a stale timestamp is accepted, logged and counted
    (`dispatch_gateway_stale_signatures_total`): a drifting gateway clock must not refuse emergencies.
 The guard leaves the principal in `request.state.principal`; the handler checks the capability.
 Signing is off unless `[signing]` asks for it: every start says so (`warn_if_unsigned`, a warning) while
@@ -32,7 +34,7 @@ from typing import Any
 
 import structlog
 from litestar.connection import ASGIConnection
-from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import Scope
 
@@ -132,6 +134,8 @@ class Gatekeeper:
                     {"Retry-After": str(max(1, round(wait + 0.5)))},
                 )
         if principal.role == "gateway":
+            if not (opt.get("alarm") or opt.get("gateway")):
+                raise PermissionDeniedException("a gateway token may not do this")
             await self._check_signature(connection, principal, stale_ok=bool(opt.get("replay_safe")))
 
     async def _check_signature(

@@ -12,21 +12,28 @@ from litestar.params import FromPath, JSONBody
 
 from dispatch.api.deps import MAX_JSON_BYTES, ApiServices, scope, who
 from dispatch.api.security import bearer
+from dispatch.events.model import TokenRole
 
 
 class TokenRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A token to issue, as an admin asks for it."""
 
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    role: Annotated[str, msgspec.Meta(max_length=16)]
-    villages: Annotated[tuple[Annotated[str, msgspec.Meta(max_length=64)], ...], msgspec.Meta(max_length=500)] = ()
+    role: TokenRole
+    # a list, not a tuple: the OpenAPI generator writes `tuple[str, ...]` as items "string or anything"
+    villages: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(max_length=500)] = []
     station: Annotated[str, msgspec.Meta(max_length=32)] | None = None
 
 
 def routes(s: ApiServices) -> list[HTTPRouteHandler]:
     """The token routes."""
 
-    @get("/v1/me", tags=["tokens"], summary="Who this token is: its role and the villages it sees (null: all)")
+    @get(
+        "/v1/me",
+        opt={"gateway": True},
+        tags=["tokens"],
+        summary="Who this token is: its role and the villages it sees (null: all)",
+    )
     async def me(request: Request[Any, Any, Any]) -> dict[str, Any]:
         principal = s.tokens.table.authenticate(bearer(request))
         if principal is None:

@@ -48,11 +48,15 @@ FINAL = ("answered", "no_answer", "busy", "failed")
 KEYPAD = {"1": "accept", "2": "decline", "3": "arrived", "9": "repeat"}
 
 
+# What a voice callback reports (docs/gateway.md): progress, the end of the call, keypad digits.
+VoiceEventKind = Literal["ringing", "answered", "no_answer", "busy", "failed", "completed", "digits"]
+
+
 class VoiceEvent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A callback from the gateway about one call (ours, or the caller's own call to 6995)."""
 
     call_ref: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    event: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    event: VoiceEventKind
     direction: Literal["outbound", "inbound"] = "outbound"
     digits: Annotated[str, msgspec.Meta(max_length=32)] = ""
     to: Annotated[str, msgspec.Meta(max_length=64)] = ""

@@ -95,7 +95,8 @@ async def test_bad_bodies_get_a_4xx_naming_what_is_wrong(service: Service, http:
         ("/v1/gateway/sms", b'{"message_id": "m", "from": "138", "text": "' + b"x" * 1001 + b'"}', 400, "text"),
         ("/v1/tokens", b'{"name": "n", "role": "admin", "villages": [1]}', 400, "villages"),
         ("/v1/tokens", b'{"name": "n", "role": "officer", "station": "not-a-phone"}', 422, "phone"),
-        ("/v1/tokens", b'{"name": "n", "role": "root"}', 422, "role"),
+        ("/v1/tokens", b'{"name": "n", "role": "root"}', 400, "role"),
+        ("/v1/gateway/voice", b'{"call_ref": "r", "event": "exploded"}', 400, "event"),
     ]
     deep = [b"[" * 20_000 + b"]" * 20_000, b'{"a":' * 10_000 + b"1" + b"}" * 10_000]
     for path in ("/v1/calls", "/v1/gateway/voice", "/v1/gateway/sms", "/v1/tokens"):
