@@ -255,7 +255,7 @@ def test_the_nats_helm_values_grant_what_the_tested_nats_conf_grants() -> None:
 
 
 SYSTEMD_UNITS = ("dispatch.service", "nats.service", "dispatch-sip.service")
-# `systemd-analyze security` exposure, 0 (locked down) to 10 (exposed): both units measure 1.3 on v252.
+# `systemd-analyze security` exposure, 0 (locked down) to 10 (exposed): each unit measures 1.3 on v252.
 EXPOSURE_THRESHOLD = 2.0
 
 
