@@ -288,6 +288,7 @@ class Service:
             deadlines=st.deadlines(),
             metrics=self.metrics,
             region=st.region,
+            duress_number=st.duress_number,
         )
         self.groups = GroupService(self.uow, self.directory, region=st.region)
         self.responses = ResponseService(self.uow, self.metrics, region=st.region)
@@ -321,6 +322,7 @@ class Service:
             callbacks=self.callbacks,
             sms=self.sms,
             region=st.region,
+            duress_keyword=st.duress_keyword,
         )
         register_handlers(self.bus, self.calls, self.responses, self.fanout, self.delivery, self.escalation)
         self.broker = build_broker(

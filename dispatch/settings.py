@@ -46,6 +46,8 @@ class Settings:
     database_url: str | None = None
     duty_desk: str | None = None
     duty_desk_name: str = "派出所值班室"
+    duress_number: str | None = None
+    duress_keyword: str | None = None
     webhook_urls: list[str] = field(default_factory=list)
     webhook_secret: str | None = field(default=None, repr=False)
     public_url: str | None = None
@@ -89,6 +91,8 @@ class Settings:
             database_url=_env("DATABASE_URL"),
             duty_desk=_env("DUTY_DESK"),
             duty_desk_name=_env("DUTY_DESK_NAME", "派出所值班室") or "派出所值班室",
+            duress_number=_env("DURESS_NUMBER"),
+            duress_keyword=_env("DURESS_KEYWORD"),
             webhook_urls=_split(_env("WEBHOOK_URLS")),
             webhook_secret=_secret("WEBHOOK_SECRET"),
             public_url=_env("PUBLIC_URL"),
@@ -148,6 +152,10 @@ class Settings:
                 self.duty_desk = normalize(self.duty_desk, self.region)
             except InvalidPhone:
                 raise SettingsError(f"DISPATCH_DUTY_DESK: {self.duty_desk!r} is not a valid phone number") from None
+        if self.duress_number is not None and not self.duress_number.strip().lstrip("+").isdigit():
+            raise SettingsError(f"DISPATCH_DURESS_NUMBER: {self.duress_number!r} is not a service number (digits)")
+        if self.duress_keyword is not None and not self.duress_keyword.strip():
+            raise SettingsError("DISPATCH_DURESS_KEYWORD is set but empty")
         for n, url in enumerate(self.webhook_urls, start=1):
             if (problem := url_problem(url)) is not None:
                 raise SettingsError(f"DISPATCH_WEBHOOK_URLS: URL {n} {problem}")

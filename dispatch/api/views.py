@@ -146,6 +146,7 @@ def incident_view(state: IncidentState, history: list[Recorded], time_zone: str 
     return {
         "incident_id": state.id,
         "kind": "unregistered" if isinstance(opened, UnregisteredCall) else "alarm",
+        "silent": opened.silent,
         "status": state.status,
         "status_zh": STATUS_ZH.get(state.status, state.status),
         "covered": state.covered,

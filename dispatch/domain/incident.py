@@ -113,6 +113,10 @@ class IncomingCall(msgspec.Struct, frozen=True, kw_only=True):
     channel: CallChannel
     called_at: datetime
     at: datetime
+    silent: bool = False
+
+
+SILENT_ROLES: tuple[Role, ...] = ("officer", "assistant", "duty")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +132,15 @@ class Route:
     duty_desks: tuple[Person, ...]
     quorum: Quorum
     deadlines: Deadlines = DEFAULT_DEADLINES
+    silent: bool = False
+
+
+def silent_route(route: Route) -> Route:
+    """A duress call's route: a line of its own (never merged into the group's open incident, whose
+    households are rung), only officers, assistants and duty desks alerted, the quorum they can meet."""
+    recipients = _ordered([p for p in (*route.recipients, *route.duty_desks) if p.role in SILENT_ROLES])
+    quorum = effective_quorum(route.quorum, recipients) if route.kind == "group" else route.quorum
+    return replace(route, line=f"silent.{route.line}", recipients=recipients, quorum=quorum, silent=True)
 
 
 def _ordered(people: list[Person]) -> tuple[Person, ...]:
@@ -142,7 +155,19 @@ def route_call(
     fallback_duty: tuple[Person, ...],
     defaults: Deadlines = DEFAULT_DEADLINES,
 ) -> Route:
-    """Decide who a call is for. A number in no group is routed to the duty desk, never dropped."""
+    """Decide who a call is for. A number in no group is routed to the duty desk, never dropped; a
+    duress call (`call.silent`) to its officers, assistants and duty desks only."""
+    route = _route_call(directory, call, policy, fallback_duty, defaults)
+    return silent_route(route) if call.silent else route
+
+
+def _route_call(
+    directory: Directory,
+    call: IncomingCall,
+    policy: Quorum,
+    fallback_duty: tuple[Person, ...],
+    defaults: Deadlines = DEFAULT_DEADLINES,
+) -> Route:
     memberships = directory.memberships(call.caller) if call.caller else []
     if len(memberships) == 1:
         group, caller = memberships[0].group, memberships[0].person
@@ -223,6 +248,7 @@ def open_incident(route: Route, call: IncomingCall, epoch: int) -> IncidentOpene
         ack_deadline_s=route.deadlines.ack_s,
         escalate_after_s=route.deadlines.escalate_s,
         arrival_deadline_s=route.deadlines.arrival_s,
+        silent=route.silent,
     )
 
 
@@ -271,6 +297,7 @@ class Alert:
     why: str = ""
     accepted_by: Person | None = None
     covered: bool = False
+    silent: bool = False
 
 
 Trigger = IncidentOpened | CallRepeated | IncidentEscalated | ResponderAccepted | IncidentCovered | IncidentCancelled
@@ -306,6 +333,9 @@ def alert_for(
         alerted = [r.person for r in state.responders.values() if r.notified] if state else []
         recipients = tuple({p.phone: p for p in [*opened.recipients, *alerted] if p.phone != trigger.by}.values())
         reason = "cancelled"
+    if opened.silent:
+        # a duress alarm: nothing ever goes to the caller's number
+        recipients = tuple(p for p in recipients if p.phone != opened.caller.phone and p.role != "household")
     recipients = tuple(p for p in recipients if reachable(p) or p.role == "command_centre")
     if not recipients:
         return None
@@ -323,6 +353,7 @@ def alert_for(
         why=why,
         accepted_by=accepted_by,
         covered=covered,
+        silent=opened.silent,
     )
 
 

@@ -74,6 +74,10 @@ ESCALATION_ZH = {
 }
 
 
+SILENT_HEAD = "【6995静默报警·勿回拨、勿短信报警人】"
+SILENT_SPOKEN = "这是静默报警，报警人可能受到威胁，请勿回拨或短信联系报警人。"
+
+
 def place(village: str | None, group: str | None) -> str:
     """Where an alert is from, as people say it: `东山村1组`."""
     if village and group:
@@ -129,6 +133,8 @@ def alert_text_for(alert: Alert) -> str:
         at_home = home(alert.caller)
         there = f"地点：{where} {at_home}。" if at_home else ""
         head = f"【6995联防报警】{where} {who(alert.caller)} 拨打6995求助，{there}请立即前往！"
+    if alert.silent:
+        head = f"{SILENT_HEAD}{head.replace('【6995联防报警】', '').replace('【6995报警】', '')}"
     if alert.reason == "repeat":
         head = f"【再次呼叫·紧急程度{alert.urgency}】" + head
     elif alert.reason == "escalation":
@@ -149,6 +155,8 @@ def spoken_text_for(alert: Alert) -> str:
         urgent = f"警情升级，{ESCALATION_ZH.get(alert.why, alert.why)}。"
     at_home = home(caller)
     there = f"地点：{place(alert.village, alert.group)}{at_home}。" if at_home else ""
+    if alert.silent:
+        urgent = SILENT_SPOKEN + urgent
     return (
         f"这里是6995联防报警。{urgent}{place(alert.village, alert.group)}{who_}，电话{number}，拨打6995求助，"
         f"{there}请立即前往。接警请按1，无法前往请按2，已到达现场请按3，重听请按9。"
@@ -164,6 +172,8 @@ def markdown_for(alert: Alert, console_url: str) -> str:
         "caller_update": "6995报警进展",
         "cancelled": "6995报警已取消",
     }[alert.reason]
+    if alert.silent:
+        title = "6995静默报警·勿回拨报警人" if alert.reason == "raised" else f"静默报警·{title}"
     alerted = "、".join(f"{p.name or p.phone}（{ROLE_ZH.get(p.role, p.role)}）" for p in alert.recipients)
     geo = geo_uri(alert.caller)
     coords = f"坐标：[{geo.removeprefix('geo:')}]({geo})\n\n" if geo else ""
@@ -182,6 +192,11 @@ def alert_text_en_for(alert: Alert) -> str:
     caller = alert.caller
     if caller.place is not None and caller.place.address:
         where += f" ({caller.place.address})"
+    if alert.silent:
+        return (
+            f"SILENT duress alarm, do not call or text the caller: {ROLE_EN.get(caller.role, '')} {caller.name} "
+            f"({caller.phone}) at {where} needs help."
+        )
     return f"6995 alarm: {ROLE_EN.get(caller.role, '')} {caller.name} ({caller.phone}) at {where} needs help."
 
 
@@ -225,6 +240,9 @@ def describe(event: object, people: dict[str, Person], reach: Reach | None = Non
         if not event.recipients:
             return f"{head}，未配置值班室，通知0人"
         return f"{head}，转派出所值班室，{reach_text(reach or Reach(len(event.recipients)))}"
+    if isinstance(event, m.AlarmRaised) and event.silent:
+        said = reach_text(reach or Reach(len(event.recipients)))
+        return f"{who(event.caller)} 静默报警（{event.callee}），仅通知民警、助理与值班室，{said}"
     if isinstance(event, m.AlarmRaised):
         return f"{who(event.caller)} 拨打{event.callee}报警，{reach_text(reach or Reach(len(event.recipients)))}"
     if isinstance(event, m.CallRepeated):

@@ -171,6 +171,8 @@ class IncidentOpened(IncidentEvent, frozen=True, kw_only=True):
     ack_deadline_s: float = 60.0
     escalate_after_s: float = 300.0
     arrival_deadline_s: float = 1200.0
+    # a duress alarm: only officers, assistants and duty desks are alerted; the caller never hears back
+    silent: bool = False
 
 
 class AlarmRaised(IncidentOpened, frozen=True, kw_only=True):

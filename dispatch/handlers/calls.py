@@ -99,8 +99,10 @@ class CallService:
         region: str = "CN",
         clock: Clock = utcnow,
         flood: CallerFlood | None = None,
+        duress_number: str | None = None,
     ) -> None:
         self.flood = flood or CallerFlood()
+        self.duress_number = _digits(duress_number) if duress_number else None
         self.uow = uow
         self.store = uow.store
         self.directory = directory
@@ -128,10 +130,12 @@ class CallService:
             channel=req.channel,
             called_at=req.at or now,
             at=now,
+            silent=req.silent or (self.duress_number is not None and _digits(req.callee) == self.duress_number),
         )
         caller = call.caller or _digits_key(req.caller)
         try:
-            absorbed = await self._absorbed(caller, call) if caller else None
+            # a duress call is never absorbed into a flooding caller's (audible) incident
+            absorbed = await self._absorbed(caller, call) if caller and not call.silent else None
             result = absorbed or await self._route(call)
         except StoreUnavailable:
             self.metrics.store_unavailable.labels("call").inc()
@@ -227,6 +231,10 @@ def _answered(known: dict[str, Recorded], call_id: str) -> CallResult | None:
     if routed is None:
         return None
     return CallResult(incident_id=routed.incident_id, status=routed.status, duplicate=True)
+
+
+def _digits(number: str) -> str:
+    return "".join(ch for ch in number if ch.isdigit())
 
 
 def _digits_key(raw: str) -> str | None:

@@ -90,7 +90,9 @@ class GatewayCallbacks:
         callbacks: CallbackBus | None,
         sms: SmsChannel | None,
         region: str = "CN",
+        duress_keyword: str | None = None,
     ) -> None:
+        self.duress_keyword = duress_keyword.strip().lower() if duress_keyword else None
         self.store = store
         self.incidents = Incidents(store)
         self.directory = directory
@@ -169,6 +171,14 @@ class GatewayCallbacks:
         """A text to the short number: an answer or a cancel from someone with an open incident, else an alarm."""
         sender = try_normalize(sms.sender, self.region) or sms.sender
         word = sms.text.strip().lower()
+        if self.duress_keyword is not None and word == self.duress_keyword:
+            # a duress text: a silent alarm, and never a word back to the sender
+            result: CallResult = await self.bus.handle(
+                CallRequest(
+                    call_id=f"sms:{sms.message_id}", caller=sms.sender, callee=sms.to, channel="sms", silent=True
+                )
+            )
+            return {"status": "alarm", "incident_id": result.incident_id, "call_status": result.status}
         state = await self.open_incident_of(sender)
         action = SMS_ACTIONS.get(word)
         if state is not None:
@@ -182,7 +192,7 @@ class GatewayCallbacks:
         if action is not None:
             await self._reply(sender, NOTHING_OPEN, sms.message_id)
             return {"status": "help"}
-        result: CallResult = await self.bus.handle(
+        result = await self.bus.handle(
             CallRequest(call_id=f"sms:{sms.message_id}", caller=sms.sender, callee=sms.to, channel="sms")
         )
         return {"status": "alarm", "incident_id": result.incident_id, "call_status": result.status}

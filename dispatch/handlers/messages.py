@@ -25,6 +25,8 @@ class CallRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     callee: Annotated[str, msgspec.Meta(max_length=64)] = "6995"
     at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
     channel: CallChannel = "voice"
+    # a duress signal the gateway recognised itself (the callee is checked against the duress number too)
+    silent: bool = False
 
 
 class CallResult(msgspec.Struct, frozen=True, kw_only=True):

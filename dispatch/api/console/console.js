@@ -75,6 +75,7 @@ const TEXT = {
     location: "地点",
     map: "地图",
     unregistered: "未登记号码",
+    silent: "静默报警·勿回拨报警人",
     raised_at: "报警时间",
     ago: "{d}前",
     covered: "已覆盖",
@@ -225,6 +226,7 @@ const TEXT = {
     location: "Where",
     map: "map",
     unregistered: "Unregistered number",
+    silent: "Silent alarm: do not call the caller back",
     raised_at: "Raised",
     ago: "{d} ago",
     covered: "Covered",
@@ -943,6 +945,8 @@ function fillIncident(card, d) {
     }),
   ];
   if (d.kind === "unregistered") badges.push(h("span", { class: "badge warn", text: t("unregistered") }));
+  if (d.silent) badges.push(h("span", { class: "badge bad silent", text: t("silent") }));
+  card.root.classList.toggle("is-silent", Boolean(d.silent));
   if (d.urgency > 1) badges.push(h("span", { class: "badge bad", text: t("urgency", { n: d.urgency }) }));
   if (d.escalation_tier > 0) badges.push(h("span", { class: "badge bad", text: t("tier", { n: d.escalation_tier }) }));
   const label = [placeName(d), " · ", personLabel(caller)];
@@ -955,7 +959,9 @@ function fillIncident(card, d) {
     h(
       "p",
       { class: "meta" },
-      h("span", {}, `${t("caller")} `, h("a", { href: `tel:${phoneText(caller.phone)}`, class: "phone", dir: "ltr", text: phoneText(caller.phone) })),
+      h("span", {}, `${t("caller")} `, d.silent
+        ? h("span", { class: "phone", dir: "ltr", text: phoneText(caller.phone) })
+        : h("a", { href: `tel:${phoneText(caller.phone)}`, class: "phone", dir: "ltr", text: phoneText(caller.phone) })),
       h("span", {}, ` · ${t("raised_at")} `, h("time", { datetime: d.raised_at, text: timeOf(d.raised_at, d.time_zone, card.full ? "full" : "zone") }), " "),
       h("span", { class: "ago", dataset: { since: d.raised_at } }),
     ),
