@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -137,7 +138,13 @@ def fd_kinds(pid: int) -> dict[str, int]:
 
 
 def tree_mb(path: Path) -> float:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
+    """Bytes of the files under `path`, in MB; the nats-server makes and removes files meanwhile."""
+    total = 0
+    for folder, _, files in os.walk(path):  # os.walk skips a directory that vanished under it
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(os.path.join(folder, name)).st_size
+    return total / 1e6
 
 
 @dataclass
@@ -432,6 +439,9 @@ class Soak:
                 )
                 cpu_before = cpu_now
                 self.rows.append(row)
+                if args.json:  # every minute, so the rows so far survive a run that dies
+                    text = json.dumps(self.summary(), indent=2, default=str)
+                    await asyncio.to_thread(Path(args.json).write_text, text)
                 if args.tracemalloc and minute in (max(1, args.minutes // 2), args.minutes):
                     await self.snapshot(proc)
                 lags = "/".join(str(v) for v in row.read_lag.values())
