@@ -183,6 +183,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.sip:
+        from dispatch.sim.sip_demo import run_sip_demo
+
+        return asyncio.run(run_sip_demo(keep=args.keep))
     from dispatch.sim.demo import run_demo
 
     return asyncio.run(run_demo(keep=args.keep))
@@ -512,6 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
         ["dispatch demo", "dispatch demo --keep"],
     )
     p.add_argument("--keep", action="store_true", help="keep the demo's data directory (its path is printed)")
+    p.add_argument(
+        "--sip", action="store_true", help="over real SIP: kamailio, baresip phones and `dispatch sip` (when installed)"
+    )
     p.set_defaults(func=cmd_demo)
 
     p = _add(
