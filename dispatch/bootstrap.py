@@ -58,7 +58,7 @@ from dispatch.handlers.escalation import EscalationService
 from dispatch.handlers.fanout import FanOut
 from dispatch.handlers.gateway import GatewayCallbacks
 from dispatch.handlers.groups import GroupService
-from dispatch.handlers.messages import Answer, CallRequest, Trigger
+from dispatch.handlers.messages import Answer, CallRequest, OpenReport, Trigger
 from dispatch.handlers.pool import TaskPool
 from dispatch.handlers.responses import ResponseService
 from dispatch.handlers.subscribers import TIMERS_IN_FLIGHT, LocalDeadlines, build_broker
@@ -105,6 +105,7 @@ def register_handlers(
 ) -> None:
     """The one table of who handles what: commands to their handler, stored events to reactions."""
     bus.register(CallRequest, calls.call)
+    bus.register(OpenReport, calls.report)
     bus.register(Answer, responses.answer)
     bus.register(Trigger, fanout.on_trigger)
     bus.register(DeliveryJob, delivery.handle)

@@ -23,7 +23,8 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from dispatch.api.deps import MAX_JSON_BYTES, ApiServices, in_thread, narrowed, scope, village_zone, visible, who
 from dispatch.api.views import incident_view
 from dispatch.domain.errors import NotFound
-from dispatch.handlers.messages import Answer, ResponseRequest
+from dispatch.domain.roster import refused_in_name
+from dispatch.handlers.messages import Answer, CallResult, OpenReport, ReportRequest, ResponseRequest
 from dispatch.projections import queries
 
 KEEPALIVE_S = 15.0
@@ -56,6 +57,25 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
             "covered": state.covered,
             "recorded": [type(e).__name__ for e in events],
         }
+
+    @post(
+        "/v1/incidents",
+        status_code=201,
+        request_max_body_size=MAX_JSON_BYTES,
+        tags=["incidents"],
+        summary="Open an incident for a group: a walk-in report or a 110 transfer (officer, duty desk, admin)",
+    )
+    async def open_incident(data: JSONBody[ReportRequest], request: Request[Any, Any, Any]) -> dict[str, Any]:
+        principal = who(s, request, "report")
+        if not visible(s, principal, data.village) or s.directory.directory.group(data.village, data.group) is None:
+            raise NotFound(f"no group {data.village}/{data.group}")
+        refused = refused_in_name(data.caller_name)
+        if refused is not None:
+            raise ValidationException(f"caller_name holds {refused}")
+        command = OpenReport(request=data, opened_by=principal.token_id, opened_by_name=principal.name)
+        with structlog.contextvars.bound_contextvars(report_id=data.report_id[:64]):
+            result: CallResult = await s.bus.handle(command)
+        return {"incident_id": result.incident_id, "status": result.status, "duplicate": result.duplicate}
 
     @get("/v1/incidents/{incident_id:str}", tags=["incidents"], summary="An incident with responders and timeline")
     async def get_incident(incident_id: FromPath[str], request: Request[Any, Any, Any]) -> dict[str, Any]:
@@ -126,4 +146,4 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
         # runs the generator, so its `finally` alone would leave the client, and the hub following the log.
         return ServerSentEvent(events(), background=BackgroundTask(s.hub.disconnect, client))
 
-    return [post_response, get_incident, list_incidents, stream]
+    return [post_response, open_incident, get_incident, list_incidents, stream]

@@ -66,6 +66,7 @@ ANSWERS: dict[str, tuple[int, ...]] = {
     "POST /v1/incidents/{incident_id}/responses": (400, 401, 403, 404, 409, 413, 422, 429, 503),
     "GET /v1/incidents/{incident_id}": (401, 403, 404, 422, 429, 503),
     "GET /v1/incidents": (400, 401, 403, 429, 503),
+    "POST /v1/incidents": (400, 401, 403, 404, 413, 429, 503),
     "GET /v1/stream": (401, 403, 429, 503),
     "GET /v1/reports/response-times": REPORT,
     "GET /v1/reports/history": (400, *REPORT),

@@ -147,6 +147,8 @@ def incident_view(state: IncidentState, history: list[Recorded], time_zone: str 
         "incident_id": state.id,
         "kind": "unregistered" if isinstance(opened, UnregisteredCall) else "alarm",
         "silent": opened.silent,
+        "origin": opened.origin or "call",
+        "opened_by": {"token_id": opened.opened_by, "name": opened.opened_by_name} if opened.opened_by else None,
         "status": state.status,
         "status_zh": STATUS_ZH.get(state.status, state.status),
         "covered": state.covered,

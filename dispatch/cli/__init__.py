@@ -310,6 +310,43 @@ def cmd_call(args: argparse.Namespace) -> int:
     return 0
 
 
+ORIGIN_ALIASES = {
+    "walk-in": "walk_in",
+    "walk_in": "walk_in",
+    "来所": "walk_in",
+    "110": "transfer_110",
+    "transfer_110": "transfer_110",
+    "110转警": "transfer_110",
+}
+
+
+def cmd_open(args: argparse.Namespace) -> int:
+    import uuid
+
+    origin = ORIGIN_ALIASES.get(args.origin)
+    if origin is None:
+        print(f"--origin must be one of walk-in, 110 (got {args.origin!r})", file=sys.stderr)
+        return 2
+    body: dict[str, Any] = {
+        "report_id": args.report_id or f"cli-{uuid.uuid4().hex[:12]}",
+        "village": args.village,
+        "group": args.group,
+        "origin": origin,
+        "caller": args.caller or "",
+        "caller_name": args.name or "",
+    }
+    answer = _fetch(args, "POST", "/v1/incidents", expect=201, json=body)
+    if args.json:
+        _print_json(answer)
+        return 0
+    print(f"警情 incident {answer['incident_id']}")
+    print(f"  已登记并通知 {args.village}/{args.group} (opened; the group is alerted as for a call)")
+    if answer.get("duplicate"):
+        print(f"  同一登记重复提交 (report id {body['report_id']} was seen before: nobody rung twice)")
+    print(f"  查看 show it: dispatch incident {answer['incident_id']}")
+    return 0
+
+
 def cmd_respond(args: argparse.Namespace) -> int:
     body = {"responder": args.responder, "action": args.action, "note": args.note or ""}
     if args.category:
@@ -687,6 +724,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--call-id", help="the gateway's id for this call, to make retries safe (default: a new one)")
     p.add_argument("--json", action="store_true", help="print the service's JSON answer")
     p.set_defaults(func=cmd_call)
+
+    p = client(
+        _add(
+            sub,
+            "open",
+            "open an incident for a group: a walk-in report or a 110 transfer (officer, duty desk)",
+            "The group is alerted, deadlines run and reports count it as for a member's call; the\n"
+            "origin and who opened it (the token's name) are recorded. The reporting person may be in\n"
+            "no group: --caller and --name say who they are (both optional).",
+            [
+                "dispatch open 东山村 1 --origin walk-in --name 张三 --caller 13700000001",
+                "dispatch open 东山村 1 --origin 110",
+            ],
+        )
+    )
+    p.add_argument("village", help="the group's village")
+    p.add_argument("group", help="the group")
+    p.add_argument("--origin", required=True, help="walk-in (来所) or 110 (110转警)")
+    p.add_argument("--caller", help="the reporting person's phone number, if any")
+    p.add_argument("--name", help="the reporting person's name, if known")
+    p.add_argument("--report-id", help="an id that makes a retried submission safe (default: a new one)")
+    p.add_argument("--json", action="store_true", help="print the service's JSON answer")
+    p.set_defaults(func=cmd_open)
 
     p = client(
         _add(

@@ -35,12 +35,12 @@ from dispatch.events.subjects import InvalidToken, check_token
 PREFIX = "dsp_"
 ROLES: tuple[TokenRole, ...] = ("gateway", "officer", "duty_desk", "admin", "metrics")
 SCOPED: tuple[TokenRole, ...] = ("officer", "duty_desk")
-Capability = Literal["call", "relay", "answer", "read", "import", "metrics", "manage", "export"]
+Capability = Literal["call", "relay", "answer", "read", "report", "import", "metrics", "manage", "export"]
 CAPABILITIES: dict[TokenRole, frozenset[Capability]] = {
     "gateway": frozenset({"call", "relay", "answer"}),
-    "officer": frozenset({"answer", "read"}),
-    "duty_desk": frozenset({"answer", "read"}),
-    "admin": frozenset({"call", "relay", "answer", "read", "import", "metrics", "manage", "export"}),
+    "officer": frozenset({"answer", "read", "report"}),
+    "duty_desk": frozenset({"answer", "read", "report"}),
+    "admin": frozenset({"call", "relay", "answer", "read", "report", "import", "metrics", "manage", "export"}),
     "metrics": frozenset({"metrics"}),
 }
 
@@ -50,6 +50,7 @@ CAPABILITY_EN: dict[Capability, str] = {
     "relay": "relay the gateway's callbacks",
     "answer": "answer incidents",
     "read": "read incidents, groups and reports",
+    "report": "open incidents for a walk-in or a 110 transfer",
     "import": "import rosters and change village settings",
     "metrics": "read metrics",
     "manage": "manage tokens",

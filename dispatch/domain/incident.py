@@ -114,8 +114,15 @@ class IncomingCall(msgspec.Struct, frozen=True, kw_only=True):
     called_at: datetime
     at: datetime
     silent: bool = False
+    # an incident an officer or duty desk opens (a walk-in, a 110 transfer) for a group of its choice
+    for_group: tuple[str, str] | None = None
+    caller_name: str = ""
+    origin: str = ""
+    opened_by: str = ""
+    opened_by_name: str = ""
 
 
+ORIGINS: tuple[str, ...] = ("walk_in", "transfer_110")
 SILENT_ROLES: tuple[Role, ...] = ("officer", "assistant", "duty")
 
 
@@ -157,8 +164,46 @@ def route_call(
 ) -> Route:
     """Decide who a call is for. A number in no group is routed to the duty desk, never dropped; a
     duress call (`call.silent`) to its officers, assistants and duty desks only."""
-    route = _route_call(directory, call, policy, fallback_duty, defaults)
+    if call.for_group is not None:
+        route = route_report(directory, call, policy, fallback_duty, defaults)
+    else:
+        route = _route_call(directory, call, policy, fallback_duty, defaults)
     return silent_route(route) if call.silent else route
+
+
+def route_report(
+    directory: Directory,
+    call: IncomingCall,
+    policy: Quorum,
+    fallback_duty: tuple[Person, ...],
+    defaults: Deadlines = DEFAULT_DEADLINES,
+) -> Route:
+    """An incident an officer opens for a group: the group's members alerted as for a member's call
+    (but the reporting caller, when a member), on a line of its own (one per report, never merged
+    into the group's open alarm); the caller as the roster knows them, else as told."""
+    assert call.for_group is not None
+    village, group_name = call.for_group
+    group = directory.group(village, group_name)
+    if group is None:
+        raise NotFound(f"no group {village}/{group_name}")
+    members = group.members
+    phone = call.caller or call.caller_raw
+    caller = members.get(phone) if phone else None
+    if caller is None:
+        caller = Person(phone=phone, name=call.caller_name, role="unregistered")
+    recipients = _ordered([p for p in members.values() if p.phone != caller.phone])
+    duty = directory.duty_desks(village) or fallback_duty
+    return Route(
+        kind="group",
+        line=f"report.{stable_key('report', call.call_id)}",
+        village=village,
+        group=group_name,
+        caller=caller,
+        recipients=recipients,
+        duty_desks=duty,
+        quorum=effective_quorum(policy, recipients + duty),
+        deadlines=directory.deadlines(village, defaults),
+    )
 
 
 def _route_call(
@@ -249,6 +294,9 @@ def open_incident(route: Route, call: IncomingCall, epoch: int) -> IncidentOpene
         escalate_after_s=route.deadlines.escalate_s,
         arrival_deadline_s=route.deadlines.arrival_s,
         silent=route.silent,
+        origin=call.origin,
+        opened_by=call.opened_by,
+        opened_by_name=call.opened_by_name,
     )
 
 
@@ -298,6 +346,8 @@ class Alert:
     accepted_by: Person | None = None
     covered: bool = False
     silent: bool = False
+    origin: str = ""
+    opened_by_name: str = ""
 
 
 Trigger = IncidentOpened | CallRepeated | IncidentEscalated | ResponderAccepted | IncidentCovered | IncidentCancelled
@@ -354,6 +404,8 @@ def alert_for(
         accepted_by=accepted_by,
         covered=covered,
         silent=opened.silent,
+        origin=opened.origin,
+        opened_by_name=opened.opened_by_name,
     )
 
 

@@ -74,6 +74,7 @@ ESCALATION_ZH = {
 }
 
 
+ORIGIN_ZH = {"walk_in": "群众来所报警", "transfer_110": "110转警"}
 SILENT_HEAD = "【6995静默报警·勿回拨、勿短信报警人】"
 SILENT_SPOKEN = "这是静默报警，报警人可能受到威胁，请勿回拨或短信联系报警人。"
 
@@ -133,6 +134,10 @@ def alert_text_for(alert: Alert) -> str:
         at_home = home(alert.caller)
         there = f"地点：{where} {at_home}。" if at_home else ""
         head = f"【6995联防报警】{where} {who(alert.caller)} 拨打6995求助，{there}请立即前往！"
+    if alert.origin:
+        by = f"（{alert.opened_by_name}登记）" if alert.opened_by_name else ""
+        caller = who(alert.caller) if alert.caller.phone else (alert.caller.name or "报警人")
+        head = f"【6995联防报警·{ORIGIN_ZH.get(alert.origin, alert.origin)}{by}】{where} {caller} 求助，请立即前往！"
     if alert.silent:
         head = f"{SILENT_HEAD}{head.replace('【6995联防报警】', '').replace('【6995报警】', '')}"
     if alert.reason == "repeat":
@@ -157,6 +162,9 @@ def spoken_text_for(alert: Alert) -> str:
     there = f"地点：{place(alert.village, alert.group)}{at_home}。" if at_home else ""
     if alert.silent:
         urgent = SILENT_SPOKEN + urgent
+    if alert.origin:
+        urgent = f"{ORIGIN_ZH.get(alert.origin, alert.origin)}。" + urgent
+        who_ = caller.name or "报警人"
     return (
         f"这里是6995联防报警。{urgent}{place(alert.village, alert.group)}{who_}，电话{number}，拨打6995求助，"
         f"{there}请立即前往。接警请按1，无法前往请按2，已到达现场请按3，重听请按9。"
@@ -172,6 +180,8 @@ def markdown_for(alert: Alert, console_url: str) -> str:
         "caller_update": "6995报警进展",
         "cancelled": "6995报警已取消",
     }[alert.reason]
+    if alert.origin:
+        title = f"{title}·{ORIGIN_ZH.get(alert.origin, alert.origin)}"
     if alert.silent:
         title = "6995静默报警·勿回拨报警人" if alert.reason == "raised" else f"静默报警·{title}"
     alerted = "、".join(f"{p.name or p.phone}（{ROLE_ZH.get(p.role, p.role)}）" for p in alert.recipients)
@@ -240,6 +250,11 @@ def describe(event: object, people: dict[str, Person], reach: Reach | None = Non
         if not event.recipients:
             return f"{head}，未配置值班室，通知0人"
         return f"{head}，转派出所值班室，{reach_text(reach or Reach(len(event.recipients)))}"
+    if isinstance(event, m.AlarmRaised) and event.origin:
+        said = reach_text(reach or Reach(len(event.recipients)))
+        caller = who(event.caller) if event.caller.phone else (event.caller.name or "报警人（未留电话）")
+        by = event.opened_by_name or event.opened_by
+        return f"{by} 登记{ORIGIN_ZH.get(event.origin, event.origin)}：{caller}，{said}"
     if isinstance(event, m.AlarmRaised) and event.silent:
         said = reach_text(reach or Reach(len(event.recipients)))
         return f"{who(event.caller)} 静默报警（{event.callee}），仅通知民警、助理与值班室，{said}"

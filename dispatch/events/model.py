@@ -173,6 +173,11 @@ class IncidentOpened(IncidentEvent, frozen=True, kw_only=True):
     arrival_deadline_s: float = 1200.0
     # a duress alarm: only officers, assistants and duty desks are alerted; the caller never hears back
     silent: bool = False
+    # opened by an officer or duty desk, not by a call: "walk_in" or "transfer_110" ("" for a call),
+    # and who opened it (token id and name)
+    origin: str = ""
+    opened_by: str = ""
+    opened_by_name: str = ""
 
 
 class AlarmRaised(IncidentOpened, frozen=True, kw_only=True):

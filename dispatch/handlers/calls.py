@@ -53,7 +53,7 @@ from dispatch.events.model import (
 from dispatch.events.subjects import call_index_subjects, call_key, call_subject, incident_subject, line_subject
 from dispatch.handlers.aggregates import call_routed
 from dispatch.handlers.flood import CallerFlood
-from dispatch.handlers.messages import CallRequest, CallResult
+from dispatch.handlers.messages import CallRequest, CallResult, OpenReport
 from dispatch.handlers.uow import Loaded, UnitOfWork
 from dispatch.observe.metrics import Metrics
 from dispatch.store.eventstore import Recorded, StoreUnavailable
@@ -148,6 +148,27 @@ class CallService:
             self.flood.routed(caller, result.incident_id)
         self.metrics.calls.labels(req.channel, "duplicate" if result.duplicate else result.status).inc()
         return result
+
+    async def report(self, command: OpenReport) -> CallResult:
+        """Open an incident an officer reports for a group (a walk-in, a 110 transfer): the group's
+        fan-out, deadlines and reports, the origin and the reporter recorded; idempotent per report id."""
+        req = command.request
+        now = self.clock()
+        call = IncomingCall(
+            call_id=f"report:{req.report_id}",
+            caller_raw=req.caller,
+            caller=self.directory.caller_e164(req.caller, self.region) if req.caller else None,
+            callee="",
+            channel="api",
+            called_at=now,
+            at=now,
+            for_group=(req.village, req.group),
+            caller_name=req.caller_name,
+            origin=req.origin,
+            opened_by=command.opened_by,
+            opened_by_name=command.opened_by_name,
+        )
+        return await self._route(call)
 
     async def _absorbed(self, caller: str, call: IncomingCall) -> CallResult | None:
         """The answer for a call of a flooding caller into its still-open incident, else None (route it)."""

@@ -8,7 +8,7 @@ unknown or withheld number still raises an alarm for the duty desk).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -27,6 +27,27 @@ class CallRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     channel: CallChannel = "voice"
     # a duress signal the gateway recognised itself (the callee is checked against the duress number too)
     silent: bool = False
+
+
+class ReportRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An incident an officer or duty desk opens for a group: a walk-in report or a 110 transfer.
+    `report_id` is the client's idempotency key (the same id always answers the same incident);
+    `caller` the reporting person's number if they have one, `caller_name` their name."""
+
+    report_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    village: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    group: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    origin: Literal["walk_in", "transfer_110"]
+    caller: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    caller_name: Annotated[str, msgspec.Meta(max_length=64)] = ""
+
+
+class OpenReport(msgspec.Struct, frozen=True, kw_only=True):
+    """A ReportRequest with who sends it (token id and name)."""
+
+    request: ReportRequest
+    opened_by: str
+    opened_by_name: str
 
 
 class CallResult(msgspec.Struct, frozen=True, kw_only=True):

@@ -111,6 +111,9 @@ class IncidentRow(msgspec.Struct):
     caller_address: str = ""
     caller_lat: float | None = None
     caller_lon: float | None = None
+    origin: str = "call"
+    opened_by: str = ""
+    silent: int = 0
 
 
 class ResponderRow(msgspec.Struct):
@@ -200,7 +203,10 @@ class IncidentsProjection:
                 updated_seq BIGINT NOT NULL,
                 caller_address TEXT NOT NULL DEFAULT '',
                 caller_lat DOUBLE PRECISION,
-                caller_lon DOUBLE PRECISION
+                caller_lon DOUBLE PRECISION,
+                origin TEXT NOT NULL DEFAULT 'call',
+                opened_by TEXT NOT NULL DEFAULT '',
+                silent INTEGER NOT NULL DEFAULT 0
             )""",
             f"""CREATE TABLE IF NOT EXISTS {RESPONDERS} (
                 incident_id TEXT NOT NULL,
@@ -412,6 +418,9 @@ class _Batch:
             caller_address=event.caller.place.address if event.caller.place else "",
             caller_lat=event.caller.place.lat if event.caller.place else None,
             caller_lon=event.caller.place.lon if event.caller.place else None,
+            origin=event.origin or "call",
+            opened_by=event.opened_by_name or event.opened_by,
+            silent=int(event.silent),
             channel=event.channel,
             status="raised",
             covered=0,

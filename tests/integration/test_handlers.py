@@ -130,6 +130,7 @@ def test_the_table_sends_every_message_to_its_handler() -> None:
 async def test_the_composition_roots_table(handlers: Handlers) -> None:
     assert handlers.bus.table() == {
         "CallRequest": ["CallService.call"],
+        "OpenReport": ["CallService.report"],
         "Answer": ["ResponseService.answer"],
         "Trigger": ["FanOut.on_trigger"],
         "DeliveryJob": ["DeliveryWorker.handle"],

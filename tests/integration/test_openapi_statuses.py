@@ -170,6 +170,8 @@ async def success(w: World, op: str, admin: str) -> Request:
         r["json"] = {"responder": OFFICER_PHONE, "action": "accept"}
     elif op == "GET /v1/incidents/{incident_id}":
         path = path.replace("{incident_id}", await new_incident(w, admin))
+    elif op == "POST /v1/incidents":
+        r["json"] = {"report_id": unique(), "village": "dongshan", "group": "1", "origin": "walk_in"}
     elif op == "POST /v1/tokens":
         r["json"] = {"name": f"probe-{unique()}", "role": "officer", "villages": ["dongshan"]}
     elif op == "DELETE /v1/groups/{village}/{group}":  # group 2, formed again if a probe dissolved it
@@ -281,6 +283,9 @@ async def specific(w: World, op: str, admin: str) -> list[tuple[str, Request]]:
         ]
     if op == "GET /v1/incidents":
         return [("400", {"method": "GET", "url": "/v1/incidents?since=yesterday-ish"})]
+    if op == "POST /v1/incidents":
+        report = {"report_id": unique(), "village": "dongshan", "group": "99", "origin": "walk_in"}
+        return [("404", {"method": "POST", "url": "/v1/incidents", "json": report})]
     if op.startswith("GET /v1/reports/"):
         return [("422", {"method": "GET", "url": f"{op.split(' ')[1]}?format=xml"})]
     if op == "DELETE /v1/groups/{village}/{group}":

@@ -118,3 +118,60 @@ def test_no_decision_of_a_silent_incident_alerts_the_caller_or_a_household(
             continue
         assert alert.silent
         assert all(p.phone != HOUSEHOLD and p.role != "household" for p in alert.recipients), alert.reason
+
+
+# --- incidents an officer opens (issue 22.4) ------------------------------------------------------
+
+
+def report(caller: str = "", name: str = "", report_id: str = "r1", group: str = "1") -> IncidentState:
+    from dispatch.domain.incident import IncomingCall
+
+    incoming = IncomingCall(
+        call_id=f"report:{report_id}",
+        caller_raw=caller,
+        caller=caller or None,
+        callee="",
+        channel="api",
+        called_at=at(0),
+        at=at(0),
+        for_group=("dongshan", group),
+        caller_name=name,
+        origin="walk_in",
+        opened_by="tok1",
+        opened_by_name="吴警官",
+    )
+    route = route_call(directory_with(), incoming, POLICY, DUTY)
+    state = evolve(None, open_incident(route, incoming, 0))
+    assert state is not None
+    return state
+
+
+def test_an_officer_s_report_rings_the_group_and_records_origin_and_officer() -> None:
+    state = report(caller="+8613700000099", name="张三")
+    opened = state.opened
+    assert isinstance(opened, AlarmRaised)
+    assert (opened.origin, opened.opened_by, opened.opened_by_name) == ("walk_in", "tok1", "吴警官")
+    assert len(opened.recipients) == 10 and opened.caller.name == "张三" and opened.caller.role == "unregistered"
+    assert opened.line.startswith("report.") and report(report_id="r2").opened.line != opened.line
+    alert = alert_for(opened, opened)
+    assert alert is not None and "群众来所报警（吴警官登记）" in alert_text_for(alert)
+    assert "吴警官 登记群众来所报警" in describe(opened, {})
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.sampled_from(["", HOUSEHOLD, OTHER_HOUSEHOLD, LEADER, OFFICER, "+8613700000099"]), st.sampled_from(["1", "2"])
+)
+def test_a_report_alerts_exactly_the_group_but_its_caller(caller: str, group: str) -> None:
+    members = {p.phone for p in directory_with().group("dongshan", group).members.values()}  # type: ignore[union-attr]
+    state = report(caller=caller, group=group)
+    assert {p.phone for p in state.opened.recipients} == members - {caller}
+
+
+def test_a_report_for_a_group_that_does_not_exist_is_not_found() -> None:
+    import pytest
+
+    from dispatch.domain.errors import NotFound
+
+    with pytest.raises(NotFound):
+        report(group="99")

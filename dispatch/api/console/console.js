@@ -76,6 +76,9 @@ const TEXT = {
     map: "地图",
     unregistered: "未登记号码",
     silent: "静默报警·勿回拨报警人",
+    origin_walk_in: "群众来所报警",
+    origin_transfer_110: "110转警",
+    opened_by: "登记人",
     raised_at: "报警时间",
     ago: "{d}前",
     covered: "已覆盖",
@@ -227,6 +230,9 @@ const TEXT = {
     map: "map",
     unregistered: "Unregistered number",
     silent: "Silent alarm: do not call the caller back",
+    origin_walk_in: "Walk-in report",
+    origin_transfer_110: "110 transfer",
+    opened_by: "opened by",
     raised_at: "Raised",
     ago: "{d} ago",
     covered: "Covered",
@@ -946,6 +952,10 @@ function fillIncident(card, d) {
   ];
   if (d.kind === "unregistered") badges.push(h("span", { class: "badge warn", text: t("unregistered") }));
   if (d.silent) badges.push(h("span", { class: "badge bad silent", text: t("silent") }));
+  if (d.origin && d.origin !== "call") {
+    const by = d.opened_by ? [` · ${t("opened_by")} `, val(d.opened_by.name || d.opened_by.token_id, "opened-by")] : null;
+    badges.push(h("span", { class: "badge origin" }, t(`origin_${d.origin}`), by));
+  }
   card.root.classList.toggle("is-silent", Boolean(d.silent));
   if (d.urgency > 1) badges.push(h("span", { class: "badge bad", text: t("urgency", { n: d.urgency }) }));
   if (d.escalation_tier > 0) badges.push(h("span", { class: "badge bad", text: t("tier", { n: d.escalation_tier }) }));
