@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import msgspec
 import pytest
 
 from dispatch.domain.dialing import DEFAULT_DIAL_RULES, DialRules, DialRulesError, caller_number
@@ -87,3 +90,32 @@ def test_sip_settings_name_what_is_wrong(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delenv("DISPATCH_SIP_TOKEN")
     with pytest.raises(SettingsError, match="DISPATCH_SIP_TOKEN"):
         SipSettings.from_env()
+
+
+def test_the_journal_resumes_only_legs_dispatch_still_waits_for(tmp_path: Path) -> None:
+    from dispatch.sip.bridge import Journal, Origination
+
+    journal = Journal(tmp_path / "legs.sqlite")
+
+    def leg(ref: str, created: float, outcome: str | None = None) -> None:
+        call = Origination(call_ref=ref, to="+8613800000001", text="t", ring_timeout_s=30, notification_key=ref[:-2])
+        journal.add(f"{ref}/k", call, msgspec.json.encode(call), created)
+        if outcome is not None:
+            journal.outcome(ref, outcome)
+
+    leg("ringing-1", created=1000.0)
+    leg("stale-1", created=900.0)
+    leg("answered-1", created=1000.0, outcome="answered")
+    leg("busy-1", created=1000.0, outcome="busy")
+    journal.reported("busy-1")
+    now = 1040.0  # 30 s ring + 15 s: dispatch waits until 1045 for the first three, gave up at 945 on stale
+
+    assert [key for key, _ in journal.unfinished(now, grace_s=15.0)] == ["ringing-1/k"]
+    assert [outcome for _, outcome in journal.unreported(now, grace_s=15.0)] == ["answered"]
+    assert journal.answered_before("answered") and not journal.answered_before("ringing")
+    assert journal.seen("stale-1/k") and not journal.seen("other/k")
+    # the stale leg is marked lost: never resumed, never re-reported
+    assert journal.unfinished(now + 1000, grace_s=15.0) == []
+    journal.outcome("stale-1", "answered")  # an outcome only ever lands once
+    assert not journal.answered_before("stale")
+    journal.close()
