@@ -341,11 +341,13 @@ class Soak:
 
     async def read_lag(self, nc: object, db: Database) -> dict[str, int]:
         def position(name: str) -> int:
+            # a fresh connection each time: one kept open may keep reading an old snapshot of the file
             try:
                 return checkpoint(db.thread_connection(), name)
             except Exception:
-                db.drop_thread_connection()
                 return -1
+            finally:
+                db.drop_thread_connection()
 
         lags: dict[str, int] = {}
         for projection in all_projections():
