@@ -630,3 +630,27 @@ def test_a_service_that_rings_nobody_says_so_above_the_board(
         bare.kill()
     expect(configured.locator("#counts")).to_be_visible()
     assert configured.locator("#setup").is_hidden()
+
+
+def test_an_officer_opens_a_walk_in_from_the_board(
+    serve: ServeProcess, http: httpx.Client, tokens: dict[str, str], contexts: Callable[..., BrowserContext]
+) -> None:
+    """Issue 22.4: the board's 登记警情 form opens an incident for a group; its page names the origin
+    and the officer who opened it, and the group was alerted."""
+    errors: list[str] = []
+    page = open_console(contexts(), serve, tokens["officer_east"], errors)
+    page.locator("details.report summary").click()
+    page.select_option("#report-village", "东山村")
+    page.fill("#report-group", "1")
+    page.select_option("#report-origin", "walk_in")
+    page.fill("#report-name", "张三")
+    page.locator("form.report-form button[type='submit']").click()
+    expect(page).to_have_url(re.compile(r"#/incident/"))
+    badge = page.locator(".badge.origin")
+    expect(badge).to_contain_text("群众来所报警")
+    expect(badge).to_contain_text("吴建军")
+    incident = page.url.rsplit("/", 1)[1]
+    shown = http.get(f"/v1/incidents/{incident}").json()
+    assert shown["origin"] == "walk_in" and shown["opened_by"]["name"] == "吴建军"
+    assert shown["caller"]["name"] == "张三" and sum(r["recipient"] for r in shown["responders"]) == 6, "the group of 6"
+    assert errors == []

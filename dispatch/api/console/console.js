@@ -79,6 +79,14 @@ const TEXT = {
     origin_walk_in: "群众来所报警",
     origin_transfer_110: "110转警",
     opened_by: "登记人",
+    report_open: "登记警情（来所报警 / 110转警）",
+    report_village: "村",
+    report_group: "组",
+    report_origin: "来源",
+    report_caller: "报警人电话（可空）",
+    report_name: "报警人姓名（可空）",
+    report_submit: "登记并通知该组",
+    report_done: "已登记，已通知该组",
     raised_at: "报警时间",
     ago: "{d}前",
     covered: "已覆盖",
@@ -233,6 +241,14 @@ const TEXT = {
     origin_walk_in: "Walk-in report",
     origin_transfer_110: "110 transfer",
     opened_by: "opened by",
+    report_open: "Open an incident (walk-in / 110 transfer)",
+    report_village: "Village",
+    report_group: "Group",
+    report_origin: "Origin",
+    report_caller: "Caller's phone (optional)",
+    report_name: "Caller's name (optional)",
+    report_submit: "Open and alert the group",
+    report_done: "Opened; the group is alerted",
     raised_at: "Raised",
     ago: "{d} ago",
     covered: "Covered",
@@ -1305,11 +1321,52 @@ function renderBoard() {
       ),
       h("div", { class: "field buttons" }, soundButton, h("button", { type: "button", text: t("sound_test"), onclick: () => { unlockAudio(); siren(); } })),
     ),
+    reportForm(me),
     h("p", { id: "counts", class: "counts", role: "status" }),
     list,
   );
   list.append(h("p", { class: "empty muted", text: t("loading") }));
   loadBoard();
+}
+
+function reportForm(me) {
+  if (!["officer", "duty_desk", "admin"].includes(me.role)) return null;
+  const field = (id, label, input) => h("div", { class: "field" }, h("label", { for: id, text: t(label) }), input);
+  const village = h("select", { id: "report-village", required: true }, S.villages.map((v) => h("option", { value: v, text: iso(v) })));
+  const group = h("input", { id: "report-group", required: true, size: 4 });
+  const origin = h("select", { id: "report-origin" }, h("option", { value: "walk_in", text: t("origin_walk_in") }), h("option", { value: "transfer_110", text: t("origin_transfer_110") }));
+  const caller = h("input", { id: "report-caller", type: "tel", inputmode: "tel" });
+  const name = h("input", { id: "report-name", maxlength: 64 });
+  const submit = h("button", { type: "submit", text: t("report_submit") });
+  const form = h(
+    "form",
+    {
+      class: "report-form",
+      onsubmit: async (e) => {
+        e.preventDefault();
+        submit.disabled = true;
+        try {
+          const result = await api("v1/incidents", {
+            method: "POST",
+            body: { report_id: randomId(), village: village.value, group: group.value.trim(), origin: origin.value, caller: caller.value.trim(), caller_name: name.value.trim() },
+          });
+          toast(t("report_done"), "ok", form);
+          location.hash = `#/incident/${encodeURIComponent(result.incident_id)}`;
+        } catch (exc) {
+          toast(exc.status ? t("err_other", { code: exc.status, msg: exc.message }) : exc.message, "bad", form);
+        } finally {
+          submit.disabled = false;
+        }
+      },
+    },
+    field("report-village", "report_village", village),
+    field("report-group", "report_group", group),
+    field("report-origin", "report_origin", origin),
+    field("report-caller", "report_caller", caller),
+    field("report-name", "report_name", name),
+    h("div", { class: "field buttons" }, submit),
+  );
+  return h("details", { class: "report" }, h("summary", { text: t("report_open") }), form);
 }
 
 async function loadBoard() {
