@@ -22,7 +22,7 @@ from dispatch.api.views import group_view
 from dispatch.domain.directory import GroupState
 from dispatch.domain.errors import NotFound
 from dispatch.domain.roster import RosterRejected
-from dispatch.handlers.groups import UnbindingRefused, VillageSettings
+from dispatch.handlers.groups import ImportProgress, UnbindingRefused, VillageSettings
 
 MAX_ROSTER_BYTES = 64 * 1024 * 1024
 GROUPS_PAGE = 500
@@ -50,6 +50,17 @@ def _group_row(group: GroupState) -> dict[str, Any]:
     members = group.members.values()
     leader = next((m.name for m in members if m.role == "leader"), None)
     return {"village": group.village, "group": group.group, "size": len(members), "leader": leader}
+
+
+def rejected(progress: ImportProgress) -> Response[dict[str, Any]]:
+    """422 for an import ended by an invalid roster: every error by line."""
+    assert progress.error is not None
+    return error(
+        422,
+        progress.error,
+        errors=[{"line": e.line, "message": e.message} for e in progress.errors],
+        import_id=progress.import_id,
+    )
 
 
 def routes(s: ApiServices) -> list[HTTPRouteHandler]:
@@ -93,19 +104,15 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
         body = await request.body()
         if not wait:
             started = s.groups.start_import(body, dry_run=dry_run, max_unbound=max_unbound)
+            if started.state == "rejected":
+                return rejected(started)
             location = f"/v1/imports/{started.import_id}"
             return Response({**started.view(), "location": location}, status_code=202, headers={"Location": location})
         progress = s.groups.track(len(body), dry_run=dry_run, max_unbound=max_unbound)
         try:  # decoded (UTF-8 or GB18030, else 400), parsed and planned off the event loop
             summary = await s.groups.import_roster(body, dry_run=dry_run, max_unbound=max_unbound, progress=progress)
         except RosterRejected:
-            assert progress.error is not None
-            return error(
-                422,
-                progress.error,
-                errors=[{"line": e.line, "message": e.message} for e in progress.errors],
-                import_id=progress.import_id,
-            )
+            return rejected(progress)
         except UnbindingRefused as exc:
             return error(
                 409,

@@ -532,6 +532,30 @@ def scan_roster(source: str | bytes, region: str = "CN", progress: ReadProgress 
     return file
 
 
+HEADER_PROBE = 64 * 1024  # bytes read to find the first record before an import is queued
+
+
+def check_header(source: bytes, region: str = "CN") -> None:
+    """Raise RosterRejected when the file is empty or its first record is no roster header, and
+    RosterUnreadable when it is no text: what an import refuses before it is queued. Reads the first
+    non-blank line only; one longer than HEADER_PROBE is left to the import itself."""
+    probe = source[:HEADER_PROBE]
+    end = 0
+    while True:
+        newline = probe.find(b"\n", end)
+        if newline < 0:
+            if len(source) > HEADER_PROBE:
+                return
+            end = len(source)
+            break
+        line, end = probe[end:newline], newline + 1
+        if line.strip(b" \t\r").removeprefix(b"\xef\xbb\xbf").strip(b" \t\r"):
+            break
+    file = scan_roster(source[:end], region)
+    if file.errors:
+        raise file.errors.rejected()
+
+
 def read_roster(source: str | bytes, region: str = "CN") -> RosterFile:
     """Parse, validate and group a roster file (bytes: UTF-8 or GB18030); raise RosterRejected
     with every error the file shows on its own (rows, groups, duty desks, numbers in several

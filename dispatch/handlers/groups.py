@@ -57,6 +57,7 @@ from dispatch.domain.roster import (
     RosterError,
     RosterFile,
     RosterRejected,
+    check_header,
     difference,
     plan_roster,
     scan_roster,
@@ -306,8 +307,14 @@ class GroupService:
         return self._imports.get(import_id)
 
     def start_import(self, roster: bytes, *, dry_run: bool = False, max_unbound: int | None = None) -> ImportProgress:
-        """Import in the background; follow it with `progress(import_id)`."""
+        """Import in the background; follow it with `progress(import_id)`. A file with no roster
+        header is refused at once: the answer is `rejected`, and nothing is queued."""
         progress = self.track(len(roster), dry_run=dry_run, max_unbound=max_unbound)
+        try:
+            check_header(roster, self.region)
+        except RosterRejected as exc:
+            progress.rejected(exc)
+            return progress
 
         async def run() -> None:
             with contextlib.suppress(Exception):  # how it ended is in `progress`

@@ -171,6 +171,17 @@ async def test_an_import_can_be_followed_by_its_id(http: httpx.AsyncClient) -> N
     assert (await http.get("/v1/imports/nosuch")).status_code == 404
 
 
+async def test_a_background_import_of_no_roster_is_refused_before_it_is_queued(http: httpx.AsyncClient) -> None:
+    for body in ("null", "", "\ufeff\r\n  \r\n", "村，组，电话，角色，姓名\n"):
+        refused = await post(http, body, wait="false")
+        assert refused.status_code == 422, (body, refused.text)
+        assert refused.json()["errors"][0]["line"] == 1 or body.startswith("\ufeff"), refused.json()
+    chinese = (await post(http, "村，组，电话，角色，姓名\n", wait="false")).json()
+    assert "full-width" in chinese["errors"][0]["message"], chinese
+    header_only = await post(http, "\r\n" + HEADER, wait="false")
+    assert header_only.status_code == 202, header_only.text
+
+
 async def _finished(http: httpx.AsyncClient, location: str) -> dict[str, Any] | None:
     status: dict[str, Any] = (await http.get(location)).json()
     return status if status["state"] in ("done", "rejected", "failed") else None
