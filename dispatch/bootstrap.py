@@ -61,7 +61,7 @@ from dispatch.handlers.groups import GroupService
 from dispatch.handlers.messages import Answer, CallRequest, OpenReport, Trigger
 from dispatch.handlers.pool import TaskPool
 from dispatch.handlers.responses import ResponseService
-from dispatch.handlers.subscribers import TIMERS_IN_FLIGHT, LocalDeadlines, build_broker
+from dispatch.handlers.subscribers import LOCAL_DEADLINES_IN_FLIGHT, LocalDeadlines, build_broker
 from dispatch.handlers.tokens import TokenService
 from dispatch.handlers.uow import UnitOfWork
 from dispatch.observe.gauges import GaugeRefresher
@@ -336,7 +336,7 @@ class Service:
             deadlines=timers,
             connect={"disconnected_cb": self._on_handlers_disconnect, "security": self.nats_auth.broker_security()},
         )
-        here = self.pools.setdefault("timers.local", TaskPool(TIMERS_IN_FLIGHT, "timers.local"))
+        here = self.pools.setdefault("timers.local", TaskPool(LOCAL_DEADLINES_IN_FLIGHT, "timers.local"))
         self.local_deadlines = LocalDeadlines(self.bus, here, timers)
         self.local_deadlines.resume(*await timers.outstanding(TIMERS_CONSUMER.durable))
         await self.broker.start()
