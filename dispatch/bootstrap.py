@@ -338,7 +338,19 @@ class Service:
         )
         here = self.pools.setdefault("timers.local", TaskPool(LOCAL_DEADLINES_IN_FLIGHT, "timers.local"))
         self.local_deadlines = LocalDeadlines(self.bus, here, timers)
-        self.local_deadlines.resume(*await timers.outstanding(TIMERS_CONSUMER.durable))
+        for attempt in range(2):
+            try:
+                self.local_deadlines.resume(*await timers.outstanding(TIMERS_CONSUMER.durable))
+                break
+            except Exception as exc:  # the server's schedules still fire every deadline, only later
+                if attempt < 1:
+                    await asyncio.sleep(0.5)
+                    continue
+                log.warning(
+                    "timers.catch_up_skipped",
+                    error=str(exc) or type(exc).__name__,
+                    hint="deadlines that fell due while the service was down fire as the server delivers them",
+                )
         await self.broker.start()
         broker = self.broker
         self.metrics.nats_connected.labels("handlers").set_function(lambda: float(self._connected(broker._connection)))

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
+import itertools
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -222,8 +224,11 @@ def build_broker(
     timers = pools.setdefault("timers", TaskPool(TIMERS_IN_FLIGHT, "timers"))
 
     async def fired(due: TimerDue) -> Any:
-        if deadlines is not None and await deadlines.already_handled(due):
-            return None
+        if deadlines is not None:
+            if deadlines.catching_up and deadlines.on_due is not None and not deadlines.known_here(due):
+                deadlines.on_due(due)  # joins the catch-up in its due-time order
+            if await deadlines.already_handled(due):
+                return None
         return await bus.handle(due)
 
     def timer_fired(raw: Msg) -> Awaitable[None]:
@@ -282,18 +287,27 @@ class LocalDeadlines:
     A failure is logged and left to the server's schedule, which fires the same deadline later.
     `catch_up` takes the deadlines that fell due while no process handled them, and hands them over
     in due-time order: those due within the same second at once, each later second only once the
-    earlier ones are decided, so a deadline overdue longer is never decided after one due later."""
+    earlier ones are decided, so a deadline overdue longer is never decided after one due later;
+    a deadline that falls due on the in-process clock meanwhile (an escalate deadline set by a
+    caught-up ack deadline, already past) joins the catch-up in its order."""
 
     def __init__(self, bus: MessageBus, pool: TaskPool, timers: Timers) -> None:
         self.bus = bus
         self.pool = pool
         self.timers = timers
         self._running: set[asyncio.Task[None]] = set()
+        self._overdue: list[tuple[datetime, int, TimerDue, asyncio.Future[bool]]] = []
+        self._order = itertools.count()
+        self._catching_up = False
         timers.on_due = self.on_due
 
     def on_due(self, due: TimerDue) -> None:
-        """A deadline of the in-process clock fell due: handle it in the pool."""
+        """A deadline of the in-process clock fell due: handle it in the pool (during a catch-up, in
+        its due-time order among the overdue ones)."""
         settled = self.timers.handling_here(due)
+        if self._catching_up:
+            heapq.heappush(self._overdue, (due.due_at, next(self._order), due, settled))
+            return
         self._spawn(self.pool.submit(functools.partial(self._handle, due, settled)))
 
     def resume(self, fired: list[TimerDue], pending: list[TimerDue]) -> None:
@@ -312,17 +326,25 @@ class LocalDeadlines:
         ordered = sorted(unique.values(), key=lambda d: d.due_at)
         if ordered:
             log.info("timers.catch_up", overdue=len(ordered), since=ordered[0].due_at.isoformat())
-        settled = [self.timers.handling_here(due) for due in ordered]
-        self._spawn(self._waves(list(zip(ordered, settled, strict=True))))
+        for due in ordered:
+            heapq.heappush(self._overdue, (due.due_at, next(self._order), due, self.timers.handling_here(due)))
+        if not self._catching_up:
+            self._catching_up = self.timers.catching_up = True
+            self._spawn(self._waves())
 
-    async def _waves(self, ordered: list[tuple[TimerDue, asyncio.Future[bool]]]) -> None:
-        while ordered:
-            first = ordered[0][0].due_at
-            wave = [item for item in ordered if (item[0].due_at - first).total_seconds() < CATCH_UP_WAVE_S]
-            ordered = ordered[len(wave) :]
-            for due, settled in wave:
-                await self.pool.submit(functools.partial(self._handle, due, settled))
-            await asyncio.gather(*(asyncio.shield(fut) for _, fut in wave))
+    async def _waves(self) -> None:
+        try:
+            while self._overdue:
+                first = self._overdue[0][0]
+                wave: list[tuple[TimerDue, asyncio.Future[bool]]] = []
+                while self._overdue and (self._overdue[0][0] - first).total_seconds() < CATCH_UP_WAVE_S:
+                    _, _, due, settled = heapq.heappop(self._overdue)
+                    wave.append((due, settled))
+                for due, settled in wave:
+                    await self.pool.submit(functools.partial(self._handle, due, settled))
+                await asyncio.gather(*(asyncio.shield(settled) for _, settled in wave))
+        finally:
+            self._catching_up = self.timers.catching_up = False
 
     async def _handle(self, due: TimerDue, settled: asyncio.Future[bool]) -> None:
         handled = False

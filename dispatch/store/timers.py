@@ -75,6 +75,8 @@ class Timers:
         self.nc = nc
         self.timeout = timeout
         self.on_due = on_due
+        self.catching_up = False
+        """Set while overdue deadlines are being caught up in due-time order (`LocalDeadlines`)."""
         self._pending: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._here: OrderedDict[tuple[str, str, datetime], asyncio.Future[bool]] = OrderedDict()
 
@@ -137,6 +139,10 @@ class Timers:
                 oldest.set_result(False)
         return settled
 
+    def known_here(self, due: TimerDue) -> bool:
+        """Whether this very deadline is handled, or being handled, from the in-process clock."""
+        return (due.incident_id, due.timer, due.due_at) in self._here
+
     async def already_handled(self, due: TimerDue) -> bool:
         """Whether this process handled this very deadline (same due time) from its in-process clock,
         waiting for that to finish if it is under way: the server's firing then needs nothing more."""
@@ -147,7 +153,8 @@ class Timers:
         """What a starting process takes over: the fired deadlines the timers consumer `durable` has
         not acknowledged past its ack floor (fired while no process ran, or taken by one that died),
         and the schedules still pending (a fired one leaves the stream); at most `limit` of each."""
-        js = self.nc.jetstream()
+        js = self.nc.jetstream(timeout=max(self.timeout, 10.0))
+        pending = await self._read(SCHEDULES_ALL, 1, limit)  # first: one firing meanwhile is then in `fired`
         try:
             info = await js.consumer_info(TIMERS_STREAM, durable)
             floor = info.ack_floor.stream_seq if info.ack_floor and info.ack_floor.stream_seq else 0
@@ -156,10 +163,10 @@ class Timers:
             fired = []
         except (NatsTimeout, NoRespondersError, ConnectionClosedError) as exc:
             raise StoreUnavailable(f"timers unavailable: {type(exc).__name__}") from exc
-        return fired, await self._read(SCHEDULES_ALL, 1, limit)
+        return fired, pending
 
     async def _read(self, subjects: str, start: int, limit: int) -> list[TimerDue]:
-        js = self.nc.jetstream()
+        js = self.nc.jetstream(timeout=max(self.timeout, 10.0))
         config = ConsumerConfig(
             ack_policy=AckPolicy.NONE,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
@@ -174,7 +181,7 @@ class Timers:
         try:
             left = min(limit, (await reader.consumer_info()).num_pending or 0)
             while left > 0:
-                batch = await reader.fetch(min(256, left), timeout=self.timeout)
+                batch = await reader.fetch(min(256, left), timeout=max(self.timeout, 10.0))
                 left -= len(batch)
                 for msg in batch:
                     with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
