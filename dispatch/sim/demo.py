@@ -45,6 +45,16 @@ ROSTER = f"""village,group,phone,role,name
 {VILLAGE},3,13900000009,officer,吴建军
 {VILLAGE},,073184512345,duty,城关派出所值班室
 """
+# the roster with the optional place columns: 张桂兰's home is said in every alarm of hers
+PLACES = {"13800000001": "村东头老槐树旁,28.228209,112.938814"}
+ROSTER_PLACED = (
+    "\n".join(
+        [ROSTER.splitlines()[0] + ",address,lat,lon"]
+        + [f"{line},{PLACES.get(line.split(',')[2], ',,')}" for line in ROSTER.splitlines()[1:]]
+    )
+    + "\n"
+)
+DURESS_NUMBER = "69951"
 CHANNELS = """
 [gateway]
 url = "http://127.0.0.1:{port}"
@@ -130,6 +140,7 @@ async def run_demo(*, keep: bool = False) -> int:
         duty_desk_name="城关派出所值班室",
         channels_file=channels,
         delivery_backoff_base=1.0,
+        duress_number=DURESS_NUMBER,
     )
     settings.validate()
     service = Service(settings)
@@ -170,7 +181,7 @@ async def run_demo(*, keep: bool = False) -> int:
 
 async def _story(http: httpx.AsyncClient, sim_url: str, narrator: Narrator) -> None:
     say(f"导入联防名册：{VILLAGE} 3个联防小组 (import the roster: 3 groups)")
-    r = await http.post("/v1/groups/import", content=ROSTER.encode(), headers={"Content-Type": "text/csv"})
+    r = await http.post("/v1/groups/import", content=ROSTER_PLACED.encode(), headers={"Content-Type": "text/csv"})
     summary = r.json()["summary"]
     print(
         f"   组建 {summary['groups_formed']} 个小组，绑定 {summary['members_bound']} 个号码，"
@@ -216,6 +227,37 @@ async def _story(http: httpx.AsyncClient, sim_url: str, narrator: Narrator) -> N
     r = await http.post("/v1/calls", json={"call_id": "demo-call-2", "caller": "13111112222"})
     await wait(lambda: any(e["kind"] == "ring" and e["to"] == "+8673184512345" for e in sim.log), narrator)
     print(f"   {r.json()['status']} → 值班室电话已响")
+
+    say("张桂兰家的位置随报警送达 (where: from the roster's address and coordinates)")
+    place = view["caller"].get("place") or {}
+    print(f"   {VILLAGE}1组 {place.get('where', '')}  {place.get('geo', '')}")
+
+    say(f"刘翠花受到威胁，拨打静默报警号码 {DURESS_NUMBER} (a silent duress alarm)")
+    rang_officer = sum(1 for e in sim.log if e["kind"] == "ring" and e["to"] == OFFICER)
+    r = await http.post("/v1/calls", json={"call_id": "demo-duress", "caller": "13800000005", "callee": DURESS_NUMBER})
+    silent = r.json()["incident_id"]
+    await wait(lambda: sum(1 for e in sim.log if e["kind"] == "ring" and e["to"] == OFFICER) > rang_officer, narrator)
+    shown = (await http.get(f"/v1/incidents/{silent}")).json()
+    alerted = "、".join(f"{p['name']}({p['role_zh']})" for p in shown["responders"] if p["recipient"])
+    print(f"   静默报警：只通知 {alerted}；联防户和报警人本人不会收到任何电话或短信")
+
+    say("群众来所报警：民警在指挥台登记，3组被通知 (a walk-in report opened by an officer)")
+    issued = await http.post("/v1/tokens", json={"name": "吴建军", "role": "officer", "villages": [VILLAGE]})
+    r = await http.post(
+        "/v1/incidents",
+        headers={"Authorization": f"Bearer {issued.json()['token']}"},
+        json={
+            "report_id": "demo-walk-in",
+            "village": VILLAGE,
+            "group": "3",
+            "origin": "walk_in",
+            "caller_name": "村民老王",
+        },
+    )
+    walk_in = r.json()["incident_id"]
+    await wait(lambda: any(e["kind"] == "ring" and e["to"] == "+8613800000028" for e in sim.log), narrator)
+    shown = (await http.get(f"/v1/incidents/{walk_in}")).json()
+    print(f"   {shown['timeline'][0]['text']}")
 
     say("响应时间报表 (response-time report)")
     await asyncio.sleep(0.3)

@@ -46,6 +46,14 @@ def test_demo_tells_the_whole_story() -> None:
     assert "处置完毕（纠纷）" in out
     assert "unregistered → 值班室电话已响" in out
     assert "time_to_covered" in out
+    assert "东山村1组 张桂兰家，村东头老槐树旁  geo:28.228209,112.938814" in out
+    silent = out[out.index("▶ 刘翠花受到威胁") : out.index("▶ 群众来所报警")]
+    assert (
+        "静默报警" in silent
+        and "刘翠花（联防户） 的电话响了" not in silent
+        and "张桂兰（联防户） 的电话响了" not in silent
+    )
+    assert "吴建军 登记群众来所报警：村民老王，通知3人" in out
 
 
 def test_client_commands_and_replay_rebuild_the_same_read_model(tmp_path: Path) -> None:
