@@ -190,11 +190,19 @@ async def test_oversize_bodies_are_413_before_anything_is_parsed_or_stored(
 # --- floods ------------------------------------------------------------------------------------------
 
 
-async def test_per_token_limits_refuse_a_runaway_reader_but_never_a_call(
-    service: Service, http: httpx.AsyncClient
-) -> None:
-    officer = await token(http, "officer", villages=["dongshan"])
-    other = await token(http, "officer", villages=["dongshan"])
+async def test_per_token_limits_refuse_a_runaway_reader_but_never_a_call(tmp_path: Path) -> None:
+    # a refill of one request per 20 s: a slow machine's 14 requests cannot earn the burst back
+    service = await started(tmp_path, rate_limit=0.05, rate_burst=10.0)
+    try:
+        await _runaway_reader_and_calls(service)
+    finally:
+        await service.stop()
+
+
+async def _runaway_reader_and_calls(service: Service) -> None:
+    async with httpx.AsyncClient(base_url=service.settings.base_url, headers=admin(service), timeout=30) as http:
+        officer = await token(http, "officer", villages=["dongshan"])
+        other = await token(http, "officer", villages=["dongshan"])
     async with httpx.AsyncClient(base_url=service.settings.base_url, timeout=30) as raw:
         answers = [
             (await raw.get("/v1/groups", headers={"Authorization": f"Bearer {officer}"})).status_code for _ in range(14)
