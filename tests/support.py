@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,6 +40,32 @@ def service_client(svc: Service) -> httpx.AsyncClient:
     """An HTTP client of an in-process service, as its admin."""
     return httpx.AsyncClient(
         base_url=svc.settings.base_url, timeout=30, headers={"Authorization": f"Bearer {svc.admin_token}"}
+    )
+
+
+_PERSON_TOKENS: weakref.WeakKeyDictionary[Service, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+async def person_token(svc: Service, phone: str, role: str = "officer") -> str:
+    """A token carrying `phone` (issued once per number and service): answers through it for that
+    number are the person's own, so two people's answers are two actors, as cover requires."""
+    issued = _PERSON_TOKENS.setdefault(svc, {})
+    if phone not in issued:
+        token, _event, seq = await svc.token_service.issue(f"本人 {phone[-4:]}", "admin", phone=phone)
+        await svc.tokens.wait_for(seq)
+        issued[phone] = token
+    return issued[phone]
+
+
+async def answer_as(
+    svc: Service, http: httpx.AsyncClient, incident_id: str, responder: str, action: str, **body: Any
+) -> httpx.Response:
+    """`responder`'s own answer through the API (a token carrying their number, not the admin's)."""
+    token = await person_token(svc, responder)
+    return await http.post(
+        f"/v1/incidents/{incident_id}/responses",
+        json={"responder": responder, "action": action, **body},
+        headers={"Authorization": f"Bearer {token}"},
     )
 
 

@@ -29,6 +29,7 @@ from dispatch.domain.directory import Deadlines
 from dispatch.domain.incident import DEFAULT_DEADLINES, DEFAULT_QUORUM, Quorum, parse_quorum
 from dispatch.domain.signing import SigningConfig
 from dispatch.domain.timezones import DEFAULT_TIME_ZONE
+from dispatch.events.model import ActorChannel
 from dispatch.handlers.aggregates import Incidents
 from dispatch.handlers.bus import MessageBus
 from dispatch.handlers.gateway import GatewayCallbacks
@@ -95,6 +96,15 @@ def village_zone(s: ApiServices, village: str | None) -> str:
     """The time zone `village`'s times are shown in: its own setting, else the service's."""
     settings = s.directory.directory.villages.get(village) if village else None
     return (settings.time_zone if settings else None) or s.time_zone
+
+
+CLIENT_HEADER = "x-dispatch-client"
+
+
+def channel_of(request: Request[Any, Any, Any]) -> ActorChannel:
+    """The channel an API act came by: the console and the CLI say so in `X-Dispatch-Client`."""
+    said = request.headers.get(CLIENT_HEADER, "").strip().lower()
+    return "console" if said == "console" else "cli" if said == "cli" else "api"
 
 
 def scope(s: ApiServices, principal: Principal) -> frozenset[str] | None:

@@ -17,7 +17,17 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody
 
-from dispatch.api.deps import MAX_JSON_BYTES, ApiServices, error, narrowed, scope, village_zone, visible, who
+from dispatch.api.deps import (
+    MAX_JSON_BYTES,
+    ApiServices,
+    channel_of,
+    error,
+    narrowed,
+    scope,
+    village_zone,
+    visible,
+    who,
+)
 from dispatch.api.views import group_view
 from dispatch.domain.directory import GroupState
 from dispatch.domain.errors import NotFound
@@ -95,7 +105,8 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
         wait: FromQuery[bool] = True,
         max_unbound: FromQuery[int | None] = None,
     ) -> Response[dict[str, Any]]:
-        who(s, request, "import")
+        admin = who(s, request, "import")
+        actor = admin.actor(channel_of(request))
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in ("text/csv", "text/plain", "application/octet-stream", ""):
             return error(415, f"send the roster as text/csv, not {content_type}")
@@ -103,14 +114,16 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
             raise ValidationException("max_unbound must be 0 or more")
         body = await request.body()
         if not wait:
-            started = s.groups.start_import(body, dry_run=dry_run, max_unbound=max_unbound)
+            started = s.groups.start_import(body, dry_run=dry_run, max_unbound=max_unbound, actor=actor)
             if started.state == "rejected":
                 return rejected(started)
             location = f"/v1/imports/{started.import_id}"
             return Response({**started.view(), "location": location}, status_code=202, headers={"Location": location})
         progress = s.groups.track(len(body), dry_run=dry_run, max_unbound=max_unbound)
         try:  # decoded (UTF-8 or GB18030, else 400), parsed and planned off the event loop
-            summary = await s.groups.import_roster(body, dry_run=dry_run, max_unbound=max_unbound, progress=progress)
+            summary = await s.groups.import_roster(
+                body, dry_run=dry_run, max_unbound=max_unbound, progress=progress, actor=actor
+            )
         except RosterRejected:
             return rejected(progress)
         except UnbindingRefused as exc:
@@ -174,8 +187,8 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
     async def dissolve_group(
         village: FromPath[str], group: FromPath[str], request: Request[Any, Any, Any]
     ) -> dict[str, Any]:
-        who(s, request, "import")
-        unbound = await s.groups.dissolve_group(village, group)
+        admin = who(s, request, "import")
+        unbound = await s.groups.dissolve_group(village, group, actor=admin.actor(channel_of(request)))
         return {"village": village, "group": group, "dissolved": True, "members_unbound": unbound}
 
     @get(
@@ -227,11 +240,13 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
                 "arrival_deadline_s": deadlines.arrival_s,
             },
             "time_zone": village_zone(s, village),
+            "proxy_counts": directory.proxy_counts(village),
             "overrides": {
                 "ack_deadline_s": state.ack_deadline_s if state else None,
                 "escalate_after_s": state.escalate_after_s if state else None,
                 "arrival_deadline_s": state.arrival_deadline_s if state else None,
                 "time_zone": state.time_zone if state else None,
+                "proxy_counts": state.proxy_counts if state else None,
             },
             "duty_desks": [{"phone": d.phone, "name": d.name} for d in directory.duty_desks(village)],
             "groups": groups,
@@ -255,8 +270,8 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
     async def put_village_settings(
         village: FromPath[str], data: JSONBody[VillageSettings], request: Request[Any, Any, Any]
     ) -> dict[str, Any]:
-        who(s, request, "import")
-        await s.groups.set_village_settings(village, data)
+        admin = who(s, request, "import")
+        await s.groups.set_village_settings(village, data, actor=admin.actor(channel_of(request)))
         view = village_view(village)
         assert view is not None
         return view

@@ -20,7 +20,17 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from dispatch.api.deps import MAX_JSON_BYTES, ApiServices, in_thread, narrowed, scope, village_zone, visible, who
+from dispatch.api.deps import (
+    MAX_JSON_BYTES,
+    ApiServices,
+    channel_of,
+    in_thread,
+    narrowed,
+    scope,
+    village_zone,
+    visible,
+    who,
+)
 from dispatch.api.views import incident_view
 from dispatch.domain.errors import NotFound
 from dispatch.domain.roster import refused_in_name
@@ -50,12 +60,15 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
             raise NotFound(f"no incident {incident_id}")
         key = request.headers.get("idempotency-key")
         with structlog.contextvars.bound_contextvars(incident_id=incident_id):
-            state, events = await s.bus.handle(Answer(incident_id=incident_id, request=data, idempotency_key=key))
+            actor = principal.actor(channel_of(request))
+            answer = Answer(incident_id=incident_id, request=data, idempotency_key=key, actor=actor)
+            state, events = await s.bus.handle(answer)
         return {
             "incident_id": state.id,
             "status": state.status,
             "covered": state.covered,
             "recorded": [type(e).__name__ for e in events],
+            "proxy": any(getattr(e, "proxy", False) for e in events),
         }
 
     @post(

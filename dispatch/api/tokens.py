@@ -10,7 +10,7 @@ from litestar.exceptions import NotAuthorizedException
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, JSONBody
 
-from dispatch.api.deps import MAX_JSON_BYTES, ApiServices, scope, who
+from dispatch.api.deps import MAX_JSON_BYTES, ApiServices, channel_of, scope, who
 from dispatch.api.security import bearer
 from dispatch.events.model import TokenRole
 
@@ -23,6 +23,7 @@ class TokenRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # a list, not a tuple: the OpenAPI generator writes `tuple[str, ...]` as items "string or anything"
     villages: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(max_length=500)] = []
     station: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    phone: Annotated[str, msgspec.Meta(max_length=32)] | None = None
 
 
 def routes(s: ApiServices) -> list[HTTPRouteHandler]:
@@ -45,6 +46,7 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
             "role": principal.role,
             "villages": sorted(allowed) if allowed is not None else None,
             "station": principal.station,
+            "phone": principal.phone,
         }
 
     @post(
@@ -55,8 +57,10 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
         summary="Issue a token (admin); the token is shown in this answer only",
     )
     async def create_token(data: JSONBody[TokenRequest], request: Request[Any, Any, Any]) -> dict[str, Any]:
-        who(s, request, "manage")
-        token, event, seq = await s.token_service.issue(data.name, data.role, data.villages, data.station)
+        admin = who(s, request, "manage")
+        token, event, seq = await s.token_service.issue(
+            data.name, data.role, data.villages, data.station, phone=data.phone, actor=admin.actor(channel_of(request))
+        )
         await s.tokens.wait_for(seq)
         return {
             "token": token,
@@ -64,6 +68,7 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
             "role": event.role,
             "villages": list(event.villages),
             "station": event.station,
+            "phone": event.phone,
         }
 
     @get("/v1/tokens", tags=["tokens"], summary="Active tokens (admin); never their secrets")
@@ -77,6 +82,7 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
                     "role": t.role,
                     "villages": list(t.villages),
                     "station": t.station,
+                    "phone": t.phone,
                     "issued_at": t.at.isoformat(),
                 }
                 for t in s.tokens.table.active()
@@ -85,8 +91,8 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
 
     @delete("/v1/tokens/{token_id:str}", status_code=200, tags=["tokens"], summary="Revoke a token (admin)")
     async def revoke_token(token_id: FromPath[str], request: Request[Any, Any, Any]) -> dict[str, Any]:
-        who(s, request, "manage")
-        seq = await s.token_service.revoke(token_id)
+        admin = who(s, request, "manage")
+        seq = await s.token_service.revoke(token_id, actor=admin.actor(channel_of(request)))
         await s.tokens.wait_for(seq)
         return {"revoked": token_id}
 

@@ -14,11 +14,23 @@ import msgspec
 from dispatch.domain.delivery import NO_CHANNEL
 from dispatch.domain.directory import GroupState
 from dispatch.domain.incident import IncidentState, Responder
-from dispatch.domain.messages import ROLE_ZH, STATUS_ZH, Reach, describe, geo_uri, home
+from dispatch.domain.messages import (
+    LEGACY_ACTOR_ZH,
+    ROLE_ZH,
+    STATUS_ZH,
+    Reach,
+    actor_text,
+    describe,
+    geo_uri,
+    home,
+    relaxed_of,
+)
 from dispatch.domain.timezones import DEFAULT_TIME_ZONE, human_time
 from dispatch.events.model import (
+    Actor,
     DeliveryFailed,
     DeliverySucceeded,
+    IncidentCovered,
     IncidentEscalated,
     IncidentEvent,
     IncidentOpened,
@@ -49,6 +61,27 @@ def person(p: Person) -> dict[str, Any]:
     return shown
 
 
+def actor_view(actor: Actor | None) -> dict[str, Any]:
+    """Who recorded an act; an act stored before actors were kept is `legacy` (unknown)."""
+    if actor is None:
+        return {
+            "channel": "unknown",
+            "legacy": True,
+            "token_id": None,
+            "name": None,
+            "phone": None,
+            "text": LEGACY_ACTOR_ZH,
+        }
+    return {
+        "channel": actor.channel,
+        "legacy": False,
+        "token_id": actor.token_id or None,
+        "name": actor.name or None,
+        "phone": actor.phone or None,
+        "text": actor_text(actor),
+    }
+
+
 def responder_state(r: Responder) -> str:
     if r.arrived_at:
         return "arrived"
@@ -76,12 +109,21 @@ def responder_view(r: Responder) -> dict[str, Any]:
         "accepted_at": iso(r.accepted_at),
         "declined_at": iso(r.declined_at),
         "arrived_at": iso(r.arrived_at),
+        "accepted_actor": actor_view(r.accepted_actor) if r.accepted_at else None,
+        "accepted_proxy": r.accepted_proxy,
+        "accepted_own": r.own_accept,
     }
 
 
-def timeline(history: list[Recorded], people: dict[str, Person], time_zone: str) -> list[dict[str, Any]]:
+_ACTS = ("ResponderAccepted", "ResponderDeclined", "ResponderArrived", "IncidentResolved", "IncidentCancelled")
+
+
+def timeline(
+    history: list[Recorded], people: dict[str, Person], time_zone: str, opened: IncidentOpened | None = None
+) -> list[dict[str, Any]]:
     """The incident's events as lines, in the order they happened (`at`), ties in the log's order;
-    each with its time (RFC 3339, and `at_text` as people read it in `time_zone`) and its text.
+    each with its time (RFC 3339, and `at_text` as people read it in `time_zone`) and its text; an
+    act with its actor and whether it was a proxy answer (`opened` says what a cover means).
 
     The log's order is not time order: a first attempt's RespondersNotified carries the time the
     targets were handed to the channel but is recorded after the attempt's outcomes."""
@@ -107,8 +149,24 @@ def timeline(history: list[Recorded], people: dict[str, Person], time_zone: str)
                 "unrouted": reach.unrouted,
                 "why": reach.why,
             }
-        out.append({**entry, "text": describe(rec.event, people, reach), "detail": detail})
+        if entry["type"] in _ACTS:
+            entry["actor"] = actor_view(getattr(rec.event, "actor", None))
+            entry["proxy"] = bool(getattr(rec.event, "proxy", False))
+        out.append({**entry, "text": describe(rec.event, people, reach, opened), "detail": detail})
     return out
+
+
+def cover_view(state: IncidentState, history: list[Recorded]) -> dict[str, Any] | None:
+    """How the incident was covered: `full` or `relaxed` (and which clauses were dropped), by proxy or not."""
+    covered = next((r.event for r in history if isinstance(r.event, IncidentCovered)), None)
+    if covered is None:
+        return None
+    relaxed = covered.relaxed if covered.kind is not None else relaxed_of(state.opened)
+    return {
+        "kind": "relaxed" if relaxed else "full",
+        "relaxed": [list(c) for c in relaxed],
+        "by_proxy": covered.by_proxy,
+    }
 
 
 def _alerted(event: object) -> tuple[Person, ...] | None:
@@ -152,6 +210,8 @@ def incident_view(state: IncidentState, history: list[Recorded], time_zone: str 
         "status": state.status,
         "status_zh": STATUS_ZH.get(state.status, state.status),
         "covered": state.covered,
+        "cover": cover_view(state, history),
+        "proxy_counts": opened.proxy_counts,
         "village": opened.village,
         "group": opened.group,
         "line": opened.line,
@@ -177,7 +237,7 @@ def incident_view(state: IncidentState, history: list[Recorded], time_zone: str 
         "note": state.note,
         "responders": [responder_view(r) for r in state.responders.values()],
         "time_zone": time_zone,
-        "timeline": timeline(history, people, time_zone),
+        "timeline": timeline(history, people, time_zone, opened),
         "version": history[-1].seq if history else 0,
     }
 

@@ -97,8 +97,9 @@ def _token(args: argparse.Namespace) -> str | None:
 def _request(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> httpx.Response:
     server, source = _server_and_source(args)
     token = _token(args)
+    kwargs["headers"] = {**kwargs.get("headers", {}), "X-Dispatch-Client": "cli"}
     if token:
-        kwargs["headers"] = {**kwargs.get("headers", {}), "Authorization": f"Bearer {token}"}
+        kwargs["headers"] = {**kwargs["headers"], "Authorization": f"Bearer {token}"}
     try:
         return httpx.request(method, server + path, timeout=30, **kwargs)
     except httpx.ConnectError as exc:
@@ -673,7 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
         "villages; admin does everything; metrics reads /metrics. The villages must be in the roster\n"
         "(import it first), unless --new-village.",
         [
-            "dispatch tokens create --name 吴建军 --role officer --villages 东山村,西山村",
+            "dispatch tokens create --name 吴建军 --phone 13900000009 --role officer --villages 东山村,西山村",
             "dispatch tokens create --name 镇派出所 --role duty_desk --station 07318451234",
             "dispatch tokens create --name 网关 --role gateway",
         ],
@@ -687,6 +688,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--new-village",
         action="store_true",
         help="issue it even though a village is not in the roster yet (imported later)",
+    )
+    p.add_argument(
+        "--phone",
+        help="the number of the person it is for: answers through it for that number are their own, others proxy",
     )
     p.set_defaults(func=cmd_tokens)
     p = _add(

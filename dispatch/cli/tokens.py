@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import getpass
+import socket
 import sys
 
 from nats.aio.client import Client as NATS
@@ -11,6 +13,7 @@ from dispatch.cli.offline import open_log
 from dispatch.domain.access import TokenTable
 from dispatch.domain.errors import DomainError
 from dispatch.domain.timezones import human_time
+from dispatch.events.model import Actor
 from dispatch.events.subjects import (
     EVENTS_STREAM,
     TOKENS_ALL,
@@ -40,6 +43,15 @@ async def village_known(nc: NATS, village: str) -> bool:
     return False
 
 
+def local_actor() -> Actor:
+    """The actor of a command run on this machine without a token: the login and the host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "?"
+    return Actor(channel="cli", name=f"{user}@{socket.gethostname()}"[:64])
+
+
 async def run_tokens(settings: Settings, args: argparse.Namespace) -> int:
     async with open_log(settings) as nc:
         store = EventStore(nc)
@@ -56,20 +68,23 @@ async def run_tokens(settings: Settings, args: argparse.Namespace) -> int:
                         file=sys.stderr,
                     )
                     return 1
-                token, event, _ = await service.issue(args.name, args.role, villages, args.station)
+                token, event, _ = await service.issue(
+                    args.name, args.role, villages, args.station, phone=args.phone, actor=local_actor()
+                )
                 print(token)
                 print(f"token {event.token_id} ({event.role}) issued; this is the only time it is shown")
             elif args.tokens_command == "revoke":
-                await service.revoke(args.token_id)
+                await service.revoke(args.token_id, actor=local_actor())
                 print(f"revoked {args.token_id}")
             else:
                 table = TokenTable()
                 for rec in await store.scan(TOKENS_ALL):
                     table.apply(rec.event)
-                rows = [["id", "role", "scope", "name", "issued"]]
+                rows = [["id", "role", "scope", "name", "phone", "issued"]]
                 for t in table.active():
                     scope = ",".join(t.villages) or (f"station {t.station}" if t.station else "all")
-                    rows.append([t.token_id, t.role, scope, t.name, human_time(t.at, settings.time_zone)])
+                    issued = human_time(t.at, settings.time_zone)
+                    rows.append([t.token_id, t.role, scope, t.name, t.phone or "-", issued])
                 for line in align(rows):
                     print(line)
         except DomainError as exc:

@@ -14,7 +14,10 @@ Invariants:
   admin's alone: an officer reads its villages' incidents one screen at a time;
 - every comparison of a secret is constant-time;
 - a token is an aggregate deciding as `decide_token(state, command, now)`: issued once per id,
-  revoked once (a second revocation decides nothing); its events never carry the secret.
+  revoked once (a second revocation decides nothing); its events never carry the secret and
+  record who issued or revoked it;
+- a token may carry the number of the person it was issued to (a duty desk's: its station): an
+  answer through it for that number is the person's own, for any other number a proxy answer.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import msgspec
 
 from dispatch.domain.directory import Directory
 from dispatch.domain.errors import InvalidCommand, NotFound
-from dispatch.events.model import Event, TokenIssued, TokenRevoked, TokenRole
+from dispatch.events.model import Actor, ActorChannel, Event, TokenIssued, TokenRevoked, TokenRole
 from dispatch.events.subjects import InvalidToken, check_token
 
 PREFIX = "dsp_"
@@ -89,13 +92,18 @@ def parse_token(token: str) -> tuple[str, str] | None:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who a valid token is: its id, name, role, villages and duty-desk station."""
+    """Who a valid token is: its id, name, role, villages, duty-desk station and person's number."""
 
     token_id: str
     name: str
     role: TokenRole
     villages: frozenset[str]
     station: str | None
+    phone: str | None = None
+
+    def actor(self, channel: ActorChannel = "api") -> Actor:
+        """This token as the actor of an act that came by `channel`."""
+        return Actor(channel=channel, token_id=self.token_id, name=self.name, phone=self.phone or "")
 
     def can(self, capability: Capability) -> bool:
         """Whether the role holds `capability`."""
@@ -147,6 +155,7 @@ class TokenTable:
             role=issued.role,
             villages=frozenset(issued.villages),
             station=issued.station,
+            phone=issued.phone or issued.station,
         )
 
     def active(self) -> list[TokenIssued]:
@@ -163,12 +172,15 @@ class IssueToken(msgspec.Struct, frozen=True, kw_only=True):
     villages: tuple[str, ...] = ()
     station: str | None = None
     secret_hash: str
+    phone: str | None = None
+    actor: Actor | None = None
 
 
 class RevokeToken(msgspec.Struct, frozen=True, kw_only=True):
-    """Revoke a token by id."""
+    """Revoke a token by id; `actor`: who asks."""
 
     token_id: str
+    actor: Actor | None = None
 
 
 TokenCommand = IssueToken | RevokeToken
@@ -179,7 +191,9 @@ def decide_token(state: Event | None, command: TokenCommand, now: datetime) -> l
     if isinstance(command, RevokeToken):
         if state is None:
             raise NotFound(f"no token {command.token_id}")
-        return [] if isinstance(state, TokenRevoked) else [TokenRevoked(at=now, token_id=command.token_id)]
+        if isinstance(state, TokenRevoked):
+            return []
+        return [TokenRevoked(at=now, token_id=command.token_id, actor=command.actor)]
     if state is not None:
         return []
     if command.role not in ROLES:
@@ -200,5 +214,7 @@ def decide_token(state: Event | None, command: TokenCommand, now: datetime) -> l
             villages=tuple(sorted(set(command.villages))),
             station=command.station,
             secret_hash=command.secret_hash,
+            phone=command.phone,
+            actor=command.actor,
         )
     ]

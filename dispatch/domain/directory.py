@@ -28,6 +28,7 @@ from dispatch.domain.errors import InvalidCommand, NotFound
 from dispatch.domain.phone import cn_mobile_candidate, try_normalize
 from dispatch.domain.timezones import valid_time_zone
 from dispatch.events.model import (
+    Actor,
     DutyDeskBound,
     DutyDeskUnbound,
     Event,
@@ -234,6 +235,7 @@ class VillageState:
     escalate_after_s: float | None = None
     arrival_deadline_s: float | None = None
     time_zone: str | None = None
+    proxy_counts: bool | None = None
 
     def deadlines(self, defaults: Deadlines) -> Deadlines:
         """The village's deadlines, its overrides over `defaults`."""
@@ -269,6 +271,8 @@ class _VillageRow(msgspec.Struct, array_like=True):
     ack_deadline_s: float | None
     escalate_after_s: float | None
     arrival_deadline_s: float | None
+    time_zone: str | None = None
+    proxy_counts: bool | None = None
 
 
 class Snapshot(msgspec.Struct, array_like=True):
@@ -391,6 +395,7 @@ class Directory:
             state.escalate_after_s = event.escalate_after_s
             state.arrival_deadline_s = event.arrival_deadline_s
             state.time_zone = event.time_zone
+            state.proxy_counts = event.proxy_counts
 
     def compact(self) -> None:
         """Pack what changed since the last compaction; answers stay the same."""
@@ -421,6 +426,8 @@ class Directory:
                     v.ack_deadline_s,
                     v.escalate_after_s,
                     v.arrival_deadline_s,
+                    v.time_zone,
+                    v.proxy_counts,
                 )
                 for v in self.villages.values()
             ],
@@ -453,6 +460,8 @@ class Directory:
                 vrow.ack_deadline_s,
                 vrow.escalate_after_s,
                 vrow.arrival_deadline_s,
+                vrow.time_zone,
+                vrow.proxy_counts,
             )
             d.villages[vrow.village] = village
         index = d._by_phone
@@ -505,6 +514,11 @@ class Directory:
         """The deadlines of incidents raised in `village`."""
         state = self.villages.get(village) if village else None
         return state.deadlines(defaults) if state else defaults
+
+    def proxy_counts(self, village: str | None) -> bool:
+        """Whether a proxy answer counts toward cover in `village` (the default: it does)."""
+        state = self.villages.get(village) if village else None
+        return state is None or state.proxy_counts is not False
 
     def duty_desks(self, village: str) -> tuple[Person, ...]:
         """The village's duty desks."""
@@ -578,13 +592,16 @@ class Directory:
 
 
 class ChangeVillageSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """Set a village's deadline overrides (seconds) and time zone; None means the service default."""
+    """Set a village's deadline overrides (seconds), time zone and whether proxy answers count
+    toward cover; None means the service default. `actor`: who asks."""
 
     village: str
     ack_deadline_s: float | None = None
     escalate_after_s: float | None = None
     arrival_deadline_s: float | None = None
     time_zone: str | None = None
+    proxy_counts: bool | None = None
+    actor: Actor | None = None
 
 
 def decide_village_settings(state: VillageState | None, command: ChangeVillageSettings, now: datetime) -> list[Event]:
@@ -609,6 +626,8 @@ def decide_village_settings(state: VillageState | None, command: ChangeVillageSe
             escalate_after_s=c.escalate_after_s,
             arrival_deadline_s=c.arrival_deadline_s,
             time_zone=c.time_zone,
+            proxy_counts=c.proxy_counts,
+            actor=c.actor,
         )
     ]
 

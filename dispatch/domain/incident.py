@@ -8,7 +8,13 @@ Invariants:
   desks, and the caller (who may only cancel);
 - one responder's accept never silences another's (multi-ack); the incident is covered once
   every quorum clause is met by some accepter's role (default: officer, and leader or
-  assistant) and IncidentCovered is emitted exactly once;
+  assistant), each clause by a **different actor** (one token or one phone never meets two
+  clauses, whoever it answered for), and IncidentCovered is emitted exactly once;
+- every answer records its actor; one whose actor is not the responder is a proxy answer, and
+  counts toward cover only when the incident was raised with `proxy_counts` (the village's
+  setting, default yes); an own answer after proxy ones is recorded too (it may meet cover);
+- a clause of the cover policy that nobody but the caller (or nobody) could meet is dropped at
+  raise time and recorded in `relaxed`; a cover met without it is a *relaxed* cover and says so;
 - a resolved or cancelled incident takes no further answer (409 with the reason), and closing it
   closes its line (LineClosed{epoch}), so the line's next call opens the next epoch's incident;
 - an incident's id is a function of its line and epoch: concurrent openers agree on it;
@@ -32,6 +38,7 @@ from dispatch.domain.errors import InvalidCommand, InvalidTransition, NotFound, 
 from dispatch.events.model import (
     CATEGORIES,
     STAFF_ROLES,
+    Actor,
     AlarmRaised,
     CallChannel,
     CallRepeated,
@@ -93,11 +100,71 @@ def effective_quorum(policy: Quorum, people: tuple[Person, ...]) -> Quorum:
     return tuple(clause for clause in policy if roles.intersection(clause))
 
 
+def relaxed_clauses(policy: Quorum, people: tuple[Person, ...]) -> Quorum:
+    """The clauses `effective_quorum` drops: nobody who may answer could ever meet them."""
+    roles = {p.role for p in people}
+    return tuple(clause for clause in policy if not roles.intersection(clause))
+
+
 def quorum_met(quorum: Quorum, accepted_roles: set[Role]) -> bool:
     """Whether the accepted roles meet every clause of the quorum."""
     if not quorum:
         return bool(accepted_roles)
     return all(accepted_roles.intersection(clause) for clause in quorum)
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """One accept as cover counts it: whose (phone, role), recorded by which actor, and whether
+    for someone else (proxy)."""
+
+    phone: str
+    role: Role
+    actor: str
+    proxy: bool
+
+
+def actor_key(actor: Actor | None, responder: str) -> str:
+    """Who an act was done by, as cover tells people apart: the acting person's number when known,
+    else the token, else the channel; an act recorded before actors were kept counts as the
+    responder's own."""
+    if actor is None:
+        return f"phone:{responder}"
+    if actor.phone:
+        return f"phone:{actor.phone}"
+    if actor.token_id:
+        return f"token:{actor.token_id}"
+    return f"channel:{actor.channel}"
+
+
+def is_proxy(actor: Actor | None, responder: str) -> bool:
+    """Whether an act for `responder` was recorded by someone else (legacy acts count as own)."""
+    return actor is not None and actor.phone != responder
+
+
+def cover_by(quorum: Quorum, answers: Iterable[Answered], *, proxy_counts: bool = True) -> list[Answered] | None:
+    """The answers that meet every clause, each clause by a different person and a different actor
+    (None: not met). Proxy answers count only with `proxy_counts`. An empty quorum: any answer."""
+    usable = [a for a in answers if proxy_counts or not a.proxy]
+    if not quorum:
+        return usable[:1] or None
+    chosen: list[Answered] = []
+
+    def fill(i: int) -> bool:
+        if i == len(quorum):
+            return True
+        for a in usable:
+            if a.role not in quorum[i]:
+                continue
+            if any(c.phone == a.phone or c.actor == a.actor for c in chosen):
+                continue
+            chosen.append(a)
+            if fill(i + 1):
+                return True
+            chosen.pop()
+        return False
+
+    return list(chosen) if fill(0) else None
 
 
 # --- Routing a call -------------------------------------------------------------------------------
@@ -140,6 +207,8 @@ class Route:
     quorum: Quorum
     deadlines: Deadlines = DEFAULT_DEADLINES
     silent: bool = False
+    relaxed: Quorum = ()
+    proxy_counts: bool = True
 
 
 def silent_route(route: Route) -> Route:
@@ -147,7 +216,10 @@ def silent_route(route: Route) -> Route:
     households are rung), only officers, assistants and duty desks alerted, the quorum they can meet."""
     recipients = _ordered([p for p in (*route.recipients, *route.duty_desks) if p.role in SILENT_ROLES])
     quorum = effective_quorum(route.quorum, recipients) if route.kind == "group" else route.quorum
-    return replace(route, line=f"silent.{route.line}", recipients=recipients, quorum=quorum, silent=True)
+    relaxed = route.relaxed + relaxed_clauses(route.quorum, recipients) if route.kind == "group" else route.relaxed
+    return replace(
+        route, line=f"silent.{route.line}", recipients=recipients, quorum=quorum, silent=True, relaxed=relaxed
+    )
 
 
 def _ordered(people: list[Person]) -> tuple[Person, ...]:
@@ -228,6 +300,8 @@ def _route_call(
             duty_desks=duty,
             quorum=effective_quorum(policy, recipients + duty),
             deadlines=directory.deadlines(group.village, defaults),
+            relaxed=relaxed_clauses(policy, recipients + duty),
+            proxy_counts=directory.proxy_counts(group.village),
         )
     if memberships:
         village = memberships[0].group.village
@@ -251,6 +325,8 @@ def _route_call(
             duty_desks=duty,
             quorum=(("duty",),) if duty else effective_quorum(policy, tuple(staff)),
             deadlines=directory.deadlines(village, defaults),
+            relaxed=() if duty else relaxed_clauses(policy, tuple(staff)),
+            proxy_counts=directory.proxy_counts(village),
         )
     duty = tuple(d for d in fallback_duty if d.phone != call.caller)
     return Route(
@@ -297,6 +373,8 @@ def open_incident(route: Route, call: IncomingCall, epoch: int) -> IncidentOpene
         origin=call.origin,
         opened_by=call.opened_by,
         opened_by_name=call.opened_by_name,
+        relaxed=route.relaxed,
+        proxy_counts=route.proxy_counts,
     )
 
 
@@ -425,6 +503,14 @@ class Responder:
     accepted_at: datetime | None = None
     declined_at: datetime | None = None
     arrived_at: datetime | None = None
+    accepts: dict[str, bool] = field(default_factory=dict)
+    accepted_actor: Actor | None = None
+    accepted_proxy: bool = False
+
+    @property
+    def own_accept(self) -> bool:
+        """Whether one of their accepts was their own (not a proxy answer)."""
+        return any(not proxy for proxy in self.accepts.values())
 
     @property
     def answered(self) -> bool:
@@ -479,6 +565,14 @@ class IncidentState:
     def accepted_roles(self) -> set[Role]:
         """The roles of everyone who accepted."""
         return {r.person.role for r in self.responders.values() if r.accepted_at is not None}
+
+    def answers(self) -> list[Answered]:
+        """Every accept recorded, one per responder and actor."""
+        return [
+            Answered(phone=phone, role=r.person.role, actor=key, proxy=proxy)
+            for phone, r in self.responders.items()
+            for key, proxy in r.accepts.items()
+        ]
 
 
 def _start(event: IncidentOpened) -> IncidentState:
@@ -555,7 +649,17 @@ def evolve(state: IncidentState | None, event: Event) -> IncidentState | None:
         r = state.responders.get(event.phone)
         if r is None:
             return state
-        state = _with_responder(state, event.phone, accepted_at=r.accepted_at or event.at, declined_at=None)
+        key = actor_key(event.actor, event.phone)
+        first = r.accepted_at is None
+        state = _with_responder(
+            state,
+            event.phone,
+            accepted_at=r.accepted_at or event.at,
+            declined_at=None,
+            accepts={**r.accepts, key: event.proxy},
+            accepted_actor=event.actor if first else r.accepted_actor,
+            accepted_proxy=event.proxy if first else r.accepted_proxy,
+        )
         status = "acknowledged" if state.status in ("raised", "notifying") else state.status
         return replace(state, status=status, first_accept_at=state.first_accept_at or event.at)
     if isinstance(event, ResponderDeclined):
@@ -610,6 +714,7 @@ class Respond(msgspec.Struct, frozen=True, kw_only=True):
     category: str | None = None
     note: str = ""
     reason: str | None = None
+    actor: Actor | None = None
 
 
 CANCEL_REASONS: tuple[CancelReason, ...] = ("caller_safe", "misdial", "duplicate", "drill", "other")
@@ -628,7 +733,8 @@ def decide_response(state: IncidentState | None, cmd: Respond) -> list[Event]:
         raise InvalidTransition(f"incident is already {state.status}")
     if cmd.at is None:
         raise InvalidCommand("an answer needs its time")
-    at, iid = cmd.at, state.id
+    at, iid, actor = cmd.at, state.id, cmd.actor
+    proxy = is_proxy(actor, cmd.responder)
     if cmd.action == "cancel":
         if not is_caller and (responder is None or responder.person.role not in CLOSERS):
             raise NotPermitted("only the caller, the group leader, assistant, officer or duty desk may cancel")
@@ -636,34 +742,51 @@ def decide_response(state: IncidentState | None, cmd: Respond) -> list[Event]:
         if reason not in CANCEL_REASONS:
             raise InvalidCommand(f"cancel reason must be one of {', '.join(CANCEL_REASONS)}")
         return [
-            IncidentCancelled(at=at, incident_id=iid, by=cmd.responder, reason=reason, note=cmd.note),
+            IncidentCancelled(
+                at=at, incident_id=iid, by=cmd.responder, reason=reason, note=cmd.note, actor=actor, proxy=proxy
+            ),
             line_closed(state, at),
         ]
     if is_caller or responder is None:
         raise InvalidTransition(f"the caller cannot {cmd.action} their own alarm; the caller may only cancel")
     person = responder.person
     if cmd.action == "accept":
-        if responder.accepted_at is not None:
+        if responder.accepted_at is not None and (proxy or responder.own_accept):
             return []
-        return _accept(state, person, at)
+        return _accept(state, person, at, actor)
     if cmd.action == "decline":
         if responder.accepted_at is not None:
             raise InvalidTransition("already accepted; an accepted alarm cannot be declined")
         if responder.declined_at is not None:
             return []
-        return [ResponderDeclined(at=at, incident_id=iid, phone=person.phone, role=person.role, note=cmd.note)]
+        return [
+            ResponderDeclined(
+                at=at, incident_id=iid, phone=person.phone, role=person.role, note=cmd.note, actor=actor, proxy=proxy
+            )
+        ]
     if cmd.action == "arrived":
         if responder.arrived_at is not None:
             return []
-        accepted = [] if responder.accepted_at is not None else _accept(state, person, at)
-        return [*accepted, ResponderArrived(at=at, incident_id=iid, phone=person.phone, role=person.role)]
+        accepted = [] if responder.accepted_at is not None else _accept(state, person, at, actor)
+        arrived = ResponderArrived(
+            at=at, incident_id=iid, phone=person.phone, role=person.role, actor=actor, proxy=proxy
+        )
+        return [*accepted, arrived]
     if cmd.action == "resolve":
         if person.role not in CLOSERS:
             raise NotPermitted("only the group leader, assistant, officer or duty desk may resolve")
         if cmd.category not in CATEGORIES:
             raise InvalidCommand(f"resolve needs a category: one of {', '.join(CATEGORIES)}")
         return [
-            IncidentResolved(at=at, incident_id=iid, by=person.phone, category=cmd.category, note=cmd.note),
+            IncidentResolved(
+                at=at,
+                incident_id=iid,
+                by=person.phone,
+                category=cmd.category,
+                note=cmd.note,
+                actor=actor,
+                proxy=proxy,
+            ),
             line_closed(state, at),
         ]
     raise InvalidCommand(f"action must be one of {', '.join(ACTIONS)}")
@@ -674,7 +797,8 @@ def line_closed(state: IncidentState, at: datetime) -> LineClosed:
     return LineClosed(at=at, line=state.opened.line, incident_id=state.id, epoch=state.opened.epoch)
 
 
-def _accept(state: IncidentState, person: Person, at: datetime) -> list[Event]:
+def _accept(state: IncidentState, person: Person, at: datetime, actor: Actor | None) -> list[Event]:
+    proxy = is_proxy(actor, person.phone)
     events: list[Event] = [
         ResponderAccepted(
             at=at,
@@ -683,13 +807,29 @@ def _accept(state: IncidentState, person: Person, at: datetime) -> list[Event]:
             role=person.role,
             name=person.name,
             first=state.first_accept_at is None,
+            actor=actor,
+            proxy=proxy,
         )
     ]
-    if not state.covered and quorum_met(state.opened.quorum, state.accepted_roles() | {person.role}):
-        accepted_by = tuple(
-            sorted([p for p, r in state.responders.items() if r.accepted_at is not None] + [person.phone])
+    if state.covered:
+        return events
+    this = Answered(phone=person.phone, role=person.role, actor=actor_key(actor, person.phone), proxy=proxy)
+    opened = state.opened
+    met = cover_by(opened.quorum, [*state.answers(), this], proxy_counts=opened.proxy_counts)
+    if met is not None:
+        accepted = {p for p, r in state.responders.items() if r.accepted_at is not None}
+        accepted_by = tuple(sorted(accepted | {person.phone}))
+        relaxed = opened.relaxed or ()
+        events.append(
+            IncidentCovered(
+                at=at,
+                incident_id=state.id,
+                accepted_by=accepted_by,
+                kind="relaxed" if relaxed else "full",
+                relaxed=relaxed,
+                by_proxy=any(a.proxy for a in met),
+            )
         )
-        events.append(IncidentCovered(at=at, incident_id=state.id, accepted_by=accepted_by))
     return events
 
 

@@ -235,15 +235,73 @@ def reach_text(reach: Reach) -> str:
     return "通知0人：无人可通知"
 
 
-def describe(event: object, people: dict[str, Person], reach: Reach | None = None) -> str:
+CHANNEL_ZH: dict[str, str] = {
+    "keypad": "按键",
+    "sms": "短信",
+    "console": "指挥台",
+    "api": "接口",
+    "cli": "命令行",
+    "system": "系统",
+}
+ROLE_SHORT_ZH: dict[str, str] = {
+    "household": "联防户",
+    "leader": "组长",
+    "assistant": "助理",
+    "officer": "民警",
+    "duty": "值班室",
+}
+LEGACY_ACTOR_ZH = "未知（旧记录）"
+
+
+def actor_text(actor: m.Actor | None) -> str:
+    """Who recorded an act, as the timeline names them: the token's name (or number) and the channel."""
+    if actor is None:
+        return LEGACY_ACTOR_ZH
+    who_ = actor.name or actor.phone or "未知"
+    return f"{who_}（{CHANNEL_ZH.get(actor.channel, actor.channel)}）"
+
+
+def clause_zh(clause: tuple[str, ...]) -> str:
+    """A cover clause as people say it: `组长/助理`."""
+    return "/".join(ROLE_SHORT_ZH.get(r, r) for r in clause)
+
+
+def cover_text(event: m.IncidentCovered, opened: m.IncidentOpened | None, relaxed: tuple[tuple[Role, ...], ...]) -> str:
+    """What a cover means, said truthfully: which halves were met, and why a clause was not needed."""
+    quorum = opened.quorum if opened is not None else ()
+    proxy = "（含代为登记的应答）" if event.by_proxy else ""
+    if not relaxed:
+        if not quorum or quorum == (("officer",), ("leader", "assistant")):
+            return f"已覆盖：民警与组长/助理均已接警{proxy}"
+        return f"已覆盖：{'与'.join(clause_zh(c) for c in quorum)}均已接警{proxy}"
+    met = "与".join(clause_zh(c) for c in quorum) or "一人"
+    caller_role = opened.caller.role if opened is not None else None
+    reasons = []
+    for clause in relaxed:
+        if caller_role in clause:
+            reasons.append(f"{ROLE_SHORT_ZH.get(caller_role, caller_role)}为报警人")
+        else:
+            reasons.append(f"本组无{clause_zh(clause)}")
+    return f"已覆盖（放宽规则）：{'，'.join(reasons)}，{met}接警即覆盖{proxy}"
+
+
+def describe(
+    event: object, people: dict[str, Person], reach: Reach | None = None, opened: m.IncidentOpened | None = None
+) -> str:
     """One timeline line in Chinese for any incident event; `reach` says who an alerting decision
-    (raise, escalation) actually reached, else the line says how many it alerts."""
+    (raise, escalation) actually reached, else the line says how many it alerts; `opened` (the
+    incident's opening event) says what a cover means."""
 
     def name(phone: str) -> str:
         p = people.get(phone)
         if p is None:
             return phone
         return f"{p.name or phone}（{ROLE_ZH.get(p.role, p.role)}）"
+
+    def by(actor: m.Actor | None, proxy: bool) -> str:
+        if not proxy or actor is None:
+            return ""
+        return f"（由{actor.name or actor.phone or '未知'}代为登记）"
 
     if isinstance(event, m.UnregisteredCall):
         head = f"未登记号码 {event.caller.phone} 拨打{event.callee}报警"
@@ -275,19 +333,36 @@ def describe(event: object, people: dict[str, Person], reach: Reach | None = Non
         ]
         return f"{event.channel}：" + "；".join(parts)
     if isinstance(event, m.ResponderAccepted):
-        return f"{name(event.phone)} 已接警"
+        return f"{name(event.phone)} 已接警{by(event.actor, event.proxy)}"
     if isinstance(event, m.ResponderDeclined):
-        return f"{name(event.phone)} 无法前往"
+        return f"{name(event.phone)} 无法前往{by(event.actor, event.proxy)}"
     if isinstance(event, m.ResponderArrived):
-        return f"{name(event.phone)} 已到达现场"
+        return f"{name(event.phone)} 已到达现场{by(event.actor, event.proxy)}"
     if isinstance(event, m.IncidentCovered):
-        return "已覆盖：民警与组长/助理均已接警"
+        relaxed = event.relaxed if event.kind is not None else relaxed_of(opened)
+        return cover_text(event, opened, relaxed)
     if isinstance(event, m.IncidentEscalated):
         said = reach_text(reach or Reach(len(event.alerted)))
         return f"升级至第{event.tier}级：{ESCALATION_ZH.get(event.reason, event.reason)}，{said}"
     if isinstance(event, m.IncidentResolved):
-        return f"{name(event.by)} 处置完毕（{CATEGORY_ZH.get(event.category, event.category)}）"
+        category = CATEGORY_ZH.get(event.category, event.category)
+        return f"{name(event.by)} 处置完毕（{category}）{by(event.actor, event.proxy)}"
     if isinstance(event, m.IncidentCancelled):
         reason = CANCEL_ZH.get(event.reason, "其他")
-        return f"{name(event.by)} 取消报警（{reason}）"
+        return f"{name(event.by)} 取消报警（{reason}）{by(event.actor, event.proxy)}"
     return type(event).__name__
+
+
+DEFAULT_COVER: tuple[tuple[Role, ...], ...] = (("officer",), ("leader", "assistant"))
+
+
+def relaxed_of(opened: m.IncidentOpened | None) -> tuple[tuple[Role, ...], ...]:
+    """The clauses dropped from an incident's cover policy; for one stored before they were kept,
+    the default policy's clauses its quorum lacks (a duty-desk rule is not a relaxed one)."""
+    if opened is None:
+        return ()
+    if opened.relaxed is not None:
+        return opened.relaxed
+    if not isinstance(opened, m.AlarmRaised) or opened.quorum == (("duty",),):
+        return ()
+    return tuple(c for c in DEFAULT_COVER if c not in opened.quorum)

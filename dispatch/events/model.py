@@ -49,6 +49,21 @@ class Person(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     place: Place | None = None
 
 
+ActorChannel = Literal["keypad", "sms", "console", "api", "cli", "system"]
+ACTOR_CHANNELS: tuple[ActorChannel, ...] = ("keypad", "sms", "console", "api", "cli", "system")
+
+
+class Actor(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Who recorded an act: the channel it came by, the token used (id and name, if any) and the
+    acting person's number (the token's own, or the phone that pressed the keypad or sent the text;
+    empty when unknown). An event stored before actors were recorded has none (legacy)."""
+
+    channel: ActorChannel
+    token_id: str = ""
+    name: str = ""
+    phone: str = ""
+
+
 class Event(msgspec.Struct, frozen=True, kw_only=True):
     SCHEMA: ClassVar[int] = 1
     at: datetime
@@ -60,6 +75,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
 class GroupEvent(Event, frozen=True, kw_only=True):
     village: str
     group: str
+    actor: Actor | None = None
 
 
 class GroupFormed(GroupEvent, frozen=True, kw_only=True):
@@ -102,6 +118,7 @@ class GroupDissolved(GroupEvent, frozen=True, kw_only=True):
 
 class VillageEvent(Event, frozen=True, kw_only=True):
     village: str
+    actor: Actor | None = None
 
 
 class DutyDeskBound(VillageEvent, frozen=True, kw_only=True):
@@ -115,12 +132,14 @@ class DutyDeskUnbound(VillageEvent, frozen=True, kw_only=True):
 
 class VillageSettingsChanged(VillageEvent, frozen=True, kw_only=True):
     """Deadlines for this village's incidents (None: the service default), applied at raise time;
-    the IANA time zone its reports are shown in (None: the service default)."""
+    the IANA time zone its reports are shown in (None: the service default); whether an answer
+    recorded for someone else (a proxy answer) counts toward cover (None: it does)."""
 
     ack_deadline_s: float | None = None
     escalate_after_s: float | None = None
     arrival_deadline_s: float | None = None
     time_zone: str | None = None
+    proxy_counts: bool | None = None
 
 
 # --- Alarm line: at most one open incident per group, per multi-group caller, per unknown number --
@@ -154,7 +173,10 @@ class IncidentEvent(Event, frozen=True, kw_only=True):
 
 
 class IncidentOpened(IncidentEvent, frozen=True, kw_only=True):
-    """Common shape of the two events that start an incident."""
+    """Common shape of the two events that start an incident. `relaxed`: the cover policy's clauses
+    nobody but the caller (or nobody at all) could meet, dropped from `quorum` (None: recorded before
+    this was kept); `proxy_counts`: whether a proxy answer counts toward cover (the village's setting
+    at raise time)."""
 
     line: str
     epoch: int
@@ -178,6 +200,8 @@ class IncidentOpened(IncidentEvent, frozen=True, kw_only=True):
     origin: str = ""
     opened_by: str = ""
     opened_by_name: str = ""
+    relaxed: tuple[tuple[Role, ...], ...] | None = None
+    proxy_counts: bool = True
 
 
 class AlarmRaised(IncidentOpened, frozen=True, kw_only=True):
@@ -245,25 +269,45 @@ class DeliveryFailed(IncidentEvent, frozen=True, kw_only=True):
 
 
 class ResponderAccepted(IncidentEvent, frozen=True, kw_only=True):
+    """`actor` recorded it (None: stored before actors were kept); `proxy` when the actor is not
+    the responder (an answer taken for them)."""
+
     phone: str
     role: Role
     name: str = ""
     first: bool = False
+    actor: Actor | None = None
+    proxy: bool = False
 
 
 class ResponderDeclined(IncidentEvent, frozen=True, kw_only=True):
     phone: str
     role: Role
     note: str = ""
+    actor: Actor | None = None
+    proxy: bool = False
 
 
 class ResponderArrived(IncidentEvent, frozen=True, kw_only=True):
     phone: str
     role: Role
+    actor: Actor | None = None
+    proxy: bool = False
+
+
+CoverKind = Literal["full", "relaxed"]
 
 
 class IncidentCovered(IncidentEvent, frozen=True, kw_only=True):
+    """`accepted_by`: the accepters whose answers met the quorum, each half by a different actor;
+    `kind`: `relaxed` when a clause of the cover policy was dropped at raise time (e.g. the leader
+    is the caller and the group has no assistant), else `full` (None: stored before this was kept);
+    `by_proxy`: an answer that met a clause was a proxy answer."""
+
     accepted_by: tuple[str, ...]
+    kind: CoverKind | None = None
+    relaxed: tuple[tuple[Role, ...], ...] = ()
+    by_proxy: bool = False
 
 
 EscalationReason = Literal["ack_deadline", "escalate_deadline", "arrival_deadline", "officer_unreachable"]
@@ -282,12 +326,16 @@ class IncidentResolved(IncidentEvent, frozen=True, kw_only=True):
     by: str
     category: Category
     note: str = ""
+    actor: Actor | None = None
+    proxy: bool = False
 
 
 class IncidentCancelled(IncidentEvent, frozen=True, kw_only=True):
     by: str
     reason: CancelReason
     note: str = ""
+    actor: Actor | None = None
+    proxy: bool = False
 
 
 # --- Access tokens: stored as a hash, never as the secret ------------------------------------------
@@ -296,16 +344,22 @@ TokenRole = Literal["gateway", "officer", "duty_desk", "admin", "metrics"]
 
 
 class TokenIssued(Event, frozen=True, kw_only=True):
+    """`phone`: the number of the person the token was issued to (an answer through it for that
+    number is their own, for any other a proxy answer); `actor`: who issued it."""
+
     token_id: str
     name: str
     role: TokenRole
     villages: tuple[str, ...] = ()
     station: str | None = None
     secret_hash: str
+    phone: str | None = None
+    actor: Actor | None = None
 
 
 class TokenRevoked(Event, frozen=True, kw_only=True):
     token_id: str
+    actor: Actor | None = None
 
 
 ALL_EVENT_TYPES: tuple[type[Event], ...] = (

@@ -33,7 +33,7 @@ from dispatch.domain.directory import Directory
 from dispatch.domain.errors import DomainError, NotPermitted
 from dispatch.domain.incident import Action, IncidentState, fold, incident_id_for
 from dispatch.domain.phone import mask, try_normalize
-from dispatch.events.model import CallRepeated, Event, IncidentOpened, LineClosed, Person
+from dispatch.events.model import Actor, ActorChannel, CallRepeated, Event, IncidentOpened, LineClosed, Person
 from dispatch.events.subjects import (
     call_index_subjects,
     caller_line,
@@ -150,7 +150,9 @@ class GatewayCallbacks:
         log.warning("gateway.number_mismatch", field=field, said=mask(said), rung=mask(rung), incident_id=incident_id)
         return NotPermitted(f"{field} {why}: nothing recorded")
 
-    async def _answer(self, incident_id: str, phone: str, action: Action, *, key: str) -> dict[str, Any]:
+    async def _answer(
+        self, incident_id: str, phone: str, action: Action, *, key: str, channel: ActorChannel = "keypad"
+    ) -> dict[str, Any]:
         reason = "caller_safe" if action == "cancel" else None
         try:
             await self.bus.handle(
@@ -158,6 +160,7 @@ class GatewayCallbacks:
                     incident_id=incident_id,
                     request=ResponseRequest(responder=phone, action=action, reason=reason),
                     idempotency_key=key,
+                    actor=Actor(channel=channel, phone=phone),
                 )
             )
         except DomainError as exc:
@@ -187,7 +190,7 @@ class GatewayCallbacks:
             if action is None:
                 await self._reply(sender, HELP, sms.message_id)
                 return {"status": "help", "incident_id": state.id}
-            answer = await self._answer(state.id, sender, action, key=f"sms:{sms.message_id}")
+            answer = await self._answer(state.id, sender, action, key=f"sms:{sms.message_id}", channel="sms")
             return {"status": "answered" if answer["ok"] else "refused", "incident_id": state.id}
         if action is not None:
             await self._reply(sender, NOTHING_OPEN, sms.message_id)

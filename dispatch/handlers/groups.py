@@ -63,7 +63,7 @@ from dispatch.domain.roster import (
     scan_roster,
 )
 from dispatch.events import msgids
-from dispatch.events.model import Event
+from dispatch.events.model import Actor, Event, GroupEvent, VillageEvent
 from dispatch.events.subjects import group_id, group_subject, village_subject
 from dispatch.handlers.uow import Loaded, UnitOfWork
 from dispatch.projections.directory import LiveDirectory
@@ -204,23 +204,34 @@ def batches(changes: list[AggregateChange], limit: int = IMPORT_BATCH) -> Iterat
 
 
 class VillageSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Deadline overrides in seconds and the village's IANA time zone; null (or absent) means the
-    service default."""
+    """Deadline overrides in seconds, the village's IANA time zone and whether an answer recorded
+    for someone else (a proxy answer) counts toward cover; null (or absent) means the service
+    default (proxy answers count)."""
 
     ack_deadline_s: float | None = None
     escalate_after_s: float | None = None
     arrival_deadline_s: float | None = None
     time_zone: str | None = None
+    proxy_counts: bool | None = None
 
-    def command(self, village: str) -> ChangeVillageSettings:
-        """The domain's command for `village` (checked by its decider)."""
+    def command(self, village: str, actor: Actor | None = None) -> ChangeVillageSettings:
+        """The domain's command for `village`, asked by `actor` (checked by its decider)."""
         return ChangeVillageSettings(
             village=village,
             ack_deadline_s=self.ack_deadline_s,
             escalate_after_s=self.escalate_after_s,
             arrival_deadline_s=self.arrival_deadline_s,
             time_zone=self.time_zone,
+            proxy_counts=self.proxy_counts,
+            actor=actor,
         )
+
+
+def attributed(event: Event, actor: Actor | None) -> Event:
+    """A roster event naming who imported (or dissolved) it."""
+    if actor is not None and isinstance(event, (GroupEvent, VillageEvent)):
+        return msgspec.structs.replace(event, actor=actor)
+    return event
 
 
 class Villages:
@@ -306,9 +317,11 @@ class GroupService:
         """An import this process ran or runs, by id (None: unknown, or forgotten)."""
         return self._imports.get(import_id)
 
-    def start_import(self, roster: bytes, *, dry_run: bool = False, max_unbound: int | None = None) -> ImportProgress:
-        """Import in the background; follow it with `progress(import_id)`. A file with no roster
-        header is refused at once: the answer is `rejected`, and nothing is queued."""
+    def start_import(
+        self, roster: bytes, *, dry_run: bool = False, max_unbound: int | None = None, actor: Actor | None = None
+    ) -> ImportProgress:
+        """Import in the background (each event naming `actor`); follow it with `progress(import_id)`.
+        A file with no roster header is refused at once: the answer is `rejected`, and nothing is queued."""
         progress = self.track(len(roster), dry_run=dry_run, max_unbound=max_unbound)
         try:
             check_header(roster, self.region)
@@ -318,7 +331,9 @@ class GroupService:
 
         async def run() -> None:
             with contextlib.suppress(Exception):  # how it ended is in `progress`
-                await self.import_roster(roster, dry_run=dry_run, max_unbound=max_unbound, progress=progress)
+                await self.import_roster(
+                    roster, dry_run=dry_run, max_unbound=max_unbound, progress=progress, actor=actor
+                )
 
         task = asyncio.get_running_loop().create_task(run())
         self._running.add(task)
@@ -332,8 +347,10 @@ class GroupService:
         dry_run: bool = False,
         max_unbound: int | None = None,
         progress: ImportProgress | None = None,
+        actor: Actor | None = None,
     ) -> ImportSummary:
-        """Import a roster (bytes: UTF-8 or GB18030) all or nothing; return what changed. A dry run
+        """Import a roster (bytes: UTF-8 or GB18030) all or nothing, each event naming `actor`
+        (who imported it); return what changed. A dry run
         plans and writes nothing; with `max_unbound`, a roster that would unbind more numbers is
         refused (UnbindingRefused) before anything is written. `progress` follows it and keeps how
         it ended (the summary and difference, or the errors)."""
@@ -341,7 +358,7 @@ class GroupService:
             size = len(roster) if isinstance(roster, bytes) else len(roster.encode())
             progress = self.track(size, dry_run=dry_run, max_unbound=max_unbound)
         try:
-            return await self._import(roster, dry_run, max_unbound, progress)
+            return await self._import(roster, dry_run, max_unbound, progress, actor)
         except RosterRejected as exc:
             progress.rejected(exc)
             raise
@@ -356,7 +373,12 @@ class GroupService:
             raise
 
     async def _import(
-        self, roster: str | bytes, dry_run: bool, max_unbound: int | None, progress: ImportProgress
+        self,
+        roster: str | bytes,
+        dry_run: bool,
+        max_unbound: int | None,
+        progress: ImportProgress,
+        actor: Actor | None = None,
     ) -> ImportSummary:
         async with self._lock:
             for attempt in range(MAX_ATTEMPTS):
@@ -388,7 +410,7 @@ class GroupService:
                 progress.state = "writing"
                 appending = time.perf_counter()
                 try:
-                    await self._apply(plan, digest, progress)
+                    await self._apply(plan, digest, progress, actor)
                 except AppendConflict:
                     log.warning("groups.import_conflict", attempt=attempt)
                     await asyncio.to_thread(plan.release)
@@ -411,9 +433,11 @@ class GroupService:
                 return summary
         raise AppendConflict("the directory kept changing during the import; try again")
 
-    async def set_village_settings(self, village: str, settings: VillageSettings) -> None:
-        """Record a village's deadlines; incidents raised afterwards use them."""
-        command = settings.command(village)
+    async def set_village_settings(
+        self, village: str, settings: VillageSettings, *, actor: Actor | None = None
+    ) -> None:
+        """Record a village's settings, changed by `actor`; incidents raised afterwards use them."""
+        command = settings.command(village, actor)
         villages = Villages(self.live)
 
         def ids(_i: int, _event: Event) -> str:
@@ -427,9 +451,10 @@ class GroupService:
             )
         await self.live.wait_for({village_subject(village): decided.seqs[-1]})
 
-    async def dissolve_group(self, village: str, group: str) -> int:
-        """Dissolve a group (NotFound if it never was): its members unbound, then the group; return
-        how many members were unbound (0: it was dissolved already). Its open incidents can still close."""
+    async def dissolve_group(self, village: str, group: str, *, actor: Actor | None = None) -> int:
+        """Dissolve a group (NotFound if it never was), done by `actor`: its members unbound, then the
+        group; return how many members were unbound (0: it was dissolved already). Its open incidents
+        can still close."""
         command = DissolveGroup(village=village, group=group)
         key = group_id(village, group)
 
@@ -440,7 +465,10 @@ class GroupService:
 
         async with self._lock:
             decided = await self.uow.decide(
-                Groups(self.live), key, lambda state, now: decide_dissolve(state, command, now), ids
+                Groups(self.live),
+                key,
+                lambda state, now: [attributed(e, actor) for e in decide_dissolve(state, command, now)],
+                ids,
             )
         if not decided.events:
             return 0
@@ -448,7 +476,7 @@ class GroupService:
         log.info("groups.dissolved", village=village, group=group, members_unbound=len(decided.events) - 1)
         return len(decided.events) - 1
 
-    async def _apply(self, plan: ImportPlan, digest: str, progress: ImportProgress) -> None:
+    async def _apply(self, plan: ImportPlan, digest: str, progress: ImportProgress, actor: Actor | None = None) -> None:
         # The directory follows groups and villages each in stream order, so waiting for the last
         # subject of each kind in a batch waits for the whole batch. The next batch waits for that:
         # the directory (on this loop) never lags an import by more than a batch.
@@ -457,7 +485,7 @@ class GroupService:
             messages = [
                 Outgoing(
                     change.subject,
-                    event,
+                    attributed(event, actor),
                     msgids.roster_change(digest, change.subject, change.expected_seq)(i, event),
                     expected_seq=change.expected_seq if i == 0 else None,
                 )

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from dispatch.domain.incident import Action
-from dispatch.events.model import CallChannel, CallStatus
+from dispatch.events.model import Actor, CallChannel, CallStatus
 from dispatch.store.eventstore import Recorded
 
 
@@ -59,21 +59,24 @@ class CallResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ResponseRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """An answer to an incident as sent (the responder's number as typed)."""
+    """An answer to an incident as sent: the responder's number as typed; absent, the number of the
+    token's own person (the console's "my number")."""
 
-    responder: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
     action: Action
+    responder: Annotated[str, msgspec.Meta(min_length=1, max_length=32)] | None = None
     category: Annotated[str, msgspec.Meta(max_length=32)] | None = None
     note: Annotated[str, msgspec.Meta(max_length=500)] = ""
     reason: Annotated[str, msgspec.Meta(max_length=64)] | None = None
 
 
 class Answer(msgspec.Struct, frozen=True, kw_only=True):
-    """Record `request` on an incident; the same `idempotency_key` makes a retry decide nothing new."""
+    """Record `request` on an incident, done by `actor`; the same `idempotency_key` makes a retry
+    decide nothing new. Every face names the actor (None only in tests: the responder's own act)."""
 
     incident_id: str
     request: ResponseRequest
     idempotency_key: str | None = None
+    actor: Actor | None = None
 
 
 class Trigger(msgspec.Struct, frozen=True, kw_only=True):

@@ -4,6 +4,8 @@ Invariants:
 - an answer is decided by the incident's `decide` through the unit of work: on the incident as
   loaded from the log, appended with its last decision sequence expected, re-decided on conflict;
 - an answer that changes nothing (a repeated accept) appends nothing and succeeds;
+- an answer names its actor (the face that took it); without a number, the responder is the
+  actor's own number (the console's "my number" comes from the token);
 - closing an incident then closes its line (LineClosed, idempotent); if that second append is
   lost, the line's next call repairs it.
 """
@@ -36,8 +38,11 @@ class ResponseService:
     async def answer(self, command: Answer) -> tuple[IncidentState, list[Event]]:
         """Record an answer; return the incident after it and what was recorded (nothing: no change)."""
         req = command.request
+        said = req.responder or (command.actor.phone if command.actor else "")
+        if not said:
+            raise InvalidCommand("responder is required: this token carries no number of its own")
         try:
-            responder = normalize(req.responder, self.region)
+            responder = normalize(said, self.region)
         except InvalidPhone as exc:
             raise InvalidCommand(str(exc)) from None
         respond = Respond(
@@ -47,6 +52,7 @@ class ResponseService:
             category=req.category,
             note=req.note[:500],
             reason=req.reason,
+            actor=command.actor,
         )
         decided = await self.uow.decide(
             self.incidents,
@@ -64,6 +70,8 @@ class ResponseService:
         self._observe(state, decided.events)
         who = state.responders.get(responder)
         self.metrics.responses.labels(req.action, who.person.role if who else "caller").inc()
+        if command.actor is not None and command.actor.phone != responder:
+            self.metrics.proxy_answers.labels(req.action).inc()
         return after, decided.events
 
     def _observe(self, before: IncidentState, events: list[Event]) -> None:

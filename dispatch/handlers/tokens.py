@@ -16,7 +16,7 @@ from dispatch.domain.access import IssueToken, RevokeToken, decide_token, format
 from dispatch.domain.errors import InvalidCommand, NotFound
 from dispatch.domain.phone import InvalidPhone, normalize
 from dispatch.events import msgids
-from dispatch.events.model import TokenIssued, TokenRole
+from dispatch.events.model import Actor, TokenIssued, TokenRole
 from dispatch.events.subjects import InvalidToken, check_token
 from dispatch.handlers.aggregates import Tokens
 from dispatch.handlers.uow import UnitOfWork
@@ -34,10 +34,18 @@ class TokenService:
         self.region = region
 
     def _command(
-        self, token_id: str, name: str, role: str, villages: Sequence[str], station: str | None
+        self,
+        token_id: str,
+        name: str,
+        role: str,
+        villages: Sequence[str],
+        station: str | None,
+        phone: str | None = None,
+        actor: Actor | None = None,
     ) -> tuple[str, IssueToken]:
         try:
             station_e164 = normalize(station, self.region) if station else None
+            phone_e164 = normalize(phone, self.region) if phone else None
         except InvalidPhone as exc:
             raise InvalidCommand(str(exc)) from None
         secret = secrets.token_urlsafe(32)
@@ -48,14 +56,24 @@ class TokenService:
             villages=tuple(villages),
             station=station_e164,
             secret_hash=hash_secret(secret),
+            phone=phone_e164,
+            actor=actor,
         )
         return format_token(token_id, secret), command
 
     async def issue(
-        self, name: str, role: TokenRole | str, villages: Sequence[str] = (), station: str | None = None
+        self,
+        name: str,
+        role: TokenRole | str,
+        villages: Sequence[str] = (),
+        station: str | None = None,
+        *,
+        phone: str | None = None,
+        actor: Actor | None = None,
     ) -> tuple[str, TokenIssued, int]:
-        """Return the token (shown once), its event, and the stream sequence it was stored at."""
-        token, command = self._command(secrets.token_hex(6), name, role, villages, station)
+        """Return the token (shown once), its event, and the stream sequence it was stored at;
+        `phone`: the number of the person it is for; `actor`: who issues it."""
+        token, command = self._command(secrets.token_hex(6), name, role, villages, station, phone, actor)
         decided = await self.uow.decide(
             self.tokens,
             command.token_id,
@@ -70,7 +88,9 @@ class TokenService:
 
     async def bootstrap_admin(self) -> tuple[str, int] | None:
         """Issue the first admin token if the log has none yet; None when one already exists."""
-        token, command = self._command(BOOTSTRAP_ID, "bootstrap admin", "admin", (), None)
+        token, command = self._command(
+            BOOTSTRAP_ID, "bootstrap admin", "admin", (), None, actor=Actor(channel="system", name="dispatch serve")
+        )
         decided = await self.uow.decide(
             self.tokens,
             BOOTSTRAP_ID,
@@ -79,8 +99,8 @@ class TokenService:
         )
         return (token, decided.seqs[0]) if decided.events else None
 
-    async def revoke(self, token_id: str) -> int:
-        """Revoke a token by id; return the sequence to wait for. An unknown id is NotFound."""
+    async def revoke(self, token_id: str, *, actor: Actor | None = None) -> int:
+        """Revoke a token by id (`actor`: who asks); return the sequence to wait for. An unknown id is NotFound."""
         try:
             check_token("token id", token_id)
         except InvalidToken:
@@ -88,7 +108,7 @@ class TokenService:
         decided = await self.uow.decide(
             self.tokens,
             token_id,
-            lambda state, now: decide_token(state, RevokeToken(token_id=token_id), now),
+            lambda state, now: decide_token(state, RevokeToken(token_id=token_id, actor=actor), now),
             lambda _i, _e: msgids.token_revoked(token_id),
         )
         return decided.seqs[0] if decided.seqs else decided.loaded.last_seq

@@ -121,6 +121,12 @@ class Metrics:
         self.responses = Counter(
             "dispatch_responses", "Answers recorded, by action and role", ["action", "role"], registry=r
         )
+        self.proxy_answers = Counter(
+            "dispatch_proxy_answers",
+            "Answers recorded for someone else (by a token not theirs), by action",
+            ["action"],
+            registry=r,
+        )
         self.escalations = Counter(
             "dispatch_escalations", "Incidents escalated, by tier and reason", ["tier", "reason"], registry=r
         )
@@ -236,6 +242,8 @@ class Metrics:
             self.dead_letters.labels("gateway.voice")
         for reason in ("unauthenticated", "rate_limited", "bad_signature", "replayed"):
             self.http_refused.labels(reason)
+        for action in ("accept", "decline", "arrived", "resolve", "cancel"):
+            self.proxy_answers.labels(action)
         for tier in ESCALATION_TIERS:
             for reason in get_args(EscalationReason):
                 self.escalations.labels(tier, reason)

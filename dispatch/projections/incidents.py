@@ -24,6 +24,9 @@ Invariants:
 
 Version 2 added the arrival deadline, the call count and the responder copies of time and place
 (version 1's tables, `incidents` and `incident_responders`, are retired when version 2 takes over).
+Version 3 added the caller's address and coordinates.
+Version 4 added who recorded the answers: own and proxy accepts, a cover met with a proxy answer,
+and whether the cover was relaxed (a clause of the policy dropped at raise time) or full.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ from typing import Any
 
 import msgspec
 
+from dispatch.domain.messages import relaxed_of
 from dispatch.events.model import (
+    Actor,
     CallRepeated,
     DeliveryFailed,
     DeliverySucceeded,
@@ -57,7 +62,7 @@ from dispatch.projections.sql import Connection, marks
 from dispatch.store.eventstore import Recorded
 
 FAMILY = "incidents"
-VERSION = 3
+VERSION = 4
 INCIDENTS = f"incidents_v{VERSION}"
 RESPONDERS = f"incident_responders_v{VERSION}"
 ROLE_ACCEPT_COLUMNS = {
@@ -114,6 +119,12 @@ class IncidentRow(msgspec.Struct):
     origin: str = "call"
     opened_by: str = ""
     silent: int = 0
+    relaxed: int = 0
+    cover_kind: str | None = None
+    covered_by_proxy: int = 0
+    own_accepts: int = 0
+    proxy_accepts: int = 0
+    proxy_by: str = ""
 
 
 class ResponderRow(msgspec.Struct):
@@ -131,6 +142,8 @@ class ResponderRow(msgspec.Struct):
     accepted_at: float | None = None
     declined_at: float | None = None
     arrived_at: float | None = None
+    accepted_proxy: int = 0
+    accepted_by: str | None = None
 
 
 INCIDENT_COLUMNS = IncidentRow.__struct_fields__
@@ -138,6 +151,13 @@ RESPONDER_COLUMNS = ResponderRow.__struct_fields__
 incident_values = attrgetter(*INCIDENT_COLUMNS)
 responder_values = attrgetter(*RESPONDER_COLUMNS)
 CACHE_INCIDENTS = 20_000
+
+
+def _actor_name(actor: Actor | None) -> str | None:
+    """Who recorded an answer, as a report names them (None: stored before actors were kept)."""
+    if actor is None:
+        return None
+    return actor.name or actor.phone or actor.channel
 
 
 def _first(current: float | None, at: float) -> float:
@@ -206,7 +226,13 @@ class IncidentsProjection:
                 caller_lon DOUBLE PRECISION,
                 origin TEXT NOT NULL DEFAULT 'call',
                 opened_by TEXT NOT NULL DEFAULT '',
-                silent INTEGER NOT NULL DEFAULT 0
+                silent INTEGER NOT NULL DEFAULT 0,
+                relaxed INTEGER NOT NULL DEFAULT 0,
+                cover_kind TEXT,
+                covered_by_proxy INTEGER NOT NULL DEFAULT 0,
+                own_accepts INTEGER NOT NULL DEFAULT 0,
+                proxy_accepts INTEGER NOT NULL DEFAULT 0,
+                proxy_by TEXT NOT NULL DEFAULT ''
             )""",
             f"""CREATE TABLE IF NOT EXISTS {RESPONDERS} (
                 incident_id TEXT NOT NULL,
@@ -223,6 +249,8 @@ class IncidentsProjection:
                 accepted_at DOUBLE PRECISION,
                 declined_at DOUBLE PRECISION,
                 arrived_at DOUBLE PRECISION,
+                accepted_proxy INTEGER NOT NULL DEFAULT 0,
+                accepted_by TEXT,
                 PRIMARY KEY (incident_id, phone)
             )""",
         )
@@ -365,7 +393,19 @@ class _Batch:
 
     def _accepted(self, row: IncidentRow, event: ResponderAccepted, at: float) -> None:
         r = self._people(row).get(event.phone)
+        if event.proxy:
+            row.proxy_accepts += 1
+            by = _actor_name(event.actor) or "?"
+            if by not in row.proxy_by.split("、"):
+                row.proxy_by = f"{row.proxy_by}、{by}" if row.proxy_by else by
+        else:
+            row.own_accepts += 1
         if r is not None:
+            if r.accepted_at is None:
+                r.accepted_proxy = int(event.proxy)
+                r.accepted_by = _actor_name(event.actor)
+            elif not event.proxy and r.accepted_proxy:
+                r.accepted_proxy, r.accepted_by = 0, _actor_name(event.actor)
             r.accepted_at = _first(r.accepted_at, at)
             r.declined_at = None
         if row.first_accept_at is None:
@@ -393,6 +433,8 @@ class _Batch:
     def _covered(self, row: IncidentRow, event: IncidentCovered, at: float) -> None:
         row.covered = 1
         row.covered_at = _first(row.covered_at, at)
+        row.cover_kind = event.kind or ("relaxed" if row.relaxed else "full")
+        row.covered_by_proxy = int(event.by_proxy)
 
     def _escalated(self, row: IncidentRow, event: IncidentEscalated, at: float) -> None:
         row.escalation_tier = max(row.escalation_tier, event.tier)
@@ -446,6 +488,7 @@ class _Batch:
             closed_at=None,
             events=1,
             updated_seq=seq,
+            relaxed=int(bool(relaxed_of(event))),
         )
         self.dirty_rows.add(iid)
         self.dirty_people.add(iid)

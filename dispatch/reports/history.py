@@ -5,7 +5,9 @@ Invariants:
   caller), ordered by raise time (newest first, then id), paged by `offset`/`limit`; `total` is the
   number selected before paging, so a reader always knows whether it saw everything;
 - times are shown in the incident's village's time zone, as RFC 3339 with the offset;
-- durations are seconds from the raise, missing when the step never happened.
+- durations are seconds from the raise, missing when the step never happened;
+- each row says how it was covered (`full` or `relaxed`, by a proxy answer or not), how many
+  accepts were the responders' own and how many taken for them, and by whom.
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ COLUMNS = (
     "covered_at",
     "first_arrival_at",
     "closed_at",
+    "cover_kind",
+    "covered_by_proxy",
+    "own_accepts",
+    "proxy_accepts",
+    "proxy_by",
 )
 
 
@@ -102,6 +109,11 @@ def history(
                 "time_to_covered": _since_raise(row, "covered_at"),
                 "time_to_arrival": _since_raise(row, "first_arrival_at"),
                 "closed_at": local_iso(row["closed_at"], tz),
+                "cover_kind": row["cover_kind"],
+                "covered_by_proxy": bool(row["covered_by_proxy"]),
+                "own_accepts": row["own_accepts"],
+                "proxy_accepts": row["proxy_accepts"],
+                "proxy_by": row["proxy_by"],
             }
         )
     total = incident_count(conn, scope) if rows or offset else 0

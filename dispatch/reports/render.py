@@ -179,7 +179,17 @@ MEASURE_EN = {
     "time_to_resolve": "resolve",
 }
 TABLE_MEASURES = ("time_to_first_accept", "time_to_covered", "time_to_arrival")
-COUNT_KEYS = ("incidents", "covered", "ack_breached", "arrival_breached")
+COUNT_KEYS = (
+    "incidents",
+    "covered",
+    "covered_full",
+    "covered_relaxed",
+    "covered_by_proxy",
+    "own_accepts",
+    "proxy_accepts",
+    "ack_breached",
+    "arrival_breached",
+)
 
 
 def _measure(name: str, stat: str) -> Callable[[dict[str, Any]], Any]:
@@ -221,6 +231,10 @@ def response_time_tables(report: dict[str, Any], *, wide: bool = False) -> list[
     counts = [
         Column("incidents", "警情数", lambda r: r["incidents"], number, True),
         Column("covered", "已覆盖", lambda r: r["covered"], number, True),
+        Column("covered_relaxed", "放宽覆盖", lambda r: r.get("covered_relaxed"), number, True, "relaxed"),
+        Column("covered_by_proxy", "代登覆盖", lambda r: r.get("covered_by_proxy"), number, True, "by proxy"),
+        Column("own_accepts", "本人接警", lambda r: r.get("own_accepts"), number, True, "own"),
+        Column("proxy_accepts", "代为登记", lambda r: r.get("proxy_accepts"), number, True, "proxy"),
         Column("ack_breached", "超时未覆盖", lambda r: r["ack_breached"], number, True, "ack late"),
         Column("arrival_breached", "超时未到场", lambda r: r["arrival_breached"], number, True, "arrive late"),
     ]
@@ -255,7 +269,7 @@ def response_time_tables(report: dict[str, Any], *, wide: bool = False) -> list[
 
 def measures_table(report: dict[str, Any]) -> Table:
     """One row per measure over the whole scope, after the counts the text table shows."""
-    counts = [{"measure": key, "count": report[key]} for key in COUNT_KEYS]
+    counts = [{"measure": key, "count": report[key]} for key in COUNT_KEYS if key in report]
     rows = counts + [{"measure": name, **m} for name, m in report["measures"].items()]
     return Table(
         "响应时间（秒） Response times (seconds)",
@@ -380,6 +394,11 @@ def history_csv_table(report: dict[str, Any]) -> Table:
         "time_to_covered",
         "time_to_arrival",
         "closed_at",
+        "cover_kind",
+        "covered_by_proxy",
+        "own_accepts",
+        "proxy_accepts",
+        "proxy_by",
     )
     return Table("history", [Column(k, k, _field(k)) for k in keys], report["rows"])
 

@@ -12,7 +12,12 @@ Invariants:
 - an incident is counted once in every row its keys put it in: an incident whose group has two
   officers counts for each officer; the overall figures count it once;
 - a period is the calendar day, ISO week or month in the incident's village's time zone;
-- `time_to_resolve` counts resolved incidents only (a cancellation is not a resolution).
+- `time_to_resolve` counts resolved incidents only (a cancellation is not a resolution);
+- `covered` splits into `covered_full` (every clause of the cover policy met) and
+  `covered_relaxed` (a clause was dropped at raise time: e.g. the leader called and the group has
+  no assistant); `covered_by_proxy` counts covers met with an answer taken for someone else;
+  `own_accepts` / `proxy_accepts` count accepts the responders recorded themselves / that were
+  recorded for them.
 """
 
 from __future__ import annotations
@@ -50,6 +55,10 @@ COLUMNS = (
     "first_arrival_at",
     "ack_deadline_at",
     "arrival_deadline_s",
+    "cover_kind",
+    "covered_by_proxy",
+    "own_accepts",
+    "proxy_accepts",
     *dict.fromkeys(MEASURES.values()),
 )
 
@@ -67,11 +76,25 @@ def breaches(row: dict[str, Any], now: float) -> tuple[bool, bool]:
 
 
 class _Tally:
-    __slots__ = ("ack_breached", "arrival_breached", "covered", "incidents", "values")
+    __slots__ = (
+        "ack_breached",
+        "arrival_breached",
+        "covered",
+        "covered_by_proxy",
+        "covered_relaxed",
+        "incidents",
+        "own_accepts",
+        "proxy_accepts",
+        "values",
+    )
 
     def __init__(self) -> None:
         self.incidents = 0
         self.covered = 0
+        self.covered_relaxed = 0
+        self.covered_by_proxy = 0
+        self.own_accepts = 0
+        self.proxy_accepts = 0
         self.ack_breached = 0
         self.arrival_breached = 0
         self.values: dict[str, list[float]] = {name: [] for name in MEASURES}
@@ -79,6 +102,10 @@ class _Tally:
     def add(self, row: dict[str, Any], ack: bool, arrival: bool) -> None:
         self.incidents += 1
         self.covered += row["covered_at"] is not None
+        self.covered_relaxed += row["covered_at"] is not None and row["cover_kind"] == "relaxed"
+        self.covered_by_proxy += row["covered_at"] is not None and bool(row["covered_by_proxy"])
+        self.own_accepts += row["own_accepts"]
+        self.proxy_accepts += row["proxy_accepts"]
         self.ack_breached += ack
         self.arrival_breached += arrival
         raised = row["raised_at"]
@@ -92,6 +119,11 @@ class _Tally:
         return {
             "incidents": self.incidents,
             "covered": self.covered,
+            "covered_full": self.covered - self.covered_relaxed,
+            "covered_relaxed": self.covered_relaxed,
+            "covered_by_proxy": self.covered_by_proxy,
+            "own_accepts": self.own_accepts,
+            "proxy_accepts": self.proxy_accepts,
             "ack_breached": self.ack_breached,
             "arrival_breached": self.arrival_breached,
             "measures": {name: summary(values) for name, values in self.values.items()},

@@ -74,14 +74,21 @@ def test_client_commands_and_replay_rebuild_the_same_read_model(tmp_path: Path) 
         assert called.returncode == 0, called.stderr
         http = serve.client()
         incident = http.post("/v1/calls", json={"call_id": "cli-1", "caller": "x"}).json()["incident_id"]
-        for who in ("13700000009", "13700000008"):
-            assert (
-                dispatch("respond", incident, who, "accept", "--server", serve.url, token=serve.token).returncode == 0
-            )
+        created = dispatch(
+            "tokens", "create", "--name", "丁", "--role", "officer", "--villages", "nanling",
+            "--phone", "137 0000 0009", "--data-dir", str(data),
+        )  # fmt: skip
+        assert created.returncode == 0, created.stderr
+        officer = created.stdout.splitlines()[0]
+        wait_until(lambda: http.get("/v1/me", headers={"Authorization": f"Bearer {officer}"}).status_code == 200)
+        # the officer answers as himself, the admin records the leader's accept for her: two people
+        for who, token in (("13700000009", officer), ("13700000008", serve.token)):
+            assert dispatch("respond", incident, who, "accept", "--server", serve.url, token=token).returncode == 0
         refused = dispatch("respond", incident, "13700000002", "resolve", "--server", serve.url, token=serve.token)
         assert refused.returncode == 1 and "refused (403)" in refused.stderr
         shown = dispatch("incident", incident, "--server", serve.url, token=serve.token)
         assert "已覆盖" in shown.stdout and "已接警" in shown.stdout
+        assert "丙（联防组长） 已接警（由bootstrap admin代为登记）" in shown.stdout, shown.stdout
         wait_until(lambda: http.get("/v1/incidents").json()["count"] == 1)
         wait_until(lambda: http.get("/v1/reports/response-times").json()["measures"]["time_to_covered"]["count"] == 1)
         report = dispatch("report", "response-times", "--format", "csv", "--server", serve.url, token=serve.token)
@@ -117,14 +124,15 @@ def test_client_commands_and_replay_rebuild_the_same_read_model(tmp_path: Path) 
         serve.kill()
     replayed = dispatch("replay", "--data-dir", str(data))
     assert replayed.returncode == 0, replayed.stderr[-2000:]
-    assert "incidents_v3: rebuilt from" in replayed.stdout and "roster_v1: rebuilt from" in replayed.stdout
+    assert "incidents_v4: rebuilt from" in replayed.stdout and "roster_v1: rebuilt from" in replayed.stdout
     assert "replayed " in replayed.stdout.splitlines()[-1]
-    assert "incidents_v3: done," in replayed.stderr and "\r" not in replayed.stderr, "plain lines when not a terminal"
+    assert "incidents_v4: done," in replayed.stderr and "\r" not in replayed.stderr, "plain lines when not a terminal"
     tokens = dispatch("tokens", "list", "--data-dir", str(data)).stdout.splitlines()
-    assert tokens[0].split() == ["id", "role", "scope", "name", "issued"], tokens
-    assert all(line.index(" admin ") == tokens[0].index(" role ") for line in tokens[1:]), tokens
+    assert tokens[0].split() == ["id", "role", "scope", "name", "phone", "issued"], tokens
+    assert any("+8613700000009" in line and " officer " in line for line in tokens), tokens
+    assert all(line.index(" admin ") == tokens[0].index(" role ") for line in tokens[1:] if " admin " in line), tokens
     status = dispatch("projections", "status", "--data-dir", str(data))
-    assert status.returncode == 0 and "*incidents_v3" in status.stdout and "active" in status.stdout, status.stderr
+    assert status.returncode == 0 and "*incidents_v4" in status.stdout and "active" in status.stdout, status.stderr
     again = ServeProcess(data, {}).start()
     try:
         again_http = again.client()

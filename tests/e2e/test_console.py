@@ -78,7 +78,7 @@ def roster() -> str:
 def tokens(http: httpx.Client, imported: dict[str, int]) -> dict[str, str]:
     issued = {"admin": str(http.headers["Authorization"]).removeprefix("Bearer ")}
     for name, body in {
-        "officer_east": {"name": "吴建军", "role": "officer", "villages": ["东山村"]},
+        "officer_east": {"name": "吴建军", "role": "officer", "villages": ["东山村"], "phone": "139 0000 0009"},
         "officer_west": {"name": "陈国栋", "role": "officer", "villages": ["西河村"]},
         "duty_east": {"name": "城关所值班室", "role": "duty_desk", "station": "0731-84512345"},
         "gateway": {"name": "网关", "role": "gateway"},
@@ -223,8 +223,7 @@ def test_a_call_shows_up_live_and_two_accepts_cover_it(
     east = open_console(contexts(), serve, tokens["officer_east"], errors)
     west = open_console(contexts(), serve, tokens["officer_west"], errors)
     expect(east.locator("#board .empty")).to_contain_text("暂无未结警情")
-    east.fill("#my-phone", "139 0000 0009")
-    east.press("#my-phone", "Tab")
+    expect(east.locator("#my-phone")).to_have_text(OFFICER)  # from the token, not typed
     east.evaluate("window.__sameDocument = true")
 
     sent = time.time()
@@ -263,16 +262,22 @@ def test_a_call_shows_up_live_and_two_accepts_cover_it(
     expect(alarm).to_have_attribute("data-covered", "false")
     expect(alarm.locator(".accepted")).to_contain_text("吴建军")
 
+    # the officer also records the leader's accept (taken by phone): a proxy answer, not a second person
     alarm.locator("select.responder").select_option(LEADER)
-    clicked = time.monotonic()
     alarm.locator("button[data-action='accept']").click()
+    expect(east.locator("#toast")).to_contain_text("已代为登记")
+    expect(alarm.locator(".accepted")).to_contain_text("由吴建军代为登记")
+    expect(alarm).to_have_attribute("data-covered", "false")
+    # the leader answers from their own phone: two people, covered
+    clicked = time.monotonic()
+    sms = http.post("/v1/gateway/sms", json={"message_id": "console-sms-1", "from": "13800000008", "text": "接"})
+    assert sms.status_code == 200, sms.text
     expect(alarm).to_have_attribute("data-covered", "true")
     record_property(
         "measured_cover",
-        f"leader's accept clicked to covered on the card: {(time.monotonic() - clicked) * 1000:.0f} ms",
+        f"leader's own accept (SMS) to covered on the card: {(time.monotonic() - clicked) * 1000:.0f} ms",
     )
     expect(alarm.locator(".coverage")).to_have_text("已覆盖")
-    expect(east.locator("#toast")).to_contain_text("警情已覆盖")
     expect(alarm.locator(".accepted")).to_contain_text("黄志强")
     expect(alarm.locator("dd[data-deadline='ack']")).to_contain_text("用时")
     expect(alarm.locator("dd[data-deadline='arrival']")).to_contain_text("剩余")
@@ -310,9 +315,16 @@ def test_a_call_shows_up_live_and_two_accepts_cover_it(
     expect(timeline.locator("li[data-type='IncidentCovered']")).to_have_count(1)
     types = timeline.locator("li").evaluate_all("els => els.map(e => e.dataset.type)")
     decisions = [t for t in types if t not in ("RespondersNotified", "DeliverySucceeded")]
-    assert decisions == ["AlarmRaised", "ResponderAccepted", "ResponderAccepted", "IncidentCovered"]
+    assert decisions == [
+        "AlarmRaised",
+        "ResponderAccepted",
+        "ResponderAccepted",
+        "ResponderAccepted",
+        "IncidentCovered",
+    ]
     accepted = timeline.locator("li[data-type='ResponderAccepted'] .text").all_inner_texts()
-    assert "吴建军" in accepted[0] and "黄志强" in accepted[1]
+    assert "吴建军" in accepted[0] and "黄志强" in accepted[1] and "由吴建军代为登记" in accepted[1]
+    assert "黄志强" in accepted[2] and "代为登记" not in accepted[2]
     stamps = timeline.locator("li time").evaluate_all(
         "els => els.map(e => [e.getAttribute('datetime'), e.textContent])"
     )
@@ -347,10 +359,11 @@ def test_resolve_from_the_board_then_the_village_charts(
     incident = call(http, "console-0011", "13800000021")
     alarm = card(page, incident)
     expect(alarm).to_be_visible()
-    alarm.locator("button[data-action='arrived']").click()
-    expect(page.locator("#toast")).to_contain_text("请先选择应答人")
+    # the duty desk's token carries its station number: the card starts on the desk answering as itself
+    assert alarm.locator("select.responder").input_value() == "+8673184512345"
     alarm.locator("select.responder").select_option(OFFICER)
     alarm.locator("button[data-action='arrived']").click()
+    expect(page.locator("#toast")).to_contain_text("已代为登记")
     expect(alarm).to_have_attribute("data-status", "on_scene")
     expect(alarm.locator(f"li.member[data-phone='{OFFICER}']")).to_have_attribute("data-state", "arrived")
 

@@ -114,12 +114,17 @@ def test_one_call_alerts_the_other_nine_once_and_answers_cover_it(
     assert again.status_code == 202
     assert again.json() == {"incident_id": incident, "status": "raised", "duplicate": True}
 
-    answers = [(OFFICER, "accept"), (LEADER, "accept")]
+    # the officer answers through a token of his own, the admin records the leader's answer: two people
+    issued = http.post(
+        "/v1/tokens", json={"name": "吴建军", "role": "officer", "villages": ["xiaoyang"], "phone": OFFICER}
+    )
+    own = {"Authorization": f"Bearer {issued.json()['token']}"}
     covered = [
-        http.post(f"/v1/incidents/{incident}/responses", json={"responder": who, "action": what}).json()
-        for who, what in answers
+        http.post(f"/v1/incidents/{incident}/responses", json={"action": "accept"}, headers=own).json(),
+        http.post(f"/v1/incidents/{incident}/responses", json={"responder": LEADER, "action": "accept"}).json(),
     ]
     assert [c["covered"] for c in covered] == [False, True]
+    assert [c["proxy"] for c in covered] == [False, True]
     assert (
         http.post(
             f"/v1/incidents/{incident}/responses", json={"responder": "+8613800000011", "action": "accept"}

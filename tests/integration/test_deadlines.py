@@ -15,7 +15,7 @@ from dispatch.bootstrap import Service
 from dispatch.events.subjects import TIMERS_STREAM, schedule_subject, timer_fired_subject
 from dispatch.store.eventstore import StoreUnavailable
 from tests.rosters import ROSTER
-from tests.support import RecordingChannel, eventually, service_client, start_service
+from tests.support import RecordingChannel, answer_as, eventually, service_client, start_service
 
 OFFICER, LEADER = "+8613900000009", "+8613800000008"
 
@@ -53,7 +53,7 @@ async def test_the_escalate_deadline_is_set_by_an_ack_deadline_passing_uncovered
         covered_id, uncovered_id = covered["incident_id"], uncovered["incident_id"]
         assert not await stored(service, schedule_subject(uncovered_id, "escalate")), "set at raise, not at ack"
         for who in (OFFICER, LEADER):
-            r = await http.post(f"/v1/incidents/{covered_id}/responses", json={"responder": who, "action": "accept"})
+            r = await answer_as(service, http, covered_id, who, "accept")
             assert r.status_code == 200, r.text
         assert (await http.get(f"/v1/incidents/{covered_id}")).json()["status"] == "acknowledged"
 

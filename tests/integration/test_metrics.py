@@ -32,7 +32,7 @@ from dispatch.store.eventstore import AppendConflict, EventStore, Outgoing
 from dispatch.store.provision import provision
 from dispatch.store.server import find_binary
 from tests.rosters import ROSTER
-from tests.support import RecordingChannel, eventually, service_client, start_service
+from tests.support import RecordingChannel, answer_as, eventually, service_client, start_service
 from tests.unit.fixtures import at
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -129,9 +129,7 @@ async def test_an_alarm_from_call_to_resolution_feeds_every_metric(make_service:
         again = await http.post("/v1/calls", json={"call_id": "m-1", "caller": "13800000001"})
         assert again.json()["duplicate"] is True
         for responder in (OFFICER, LEADER):
-            r = await http.post(
-                f"/v1/incidents/{incident}/responses", json={"responder": responder, "action": "accept"}
-            )
+            r = await answer_as(svc, http, incident, responder, "accept")
             assert r.status_code == 200, r.text
         covered = await eventually(lambda: _when(svc, lambda s: value(s, "dispatch_incidents_uncovered") == 0))
         assert value(covered, "dispatch_calls_total", channel="voice", status="duplicate") == 1
@@ -157,7 +155,7 @@ async def test_an_alarm_from_call_to_resolution_feeds_every_metric(make_service:
     assert value(done, "dispatch_responses_total", action="resolve", role="officer") == 1
     assert value(done, "dispatch_escalations_total", tier="1", reason="ack_deadline") == 0
     assert total(done, "dispatch_event_append_conflicts_total") == 0
-    assert value(done, "dispatch_projection_lag_events", projection="incidents_v3") == 0
+    assert value(done, "dispatch_projection_lag_events", projection="incidents_v4") == 0
     assert value(done, "dispatch_projection_lag_events", projection="roster_v1") == 0
     assert value(done, "dispatch_gauges_refreshed_timestamp_seconds") > 0
 

@@ -17,7 +17,7 @@ from dispatch.projections.incidents import INCIDENTS
 from dispatch.settings import Settings
 from dispatch.store.server import free_port
 from tests.integration.test_reports import ROSTER
-from tests.support import eventually
+from tests.support import answer_as, eventually
 
 # One service for the module (in its event loop): the tests read the same three calls; the one that
 # marks a read model as being rebuilt puts it back, and the time zone one changes what no other reads.
@@ -49,7 +49,7 @@ async def api(
             (OFFICER, "arrived", {}),
             (OFFICER, "resolve", {"category": "dispute"}),
         ):
-            r = await admin.post(f"/v1/incidents/{iid}/responses", json={"responder": who, "action": action, **extra})
+            r = await answer_as(svc, admin, iid, who, action, **extra)
             assert r.status_code == 200, r.text
         await admin.post("/v1/calls", json={"call_id": "r-2", "caller": "13700000001"})
         await admin.post("/v1/calls", json={"call_id": "r-3", "caller": INJECTION})
@@ -182,7 +182,7 @@ async def test_projection_lag_is_exported_per_projection(
     api: tuple[Service, httpx.AsyncClient, httpx.AsyncClient],
 ) -> None:
     svc, admin, _ = api
-    assert {r.name for r in svc.runners} == {"incidents_v3", "roster_v1"}
+    assert {r.name for r in svc.runners} == {"incidents_v4", "roster_v1"}
 
     async def caught_up() -> bool:
         text = (await admin.get("/metrics")).text

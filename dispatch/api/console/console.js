@@ -54,7 +54,10 @@ const TEXT = {
     all_villages: "全部村",
     village_filter: "村",
     my_number: "我的号码",
-    my_number_hint: "填写后可一键以本人身份应答",
+    my_number_hint: "来自登录令牌；为他人应答记为代为登记",
+    my_number_none: "此令牌未登记号码，所有应答记为代为登记",
+    proxy_by: "由{name}代为登记",
+    recorded_proxy: "已代为登记：{who} {what}",
     sound: "声音提醒",
     sound_on: "开",
     sound_off: "关",
@@ -216,7 +219,10 @@ const TEXT = {
     all_villages: "All villages",
     village_filter: "Village",
     my_number: "My number",
-    my_number_hint: "Set it to answer as yourself in one click",
+    my_number_hint: "From your token; an answer for someone else is recorded as taken on their behalf",
+    my_number_none: "This token has no number: every answer is recorded as taken on someone's behalf",
+    proxy_by: "recorded by {name} on their behalf",
+    recorded_proxy: "Recorded on their behalf: {who} {what}",
     sound: "Sound",
     sound_on: "on",
     sound_off: "off",
@@ -377,7 +383,7 @@ const S = {
   me: null,
   villages: [],
   filter: localStorage.getItem("dispatch.filter") || "",
-  myPhone: localStorage.getItem("dispatch.myPhone") || "",
+  myPhone: "",
   sound: localStorage.getItem("dispatch.sound") !== "off",
   details: new Map(),
   cards: new Map(),
@@ -563,6 +569,7 @@ async function api(path, { method = "GET", body, headers = {} } = {}) {
       headers: {
         Authorization: `Bearer ${S.token}`,
         Accept: "application/json",
+        "X-Dispatch-Client": "console",
         ...(body === undefined ? {} : { "Content-Type": "application/json" }),
         ...headers,
       },
@@ -720,6 +727,7 @@ async function loadMe() {
     throw new ApiError(403, t("no_read", { role: me.role }));
   }
   S.me = me;
+  S.myPhone = me.phone || "";
   if (me.villages) {
     S.villages = me.villages;
   } else {
@@ -1021,11 +1029,17 @@ function fillIncident(card, d) {
   const acceptedBy = (d.responders || []).filter((r) => r.accepted_at);
   fill(card.accepted,
     h("strong", { text: `${t("accepted_by")}${t("colon")}` }),
-    acceptedBy.length ? joined(acceptedBy.map((r) => h("span", { class: "person" }, personLabel(r))), t("list_sep")) : t("nobody_yet"),
+    acceptedBy.length ? joined(acceptedBy.map((r) => h("span", { class: "person" }, personLabel(r), proxyNote(r))), t("list_sep")) : t("nobody_yet"),
   );
   fill(card.members, ...(d.responders || []).map((r) => member(r, d.time_zone)));
   updateActions(card.actions, d);
   tickCard(card.root);
+}
+
+function proxyNote(r) {
+  if (!r.accepted_proxy) return null;
+  const by = r.accepted_actor || {};
+  return h("span", { class: "proxy", text: ` ${t("proxy_by", { name: by.name || phoneText(by.phone || "") || "?" })}` });
 }
 
 function deadline(fromIso, dueIso, metIso, kind) {
@@ -1217,7 +1231,8 @@ async function answer(ui, action, extra) {
       body: { responder, action, ...(extra || {}) },
       headers: { "Idempotency-Key": randomId() },
     });
-    let text = result.recorded.length ? t("recorded", { who, what }) : t("nothing_changed", { who, what });
+    const said = result.proxy ? "recorded_proxy" : "recorded";
+    let text = result.recorded.length ? t(said, { who, what }) : t("nothing_changed", { who, what });
     if (result.recorded.includes("IncidentCovered")) text += ` · ${t("now_covered")}`;
     if (CLOSED.has(result.status)) text += ` · ${t("closed_now")}`;
     toast(text, "ok", below(ui));
@@ -1276,19 +1291,11 @@ function renderBoard() {
     S.villages.map((v) => h("option", { value: v, text: iso(v) })),
   );
   villageSelect.value = S.filter;
-  const myPhone = h("input", {
+  const myPhone = h("output", {
     id: "my-phone",
-    type: "tel",
-    inputmode: "tel",
-    autocomplete: "tel",
-    value: S.myPhone,
-    placeholder: "139…",
+    dir: "ltr",
     "aria-describedby": "my-phone-hint",
-    onchange: (e) => {
-      S.myPhone = e.target.value.trim();
-      localStorage.setItem("dispatch.myPhone", S.myPhone);
-      for (const d of S.details.values()) placeCard(d);
-    },
+    text: S.myPhone ? phoneText(S.myPhone) : "—",
   });
   const soundButton = h("button", {
     id: "sound",
@@ -1317,7 +1324,7 @@ function renderBoard() {
         { class: "field" },
         h("label", { for: "my-phone", text: t("my_number") }),
         myPhone,
-        h("span", { id: "my-phone-hint", class: "hint", text: t("my_number_hint") }),
+        h("span", { id: "my-phone-hint", class: "hint", text: t(S.myPhone ? "my_number_hint" : "my_number_none") }),
       ),
       h("div", { class: "field buttons" }, soundButton, h("button", { type: "button", text: t("sound_test"), onclick: () => { unlockAudio(); siren(); } })),
     ),
@@ -1513,6 +1520,10 @@ function reachEn(r) {
   return r.expected ? `, notifying ${r.expected}` : ", nobody to notify";
 }
 
+function byProxy(x) {
+  return x.proxy && x.actor ? ` (recorded by ${iso(x.actor.name || phoneText(x.actor.phone || ""))} on their behalf)` : "";
+}
+
 function describeEn(e, people) {
   const x = e.detail || {};
   const who = (phone) => {
@@ -1536,13 +1547,15 @@ function describeEn(e, people) {
       if (x.channel === "none") return `Not notified: ${(x.failures || []).length} people (${iso([...new Set((x.failures || []).map((f) => f.reason))].join(", "))})`;
       return `${x.channel}: ${(x.failures || []).map((f) => `${who(f.phone)} not reached (${iso(f.reason)})`).join("; ")}`;
     case "ResponderAccepted":
-      return `${who(x.phone)} accepted`;
+      return `${who(x.phone)} accepted${byProxy(x)}`;
     case "ResponderDeclined":
       return `${who(x.phone)} cannot come`;
     case "ResponderArrived":
       return `${who(x.phone)} arrived on scene`;
     case "IncidentCovered":
-      return "Covered: the officer and the leader or assistant have accepted";
+      return x.kind === "relaxed"
+        ? `Covered under the relaxed rule (${iso((x.relaxed || []).map((c) => c.join(" or ")).join(", "))} could not answer)`
+        : "Covered: the officer and the leader or assistant have accepted";
     case "IncidentEscalated":
       return `Escalated to tier ${x.tier}: ${iso(x.reason)}${reachEn(e.reach)}`;
     case "IncidentResolved":
