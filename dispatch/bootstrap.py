@@ -81,6 +81,7 @@ from dispatch.projections.runner import (
 from dispatch.projections.sql import Database, is_db_error
 from dispatch.projections.tokens import LiveTokens
 from dispatch.settings import Settings, SettingsError
+from dispatch.store.audit import AuditTrail
 from dispatch.store.connect import NatsAuth, NatsConnectError, connect
 from dispatch.store.eventstore import EventStore
 from dispatch.store.headers import install_header_parser
@@ -256,7 +257,12 @@ class Service:
         await self._build_channels()
         names = [c.name for c in self.channels]
         self.metrics.start_at_zero(names)
-        await provision(self.nc, replicas=st.stream_replicas, channels=tuple(names))
+        await provision(
+            self.nc,
+            replicas=st.stream_replicas,
+            channels=tuple(names),
+            audit_retention_days=st.audit_retention_days,
+        )
 
         self.store = EventStore(self.nc, metrics=self.metrics)
         self.directory = LiveDirectory(self.nc, st.data_dir / "directory.snapshot")
@@ -393,6 +399,7 @@ class Service:
                 signing=self.channel_config.signing,
                 rate_limit=st.rate_limit,
                 rate_burst=st.rate_burst,
+                audit=AuditTrail(self.nc),
             )
         )
         config = server_config(

@@ -81,6 +81,7 @@ class Settings:
     http_header_timeout: float = 10.0
     http_body_timeout: float = 30.0
     http_max_connections: int = 1000
+    audit_retention_days: float = 365.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -126,6 +127,7 @@ class Settings:
             http_header_timeout=_float("HTTP_HEADER_TIMEOUT", 10.0),
             http_body_timeout=_float("HTTP_BODY_TIMEOUT", 30.0),
             http_max_connections=_int("HTTP_MAX_CONNECTIONS", 1000),
+            audit_retention_days=_float("AUDIT_RETENTION_DAYS", 365.0),
         )
         for key, value in overrides.items():
             if value is not None:
@@ -173,6 +175,8 @@ class Settings:
             raise SettingsError("DISPATCH_LOG_FORMAT must be auto, console or json")
         if not (self.http_header_timeout > 0 and self.http_body_timeout > 0):
             raise SettingsError("DISPATCH_HTTP_HEADER_TIMEOUT and DISPATCH_HTTP_BODY_TIMEOUT must be positive seconds")
+        if not 1 <= self.audit_retention_days <= 36_500:
+            raise SettingsError("DISPATCH_AUDIT_RETENTION_DAYS must be between 1 and 36500 days")
         if self.http_max_connections < 1:
             raise SettingsError("DISPATCH_HTTP_MAX_CONNECTIONS must be at least 1")
         if self.rate_limit < 0 or self.rate_burst < 1:

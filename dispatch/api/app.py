@@ -28,12 +28,20 @@ from typing import Any
 
 import structlog
 from litestar import Litestar, Request, Response
-from litestar.exceptions import ClientException, HTTPException, SerializationException, ValidationException
+from litestar.exceptions import (
+    ClientException,
+    HTTPException,
+    PermissionDeniedException,
+    SerializationException,
+    ValidationException,
+)
 from litestar.openapi import OpenAPIConfig
+from litestar.types import Scope
 
-from dispatch.api import calls, gateway, groups, incidents, ops, reports, tokens
+from dispatch.api import audit, calls, gateway, groups, incidents, ops, reports, tokens
 from dispatch.api.console_files import console_routes
 from dispatch.api.deps import MAX_JSON_BYTES, ApiServices, error
+from dispatch.api.deps import audit as audit_act
 from dispatch.api.openapi import DispatchOpenAPI
 from dispatch.api.security import Gatekeeper
 from dispatch.domain.errors import DomainError
@@ -101,6 +109,15 @@ def create_app(services: ApiServices) -> Litestar:
         lambda: s.tokens.table, metrics=s.metrics, signing=s.signing, rate=s.rate_limit, burst=s.rate_burst
     )
 
+    async def denied(exc: Exception, scope: Scope) -> None:
+        """A token refused for want of a capability (403) leaves an entry in the audit trail."""
+        if not isinstance(exc, PermissionDeniedException):
+            return
+        principal = scope.get("state", {}).get("principal")
+        request: Request[Any, Any, Any] = Request(scope)
+        target = f"{request.method} {request.url.path}"
+        await audit_act(s, request, principal, "denied", target=target, outcome="refused", detail=str(exc.detail))
+
     return Litestar(
         route_handlers=[
             *calls.routes(s),
@@ -109,6 +126,7 @@ def create_app(services: ApiServices) -> Litestar:
             *reports.routes(s),
             *gateway.routes(s),
             *tokens.routes(s),
+            *audit.routes(s),
             *ops.routes(s),
             *console_routes(),
         ],
@@ -124,7 +142,7 @@ def create_app(services: ApiServices) -> Litestar:
             Exception: _internal_error,
         },
         guards=[gate.guard],
-        after_exception=[gate.after_exception],
+        after_exception=[gate.after_exception, denied],
         request_max_body_size=MAX_JSON_BYTES,
         request_class=DispatchRequest,
         openapi_config=OpenAPIConfig(

@@ -26,6 +26,7 @@ import msgspec
 
 from dispatch.channels.gateway import VoiceEvent
 from dispatch.events import subjects as s
+from dispatch.events.audit import AuditEntry
 from dispatch.events.codec import SCHEMA_HEADER, TYPE_HEADER
 from dispatch.events.jobs import DeliveryJob
 from dispatch.events.model import (
@@ -207,7 +208,7 @@ def _ref(kind: str, name: str) -> dict[str, str]:
 def document() -> dict[str, Any]:
     """The AsyncAPI 3.0 document, as a JSON-ready dict."""
     by_channel = event_channels()
-    structs: list[Any] = [*ALL_EVENT_TYPES, DeliveryJob, TimerDue, CallRequest, CallResult, VoiceEvent]
+    structs: list[Any] = [*ALL_EVENT_TYPES, DeliveryJob, TimerDue, CallRequest, CallResult, VoiceEvent, AuditEntry]
     _, schemas = msgspec.json.schema_components(structs, ref_template=SCHEMAS)
     for schema in schemas.values():
         if "description" in schema:
@@ -253,6 +254,11 @@ def document() -> dict[str, Any]:
         "VoiceEvent",
         {"$ref": SCHEMAS.format(name="VoiceEvent")},
         "A telephony gateway callback, relayed to the process waiting on that call",
+    )
+    messages["AuditEntry"] = _plain_message(
+        "AuditEntry",
+        {"$ref": SCHEMAS.format(name="AuditEntry")},
+        "Who read personal data, changed access or was refused: kept in DISPATCH_AUDIT, apart from the log",
     )
     messages["DeadLetter"] = _plain_message(
         "DeadLetter",
@@ -324,6 +330,17 @@ def document() -> dict[str, Any]:
         "messages": {"DeadLetter": _ref("components/messages", "DeadLetter")},
     }
 
+    channels["audit"] = {
+        "address": f"{s.AUDIT_PREFIX}.{{outcome}}.{{action}}",
+        "parameters": {
+            "outcome": _param("allowed or refused"),
+            "action": _param("incident_read, report_read, group_read, token_issue, denied, ... (dots as _)"),
+        },
+        "description": "The audit trail (stream DISPATCH_AUDIT, DISPATCH_AUDIT_RETENTION_DAYS): read by GET /v1/audit.",
+        "messages": {"AuditEntry": _ref("components/messages", "AuditEntry")},
+        "x-dispatch-stream": s.AUDIT_STREAM,
+    }
+
     def operation(action: str, channel: str, summary: str, names: list[str] | None = None) -> dict[str, Any]:
         op: dict[str, Any] = {"action": action, "channel": _ref("channels", channel), "summary": summary}
         picked = names if names is not None else list(channels[channel]["messages"])
@@ -370,6 +387,8 @@ def document() -> dict[str, Any]:
         "relayVoiceCallback": operation("send", "gatewayVoice", "POST /v1/gateway/voice, relayed"),
         "awaitVoiceCallback": operation("receive", "gatewayVoice", "The process ringing that call"),
         "deadLetter": operation("send", "deadLetters", "A handler meets a message it cannot read"),
+        "recordAudit": operation("send", "audit", "An API read of personal data, a token or settings act, a refusal"),
+        "readAudit": operation("receive", "audit", "GET /v1/audit reads the trail back (batched direct gets)"),
     }
 
     return {

@@ -24,11 +24,13 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 
 from dispatch.api.live import LiveHub
 from dispatch.api.security import DEFAULT_BURST, DEFAULT_RATE, bearer
+from dispatch.clock import utcnow
 from dispatch.domain.access import Capability, Principal, refusal
 from dispatch.domain.directory import Deadlines
 from dispatch.domain.incident import DEFAULT_DEADLINES, DEFAULT_QUORUM, Quorum, parse_quorum
 from dispatch.domain.signing import SigningConfig
 from dispatch.domain.timezones import DEFAULT_TIME_ZONE
+from dispatch.events.audit import AuditAction, AuditEntry, Outcome
 from dispatch.events.model import ActorChannel
 from dispatch.handlers.aggregates import Incidents
 from dispatch.handlers.bus import MessageBus
@@ -39,6 +41,7 @@ from dispatch.observe.metrics import Metrics
 from dispatch.projections.directory import LiveDirectory
 from dispatch.projections.sql import Database, DatabaseUnavailable, is_db_error
 from dispatch.projections.tokens import LiveTokens
+from dispatch.store.audit import AuditTrail
 
 DEFAULT_QUORUM_RULE = parse_quorum(DEFAULT_QUORUM)
 MAX_JSON_BYTES = 64 * 1024
@@ -68,6 +71,7 @@ class ApiServices:
     signing: SigningConfig = field(default_factory=SigningConfig)
     rate_limit: float = DEFAULT_RATE
     rate_burst: float = DEFAULT_BURST
+    audit: AuditTrail | None = None
 
 
 def error(status: int, reason: str, **extra: Any) -> Response[dict[str, Any]]:
@@ -105,6 +109,44 @@ def channel_of(request: Request[Any, Any, Any]) -> ActorChannel:
     """The channel an API act came by: the console and the CLI say so in `X-Dispatch-Client`."""
     said = request.headers.get(CLIENT_HEADER, "").strip().lower()
     return "console" if said == "console" else "cli" if said == "cli" else "api"
+
+
+def source_of(request: Request[Any, Any, Any]) -> str:
+    """Where a request came from: the client address (and the proxy's `X-Forwarded-For`, as said)."""
+    client = request.client.host if request.client else ""
+    forwarded = request.headers.get("x-forwarded-for", "").split(",")[0].strip()[:64]
+    return f"{forwarded} via {client}" if forwarded else client
+
+
+async def audit(
+    s: ApiServices,
+    request: Request[Any, Any, Any],
+    principal: Principal | None,
+    action: AuditAction,
+    *,
+    target: str = "",
+    village: str | None = None,
+    outcome: Outcome = "allowed",
+    detail: str = "",
+) -> None:
+    """Record an act on personal data (or its refusal) in the audit trail, before the answer leaves."""
+    if s.audit is None:
+        return
+    entry = AuditEntry(
+        at=utcnow(),
+        action=action,
+        outcome=outcome,
+        token_id=principal.token_id if principal else "",
+        name=principal.name if principal else "",
+        role=principal.role if principal else "",
+        channel=channel_of(request),
+        source=source_of(request),
+        target=target[:200],
+        village=village,
+        detail=detail[:500],
+    )
+    if not await s.audit.record(entry):
+        s.metrics.audit_failures.inc()
 
 
 def scope(s: ApiServices, principal: Principal) -> frozenset[str] | None:

@@ -20,6 +20,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from dispatch.api.deps import (
     MAX_JSON_BYTES,
     ApiServices,
+    audit,
     channel_of,
     error,
     narrowed,
@@ -117,6 +118,7 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
             started = s.groups.start_import(body, dry_run=dry_run, max_unbound=max_unbound, actor=actor)
             if started.state == "rejected":
                 return rejected(started)
+            await audit(s, request, admin, "roster.import", target=started.import_id, detail=f"dry_run={dry_run}")
             location = f"/v1/imports/{started.import_id}"
             return Response({**started.view(), "location": location}, status_code=202, headers={"Location": location})
         progress = s.groups.track(len(body), dry_run=dry_run, max_unbound=max_unbound)
@@ -134,6 +136,7 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
                 summary=progress.summary,
                 difference=progress.difference,
             )
+        await audit(s, request, admin, "roster.import", detail=f"events={summary.events} dry_run={dry_run}")
         return Response(
             {
                 "imported": not dry_run,
@@ -170,8 +173,12 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
     ) -> dict[str, Any]:
         principal = who(s, request, "read")
         state = s.directory.directory.group(village, group)
+        target = f"{village}/{group}"[:200]
+        if state is not None and not visible(s, principal, village):
+            await audit(s, request, principal, "group.read", target=target, village=village, outcome="refused")
         if state is None or not visible(s, principal, village):
             raise NotFound(f"no group {village}/{group}")
+        await audit(s, request, principal, "group.read", target=target, village=village)
         return group_view(state, s.directory.directory.duty_desks(village))
 
     @delete(
@@ -189,6 +196,7 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
     ) -> dict[str, Any]:
         admin = who(s, request, "import")
         unbound = await s.groups.dissolve_group(village, group, actor=admin.actor(channel_of(request)))
+        await audit(s, request, admin, "group.dissolve", target=f"{village}/{group}"[:200], village=village)
         return {"village": village, "group": group, "dissolved": True, "members_unbound": unbound}
 
     @get(
@@ -256,8 +264,11 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
     async def get_village(village: FromPath[str], request: Request[Any, Any, Any]) -> dict[str, Any]:
         principal = who(s, request, "read")
         view = village_view(village)
+        if view is not None and not visible(s, principal, village):
+            await audit(s, request, principal, "village.read", target=village, village=village, outcome="refused")
         if view is None or not visible(s, principal, village):
             raise NotFound(f"no village {village}")
+        await audit(s, request, principal, "village.read", target=village, village=village)
         return view
 
     @put(
@@ -272,6 +283,8 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
     ) -> dict[str, Any]:
         admin = who(s, request, "import")
         await s.groups.set_village_settings(village, data, actor=admin.actor(channel_of(request)))
+        changed = ",".join(f"{k}={v}" for k, v in msgspec.structs.asdict(data).items() if v is not None)
+        await audit(s, request, admin, "settings.change", target=village, village=village, detail=changed)
         view = village_view(village)
         assert view is not None
         return view

@@ -23,6 +23,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from dispatch.api.deps import (
     MAX_JSON_BYTES,
     ApiServices,
+    audit,
     channel_of,
     in_thread,
     narrowed,
@@ -94,9 +95,12 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
     async def get_incident(incident_id: FromPath[str], request: Request[Any, Any, Any]) -> dict[str, Any]:
         principal = who(s, request, "read")
         state, history = await s.incidents.history(incident_id)
-        if not visible(s, principal, state.opened.village):
+        village = state.opened.village
+        if not visible(s, principal, village):
+            await audit(s, request, principal, "incident.read", target=incident_id, village=village, outcome="refused")
             raise NotFound(f"no incident {incident_id}")
-        return incident_view(state, history, village_zone(s, state.opened.village))
+        await audit(s, request, principal, "incident.read", target=incident_id, village=village)
+        return incident_view(state, history, village_zone(s, village))
 
     @get("/v1/incidents", tags=["incidents"], summary="Incidents, newest first")
     async def list_incidents(
@@ -111,6 +115,9 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
         statuses = {"open", "raised", "notifying", "acknowledged", "on_scene", "resolved", "cancelled"}
         if status is not None and status not in statuses:
             raise ValidationException(f"status must be one of {', '.join(sorted(statuses))}")
+        if principal.can("export"):  # whole numbers: audited
+            detail = "&".join(f"{k}={v}" for k, v in sorted(request.query_params.items()))
+            await audit(s, request, principal, "incidents.list", village=village, detail=detail)
         rows = await in_thread(
             s,
             queries.list_incidents,

@@ -21,7 +21,7 @@ from litestar import Request, Response, get
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromQuery
 
-from dispatch.api.deps import ApiServices, in_thread, narrowed, who
+from dispatch.api.deps import ApiServices, audit, in_thread, narrowed, who
 from dispatch.domain.access import Principal
 from dispatch.domain.errors import DomainError, InvalidCommand
 from dispatch.domain.phone import try_normalize
@@ -86,7 +86,12 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
             raise InvalidCommand("group needs village (group numbers repeat across villages)")
         return principal, Scope(villages=narrowed(s, principal, village), group=group or None, **rest)
 
-    def answer(kind: str, report: dict[str, Any], fmt: str | None) -> Any:
+    async def answer(
+        kind: str, report: dict[str, Any], fmt: str | None, request: Request[Any, Any, Any], principal: Principal
+    ) -> Any:
+        if principal.can("export") and kind != "stats":  # whole numbers: audited
+            detail = "&".join(f"{k}={v}" for k, v in sorted(request.query_params.items()))
+            await audit(s, request, principal, "report.read", target=kind, detail=detail)
         if fmt == "csv":
             body = "\ufeff" + render.to_csv(render.csv_table(kind, report))
             return Response(
@@ -136,7 +141,7 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
                 reveal=principal.can("export"),
             )
 
-        return answer("response-times", await in_thread(s, run), fmt)
+        return await answer("response-times", await in_thread(s, run), fmt, request, principal)
 
     @get(
         "/v1/reports/history",
@@ -182,7 +187,7 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
             )
             return history(conn, filters, zones_of(conn), limit=limit, offset=offset, reveal=principal.can("export"))
 
-        return answer("history", await in_thread(s, run), fmt)
+        return await answer("history", await in_thread(s, run), fmt, request, principal)
 
     @get(
         "/v1/reports/stats",
@@ -201,7 +206,7 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
     ) -> Any:
         fmt = _choice("format", format, FORMATS)
         chosen: Period = _choice("period", period, PERIODS) or "month"  # type: ignore[assignment]
-        _, scope = scope_of(request, village, group, category=_choice("category", category, CATEGORIES))
+        principal, scope = scope_of(request, village, group, category=_choice("category", category, CATEGORIES))
         await ready()
 
         def run(conn: Connection) -> dict[str, Any]:
@@ -215,7 +220,7 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
                 raise InvalidCommand("since must be before until")
             return stats(conn, scope, zones, since=start, until=end, period=chosen)
 
-        return answer("stats", await in_thread(s, run), fmt)
+        return await answer("stats", await in_thread(s, run), fmt, request, principal)
 
     @get(
         "/v1/reports/readiness",
@@ -249,6 +254,6 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
                 reveal=principal.can("export"),
             )
 
-        return answer("readiness", await in_thread(s, run), fmt)
+        return await answer("readiness", await in_thread(s, run), fmt, request, principal)
 
     return [report_response_times, report_history, report_stats, report_readiness]

@@ -10,7 +10,7 @@ from litestar.exceptions import NotAuthorizedException
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, JSONBody
 
-from dispatch.api.deps import MAX_JSON_BYTES, ApiServices, channel_of, scope, who
+from dispatch.api.deps import MAX_JSON_BYTES, ApiServices, audit, channel_of, scope, who
 from dispatch.api.security import bearer
 from dispatch.events.model import TokenRole
 
@@ -62,6 +62,8 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
             data.name, data.role, data.villages, data.station, phone=data.phone, actor=admin.actor(channel_of(request))
         )
         await s.tokens.wait_for(seq)
+        detail = f"role={event.role} name={event.name}"
+        await audit(s, request, admin, "token.issue", target=event.token_id, detail=detail)
         return {
             "token": token,
             "token_id": event.token_id,
@@ -94,6 +96,7 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
         admin = who(s, request, "manage")
         seq = await s.token_service.revoke(token_id, actor=admin.actor(channel_of(request)))
         await s.tokens.wait_for(seq)
+        await audit(s, request, admin, "token.revoke", target=token_id)
         return {"revoked": token_id}
 
     return [me, create_token, list_tokens, revoke_token]

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from dispatch.cli.audit import add_arguments as add_audit_arguments
 from dispatch.cli.report import add_arguments as add_report_arguments
 from dispatch.domain.access import ROLES
 from dispatch.domain.messages import CANCEL_ZH, CATEGORY_ZH
@@ -430,6 +431,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from dispatch.cli.report import run_report
 
     return run_report(args, _fetch)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from dispatch.cli.audit import run_audit
+
+    return run_audit(args, _fetch)
 
 
 def cmd_projections(args: argparse.Namespace) -> int:
@@ -890,6 +897,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_report_arguments(p, _alias("category", CATEGORIES))
     p.set_defaults(func=cmd_report)
+
+    p = client(
+        _add(
+            sub,
+            "audit",
+            "the audit trail: who read personal data, issued or revoked tokens, changed settings (admin)",
+            "The entries of GET /v1/audit, newest first: reads that showed whole numbers, token and\n"
+            "settings changes, roster imports and every refusal, each with the token, the channel and\n"
+            "the address it came from. Kept DISPATCH_AUDIT_RETENTION_DAYS (365) in their own stream.",
+            [
+                "dispatch audit --outcome refused --since 2026-11-01",
+                "dispatch audit --actor 吴建军 --action incident.read --format csv > audit.csv",
+            ],
+        )
+    )
+    add_audit_arguments(p)
+    p.set_defaults(func=cmd_audit)
     return parser
 
 

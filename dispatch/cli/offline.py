@@ -41,7 +41,7 @@ async def open_log(settings: Settings, *, use_running: bool = True) -> AsyncIter
             lock.__exit__(None, None, None)
         raise SettingsError(str(exc)) from None
     try:
-        await provision(nc, replicas=settings.stream_replicas)
+        await provision(nc, replicas=settings.stream_replicas, audit_retention_days=settings.audit_retention_days)
         yield nc
     finally:
         await nc.close()

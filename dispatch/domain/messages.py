@@ -311,8 +311,8 @@ def describe(
     if isinstance(event, m.AlarmRaised) and event.origin:
         said = reach_text(reach or Reach(len(event.recipients)))
         caller = who(event.caller) if event.caller.phone else (event.caller.name or "报警人（未留电话）")
-        by = event.opened_by_name or event.opened_by
-        return f"{by} 登记{ORIGIN_ZH.get(event.origin, event.origin)}：{caller}，{said}"
+        opener = event.opened_by_name or event.opened_by
+        return f"{opener} 登记{ORIGIN_ZH.get(event.origin, event.origin)}：{caller}，{said}"
     if isinstance(event, m.AlarmRaised) and event.silent:
         said = reach_text(reach or Reach(len(event.recipients)))
         return f"{who(event.caller)} 静默报警（{event.callee}），仅通知民警、助理与值班室，{said}"

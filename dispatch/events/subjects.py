@@ -43,6 +43,9 @@ CALL_INGRESS = "dispatch.ingress.call"
 DEAD_LETTER_PREFIX = "dispatch.dead"
 DEAD_LETTER_STREAM = "DISPATCH_DEAD"
 DEAD_LETTERS_ALL = "dispatch.dead.>"
+AUDIT_STREAM = "DISPATCH_AUDIT"
+AUDIT_PREFIX = "dispatch.audit"
+AUDIT_ALL = "dispatch.audit.>"
 
 _TOKEN = re.compile(r"^[\w-]{1,64}$")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -176,3 +179,8 @@ def console_subject(village: str) -> str:
 def aggregate_of(subject: str) -> str:
     """`dispatch.evt.incident.X` -> `incident`; `dispatch.idx.call.X` -> `call`."""
     return subject.split(".", 3)[2]
+
+
+def audit_subject(action: str, outcome: str) -> str:
+    """Where one audit entry goes: `dispatch.audit.<outcome>.<action>` (both from closed sets)."""
+    return f"{AUDIT_PREFIX}.{outcome}.{action.replace('.', '_')}"

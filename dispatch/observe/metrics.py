@@ -127,6 +127,11 @@ class Metrics:
             ["action"],
             registry=r,
         )
+        self.audit_failures = Counter(
+            "dispatch_audit_failures",
+            "Audit entries that could not be stored (the read they describe was answered anyway)",
+            registry=r,
+        )
         self.escalations = Counter(
             "dispatch_escalations", "Incidents escalated, by tier and reason", ["tier", "reason"], registry=r
         )

@@ -131,6 +131,27 @@ def dead_letter_stream(replicas: int) -> dict[str, Any]:
     }
 
 
+DEFAULT_AUDIT_RETENTION_DAYS = 365.0
+
+
+def audit_stream(replicas: int, retention_days: float = DEFAULT_AUDIT_RETENTION_DAYS) -> dict[str, Any]:
+    """DISPATCH_AUDIT: who read personal data or changed access, kept `retention_days` (apart from the log)."""
+    return {
+        "name": s.AUDIT_STREAM,
+        "description": "the audit trail: reads of personal data, token and settings changes, refusals",
+        "subjects": [s.AUDIT_ALL],
+        "retention": "limits",
+        "storage": "file",
+        "num_replicas": replicas,
+        "discard": "old",
+        "max_age": int(retention_days * 24 * 3600 * NS),
+        "max_msg_size": 64 * 1024,
+        "deny_delete": True,
+        "deny_purge": True,
+        "allow_direct": True,
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class ConsumerSpec:
     """A durable consumer as we provision it (versioned names: nats-py never detects drift)."""
@@ -295,9 +316,16 @@ async def ensure_consumer(nc: NATS, spec: ConsumerSpec) -> dict[str, Any]:
     return created
 
 
-async def provision(nc: NATS, *, replicas: int = 1, channels: tuple[str, ...] = ()) -> None:
+async def provision(
+    nc: NATS,
+    *,
+    replicas: int = 1,
+    channels: tuple[str, ...] = (),
+    audit_retention_days: float = DEFAULT_AUDIT_RETENTION_DAYS,
+) -> None:
     """Create or correct every stream and durable consumer the service uses."""
     await ensure_stream(nc, events_stream(replicas))
+    await ensure_stream(nc, audit_stream(replicas, audit_retention_days))
     await ensure_stream(nc, index_stream(replicas))
     await ensure_stream(nc, delivery_stream(replicas))
     await ensure_stream(nc, timers_stream(replicas))

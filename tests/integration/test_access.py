@@ -226,6 +226,7 @@ def cases(w: World) -> list[Case]:
         Case("GET", "/v1/stream", "/v1/stream?village=west", READ_OWN, "other", stream=True),
         Case("GET", "/v1/me", "/v1/me", expect(**{t: OK for t in TOKENS})),
         Case("GET", "/v1/tokens", "/v1/tokens", ADMIN),
+        Case("GET", "/v1/audit", "/v1/audit", ADMIN),
         Case("POST", "/v1/tokens", "/v1/tokens", expect(admin=CREATED), json={"name": "x", "role": "gateway"}),
         Case("DELETE", "/v1/tokens/{token_id:str}", f"/v1/tokens/{w.throwaway_token_id}", ADMIN),
         Case("GET", "/metrics", "/metrics", expect(admin=OK, metrics=OK)),

@@ -330,6 +330,11 @@ async def specific(w: World, op: str, admin: str) -> list[tuple[str, Request]]:
         ]
     if op == "DELETE /v1/tokens/{token_id}":
         return [("404", {"method": "DELETE", "url": "/v1/tokens/nosuchtoken"})]
+    if op == "GET /v1/audit":
+        return [
+            ("400", {"method": "GET", "url": "/v1/audit?limit=many"}),
+            ("422", {"method": "GET", "url": "/v1/audit?action=everything"}),
+        ]
     if op == "POST /v1/gateway/voice":
         return [("400", {"method": "POST", "url": "/v1/gateway/voice", "json": {"call_ref": "r", "event": "exploded"}})]
     return []
