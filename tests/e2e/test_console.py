@@ -265,7 +265,7 @@ def test_a_call_shows_up_live_and_two_accepts_cover_it(
     # the officer also records the leader's accept (taken by phone): a proxy answer, not a second person
     alarm.locator("select.responder").select_option(LEADER)
     alarm.locator("button[data-action='accept']").click()
-    expect(east.locator("#toast")).to_contain_text("已代为登记")
+    expect(east.locator("#toast")).to_contain_text("已代为记录")
     expect(alarm.locator(".accepted")).to_contain_text("由吴建军代为登记")
     expect(alarm).to_have_attribute("data-covered", "false")
     # the leader answers from their own phone: two people, covered
@@ -363,7 +363,7 @@ def test_resolve_from_the_board_then_the_village_charts(
     assert alarm.locator("select.responder").input_value() == "+8673184512345"
     alarm.locator("select.responder").select_option(OFFICER)
     alarm.locator("button[data-action='arrived']").click()
-    expect(page.locator("#toast")).to_contain_text("已代为登记")
+    expect(page.locator("#toast")).to_contain_text("已代为记录")
     expect(alarm).to_have_attribute("data-status", "on_scene")
     expect(alarm.locator(f"li.member[data-phone='{OFFICER}']")).to_have_attribute("data-state", "arrived")
 

@@ -57,7 +57,7 @@ const TEXT = {
     my_number_hint: "来自登录令牌；为他人应答记为代为登记",
     my_number_none: "此令牌未登记号码，所有应答记为代为登记",
     proxy_by: "由{name}代为登记",
-    recorded_proxy: "已代为登记：{who} {what}",
+    recorded_proxy: "已代为记录：{who} {what}",
     sound: "声音提醒",
     sound_on: "开",
     sound_off: "关",
@@ -603,6 +603,8 @@ function toast(text, kind, near) {
   if (near && near.isConnected) {
     if (el.previousElementSibling !== near) near.after(el);
     el.scrollIntoView({ block: "nearest" });
+    // the card may re-render (who accepted, for whom) after this: keep the message in sight
+    requestAnimationFrame(() => el.isConnected && el.scrollIntoView({ block: "nearest" }));
   } else {
     const main = $("main");
     if (main && main.firstElementChild !== el) main.prepend(el);
@@ -1242,6 +1244,11 @@ async function answer(ui, action, extra) {
     }
     if (d) show({ ...d, status: result.status, covered: result.covered, status_zh: statusZh(result.status, d) });
     await refresh(ui.id);
+    // the card may have grown (who accepted, for whom): keep the answer's message in sight
+    const shown = toast.el;
+    if (shown && shown.isConnected && shown.classList.contains("show") && shown.previousElementSibling) {
+      shown.scrollIntoView({ block: "nearest" });
+    }
   } catch (exc) {
     const key = { 403: "err_403", 404: "err_404", 409: "err_409", 422: "err_422" }[exc.status];
     toast(key ? t(key, { msg: exc.message }) : exc.status ? t("err_other", { code: exc.status, msg: exc.message }) : exc.message, "bad", below(ui));
