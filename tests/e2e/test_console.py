@@ -79,7 +79,7 @@ def tokens(http: httpx.Client, imported: dict[str, int]) -> dict[str, str]:
     issued = {"admin": str(http.headers["Authorization"]).removeprefix("Bearer ")}
     for name, body in {
         "officer_east": {"name": "吴建军", "role": "officer", "villages": ["东山村"], "phone": "139 0000 0009"},
-        "officer_west": {"name": "陈国栋", "role": "officer", "villages": ["西河村"]},
+        "officer_west": {"name": "陈国栋", "role": "officer", "villages": ["西河村"], "phone": "13600000009"},
         "duty_east": {"name": "城关所值班室", "role": "duty_desk", "station": "0731-84512345"},
         "gateway": {"name": "网关", "role": "gateway"},
     }.items():
