@@ -107,7 +107,7 @@ def test_a_restart_between_raise_and_deadline_still_fires_each_tier_once(
         print(f"\nafter a restart, escalations (tier, seconds after raise): {tiers}")
         assert [t for t, _ in tiers] == [1, 2]
         # never before its deadline, in tier order; how late after a restart is benchmarks/deadlines.py's
-        assert 4 <= tiers[0][1] <= tiers[1][1] and 8 <= tiers[1][1]
+        assert 4 <= tiers[0][1] <= tiers[1][1] and tiers[1][1] >= 8
         # A timer of the first incident firing twice fires by its deadline; the second group's
         # incident, raised after the restart, reaches tier 2 seconds later than any of them.
         marker = wait_until(
