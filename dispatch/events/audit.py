@@ -9,7 +9,7 @@ apart from the log, with their own retention.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Literal, get_args
 
 import msgspec
 
@@ -28,23 +28,9 @@ AuditAction = Literal[
     "people.erase",
     "denied",
 ]
-ACTIONS: tuple[AuditAction, ...] = (
-    "incident.read",
-    "incidents.list",
-    "report.read",
-    "group.read",
-    "village.read",
-    "roster.import",
-    "group.dissolve",
-    "settings.change",
-    "token.issue",
-    "token.revoke",
-    "audit.read",
-    "people.erase",
-    "denied",
-)
+ACTIONS: tuple[AuditAction, ...] = get_args(AuditAction)
 Outcome = Literal["allowed", "refused"]
-OUTCOMES: tuple[Outcome, ...] = ("allowed", "refused")
+OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 
 
 class AuditEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
