@@ -57,8 +57,14 @@ def test_a_pilot_moves_to_the_cluster_with_its_log(tmp_path: Path) -> None:
         imported = http.post("/v1/groups/import", content=roster(2), headers={"Content-Type": "text/csv"})
         assert imported.status_code == 200, imported.text
         covered = http.post("/v1/calls", json={"call_id": "pilot-1", "caller": caller(0)}).json()["incident_id"]
-        for member in ("13000000001", "13000000000"):  # the officer and the leader of group 0
-            answered = http.post(f"/v1/incidents/{covered}/responses", json={"responder": member, "action": "accept"})
+        for member in ("13000000001", "13000000000"):  # the officer and the leader of group 0, each on their own
+            issued = http.post("/v1/tokens", json={"name": f"本人 {member[-4:]}", "role": "admin", "phone": member})
+            assert issued.status_code == 201, issued.text
+            answered = http.post(
+                f"/v1/incidents/{covered}/responses",
+                json={"responder": member, "action": "accept"},
+                headers={"Authorization": f"Bearer {issued.json()['token']}"},
+            )
             assert answered.status_code == 200, answered.text
         pending = http.post("/v1/calls", json={"call_id": "pilot-2", "caller": caller(1)}).json()["incident_id"]
 

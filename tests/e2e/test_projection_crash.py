@@ -135,7 +135,7 @@ async def test_killed_mid_backlog_twice_then_equal_to_a_replay(
     fresh = fresh_database(database, tmp_path)
     try:
         applied = await rebuild_all(nc, fresh, all_projections(), progress=False)
-        assert applied["incidents_v2"] == incident_side
+        assert applied[IncidentsProjection().name] == incident_side
         replayed = snapshot(fresh)
     finally:
         forget(fresh)

@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from tests.rosters import ASSISTANT, HOUSEHOLDS, LEADER, OFFICER_PHONE, ROSTER
-from tests.support import RecordingChannel, RobotReceiver, WebhookReceiver, eventually, service_client, start_service
+from tests.support import (
+    RecordingChannel,
+    RobotReceiver,
+    WebhookReceiver,
+    answer_as,
+    eventually,
+    service_client,
+    start_service,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -65,8 +73,8 @@ async def test_a_duress_alarm_never_reaches_the_caller_on_any_channel(
                 what="the officer, the assistant and the duty desk alerted",
             )
             await eventually(lambda: robot.requests and gateway.received, what="the robot and the gateway used")
-            for who in (OFFICER_PHONE, ASSISTANT[0]):
-                r = await http.post(f"/v1/incidents/{iid}/responses", json={"responder": who, "action": "accept"})
+            for who in (OFFICER_PHONE, ASSISTANT[0]):  # two people, each on their own
+                r = await answer_as(svc, http, iid, who, "accept")
                 assert r.status_code == 200, r.text
             shown = (await http.get(f"/v1/incidents/{iid}")).json()
             assert shown["silent"] is True and shown["covered"] is True
