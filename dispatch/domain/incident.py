@@ -33,7 +33,7 @@ from typing import Literal, cast
 
 import msgspec
 
-from dispatch.domain.directory import Deadlines, Directory
+from dispatch.domain.directory import Deadlines, Directory, GroupState, Membership
 from dispatch.domain.errors import InvalidCommand, InvalidTransition, NotFound, NotPermitted
 from dispatch.events.model import (
     CATEGORIES,
@@ -235,99 +235,102 @@ def route_call(
     defaults: Deadlines = DEFAULT_DEADLINES,
 ) -> Route:
     """Decide who a call is for. A number in no group is routed to the duty desk, never dropped; a
-    duress call (`call.silent`) to its officers, assistants and duty desks only."""
+    duress call (`call.silent`) to its officers, assistants and duty desks only; an incident an
+    officer opens for a group (`call.for_group`) rings that group on a line of its own."""
     if call.for_group is not None:
-        route = route_report(directory, call, policy, fallback_duty, defaults)
+        group, caller = _reported(directory, call.for_group, call)
+        line = f"report.{stable_key('report', call.call_id)}"
+        route = _group_route(directory, group, group.members, caller, line, policy, fallback_duty, defaults)
     else:
-        route = _route_call(directory, call, policy, fallback_duty, defaults)
+        memberships = directory.memberships(call.caller) if call.caller else []
+        if len(memberships) == 1:
+            m = memberships[0]
+            line = group_line(m.group.village, m.group.group)
+            route = _group_route(directory, m.group, m.members, m.person, line, policy, fallback_duty, defaults)
+        elif memberships:
+            route = _village_route(directory, memberships, policy, fallback_duty, defaults)
+        else:
+            route = _unregistered_route(call, fallback_duty, defaults)
     return silent_route(route) if call.silent else route
 
 
-def route_report(
-    directory: Directory,
-    call: IncomingCall,
-    policy: Quorum,
-    fallback_duty: tuple[Person, ...],
-    defaults: Deadlines = DEFAULT_DEADLINES,
-) -> Route:
-    """An incident an officer opens for a group: the group's members alerted as for a member's call
-    (but the reporting caller, when a member), on a line of its own (one per report, never merged
-    into the group's open alarm); the caller as the roster knows them, else as told."""
-    assert call.for_group is not None
-    village, group_name = call.for_group
+def _reported(directory: Directory, for_group: tuple[str, str], call: IncomingCall) -> tuple[GroupState, Person]:
+    """The group an officer opens an incident for, and its caller as the roster knows them, else as
+    told (a walk-in need not be a member)."""
+    village, group_name = for_group
     group = directory.group(village, group_name)
     if group is None:
         raise NotFound(f"no group {village}/{group_name}")
-    members = group.members
     phone = call.caller or call.caller_raw
-    caller = members.get(phone) if phone else None
-    if caller is None:
-        caller = Person(phone=phone, name=call.caller_name, role="unregistered")
+    caller = group.members.get(phone) if phone else None
+    return group, caller or Person(phone=phone, name=call.caller_name, role="unregistered")
+
+
+def _group_route(
+    directory: Directory,
+    group: GroupState,
+    members: dict[str, Person],
+    caller: Person,
+    line: str,
+    policy: Quorum,
+    fallback_duty: tuple[Person, ...],
+    defaults: Deadlines,
+) -> Route:
+    """A group's members (but the caller) and its village's duty desks alerted, by the village's
+    deadlines and proxy setting; a cover clause nobody alerted could meet is relaxed."""
     recipients = _ordered([p for p in members.values() if p.phone != caller.phone])
-    duty = directory.duty_desks(village) or fallback_duty
+    duty = directory.duty_desks(group.village) or fallback_duty
     return Route(
         kind="group",
-        line=f"report.{stable_key('report', call.call_id)}",
-        village=village,
-        group=group_name,
+        line=line,
+        village=group.village,
+        group=group.group,
         caller=caller,
         recipients=recipients,
         duty_desks=duty,
         quorum=effective_quorum(policy, recipients + duty),
-        deadlines=directory.deadlines(village, defaults),
+        deadlines=directory.deadlines(group.village, defaults),
+        relaxed=relaxed_clauses(policy, recipients + duty),
+        proxy_counts=directory.proxy_counts(group.village),
     )
 
 
-def _route_call(
+def _village_route(
     directory: Directory,
-    call: IncomingCall,
+    memberships: list[Membership],
     policy: Quorum,
     fallback_duty: tuple[Person, ...],
-    defaults: Deadlines = DEFAULT_DEADLINES,
+    defaults: Deadlines,
 ) -> Route:
-    memberships = directory.memberships(call.caller) if call.caller else []
-    if len(memberships) == 1:
-        group, caller = memberships[0].group, memberships[0].person
-        recipients = _ordered([p for p in memberships[0].members.values() if p.phone != caller.phone])
-        duty = directory.duty_desks(group.village) or fallback_duty
-        return Route(
-            kind="group",
-            line=group_line(group.village, group.group),
-            village=group.village,
-            group=group.group,
-            caller=caller,
-            recipients=recipients,
-            duty_desks=duty,
-            quorum=effective_quorum(policy, recipients + duty),
-            deadlines=directory.deadlines(group.village, defaults),
-            relaxed=relaxed_clauses(policy, recipients + duty),
-            proxy_counts=directory.proxy_counts(group.village),
-        )
-    if memberships:
-        village = memberships[0].group.village
-        caller = memberships[0].person
-        staff = [
-            p
-            for m in memberships
-            if m.group.village == village
-            for p in m.members.values()
-            if p.role in STAFF_ROLES and p.phone != caller.phone
-        ]
-        duty = directory.duty_desks(village) or fallback_duty
-        duty = tuple(d for d in duty if d.phone != caller.phone)
-        return Route(
-            kind="village",
-            line=village_line(village),
-            village=village,
-            group=None,
-            caller=caller,
-            recipients=_ordered([*staff, *duty]),
-            duty_desks=duty,
-            quorum=(("duty",),) if duty else effective_quorum(policy, tuple(staff)),
-            deadlines=directory.deadlines(village, defaults),
-            relaxed=() if duty else relaxed_clauses(policy, tuple(staff)),
-            proxy_counts=directory.proxy_counts(village),
-        )
+    """A number in several groups: the staff of its groups in its (first) village and the duty desks."""
+    village = memberships[0].group.village
+    caller = memberships[0].person
+    staff = [
+        p
+        for m in memberships
+        if m.group.village == village
+        for p in m.members.values()
+        if p.role in STAFF_ROLES and p.phone != caller.phone
+    ]
+    duty = directory.duty_desks(village) or fallback_duty
+    duty = tuple(d for d in duty if d.phone != caller.phone)
+    return Route(
+        kind="village",
+        line=village_line(village),
+        village=village,
+        group=None,
+        caller=caller,
+        recipients=_ordered([*staff, *duty]),
+        duty_desks=duty,
+        quorum=(("duty",),) if duty else effective_quorum(policy, tuple(staff)),
+        deadlines=directory.deadlines(village, defaults),
+        relaxed=() if duty else relaxed_clauses(policy, tuple(staff)),
+        proxy_counts=directory.proxy_counts(village),
+    )
+
+
+def _unregistered_route(call: IncomingCall, fallback_duty: tuple[Person, ...], defaults: Deadlines) -> Route:
+    """A number in no group: the fallback duty desks, never dropped."""
     duty = tuple(d for d in fallback_duty if d.phone != call.caller)
     return Route(
         kind="unregistered",

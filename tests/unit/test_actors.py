@@ -261,3 +261,25 @@ def test_cover_by_matches_distinct_actors_to_every_clause(answers: list[tuple[st
             for a in given_
             for b in given_
         )
+
+
+def reported(caller: str, group: str, *, proxy_counts: bool | None = None) -> IncidentState:
+    """An incident an officer opens for `group` (a walk-in), the caller as told."""
+    directory = directory_with()
+    if proxy_counts is not None:
+        directory.apply(VillageSettingsChanged(at=at(), village="dongshan", proxy_counts=proxy_counts), 10_000)
+    incoming = msgspec.structs.replace(call(caller), call_id="report:r1", for_group=("dongshan", group))
+    state = evolve(None, open_incident(route_call(directory, incoming, POLICY, DUTY), incoming, 0))
+    assert state is not None
+    return state
+
+
+def test_an_officer_s_report_follows_the_village_s_proxy_setting_and_says_a_relaxed_cover() -> None:
+    refused = reported(HOUSEHOLD, "1", proxy_counts=False)
+    assert refused.opened.line.startswith("report.")
+    assert refused.opened.proxy_counts is False, "a report counted proxy answers although the village said no"
+    state = reported(SECOND_LEADER, "2")
+    assert state.opened.quorum == (("officer",),)
+    assert state.opened.relaxed == (("leader", "assistant"),), "a report's relaxed cover was not recorded"
+    covered = answer(state, OFFICER, "accept", keypad(OFFICER))[-1]
+    assert isinstance(covered, IncidentCovered) and covered.kind == "relaxed"
