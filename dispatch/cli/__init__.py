@@ -174,6 +174,15 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
+def _quiet_settings(args: argparse.Namespace) -> Settings:
+    """The settings of a command that works on the log itself, its logs quiet but for warnings."""
+    from dispatch.observe import logging as dlog
+
+    settings = _settings(args)
+    dlog.configure(settings.log_format, "warning")
+    return settings
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from dispatch.bootstrap import run
     from dispatch.observe import logging as dlog
@@ -248,29 +257,21 @@ def cmd_sip(args: argparse.Namespace) -> int:
 
 def cmd_tokens(args: argparse.Namespace) -> int:
     from dispatch.cli.tokens import run_tokens
-    from dispatch.observe import logging as dlog
 
-    settings = _settings(args)
-    dlog.configure(settings.log_format, "warning")
-    return asyncio.run(run_tokens(settings, args))
+    return asyncio.run(run_tokens(_quiet_settings(args), args))
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from dispatch.cli.replay import replay
-    from dispatch.observe import logging as dlog
 
-    settings = _settings(args)
-    dlog.configure(settings.log_format, "warning")
-    return asyncio.run(replay(settings))
+    return asyncio.run(replay(_quiet_settings(args)))
 
 
 def cmd_log_copy(args: argparse.Namespace) -> int:
     from dispatch.cli.copy import run_copy
-    from dispatch.observe import logging as dlog
     from dispatch.store.connect import NatsAuth
 
-    settings = _settings(args)
-    dlog.configure(settings.log_format, "warning")
+    settings = _quiet_settings(args)
     to = [u.strip() for u in args.to.split(",") if u.strip()]
     if not to or not all(u.startswith(("nats://", "tls://")) for u in to):
         raise CliError(f"--to {args.to!r}: give the target's NATS URLs, e.g. nats://dispatch:PASSWORD@nats-1:4222,...")
@@ -301,13 +302,24 @@ def cmd_call(args: argparse.Namespace) -> int:
         "channel": "api",
     }
     answer = _fetch(args, "POST", "/v1/calls", expect=202, json=body)
+    return _print_opened(
+        args,
+        answer,
+        CALL_STATUS.get(answer["status"], answer["status"]),
+        f"同一通话重复上报，无人被重复呼叫 (call id {body['call_id']} was seen before: nobody rung twice)",
+    )
+
+
+def _print_opened(args: argparse.Namespace, answer: dict[str, Any], status: str, again: str) -> int:
+    """The service's answer to a call or an opened incident: JSON with --json, else the incident,
+    what became of it, `again` when the same call or report was seen before, and how to show it."""
     if args.json:
         _print_json(answer)
         return 0
     print(f"警情 incident {answer['incident_id']}")
-    print(f"  {CALL_STATUS.get(answer['status'], answer['status'])}")
+    print(f"  {status}")
     if answer.get("duplicate"):
-        print(f"  同一通话重复上报，无人被重复呼叫 (call id {body['call_id']} was seen before: nobody rung twice)")
+        print(f"  {again}")
     print(f"  查看 show it: dispatch incident {answer['incident_id']}")
     return 0
 
@@ -338,15 +350,12 @@ def cmd_open(args: argparse.Namespace) -> int:
         "caller_name": args.name or "",
     }
     answer = _fetch(args, "POST", "/v1/incidents", expect=201, json=body)
-    if args.json:
-        _print_json(answer)
-        return 0
-    print(f"警情 incident {answer['incident_id']}")
-    print(f"  已登记并通知 {args.village}/{args.group} (opened; the group is alerted as for a call)")
-    if answer.get("duplicate"):
-        print(f"  同一登记重复提交 (report id {body['report_id']} was seen before: nobody rung twice)")
-    print(f"  查看 show it: dispatch incident {answer['incident_id']}")
-    return 0
+    return _print_opened(
+        args,
+        answer,
+        f"已登记并通知 {args.village}/{args.group} (opened; the group is alerted as for a call)",
+        f"同一登记重复提交 (report id {body['report_id']} was seen before: nobody rung twice)",
+    )
 
 
 def cmd_respond(args: argparse.Namespace) -> int:
@@ -441,11 +450,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_projections(args: argparse.Namespace) -> int:
     from dispatch.cli.projections import run_command
-    from dispatch.observe import logging as dlog
 
-    settings = _settings(args)
-    dlog.configure(settings.log_format, "warning")
-    return run_command(settings, args)
+    return run_command(_quiet_settings(args), args)
 
 
 CATEGORIES = {en: en for en in CATEGORY_ZH} | {zh: en for en, zh in CATEGORY_ZH.items()}
@@ -533,6 +539,19 @@ def build_parser() -> argparse.ArgumentParser:
             "--token", help="bearer token (DISPATCH_TOKEN; default: the admin token in <data dir>/admin.token)"
         )
         return p
+
+    def json_flag(p: argparse.ArgumentParser, what: str = "print the service's JSON answer") -> None:
+        p.add_argument("--json", action="store_true", help=what)
+
+    def format_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--format", choices=["table", "json"], default="table", help="table (default) or json")
+
+    def incident_id(p: argparse.ArgumentParser) -> None:
+        p.add_argument("incident_id", help="the incident's id (printed by `dispatch call`, shown in the console)")
+
+    def village_and_group(p: argparse.ArgumentParser) -> None:
+        p.add_argument("village", help="the village, as in the roster")
+        p.add_argument("group", help="the group, as in the roster")
 
     p = _add(
         sub,
@@ -734,7 +753,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("caller", help="the calling phone number (13800000001, +8613800000001, 0086...)")
     p.add_argument("--callee", default="6995", help="the number dialled (default 6995)")
     p.add_argument("--call-id", help="the gateway's id for this call, to make retries safe (default: a new one)")
-    p.add_argument("--json", action="store_true", help="print the service's JSON answer")
+    json_flag(p)
     p.set_defaults(func=cmd_call)
 
     p = client(
@@ -751,13 +770,12 @@ def build_parser() -> argparse.ArgumentParser:
             ],
         )
     )
-    p.add_argument("village", help="the group's village")
-    p.add_argument("group", help="the group")
+    village_and_group(p)
     p.add_argument("--origin", required=True, help="walk-in (来所) or 110 (110转警)")
     p.add_argument("--caller", help="the reporting person's phone number, if any")
     p.add_argument("--name", help="the reporting person's name, if known")
     p.add_argument("--report-id", help="an id that makes a retried submission safe (default: a new one)")
-    p.add_argument("--json", action="store_true", help="print the service's JSON answer")
+    json_flag(p)
     p.set_defaults(func=cmd_open)
 
     p = client(
@@ -775,7 +793,7 @@ def build_parser() -> argparse.ArgumentParser:
             ],
         )
     )
-    p.add_argument("incident_id", help="the incident's id (printed by `dispatch call`, shown in the console)")
+    incident_id(p)
     p.add_argument("responder", help="the phone number of the member answering")
     p.add_argument(
         "action",
@@ -790,7 +808,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--reason", type=_alias("reason", REASONS), help="cancel: why: " + _choices(REASONS))
     p.add_argument("--note", help="resolve, cancel: a free-text note kept with the incident")
-    p.add_argument("--json", action="store_true", help="print the service's JSON answer")
+    json_flag(p)
     p.set_defaults(func=cmd_respond)
 
     p = client(
@@ -802,9 +820,9 @@ def build_parser() -> argparse.ArgumentParser:
             ["dispatch incident 0193a8c2-...", "dispatch incident 0193a8c2-... --json"],
         )
     )
-    p.add_argument("incident_id", help="the incident's id (printed by `dispatch call`, shown in the console)")
-    p.add_argument("--format", choices=["table", "json"], default="table", help="table (default) or json")
-    p.add_argument("--json", action="store_true", help="the same as --format json")
+    incident_id(p)
+    format_option(p)
+    json_flag(p, "the same as --format json")
     p.set_defaults(func=cmd_incident)
 
     groups = _add(
@@ -851,8 +869,7 @@ def build_parser() -> argparse.ArgumentParser:
             ["dispatch groups dissolve 东山村 2"],
         )
     )
-    p.add_argument("village", help="the village, as in the roster")
-    p.add_argument("group", help="the group, as in the roster")
+    village_and_group(p)
     p.add_argument("--yes", action="store_true", help="dissolve without showing the group and asking")
     p.set_defaults(func=cmd_groups_dissolve)
     p = client(
@@ -875,9 +892,8 @@ def build_parser() -> argparse.ArgumentParser:
             ["dispatch groups show 东山村 1"],
         )
     )
-    p.add_argument("village", help="the village, as in the roster")
-    p.add_argument("group", help="the group, as in the roster")
-    p.add_argument("--format", choices=["table", "json"], default="table", help="table (default) or json")
+    village_and_group(p)
+    format_option(p)
     p.set_defaults(func=cmd_groups_show)
 
     p = client(
