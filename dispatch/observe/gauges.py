@@ -19,7 +19,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import time
@@ -29,6 +28,7 @@ from typing import Any
 import structlog
 from nats.aio.client import Client as NATS
 
+from dispatch.observe.background import BackgroundTask
 from dispatch.observe.metrics import Metrics
 from dispatch.projections import queries
 from dispatch.projections.runner import Projection, checkpoint, last_matching
@@ -42,7 +42,11 @@ READ_TIMEOUT_S = 10.0
 UNKNOWN = (math.nan, math.nan, math.nan)
 
 
-class GaugeRefresher:
+class GaugeRefresher(BackgroundTask):
+    """Refreshes the gauges every `every` seconds in the background (see the module's invariants)."""
+
+    task_name = "gauges"
+
     def __init__(
         self,
         metrics: Metrics,
@@ -65,20 +69,9 @@ class GaugeRefresher:
         self.villages = villages
         self.every = every
         self.read_timeout = read_timeout
-        self._task: asyncio.Task[None] | None = None
         self._reading: asyncio.Future[tuple[float, float, float]] | None = None
         self._checks: set[str] = set()
         self._readying: asyncio.Future[dict[str, bool]] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="gauges")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -11,33 +11,23 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 from prometheus_client import Histogram
 
+from dispatch.observe.background import BackgroundTask
+
 SAMPLE_EVERY_S = 0.5
 
 
-class LoopLagMonitor:
+class LoopLagMonitor(BackgroundTask):
     """Samples the running event loop's wake-up lag into a histogram."""
+
+    task_name = "loop-lag"
 
     def __init__(self, histogram: Histogram, every: float = SAMPLE_EVERY_S) -> None:
         self.histogram = histogram
         self.every = every
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        """Start sampling on the running loop."""
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="loop-lag")
-
-    async def stop(self) -> None:
-        """Stop sampling."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     async def _run(self) -> None:
         while True:
