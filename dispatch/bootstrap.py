@@ -30,8 +30,9 @@ import signal
 import socket
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 import uvicorn
@@ -46,10 +47,12 @@ from dispatch.api.serving import descriptor_room, server_config
 from dispatch.channels.base import Channel
 from dispatch.channels.gateway import CallbackBus, GatewayClient, SmsChannel, VoiceChannel
 from dispatch.channels.robots import DingTalkChannel, WeComChannel
+from dispatch.channels.routing import GatewayConfig
 from dispatch.channels.webhook import WebhookChannel
 from dispatch.domain.incident import parse_quorum
+from dispatch.domain.messages import ROLE_ZH
 from dispatch.events.jobs import DeliveryJob
-from dispatch.events.model import DeliveryFailed
+from dispatch.events.model import Actor, DeliveryFailed
 from dispatch.handlers.aggregates import Incidents
 from dispatch.handlers.bus import MessageBus
 from dispatch.handlers.calls import CallService
@@ -191,6 +194,23 @@ def bind_http(host: str, port: int) -> socket.socket:
     return sock
 
 
+class PhoneSimulator(Protocol):
+    """The gateway simulator `dispatch serve --simulate-phones` rings instead of a telephony gateway
+    (`dispatch.sim.phones.SimulatedPhones`, handed in by the CLI: the composition root does not
+    import what drives it)."""
+
+    gateway: GatewayConfig
+    url: str
+
+    async def start(self, dispatch_url: str, token: str, signing_secret: str | None = None) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+SimulatorFactory = Callable[[Callable[[str], str]], PhoneSimulator]
+"""Builds the simulator, given how to name a number in its lines."""
+
+
 class _Server(uvicorn.Server):
     """Uvicorn without its own signal handling: the service owns SIGINT/SIGTERM."""
 
@@ -200,8 +220,15 @@ class _Server(uvicorn.Server):
 
 
 class Service:
-    def __init__(self, settings: Settings, *, channels: list[Channel] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        channels: list[Channel] | None = None,
+        simulator: SimulatorFactory | None = None,
+    ) -> None:
         self.settings = settings
+        self.simulator = simulator
         self.metrics = Metrics()
         self.extra_channels = channels or []
         self.embedded: EmbeddedNats | None = None
@@ -216,6 +243,7 @@ class Service:
         self.gateway_client: GatewayClient | None = None
         self.callbacks: CallbackBus | None = None
         self.sms: SmsChannel | None = None
+        self.simulated_phones: PhoneSimulator | None = None
         self.gauges: GaugeRefresher | None = None
         self.loop_lag = LoopLagMonitor(self.metrics.event_loop_lag)
         self.http: _Server | None = None
@@ -273,6 +301,8 @@ class Service:
         self.bus = MessageBus()
         self.token_service = TokenService(self.uow, region=st.region)
         await self._bootstrap_admin()
+        if self.simulated_phones is not None:
+            await self._start_simulated_phones(self.simulated_phones)
         self.metrics.directory_numbers.set_function(lambda: self.directory.directory.counts()[1])
 
         self.db = Database(st.db_url)
@@ -400,6 +430,7 @@ class Service:
                 rate_limit=st.rate_limit,
                 rate_burst=st.rate_burst,
                 audit=AuditTrail(self.nc),
+                simulated_channels=tuple(self.simulated_channels),
             )
         )
         config = server_config(
@@ -428,15 +459,30 @@ class Service:
                 raise SettingsError(f"HTTP server could not start on {st.http}")
             await asyncio.sleep(0.02)
         warn_if_unsigned(self.channel_config.signing)
-        if not names:
+        if self.simulated_phones is not None:
+            log.warning(
+                "settings.simulated_phones",
+                simulated=self.simulated_channels,
+                simulator=self.simulated_phones.url,
+                hint="模拟电话 (simulation): voice and SMS go to the gateway simulator in this process, its virtual "
+                "phones printed in this terminal; no real phone rings. The timeline and the console say 模拟; "
+                "/readyz answers 503 (channels) until a real channel is configured (DISPATCH_CHANNELS_FILE)",
+            )
+        real = [c.name for c in self.channels if not getattr(c, "simulated", False)]
+        if not real:
             log.warning(
                 "settings.no_delivery_channel",
-                channels=names,
-                hint="nothing rings: every alarm is recorded and shown on the console, and its timeline says "
-                "通知0人：未配置通知渠道; configure the telephony gateway or group robots (DISPATCH_CHANNELS_FILE) "
+                channels=real,
+                hint=(
+                    "no real phone rings: only the simulated phones (模拟), and the timeline says 模拟电话"
+                    if self.simulated_phones is not None
+                    else "nothing rings: every alarm is recorded and shown on the console, and its timeline says "
+                    "通知0人：未配置通知渠道"
+                )
+                + "; configure the telephony gateway or group robots (DISPATCH_CHANNELS_FILE) "
                 "or webhooks (DISPATCH_WEBHOOK_URLS, DISPATCH_WEBHOOK_SECRET); /readyz answers 503 until then",
             )
-        if names and (silent := self.channel_config.silent_routes()):
+        if real and (silent := self.channel_config.silent_routes()):
             log.warning(
                 "settings.roles_without_channel",
                 roles=silent,
@@ -460,6 +506,7 @@ class Service:
             groups=groups,
             numbers=numbers,
             channels=names,
+            simulated=self.simulated_channels,
             http_parser="httptools" if "HttpTools" in self.http.config.http_protocol_class.__name__ else "h11",
             read_models=st.read_models,
         )
@@ -482,6 +529,16 @@ class Service:
         st, config = self.settings, self.channel_config
         assert self.nc is not None
         self.channels = []
+        if st.simulate_phones:
+            if config.gateway is not None:
+                raise SettingsError(
+                    "--simulate-phones / DISPATCH_SIMULATE_PHONES replaces the telephony gateway, and "
+                    "DISPATCH_CHANNELS_FILE has a [gateway]: use one or the other"
+                )
+            if self.simulator is None:
+                raise SettingsError("--simulate-phones / DISPATCH_SIMULATE_PHONES is taken by `dispatch serve` only")
+            self.simulated_phones = self.simulator(self._who)
+            config.gateway = self.simulated_phones.gateway
         if (st.webhook_urls or st.command_centre_url) and st.webhook_secret:
             role_urls = {"command_centre": [st.command_centre_url]} if st.command_centre_url else {}
             self.channels.append(WebhookChannel(st.webhook_urls, st.webhook_secret, role_urls=role_urls))
@@ -496,6 +553,7 @@ class Service:
                 callback_url=f"{st.base_url}/v1/gateway/voice",
                 ring_timeout_s=config.gateway.ring_timeout_s,
             )
+            voice.simulated = self.sms.simulated = self.simulated_phones is not None
             self.channels += [voice, self.sms]
         if config.wecom:
             self.channels.append(WeComChannel(config.wecom))
@@ -508,6 +566,39 @@ class Service:
                 f"DISPATCH_CHANNELS_FILE routes use {sorted(missing)}, which are not configured "
                 "(webhook needs DISPATCH_WEBHOOK_URLS and DISPATCH_WEBHOOK_SECRET)"
             )
+
+    @property
+    def simulated_channels(self) -> list[str]:
+        """The channels that only ring the gateway simulator's virtual phones (`--simulate-phones`)."""
+        return [c.name for c in self.channels if getattr(c, "simulated", False)]
+
+    def _who(self, phone: str) -> str:
+        """A number as the simulated phones' lines name it: its member's name and role, if any."""
+        for membership in self.directory.directory.memberships(phone):
+            person = membership.person
+            return f"{person.name or ''}（{ROLE_ZH.get(person.role, person.role)} {phone}）"
+        return phone
+
+    async def _start_simulated_phones(self, phones: PhoneSimulator) -> None:
+        """Start the in-process gateway simulator with a gateway token of its own, kept in
+        `<data dir>/simulated-phones.token` (0600) and issued again only when no longer valid."""
+        path = self.settings.data_dir / "simulated-phones.token"
+        token = path.read_text().strip() if path.exists() else ""
+        principal = self.tokens.table.authenticate(token) if token else None
+        if principal is None or principal.role != "gateway":
+            token, _issued, seq = await self.token_service.issue(
+                "模拟电话 (dispatch serve --simulate-phones)",
+                "gateway",
+                actor=Actor(channel="system", name="dispatch serve --simulate-phones"),
+            )
+            await self.tokens.wait_for(seq)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(token + "\n")
+            principal = self.tokens.table.authenticate(token)
+        assert principal is not None
+        key = self.channel_config.signing.key_for(principal.token_id)
+        await phones.start(self.settings.base_url, token, key.secret if key is not None else None)
 
     async def _bootstrap_admin(self) -> None:
         """The first start of a log issues one admin token into `<data dir>/admin.token` (0600)."""
@@ -581,7 +672,7 @@ class Service:
             "directory": self.directory.ready,
             "database": db_ok,
             "projections": all(r.healthy for r in self.runners),
-            "channels": bool(self.channels),
+            "channels": any(not getattr(c, "simulated", False) for c in self.channels),
             "duty_desk": bool(self.settings.duty_desk),
         }
 
@@ -645,6 +736,8 @@ class Service:
             await self.directory.stop()
         if getattr(self, "tokens", None) is not None:
             await self.tokens.stop()
+        if self.simulated_phones is not None:
+            await self.simulated_phones.stop()
         for channel in self.channels:
             with contextlib.suppress(Exception):
                 await channel.close()
@@ -666,9 +759,10 @@ class Service:
         log.info("service.stopped")
 
 
-async def run(settings: Settings) -> None:
-    """Run until SIGINT or SIGTERM, then stop cleanly (and stop the embedded server)."""
-    service = Service(settings)
+async def run(settings: Settings, *, simulator: SimulatorFactory | None = None) -> None:
+    """Run until SIGINT or SIGTERM, then stop cleanly (and stop the embedded server); `simulator`:
+    what `--simulate-phones` rings."""
+    service = Service(settings, simulator=simulator)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

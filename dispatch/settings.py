@@ -82,6 +82,7 @@ class Settings:
     http_body_timeout: float = 30.0
     http_max_connections: int = 1000
     audit_retention_days: float = 365.0
+    simulate_phones: bool = False
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -128,6 +129,7 @@ class Settings:
             http_body_timeout=_float("HTTP_BODY_TIMEOUT", 30.0),
             http_max_connections=_int("HTTP_MAX_CONNECTIONS", 1000),
             audit_retention_days=_float("AUDIT_RETENTION_DAYS", 365.0),
+            simulate_phones=_bool("SIMULATE_PHONES"),
         )
         for key, value in overrides.items():
             if value is not None:
@@ -323,6 +325,15 @@ def _int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SettingsError(f"DISPATCH_{name} must be a whole number, got {raw!r}") from None
+
+
+def _bool(name: str) -> bool:
+    raw = (_env(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"DISPATCH_{name} must be 1 or 0 (true or false), got {raw!r}")
 
 
 def _float(name: str, default: float) -> float:

@@ -72,6 +72,7 @@ class ApiServices:
     rate_limit: float = DEFAULT_RATE
     rate_burst: float = DEFAULT_BURST
     audit: AuditTrail | None = None
+    simulated_channels: tuple[str, ...] = ()
 
 
 def error(status: int, reason: str, **extra: Any) -> Response[dict[str, Any]]:

@@ -1,5 +1,5 @@
 """Operations: Prometheus metrics (a metrics or admin token), liveness and readiness (public; readiness
-lists its checks only to a valid token)."""
+lists its checks only to a valid token, and then whether phones are only simulated: `simulation`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dispatch.api.deps import ApiServices, who
 from dispatch.api.security import bearer
+from dispatch.domain.messages import SIMULATED_PHONES_ZH
 
 
 def routes(s: ApiServices) -> list[HTTPRouteHandler]:
@@ -37,6 +38,8 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
         body: dict[str, Any] = {"ready": ok}
         if s.tokens.table.authenticate(bearer(request)) is not None:
             body["checks"] = checks
+            if s.simulated_channels:
+                body["simulation"] = {"channels": list(s.simulated_channels), "detail": SIMULATED_PHONES_ZH}
         return Response(body, status_code=200 if ok else 503)
 
     return [metrics, healthz, readyz]

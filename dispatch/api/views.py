@@ -6,6 +6,7 @@ decides anything.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -129,6 +130,7 @@ def timeline(
     targets were handed to the channel but is recorded after the attempt's outcomes."""
     events = sorted((rec for rec in history if isinstance(rec.event, IncidentEvent)), key=lambda rec: rec.event.at)
     handed, unrouted = rounds_reached(history)
+    simulated = rounds_simulated(history)
     out = []
     for rec in events:
         detail = {k: v for k, v in msgspec.to_builtins(rec.event).items() if k not in _TIMELINE_SKIP}
@@ -142,12 +144,19 @@ def timeline(
         reach = None
         if alerted is not None:
             why = unrouted.get(rec.seq, {})
-            reach = Reach(len(alerted), len(handed.get(rec.seq, ())), len(why), next(iter(why.values()), ""))
+            reach = Reach(
+                len(alerted),
+                len(handed.get(rec.seq, ())),
+                len(why),
+                next(iter(why.values()), ""),
+                len(simulated.get(rec.seq, ())),
+            )
             entry["reach"] = {
                 "expected": reach.expected,
                 "notified": reach.handed,
                 "unrouted": reach.unrouted,
                 "why": reach.why,
+                "simulated": reach.simulated,
             }
         if entry["type"] in _ACTS:
             entry["actor"] = actor_view(getattr(rec.event, "actor", None))
@@ -194,6 +203,24 @@ def rounds_reached(history: list[Recorded]) -> tuple[dict[int, set[str]], dict[i
         elif isinstance(e, DeliveryFailed) and e.handed_at is not None:
             handed.setdefault(e.round, set()).update(f.phone for f in e.failures)
     return handed, unrouted
+
+
+def rounds_simulated(history: list[Recorded]) -> dict[int, set[str]]:
+    """Per round: the people handed to simulated phones only (`--simulate-phones`), never to a real channel."""
+    real: dict[int, set[str]] = {}
+    simulated: dict[int, set[str]] = {}
+    for rec in history:
+        e = rec.event
+        if isinstance(e, RespondersNotified):
+            phones: Iterable[str] = e.phones
+        elif isinstance(e, DeliverySucceeded) and e.handed_at is not None:
+            phones = (t.phone for t in e.targets)
+        elif isinstance(e, DeliveryFailed) and e.handed_at is not None and e.channel != NO_CHANNEL:
+            phones = (f.phone for f in e.failures)
+        else:
+            continue
+        (simulated if e.simulated else real).setdefault(e.round, set()).update(phones)
+    return {r: phones - real.get(r, set()) for r, phones in simulated.items()}
 
 
 def incident_view(state: IncidentState, history: list[Recorded], time_zone: str = DEFAULT_TIME_ZONE) -> dict[str, Any]:

@@ -151,6 +151,7 @@ class GatewayClient:
 
 class VoiceChannel:
     name = "voice"
+    simulated = False  # True: the gateway is the in-process simulator (`dispatch serve --simulate-phones`)
 
     def __init__(self, gateway: GatewayClient, bus: CallbackBus, *, callback_url: str, ring_timeout_s: float) -> None:
         self.gateway = gateway
@@ -200,6 +201,7 @@ class VoiceChannel:
 
 class SmsChannel:
     name = "sms"
+    simulated = False
 
     def __init__(self, gateway: GatewayClient) -> None:
         self.gateway = gateway

@@ -171,6 +171,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         nats_tls_ca=Path(args.nats_tls_ca) if getattr(args, "nats_tls_ca", None) else None,
         nats_tls_cert=Path(args.nats_tls_cert) if getattr(args, "nats_tls_cert", None) else None,
         nats_tls_key=Path(args.nats_tls_key) if getattr(args, "nats_tls_key", None) else None,
+        simulate_phones=True if getattr(args, "simulate_phones", False) else None,
     )
 
 
@@ -186,10 +187,11 @@ def _quiet_settings(args: argparse.Namespace) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     from dispatch.bootstrap import run
     from dispatch.observe import logging as dlog
+    from dispatch.sim.phones import SimulatedPhones
 
     settings = _settings(args)
     dlog.configure(settings.log_format, settings.log_level)
-    asyncio.run(run(settings))
+    asyncio.run(run(settings, simulator=lambda who: SimulatedPhones(who=who)))
     return 0
 
 
@@ -561,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
         "beside it, and issues an admin token into <data dir>/admin.token on the first start.\n"
         "Every setting is also a DISPATCH_* variable (README.md, Configuration). Stop it with Ctrl-C.",
         [
+            "dispatch serve --simulate-phones                # a first look: virtual phones ring in this terminal",
             "dispatch serve",
             "dispatch serve --http 0.0.0.0:8080 --data-dir /var/lib/dispatch",
             "dispatch serve --nats-url nats://n1:4222,nats://n2:4222,nats://n3:4222 \\\n"
@@ -569,6 +572,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     service_options(p)
     p.add_argument("--http", help="listen address HOST:PORT (DISPATCH_HTTP, default 127.0.0.1:8080)")
+    p.add_argument(
+        "--simulate-phones",
+        action="store_true",
+        help="ring the gateway simulator's virtual phones, printed in this terminal, instead of a telephony "
+        "gateway (DISPATCH_SIMULATE_PHONES=1): for a first look, labelled 模拟 (simulation) everywhere; "
+        "no real phone rings and /readyz stays 503",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = _add(

@@ -5,6 +5,7 @@ Invariants:
   permanent, exhausted or withdrawn); targets left to a retry are neither;
 - a first attempt (`handed_at` set) is also the notice of its targets: those it leaves to a retry
   get a RespondersNotified of their own, so everyone handed to a channel counts as notified;
+- a simulated channel's outcomes say so (`simulated`): nobody real was reached by them;
 - the decision needs no incident state: outcomes are facts of the channel, never in conflict.
 """
 
@@ -34,6 +35,7 @@ class RecordAttempt(msgspec.Struct, frozen=True, kw_only=True):
     failures: tuple[Unreached, ...] = ()
     retried: tuple[str, ...] = ()
     handed_at: datetime | None = None
+    simulated: bool = False
 
 
 def decide_attempt(command: RecordAttempt, now: datetime) -> list[Event]:
@@ -50,6 +52,7 @@ def decide_attempt(command: RecordAttempt, now: datetime) -> list[Event]:
                 attempt=c.attempt,
                 targets=c.reached,
                 handed_at=c.handed_at,
+                simulated=c.simulated,
             )
         )
     if c.failures:
@@ -62,13 +65,19 @@ def decide_attempt(command: RecordAttempt, now: datetime) -> list[Event]:
                 attempt=c.attempt,
                 failures=c.failures,
                 handed_at=c.handed_at,
+                simulated=c.simulated,
             )
         )
     if c.retried and c.handed_at is not None:
         phones = tuple(dict.fromkeys(c.retried))
         events.append(
             RespondersNotified(
-                at=c.handed_at, incident_id=c.incident_id, channel=c.channel, round=c.round, phones=phones
+                at=c.handed_at,
+                incident_id=c.incident_id,
+                channel=c.channel,
+                round=c.round,
+                phones=phones,
+                simulated=c.simulated,
             )
         )
     return events

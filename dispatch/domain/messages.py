@@ -213,21 +213,45 @@ def alert_text_en_for(alert: Alert) -> str:
 @dataclass(frozen=True, slots=True)
 class Reach:
     """Who an alerting decision actually reached: `handed` people handed to a channel in its round,
-    `unrouted` people no channel reaches (why: the reason recorded), out of `expected` alerted."""
+    `unrouted` people no channel reaches (why: the reason recorded), out of `expected` alerted;
+    `simulated` of the handed were handed to simulated phones only (no real phone rang for them)."""
 
     expected: int
     handed: int = 0
     unrouted: int = 0
     why: str = ""
+    simulated: int = 0
+
+
+SIMULATED_ZH = "模拟"
+SIMULATED_PHONES_ZH = (
+    "模拟电话：本服务以 --simulate-phones 启动，电话和短信只送到本进程内网关模拟器的虚拟电话"
+    "（显示在运行服务的终端中），不会拨打任何真实电话；正式使用请配置电话网关或其他通知渠道。"
+)
+
+
+def simulated_text(reach: Reach) -> str:
+    """The label of a count some of whose people only simulated phones reached ("" when none)."""
+    if not reach.simulated:
+        return ""
+    if reach.simulated >= reach.handed:
+        return "（模拟电话，无真实电话响铃）"
+    return f"（其中{reach.simulated}人为模拟电话，未真实响铃）"
+
+
+def channel_label(event: m.RespondersNotified | m.DeliverySucceeded | m.DeliveryFailed) -> str:
+    """A delivery event's channel as the timeline names it: `voice`, or `voice（模拟）` for simulated phones."""
+    return f"{event.channel}（{SIMULATED_ZH}）" if event.simulated else event.channel
 
 
 def reach_text(reach: Reach) -> str:
-    """`通知N人` counting only people handed to a channel; says why when some or all were not."""
+    """`通知N人` counting only people handed to a channel; says why when some or all were not, and
+    which were only simulated phones."""
     why = WITHDRAWN_ZH.get(reach.why, reach.why)
     if reach.handed and reach.unrouted:
-        return f"通知{reach.handed}人，{reach.unrouted}人{why}"
+        return f"通知{reach.handed}人{simulated_text(reach)}，{reach.unrouted}人{why}"
     if reach.handed:
-        return f"通知{reach.handed}人"
+        return f"通知{reach.handed}人{simulated_text(reach)}"
     if reach.unrouted:
         return f"通知0人：{why}"
     if reach.expected:
@@ -321,9 +345,9 @@ def describe(
     if isinstance(event, m.CallRepeated):
         return f"{who(event.caller)} 再次呼叫，紧急程度{event.urgency}"
     if isinstance(event, m.RespondersNotified):
-        return f"已通知 {len(event.phones)} 人 · {event.channel}"
+        return f"已通知 {len(event.phones)} 人 · {channel_label(event)}"
     if isinstance(event, m.DeliverySucceeded):
-        return f"已送达 {len(event.targets)} 人 · {event.channel}"
+        return f"已送达 {len(event.targets)} 人 · {channel_label(event)}"
     if isinstance(event, m.DeliveryFailed) and event.channel == NO_CHANNEL:
         whys = "、".join(dict.fromkeys(WITHDRAWN_ZH.get(f.reason, f.reason) for f in event.failures))
         return f"未通知 {len(event.failures)} 人：{whys}"
@@ -331,7 +355,7 @@ def describe(
         parts = [
             f"{name(f.phone)}{FAILURE_ZH[f.kind]}（{WITHDRAWN_ZH.get(f.reason, f.reason)}）" for f in event.failures
         ]
-        return f"{event.channel}：" + "；".join(parts)
+        return f"{channel_label(event)}：" + "；".join(parts)
     if isinstance(event, m.ResponderAccepted):
         return f"{name(event.phone)} 已接警{by(event.actor, event.proxy)}"
     if isinstance(event, m.ResponderDeclined):

@@ -226,11 +226,14 @@ class RespondersNotified(IncidentEvent, frozen=True, kw_only=True):
     log is fsynced per message, so per-recipient events would multiply the cost of an alarm).
     Delivery observations live on `dispatch.evt.notice.<incident>`, apart from the decisions.
     Since the fan-out's first attempt records its outcome with `handed_at`, this event is written
-    only for the targets of that attempt left to a retry; older logs hold one per job."""
+    only for the targets of that attempt left to a retry; older logs hold one per job.
+    `simulated` (here and in the outcomes): the channel was the gateway simulator's virtual phones
+    (`dispatch serve --simulate-phones`), which no real person hears."""
 
     channel: str
     round: int
     phones: tuple[str, ...]
+    simulated: bool = False
 
 
 class Reached(msgspec.Struct, frozen=True, kw_only=True):
@@ -254,6 +257,7 @@ class DeliverySucceeded(IncidentEvent, frozen=True, kw_only=True):
     attempt: int = 1
     targets: tuple[Reached, ...]
     handed_at: datetime | None = None
+    simulated: bool = False
 
 
 class DeliveryFailed(IncidentEvent, frozen=True, kw_only=True):
@@ -266,6 +270,7 @@ class DeliveryFailed(IncidentEvent, frozen=True, kw_only=True):
     attempt: int = 1
     failures: tuple[Unreached, ...]
     handed_at: datetime | None = None
+    simulated: bool = False
 
 
 class ResponderAccepted(IncidentEvent, frozen=True, kw_only=True):

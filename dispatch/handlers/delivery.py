@@ -213,6 +213,7 @@ class DeliveryWorker:
             failures=failures,
             retried=retried,
             handed_at=handed_at,
+            simulated=bool(getattr(self.channels.get(job.channel), "simulated", False)),
         )
         events = decide_attempt(command, self.clock())
         subject = notice_subject(job.incident_id)

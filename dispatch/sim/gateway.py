@@ -40,6 +40,7 @@ import hmac
 import json
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,7 @@ class GatewaySim:
         scenario: Scenario,
         signing_secret: str | None = None,
         echo: bool = False,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.dispatch_url = dispatch_url.rstrip("/")
         self.token = token
@@ -145,6 +147,7 @@ class GatewaySim:
         self.signing_secret = signing_secret
         self.scenario = scenario
         self.echo = echo
+        self.on_record = on_record
         self.log: list[dict[str, Any]] = []
         self.started = time.monotonic()
         self._answers: dict[str, dict[str, Any]] = {}
@@ -156,6 +159,8 @@ class GatewaySim:
     def record(self, kind: str, **data: Any) -> None:
         entry = {"t": round(time.monotonic() - self.started, 4), "kind": kind, **data}
         self.log.append(entry)
+        if self.on_record is not None:
+            self.on_record(entry)
         if self.echo:
             print(f"  [{entry['t']:8.3f}s] {kind:<14} " + " ".join(f"{k}={v}" for k, v in data.items()), flush=True)
 

@@ -107,7 +107,13 @@ def test_an_alarm_counts_only_the_people_handed_to_a_channel() -> None:
     )
     [raised, failed] = view([opened, nobody])["timeline"]
     assert raised["text"].endswith("拨打6995报警，通知0人：未配置通知渠道"), raised["text"]
-    assert raised["reach"] == {"expected": 9, "notified": 0, "unrouted": 9, "why": NO_CHANNEL_CONFIGURED}
+    assert raised["reach"] == {
+        "expected": 9,
+        "notified": 0,
+        "unrouted": 9,
+        "why": NO_CHANNEL_CONFIGURED,
+        "simulated": 0,
+    }
     assert failed["text"] == "未通知 9 人：未配置通知渠道"
     state = fold([opened, nobody])
     assert state is not None and all(r.failed and not r.notified for r in state.responders.values() if r.recipient)
@@ -126,6 +132,35 @@ def test_an_alarm_counts_only_the_people_handed_to_a_channel() -> None:
     assert view([opened, routed_out, some])["timeline"][0]["text"].endswith("通知7人，2人无可用通知渠道")
     assert view([opened, some])["timeline"][0]["text"].endswith("通知7人")
     assert view([opened])["timeline"][0]["text"].endswith("正在通知9人")
+
+
+def test_simulated_phones_are_counted_and_labelled_as_simulation() -> None:
+    """Issue 27.1: `--simulate-phones` rings virtual phones; the timeline says so, never a real ring."""
+    opened = _opened()
+    iid, phones = opened.incident_id, [p.phone for p in opened.recipients]
+    rang = DeliverySucceeded(
+        at=at(0.5),
+        incident_id=iid,
+        channel="voice",
+        round=1,
+        targets=tuple(Reached(phone=p) for p in phones),
+        handed_at=at(0.1),
+        simulated=True,
+    )
+    [raised, outcome] = view([opened, rang])["timeline"]
+    assert raised["text"].endswith("通知9人（模拟电话，无真实电话响铃）"), raised["text"]
+    assert raised["reach"]["simulated"] == 9
+    assert outcome["text"] == "已送达 9 人 · voice（模拟）"
+    real = DeliverySucceeded(
+        at=at(0.6),
+        incident_id=iid,
+        channel="wecom",
+        round=1,
+        targets=tuple(Reached(phone=p) for p in phones[:4]),
+        handed_at=at(0.1),
+    )
+    assert view([opened, rang, real])["timeline"][0]["text"].endswith("通知9人（其中5人为模拟电话，未真实响铃）")
+    assert view([opened, real])["timeline"][0]["text"].endswith("通知4人")
 
 
 def test_an_unknown_number_with_no_duty_desk_says_nobody_was_notified() -> None:

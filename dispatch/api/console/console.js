@@ -64,6 +64,7 @@ const TEXT = {
     sound_test: "试听",
     sound_blocked: "浏览器尚未允许播放声音：点击页面任意处即可启用。",
     setup_no_channel: "未配置通知渠道：报警只记录并在本页显示，不会拨打电话、发短信或通知任何人。",
+    setup_simulated: "模拟电话：电话和短信只送到网关模拟器的虚拟电话（{channels}，显示在运行服务的终端中），不会拨打任何真实电话。正式使用请配置电话网关等通知渠道。",
     setup_no_duty_desk: "未配置值班室（DISPATCH_DUTY_DESK）：未登记号码的报警无人接报，只在本页显示。",
     open_count: "未结警情 {n}",
     uncovered_count: "未覆盖 {n}",
@@ -229,6 +230,7 @@ const TEXT = {
     sound_test: "Test",
     sound_blocked: "The browser has not allowed sound yet: click anywhere on the page to enable it.",
     setup_no_channel: "No delivery channel: alarms are recorded and shown here, but nobody is called, texted or notified.",
+    setup_simulated: "Simulated phones (模拟): calls and texts go only to the gateway simulator's virtual phones ({channels}, printed in the service's terminal); no real phone rings. Configure a telephony gateway or another channel for real use.",
     setup_no_duty_desk: "No duty desk (DISPATCH_DUTY_DESK): an alarm from an unknown number rings nobody and is only shown here.",
     open_count: "{n} open",
     uncovered_count: "{n} not covered",
@@ -747,14 +749,18 @@ async function checkSetup() {
   clearTimeout(checkSetup.timer);
   if (!S.token) return;
   let checks = {};
+  let simulation = null;
   try {
     const res = await fetch(new URL("readyz", BASE), { headers: { Authorization: `Bearer ${S.token}` }, cache: "no-store" });
-    checks = (await res.json()).checks || {};
+    const body = await res.json();
+    checks = body.checks || {};
+    simulation = body.simulation || null;
   } catch (exc) {
     checks = {};
   }
   const problems = [];
-  if (checks.channels === false) problems.push(["channels", t("setup_no_channel")]);
+  if (simulation) problems.push(["simulation", t("setup_simulated", { channels: simulation.channels.join(", ") })]);
+  else if (checks.channels === false) problems.push(["channels", t("setup_no_channel")]);
   if (checks.duty_desk === false) problems.push(["duty_desk", t("setup_no_duty_desk")]);
   const el = $("setup");
   fill(el, ...problems.map(([key, text]) => h("p", { dataset: { check: key }, text })));
