@@ -985,103 +985,46 @@ def difference(plan: ImportPlan, listed: int = MAX_LISTED) -> Difference:
     counts: dict[str, int] = defaultdict(int)
     diff = Difference()
 
-    def keep(kind: str, items: list[MemberChange], item: MemberChange) -> None:
+    def keep(kind: str, item: MemberChange | str) -> None:
         counts[kind] += 1
+        items: list[MemberChange | str] = getattr(diff, kind)
         if len(items) < listed:
             items.append(item)
         else:
             diff.truncated = True
 
+    def member(op: Op, village: str, group: str = "", role: str = "", **more: Any) -> MemberChange:
+        return MemberChange(village=village, group=group, phone=op.phone, name=op.name, role=role or op.role, **more)
+
     for change in plan.changes:
         village, group = change.village, change.group
         for op in change.ops:
             if op.kind == "formed":
-                counts["formed"] += 1
-                if len(diff.formed) < listed:
-                    diff.formed.append(f"{village}/{group}")
-                else:
-                    diff.truncated = True
+                keep("formed", f"{village}/{group}")
             elif op.kind == "bound":
                 left = next((u for u in unbound.get(op.phone, ()) if (u[0], u[1]) != (village, group)), None)
                 if left is None:
-                    keep(
-                        "bound",
-                        diff.bound,
-                        MemberChange(village=village, group=group, phone=op.phone, name=op.name, role=op.role),
-                    )
-                    continue
-                unbound[op.phone].remove(left)
-                keep(
-                    "moved",
-                    diff.moved,
-                    MemberChange(
-                        village=village,
-                        group=group,
-                        phone=op.phone,
-                        name=op.name,
-                        role=op.role,
-                        was=f"{left[0]}/{left[1]}",
-                    ),
-                )
-            elif op.kind == "role":
-                keep(
-                    "roles",
-                    diff.roles,
-                    MemberChange(
-                        village=village, group=group, phone=op.phone, name=op.name, role=op.role, was=op.before
-                    ),
-                )
-            elif op.kind == "renamed":
-                keep(
-                    "renamed",
-                    diff.renamed,
-                    MemberChange(
-                        village=village, group=group, phone=op.phone, name=op.name, role=op.role, was=op.before
-                    ),
-                )
+                    keep("bound", member(op, village, group))
+                else:
+                    unbound[op.phone].remove(left)
+                    keep("moved", member(op, village, group, was=f"{left[0]}/{left[1]}"))
+            elif op.kind in ("role", "renamed"):
+                keep("roles" if op.kind == "role" else "renamed", member(op, village, group, was=op.before))
             elif op.kind == "placed":
                 where = op.place or Place()
                 keep(
                     "placed",
-                    diff.placed,
-                    MemberChange(
-                        village=village,
-                        group=group,
-                        phone=op.phone,
-                        name=op.name,
-                        role=op.role,
-                        was=op.before,
-                        address=where.address,
-                        lat=where.lat,
-                        lon=where.lon,
-                    ),
+                    member(op, village, group, was=op.before, address=where.address, lat=where.lat, lon=where.lon),
                 )
+            elif op.kind == "desk_bound" and op.before:
+                keep("renamed", member(op, village, role="duty", was=op.before))
             elif op.kind == "desk_bound":
-                if op.before:
-                    keep(
-                        "renamed",
-                        diff.renamed,
-                        MemberChange(village=village, phone=op.phone, name=op.name, role="duty", was=op.before),
-                    )
-                else:
-                    keep(
-                        "duty_desks_bound",
-                        diff.duty_desks_bound,
-                        MemberChange(village=village, phone=op.phone, name=op.name, role="duty"),
-                    )
+                keep("duty_desks_bound", member(op, village, role="duty"))
             elif op.kind == "desk_unbound":
-                keep(
-                    "duty_desks_unbound",
-                    diff.duty_desks_unbound,
-                    MemberChange(village=village, phone=op.phone, name=op.name, role="duty"),
-                )
+                keep("duty_desks_unbound", member(op, village, role="duty"))
     for phone, places in unbound.items():
         for village, group, op in places:
-            keep(
-                "unbound",
-                diff.unbound,
-                MemberChange(village=village, group=group, phone=phone, name=op.name, role=op.role),
-            )
+            keep("unbound", MemberChange(village=village, group=group, phone=phone, name=op.name, role=op.role))
     diff.counts = {
         kind: counts[kind]
         for kind in (
