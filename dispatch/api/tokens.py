@@ -12,6 +12,7 @@ from litestar.params import FromPath, JSONBody
 
 from dispatch.api.deps import MAX_JSON_BYTES, ApiServices, audit, channel_of, scope, who
 from dispatch.api.security import bearer
+from dispatch.domain.errors import InvalidCommand
 from dispatch.events.model import TokenRole
 
 
@@ -24,6 +25,18 @@ class TokenRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     villages: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(max_length=500)] = []
     station: Annotated[str, msgspec.Meta(max_length=32)] | None = None
     phone: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    # true: villages whose roster is imported later (else a village unknown here is refused)
+    new_village: bool = False
+
+
+def unknown_villages(s: ApiServices, villages: list[str]) -> list[str]:
+    """The villages neither a group nor settings of the directory name (a token for one sees nothing)."""
+    directory = s.directory.directory
+    known = set(directory.village_names())
+    unknown = [v for v in dict.fromkeys(villages) if v not in known]
+    if unknown:  # a village whose groups were all dissolved is still one (as `dispatch tokens create` says)
+        known |= {g.village for g in directory.groups.values()}
+    return [v for v in unknown if v not in known]
 
 
 def routes(s: ApiServices) -> list[HTTPRouteHandler]:
@@ -58,6 +71,11 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
     )
     async def create_token(data: JSONBody[TokenRequest], request: Request[Any, Any, Any]) -> dict[str, Any]:
         admin = who(s, request, "manage")
+        if data.villages and not data.new_village and (unknown := unknown_villages(s, data.villages)):
+            raise InvalidCommand(
+                f"no village {', '.join(unknown)} in the roster (a token for it would see nothing): check the "
+                'spelling against GET /v1/villages, or send "new_village": true if its roster is imported later'
+            )
         token, event, seq = await s.token_service.issue(
             data.name, data.role, data.villages, data.station, phone=data.phone, actor=admin.actor(channel_of(request))
         )

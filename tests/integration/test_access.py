@@ -374,3 +374,21 @@ async def test_revoked_tokens_stop_working_at_once(world: World) -> None:
         assert (await http.get("/v1/tokens", headers={"Authorization": f"Bearer {forged}"})).status_code == 401
         ready = (await http.get("/readyz")).json()
         assert ready == {"ready": True}, "readiness details are only for token holders"
+
+
+async def test_a_token_for_an_unknown_village_is_refused_naming_it(world: World) -> None:
+    """Issue 27.7: the CLI refused a token for a village the roster does not hold; the API issued it."""
+    admin = {"Authorization": f"Bearer {world.tokens['admin']}"}
+    async with httpx.AsyncClient(base_url=world.service.settings.base_url, headers=admin) as http:
+        before = len((await http.get("/v1/tokens")).json()["tokens"])
+        body = {"name": "错字民警", "role": "officer", "villages": ["east", "eest", "北山村"]}
+        refused = await http.post("/v1/tokens", json=body)
+        assert refused.status_code == 422, refused.text
+        reason = refused.json()["error"]
+        assert "no village eest, 北山村 in the roster" in reason and '"new_village": true' in reason, reason
+        assert len((await http.get("/v1/tokens")).json()["tokens"]) == before, "nothing was issued"
+
+        later = await http.post("/v1/tokens", json={**body, "villages": ["北山村"], "new_village": True})
+        assert later.status_code == 201 and later.json()["villages"] == ["北山村"], later.text
+        known = await http.post("/v1/tokens", json={**body, "villages": ["east", "west"]})
+        assert known.status_code == 201, known.text
