@@ -1,5 +1,8 @@
 """What the benchmarks share: the ten-number roster, percentiles, load shapes and the raw baseline.
 
+Also what runs the service under load: `start_serve` (a `dispatch serve` process, once /readyz says
+200) and `Receiver`, the webhook receiver in a second process.
+
 The baseline is plain nats-py on the same kind of server and durability as the service: publish
 the alarm to a JetStream file stream, a push consumer, 9 core publishes, 9 subscribers; latency
 from the stored alarm's server timestamp to the 9th subscriber's receipt.
@@ -8,17 +11,22 @@ from the stored alarm's server timestamp to the 9th subscriber's receipt.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
+import httpx
 import nats
 from nats.js.api import StreamConfig
 
-from dispatch.store.server import EmbeddedNats
+from dispatch.store.server import EmbeddedNats, free_port
 
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 GROUP_SIZE = 10
@@ -208,3 +216,172 @@ async def read_side_caught_up(
             return
         await asyncio.sleep(0.5)
     raise RuntimeError("the read side did not catch up")
+
+
+def start_serve(
+    data_dir: Path,
+    http_port: int,
+    env: dict[str, str],
+    *,
+    command: list[str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 60.0,
+    interval: float = 0.1,
+) -> subprocess.Popen[bytes]:
+    """`dispatch serve` (or `command`) on `data_dir` and 127.0.0.1:`http_port` with `env` added to
+    warning-level JSON logs (appended to data_dir/serve.log), once its /readyz answers 200."""
+    full = {
+        **os.environ,
+        "DISPATCH_DATA_DIR": str(data_dir),
+        "DISPATCH_HTTP": f"127.0.0.1:{http_port}",
+        "DISPATCH_LOG_LEVEL": "warning",
+        "DISPATCH_LOG_FORMAT": "json",
+        **env,
+    }
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = (data_dir / "serve.log").open("ab")
+    argv = command or [sys.executable, "-m", "dispatch", "serve"]
+    proc = subprocess.Popen(argv, env=full, stdout=log, stderr=log, cwd=cwd)
+    log.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"dispatch serve exited; see {data_dir / 'serve.log'}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{http_port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(interval)
+    proc.kill()
+    raise RuntimeError("dispatch serve not ready")
+
+
+# The receiver: a bare asyncio HTTP/1.1 server in its own process (the load generator's event loop
+# never shares a GIL with it). It answers 200 at once and prints one line when an incident's alarm
+# has reached all `need` recipients (A incident at), and one per escalation webhook (E tier ...;
+# tier 2 is the command centre's, on /centre).
+RECEIVER = r"""
+import asyncio, json, sys, time
+from collections import Counter
+need = int(sys.argv[2])
+alarms = Counter()
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+out = sys.stdout
+
+class Hook(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+        self.buf = b""
+
+    def data_received(self, data):
+        buf = self.buf + data
+        while (end := buf.find(b"\r\n\r\n")) >= 0:
+            head = buf[:end]
+            low = head.lower()
+            length = 0
+            if (i := low.find(b"content-length:")) >= 0:
+                j = low.find(b"\r\n", i)
+                length = int(low[i + 15 : j if j >= 0 else len(low)])
+            if len(buf) < end + 4 + length:
+                break
+            body, buf = buf[end + 4 : end + 4 + length], buf[end + 4 + length :]
+            now = time.time()
+            self.transport.write(OK)
+            path = head.split(b" ", 2)[1].decode()
+            msg = json.loads(body)
+            incident = msg["incident_id"]
+            if msg["type"] == "alarm":
+                alarms[incident] += 1
+                if alarms[incident] == need:
+                    out.write(f"A {incident} {now}\n")
+            elif msg["type"] == "escalation":
+                tier = 2 if path == "/centre" else 1
+                key, village, raised = msg["idempotency_key"], msg["village"], msg["raised_at"]
+                out.write(f"E {tier} {incident} {msg['round']} {key} {village} {raised} {now}\n")
+        self.buf = buf
+        out.flush()
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(Hook, "127.0.0.1", int(sys.argv[1]), backlog=4096)
+    out.write("ready\n"); out.flush()
+    await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+@dataclass
+class Hit:
+    """One escalation webhook as the receiver got it."""
+
+    incident: str
+    tier: int
+    round: int
+    key: str
+    village: str
+    raised_at: float
+    at: float
+
+
+class Receiver:
+    """The benchmarks' webhook receiver (`RECEIVER` in a subprocess): when each alarm had reached its
+    nine recipients, and every escalation webhook (`hits`)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.hits: list[Hit] = []
+        self.alarms: dict[str, float] = {}
+        self.proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._waiting: dict[str, asyncio.Future[float]] = {}
+        self.changed = asyncio.Event()
+
+    @property
+    def hook(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def alarm_rung(self, incident: str) -> float:
+        """When the incident's alarm had reached all nine recipients (the receiver's clock)."""
+        if incident in self.alarms:
+            return self.alarms.pop(incident)
+        fut = self._waiting[incident] = asyncio.get_running_loop().create_future()
+        return await fut
+
+    async def until(self, check: Callable[[], bool], give_up: float) -> None:
+        """Until `check()` holds after a webhook arrived, or the wall clock passes `give_up`."""
+        while not check() and time.time() < give_up:
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), max(0.01, give_up - time.time()))
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", RECEIVER, str(self.port), str(RECIPIENTS), stdout=asyncio.subprocess.PIPE
+        )
+        assert self.proc.stdout is not None
+        assert (await self.proc.stdout.readline()).strip() == b"ready"
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            parts = line.decode().split()
+            if parts[0] == "A":
+                fut = self._waiting.pop(parts[1], None)
+                if fut is not None and not fut.done():
+                    fut.set_result(float(parts[2]))
+                else:
+                    self.alarms[parts[1]] = float(parts[2])
+            else:
+                _, tier, incident, round_, key, village, raised, at = parts
+                raised_at = datetime.fromisoformat(raised.replace("Z", "+00:00")).timestamp()
+                self.hits.append(Hit(incident, int(tier), int(round_), key, village, raised_at, float(at)))
+            self.changed.set()
+
+    async def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            await self.proc.wait()
+        if self._reader is not None:
+            self._reader.cancel()

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -48,7 +47,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,7 +54,7 @@ from typing import Any
 
 import httpx
 import nats
-from common import GROUP_SIZE, caller_of, pct
+from common import GROUP_SIZE, Hit, Receiver, caller_of, pct, start_serve
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from dispatch.channels.http import HttpPoster
@@ -73,127 +71,6 @@ SECRET = "bench-secret"
 PROFILE = os.environ.get("BENCH_PROFILE")  # a directory: py-spy samples of `dispatch serve` during the burst
 PYSPY = os.environ.get("PYSPY", "py-spy")
 UNACKED = ConsumerConfig(ack_policy=AckPolicy.NONE)
-
-RECEIVER = r"""
-import asyncio, json, sys, time
-from collections import Counter
-need = int(sys.argv[2])
-alarms = Counter()
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
-out = sys.stdout
-
-class Hook(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport = transport
-        self.buf = b""
-
-    def data_received(self, data):
-        buf = self.buf + data
-        while (end := buf.find(b"\r\n\r\n")) >= 0:
-            head = buf[:end]
-            low = head.lower()
-            length = 0
-            if (i := low.find(b"content-length:")) >= 0:
-                j = low.find(b"\r\n", i)
-                length = int(low[i + 15 : j if j >= 0 else len(low)])
-            if len(buf) < end + 4 + length:
-                break
-            body, buf = buf[end + 4 : end + 4 + length], buf[end + 4 + length :]
-            now = time.time()
-            self.transport.write(OK)
-            path = head.split(b" ", 2)[1].decode()
-            msg = json.loads(body)
-            incident = msg["incident_id"]
-            if msg["type"] == "alarm":
-                alarms[incident] += 1
-                if alarms[incident] == need:
-                    out.write(f"A {incident} {now}\n")
-            elif msg["type"] == "escalation":
-                tier = 2 if path == "/centre" else 1
-                key, village, raised = msg["idempotency_key"], msg["village"], msg["raised_at"]
-                out.write(f"E {tier} {incident} {msg['round']} {key} {village} {raised} {now}\n")
-        self.buf = buf
-        out.flush()
-
-async def main():
-    server = await asyncio.get_running_loop().create_server(Hook, "127.0.0.1", int(sys.argv[1]), backlog=4096)
-    out.write("ready\n"); out.flush()
-    await server.serve_forever()
-
-asyncio.run(main())
-"""
-
-
-@dataclass
-class Hit:
-    incident: str
-    tier: int
-    round: int
-    key: str
-    village: str
-    raised_at: float
-    at: float
-
-
-class Receiver:
-    """The webhook receiver subprocess; escalation webhooks and alarm completions as they arrive."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.hits: list[Hit] = []
-        self.alarms: dict[str, float] = {}
-        self.proc: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._waiting: dict[str, asyncio.Future[float]] = {}
-        self.changed = asyncio.Event()
-
-    async def alarm_rung(self, incident: str) -> float:
-        """When the incident's alarm had reached all nine recipients."""
-        if incident in self.alarms:
-            return self.alarms[incident]
-        fut = self._waiting[incident] = asyncio.get_running_loop().create_future()
-        return await fut
-
-    async def until(self, check: Callable[[], bool], give_up: float) -> None:
-        """Until `check()` holds after a webhook arrived, or the wall clock passes `give_up`."""
-        while not check() and time.time() < give_up:
-            self.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), max(0.01, give_up - time.time()))
-
-    @property
-    def hook(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", RECEIVER, str(self.port), str(GROUP_SIZE - 1), stdout=asyncio.subprocess.PIPE
-        )
-        assert self.proc.stdout is not None
-        assert (await self.proc.stdout.readline()).strip() == b"ready"
-        self._reader = asyncio.get_running_loop().create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        while line := await self.proc.stdout.readline():
-            parts = line.decode().split()
-            if parts[0] == "A":
-                self.alarms[parts[1]] = float(parts[2])
-                fut = self._waiting.pop(parts[1], None)
-                if fut is not None and not fut.done():
-                    fut.set_result(float(parts[2]))
-            else:
-                _, tier, incident, round_, key, village, raised, at = parts
-                raised_at = datetime.fromisoformat(raised.replace("Z", "+00:00")).timestamp()
-                self.hits.append(Hit(incident, int(tier), int(round_), key, village, raised_at, float(at)))
-            self.changed.set()
-
-    async def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            await self.proc.wait()
-        if self._reader is not None:
-            self._reader.cancel()
 
 
 class Serve:
@@ -213,32 +90,9 @@ class Serve:
     def start(self) -> float:
         """Start and wait until ready; the seconds it took."""
         started = time.monotonic()
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(self.source),
-            "DISPATCH_DATA_DIR": str(self.data_dir),
-            "DISPATCH_HTTP": f"127.0.0.1:{self.port}",
-            "DISPATCH_LOG_LEVEL": "warning",
-            "DISPATCH_LOG_FORMAT": "json",
-            **self.env,
-        }
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.data_dir / "serve.log").open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dispatch", "serve"], env=env, stdout=log, stderr=log, cwd=self.source
-        )
-        log.close()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"dispatch serve exited; see {self.data_dir / 'serve.log'}")
-            try:
-                if httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200:
-                    return time.monotonic() - started
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("dispatch serve not ready")
+        env = {"PYTHONPATH": str(self.source), **self.env}
+        self.proc = start_serve(self.data_dir, self.port, env, cwd=self.source, timeout=120, interval=0.05)
+        return time.monotonic() - started
 
     def kill9(self) -> None:
         """SIGKILL the service and its embedded nats-server at once."""

@@ -27,20 +27,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from common import (
-    GROUP_SIZE,
+    Receiver,
     caller_of,
     cpu_seconds,
     pct,
@@ -48,93 +45,13 @@ from common import (
     roster,
     run_baseline,
     start_read_side,
+    start_serve,
     steady,
 )
 
 from dispatch.channels.http import HttpPoster
 from dispatch.store.connect import connect
 from dispatch.store.server import free_port, running_auth, running_url
-
-RECEIVER = r"""
-import asyncio, json, sys, time
-from collections import Counter
-need = int(sys.argv[2])
-seen = Counter()
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
-
-class Hook(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport = transport
-        self.buf = b""
-
-    def data_received(self, data):
-        buf = self.buf + data
-        while (end := buf.find(b"\r\n\r\n")) >= 0:
-            head = buf[:end].lower()
-            length = 0
-            if (i := head.find(b"content-length:")) >= 0:
-                j = head.find(b"\r\n", i)
-                length = int(head[i + 15 : j if j >= 0 else len(head)])
-            if len(buf) < end + 4 + length:
-                break
-            body, buf = buf[end + 4 : end + 4 + length], buf[end + 4 + length :]
-            self.transport.write(OK)
-            incident = json.loads(body)["incident_id"]
-            seen[incident] += 1
-            if seen[incident] == need:
-                sys.stdout.write(f"{incident} {time.time()}\n")
-                sys.stdout.flush()
-        self.buf = buf
-
-async def main():
-    server = await asyncio.get_running_loop().create_server(Hook, "127.0.0.1", int(sys.argv[1]), backlog=1024)
-    sys.stdout.write("ready\n"); sys.stdout.flush()
-    await server.serve_forever()
-
-asyncio.run(main())
-"""
-
-
-class Receiver:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.done: dict[str, float] = {}
-        self.waiting: dict[str, asyncio.Future[float]] = {}
-        self.proc: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", RECEIVER, str(self.port), str(GROUP_SIZE - 1), stdout=asyncio.subprocess.PIPE
-        )
-        assert self.proc.stdout is not None
-        assert (await self.proc.stdout.readline()).strip() == b"ready"
-        self._reader = asyncio.get_running_loop().create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        while line := await self.proc.stdout.readline():
-            incident, at = line.decode().split()
-            fut = self.waiting.pop(incident, None)
-            if fut is not None and not fut.done():
-                fut.set_result(float(at))
-            else:
-                self.done[incident] = float(at)
-
-    def completed(self, incident: str) -> asyncio.Future[float]:
-        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        if incident in self.done:
-            fut.set_result(self.done.pop(incident))
-        else:
-            self.waiting[incident] = fut
-        return fut
-
-    async def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            await self.proc.wait()
-        if self._reader is not None:
-            self._reader.cancel()
 
 
 @dataclass
@@ -146,33 +63,15 @@ class E2E:
     read_side_cpu_ms: float | None
 
 
-def start_serve(data_dir: Path, http_port: int, hook: str, read_models: str) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "DISPATCH_DATA_DIR": str(data_dir),
-        "DISPATCH_HTTP": f"127.0.0.1:{http_port}",
+def serve_env(hook: str, read_models: str) -> dict[str, str]:
+    """The service of this benchmark: webhooks to `hook`, a duty desk (/readyz is 200 only with a
+    channel and a duty desk), its read models `here` or `elsewhere`."""
+    return {
         "DISPATCH_WEBHOOK_URLS": hook,
         "DISPATCH_WEBHOOK_SECRET": "bench-secret",
-        "DISPATCH_DUTY_DESK": "+8673184512345",  # /readyz is 200 only with a channel and a duty desk
-        "DISPATCH_LOG_LEVEL": "warning",
-        "DISPATCH_LOG_FORMAT": "json",
+        "DISPATCH_DUTY_DESK": "+8673184512345",
         "DISPATCH_READ_MODELS": read_models,
     }
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log = (data_dir / "serve.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "dispatch", "serve"], env=env, stdout=log, stderr=log)
-    log.close()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"dispatch serve exited; see {data_dir / 'serve.log'}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{http_port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("dispatch serve not ready")
 
 
 async def run_e2e(workdir: Path, rate: float, seconds: float, read_models: str) -> E2E:
@@ -180,8 +79,7 @@ async def run_e2e(workdir: Path, rate: float, seconds: float, read_models: str) 
     await receiver.start()
     port = free_port()
     data_dir = workdir / "svc"
-    hook = f"http://127.0.0.1:{receiver.port}/hook"
-    proc = await asyncio.to_thread(start_serve, data_dir, port, hook, read_models)
+    proc = await asyncio.to_thread(start_serve, data_dir, port, serve_env(receiver.hook, read_models))
     projector = await start_read_side(data_dir) if read_models == "elsewhere" else None
     try:
         token = (data_dir / "admin.token").read_text().strip()
@@ -210,7 +108,7 @@ async def run_e2e(workdir: Path, rate: float, seconds: float, read_models: str) 
                 if answer.status != 202:
                     raise RuntimeError(f"call {i}: {answer.status} {answer.body[:500]!r}")
                 incident = answer.json()["incident_id"]
-                arrived = await asyncio.wait_for(receiver.completed(incident), 60)
+                arrived = await asyncio.wait_for(receiver.alarm_rung(incident), 60)
                 return (arrived - sent) * 1000
 
             pids = [proc.pid] + ([projector.pid] if projector is not None else [])

@@ -30,7 +30,6 @@ import sys
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ from common import cpu_seconds, pct
 from dispatch.sip.baresip import EngineConfig
 from dispatch.store.server import free_port
 from tests.sip.harness import BridgeProcess, Control, Kamailio, free_sip_port, sip_installed
-from tests.support import wait_until
+from tests.support import Received, post_server, stop_server, wait_until
 
 SECRET = "bench-secret"
 GROUP = 9
@@ -52,25 +51,13 @@ class Receiver:
 
     def __init__(self) -> None:
         self.events: list[tuple[float, dict[str, Any]]] = []
-        receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-                receiver.events.append((time.monotonic(), body))
-                data = b'{"ok": true}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+        def answer(item: Received) -> tuple[int, bytes]:
+            self.events.append((time.monotonic(), item.json))
+            return 200, b'{"ok": true}'
 
-            def log_message(self, *args: Any) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = post_server(0, answer)
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 class Phones:
@@ -203,7 +190,7 @@ def run_bridge(root: Path, kamailio: Kamailio, phones: Phones, alarms: int) -> d
         return row
     finally:
         bridge.stop()
-        receiver.server.shutdown()
+        stop_server(receiver.server)
 
 
 def run_raw(root: Path, kamailio: Kamailio, phones: Phones, alarms: int) -> dict[str, Any]:

@@ -50,8 +50,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
-from common import caller_of, cpu_seconds, pct, roster
-from e2e import Receiver
+from common import Receiver, caller_of, cpu_seconds, pct, roster, start_serve
 from prometheus_client.parser import text_string_to_metric_families
 
 from dispatch.channels.http import HttpPoster
@@ -80,37 +79,20 @@ runpy.run_module("dispatch", run_name="__main__", alter_sys=True)
 """
 
 
-def start_serve(data_dir: Path, http_port: int, hook: str, traced: bool = False) -> subprocess.Popen[bytes]:
+def start_traced_serve(data_dir: Path, http_port: int, hook: str, traced: bool = False) -> subprocess.Popen[bytes]:
+    """The soak's service: webhooks and the command centre on the receiver, short deadlines, and with
+    `traced` tracemalloc on (SIGUSR1 dumps a snapshot beside the data directory)."""
     env = {
-        **os.environ,
         "SOAK_SNAPSHOTS": str(data_dir.parent),
-        "DISPATCH_DATA_DIR": str(data_dir),
-        "DISPATCH_HTTP": f"127.0.0.1:{http_port}",
         "DISPATCH_WEBHOOK_URLS": hook,
         "DISPATCH_WEBHOOK_SECRET": "soak-secret",
         "DISPATCH_COMMAND_CENTRE": hook.replace("/hook", "/centre"),
         "DISPATCH_DUTY_DESK": DUTY_DESK,
         "DISPATCH_ACK_DEADLINE": str(ACK_DEADLINE_S),
         "DISPATCH_ESCALATE_AFTER": str(ESCALATE_AFTER_S),
-        "DISPATCH_LOG_LEVEL": "warning",
-        "DISPATCH_LOG_FORMAT": "json",
     }
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log = (data_dir / "serve.log").open("ab")
-    command = [sys.executable, "-c", TRACED_SERVE] if traced else [sys.executable, "-m", "dispatch", "serve"]
-    proc = subprocess.Popen(command, env=env, stdout=log, stderr=log)
-    log.close()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"dispatch serve exited; see {data_dir / 'serve.log'}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{http_port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("dispatch serve not ready")
+    command = [sys.executable, "-c", TRACED_SERVE] if traced else None
+    return start_serve(data_dir, http_port, env, command=command)
 
 
 def rss_mb(pid: int) -> float:
@@ -296,7 +278,7 @@ class Soak:
             incident = str(call["incident_id"])
             if call.get("status") != "raised":
                 self.error(f"call {i}: {call}")
-            arrived = await asyncio.wait_for(self.receiver.completed(incident), 60)
+            arrived = await asyncio.wait_for(self.receiver.alarm_rung(incident), 60)
             self.latencies.append((arrived - sent) * 1000)
             path = f"/v1/incidents/{incident}/responses"
             if self.args.unanswered_every and i % self.args.unanswered_every == 0:
@@ -360,8 +342,8 @@ class Soak:
     async def run(self) -> dict[str, object]:
         args = self.args
         await self.receiver.start()
-        hook = f"http://127.0.0.1:{self.receiver.port}/hook"
-        proc = await asyncio.to_thread(start_serve, self.data_dir, self.port, hook, args.tracemalloc)
+        hook = self.receiver.hook
+        proc = await asyncio.to_thread(start_traced_serve, self.data_dir, self.port, hook, args.tracemalloc)
         nats_pid = int((self.data_dir / "nats" / "pid").read_text())
         nc = await connect([running_url(self.data_dir) or ""], running_auth(self.data_dir))
         db = Database(f"sqlite:///{self.data_dir / 'dispatch.db'}")

@@ -109,9 +109,44 @@ class Received:
         return hmac.compare_digest(expected, self.headers.get("x-dispatch-signature", ""))
 
 
+def post_server(port: int, answer: Callable[[Received], tuple[int, bytes]]) -> ThreadingHTTPServer:
+    """A threaded HTTP server on 127.0.0.1:`port` (0: any free one), serving: each POST's body is
+    read whole and answered with what `answer` returns (status, body; a body is sent as JSON); one
+    whose client went before sending all it announced is not answered."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            body = self.rfile.read(length)
+            if len(body) < length:
+                return
+            code, data = answer(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(code)
+            if data:
+                self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def stop_server(server: ThreadingHTTPServer | None) -> None:
+    """Stop a `post_server` and close its socket (None: nothing to stop)."""
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+
+
 @dataclass
 class WebhookReceiver:
-    """An HTTP server that records every POST; `status` decides what it answers."""
+    """An HTTP server that records every POST; `status` decides what it answers (a body that is not
+    JSON: 400, not recorded)."""
 
     port: int = field(default_factory=free_port)
     received: list[Received] = field(default_factory=list)
@@ -124,42 +159,23 @@ class WebhookReceiver:
         return f"http://127.0.0.1:{self.port}/hook"
 
     def start(self) -> WebhookReceiver:
-        receiver = self
+        def answer(item: Received) -> tuple[int, bytes]:
+            try:
+                json.loads(item.body)
+            except ValueError:
+                return 400, b""
+            code = self.status(item)
+            if code < 300:
+                with self._lock:
+                    self.received.append(item)
+            return code, b""
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                body = self.rfile.read(length)
-                if len(body) < length:
-                    return
-                item = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-                try:
-                    json.loads(body)
-                except ValueError:
-                    self.send_response(400)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                code = receiver.status(item)
-                if code < 300:
-                    with receiver._lock:
-                        receiver.received.append(item)
-                self.send_response(code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                return
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = post_server(self.port, answer)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        stop_server(self._server)
+        self._server = None
 
     def for_incident(self, incident_id: str) -> list[Received]:
         with self._lock:
@@ -181,33 +197,18 @@ class RobotReceiver:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def start(self) -> RobotReceiver:
-        receiver = self
+        def answer(item: Received) -> tuple[int, bytes]:
+            with self._lock:
+                self.requests.append(item)
+                code = self.errcodes.pop(0) if self.errcodes else 0
+            return 200, json.dumps({"errcode": code, "errmsg": "ok" if code == 0 else f"error {code}"}).encode()
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                with receiver._lock:
-                    receiver.requests.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-                    code = receiver.errcodes.pop(0) if receiver.errcodes else 0
-                data = json.dumps({"errcode": code, "errmsg": "ok" if code == 0 else f"error {code}"}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                return
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = post_server(self.port, answer)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        stop_server(self._server)
+        self._server = None
 
     def bodies(self) -> list[dict[str, Any]]:
         with self._lock:

@@ -8,13 +8,11 @@ import hashlib
 import hmac
 import json
 import subprocess
-import threading
 import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -22,7 +20,7 @@ import pytest
 
 from dispatch.store.server import free_port
 from tests.rosters import village
-from tests.support import ServeProcess, start_gateway_sim, wait_until
+from tests.support import Received, ServeProcess, post_server, start_gateway_sim, stop_server, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -47,43 +45,31 @@ class Robot:
         robot = self
         robot.received = []
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-                query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
-                answer = {"errcode": 0, "errmsg": "ok"}
-                if robot.secret is not None:
-                    timestamp = query.get("timestamp", [""])[0]
-                    sign = query.get("sign", [""])[0]
-                    string_to_sign = f"{timestamp}\n{robot.secret}"
-                    expected = base64.b64encode(
-                        hmac.new(robot.secret.encode(), string_to_sign.encode(), hashlib.sha256).digest()
-                    ).decode()
-                    fresh = timestamp.isdigit() and abs(time.time() * 1000 - int(timestamp)) < 3_600_000
-                    if not (fresh and hmac.compare_digest(sign, expected)):
-                        robot.rejected += 1
-                        answer = {"errcode": 310000, "errmsg": "sign not match"}
-                if answer["errcode"] == 0:
-                    assert robot.received is not None
-                    robot.received.append(body)
-                data = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+        def answer(item: Received) -> tuple[int, bytes]:
+            query = urllib.parse.parse_qs(urllib.parse.urlparse(item.path).query)
+            reply = {"errcode": 0, "errmsg": "ok"}
+            if robot.secret is not None:
+                timestamp = query.get("timestamp", [""])[0]
+                sign = query.get("sign", [""])[0]
+                string_to_sign = f"{timestamp}\n{robot.secret}"
+                expected = base64.b64encode(
+                    hmac.new(robot.secret.encode(), string_to_sign.encode(), hashlib.sha256).digest()
+                ).decode()
+                fresh = timestamp.isdigit() and abs(time.time() * 1000 - int(timestamp)) < 3_600_000
+                if not (fresh and hmac.compare_digest(sign, expected)):
+                    robot.rejected += 1
+                    reply = {"errcode": 310000, "errmsg": "sign not match"}
+            if reply["errcode"] == 0:
+                assert robot.received is not None
+                robot.received.append(item.json)
+            return 200, json.dumps(reply).encode()
 
-            def log_message(self, *args: Any) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = post_server(0, answer)
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        stop_server(self.server)
 
 
 @dataclass
