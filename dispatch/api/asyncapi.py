@@ -38,6 +38,7 @@ from dispatch.events.model import (
     GroupEvent,
     IncidentEvent,
     LineEvent,
+    MemberEvent,
     RespondersNotified,
     TokenIssued,
     TokenRevoked,
@@ -64,6 +65,7 @@ def event_channels() -> dict[str, list[type[Event]]]:
         "incidentNotices": list(NOTICES),
         "groups": _events_of(GroupEvent),
         "villages": _events_of(VillageEvent),
+        "members": _events_of(MemberEvent),
         "lines": _events_of(LineEvent),
         "calls": [CallRouted],
         "tokens": [TokenIssued, TokenRevoked],
@@ -99,6 +101,12 @@ EVENT_CHANNELS: dict[str, dict[str, Any]] = {
         "parameters": {"village": _param("village code, one token")},
         "description": "A village's duty desks and deadline overrides.",
     },
+    "members": {
+        "address": "dispatch.evt.member.{digits}",
+        "parameters": {"digits": _param("the member's E.164 number without its +, one token")},
+        "description": "One number's absences (whichever groups it serves), each decided with the "
+        "subject's expected last sequence; the in-memory directory and the roster read model fold them.",
+    },
     "lines": {
         "address": s.line_subject("{line}"),
         "parameters": {
@@ -132,6 +140,7 @@ EVENTS_STREAM = {
         s.INCIDENT_HISTORY: "one incident's history, read with one batched direct get",
         s.GROUPS_ALL: "the in-memory directory",
         s.VILLAGES_ALL: "the in-memory directory",
+        s.MEMBERS_ALL: "the in-memory directory (absences)",
         s.TOKENS_ALL: "the token table",
     },
 }
@@ -148,6 +157,8 @@ SUMMARIES = {
     "DutyDeskBound": "A police station duty desk serves this village",
     "DutyDeskUnbound": "A duty desk no longer serves this village",
     "VillageSettingsChanged": "The village's deadlines changed",
+    "AbsenceSet": "A member is away for a period; a substitute is rung in their place",
+    "AbsenceEnded": "A member's absence ended early (or was called off)",
     "LineClosed": "The line's incident is closed; its next call opens a new one",
     "CallRouted": "What one gateway call id was answered",
     "AlarmRaised": "A group member called 6995: the incident opens and its recipients are alerted",

@@ -24,6 +24,7 @@ from typing import get_args
 
 import msgspec
 
+from dispatch.domain.absence import Absence, evolve_member
 from dispatch.domain.errors import InvalidCommand, NotFound
 from dispatch.domain.phone import cn_mobile_candidate, try_normalize
 from dispatch.domain.timezones import valid_time_zone
@@ -36,6 +37,7 @@ from dispatch.events.model import (
     GroupEvent,
     GroupFormed,
     MemberBound,
+    MemberEvent,
     MemberPlaced,
     MemberRenamed,
     MemberUnbound,
@@ -275,6 +277,18 @@ class _VillageRow(msgspec.Struct, array_like=True):
     proxy_counts: bool | None = None
 
 
+class _AbsenceRow(msgspec.Struct, array_like=True):
+    phone: str
+    last_seq: int
+    starts: datetime | None = None
+    until: datetime | None = None
+    substitute: str | None = None
+    substitute_name: str = ""
+    note: str = ""
+    set_at: datetime | None = None
+    actor: Actor | None = None
+
+
 class Snapshot(msgspec.Struct, array_like=True):
     """The directory as of `positions` (stream sequence applied, per followed subject filter)."""
 
@@ -287,6 +301,7 @@ class Snapshot(msgspec.Struct, array_like=True):
     phone_slots: bytes
     phones_other: list[tuple[str, list[int]]]
     numbers: int
+    absences: list[_AbsenceRow] = []
 
 
 _snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
@@ -316,14 +331,35 @@ class Directory:
         self._order: tuple[list[tuple[str, str]], list[GroupState]] | None = None
         self._names: list[str] | None = None
         self.position = 0
+        # phone -> its absence (set and not ended; maybe over or not yet begun), and phone -> the
+        # sequence of its member subject's last event
+        self.absences: dict[str, Absence] = {}
+        self.member_seqs: dict[str, int] = {}
 
     def apply(self, event: Event, seq: int) -> None:
-        """Fold one group or village event stored at `seq`."""
+        """Fold one group, village or member event stored at `seq`."""
         if isinstance(event, GroupEvent):
             self._apply_group(event, seq)
         elif isinstance(event, VillageEvent):
             self._apply_village(event, seq)
+        elif isinstance(event, MemberEvent):
+            self._apply_member(event, seq)
         self.position = max(self.position, seq)
+
+    def _apply_member(self, event: MemberEvent, seq: int) -> None:
+        if seq <= self.member_seqs.get(event.phone, 0):
+            return
+        self.member_seqs[event.phone] = seq
+        absence = evolve_member(self.absences.get(event.phone), event)
+        if absence is None:
+            self.absences.pop(event.phone, None)
+        else:
+            self.absences[event.phone] = absence
+
+    def absent(self, phone: str, now: datetime) -> Absence | None:
+        """The number's absence when it is away at `now`, else None."""
+        absence = self.absences.get(phone)
+        return absence if absence is not None and absence.absent_at(now) else None
 
     def _apply_group(self, event: GroupEvent, seq: int) -> None:
         gid = group_id(event.village, event.group)
@@ -435,6 +471,18 @@ class Directory:
             phone_slots=index._slots.tobytes(),
             phones_other=[(str(k), list(v)) for k, v in index._recent.items()],
             numbers=index._numbers,
+            absences=[
+                _AbsenceRow(
+                    phone,
+                    seq,
+                    *(
+                        (a.starts, a.until, a.substitute, a.substitute_name, a.note, a.set_at, a.actor)
+                        if (a := self.absences.get(phone)) is not None
+                        else ()
+                    ),
+                )
+                for phone, seq in self.member_seqs.items()
+            ],
         )
 
     @classmethod
@@ -471,6 +519,19 @@ class Directory:
             raise ValueError("snapshot phone index is torn")
         index._recent = {k: tuple(v) for k, v in snap.phones_other}
         index._numbers = snap.numbers
+        for arow in snap.absences:
+            d.member_seqs[arow.phone] = arow.last_seq
+            if arow.starts is not None and arow.until is not None:
+                d.absences[arow.phone] = Absence(
+                    arow.phone,
+                    arow.starts,
+                    arow.until,
+                    arow.substitute,
+                    arow.substitute_name,
+                    arow.note,
+                    arow.set_at,
+                    arow.actor,
+                )
         d.position = max(snap.positions.values(), default=0)
         return d, snap
 

@@ -33,6 +33,7 @@ from typing import Literal, cast
 
 import msgspec
 
+from dispatch.domain.absence import stand_ins
 from dispatch.domain.directory import Deadlines, Directory, GroupState, Membership
 from dispatch.domain.errors import InvalidCommand, InvalidTransition, NotFound, NotPermitted
 from dispatch.events.model import (
@@ -209,6 +210,7 @@ class Route:
     silent: bool = False
     relaxed: Quorum = ()
     proxy_counts: bool = True
+    absent: tuple[Person, ...] = ()
 
 
 def silent_route(route: Route) -> Route:
@@ -240,18 +242,32 @@ def route_call(
     if call.for_group is not None:
         group, caller = _reported(directory, call.for_group, call)
         line = f"report.{stable_key('report', call.call_id)}"
-        route = _group_route(directory, group, group.members, caller, line, policy, fallback_duty, defaults)
+        route = _group_route(directory, group, group.members, caller, line, policy, fallback_duty, defaults, call.at)
     else:
         memberships = directory.memberships(call.caller) if call.caller else []
         if len(memberships) == 1:
             m = memberships[0]
             line = group_line(m.group.village, m.group.group)
-            route = _group_route(directory, m.group, m.members, m.person, line, policy, fallback_duty, defaults)
+            route = _group_route(
+                directory, m.group, m.members, m.person, line, policy, fallback_duty, defaults, call.at
+            )
         elif memberships:
-            route = _village_route(directory, memberships, policy, fallback_duty, defaults)
+            route = _village_route(directory, memberships, policy, fallback_duty, defaults, call.at)
         else:
             route = _unregistered_route(call, fallback_duty, defaults)
     return silent_route(route) if call.silent else route
+
+
+def _on_duty(directory: Directory, members: Iterable[Person], now: datetime) -> tuple[list[Person], list[Person]]:
+    """(rung, absent) at `now`: members away replaced by their substitutes (see `absence.stand_ins`)."""
+    if not directory.absences:
+        return list(members), []
+
+    def name_of(phone: str) -> str:
+        found = directory.memberships(phone)
+        return found[0].person.name if found else ""
+
+    return stand_ins(members, directory.absences, now, name_of)
 
 
 def _reported(directory: Directory, for_group: tuple[str, str], call: IncomingCall) -> tuple[GroupState, Person]:
@@ -275,10 +291,14 @@ def _group_route(
     policy: Quorum,
     fallback_duty: tuple[Person, ...],
     defaults: Deadlines,
+    now: datetime,
 ) -> Route:
     """A group's members (but the caller) and its village's duty desks alerted, by the village's
-    deadlines and proxy setting; a cover clause nobody alerted could meet is relaxed."""
-    recipients = _ordered([p for p in members.values() if p.phone != caller.phone])
+    deadlines and proxy setting; a cover clause nobody alerted (nor an absent member) could meet is
+    relaxed. A member away at `now` is not alerted, their substitute is, in their role."""
+    present, away = _on_duty(directory, (p for p in members.values() if p.phone != caller.phone), now)
+    recipients = _ordered([p for p in present if p.phone != caller.phone])
+    absent = tuple(away)
     duty = directory.duty_desks(group.village) or fallback_duty
     return Route(
         kind="group",
@@ -288,10 +308,11 @@ def _group_route(
         caller=caller,
         recipients=recipients,
         duty_desks=duty,
-        quorum=effective_quorum(policy, recipients + duty),
+        quorum=effective_quorum(policy, recipients + duty + absent),
         deadlines=directory.deadlines(group.village, defaults),
-        relaxed=relaxed_clauses(policy, recipients + duty),
+        relaxed=relaxed_clauses(policy, recipients + duty + absent),
         proxy_counts=directory.proxy_counts(group.village),
+        absent=absent,
     )
 
 
@@ -301,17 +322,24 @@ def _village_route(
     policy: Quorum,
     fallback_duty: tuple[Person, ...],
     defaults: Deadlines,
+    now: datetime,
 ) -> Route:
-    """A number in several groups: the staff of its groups in its (first) village and the duty desks."""
+    """A number in several groups: the staff of its groups in its (first) village (substitutes for
+    those away at `now`) and the duty desks."""
     village = memberships[0].group.village
     caller = memberships[0].person
-    staff = [
-        p
-        for m in memberships
-        if m.group.village == village
-        for p in m.members.values()
-        if p.role in STAFF_ROLES and p.phone != caller.phone
-    ]
+    present, away = _on_duty(
+        directory,
+        (
+            p
+            for m in memberships
+            if m.group.village == village
+            for p in m.members.values()
+            if p.role in STAFF_ROLES and p.phone != caller.phone
+        ),
+        now,
+    )
+    staff = [p for p in present if p.phone != caller.phone]
     duty = directory.duty_desks(village) or fallback_duty
     duty = tuple(d for d in duty if d.phone != caller.phone)
     return Route(
@@ -326,6 +354,7 @@ def _village_route(
         deadlines=directory.deadlines(village, defaults),
         relaxed=() if duty else relaxed_clauses(policy, tuple(staff)),
         proxy_counts=directory.proxy_counts(village),
+        absent=tuple({p.phone: p for p in away}.values()),
     )
 
 
@@ -378,6 +407,7 @@ def open_incident(route: Route, call: IncomingCall, epoch: int) -> IncidentOpene
         opened_by_name=call.opened_by_name,
         relaxed=route.relaxed,
         proxy_counts=route.proxy_counts,
+        absent=route.absent,
     )
 
 
@@ -582,6 +612,8 @@ def _start(event: IncidentOpened) -> IncidentState:
     responders = {p.phone: Responder(person=p, recipient=True, last_alerted_at=event.at) for p in event.recipients}
     for desk in event.duty_desks:
         responders.setdefault(desk.phone, Responder(person=desk, recipient=False))
+    for away in event.absent:
+        responders.setdefault(away.phone, Responder(person=away, recipient=False))
     return IncidentState(
         id=event.incident_id,
         opened=event,

@@ -41,12 +41,14 @@ class Place(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 class Person(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A number with its name and role; `place` only when the roster gives one (omitted otherwise,
-    so a person without one encodes as before)."""
+    so a person without one encodes as before); `stands_in_for`: the absent member's number a
+    substitute is rung for, in that member's role (empty for everyone else)."""
 
     phone: str
     name: str = ""
     role: Role
     place: Place | None = None
+    stands_in_for: str = ""
 
 
 ActorChannel = Literal["keypad", "sms", "console", "api", "cli", "system"]
@@ -142,6 +144,30 @@ class VillageSettingsChanged(VillageEvent, frozen=True, kw_only=True):
     proxy_counts: bool | None = None
 
 
+# --- Member: one number's absences (leave, training), whichever groups it serves ------------------
+
+
+class MemberEvent(Event, frozen=True, kw_only=True):
+    phone: str
+    actor: Actor | None = None
+
+
+class AbsenceSet(MemberEvent, frozen=True, kw_only=True):
+    """The member is away from `starts` until `until` (UTC, end excluded): not rung meanwhile; the
+    `substitute` (None: nobody) is rung in their place, in the member's role in each group. It
+    replaces any absence set before."""
+
+    starts: datetime
+    until: datetime
+    substitute: str | None = None
+    substitute_name: str = ""
+    note: str = ""
+
+
+class AbsenceEnded(MemberEvent, frozen=True, kw_only=True):
+    """The member's absence ended early (or was called off before it began)."""
+
+
 # --- Alarm line: at most one open incident per group, per multi-group caller, per unknown number --
 
 
@@ -202,6 +228,9 @@ class IncidentOpened(IncidentEvent, frozen=True, kw_only=True):
     opened_by_name: str = ""
     relaxed: tuple[tuple[Role, ...], ...] | None = None
     proxy_counts: bool = True
+    # members away at raise time: not rung (their substitutes are, among `recipients`); they may
+    # still answer, in their own role
+    absent: tuple[Person, ...] = ()
 
 
 class AlarmRaised(IncidentOpened, frozen=True, kw_only=True):
@@ -378,6 +407,8 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     DutyDeskBound,
     DutyDeskUnbound,
     VillageSettingsChanged,
+    AbsenceSet,
+    AbsenceEnded,
     LineClosed,
     CallRouted,
     AlarmRaised,

@@ -33,6 +33,7 @@ TOKENS_ALL = "dispatch.evt.token.>"
 SINGLE_TOKEN_AGGREGATES = "dispatch.evt.*.*"
 GROUPS_ALL = "dispatch.evt.group.>"
 VILLAGES_ALL = "dispatch.evt.village.>"
+MEMBERS_ALL = "dispatch.evt.member.>"
 DELIVERY_ALL = "dispatch.deliver.>"
 SCHEDULES_ALL = "dispatch.sched.>"
 TIMERS_FIRED_ALL = "dispatch.timer.>"
@@ -95,6 +96,14 @@ def group_subject(village: str, group: str) -> str:
 
 def village_subject(village: str) -> str:
     return f"dispatch.evt.village.{village}"
+
+
+def member_subject(phone: str) -> str:
+    """A member's own subject (absences): its E.164 number's digits."""
+    digits = phone.removeprefix("+")
+    if not digits.isdigit() or not 3 <= len(digits) <= 20:
+        raise InvalidToken(f"number {phone[:40]!r} is not an E.164 number")
+    return f"dispatch.evt.member.{digits}"
 
 
 def incident_subject(incident_id: str) -> str:

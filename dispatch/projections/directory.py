@@ -27,7 +27,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from dispatch.domain.directory import Directory, Snapshot, encode_snapshot
-from dispatch.events.subjects import EVENTS_STREAM, GROUPS_ALL, VILLAGES_ALL
+from dispatch.events.subjects import EVENTS_STREAM, GROUPS_ALL, MEMBERS_ALL, VILLAGES_ALL
 from dispatch.store.eventstore import Recorded
 from dispatch.store.follow import Follower
 
@@ -64,6 +64,7 @@ class LiveDirectory:
         self.directory = Directory()
         self._groups = Follower(nc, GROUPS_ALL, self._apply, name="directory.groups")
         self._villages = Follower(nc, VILLAGES_ALL, self._apply, name="directory.villages")
+        self._members = Follower(nc, MEMBERS_ALL, self._apply, name="directory.members")
         self._stream_created = ""
         self._saving = asyncio.Lock()
         self._saved_at = -SNAPSHOT_MIN_INTERVAL_S
@@ -83,11 +84,15 @@ class LiveDirectory:
         self._villages = Follower(
             self.nc, VILLAGES_ALL, self._apply, name="directory.villages", start_seq=positions.get(VILLAGES_ALL, 0) + 1
         )
+        self._members = Follower(
+            self.nc, MEMBERS_ALL, self._apply, name="directory.members", start_seq=positions.get(MEMBERS_ALL, 0) + 1
+        )
         await self._groups.start(timeout=600)
         await self._villages.start(timeout=600)
+        await self._members.start(timeout=600)
         self.ready = True
         self.freeze()
-        replayed = self._groups.applied + self._villages.applied
+        replayed = self._groups.applied + self._villages.applied + self._members.applied
         log.info("directory.ready", replayed=replayed, snapshot=bool(positions))
         if replayed >= SNAPSHOT_AFTER_EVENTS:
             await self.save_snapshot()
@@ -120,7 +125,12 @@ class LiveDirectory:
         if path is None or not self._stream_created:
             return
         snapshot = self.directory.snapshot(
-            self._stream_created, {GROUPS_ALL: self._groups.position, VILLAGES_ALL: self._villages.position}
+            self._stream_created,
+            {
+                GROUPS_ALL: self._groups.position,
+                VILLAGES_ALL: self._villages.position,
+                MEMBERS_ALL: self._members.position,
+            },
         )
         async with self._saving:
             self._saved_at = asyncio.get_running_loop().time()
@@ -159,7 +169,12 @@ class LiveDirectory:
 
     async def wait_for(self, seqs_by_subject: dict[str, int], timeout: float = 10.0) -> None:
         for subject, seq in seqs_by_subject.items():
-            follower = self._villages if subject.startswith("dispatch.evt.village.") else self._groups
+            if subject.startswith("dispatch.evt.village."):
+                follower = self._villages
+            elif subject.startswith("dispatch.evt.member."):
+                follower = self._members
+            else:
+                follower = self._groups
             await follower.wait_for(seq, timeout)
 
     async def stop(self) -> None:
@@ -169,6 +184,7 @@ class LiveDirectory:
             await self.save_snapshot()
         await self._groups.stop()
         await self._villages.stop()
+        await self._members.stop()
 
 
 def _encode_and_write(path: Path, snapshot: Snapshot) -> bytes:
