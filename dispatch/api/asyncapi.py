@@ -153,6 +153,7 @@ SUMMARIES = {
     "RoleAssigned": "A member's role changed",
     "MemberRenamed": "A member's name changed",
     "MemberPlaced": "A member's address and coordinates changed",
+    "MemberLanguageSet": "The language a member's voice alarms are spoken in changed",
     "GroupDissolved": "A group was dissolved",
     "DutyDeskBound": "A police station duty desk serves this village",
     "DutyDeskUnbound": "A duty desk no longer serves this village",

@@ -49,7 +49,8 @@ def iso(value: datetime | None) -> str | None:
 
 
 def person(p: Person) -> dict[str, Any]:
-    """A person as the API shows them; `place` (address, lat, lon, geo link) when the roster gives one."""
+    """A person as the API shows them; `place` (address, lat, lon, geo link) when the roster gives one,
+    `language` when it gives one other than Mandarin."""
     shown: dict[str, Any] = {"phone": p.phone, "name": p.name, "role": p.role, "role_zh": ROLE_ZH.get(p.role, p.role)}
     if p.place is not None:
         shown["place"] = {
@@ -59,6 +60,8 @@ def person(p: Person) -> dict[str, Any]:
             "geo": geo_uri(p),
             "where": home(p),
         }
+    if p.language:
+        shown["language"] = p.language
     return shown
 
 

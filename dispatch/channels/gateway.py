@@ -175,6 +175,8 @@ class VoiceChannel:
             "notification_key": target.key,
             "context": {"incident_id": job.incident_id, "phone": target.recipient.phone, "round": job.round},
         }
+        if target.recipient.language:  # the roster's; none: Mandarin (docs/gateway.md)
+            payload["language"] = target.recipient.language
         try:
             try:
                 response = await self.gateway.post(VOICE_PATH, payload, f"{target.key}/{job.attempt}")

@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from dispatch.domain.roster import LANGUAGE_ZH
 from dispatch.projections.rebuild import Progress
 
 EXIT_REFUSED, EXIT_USAGE = 1, 2
@@ -128,6 +129,14 @@ def print_difference(diff: dict[str, Any], out: Any = None) -> None:
             where += f"  geo:{m['lat']},{m['lon']}"
         return f"{_who(m)}  at {where}" + (f"  (was {m['was']})" if m.get("was") else "")
 
+    def spoken(m: dict[str, Any]) -> str:
+        def said(code: str) -> str:
+            return f"{code or 'zh'} {LANGUAGE_ZH.get(code, code)}"
+
+        return f"{_who(m)}  speaks {said(m.get('language', ''))}" + (
+            f"  (was {said(m['was'])})" if m.get("was") else ""
+        )
+
     sections: tuple[tuple[str, str, Callable[[dict[str, Any]], str]], ...] = (
         ("unbound", "unbound (no longer rung for their group)", plain),
         ("duty_desks_unbound", "duty desks unbound", plain),
@@ -137,6 +146,7 @@ def print_difference(diff: dict[str, Any], out: Any = None) -> None:
         ("renamed", "renamed", changed),
         ("roles", "new role", changed),
         ("placed", "new address or coordinates", placed),
+        ("languages", "new language of the voice alarm", spoken),
     )
     formed = diff.get("formed") or []
     if formed:

@@ -38,6 +38,7 @@ from dispatch.events.model import (
     GroupFormed,
     MemberBound,
     MemberEvent,
+    MemberLanguageSet,
     MemberPlaced,
     MemberRenamed,
     MemberUnbound,
@@ -62,7 +63,7 @@ _unpack = msgspec.msgpack.Decoder(list[tuple[str, str, int]])
 class GroupState:
     """One group: its members (unpacked while it changes, one packed blob once compacted)."""
 
-    __slots__ = ("_members", "_packed", "dissolved", "group", "last_seq", "places", "slot", "village")
+    __slots__ = ("_members", "_packed", "dissolved", "group", "languages", "last_seq", "places", "slot", "village")
 
     def __init__(self, village: str, group: str, slot: int = -1) -> None:
         self.village = village
@@ -75,6 +76,8 @@ class GroupState:
         # phone -> place, for the members the roster places (None while none is): kept apart from
         # the packed members, so a roster without places packs and snapshots as before
         self.places: dict[str, Place] | None = None
+        # phone -> language, for the members the roster gives one other than the default (likewise)
+        self.languages: dict[str, str] | None = None
 
     @property
     def id(self) -> str:
@@ -86,10 +89,17 @@ class GroupState:
         """phone -> member, in binding order; a fresh dict when packed (changes go through `edit`)."""
         if self._members is not None:
             return self._members
-        places = self.places
-        if places:
+        places, languages = self.places, self.languages
+        if places or languages:
+            places, languages = places or {}, languages or {}
             return {
-                phone: Person(phone=phone, name=name, role=_ROLES[role], place=places.get(phone))
+                phone: Person(
+                    phone=phone,
+                    name=name,
+                    role=_ROLES[role],
+                    place=places.get(phone),
+                    language=languages.get(phone, ""),
+                )
                 for phone, name, role in _unpack.decode(self._packed)
             }
         return {
@@ -113,6 +123,22 @@ class GroupState:
             if self.places is None:
                 self.places = {}
             self.places[phone] = place
+
+    def set_language(self, phone: str, language: str) -> None:
+        """Set (or clear, "") the language a member's voice alarms are spoken in."""
+        members = self.edit()
+        old = members.get(phone)
+        if old is None:
+            return
+        members[phone] = msgspec.structs.replace(old, language=language)
+        if not language:
+            if self.languages is not None:
+                self.languages.pop(phone, None)
+                self.languages = self.languages or None
+        else:
+            if self.languages is None:
+                self.languages = {}
+            self.languages[phone] = language
 
     def edit(self) -> dict[str, Person]:
         """The members unpacked for changing (call `pack` when done)."""
@@ -264,6 +290,7 @@ class _GroupRow(msgspec.Struct, array_like=True):
     dissolved: bool
     members: bytes
     places: list[tuple[str, Place]] = []
+    languages: list[tuple[str, str]] = []
 
 
 class _VillageRow(msgspec.Struct, array_like=True):
@@ -385,12 +412,17 @@ class Directory:
             state.edit()[event.phone] = Person(phone=event.phone, name=event.name, role=event.role)
             if state.places is not None:
                 state.place_member(event.phone, None)
+            if state.languages is not None:
+                state.set_language(event.phone, "")
             self._by_phone.add(event.phone, state.slot)
         elif isinstance(event, MemberUnbound):
             state.edit().pop(event.phone, None)
             if state.places is not None:
                 state.places.pop(event.phone, None)
                 state.places = state.places or None
+            if state.languages is not None:
+                state.languages.pop(event.phone, None)
+                state.languages = state.languages or None
             self._by_phone.remove(event.phone, state.slot)
         elif isinstance(event, RoleAssigned):
             members = state.edit()
@@ -404,12 +436,14 @@ class Directory:
                 members[event.phone] = msgspec.structs.replace(old, name=event.name)
         elif isinstance(event, MemberPlaced):
             state.place_member(event.phone, event.place)
+        elif isinstance(event, MemberLanguageSet):
+            state.set_language(event.phone, event.language)
         elif isinstance(event, GroupDissolved):
             members = state.edit()
             for phone in members:
                 self._by_phone.remove(phone, state.slot)
             members.clear()
-            state.places = None
+            state.places = state.languages = None
             self._live -= not state.dissolved
             state.dissolved = True
             self._names = None
@@ -451,7 +485,15 @@ class Directory:
             stream_created=stream_created,
             positions=positions,
             groups=[
-                _GroupRow(g.village, g.group, g.last_seq, g.dissolved, g._packed, list((g.places or {}).items()))
+                _GroupRow(
+                    g.village,
+                    g.group,
+                    g.last_seq,
+                    g.dissolved,
+                    g._packed,
+                    list((g.places or {}).items()),
+                    list((g.languages or {}).items()),
+                )
                 for g in self._slots
             ],
             villages=[
@@ -497,6 +539,7 @@ class Directory:
             state.last_seq, state.dissolved = row.last_seq, row.dissolved
             state._members, state._packed = None, row.members
             state.places = dict(row.places) or None
+            state.languages = dict(row.languages) or None
             d._slots.append(state)
             d.groups[state.id] = state
             d._live += not row.dissolved

@@ -5,7 +5,9 @@ household, leader, assistant, officer, duty, or 联防户, 联防组长, 警务�
 an empty group: a station duty desk serving the village). Optional columns after them, in any order:
 `address` (地址), `lat` (纬度) and `lon` (经度): where a member lives, said in alarms. A file with
 them is authoritative for its members' places (an empty cell clears one); a file without them
-leaves places alone. Coordinates come both or neither, WGS-84 degrees.
+leaves places alone. Coordinates come both or neither, WGS-84 degrees. And `language` (语言): the
+language a member's voice alarms are spoken in, `zh` (普通话, the default) or `yue` (粤语); likewise
+authoritative when the column is there (an empty cell: the default), untouched when it is not.
 
 Invariants of an accepted roster (all checked before any event is produced; an invalid file
 yields errors and no events):
@@ -60,6 +62,7 @@ from dispatch.events.model import (
     Event,
     GroupFormed,
     MemberBound,
+    MemberLanguageSet,
     MemberPlaced,
     MemberRenamed,
     MemberUnbound,
@@ -82,7 +85,29 @@ PLACE_COLUMNS: dict[str, str] = {
     "lng": "lon",
     "longitude": "lon",
     "经度": "lon",
+    "language": "language",
+    "语言": "language",
 }
+PLACE_FIELDS = ("address", "lat", "lon")
+# A member's language, by every name a cell may give it: the code the events and the voice channel
+# carry ("" is Mandarin, the default). Only the languages espeak-ng reads Chinese text in: its `hak`
+# (Hakka) and `en` voices exist but say "Chinese letter" for every character, and the alarm has
+# no text in any other language.
+LANGUAGES: dict[str, str] = {
+    "": "",
+    "zh": "",
+    "cmn": "",
+    "zh-cn": "",
+    "mandarin": "",
+    "普通话": "",
+    "国语": "",
+    "yue": "yue",
+    "cantonese": "yue",
+    "粤语": "yue",
+    "广东话": "yue",
+    "白话": "yue",
+}
+LANGUAGE_ZH: dict[str, str] = {"": "普通话", "yue": "粤语"}
 MAX_ADDRESS = 128
 ROSTER_ROLES: tuple[str, ...] = ("household", "leader", "assistant", "officer", "duty")
 # The words the console and `groups show` print for each role, accepted in a file too.
@@ -138,9 +163,12 @@ class RosterRow(msgspec.Struct, frozen=True, gc=False):
     # the row's place when it gives one
     placed: bool = False
     place: Place | None = None
+    # likewise for the language column
+    languaged: bool = False
+    language: str = ""
 
 
-OpKind = Literal["formed", "bound", "unbound", "role", "renamed", "placed", "desk_bound", "desk_unbound"]
+OpKind = Literal["formed", "bound", "unbound", "role", "renamed", "placed", "language", "desk_bound", "desk_unbound"]
 
 
 class Op(msgspec.Struct, frozen=True, gc=False):
@@ -152,9 +180,10 @@ class Op(msgspec.Struct, frozen=True, gc=False):
     role: Role = "household"
     # what it was, for the difference shown (no event carries it): an unbound member's name and
     # role, a renamed member's or duty desk's old name, a reassigned member's old role, a placed
-    # member's old address
+    # member's old address, a member's old language
     before: str = ""
     place: Place | None = None
+    language: str = ""
 
 
 class AggregateChange(msgspec.Struct, frozen=True, gc=False):
@@ -195,6 +224,8 @@ class AggregateChange(msgspec.Struct, frozen=True, gc=False):
                 return MemberRenamed(at=at, village=village, group=group, phone=op.phone, name=op.name)
             case "placed":
                 return MemberPlaced(at=at, village=village, group=group, phone=op.phone, place=op.place)
+            case "language":
+                return MemberLanguageSet(at=at, village=village, group=group, phone=op.phone, language=op.language)
             case "desk_bound":
                 return DutyDeskBound(at=at, village=village, phone=op.phone, name=op.name)
             case "desk_unbound":
@@ -215,6 +246,7 @@ class ImportPlan:
     roles_assigned: int = 0
     members_renamed: int = 0
     members_placed: int = 0
+    languages_set: int = 0
     duty_desks_bound: int = 0
     duty_desks_unbound: int = 0
 
@@ -363,6 +395,7 @@ class KnownGroup(msgspec.Struct, frozen=True, gc=False):
     last_seq: int
     members: bytes | None
     places: dict[str, Place] | None = None
+    languages: dict[str, str] | None = None
 
     def member_map(self) -> dict[str, tuple[str, Role]]:
         """phone -> (name, role) of its live members; empty when it has none."""
@@ -413,7 +446,8 @@ class DirectoryView:
                     else _members_codec.encode([(p.phone, p.name, p.role) for p in current.members.values()])
                 )
                 places = None if current is None or not current.places else dict(current.places)
-                self.groups[gid] = KnownGroup(existing.last_seq, members, places)
+                languages = None if current is None or not current.languages else dict(current.languages)
+                self.groups[gid] = KnownGroup(existing.last_seq, members, places, languages)
             done += 1
             if done % step == 0:
                 yield
@@ -591,7 +625,7 @@ def _rows(
             if header[: len(HEADER)] not in (HEADER, HEADER_ZH) or "" in extra or len(set(extra)) < len(extra):
                 message = (
                     f"header must be {','.join(HEADER)} (or {','.join(HEADER_ZH)}), "
-                    "optionally followed by address, lat, lon (or 地址, 纬度, 经度)"
+                    "optionally followed by address, lat, lon, language (or 地址, 纬度, 经度, 语言)"
                 )
                 errors.append(RosterError(line=line_no, message=message + _full_width_hint(cells)))
                 if len(cells) < len(HEADER):
@@ -646,7 +680,7 @@ def refused_in_name(name: str) -> str | None:
 
 def _parse_place(line: int, cells: list[str], extra: tuple[str, ...], errors: _Errors) -> Place | None:
     """The place the optional columns give (None: all empty); errors for a bad one."""
-    given = {column: cell.strip() for column, cell in zip(extra, cells, strict=True)}
+    given = {column: cell.strip() for column, cell in zip(extra, cells, strict=True) if column in PLACE_FIELDS}
     address = given.get("address", "")
     lat_text, lon_text = given.get("lat", ""), given.get("lon", "")
     if len(address) > MAX_ADDRESS:
@@ -672,6 +706,19 @@ def _parse_place(line: int, cells: list[str], extra: tuple[str, ...], errors: _E
     return Place(address=address, lat=lat, lon=lon)
 
 
+def _parse_language(line: int, cell: str, errors: _Errors) -> str:
+    """The language code a cell gives ("" for Mandarin, the default); an error for one not spoken."""
+    code = LANGUAGES.get(cell.strip().lower())
+    if code is None:
+        message = (
+            f"language {cell.strip()!r} must be zh (普通话, the default when empty) or yue (粤语): "
+            "the alarm is spoken from Chinese text, which no other voice reads"
+        )
+        errors.append(RosterError(line=line, message=message))
+        return ""
+    return code
+
+
 def _parse_row(
     line: int,
     cells: list[str],
@@ -688,7 +735,10 @@ def _parse_row(
         errors.append(RosterError(line=line, message=message))
         return None
     village, group, raw_phone, role_text, name = (c.strip() for c in cells[: len(HEADER)])
-    place = _parse_place(line, cells[len(HEADER) :], extra, errors) if extra else None
+    placed = any(column in PLACE_FIELDS for column in extra)
+    place = _parse_place(line, cells[len(HEADER) :], extra, errors) if placed else None
+    languaged = "language" in extra
+    language = _parse_language(line, cells[len(HEADER) + extra.index("language")], errors) if languaged else ""
     place_ok = True
     try:
         check_token("village", village)
@@ -741,8 +791,10 @@ def _parse_row(
         phone,
         role,
         name,
-        bool(extra) and role != "duty",
+        placed and role != "duty",
         place if role != "duty" else None,
+        languaged and role != "duty",
+        language if role != "duty" else "",
     )
 
 
@@ -913,6 +965,13 @@ def _diff_group(known: KnownGroup | None, rows: list[RosterRow], at: datetime, p
                 before = old_place.address if old_place is not None else ""
                 ops.append(Op("placed", phone, row.name, row.role, before, row.place))
                 plan.members_placed += 1
+    if any(row.languaged for row in rows):
+        languages = (known.languages if known is not None else None) or {}
+        for phone, row in wanted.items():
+            old_language = languages.get(phone, "") if phone in have else ""
+            if row.language != old_language:
+                ops.append(Op("language", phone, row.name, row.role, old_language, language=row.language))
+                plan.languages_set += 1
     if not ops:
         plan.groups_unchanged += 1
         return
@@ -954,6 +1013,7 @@ class MemberChange(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     address: str = ""
     lat: float | None = None
     lon: float | None = None
+    language: str = ""
 
 
 class Difference(msgspec.Struct, kw_only=True):
@@ -968,6 +1028,7 @@ class Difference(msgspec.Struct, kw_only=True):
     renamed: list[MemberChange] = msgspec.field(default_factory=list)
     roles: list[MemberChange] = msgspec.field(default_factory=list)
     placed: list[MemberChange] = msgspec.field(default_factory=list)
+    languages: list[MemberChange] = msgspec.field(default_factory=list)
     duty_desks_bound: list[MemberChange] = msgspec.field(default_factory=list)
     duty_desks_unbound: list[MemberChange] = msgspec.field(default_factory=list)
     counts: dict[str, int] = msgspec.field(default_factory=dict)
@@ -1016,6 +1077,8 @@ def difference(plan: ImportPlan, listed: int = MAX_LISTED) -> Difference:
                     "placed",
                     member(op, village, group, was=op.before, address=where.address, lat=where.lat, lon=where.lon),
                 )
+            elif op.kind == "language":
+                keep("languages", member(op, village, group, was=op.before, language=op.language))
             elif op.kind == "desk_bound" and op.before:
                 keep("renamed", member(op, village, role="duty", was=op.before))
             elif op.kind == "desk_bound":
@@ -1035,6 +1098,7 @@ def difference(plan: ImportPlan, listed: int = MAX_LISTED) -> Difference:
             "renamed",
             "roles",
             "placed",
+            "languages",
             "duty_desks_bound",
             "duty_desks_unbound",
         )

@@ -42,13 +42,15 @@ class Place(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 class Person(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A number with its name and role; `place` only when the roster gives one (omitted otherwise,
     so a person without one encodes as before); `stands_in_for`: the absent member's number a
-    substitute is rung for, in that member's role (empty for everyone else)."""
+    substitute is rung for, in that member's role (empty for everyone else); `language` the voice
+    alarms are spoken in (`yue` Cantonese; empty: Mandarin, the default, omitted likewise)."""
 
     phone: str
     name: str = ""
     role: Role
     place: Place | None = None
     stands_in_for: str = ""
+    language: str = ""
 
 
 ActorChannel = Literal["keypad", "sms", "console", "api", "cli", "system"]
@@ -109,6 +111,13 @@ class MemberPlaced(GroupEvent, frozen=True, kw_only=True):
 
     phone: str
     place: Place | None = None
+
+
+class MemberLanguageSet(GroupEvent, frozen=True, kw_only=True):
+    """The language a member's voice alarms are spoken in (`yue`; empty: back to Mandarin, the default)."""
+
+    phone: str
+    language: str = ""
 
 
 class GroupDissolved(GroupEvent, frozen=True, kw_only=True):
@@ -403,6 +412,7 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     RoleAssigned,
     MemberRenamed,
     MemberPlaced,
+    MemberLanguageSet,
     GroupDissolved,
     DutyDeskBound,
     DutyDeskUnbound,

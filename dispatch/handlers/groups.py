@@ -97,6 +97,7 @@ class ImportSummary(msgspec.Struct, frozen=True, kw_only=True):
     events: int
     members_moved: int = 0
     members_placed: int = 0
+    languages_set: int = 0
 
     @classmethod
     def of(cls, plan: ImportPlan, moved: int = 0) -> ImportSummary:
@@ -115,6 +116,7 @@ class ImportSummary(msgspec.Struct, frozen=True, kw_only=True):
             events=plan.event_count,
             members_moved=moved,
             members_placed=plan.members_placed,
+            languages_set=plan.languages_set,
         )
 
 

@@ -65,6 +65,7 @@ class Origination(msgspec.Struct, kw_only=True):
     keypad: dict[str, str] = {}
     notification_key: str = ""
     context: dict[str, Any] = {}
+    language: str = ""
 
 
 class OutboundSms(msgspec.Struct, kw_only=True):
@@ -260,7 +261,7 @@ def create_app(sim: GatewaySim) -> Litestar:
         call = msgspec.json.decode(body, type=Origination)
         answer = {"call_ref": call.call_ref, "status": "originated"}
         sim._answers[key] = answer
-        sim.record("originate", to=call.to, call_ref=call.call_ref, text=call.text)
+        sim.record("originate", to=call.to, call_ref=call.call_ref, text=call.text, language=call.language)
         sim.spawn(sim.originate(call))
         return Response(answer, status_code=201)
 

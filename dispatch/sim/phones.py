@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from dispatch.channels.routing import GatewayConfig
+from dispatch.domain.roster import LANGUAGE_ZH
 from dispatch.sim.gateway import GatewaySim, Scenario, serve
 from dispatch.store.server import free_port
 
@@ -83,7 +84,8 @@ class SimulatedPhones:
         """What a virtual phone did, in a line people read (Chinese; every line labelled simulation)."""
         kind = entry["kind"]
         if kind == "originate":
-            self._said[str(entry["call_ref"])] = str(entry.get("text", ""))
+            language = LANGUAGE_ZH.get(str(entry.get("language", "")), str(entry.get("language", "")))
+            self._said[str(entry["call_ref"])] = f"（{language}）{entry.get('text', '')}"
             return
         phone = str(entry.get("to") or entry.get("caller") or entry.get("sender") or "")
         who = self.who(phone) if phone else ""

@@ -45,7 +45,7 @@ from dispatch.domain.phone import mask
 from dispatch.domain.signing import signed_headers
 from dispatch.settings import SipSettings
 from dispatch.sip.baresip import Baresip, EngineConfig, EngineError, Event, status_code, user_of
-from dispatch.sip.speech import Speech, SpeechError, silence_wav, wav_seconds
+from dispatch.sip.speech import Speech, SpeechError, silence_wav, voice_for, wav_seconds
 
 log = structlog.get_logger(__name__)
 
@@ -385,7 +385,13 @@ class Bridge:
             log.warning("sip.dial_refused", call_ref=call.call_ref, data=answers[-1].get("data"))
             await self._finish(call, "failed")
             return
-        log.info("sip.dialled", call_ref=call.call_ref, to=mask(call.to), audio_s=round(wav_seconds(alarm), 2))
+        log.info(
+            "sip.dialled",
+            call_ref=call.call_ref,
+            to=mask(call.to),
+            audio_s=round(wav_seconds(alarm), 2),
+            voice=voice_for(call.language),
+        )
         deadline = started + call.ring_timeout_s
         established = rang = hung_up = False
         while True:
