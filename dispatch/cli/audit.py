@@ -7,8 +7,6 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from dispatch.reports import render
-
 PARAMS = ("since", "until", "actor", "action", "outcome", "village", "limit")
 SHOWN = ("at", "action", "outcome", "name", "role", "channel", "source", "target", "detail")
 
@@ -30,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_audit(args: argparse.Namespace, fetch: Callable[..., Any]) -> int:
     """Fetch the trail and print it."""
     from dispatch.api.audit import audit_table
+    from dispatch.reports import render
 
     params = {key: getattr(args, key) for key in PARAMS if getattr(args, key, None) not in (None, "")}
     data = fetch(args, "GET", "/v1/audit", params=params)

@@ -11,8 +11,6 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from dispatch.reports import render
-
 KINDS = ("response-times", "history", "stats", "readiness")
 
 
@@ -72,6 +70,8 @@ PARAMS = (
 
 
 def run_report(args: argparse.Namespace, fetch: Callable[..., Any]) -> int:
+    from dispatch.reports import render
+
     params = {key: getattr(args, key) for key in PARAMS if getattr(args, key, None) not in (None, "")}
     report: dict[str, Any] = fetch(args, "GET", f"/v1/reports/{args.kind}", params=params)
     if args.format == "json":

@@ -16,17 +16,12 @@ import contextlib
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from faststream.nats.security import (
-    NatsCredentials,
-    NatsNKey,
-    NatsSecurity,
-    NatsToken,
-    NatsUserPassword,
-)
-from faststream.security import BaseSecurity
 from nats.aio.client import Client as NATS
+
+if TYPE_CHECKING:  # FastStream takes most of a second to import: only the service's broker needs it
+    from faststream.security import BaseSecurity
 
 
 class NatsConnectError(RuntimeError):
@@ -108,6 +103,8 @@ class NatsAuth:
 
     def broker_security(self) -> BaseSecurity | None:
         """The same for FastStream's NatsBroker (`security=`)."""
+        from faststream.nats.security import NatsCredentials, NatsNKey, NatsSecurity, NatsToken, NatsUserPassword
+
         context = self.ssl_context()
         if self.user:
             return NatsUserPassword(self.user, self.password or "", ssl_context=context)
