@@ -113,13 +113,24 @@ def test_nats_killed_after_202s_loses_nothing_and_refuses_calls_while_down(
         again.kill()
 
 
-def test_receiver_down_for_30s_every_delivery_completes_and_deadlines_still_fire(
+# Delivery retries on a quarter of the shipped base: five attempts span at least 0.5 x (1 + 2 + 4 + 8)
+# = 7.5 s (30 s with the shipped 2 s: tests/unit/test_delivery_backoff.py), and the receiver is down
+# for all of it, the ack deadline falling due meanwhile.
+BACKOFF_BASE = 0.5
+RETRIES_SPAN_S = BACKOFF_BASE * 15
+
+
+def test_receiver_down_for_the_whole_retry_span_every_delivery_completes_and_deadlines_still_fire(
     tmp_path: Path, receiver: WebhookReceiver
 ) -> None:
     receiver.stop()
-    serve = ServeProcess(
-        tmp_path / "data", webhook_env(receiver, DISPATCH_ACK_DEADLINE="5", DISPATCH_ESCALATE_AFTER="300")
-    ).start()
+    env = webhook_env(
+        receiver,
+        DISPATCH_ACK_DEADLINE="5",
+        DISPATCH_ESCALATE_AFTER="300",
+        DISPATCH_DELIVERY_BACKOFF_BASE=str(BACKOFF_BASE),
+    )
+    serve = ServeProcess(tmp_path / "data", env).start()
     try:
         http = serve.client()
         http.post("/v1/groups/import", content=roster(5).encode(), headers={"Content-Type": "text/csv"})
@@ -129,7 +140,7 @@ def test_receiver_down_for_30s_every_delivery_completes_and_deadlines_still_fire
             for g in range(5)
         ]
         raised = {i: http.get(f"/v1/incidents/{i}").json()["raised_at"] for i in incidents}
-        time.sleep(max(0.0, 30 - (time.monotonic() - down_at)))
+        time.sleep(max(0.0, RETRIES_SPAN_S - (time.monotonic() - down_at)))
         receiver.start()
         expected = {(i, f"+86{13000000000 + g * 100 + k}") for g, i in enumerate(incidents) for k in range(9)}
         wait_until(lambda: set(delivered_pairs(receiver)) >= expected, timeout=60, interval=0.5)
@@ -145,8 +156,9 @@ def test_receiver_down_for_30s_every_delivery_completes_and_deadlines_still_fire
             if e["type"] == "DeliveryFailed"
         ]
         print(
-            f"\nreceiver down 30 s: {len(delivered_pairs(receiver))} (incident, recipient) pairs delivered "
-            f"of {len(expected)} expected; tier-1 escalations at {sorted(round(v, 2) for v in late.values())} s"
+            f"\nreceiver down {RETRIES_SPAN_S} s: {len(delivered_pairs(receiver))} (incident, recipient) pairs "
+            f"delivered of {len(expected)} expected; "
+            f"tier-1 escalations at {sorted(round(v, 2) for v in late.values())} s"
         )
         assert set(delivered_pairs(receiver)) >= expected
         assert exhausted == []
