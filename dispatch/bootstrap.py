@@ -89,6 +89,8 @@ from dispatch.store.connect import NatsAuth, NatsConnectError, connect
 from dispatch.store.eventstore import EventStore
 from dispatch.store.headers import install_header_parser
 from dispatch.store.jobs import JobQueue
+from dispatch.store.keys import Keyring
+from dispatch.store.keys import install as install_keyring
 from dispatch.store.provision import TIMERS_CONSUMER, provision
 from dispatch.store.server import EmbeddedNats
 from dispatch.store.timers import TimerDue, Timers
@@ -292,6 +294,9 @@ class Service:
             audit_retention_days=st.audit_retention_days,
         )
 
+        self.keyring = Keyring(self.nc)
+        await self.keyring.start()
+        install_keyring(self.keyring)
         self.store = EventStore(self.nc, metrics=self.metrics)
         self.directory = LiveDirectory(self.nc, st.data_dir / "directory.snapshot")
         await self.directory.start()
@@ -748,6 +753,8 @@ class Service:
             await self.gateway_client.close()
         if getattr(self, "store", None) is not None:
             await self.store.close()
+        if getattr(self, "keyring", None) is not None:
+            await self.keyring.stop()
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.drain()

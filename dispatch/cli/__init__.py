@@ -263,6 +263,15 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     return asyncio.run(run_tokens(_quiet_settings(args), args))
 
 
+def cmd_people(args: argparse.Namespace) -> int:
+    from dispatch.cli.people import run_people
+    from dispatch.observe import logging as dlog
+
+    settings = _settings(args)
+    dlog.configure(settings.log_format, "warning")
+    return asyncio.run(run_people(settings, args))
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from dispatch.cli.replay import replay
 
@@ -749,6 +758,27 @@ def build_parser() -> argparse.ArgumentParser:
     service_options(p)
     p.add_argument("token_id", help="the token's id: the `id` column of `dispatch tokens list`")
     p.set_defaults(func=cmd_tokens)
+
+    people = _add(
+        sub,
+        "people",
+        "personal data: erase a person (admin; works on the log directly, audited)",
+        "A person's numbers, names and notes are stored encrypted under their own key; erasing deletes\n"
+        "the key, so every copy in the log reads as 已删除 (docs/security.md).",
+        ["dispatch people erase 13800000007"],
+    ).add_subparsers(dest="people_command", required=True, metavar="SUBCOMMAND")
+    p = _add(
+        people,
+        "erase",
+        "erase a number: delete its key, overwrite its dead letters, rebuild the read models",
+        "Refused while the number is in a group (import a roster without it first). With the service\n"
+        "stopped the read models are rebuilt at once; with it running, stop it and run `dispatch replay`.",
+        ["dispatch people erase 13800000007", "dispatch people erase +8613800000007 --no-replay"],
+    )
+    service_options(p)
+    p.add_argument("number", help="the phone number to erase (13800000007, +8613800000007)")
+    p.add_argument("--no-replay", action="store_true", help="do not rebuild the read models now")
+    p.set_defaults(func=cmd_people)
 
     p = client(
         _add(

@@ -11,6 +11,7 @@ from nats.aio.client import Client as NATS
 from dispatch.settings import Settings, SettingsError
 from dispatch.store.connect import NatsConnectError, connect
 from dispatch.store.headers import install_header_parser
+from dispatch.store.keys import Keyring, install
 from dispatch.store.provision import provision
 from dispatch.store.server import EmbeddedNats, running_auth, running_url
 
@@ -42,7 +43,13 @@ async def open_log(settings: Settings, *, use_running: bool = True) -> AsyncIter
         raise SettingsError(str(exc)) from None
     try:
         await provision(nc, replicas=settings.stream_replicas, audit_retention_days=settings.audit_retention_days)
-        yield nc
+        keyring = Keyring(nc)
+        await keyring.start()
+        install(keyring)
+        try:
+            yield nc
+        finally:
+            await keyring.stop()
     finally:
         await nc.close()
         if embedded is not None:

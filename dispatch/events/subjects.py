@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 
 EVENTS_STREAM = "DISPATCH_EVENTS"
 DELIVERY_STREAM = "DISPATCH_DELIVERY"
@@ -161,11 +162,23 @@ def village_line(village: str) -> str:
     return f"village.{village}"
 
 
+_number_hash: list[Callable[[str], str]] = []
+
+
+def hash_numbers_with(hashed: Callable[[str], str] | None) -> None:
+    """Name callers' lines by `hashed(digits)` (a keyed hash: `dispatch.store.keys`), or by their
+    digits again (None)."""
+    _number_hash.clear()
+    if hashed is not None:
+        _number_hash.append(hashed)
+
+
 def caller_line(caller: str, call_id: str) -> str:
-    """The line of a caller in no group: its digits, or (no usable number) the call itself."""
+    """The line of a caller in no group: a keyed hash of its digits (`h<hash>`; its digits where no
+    key store is in use, as logs before sealing), or (no usable number) the call itself."""
     digits = "".join(ch for ch in caller if ch.isdigit())
     if 3 <= len(digits) <= 20:
-        return f"caller.{digits}"
+        return f"caller.h{_number_hash[0](digits)}" if _number_hash else f"caller.{digits}"
     return f"caller.anon-{call_key(call_id)[:16]}"
 
 

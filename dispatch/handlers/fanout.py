@@ -58,7 +58,7 @@ from dispatch.handlers.eager import gather_now
 from dispatch.handlers.messages import Trigger
 from dispatch.ids import stable_key
 from dispatch.observe.metrics import Metrics
-from dispatch.store.eventstore import EventStore, Outgoing, Recorded
+from dispatch.store.eventstore import EventStore, Outgoing, Recorded, opened
 from dispatch.store.timers import Timers
 
 log = structlog.get_logger(__name__)
@@ -104,7 +104,7 @@ class FanOut:
 
     async def on_trigger(self, trigger: Trigger) -> int:
         """A stored decision: ring everyone it reaches; return how many targets were handed to channels."""
-        return await self.handle(trigger.record, redelivered=trigger.redelivered)
+        return await self.handle(await opened(trigger.record), redelivered=trigger.redelivered)
 
     async def handle(self, rec: Recorded, *, redelivered: bool = False) -> int:
         """Ring everyone a trigger reaches; return how many targets were handed to channels."""

@@ -48,7 +48,7 @@ from dispatch.events.codec import UnknownEvent
 from dispatch.events.subjects import EVENTS_ALL, EVENTS_STREAM
 from dispatch.projections.sql import SCHEMA_LOCK, Connection, Database, is_db_error
 from dispatch.store.eventstore import H_MSG_ID, Recorded
-from dispatch.store.follow import SequenceWaiters
+from dispatch.store.follow import SequenceWaiters, opened_patiently
 
 log = structlog.get_logger(__name__)
 
@@ -416,6 +416,7 @@ class ProjectionRunner:
             try:
                 event = codec.decode_headers(headers, msg.data)
                 rec = Recorded(seq, msg.subject, event, headers.get(H_MSG_ID), datetime.fromtimestamp(stamp, UTC))
+                rec = await opened_patiently(rec, self.name)
             except UnknownEvent as exc:
                 log.error("projection.unreadable", projection=self.name, seq=seq, error=str(exc))
         self._items.append((rec, seq))

@@ -41,6 +41,7 @@ from prometheus_client import Counter, Histogram
 from dispatch.events import codec
 from dispatch.events.model import Event
 from dispatch.events.subjects import EVENTS_STREAM, aggregate_of, check_literal, stream_of
+from dispatch.store import keys
 from dispatch.store.batch import MAX_BATCH, publish_batch, publish_one
 
 ERR_WRONG_LAST_SEQUENCE = 10071
@@ -95,8 +96,22 @@ def parse_time(value: str | None) -> datetime:
     return datetime.fromisoformat(head).replace(tzinfo=UTC, microsecond=int(micros))
 
 
+async def opened(rec: Recorded) -> Recorded:
+    """`rec` with its event's personal fields opened by the active keyring (`dispatch.store.keys`)."""
+    try:
+        event = await keys.opened(rec.event)
+    except keys.KeyStoreUnavailable as exc:
+        raise StoreUnavailable(str(exc)) from exc
+    return rec if event is rec.event else Recorded(rec.seq, rec.subject, event, rec.msg_id, rec.time)
+
+
+async def read_record(msg: Msg, subject: str | None = None) -> Recorded:
+    """A stored message as a Recorded, its personal fields opened."""
+    return await opened(recorded_from(msg, subject))
+
+
 def recorded_from(msg: Msg, subject: str | None = None) -> Recorded:
-    """A stored message as a Recorded."""
+    """A stored message as a Recorded (personal fields as stored: see `read_record`)."""
     headers = msg.headers or {}
     meta_seq = headers.get("Nats-Sequence")
     seq = int(meta_seq) if meta_seq else msg.metadata.sequence.stream
@@ -161,10 +176,14 @@ class EventStore:
     async def _append(self, messages: Sequence[Outgoing]) -> list[int]:
         self._require_connection()
         try:
+            bodies = [codec.encode(await keys.sealed(m.event)) for m in messages]
+        except keys.KeyStoreUnavailable as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        try:
             if len(messages) == 1:
-                ack = await self._request(messages[0])
+                ack = await self._request(messages[0], bodies[0])
             else:
-                ack = await self._batch(messages)
+                ack = await self._batch(messages, bodies)
         except (NatsTimeout, NoRespondersError, ConnectionClosedError, OutboundBufferLimitError) as exc:
             raise StoreUnavailable(f"event log unavailable: {type(exc).__name__}") from exc
         error = ack.get("error")
@@ -193,18 +212,14 @@ class EventStore:
             headers[H_EXPECTED_SUBJECT_SEQ] = str(message.expected_seq)
         return headers
 
-    async def _request(self, message: Outgoing) -> dict[str, Any]:
-        return await publish_one(
-            self.nc, message.subject, codec.encode(message.event), self._headers(message, True), timeout=self.timeout
-        )
+    async def _request(self, message: Outgoing, body: bytes) -> dict[str, Any]:
+        return await publish_one(self.nc, message.subject, body, self._headers(message, True), timeout=self.timeout)
 
-    async def _batch(self, messages: Sequence[Outgoing]) -> dict[str, Any]:
+    async def _batch(self, messages: Sequence[Outgoing], bodies: list[bytes]) -> dict[str, Any]:
         seen: set[str] = set()
         prepared = []
-        for message in messages:
-            prepared.append(
-                (message.subject, codec.encode(message.event), self._headers(message, message.subject not in seen))
-            )
+        for message, body in zip(messages, bodies, strict=True):
+            prepared.append((message.subject, body, self._headers(message, message.subject not in seen)))
             seen.add(message.subject)
         return await publish_batch(self.nc, prepared, timeout=self.timeout)
 
@@ -246,7 +261,7 @@ class EventStore:
             return None
         if status is not None:
             raise StoreUnavailable(f"direct get failed: {status} {(reply.headers or {}).get('Description')}")
-        return recorded_from(reply, subject)
+        return await read_record(reply, subject)
 
     async def last_of(self, subjects: list[str]) -> dict[str, Recorded]:
         """The last message of each subject that has one, in one round trip (a batched direct get
@@ -325,7 +340,7 @@ class EventStore:
                     return out, int(headers.get("Nats-Num-Pending", "0") or 0) > 0
                 if status is not None:
                     raise StoreUnavailable(f"direct get failed: {status} {headers.get('Description')}")
-                out.append(recorded_from(msg, subject))
+                out.append(await read_record(msg, subject))
         except (TimeoutError, ConnectionClosedError) as exc:
             raise StoreUnavailable(f"event log unavailable: {type(exc).__name__}") from exc
         finally:

@@ -22,9 +22,23 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from dispatch.events.codec import UnknownEvent
 from dispatch.events.subjects import EVENTS_STREAM
-from dispatch.store.eventstore import Recorded, recorded_from
+from dispatch.store.eventstore import Recorded, StoreUnavailable, opened, recorded_from
 
 log = structlog.get_logger(__name__)
+
+
+KEYS_RETRY_S = 0.5
+
+
+async def opened_patiently(rec: Recorded, reader: str) -> Recorded:
+    """`rec` opened (`dispatch.store.keys`), waiting out an unavailable key store: an in-order reader
+    never skips an event, nor applies one half-read."""
+    while True:
+        try:
+            return await opened(rec)
+        except StoreUnavailable as exc:
+            log.warning("keys.unavailable", reader=reader, seq=rec.seq, error=str(exc), retry_in_s=KEYS_RETRY_S)
+            await asyncio.sleep(KEYS_RETRY_S)
 
 
 class SequenceWaiters:
@@ -124,6 +138,7 @@ class Follower:
             log.error("follow.unreadable", follower=self.name, seq=msg.metadata.sequence.stream, error=str(exc))
             self._advance(msg.metadata.sequence.stream)
             return
+        rec = await opened_patiently(rec, self.name)
         try:
             self.apply(rec)
             self.applied += 1

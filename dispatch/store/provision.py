@@ -29,6 +29,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from dispatch.events import subjects as s
+from dispatch.store.keys import keys_stream
 
 log = structlog.get_logger(__name__)
 
@@ -325,6 +326,7 @@ async def provision(
 ) -> None:
     """Create or correct every stream and durable consumer the service uses."""
     await ensure_stream(nc, events_stream(replicas))
+    await ensure_stream(nc, keys_stream(replicas))
     await ensure_stream(nc, audit_stream(replicas, audit_retention_days))
     await ensure_stream(nc, index_stream(replicas))
     await ensure_stream(nc, delivery_stream(replicas))

@@ -1,0 +1,346 @@
+"""The key store (a JetStream key-value bucket, DISPATCH_KEYS) and the keys at hand in this process.
+
+Invariants:
+- the bucket holds `pepper` (the secret of the keyed hashes), `n.<HMAC(pepper, number)>` -> a
+  person's random key id, `k.<kid>` -> that person's AES-256 key, `d.<YYYYMMDD>` -> a day's key;
+  no number is ever written to it, neither as a key nor as a value;
+- it is replicated like the log (R1 embedded, R3 in a cluster), keeps one value per key, and is not
+  `deny_delete`: an erasure overwrites the key's stored message (a JetStream secure delete), then
+  writes a delete marker, which every process's watcher sees and drops from its cache;
+- keys are created once (`create` fails when another process created the same entry first: its
+  value is then used), never changed; the caches only grow from the bucket and shrink by its
+  markers, so a retried append seals under the same person's key as the first try;
+- a process holds keys by id (opening) and numbers' key ids (sealing); a key asked for that the
+  bucket no longer holds reads as erased, never as "not yet";
+- `active()` is the keyring the log's readers and writers use in this process (installed by the
+  composition root, removed when it stops); with none installed nothing is sealed, and envelopes
+  stay as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import structlog
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from dispatch.events import sealing
+from dispatch.events.model import Event
+from dispatch.events.subjects import hash_numbers_with
+
+log = structlog.get_logger(__name__)
+
+BUCKET = "DISPATCH_KEYS"
+STREAM = f"KV_{BUCKET}"
+PREFIX = f"$KV.{BUCKET}."
+NS = 1_000_000_000
+KEY_BYTES = 32
+KID_BYTES = 10
+
+E = TypeVar("E", bound=Event)
+
+
+def keys_stream(replicas: int) -> dict[str, Any]:
+    """KV_DISPATCH_KEYS: the bucket's stream, as nats-py's KV binds to it."""
+    return {
+        "name": STREAM,
+        "description": "dispatch personal-data keys: erasing a person deletes their key",
+        "subjects": [f"{PREFIX}>"],
+        "retention": "limits",
+        "storage": "file",
+        "num_replicas": replicas,
+        "discard": "new",
+        "max_msgs_per_subject": 1,
+        "max_msg_size": 4096,
+        "max_age": 0,
+        "duplicate_window": 120 * NS,
+        "allow_rollup_hdrs": True,
+        "deny_delete": False,
+        "deny_purge": False,
+        "allow_direct": True,
+    }
+
+
+class KeyStoreUnavailable(RuntimeError):
+    """The key store could not be read or written."""
+
+
+class Keyring:
+    """Person and day keys: created on first use, cached, erased on request."""
+
+    def __init__(self, nc: NATS, *, timeout: float = 3.0) -> None:
+        self.nc = nc
+        self.timeout = timeout
+        self._kv: KeyValue | None = None
+        self._pepper = b""
+        self._kids: dict[str, str] = {}
+        self._keys: dict[str, bytes] = {}
+        self._days: dict[str, bytes] = {}
+        self._gone: set[str] = set()
+        self._ciphers: dict[tuple[str, str], AESGCM] = {}
+        self._sub: Any = None
+
+    @property
+    def kv(self) -> KeyValue:
+        assert self._kv is not None, "Keyring.start() first"
+        return self._kv
+
+    async def start(self) -> None:
+        """Bind the bucket, load (or create) the pepper, and watch for erasures."""
+        js = self.nc.jetstream(timeout=self.timeout)
+        self._kv = await js.key_value(BUCKET)
+        self._pepper = await self._get_or_create("pepper", lambda: os.urandom(KEY_BYTES))
+        self._sub = await js.subscribe(
+            f"{PREFIX}>", stream=STREAM, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW, cb=self._on_change
+        )
+
+    async def stop(self) -> None:
+        """Stop watching."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:
+                log.debug("keys.unsubscribe_failed", error=str(exc))
+        uninstall(self)
+
+    async def _on_change(self, msg: Msg) -> None:
+        op = (msg.headers or {}).get("KV-Operation")
+        if op in ("DEL", "PURGE"):
+            self._forget(msg.subject[len(PREFIX) :])
+
+    def _forget(self, name: str) -> None:
+        kind, _, rest = name.partition(".")
+        if kind == "k":
+            self._keys.pop(rest, None)
+            self._gone.add(rest)
+            self._kids = {p: k for p, k in self._kids.items() if k != rest}
+            self._ciphers = {ref: c for ref, c in self._ciphers.items() if ref[0] != rest}
+        elif kind == "d":
+            self._days.pop(rest, None)
+            self._gone.add(f"d.{rest}")
+            self._ciphers = {ref: c for ref, c in self._ciphers.items() if ref[1] != rest}
+        elif kind == "n":
+            self._kids = {p: k for p, k in self._kids.items() if self.number_key(p) != name}
+
+    # --- names ----------------------------------------------------------------------------------
+
+    def hashed(self, value: str) -> str:
+        """HMAC-SHA256(pepper, value), hex, truncated to 128 bits: a number as the store and lines name it."""
+        return hmac.new(self._pepper, value.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def number_key(self, phone: str) -> str:
+        """The bucket entry naming a number's key id."""
+        return f"n.{self.hashed(phone)}"
+
+    # --- Keys (sync: what is at hand) ------------------------------------------------------------
+
+    def sealing_key(self, phone: str, day: str) -> tuple[str, AESGCM] | None:
+        """The key id and cipher to seal `phone`'s fields of `day`; None when not loaded."""
+        kid = self._kids.get(phone)
+        if kid is None:
+            return None
+        cipher = self._cipher(kid, day)
+        return None if cipher is None or isinstance(cipher, bool) else (kid, cipher)
+
+    def opening_key(self, kid: str, day: str) -> AESGCM | bool | None:
+        """The cipher for `kid` and `day`; False when erased; None when not loaded."""
+        return self._cipher(kid, day)
+
+    def _cipher(self, kid: str, day: str) -> AESGCM | bool | None:
+        cipher = self._ciphers.get((kid, day))
+        if cipher is not None:
+            return cipher
+        if kid in self._gone or (day and f"d.{day}" in self._gone):
+            return False
+        key = self._keys.get(kid)
+        if key is None:
+            return None
+        if day:
+            day_key = self._days.get(day)
+            if day_key is None:
+                return None
+            key = hmac.new(key, b"day:" + day_key, hashlib.sha256).digest()
+        cipher = self._ciphers[(kid, day)] = AESGCM(key)
+        return cipher
+
+    # --- sealing and opening events -------------------------------------------------------------
+
+    async def sealed(self, event: E) -> E:
+        """`event` with its personal fields sealed (keys created or loaded as needed)."""
+        for _ in range(3):
+            try:
+                return sealing.seal(event, self)
+            except sealing.Missing as missing:
+                await self.ensure({p for p, _ in missing.wanted}, {d for _, d in missing.wanted if d})
+        return sealing.seal(event, self)
+
+    async def opened(self, event: E) -> E:
+        """`event` with its envelopes opened (erased ones as the placeholder)."""
+        for _ in range(3):
+            try:
+                return sealing.unseal(event, self)
+            except sealing.Missing as missing:
+                await self.load({k for k, _ in missing.wanted}, {d for _, d in missing.wanted if d})
+        return sealing.unseal(event, self)
+
+    # --- loading and creating -------------------------------------------------------------------
+
+    async def ensure(self, phones: Iterable[str], days: Iterable[str] = ()) -> None:
+        """Make sure each number and day has a key, creating those that have none."""
+        await asyncio.gather(
+            *(self._ensure_person(p) for p in set(phones) if p not in self._kids),
+            *(self._ensure_day(d) for d in set(days) if d not in self._days),
+        )
+
+    async def _ensure_person(self, phone: str) -> None:
+        kid = (await self._get_or_create(self.number_key(phone), lambda: os.urandom(KID_BYTES).hex().encode())).decode()
+        self._keys[kid] = await self._get_or_create(f"k.{kid}", lambda: os.urandom(KEY_BYTES))
+        self._gone.discard(kid)
+        self._kids[phone] = kid
+
+    async def _ensure_day(self, day: str) -> None:
+        self._days[day] = await self._get_or_create(f"d.{day}", lambda: os.urandom(KEY_BYTES))
+        self._gone.discard(f"d.{day}")
+
+    async def load(self, kids: Iterable[str], days: Iterable[str] = ()) -> None:
+        """Load these keys from the bucket; those it no longer holds are marked erased."""
+        await asyncio.gather(
+            *(self._load(f"k.{k}") for k in set(kids) if k not in self._keys and k not in self._gone),
+            *(self._load(f"d.{d}") for d in set(days) if d not in self._days and f"d.{d}" not in self._gone),
+        )
+
+    async def _load(self, name: str) -> None:
+        value = await self._get(name)
+        kind, _, rest = name.partition(".")
+        if value is None:
+            self._gone.add(rest if kind == "k" else name)
+        elif kind == "k":
+            self._keys[rest] = value
+        else:
+            self._days[rest] = value
+
+    async def _get(self, name: str) -> bytes | None:
+        try:
+            entry = await self.kv.get(name)
+        except KeyNotFoundError:
+            return None
+        except Exception as exc:
+            raise KeyStoreUnavailable(f"key store unavailable: {type(exc).__name__}") from exc
+        return entry.value
+
+    async def _get_or_create(self, name: str, make: Any) -> bytes:
+        found = await self._get(name)
+        if found:
+            return found
+        try:
+            await self.kv.create(name, make())
+        except KeyWrongLastSequenceError:
+            pass
+        except Exception as exc:
+            raise KeyStoreUnavailable(f"key store unavailable: {type(exc).__name__}") from exc
+        created = await self._get(name)
+        if not created:
+            raise KeyStoreUnavailable(f"key store entry {name} vanished while being created")
+        return created
+
+    # --- erasure --------------------------------------------------------------------------------
+
+    async def kid_of(self, phone: str) -> str | None:
+        """The key id of a number, or None when it has none."""
+        value = await self._get(self.number_key(phone))
+        return value.decode() if value else None
+
+    async def erase_person(self, phone: str) -> bool:
+        """Delete a number's key and its index entry; False when it had none."""
+        kid = await self.kid_of(phone)
+        if kid is None:
+            return False
+        await self._erase(f"k.{kid}")
+        await self._erase(self.number_key(phone))
+        self._forget(f"k.{kid}")
+        self._kids.pop(phone, None)
+        return True
+
+    async def erase_day(self, day: str) -> bool:
+        """Delete a day's key; False when there was none."""
+        if await self._get(f"d.{day}") is None:
+            return False
+        await self._erase(f"d.{day}")
+        self._forget(f"d.{day}")
+        return True
+
+    async def days(self) -> list[str]:
+        """The days that still have a key, oldest first."""
+        try:
+            names = await self.kv.keys(filters=["d.*"])
+        except Exception as exc:
+            if type(exc).__name__ == "NoKeysError":
+                return []
+            raise KeyStoreUnavailable(f"key store unavailable: {type(exc).__name__}") from exc
+        return sorted(n[2:] for n in names)
+
+    async def _erase(self, name: str) -> None:
+        """Overwrite the entry's stored message (secure delete), then mark it deleted for the watchers."""
+        js_api = f"$JS.API.STREAM.MSG.DELETE.{STREAM}"
+        try:
+            msg = await self.nc.jetstream(timeout=self.timeout).get_last_msg(STREAM, f"{PREFIX}{name}")
+        except Exception:
+            msg = None
+        if msg is not None and msg.seq is not None:
+            reply = await self.nc.request(js_api, json.dumps({"seq": msg.seq}).encode(), timeout=self.timeout)
+            answer = json.loads(reply.data)
+            if "error" in answer:
+                raise KeyStoreUnavailable(f"cannot erase {name}: {answer['error'].get('description')}")
+        await self.kv.delete(name)
+
+
+def today(now: datetime | None = None) -> str:
+    """A day as the key store names it."""
+    return (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%d")
+
+
+_ACTIVE: list[Keyring] = []
+
+
+def install(keyring: Keyring) -> None:
+    """Make `keyring` the one the log's readers and writers use in this process (and the one that
+    names unknown callers' lines)."""
+    _ACTIVE.append(keyring)
+    hash_numbers_with(keyring.hashed)
+
+
+def uninstall(keyring: Keyring) -> None:
+    """Stop using `keyring` (another installed one, if any, takes over)."""
+    while keyring in _ACTIVE:
+        _ACTIVE.remove(keyring)
+    hash_numbers_with(_ACTIVE[-1].hashed if _ACTIVE else None)
+
+
+def active() -> Keyring | None:
+    """The keyring in use, or None (nothing sealed)."""
+    return _ACTIVE[-1] if _ACTIVE else None
+
+
+async def opened(event: E) -> E:
+    """`event` opened with the active keyring (as it is when none is installed or nothing is sealed)."""
+    keyring = active()
+    return event if keyring is None else await keyring.opened(event)
+
+
+async def sealed(event: E) -> E:
+    """`event` sealed with the active keyring (as it is when none is installed)."""
+    keyring = active()
+    return event if keyring is None else await keyring.sealed(event)
