@@ -57,6 +57,7 @@ from dispatch.handlers.aggregates import Incidents
 from dispatch.handlers.bus import MessageBus
 from dispatch.handlers.calls import CallService
 from dispatch.handlers.delivery import DeliveryWorker
+from dispatch.handlers.erasure import Retention
 from dispatch.handlers.escalation import EscalationService
 from dispatch.handlers.fanout import FanOut
 from dispatch.handlers.gateway import GatewayCallbacks
@@ -247,6 +248,7 @@ class Service:
         self.sms: SmsChannel | None = None
         self.simulated_phones: PhoneSimulator | None = None
         self.gauges: GaugeRefresher | None = None
+        self.retention: Retention | None = None
         self.loop_lag = LoopLagMonitor(self.metrics.event_loop_lag)
         self.http: _Server | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -412,6 +414,9 @@ class Service:
         )
         self.gauges.start()
         self.loop_lag.start()
+        if st.retention_days > 0:
+            self.retention = Retention(self.nc, self.store, self.keyring, self.db, st.retention_days)
+            self.retention.start()
 
         app = create_app(
             ApiServices(
@@ -712,6 +717,8 @@ class Service:
         self._stopping = True
         if self.gauges is not None:
             await self.gauges.stop()
+        if self.retention is not None:
+            await self.retention.stop()
         await self.loop_lag.stop()
         if getattr(self, "timers", None) is not None:
             self.timers.close()

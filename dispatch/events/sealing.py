@@ -32,6 +32,8 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 
 from dispatch.events.model import (
+    AbsenceEnded,
+    AbsenceSet,
     Actor,
     AlarmRaised,
     CallRepeated,
@@ -162,7 +164,7 @@ class Spec:
     people: tuple[str, ...] = ()
     phones: tuple[str, ...] = ()
     place: str | None = None
-    phone_fields: frozenset[str] = field(default_factory=lambda: frozenset({"phone", "by"}))
+    phone_fields: frozenset[str] = field(default_factory=lambda: frozenset({"phone", "by", "substitute"}))
 
 
 SPECS: dict[type[Event], Spec] = {
@@ -176,8 +178,10 @@ SPECS: dict[type[Event], Spec] = {
     MemberPlaced: Spec(owner="phone", bare=("phone",), people=("actor",), place="place"),
     DutyDeskBound: Spec(owner="phone", bare=("phone", "name"), people=("actor",)),
     DutyDeskUnbound: Spec(owner="phone", bare=("phone",), people=("actor",)),
-    AlarmRaised: Spec(people=("caller", "recipients", "duty_desks")),
-    UnregisteredCall: Spec(people=("caller", "recipients", "duty_desks")),
+    AbsenceSet: Spec(owner="phone", bare=("phone", "substitute", "substitute_name", "note"), people=("actor",)),
+    AbsenceEnded: Spec(owner="phone", bare=("phone",), people=("actor",)),
+    AlarmRaised: Spec(people=("caller", "recipients", "duty_desks", "absent")),
+    UnregisteredCall: Spec(people=("caller", "recipients", "duty_desks", "absent")),
     CallRepeated: Spec(people=("caller", "realerted")),
     RespondersNotified: Spec(phones=("phones",)),
     DeliverySucceeded: Spec(people=("targets",)),

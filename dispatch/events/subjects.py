@@ -56,6 +56,9 @@ _SUBJECT = re.compile(rf"^{_LITERAL_TOKEN}(?:\.{_LITERAL_TOKEN})*$")
 _HISTORY_FILTER = re.compile(rf"^dispatch\.evt\.\*(?:\.{_LITERAL_TOKEN})+$")
 
 
+_number_hash: list[Callable[[str], str]] = []
+
+
 class InvalidToken(ValueError):
     """A value from outside that cannot be put in a subject as it is."""
 
@@ -100,11 +103,12 @@ def village_subject(village: str) -> str:
 
 
 def member_subject(phone: str) -> str:
-    """A member's own subject (absences): its E.164 number's digits."""
+    """A member's own subject (absences): a keyed hash of its E.164 number's digits (`h<hash>`; the
+    digits where no key store is in use), so an erased number is not left in a subject name."""
     digits = phone.removeprefix("+")
     if not digits.isdigit() or not 3 <= len(digits) <= 20:
         raise InvalidToken(f"number {phone[:40]!r} is not an E.164 number")
-    return f"dispatch.evt.member.{digits}"
+    return f"dispatch.evt.member.h{_number_hash[0](digits)}" if _number_hash else f"dispatch.evt.member.{digits}"
 
 
 def incident_subject(incident_id: str) -> str:
@@ -160,9 +164,6 @@ def group_line(village: str, group: str) -> str:
 
 def village_line(village: str) -> str:
     return f"village.{village}"
-
-
-_number_hash: list[Callable[[str], str]] = []
 
 
 def hash_numbers_with(hashed: Callable[[str], str] | None) -> None:

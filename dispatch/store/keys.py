@@ -242,19 +242,20 @@ class Keyring:
         return entry.value
 
     async def _get_or_create(self, name: str, make: Any) -> bytes:
-        found = await self._get(name)
-        if found:
-            return found
+        """The entry's value, created as `make()` when it has none (one round trip for a new one;
+        when another process created it first, its value)."""
+        value: bytes = make()
         try:
-            await self.kv.create(name, make())
+            await self.kv.create(name, value)
+            return value
         except KeyWrongLastSequenceError:
             pass
         except Exception as exc:
             raise KeyStoreUnavailable(f"key store unavailable: {type(exc).__name__}") from exc
-        created = await self._get(name)
-        if not created:
+        found = await self._get(name)
+        if not found:
             raise KeyStoreUnavailable(f"key store entry {name} vanished while being created")
-        return created
+        return found
 
     # --- erasure --------------------------------------------------------------------------------
 
@@ -283,14 +284,12 @@ class Keyring:
         return True
 
     async def days(self) -> list[str]:
-        """The days that still have a key, oldest first."""
+        """The days that have (or had: erased ones keep their marker) a key, oldest first."""
         try:
-            names = await self.kv.keys(filters=["d.*"])
+            info = await self.nc.jsm().stream_info(STREAM, subjects_filter=f"{PREFIX}d.*")
         except Exception as exc:
-            if type(exc).__name__ == "NoKeysError":
-                return []
             raise KeyStoreUnavailable(f"key store unavailable: {type(exc).__name__}") from exc
-        return sorted(n[2:] for n in names)
+        return sorted(subject[len(PREFIX) + 2 :] for subject in (info.state.subjects or {}))
 
     async def _erase(self, name: str) -> None:
         """Overwrite the entry's stored message (secure delete), then mark it deleted for the watchers."""

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from dispatch.events import codec
 from dispatch.events.model import (
+    AbsenceSet,
     Actor,
     AlarmRaised,
     DeliveryFailed,
@@ -155,7 +156,16 @@ def test_structs_and_old_plaintext_events() -> None:
         place=CALLER.place,
         actor=Actor(channel="api", token_id="t1", name="吴建军", phone="+8613900000009"),
     )
-    for event in (failed, placed):
+    away = AbsenceSet(
+        at=AT,
+        phone=CALLER.phone,
+        starts=AT,
+        until=AT,
+        substitute="+8613900000009",
+        substitute_name="吴建军",
+        note="住院",
+    )
+    for event in (failed, placed, away):
         sealed = seal(event, keys)
         assert b"13800000001" not in codec.encode(sealed) and unseal(sealed, keys) == event
         assert unseal(event, keys) == event, "an event stored before sealing reads as it is"
