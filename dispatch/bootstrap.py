@@ -53,7 +53,7 @@ from dispatch.domain.incident import parse_quorum
 from dispatch.domain.messages import ROLE_ZH
 from dispatch.events.jobs import DeliveryJob
 from dispatch.events.model import Actor, DeliveryFailed
-from dispatch.handlers.aggregates import Incidents
+from dispatch.handlers.aggregates import IncidentCache, Incidents
 from dispatch.handlers.bus import MessageBus
 from dispatch.handlers.calls import CallService
 from dispatch.handlers.delivery import DeliveryWorker
@@ -347,8 +347,9 @@ class Service:
             backoff_max=st.delivery_backoff_max,
         )
         timers = self.timers = Timers(self.nc)
+        decided = IncidentCache()
         self.escalation = EscalationService(
-            self.uow, metrics=self.metrics, command_centre=st.command_centre_person(), timers=timers
+            self.uow, metrics=self.metrics, command_centre=st.command_centre_person(), timers=timers, cache=decided
         )
         self.fanout = FanOut(
             self.store,
@@ -358,6 +359,7 @@ class Service:
             public_url=st.base_url,
             routing=self.channel_config,
             metrics=self.metrics,
+            cache=decided,
         )
         self.gateway_callbacks = GatewayCallbacks(
             self.store,

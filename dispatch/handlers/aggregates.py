@@ -5,13 +5,21 @@ Invariants:
   its expected sequence is the last one on its decision subject (notices never conflict with
   decisions);
 - an id from outside that cannot name one subject is InvalidCommand before anything is read;
-- a token is its subject's last event: issued (expected 0 when none) then perhaps revoked.
+- a token is its subject's last event: issued (expected 0 when none) then perhaps revoked;
+- the incident cache (`IncidentCache`) holds an incident as this process last decided or opened it,
+  at exactly its decision subject's sequence then; it is a hint, never the truth: a decision made on
+  it appends with that sequence expected, so a decision made elsewhere meanwhile is a conflict and the
+  unit of work decides again on the log; its delivery notices may lag (they never conflict), so only
+  decisions that read no notice may start from it (`EscalationService` on a fired deadline).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Sequence
+
 from dispatch.domain.errors import InvalidCommand, NotFound
-from dispatch.domain.incident import IncidentState, fold
+from dispatch.domain.incident import IncidentState, evolve, fold
 from dispatch.events.model import CallRouted, Event, LineClosed
 from dispatch.events.subjects import (
     InvalidToken,
@@ -23,6 +31,71 @@ from dispatch.events.subjects import (
 )
 from dispatch.handlers.uow import Loaded
 from dispatch.store.eventstore import EventStore, Recorded
+
+CACHED_INCIDENTS = 20_000
+
+
+class IncidentCache:
+    """Open incidents as this process last decided or opened them, each at its decision subject's
+    sequence then; at most `size`, the least recently used forgotten first."""
+
+    def __init__(self, size: int = CACHED_INCIDENTS) -> None:
+        self.size = size
+        self._held: OrderedDict[str, Loaded[IncidentState]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def get(self, incident_id: str) -> Loaded[IncidentState] | None:
+        """The incident as last remembered, or None."""
+        found = self._held.get(incident_id)
+        if found is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._held.move_to_end(incident_id)
+        return found
+
+    def at(self, incident_id: str, seq: int) -> IncidentState | None:
+        """The incident if it is remembered at exactly decision sequence `seq`."""
+        found = self._held.get(incident_id)
+        return found.state if found is not None and found.last_seq == seq else None
+
+    def remember(self, loaded: Loaded[IncidentState]) -> None:
+        """Keep an incident at its decision subject's sequence (a closed one is forgotten)."""
+        if loaded.state.closed:
+            self._held.pop(loaded.state.id, None)
+            return
+        current = self._held.get(loaded.state.id)
+        if current is not None and current.last_seq > loaded.last_seq:
+            return
+        self._held[loaded.state.id] = loaded
+        self._held.move_to_end(loaded.state.id)
+        while len(self._held) > self.size:
+            self._held.popitem(last=False)
+
+    def decided(self, before: Loaded[IncidentState | None], events: Sequence[Event], seqs: Sequence[int]) -> None:
+        """After a decision on `before` stored `events`, all on its decision subject, at `seqs`:
+        remember the result."""
+        if before.state is None or not events or len(seqs) != len(events):
+            return
+        state: IncidentState | None = before.state
+        for event in events:
+            state = evolve(state, event)
+        if state is not None:
+            self.remember(Loaded(state, before.subject, seqs[-1]))
+
+    def seen(self, incident_id: str, seq: int) -> None:
+        """A decision at `seq` exists: forget the incident if it is remembered at an earlier one."""
+        found = self._held.get(incident_id)
+        if found is not None and found.last_seq < seq:
+            del self._held[incident_id]
+
+    def forget(self, incident_id: str) -> None:
+        """Drop the incident."""
+        self._held.pop(incident_id, None)
 
 
 class Incidents:

@@ -17,7 +17,8 @@ Invariants:
 - an outcome is logged at the level an operator acts on: permanent error, exhausted warning,
   withdrawn info (`FAILURE_LEVEL`);
 - the outcome events are decided by the domain (`decide_attempt`) and appended as facts (no
-  expectation: they never conflict); each stored DeliveryFailed is published on the bus, where
+  expectation: they never conflict), one attempt's in one atomic batch (one write to the log, not
+  one per event); each stored DeliveryFailed is published on the bus, where
   the escalation decides whether no officer can be reached any more.
 """
 
@@ -48,7 +49,7 @@ from dispatch.events.model import (
 from dispatch.events.subjects import notice_subject
 from dispatch.handlers.aggregates import Incidents
 from dispatch.handlers.bus import MessageBus
-from dispatch.handlers.eager import gather_now, settled, start
+from dispatch.handlers.eager import settled, start
 from dispatch.ids import stable_key
 from dispatch.observe.metrics import Metrics
 from dispatch.store.eventstore import EventStore, Outgoing
@@ -217,7 +218,7 @@ class DeliveryWorker:
         )
         events = decide_attempt(command, self.clock())
         subject = notice_subject(job.incident_id)
-        await gather_now(*(self.store.append([Outgoing(subject, e, _msg_id(job.key, e))]) for e in events))
+        await self.store.append([Outgoing(subject, e, _msg_id(job.key, e)) for e in events])
         self._count(job, reached, failures, retried)
         for event in events:
             if isinstance(event, DeliveryFailed):

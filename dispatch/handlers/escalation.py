@@ -8,7 +8,11 @@ Invariants:
   acknowledged (`deadline_after`), so the escalate deadline is never missing when it matters;
 - a permanent delivery failure is an event this handler reacts to (`on_delivery_failed`): when no
   officer can be reached any more, tier 1 happens at once;
-- the command centre is whoever the settings name at the moment of tier 2.
+- the command centre is whoever the settings name at the moment of tier 2;
+- a fired deadline is decided on the incident as this process last knew it (`IncidentCache`), read
+  from the log only when it is not remembered, when the append meets a conflict (a decision made
+  elsewhere), or when the remembered state decides nothing (it may lag behind the log, and a decision
+  of nothing appends nothing that could conflict); what it decided is remembered.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from dispatch.domain.incident import (
 )
 from dispatch.events import msgids
 from dispatch.events.model import DeliveryFailed, IncidentEscalated, Person
-from dispatch.handlers.aggregates import Incidents
-from dispatch.handlers.uow import UnitOfWork
+from dispatch.handlers.aggregates import IncidentCache, Incidents
+from dispatch.handlers.uow import Decided, Loaded, UnitOfWork
 from dispatch.observe.metrics import Metrics
 from dispatch.store.timers import TimerDue, Timers
 
@@ -39,9 +43,18 @@ log = structlog.get_logger(__name__)
 class EscalationService:
     """Decides escalations when deadlines fire or officers are unreachable."""
 
-    def __init__(self, uow: UnitOfWork, *, metrics: Metrics, command_centre: Person | None, timers: Timers) -> None:
+    def __init__(
+        self,
+        uow: UnitOfWork,
+        *,
+        metrics: Metrics,
+        command_centre: Person | None,
+        timers: Timers,
+        cache: IncidentCache | None = None,
+    ) -> None:
         self.uow = uow
         self.incidents = Incidents(uow.store)
+        self.cache = cache if cache is not None else IncidentCache()
         self.timers = timers
         self.metrics = metrics
         self.command_centre = command_centre
@@ -50,7 +63,7 @@ class EscalationService:
         """A deadline fell due: escalate if the incident is not where it should be, set the next deadline."""
         self.metrics.timers_fired.labels(timer).inc()
         command = FireTimer(incident_id=incident_id, timer=timer, command_centre=self.command_centre)
-        state, escalated = await self._decide(command, f"timer:{timer}")
+        state, escalated = await self._decide(command, f"timer:{timer}", cached=True)
         following = deadline_after(state, timer)
         if following is not None:
             await self.timers.schedule(incident_id, *following)
@@ -70,13 +83,17 @@ class EscalationService:
         _, escalated = await self._decide(CheckUnreachable(incident_id=event.incident_id), "unreachable")
         return escalated
 
-    async def _decide(self, command: IncidentCommand, why: str) -> tuple[IncidentState, list[IncidentEscalated]]:
-        decided = await self.uow.decide(
-            self.incidents,
-            command.incident_id,
-            lambda state, now: decide(state, command, now),
-            msgids.escalation(command.incident_id),
-        )
+    async def _decide(
+        self, command: IncidentCommand, why: str, *, cached: bool = False
+    ) -> tuple[IncidentState, list[IncidentEscalated]]:
+        remembered = self.cache.get(command.incident_id) if cached else None
+        decided, on_remembered = await self._decide_on(command, remembered)
+        if on_remembered and not decided.events:
+            decided, _ = await self._decide_on(command, None)  # the remembered state may lag: ask the log
+        if decided.events:
+            self.cache.decided(decided.loaded, decided.events, decided.seqs)
+        elif decided.loaded.state is not None:
+            self.cache.remember(Loaded(decided.loaded.state, decided.loaded.subject, decided.loaded.last_seq))
         escalated = [e for e in decided.events if isinstance(e, IncidentEscalated)]
         for event in escalated:
             self.metrics.escalations.labels(str(event.tier), event.reason).inc()
@@ -90,3 +107,27 @@ class EscalationService:
             )
         assert decided.before is not None
         return decided.before, escalated
+
+    async def _decide_on(
+        self, command: IncidentCommand, remembered: Loaded[IncidentState] | None
+    ) -> tuple[Decided[IncidentState | None], bool]:
+        """The unit of work on `remembered` first (if any), on the log after a conflict; and whether
+        the decision was made on `remembered`."""
+        left = [remembered]
+        used = [False]
+
+        async def load() -> Loaded[IncidentState | None]:
+            hit, left[0] = left[0], None
+            used[0] = hit is not None
+            if hit is not None:
+                return Loaded(hit.state, hit.subject, hit.last_seq)
+            return await self.incidents.load(command.incident_id)
+
+        decided = await self.uow.decide_loaded(
+            load,
+            self.incidents,
+            command.incident_id,
+            lambda state, now: decide(state, command, now),
+            msgids.escalation(command.incident_id),
+        )
+        return decided, used[0]

@@ -24,7 +24,11 @@ Invariants:
 - a redelivered trigger of a closed incident rings nobody, except the cancellation itself;
 - a recipient no channel reaches (none configured, or routed to none) is never silently left out:
   it is recorded as DeliveryFailed on the pseudo-channel `none` (permanent, no `handed_at`, so never
-  counted as notified), once per round, with an error log (`fanout.not_rung`).
+  counted as notified), once per round, with an error log (`fanout.not_rung`);
+- an escalation this process decided is rung from the incident as it decided it (`IncidentCache`, at
+  exactly the escalation's sequence), not read again from the log; a redelivered trigger always
+  reads the log (the outcomes recorded for its round). An opened incident is remembered there
+  for its deadlines.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import structlog
 from dispatch.channels.base import Channel, recorded_address
 from dispatch.channels.routing import ChannelConfig
 from dispatch.domain.delivery import NO_CHANNEL, NO_CHANNEL_CONFIGURED, NO_CHANNEL_ROUTED, RecordAttempt, decide_attempt
-from dispatch.domain.incident import TIER_REASONS, Alert, IncidentState, alert_for, timer_due
+from dispatch.domain.incident import TIER_REASONS, Alert, IncidentState, alert_for, fold, timer_due
 from dispatch.domain.messages import alert_text_en_for, alert_text_for, spoken_text_for
 from dispatch.events import msgids
 from dispatch.events.jobs import Deadline, DeliveryJob, JobKind, Target
@@ -52,10 +56,11 @@ from dispatch.events.model import (
     Unreached,
 )
 from dispatch.events.subjects import notice_subject
-from dispatch.handlers.aggregates import Incidents
+from dispatch.handlers.aggregates import IncidentCache, Incidents
 from dispatch.handlers.bus import MessageBus
 from dispatch.handlers.eager import gather_now
 from dispatch.handlers.messages import Trigger
+from dispatch.handlers.uow import Loaded
 from dispatch.ids import stable_key
 from dispatch.observe.metrics import Metrics
 from dispatch.store.eventstore import EventStore, Outgoing, Recorded, opened
@@ -88,8 +93,10 @@ class FanOut:
         public_url: str,
         routing: ChannelConfig | None = None,
         metrics: Metrics | None = None,
+        cache: IncidentCache | None = None,
     ) -> None:
         self.metrics = metrics
+        self.cache = cache
         self.routing = routing or ChannelConfig()
         self.store = store
         self.incidents = Incidents(store)
@@ -117,7 +124,19 @@ class FanOut:
         state: IncidentState | None = None
         done: frozenset[tuple[int, str, str]] = frozenset()
         urgency = 1
-        if opened is None or redelivered:
+        if self.cache is not None and not redelivered:
+            if opened is not None:
+                first = fold([opened])
+                if first is not None:
+                    self.cache.remember(Loaded(first, rec.subject, rec.seq))
+            elif isinstance(trigger, IncidentEscalated):
+                state = self.cache.at(trigger.incident_id, rec.seq)
+            else:
+                self.cache.seen(trigger.incident_id, rec.seq)
+        if state is not None:
+            done, urgency = state.outcomes, state.urgency
+            opened = state.opened
+        elif opened is None or redelivered:
             state = await self.incidents.get(trigger.incident_id)
             if redelivered and state.closed and not isinstance(trigger, IncidentCancelled):
                 return 0

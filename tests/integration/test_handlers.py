@@ -5,7 +5,7 @@ Messages go in through the bus as the subscribers and the API send them."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -35,6 +35,7 @@ from dispatch.events.model import (
     ResponderAccepted,
 )
 from dispatch.events.subjects import incident_subject, line_subject, notice_subject
+from dispatch.handlers.aggregates import IncidentCache
 from dispatch.handlers.bus import MessageBus, UnknownMessage
 from dispatch.handlers.calls import CallService
 from dispatch.handlers.delivery import DeliveryWorker
@@ -47,7 +48,7 @@ from dispatch.handlers.responses import ResponseService
 from dispatch.handlers.uow import Loaded, UnitOfWork
 from dispatch.observe.metrics import Metrics
 from dispatch.projections.directory import LiveDirectory
-from dispatch.store.eventstore import EventStore, StoreUnavailable
+from dispatch.store.eventstore import EventStore, Outgoing, Recorded, StoreUnavailable
 from dispatch.store.jobs import JobQueue
 from dispatch.store.provision import provision
 from dispatch.store.timers import TimerDue, Timers
@@ -90,16 +91,18 @@ class Handlers:
 
 
 def build(
-    nc: NATS, store: EventStore, directory: Directory, *, later: float = 0.0
+    nc: NATS, store: EventStore, directory: Directory, *, later: float = 0.0, cache: IncidentCache | None = None
 ) -> tuple[MessageBus, RecordingChannel]:
-    """The composition root's wiring, by hand: `later` moves the deciders' clock on (a deadline due)."""
+    """The composition root's wiring, by hand: `later` moves the deciders' clock on (a deadline due);
+    `cache`: the incidents this process remembers (one process: the same cache; by default its own)."""
+    cache = cache if cache is not None else IncidentCache()
     uow = UnitOfWork(store, clock=lambda: datetime.now(UTC) + timedelta(seconds=later))
     metrics, bus, channel, timers = Metrics(), MessageBus(), RecordingChannel(), Timers(nc)
     calls = CallService(uow, directory, quorum=parse_quorum(DEFAULT_QUORUM), fallback_duty=(DUTY,), metrics=metrics)
     responses = ResponseService(uow, metrics)
     delivery = DeliveryWorker(store, JobQueue(nc), {channel.name: channel}, metrics=metrics, bus=bus)
-    escalation = EscalationService(uow, metrics=metrics, command_centre=None, timers=timers)
-    fanout = FanOut(store, bus, [channel], timers=timers, public_url="http://127.0.0.1:9")
+    escalation = EscalationService(uow, metrics=metrics, command_centre=None, timers=timers, cache=cache)
+    fanout = FanOut(store, bus, [channel], timers=timers, public_url="http://127.0.0.1:9", cache=cache)
     register_handlers(bus, calls, responses, fanout, delivery, escalation)
     return bus, channel
 
@@ -233,6 +236,108 @@ async def test_a_decision_of_nothing_appends_nothing_and_endless_conflicts_end(h
     with pytest.raises(StoreUnavailable, match="contention"):
         await uow.decide(Stale(), incident, lambda _s, _now: [alarm], lambda i, _e: f"stale:{i}")
     assert await handlers.store.stream_last_seq() == before + 1, "a conflicting decision was stored"
+
+
+class CountingStore(EventStore):
+    """The event store, counting the incident histories it reads and its appends."""
+
+    reads = 0
+    appends = 0
+
+    async def append(self, messages: Sequence[Outgoing]) -> list[int]:
+        self.appends += 1
+        return await super().append(messages)
+
+    async def load(self, subject: str, after: int = 0) -> list[Recorded]:
+        if subject.startswith("dispatch.evt.*."):
+            self.reads += 1
+        return await super().load(subject, after)
+
+
+async def escalated_in(handlers: Handlers, incident: str) -> list[IncidentEscalated]:
+    return [e for e in await handlers.decisions(incident) if isinstance(e, IncidentEscalated)]
+
+
+async def test_a_deadline_is_decided_and_rung_on_the_incident_as_this_process_left_it(nc: NATS) -> None:
+    """No history read between an alarm rung here and its two tiers rung here."""
+    await provision(nc, channels=("test",))
+    store = CountingStore(nc, timeout=2.0)
+    cache = IncidentCache()
+    directory = directory_with()
+    bus, channel = build(nc, store, directory, cache=cache)
+    later, _ = build(nc, store, directory, later=3600, cache=cache)
+    one = Handlers(store, bus, channel, directory)
+    incident = (await one.call("cache-1", "13800000001")).incident_id
+    await one.ring(incident)
+    reads = store.reads
+    await later.handle(TimerDue(incident_id=incident, timer="ack", due_at=datetime.now(UTC)))
+    [tier1] = await escalated_in(one, incident)
+    round1 = await store.last(incident_subject(incident))
+    assert round1 is not None and round1.event == tier1
+    assert await bus.handle(Trigger(record=round1)) == 3, "tier 1 did not ring officer, assistant and duty desk"
+    await later.handle(TimerDue(incident_id=incident, timer="escalate", due_at=datetime.now(UTC)))
+    assert [e.tier for e in await escalated_in(one, incident)] == [1, 2]
+    assert store.reads == reads, "an incident's history was read again for its deadlines"
+    assert cache.hits == 2 and len(cache) == 1
+
+
+async def covered_elsewhere(nc: NATS, call_id: str) -> tuple[Handlers, MessageBus, IncidentCache, str]:
+    """An incident rung by this process (remembered uncovered), then covered through another one."""
+    await provision(nc, channels=("test",))
+    store = CountingStore(nc, timeout=2.0)
+    cache = IncidentCache()
+    directory = directory_with()
+    bus, channel = build(nc, store, directory, cache=cache)
+    later, _ = build(nc, store, directory, later=3600, cache=cache)
+    one = Handlers(store, bus, channel, directory)
+    other_bus, _ = build(nc, store, directory)
+    other = Handlers(store, other_bus, channel, directory)
+    incident = (await one.call(call_id, "13800000001")).incident_id
+    await one.ring(incident)
+    await other.answer(incident, OFFICER)
+    assert [type(e) for e in await other.answer(incident, LEADER)][-1] is IncidentCovered
+    assert cache.at(incident, (await store.load(incident_subject(incident)))[0].seq) is not None
+    return one, later, cache, incident
+
+
+async def test_a_remembered_incident_covered_elsewhere_conflicts_and_decides_nothing(nc: NATS) -> None:
+    one, later, cache, incident = await covered_elsewhere(nc, "cache-2")
+    assert isinstance(one.store, CountingStore)
+    reads = one.store.reads
+    assert await later.handle(TimerDue(incident_id=incident, timer="ack", due_at=datetime.now(UTC))) == []
+    assert one.store.reads == reads + 1, "the conflict did not send the decision to the log"
+    assert await escalated_in(one, incident) == []
+    remembered = cache.get(incident)
+    assert remembered is not None and remembered.state.covered, "the log's state was not remembered"
+
+
+async def test_an_arrival_deadline_the_remembered_state_cannot_see_is_decided_on_the_log(nc: NATS) -> None:
+    """The remembered incident is not covered, so it has no arrival deadline and decides nothing:
+    that nothing is asked of the log again, where the deadline passed."""
+    one, later, _, incident = await covered_elsewhere(nc, "cache-3")
+    [arrival] = await later.handle(TimerDue(incident_id=incident, timer="arrival", due_at=datetime.now(UTC)))
+    assert (arrival.tier, arrival.reason) == (1, "arrival_deadline")
+    assert [(e.tier, e.reason) for e in await escalated_in(one, incident)] == [(1, "arrival_deadline")]
+
+
+async def test_one_attempts_outcomes_are_one_append(nc: NATS) -> None:
+    """Delivered, failed and left to a retry: three events, one atomic append."""
+    await provision(nc, channels=("test",))
+    store = CountingStore(nc, timeout=2.0)
+    directory = directory_with()
+    bus, channel = build(nc, store, directory)
+    one = Handlers(store, bus, channel, directory)
+    incident = (await one.call("batch-1", "13800000001")).incident_id
+    channel.plan[LEADER] = [Transient("busy")]
+    channel.plan[OFFICER] = [Permanent("invalid number")]
+    appends = store.appends
+    await one.ring(incident)
+    kinds = [type(e).__name__ for e in await one.notices(incident)]
+    assert sorted(kinds) == ["DeliveryFailed", "DeliverySucceeded", "RespondersNotified"]
+    notices = await store.load(notice_subject(incident))
+    assert [r.seq for r in notices] == list(range(notices[0].seq, notices[0].seq + 3))
+    decisions = len(await escalated_in(one, incident))  # the unreachable officer: tier 1 at once
+    assert store.appends == appends + 1 + decisions
 
 
 def gateway_of(handlers: Handlers) -> GatewayCallbacks:
