@@ -52,7 +52,7 @@ from dispatch.channels.webhook import WebhookChannel
 from dispatch.domain.incident import parse_quorum
 from dispatch.domain.messages import ROLE_ZH
 from dispatch.events.jobs import DeliveryJob
-from dispatch.events.model import Actor, DeliveryFailed
+from dispatch.events.model import Actor, CallRepeated, DeliveryFailed, IncidentOpened
 from dispatch.handlers.aggregates import IncidentCache, Incidents
 from dispatch.handlers.bus import MessageBus
 from dispatch.handlers.calls import CallService
@@ -64,6 +64,7 @@ from dispatch.handlers.gateway import GatewayCallbacks
 from dispatch.handlers.groups import GroupService
 from dispatch.handlers.messages import Answer, CallRequest, OpenReport, Trigger
 from dispatch.handlers.pool import TaskPool
+from dispatch.handlers.priority import Priority
 from dispatch.handlers.responses import ResponseService
 from dispatch.handlers.subscribers import LOCAL_DEADLINES_IN_FLIGHT, LocalDeadlines, build_broker
 from dispatch.handlers.tokens import TokenService
@@ -109,15 +110,23 @@ def register_handlers(
     fanout: FanOut,
     delivery: DeliveryWorker,
     escalation: EscalationService,
+    priority: Priority | None = None,
 ) -> None:
-    """The one table of who handles what: commands to their handler, stored events to reactions."""
-    bus.register(CallRequest, calls.call)
-    bus.register(OpenReport, calls.report)
+    """The one table of who handles what: commands to their handler, stored events to reactions;
+    with `priority`, calls and alarms' fan-outs go before deadline work (`dispatch.handlers.priority`)."""
+    first = priority or Priority()
+    bus.register(CallRequest, first.alarm_handler(calls.call))
+    bus.register(OpenReport, first.alarm_handler(calls.report))
     bus.register(Answer, responses.answer)
-    bus.register(Trigger, fanout.on_trigger)
+    bus.register(Trigger, first.alarm_when(rings_an_alarm, fanout.on_trigger))
     bus.register(DeliveryJob, delivery.handle)
-    bus.register(TimerDue, escalation.on_timer)
+    bus.register(TimerDue, first.deadline_handler(escalation.on_timer))
     bus.subscribe(DeliveryFailed, escalation.on_delivery_failed)
+
+
+def rings_an_alarm(trigger: Trigger) -> bool:
+    """A trigger that rings a new alarm or a repeated call (not an escalation or an update)."""
+    return isinstance(trigger.record.event, (IncidentOpened, CallRepeated))
 
 
 class DataDirLocked(SettingsError):
@@ -370,7 +379,10 @@ class Service:
             region=st.region,
             duress_keyword=st.duress_keyword,
         )
-        register_handlers(self.bus, self.calls, self.responses, self.fanout, self.delivery, self.escalation)
+        self.priority = Priority()
+        register_handlers(
+            self.bus, self.calls, self.responses, self.fanout, self.delivery, self.escalation, self.priority
+        )
         self.broker = build_broker(
             self.nats_urls,
             bus=self.bus,
