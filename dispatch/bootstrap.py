@@ -394,7 +394,7 @@ class Service:
             connect={"disconnected_cb": self._on_handlers_disconnect, "security": self.nats_auth.broker_security()},
         )
         here = self.pools.setdefault("timers.local", TaskPool(LOCAL_DEADLINES_IN_FLIGHT, "timers.local"))
-        self.local_deadlines = LocalDeadlines(self.bus, here, timers)
+        self.local_deadlines = LocalDeadlines(self.bus, here, timers, held=True)
         for attempt in range(2):
             try:
                 self.local_deadlines.resume(*await timers.outstanding(TIMERS_CONSUMER.durable))
@@ -534,6 +534,7 @@ class Service:
             http_parser="httptools" if "HttpTools" in self.http.config.http_protocol_class.__name__ else "h11",
             read_models=st.read_models,
         )
+        self.local_deadlines.release()  # the overdue deadlines, once calls are taken (LocalDeadlines)
         self.started.set()
 
     async def _connect_nats(self) -> NATS:

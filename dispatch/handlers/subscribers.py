@@ -289,12 +289,19 @@ class LocalDeadlines:
     in due-time order: those due within the same second at once, each later second only once the
     earlier ones are decided, so a deadline overdue longer is never decided after one due later;
     a deadline that falls due on the in-process clock meanwhile (an escalate deadline set by a
-    caught-up ack deadline, already past) joins the catch-up in its order."""
+    caught-up ack deadline, already past) joins the catch-up in its order.
 
-    def __init__(self, bus: MessageBus, pool: TaskPool, timers: Timers) -> None:
+    `held`: the catch-up is gathered but starts only at `release` (the service calls it once it takes
+    calls: a start behind a thousand overdue escalations took 6-14 s instead of 1-3 s, and new alarms
+    go first anyway, `dispatch.handlers.priority`)."""
+
+    def __init__(self, bus: MessageBus, pool: TaskPool, timers: Timers, *, held: bool = False) -> None:
         self.bus = bus
         self.pool = pool
         self.timers = timers
+        self._go = asyncio.Event()
+        if not held:
+            self._go.set()
         self._running: set[asyncio.Task[None]] = set()
         self._overdue: list[tuple[datetime, int, TimerDue, asyncio.Future[bool]]] = []
         self._order = itertools.count()
@@ -324,16 +331,22 @@ class LocalDeadlines:
         the server's deliveries of them wait for their outcome."""
         unique = {(d.incident_id, d.timer, d.due_at): d for d in overdue}
         ordered = sorted(unique.values(), key=lambda d: d.due_at)
-        if ordered:
-            log.info("timers.catch_up", overdue=len(ordered), since=ordered[0].due_at.isoformat())
         for due in ordered:
             heapq.heappush(self._overdue, (due.due_at, next(self._order), due, self.timers.handling_here(due)))
         if not self._catching_up:
             self._catching_up = self.timers.catching_up = True
             self._spawn(self._waves())
 
+    def release(self) -> None:
+        """Start the catch-up held so far (see the class docstring)."""
+        self._go.set()
+
     async def _waves(self) -> None:
         try:
+            await self._go.wait()
+            if self._overdue:
+                first = min(self._overdue)[0]
+                log.info("timers.catch_up", overdue=len(self._overdue), since=first.isoformat())
             while self._overdue:
                 first = self._overdue[0][0]
                 wave: list[tuple[TimerDue, asyncio.Future[bool]]] = []

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import time
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -281,6 +284,10 @@ def test_deadlines_overdue_across_a_kill_fire_at_the_restart_in_due_order_each_o
             what="every overdue deadline escalated",
         )
         assert all(len(e) == 1 and e[0]["detail"]["tier"] == 1 for e in found), f"not once each: {found}"
+        events = [line["event"] for line in log_lines(again)]
+        caught_up = [line for line in log_lines(again) if line["event"] == "timers.catch_up"]
+        assert [c["overdue"] for c in caught_up] == [len(raised)], "the overdue deadlines were not caught up once"
+        assert events.index("service.started") < events.index("timers.catch_up"), "caught up before taking calls"
         at = [datetime.fromisoformat(str(e[0]["at"])) for e in found]
         decided = sorted(zip(at, dues, strict=True))
         assert [due for _, due in decided] == sorted(dues), f"decided out of due order: {decided}"
@@ -290,6 +297,17 @@ def test_deadlines_overdue_across_a_kill_fire_at_the_restart_in_due_order_each_o
             assert len(keys) == 2, "tier 1 did not ring the officer and the assistant, once each"
     finally:
         again.kill()
+
+
+def log_lines(serve: ServeProcess) -> list[dict[str, Any]]:
+    """The service's JSON log lines, in order."""
+    lines = []
+    for text in serve.logs().splitlines():
+        with contextlib.suppress(ValueError):
+            line = json.loads(text)
+            if isinstance(line, dict) and "event" in line:
+                lines.append(line)
+    return lines
 
 
 def escalation_hooks(receiver: WebhookReceiver, incident: str) -> list[Received]:
