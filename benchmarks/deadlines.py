@@ -54,7 +54,7 @@ from typing import Any
 
 import httpx
 import nats
-from common import GROUP_SIZE, Hit, Receiver, caller_of, pct, start_serve
+from common import GROUP_SIZE, Hit, Receiver, caller_of, cpu_seconds, pct, start_serve
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from dispatch.channels.http import HttpPoster
@@ -70,6 +70,7 @@ DUTY_DESK = "+8673100000000"
 SECRET = "bench-secret"
 PROFILE = os.environ.get("BENCH_PROFILE")  # a directory: py-spy samples of `dispatch serve` during the burst
 PYSPY = os.environ.get("PYSPY", "py-spy")
+CPROFILE = os.environ.get("BENCH_CPROFILE")  # a directory: cProfile of the whole `dispatch serve` (no kill)
 UNACKED = ConsumerConfig(ack_policy=AckPolicy.NONE)
 
 
@@ -82,6 +83,26 @@ class Serve:
         self.port = free_port()
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
+        self.profile: Path | None = None
+
+    def cpu_s(self) -> tuple[float, float]:
+        """CPU seconds (user + system) used so far by the service and by its embedded nats-server."""
+        assert self.proc is not None
+        nats_pid = int((self.data_dir / "nats" / "pid").read_text())
+        return cpu_seconds([self.proc.pid], this_process=False), cpu_seconds([nats_pid], this_process=False)
+
+    async def stored(self) -> tuple[int, int]:
+        """The last sequences of DISPATCH_EVENTS and DISPATCH_TIMERS (every message stored, fsynced)."""
+        url = running_url(self.data_dir)
+        assert url is not None
+        nc = await nats.connect(url, **running_auth(self.data_dir).connect_kwargs())
+        try:
+            js = nc.jetstream()
+            events = await js.stream_info("DISPATCH_EVENTS")
+            timers = await js.stream_info("DISPATCH_TIMERS")
+            return events.state.last_seq, timers.state.last_seq
+        finally:
+            await nc.close()
 
     @property
     def base(self) -> str:
@@ -91,7 +112,12 @@ class Serve:
         """Start and wait until ready; the seconds it took."""
         started = time.monotonic()
         env = {"PYTHONPATH": str(self.source), **self.env}
-        self.proc = start_serve(self.data_dir, self.port, env, cwd=self.source, timeout=120, interval=0.05)
+        command = None
+        if self.profile is not None:
+            command = [sys.executable, "-m", "cProfile", "-o", str(self.profile), "-m", "dispatch", "serve"]
+        self.proc = start_serve(
+            self.data_dir, self.port, env, command=command, cwd=self.source, timeout=120, interval=0.05
+        )
         return time.monotonic() - started
 
     def kill9(self) -> None:
@@ -158,6 +184,10 @@ class Case:
     probe_during_p99_ms: float | None = None
     probe_during_max_ms: float | None = None
     stages_ms: dict[str, float] = field(default_factory=dict)
+    cpu_service_s: float | None = None
+    cpu_nats_s: float | None = None
+    stored_events: int | None = None
+    stored_timers: int | None = None
 
 
 def lateness(
@@ -275,6 +305,8 @@ async def run_case(source: Path, workdir: Path, alarms: int, kill: bool, rate: f
             "DISPATCH_ESCALATE_AFTER": "7200",
         },
     )
+    if CPROFILE and not kill:
+        serve.profile = Path(CPROFILE) / f"{Path(source).name}-{alarms}-{time.time():.0f}.prof"
     http = HttpPoster(timeout=120, max_connections=256)
     try:
         await asyncio.to_thread(serve.start)
@@ -366,6 +398,9 @@ async def run_case(source: Path, workdir: Path, alarms: int, kill: bool, rate: f
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
             )
+        await asyncio.sleep(max(0.0, due_t - 0.3 - time.time()))
+        cpu_before = serve.cpu_s()
+        stored_before = await serve.stored()
         if kill:
             await asyncio.sleep(max(0.0, due_t + 1 - time.time()))
             await asyncio.to_thread(serve.kill9)
@@ -373,6 +408,13 @@ async def run_case(source: Path, workdir: Path, alarms: int, kill: bool, rate: f
         await receiver.until(lambda: reached(1) == len(wanted) and reached(2) == len(wanted), due_t + TIER_GAP_S + 120)
         if probing is not None:
             await probing
+        if not kill:  # what the escalations cost, from just before T and the probes (the same in every tree)
+            cpu_after = serve.cpu_s()
+            stored_after = await serve.stored()
+            case.cpu_service_s = round(cpu_after[0] - cpu_before[0], 2)
+            case.cpu_nats_s = round(cpu_after[1] - cpu_before[1], 2)
+            case.stored_events = stored_after[0] - stored_before[0]
+            case.stored_timers = stored_after[1] - stored_before[1]
         if profiler is not None:
             await profiler.wait()
         await asyncio.sleep(1.0)  # late duplicates, if any
@@ -520,7 +562,9 @@ async def main() -> int:
                             f"{case.tier2.twice}, duplicate webhooks {case.duplicate_webhooks}) "
                             f"restart {case.restart_s} order inversion {case.order_inversion_s} "
                             f"probe p99 before {case.probe_before_p99_ms} during {case.probe_during_p99_ms} "
-                            f"max {case.probe_during_max_ms} ms stages {json.dumps(case.stages_ms)}",
+                            f"max {case.probe_during_max_ms} ms stages {json.dumps(case.stages_ms)} "
+                            f"cpu service/nats {case.cpu_service_s}/{case.cpu_nats_s} s "
+                            f"stored events/timers {case.stored_events}/{case.stored_timers}",
                             file=sys.stderr,
                         )
             finally:
