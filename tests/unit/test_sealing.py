@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -18,6 +19,7 @@ from dispatch.events.model import (
     DeliveryFailed,
     IncidentResolved,
     MemberBound,
+    MemberLanguageSet,
     MemberPlaced,
     Person,
     Place,
@@ -165,7 +167,15 @@ def test_structs_and_old_plaintext_events() -> None:
         substitute_name="吴建军",
         note="住院",
     )
-    for event in (failed, placed, away):
+    spoken = MemberLanguageSet(at=AT, village="v", group="1", phone=CALLER.phone, language="yue")
+    cantonese = AlarmRaised(
+        **{
+            **msgspec.structs.asdict(alarm()),
+            "recipients": (Person(**{**msgspec.structs.asdict(LEADER), "language": "yue"}),),
+        }
+    )
+    keys.add(LEADER.phone)
+    for event in (failed, placed, away, spoken, cantonese):
         sealed = seal(event, keys)
         assert b"13800000001" not in codec.encode(sealed) and unseal(sealed, keys) == event
         assert unseal(event, keys) == event, "an event stored before sealing reads as it is"
