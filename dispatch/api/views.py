@@ -52,6 +52,8 @@ def person(p: Person) -> dict[str, Any]:
     """A person as the API shows them; `place` (address, lat, lon, geo link) when the roster gives one,
     `language` when it gives one other than Mandarin."""
     shown: dict[str, Any] = {"phone": p.phone, "name": p.name, "role": p.role, "role_zh": ROLE_ZH.get(p.role, p.role)}
+    if p.stands_in_for:
+        shown["stands_in_for"] = p.stands_in_for
     if p.place is not None:
         shown["place"] = {
             "address": p.place.address,

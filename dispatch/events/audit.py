@@ -22,6 +22,7 @@ AuditAction = Literal[
     "roster.import",
     "group.dissolve",
     "settings.change",
+    "member.absence",
     "token.issue",
     "token.revoke",
     "audit.read",

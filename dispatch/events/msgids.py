@@ -101,6 +101,11 @@ def group_dissolved(village: str, group: str, after_seq: int) -> MessageIds:
     return indexed(f"group:{village}:{group}:{after_seq}:dissolved")
 
 
+def member_change(phone: str, after_seq: int) -> MessageIds:
+    """A member's absence set or ended on top of its state at `after_seq`."""
+    return indexed(f"member:{phone}:{after_seq}")
+
+
 def roster_change(digest: str, subject: str, expected_seq: int) -> MessageIds:
     """A roster import's events for one aggregate, planned on its state at `expected_seq`."""
     return indexed(f"roster:{digest}:{subject}:{expected_seq}")

@@ -39,6 +39,7 @@ import msgspec
 import structlog
 
 from dispatch.clock import Clock, utcnow
+from dispatch.domain.absence import Absence, MemberCommand
 from dispatch.domain.directory import (
     ChangeVillageSettings,
     DissolveGroup,
@@ -65,6 +66,7 @@ from dispatch.domain.roster import (
 from dispatch.events import msgids
 from dispatch.events.model import Actor, Event, GroupEvent, VillageEvent
 from dispatch.events.subjects import group_id, group_subject, village_subject
+from dispatch.handlers.absences import decide_absence
 from dispatch.handlers.uow import Loaded, UnitOfWork
 from dispatch.projections.directory import LiveDirectory
 from dispatch.store.eventstore import AppendConflict, Outgoing
@@ -452,6 +454,10 @@ class GroupService:
                 villages, village, lambda state, now: decide_village_settings(state, command, now), ids
             )
         await self.live.wait_for({village_subject(village): decided.seqs[-1]})
+
+    async def decide_absence(self, command: MemberCommand) -> Absence | None:
+        """Set or end a member's absence (`dispatch.handlers.absences`); the absence now held."""
+        return await decide_absence(self.uow, self.live, command)
 
     async def dissolve_group(self, village: str, group: str, *, actor: Actor | None = None) -> int:
         """Dissolve a group (NotFound if it never was), done by `actor`: its members unbound, then the

@@ -1,4 +1,5 @@
-"""Roster read model in SQL: groups, their members, villages (duty desks, deadlines, time zone).
+"""Roster read model in SQL: groups, their members, villages (duty desks, deadlines, time zone),
+members' absences.
 
 Ingress reads the in-memory directory (`directory.py`); this is the same fold on the shared read
 side, for reports (readiness, officer names, a village's time zone) and for lookups from any
@@ -9,6 +10,8 @@ Invariants:
   `dispatch.domain.directory.Directory` holds after the same events (a dissolved group keeps its
   row with `dissolved = 1` and no members);
 - `changed_at` is the time of the group's last event; `bound_at` of a member's (last) binding;
+- an absence row is a member's absence as last set (AbsenceSet), gone once ended (AbsenceEnded);
+  whether it holds is a matter of `now` (`starts <= now < until`), judged by the reader;
 - a batch writes each touched row once (see `_GroupBatch`): the result equals applying its events
   one by one.
 """
@@ -18,19 +21,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dispatch.events.model import (
+    AbsenceEnded,
+    AbsenceSet,
     DutyDeskBound,
     DutyDeskUnbound,
     GroupDissolved,
     GroupEvent,
     GroupFormed,
     MemberBound,
+    MemberEvent,
     MemberRenamed,
     MemberUnbound,
     RoleAssigned,
     VillageEvent,
     VillageSettingsChanged,
 )
-from dispatch.events.subjects import GROUPS_ALL, VILLAGES_ALL
+from dispatch.events.subjects import GROUPS_ALL, MEMBERS_ALL, VILLAGES_ALL
 from dispatch.projections.sql import Connection
 from dispatch.store.eventstore import Recorded
 
@@ -40,12 +46,13 @@ GROUPS = f"roster_groups_v{VERSION}"
 MEMBERS = f"roster_members_v{VERSION}"
 VILLAGES = f"roster_villages_v{VERSION}"
 DUTY_DESKS = f"roster_duty_desks_v{VERSION}"
+ABSENCES = f"roster_absences_v{VERSION}"
 
 
 class RosterProjection:
     family = FAMILY
     version = VERSION
-    filter_subjects: tuple[str, ...] = (GROUPS_ALL, VILLAGES_ALL)
+    filter_subjects: tuple[str, ...] = (GROUPS_ALL, VILLAGES_ALL, MEMBERS_ALL)
     server_filter = True
     legacy: tuple[tuple[str, int, tuple[str, ...]], ...] = ()
 
@@ -54,7 +61,7 @@ class RosterProjection:
         return f"{self.family}_v{self.version}"
 
     def tables(self) -> Sequence[str]:
-        return (GROUPS, MEMBERS, VILLAGES, DUTY_DESKS)
+        return (GROUPS, MEMBERS, VILLAGES, DUTY_DESKS, ABSENCES)
 
     def ddl(self) -> Sequence[str]:
         return (
@@ -89,6 +96,15 @@ class RosterProjection:
                 name TEXT NOT NULL,
                 PRIMARY KEY (village, phone)
             )""",
+            f"""CREATE TABLE IF NOT EXISTS {ABSENCES} (
+                phone TEXT PRIMARY KEY,
+                starts_at DOUBLE PRECISION NOT NULL,
+                until_at DOUBLE PRECISION NOT NULL,
+                substitute TEXT,
+                substitute_name TEXT NOT NULL,
+                note TEXT NOT NULL,
+                set_at DOUBLE PRECISION NOT NULL
+            )""",
         )
 
     def indexes(self) -> Sequence[str]:
@@ -101,10 +117,32 @@ class RosterProjection:
                 batch.apply(rec.event)
             elif isinstance(rec.event, VillageEvent):
                 self._village(conn, rec.event)
+            elif isinstance(rec.event, MemberEvent):
+                self._member(conn, rec.event)
         batch.write(conn)
 
     def forget(self) -> None:
         return None
+
+    def _member(self, conn: Connection, event: MemberEvent) -> None:
+        if isinstance(event, AbsenceSet):
+            conn.execute(
+                f"INSERT INTO {ABSENCES} (phone, starts_at, until_at, substitute, substitute_name, note, set_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (phone) DO UPDATE SET starts_at = excluded.starts_at,"
+                " until_at = excluded.until_at, substitute = excluded.substitute,"
+                " substitute_name = excluded.substitute_name, note = excluded.note, set_at = excluded.set_at",
+                (
+                    event.phone,
+                    event.starts.timestamp(),
+                    event.until.timestamp(),
+                    event.substitute,
+                    event.substitute_name,
+                    event.note,
+                    event.at.timestamp(),
+                ),
+            )
+        elif isinstance(event, AbsenceEnded):
+            conn.execute(f"DELETE FROM {ABSENCES} WHERE phone = ?", (event.phone,))
 
     def _village(self, conn: Connection, event: VillageEvent) -> None:
         at = event.at.timestamp()

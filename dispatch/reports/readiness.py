@@ -7,8 +7,12 @@ model (each member's alarms), as of `now`:
   an answer (no accept, decline or arrival), and who had at least `last` of them;
 - unreachable: a member whose most recent alarm in that group was never delivered to them and
   failed (`permanent`: the number or address is invalid; `exhausted`: every retry failed);
-- without quorum: a group whose members, leaving out the silent and the unreachable, cannot meet
-  the cover quorum (`officer,leader|assistant` by default): each missing clause is named;
+- absent: a member away at `now` (an absence with `starts <= now < until`), with the substitute
+  rung in their place (or none);
+- without quorum: a group whose members, leaving out the silent, the unreachable and the absent
+  (whose substitutes count in their role), cannot meet the cover quorum (`officer,leader|assistant`
+  by default): each missing clause is named, with why (`absent`: its only holders are away with no
+  substitute; `out_of_reach`; `none_in_group`) — a group left short by an absence shows here;
 - quiet: a group with no alarm and no drill (an alarm cancelled as `drill`) raised in the last
   `quiet_days` days.
 
@@ -25,7 +29,7 @@ from typing import Any
 from dispatch.domain.incident import Quorum
 from dispatch.domain.messages import ROLE_ZH
 from dispatch.projections.incidents import INCIDENTS, RESPONDERS
-from dispatch.projections.roster import GROUPS, MEMBERS
+from dispatch.projections.roster import ABSENCES, GROUPS, MEMBERS
 from dispatch.projections.sql import Connection, marks
 from dispatch.reports.common import Zones, shown_phone
 from dispatch.reports.periods import local_iso
@@ -39,6 +43,16 @@ def _village_filter(villages: frozenset[str] | None, column: str) -> tuple[str, 
     if not villages:
         return " AND 1 = 0", []
     return f" AND {column} IN ({marks(len(villages))})", sorted(villages)
+
+
+def _names(conn: Connection, phones: list[str]) -> dict[str, str]:
+    """A roster name for each of these numbers that is a member somewhere."""
+    names: dict[str, str] = {}
+    for i in range(0, len(phones), 500):
+        chunk = phones[i : i + 500]
+        for phone, name in conn.query(f"SELECT phone, name FROM {MEMBERS} WHERE phone IN ({marks(len(chunk))})", chunk):
+            names.setdefault(str(phone), str(name))
+    return names
 
 
 def readiness(
@@ -100,17 +114,72 @@ def readiness(
                 unreachable.append({**person, "failure": alarms[0][5], "last_alarm_at": local_iso(alarms[0][0], tz)})
                 out_of_reach.add((v, g, phone))
 
+    phones = sorted({phone for people in members.values() for phone, _, _ in people})
+    away: dict[str, tuple[float, float, str | None, str]] = {}
+    for i in range(0, len(phones), 500):
+        chunk = phones[i : i + 500]
+        for phone, starts, until, substitute, substitute_name in conn.query(
+            f"SELECT phone, starts_at, until_at, substitute, substitute_name FROM {ABSENCES}"
+            f" WHERE starts_at <= ? AND until_at > ? AND phone IN ({marks(len(chunk))})",
+            (now, now, *chunk),
+        ):
+            away[str(phone)] = (float(starts), float(until), substitute, str(substitute_name))
+    # substitutes away themselves (no chains): their own absences, looked up once
+    subs = sorted({a[2] for a in away.values() if a[2] is not None and a[2] not in away})
+    subs_away = {
+        str(phone)
+        for i in range(0, len(subs), 500)
+        for (phone,) in conn.query(
+            f"SELECT phone FROM {ABSENCES} WHERE starts_at <= ? AND until_at > ?"
+            f" AND phone IN ({marks(len(subs[i : i + 500]))})",
+            (now, now, *subs[i : i + 500]),
+        )
+    }
+    sub_names = _names(conn, sorted({a[2] for a in away.values() if a[2] is not None and not a[3]}))
+    absent = []
+    standing: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for (v, g), people in members.items():
+        tz = zones.of(v)
+        for phone, name, role in people:
+            if phone not in away:
+                continue
+            starts, until, substitute, substitute_name = away[phone]
+            rung = substitute is not None and substitute not in away and substitute not in subs_away
+            if rung:
+                standing[(v, g)].add(role)
+            absent.append(
+                {
+                    "village": v,
+                    "group": g,
+                    "phone": shown_phone(phone, reveal),
+                    "name": name,
+                    "role": role,
+                    "role_zh": ROLE_ZH.get(role, role),  # type: ignore[call-overload]
+                    "from": local_iso(starts, tz),
+                    "until": local_iso(until, tz),
+                    "substitute": shown_phone(substitute, reveal) if substitute else None,
+                    "substitute_name": substitute_name or sub_names.get(substitute or "", ""),
+                    "substitute_rung": rung,
+                }
+            )
+
     without_quorum = []
     for v, g in groups:
         people = members.get((v, g), [])
         present = {role for _, _, role in people}
-        available = {role for phone, _, role in people if (v, g, phone) not in out_of_reach}
+        gone = {role for phone, _, role in people if phone in away}
+        available = {
+            role for phone, _, role in people if (v, g, phone) not in out_of_reach and phone not in away
+        } | standing[(v, g)]
         missing = []
         for clause in quorum:
             if available.intersection(clause):
                 continue
             roles = "|".join(clause)
-            why = "out_of_reach" if present.intersection(clause) else "none_in_group"
+            if gone.intersection(clause):
+                why = "absent"
+            else:
+                why = "out_of_reach" if present.intersection(clause) else "none_in_group"
             missing.append({"roles": roles, "roles_zh": "或".join(ROLE_ZH.get(r, r) for r in clause), "why": why})
         if missing:
             without_quorum.append({"village": v, "group": g, "missing": missing})
@@ -153,6 +222,7 @@ def readiness(
         "members": sum(len(p) for p in members.values()),
         "silent_members": silent,
         "unreachable_members": unreachable,
+        "absent_members": absent,
         "groups_without_quorum": without_quorum,
         "quiet_groups": quiet,
     }

@@ -407,6 +407,9 @@ def _field(key: str) -> Callable[[dict[str, Any]], Any]:
     return lambda row: row.get(key)
 
 
+WHY_MISSING_ZH = {"out_of_reach": "均无法联系", "none_in_group": "组内没有", "absent": "休假无人替班"}
+
+
 def readiness_tables(report: dict[str, Any]) -> list[Table]:
     person = [
         Column("village", "村", lambda r: r["village"]),
@@ -441,6 +444,19 @@ def readiness_tables(report: dict[str, Any]) -> list[Table]:
             report["unreachable_members"],
         ),
         Table(
+            "休假/外出 Absent now (the substitute is rung instead)",
+            [
+                *person,
+                Column("until", "截至", lambda r: r["until"], local_time),
+                Column(
+                    "substitute",
+                    "替班人",
+                    lambda r: f"{r['substitute_name']} {r['substitute']}".strip() if r["substitute"] else "无人替班",
+                ),
+            ],
+            report.get("absent_members", []),
+        ),
+        Table(
             "无法达到覆盖条件的小组 Groups that cannot reach their quorum",
             [
                 Column("village", "村", lambda r: r["village"]),
@@ -449,8 +465,7 @@ def readiness_tables(report: dict[str, Any]) -> list[Table]:
                     "missing",
                     "缺少",
                     lambda r: "；".join(
-                        f"{m['roles_zh']}（{'均无法联系' if m['why'] == 'out_of_reach' else '组内没有'}）"
-                        for m in r["missing"]
+                        f"{m['roles_zh']}（{WHY_MISSING_ZH.get(m['why'], m['why'])}）" for m in r["missing"]
                     ),
                 ),
             ],
@@ -477,6 +492,9 @@ def readiness_csv_table(report: dict[str, Any]) -> Table:
         rows.append({"finding": "silent", **r, "detail": f"{r['alarms']} alarms unanswered", "at": r["last_alarm_at"]})
     for r in report["unreachable_members"]:
         rows.append({"finding": "unreachable", **r, "detail": r["failure"], "at": r["last_alarm_at"]})
+    for r in report.get("absent_members", []):
+        sub = r["substitute"] or "none"
+        rows.append({"finding": "absent", **r, "detail": f"substitute {sub} until {r['until']}", "at": r["from"]})
     for r in report["groups_without_quorum"]:
         detail = "; ".join(f"{m['roles']}: {m['why']}" for m in r["missing"])
         rows.append({"finding": "no_quorum", **r, "detail": detail})

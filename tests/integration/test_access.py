@@ -9,6 +9,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,23 @@ class Case:
     stream: bool = False
 
 
+def absence_cases() -> list[Case]:
+    """A member's absence: set, read and ended for a member of one's villages (another's is hidden)."""
+    route = "/v1/members/{number:str}/absence"
+    body = {"until": (datetime.now(UTC) + timedelta(hours=4)).isoformat(), "substitute": "13700000001"}
+    own, other = "/v1/members/13800000008/absence", "/v1/members/13755506543/absence"
+    return [
+        Case("PUT", route, own, READ_OWN, "own", json=body),
+        Case("PUT", route, other, READ_OTHER, "other", json=body),
+        Case("GET", route, own, READ_OWN, "own"),
+        Case("GET", route, other, READ_OTHER, "other"),
+        Case("DELETE", route, own, READ_OWN, "own"),
+        Case("DELETE", route, other, READ_OTHER, "other"),
+        Case("GET", "/v1/absences", "/v1/absences", READ_OWN),
+        Case("GET", "/v1/absences", "/v1/absences?village=west", READ_OWN, "other"),
+    ]
+
+
 def cases(w: World) -> list[Case]:
     east, west = w.incidents["east"], w.incidents["west"]
     roster = ROSTER.encode()
@@ -156,6 +174,7 @@ def cases(w: World) -> list[Case]:
             "other",
             json={"ack_deadline_s": 60},
         ),
+        *absence_cases(),
         Case("GET", "/v1/groups", "/v1/groups", READ_OWN),
         Case("GET", "/v1/groups", "/v1/groups?village=west", READ_OWN, "other"),
         Case("GET", "/v1/villages", "/v1/villages", READ_OWN),

@@ -21,6 +21,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,11 @@ async def new_incident(w: World, admin: str) -> str:
     return incident
 
 
+def soon(minutes: int) -> str:
+    """A time a day and `minutes` from now (RFC 3339): an absence's end, different for each request."""
+    return (datetime.now(UTC) + timedelta(days=1, minutes=minutes)).isoformat()
+
+
 def unique() -> str:
     return uuid.uuid4().hex[:12]
 
@@ -165,6 +171,16 @@ async def success(w: World, op: str, admin: str) -> Request:
         r["content"], r["headers"] = ROSTER.encode(), {"Content-Type": "text/csv"}
     elif op == "PUT /v1/villages/{village}/settings":
         r["json"] = {"ack_deadline_s": 90}
+    elif op == "PUT /v1/members/{number}/absence":  # a new period each time: always a change to append
+        r["json"] = {"until": soon(len(w.log))}
+    elif op == "DELETE /v1/members/{number}/absence":  # an absence to end
+        until = soon(len(w.log) + 100_000)
+        put = await w.http.put(
+            f"/v1/members/{OFFICER_PHONE}/absence",
+            json={"until": until, "substitute": "13700000099"},
+            headers={"Authorization": f"Bearer {await w.token('admin')}"},
+        )
+        assert put.status_code == 200, put.text
     elif op == "POST /v1/incidents/{incident_id}/responses":
         path = path.replace("{incident_id}", await new_incident(w, admin))
         r["json"] = {"responder": OFFICER_PHONE, "action": "accept"}
@@ -193,7 +209,7 @@ async def success(w: World, op: str, admin: str) -> Request:
     elif op == "DELETE /v1/tokens/{token_id}":
         victim = await w.token("officer", ("dongshan",))
         path = path.replace("{token_id}", victim.split("_")[1])
-    r["url"] = path.replace("{village}", "dongshan").replace("{group}", "1")
+    r["url"] = path.replace("{village}", "dongshan").replace("{group}", "1").replace("{number}", OFFICER_PHONE)
     return r
 
 
@@ -262,6 +278,25 @@ async def specific(w: World, op: str, admin: str) -> list[tuple[str, Request]]:
         ]
     if op == "GET /v1/groups":
         return [("400", {"method": "GET", "url": "/v1/groups?after=not-a-cursor"})]
+    if op == "PUT /v1/members/{number}/absence":
+        url = f"/v1/members/{OFFICER_PHONE}/absence"
+        return [
+            (
+                "404",
+                {"method": "PUT", "url": "/v1/members/13700000001/absence", "json": {"until": soon(1)}},
+            ),
+            ("422", {"method": "PUT", "url": url, "json": {"until": "2020-01-01T00:00:00Z"}}),
+            (
+                "422",
+                {"method": "PUT", "url": "/v1/members/not-a-number/absence", "json": {"until": soon(1)}},
+            ),
+        ]
+    if op in ("DELETE /v1/members/{number}/absence", "GET /v1/members/{number}/absence"):
+        method = op.split(" ")[0]
+        return [
+            ("404", {"method": method, "url": "/v1/members/13700000001/absence"}),
+            ("422", {"method": method, "url": "/v1/members/not-a-number/absence"}),
+        ]
     if op == "POST /v1/incidents/{incident_id}/responses":
         closed = await new_incident(w, admin)
         r = await w.http.post(
