@@ -102,8 +102,12 @@ EVENT_CHANNELS: dict[str, dict[str, Any]] = {
         "description": "A village's duty desks and deadline overrides.",
     },
     "members": {
-        "address": "dispatch.evt.member.{digits}",
-        "parameters": {"digits": _param("the member's E.164 number without its +, one token")},
+        "address": "dispatch.evt.member.{member}",
+        "parameters": {
+            "member": _param(
+                "h + a keyed hash of the member's E.164 digits (the digits themselves where no key store is in use)"
+            )
+        },
         "description": "One number's absences (whichever groups it serves), each decided with the "
         "subject's expected last sequence; the in-memory directory and the roster read model fold them.",
     },

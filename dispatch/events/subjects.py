@@ -108,7 +108,8 @@ def member_subject(phone: str) -> str:
     digits = phone.removeprefix("+")
     if not digits.isdigit() or not 3 <= len(digits) <= 20:
         raise InvalidToken(f"number {phone[:40]!r} is not an E.164 number")
-    return f"dispatch.evt.member.h{_number_hash[0](digits)}" if _number_hash else f"dispatch.evt.member.{digits}"
+    token = f"h{_number_hash[0](digits)}" if _number_hash else digits
+    return f"dispatch.evt.member.{token}"
 
 
 def incident_subject(incident_id: str) -> str:
