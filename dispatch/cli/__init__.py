@@ -447,6 +447,24 @@ def cmd_groups_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_members_absent(args: argparse.Namespace) -> int:
+    from dispatch.cli.members import run_absent
+
+    return run_absent(args, _fetch)
+
+
+def cmd_members_back(args: argparse.Namespace) -> int:
+    from dispatch.cli.members import run_back
+
+    return run_back(args, _fetch)
+
+
+def cmd_members_absences(args: argparse.Namespace) -> int:
+    from dispatch.cli.members import run_list
+
+    return run_list(args, _fetch)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from dispatch.cli.report import run_report
 
@@ -935,6 +953,60 @@ def build_parser() -> argparse.ArgumentParser:
     village_and_group(p)
     format_option(p)
     p.set_defaults(func=cmd_groups_show)
+
+    members = _add(
+        sub,
+        "members",
+        "members away: mark one absent with a substitute, end it, list them",
+        "While a member is away their groups' alarms ring the substitute instead, in the member's role\n"
+        "(the substitute's accept counts for cover in it). Without a substitute, readiness shows the\n"
+        "groups left short. Times: RFC 3339, a date-time or date in DISPATCH_TIME_ZONE, or +8h / +3d.",
+        ["dispatch members absent 13900000009 --until +3d --substitute 13700000099", "dispatch members absences"],
+    ).add_subparsers(dest="members_command", required=True, metavar="SUBCOMMAND")
+    p = client(
+        _add(
+            members,
+            "absent",
+            "mark a member absent for a period, with the substitute rung in their place",
+            "Replaces any absence set before. An officer's token may do it for members of its villages.",
+            [
+                "dispatch members absent 13900000009 --until +3d --substitute 13700000099 --note 年假",
+                "dispatch members absent 13900000009 --from 2026-12-10 --until 2026-12-13 --substitute 13700000099",
+            ],
+        )
+    )
+    p.add_argument("number", help="the member's phone number")
+    p.add_argument("--until", required=True, help="when they are back (the end is excluded): a time, or +3d")
+    p.add_argument("--from", dest="start", help="when they leave (default: now)")
+    p.add_argument("--substitute", help="who is rung in their place (any number; none: nobody stands in)")
+    p.add_argument("--substitute-name", help="the substitute's name, when the roster does not know them")
+    p.add_argument("--note", help="why (年假, 培训...), shown with the absence")
+    json_flag(p)
+    p.set_defaults(func=cmd_members_absent)
+    p = client(
+        _add(
+            members,
+            "back",
+            "end a member's absence now: they are rung again",
+            "An absence not begun yet is called off. Ending none changes nothing.",
+            ["dispatch members back 13900000009"],
+        )
+    )
+    p.add_argument("number", help="the member's phone number")
+    json_flag(p)
+    p.set_defaults(func=cmd_members_back)
+    p = client(
+        _add(
+            members,
+            "absences",
+            "list the members away now or soon, with their substitutes",
+            "Within the villages the token sees.",
+            ["dispatch members absences", "dispatch members absences --village dongshan"],
+        )
+    )
+    p.add_argument("--village", help="only this village's members")
+    json_flag(p)
+    p.set_defaults(func=cmd_members_absences)
 
     p = client(
         _add(

@@ -19,6 +19,8 @@ Invariants:
   again. While appending, an import holds the file's bytes and its plan (one small op an event);
 - every import's progress (state, rows read, changes and events written of their totals) and its
   outcome are kept for the last KEPT_IMPORTS imports of this process, by id;
+- a member's absence is set or ended by `decide_member` through the unit of work (its member
+  subject's last sequence expected; ids `member:<phone>:<after_seq>:<i>`);
 - a group is dissolved by its decider through the unit of work (each member's MemberUnbound, then
   GroupDissolved, with the group's last sequence expected), serialized with the imports.
 """
@@ -39,7 +41,7 @@ import msgspec
 import structlog
 
 from dispatch.clock import Clock, utcnow
-from dispatch.domain.absence import Absence, MemberCommand
+from dispatch.domain.absence import Absence, MemberCommand, MemberState, decide_member
 from dispatch.domain.directory import (
     ChangeVillageSettings,
     DissolveGroup,
@@ -48,7 +50,7 @@ from dispatch.domain.directory import (
     decide_dissolve,
     decide_village_settings,
 )
-from dispatch.domain.errors import DomainError, InvalidTransition
+from dispatch.domain.errors import DomainError, InvalidCommand, InvalidTransition
 from dispatch.domain.roster import (
     AggregateChange,
     Difference,
@@ -65,8 +67,7 @@ from dispatch.domain.roster import (
 )
 from dispatch.events import msgids
 from dispatch.events.model import Actor, Event, GroupEvent, VillageEvent
-from dispatch.events.subjects import group_id, group_subject, village_subject
-from dispatch.handlers.absences import decide_absence
+from dispatch.events.subjects import InvalidToken, group_id, group_subject, member_subject, village_subject
 from dispatch.handlers.uow import Loaded, UnitOfWork
 from dispatch.projections.directory import LiveDirectory
 from dispatch.store.eventstore import AppendConflict, Outgoing
@@ -272,6 +273,30 @@ class Groups:
         return group_subject(village, group)
 
 
+class Members:
+    """Members as the live directory holds them: the unit of work's aggregate for absences."""
+
+    def __init__(self, live: LiveDirectory) -> None:
+        self.live = live
+
+    async def load(self, key: str) -> Loaded[MemberState]:
+        """The number's absence, whether it is bound, and its member subject's last sequence."""
+        d = self.live.directory
+        state = MemberState(phone=key, bound=d.knows(key), absence=d.absences.get(key))
+        return Loaded(state, _member_subject(key), d.member_seqs.get(key, 0))
+
+    def subject_of(self, key: str, event: Event) -> str:
+        """A member's events go on its own subject."""
+        return _member_subject(key)
+
+
+def _member_subject(phone: str) -> str:
+    try:
+        return member_subject(phone)
+    except InvalidToken as exc:
+        raise InvalidCommand(str(exc)) from None
+
+
 def _plan_releasing(file: RosterFile, view: DirectoryView, at: datetime) -> ImportPlan:
     """Plan (in a worker thread), then free the rows and the view there, a piece at a time."""
     try:
@@ -456,8 +481,23 @@ class GroupService:
         await self.live.wait_for({village_subject(village): decided.seqs[-1]})
 
     async def decide_absence(self, command: MemberCommand) -> Absence | None:
-        """Set or end a member's absence (`dispatch.handlers.absences`); the absence now held."""
-        return await decide_absence(self.uow, self.live, command)
+        """Set or end a member's absence, decided on the member as this process's directory holds it
+        and appended with its subject's last sequence expected (a concurrent change is decided
+        again); returns once the directory has applied it (so the next alarm routed here rings the
+        substitute), with the absence now held (None: none)."""
+        phone = command.phone
+        subject = _member_subject(phone)
+
+        def ids(i: int, event: Event) -> str:
+            # decided on the state `load` read just before, with no wait in between
+            return msgids.member_change(phone, self.live.directory.member_seqs.get(phone, 0))(i, event)
+
+        decided = await self.uow.decide(
+            Members(self.live), phone, lambda state, now: decide_member(state, command, now), ids
+        )
+        if decided.seqs:
+            await self.live.wait_for({subject: decided.seqs[-1]})
+        return self.live.directory.absences.get(phone)
 
     async def dissolve_group(self, village: str, group: str, *, actor: Actor | None = None) -> int:
         """Dissolve a group (NotFound if it never was), done by `actor`: its members unbound, then the
