@@ -104,7 +104,8 @@ def responder_state(r: Responder) -> str:
     return "pending"
 
 
-def responder_view(r: Responder) -> dict[str, Any]:
+def responder_view(r: Responder, simulated: bool = False) -> dict[str, Any]:
+    """A responder as the API shows them; `simulated`: reached by simulated phones only (`--simulate-phones`)."""
     return {
         **person(r.person),
         "recipient": r.recipient,
@@ -118,6 +119,7 @@ def responder_view(r: Responder) -> dict[str, Any]:
         "accepted_actor": actor_view(r.accepted_actor) if r.accepted_at else None,
         "accepted_proxy": r.accepted_proxy,
         "accepted_own": r.own_accept,
+        "simulated": simulated,
     }
 
 
@@ -211,9 +213,10 @@ def rounds_reached(history: list[Recorded]) -> tuple[dict[int, set[str]], dict[i
 
 
 def rounds_simulated(history: list[Recorded]) -> dict[int, set[str]]:
-    """Per round: the people handed to simulated phones only (`--simulate-phones`), never to a real channel."""
-    real: dict[int, set[str]] = {}
-    simulated: dict[int, set[str]] = {}
+    """Per round: the people handed to simulated phones only (`--simulate-phones`), never to a real
+    channel; round 0: over all rounds."""
+    real: dict[int, set[str]] = {0: set()}
+    simulated: dict[int, set[str]] = {0: set()}
     for rec in history:
         e = rec.event
         if isinstance(e, RespondersNotified):
@@ -224,7 +227,10 @@ def rounds_simulated(history: list[Recorded]) -> dict[int, set[str]]:
             phones = (f.phone for f in e.failures)
         else:
             continue
-        (simulated if e.simulated else real).setdefault(e.round, set()).update(phones)
+        side = simulated if e.simulated else real
+        handed = set(phones)
+        side.setdefault(e.round, set()).update(handed)
+        side[0].update(handed)
     return {r: phones - real.get(r, set()) for r, phones in simulated.items()}
 
 
@@ -233,6 +239,7 @@ def incident_view(state: IncidentState, history: list[Recorded], time_zone: str 
     opened = state.opened
     people = {p: r.person for p, r in state.responders.items()}
     people[state.caller.phone] = state.caller
+    simulated = rounds_simulated(history)[0]
     return {
         "incident_id": state.id,
         "kind": "unregistered" if isinstance(opened, UnregisteredCall) else "alarm",
@@ -267,7 +274,7 @@ def incident_view(state: IncidentState, history: list[Recorded], time_zone: str 
         "category": state.category,
         "cancel_reason": state.cancel_reason,
         "note": state.note,
-        "responders": [responder_view(r) for r in state.responders.values()],
+        "responders": [responder_view(r, r.person.phone in simulated) for r in state.responders.values()],
         "time_zone": time_zone,
         "timeline": timeline(history, people, time_zone, opened),
         "version": history[-1].seq if history else 0,

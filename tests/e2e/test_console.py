@@ -645,6 +645,45 @@ def test_a_service_that_rings_nobody_says_so_above_the_board(
     assert configured.locator("#setup").is_hidden()
 
 
+def test_simulated_phones_say_so_above_the_board_and_ring_in_the_terminal(
+    contexts: Callable[..., BrowserContext], tmp_path: Path
+) -> None:
+    """Issue 27.1: `dispatch serve --simulate-phones` (DISPATCH_SIMULATE_PHONES=1) rings the gateway
+    simulator's virtual phones: its terminal shows each ring, labelled 模拟; the console says 模拟电话
+    instead of "no channel", and the timeline counts the people as reached by simulated phones."""
+    sim = ServeProcess(tmp_path / "data", {"DISPATCH_SIMULATE_PHONES": "1"}).start()
+    try:
+        with sim.client() as http:
+            imported = http.post("/v1/groups/import", content=ROSTER.encode(), headers={"Content-Type": "text/csv"})
+            assert imported.status_code == 200, imported.text
+            incident = call(http, "console-sim-1", "13700000001")
+            rang = wait_until(
+                lambda: [line for line in sim.logs().splitlines() if "的模拟电话在响" in line],
+                what="the west group's two phones ringing in the terminal",
+            )
+            assert len(rang) == 2 and all(line.startswith("[模拟电话 SIMULATION] 📞 ") for line in rang), rang
+            page = open_console(contexts(viewport=PHONE), sim, sim.token)
+            setup = page.locator("#setup")
+            expect(setup.locator("p[data-check='simulation']")).to_contain_text("模拟电话")
+            expect(setup.locator("p[data-check='channels']")).to_have_count(0)
+            expect(setup).to_be_visible()
+            member = card(page, incident).locator("li.member[data-phone='+8613600000009']")
+            expect(member).to_contain_text("已送达（模拟） ✓")
+            shot(page, "setup-simulated-phone.png")
+            page.locator("#lang").click()
+            expect(setup.locator("p[data-check='simulation']")).to_contain_text("Simulated phones")
+
+            def counted() -> str:
+                text: str = http.get(f"/v1/incidents/{incident}").json()["timeline"][0]["text"]
+                return text if "模拟电话" in text else ""
+
+            assert wait_until(counted, what="the count of people, as simulated").endswith(
+                "通知2人（模拟电话，无真实电话响铃）"
+            )
+    finally:
+        sim.kill()
+
+
 def test_an_officer_opens_a_walk_in_from_the_board(
     serve: ServeProcess, http: httpx.Client, tokens: dict[str, str], contexts: Callable[..., BrowserContext]
 ) -> None:

@@ -92,6 +92,7 @@ async def test_the_first_command_rings_the_groups_simulated_phones_labelled_as_s
         first = view["timeline"][0]
         assert first["text"].endswith(f"通知{len(GROUP)}人（模拟电话，无真实电话响铃）"), first["text"]
         assert first["reach"]["simulated"] == len(GROUP)
+        assert {r["phone"] for r in view["responders"] if r["simulated"]} == GROUP
         outcomes = [e for e in view["timeline"] if e["type"] == "DeliverySucceeded"]
         assert outcomes and all("（模拟）" in e["text"] and e["detail"]["simulated"] for e in outcomes), outcomes
 

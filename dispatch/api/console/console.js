@@ -108,6 +108,7 @@ const TEXT = {
     members: "小组成员",
     st_pending: "未通知",
     st_notified: "已通知",
+    st_simulated: "（模拟）",
     st_delivered: "已送达",
     st_failed: "送达失败",
     st_accepted: "已接警",
@@ -274,6 +275,7 @@ const TEXT = {
     members: "Group members",
     st_pending: "not notified",
     st_notified: "notified",
+    st_simulated: " (simulated)",
     st_delivered: "delivered",
     st_failed: "delivery failed",
     st_accepted: "accepted",
@@ -1082,8 +1084,9 @@ function member(r, zone) {
   const channels = (map) => Object.keys(map || {}).length > 0;
   const chips = [];
   if (r.state === "pending") chips.push(h("span", { class: "chip", text: t("st_pending") }));
-  if (channels(r.notified)) chips.push(h("span", { class: "chip done", text: `${t("st_notified")} ✓` }));
-  if (channels(r.delivered)) chips.push(h("span", { class: "chip done", text: `${t("st_delivered")} ✓` }));
+  const sim = r.simulated ? t("st_simulated") : "";
+  if (channels(r.notified)) chips.push(h("span", { class: "chip done", text: `${t("st_notified")}${sim} ✓` }));
+  if (channels(r.delivered)) chips.push(h("span", { class: "chip done", text: `${t("st_delivered")}${sim} ✓` }));
   else if (channels(r.failed)) {
     chips.push(h("span", { class: "chip bad", title: Object.values(r.failed).join("; "), text: t("st_failed") }));
   }
