@@ -50,3 +50,15 @@ def test_the_difference_prints_unbound_first_and_cuts_long_lists() -> None:
     assert "  v duty desk  值班室  +8673100000000  duty" in lines
     assert "  v/1 -> v/2  甲  +8613800000001  household" in lines
     assert f"bound ({LISTED + 105}):" in lines and lines[-1] == "  ... and 105 more"
+
+
+def test_the_difference_prints_each_new_language_with_the_old_one() -> None:
+    member = {"village": "v", "group": "1", "phone": "+8613800000001", "name": "甲", "role": "household"}
+    diff = {"languages": [{**member, "language": "yue"}, {**member, "name": "乙", "was": "yue"}]}
+    out = io.StringIO()
+    print_difference(diff, out)
+    assert out.getvalue().splitlines() == [
+        "new language of the voice alarm (2):",
+        "  v/1  甲  +8613800000001  household  speaks yue 粤语",
+        "  v/1  乙  +8613800000001  household  speaks zh 普通话  (was yue 粤语)",
+    ]
