@@ -599,9 +599,11 @@ class Service:
 
     def _who(self, phone: str) -> str:
         """A number as the simulated phones' lines name it: its member's name and role, if any."""
-        for membership in self.directory.directory.memberships(phone):
+        directory = self.directory.directory
+        number = directory.caller_e164(phone, self.settings.region) or phone
+        for membership in directory.memberships(number):
             person = membership.person
-            return f"{person.name or ''}（{ROLE_ZH.get(person.role, person.role)} {phone}）"
+            return f"{person.name or ''}（{ROLE_ZH.get(person.role, person.role)} {number}）"
         return phone
 
     async def _start_simulated_phones(self, phones: PhoneSimulator) -> None:

@@ -67,6 +67,10 @@ async def test_the_first_command_rings_the_groups_simulated_phones_labelled_as_s
         async with service_client(svc) as http:
             r = await http.post("/v1/groups/import", content=ROSTER.encode(), headers={"Content-Type": "text/csv"})
             assert r.status_code == 200, r.text
+            await eventually(
+                lambda: svc.directory.directory.knows("+8613800000002"), what="the roster in the directory"
+            )
+            assert svc._who("138-0000-0002") == svc._who("+8613800000002") == "李建国（联防户 +8613800000002）"
 
             ready = await http.get("/readyz")
             assert ready.status_code == 503, "virtual phones are no delivery channel a village can rely on"
