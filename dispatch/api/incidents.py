@@ -1,7 +1,8 @@
 """Incidents: answers (accept, decline, arrived, resolve, cancel), one incident, the list, the live stream.
 
-Invariants: an officer or duty desk sees only its villages' incidents (another's is 404) and streams
-only their events; numbers in the list are masked without `export`; a revoked token's stream ends;
+Invariants: an officer or duty desk sees only its villages' incidents (another's is 404; but a token
+whose own number an incident rings as a substitute reads it and answers for that number) and
+streams only their events; numbers in the list are masked without `export`; a revoked token's stream ends;
 a closed stream leaves the live hub, even one closed before its first event."""
 
 from __future__ import annotations
@@ -33,12 +34,24 @@ from dispatch.api.deps import (
     who,
 )
 from dispatch.api.views import incident_view
+from dispatch.domain.access import Principal
 from dispatch.domain.errors import NotFound
+from dispatch.domain.incident import IncidentState
+from dispatch.domain.phone import try_normalize
 from dispatch.domain.roster import refused_in_name
 from dispatch.handlers.messages import Answer, CallResult, OpenReport, ReportRequest, ResponseRequest
 from dispatch.projections import queries
 
 KEEPALIVE_S = 15.0
+
+
+def substitute_in(state: IncidentState, principal: Principal) -> bool:
+    """Whether the token's own number is rung by this incident as a substitute (standing in for an
+    absent member): such a token reads the incident and answers for its own number, wherever its
+    villages are (another village's officer on loan)."""
+    return bool(principal.phone) and any(
+        p.phone == principal.phone and p.stands_in_for for p in state.opened.recipients
+    )
 
 
 def routes(s: ApiServices) -> list[HTTPRouteHandler]:
@@ -57,7 +70,8 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
     ) -> dict[str, Any]:
         principal = who(s, request, "answer")
         state = await s.incidents.get(incident_id)
-        if not visible(s, principal, state.opened.village):
+        own = data.responder is None or try_normalize(data.responder, s.region) == principal.phone
+        if not visible(s, principal, state.opened.village) and not (own and substitute_in(state, principal)):
             raise NotFound(f"no incident {incident_id}")
         key = request.headers.get("idempotency-key")
         with structlog.contextvars.bound_contextvars(incident_id=incident_id):
@@ -96,7 +110,7 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
         principal = who(s, request, "read")
         state, history = await s.incidents.history(incident_id)
         village = state.opened.village
-        if not visible(s, principal, village):
+        if not visible(s, principal, village) and not substitute_in(state, principal):
             await audit(s, request, principal, "incident.read", target=incident_id, village=village, outcome="refused")
             raise NotFound(f"no incident {incident_id}")
         await audit(s, request, principal, "incident.read", target=incident_id, village=village)

@@ -91,6 +91,26 @@ const TEXT = {
     report_name: "报警人姓名（可空）",
     report_submit: "登记并通知该组",
     report_done: "已登记，已通知该组",
+    absence_open: "休假与替班",
+    absence_number: "休假人电话",
+    absence_from: "开始（可空：现在）",
+    absence_until: "结束",
+    absence_substitute: "替班人电话（可空：无人替班）",
+    absence_substitute_name: "替班人姓名（可空）",
+    absence_note: "说明（年假、培训…）",
+    absence_submit: "登记休假",
+    absence_done: "已登记；休假期间由替班人接警",
+    absence_end: "结束休假",
+    absence_ended: "已结束休假；恢复接警",
+    absence_none: "目前无人休假",
+    absence_now: "休假中",
+    absence_planned: "已安排",
+    absence_until_text: "至",
+    absence_by: "替班",
+    absence_nobody: "无人替班",
+    short_groups: "人手不足的小组",
+    short_missing: "缺少{roles}（休假无人替班）",
+    stands_in: "替班·代{who}",
     raised_at: "报警时间",
     ago: "{d}前",
     covered: "已覆盖",
@@ -258,6 +278,26 @@ const TEXT = {
     report_name: "Caller's name (optional)",
     report_submit: "Open and alert the group",
     report_done: "Opened; the group is alerted",
+    absence_open: "Absences and substitutes",
+    absence_number: "Member's phone",
+    absence_from: "From (optional: now)",
+    absence_until: "Until",
+    absence_substitute: "Substitute's phone (optional: nobody)",
+    absence_substitute_name: "Substitute's name (optional)",
+    absence_note: "Note (leave, training...)",
+    absence_submit: "Mark absent",
+    absence_done: "Recorded; the substitute is rung meanwhile",
+    absence_end: "End absence",
+    absence_ended: "Absence ended; rung again",
+    absence_none: "Nobody is away",
+    absence_now: "away",
+    absence_planned: "planned",
+    absence_until_text: "until",
+    absence_by: "substitute",
+    absence_nobody: "no substitute",
+    short_groups: "Groups left short",
+    short_missing: "missing {roles} (away, no substitute)",
+    stands_in: "substitute for {who}",
     raised_at: "Raised",
     ago: "{d} ago",
     covered: "Covered",
@@ -1090,6 +1130,7 @@ function member(r, zone) {
   else if (channels(r.failed)) {
     chips.push(h("span", { class: "chip bad", title: Object.values(r.failed).join("; "), text: t("st_failed") }));
   }
+  if (r.stands_in_for) chips.push(h("span", { class: "chip substitute", text: t("stands_in", { who: phoneText(r.stands_in_for) }) }));
   if (r.arrived_at) chips.push(h("span", { class: "chip strong", text: `${t("st_arrived")} ${timeOf(r.arrived_at, zone)}` }));
   else if (r.accepted_at) chips.push(h("span", { class: "chip strong", text: `${t("st_accepted")} ${timeOf(r.accepted_at, zone)}` }));
   else if (r.declined_at) chips.push(h("span", { class: "chip bad", text: `${t("st_declined")} ${timeOf(r.declined_at, zone)}` }));
@@ -1345,6 +1386,7 @@ function renderBoard() {
       h("div", { class: "field buttons" }, soundButton, h("button", { type: "button", text: t("sound_test"), onclick: () => { unlockAudio(); siren(); } })),
     ),
     reportForm(me),
+    absencePanel(me),
     h("p", { id: "counts", class: "counts", role: "status" }),
     list,
   );
@@ -1390,6 +1432,113 @@ function reportForm(me) {
     h("div", { class: "field buttons" }, submit),
   );
   return h("details", { class: "report" }, h("summary", { text: t("report_open") }), form);
+}
+
+function absencePanel(me) {
+  if (!["officer", "duty_desk", "admin"].includes(me.role)) return null;
+  const field = (id, label, input) => h("div", { class: "field" }, h("label", { for: id, text: t(label) }), input);
+  const number = h("input", { id: "absence-number", type: "tel", inputmode: "tel", required: true });
+  const from = h("input", { id: "absence-from", type: "datetime-local" });
+  const until = h("input", { id: "absence-until", type: "datetime-local", required: true });
+  const substitute = h("input", { id: "absence-substitute", type: "tel", inputmode: "tel" });
+  const subName = h("input", { id: "absence-substitute-name", maxlength: 64 });
+  const note = h("input", { id: "absence-note", maxlength: 200 });
+  const submit = h("button", { type: "submit", text: t("absence_submit") });
+  const list = h("ul", { id: "absences", class: "absences" });
+  const short = h("ul", { id: "short-groups", class: "short-groups" });
+  const form = h(
+    "form",
+    {
+      class: "report-form absence-form",
+      onsubmit: async (e) => {
+        e.preventDefault();
+        submit.disabled = true;
+        try {
+          const body = { until: new Date(until.value).toISOString(), note: note.value.trim() };
+          if (from.value) body.from = new Date(from.value).toISOString();
+          if (substitute.value.trim()) body.substitute = substitute.value.trim();
+          if (subName.value.trim()) body.substitute_name = subName.value.trim();
+          await api(`v1/members/${encodeURIComponent(number.value.trim())}/absence`, { method: "PUT", body });
+          toast(t("absence_done"), "ok", form);
+          loadAbsences(list, short);
+        } catch (exc) {
+          toast(exc.status ? t("err_other", { code: exc.status, msg: exc.message }) : exc.message, "bad", form);
+        } finally {
+          submit.disabled = false;
+        }
+      },
+    },
+    field("absence-number", "absence_number", number),
+    field("absence-from", "absence_from", from),
+    field("absence-until", "absence_until", until),
+    field("absence-substitute", "absence_substitute", substitute),
+    field("absence-substitute-name", "absence_substitute_name", subName),
+    field("absence-note", "absence_note", note),
+    h("div", { class: "field buttons" }, submit),
+  );
+  loadAbsences(list, short);
+  return h(
+    "details",
+    { class: "report absence", id: "absence-panel" },
+    h("summary", { text: t("absence_open") }),
+    list,
+    h("h3", { text: t("short_groups") }),
+    short,
+    form,
+  );
+}
+
+async function loadAbsences(list, short) {
+  let absences, readiness;
+  try {
+    [absences, readiness] = await Promise.all([api("v1/absences"), api("v1/reports/readiness")]);
+  } catch (exc) {
+    toast(exc.message, "bad");
+    return;
+  }
+  fill(
+    list,
+    absences.absences.length
+      ? absences.absences.map((a) => {
+          const x = a.absence;
+          const who = x.substitute ? `${x.substitute_name || ""} ${phoneText(x.substitute)}`.trim() : t("absence_nobody");
+          const end = h("button", {
+            type: "button",
+            class: "end-absence",
+            text: t("absence_end"),
+            onclick: async () => {
+              try {
+                await api(`v1/members/${encodeURIComponent(a.phone)}/absence`, { method: "DELETE" });
+                toast(t("absence_ended"), "ok", list);
+                loadAbsences(list, short);
+              } catch (exc) {
+                toast(exc.message, "bad", list);
+              }
+            },
+          });
+          return h(
+            "li",
+            { class: `absence-row${x.substitute ? "" : " bad"}`, dataset: { phone: a.phone } },
+            h("span", { class: "who" }, val(a.name || phoneText(a.phone), "name"), " ", val(a.groups.map((g) => `${g.village}/${g.group} ${g.role_zh}`).join(t("list_sep")), "role")),
+            ` ${t(x.absent_now ? "absence_now" : "absence_planned")} ${x.from_text} ${t("absence_until_text")} ${x.until_text}${x.note ? ` · ${x.note}` : ""} · ${t("absence_by")}${t("colon")}`,
+            h("span", { class: "substitute", text: who }),
+            " ",
+            end,
+          );
+        })
+      : [h("li", { class: "muted", text: t("absence_none") })],
+  );
+  const gaps = readiness.groups_without_quorum
+    .map((g) => ({ g, missing: g.missing.filter((m) => m.why === "absent") }))
+    .filter((x) => x.missing.length);
+  fill(
+    short,
+    gaps.length
+      ? gaps.map(({ g, missing }) =>
+          h("li", { class: "short bad", text: `${g.village}/${g.group} ${missing.map((m) => t("short_missing", { roles: m.roles_zh })).join(t("list_sep"))}` }),
+        )
+      : [h("li", { class: "muted", text: "—" })],
+  );
 }
 
 async function loadBoard() {
