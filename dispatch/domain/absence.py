@@ -164,12 +164,12 @@ def stand_ins(
     members: Iterable[Person],
     absences: Mapping[str, Absence],
     now: datetime,
-    name_of: Callable[[str], str] | None = None,
+    known: Callable[[str], Person | None] | None = None,
 ) -> tuple[list[Person], list[Person]]:
     """Who a group's alarm rings at `now`, and who it leaves out: (rung, absent). Each absent member's
     substitute is rung in the member's role (`stands_in_for` names the member), unless away too;
-    a number is rung once, in its best-ranked role. `name_of`: a substitute's name when the absence
-    gave none (e.g. the roster's)."""
+    a number is rung once, in its best-ranked role. `known`: the substitute as the roster has them
+    (their name when the absence gave none, and the language their voice alarm is spoken in)."""
     rung: dict[str, Person] = {}
     absent: list[Person] = []
     substitutes: list[Person] = []
@@ -185,8 +185,12 @@ def stand_ins(
         absent.append(person)
         a = absences[person.phone]
         if a.substitute is not None and not away(a.substitute):
-            name = a.substitute_name or (name_of(a.substitute) if name_of is not None else "")
-            substitutes.append(Person(phone=a.substitute, name=name, role=person.role, stands_in_for=person.phone))
+            roster = known(a.substitute) if known is not None else None
+            name = a.substitute_name or (roster.name if roster is not None else "")
+            language = roster.language if roster is not None else ""
+            substitutes.append(
+                Person(phone=a.substitute, name=name, role=person.role, stands_in_for=person.phone, language=language)
+            )
     for sub in substitutes:
         have = rung.get(sub.phone)
         if have is None or ROLE_RANK.get(sub.role, 9) < ROLE_RANK.get(have.role, 9):

@@ -263,11 +263,11 @@ def _on_duty(directory: Directory, members: Iterable[Person], now: datetime) -> 
     if not directory.absences:
         return list(members), []
 
-    def name_of(phone: str) -> str:
+    def known(phone: str) -> Person | None:
         found = directory.memberships(phone)
-        return found[0].person.name if found else ""
+        return found[0].person if found else None
 
-    return stand_ins(members, directory.absences, now, name_of)
+    return stand_ins(members, directory.absences, now, known)
 
 
 def _reported(directory: Directory, for_group: tuple[str, str], call: IncomingCall) -> tuple[GroupState, Person]:

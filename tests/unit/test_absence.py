@@ -323,3 +323,21 @@ def test_a_snapshot_keeps_absences_and_their_sequences() -> None:
     assert restored.member_seqs == directory.member_seqs
     assert restored.absent(OFFICER, at(HOUR)) is not None
     assert restored.absent(LEADER, at(0)) is None
+
+
+def test_a_substitute_the_roster_knows_is_rung_by_their_name_and_language() -> None:
+    people = [Person(phone=OFFICER, name="吴警官", role="officer")]
+    absences = {OFFICER: Absence(OFFICER, at(0), at(HOUR), NEIGHBOUR_OFFICER)}
+
+    def known(phone: str) -> Person | None:
+        return (
+            Person(phone=phone, name="钱警官", role="officer", language="yue") if phone == NEIGHBOUR_OFFICER else None
+        )
+
+    rung, absent = stand_ins(people, absences, at(1), known)
+    assert rung == [
+        Person(phone=NEIGHBOUR_OFFICER, name="钱警官", role="officer", stands_in_for=OFFICER, language="yue")
+    ]
+    assert absent == people
+    named = {OFFICER: Absence(OFFICER, at(0), at(HOUR), NEIGHBOUR_OFFICER, substitute_name="钱队")}
+    assert stand_ins(people, named, at(1), known)[0][0].name == "钱队", "the name the absence gave wins"
