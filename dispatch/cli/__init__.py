@@ -290,7 +290,7 @@ def cmd_log_copy(args: argparse.Namespace) -> int:
         creds_file=Path(args.to_creds) if args.to_creds else None,
         tls_ca=Path(args.to_tls_ca) if args.to_tls_ca else None,
     )
-    return asyncio.run(run_copy(settings, to, auth, args.replicas))
+    return asyncio.run(run_copy(settings, to, auth, args.replicas, seal=args.seal))
 
 
 # --- client commands -------------------------------------------------------------------------------
@@ -694,6 +694,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to-creds", help="a creds file (JWT and nkey seed) for the target, instead of a password")
     p.add_argument("--to-tls-ca", help="the CA that signed the target's TLS certificates")
     p.add_argument("--replicas", type=int, default=3, help="replicas of each stream on the target (default 3)")
+    p.add_argument(
+        "--seal",
+        action="store_true",
+        help="seal the personal fields of events written before sealing (the migration: docs/migration.md)",
+    )
     p.set_defaults(func=cmd_log_copy)
 
     projections = _add(

@@ -10,13 +10,25 @@ from __future__ import annotations
 import sys
 import time
 
+from nats.aio.client import Client as NATS
+
 from dispatch.cli.offline import open_log
+from dispatch.events.subjects import EVENTS_STREAM
 from dispatch.settings import Settings, SettingsError
 from dispatch.store.connect import NatsAuth, NatsConnectError, connect
-from dispatch.store.copy import CopyError, copy_log
+from dispatch.store.copy import CopyError, Transform, copy_log
+from dispatch.store.keys import Keyring
+from dispatch.store.migrate import sealer
 
 
-async def run_copy(settings: Settings, to: list[str], auth: NatsAuth, replicas: int) -> int:
+async def seal_events(target: NATS) -> dict[str, Transform]:
+    """`--seal`: DISPATCH_EVENTS rewritten with the target's keys (`dispatch.store.migrate`)."""
+    keyring = Keyring(target)
+    await keyring.start()
+    return {EVENTS_STREAM: sealer(keyring)}
+
+
+async def run_copy(settings: Settings, to: list[str], auth: NatsAuth, replicas: int, seal: bool = False) -> int:
     started = time.monotonic()
 
     def progress(stream: str, count: int) -> None:
@@ -29,7 +41,9 @@ async def run_copy(settings: Settings, to: list[str], auth: NatsAuth, replicas: 
     try:
         async with open_log(settings, use_running=False) as source:
             try:
-                copied = await copy_log(source, target, replicas=replicas, progress=progress)
+                copied = await copy_log(
+                    source, target, replicas=replicas, progress=progress, transforms=seal_events if seal else None
+                )
             except CopyError as exc:
                 print(f"dispatch log copy: {exc}", file=sys.stderr)
                 return 1

@@ -243,7 +243,7 @@ class Retention:
                 outcome="allowed",
                 name="retention",
                 channel="system",
-                target=f"day {day}",
+                target=f"day {day[:4]}-{day[4:6]}-{day[6:]}",
                 detail="closed incidents' personal fields of that day",
             )
         )

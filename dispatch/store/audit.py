@@ -7,6 +7,8 @@ Invariants:
 - an entry that cannot be stored is logged and counted (`dispatch_audit_failures_total`) and the
   read it describes is still answered: an officer reading an incident during an emergency is never
   refused because the audit stream is down (docs/security.md says so);
+- an entry's target and detail are stored with every phone-like run masked (`mask_text`): the
+  stream is `deny_delete`, so a whole number written there could never be erased;
 - reading starts at a time (a batched direct get from `start_time`), pages through, and stops at
   `until` or `limit`; it is an administrator's query, never on the alarm path.
 """
@@ -22,6 +24,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from dispatch.domain.phone import mask_text
 from dispatch.events.audit import AuditEntry, decode_entry, encode_entry
 from dispatch.events.subjects import AUDIT_ALL, AUDIT_STREAM, audit_subject
 
@@ -44,6 +47,7 @@ class AuditTrail:
 
     async def record(self, entry: AuditEntry) -> bool:
         """Store one entry; False (logged, counted by the caller) when the stream cannot take it."""
+        entry = msgspec.structs.replace(entry, target=mask_text(entry.target), detail=mask_text(entry.detail))
         if not self.nc.is_connected:  # never hold a read for a reconnection
             log.error("audit.unrecorded", action=entry.action, outcome=entry.outcome, error="disconnected")
             return False

@@ -28,7 +28,7 @@ import time
 from array import array
 from bisect import bisect_right
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,8 @@ from nats.js.api import PubAck
 
 from dispatch.events import subjects as s
 from dispatch.store.batch import publish_batch
+from dispatch.store.keys import STREAM as KEYS_STREAM
+from dispatch.store.keys import keys_stream
 from dispatch.store.provision import (
     ProvisionError,
     delivery_stream,
@@ -191,8 +193,17 @@ async def check_target_unused(target: NATS) -> None:
             )
 
 
+Transform = Callable[[str, bytes, dict[str, str]], Awaitable[tuple[str, bytes, dict[str, str]]]]
+"""Rewrites one message on its way (subject, body, kept headers): `dispatch.store.migrate.sealer`."""
+
+
 async def copy_stream(
-    source: NATS, target: NATS, stream: str, config: dict[str, Any], progress: Callable[[str, int], None]
+    source: NATS,
+    target: NATS,
+    stream: str,
+    config: dict[str, Any],
+    progress: Callable[[str, int], None],
+    transform: Transform | None = None,
 ) -> StreamCopy:
     """Copy one stream and position its durable consumers; see the module's invariants."""
     result = StreamCopy(stream)
@@ -252,12 +263,15 @@ async def copy_stream(
                 recent.append((time.monotonic(), msg_id))
                 recent_ids[msg_id] = time.monotonic()
             seq = int(headers["Nats-Sequence"])
+            subject, data = headers["Nats-Subject"], msg.data
+            if transform is not None:
+                subject, data, kept = await transform(subject, data, kept or {})
             if atomic:
-                batch.append((seq, (headers["Nats-Subject"], msg.data, kept or {})))
+                batch.append((seq, (subject, data, kept or {})))
                 if len(batch) >= BATCH:
                     await commit()
                 continue
-            future = await js.publish_async(headers["Nats-Subject"], msg.data, headers=kept, stream=stream)
+            future = await js.publish_async(subject, data, headers=kept, stream=stream)
             in_flight.append((seq, future))
             await settle(WINDOW)
         await commit()
@@ -290,11 +304,22 @@ async def copy_stream(
 
 
 async def copy_log(
-    source: NATS, target: NATS, *, replicas: int, progress: Callable[[str, int], None] = lambda _s, _n: None
+    source: NATS,
+    target: NATS,
+    *,
+    replicas: int,
+    progress: Callable[[str, int], None] = lambda _s, _n: None,
+    transforms: Callable[[NATS], Awaitable[dict[str, Transform]]] | None = None,
 ) -> list[StreamCopy]:
-    """Copy every stream of the log from `source` to an unused `target`, consumers positioned."""
+    """Copy every stream of the log from `source` to an unused `target`, consumers positioned; the
+    key bucket first, then (with `transforms`, built once the keys are on the target) each stream's
+    messages rewritten by its transform (`dispatch log copy --seal`)."""
     await check_target_unused(target)
     try:
-        return [await copy_stream(source, target, name, config(replicas), progress) for name, config in STREAMS]
+        copied = [await copy_stream(source, target, KEYS_STREAM, keys_stream(replicas), progress)]
+        rewrite = await transforms(target) if transforms is not None else {}
+        for name, config in STREAMS:
+            copied.append(await copy_stream(source, target, name, config(replicas), progress, rewrite.get(name)))
+        return copied
     except ProvisionError as exc:
         raise CopyError(str(exc)) from None

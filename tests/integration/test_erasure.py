@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from nats.aio.client import Client as NATS
 
 from dispatch.cli.people import run_people
+from dispatch.events.audit import AuditEntry
 from dispatch.events.model import AlarmRaised, MemberBound
 from dispatch.events.sealing import ERASED, is_sealed
 from dispatch.events.subjects import EVENTS_STREAM, incident_subject
 from dispatch.observe import logging as dlog
 from dispatch.settings import Settings
+from dispatch.store.audit import AuditTrail
 from dispatch.store.keys import STREAM as KEYS_STREAM
+from dispatch.store.provision import provision
 from tests.rosters import ROSTER
 from tests.support import RecordingChannel, eventually, service_client, start_service
 
@@ -110,3 +115,20 @@ async def test_an_erased_number_is_in_no_file_after_a_replay_and_reads_as_erased
         await svc.stop()
     logs = capfd.readouterr()
     assert ERASED_NATIONAL not in logs.out + logs.err
+
+
+async def test_an_audit_entry_never_holds_a_whole_number(nc: NATS) -> None:
+    await provision(nc)
+    trail = AuditTrail(nc)
+    now = datetime.now(UTC)
+    entry = AuditEntry(
+        at=now,
+        action="denied",
+        outcome="refused",
+        target=f"GET /v1/members/{ERASED_E164}/absence",
+        detail=f"caller={ERASED_NATIONAL}",
+    )
+    assert await trail.record(entry)
+    [stored] = await trail.read(since=now - timedelta(minutes=1))
+    assert stored.target.startswith("GET /v1/members/+86") and stored.detail.startswith("caller=")
+    assert ERASED_NATIONAL not in stored.target + stored.detail, "the audit stream is deny_delete: masked"
