@@ -49,6 +49,7 @@ from dispatch.channels.gateway import CallbackBus, GatewayClient, SmsChannel, Vo
 from dispatch.channels.robots import DingTalkChannel, WeComChannel
 from dispatch.channels.routing import GatewayConfig
 from dispatch.channels.webhook import WebhookChannel
+from dispatch.domain.drill import DRILL_TIMER, CancelDrill, ScheduleDrill
 from dispatch.domain.incident import parse_quorum
 from dispatch.domain.messages import ROLE_ZH
 from dispatch.events.jobs import DeliveryJob
@@ -57,12 +58,13 @@ from dispatch.handlers.aggregates import IncidentCache, Incidents
 from dispatch.handlers.bus import MessageBus
 from dispatch.handlers.calls import CallService
 from dispatch.handlers.delivery import DeliveryWorker
+from dispatch.handlers.drills import DrillService
 from dispatch.handlers.erasure import Retention
 from dispatch.handlers.escalation import EscalationService
 from dispatch.handlers.fanout import FanOut
 from dispatch.handlers.gateway import GatewayCallbacks
 from dispatch.handlers.groups import GroupService
-from dispatch.handlers.messages import Answer, CallRequest, OpenReport, Trigger
+from dispatch.handlers.messages import Answer, CallRequest, OpenDrill, OpenReport, Trigger
 from dispatch.handlers.pool import TaskPool
 from dispatch.handlers.priority import Priority
 from dispatch.handlers.responses import ResponseService
@@ -103,6 +105,20 @@ GIL_SWITCH_INTERVAL = 0.0005
 PRIVATE_UMASK = 0o077
 
 
+class TimerRoutes:
+    """A fired schedule to its handler: a drill's start to the drills, every deadline to the escalation."""
+
+    def __init__(self, escalation: EscalationService, drills: DrillService | None) -> None:
+        self.escalation = escalation
+        self.drills = drills
+
+    async def on_timer(self, due: TimerDue) -> object:
+        """Hand a fired schedule to whoever set it."""
+        if due.timer == DRILL_TIMER and self.drills is not None:
+            return await self.drills.on_due(due)
+        return await self.escalation.on_timer(due)
+
+
 def register_handlers(
     bus: MessageBus,
     calls: CallService,
@@ -111,16 +127,22 @@ def register_handlers(
     delivery: DeliveryWorker,
     escalation: EscalationService,
     priority: Priority | None = None,
+    drills: DrillService | None = None,
 ) -> None:
     """The one table of who handles what: commands to their handler, stored events to reactions;
-    with `priority`, calls and alarms' fan-outs go before deadline work (`dispatch.handlers.priority`)."""
+    with `priority`, calls and alarms' fan-outs go before deadline work (`dispatch.handlers.priority`);
+    a fired schedule goes to the escalation, a drill's (`timer` drill) to the drills."""
     first = priority or Priority()
     bus.register(CallRequest, first.alarm_handler(calls.call))
     bus.register(OpenReport, first.alarm_handler(calls.report))
+    bus.register(OpenDrill, first.alarm_handler(calls.drill))
+    if drills is not None:
+        bus.register(ScheduleDrill, drills.schedule)
+        bus.register(CancelDrill, drills.cancel)
     bus.register(Answer, responses.answer)
     bus.register(Trigger, first.alarm_when(rings_an_alarm, fanout.on_trigger))
     bus.register(DeliveryJob, delivery.handle)
-    bus.register(TimerDue, first.deadline_handler(escalation.on_timer))
+    bus.register(TimerDue, first.deadline_handler(TimerRoutes(escalation, drills).on_timer))
     bus.subscribe(DeliveryFailed, escalation.on_delivery_failed)
 
 
@@ -380,8 +402,16 @@ class Service:
             duress_keyword=st.duress_keyword,
         )
         self.priority = Priority()
+        self.drills = DrillService(self.uow, self.bus, timers)
         register_handlers(
-            self.bus, self.calls, self.responses, self.fanout, self.delivery, self.escalation, self.priority
+            self.bus,
+            self.calls,
+            self.responses,
+            self.fanout,
+            self.delivery,
+            self.escalation,
+            priority=self.priority,
+            drills=self.drills,
         )
         self.broker = build_broker(
             self.nats_urls,
@@ -455,6 +485,7 @@ class Service:
                 rate_burst=st.rate_burst,
                 audit=AuditTrail(self.nc),
                 simulated_channels=tuple(self.simulated_channels),
+                drills=self.drills.drills,
             )
         )
         config = server_config(

@@ -38,7 +38,7 @@ from litestar.exceptions import (
 from litestar.openapi import OpenAPIConfig
 from litestar.types import Scope
 
-from dispatch.api import audit, calls, gateway, groups, incidents, members, ops, reports, tokens
+from dispatch.api import audit, calls, drills, gateway, groups, incidents, members, ops, reports, tokens
 from dispatch.api.console_files import console_routes
 from dispatch.api.deps import MAX_JSON_BYTES, ApiServices, error
 from dispatch.api.deps import audit as audit_act
@@ -124,6 +124,7 @@ def create_app(services: ApiServices) -> Litestar:
             *groups.routes(s),
             *members.routes(s),
             *incidents.routes(s),
+            *drills.routes(s),
             *reports.routes(s),
             *gateway.routes(s),
             *tokens.routes(s),

@@ -34,6 +34,7 @@ from dispatch.events.model import (
     CallRouted,
     DeliveryFailed,
     DeliverySucceeded,
+    DrillEvent,
     Event,
     GroupEvent,
     IncidentEvent,
@@ -69,6 +70,7 @@ def event_channels() -> dict[str, list[type[Event]]]:
         "lines": _events_of(LineEvent),
         "calls": [CallRouted],
         "tokens": [TokenIssued, TokenRevoked],
+        "drills": _events_of(DrillEvent),
     }
 
 
@@ -132,6 +134,12 @@ EVENT_CHANNELS: dict[str, dict[str, Any]] = {
         "parameters": {"token_id": _param("token id, one token")},
         "description": "Access tokens issued and revoked (only a hash of the secret is stored).",
     },
+    "drills": {
+        "address": s.drill_subject("{drill_key}"),
+        "parameters": {"drill_key": _param("uuid5 of the client's drill id, one token")},
+        "description": "A drill set for a group at a date and time: scheduled, started (its incident named) "
+        "or called off. A drill raised at once is only an incident (origin drill).",
+    },
 }
 EVENTS_STREAM = {
     "stream": s.EVENTS_STREAM,
@@ -179,6 +187,9 @@ SUMMARIES = {
     "IncidentEscalated": "The incident went up a tier (station duty desk, then county)",
     "IncidentResolved": "The incident was resolved, with a category",
     "IncidentCancelled": "The incident was cancelled (caller safe, misdial...)",
+    "DrillScheduled": "A drill was set for a group at a date and time",
+    "DrillStarted": "A scheduled drill's time came: its incident is open",
+    "DrillCancelled": "A scheduled drill was called off before it started",
     "TokenIssued": "An access token was issued",
     "TokenRevoked": "An access token was revoked",
 }
@@ -324,6 +335,21 @@ def document() -> dict[str, Any]:
         "messages": {"TimerDue": _ref("components/messages", "TimerDue")},
         "x-dispatch-stream": s.TIMERS_STREAM,
     }
+    drill = {"drill_key": _param("uuid5 of the client's drill id, one token")}
+    channels["drillSchedules"] = {
+        "address": s.drill_schedule_subject("{drill_key}"),
+        "parameters": drill,
+        "description": "A drill set for a date and time: one schedule per drill, the body's timer `drill`.",
+        "messages": {"TimerSchedule": _ref("components/messages", "TimerSchedule")},
+        "x-dispatch-stream": s.TIMERS_STREAM,
+    }
+    channels["drillsFired"] = {
+        "address": s.drill_fired_subject("{drill_key}"),
+        "parameters": drill,
+        "description": "Published by the server when a drill's time comes: the drill's incident is opened.",
+        "messages": {"TimerDue": _ref("components/messages", "TimerDue")},
+        "x-dispatch-stream": s.TIMERS_STREAM,
+    }
     channels["callIngress"] = {
         "address": s.CALL_INGRESS,
         "description": "Calls over NATS (request/reply, queue group dispatch-ingress), core NATS.",
@@ -389,6 +415,11 @@ def document() -> dict[str, Any]:
         "queueRetry": operation("send", "deliveryJobs", "A transient failure queues a retry with backoff"),
         "deliver": operation("receive", "deliveryJobs", "Delivery workers, one durable pull consumer per channel"),
         "scheduleDeadline": operation("send", "timerSchedules", "The fan-out sets ack / escalate / arrival deadlines"),
+        "scheduleDrill": operation("send", "drillSchedules", "POST /v1/drills with a time sets a drill's start"),
+        "scheduleDrillEvents": operation("send", "drills", "A drill scheduled, started or called off"),
+        "startDrill": operation(
+            "receive", "drillsFired", f"The timers consumer {TIMERS_CONSUMER.durable}: open the drill's incident"
+        ),
         "escalate": {
             **operation(
                 "receive",

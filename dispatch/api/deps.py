@@ -34,6 +34,7 @@ from dispatch.events.audit import AuditAction, AuditEntry, Outcome
 from dispatch.events.model import ActorChannel
 from dispatch.handlers.aggregates import Incidents
 from dispatch.handlers.bus import MessageBus
+from dispatch.handlers.drills import Drills
 from dispatch.handlers.gateway import GatewayCallbacks
 from dispatch.handlers.groups import GroupService
 from dispatch.handlers.tokens import TokenService
@@ -73,6 +74,7 @@ class ApiServices:
     rate_burst: float = DEFAULT_BURST
     audit: AuditTrail | None = None
     simulated_channels: tuple[str, ...] = ()
+    drills: Drills | None = None
 
 
 def error(status: int, reason: str, **extra: Any) -> Response[dict[str, Any]]:

@@ -244,6 +244,7 @@ def incident_view(state: IncidentState, history: list[Recorded], time_zone: str 
         "incident_id": state.id,
         "kind": "unregistered" if isinstance(opened, UnregisteredCall) else "alarm",
         "silent": opened.silent,
+        "drill": state.drill,
         "origin": opened.origin or "call",
         "opened_by": {"token_id": opened.opened_by, "name": opened.opened_by_name} if opened.opened_by else None,
         "status": state.status,

@@ -72,7 +72,7 @@ def _parts(job: DeliveryJob, address: str) -> tuple[str, str, str]:
     title = {"escalation": "警情升级", "caller_update": "报警进展", "cancelled": "报警已取消"}.get(
         job.kind, "6995联防报警"
     )
-    return title, where, names
+    return (f"演练·{title}" if job.drill else title), where, names
 
 
 def markdown(job: DeliveryJob, address: str) -> tuple[str, str]:

@@ -38,13 +38,15 @@ from dispatch.events.subjects import InvalidToken, check_token
 PREFIX = "dsp_"
 ROLES: tuple[TokenRole, ...] = ("gateway", "officer", "duty_desk", "admin", "metrics")
 SCOPED: tuple[TokenRole, ...] = ("officer", "duty_desk")
-Capability = Literal["call", "relay", "answer", "read", "report", "absence", "import", "metrics", "manage", "export"]
+Capability = Literal[
+    "call", "relay", "answer", "read", "report", "absence", "drill", "import", "metrics", "manage", "export"
+]
 CAPABILITIES: dict[TokenRole, frozenset[Capability]] = {
     "gateway": frozenset({"call", "relay", "answer"}),
-    "officer": frozenset({"answer", "read", "report", "absence"}),
+    "officer": frozenset({"answer", "read", "report", "absence", "drill"}),
     "duty_desk": frozenset({"answer", "read", "report", "absence"}),
     "admin": frozenset(
-        {"call", "relay", "answer", "read", "report", "absence", "import", "metrics", "manage", "export"}
+        {"call", "relay", "answer", "read", "report", "absence", "drill", "import", "metrics", "manage", "export"}
     ),
     "metrics": frozenset({"metrics"}),
 }
@@ -57,6 +59,7 @@ CAPABILITY_EN: dict[Capability, str] = {
     "read": "read incidents, groups and reports",
     "report": "open incidents for a walk-in or a 110 transfer",
     "absence": "mark members absent and name their substitutes",
+    "drill": "raise or schedule drills",
     "import": "import rosters and change village settings",
     "metrics": "read metrics",
     "manage": "manage tokens",

@@ -191,6 +191,16 @@ class IncomingCall(msgspec.Struct, frozen=True, kw_only=True):
 
 
 ORIGINS: tuple[str, ...] = ("walk_in", "transfer_110")
+DRILL = "drill"
+# a drill's escalation stops at the station duty desk (tier 1), never the county (tier 2)
+DRILL_TOP_TIER = 1
+
+
+def is_drill(opened: IncidentOpened) -> bool:
+    """Whether an incident is a drill (raised by `POST /v1/drills` or a scheduled drill)."""
+    return opened.origin == DRILL
+
+
 SILENT_ROLES: tuple[Role, ...] = ("officer", "assistant", "duty")
 
 
@@ -460,6 +470,11 @@ class Alert:
     origin: str = ""
     opened_by_name: str = ""
 
+    @property
+    def drill(self) -> bool:
+        """A drill's alert: every message says 演练 first."""
+        return self.origin == DRILL
+
 
 Trigger = IncidentOpened | CallRepeated | IncidentEscalated | ResponderAccepted | IncidentCovered | IncidentCancelled
 
@@ -594,6 +609,11 @@ class IncidentState:
     def registered(self) -> bool:
         """Raised by a member of a group (not an unknown number)."""
         return isinstance(self.opened, AlarmRaised)
+
+    @property
+    def drill(self) -> bool:
+        """A drill, not a real alarm."""
+        return is_drill(self.opened)
 
     def accepted_roles(self) -> set[Role]:
         """The roles of everyone who accepted."""
@@ -895,11 +915,17 @@ def deadline_after(state: IncidentState, fired: Timer) -> tuple[Timer, datetime]
     """The deadline a fired one sets: the escalate deadline once the ack deadline passed uncovered.
 
     An alarm covered before its ack deadline never needs the escalate one (cover is never
-    withdrawn), so raising sets only the ack deadline and the escalate one follows from it."""
-    if fired != "ack" or state.closed or state.covered or state.escalation_tier >= 2:
+    withdrawn), so raising sets only the ack deadline and the escalate one follows from it; a drill,
+    which stops at the station, never needs it."""
+    if fired != "ack" or state.closed or state.covered or state.escalation_tier >= 2 or top_tier(state) < 2:
         return None
     due = timer_due(state, "escalate")
     return None if due is None else ("escalate", due)
+
+
+def top_tier(state: IncidentState) -> int:
+    """The highest tier an incident escalates to: the county (2), a drill's the station (1)."""
+    return DRILL_TOP_TIER if state.drill else 2
 
 
 def _tier_one(state: IncidentState, at: datetime, reason: EscalationReason) -> IncidentEscalated:
@@ -929,9 +955,17 @@ def decide_timer(
 
     ack: not covered -> tier 1. escalate: not covered -> tier 2 (and tier 1 first if it never
     happened). arrival: covered but nobody on scene -> the next tier not yet reached.
-    A closed incident, or a tier already reached, decides nothing."""
+    A closed incident, or a tier already reached, decides nothing; a drill never goes past the
+    station (`top_tier`)."""
     if state.closed:
         return []
+    escalated = _decide_timer(state, timer, at, command_centre)
+    return [e for e in escalated if e.tier <= top_tier(state)]
+
+
+def _decide_timer(
+    state: IncidentState, timer: Timer, at: datetime, command_centre: Person | None
+) -> list[IncidentEscalated]:
     due = timer_due(state, timer)
     if due is None or at < due:
         return []

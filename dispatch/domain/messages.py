@@ -74,7 +74,10 @@ ESCALATION_ZH = {
 }
 
 
-ORIGIN_ZH = {"walk_in": "群众来所报警", "transfer_110": "110转警"}
+ORIGIN_ZH = {"walk_in": "群众来所报警", "transfer_110": "110转警", "drill": "联防演练"}
+DRILL_HEAD = "【演练】"
+DRILL_SPOKEN = "演练，演练，这是联防演练，不是真实警情。"
+DRILL_EN = "DRILL (not a real alarm): "
 SILENT_HEAD = "【6995静默报警·勿回拨、勿短信报警人】"
 SILENT_SPOKEN = "这是静默报警，报警人可能受到威胁，请勿回拨或短信联系报警人。"
 
@@ -116,7 +119,12 @@ def who(person: Person) -> str:
 
 
 def alert_text_for(alert: Alert) -> str:
-    """The alert a recipient reads (SMS, webhook, console)."""
+    """The alert a recipient reads (SMS, webhook, console); a drill's says 【演练】 first."""
+    text = _alert_text(alert)
+    return DRILL_HEAD + text if alert.drill else text
+
+
+def _alert_text(alert: Alert) -> str:
     where = place(alert.village, alert.group)
     if alert.reason == "caller_update":
         if alert.covered:
@@ -134,7 +142,10 @@ def alert_text_for(alert: Alert) -> str:
         at_home = home(alert.caller)
         there = f"地点：{where} {at_home}。" if at_home else ""
         head = f"【6995联防报警】{where} {who(alert.caller)} 拨打6995求助，{there}请立即前往！"
-    if alert.origin:
+    if alert.drill:
+        by = f"（{alert.opened_by_name}发起）" if alert.opened_by_name else ""
+        head = f"【6995联防演练{by}】{where} 联防演练，请按真实报警接警并前往本组集合点。"
+    elif alert.origin:
         by = f"（{alert.opened_by_name}登记）" if alert.opened_by_name else ""
         caller = who(alert.caller) if alert.caller.phone else (alert.caller.name or "报警人")
         head = f"【6995联防报警·{ORIGIN_ZH.get(alert.origin, alert.origin)}{by}】{where} {caller} 求助，请立即前往！"
@@ -149,7 +160,20 @@ def alert_text_for(alert: Alert) -> str:
 
 
 def spoken_text_for(alert: Alert) -> str:
-    """What the voice gateway says (TTS): no brackets, digits read one by one, the keypad last."""
+    """What the voice gateway says (TTS): no brackets, digits read one by one, the keypad last; a
+    drill's says 演练 first."""
+    text = _spoken_text(alert)
+    return DRILL_SPOKEN + text.replace(DRILL_HEAD, "") if alert.drill else text
+
+
+def _spoken_text(alert: Alert) -> str:
+    if alert.drill and alert.reason not in ("caller_update", "cancelled"):
+        urgent = f"警情升级，{ESCALATION_ZH.get(alert.why, alert.why)}。" if alert.reason == "escalation" else ""
+        return (
+            f"这里是6995联防报警。{urgent}{place(alert.village, alert.group)}联防演练，"
+            "请按真实报警接警并前往本组集合点。"
+            "接警请按1，无法前往请按2，已到达现场请按3，重听请按9。"
+        )
     if alert.reason in ("caller_update", "cancelled"):
         return alert_text_for(alert).replace("【6995】", "这里是6995联防报警平台。").replace("回复0", "按0")
     caller = alert.caller
@@ -180,7 +204,9 @@ def markdown_for(alert: Alert, console_url: str) -> str:
         "caller_update": "6995报警进展",
         "cancelled": "6995报警已取消",
     }[alert.reason]
-    if alert.origin:
+    if alert.drill:
+        title = f"演练·{title}"
+    elif alert.origin:
         title = f"{title}·{ORIGIN_ZH.get(alert.origin, alert.origin)}"
     if alert.silent:
         title = "6995静默报警·勿回拨报警人" if alert.reason == "raised" else f"静默报警·{title}"
@@ -197,7 +223,12 @@ def markdown_for(alert: Alert, console_url: str) -> str:
 
 
 def alert_text_en_for(alert: Alert) -> str:
-    """The alert in English (for the console's English view and webhooks)."""
+    """The alert in English (for the console's English view and webhooks); a drill's says so first."""
+    text = _alert_text_en(alert)
+    return DRILL_EN + text if alert.drill else text
+
+
+def _alert_text_en(alert: Alert) -> str:
     where = f"{alert.village}/{alert.group}" if alert.group else (alert.village or "unknown place")
     caller = alert.caller
     if caller.place is not None and caller.place.address:
@@ -332,6 +363,10 @@ def describe(
         if not event.recipients:
             return f"{head}，未配置值班室，通知0人"
         return f"{head}，转派出所值班室，{reach_text(reach or Reach(len(event.recipients)))}"
+    if isinstance(event, m.AlarmRaised) and event.origin == "drill":
+        said = reach_text(reach or Reach(len(event.recipients)))
+        opener = event.opened_by_name or event.opened_by or "定时演练"
+        return f"【演练】{opener} 发起{place(event.village, event.group)}联防演练，{said}"
     if isinstance(event, m.AlarmRaised) and event.origin:
         said = reach_text(reach or Reach(len(event.recipients)))
         caller = who(event.caller) if event.caller.phone else (event.caller.name or "报警人（未留电话）")

@@ -59,6 +59,8 @@ class DeliveryJob(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int = 1
     not_before: datetime | None = None
     deadline: Deadline | None = None
+    # a drill's job: every channel says 演练 first
+    drill: bool = False
 
 
 job_encoder = msgspec.json.Encoder()

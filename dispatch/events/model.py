@@ -381,6 +381,37 @@ class IncidentCancelled(IncidentEvent, frozen=True, kw_only=True):
     proxy: bool = False
 
 
+# --- Drill: a drill set for a group at a date and time (a drill raised now is just an incident) ----
+
+
+class DrillEvent(Event, frozen=True, kw_only=True):
+    drill_id: str
+
+
+class DrillScheduled(DrillEvent, frozen=True, kw_only=True):
+    """A drill set on a group for `due_at` by `opened_by` (token id and name); a NATS message
+    schedule starts it then."""
+
+    village: str
+    group: str
+    due_at: datetime
+    opened_by: str = ""
+    opened_by_name: str = ""
+    actor: Actor | None = None
+
+
+class DrillStarted(DrillEvent, frozen=True, kw_only=True):
+    """The drill's time came: its incident (origin `drill`) is open."""
+
+    incident_id: str
+
+
+class DrillCancelled(DrillEvent, frozen=True, kw_only=True):
+    """The drill was called off before it started."""
+
+    actor: Actor | None = None
+
+
 # --- Access tokens: stored as a hash, never as the secret ------------------------------------------
 
 TokenRole = Literal["gateway", "officer", "duty_desk", "admin", "metrics"]
@@ -434,6 +465,9 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     IncidentEscalated,
     IncidentResolved,
     IncidentCancelled,
+    DrillScheduled,
+    DrillStarted,
+    DrillCancelled,
     TokenIssued,
     TokenRevoked,
 )

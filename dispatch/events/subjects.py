@@ -188,12 +188,24 @@ def deliver_subject(channel: str) -> str:
     return f"dispatch.deliver.{channel}"
 
 
+def drill_subject(key: str) -> str:
+    return f"dispatch.evt.drill.{key}"
+
+
 def schedule_subject(incident_id: str, timer: str) -> str:
     return f"dispatch.sched.incident.{incident_id}.{timer}"
 
 
 def timer_fired_subject(incident_id: str, timer: str) -> str:
     return f"dispatch.timer.incident.{incident_id}.{timer}"
+
+
+def drill_schedule_subject(key: str) -> str:
+    return f"dispatch.sched.drill.{key}"
+
+
+def drill_fired_subject(key: str) -> str:
+    return f"dispatch.timer.drill.{key}"
 
 
 def console_subject(village: str) -> str:

@@ -27,8 +27,10 @@ import structlog
 
 from dispatch.clock import Clock, utcnow
 from dispatch.domain.directory import Deadlines, Directory
+from dispatch.domain.drill import drill_call_id
 from dispatch.domain.incident import (
     DEFAULT_DEADLINES,
+    DRILL,
     IncomingCall,
     Line,
     Quorum,
@@ -53,7 +55,7 @@ from dispatch.events.model import (
 from dispatch.events.subjects import call_index_subjects, call_key, call_subject, incident_subject, line_subject
 from dispatch.handlers.aggregates import call_routed
 from dispatch.handlers.flood import CallerFlood
-from dispatch.handlers.messages import CallRequest, CallResult, OpenReport
+from dispatch.handlers.messages import CallRequest, CallResult, OpenDrill, OpenReport
 from dispatch.handlers.uow import Loaded, UnitOfWork
 from dispatch.observe.metrics import Metrics
 from dispatch.store.eventstore import Recorded, StoreUnavailable
@@ -165,6 +167,26 @@ class CallService:
             for_group=(req.village, req.group),
             caller_name=req.caller_name,
             origin=req.origin,
+            opened_by=command.opened_by,
+            opened_by_name=command.opened_by_name,
+        )
+        return await self._route(call)
+
+    async def drill(self, command: OpenDrill) -> CallResult:
+        """Open a drill's incident for a group: rung, deadlines and escalation as for a call (never
+        past the station), every message saying 演练 first; idempotent per drill id."""
+        now = self.clock()
+        call = IncomingCall(
+            call_id=drill_call_id(command.drill_id),
+            caller_raw="",
+            caller=None,
+            callee="",
+            channel="api",
+            called_at=now,
+            at=now,
+            for_group=(command.village, command.group),
+            caller_name="演练",
+            origin=DRILL,
             opened_by=command.opened_by,
             opened_by_name=command.opened_by_name,
         )

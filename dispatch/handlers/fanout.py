@@ -258,6 +258,7 @@ class FanOut:
                         raised_at=alert.raised_at,
                         appended_at=rec.time,
                         deadline=deadline,
+                        drill=alert.drill,
                     )
                 )
         if unrouted is not None:

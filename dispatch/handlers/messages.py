@@ -50,6 +50,37 @@ class OpenReport(msgspec.Struct, frozen=True, kw_only=True):
     opened_by_name: str
 
 
+class DrillRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A drill on a group (a village's officer or an admin): now, or at `at` (a date and time with its
+    zone). `drill_id` is the client's idempotency key (the same id always answers the same drill)."""
+
+    drill_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    village: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    group: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+
+
+class OpenDrill(msgspec.Struct, frozen=True, kw_only=True):
+    """Open a drill's incident now: the group rung as for a call, every message saying 演练 first;
+    `opened_by` and its name say who asked (a scheduled drill: who scheduled it)."""
+
+    drill_id: str
+    village: str
+    group: str
+    opened_by: str
+    opened_by_name: str
+
+
+class DrillResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to a drill request: its incident when raised, its time when scheduled."""
+
+    drill_id: str
+    status: Literal["raised", "scheduled"]
+    incident_id: str | None = None
+    due_at: datetime | None = None
+    duplicate: bool = False
+
+
 class CallResult(msgspec.Struct, frozen=True, kw_only=True):
     """The answer to a call: its incident, and whether the call id had been answered before."""
 

@@ -47,6 +47,7 @@ from faststream.nats import JStream, NatsBroker, PullSub
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from dispatch.domain.drill import DRILL_TIMER
 from dispatch.domain.errors import DomainError, NotFound
 from dispatch.domain.incident import TIMERS
 from dispatch.events.codec import UnknownEvent
@@ -151,7 +152,7 @@ def _trigger(raw: Msg) -> Trigger:
 
 def _timer(raw: Msg) -> TimerDue:
     due = timer_decoder.decode(raw.data)
-    if due.timer not in TIMERS:
+    if due.timer not in TIMERS and due.timer != DRILL_TIMER:
         raise msgspec.ValidationError(f"unknown timer {due.timer!r}")
     return due
 

@@ -33,6 +33,8 @@ class Scope:
     until: float | None = None
     status: str | None = None
     category: str | None = None
+    # False: leave drills out (raised as drills, or real alarms cancelled as one)
+    drills: bool = True
 
     def where(self, alias: str = "") -> tuple[str, list[Any]]:
         """SQL conditions over the incidents table (prefixed `alias.` when given) and their parameters."""
@@ -65,6 +67,8 @@ class Scope:
         if self.category:
             clauses.append(f"{p}category = ?")
             params.append(self.category)
+        if not self.drills:
+            clauses.append(f"{p}origin <> 'drill' AND ({p}cancel_reason IS NULL OR {p}cancel_reason <> 'drill')")
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 

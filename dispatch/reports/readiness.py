@@ -13,8 +13,10 @@ model (each member's alarms), as of `now`:
   (whose substitutes count in their role), cannot meet the cover quorum (`officer,leader|assistant`
   by default): each missing clause is named, with why (`absent`: its only holders are away with no
   substitute; `out_of_reach`; `none_in_group`) — a group left short by an absence shows here;
-- quiet: a group with no alarm and no drill (an alarm cancelled as `drill`) raised in the last
-  `quiet_days` days.
+- quiet: a group with no alarm and no drill raised in the last `quiet_days` days;
+- drills: each group's last drill (raised as a drill, or an alarm cancelled as one), who opened it,
+  who of the alerted answered and how fast (first accept, cover, first on scene), who did not:
+  drills are left out of the response-time and statistics reports and judged here on their own.
 
 Invariants: only live groups and current members are judged (a member unbound since is not
 reported); a finding names the village, group, member and the facts behind it; phone numbers are
@@ -190,7 +192,7 @@ def readiness(
     last_alarm: dict[tuple[str, str], float] = {}
     last_drill: dict[tuple[str, str], float] = {}
     for v, g, raised, drill in conn.query(
-        "SELECT village, grp, MAX(raised_at), MAX(CASE WHEN cancel_reason = 'drill' THEN raised_at END)"
+        f"SELECT village, grp, MAX(raised_at), MAX(CASE WHEN {IS_DRILL} THEN raised_at END)"
         f" FROM {INCIDENTS} WHERE grp IS NOT NULL{inf}{igf} GROUP BY village, grp",
         (*ip, *igp),
     ):
@@ -211,6 +213,7 @@ def readiness(
                     "days_since": None if latest is None else int((now - latest) // DAY),
                 }
             )
+    drills = last_drills(conn, groups, zones, inf, igf, [*ip, *igp], reveal=reveal)
     return {
         "villages": sorted(villages) if villages is not None else None,
         "group": group,
@@ -225,4 +228,74 @@ def readiness(
         "absent_members": absent,
         "groups_without_quorum": without_quorum,
         "quiet_groups": quiet,
+        "drills": drills,
+        "groups_never_drilled": sum(1 for key in groups if key not in last_drill),
     }
+
+
+IS_DRILL = "(origin = 'drill' OR cancel_reason = 'drill')"
+
+
+def _after(at: float | None, raised: float) -> float | None:
+    return None if at is None else round(at - raised, 1)
+
+
+def last_drills(
+    conn: Connection,
+    groups: list[tuple[str, str]],
+    zones: Zones,
+    village_filter: str,
+    group_filter: str,
+    params: list[Any],
+    *,
+    reveal: bool,
+) -> list[dict[str, Any]]:
+    """Each live group's last drill: when, who opened it, how fast it was answered, who answered
+    (and after how long) and who of the alerted did not."""
+    live = set(groups)
+    found: dict[str, dict[str, Any]] = {}
+    for iid, v, g, raised, first_accept, covered, arrived, opened_by, status in conn.query(
+        "SELECT id, village, grp, raised_at, first_accept_at, covered_at, first_arrival_at, opened_by, status FROM"
+        " (SELECT id, village, grp, raised_at, first_accept_at, covered_at, first_arrival_at, opened_by, status,"
+        " ROW_NUMBER() OVER (PARTITION BY village, grp ORDER BY raised_at DESC) AS rn"
+        f" FROM {INCIDENTS} WHERE grp IS NOT NULL AND {IS_DRILL}{village_filter}{group_filter}) ranked"
+        " WHERE rn = 1 ORDER BY village, grp",
+        params,
+    ):
+        if (v, g) not in live:
+            continue
+        found[iid] = {
+            "village": v,
+            "group": g,
+            "incident_id": iid,
+            "drilled_at": local_iso(raised, zones.of(v)),
+            "opened_by": opened_by or None,
+            "status": status,
+            "covered": covered is not None,
+            "time_to_first_accept": _after(first_accept, raised),
+            "time_to_covered": _after(covered, raised),
+            "time_to_arrival": _after(arrived, raised),
+            "answered": [],
+            "not_answered": [],
+            "_raised": raised,
+        }
+    if found:
+        for iid, phone, name, role, accepted in conn.query(
+            f"SELECT incident_id, phone, name, role, accepted_at FROM {RESPONDERS}"
+            f" WHERE recipient = 1 AND incident_id IN ({marks(len(found))}) ORDER BY incident_id, accepted_at, phone",
+            sorted(found),
+        ):
+            drill = found[iid]
+            person = {
+                "phone": shown_phone(phone, reveal),
+                "name": name,
+                "role": role,
+                "role_zh": ROLE_ZH.get(role, role),
+            }
+            if accepted is None:
+                drill["not_answered"].append(person)
+            else:
+                drill["answered"].append({**person, "after_s": _after(accepted, drill["_raised"])})
+    for drill in found.values():
+        drill.pop("_raised")
+    return sorted(found.values(), key=lambda d: (d["village"], d["group"]))

@@ -482,7 +482,35 @@ def readiness_tables(report: dict[str, Any]) -> list[Table]:
             ],
             report["quiet_groups"],
         ),
+        Table(
+            "各组最近一次演练 Each group's last drill (not counted in response times or statistics)",
+            [
+                Column("village", "村", lambda r: r["village"]),
+                Column("group", "组", lambda r: r["group"]),
+                Column("drilled_at", "演练时间", lambda r: r["drilled_at"], local_time),
+                Column("opened_by", "发起人", lambda r: r["opened_by"] or "定时"),
+                Column("time_to_first_accept", "首次接警(秒)", lambda r: r["time_to_first_accept"], seconds, True),
+                Column("time_to_covered", "覆盖(秒)", lambda r: r["time_to_covered"], seconds, True),
+                Column("time_to_arrival", "到场(秒)", lambda r: r["time_to_arrival"], seconds, True),
+                Column("answered", "已应答", lambda r: drill_answers(r["answered"])),
+                Column(
+                    "not_answered", "未应答", lambda r: "、".join(p["name"] or p["phone"] for p in r["not_answered"])
+                ),
+            ],
+            report.get("drills", []),
+            [f"从未演练的小组 groups never drilled: {report.get('groups_never_drilled', 0)}"],
+        ),
     ]
+
+
+def drill_missing(people: list[dict[str, Any]]) -> str:
+    """Who of a drill's alerted did not answer: their names (or masked numbers)."""
+    return "、".join(p["name"] or p["phone"] for p in people)
+
+
+def drill_answers(answered: list[dict[str, Any]]) -> str:
+    """Who answered a drill and after how long: `张组长（组长）12.0秒`."""
+    return "、".join(f"{p['name'] or p['phone']}（{p['role_zh']}）{seconds(p['after_s'])}秒" for p in answered)
 
 
 def readiness_csv_table(report: dict[str, Any]) -> Table:
@@ -500,6 +528,11 @@ def readiness_csv_table(report: dict[str, Any]) -> Table:
         rows.append({"finding": "no_quorum", **r, "detail": detail})
     for r in report["quiet_groups"]:
         rows.append({"finding": "quiet", **r, "detail": f"{r['days_since']} days", "at": r["last_alarm_at"]})
+    for r in report.get("drills", []):
+        detail = f"answered {len(r['answered'])}/{len(r['answered']) + len(r['not_answered'])}"
+        if r["time_to_covered"] is not None:
+            detail += f", covered after {r['time_to_covered']} s"
+        rows.append({"finding": "last_drill", **r, "detail": detail, "at": r["drilled_at"]})
     return Table(
         "readiness",
         [

@@ -12,6 +12,7 @@ Invariants:
 - an incident is counted once in every row its keys put it in: an incident whose group has two
   officers counts for each officer; the overall figures count it once;
 - a period is the calendar day, ISO week or month in the incident's village's time zone;
+- drills (raised as drills, or real alarms cancelled as one) are not counted: readiness reports them;
 - `time_to_resolve` counts resolved incidents only (a cancellation is not a resolution);
 - `covered` splits into `covered_full` (every clause of the cover policy met) and
   `covered_relaxed` (a clause was dropped at raise time: e.g. the leader called and the group has
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 from dispatch.projections.incidents import INCIDENTS, RESPONDERS
@@ -140,7 +142,9 @@ def response_times(
     period: Period | None = None,
     reveal: bool = False,
 ) -> dict[str, Any]:
-    """The report as JSON-able data: overall figures, and `rows` keyed by `by` and `period`."""
+    """The report as JSON-able data: overall figures, and `rows` keyed by `by` and `period`; drills
+    are left out (they are reported on their own in readiness)."""
+    scope = replace(scope, drills=False)
     where, params = scope.where()
     rows = [
         dict(zip(COLUMNS, r, strict=True))

@@ -4,7 +4,8 @@
 Invariants:
 - an incident is counted in the period of its raise, in its village's time zone, under its
   category when resolved, `cancelled` when cancelled, `drill` when cancelled as a drill, and
-  `open` while it is open; drills are not incidents: the totals leave them out;
+  `open` while it is open, `drill` when raised as a drill (whatever became of it); drills are not
+  incidents: the totals leave them out;
 - periods are whole: every period from the one holding `since` to the one holding `until` is
   listed, with zeros, so tables line up; the last one is `partial` when `until` falls inside it;
 - change is `(count - before) / before * 100`, rounded to 0.1, and null when `before` is 0 (a rise
@@ -39,7 +40,11 @@ KIND_ZH = {**CATEGORY_ZH, "open": "处置中", "cancelled": "已取消", "drill"
 NOT_COUNTED = frozenset({"drill"})
 
 
-def kind_of(status: str, category: str | None, cancel_reason: str | None) -> str:
+def kind_of(status: str, category: str | None, cancel_reason: str | None, origin: str = "call") -> str:
+    """How an incident is counted: its category, `cancelled`, `open`, or `drill` (raised as a drill,
+    or a real alarm cancelled as one), whatever became of it."""
+    if origin == "drill":
+        return "drill"
     if status == "resolved":
         return category or "other"
     if status == "cancelled":
@@ -75,12 +80,12 @@ def stats(
     )
     where, params = fetch.where()
     counts: Counter[tuple[str, str]] = Counter()
-    for village, raised_at, status, category, reason in conn.query(
-        f"SELECT village, raised_at, status, category, cancel_reason FROM {INCIDENTS}{where}", params
+    for village, raised_at, status, category, reason, origin in conn.query(
+        f"SELECT village, raised_at, status, category, cancel_reason, origin FROM {INCIDENTS}{where}", params
     ):
         name = label(raised_at, zones.of(village), period)
         if name in wanted:
-            counts[(name, kind_of(status, category, reason))] += 1
+            counts[(name, kind_of(status, category, reason, origin))] += 1
     kinds = [k for k in KINDS if scope.category in (None, k)]
     rows = []
     totals = []

@@ -259,6 +259,22 @@ async def _story(http: httpx.AsyncClient, sim_url: str, narrator: Narrator) -> N
     shown = (await http.get(f"/v1/incidents/{walk_in}")).json()
     print(f"   {shown['timeline'][0]['text']}")
 
+    say("联防演练：民警对2组发起演练，每条通知都以“演练”开头 (a drill: every message says 演练 first)")
+    r = await http.post(
+        "/v1/drills",
+        headers={"Authorization": f"Bearer {issued.json()['token']}"},
+        json={"drill_id": "demo-drill", "village": VILLAGE, "group": "2"},
+    )
+    drill = r.json()["incident_id"]
+
+    def drill_calls() -> list[str]:
+        return [e["text"] for e in sim.log if e["kind"] == "originate" and "演练" in str(e.get("text", ""))]
+
+    await wait(lambda: bool(drill_calls()), narrator)
+    print(f"   2组的电话里说：{next(iter(drill_calls()), '')[:44]}…")
+    shown = (await http.get(f"/v1/incidents/{drill}")).json()
+    print(f"   {shown['timeline'][0]['text']}；升级只到派出所，不报县局；不计入响应时间和警情统计")
+
     say("响应时间报表 (response-time report)")
     await asyncio.sleep(0.3)
     report = (await http.get("/v1/reports/response-times", params={"village": VILLAGE})).json()

@@ -1,6 +1,7 @@
 """Deadlines as JetStream message schedules: they fire in the server, whatever happens to us.
 
-A schedule is a message on `dispatch.sched.incident.<id>.<timer>` carrying
+A schedule is a message on `dispatch.sched.incident.<id>.<timer>` (a scheduled drill's on
+`dispatch.sched.drill.<key>`, its body's `timer` `drill`) carrying
 `Nats-Schedule: @at <RFC 3339 UTC, milliseconds>` and a target `dispatch.timer.incident.<id>.<timer>`
 in the same stream (DISPATCH_TIMERS, `allow_msg_schedules`). At that time the server publishes the
 body to the target, where the timers consumer takes it.
@@ -42,6 +43,8 @@ from dispatch.events.subjects import (
     SCHEDULES_ALL,
     TIMERS_FIRED_ALL,
     TIMERS_STREAM,
+    drill_fired_subject,
+    drill_schedule_subject,
     schedule_subject,
     timer_fired_subject,
 )
@@ -82,15 +85,20 @@ class Timers:
 
     async def schedule(self, incident_id: str, timer: str, due: datetime) -> None:
         """Set (or replace) the incident's timer to fire at `due`."""
+        target = timer_fired_subject(incident_id, timer)
+        await self._set(schedule_subject(incident_id, timer), target, incident_id, timer, due)
+
+    async def schedule_drill(self, key: str, timer: str, due: datetime) -> None:
+        """Set (or replace) a scheduled drill's start (the drill's key as the body's `incident_id`)."""
+        await self._set(drill_schedule_subject(key), drill_fired_subject(key), key, timer, due)
+
+    async def _set(self, subject: str, target: str, incident_id: str, timer: str, due: datetime) -> None:
         if not self.nc.is_connected:
             raise StoreUnavailable("timers unavailable: not connected to NATS")
         body = timer_encoder.encode(TimerDue(incident_id=incident_id, timer=timer, due_at=due))
-        headers = {
-            "Nats-Schedule": at_header(due),
-            "Nats-Schedule-Target": timer_fired_subject(incident_id, timer),
-        }
+        headers = {"Nats-Schedule": at_header(due), "Nats-Schedule-Target": target}
         try:
-            ack = await publish_one(self.nc, schedule_subject(incident_id, timer), body, headers, timeout=self.timeout)
+            ack = await publish_one(self.nc, subject, body, headers, timeout=self.timeout)
         except (NatsTimeout, NoRespondersError, ConnectionClosedError) as exc:
             raise StoreUnavailable(f"timers unavailable: {type(exc).__name__}") from exc
         if "error" in ack:

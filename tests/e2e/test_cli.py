@@ -54,6 +54,11 @@ def test_demo_tells_the_whole_story() -> None:
         and "张桂兰（联防户） 的电话响了" not in silent
     )
     assert "吴建军 登记群众来所报警：村民老王，通知3人" in out
+    drill = out[out.index("▶ 联防演练") : out.index("▶ 响应时间报表")]
+    assert "2组的电话里说：演练，演练，这是联防演练" in drill
+    assert "【演练】吴建军 发起东山村2组联防演练，通知5人" in drill
+    texts = [line for line in drill.splitlines() if "短信发给" in line]
+    assert len(texts) == 5 and all("：【演练】" in line for line in texts), "every message says 演练 first"
 
 
 def test_client_commands_and_replay_rebuild_the_same_read_model(tmp_path: Path) -> None:

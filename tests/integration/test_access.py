@@ -82,6 +82,11 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         for village, caller in (("east", "13800000001"), ("west", "13755504321")):
             r = await http.post("/v1/calls", json={"call_id": f"acc-{village}", "caller": caller})
             incidents[village] = r.json()["incident_id"]
+            later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+            r = await http.post(
+                "/v1/drills", json={"drill_id": f"d-{village}", "village": village, "group": "1", "at": later}
+            )
+            assert r.status_code == 201, r.text
     assert svc.http is not None
     try:
         yield World(svc, tokens, incidents, tokens["throwaway_id"], svc.http.config.app, imported.json()["import_id"])
@@ -210,6 +215,28 @@ def cases(w: World) -> list[Case]:
             expect(admin=CREATED, officer_east=HIDDEN, duty_east=HIDDEN),
             "other",
             json={"report_id": "m-other", "village": "west", "group": "1", "origin": "transfer_110"},
+        ),
+        Case(
+            "POST",
+            "/v1/drills",
+            "/v1/drills",
+            expect(admin=CREATED, officer_east=CREATED),
+            "own",
+            json={"drill_id": "drill-own", "village": "east", "group": "1"},
+        ),
+        Case(
+            "POST",
+            "/v1/drills",
+            "/v1/drills",
+            expect(admin=CREATED, officer_east=HIDDEN),
+            "other",
+            json={"drill_id": "drill-other", "village": "west", "group": "1"},
+        ),
+        Case("GET", "/v1/drills/{drill_id:str}", "/v1/drills/d-east", READ_OWN, "own"),
+        Case("GET", "/v1/drills/{drill_id:str}", "/v1/drills/d-west", READ_OTHER, "other"),
+        Case("DELETE", "/v1/drills/{drill_id:str}", "/v1/drills/d-east", expect(admin=OK, officer_east=OK), "own"),
+        Case(
+            "DELETE", "/v1/drills/{drill_id:str}", "/v1/drills/d-west", expect(admin=OK, officer_east=HIDDEN), "other"
         ),
         Case("GET", "/v1/incidents", "/v1/incidents", READ_OWN),
         Case("GET", "/v1/incidents", "/v1/incidents?village=west&status=open", READ_OWN, "other"),

@@ -134,10 +134,11 @@ async def test_the_composition_roots_table(handlers: Handlers) -> None:
     assert handlers.bus.table() == {
         "CallRequest": ["CallService.call"],
         "OpenReport": ["CallService.report"],
+        "OpenDrill": ["CallService.drill"],
         "Answer": ["ResponseService.answer"],
         "Trigger": ["FanOut.on_trigger"],
         "DeliveryJob": ["DeliveryWorker.handle"],
-        "TimerDue": ["EscalationService.on_timer"],
+        "TimerDue": ["TimerRoutes.on_timer"],
         "DeliveryFailed": ["EscalationService.on_delivery_failed"],
     }
 

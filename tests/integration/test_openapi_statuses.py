@@ -151,6 +151,16 @@ def soon(minutes: int) -> str:
     return (datetime.now(UTC) + timedelta(days=1, minutes=minutes)).isoformat()
 
 
+async def new_drill(w: World, admin: str, *, later: float) -> str:
+    """A drill set on dongshan 1 for `later` seconds from now; its id."""
+    drill_id = f"drill-{unique()}"
+    at = (datetime.now(UTC) + timedelta(seconds=later)).isoformat()
+    body = {"drill_id": drill_id, "village": "dongshan", "group": "1", "at": at}
+    r = await w.http.post("/v1/drills", json=body, headers={"Authorization": f"Bearer {admin}"})
+    assert r.status_code == 201, r.text
+    return drill_id
+
+
 def unique() -> str:
     return uuid.uuid4().hex[:12]
 
@@ -188,6 +198,10 @@ async def success(w: World, op: str, admin: str) -> Request:
         path = path.replace("{incident_id}", await new_incident(w, admin))
     elif op == "POST /v1/incidents":
         r["json"] = {"report_id": unique(), "village": "dongshan", "group": "1", "origin": "walk_in"}
+    elif op == "POST /v1/drills":
+        r["json"] = {"drill_id": unique(), "village": "dongshan", "group": "1"}
+    elif op in ("GET /v1/drills/{drill_id}", "DELETE /v1/drills/{drill_id}"):
+        path = path.replace("{drill_id}", await new_drill(w, admin, later=86400))
     elif op == "POST /v1/tokens":
         r["json"] = {"name": f"probe-{unique()}", "role": "officer", "villages": ["dongshan"]}
     elif op == "DELETE /v1/groups/{village}/{group}":  # group 2, formed again if a probe dissolved it
@@ -321,6 +335,26 @@ async def specific(w: World, op: str, admin: str) -> list[tuple[str, Request]]:
     if op == "POST /v1/incidents":
         report = {"report_id": unique(), "village": "dongshan", "group": "99", "origin": "walk_in"}
         return [("404", {"method": "POST", "url": "/v1/incidents", "json": report})]
+    if op == "POST /v1/drills":
+        drill = {"drill_id": await new_drill(w, admin, later=86400), "village": "dongshan", "group": "1"}
+        other_time = {**drill, "at": (datetime.now(UTC) + timedelta(days=2)).isoformat()}
+        return [
+            ("404", {"method": "POST", "url": "/v1/drills", "json": {**drill, "group": "99"}}),
+            ("409", {"method": "POST", "url": "/v1/drills", "json": other_time}),
+        ]
+    if op in ("GET /v1/drills/{drill_id}", "DELETE /v1/drills/{drill_id}"):
+        method = op.split(" ", 1)[0]
+        probes = [("404", {"method": method, "url": "/v1/drills/never-set"})]
+        if method == "DELETE":
+            started = await new_drill(w, admin, later=0.5)
+
+            async def has_started() -> bool:
+                view = await w.http.get(f"/v1/drills/{started}", headers={"Authorization": f"Bearer {admin}"})
+                return view.json().get("status") == "raised"
+
+            await eventually(has_started, what="the drill started by its schedule")
+            probes.append(("409", {"method": "DELETE", "url": f"/v1/drills/{started}"}))
+        return probes
     if op.startswith("GET /v1/reports/"):
         return [("422", {"method": "GET", "url": f"{op.split(' ')[1]}?format=xml"})]
     if op == "DELETE /v1/groups/{village}/{group}":

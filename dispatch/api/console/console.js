@@ -82,6 +82,8 @@ const TEXT = {
     silent: "静默报警·勿回拨报警人",
     origin_walk_in: "群众来所报警",
     origin_transfer_110: "110转警",
+    origin_drill: "联防演练",
+    drill: "演练",
     opened_by: "登记人",
     report_open: "登记警情（来所报警 / 110转警）",
     report_village: "村",
@@ -269,6 +271,8 @@ const TEXT = {
     silent: "Silent alarm: do not call the caller back",
     origin_walk_in: "Walk-in report",
     origin_transfer_110: "110 transfer",
+    origin_drill: "Drill",
+    drill: "DRILL",
     opened_by: "opened by",
     report_open: "Open an incident (walk-in / 110 transfer)",
     report_village: "Village",
@@ -927,6 +931,7 @@ function raiseAlert(d, repeat) {
   const banner = $("banner");
   const caller = d.caller || {};
   const text = [
+    d.origin === "drill" ? `【${t("drill")}】` : "",
     `${t(repeat ? "repeat_alarm" : "new_alarm")}${t("colon")}`,
     placeName(d),
     " ",
@@ -1024,6 +1029,7 @@ function fillIncident(card, d) {
       text: d.covered ? t("covered") : t("not_covered"),
     }),
   ];
+  if (d.origin === "drill") badges.unshift(h("span", { class: "badge warn drill", text: t("drill") }));
   if (d.kind === "unregistered") badges.push(h("span", { class: "badge warn", text: t("unregistered") }));
   if (d.silent) badges.push(h("span", { class: "badge bad silent", text: t("silent") }));
   if (d.origin && d.origin !== "call") {
@@ -1033,7 +1039,7 @@ function fillIncident(card, d) {
   card.root.classList.toggle("is-silent", Boolean(d.silent));
   if (d.urgency > 1) badges.push(h("span", { class: "badge bad", text: t("urgency", { n: d.urgency }) }));
   if (d.escalation_tier > 0) badges.push(h("span", { class: "badge bad", text: t("tier", { n: d.escalation_tier }) }));
-  const label = [placeName(d), " · ", personLabel(caller)];
+  const label = d.origin === "drill" ? [`【${t("drill")}】`, placeName(d)] : [placeName(d), " · ", personLabel(caller)];
   const title = card.full
     ? h("h2", { id: `h-${d.incident_id}`, class: "title" }, label)
     : h("h2", { id: `h-${d.incident_id}`, class: "title" }, h("a", { href: `#/incident/${encodeURIComponent(d.incident_id)}` }, label));
