@@ -149,7 +149,7 @@ def test_a_kill_9_between_raise_and_deadline_fires_each_tier_once_per_incident(
     across the ack deadline: after the restart every incident reaches tier 1 (officer, assistant, duty
     desk; from its own ack deadline, fired while down) and tier 2 (the command centre) once each,
     counted at the receiver by alert round and Idempotency-Key."""
-    groups, ack, escalate = 20, 6.0, 14.0
+    groups, ack, escalate = 20, 6.0, 9.0
     data = tmp_path / "data"
     env = {
         "DISPATCH_WEBHOOK_URLS": receiver.url,
