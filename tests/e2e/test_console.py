@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -705,4 +706,47 @@ def test_an_officer_opens_a_walk_in_from_the_board(
     shown = http.get(f"/v1/incidents/{incident}").json()
     assert shown["origin"] == "walk_in" and shown["opened_by"]["name"] == "吴建军"
     assert shown["caller"]["name"] == "张三" and sum(r["recipient"] for r in shown["responders"]) == 6, "the group of 6"
+    assert errors == []
+
+
+def test_an_officer_marks_himself_away_and_the_substitute_shows_on_the_alarm(
+    serve: ServeProcess, http: httpx.Client, tokens: dict[str, str], contexts: Callable[..., BrowserContext]
+) -> None:
+    """Issue 23.1: the board's 休假与替班 marks the officer away with the west officer as substitute;
+    an east alarm rings the substitute (替班·代…) and not him; 结束休假 ends it."""
+    errors: list[str] = []
+    page = open_console(contexts(), serve, tokens["officer_east"], errors)
+    panel = page.locator("#absence-panel")
+    panel.locator("summary").click()
+    expect(panel.locator("#absences")).to_contain_text("目前无人休假")
+    until = datetime.now() + timedelta(days=2)  # the browser's zone is the machine's
+    page.fill("#absence-number", "13900000009")
+    page.fill("#absence-until", until.strftime("%Y-%m-%dT%H:%M"))
+    page.fill("#absence-substitute", "13600000009")
+    page.fill("#absence-note", "年假")
+    panel.locator("form.absence-form button[type='submit']").click()
+    row = panel.locator(f"#absences li[data-phone='{OFFICER}']")
+    expect(row).to_contain_text("休假中")
+    expect(row).to_contain_text("陈国栋")
+    expect(panel.locator("#short-groups")).to_have_text("—")
+    absence = http.get(f"/v1/members/{OFFICER}/absence").json()["absence"]
+    assert absence["set_by"]["name"] == "吴建军" and absence["set_by"]["channel"] == "console"
+
+    incident = call(http, "console-absence-1", "13800000021")
+    alarm = card(page, incident)
+    expect(alarm).to_be_visible()
+    substitute = alarm.locator("li.member[data-phone='+8613600000009']")
+    expect(substitute.locator(".chips")).to_contain_text("替班·代")
+    expect(alarm.locator(f"li.member[data-phone='{OFFICER}'] .chips")).to_contain_text("休假·未呼叫")
+    view = http.get(f"/v1/incidents/{incident}").json()
+    assert {r["phone"]: r["recipient"] for r in view["responders"]}[OFFICER] is False
+    shot(page, "absence-substitute.png")
+
+    row.locator("button.end-absence").click()
+    expect(panel.locator("#absences")).to_contain_text("目前无人休假")
+    assert http.get(f"/v1/members/{OFFICER}/absence").json()["absence"] is None
+    closed = http.post(
+        f"/v1/incidents/{incident}/responses", json={"responder": "13800000028", "action": "cancel", "reason": "other"}
+    )
+    assert closed.status_code == 200, closed.text
     assert errors == []

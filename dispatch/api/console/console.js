@@ -113,6 +113,7 @@ const TEXT = {
     short_groups: "人手不足的小组",
     short_missing: "缺少{roles}（休假无人替班）",
     stands_in: "替班·代{who}",
+    st_away: "休假·未呼叫",
     raised_at: "报警时间",
     ago: "{d}前",
     covered: "已覆盖",
@@ -302,6 +303,7 @@ const TEXT = {
     short_groups: "Groups left short",
     short_missing: "missing {roles} (away, no substitute)",
     stands_in: "substitute for {who}",
+    st_away: "away, not rung",
     raised_at: "Raised",
     ago: "{d} ago",
     covered: "Covered",
@@ -1136,6 +1138,7 @@ function member(r, zone) {
   else if (channels(r.failed)) {
     chips.push(h("span", { class: "chip bad", title: Object.values(r.failed).join("; "), text: t("st_failed") }));
   }
+  if (!r.recipient && ["officer", "assistant", "leader", "household"].includes(r.role)) chips.push(h("span", { class: "chip away", text: t("st_away") }));
   if (r.stands_in_for) chips.push(h("span", { class: "chip substitute", text: t("stands_in", { who: phoneText(r.stands_in_for) }) }));
   if (r.arrived_at) chips.push(h("span", { class: "chip strong", text: `${t("st_arrived")} ${timeOf(r.arrived_at, zone)}` }));
   else if (r.accepted_at) chips.push(h("span", { class: "chip strong", text: `${t("st_accepted")} ${timeOf(r.accepted_at, zone)}` }));
@@ -1455,7 +1458,7 @@ function absencePanel(me) {
   const form = h(
     "form",
     {
-      class: "report-form absence-form",
+      class: "absence-form",
       onsubmit: async (e) => {
         e.preventDefault();
         submit.disabled = true;
@@ -1485,7 +1488,7 @@ function absencePanel(me) {
   loadAbsences(list, short);
   return h(
     "details",
-    { class: "report absence", id: "absence-panel" },
+    { class: "absence", id: "absence-panel" },
     h("summary", { text: t("absence_open") }),
     list,
     h("h3", { text: t("short_groups") }),
