@@ -63,6 +63,22 @@ class IncidentCache:
         found = self._held.get(incident_id)
         return found.state if found is not None and found.last_seq == seq else None
 
+    def after(self, rec: Recorded) -> IncidentState | None:
+        """The incident just after the decision `rec`: as remembered at its sequence, or folded from
+        the remembered state `rec` was appended after (its expected sequence: nothing came between)."""
+        found = self._held.get(getattr(rec.event, "incident_id", ""))
+        if found is None:
+            return None
+        if found.last_seq == rec.seq:
+            return found.state
+        if rec.follows is None or found.last_seq != rec.follows:
+            return None
+        state = evolve(found.state, rec.event)
+        if state is None:
+            return None
+        self.remember(Loaded(state, found.subject, rec.seq))
+        return state
+
     def remember(self, loaded: Loaded[IncidentState]) -> None:
         """Keep an incident at its decision subject's sequence (a closed one is forgotten)."""
         if loaded.state.closed:

@@ -130,7 +130,7 @@ class FanOut:
                 if first is not None:
                     self.cache.remember(Loaded(first, rec.subject, rec.seq))
             elif isinstance(trigger, IncidentEscalated):
-                state = self.cache.at(trigger.incident_id, rec.seq)
+                state = self.cache.after(rec)
             else:
                 self.cache.seen(trigger.incident_id, rec.seq)
         if state is not None:

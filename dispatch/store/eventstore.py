@@ -78,13 +78,15 @@ class Outgoing:
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
-    """A message read from the log: its sequence, subject, event, message id and time."""
+    """A message read from the log: its sequence, subject, event, message id and time; `follows`:
+    the subject's sequence it was appended after, when its append expected one (a decision)."""
 
     seq: int
     subject: str
     event: Event
     msg_id: str | None
     time: datetime
+    follows: int | None = None
 
 
 def parse_time(value: str | None) -> datetime:
@@ -102,7 +104,7 @@ async def opened(rec: Recorded) -> Recorded:
         event = await keys.opened(rec.event)
     except keys.KeyStoreUnavailable as exc:
         raise StoreUnavailable(str(exc)) from exc
-    return rec if event is rec.event else Recorded(rec.seq, rec.subject, event, rec.msg_id, rec.time)
+    return rec if event is rec.event else Recorded(rec.seq, rec.subject, event, rec.msg_id, rec.time, rec.follows)
 
 
 async def read_record(msg: Msg, subject: str | None = None) -> Recorded:
@@ -116,12 +118,14 @@ def recorded_from(msg: Msg, subject: str | None = None) -> Recorded:
     meta_seq = headers.get("Nats-Sequence")
     seq = int(meta_seq) if meta_seq else msg.metadata.sequence.stream
     when = headers.get("Nats-Time-Stamp")
+    follows = headers.get(H_EXPECTED_SUBJECT_SEQ)
     return Recorded(
         seq=seq,
         subject=headers.get("Nats-Subject") or subject or msg.subject,
         event=codec.decode_headers(headers, msg.data),
         msg_id=headers.get(H_MSG_ID),
         time=parse_time(when) if when else msg.metadata.timestamp,
+        follows=int(follows) if follows and follows.isdigit() else None,
     )
 
 

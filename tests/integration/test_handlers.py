@@ -282,6 +282,29 @@ async def test_a_deadline_is_decided_and_rung_on_the_incident_as_this_process_le
     assert cache.hits == 2 and len(cache) == 1
 
 
+async def test_an_escalation_rung_before_its_decider_remembered_it_is_folded_on_without_a_read(nc: NATS) -> None:
+    """The log hands the escalation to the fan-out before the escalation's append was answered (two
+    connections): the escalation names the sequence it was appended after, the remembered one."""
+    await provision(nc, channels=("test",))
+    store = CountingStore(nc, timeout=2.0)
+    cache = IncidentCache()
+    directory = directory_with()
+    bus, channel = build(nc, store, directory, cache=cache)
+    one = Handlers(store, bus, channel, directory)
+    incident = (await one.call("cache-race", "13800000001")).incident_id
+    await one.ring(incident)
+    [opened] = await store.load(incident_subject(incident))
+    elsewhere, _ = build(nc, store, directory, later=3600)  # decides without touching `cache`
+    await elsewhere.handle(TimerDue(incident_id=incident, timer="ack", due_at=datetime.now(UTC)))
+    escalated = await store.last(incident_subject(incident))
+    assert escalated is not None and isinstance(escalated.event, IncidentEscalated)
+    assert escalated.follows == opened.seq
+    reads = store.reads
+    assert await bus.handle(Trigger(record=escalated)) == 3
+    assert store.reads == reads, "the escalation's incident was read from the log"
+    assert cache.at(incident, escalated.seq) is not None
+
+
 async def covered_elsewhere(nc: NATS, call_id: str) -> tuple[Handlers, MessageBus, IncidentCache, str]:
     """An incident rung by this process (remembered uncovered), then covered through another one."""
     await provision(nc, channels=("test",))
