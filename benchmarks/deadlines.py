@@ -303,6 +303,7 @@ async def run_case(source: Path, workdir: Path, alarms: int, kill: bool, rate: f
             "DISPATCH_DUTY_DESK": DUTY_DESK,
             "DISPATCH_ACK_DEADLINE": "3600",
             "DISPATCH_ESCALATE_AFTER": "7200",
+            "DISPATCH_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "warning"),
         },
     )
     if CPROFILE and not kill:

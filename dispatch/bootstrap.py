@@ -30,6 +30,7 @@ import signal
 import socket
 import stat
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -144,6 +145,20 @@ def register_handlers(
     bus.register(DeliveryJob, delivery.handle)
     bus.register(TimerDue, first.deadline_handler(TimerRoutes(escalation, drills).on_timer))
     bus.subscribe(DeliveryFailed, escalation.on_delivery_failed)
+
+
+class _Laps:
+    """Seconds each phase of the start took (logged with service.started)."""
+
+    def __init__(self, took: dict[str, float]) -> None:
+        self.took = took
+        self.last = time.monotonic()
+
+    def __call__(self, name: str) -> float:
+        now = time.monotonic()
+        self.took[name] = round(now - self.last, 3)
+        self.last = now
+        return self.took[name]
 
 
 def rings_an_alarm(trigger: Trigger) -> bool:
@@ -300,6 +315,8 @@ class Service:
 
     async def start(self) -> None:
         st = self.settings
+        took: dict[str, float] = {}
+        lap = _Laps(took)
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         install_header_parser()
         self._http_socket = bind_http(st.http_host, st.http_port)
@@ -308,6 +325,7 @@ class Service:
             self._lock.enter_context(data_dir_lock(st.data_dir))
             self.embedded = EmbeddedNats(st.data_dir, restart_delay=st.nats_restart_delay)
             await self.embedded.start()
+            lap("nats")
         else:
             private_data_dir(st.data_dir)
         try:
@@ -335,6 +353,7 @@ class Service:
         await self.directory.start()
         self.tokens = LiveTokens(self.nc)
         await self.tokens.start()
+        lap("log_and_directory")
         self.uow = UnitOfWork(self.store)
         self.bus = MessageBus()
         self.token_service = TokenService(self.uow, region=st.region)
@@ -352,6 +371,7 @@ class Service:
         else:
             self.read_side = projections
             await asyncio.to_thread(self._read_side_schema, projections)
+        lap("read_models")
 
         quorum = parse_quorum(st.quorum)
         self.incidents = Incidents(self.store)
@@ -438,6 +458,7 @@ class Service:
                     error=str(exc) or type(exc).__name__,
                     hint="deadlines that fell due while the service was down fire as the server delivers them",
                 )
+        lap("deadlines")
         await self.broker.start()
         broker = self.broker
         self.metrics.nats_connected.labels("handlers").set_function(lambda: float(self._connected(broker._connection)))
@@ -508,6 +529,7 @@ class Service:
             )
         self.http = _Server(config)
         self._http_task = asyncio.get_running_loop().create_task(self.http.serve(sockets=[self._http_socket]))
+        lap("handlers")
         while not self.http.started:
             if self._http_task.done():
                 await self._http_task
@@ -564,6 +586,7 @@ class Service:
             simulated=self.simulated_channels,
             http_parser="httptools" if "HttpTools" in self.http.config.http_protocol_class.__name__ else "h11",
             read_models=st.read_models,
+            start_s={**took, "http": lap("http")},
         )
         self.local_deadlines.release()  # the overdue deadlines, once calls are taken (LocalDeadlines)
         self.started.set()

@@ -288,6 +288,9 @@ def test_deadlines_overdue_across_a_kill_fire_at_the_restart_in_due_order_each_o
         caught_up = [line for line in log_lines(again) if line["event"] == "timers.catch_up"]
         assert [c["overdue"] for c in caught_up] == [len(raised)], "the overdue deadlines were not caught up once"
         assert events.index("service.started") < events.index("timers.catch_up"), "caught up before taking calls"
+        [started] = [line for line in log_lines(again) if line["event"] == "service.started"]
+        phases = ["nats", "log_and_directory", "read_models", "deadlines", "handlers", "http"]
+        assert list(started["start_s"]) == phases and all(t >= 0 for t in started["start_s"].values())
         at = [datetime.fromisoformat(str(e[0]["at"])) for e in found]
         decided = sorted(zip(at, dues, strict=True))
         assert [due for _, due in decided] == sorted(dues), f"decided out of due order: {decided}"
