@@ -36,6 +36,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
@@ -61,6 +62,7 @@ class TimerDue(msgspec.Struct, frozen=True, kw_only=True):
 
 
 MAX_IN_MEMORY = 100_000
+FETCH_WAIT_S = 1.0
 
 timer_encoder = msgspec.json.Encoder()
 timer_decoder = msgspec.json.Decoder(TimerDue)
@@ -185,20 +187,38 @@ class Timers:
             reader = await js.pull_subscribe(subjects, stream=TIMERS_STREAM, config=config)
         except (NatsTimeout, NoRespondersError, ConnectionClosedError) as exc:
             raise StoreUnavailable(f"timers unavailable: {type(exc).__name__}") from exc
-        found: list[TimerDue] = []
         try:
-            left = min(limit, (await reader.consumer_info()).num_pending or 0)
-            while left > 0:
-                batch = await reader.fetch(min(256, left), timeout=max(self.timeout, 10.0))
-                left -= len(batch)
-                for msg in batch:
-                    with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-                        found.append(timer_decoder.decode(msg.data))
-        except (NatsTimeout, TimeoutError) as exc:
-            raise StoreUnavailable(f"timers unavailable: {type(exc).__name__}") from exc
+            return await self._drain(reader, limit)
         finally:
             with contextlib.suppress(Exception):
                 await reader.unsubscribe()
+
+    async def _drain(self, reader: JetStreamContext.PullSubscription, limit: int) -> list[TimerDue]:
+        """Everything `reader` holds now, at most `limit`. A schedule fires (and leaves the stream) while
+        it is read: the count the server gave at the start can be too high, so the count each message
+        carries decides when it is over, and a fetch that finds nothing is over if the server says so
+        (a restart waited 10 s there with 1,000 deadlines overdue, then read them all again)."""
+        found: list[TimerDue] = []
+        patience = max(self.timeout, 10.0)
+        try:
+            left = min(limit, (await reader.consumer_info()).num_pending or 0)
+            waited = 0.0
+            while left > 0:
+                try:
+                    batch = await reader.fetch(min(256, left), timeout=FETCH_WAIT_S)
+                except (NatsTimeout, TimeoutError):
+                    left = min(left, (await reader.consumer_info()).num_pending or 0)
+                    waited += FETCH_WAIT_S
+                    if left and waited >= patience:
+                        raise
+                    continue
+                waited = 0.0
+                for msg in batch:
+                    with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                        found.append(timer_decoder.decode(msg.data))
+                left = min(left - len(batch), batch[-1].metadata.num_pending) if batch else 0
+        except (NatsTimeout, TimeoutError) as exc:
+            raise StoreUnavailable(f"timers unavailable: {type(exc).__name__}") from exc
         return found
 
     def close(self) -> None:

@@ -4,16 +4,21 @@ only for an incident still uncovered when the ack deadline passes."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from nats.aio.client import Client as NATS
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from dispatch.bootstrap import Service
-from dispatch.events.subjects import TIMERS_STREAM, schedule_subject, timer_fired_subject
+from dispatch.events.subjects import SCHEDULES_ALL, TIMERS_STREAM, schedule_subject, timer_fired_subject
 from dispatch.store.eventstore import StoreUnavailable
+from dispatch.store.provision import provision
+from dispatch.store.timers import Timers
 from tests.rosters import ROSTER
 from tests.support import RecordingChannel, answer_as, eventually, service_client, start_service
 
@@ -91,3 +96,43 @@ async def test_an_escalate_deadline_that_cannot_be_stored_comes_back_with_its_ac
         await eventually(reached_tier_two, timeout=20, what="tier 2 after a refused escalate deadline")
         assert refused == [incident], "the escalate deadline was never refused"
         assert await tiers(http, incident) == [1, 2], "a refused escalate deadline lost tier 2"
+
+
+class Vanishing:
+    """A timers reader whose schedules fire (leave the stream) right after it counted them."""
+
+    def __init__(self, reader: Any, js: Any, seqs: list[int]) -> None:
+        self.reader, self.js, self.seqs = reader, js, seqs
+        self.fetches = self.counts = 0
+
+    async def consumer_info(self) -> Any:
+        self.counts += 1
+        info = await self.reader.consumer_info()
+        while self.seqs:
+            await self.js.delete_msg(TIMERS_STREAM, self.seqs.pop())
+        return info
+
+    async def fetch(self, batch: int, timeout: float) -> Any:
+        self.fetches += 1
+        return await self.reader.fetch(batch, timeout=timeout)
+
+
+@pytest.mark.parametrize("fired", [2, 5])
+async def test_schedules_that_fire_while_a_restart_reads_them_end_the_read(nc: NATS, fired: int) -> None:
+    """The server counted five pending schedules, then `fired` of them left the stream: the read
+    ends with the others, in one fetch (not a wait for the vanished ones, then a second read)."""
+    await provision(nc)
+    timers = Timers(nc)
+    later = datetime.now(UTC) + timedelta(hours=1)
+    for n in range(5):
+        await timers.schedule(f"inc-{n}", "ack", later + timedelta(seconds=n))
+    js = nc.jetstream()
+    config = ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL)
+    reader = await js.pull_subscribe(SCHEDULES_ALL, stream=TIMERS_STREAM, config=config)
+    info = await js.stream_info(TIMERS_STREAM)
+    seqs = list(range(info.state.last_seq - fired + 1, info.state.last_seq + 1))
+    vanishing = Vanishing(reader, js, seqs)
+    found = await timers._drain(vanishing, 100)
+    assert sorted(d.incident_id for d in found) == [f"inc-{n}" for n in range(5 - fired)]
+    assert vanishing.fetches == 1, "it fetched again for schedules no longer there"
+    await reader.unsubscribe()
