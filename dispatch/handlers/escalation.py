@@ -12,7 +12,11 @@ Invariants:
 - a fired deadline is decided on the incident as this process last knew it (`IncidentCache`), read
   from the log only when it is not remembered, when the append meets a conflict (a decision made
   elsewhere), or when the remembered state decides nothing (it may lag behind the log, and a decision
-  of nothing appends nothing that could conflict); what it decided is remembered.
+  of nothing appends nothing that could conflict); what it decided is remembered;
+- the deadline a fired one sets is stored while the decision is appended, not after it, when the
+  remembered state already names it (its due time follows from the opened incident alone): set for
+  an incident covered meanwhile it fires and decides nothing. The fired deadline is acknowledged only
+  after both.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from dispatch.domain.incident import (
 from dispatch.events import msgids
 from dispatch.events.model import DeliveryFailed, IncidentEscalated, Person
 from dispatch.handlers.aggregates import IncidentCache, Incidents
+from dispatch.handlers.eager import start
 from dispatch.handlers.uow import Decided, Loaded, UnitOfWork
 from dispatch.observe.metrics import Metrics
 from dispatch.store.timers import TimerDue, Timers
@@ -63,9 +68,16 @@ class EscalationService:
         """A deadline fell due: escalate if the incident is not where it should be, set the next deadline."""
         self.metrics.timers_fired.labels(timer).inc()
         command = FireTimer(incident_id=incident_id, timer=timer, command_centre=self.command_centre)
-        state, escalated = await self._decide(command, f"timer:{timer}", cached=True)
+        remembered = self.cache.get(incident_id)
+        early = deadline_after(remembered.state, timer) if remembered is not None else None
+        setting = start(self.timers.schedule(incident_id, *early)) if early is not None else None
+        try:
+            state, escalated = await self._decide(command, f"timer:{timer}", remembered=remembered)
+        finally:
+            if setting is not None:
+                await setting
         following = deadline_after(state, timer)
-        if following is not None:
+        if following is not None and following != early:
             await self.timers.schedule(incident_id, *following)
         return escalated
 
@@ -84,9 +96,8 @@ class EscalationService:
         return escalated
 
     async def _decide(
-        self, command: IncidentCommand, why: str, *, cached: bool = False
+        self, command: IncidentCommand, why: str, *, remembered: Loaded[IncidentState] | None = None
     ) -> tuple[IncidentState, list[IncidentEscalated]]:
-        remembered = self.cache.get(command.incident_id) if cached else None
         decided, on_remembered = await self._decide_on(command, remembered)
         if on_remembered and not decided.events:
             decided, _ = await self._decide_on(command, None)  # the remembered state may lag: ask the log

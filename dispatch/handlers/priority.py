@@ -27,7 +27,7 @@ M = TypeVar("M")
 R = TypeVar("R")
 
 DEADLINES_WIDE = 128
-DEADLINES_NARROW = 16
+DEADLINES_NARROW = 48
 
 
 class Priority:

@@ -21,7 +21,7 @@ from dispatch.channels.routing import ChannelConfig
 from dispatch.domain.delivery import NO_CHANNEL, NO_CHANNEL_ROUTED
 from dispatch.domain.directory import Directory
 from dispatch.domain.errors import InvalidCommand, NotFound, NotPermitted
-from dispatch.domain.incident import DEFAULT_QUORUM, parse_quorum
+from dispatch.domain.incident import DEFAULT_QUORUM, fold, parse_quorum
 from dispatch.events.jobs import DeliveryJob
 from dispatch.events.model import (
     AlarmRaised,
@@ -303,6 +303,44 @@ async def test_an_escalation_rung_before_its_decider_remembered_it_is_folded_on_
     assert await bus.handle(Trigger(record=escalated)) == 3
     assert store.reads == reads, "the escalation's incident was read from the log"
     assert cache.at(incident, escalated.seq) is not None
+
+
+async def test_the_escalate_deadline_is_stored_while_tier_one_is_appended(nc: NATS) -> None:
+    """Two writes of one fired ack deadline, side by side: the schedule is asked for before the
+    escalation's append is answered; both are stored when the handler returns."""
+    await provision(nc, channels=("test",))
+    order: list[str] = []
+
+    class Store(EventStore):
+        async def append(self, messages: Sequence[Outgoing]) -> list[int]:
+            order.append("append asked")
+            stored = await super().append(messages)
+            order.append("append stored")
+            return stored
+
+    class Schedules(Timers):
+        async def schedule(self, incident_id: str, timer: str, due: datetime) -> None:
+            order.append(f"schedule {timer} asked")
+            await super().schedule(incident_id, timer, due)
+            order.append(f"schedule {timer} stored")
+
+    store = Store(nc, timeout=2.0)
+    handlers = Handlers(store, *build(nc, store, directory_with()), directory_with())
+    incident = (await handlers.call("side-1", "13800000001")).incident_id
+    [opened] = await store.load(incident_subject(incident))
+    cache = IncidentCache()
+    state = fold([opened.event])
+    assert state is not None
+    cache.remember(Loaded(state, incident_subject(incident), opened.seq))
+    uow = UnitOfWork(store, clock=lambda: datetime.now(UTC) + timedelta(hours=1))
+    escalation = EscalationService(uow, metrics=Metrics(), command_centre=None, timers=Schedules(nc), cache=cache)
+    order.clear()
+    [tier1] = await escalation.timer_fired(incident, "ack")
+    assert tier1.tier == 1
+    assert order.index("schedule escalate asked") < order.index("append stored"), order
+    assert {"schedule escalate stored", "append stored"} <= set(order)
+    pending = await Timers(nc).outstanding("nobody")
+    assert [(d.incident_id, d.timer) for d in pending[1]] == [(incident, "escalate")]
 
 
 async def covered_elsewhere(nc: NATS, call_id: str) -> tuple[Handlers, MessageBus, IncidentCache, str]:
