@@ -180,7 +180,7 @@ class EventStore:
     async def _append(self, messages: Sequence[Outgoing]) -> list[int]:
         self._require_connection()
         try:
-            bodies = [codec.encode(await keys.sealed(m.event)) for m in messages]
+            bodies = [codec.encode(e) for e in await keys.sealed_all([m.event for m in messages])]
         except keys.KeyStoreUnavailable as exc:
             raise StoreUnavailable(str(exc)) from exc
         try:

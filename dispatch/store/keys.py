@@ -187,6 +187,20 @@ class Keyring:
                 await self.ensure({p for p, _ in missing.wanted}, {d for _, d in missing.wanted if d})
         return sealing.seal(event, self)
 
+    async def sealed_all(self, events: list[E]) -> list[E]:
+        """Each event sealed; the keys all of them lack are created or loaded together, in one wave."""
+        out: list[E] = []
+        wanted: set[tuple[str, str]] = set()
+        for event in events:
+            try:
+                out.append(sealing.seal(event, self))
+            except sealing.Missing as missing:
+                wanted |= missing.wanted
+        if not wanted:
+            return out
+        await self.ensure({p for p, _ in wanted}, {d for _, d in wanted if d})
+        return [await self.sealed(event) for event in events]
+
     async def opened(self, event: E) -> E:
         """`event` with its envelopes opened (erased ones as the placeholder)."""
         for _ in range(3):
@@ -343,3 +357,9 @@ async def sealed(event: E) -> E:
     """`event` sealed with the active keyring (as it is when none is installed)."""
     keyring = active()
     return event if keyring is None else await keyring.sealed(event)
+
+
+async def sealed_all(events: list[E]) -> list[E]:
+    """Events sealed with the active keyring, their missing keys fetched together."""
+    keyring = active()
+    return events if keyring is None else await keyring.sealed_all(events)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
+from dispatch.channels.base import Transient
 from dispatch.cli.people import run_people
 from dispatch.events.audit import AuditEntry
 from dispatch.events.model import AlarmRaised, MemberBound
@@ -48,7 +49,8 @@ async def test_an_erased_number_is_in_no_file_after_a_replay_and_reads_as_erased
 ) -> None:
     data = tmp_path / "data"
     dlog.configure("json", "debug")
-    svc = await start_service(data, RecordingChannel(), roster=ROSTER)
+    channel = RecordingChannel()
+    svc = await start_service(data, channel, roster=ROSTER, delivery_backoff_base=0.1, delivery_backoff_max=0.2)
     try:
         stored = await svc.store.load("dispatch.evt.group.dongshan.1")
         raw = await svc.nc.jetstream().get_msg(EVENTS_STREAM, seq=stored[0].seq)  # type: ignore[union-attr]
@@ -67,6 +69,19 @@ async def test_an_erased_number_is_in_no_file_after_a_replay_and_reads_as_erased
             assert r.status_code == 200, r.text
             view = (await http.get(f"/v1/incidents/{incident}")).json()
             assert view["caller"]["phone"] == ERASED_E164 and view["caller"]["name"] == "杨淑芬"
+            channel.plan[ERASED_E164] = [Transient(reason="busy")]  # its retry goes through the work queue
+            r = await http.post("/v1/calls", json={"call_id": "erase-2", "caller": KEPT})
+            assert r.status_code == 202, r.text
+            second = r.json()["incident_id"]
+            await eventually(
+                lambda: [t.recipient.phone for t in channel.for_incident(second)].count(ERASED_E164) == 2,
+                what="the erased number's alert retried through DISPATCH_DELIVERY",
+            )
+            r = await http.post(
+                f"/v1/incidents/{second}/responses",
+                json={"responder": "13900000009", "action": "cancel", "reason": "caller_safe"},
+            )
+            assert r.status_code == 200, r.text
             r = await http.post(
                 "/v1/groups/import",
                 content=without(ROSTER, ERASED_NATIONAL).encode(),

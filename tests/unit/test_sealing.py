@@ -23,6 +23,7 @@ from dispatch.events.model import (
     MemberPlaced,
     Person,
     Place,
+    TokenIssued,
     Unreached,
 )
 from dispatch.events.sealing import ERASED, Missing, is_sealed, people_of, seal, unseal
@@ -191,3 +192,16 @@ def test_a_key_not_at_hand_is_asked_for_never_taken_as_erased() -> None:
     sealed = seal(alarm(), keys)
     with pytest.raises(Missing):
         unseal(sealed, MemoryKeys())
+
+
+def test_a_persons_token_is_sealed_a_systems_is_not() -> None:
+    keys = MemoryKeys()
+    keys.add("+8613900000009")
+    common = {"at": AT, "role": "officer", "secret_hash": "h"}
+    officer = TokenIssued(token_id="t1", name="吴建军", phone="+8613900000009", **common)
+    gateway = TokenIssued(token_id="t2", name="网关", **common)
+    sealed = seal(officer, keys)
+    assert "吴建军".encode() not in codec.encode(sealed) and unseal(sealed, keys) == officer
+    assert seal(gateway, keys) == gateway
+    keys.gone.update(keys.keys)
+    assert unseal(sealed, keys).name == ERASED
