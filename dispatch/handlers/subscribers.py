@@ -229,6 +229,7 @@ def build_broker(
             if deadlines.catching_up and deadlines.on_due is not None and not deadlines.known_here(due):
                 deadlines.on_due(due)  # joins the catch-up in its due-time order
             if await deadlines.already_handled(due):
+                deadlines.forget(due)  # the server's firing is the last of this deadline to come here
                 return None
         return await bus.handle(due)
 

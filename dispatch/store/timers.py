@@ -21,7 +21,12 @@ Invariants:
 - a deadline is kept in memory only after the server stored its schedule, never instead of it; the
   in-process clock fires a deadline at or after its due time (never before: a decision before the due
   time decides nothing), holds at most `MAX_IN_MEMORY` of them (beyond, the server's schedule alone),
-  and is lost with the process, which the server's schedule covers.
+  and is lost with the process, which the server's schedule covers;
+- a deadline handled from the in-process clock is remembered (`already_handled`) until the server's
+  firing of it has been taken (`forget`), and at most `HANDLED_KEPT_S` past its due time when that
+  firing came first or never comes here: a firing taken after that is decided again, which decides
+  nothing (the tier is reached). So what the clock remembers is bounded by the deadlines of the last
+  minutes, not by every deadline since the start (it held one per deadline up to MAX_IN_MEMORY).
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ class TimerDue(msgspec.Struct, frozen=True, kw_only=True):
 
 MAX_IN_MEMORY = 100_000
 FETCH_WAIT_S = 1.0
+HANDLED_KEPT_S = 600.0
 
 timer_encoder = msgspec.json.Encoder()
 timer_decoder = msgspec.json.Decoder(TimerDue)
@@ -147,7 +153,28 @@ class Timers:
             _, oldest = self._here.popitem(last=False)
             if not oldest.done():
                 oldest.set_result(False)
+        self._drop_handled_before(datetime.now(UTC))
         return settled
+
+    def _drop_handled_before(self, now: datetime) -> None:
+        """Forget the oldest handled deadlines due more than HANDLED_KEPT_S before `now`."""
+        while self._here:
+            (_, _, due_at), settled = next(iter(self._here.items()))
+            if not settled.done() or (now - due_at).total_seconds() <= HANDLED_KEPT_S:
+                return
+            self._here.popitem(last=False)
+
+    def forget(self, due: TimerDue) -> None:
+        """The server's firing of this deadline has been taken: if it was handled here, forget it."""
+        key = (due.incident_id, due.timer, due.due_at)
+        settled = self._here.get(key)
+        if settled is not None and settled.done():
+            del self._here[key]
+
+    @property
+    def remembered(self) -> int:
+        """How many deadlines handled (or being handled) here are remembered for `already_handled`."""
+        return len(self._here)
 
     def known_here(self, due: TimerDue) -> bool:
         """Whether this very deadline is handled, or being handled, from the in-process clock."""
