@@ -23,12 +23,18 @@ In one run, on one machine (not part of the test suite; `--minutes` sets the len
   keeps an index entry per subject of the log, kept for ever, and of the timers' stream, 7 days);
   the machine's 1-minute load average beside each row, since a shared machine's other work shows
   in the latencies and the loop lag;
-- `--tracemalloc`: serve runs with tracemalloc and, at the middle and the end of the run, dumps a
-  snapshot; the 20 source lines whose allocations grew most between them are printed (what grows,
-  when RSS does).
+- what grows, when RSS does: `--census` (cheap) has serve count its live objects by type (the
+  garbage collector's), pymalloc's blocks and glibc's heap at minute 1 and every `--snapshot-every`
+  minutes, and prints the types that grew since minute 1 per alarm; `--tracemalloc` (costly: keep
+  the rate low) also starts tracemalloc at minute 1 (`--frames` deep) and prints the tracebacks whose
+  live allocations grew most since then; `--cache-incidents N` shrinks the incidents row cache so
+  that it is full early and what grows beside it shows;
+- the nats-server's side: `benchmarks/nats_memory.py DATA_DIR` on a kept `--workdir` starts a fresh
+  server on the same store and prints what holding it costs (RSS, Go heap, subjects).
 
     python benchmarks/soak.py [--minutes 60] [--rate 5] [--groups 1500] [--unanswered-every 50]
-                              [--tracemalloc] [--workdir DIR] [--markdown FILE] [--json FILE]
+                              [--census] [--tracemalloc [--frames 12]] [--snapshot-every 5]
+                              [--cache-incidents N] [--workdir DIR] [--markdown FILE] [--json FILE]
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ import time
 import tracemalloc
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from common import Receiver, caller_of, cpu_seconds, pct, roster, start_serve
@@ -65,24 +72,55 @@ ACK_DEADLINE_S = 10
 ESCALATE_AFTER_S = 20
 UNANSWERED_RESOLVE_S = 30
 
-# `dispatch serve` with tracemalloc on; SIGUSR1 dumps a snapshot into SOAK_SNAPSHOTS (--tracemalloc)
-TRACED_SERVE = """
-import os, runpy, signal, sys, time, tracemalloc
-tracemalloc.start(int(os.environ.get("SOAK_FRAMES", "1")))
+# `dispatch serve` watched (--census, --tracemalloc): every SIGUSR1 writes a census into SOAK_SNAPSHOTS (live
+# objects by type from the garbage collector, pymalloc's allocated blocks, glibc's heap in use and free); with
+# SOAK_TRACE, the first SIGUSR1 also starts tracemalloc (after the start-up and the first minute, so that only
+# what is allocated under load is traced) and every one dumps a snapshot; SOAK_CACHE_INCIDENTS, if set, shrinks
+# the incidents row cache so that it is full early and what grows beside it shows
+WATCHED_SERVE = """
+import collections, ctypes, gc, json, os, runpy, signal, sys, time, tracemalloc
+if os.environ.get("SOAK_CACHE_INCIDENTS"):
+    import dispatch.projections.incidents as incidents
+    incidents.CACHE_INCIDENTS = int(os.environ["SOAK_CACHE_INCIDENTS"])
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+try:
+    mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    mallinfo2.restype = MallInfo2
+except (OSError, AttributeError):
+    mallinfo2 = None
 def dump(*_):
-    path = os.path.join(os.environ["SOAK_SNAPSHOTS"], f"snap-{time.time_ns()}.pickle")
-    tracemalloc.take_snapshot().dump(path + ".part")
-    os.rename(path + ".part", path)
+    stamp = time.time_ns()
+    folder = os.environ["SOAK_SNAPSHOTS"]
+    types = collections.Counter(type(o).__module__ + "." + type(o).__qualname__ for o in gc.get_objects())
+    census = {"blocks": sys.getallocatedblocks(), "types": dict(types.most_common(400))}
+    if mallinfo2 is not None:
+        info = mallinfo2()
+        census["malloc_in_use"], census["malloc_free"] = info.uordblks + info.hblkhd, info.fordblks
+    with open(os.path.join(folder, f"census-{stamp}.json.part"), "w") as out:
+        json.dump(census, out)
+    os.rename(os.path.join(folder, f"census-{stamp}.json.part"), os.path.join(folder, f"census-{stamp}.json"))
+    if os.environ.get("SOAK_TRACE"):
+        if not tracemalloc.is_tracing():
+            tracemalloc.start(int(os.environ.get("SOAK_FRAMES", "12")))
+        path = os.path.join(folder, f"snap-{stamp}.pickle")
+        tracemalloc.take_snapshot().dump(path + ".part")
+        os.rename(path + ".part", path)
 signal.signal(signal.SIGUSR1, dump)
 sys.argv = ["dispatch", "serve"]
 runpy.run_module("dispatch", run_name="__main__", alter_sys=True)
 """
 
 
-def start_traced_serve(data_dir: Path, http_port: int, hook: str, traced: bool = False) -> subprocess.Popen[bytes]:
+def start_traced_serve(
+    data_dir: Path, http_port: int, hook: str, traced: bool = False, trace_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """The soak's service: webhooks and the command centre on the receiver, short deadlines, and with
-    `traced` tracemalloc on (SIGUSR1 dumps a snapshot beside the data directory)."""
+    `traced` watched (WATCHED_SERVE: SIGUSR1 writes a census, and a tracemalloc snapshot, beside the data
+    directory)."""
     env = {
+        **(trace_env or {}),
         "SOAK_SNAPSHOTS": str(data_dir.parent),
         "DISPATCH_WEBHOOK_URLS": hook,
         "DISPATCH_WEBHOOK_SECRET": "soak-secret",
@@ -91,7 +129,7 @@ def start_traced_serve(data_dir: Path, http_port: int, hook: str, traced: bool =
         "DISPATCH_ACK_DEADLINE": str(ACK_DEADLINE_S),
         "DISPATCH_ESCALATE_AFTER": str(ESCALATE_AFTER_S),
     }
-    command = [sys.executable, "-c", TRACED_SERVE] if traced else None
+    command = [sys.executable, "-c", WATCHED_SERVE] if traced else None
     return start_serve(data_dir, http_port, env, command=command)
 
 
@@ -227,6 +265,49 @@ def slope_per_hour(points: list[tuple[float, float]]) -> float:
     return sum((x - mx) * (y - my) for x, y in points) / var * 60 if var else math.nan
 
 
+def short_path(filename: str) -> str:
+    """A traced frame's file, from the package down (`dispatch/...`, `nats/...`, `asyncio/...`)."""
+    for marker in ("/site-packages/", "/lib/python3", "/work/"):
+        if marker in filename:
+            tail = filename.split(marker, 1)[1]
+            return tail.split("/", 1)[1] if marker == "/lib/python3" and "/" in tail else tail
+    return filename
+
+
+def growth(first: tracemalloc.Snapshot, last: tracemalloc.Snapshot, alarms: int, top: int = 15) -> list[str]:
+    """The `top` tracebacks whose live allocations grew most from `first` to `last`, per alarm in between."""
+    lines = []
+    stats = [s for s in last.compare_to(first, "traceback") if s.size_diff > 0][:top]
+    total = sum(s.size_diff for s in last.compare_to(first, "filename"))
+    lines.append(f"  all traced: {total / 1024:+.0f} KiB, {total / max(1, alarms):+.0f} B per alarm")
+    for stat in stats:
+        frames = [f"{short_path(f.filename)}:{f.lineno}" for f in reversed(stat.traceback)]  # most recent first
+        lines.append(
+            f"  {stat.size_diff / 1024:+8.0f} KiB {stat.count_diff:+7d} blocks "
+            f"{stat.size_diff / max(1, alarms):+7.0f} B/alarm  " + " < ".join(frames[:8])
+        )
+    return lines
+
+
+def census_growth(first: dict[str, Any], last: dict[str, Any], alarms: int, top: int = 15) -> list[str]:
+    """Live objects by type, pymalloc's blocks and glibc's heap: what grew from `first` to `last`, per alarm."""
+    per = max(1, alarms)
+    blocks = last["blocks"] - first["blocks"]
+    lines = [f"  pymalloc blocks {blocks:+d} ({blocks / per:+.1f}/alarm)"]
+    if "malloc_in_use" in first and "malloc_in_use" in last:
+        used = last["malloc_in_use"] - first["malloc_in_use"]
+        free = last["malloc_free"] - first["malloc_free"]
+        lines.append(
+            f"  glibc heap in use {used / 1e6:+.1f} MB ({used / per:+.0f} B/alarm), "
+            f"free in the heap {free / 1e6:+.1f} MB"
+        )
+    grown = sorted(((n - first["types"].get(t, 0), t) for t, n in last["types"].items()), reverse=True)[:top]
+    for diff, name in grown:
+        if diff > 0:
+            lines.append(f"  {diff:+8d} {diff / per:+7.2f}/alarm  {name}")
+    return lines
+
+
 def fmt(value: float) -> str:
     if not math.isfinite(value):
         return "-"
@@ -249,6 +330,7 @@ class Soak:
         self.error_samples: list[str] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self.rows: list[Row] = []
+        self.snapshots: list[tuple[int, Path, Path]] = []
 
     def error(self, what: str) -> None:
         self.errors += 1
@@ -302,24 +384,33 @@ class Soak:
             total += int(json.loads(reply.data)["state"].get("num_subjects") or 0)
         return total
 
-    async def snapshot(self, proc: subprocess.Popen[bytes]) -> None:
-        """Ask the traced serve for a tracemalloc snapshot; from the second on, print what grew since the first."""
-        before = set(self.workdir.glob("snap-*.pickle"))
+    async def snapshot(self, proc: subprocess.Popen[bytes], alarms: int) -> None:
+        """Ask the watched serve for a census (and a tracemalloc snapshot); from the second on, print what grew
+        since the first."""
+        pattern = "snap-*.pickle" if self.args.tracemalloc else "census-*.json"
+        before = set(self.workdir.glob(pattern))
         proc.send_signal(signal.SIGUSR1)
-        for _ in range(600):
-            if new := set(self.workdir.glob("snap-*.pickle")) - before:
+        for _ in range(1200):
+            if new := set(self.workdir.glob(pattern)) - before:
                 break
             await asyncio.sleep(0.1)
         else:
-            print("tracemalloc: no snapshot written", flush=True)
+            print("census: none written", flush=True)
             return
-        snaps = sorted(self.workdir.glob("snap-*.pickle"))
-        if len(snaps) < 2:
+        census = max(self.workdir.glob("census-*.json"))
+        self.snapshots.append((alarms, max(new), census))
+        if len(self.snapshots) < 2:
             return
-        first, last = (tracemalloc.Snapshot.load(str(p)) for p in (snaps[0], max(new)))
-        print("tracemalloc: largest growth since the first snapshot", flush=True)
-        for stat in last.compare_to(first, "lineno")[:20]:
-            print(f"  {stat}", flush=True)
+        (a0, p0, c0), (a1, p1, c1) = self.snapshots[0], self.snapshots[-1]
+        first_census, last_census = (json.loads(c.read_text()) for c in (c0, c1))
+        print(f"census: what grew over the last {a1 - a0} alarms", flush=True)
+        for line in census_growth(first_census, last_census, a1 - a0):
+            print(line, flush=True)
+        if self.args.tracemalloc:
+            first, last = await asyncio.to_thread(lambda: [tracemalloc.Snapshot.load(str(p)) for p in (p0, p1)])
+            print(f"tracemalloc: what grew over the last {a1 - a0} alarms, by traceback", flush=True)
+            for line in growth(first, last, a1 - a0):
+                print(line, flush=True)
 
     async def read_lag(self, nc: object, db: Database) -> dict[str, int]:
         def position(name: str) -> int:
@@ -341,9 +432,22 @@ class Soak:
 
     async def run(self) -> dict[str, object]:
         args = self.args
+        main = asyncio.current_task()
+        assert main is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)  # SIGTERM: stop serve too
         await self.receiver.start()
         hook = self.receiver.hook
-        proc = await asyncio.to_thread(start_traced_serve, self.data_dir, self.port, hook, args.tracemalloc)
+        trace_env = {"SOAK_FRAMES": str(args.frames)}
+        if args.tracemalloc:
+            trace_env["SOAK_TRACE"] = "1"
+        if args.cache_incidents:
+            trace_env["SOAK_CACHE_INCIDENTS"] = str(args.cache_incidents)
+        watched = args.tracemalloc or args.census
+        try:
+            proc = await asyncio.to_thread(start_traced_serve, self.data_dir, self.port, hook, watched, trace_env)
+        except BaseException:
+            await self.receiver.stop()
+            raise
         nats_pid = int((self.data_dir / "nats" / "pid").read_text())
         nc = await connect([running_url(self.data_dir) or ""], running_auth(self.data_dir))
         db = Database(f"sqlite:///{self.data_dir / 'dispatch.db'}")
@@ -426,8 +530,9 @@ class Soak:
                 if args.json:  # every minute, so the rows so far survive a run that dies
                     text = json.dumps(self.summary(), indent=2, default=str)
                     await asyncio.to_thread(Path(args.json).write_text, text)
-                if args.tracemalloc and minute in (max(1, args.minutes // 2), args.minutes):
-                    await self.snapshot(proc)
+                snap_due = (minute - 1) % args.snapshot_every == 0 or minute == args.minutes
+                if (args.tracemalloc or args.census) and snap_due:
+                    await self.snapshot(proc, i)
                 lags = "/".join(str(v) for v in row.read_lag.values())
                 print(
                     f"{minute:>4} {row.alarms:>6} {row.errors:>4} {fmt(row.p50_ms):>7} {fmt(row.p99_ms):>7} "
@@ -499,7 +604,19 @@ def main() -> int:
     parser.add_argument(
         "--tracemalloc",
         action="store_true",
-        help="run serve with tracemalloc (slower); print what grew between mid-run and the end",
+        help="trace serve's allocations from minute 1 on; print what grew, by traceback, every --snapshot-every",
+    )
+    parser.add_argument(
+        "--census",
+        action="store_true",
+        help="count serve's live objects by type (and its heap) from minute 1 on, every --snapshot-every; cheap",
+    )
+    parser.add_argument("--snapshot-every", type=int, default=5, help="minutes between tracemalloc snapshots")
+    parser.add_argument("--frames", type=int, default=12, help="frames kept per traced allocation")
+    parser.add_argument(
+        "--cache-incidents",
+        type=int,
+        help="traced runs: shrink the incidents row cache to this many (so it is full early)",
     )
     parser.add_argument("--workdir", help="keep the service's data here (default: a temporary directory, removed)")
     parser.add_argument("--markdown", help="also write the table (every 5th minute) and the slopes to this file")
