@@ -59,6 +59,8 @@ class Result:
     p99_ms: float
     completed: int
     max_rate: float
+    cpu_ms_per_alarm: float = 0.0  # steady phase: this process (publisher, consumer, subscribers) + its nats-server
+    closed_cpu_ms_per_alarm: float = 0.0  # the same over the closed loop
 
 
 class Waiters:
@@ -153,9 +155,16 @@ async def run_baseline(workdir: Path, rate: float, seconds: float, closed_second
             await js.publish(f"bench.alarm.{i}", key.encode())
             return await asyncio.wait_for(fut, 30)
 
+        cpu0 = cpu_seconds([server.pid or 0])
         latencies = await steady(launch, rate, seconds)
-        max_rate = await closed_loop(launch, len(latencies), closed_seconds) if closed_seconds else 0.0
-        return Result(pct(latencies, 0.5), pct(latencies, 0.99), len(latencies), max_rate)
+        cpu = (cpu_seconds([server.pid or 0]) - cpu0) * 1000 / len(latencies)
+        max_rate, closed_cpu = 0.0, 0.0
+        if closed_seconds:
+            cpu0, wall0 = cpu_seconds([server.pid or 0]), time.perf_counter()
+            max_rate = await closed_loop(launch, len(latencies), closed_seconds)
+            alarms = max_rate * (time.perf_counter() - wall0)
+            closed_cpu = (cpu_seconds([server.pid or 0]) - cpu0) * 1000 / max(1.0, alarms)
+        return Result(pct(latencies, 0.5), pct(latencies, 0.99), len(latencies), max_rate, cpu, closed_cpu)
     finally:
         await nc.close()
         await server.stop()

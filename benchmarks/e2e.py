@@ -33,7 +33,8 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import (
@@ -48,6 +49,7 @@ from common import (
     start_serve,
     steady,
 )
+from cpubudget import Profiler, budget, fold, table
 
 from dispatch.channels.http import HttpPoster
 from dispatch.store.connect import connect
@@ -61,6 +63,8 @@ class E2E:
     calls: int
     serve_cpu_ms: float
     read_side_cpu_ms: float | None
+    nats_cpu_ms: float = 0.0
+    samples: Counter[str] = field(default_factory=Counter)  # --profile: py-spy samples per stage
 
 
 def serve_env(hook: str, read_models: str) -> dict[str, str]:
@@ -74,7 +78,7 @@ def serve_env(hook: str, read_models: str) -> dict[str, str]:
     }
 
 
-async def run_e2e(workdir: Path, rate: float, seconds: float, read_models: str) -> E2E:
+async def run_e2e(workdir: Path, rate: float, seconds: float, read_models: str, profile: Path | None = None) -> E2E:
     receiver = Receiver()
     await receiver.start()
     port = free_port()
@@ -111,17 +115,28 @@ async def run_e2e(workdir: Path, rate: float, seconds: float, read_models: str) 
                 arrived = await asyncio.wait_for(receiver.alarm_rung(incident), 60)
                 return (arrived - sent) * 1000
 
-            pids = [proc.pid] + ([projector.pid] if projector is not None else [])
+            nats_pid = int((data_dir / "nats" / "pid").read_text())
+            pids = [proc.pid, nats_pid] + ([projector.pid] if projector is not None else [])
+            profiler = Profiler(proc.pid, profile) if profile is not None else None
+            if profiler is not None:
+                await profiler.start()
             cpu0 = [cpu_seconds([pid], this_process=False) for pid in pids]
             latencies = await steady(launch, rate, seconds)
             cpu = [
                 (cpu_seconds([pid], this_process=False) - c) * 1000 / len(latencies)
                 for pid, c in zip(pids, cpu0, strict=True)
             ]
+            samples = fold(await profiler.stop()) if profiler is not None else Counter[str]()
         finally:
             await http.close()
         return E2E(
-            pct(latencies, 0.5), pct(latencies, 0.99), len(latencies), cpu[0], cpu[1] if projector is not None else None
+            pct(latencies, 0.5),
+            pct(latencies, 0.99),
+            len(latencies),
+            cpu[0],
+            cpu[2] if projector is not None else None,
+            nats_cpu_ms=cpu[1],
+            samples=samples,
         )
     finally:
         if projector is not None:
@@ -139,21 +154,33 @@ async def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--read-models", choices=("here", "elsewhere"), default="here")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="sample serve with py-spy during the load, keep the raw stacks in DIR and print serve's CPU per "
+        "call by stage (benchmarks/cpubudget.py)",
+    )
     args = parser.parse_args()
     rows: list[tuple[float, float, E2E]] = []
+    raw_cpu: list[float] = []
+    if args.profile:
+        await asyncio.to_thread(Path(args.profile).mkdir, parents=True, exist_ok=True)
     for round_ in range(1, args.rounds + 1):
         workdir = Path(tempfile.mkdtemp(prefix="dispatch-bench-e2e-"))
         try:
             base = await run_baseline(workdir, args.rate, args.seconds, closed_seconds=0)
-            e2e = await run_e2e(workdir, args.rate, args.seconds, args.read_models)
+            profile = Path(args.profile) / f"e2e-round{round_}.txt" if args.profile else None
+            e2e = await run_e2e(workdir, args.rate, args.seconds, args.read_models, profile)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         rows.append((base.p50_ms, base.p99_ms, e2e))
+        raw_cpu.append(base.cpu_ms_per_alarm)
         worker = "" if e2e.read_side_cpu_ms is None else f", read side {e2e.read_side_cpu_ms:.2f}"
         print(
             f"round {round_}: baseline p50 {base.p50_ms:.2f} p99 {base.p99_ms:.2f} ms | "
             f"POST /v1/calls -> 9 webhooks p50 {e2e.p50_ms:.2f} p99 {e2e.p99_ms:.2f} ms ({e2e.calls} calls) | "
-            f"CPU per call: serve {e2e.serve_cpu_ms:.2f}{worker} ms",
+            f"CPU per call: serve {e2e.serve_cpu_ms:.2f}{worker}, its nats-server {e2e.nats_cpu_ms:.2f}, "
+            f"raw baseline {base.cpu_ms_per_alarm:.2f} ms",
             file=sys.stderr,
         )
     figures = {
@@ -166,7 +193,13 @@ async def main() -> int:
         "e2e_p50_ms": statistics.median(r[2].p50_ms for r in rows),
         "e2e_p99_ms": statistics.median(r[2].p99_ms for r in rows),
         "serve_cpu_ms_per_call": statistics.median(r[2].serve_cpu_ms for r in rows),
+        "serve_nats_cpu_ms_per_call": statistics.median(r[2].nats_cpu_ms for r in rows),
+        "baseline_cpu_ms_per_alarm": statistics.median(raw_cpu),
     }
+    if args.profile:
+        samples = sum((r[2].samples for r in rows), Counter[str]())
+        figures["serve_cpu_us_by_stage"] = budget(samples, figures["serve_cpu_ms_per_call"] * 1000)
+        figures["profile_samples"] = sum(samples.values())
     if args.read_models == "elsewhere":
         figures["read_side_cpu_ms_per_call"] = statistics.median(r[2].read_side_cpu_ms or 0.0 for r in rows)
     figures["p99_ratio"] = figures["e2e_p99_ms"] / figures["baseline_p99_ms"]
@@ -179,6 +212,23 @@ async def main() -> int:
     print(f"{'e2e':<10}{figures['e2e_p50_ms']:>10.2f}{figures['e2e_p99_ms']:>10.2f}")
     print(f"{'ratio':<10}{figures['e2e_p50_ms'] / figures['baseline_p50_ms']:>10.2f}{figures['p99_ratio']:>10.2f}")
     print(f"serve CPU per call {figures['serve_cpu_ms_per_call']:.2f} ms")
+    machine = figures["serve_cpu_ms_per_call"] + figures["serve_nats_cpu_ms_per_call"]
+    print(
+        f"machine CPU per call (serve + its nats-server) {machine:.2f} ms; raw baseline per alarm "
+        f"{figures['baseline_cpu_ms_per_alarm']:.2f} ms; ratio {machine / figures['baseline_cpu_ms_per_alarm']:.1f}x"
+    )
+    if args.profile:
+        print()
+        print(
+            table(
+                {"e2e: serve": figures["serve_cpu_us_by_stage"]},  # type: ignore[dict-item]
+                {
+                    "serve, total": figures["serve_cpu_ms_per_call"] * 1000,
+                    "its nats-server": figures["serve_nats_cpu_ms_per_call"] * 1000,
+                    "raw baseline per alarm (process + nats-server)": figures["baseline_cpu_ms_per_alarm"] * 1000,
+                },
+            )
+        )
     if args.json:
         await asyncio.to_thread(Path(args.json).write_text, json.dumps(figures, indent=2))
     return 0

@@ -46,6 +46,7 @@ from common import (
     run_baseline,
     start_read_side,
 )
+from cpubudget import Profiler, budget, fold, table
 
 from dispatch.channels.base import Delivered, Outcome
 from dispatch.events.jobs import DeliveryJob, Target
@@ -176,6 +177,12 @@ async def main() -> int:
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--postgres", default=DEFAULT_POSTGRES)
     parser.add_argument("--read-models", choices=("here", "elsewhere"), default="here")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="sample the one-process storm's worker with py-spy, keep the raw stacks in DIR and print its CPU per "
+        "alarm by stage (benchmarks/cpubudget.py)",
+    )
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -186,6 +193,7 @@ async def main() -> int:
     dlog.configure("json", "error")
     workdir = Path(tempfile.mkdtemp(prefix="dispatch-bench-storm-"))
     figures: dict[str, float] = {"seconds": args.seconds, "in_flight": IN_FLIGHT}
+    stages: dict[str, float] = {}
     print(f"read models: {args.read_models}")
     procs: list[asyncio.subprocess.Process] = []
     read_side: list[asyncio.subprocess.Process] = []
@@ -195,6 +203,7 @@ async def main() -> int:
     try:
         base = await run_baseline(workdir / "raw", 1, 1, closed_seconds=args.seconds)
         figures["baseline_max_per_s"] = base.max_rate
+        figures["baseline_cpu_ms_per_alarm"] = base.closed_cpu_ms_per_alarm
         await server.start()
         nc = await nats.connect(server.url, **server.auth.connect_kwargs())
         if args.read_models == "elsewhere":
@@ -209,9 +218,27 @@ async def main() -> int:
         half = args.groups // 2
         await storm(nc, 0, 200, 2.0)
         pids = [server.pid or 0, procs[0].pid, *(p.pid for p in read_side)]
+        profiler = None
+        if args.profile:
+            await asyncio.to_thread(Path(args.profile).mkdir, parents=True, exist_ok=True)
+            profiler = Profiler(procs[0].pid, Path(args.profile) / "storm-one-process.txt")
+            await profiler.start()
         cpu0, wall0 = cpu_seconds(pids), time.perf_counter()
+        worker0, nats0 = (
+            cpu_seconds([procs[0].pid], this_process=False),
+            cpu_seconds([server.pid or 0], this_process=False),
+        )
         rate1, p99_1, n1 = await storm(nc, 200, half, args.seconds)
         figures["one_process_cores_busy"] = (cpu_seconds(pids) - cpu0) / (time.perf_counter() - wall0)
+        figures["one_process_worker_cpu_ms_per_alarm"] = (
+            (cpu_seconds([procs[0].pid], this_process=False) - worker0) * 1000 / max(1, n1)
+        )
+        figures["one_process_nats_cpu_ms_per_alarm"] = (
+            (cpu_seconds([server.pid or 0], this_process=False) - nats0) * 1000 / max(1, n1)
+        )
+        if profiler is not None:
+            samples = fold(await profiler.stop())
+            stages = budget(samples, figures["one_process_worker_cpu_ms_per_alarm"] * 1000)
         procs.append(await spawn(server.authenticated_url, workdir / "w2", 0, database_url, args.read_models))
         await storm(nc, half, half + 200, 2.0)
         pids.append(procs[1].pid)
@@ -247,9 +274,22 @@ async def main() -> int:
         await asyncio.to_thread(drop_schema, args.postgres, schema)
     print(f"\nstorm: closed loop, {IN_FLIGHT} alarms in flight, {args.seconds:.0f} s, fsync always")
     for key, value in figures.items():
-        print(f"  {key:<24}{value:>12,.2f}")
+        print(f"  {key:<36}{value:>12,.2f}")
+    if stages:
+        print()
+        print(
+            table(
+                {"storm: one worker": stages},
+                {
+                    "worker, total": figures["one_process_worker_cpu_ms_per_alarm"] * 1000,
+                    "its nats-server": figures["one_process_nats_cpu_ms_per_alarm"] * 1000,
+                    "raw baseline per alarm (process + nats-server)": figures["baseline_cpu_ms_per_alarm"] * 1000,
+                },
+            )
+        )
     if args.json:
-        await asyncio.to_thread(Path(args.json).write_text, json.dumps(figures, indent=2))
+        out = {**figures, "worker_cpu_us_by_stage": stages} if stages else figures
+        await asyncio.to_thread(Path(args.json).write_text, json.dumps(out, indent=2))
     return 0
 
 
