@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from dispatch.domain.absence import ROLE_RANK
 from dispatch.domain.incident import Quorum
 from dispatch.domain.messages import ROLE_ZH
 from dispatch.projections.incidents import INCIDENTS, RESPONDERS
@@ -139,7 +140,7 @@ def readiness(
     }
     sub_names = _names(conn, sorted({a[2] for a in away.values() if a[2] is not None and not a[3]}))
     absent = []
-    standing: dict[tuple[str, str], set[str]] = defaultdict(set)
+    standing: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
     for (v, g), people in members.items():
         tz = zones.of(v)
         for phone, name, role in people:
@@ -147,8 +148,8 @@ def readiness(
                 continue
             starts, until, substitute, substitute_name = away[phone]
             rung = substitute is not None and substitute not in away and substitute not in subs_away
-            if rung:
-                standing[(v, g)].add(role)
+            if rung and substitute is not None:
+                standing[(v, g)].append((substitute, role))
             absent.append(
                 {
                     "village": v,
@@ -170,9 +171,14 @@ def readiness(
         people = members.get((v, g), [])
         present = {role for _, _, role in people}
         gone = {role for phone, _, role in people if phone in away}
-        available = {
-            role for phone, _, role in people if (v, g, phone) not in out_of_reach and phone not in away
-        } | standing[(v, g)]
+        # who an alarm would ring, as routing does: a substitute once, in the better-ranked role
+        rung_as = {phone: role for phone, _, role in people if (v, g, phone) not in out_of_reach and phone not in away}
+        for substitute, role in standing[(v, g)]:
+            if ROLE_RANK.get(role, 9) < ROLE_RANK.get(rung_as.get(substitute, ""), 9):
+                if substitute in rung_as:
+                    gone.add(rung_as[substitute])  # a member standing in for another leaves their own role
+                rung_as[substitute] = role
+        available = set(rung_as.values())
         missing = []
         for clause in quorum:
             if available.intersection(clause):

@@ -10,7 +10,7 @@ import pytest
 
 from dispatch.domain.incident import parse_quorum
 from dispatch.domain.timezones import DEFAULT_TIME_ZONE, zone
-from dispatch.events.model import Event
+from dispatch.events.model import AbsenceEnded, AbsenceSet, Event
 from dispatch.projections.incidents import IncidentsProjection
 from dispatch.projections.roster import RosterProjection
 from dispatch.projections.runner import apply_batch, ensure_schema
@@ -300,6 +300,39 @@ def test_readiness_finds_silent_unreachable_uncoverable_and_quiet(database: Data
     assert drilled["quiet_groups"][0]["last_drill_at"] == drilled["quiet_groups"][0]["last_alarm_at"]
     strict = readiness(conn, DONGSHAN, zones, parse_quorum("officer,leader|assistant"), now=now.timestamp(), last=2)
     assert "+86138****0003" in {m["phone"] for m in strict["silent_members"]}
+
+
+def test_readiness_sees_an_absence_from_its_start_to_its_end_excluded(database: Database) -> None:
+    """Issue 23.1: the officer of dongshan away without substitute leaves its three groups short
+    (why `absent`) exactly over [starts, until); xishan's officer away with xishan's leader standing
+    in leaves xishan short of a leader (one person, rung once, as the officer); an ended absence is gone."""
+    _, events = roster(ROSTER, T - timedelta(days=1))
+    hour = timedelta(hours=1)
+    events += [
+        AbsenceSet(at=T - hour, phone=OFFICER, starts=T, until=T + hour),
+        AbsenceSet(at=T - hour, phone="+8613600000009", starts=T, until=T + hour, substitute="+8613700000008"),
+        AbsenceSet(at=T - hour, phone=LEADER2, starts=T - hour, until=T + hour),
+        AbsenceEnded(at=T - hour / 2, phone=LEADER2),
+    ]
+    conn = load(database, events)
+    zones = load_zones(conn)
+    quorum = parse_quorum("officer,leader|assistant")
+
+    def short(at: datetime) -> set[tuple[str, str, str]]:
+        report = readiness(conn, None, zones, quorum, now=at.timestamp(), reveal=True)
+        return {(g["village"], g["group"], m["why"]) for g in report["groups_without_quorum"] for m in g["missing"]}
+
+    tick = timedelta(microseconds=1)
+    assert short(T - timedelta(seconds=1)) == set()
+    during = {("dongshan", "1", "absent"), ("dongshan", "2", "absent"), ("dongshan", "3", "absent")}
+    assert short(T) == during | {("xishan", "1", "absent")}
+    assert short(T + hour - tick * 1000) == during | {("xishan", "1", "absent")}
+    assert short(T + hour) == set()
+    report = readiness(conn, None, zones, quorum, now=T.timestamp(), reveal=True)
+    absent = {(a["village"], a["group"], a["phone"]): a for a in report["absent_members"]}
+    assert len(absent) == 4 and LEADER2 not in {a["phone"] for a in absent.values()}, "an ended absence is gone"
+    west = absent[("xishan", "1", "+8613600000009")]
+    assert west["substitute"] == "+8613700000008" and west["substitute_name"] == "乙" and west["substitute_rung"]
 
 
 @pytest.mark.parametrize("text", ["2026-11-01", "2026-11-01T00:00:00", "2026-10-31T16:00:00Z"])
