@@ -54,13 +54,30 @@ class PrivateCluster:
         subprocess.run([*self._prefix, *args], check=True, capture_output=True, timeout=120)
 
     def start(self) -> str:
-        data = self.root / "data"
-        self._run(str(self.bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        self._run(
+            str(self.bindir / "initdb"), "-D", str(self.root / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8"
+        )
+        self.resume()
+        return self.url
+
+    def resume(self) -> None:
+        """Start the (initialised) cluster again on the same port: after `halt`, the outage is over."""
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
         self._run(
-            str(self.bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(self.root / "log"), "-w", "start"
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.root / "data"),
+            "-o",
+            options,
+            "-l",
+            str(self.root / "log"),
+            "-w",
+            "start",
         )
-        return self.url
+
+    def halt(self) -> None:
+        """Stop the cluster as a crash would (`pg_ctl stop -m immediate`): every connection cut, none accepted."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop")
 
     def stop(self) -> None:
         try:
