@@ -56,6 +56,7 @@ from dispatch.domain.messages import ROLE_ZH
 from dispatch.events.jobs import DeliveryJob
 from dispatch.events.model import Actor, CallRepeated, DeliveryFailed, IncidentOpened
 from dispatch.handlers.aggregates import IncidentCache, Incidents
+from dispatch.handlers.broadcast import AlarmPriority, Broadcasts, BroadcastService, BulkQueue, BulkSender
 from dispatch.handlers.bus import MessageBus
 from dispatch.handlers.calls import CallService
 from dispatch.handlers.delivery import DeliveryWorker
@@ -65,7 +66,7 @@ from dispatch.handlers.escalation import EscalationService
 from dispatch.handlers.fanout import FanOut
 from dispatch.handlers.gateway import GatewayCallbacks
 from dispatch.handlers.groups import GroupService
-from dispatch.handlers.messages import Answer, CallRequest, OpenDrill, OpenReport, Trigger
+from dispatch.handlers.messages import Answer, CallRequest, HeardBroadcast, OpenDrill, OpenReport, Trigger
 from dispatch.handlers.pool import TaskPool
 from dispatch.handlers.priority import Priority
 from dispatch.handlers.responses import ResponseService
@@ -96,7 +97,7 @@ from dispatch.store.headers import install_header_parser
 from dispatch.store.jobs import JobQueue
 from dispatch.store.keys import Keyring
 from dispatch.store.keys import install as install_keyring
-from dispatch.store.provision import TIMERS_CONSUMER, provision
+from dispatch.store.provision import BULK_CHANNELS, TIMERS_CONSUMER, provision
 from dispatch.store.server import EmbeddedNats
 from dispatch.store.timers import TimerDue, Timers
 
@@ -290,6 +291,8 @@ class Service:
         self.pools: dict[str, TaskPool] = {}
         self.admin_token: str | None = None
         self.gateway_client: GatewayClient | None = None
+        self.bulk_gateway: GatewayClient | None = None
+        self.bulk_sender: BulkSender | None = None
         self.callbacks: CallbackBus | None = None
         self.sms: SmsChannel | None = None
         self.simulated_phones: PhoneSimulator | None = None
@@ -387,6 +390,15 @@ class Service:
         )
         self.groups = GroupService(self.uow, self.directory, region=st.region)
         self.responses = ResponseService(self.uow, self.metrics, region=st.region)
+        self.alarm_priority = AlarmPriority()
+        for channel in self.channels:
+            if isinstance(channel, VoiceChannel):
+                channel.priority = self.alarm_priority
+        self.broadcasts = Broadcasts(self.store)
+        bulk_channels = [c.name for c in self.channels if c.name in BULK_CHANNELS]
+        self.broadcast_service = BroadcastService(
+            self.uow, self.broadcasts, self.directory.directory, BulkQueue(self.nc), channels=bulk_channels
+        )
         self.delivery = DeliveryWorker(
             self.store,
             JobQueue(self.nc),
@@ -396,6 +408,7 @@ class Service:
             max_attempts=st.delivery_max_attempts,
             backoff_base=st.delivery_backoff_base,
             backoff_max=st.delivery_backoff_max,
+            priority=self.alarm_priority,
         )
         timers = self.timers = Timers(self.nc)
         decided = IncidentCache()
@@ -411,6 +424,7 @@ class Service:
             routing=self.channel_config,
             metrics=self.metrics,
             cache=decided,
+            priority=self.alarm_priority,
         )
         self.gateway_callbacks = GatewayCallbacks(
             self.store,
@@ -433,6 +447,7 @@ class Service:
             priority=self.priority,
             drills=self.drills,
         )
+        self.bus.register(HeardBroadcast, self.broadcast_service.heard)
         self.broker = build_broker(
             self.nats_urls,
             bus=self.bus,
@@ -460,6 +475,23 @@ class Service:
                 )
         lap("deadlines")
         await self.broker.start()
+        config_gateway = self.channel_config.gateway
+        if bulk_channels and config_gateway is not None:
+            self.bulk_gateway = GatewayClient(
+                config_gateway.url, config_gateway.secret, max_connections=st.broadcast_connections
+            )
+            self.bulk_sender = BulkSender(
+                self.nc,
+                self.store,
+                self.broadcasts,
+                self.bulk_gateway,
+                channels=bulk_channels,
+                callback_url=f"{st.base_url}/v1/gateway/voice",
+                priority=self.alarm_priority,
+                rate=st.broadcast_rate,
+                parallel=st.broadcast_connections,
+            )
+            await self.bulk_sender.start()
         broker = self.broker
         self.metrics.nats_connected.labels("handlers").set_function(lambda: float(self._connected(broker._connection)))
 
@@ -507,6 +539,7 @@ class Service:
                 audit=AuditTrail(self.nc),
                 simulated_channels=tuple(self.simulated_channels),
                 drills=self.drills.drills,
+                broadcasts=self.broadcast_service,
             )
         )
         config = server_config(
@@ -793,6 +826,8 @@ class Service:
         await self.loop_lag.stop()
         if getattr(self, "timers", None) is not None:
             self.timers.close()
+        if self.bulk_sender is not None:
+            await self.bulk_sender.stop()
         if self.broker is not None:
             with contextlib.suppress(Exception):
                 await self.broker.stop()
@@ -829,6 +864,8 @@ class Service:
                 await self.callbacks.stop()
         if self.gateway_client is not None:
             await self.gateway_client.close()
+        if self.bulk_gateway is not None:
+            await self.bulk_gateway.close()
         if getattr(self, "store", None) is not None:
             await self.store.close()
         if getattr(self, "keyring", None) is not None:

@@ -84,6 +84,8 @@ class Settings:
     audit_retention_days: float = 365.0
     retention_days: float = 0.0
     simulate_phones: bool = False
+    broadcast_rate: float = 200.0
+    broadcast_connections: int = 8
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -132,6 +134,8 @@ class Settings:
             audit_retention_days=_float("AUDIT_RETENTION_DAYS", 365.0),
             retention_days=_float("RETENTION_DAYS", 0.0),
             simulate_phones=_bool("SIMULATE_PHONES"),
+            broadcast_rate=_float("BROADCAST_RATE", 200.0),
+            broadcast_connections=_int("BROADCAST_CONNECTIONS", 8),
         )
         for key, value in overrides.items():
             if value is not None:
@@ -187,6 +191,10 @@ class Settings:
             raise SettingsError("DISPATCH_HTTP_MAX_CONNECTIONS must be at least 1")
         if self.rate_limit < 0 or self.rate_burst < 1:
             raise SettingsError("DISPATCH_RATE_LIMIT must be 0 (off) or more, DISPATCH_RATE_BURST at least 1")
+        if self.broadcast_rate <= 0 or self.broadcast_connections < 1:
+            raise SettingsError(
+                "DISPATCH_BROADCAST_RATE must be positive and DISPATCH_BROADCAST_CONNECTIONS at least 1"
+            )
         if self.delivery_max_attempts < 1:
             raise SettingsError("DISPATCH_DELIVERY_MAX_ATTEMPTS must be at least 1")
         if not 0 < self.ack_deadline_s <= self.escalate_after_s:

@@ -38,7 +38,7 @@ from litestar.exceptions import (
 from litestar.openapi import OpenAPIConfig
 from litestar.types import Scope
 
-from dispatch.api import audit, calls, drills, gateway, groups, incidents, members, ops, reports, tokens
+from dispatch.api import audit, broadcasts, calls, drills, gateway, groups, incidents, members, ops, reports, tokens
 from dispatch.api.console_files import console_routes
 from dispatch.api.deps import MAX_JSON_BYTES, ApiServices, error
 from dispatch.api.deps import audit as audit_act
@@ -129,6 +129,7 @@ def create_app(services: ApiServices) -> Litestar:
             *gateway.routes(s),
             *tokens.routes(s),
             *audit.routes(s),
+            *broadcasts.routes(s),
             *ops.routes(s),
             *console_routes(),
         ],

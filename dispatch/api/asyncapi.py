@@ -31,6 +31,10 @@ from dispatch.events.codec import SCHEMA_HEADER, TYPE_HEADER
 from dispatch.events.jobs import DeliveryJob
 from dispatch.events.model import (
     ALL_EVENT_TYPES,
+    BroadcastAddressed,
+    BroadcastHanded,
+    BroadcastHeard,
+    BroadcastStarted,
     CallRouted,
     DeliveryFailed,
     DeliverySucceeded,
@@ -45,6 +49,7 @@ from dispatch.events.model import (
     TokenRevoked,
     VillageEvent,
 )
+from dispatch.handlers.broadcast import BulkJob
 from dispatch.handlers.messages import CallRequest, CallResult
 from dispatch.observe.metrics import running_version
 from dispatch.store.provision import FANOUT, TIMERS_CONSUMER
@@ -71,6 +76,8 @@ def event_channels() -> dict[str, list[type[Event]]]:
         "calls": [CallRouted],
         "tokens": [TokenIssued, TokenRevoked],
         "drills": _events_of(DrillEvent),
+        "broadcasts": [BroadcastStarted, BroadcastAddressed, BroadcastHeard],
+        "broadcastOutcomes": [BroadcastHanded],
     }
 
 
@@ -129,6 +136,18 @@ EVENT_CHANNELS: dict[str, dict[str, Any]] = {
         "description": "CallRouted: what one gateway call id was answered (a retried call gets the same answer). "
         f"Stream {s.INDEX_STREAM}, off the log's write path (see legacyCalls for where it was before).",
     },
+    "broadcasts": {
+        "address": s.broadcast_subject("{broadcast_id}"),
+        "parameters": {"broadcast_id": _param("broadcast id, one token")},
+        "description": "A warning to whole villages: started with its recipients in pages, then each "
+        "receipt (press or reply 1), decided with the subject's expected last sequence.",
+    },
+    "broadcastOutcomes": {
+        "address": s.broadcast_out_subject("{broadcast_id}"),
+        "parameters": {"broadcast_id": _param("broadcast id, one token")},
+        "description": "A broadcast's chunks handed to a channel or given up on; facts, idempotent by "
+        "message id, no expected sequence.",
+    },
     "tokens": {
         "address": s.token_subject("{token_id}"),
         "parameters": {"token_id": _param("token id, one token")},
@@ -154,6 +173,7 @@ EVENTS_STREAM = {
         s.VILLAGES_ALL: "the in-memory directory",
         s.MEMBERS_ALL: "the in-memory directory (absences)",
         s.TOKENS_ALL: "the token table",
+        s.BROADCASTS_ALL: "every process's broadcasts, folded in memory (caught up on each read)",
     },
 }
 
@@ -192,6 +212,10 @@ SUMMARIES = {
     "DrillCancelled": "A scheduled drill was called off before it started",
     "TokenIssued": "An access token was issued",
     "TokenRevoked": "An access token was revoked",
+    "BroadcastStarted": "A warning to every member of villages was started",
+    "BroadcastAddressed": "A page of a broadcast's recipients",
+    "BroadcastHanded": "A chunk of a broadcast was handed to a channel (or given up on)",
+    "BroadcastHeard": "A recipient confirmed hearing a broadcast (pressed or replied 1)",
 }
 
 
@@ -235,7 +259,16 @@ def _ref(kind: str, name: str) -> dict[str, str]:
 def document() -> dict[str, Any]:
     """The AsyncAPI 3.0 document, as a JSON-ready dict."""
     by_channel = event_channels()
-    structs: list[Any] = [*ALL_EVENT_TYPES, DeliveryJob, TimerDue, CallRequest, CallResult, VoiceEvent, AuditEntry]
+    structs: list[Any] = [
+        *ALL_EVENT_TYPES,
+        BulkJob,
+        DeliveryJob,
+        TimerDue,
+        CallRequest,
+        CallResult,
+        VoiceEvent,
+        AuditEntry,
+    ]
     _, schemas = msgspec.json.schema_components(structs, ref_template=SCHEMAS)
     for schema in schemas.values():
         if "description" in schema:
@@ -247,6 +280,12 @@ def document() -> dict[str, Any]:
         {"$ref": SCHEMAS.format(name="DeliveryJob")},
         "A delivery retry: the targets still to reach, the attempt number and when it is due",
         {"Nats-Msg-Id": {"type": "string", "description": "the job key: one job is queued once"}},
+    )
+    messages["BulkJob"] = _plain_message(
+        "BulkJob",
+        {"$ref": SCHEMAS.format(name="BulkJob")},
+        "A chunk of a broadcast on one channel: the numbers still to hand, the attempt, when it is due",
+        {"Nats-Msg-Id": {"type": "string", "description": "bulk:<broadcast>:<channel>:<chunk>:<attempt>"}},
     )
     messages["TimerDue"] = _plain_message(
         "TimerDue", {"$ref": SCHEMAS.format(name="TimerDue")}, "A deadline of an incident"
@@ -319,6 +358,14 @@ def document() -> dict[str, Any]:
         "each job is taken by one delivery worker in any process.",
         "messages": {"DeliveryJob": _ref("components/messages", "DeliveryJob")},
         "x-dispatch-stream": s.DELIVERY_STREAM,
+    }
+    channels["bulkJobs"] = {
+        "address": s.bulk_subject("{channel}"),
+        "parameters": {"channel": _param("broadcast channel: voice or sms")},
+        "description": "Broadcast chunks, a work queue apart from the alarms' (never waited behind): each "
+        "chunk is taken by one process's broadcast sender, which yields to alarms and paces the gateway.",
+        "messages": {"BulkJob": _ref("components/messages", "BulkJob")},
+        "x-dispatch-stream": s.BULK_STREAM,
     }
     timer = {"incident_id": INCIDENT_ID, "timer": _param("ack, escalate or arrival")}
     channels["timerSchedules"] = {
@@ -414,6 +461,12 @@ def document() -> dict[str, Any]:
         "manageTokens": operation("send", "tokens", "dispatch tokens / POST /v1/tokens"),
         "queueRetry": operation("send", "deliveryJobs", "A transient failure queues a retry with backoff"),
         "deliver": operation("receive", "deliveryJobs", "Delivery workers, one durable pull consumer per channel"),
+        "queueBroadcast": operation("send", "bulkJobs", "POST /v1/broadcasts queues a broadcast's chunks"),
+        "sendBroadcast": operation(
+            "receive", "bulkJobs", "Broadcast senders, one durable pull consumer per channel (bulk_<channel>_v1)"
+        ),
+        "startBroadcast": operation("send", "broadcasts", "POST /v1/broadcasts, and receipts from the gateway"),
+        "recordBroadcastOutcome": operation("send", "broadcastOutcomes", "The broadcast sender, per chunk"),
         "scheduleDeadline": operation("send", "timerSchedules", "The fan-out sets ack / escalate / arrival deadlines"),
         "scheduleDrill": operation("send", "drillSchedules", "POST /v1/drills with a time sets a drill's start"),
         "scheduleDrillEvents": operation("send", "drills", "A drill scheduled, started or called off"),

@@ -33,6 +33,7 @@ from dispatch.domain.timezones import DEFAULT_TIME_ZONE
 from dispatch.events.audit import AuditAction, AuditEntry, Outcome
 from dispatch.events.model import ActorChannel
 from dispatch.handlers.aggregates import Incidents
+from dispatch.handlers.broadcast import BroadcastService
 from dispatch.handlers.bus import MessageBus
 from dispatch.handlers.drills import Drills
 from dispatch.handlers.gateway import GatewayCallbacks
@@ -75,6 +76,7 @@ class ApiServices:
     audit: AuditTrail | None = None
     simulated_channels: tuple[str, ...] = ()
     drills: Drills | None = None
+    broadcasts: BroadcastService | None = None
 
 
 def error(status: int, reason: str, **extra: Any) -> Response[dict[str, Any]]:

@@ -10,6 +10,7 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -126,3 +127,23 @@ def notification(
         "round": round,
         "idempotency_key": key,
     }
+
+
+class AlarmWork(Protocol):
+    """Where alarm deliveries say they are in progress, so broadcasts wait (`broadcast.AlarmPriority`)."""
+
+    def alarm(self) -> AbstractContextManager[None]:
+        """A block during which an alarm is being delivered."""
+        ...
+
+    def hold(self) -> Hold:
+        """An alarm in progress until the hold is released (released once, however often asked)."""
+        ...
+
+
+class Hold(Protocol):
+    """An alarm in progress until released."""
+
+    def release(self) -> None:
+        """End it (once)."""
+        ...

@@ -31,7 +31,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from dispatch.channels.base import Delivered, Outcome, Permanent, Transient
+from dispatch.channels.base import AlarmWork, Delivered, Outcome, Permanent, Transient
 from dispatch.channels.http import HttpAnswer, HttpPoster, Unreachable, http_outcome, sign
 from dispatch.events.jobs import DeliveryJob, Target
 from dispatch.events.model import Person
@@ -86,6 +86,17 @@ def is_leg_of(ref: str, incident_id: str, round: object, phone: str) -> bool:
     return bool(dash) and attempt.isdecimal() and key == leg_key(incident_id, round, phone)
 
 
+def broadcast_leg(broadcast_id: str, phone: str) -> str:
+    """The voice leg key of a broadcast call to `phone` (its call_ref is `<leg>-<attempt>`)."""
+    return stable_key("broadcast", broadcast_id, phone, "voice")
+
+
+def is_broadcast_leg(ref: str, broadcast_id: str, phone: str) -> bool:
+    """Whether `ref` is the call_ref of an attempt of the broadcast call to `phone`."""
+    key, dash, attempt = ref.rpartition("-")
+    return bool(dash) and attempt.isdecimal() and key == broadcast_leg(broadcast_id, phone)
+
+
 class CallbackBus:
     """Where a replica hears the outcome of a call it originated, whoever received the callback."""
 
@@ -130,10 +141,10 @@ class CallbackBus:
 
 
 class GatewayClient:
-    def __init__(self, base_url: str, secret: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, base_url: str, secret: str, *, timeout: float = 10.0, max_connections: int = 200) -> None:
         self.base_url = base_url.rstrip("/")
         self.secret = secret
-        self._client = HttpPoster(timeout=timeout)
+        self._client = HttpPoster(timeout=timeout, max_connections=max_connections)
 
     async def post(self, path: str, payload: dict[str, Any], key: str) -> HttpAnswer:
         """POST signed JSON to the gateway; raises Unreachable when no HTTP answer came."""
@@ -152,6 +163,8 @@ class GatewayClient:
 class VoiceChannel:
     name = "voice"
     simulated = False  # True: the gateway is the in-process simulator (`dispatch serve --simulate-phones`)
+    marks_priority = True  # broadcasts wait only while the call is being placed, not while it rings
+    priority: AlarmWork | None = None
 
     def __init__(self, gateway: GatewayClient, bus: CallbackBus, *, callback_url: str, ring_timeout_s: float) -> None:
         self.gateway = gateway
@@ -178,10 +191,14 @@ class VoiceChannel:
         if target.recipient.language:  # the roster's; none: Mandarin (docs/gateway.md)
             payload["language"] = target.recipient.language
         try:
+            held = self.priority.hold() if self.priority is not None else None
             try:
                 response = await self.gateway.post(VOICE_PATH, payload, f"{target.key}/{job.attempt}")
             except Unreachable as exc:
                 return Transient(f"gateway {exc.reason}")
+            finally:
+                if held is not None:
+                    held.release()
             placed = http_outcome(response)
             if not isinstance(placed, Delivered):
                 return placed

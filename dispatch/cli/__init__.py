@@ -452,6 +452,53 @@ def cmd_incident(args: argparse.Namespace) -> int:
     return 0
 
 
+BROADCAST_KINDS_ZH = {"台风": "typhoon", "洪水": "flood", "走失儿童": "missing_child", "其他": "other"}
+
+
+def cmd_broadcast_send(args: argparse.Namespace) -> int:
+    import uuid
+
+    body: dict[str, Any] = {
+        "id": args.id or f"cli-{uuid.uuid4().hex[:16]}",
+        "villages": args.villages,
+        "kind": BROADCAST_KINDS_ZH.get(args.kind, args.kind),
+        "message": args.message,
+        "channels": args.channels.split(",") if args.channels else [],
+    }
+    answer = _fetch(args, "POST", "/v1/broadcasts", expect=201, json=body)
+    if args.json:
+        _print_json(answer)
+        return 0
+    n, villages, channels = answer["counts"]["recipients"], ", ".join(answer["villages"]), ", ".join(answer["channels"])
+    print(f"已开始发送预警 broadcast {answer['id']}: {n} 人 ({villages}; {channels})")
+    print(f"查看 report: dispatch broadcast report {answer['id']}")
+    return 0
+
+
+def cmd_broadcast_report(args: argparse.Namespace) -> int:
+    if args.csv:
+        response = _request(args, "GET", f"/v1/broadcasts/{args.broadcast_id}", params={"format": "csv"})
+        if response.status_code != 200:
+            _fetch(args, "GET", f"/v1/broadcasts/{args.broadcast_id}", params={"format": "csv"})
+        sys.stdout.write(response.text)
+        return 0
+    data = _fetch(args, "GET", f"/v1/broadcasts/{args.broadcast_id}")
+    if args.json:
+        _print_json(data)
+        return 0
+    c = data["counts"]
+    handed = ", ".join(f"{ch} {c['handed'][ch]}" for ch in data["channels"])
+    failed = ", ".join(f"{ch} {c['failed'][ch]}" for ch in data["channels"])
+    print(f"{data['id']}  {data['kind']}  {data['message']}")
+    print(f"  对象 recipients {c['recipients']}  已送达 handed: {handed}  失败 failed: {failed}")
+    print(f"  已确认收到 heard {c['heard']}  发送中 pending {c['pending']}")
+    for row in data["people"]:
+        states = "  ".join(f"{ch}:{row[ch]}" for ch in data["channels"])
+        heard = f"已确认 {row['heard_via']} {row['heard_at']}" if row["heard"] else "未确认"
+        print(f"  {row['phone']}  {row['name']}  {states}  {heard}")
+    return 0
+
+
 def cmd_groups_import(args: argparse.Namespace) -> int:
     from dispatch.cli.groups import run_import
 
@@ -958,6 +1005,51 @@ def build_parser() -> argparse.ArgumentParser:
     format_option(p)
     json_flag(p, "the same as --format json")
     p.set_defaults(func=cmd_incident)
+
+    broadcast = _add(
+        sub,
+        "broadcast",
+        "warn whole villages by voice and SMS, and see who heard (admin; officer: own villages)",
+        "Every member of the villages is called and texted; pressing 1 on the call or replying 1 to\n"
+        "the text confirms they heard. Alarms always go first: a broadcast waits while one rings.",
+        [
+            "dispatch broadcast send 东山村 西山村 --kind 台风 --message 台风今晚登陆，请转移到村委会",
+            "dispatch broadcast report ID",
+        ],
+    ).add_subparsers(dest="broadcast_command", required=True, metavar="SUBCOMMAND")
+    p = client(
+        _add(
+            broadcast,
+            "send",
+            "start a broadcast to every member of one or more villages",
+            "Kinds: typhoon (台风), flood (洪水), missing_child (走失儿童), other (其他). The message is\n"
+            "spoken on the call and sent as a text, with how to confirm (press or reply 1).",
+            [
+                "dispatch broadcast send 东山村 --kind 洪水 --message 水库泄洪，沿河住户请立即撤离",
+                "dispatch broadcast send 东山村 --kind missing_child --message 寻找5岁男孩 --channels sms",
+            ],
+        )
+    )
+    p.add_argument("villages", nargs="+", help="the villages to warn, as in the roster")
+    p.add_argument("--kind", required=True, help="typhoon, flood, missing_child, other (or 台风, 洪水, 走失儿童, 其他)")
+    p.add_argument("--message", required=True, help="the warning, at most 300 characters")
+    p.add_argument("--channels", help="voice,sms (default: every broadcast channel configured)")
+    p.add_argument("--id", help="an id that makes a retried submission safe (default: a new one)")
+    json_flag(p)
+    p.set_defaults(func=cmd_broadcast_send)
+    p = client(
+        _add(
+            broadcast,
+            "report",
+            "a broadcast's counts and, per person, each channel's outcome and the receipt",
+            "Numbers are masked unless the token may export personal data (admin); --csv needs admin.",
+            ["dispatch broadcast report ID", "dispatch broadcast report ID --csv > heard.csv"],
+        )
+    )
+    p.add_argument("broadcast_id", help="the broadcast's id (printed by `dispatch broadcast send`)")
+    p.add_argument("--csv", action="store_true", help="print the report as CSV (admin)")
+    json_flag(p)
+    p.set_defaults(func=cmd_broadcast_report)
 
     groups = _add(
         sub,

@@ -412,6 +412,56 @@ class DrillCancelled(DrillEvent, frozen=True, kw_only=True):
     actor: Actor | None = None
 
 
+# --- Broadcast: a warning to every member of one or more villages, with a "press 1 when heard" receipt --
+
+BroadcastKind = Literal["typhoon", "flood", "missing_child", "other"]
+BROADCAST_KINDS: tuple[BroadcastKind, ...] = ("typhoon", "flood", "missing_child", "other")
+ReceiptVia = Literal["keypad", "sms", "console", "api"]
+
+
+class BroadcastEvent(Event, frozen=True, kw_only=True):
+    broadcast_id: str
+
+
+class BroadcastStarted(BroadcastEvent, frozen=True, kw_only=True):
+    """A warning to every member of `villages` on `channels`; its `total` recipients follow in
+    BroadcastAddressed pages of the same decision (a county's 100k numbers do not fit one message)."""
+
+    villages: tuple[str, ...]
+    kind: BroadcastKind
+    message: str
+    channels: tuple[str, ...]
+    total: int
+    pages: int
+    actor: Actor | None = None
+
+
+class BroadcastAddressed(BroadcastEvent, frozen=True, kw_only=True):
+    """Page `page` of the broadcast's recipients, each number once across all pages."""
+
+    page: int
+    people: tuple[Person, ...]
+
+
+class BroadcastHanded(BroadcastEvent, frozen=True, kw_only=True):
+    """One chunk of the broadcast was handed to `channel` (`phones`) or given up on (`failures`);
+    kept on `dispatch.evt.broadcast.<id>.out`, apart from the decisions, like an incident's notices."""
+
+    channel: str
+    chunk: int
+    attempt: int = 1
+    phones: tuple[str, ...] = ()
+    failures: tuple[Unreached, ...] = ()
+
+
+class BroadcastHeard(BroadcastEvent, frozen=True, kw_only=True):
+    """A recipient confirmed they heard the warning (pressed 1 on the call, replied 1 by SMS)."""
+
+    phone: str
+    via: ReceiptVia
+    actor: Actor | None = None
+
+
 # --- Access tokens: stored as a hash, never as the secret ------------------------------------------
 
 TokenRole = Literal["gateway", "officer", "duty_desk", "admin", "metrics"]
@@ -470,4 +520,8 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     DrillCancelled,
     TokenIssued,
     TokenRevoked,
+    BroadcastStarted,
+    BroadcastAddressed,
+    BroadcastHanded,
+    BroadcastHeard,
 )

@@ -48,6 +48,9 @@ DEAD_LETTERS_ALL = "dispatch.dead.>"
 AUDIT_STREAM = "DISPATCH_AUDIT"
 AUDIT_PREFIX = "dispatch.audit"
 AUDIT_ALL = "dispatch.audit.>"
+BROADCASTS_ALL = "dispatch.evt.broadcast.>"
+BULK_STREAM = "DISPATCH_BULK"
+BULK_ALL = "dispatch.bulk.>"
 
 _TOKEN = re.compile(r"^[\w-]{1,64}$")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -110,6 +113,21 @@ def member_subject(phone: str) -> str:
         raise InvalidToken(f"number {phone[:40]!r} is not an E.164 number")
     token = f"h{_number_hash[0](digits)}" if _number_hash else digits
     return f"dispatch.evt.member.{token}"
+
+
+def broadcast_subject(broadcast_id: str) -> str:
+    """A broadcast's decisions (started, its recipient pages, receipts)."""
+    return f"dispatch.evt.broadcast.{broadcast_id}"
+
+
+def broadcast_out_subject(broadcast_id: str) -> str:
+    """A broadcast's delivery observations (chunks handed to a channel), apart from its decisions."""
+    return f"dispatch.evt.broadcast.{broadcast_id}.out"
+
+
+def bulk_subject(channel: str) -> str:
+    """The low-priority work queue of one channel's broadcast chunks (never an alarm's)."""
+    return f"dispatch.bulk.{channel}"
 
 
 def incident_subject(incident_id: str) -> str:

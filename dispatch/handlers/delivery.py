@@ -32,7 +32,16 @@ from datetime import datetime, timedelta
 import msgspec
 import structlog
 
-from dispatch.channels.base import Channel, Delivered, Outcome, Permanent, Transient, Withdrawn, recorded_address
+from dispatch.channels.base import (
+    AlarmWork,
+    Channel,
+    Delivered,
+    Outcome,
+    Permanent,
+    Transient,
+    Withdrawn,
+    recorded_address,
+)
 from dispatch.clock import Clock, utcnow
 from dispatch.domain.delivery import RecordAttempt, decide_attempt
 from dispatch.events import msgids
@@ -79,7 +88,9 @@ class DeliveryWorker:
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
         clock: Clock = utcnow,
+        priority: AlarmWork | None = None,
     ) -> None:
+        self.priority = priority
         self.incidents = Incidents(store)
         self.bus = bus or MessageBus()
         self.store = store
@@ -101,10 +112,14 @@ class DeliveryWorker:
         return float(base * random.uniform(1.0, 1.5))
 
     async def handle(self, job: DeliveryJob) -> float | None:
-        """Deliver one job; None when it is done (acknowledge), else seconds until it is due."""
+        """Deliver one job; None when it is done (acknowledge), else seconds until it is due (broadcasts
+        wait while it rings: `priority`)."""
         now = self.clock()
         if job.not_before is not None and job.not_before > now:
             return (job.not_before - now).total_seconds()
+        return await self._deliver(job, now)
+
+    async def _deliver(self, job: DeliveryJob, now: datetime) -> float | None:
         channel = self.channels.get(job.channel)
         if channel is None:
             reason = f"channel {job.channel!r} is not configured"
@@ -173,12 +188,19 @@ class DeliveryWorker:
         return [(t, Withdrawn("answered")) for t in job.targets if t.recipient.phone in answered]
 
     async def _send(self, channel: Channel, job: DeliveryJob, target: Target, started: list[float]) -> Outcome:
+        """Hand one target to its channel; broadcasts wait meanwhile (`priority`), unless the channel
+        marks the hand-off itself (voice: only its request, not the wait for the call's outcome)."""
         started.append(time.perf_counter())
+        own = self.priority is not None and not getattr(channel, "marks_priority", False)
+        held = self.priority.hold() if own and self.priority is not None else None
         try:
             return await channel.send(job, target)
         except Exception as exc:
             log.exception("delivery.channel_raised", channel=job.channel, incident_id=job.incident_id)
             return Transient(f"{type(exc).__name__}")
+        finally:
+            if held is not None:
+                held.release()
 
     async def _record(
         self,

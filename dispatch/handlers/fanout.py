@@ -38,7 +38,7 @@ from datetime import timedelta
 
 import structlog
 
-from dispatch.channels.base import Channel, recorded_address
+from dispatch.channels.base import AlarmWork, Channel, Hold, recorded_address
 from dispatch.channels.routing import ChannelConfig
 from dispatch.domain.delivery import NO_CHANNEL, NO_CHANNEL_CONFIGURED, NO_CHANNEL_ROUTED, RecordAttempt, decide_attempt
 from dispatch.domain.incident import TIER_REASONS, Alert, IncidentState, alert_for, fold, timer_due
@@ -58,7 +58,7 @@ from dispatch.events.model import (
 from dispatch.events.subjects import notice_subject
 from dispatch.handlers.aggregates import IncidentCache, Incidents
 from dispatch.handlers.bus import MessageBus
-from dispatch.handlers.eager import gather_now
+from dispatch.handlers.eager import gather_now, settled, start
 from dispatch.handlers.messages import Trigger
 from dispatch.handlers.uow import Loaded
 from dispatch.ids import stable_key
@@ -94,7 +94,9 @@ class FanOut:
         routing: ChannelConfig | None = None,
         metrics: Metrics | None = None,
         cache: IncidentCache | None = None,
+        priority: AlarmWork | None = None,
     ) -> None:
+        self.priority = priority
         self.metrics = metrics
         self.cache = cache
         self.routing = routing or ChannelConfig()
@@ -114,7 +116,19 @@ class FanOut:
         return await self.handle(await opened(trigger.record), redelivered=trigger.redelivered)
 
     async def handle(self, rec: Recorded, *, redelivered: bool = False) -> int:
-        """Ring everyone a trigger reaches; return how many targets were handed to channels."""
+        """Ring everyone a trigger reaches; return how many targets were handed to channels (broadcasts
+        wait meanwhile: `priority`)."""
+        if self.priority is None or not isinstance(rec.event, TRIGGERS):
+            return await self._handle(rec, redelivered=redelivered, held=None)
+        held = self.priority.hold()
+        try:
+            return await self._handle(rec, redelivered=redelivered, held=held)
+        finally:
+            held.release()
+
+    async def _handle(self, rec: Recorded, *, redelivered: bool, held: Hold | None) -> int:
+        """As `handle`; `held` (broadcasts waiting) is released once every send has started: each
+        send then holds the broadcasts back itself while it hands its alert to the channel."""
         trigger = rec.event
         if not isinstance(trigger, TRIGGERS):
             return 0
@@ -162,7 +176,10 @@ class FanOut:
         jobs = self.jobs_for(alert, rec, done, unrouted, deadline_of(trigger, state))
         if unrouted and (rec.seq, NO_CHANNEL, "") not in done:
             deadlines.append(self._record_unrouted(alert, rec, unrouted))
-        await gather_now(*(self.bus.handle(job) for job in jobs), *deadlines)
+        started = [start(self.bus.handle(job)) for job in jobs] + [start(d) for d in deadlines]
+        if held is not None:
+            held.release()
+        await settled(started)
         targets = sum(len(j.targets) for j in jobs)
         log.info("fanout.rung", incident_id=alert.incident_id, round=rec.seq, reason=alert.reason, targets=targets)
         return targets

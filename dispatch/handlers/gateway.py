@@ -28,7 +28,7 @@ from typing import Annotated, Any
 import msgspec
 import structlog
 
-from dispatch.channels.gateway import CallbackBus, SmsChannel, VoiceEvent, is_leg_of
+from dispatch.channels.gateway import CallbackBus, SmsChannel, VoiceEvent, is_broadcast_leg, is_leg_of
 from dispatch.domain.directory import Directory
 from dispatch.domain.errors import DomainError, NotPermitted
 from dispatch.domain.incident import Action, IncidentState, fold, incident_id_for
@@ -44,7 +44,7 @@ from dispatch.events.subjects import (
 )
 from dispatch.handlers.aggregates import Incidents, call_routed
 from dispatch.handlers.bus import MessageBus
-from dispatch.handlers.messages import Answer, CallRequest, CallResult, ResponseRequest
+from dispatch.handlers.messages import Answer, CallRequest, CallResult, HeardBroadcast, ResponseRequest
 from dispatch.ids import stable_key
 from dispatch.store.eventstore import EventStore
 
@@ -61,6 +61,10 @@ SMS_ACTIONS: dict[str, Action] = {
 KEYPAD_ACTIONS: dict[str, Action] = {"1": "accept", "2": "decline", "3": "arrived"}
 HELP = "【6995】回复1接警，2无法前往，3已到达现场；报警人回复0取消报警。如需报警，请直接拨打6995或发送求助内容。"
 NOTHING_OPEN = "【6995】当前没有需要您响应的警情。如需报警，请直接拨打6995或发送求助内容。"
+RECEIPT_WORDS = frozenset({"1", "收到"})
+HEARD = "已确认您收到预警，谢谢。请注意安全。"
+HEARD_SMS = "【6995】已确认您收到预警，谢谢。请注意安全。"
+BROADCAST_KEYS = "听到请按1，重听请按9。"
 SAID = {
     "accept": "已确认您接警，请尽快前往。",
     "decline": "已记录您无法前往。",
@@ -113,6 +117,8 @@ class GatewayCallbacks:
             return {"ok": True}
         if event.digits == "9":
             return {"ok": True, "action": "repeat"}
+        if "broadcast_id" in event.context:
+            return await self._broadcast_digit(event)
         action = KEYPAD_ACTIONS.get(event.digits[:1])
         incident_id, phone = str(event.context.get("incident_id", "")), str(event.context.get("phone", ""))
         if action is None or not incident_id or not phone:
@@ -123,6 +129,24 @@ class GatewayCallbacks:
         if not is_leg_of(event.call_ref, incident_id, event.context.get("round"), phone):
             raise self._mismatch("call_ref", "is not the call that rang context.phone", said, phone, incident_id)
         return await self._answer(incident_id, phone, action, key=f"voice:{event.call_ref}:{event.digits}")
+
+    async def _broadcast_digit(self, event: VoiceEvent) -> dict[str, Any]:
+        """A digit on a broadcast call: 1 is the receipt (recorded once), as the number the call rang."""
+        broadcast_id, phone = str(event.context.get("broadcast_id", "")), str(event.context.get("phone", ""))
+        if event.digits[:1] != "1" or not broadcast_id or not phone:
+            return {"ok": True, "say": BROADCAST_KEYS}
+        said = self._number(event.to)
+        if said != phone:
+            raise self._mismatch("to", "is not the number this call rang", said, phone, broadcast_id)
+        if not is_broadcast_leg(event.call_ref, broadcast_id, phone):
+            raise self._mismatch("call_ref", "is not the call that rang context.phone", said, phone, broadcast_id)
+        actor = Actor(channel="keypad", phone=phone)
+        try:
+            await self.bus.handle(HeardBroadcast(broadcast_id=broadcast_id, phone=phone, via="keypad", actor=actor))
+        except DomainError as exc:
+            log.info("gateway.receipt_refused", broadcast_id=broadcast_id, reason=exc.reason)
+            return {"ok": False, "say": "未找到该预警。", "error": exc.reason}
+        return {"ok": True, "say": HEARD}
 
     async def _inbound(self, event: VoiceEvent) -> dict[str, Any]:
         if event.event != "digits" or event.digits != "0" or not event.call_id:
@@ -192,6 +216,10 @@ class GatewayCallbacks:
                 return {"status": "help", "incident_id": state.id}
             answer = await self._answer(state.id, sender, action, key=f"sms:{sms.message_id}", channel="sms")
             return {"status": "answered" if answer["ok"] else "refused", "incident_id": state.id}
+        if word in RECEIPT_WORDS:
+            heard = await self._sms_receipt(sender, sms.message_id)
+            if heard is not None:
+                return {"status": "heard", "broadcast_id": heard}
         if action is not None:
             await self._reply(sender, NOTHING_OPEN, sms.message_id)
             return {"status": "help"}
@@ -199,6 +227,16 @@ class GatewayCallbacks:
             CallRequest(call_id=f"sms:{sms.message_id}", caller=sms.sender, callee=sms.to, channel="sms")
         )
         return {"status": "alarm", "incident_id": result.incident_id, "call_status": result.status}
+
+    async def _sms_receipt(self, sender: str, message_id: str) -> str | None:
+        """A reply 1 to the latest broadcast still waiting for this number's receipt; its id, or None."""
+        if HeardBroadcast not in self.bus.commands:
+            return None
+        actor = Actor(channel="sms", phone=sender)
+        heard: str | None = await self.bus.handle(HeardBroadcast(phone=sender, via="sms", actor=actor))
+        if heard is not None:
+            await self._reply(sender, HEARD_SMS, message_id)
+        return heard
 
     async def _reply(self, to: str, text: str, message_id: str) -> None:
         if self.sms is None:

@@ -116,3 +116,13 @@ class Trigger(msgspec.Struct, frozen=True, kw_only=True):
 
     record: Recorded
     redelivered: bool = False
+
+
+class HeardBroadcast(msgspec.Struct, frozen=True, kw_only=True):
+    """A recipient pressed or replied 1 to a broadcast (`broadcast_id` empty: the most recent one still
+    waiting for this number's receipt). The handler answers the broadcast id recorded, or None."""
+
+    broadcast_id: str = ""
+    phone: str
+    via: Literal["keypad", "sms", "console", "api"]
+    actor: Actor | None = None

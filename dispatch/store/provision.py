@@ -93,6 +93,23 @@ def delivery_stream(replicas: int) -> dict[str, Any]:
     }
 
 
+def bulk_stream(replicas: int) -> dict[str, Any]:
+    """DISPATCH_BULK: the broadcasts' work queue, apart from the alarms' (never waited behind)."""
+    return {
+        "name": s.BULK_STREAM,
+        "description": "broadcast chunks: a warning to whole villages, sent at low priority, removed once acknowledged",
+        "subjects": [s.BULK_ALL],
+        "retention": "workqueue",
+        "storage": "file",
+        "num_replicas": replicas,
+        "discard": "old",
+        "max_msg_size": 256 * 1024,
+        "duplicate_window": DUPLICATE_WINDOW_S * NS,
+        "allow_atomic": True,
+        "allow_direct": True,
+    }
+
+
 def index_stream(replicas: int) -> dict[str, Any]:
     """DISPATCH_INDEX: the call index."""
     description = "the call index: what each gateway call id was answered (apart from the log's write path)"
@@ -208,6 +225,16 @@ def delivery_consumer(channel: str) -> ConsumerSpec:
     """The pull consumer of one channel's delivery jobs."""
     return ConsumerSpec(
         s.DELIVERY_STREAM, f"deliver_{channel}_v1", (s.deliver_subject(channel),), ack_wait_s=6, max_ack_pending=2000
+    )
+
+
+BULK_CHANNELS = ("voice", "sms")
+
+
+def bulk_consumer(channel: str) -> ConsumerSpec:
+    """The pull consumer of one channel's broadcast chunks (a few in hand: they are sent one at a time)."""
+    return ConsumerSpec(
+        s.BULK_STREAM, f"bulk_{channel}_v1", (s.bulk_subject(channel),), ack_wait_s=60, max_ack_pending=8
     )
 
 
@@ -332,7 +359,10 @@ async def provision(
     await ensure_stream(nc, delivery_stream(replicas))
     await ensure_stream(nc, timers_stream(replicas))
     await ensure_stream(nc, dead_letter_stream(replicas))
+    await ensure_stream(nc, bulk_stream(replicas))
     await ensure_consumer(nc, FANOUT)
     await ensure_consumer(nc, TIMERS_CONSUMER)
     for channel in channels:
         await ensure_consumer(nc, delivery_consumer(channel))
+        if channel in BULK_CHANNELS:
+            await ensure_consumer(nc, bulk_consumer(channel))

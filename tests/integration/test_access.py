@@ -42,6 +42,7 @@ SCOPED = ("officer_east", "duty_east")
 TOKENS = ("admin", "officer_east", "duty_east", "gateway", "metrics")
 
 OK, CREATED, ACCEPTED, FOUND, DENY_AUTH, DENY_ROLE, HIDDEN = 200, 201, 202, 302, 401, 403, 404
+UNSENDABLE = 422
 
 
 @dataclass
@@ -239,6 +240,30 @@ def cases(w: World) -> list[Case]:
             "DELETE", "/v1/drills/{drill_id:str}", "/v1/drills/d-west", expect(admin=OK, officer_east=HIDDEN), "other"
         ),
         Case("GET", "/v1/incidents", "/v1/incidents", READ_OWN),
+        # past the access check a broadcast is 422 here: this world has no telephony gateway to send it
+        Case(
+            "POST",
+            "/v1/broadcasts",
+            "/v1/broadcasts",
+            expect(admin=UNSENDABLE, officer_east=UNSENDABLE),
+            "own",
+            json={"villages": ["east"], "kind": "flood", "message": "水库泄洪"},
+        ),
+        Case(
+            "POST",
+            "/v1/broadcasts",
+            "/v1/broadcasts",
+            expect(admin=UNSENDABLE),
+            "other",
+            json={"villages": ["west"], "kind": "flood", "message": "水库泄洪"},
+        ),
+        Case("GET", "/v1/broadcasts", "/v1/broadcasts", READ_OWN),
+        Case(
+            "GET",
+            "/v1/broadcasts/{broadcast_id:str}",
+            "/v1/broadcasts/never-sent",
+            expect(admin=HIDDEN, officer_east=HIDDEN, duty_east=HIDDEN),
+        ),
         Case("GET", "/v1/incidents", "/v1/incidents?village=west&status=open", READ_OWN, "other"),
         Case("GET", "/v1/reports/response-times", "/v1/reports/response-times", READ_OWN),
         Case("GET", "/v1/reports/response-times", "/v1/reports/response-times?village=west", READ_OWN, "other"),

@@ -34,7 +34,7 @@ from dispatch.api.openapi import ANSWERS
 from dispatch.bootstrap import Service
 from dispatch.domain.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tests.rosters import OFFICER_PHONE, village
-from tests.support import RecordingChannel, eventually, start_service
+from tests.support import RecordingChannel, eventually, post_server, start_service, stop_server
 
 SECRET = "gateway-signing-secret-for-tests"
 BURST = 5
@@ -220,6 +220,28 @@ async def success(w: World, op: str, admin: str) -> Request:
         )
         assert started.status_code == 202, started.text
         path = path.replace("{import_id}", started.json()["import_id"])
+    elif op == "POST /v1/broadcasts":
+        r["json"] = {
+            "id": unique(),
+            "villages": ["dongshan"],
+            "kind": "flood",
+            "message": "水库泄洪",
+            "channels": ["sms"],
+        }
+    elif op == "GET /v1/broadcasts/{broadcast_id}":
+        made = await w.http.post(
+            "/v1/broadcasts",
+            json={
+                "id": unique(),
+                "villages": ["dongshan"],
+                "kind": "flood",
+                "message": "水库泄洪",
+                "channels": ["sms"],
+            },
+            headers={"Authorization": f"Bearer {await w.token('admin')}"},
+        )
+        assert made.status_code == 201, made.text
+        path = path.replace("{broadcast_id}", made.json()["id"])
     elif op == "DELETE /v1/tokens/{token_id}":
         victim = await w.token("officer", ("dongshan",))
         path = path.replace("{token_id}", victim.split("_")[1])
@@ -399,6 +421,11 @@ async def specific(w: World, op: str, admin: str) -> list[tuple[str, Request]]:
         ]
     if op == "DELETE /v1/tokens/{token_id}":
         return [("404", {"method": "DELETE", "url": "/v1/tokens/nosuchtoken"})]
+    if op == "POST /v1/broadcasts":
+        warning = {"villages": ["a.b"], "kind": "flood", "message": "水库泄洪"}
+        return [("422", {"method": "POST", "url": "/v1/broadcasts", "json": warning})]
+    if op == "GET /v1/broadcasts/{broadcast_id}":
+        return [("404", {"method": "GET", "url": "/v1/broadcasts/never-sent"})]
     if op == "GET /v1/audit":
         return [
             ("400", {"method": "GET", "url": "/v1/audit?limit=many"}),
@@ -414,8 +441,14 @@ async def specific(w: World, op: str, admin: str) -> list[tuple[str, Request]]:
 
 @pytest.fixture
 async def world(tmp_path: Path, postgres_url: str) -> AsyncIterator[World]:
+    gateway = post_server(0, lambda _: (200, b"{}"))  # only broadcasts reach it: every role's alarms go to `test`
     channels = tmp_path / "channels.toml"
-    channels.write_text(f'[signing]\nsecret = "{SECRET}"\nrequired = true\n')
+    roles = ("household", "leader", "assistant", "officer", "duty", "command_centre", "unregistered")
+    channels.write_text(
+        f'[signing]\nsecret = "{SECRET}"\nrequired = true\n\n'
+        f'[gateway]\nurl = "http://127.0.0.1:{gateway.server_address[1]}"\nsecret = "{SECRET}"\n\n'
+        "[routes]\n" + "".join(f'{role} = ["webhook"]\n' for role in roles)
+    )
     channels.chmod(0o600)
     parts = urllib.parse.urlsplit(postgres_url)
     outage = await Outage((parts.hostname or "127.0.0.1", parts.port or 5432)).start()
@@ -423,9 +456,11 @@ async def world(tmp_path: Path, postgres_url: str) -> AsyncIterator[World]:
     proxied = parts._replace(netloc=f"{userinfo}@127.0.0.1:{outage.port}" if userinfo else f"127.0.0.1:{outage.port}")
     schema = f"t_{uuid.uuid4().hex[:12]}"
     sep = "&" if proxied.query else "?"
+    recording = RecordingChannel()
+    recording.name = "webhook"  # every role's alarms go to it (routes name known channels only)
     svc = await start_service(
         tmp_path / "data",
-        RecordingChannel(),
+        recording,
         roster=ROSTER,
         channels_file=channels,
         database_url=f"{urllib.parse.urlunsplit(proxied)}{sep}schema={schema}",
@@ -439,6 +474,7 @@ async def world(tmp_path: Path, postgres_url: str) -> AsyncIterator[World]:
         with contextlib.suppress(Exception):
             await svc.stop()
         await outage.stop()
+        stop_server(gateway)
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
