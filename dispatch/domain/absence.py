@@ -6,7 +6,8 @@ A member (one number, whichever groups it serves) is an aggregate of its own, on
 period's bounds: an absence holds over `[starts, until)`, start included, end excluded.
 
 Invariants:
-- an absence has `starts < until`, lasts at most MAX_ABSENCE, ends after `now` (a period wholly
+- an absence has `starts < until`, lasts at most MAX_ABSENCE, starts at most MAX_ABSENCE ahead,
+  ends after `now` (a period wholly
   past is refused) and names a substitute other than the member; setting one replaces the one
   before; setting the same one again, or ending one that is over or was never set, decides
   nothing (a retried request is safe);
@@ -110,6 +111,8 @@ def decide_member(state: MemberState, command: MemberCommand, now: datetime) -> 
         raise InvalidCommand("the absence is already over: until must be in the future")
     if c.until - c.starts > MAX_ABSENCE:
         raise InvalidCommand(f"an absence lasts at most {MAX_ABSENCE.days} days")
+    if c.starts - now > MAX_ABSENCE:
+        raise InvalidCommand(f"an absence starts at most {MAX_ABSENCE.days} days ahead")
     if c.substitute is not None and not _e164(c.substitute):
         raise InvalidCommand("substitute must be a phone number")
     if c.substitute == state.phone:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -126,6 +127,7 @@ def test_an_absence_is_recorded_with_its_actor_and_replaced_by_the_next() -> Non
         (-2 * HOUR, 0, NEIGHBOUR_OFFICER, "already over"),  # until == now: over (end excluded)
         (0, MAX_ABSENCE.total_seconds() + 1, NEIGHBOUR_OFFICER, "at most"),
         (0, HOUR, OFFICER, "themselves"),
+        (MAX_ABSENCE.total_seconds() + 1, MAX_ABSENCE.total_seconds() + HOUR, NEIGHBOUR_OFFICER, "ahead"),
         (0, HOUR, "13700000099", "phone number"),
     ],
 )
@@ -341,3 +343,21 @@ def test_a_substitute_the_roster_knows_is_rung_by_their_name_and_language() -> N
     assert absent == people
     named = {OFFICER: Absence(OFFICER, at(0), at(HOUR), NEIGHBOUR_OFFICER, substitute_name="钱队")}
     assert stand_ins(people, named, at(1), known)[0][0].name == "钱队", "the name the absence gave wins"
+
+
+def test_a_duress_alarm_rings_the_substitute_officer_silently() -> None:
+    directory = with_absences(set_cmd(0, 8 * HOUR))
+    silent = msgspec.structs.replace(call(HOUSEHOLDS[0], HOUR), silent=True)
+    route = route_call(directory, silent, POLICY, DUTY)
+    rung = {p.phone: p.role for p in route.recipients}
+    assert rung.get(NEIGHBOUR_OFFICER) == "officer" and OFFICER not in rung
+    assert all(role in ("officer", "assistant", "duty") for role in rung.values())
+
+
+def test_a_caller_in_several_groups_reaches_the_substitute_of_an_absent_assistant() -> None:
+    directory = with_absences(set_cmd(0, 8 * HOUR, substitute=NEIGHBOUR_OFFICER, phone=ASSISTANT))
+    route = route_call(directory, call(OFFICER, HOUR), POLICY, DUTY)  # the officer serves groups 1 and 2
+    assert route.kind == "village"
+    rung = {p.phone: p for p in route.recipients}
+    assert ASSISTANT not in rung and rung[NEIGHBOUR_OFFICER].role == "assistant"
+    assert [p.phone for p in route.absent] == [ASSISTANT]
