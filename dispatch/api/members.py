@@ -125,7 +125,7 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
         substitute = e164(data.substitute) if data.substitute else None
         command = SetAbsence(
             phone=phone,
-            starts=data.starts or s.groups.clock(),
+            starts=data.starts,
             until=data.until,
             substitute=substitute,
             substitute_name=data.substitute_name.strip(),

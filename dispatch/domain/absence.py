@@ -25,6 +25,7 @@ Invariants:
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -71,10 +72,12 @@ class MemberState:
 
 
 class SetAbsence(msgspec.Struct, frozen=True, kw_only=True):
-    """Mark `phone` absent over [starts, until) with `substitute` (None: nobody) rung in their place."""
+    """Mark `phone` absent over [starts, until) with `substitute` (None: nobody) rung in their place;
+    `starts` None: from now, or from the current absence's start when it has begun (so the same
+    request sent again decides nothing, and a changed end keeps the start)."""
 
     phone: str
-    starts: datetime
+    starts: datetime | None
     until: datetime
     substitute: str | None = None
     substitute_name: str = ""
@@ -103,6 +106,10 @@ def decide_member(state: MemberState, command: MemberCommand, now: datetime) -> 
     if not state.bound:
         raise NotFound(f"{command.phone} is in no group; only a member can be marked absent")
     c = command
+    if c.starts is None:
+        began = current is not None and current.absent_at(now)
+        c = msgspec.structs.replace(c, starts=current.starts if current is not None and began else now)
+    assert c.starts is not None
     if c.starts.tzinfo is None or c.until.tzinfo is None:
         raise InvalidCommand("from and until need a time zone (e.g. 2026-12-05T08:00:00+08:00)")
     if c.until <= c.starts:
@@ -119,6 +126,8 @@ def decide_member(state: MemberState, command: MemberCommand, now: datetime) -> 
         raise InvalidCommand("a member cannot substitute for themselves")
     if len(c.note) > MAX_NOTE or len(c.substitute_name) > 64:
         raise InvalidCommand(f"note at most {MAX_NOTE} characters, substitute_name at most 64")
+    if not all(_shown_as_typed(text) for text in (c.note, c.substitute_name)):
+        raise InvalidCommand("a note or name may not hold a control, format or line-separator character")
     if current is not None and (
         current.starts,
         current.until,
@@ -157,6 +166,14 @@ def evolve_member(state: Absence | None, event: Event) -> Absence | None:
     if isinstance(event, AbsenceEnded):
         return None
     return state
+
+
+def _shown_as_typed(text: str) -> bool:
+    """No character that could turn a screen's text around or break its line (as roster names;
+    the joiners some scripts spell names with are allowed)."""
+    return text.isprintable() or all(
+        unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp") or ch in "\u200c\u200d\u180e" for ch in text
+    )
 
 
 def _e164(phone: str) -> bool:

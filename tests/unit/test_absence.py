@@ -361,3 +361,25 @@ def test_a_caller_in_several_groups_reaches_the_substitute_of_an_absent_assistan
     rung = {p.phone: p for p in route.recipients}
     assert ASSISTANT not in rung and rung[NEIGHBOUR_OFFICER].role == "assistant"
     assert [p.phone for p in route.absent] == [ASSISTANT]
+
+
+def test_without_a_start_an_absence_begins_now_or_keeps_the_start_it_had() -> None:
+    from_now = SetAbsence(phone=OFFICER, starts=None, until=at(8 * HOUR), substitute=NEIGHBOUR_OFFICER)
+    (first,) = decide_member(member(), from_now, at(HOUR))
+    assert isinstance(first, AbsenceSet) and first.starts == at(HOUR)
+    state = folded([first])
+    assert decide_member(member(absence=state), from_now, at(2 * HOUR)) == [], "the same request again"
+    longer = msgspec.structs.replace(from_now, until=at(10 * HOUR))
+    (extended,) = decide_member(member(absence=state), longer, at(2 * HOUR))
+    assert isinstance(extended, AbsenceSet) and extended.starts == at(HOUR), "a changed end keeps the start"
+    planned = folded(decide_member(member(), set_cmd(5 * HOUR, 8 * HOUR), at(0)))
+    (now_instead,) = decide_member(member(absence=planned), from_now, at(HOUR))
+    assert isinstance(now_instead, AbsenceSet) and now_instead.starts == at(HOUR), "one not begun starts now"
+
+
+def test_a_note_that_could_turn_the_screen_around_is_refused() -> None:
+    sneaky = msgspec.structs.replace(set_cmd(0, HOUR), note="年假\u202e")
+    with pytest.raises(InvalidCommand, match="control, format"):
+        decide_member(member(), sneaky, at(0))
+    uyghur = msgspec.structs.replace(set_cmd(0, HOUR), substitute_name="ئە\u200cخمەت")
+    assert decide_member(member(), uyghur, at(0))
