@@ -92,6 +92,15 @@ class Keys(Protocol):
         """The cipher for `kid` and `day`; False when either key is erased; None when not loaded."""
         ...
 
+    def recall(self, envelope: str) -> str | None:
+        """The plaintext of an envelope this process sealed or opened lately (None: open it); forgotten
+        when any key is erased."""
+        ...
+
+    def remember(self, envelope: str, plaintext: str) -> None:
+        """Keep an envelope's plaintext for `recall`."""
+        ...
+
 
 def erased_phone(kid: str) -> str:
     """What an erased person's number reads as: the placeholder and a few characters of the random
@@ -267,7 +276,9 @@ class _Sealer:
             self.missing.add((owner, self.day))
             return value
         kid, cipher = found
-        return seal_text(value, kid, self.day, cipher)
+        sealed = seal_text(value, kid, self.day, cipher)
+        self.keys.remember(sealed, value)
+        return sealed
 
     def struct(self, item: S, owner: str | None = None) -> S:
         who = owner if owner is not None else _owner_of(item)
@@ -288,26 +299,34 @@ class _Opener:
             self.missing.add((envelope.kid, envelope.day))
         return found
 
-    def text(self, value: str, phone: bool) -> str:
+    def _open(self, value: str) -> tuple[Envelope | None, str | None, bool]:
+        """(envelope, plaintext or None when erased, whether to leave the value as it is)."""
         envelope = parse(value)
         if envelope is None:
-            return value
+            return None, None, True
+        known = self.keys.recall(value)
+        if known is not None:
+            return envelope, known, False
         cipher = self._cipher(envelope)
         if cipher is None:
-            return value
+            return envelope, None, True
         opened = None if isinstance(cipher, bool) else open_text(envelope, cipher)
+        if opened is not None:
+            self.keys.remember(value, opened)
+        return envelope, opened, False
+
+    def text(self, value: str, phone: bool) -> str:
+        envelope, opened, leave = self._open(value)
+        if leave or envelope is None:
+            return value
         if opened is None:
             return erased_phone(envelope.kid) if phone else ERASED
         return opened
 
     def struct(self, item: S, owner: str | None = None) -> S:
-        envelope = parse(_sealed_field(item))
-        if envelope is None:
+        envelope, opened, leave = self._open(_sealed_field(item))
+        if leave or envelope is None:
             return item
-        cipher = self._cipher(envelope)
-        if cipher is None:
-            return item
-        opened = None if isinstance(cipher, bool) else open_text(envelope, cipher)
         if opened is None:
             return _erased(item, envelope.kid)
         try:
@@ -370,6 +389,12 @@ def people_of(events: Iterable[Event]) -> set[str]:
             return None
 
         def opening_key(self, kid: str, day: str) -> Cipher | bool | None:
+            return None
+
+        def recall(self, envelope: str) -> str | None:
+            return None
+
+        def remember(self, envelope: str, plaintext: str) -> None:
             return None
 
     for event in events:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import itertools
 import json
 import os
 from collections.abc import Iterable
@@ -39,6 +40,7 @@ from nats.js.kv import KeyValue
 from dispatch.events import sealing
 from dispatch.events.model import Event
 from dispatch.events.subjects import hash_numbers_with
+from dispatch.store.batch import publish_batch
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +50,8 @@ PREFIX = f"$KV.{BUCKET}."
 NS = 1_000_000_000
 KEY_BYTES = 32
 KID_BYTES = 10
+MEMO = 65_536
+CREATE_BATCH = 400
 
 E = TypeVar("E", bound=Event)
 
@@ -67,6 +71,7 @@ def keys_stream(replicas: int) -> dict[str, Any]:
         "max_age": 0,
         "duplicate_window": 120 * NS,
         "allow_rollup_hdrs": True,
+        "allow_atomic": True,
         "deny_delete": False,
         "deny_purge": False,
         "allow_direct": True,
@@ -90,6 +95,7 @@ class Keyring:
         self._days: dict[str, bytes] = {}
         self._gone: set[str] = set()
         self._ciphers: dict[tuple[str, str], AESGCM] = {}
+        self._plain: dict[str, str] = {}
         self._sub: Any = None
 
     @property
@@ -122,6 +128,7 @@ class Keyring:
             self._forget(msg.subject[len(PREFIX) :])
 
     def _forget(self, name: str) -> None:
+        self._plain.clear()
         kind, _, rest = name.partition(".")
         if kind == "k":
             self._keys.pop(rest, None)
@@ -158,6 +165,18 @@ class Keyring:
     def opening_key(self, kid: str, day: str) -> AESGCM | bool | None:
         """The cipher for `kid` and `day`; False when erased; None when not loaded."""
         return self._cipher(kid, day)
+
+    def recall(self, envelope: str) -> str | None:
+        """The plaintext of an envelope sealed or opened lately in this process (the same alarm is
+        opened by the fan-out, each projection and the live hub); emptied by any erasure."""
+        return self._plain.get(envelope)
+
+    def remember(self, envelope: str, plaintext: str) -> None:
+        """Keep an envelope's plaintext (at most MEMO; the older half dropped when full)."""
+        if len(self._plain) >= MEMO:
+            for old in list(itertools.islice(self._plain, MEMO // 2)):
+                del self._plain[old]
+        self._plain[envelope] = plaintext
 
     def _cipher(self, kid: str, day: str) -> AESGCM | bool | None:
         cipher = self._ciphers.get((kid, day))
@@ -213,11 +232,37 @@ class Keyring:
     # --- loading and creating -------------------------------------------------------------------
 
     async def ensure(self, phones: Iterable[str], days: Iterable[str] = ()) -> None:
-        """Make sure each number and day has a key, creating those that have none."""
-        await asyncio.gather(
-            *(self._ensure_person(p) for p in set(phones) if p not in self._kids),
-            *(self._ensure_day(d) for d in set(days) if d not in self._days),
-        )
+        """Make sure each number and day has a key, creating those that have none (many new people,
+        as a roster import brings, in atomic batches: one stored write per batch, not two per person)."""
+        wanted = [p for p in set(phones) if p not in self._kids]
+        await asyncio.gather(*(self._ensure_day(d) for d in set(days) if d not in self._days))
+        if len(wanted) > 1:
+            known = await asyncio.gather(*(self._get(self.number_key(p)) for p in wanted))
+            await asyncio.gather(*(self._ensure_person(p) for p, kid in zip(wanted, known, strict=True) if kid))
+            wanted = [p for p, kid in zip(wanted, known, strict=True) if not kid]
+            for start in range(0, len(wanted), CREATE_BATCH):
+                await self._create_people(wanted[start : start + CREATE_BATCH])
+        await asyncio.gather(*(self._ensure_person(p) for p in wanted if p not in self._kids))
+
+    async def _create_people(self, phones: list[str]) -> None:
+        """Create the keys of people who have none, all in one atomic batch; when another process
+        created one of them meanwhile the batch is refused whole and each is then ensured alone."""
+        made = {p: (os.urandom(KID_BYTES).hex(), os.urandom(KEY_BYTES)) for p in phones}
+        expect_new = {"Nats-Expected-Last-Subject-Sequence": "0"}
+        messages = []
+        for phone, (kid, key) in made.items():
+            messages.append((f"{PREFIX}k.{kid}", key, expect_new))
+            messages.append((f"{PREFIX}{self.number_key(phone)}", kid.encode(), expect_new))
+        try:
+            ack = await publish_batch(self.nc, messages, timeout=self.timeout)
+        except Exception as exc:
+            raise KeyStoreUnavailable(f"key store unavailable: {type(exc).__name__}") from exc
+        if "error" in ack:
+            return
+        for phone, (kid, key) in made.items():
+            self._keys[kid] = key
+            self._gone.discard(kid)
+            self._kids[phone] = kid
 
     async def _ensure_person(self, phone: str) -> None:
         kid = (await self._get_or_create(self.number_key(phone), lambda: os.urandom(KID_BYTES).hex().encode())).decode()

@@ -55,6 +55,12 @@ class MemoryKeys:
         cipher = self.opening_key(kid, day) if kid else None
         return None if kid is None or not isinstance(cipher, AESGCM) else (kid, cipher)
 
+    def recall(self, envelope: str) -> str | None:
+        return None
+
+    def remember(self, envelope: str, plaintext: str) -> None:
+        return None
+
     def opening_key(self, kid: str, day: str) -> AESGCM | bool | None:
         if kid in self.gone or day in self.gone:
             return False
@@ -205,3 +211,19 @@ def test_a_persons_token_is_sealed_a_systems_is_not() -> None:
     assert seal(gateway, keys) == gateway
     keys.gone.update(keys.keys)
     assert unseal(sealed, keys).name == ERASED
+
+
+def test_the_keyrings_memo_of_plaintexts_is_forgotten_when_a_key_is_erased() -> None:
+    from typing import Any
+
+    from dispatch.store.keys import Keyring
+
+    keyring = Keyring(nc=Any)  # type: ignore[arg-type]  # no I/O in this test
+    keyring._kids[CALLER.phone], keyring._keys["k1"] = "k1", AESGCM.generate_key(bit_length=256)
+    bound = MemberBound(at=AT, village="v", group="1", phone=CALLER.phone, name="张桂兰", role="household")
+    sealed = seal(bound, keyring)
+    assert keyring.recall(sealed.name) == "张桂兰", "the plaintext of what this process sealed is kept"
+    assert unseal(sealed, keyring) == bound
+    keyring._forget("k.k1")
+    assert keyring.recall(sealed.name) is None
+    assert unseal(sealed, keyring).name == ERASED
