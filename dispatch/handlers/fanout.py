@@ -21,7 +21,10 @@ Invariants:
 - the trigger is acknowledged only after every target has an outcome recorded or a retry job
   queued: a crash in between redelivers the trigger, which rings again exactly the targets that
   have no recorded outcome for that round (at least once, never lost);
-- a redelivered trigger of a closed incident rings nobody, except the cancellation itself;
+- a redelivered trigger of a closed incident rings nobody, except the cancellation itself; one
+  redelivered while this process still rings it (its ack wait ran out under load, as after a
+  restart with 1,000 escalations overdue: 186 webhooks sent twice) waits for that ringing to end,
+  then rings only the targets with no outcome recorded;
 - a recipient no channel reaches (none configured, or routed to none) is never silently left out:
   it is recorded as DeliveryFailed on the pseudo-channel `none` (permanent, no `handed_at`, so never
   counted as notified), once per round, with an error log (`fanout.not_rung`);
@@ -33,6 +36,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -99,6 +103,7 @@ class FanOut:
         self.priority = priority
         self.metrics = metrics
         self.cache = cache
+        self._ringing: dict[int, asyncio.Future[None]] = {}
         self.routing = routing or ChannelConfig()
         self.store = store
         self.incidents = Incidents(store)
@@ -117,7 +122,21 @@ class FanOut:
 
     async def handle(self, rec: Recorded, *, redelivered: bool = False) -> int:
         """Ring everyone a trigger reaches; return how many targets were handed to channels (broadcasts
-        wait meanwhile: `priority`)."""
+        wait meanwhile: `priority`). The same trigger handed over again while this process still rings
+        it waits for that, then rings only the targets that still have no outcome."""
+        earlier = self._ringing.get(rec.seq)
+        if earlier is not None:
+            await asyncio.shield(earlier)
+            redelivered = True
+        ringing = self._ringing[rec.seq] = asyncio.get_running_loop().create_future()
+        try:
+            return await self._held(rec, redelivered=redelivered)
+        finally:
+            if self._ringing.get(rec.seq) is ringing:
+                del self._ringing[rec.seq]
+            ringing.set_result(None)
+
+    async def _held(self, rec: Recorded, *, redelivered: bool) -> int:
         if self.priority is None or not isinstance(rec.event, TRIGGERS):
             return await self._handle(rec, redelivered=redelivered, held=None)
         held = self.priority.hold()

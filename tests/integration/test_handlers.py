@@ -39,6 +39,7 @@ from dispatch.handlers.aggregates import IncidentCache
 from dispatch.handlers.bus import MessageBus, UnknownMessage
 from dispatch.handlers.calls import CallService
 from dispatch.handlers.delivery import DeliveryWorker
+from dispatch.handlers.eager import start
 from dispatch.handlers.escalation import EscalationService
 from dispatch.handlers.fanout import FanOut
 from dispatch.handlers.gateway import GatewayCallbacks, SmsIn
@@ -341,6 +342,31 @@ async def test_the_escalate_deadline_is_stored_while_tier_one_is_appended(nc: NA
     assert {"schedule escalate stored", "append stored"} <= set(order)
     pending = await Timers(nc).outstanding("nobody")
     assert [(d.incident_id, d.timer) for d in pending[1]] == [(incident, "escalate")]
+
+
+async def test_a_trigger_handed_over_again_while_it_rings_here_rings_nobody_twice(handlers: Handlers, nc: NATS) -> None:
+    """The log redelivers an alarm while this process is still ringing it (its ack wait ran out):
+    the second handling waits for the first, then finds every outcome recorded."""
+    incident = (await handlers.call("twice-1", "13800000001")).incident_id
+    [opened] = await handlers.store.load(incident_subject(incident))
+    held, sending = asyncio.Event(), asyncio.Event()
+    send = handlers.channel.send
+
+    async def slow(job: object, target: object) -> object:
+        sending.set()
+        await held.wait()
+        return await send(job, target)
+
+    handlers.channel.send = slow  # type: ignore[method-assign]
+    fanout = FanOut(handlers.store, handlers.bus, [handlers.channel], timers=Timers(nc), public_url="http://x")
+    first = start(fanout.handle(opened))
+    await sending.wait()
+    again = start(fanout.handle(opened, redelivered=True))  # runs to where it waits, at once
+    assert not again.done()
+    held.set()
+    assert await first == 9
+    assert await again == 0, "the redelivered trigger rang again"
+    assert len(handlers.channel.for_incident(incident)) == 9
 
 
 async def covered_elsewhere(nc: NATS, call_id: str) -> tuple[Handlers, MessageBus, IncidentCache, str]:
