@@ -101,9 +101,11 @@ def group_dissolved(village: str, group: str, after_seq: int) -> MessageIds:
     return indexed(f"group:{village}:{group}:{after_seq}:dissolved")
 
 
-def member_change(phone: str, after_seq: int) -> MessageIds:
-    """A member's absence set or ended on top of its state at `after_seq`."""
-    return indexed(f"member:{phone}:{after_seq}")
+def member_change(subject: str, after_seq: int, command: bytes) -> MessageIds:
+    """A member's absence set or ended by `command` (its encoding) on top of its state at
+    `after_seq`: the same command retried is a duplicate, another one on the same state a conflict.
+    Named by the member's subject (a keyed hash where numbers are sealed), never the number."""
+    return indexed(f"member:{subject.rsplit('.', 1)[-1]}:{after_seq}:{stable_key('member', command.hex())}")
 
 
 def roster_change(digest: str, subject: str, expected_seq: int) -> MessageIds:

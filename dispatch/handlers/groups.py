@@ -20,7 +20,7 @@ Invariants:
 - every import's progress (state, rows read, changes and events written of their totals) and its
   outcome are kept for the last KEPT_IMPORTS imports of this process, by id;
 - a member's absence is set or ended by `decide_member` through the unit of work (its member
-  subject's last sequence expected; ids `member:<phone>:<after_seq>:<i>`);
+  subject's last sequence expected; ids name the subject's key, the sequence and the command);
 - a group is dissolved by its decider through the unit of work (each member's MemberUnbound, then
   GroupDissolved, with the group's last sequence expected), serialized with the imports.
 """
@@ -487,10 +487,11 @@ class GroupService:
         substitute), with the absence now held (None: none)."""
         phone = command.phone
         subject = _member_subject(phone)
+        encoded = msgspec.msgpack.encode(command)
 
         def ids(i: int, event: Event) -> str:
             # decided on the state `load` read just before, with no wait in between
-            return msgids.member_change(phone, self.live.directory.member_seqs.get(phone, 0))(i, event)
+            return msgids.member_change(subject, self.live.directory.member_seqs.get(phone, 0), encoded)(i, event)
 
         decided = await self.uow.decide(
             Members(self.live), phone, lambda state, now: decide_member(state, command, now), ids

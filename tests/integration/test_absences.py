@@ -5,6 +5,7 @@ and an early end ringing the officer again."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -172,3 +173,28 @@ async def _short(report: Any) -> dict[str, Any] | None:
 async def _covered_again(report: Any) -> bool:
     data = await report()
     return not data["groups_without_quorum"] and all(a["substitute_rung"] for a in data["absent_members"])
+
+
+async def test_absences_set_at_once_are_each_recorded_and_the_last_one_holds(
+    service: tuple[Service, RecordingChannel],
+) -> None:
+    """Five requests racing on one member: each is decided on the state the one before left (a
+    conflict is decided again, never lost), and the directory holds the last one appended."""
+    svc, _ = service
+    async with service_client(svc) as http:
+        untils = [hours(2 + i) for i in range(5)]
+        answers = await asyncio.gather(
+            *(http.put(f"/v1/members/{OFFICER}/absence", json={"until": u, "substitute": NEIGHBOUR}) for u in untils)
+        )
+        assert [a.status_code for a in answers] == [200] * 5, [a.text for a in answers]
+        stored = [r.event for r in await svc.store.scan(MEMBERS_ALL)]
+        assert len(stored) == 5 and all(isinstance(e, AbsenceSet) for e in stored)
+        assert sorted(e.until for e in stored if isinstance(e, AbsenceSet)) == sorted(
+            datetime.fromisoformat(u) for u in untils
+        )
+        conflicts = svc.metrics.append_conflicts.labels("member")._value.get()
+        print(f"\nfive absences at once: {conflicts:.0f} append conflicts decided again")
+        assert conflicts >= 1, "the requests never raced: this test shows nothing"
+        last = stored[-1]
+        held = svc.directory.directory.absences[OFFICER] if svc.directory else None
+        assert isinstance(last, AbsenceSet) and held is not None and held.until == last.until
