@@ -7,7 +7,7 @@ stream's messages, bytes and subjects. `--touch` first reads the last message of
 the log (as the service does when it loads an aggregate), so the file store's caches fill as in a
 run.
 
-    python benchmarks/nats_memory.py DATA_DIR [--touch]
+    python benchmarks/nats_memory.py DATA_DIR [--touch] [--settle SECONDS]
 
 A soak's server's RSS at its end beside this fresh server's: what a fresh server needs to hold the
 same store is the store's own cost (its index by subject, by design); the rest is caches and heap
@@ -50,6 +50,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--touch", action="store_true")
+    parser.add_argument("--settle", type=float, default=0, help="then measure again after this many seconds idle")
     args = parser.parse_args()
     store = args.data_dir / "nats" / "jetstream"
     if not store.is_dir():
@@ -95,6 +96,12 @@ def main() -> int:
         print(f"fresh nats-server on {store}: RSS {started:.1f} MB loaded, {rss:.1f} MB now")
         for key in ("HeapAlloc", "HeapInuse", "HeapIdle", "HeapReleased", "Sys"):
             print(f"  {key:<14}{stats.get(key, 0) / 1e6:8.1f} MB")
+        if args.settle:
+            time.sleep(args.settle)
+            stats = mem_stats(get(f"http://127.0.0.1:{prof}/debug/pprof/heap?debug=1"))
+            print(f"after {args.settle:.0f} s idle: RSS {rss_mb(server.pid):.1f} MB")
+            for key in ("HeapAlloc", "HeapInuse", "HeapIdle", "HeapReleased", "Sys"):
+                print(f"  {key:<14}{stats.get(key, 0) / 1e6:8.1f} MB")
         for account in jsz["account_details"]:
             for stream in account.get("stream_detail", []):
                 state = stream["state"]
