@@ -89,7 +89,7 @@ async def run_e2e(workdir: Path, rate: float, seconds: float, read_models: str, 
         token = (data_dir / "admin.token").read_text().strip()
         base = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {token}"}
-        http = HttpPoster(timeout=60, max_connections=256)
+        http = HttpPoster(timeout=300, max_connections=256)  # the roster import takes minutes on a busy machine
         try:
             groups = int(rate * seconds) + 10
             csv = roster(groups).encode()
