@@ -34,6 +34,7 @@ FANOUT = "fan-out"
 WEBHOOK = "webhooks"
 OUTCOMES = "outcome records"
 READ_MODELS = "read models"
+SEALING = "sealing (personal data)"
 OBSERVE = "metrics and logs"
 TIMERS = "timers and escalation"
 RESPONSES = "responses"
@@ -52,6 +53,7 @@ STAGES = (
     WEBHOOK,
     OUTCOMES,
     READ_MODELS,
+    SEALING,
     TIMERS,
     RESPONSES,
     OBSERVE,
@@ -77,6 +79,10 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("/structlog/", "", OBSERVE),
     ("/prometheus_client/", "", OBSERVE),
     ("dispatch/observe/", "", OBSERVE),
+    # sealing and opening personal data in events (whoever asks: an append, a read, a read model)
+    ("dispatch/events/sealing.py", "", SEALING),
+    ("dispatch/store/keys.py", "", SEALING),
+    ("/cryptography/", "", SEALING),
     ("/logging/__init__.py", "", OBSERVE),
     # the log: every append, every read of an aggregate's events, the batch helper
     *(("dispatch/store/eventstore.py", f, APPEND) for f in APPENDING),
@@ -145,6 +151,8 @@ IDLE_LEAVES: tuple[tuple[str, str], ...] = (
     ("/threading.py", "Event.wait"),
     ("/queue.py", "Queue.get"),
     ("/concurrent/futures/thread.py", "_worker"),
+    ("/psycopg/", "Connection.wait"),  # waiting for PostgreSQL's answer
+    ("/psycopg/", "BaseConnection.wait"),
 )
 
 # The frames just outside the event store name which append it was (a caller's file -> a label).
@@ -311,14 +319,18 @@ def main() -> int:
     parser.add_argument("raw", nargs="+", help="py-spy raw files")
     parser.add_argument("--stage", help="print this stage's most sampled innermost frames")
     parser.add_argument("--depth", type=int, default=4, help="innermost frames shown per stack")
+    parser.add_argument("--cpu-us", type=float, help="the process's measured CPU per call: print µs per stage")
     args = parser.parse_args()
     stacks: Counter[tuple[Frame, ...]] = Counter()
     for path in args.raw:
         stacks.update(parse_raw(Path(path).read_text().splitlines()))
     total = sum(stacks.values())
     if not args.stage:
-        for stage, count in sorted(fold(stacks).items(), key=lambda kv: stage_order(kv[0])):
-            print(f"{count / total:7.1%} {count:7d}  {stage}")
+        stages = fold(stacks)
+        shares = budget(stages, args.cpu_us) if args.cpu_us else {}
+        for stage, count in sorted(stages.items(), key=lambda kv: stage_order(kv[0])):
+            us = f"{shares[stage]:7.0f} µs" if stage in shares else ""
+            print(f"{count / total:7.1%} {count:7d} {us:>10}  {stage}")
         return 0
     tails: Counter[str] = Counter()
     for stack, count in stacks.items():

@@ -137,6 +137,26 @@ CASES = [
     # the loop's own bookkeeping; waiting in epoll is idle and left out of the budget
     (raw(*LOOP_TOP), cpubudget.LOOP),
     (raw(*LOOP_TOP[:3], f"EpollSelector.select ({PY}/selectors.py:468)"), cpubudget.IDLE),
+    # opening sealed personal data while loading an aggregate: sealing, not the read
+    (
+        raw(
+            *LOOP_TOP,
+            f"EventStore._direct_get_batch ({SRC}/store/eventstore.py:320)",
+            f"Keyring.opened ({SRC}/store/keys.py:90)",
+            f"unseal ({SRC}/events/sealing.py:120)",
+            f"b64decode ({PY}/base64.py:80)",
+        ),
+        cpubudget.SEALING,
+    ),
+    # a read model's thread waiting for PostgreSQL is no CPU
+    (
+        raw(
+            f"Thread._bootstrap ({PY}/threading.py:1002)",
+            f"Connection.upsert_many ({SRC}/projections/sql.py:200)",
+            f"Connection.wait ({SITE}/psycopg/connection.py:900)",
+        ),
+        cpubudget.IDLE,
+    ),
     # nothing named
     (raw("<module> (/tmp/x.py:1)", "f (/tmp/y.py:2)"), cpubudget.OTHER),
 ]
