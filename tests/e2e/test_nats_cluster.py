@@ -20,7 +20,7 @@ from nats.errors import Error as NatsError
 
 from dispatch.store.server import find_binary, free_port
 from tests.e2e.test_outages import caller, roster, webhook_env
-from tests.support import Received, ServeProcess, WebhookReceiver, jetstream_answers, wait_until
+from tests.support import Received, ServeProcess, WebhookReceiver, jetstream_answers, stop_all, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -104,14 +104,7 @@ class OpsCluster:
         return {r["remote_name"] for r in routez.get("routes") or []}
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(self.procs.values())
 
 
 @pytest.fixture
