@@ -47,7 +47,10 @@ async def run_people(settings: Settings, args: argparse.Namespace) -> int:
         if done.kid:
             print(f"已删除 {mask(phone)} 的密钥 {done.kid[:6]}（死信 {done.dead_letters} 条已覆盖）")
         else:
-            print(f"{mask(phone)} 没有密钥：日志中没有加密的该号码数据（旧日志请先运行 dispatch people migrate）")
+            print(
+                f"{mask(phone)} 没有密钥：日志中没有加密的该号码数据"
+                "（加密之前写入的旧日志须先迁移：dispatch log copy --seal，见 docs/migration.md）"
+            )
         if args.no_replay or running:
             print(
                 "读模型仍含该号码：停止服务后运行 `dispatch replay`（并删除 directory.snapshot）"
@@ -60,5 +63,5 @@ async def run_people(settings: Settings, args: argparse.Namespace) -> int:
         compact(db)
         with contextlib.suppress(FileNotFoundError):
             (settings.data_dir / "directory.snapshot").unlink()
-        print("读模型已重建：该号码显示为“已删除”")
+        print("读模型已重建：该号码显示为“已删除”" if done.kid else "读模型已重建")
     return 0

@@ -5,8 +5,9 @@ Invariants:
   person's random key id, `k.<kid>` -> that person's AES-256 key, `d.<YYYYMMDD>` -> a day's key;
   no number is ever written to it, neither as a key nor as a value;
 - it is replicated like the log (R1 embedded, R3 in a cluster), keeps one value per key, and is not
-  `deny_delete`: an erasure overwrites the key's stored message (a JetStream secure delete), then
-  writes a delete marker, which every process's watcher sees and drops from its cache;
+  `deny_delete`: an erasure overwrites the key's stored message (a JetStream secure delete), writes
+  a delete marker, then a notice `x.<entry>`, which every process's watcher (an ordered consumer on
+  `x.>` only, so it survives reconnections) sees and drops the key from its cache;
 - keys are created once (`create` fails when another process created the same entry first: its
   value is then used), never changed; the caches only grow from the bucket and shrink by its
   markers, so a retried append seals under the same person's key as the first try;
@@ -52,6 +53,9 @@ KEY_BYTES = 32
 KID_BYTES = 10
 MEMO = 65_536
 CREATE_BATCH = 400
+ERASURES = "x"
+"""`x.<entry>`: an erasure's notice, the one prefix the processes watch (key creations, a roster's
+worth at a time, are not sent to every process)."""
 
 E = TypeVar("E", bound=Event)
 
@@ -109,7 +113,11 @@ class Keyring:
         self._kv = await js.key_value(BUCKET)
         self._pepper = await self._get_or_create("pepper", lambda: os.urandom(KEY_BYTES))
         self._sub = await js.subscribe(
-            f"{PREFIX}>", stream=STREAM, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW, cb=self._on_change
+            f"{PREFIX}{ERASURES}.>",
+            stream=STREAM,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+            cb=self._on_change,
         )
 
     async def stop(self) -> None:
@@ -123,9 +131,7 @@ class Keyring:
         uninstall(self)
 
     async def _on_change(self, msg: Msg) -> None:
-        op = (msg.headers or {}).get("KV-Operation")
-        if op in ("DEL", "PURGE"):
-            self._forget(msg.subject[len(PREFIX) :])
+        self._forget(msg.subject[len(PREFIX) + len(ERASURES) + 1 :])
 
     def _forget(self, name: str) -> None:
         self._plain.clear()
@@ -363,6 +369,7 @@ class Keyring:
             if "error" in answer:
                 raise KeyStoreUnavailable(f"cannot erase {name}: {answer['error'].get('description')}")
         await self.kv.delete(name)
+        await self.kv.put(f"{ERASURES}.{name}", b"")
 
 
 def today(now: datetime | None = None) -> str:
