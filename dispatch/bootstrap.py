@@ -390,7 +390,7 @@ class Service:
         )
         self.groups = GroupService(self.uow, self.directory, region=st.region)
         self.responses = ResponseService(self.uow, self.metrics, region=st.region)
-        self.alarm_priority = AlarmPriority()
+        self.alarm_priority = AlarmPriority(also=lambda: self.priority.alarms)
         for channel in self.channels:
             if isinstance(channel, VoiceChannel):
                 channel.priority = self.alarm_priority

@@ -7,7 +7,8 @@ Priority: an alarm is never delayed by a broadcast.
   fan-out rings in process and its retries have their own queue (DISPATCH_DELIVERY), so no alarm
   waits behind a broadcast in any queue;
 - before each number of a chunk the sender yields to alarms (`AlarmPriority.yield_to_alarms`): while
-  the fan-out or a delivery worker of this process is ringing, no broadcast request starts;
+  this process decides a call, fans an alarm out or hands an alert to a channel, no broadcast request
+  starts;
 - the sender talks to the gateway through its own HTTP client (`max_connections` small), so the
   alarms' connections to the gateway are never taken; it sends at most `rate` requests per second per
   channel (a token bucket, `dispatch.domain.ratelimit`) and, when the gateway answers 429 or 503 with
@@ -30,7 +31,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -87,10 +88,15 @@ class _Hold:
 
 
 class AlarmPriority:
-    """How many alarm deliveries this process is making; broadcasts wait while there are any."""
+    """How many alarm deliveries this process is making; broadcasts wait while there are any, and
+    while `also` counts alarm work elsewhere (the calls being decided and the alarms' fan-outs that
+    `dispatch.handlers.priority.Priority` counts; polled every POLL_S)."""
 
-    def __init__(self) -> None:
+    POLL_S = 0.005
+
+    def __init__(self, also: Callable[[], int] | None = None) -> None:
         self.busy = 0
+        self.also = also
         self._idle: asyncio.Event | None = None
         self.yields = 0
 
@@ -120,13 +126,19 @@ class AlarmPriority:
         finally:
             held.release()
 
+    def _others(self) -> int:
+        return self.also() if self.also is not None else 0
+
     async def yield_to_alarms(self) -> bool:
-        """Return at once when no alarm is being delivered, else once none is; True if it waited."""
-        if self.busy == 0:
+        """Return at once when no alarm is being delivered or decided, else once none is; True if it waited."""
+        if self.busy == 0 and self._others() == 0:
             return False
         self.yields += 1
-        while self.busy:
-            await self._event().wait()
+        while self.busy or self._others():
+            if self.busy:
+                await self._event().wait()
+            else:
+                await asyncio.sleep(self.POLL_S)
         return True
 
 

@@ -243,16 +243,22 @@ async def test_an_officer_warns_only_its_own_villages(service: Service, http: ht
     assert (await http.get("/v1/broadcasts/o2", params={"format": "csv"}, headers=officer)).status_code == 403
 
 
-async def test_a_broadcast_waits_while_an_alarm_is_being_handed(
-    service: Service, http: httpx.AsyncClient, gateway: Gateway
+@pytest.mark.parametrize("gate", ["handing", "deciding"])
+async def test_a_broadcast_waits_while_an_alarm_is_being_handed_or_decided(
+    service: Service, http: httpx.AsyncClient, gateway: Gateway, gate: str
 ) -> None:
     gateway.release.set()
     sender = service.bulk_sender
     assert sender is not None
-    held = service.alarm_priority.hold()
-    started = await http.post("/v1/broadcasts", json={**WARNING, "id": "held", "channels": ["sms"]})
+    if gate == "handing":  # the fan-out or a delivery hands an alert to a channel
+        held = service.alarm_priority.hold()
+        release = held.release
+    else:  # a call is being decided, or an alarm fanned out (the deadlines' Priority counts it)
+        service.priority.alarm_started()
+        release = service.priority.alarm_ended
+    started = await http.post("/v1/broadcasts", json={**WARNING, "id": f"held-{gate}", "channels": ["sms"]})
     assert started.status_code == 201
     await eventually(lambda: service.alarm_priority.yields >= 1, what="the sender stopped at the alarm gate")
     assert gateway.of("broadcast") == [], "nothing sent while an alarm is in hand"
-    held.release()
+    release()
     await eventually(lambda: len(gateway.of("broadcast", "/v1/sms")) == HEXI_SIZE, what="sent once released")

@@ -1,0 +1,294 @@
+"""A warning to a whole county while alarms keep coming: how long until every number has been handed to
+its channel, and what the broadcast does to the alarm path, in one run.
+
+`dispatch serve` (a subprocess) with the telephony gateway pointed at a sink (a bare asyncio HTTP
+server in a third process, answering 200 at once). The roster: `--numbers` numbers in village `county`
+(groups of ten, imported through POST /v1/groups/import as an operator would) and 1,000 groups in village
+`alarms` whose members raise the alarms. Alarms ring by SMS through the same gateway (every role routed
+to sms), so they share the gateway, the log and the event loop with the broadcast.
+
+Phase 1, no broadcast: alarms at `--rate` per second for `--baseline` seconds. Phase 2: POST
+/v1/broadcasts to `county` (voice and SMS), alarms at the same rate until the sink has been handed
+every number on both channels. The alarm path: POST /v1/calls sent -> the sink has received the texts
+of all nine recipients (both clocks are this machine's). Printed: the time to hand the broadcast to
+its channels, the broadcast's rate, and the alarm path's p50/p99 without and during it, as a ratio.
+
+    python benchmarks/broadcast.py --numbers 10000 --broadcast-rate 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import pct, start_serve
+from dispatch.store.server import free_port
+
+SECRET = "bench-gateway-secret"
+ALARM_GROUPS = 1000
+RECIPIENTS = 9
+
+SINK = r"""
+import asyncio, json, sys, time
+from collections import Counter
+alarms = Counter()
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\":true}"
+out = sys.stdout
+handed = {"voice": 0, "sms": 0}
+first = [0.0]
+
+class Sink(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+        self.buf = b""
+
+    def data_received(self, data):
+        buf = self.buf + data
+        while (end := buf.find(b"\r\n\r\n")) >= 0:
+            head = buf[:end]
+            low = head.lower()
+            length = 0
+            if (i := low.find(b"content-length:")) >= 0:
+                j = low.find(b"\r\n", i)
+                length = int(low[i + 15 : j if j >= 0 else len(low)])
+            if len(buf) < end + 4 + length:
+                break
+            body, buf = buf[end + 4 : end + 4 + length], buf[end + 4 + length :]
+            now = time.time()
+            self.transport.write(OK)
+            path = head.split(b" ", 2)[1]
+            msg = json.loads(body)
+            if path.endswith(b"/voice/calls") or msg.get("text", "").startswith("【6995台风预警】"):
+                channel = "voice" if path.endswith(b"/voice/calls") else "sms"
+                handed[channel] += 1
+                if not first[0]:
+                    first[0] = now
+                n = handed["voice"] + handed["sms"]
+                if n % 1000 == 0:
+                    out.write(f"B {handed['voice']} {handed['sms']} {now}\n")
+            else:
+                group = msg["to"][:-2]
+                alarms[group] += 1
+                if alarms[group] == int(sys.argv[2]):
+                    out.write(f"A {group} {now}\n")
+                    alarms[group] = 0
+        self.buf = buf
+        out.flush()
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(Sink, "127.0.0.1", int(sys.argv[1]), backlog=4096)
+    out.write("ready\n"); out.flush()
+    await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+def roster(numbers: int) -> str:
+    """`numbers` numbers of village county (groups of ten) and ALARM_GROUPS groups of village alarms."""
+    lines = ["village,group,phone,role,name"]
+    roles = ["leader", "officer", "assistant"] + ["household"] * 7
+    for g in range(-(-numbers // 10)):
+        for k, role in enumerate(roles[: min(10, numbers - g * 10)] if numbers - g * 10 < 10 else roles):
+            lines.append(f"county,{g},{15000000000 + g * 10 + k},{role},户{k}")
+    for g in range(ALARM_GROUPS):
+        for k, role in enumerate(roles):
+            lines.append(f"alarms,{g},{13000000000 + g * 100 + k},{role},m{k}")
+    return "\n".join(lines) + "\n"
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.alarm_at: dict[str, list[float]] = {}
+        self.handed = (0, 0)
+        self.handed_at = 0.0
+        self.changed = asyncio.Event()
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", SINK, str(self.port), str(RECIPIENTS), stdout=asyncio.subprocess.PIPE
+        )
+        assert self.proc.stdout is not None
+        assert (await self.proc.stdout.readline()).strip() == b"ready"
+        self.reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            parts = line.decode().split()
+            if parts[0] == "A":
+                self.alarm_at.setdefault(parts[1], []).append(float(parts[2]))
+            else:
+                self.handed = (int(parts[1]), int(parts[2]))
+                self.handed_at = float(parts[3])
+            self.changed.set()
+
+    async def stop(self) -> None:
+        self.proc.kill()
+        await self.proc.wait()
+        self.reader.cancel()
+
+
+NEXT_GROUP = [0]
+
+
+async def alarms(http: httpx.AsyncClient, sink: Sink, rate: float, until: asyncio.Event, tag: str) -> list[float]:
+    """Raise alarms at `rate`/s, each from a group never used before (so no alarm merges into another or
+    meets another's texts), until `until` is set; their latencies (s)."""
+    latencies: list[float] = []
+    pending: list[asyncio.Task[None]] = []
+    n = 0
+
+    async def one(group: int, sent: float) -> None:
+        key = str(13000000000 + group * 100)[:-2]
+        caller = f"{13000000000 + group * 100 + 9}"
+        answer = await http.post("/v1/calls", json={"call_id": f"{tag}-{group}-{sent}", "caller": caller})
+        assert answer.status_code == 202, answer.text
+        incident = answer.json()["incident_id"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            arrived = sink.alarm_at.get(f"+86{key}")
+            if arrived:
+                latencies.append(arrived.pop(0) - sent)
+                return
+            sink.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sink.changed.wait(), 0.5)
+        raise RuntimeError(f"alarm {incident} never reached its nine recipients")
+
+    start = time.monotonic()
+    while not until.is_set():
+        group = NEXT_GROUP[0]
+        NEXT_GROUP[0] += 1
+        if group >= ALARM_GROUPS:
+            raise RuntimeError("more alarms than alarm groups: raise ALARM_GROUPS")
+        pending.append(asyncio.create_task(one(group, time.time())))
+        n += 1
+        await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
+    await asyncio.gather(*pending)
+    return latencies
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    work = Path(tempfile.mkdtemp(prefix="bench-broadcast-"))
+    sink = Sink()
+    await sink.start()
+    channels = work / "channels.toml"
+    routes = "".join(f'{r} = ["sms"]\n' for r in ("household", "leader", "assistant", "officer", "duty"))
+    channels.write_text(
+        f'[gateway]\nurl = "http://127.0.0.1:{sink.port}"\nsecret_env = "DISPATCH_GATEWAY_SECRET"\n\n[routes]\n{routes}'
+    )
+    port = free_port()
+    env = {
+        "DISPATCH_CHANNELS_FILE": str(channels),
+        "DISPATCH_GATEWAY_SECRET": SECRET,
+        "DISPATCH_DUTY_DESK": "073184512345",
+        "DISPATCH_ACK_DEADLINE": "3600",
+        "DISPATCH_ESCALATE_AFTER": "7200",
+        "DISPATCH_ARRIVAL_DEADLINE": "7200",
+        "DISPATCH_RATE_LIMIT": "0",
+        "DISPATCH_BROADCAST_RATE": str(args.broadcast_rate),
+        "DISPATCH_BROADCAST_CONNECTIONS": str(args.connections),
+    }
+    try:
+        serve = await asyncio.to_thread(start_serve, work / "data", port, env)
+    except BaseException:
+        await sink.stop()
+        raise
+    try:
+        token = (work / "data" / "admin.token").read_text().strip()
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=600) as http:
+            t0 = time.monotonic()
+            imported = await http.post(
+                "/v1/groups/import", content=roster(args.numbers).encode(), headers={"Content-Type": "text/csv"}
+            )
+            assert imported.status_code == 200, imported.text[:500]
+            import_s = time.monotonic() - t0
+            print(f"imported in {import_s:.1f} s; alarms for {args.baseline} s", file=sys.stderr, flush=True)
+
+            stop = asyncio.Event()
+            baseline_task = asyncio.create_task(alarms(http, sink, args.rate, stop, "before"))
+            await asyncio.sleep(args.baseline)
+            stop.set()
+            baseline = await baseline_task
+
+            during_stop = asyncio.Event()
+            started = time.time()
+            answer = await http.post(
+                "/v1/broadcasts",
+                json={
+                    "villages": ["county"],
+                    "kind": "typhoon",
+                    "message": "台风今晚登陆，请转移到村委会",
+                    "id": "bench",
+                },
+            )
+            assert answer.status_code == 201, answer.text[:500]
+            accepted_s = time.time() - started
+            print(
+                f"{len(baseline)} alarms before; broadcast accepted in {accepted_s:.1f} s", file=sys.stderr, flush=True
+            )
+            during_task = asyncio.create_task(alarms(http, sink, args.rate, during_stop, "during"))
+            total = args.numbers
+            while sink.handed != (total, total) or sum(sink.handed) < 2 * total:
+                report = (await http.get("/v1/broadcasts/bench")).json()["counts"]
+                if report["handed"] == {"voice": total, "sms": total}:
+                    break
+                if time.time() - started > args.give_up:
+                    raise RuntimeError(f"broadcast not handed within {args.give_up} s: {report}")
+                await asyncio.sleep(0.5)
+            handed_s = time.time() - started
+            during_stop.set()
+            during = await during_task
+            report = (await http.get("/v1/broadcasts/bench")).json()["counts"]
+    finally:
+        serve.terminate()
+        with contextlib.suppress(Exception):
+            serve.wait(20)
+        await sink.stop()
+    p99_before, p99_during = pct(baseline, 0.99), pct(during, 0.99)
+    return {
+        "numbers": args.numbers,
+        "broadcast_rate_setting": args.broadcast_rate,
+        "connections": args.connections,
+        "import_s": round(import_s, 1),
+        "post_broadcast_s": round(accepted_s, 2),
+        "handed_all_s": round(handed_s, 1),
+        "handed_per_s": round(2 * args.numbers / handed_s),
+        "alarms_before": len(baseline),
+        "alarms_during": len(during),
+        "alarm_p50_ms_before": round(pct(baseline, 0.5) * 1000, 1),
+        "alarm_p99_ms_before": round(p99_before * 1000, 1),
+        "alarm_p50_ms_during": round(pct(during, 0.5) * 1000, 1),
+        "alarm_p99_ms_during": round(p99_during * 1000, 1),
+        "p99_ratio": round(p99_during / p99_before, 2),
+        "counts": report,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--numbers", type=int, default=10_000, help="numbers in the broadcast's village")
+    parser.add_argument("--rate", type=float, default=5.0, help="alarms per second, in both phases")
+    parser.add_argument("--baseline", type=float, default=20.0, help="seconds of alarms before the broadcast")
+    parser.add_argument("--broadcast-rate", type=float, default=2000.0, help="DISPATCH_BROADCAST_RATE")
+    parser.add_argument("--connections", type=int, default=8, help="DISPATCH_BROADCAST_CONNECTIONS")
+    parser.add_argument("--give-up", type=float, default=1800.0, help="seconds")
+    result = asyncio.run(run(parser.parse_args()))
+    print(json.dumps(result, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
