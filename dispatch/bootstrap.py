@@ -478,7 +478,10 @@ class Service:
         config_gateway = self.channel_config.gateway
         if bulk_channels and config_gateway is not None:
             self.bulk_gateway = GatewayClient(
-                config_gateway.url, config_gateway.secret, max_connections=st.broadcast_connections
+                config_gateway.url,
+                config_gateway.secret,
+                timeout=config_gateway.request_timeout_s,
+                max_connections=st.broadcast_connections,
             )
             self.bulk_sender = BulkSender(
                 self.nc,
@@ -655,7 +658,9 @@ class Service:
             role_urls = {"command_centre": [st.command_centre_url]} if st.command_centre_url else {}
             self.channels.append(WebhookChannel(st.webhook_urls, st.webhook_secret, role_urls=role_urls))
         if config.gateway is not None:
-            self.gateway_client = GatewayClient(config.gateway.url, config.gateway.secret)
+            self.gateway_client = GatewayClient(
+                config.gateway.url, config.gateway.secret, timeout=config.gateway.request_timeout_s
+            )
             self.callbacks = CallbackBus(self.nc, metrics=self.metrics)
             await self.callbacks.start()
             self.sms = SmsChannel(self.gateway_client)

@@ -5,6 +5,7 @@
 url = "http://gateway.example:9100"
 secret_env = "DISPATCH_GATEWAY_SECRET"   # or: secret = "..." (then keep this file private)
 ring_timeout_s = 30
+request_timeout_s = 10         # a request the gateway has not answered by then is retried
 caller_voice_updates = false   # also call the caller (not only text) when help is on the way
 
 [routes]                       # role -> channels, for every village
@@ -44,7 +45,7 @@ from dispatch.events.model import Role
 ROLES: tuple[Role, ...] = ("household", "leader", "assistant", "officer", "duty", "command_centre", "unregistered")
 CHANNEL_NAMES = ("webhook", "voice", "sms", "wecom", "dingtalk")
 TABLES = ("gateway", "routes", "villages", "signing")
-GATEWAY_KEYS = ("url", "secret", "secret_env", "ring_timeout_s", "caller_voice_updates")
+GATEWAY_KEYS = ("url", "secret", "secret_env", "ring_timeout_s", "request_timeout_s", "caller_voice_updates")
 VILLAGE_KEYS = (
     "routes",
     "wecom_url",
@@ -72,6 +73,7 @@ class GatewayConfig:
     url: str
     secret: str
     ring_timeout_s: float = 30.0
+    request_timeout_s: float = 10.0
     caller_voice_updates: bool = False
 
 
@@ -105,6 +107,13 @@ class ChannelConfig:
         names = {c for cs in self.routes.values() for c in cs}
         names |= {c for routes in self.village_routes.values() for cs in routes.values() for c in cs}
         return names
+
+
+def _positive(value: Any, where: str) -> float:
+    """A number of seconds above 0, or a ChannelConfigError naming `where`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ChannelConfigError(f"{where} must be a number of seconds above 0, not {value!r}")
+    return float(value)
 
 
 def _secret(table: dict[str, Any], key: str, where: str, env: dict[str, str]) -> str | None:
@@ -179,6 +188,7 @@ def load_channel_config(path: Path, env: dict[str, str] | None = None) -> Channe
             url=url.rstrip("/"),
             secret=secret,
             ring_timeout_s=float(gateway.get("ring_timeout_s", 30)),
+            request_timeout_s=_positive(gateway.get("request_timeout_s", 10), f"{where} [gateway].request_timeout_s"),
             caller_voice_updates=bool(gateway.get("caller_voice_updates", False)),
         )
     config.routes = _routes(data.get("routes", {}), f"{where} [routes]")

@@ -381,6 +381,7 @@ class BulkSender:
         self.paused_until: dict[str, float] = {}
         self.stats = SenderStats()
         self._tasks: list[asyncio.Task[None]] = []
+        self._subs: list[Any] = []
         self._stopping = False
 
     async def start(self) -> None:
@@ -391,6 +392,7 @@ class BulkSender:
         for channel in self.channels:
             spec = bulk_consumer(channel)
             sub = await js.pull_subscribe_bind(spec.durable, stream=BULK_STREAM)
+            self._subs.append(sub)
             self._tasks.append(asyncio.get_running_loop().create_task(self._run(channel, sub)))
 
     async def stop(self) -> None:
@@ -402,6 +404,12 @@ class BulkSender:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        # A pull subscription left open holds the connection's drain for its whole timeout (30 s):
+        # its pending queue is never joined, fetch having taken its messages with next_msg.
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs = []
 
     async def _run(self, channel: str, sub: Any) -> None:
         while not self._stopping:
