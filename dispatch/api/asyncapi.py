@@ -205,6 +205,7 @@ SUMMARIES = {
     "ResponderArrived": "A responder is on scene",
     "IncidentCovered": "The quorum has accepted: the incident is covered",
     "IncidentEscalated": "The incident went up a tier (station duty desk, then county)",
+    "NeighboursAlerted": "The group could not reach cover: the neighbouring groups' leaders and assistants alerted",
     "IncidentResolved": "The incident was resolved, with a category",
     "IncidentCancelled": "The incident was cancelled (caller safe, misdial...)",
     "DrillScheduled": "A drill was set for a group at a date and time",
@@ -367,7 +368,7 @@ def document() -> dict[str, Any]:
         "messages": {"BulkJob": _ref("components/messages", "BulkJob")},
         "x-dispatch-stream": s.BULK_STREAM,
     }
-    timer = {"incident_id": INCIDENT_ID, "timer": _param("ack, escalate or arrival")}
+    timer = {"incident_id": INCIDENT_ID, "timer": _param("ack, escalate, arrival or station")}
     channels["timerSchedules"] = {
         "address": s.schedule_subject("{incident_id}", "{timer}"),
         "parameters": timer,

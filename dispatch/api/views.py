@@ -109,6 +109,7 @@ def responder_view(r: Responder, simulated: bool = False) -> dict[str, Any]:
     return {
         **person(r.person),
         "recipient": r.recipient,
+        "neighbour_group": r.neighbour_group or None,
         "state": responder_state(r),
         "notified": {k: iso(v) for k, v in r.notified.items()},
         "delivered": {k: iso(v) for k, v in r.delivered.items()},
@@ -245,6 +246,12 @@ def incident_view(state: IncidentState, history: list[Recorded], time_zone: str 
         "kind": "unregistered" if isinstance(opened, UnregisteredCall) else "alarm",
         "silent": opened.silent,
         "drill": state.drill,
+        "neighbours": {
+            "order": opened.neighbours_order,
+            "covers": opened.neighbour_covers,
+            "groups": list(dict.fromkeys(opened.neighbour_groups)),
+            "alerted_at": iso(state.neighbours_alerted_at) if state.neighbours_alerted_at else None,
+        },
         "origin": opened.origin or "call",
         "opened_by": {"token_id": opened.opened_by, "name": opened.opened_by_name} if opened.opened_by else None,
         "status": state.status,

@@ -65,13 +65,19 @@ def mobiles(people: list[Person]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+TITLES = {"escalation": "警情升级", "neighbours": "邻组支援", "caller_update": "报警进展", "cancelled": "报警已取消"}
+
+
 def _parts(job: DeliveryJob, address: str) -> tuple[str, str, str]:
     people = alerted(job, address)
     names = "、".join(f"{p.name or p.phone}（{ROLE_ZH.get(p.role, p.role)}）" for p in people)
     where = f"{job.village or ''}{job.group + '组' if job.group else ''}"
-    title = {"escalation": "警情升级", "caller_update": "报警进展", "cancelled": "报警已取消"}.get(
-        job.kind, "6995联防报警"
-    )
+    title = {
+        "escalation": "警情升级",
+        "neighbours": "邻组支援",
+        "caller_update": "报警进展",
+        "cancelled": "报警已取消",
+    }.get(job.kind, "6995联防报警")
     return (f"演练·{title}" if job.drill else title), where, names
 
 

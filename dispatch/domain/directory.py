@@ -29,6 +29,7 @@ from dispatch.domain.errors import InvalidCommand, NotFound
 from dispatch.domain.phone import cn_mobile_candidate, try_normalize
 from dispatch.domain.timezones import valid_time_zone
 from dispatch.events.model import (
+    NEIGHBOURS_ORDERS,
     Actor,
     DutyDeskBound,
     DutyDeskUnbound,
@@ -42,6 +43,7 @@ from dispatch.events.model import (
     MemberPlaced,
     MemberRenamed,
     MemberUnbound,
+    NeighboursOrder,
     Person,
     Place,
     Role,
@@ -264,6 +266,9 @@ class VillageState:
     arrival_deadline_s: float | None = None
     time_zone: str | None = None
     proxy_counts: bool | None = None
+    neighbours_order: NeighboursOrder | None = None
+    neighbour_covers: bool | None = None
+    neighbours: dict[str, tuple[str, ...]] | None = None
 
     def deadlines(self, defaults: Deadlines) -> Deadlines:
         """The village's deadlines, its overrides over `defaults`."""
@@ -302,6 +307,9 @@ class _VillageRow(msgspec.Struct, array_like=True):
     arrival_deadline_s: float | None
     time_zone: str | None = None
     proxy_counts: bool | None = None
+    neighbours_order: NeighboursOrder | None = None
+    neighbour_covers: bool | None = None
+    neighbours: dict[str, tuple[str, ...]] | None = None
 
 
 class _AbsenceRow(msgspec.Struct, array_like=True):
@@ -466,6 +474,9 @@ class Directory:
             state.arrival_deadline_s = event.arrival_deadline_s
             state.time_zone = event.time_zone
             state.proxy_counts = event.proxy_counts
+            state.neighbours_order = event.neighbours_order
+            state.neighbour_covers = event.neighbour_covers
+            state.neighbours = event.neighbours
 
     def compact(self) -> None:
         """Pack what changed since the last compaction; answers stay the same."""
@@ -506,6 +517,9 @@ class Directory:
                     v.arrival_deadline_s,
                     v.time_zone,
                     v.proxy_counts,
+                    v.neighbours_order,
+                    v.neighbour_covers,
+                    v.neighbours,
                 )
                 for v in self.villages.values()
             ],
@@ -553,6 +567,9 @@ class Directory:
                 vrow.arrival_deadline_s,
                 vrow.time_zone,
                 vrow.proxy_counts,
+                vrow.neighbours_order,
+                vrow.neighbour_covers,
+                vrow.neighbours,
             )
             d.villages[vrow.village] = village
         index = d._by_phone
@@ -623,6 +640,27 @@ class Directory:
         """Whether a proxy answer counts toward cover in `village` (the default: it does)."""
         state = self.villages.get(village) if village else None
         return state is None or state.proxy_counts is not False
+
+    def neighbours_order(self, village: str | None) -> NeighboursOrder:
+        """When a village's neighbouring groups are alerted: `alongside` the station, `before` it, or
+        `off` (the default: a village turns its neighbours on)."""
+        state = self.villages.get(village) if village else None
+        return state.neighbours_order if state is not None and state.neighbours_order else "off"
+
+    def neighbour_covers(self, village: str | None) -> bool:
+        """Whether a neighbour's accept covers as the leader half in `village` (the default: no)."""
+        state = self.villages.get(village) if village else None
+        return state is not None and state.neighbour_covers is True
+
+    def neighbour_groups(self, village: str, group: str) -> list[GroupState]:
+        """A group's neighbours: as the village's settings name them, else every other live group of
+        the village."""
+        state = self.villages.get(village)
+        named = state.neighbours.get(group) if state is not None and state.neighbours is not None else None
+        if named is not None:
+            found = [self.group(village, name) for name in named if name != group]
+            return [g for g in found if g is not None]
+        return [g for g in self.groups_of(village) if g.group != group]
 
     def duty_desks(self, village: str) -> tuple[Person, ...]:
         """The village's duty desks."""
@@ -705,6 +743,9 @@ class ChangeVillageSettings(msgspec.Struct, frozen=True, kw_only=True):
     arrival_deadline_s: float | None = None
     time_zone: str | None = None
     proxy_counts: bool | None = None
+    neighbours_order: NeighboursOrder | None = None
+    neighbour_covers: bool | None = None
+    neighbours: dict[str, tuple[str, ...]] | None = None
     actor: Actor | None = None
 
 
@@ -722,6 +763,16 @@ def decide_village_settings(state: VillageState | None, command: ChangeVillageSe
         raise InvalidCommand("deadlines must be between 1 and 86400 seconds")
     if c.ack_deadline_s is not None and c.escalate_after_s is not None and c.ack_deadline_s > c.escalate_after_s:
         raise InvalidCommand("ack_deadline_s must not exceed escalate_after_s")
+    if c.neighbours_order is not None and c.neighbours_order not in NEIGHBOURS_ORDERS:
+        raise InvalidCommand(f"neighbours_order must be one of {', '.join(NEIGHBOURS_ORDERS)}")
+    for group, names in (c.neighbours or {}).items():
+        try:
+            for name in (group, *names):
+                check_token("group", name)
+        except InvalidToken as exc:
+            raise InvalidCommand(f"neighbours: {exc}") from None
+        if group in names:
+            raise InvalidCommand(f"neighbours: group {group} cannot be its own neighbour")
     return [
         VillageSettingsChanged(
             at=now,
@@ -731,6 +782,9 @@ def decide_village_settings(state: VillageState | None, command: ChangeVillageSe
             arrival_deadline_s=c.arrival_deadline_s,
             time_zone=c.time_zone,
             proxy_counts=c.proxy_counts,
+            neighbours_order=c.neighbours_order,
+            neighbour_covers=c.neighbour_covers,
+            neighbours=c.neighbours,
             actor=c.actor,
         )
     ]

@@ -58,6 +58,9 @@ from dispatch.events.model import (
     IncidentOpened,
     IncidentResolved,
     LineClosed,
+    NeighboursAlerted,
+    NeighboursOrder,
+    NeighboursReason,
     Person,
     ResponderAccepted,
     ResponderArrived,
@@ -221,6 +224,13 @@ class Route:
     relaxed: Quorum = ()
     proxy_counts: bool = True
     absent: tuple[Person, ...] = ()
+    neighbours: tuple[Person, ...] = ()
+    neighbour_groups: tuple[str, ...] = ()
+    neighbours_order: NeighboursOrder = "off"
+    neighbour_covers: bool = False
+
+
+NEIGHBOUR_ROLES: tuple[Role, ...] = ("leader", "assistant")
 
 
 def silent_route(route: Route) -> Route:
@@ -229,8 +239,17 @@ def silent_route(route: Route) -> Route:
     recipients = _ordered([p for p in (*route.recipients, *route.duty_desks) if p.role in SILENT_ROLES])
     quorum = effective_quorum(route.quorum, recipients) if route.kind == "group" else route.quorum
     relaxed = route.relaxed + relaxed_clauses(route.quorum, recipients) if route.kind == "group" else route.relaxed
+    # a duress alarm is told to no other group: its neighbours are never alerted
     return replace(
-        route, line=f"silent.{route.line}", recipients=recipients, quorum=quorum, silent=True, relaxed=relaxed
+        route,
+        line=f"silent.{route.line}",
+        recipients=recipients,
+        quorum=quorum,
+        silent=True,
+        relaxed=relaxed,
+        neighbours=(),
+        neighbour_groups=(),
+        neighbours_order="off",
     )
 
 
@@ -310,6 +329,9 @@ def _group_route(
     recipients = _ordered([p for p in present if p.phone != caller.phone])
     absent = tuple(away)
     duty = directory.duty_desks(group.village) or fallback_duty
+    taken = {caller.phone, *(p.phone for p in recipients), *(p.phone for p in duty)}
+    order = directory.neighbours_order(group.village)
+    neighbours = [] if order == "off" else neighbours_of(directory, group, taken, now)
     return Route(
         kind="group",
         line=line,
@@ -323,7 +345,29 @@ def _group_route(
         relaxed=relaxed_clauses(policy, recipients + duty + absent),
         proxy_counts=directory.proxy_counts(group.village),
         absent=absent,
+        neighbours=tuple(person for person, _ in neighbours),
+        neighbour_groups=tuple(name for _, name in neighbours),
+        neighbours_order=order,
+        neighbour_covers=directory.neighbour_covers(group.village),
     )
+
+
+def neighbours_of(directory: Directory, group: GroupState, taken: set[str], now: datetime) -> list[tuple[Person, str]]:
+    """The leaders and assistants (on duty at `now`: a substitute for one away) of a group's
+    neighbouring groups, each once with their group, leaving out anyone the incident reaches already."""
+    found: dict[str, tuple[Person, str]] = {}
+    for other in directory.neighbour_groups(group.village, group.group):
+        staff = [p for p in other.members.values() if p.role in NEIGHBOUR_ROLES]
+        present, _ = _on_duty(directory, staff, now)
+        for person in _ordered(present):
+            if person.phone not in taken and person.phone not in found:
+                found[person.phone] = (person, other.group)
+    return list(found.values())
+
+
+def neighbour_pairs(opened: IncidentOpened) -> list[tuple[Person, str]]:
+    """An incident's neighbours with their groups."""
+    return list(zip(opened.neighbours, opened.neighbour_groups, strict=False))
 
 
 def _village_route(
@@ -417,6 +461,10 @@ def open_incident(route: Route, call: IncomingCall, epoch: int) -> IncidentOpene
         opened_by_name=call.opened_by_name,
         relaxed=route.relaxed,
         proxy_counts=route.proxy_counts,
+        neighbours=route.neighbours,
+        neighbour_groups=route.neighbour_groups,
+        neighbours_order=route.neighbours_order,
+        neighbour_covers=route.neighbour_covers,
         absent=route.absent,
     )
 
@@ -446,7 +494,7 @@ def repeat_call(state: IncidentState, call: IncomingCall, caller: Person) -> Cal
     )
 
 
-AlertReason = Literal["raised", "repeat", "escalation", "caller_update", "cancelled"]
+AlertReason = Literal["raised", "repeat", "escalation", "neighbours", "caller_update", "cancelled"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,7 +524,15 @@ class Alert:
         return self.origin == DRILL
 
 
-Trigger = IncidentOpened | CallRepeated | IncidentEscalated | ResponderAccepted | IncidentCovered | IncidentCancelled
+Trigger = (
+    IncidentOpened
+    | CallRepeated
+    | IncidentEscalated
+    | NeighboursAlerted
+    | ResponderAccepted
+    | IncidentCovered
+    | IncidentCancelled
+)
 
 
 def reachable(person: Person) -> bool:
@@ -498,6 +554,8 @@ def alert_for(
         recipients, reason, caller, urgency = trigger.realerted, "repeat", trigger.caller, trigger.urgency
     elif isinstance(trigger, IncidentEscalated):
         recipients, reason, tier, why = trigger.alerted, "escalation", trigger.tier, trigger.reason
+    elif isinstance(trigger, NeighboursAlerted):
+        recipients, reason, why = trigger.alerted, "neighbours", trigger.reason
     elif isinstance(trigger, ResponderAccepted):
         if not trigger.first:
             return None
@@ -554,6 +612,7 @@ class Responder:
     accepts: dict[str, bool] = field(default_factory=dict)
     accepted_actor: Actor | None = None
     accepted_proxy: bool = False
+    neighbour_group: str = ""
 
     @property
     def own_accept(self) -> bool:
@@ -585,6 +644,7 @@ class IncidentState:
     first_arrival_at: datetime | None = None
     closed_at: datetime | None = None
     escalation_tier: int = 0
+    neighbours_alerted_at: datetime | None = None
     category: Category | None = None
     cancel_reason: CancelReason | None = None
     closed_by: str | None = None
@@ -619,10 +679,17 @@ class IncidentState:
         """The roles of everyone who accepted."""
         return {r.person.role for r in self.responders.values() if r.accepted_at is not None}
 
+    def cover_role(self, responder: Responder) -> Role:
+        """The role an accept counts as toward cover: a neighbour's as the leader half where the
+        village allows it (`neighbour_covers`), else as nobody's (`unregistered` is in no quorum)."""
+        if not responder.neighbour_group:
+            return responder.person.role
+        return "leader" if self.opened.neighbour_covers else "unregistered"
+
     def answers(self) -> list[Answered]:
         """Every accept recorded, one per responder and actor."""
         return [
-            Answered(phone=phone, role=r.person.role, actor=key, proxy=proxy)
+            Answered(phone=phone, role=self.cover_role(r), actor=key, proxy=proxy)
             for phone, r in self.responders.items()
             for key, proxy in r.accepts.items()
         ]
@@ -634,6 +701,8 @@ def _start(event: IncidentOpened) -> IncidentState:
         responders.setdefault(desk.phone, Responder(person=desk, recipient=False))
     for away in event.absent:
         responders.setdefault(away.phone, Responder(person=away, recipient=False))
+    for person, group in neighbour_pairs(event):
+        responders.setdefault(person.phone, Responder(person=person, recipient=False, neighbour_group=group))
     return IncidentState(
         id=event.incident_id,
         opened=event,
@@ -732,6 +801,10 @@ def evolve(state: IncidentState | None, event: Event) -> IncidentState | None:
         for person in event.alerted:
             state = _with_responder(state, person.phone, last_alerted_at=event.at)
         return replace(state, escalation_tier=max(state.escalation_tier, event.tier))
+    if isinstance(event, NeighboursAlerted):
+        for person in event.alerted:
+            state = _with_responder(state, person.phone, last_alerted_at=event.at)
+        return replace(state, neighbours_alerted_at=state.neighbours_alerted_at or event.at)
     if isinstance(event, IncidentResolved):
         return replace(
             state, status="resolved", closed_at=event.at, category=event.category, closed_by=event.by, note=event.note
@@ -854,6 +927,7 @@ def line_closed(state: IncidentState, at: datetime) -> LineClosed:
 
 def _accept(state: IncidentState, person: Person, at: datetime, actor: Actor | None) -> list[Event]:
     proxy = is_proxy(actor, person.phone)
+    responder = state.responders[person.phone]
     events: list[Event] = [
         ResponderAccepted(
             at=at,
@@ -864,11 +938,13 @@ def _accept(state: IncidentState, person: Person, at: datetime, actor: Actor | N
             first=state.first_accept_at is None,
             actor=actor,
             proxy=proxy,
+            neighbour_group=responder.neighbour_group,
         )
     ]
     if state.covered:
         return events
-    this = Answered(phone=person.phone, role=person.role, actor=actor_key(actor, person.phone), proxy=proxy)
+    role = state.cover_role(responder)
+    this = Answered(phone=person.phone, role=role, actor=actor_key(actor, person.phone), proxy=proxy)
     opened = state.opened
     met = cover_by(opened.quorum, [*state.answers(), this], proxy_counts=opened.proxy_counts)
     if met is not None:
@@ -890,12 +966,13 @@ def _accept(state: IncidentState, person: Person, at: datetime, actor: Actor | N
 
 # --- Escalation ------------------------------------------------------------------------------------
 
-Timer = Literal["ack", "escalate", "arrival"]
-TIMERS: tuple[Timer, ...] = ("ack", "escalate", "arrival")
+Timer = Literal["ack", "escalate", "arrival", "station"]
+TIMERS: tuple[Timer, ...] = ("ack", "escalate", "arrival", "station")
 TIER_REASONS: dict[Timer, EscalationReason] = {
     "ack": "ack_deadline",
     "escalate": "escalate_deadline",
     "arrival": "arrival_deadline",
+    "station": "station_deadline",
 }
 
 
@@ -906,6 +983,9 @@ def timer_due(state: IncidentState, timer: Timer) -> datetime | None:
         return state.raised_at + timedelta(seconds=opened.ack_deadline_s)
     if timer == "escalate":
         return state.raised_at + timedelta(seconds=opened.escalate_after_s)
+    if timer == "station":
+        # neighbours first: the station a second ack deadline later, never after the escalate one
+        return state.raised_at + timedelta(seconds=min(2 * opened.ack_deadline_s, opened.escalate_after_s))
     if state.covered_at is None:
         return None
     return state.covered_at + timedelta(seconds=opened.arrival_deadline_s)
@@ -921,6 +1001,52 @@ def deadline_after(state: IncidentState, fired: Timer) -> tuple[Timer, datetime]
         return None
     due = timer_due(state, "escalate")
     return None if due is None else ("escalate", due)
+
+
+def deadlines_after(state: IncidentState, fired: Timer) -> list[tuple[Timer, datetime]]:
+    """Every deadline a fired one sets: the escalate one (`deadline_after`), and, where the village
+    alerts its neighbouring groups before the station, the station's once the ack deadline passed
+    uncovered."""
+    following = deadline_after(state, fired)
+    out = [following] if following is not None else []
+    if (
+        fired == "ack"
+        and state.opened.neighbours_order == "before"
+        and state.opened.neighbours
+        and not state.closed
+        and not state.covered
+        and state.escalation_tier < 1
+    ):
+        due = timer_due(state, "station")
+        assert due is not None
+        out.insert(0, ("station", due))
+    return out
+
+
+def neighbours_due(state: IncidentState, timer: Timer, at: datetime) -> list[NeighboursAlerted]:
+    """The neighbouring groups' alert a deadline passing uncovered makes (once; none with none, or
+    where the village turned them off)."""
+    if timer not in ("ack", "escalate", "station") or (timer == "escalate" and state.escalation_tier >= 2):
+        return []
+    return _alert_neighbours(state, at, "escalate_deadline" if timer == "escalate" else "ack_deadline")
+
+
+def _alert_neighbours(state: IncidentState, at: datetime, reason: NeighboursReason) -> list[NeighboursAlerted]:
+    opened = state.opened
+    if state.closed or state.covered or state.neighbours_alerted_at is not None or opened.neighbours_order == "off":
+        return []
+    people = [(p, g) for p, g in neighbour_pairs(opened) if state.responders.get(p.phone) is not None]
+    if not people:
+        return []
+    return [
+        NeighboursAlerted(
+            at=at,
+            incident_id=state.id,
+            reason=reason,
+            alerted=tuple(p for p, _ in people),
+            groups=tuple(dict.fromkeys(g for _, g in people)),
+        )
+    ]
 
 
 def top_tier(state: IncidentState) -> int:
@@ -950,17 +1076,24 @@ def _tier_two(
 
 def decide_timer(
     state: IncidentState, timer: Timer, at: datetime, command_centre: Person | None
-) -> list[IncidentEscalated]:
+) -> list[IncidentEscalated | NeighboursAlerted]:
     """A deadline fired: escalate once per tier if the incident is still not where it should be.
 
     ack: not covered -> tier 1. escalate: not covered -> tier 2 (and tier 1 first if it never
     happened). arrival: covered but nobody on scene -> the next tier not yet reached.
     A closed incident, or a tier already reached, decides nothing; a drill never goes past the
-    station (`top_tier`)."""
+    station (`top_tier`). Where the group has neighbouring groups (and the village did not turn them
+    off) the first deadline passing uncovered alerts their leaders and assistants once: alongside
+    tier 1, or `before` it (tier 1 then waits for the station deadline)."""
     if state.closed:
         return []
-    escalated = _decide_timer(state, timer, at, command_centre)
-    return [e for e in escalated if e.tier <= top_tier(state)]
+    due = timer_due(state, timer)
+    if due is None or at < due:
+        return []
+    escalated = [e for e in _decide_timer(state, timer, at, command_centre) if e.tier <= top_tier(state)]
+    if timer == "ack" and state.opened.neighbours_order == "before" and state.opened.neighbours:
+        escalated = []
+    return [*neighbours_due(state, timer, at), *escalated]
 
 
 def _decide_timer(
@@ -970,7 +1103,7 @@ def _decide_timer(
     if due is None or at < due:
         return []
     reason = TIER_REASONS[timer]
-    if timer == "ack":
+    if timer in ("ack", "station"):
         return [] if state.covered or state.escalation_tier >= 1 else [_tier_one(state, at, reason)]
     if timer == "escalate":
         if state.covered or state.escalation_tier >= 2:
@@ -994,14 +1127,30 @@ def unreachable(responder: Responder) -> bool:
     return set(responder.notified) <= failed_channels
 
 
-def decide_unreachable(state: IncidentState, at: datetime) -> list[IncidentEscalated]:
-    """No officer can be reached: escalate at once rather than waiting for the deadline."""
-    if state.closed or state.covered or state.escalation_tier >= 1:
+def decide_unreachable(state: IncidentState, at: datetime) -> list[IncidentEscalated | NeighboursAlerted]:
+    """No officer can be reached: escalate at once rather than waiting for the deadline; the group's
+    reachable members can no longer meet the quorum: alert the neighbouring groups at once."""
+    if state.closed or state.covered:
         return []
+    neighbours = _alert_neighbours(state, at, "quorum_unreachable") if quorum_out_of_reach(state) else []
+    if state.escalation_tier >= 1:
+        return list(neighbours)
     officers = [r for r in state.responders.values() if r.recipient and r.person.role == "officer"]
     if not officers or not all(unreachable(r) for r in officers):
-        return []
-    return [_tier_one(state, at, "officer_unreachable")]
+        return list(neighbours)
+    return [*neighbours, _tier_one(state, at, "officer_unreachable")]
+
+
+def quorum_out_of_reach(state: IncidentState) -> bool:
+    """Whether the group's own people (recipients not unreachable, accepters, duty desks) can no
+    longer meet every clause of the incident's quorum."""
+    roles = {
+        r.person.role
+        for r in state.responders.values()
+        if not r.neighbour_group
+        and (r.accepted_at is not None or (r.recipient and not unreachable(r)) or r.person.role == "duty")
+    }
+    return bool(state.opened.quorum) and not quorum_met(state.opened.quorum, roles)
 
 
 # --- One decision shape -----------------------------------------------------------------------------

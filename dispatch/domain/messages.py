@@ -66,7 +66,13 @@ CANCEL_ZH = {
     "other": "其他",
 }
 HOW_TO_ANSWER = "接警请按1或回复“接”，到达现场请按3或回复“到”。"
+NEIGHBOURS_ZH = {
+    "ack_deadline": "本组规定时间内未落实接警",
+    "escalate_deadline": "本组长时间仍未落实接警",
+    "quorum_unreachable": "本组可联系的人员已无法落实接警",
+}
 ESCALATION_ZH = {
+    "station_deadline": "邻组支援后仍未落实接警",
     "ack_deadline": "规定时间内未落实接警",
     "escalate_deadline": "长时间仍未落实接警",
     "arrival_deadline": "接警后未按时到达现场",
@@ -156,6 +162,8 @@ def _alert_text(alert: Alert) -> str:
     elif alert.reason == "escalation":
         level = "一级" if alert.tier == 1 else "二级·请县局指挥中心调度"
         head = f"【警情升级·{level}】{ESCALATION_ZH.get(alert.why, alert.why)}。" + head
+    elif alert.reason == "neighbours":
+        head = f"【邻组支援】{where}{NEIGHBOURS_ZH.get(alert.why, alert.why)}，请邻组组长、助理就近支援。" + head
     return head + HOW_TO_ANSWER
 
 
@@ -182,6 +190,8 @@ def _spoken_text(alert: Alert) -> str:
     urgent = f"再次呼叫，紧急程度{alert.urgency}。" if alert.reason == "repeat" else ""
     if alert.reason == "escalation":
         urgent = f"警情升级，{ESCALATION_ZH.get(alert.why, alert.why)}。"
+    if alert.reason == "neighbours":
+        urgent = f"邻组支援，{NEIGHBOURS_ZH.get(alert.why, alert.why)}，请就近支援。"
     at_home = home(caller)
     there = f"地点：{place(alert.village, alert.group)}{at_home}。" if at_home else ""
     if alert.silent:
@@ -201,6 +211,7 @@ def markdown_for(alert: Alert, console_url: str) -> str:
         "raised": "6995联防报警",
         "repeat": f"6995再次呼叫·紧急程度{alert.urgency}",
         "escalation": f"警情升级·{'一级' if alert.tier == 1 else '二级'}",
+        "neighbours": "邻组支援",
         "caller_update": "6995报警进展",
         "cancelled": "6995报警已取消",
     }[alert.reason]
@@ -392,7 +403,8 @@ def describe(
         ]
         return f"{channel_label(event)}：" + "；".join(parts)
     if isinstance(event, m.ResponderAccepted):
-        return f"{name(event.phone)} 已接警{by(event.actor, event.proxy)}"
+        came = f"（邻组{event.neighbour_group}组）" if event.neighbour_group else ""
+        return f"{name(event.phone)}{came} 已接警{by(event.actor, event.proxy)}"
     if isinstance(event, m.ResponderDeclined):
         return f"{name(event.phone)} 无法前往{by(event.actor, event.proxy)}"
     if isinstance(event, m.ResponderArrived):
@@ -403,6 +415,10 @@ def describe(
     if isinstance(event, m.IncidentEscalated):
         said = reach_text(reach or Reach(len(event.alerted)))
         return f"升级至第{event.tier}级：{ESCALATION_ZH.get(event.reason, event.reason)}，{said}"
+    if isinstance(event, m.NeighboursAlerted):
+        said = reach_text(reach or Reach(len(event.alerted)))
+        groups = "、".join(f"{g}组" for g in event.groups)
+        return f"邻组支援：{NEIGHBOURS_ZH.get(event.reason, event.reason)}，通知{groups}组长/助理，{said}"
     if isinstance(event, m.IncidentResolved):
         category = CATEGORY_ZH.get(event.category, event.category)
         return f"{name(event.by)} 处置完毕（{category}）{by(event.actor, event.proxy)}"

@@ -21,7 +21,7 @@ import msgspec
 
 from dispatch.events.model import Person
 
-JobKind = Literal["alarm", "unregistered", "repeat", "escalation", "caller_update", "cancelled"]
+JobKind = Literal["alarm", "unregistered", "repeat", "escalation", "neighbours", "caller_update", "cancelled"]
 
 
 class Target(msgspec.Struct, frozen=True, kw_only=True):

@@ -28,6 +28,8 @@ CATEGORIES: tuple[Category, ...] = ("criminal", "public_order", "dispute", "help
 CancelReason = Literal["caller_safe", "misdial", "duplicate", "drill", "other"]
 CallStatus = Literal["raised", "merged", "unregistered"]
 FailureKind = Literal["permanent", "exhausted", "withdrawn"]
+NeighboursOrder = Literal["alongside", "before", "off"]
+NEIGHBOURS_ORDERS: tuple[NeighboursOrder, ...] = ("alongside", "before", "off")
 
 
 class Place(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -151,6 +153,12 @@ class VillageSettingsChanged(VillageEvent, frozen=True, kw_only=True):
     arrival_deadline_s: float | None = None
     time_zone: str | None = None
     proxy_counts: bool | None = None
+    # the neighbouring groups' tier: `alongside` the station, `before` it, or `off` (None: off);
+    # whether a neighbour's accept covers as the leader half (None: it does not); each group's
+    # neighbours within the village (None: every other group of the village)
+    neighbours_order: NeighboursOrder | None = None
+    neighbour_covers: bool | None = None
+    neighbours: dict[str, tuple[str, ...]] | None = None
 
 
 # --- Member: one number's absences (leave, training), whichever groups it serves ------------------
@@ -237,6 +245,13 @@ class IncidentOpened(IncidentEvent, frozen=True, kw_only=True):
     opened_by_name: str = ""
     relaxed: tuple[tuple[Role, ...], ...] | None = None
     proxy_counts: bool = True
+    # the neighbouring groups' leaders and assistants, each with their group in `neighbour_groups` (the
+    # same order; the village's setting at raise time): alerted
+    # when the group cannot reach cover, `alongside` or `before` the station (`off`: never, as before)
+    neighbours: tuple[Person, ...] = ()
+    neighbour_groups: tuple[str, ...] = ()
+    neighbours_order: NeighboursOrder = "off"
+    neighbour_covers: bool = False
     # members away at raise time: not rung (their substitutes are, among `recipients`); they may
     # still answer, in their own role
     absent: tuple[Person, ...] = ()
@@ -313,7 +328,8 @@ class DeliveryFailed(IncidentEvent, frozen=True, kw_only=True):
 
 class ResponderAccepted(IncidentEvent, frozen=True, kw_only=True):
     """`actor` recorded it (None: stored before actors were kept); `proxy` when the actor is not
-    the responder (an answer taken for them)."""
+    the responder (an answer taken for them); `neighbour_group` when the responder came from a
+    neighbouring group."""
 
     phone: str
     role: Role
@@ -321,6 +337,7 @@ class ResponderAccepted(IncidentEvent, frozen=True, kw_only=True):
     first: bool = False
     actor: Actor | None = None
     proxy: bool = False
+    neighbour_group: str = ""
 
 
 class ResponderDeclined(IncidentEvent, frozen=True, kw_only=True):
@@ -353,7 +370,9 @@ class IncidentCovered(IncidentEvent, frozen=True, kw_only=True):
     by_proxy: bool = False
 
 
-EscalationReason = Literal["ack_deadline", "escalate_deadline", "arrival_deadline", "officer_unreachable"]
+EscalationReason = Literal[
+    "ack_deadline", "escalate_deadline", "arrival_deadline", "officer_unreachable", "station_deadline"
+]
 
 
 class IncidentEscalated(IncidentEvent, frozen=True, kw_only=True):
@@ -363,6 +382,19 @@ class IncidentEscalated(IncidentEvent, frozen=True, kw_only=True):
     tier: int
     reason: EscalationReason
     alerted: tuple[Person, ...] = ()
+
+
+NeighboursReason = Literal["ack_deadline", "escalate_deadline", "quorum_unreachable"]
+
+
+class NeighboursAlerted(IncidentEvent, frozen=True, kw_only=True):
+    """The group cannot reach cover (its ack deadline passed uncovered, or its reachable members can
+    no longer meet the quorum): the neighbouring groups' leaders and assistants are alerted, a tier
+    of its own beside or before the station's."""
+
+    reason: NeighboursReason
+    alerted: tuple[Person, ...] = ()
+    groups: tuple[str, ...] = ()
 
 
 class IncidentResolved(IncidentEvent, frozen=True, kw_only=True):
@@ -513,6 +545,7 @@ ALL_EVENT_TYPES: tuple[type[Event], ...] = (
     ResponderArrived,
     IncidentCovered,
     IncidentEscalated,
+    NeighboursAlerted,
     IncidentResolved,
     IncidentCancelled,
     DrillScheduled,

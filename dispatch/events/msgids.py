@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dispatch.events.model import CallRepeated, CallRouted, Event, IncidentEscalated, IncidentOpened, LineClosed
+from dispatch.events.model import (
+    CallRepeated,
+    CallRouted,
+    Event,
+    IncidentEscalated,
+    IncidentOpened,
+    LineClosed,
+    NeighboursAlerted,
+)
 from dispatch.ids import stable_key
 
 MessageIds = Callable[[int, Event], str]
@@ -30,9 +38,12 @@ def response(incident_id: str, command_id: str) -> MessageIds:
 
 
 def escalation(incident_id: str) -> MessageIds:
-    """An escalation: one id per tier, whatever fired it, so each tier is recorded once."""
+    """An escalation: one id per tier, whatever fired it, so each tier is recorded once; the
+    neighbouring groups' alert one of its own (once)."""
 
     def ids(i: int, event: Event) -> str:
+        if isinstance(event, NeighboursAlerted):
+            return f"escalate:{incident_id}:neighbours"
         tier = event.tier if isinstance(event, IncidentEscalated) else i
         return f"escalate:{incident_id}:{tier}"
 

@@ -4,8 +4,9 @@ Invariants:
 - every escalation is decided by the incident's `decide` through the unit of work, so two processes
   handling the same timer record each tier once (one message id per tier);
 - a fired timer of a closed incident, or of a tier already reached, decides nothing;
-- the ack deadline of an uncovered incident sets its escalate deadline before the timer is
-  acknowledged (`deadline_after`), so the escalate deadline is never missing when it matters;
+- the ack deadline of an uncovered incident sets its escalate deadline (and, where neighbouring
+  groups go before the station, the station's) before the timer is acknowledged (`deadlines_after`),
+  so no following deadline is ever missing when it matters;
 - a permanent delivery failure is an event this handler reacts to (`on_delivery_failed`): when no
   officer can be reached any more, tier 1 happens at once;
 - the command centre is whoever the settings name at the moment of tier 2;
@@ -32,10 +33,11 @@ from dispatch.domain.incident import (
     IncidentState,
     Timer,
     deadline_after,
+    deadlines_after,
     decide,
 )
 from dispatch.events import msgids
-from dispatch.events.model import DeliveryFailed, IncidentEscalated, Person
+from dispatch.events.model import DeliveryFailed, IncidentEscalated, NeighboursAlerted, Person
 from dispatch.handlers.aggregates import IncidentCache, Incidents
 from dispatch.handlers.eager import start
 from dispatch.handlers.uow import Decided, Loaded, UnitOfWork
@@ -76,8 +78,9 @@ class EscalationService:
         finally:
             if setting is not None:
                 await setting
-        following = deadline_after(state, timer)
-        if following is not None and following != early:
+        for following in deadlines_after(state, timer):
+            if following == early:
+                continue
             await self.timers.schedule(incident_id, *following)
         return escalated
 
@@ -106,6 +109,16 @@ class EscalationService:
         elif decided.loaded.state is not None:
             self.cache.remember(Loaded(decided.loaded.state, decided.loaded.subject, decided.loaded.last_seq))
         escalated = [e for e in decided.events if isinstance(e, IncidentEscalated)]
+        for alerted in decided.events:
+            if isinstance(alerted, NeighboursAlerted):
+                log.warning(
+                    "incident.neighbours_alerted",
+                    incident_id=command.incident_id,
+                    reason=alerted.reason,
+                    groups=len(alerted.groups),
+                    alerted=len(alerted.alerted),
+                    cause=why,
+                )
         for event in escalated:
             self.metrics.escalations.labels(str(event.tier), event.reason).inc()
             log.warning(

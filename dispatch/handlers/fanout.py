@@ -1,7 +1,8 @@
 """Fan-out: an alarm decision rings every recipient on their channels at once, in this process.
 
 Triggers are the incident decisions that reach people: AlarmRaised and UnregisteredCall (the
-recipients are in the event), CallRepeated (the re-alerted), IncidentEscalated (the alerted), the
+recipients are in the event), CallRepeated (the re-alerted), IncidentEscalated and NeighboursAlerted
+(the alerted: the station, the county, the neighbouring groups' leaders and assistants), the
 first ResponderAccepted and IncidentCovered (the caller is told help is coming) and
 IncidentCancelled (everyone alerted is told). Which channels reach a person follows their role and
 village (`ChannelConfig`). The fan-out also sets the incident's deadlines as server-side schedules:
@@ -55,6 +56,7 @@ from dispatch.events.model import (
     IncidentCovered,
     IncidentEscalated,
     IncidentOpened,
+    NeighboursAlerted,
     Person,
     ResponderAccepted,
     Unreached,
@@ -74,7 +76,15 @@ log = structlog.get_logger(__name__)
 
 
 TIMER_OF_REASON = {reason: timer for timer, reason in TIER_REASONS.items()}
-TRIGGERS = (IncidentOpened, CallRepeated, IncidentEscalated, ResponderAccepted, IncidentCovered, IncidentCancelled)
+TRIGGERS = (
+    IncidentOpened,
+    CallRepeated,
+    IncidentEscalated,
+    NeighboursAlerted,
+    ResponderAccepted,
+    IncidentCovered,
+    IncidentCancelled,
+)
 
 
 def job_kind(alert: Alert) -> JobKind:
@@ -162,7 +172,7 @@ class FanOut:
                 first = fold([opened])
                 if first is not None:
                     self.cache.remember(Loaded(first, rec.subject, rec.seq))
-            elif isinstance(trigger, IncidentEscalated):
+            elif isinstance(trigger, IncidentEscalated | NeighboursAlerted):
                 state = self.cache.after(rec)
             else:
                 self.cache.seen(trigger.incident_id, rec.seq)

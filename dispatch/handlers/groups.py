@@ -218,6 +218,12 @@ class VillageSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     arrival_deadline_s: float | None = None
     time_zone: str | None = None
     proxy_counts: bool | None = None
+    # neighbouring groups: their tier `alongside` the station, `before` it, or `off` (default); whether a
+    # neighbour's accept covers as the leader half (default no); each group's neighbours (default: the
+    # village's other groups)
+    neighbours_order: Literal["alongside", "before", "off"] | None = None
+    neighbour_covers: bool | None = None
+    neighbours: dict[str, list[str]] | None = None
 
     def command(self, village: str, actor: Actor | None = None) -> ChangeVillageSettings:
         """The domain's command for `village`, asked by `actor` (checked by its decider)."""
@@ -228,6 +234,9 @@ class VillageSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
             arrival_deadline_s=self.arrival_deadline_s,
             time_zone=self.time_zone,
             proxy_counts=self.proxy_counts,
+            neighbours_order=self.neighbours_order,
+            neighbour_covers=self.neighbour_covers,
+            neighbours={g: tuple(n) for g, n in self.neighbours.items()} if self.neighbours is not None else None,
             actor=actor,
         )
 
