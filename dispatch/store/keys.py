@@ -243,16 +243,14 @@ class Keyring:
         wanted = [p for p in set(phones) if p not in self._kids]
         await asyncio.gather(*(self._ensure_day(d) for d in set(days) if d not in self._days))
         if len(wanted) > 1:
-            known = await asyncio.gather(*(self._get(self.number_key(p)) for p in wanted))
-            await asyncio.gather(*(self._ensure_person(p) for p, kid in zip(wanted, known, strict=True) if kid))
-            wanted = [p for p, kid in zip(wanted, known, strict=True) if not kid]
             for start in range(0, len(wanted), CREATE_BATCH):
                 await self._create_people(wanted[start : start + CREATE_BATCH])
         await asyncio.gather(*(self._ensure_person(p) for p in wanted if p not in self._kids))
 
     async def _create_people(self, phones: list[str]) -> None:
-        """Create the keys of people who have none, all in one atomic batch; when another process
-        created one of them meanwhile the batch is refused whole and each is then ensured alone."""
+        """Create the keys of people not seen by this process, all in one atomic batch; when one of
+        them has a key already (another process, an earlier run) the batch is refused whole and each
+        is then ensured alone (found, or created)."""
         made = {p: (os.urandom(KID_BYTES).hex(), os.urandom(KEY_BYTES)) for p in phones}
         expect_new = {"Nats-Expected-Last-Subject-Sequence": "0"}
         messages = []
