@@ -41,6 +41,7 @@ class Priority:
         self.alarms = 0
         self.deadlines = 0
         self._waiting: deque[asyncio.Future[None]] = deque()
+        self._queued = 0  # the waiting ones not cancelled (counted, not scanned: thousands wait in a storm)
 
     @property
     def width(self) -> int:
@@ -50,7 +51,7 @@ class Priority:
     @property
     def waiting(self) -> int:
         """How many deadlines wait for a place."""
-        return sum(1 for w in self._waiting if not w.done())
+        return self._queued
 
     def alarm_started(self) -> None:
         """Alarm work began: deadlines beyond `narrow` wait until it ends."""
@@ -71,17 +72,20 @@ class Priority:
 
     async def run_deadline(self, work: Callable[[], Awaitable[R]]) -> R:
         """Run deadline work once a place is free (see the module docstring)."""
-        if self.deadlines < self.width and not self.waiting:
+        if self.deadlines < self.width and not self._queued:
             self.deadlines += 1
         else:
             admitted = asyncio.get_running_loop().create_future()
             self._waiting.append(admitted)
+            self._queued += 1
             try:
                 await admitted  # the place is taken for us when we are admitted
             except asyncio.CancelledError:
                 if admitted.done() and not admitted.cancelled():
                     self.deadlines -= 1
                     self._admit()
+                else:
+                    self._queued -= 1
                 raise
         try:
             return await work()
@@ -94,6 +98,7 @@ class Priority:
             admitted = self._waiting.popleft()
             if admitted.done():
                 continue
+            self._queued -= 1
             self.deadlines += 1
             admitted.set_result(None)
 
