@@ -520,7 +520,8 @@ def document() -> dict[str, Any]:
                 "host": "nats-1.dispatch.internal:4222",
                 "protocol": "nats",
                 "description": "The three-node cluster of ops/nats (R3 streams). Every client authenticates: user "
-                "`dispatch` (the service: publish and subscribe on dispatch.> and the JetStream API only) or `ops` "
+                "`dispatch` (the service: publish and subscribe on dispatch.>, its key bucket "
+                "$KV.DISPATCH_KEYS.> and the JetStream API only) or `ops` "
                 "(operators) in account DISPATCH, passwords from the nodes' environment (ops/nats/nats.env.example). "
                 "TLS when the client tls block of ops/nats/nats.conf is filled in (tls:// URLs, "
                 "DISPATCH_NATS_TLS_CA), with a client certificate when it sets verify: true "
