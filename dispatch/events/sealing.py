@@ -95,13 +95,21 @@ class Keys(Protocol):
         """The cipher for `kid` and `day`; False when either key is erased; None when not loaded."""
         ...
 
-    def recall(self, envelope: str) -> str | None:
-        """The plaintext of an envelope this process sealed or opened lately (None: open it); forgotten
-        when any key is erased."""
+    def recall(self, envelope: str) -> object | None:
+        """What an envelope this process sealed or opened lately holds (a string or a struct; None:
+        open it); forgotten when any key is erased."""
         ...
 
-    def remember(self, envelope: str, plaintext: str) -> None:
-        """Keep an envelope's plaintext for `recall`."""
+    def remember(self, envelope: str, plaintext: object) -> None:
+        """Keep what an envelope holds for `recall`."""
+        ...
+
+    def sealed_before(self, value: object, owner: str, day: str) -> str | None:
+        """The envelope this process made lately for the same value, owner and day (None: seal it)."""
+        ...
+
+    def keep_sealed(self, value: object, owner: str, day: str, envelope: str) -> None:
+        """Keep an envelope for `sealed_before`."""
         ...
 
 
@@ -269,6 +277,11 @@ class Missing(Exception):
 
 
 class _Sealer:
+    """Seals one event's fields. The same value of the same person on the same day is sealed once per
+    process and its envelope reused (a group's members recur in every alarm of the group): the same
+    plaintext under the same key and nonce gives the same ciphertext, so the reuse shows only what
+    the key id already shows, that it is the same person."""
+
     def __init__(self, keys: Keys, day: str) -> None:
         self.keys = keys
         self.day = day
@@ -277,12 +290,16 @@ class _Sealer:
     def text(self, value: str, owner: str) -> str:
         if not value or not owner or is_sealed(value) or is_sealed(owner):
             return value
+        known = self.keys.sealed_before(value, owner, self.day)
+        if known is not None:
+            return known
         found = self.keys.sealing_key(owner, self.day)
         if found is None:
             self.missing.add((owner, self.day))
             return value
         kid, cipher = found
         sealed = seal_text(value, kid, self.day, cipher)
+        self.keys.keep_sealed(value, owner, self.day, sealed)
         self.keys.remember(sealed, value)
         return sealed
 
@@ -290,8 +307,15 @@ class _Sealer:
         who = owner if owner is not None else _owner_of(item)
         if not who or is_sealed(_sealed_field(item)):
             return item
+        known = self.keys.sealed_before(item, who, self.day)
+        if known is not None:
+            return _with_envelope(item, known)
         sealed = self.text(_encoder.encode(item).decode(), who)
-        return item if sealed is None or not is_sealed(sealed) else _with_envelope(item, sealed)
+        if not is_sealed(sealed):
+            return item
+        self.keys.keep_sealed(item, who, self.day, sealed)
+        self.keys.remember(sealed, item)
+        return _with_envelope(item, sealed)
 
 
 class _Opener:
@@ -305,14 +329,14 @@ class _Opener:
             self.missing.add((envelope.kid, envelope.day))
         return found
 
-    def _open(self, value: str) -> tuple[Envelope | None, str | None, bool]:
-        """(envelope, plaintext or None when erased, whether to leave the value as it is)."""
-        envelope = parse(value)
-        if envelope is None:
+    def _open(self, value: str) -> tuple[Envelope | None, object | None, bool]:
+        """(envelope, what it holds or None when erased, whether to leave the value as it is)."""
+        if not value.startswith(PREFIX):
             return None, None, True
         known = self.keys.recall(value)
-        if known is not None:
-            return envelope, known, False
+        envelope = parse(value)
+        if known is not None or envelope is None:
+            return envelope, known, envelope is None
         cipher = self._cipher(envelope)
         if cipher is None:
             return envelope, None, True
@@ -325,20 +349,23 @@ class _Opener:
         envelope, opened, leave = self._open(value)
         if leave or envelope is None:
             return value
-        if opened is None:
-            return erased_phone(envelope.kid) if phone else ERASED
-        return opened
+        if isinstance(opened, str):
+            return opened
+        return erased_phone(envelope.kid) if phone else ERASED
 
     def struct(self, item: S, owner: str | None = None) -> S:
         envelope, opened, leave = self._open(_sealed_field(item))
         if leave or envelope is None:
             return item
-        if opened is None:
+        if isinstance(opened, type(item)):
+            return opened
+        if not isinstance(opened, str):
             return _erased(item, envelope.kid)
         try:
             value: S = _decoders[type(item)].decode(opened)
         except msgspec.DecodeError:
             return _erased(item, envelope.kid)
+        self.keys.remember(_sealed_field(item), value)
         return value
 
 
@@ -397,10 +424,16 @@ def people_of(events: Iterable[Event]) -> set[str]:
         def opening_key(self, kid: str, day: str) -> Cipher | bool | None:
             return None
 
-        def recall(self, envelope: str) -> str | None:
+        def recall(self, envelope: str) -> object | None:
             return None
 
-        def remember(self, envelope: str, plaintext: str) -> None:
+        def remember(self, envelope: str, plaintext: object) -> None:
+            return None
+
+        def sealed_before(self, value: object, owner: str, day: str) -> str | None:
+            return None
+
+        def keep_sealed(self, value: object, owner: str, day: str, envelope: str) -> None:
             return None
 
     for event in events:

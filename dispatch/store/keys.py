@@ -99,7 +99,8 @@ class Keyring:
         self._days: dict[str, bytes] = {}
         self._gone: set[str] = set()
         self._ciphers: dict[tuple[str, str], AESGCM] = {}
-        self._plain: dict[str, str] = {}
+        self._plain: dict[str, object] = {}
+        self._envelopes: dict[tuple[object, str, str], str] = {}
         self._sub: Any = None
 
     @property
@@ -135,6 +136,7 @@ class Keyring:
 
     def _forget(self, name: str) -> None:
         self._plain.clear()
+        self._envelopes.clear()
         kind, _, rest = name.partition(".")
         if kind == "k":
             self._keys.pop(rest, None)
@@ -172,17 +174,22 @@ class Keyring:
         """The cipher for `kid` and `day`; False when erased; None when not loaded."""
         return self._cipher(kid, day)
 
-    def recall(self, envelope: str) -> str | None:
-        """The plaintext of an envelope sealed or opened lately in this process (the same alarm is
-        opened by the fan-out, each projection and the live hub); emptied by any erasure."""
+    def recall(self, envelope: str) -> object | None:
+        """What an envelope sealed or opened lately in this process holds (the same alarm is opened by
+        the fan-out, each projection and the live hub); emptied by any erasure."""
         return self._plain.get(envelope)
 
-    def remember(self, envelope: str, plaintext: str) -> None:
-        """Keep an envelope's plaintext (at most MEMO; the older half dropped when full)."""
-        if len(self._plain) >= MEMO:
-            for old in list(itertools.islice(self._plain, MEMO // 2)):
-                del self._plain[old]
-        self._plain[envelope] = plaintext
+    def remember(self, envelope: str, plaintext: object) -> None:
+        """Keep what an envelope holds (at most MEMO; the older half dropped when full)."""
+        _bounded_put(self._plain, envelope, plaintext)
+
+    def sealed_before(self, value: object, owner: str, day: str) -> str | None:
+        """The envelope made lately for this value, owner and day; emptied by any erasure."""
+        return self._envelopes.get((value, owner, day))
+
+    def keep_sealed(self, value: object, owner: str, day: str, envelope: str) -> None:
+        """Keep an envelope for `sealed_before` (at most MEMO)."""
+        _bounded_put(self._envelopes, (value, owner, day), envelope)
 
     def _cipher(self, kid: str, day: str) -> AESGCM | bool | None:
         cipher = self._ciphers.get((kid, day))
@@ -368,6 +375,13 @@ class Keyring:
                 raise KeyStoreUnavailable(f"cannot erase {name}: {answer['error'].get('description')}")
         await self.kv.delete(name)
         await self.kv.put(f"{ERASURES}.{name}", b"")
+
+
+def _bounded_put(memo: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(memo) >= MEMO:
+        for old in list(itertools.islice(memo, MEMO // 2)):
+            del memo[old]
+    memo[key] = value
 
 
 def today(now: datetime | None = None) -> str:

@@ -55,10 +55,16 @@ class MemoryKeys:
         cipher = self.opening_key(kid, day) if kid else None
         return None if kid is None or not isinstance(cipher, AESGCM) else (kid, cipher)
 
-    def recall(self, envelope: str) -> str | None:
+    def recall(self, envelope: str) -> object | None:
         return None
 
-    def remember(self, envelope: str, plaintext: str) -> None:
+    def remember(self, envelope: str, plaintext: object) -> None:
+        return None
+
+    def sealed_before(self, value: object, owner: str, day: str) -> str | None:
+        return None
+
+    def keep_sealed(self, value: object, owner: str, day: str, envelope: str) -> None:
         return None
 
     def opening_key(self, kid: str, day: str) -> AESGCM | bool | None:
