@@ -62,7 +62,7 @@ from dispatch.projections.sql import Connection, marks
 from dispatch.store.eventstore import Recorded
 
 FAMILY = "incidents"
-VERSION = 4
+VERSION = 5
 INCIDENTS = f"incidents_v{VERSION}"
 RESPONDERS = f"incident_responders_v{VERSION}"
 ROLE_ACCEPT_COLUMNS = {
@@ -125,6 +125,8 @@ class IncidentRow(msgspec.Struct):
     own_accepts: int = 0
     proxy_accepts: int = 0
     proxy_by: str = ""
+    neighbour_accepts: int = 0
+    neighbours_by: str = ""
 
 
 class ResponderRow(msgspec.Struct):
@@ -232,7 +234,9 @@ class IncidentsProjection:
                 covered_by_proxy INTEGER NOT NULL DEFAULT 0,
                 own_accepts INTEGER NOT NULL DEFAULT 0,
                 proxy_accepts INTEGER NOT NULL DEFAULT 0,
-                proxy_by TEXT NOT NULL DEFAULT ''
+                proxy_by TEXT NOT NULL DEFAULT '',
+                neighbour_accepts INTEGER NOT NULL DEFAULT 0,
+                neighbours_by TEXT NOT NULL DEFAULT ''
             )""",
             f"""CREATE TABLE IF NOT EXISTS {RESPONDERS} (
                 incident_id TEXT NOT NULL,
@@ -400,6 +404,11 @@ class _Batch:
                 row.proxy_by = f"{row.proxy_by}、{by}" if row.proxy_by else by
         else:
             row.own_accepts += 1
+        if event.neighbour_group:
+            row.neighbour_accepts += 1
+            came = f"{event.name or event.phone}（{event.neighbour_group}组）"
+            if came not in row.neighbours_by.split("、"):
+                row.neighbours_by = f"{row.neighbours_by}、{came}" if row.neighbours_by else came
         if r is not None:
             if r.accepted_at is None:
                 r.accepted_proxy = int(event.proxy)

@@ -54,6 +54,8 @@ COLUMNS = (
     "own_accepts",
     "proxy_accepts",
     "proxy_by",
+    "neighbour_accepts",
+    "neighbours_by",
 )
 
 
@@ -114,6 +116,8 @@ def history(
                 "own_accepts": row["own_accepts"],
                 "proxy_accepts": row["proxy_accepts"],
                 "proxy_by": row["proxy_by"],
+                "neighbour_accepts": row["neighbour_accepts"],
+                "neighbours_by": row["neighbours_by"],
             }
         )
     total = incident_count(conn, scope) if rows or offset else 0

@@ -399,6 +399,8 @@ def history_csv_table(report: dict[str, Any]) -> Table:
         "own_accepts",
         "proxy_accepts",
         "proxy_by",
+        "neighbour_accepts",
+        "neighbours_by",
     )
     return Table("history", [Column(k, k, _field(k)) for k in keys], report["rows"])
 

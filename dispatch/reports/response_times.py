@@ -18,7 +18,7 @@ Invariants:
   `covered_relaxed` (a clause was dropped at raise time: e.g. the leader called and the group has
   no assistant); `covered_by_proxy` counts covers met with an answer taken for someone else;
   `own_accepts` / `proxy_accepts` count accepts the responders recorded themselves / that were
-  recorded for them.
+  recorded for them; `neighbour_accepts` those that came from a neighbouring group.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ COLUMNS = (
     "covered_by_proxy",
     "own_accepts",
     "proxy_accepts",
+    "neighbour_accepts",
     *dict.fromkeys(MEASURES.values()),
 )
 
@@ -85,6 +86,7 @@ class _Tally:
         "covered_by_proxy",
         "covered_relaxed",
         "incidents",
+        "neighbour_accepts",
         "own_accepts",
         "proxy_accepts",
         "values",
@@ -97,6 +99,7 @@ class _Tally:
         self.covered_by_proxy = 0
         self.own_accepts = 0
         self.proxy_accepts = 0
+        self.neighbour_accepts = 0
         self.ack_breached = 0
         self.arrival_breached = 0
         self.values: dict[str, list[float]] = {name: [] for name in MEASURES}
@@ -108,6 +111,7 @@ class _Tally:
         self.covered_by_proxy += row["covered_at"] is not None and bool(row["covered_by_proxy"])
         self.own_accepts += row["own_accepts"]
         self.proxy_accepts += row["proxy_accepts"]
+        self.neighbour_accepts += row["neighbour_accepts"]
         self.ack_breached += ack
         self.arrival_breached += arrival
         raised = row["raised_at"]
@@ -126,6 +130,7 @@ class _Tally:
             "covered_by_proxy": self.covered_by_proxy,
             "own_accepts": self.own_accepts,
             "proxy_accepts": self.proxy_accepts,
+            "neighbour_accepts": self.neighbour_accepts,
             "ack_breached": self.ack_breached,
             "arrival_breached": self.arrival_breached,
             "measures": {name: summary(values) for name, values in self.values.items()},

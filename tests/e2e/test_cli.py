@@ -129,15 +129,15 @@ def test_client_commands_and_replay_rebuild_the_same_read_model(tmp_path: Path) 
         serve.kill()
     replayed = dispatch("replay", "--data-dir", str(data))
     assert replayed.returncode == 0, replayed.stderr[-2000:]
-    assert "incidents_v4: rebuilt from" in replayed.stdout and "roster_v1: rebuilt from" in replayed.stdout
+    assert "incidents_v5: rebuilt from" in replayed.stdout and "roster_v1: rebuilt from" in replayed.stdout
     assert "replayed " in replayed.stdout.splitlines()[-1]
-    assert "incidents_v4: done," in replayed.stderr and "\r" not in replayed.stderr, "plain lines when not a terminal"
+    assert "incidents_v5: done," in replayed.stderr and "\r" not in replayed.stderr, "plain lines when not a terminal"
     tokens = dispatch("tokens", "list", "--data-dir", str(data)).stdout.splitlines()
     assert tokens[0].split() == ["id", "role", "scope", "name", "phone", "issued"], tokens
     assert any("+8613700000009" in line and " officer " in line for line in tokens), tokens
     assert all(line.index(" admin ") == tokens[0].index(" role ") for line in tokens[1:] if " admin " in line), tokens
     status = dispatch("projections", "status", "--data-dir", str(data))
-    assert status.returncode == 0 and "*incidents_v4" in status.stdout and "active" in status.stdout, status.stderr
+    assert status.returncode == 0 and "*incidents_v5" in status.stdout and "active" in status.stdout, status.stderr
     again = ServeProcess(data, {}).start()
     try:
         again_http = again.client()

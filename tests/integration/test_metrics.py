@@ -155,7 +155,7 @@ async def test_an_alarm_from_call_to_resolution_feeds_every_metric(make_service:
     assert value(done, "dispatch_responses_total", action="resolve", role="officer") == 1
     assert value(done, "dispatch_escalations_total", tier="1", reason="ack_deadline") == 0
     assert total(done, "dispatch_event_append_conflicts_total") == 0
-    assert value(done, "dispatch_projection_lag_events", projection="incidents_v4") == 0
+    assert value(done, "dispatch_projection_lag_events", projection="incidents_v5") == 0
     assert value(done, "dispatch_projection_lag_events", projection="roster_v1") == 0
     assert value(done, "dispatch_gauges_refreshed_timestamp_seconds") > 0
 

@@ -2,7 +2,8 @@
 accept covers as the leader half). 张桂兰 of group 1 calls; the officer accepts but the group's leader
 and assistant do not, so the ack deadline passes uncovered: group 2's leader 郑春生 is alerted as a
 neighbour (【邻组支援】) together with the station. He accepts and the incident is covered; the
-timeline says he came from group 2. Real nats-server, real HTTP on loopback."""
+timeline, the incident view and the history and response-time reports say he came from group 2.
+Real nats-server, real HTTP on loopback."""
 
 from __future__ import annotations
 
@@ -63,5 +64,15 @@ async def test_a_neighbouring_groups_leader_is_alerted_and_covers(tmp_path: Path
             assert any(t.startswith("邻组支援：本组规定时间内未落实接警，通知2组组长/助理") for t in texts), texts
             came = {p["phone"]: p["neighbour_group"] for p in view["responders"]}
             assert came[NEIGHBOUR] == "2" and came[LEADER] is None
+
+            async def reported() -> dict[str, Any] | None:
+                rows = (await http.get("/v1/reports/history")).json().get("rows", [])
+                row = next((r for r in rows if r["incident_id"] == iid), None)
+                return row if row is not None and row["neighbour_accepts"] == 1 else None
+
+            row = await eventually(reported, what="the history report shows the neighbour's accept")
+            assert row["neighbours_by"] == "郑春生（2组）"
+            times = (await http.get("/v1/reports/response-times")).json()
+            assert times["neighbour_accepts"] == 1
     finally:
         await svc.stop()

@@ -338,7 +338,7 @@ async def test_live_runner_and_replay_agree(nc: NATS, database: Database) -> Non
     assert applied == len([e for e in events if isinstance(e, IncidentEvent)])
     assert snapshot(database) == live
     conn = database.connect()
-    assert checkpoint(conn, "incidents_v4") == last
+    assert checkpoint(conn, "incidents_v5") == last
     assert queries.open_incident_count(conn) == 5
 
 

@@ -182,7 +182,7 @@ async def test_projection_lag_is_exported_per_projection(
     api: tuple[Service, httpx.AsyncClient, httpx.AsyncClient],
 ) -> None:
     svc, admin, _ = api
-    assert {r.name for r in svc.runners} == {"incidents_v4", "roster_v1"}
+    assert {r.name for r in svc.runners} == {"incidents_v5", "roster_v1"}
 
     async def caught_up() -> bool:
         text = (await admin.get("/metrics")).text

@@ -94,7 +94,7 @@ async def test_the_daily_job_erases_the_long_unbound_and_the_closed_days_and_not
             await eventually(
                 lambda: (
                     svc.db.thread_connection().one(
-                        "SELECT COUNT(*) FROM incidents_v4 WHERE status NOT IN ('resolved', 'cancelled')"
+                        "SELECT COUNT(*) FROM incidents_v5 WHERE status NOT IN ('resolved', 'cancelled')"
                     )
                     == (0,)
                 ),
