@@ -285,6 +285,7 @@ class Service:
         self.nc: NATS | None = None
         self.broker: NatsBroker | None = None
         self.runners: list[ProjectionRunner] = []
+        self._schema_task: asyncio.Task[None] | None = None
         self.read_side: list[Projection] = []
         self._read_side_served: set[str] = set()
         self.channels: list[Channel] = []
@@ -373,7 +374,13 @@ class Service:
                 await runner.start()
         else:
             self.read_side = projections
-            await asyncio.to_thread(self._read_side_schema, projections)
+            try:
+                await asyncio.to_thread(self._read_side_schema, projections)
+            except Exception as exc:
+                if not is_db_error(exc):
+                    raise
+                log.error("read_side.db_unavailable_at_start", error=str(exc))
+                self._schema_task = asyncio.get_running_loop().create_task(self._read_side_schema_later(projections))
         lap("read_models")
 
         quorum = parse_quorum(st.quorum)
@@ -740,6 +747,20 @@ class Service:
             hint="an admin token was issued; keep the file private, create others with `dispatch tokens`",
         )
 
+    async def _read_side_schema_later(self, projections: list[Projection]) -> None:
+        """The read side's tables, once its database answers (it did not at start)."""
+        delay = 0.2
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await asyncio.to_thread(self.db.drop_thread_connection)
+                await asyncio.to_thread(self._read_side_schema, projections)
+                log.info("read_side.schema_ready")
+                return
+            except Exception as exc:
+                log.error("read_side.db_error", error=str(exc), retry_in_s=delay)
+                delay = min(delay * 2, 5.0)
+
     def _read_side_schema(self, projections: list[Projection]) -> None:
         """With the read models kept elsewhere, their tables still exist from the start: views read
         empty tables until `dispatch projections run` fills them, never missing ones."""
@@ -851,6 +872,10 @@ class Service:
             await self.groups.stop()
         if getattr(self, "hub", None) is not None:
             await self.hub.stop()
+        if self._schema_task is not None:
+            self._schema_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._schema_task
         for runner in self.runners:
             await runner.stop()
         if self.runners:

@@ -10,7 +10,9 @@ Invariants:
   gathers for up to LINGER_S, so a burst costs a few transactions, not one per event (the read
   model may lag the log by that much; the incident detail is read from the log itself); while
   catching up on a backlog, batches grow to CATCH_UP_BATCH;
-- a database outage stops the projection where it was; it resumes from its checkpoint;
+- a database outage stops the projection where it was; it resumes from its checkpoint; a database
+  unreachable at start delays only the projection (it opens once the database answers), never the
+  service that rings the alarms;
 - `lag()` is how many events are in the log but not applied: what the server still held beyond the
   last one received, plus those received and not yet applied or skipped (the consumer reads the
   whole stream and skips other subjects); it keeps growing while the database is down (above QUEUE
@@ -32,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -327,6 +330,7 @@ class ProjectionRunner:
         self._server_pending = 0
         self._sub: object | None = None
         self._task: asyncio.Task[None] | None = None
+        self._opened = False
         self._waiters = SequenceWaiters()
         self._written: int | None = None
         self._prefixes = subject_prefixes(projection.filter_subjects)
@@ -341,7 +345,10 @@ class ProjectionRunner:
 
     def lag(self) -> float:
         """Events in the log not applied yet: still on the server beyond the last one received, or
-        received and waiting here (`dispatch_projection_lag_events`)."""
+        received and waiting here (`dispatch_projection_lag_events`); NaN (unknown) until the projection
+        could be opened (its database unreachable since the start)."""
+        if not self._opened:
+            return math.nan
         return float(max(0, self._server_pending + self._received - self._done))
 
     @property
@@ -350,6 +357,21 @@ class ProjectionRunner:
         return self._active
 
     async def start(self) -> None:
+        """Open the projection and follow the log. With the database unreachable it opens once the
+        database answers, in the background: the service it belongs to still starts and rings alarms."""
+        loop = asyncio.get_running_loop()
+        try:
+            await self._open()
+        except Exception as exc:
+            if not is_db_error(exc):
+                raise
+            self.healthy = False
+            log.error("projection.db_unavailable_at_start", projection=self.name, error=str(exc))
+            self._task = loop.create_task(self._open_when_reachable(), name=f"projection:{self.name}")
+            return
+        self._task = loop.create_task(self._run(), name=f"projection:{self.name}")
+
+    async def _open(self) -> None:
         start, self._active = await asyncio.to_thread(self._prepare)
         self._waiters.advance(start)
         self._written = start
@@ -358,7 +380,25 @@ class ProjectionRunner:
         if not self._active and start >= self.target:
             await asyncio.to_thread(self._take_over)
         await self._subscribe()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"projection:{self.name}")
+        self._opened = True
+
+    async def _open_when_reachable(self) -> None:
+        delay = 0.2
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await asyncio.to_thread(self.db.drop_thread_connection)
+                await self._open()
+                break
+            except Exception as exc:
+                if is_db_error(exc):
+                    log.error("projection.db_error", projection=self.name, error=str(exc), retry_in_s=delay)
+                else:
+                    log.exception("projection.open_failed", projection=self.name)
+                delay = min(delay * 2, 5.0)
+        self.healthy = True
+        log.info("projection.opened", projection=self.name, position=self.position)
+        await self._run()
 
     def _prepare(self) -> tuple[int, bool]:
         conn = self.db.thread_connection()

@@ -8,6 +8,7 @@ up, row for row, to what a replay of the log builds, and the projection lag retu
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import uuid
 from collections.abc import Iterator
@@ -201,4 +202,67 @@ async def test_sqlite_read_side_locked_by_another_process_alarms_ring_and_it_cat
         if holder is not None and holder.returncode is None:
             holder.kill()
             await holder.wait()
+        await svc.stop()
+
+
+async def equal_to_a_replay(svc: Service, db: Database, replay: Database, incidents: int) -> None:
+    """Every read-model table of `db` equals what a replay of the log builds in `replay`."""
+    resumed = await asyncio.to_thread(snapshot, db)
+    assert svc.nc is not None
+    await rebuild_all(svc.nc, replay, all_projections(), progress=False)
+    replayed = await asyncio.to_thread(snapshot, replay)
+    for table in TABLES:
+        assert resumed[table] == replayed[table], f"{table} differs from a replay"
+    assert len(resumed[INCIDENTS]) == incidents
+
+
+@pytest.mark.parametrize("read_models", ["here", "elsewhere"])
+async def test_postgres_down_when_the_service_starts_it_starts_rings_and_the_read_side_follows(
+    cluster: PrivateCluster, tmp_path: Path, read_models: str
+) -> None:
+    """After a power cut the database may come back after dispatch: the service starts without it
+    (it exited before, and rang nothing until the database was up), and the read side follows once
+    it is there: here the projections catch up to a replay; elsewhere the tables are made for the
+    worker's views."""
+    await asyncio.to_thread(cluster.halt)
+    channel = RecordingChannel()
+    url = f"{cluster.url}?schema=live"
+    svc = await start_service(tmp_path / "data", channel, roster=roster(), database_url=url, read_models=read_models)
+    try:
+        async with service_client(svc) as http:
+            incidents = [await raise_alarm(http, channel, g, f"cold-{g}") for g in range(DURING)]
+            ready = await http.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["checks"]["database"] is False, ready.text
+            r = await http.get("/v1/reports/history")
+            assert r.status_code == 503, f"{r.status_code} {r.text}"
+            if read_models == "here":
+                assert ready.json()["checks"]["projections"] is False
+                assert math.isnan(lag(svc)), "nothing can be known of the lag before the database answers"
+
+            await asyncio.to_thread(cluster.resume)
+            if read_models == "elsewhere":
+
+                def tables_made() -> bool:
+                    conn = Database(url).connect()
+                    try:
+                        return conn.one(f"SELECT COUNT(*) FROM {INCIDENTS}") == (0,)
+                    except Exception:
+                        return False
+                    finally:
+                        conn.close()
+
+                await eventually(lambda: asyncio.to_thread(tables_made), timeout=30, what="the read side's tables")
+                return
+
+            async def reported() -> bool:
+                r = await http.get("/v1/reports/history")
+                return r.status_code == 200 and r.json()["total"] == DURING
+
+            await eventually(reported, timeout=30, what="the alarms rung without a database in the reports")
+            await eventually(lambda: lag(svc) == 0, timeout=30, what="no projection lag left")
+            assert (await http.get("/readyz")).status_code == 200
+        assert len(incidents) == DURING
+        replay = Database(f"{cluster.url}?schema=replay_{uuid.uuid4().hex[:6]}")
+        await equal_to_a_replay(svc, Database(url), replay, DURING)
+    finally:
         await svc.stop()
