@@ -9,8 +9,9 @@ Invariants:
   a delete marker, then a notice `x.<entry>`, which every process's watcher (an ordered consumer on
   `x.>` only, so it survives reconnections) sees and drops the key from its cache;
 - keys are created once (`create` fails when another process created the same entry first: its
-  value is then used), never changed; the caches only grow from the bucket and shrink by its
-  markers, so a retried append seals under the same person's key as the first try;
+  value is then used), never changed; the caches of keys only grow from the bucket and shrink by
+  its markers, so a retried append seals under the same person's key as the first try (the ciphers
+  derived from them, one a person a day, are a bounded memo);
 - a process holds keys by id (opening) and numbers' key ids (sealing); a key asked for that the
   bucket no longer holds reads as erased, never as "not yet";
 - `active()` is the keyring the log's readers and writers use in this process (installed by the
@@ -205,7 +206,8 @@ class Keyring:
             if day_key is None:
                 return None
             key = hmac.new(key, b"day:" + day_key, hashlib.sha256).digest()
-        cipher = self._ciphers[(kid, day)] = AESGCM(key)
+        cipher = AESGCM(key)
+        _bounded_put(self._ciphers, (kid, day), cipher)  # one a person a day: rebuilt from the keys when dropped
         return cipher
 
     # --- sealing and opening events -------------------------------------------------------------

@@ -233,3 +233,30 @@ def test_the_keyrings_memo_of_plaintexts_is_forgotten_when_a_key_is_erased() -> 
     keyring._forget("k.k1")
     assert keyring.recall(sealed.name) is None
     assert unseal(sealed, keyring).name == ERASED
+
+
+def test_the_keyrings_ciphers_stay_bounded_over_many_days_and_still_open() -> None:
+    from typing import Any
+
+    from dispatch.store import keys as keystore
+    from dispatch.store.keys import Keyring
+
+    keyring = Keyring(nc=Any)  # type: ignore[arg-type]  # no I/O in this test
+    keyring._keys["k1"] = AESGCM.generate_key(bit_length=256)
+    days = [f"2026{m:02d}{d:02d}" for m in range(1, 13) for d in range(1, 29)]
+    for day in days:
+        keyring._days[day] = AESGCM.generate_key(bit_length=256)
+    first = keyring.opening_key("k1", days[0])
+    assert isinstance(first, AESGCM)
+    sealed = first.encrypt(b"\0" * 12, b"13800000001", None)
+    original = keystore.MEMO
+    keystore.MEMO = 64
+    try:
+        for _ in range(3):
+            for day in days:
+                assert isinstance(keyring.opening_key("k1", day), AESGCM)
+        assert 0 < len(keyring._ciphers) <= 64, "a cipher a person a day, for the life of the process"
+        again = keyring.opening_key("k1", days[0])
+        assert isinstance(again, AESGCM) and again.decrypt(b"\0" * 12, sealed, None) == b"13800000001"
+    finally:
+        keystore.MEMO = original
