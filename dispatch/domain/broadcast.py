@@ -70,9 +70,10 @@ class BroadcastState:
         """Whether the broadcast was started."""
         return self.started is not None
 
-    def settled(self, channel: str) -> set[str]:
-        """The numbers `channel` has handed or given up on."""
-        return set(self.handed.get(channel, ())) | set(self.failed.get(channel, ()))
+    def settled(self, channel: str, phone: str) -> bool:
+        """Whether `channel` has handed `phone` or given up on it (two lookups: a chunk of a county's
+        broadcast asks this of its hundred numbers, never of the whole county)."""
+        return phone in self.handed.get(channel, ()) or phone in self.failed.get(channel, ())
 
 
 class StartBroadcast(msgspec.Struct, frozen=True, kw_only=True):
@@ -207,8 +208,7 @@ def fold_broadcast(broadcast_id: str, events: Iterable[Event]) -> BroadcastState
 def undelivered(state: BroadcastState, channel: str, people: Iterable[Person]) -> tuple[Person, ...]:
     """Those of `people` that `channel` has neither handed nor given up on (a redelivered chunk rings
     only who is left)."""
-    settled = state.settled(channel)
-    return tuple(p for p in people if p.phone not in settled)
+    return tuple(p for p in people if not state.settled(channel, p.phone))
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,14 +226,14 @@ class Counts:
 def counts(state: BroadcastState) -> Counts:
     """The tally a report shows; every number counted once in each column."""
     channels = state.started.channels if state.started else ()
-    reached = set().union(*(state.handed.get(c, {}).keys() for c in channels)) if channels else set()
-    settled = [state.settled(c) for c in channels]
-    pending = sum(1 for phone in state.recipients if any(phone not in s for s in settled))
+    handed = [state.handed.get(c, {}) for c in channels]
+    reached = sum(1 for phone in state.recipients if any(phone in h for h in handed))
+    pending = sum(1 for phone in state.recipients if not all(state.settled(c, phone) for c in channels))
     return Counts(
         total=len(state.recipients),
         handed={c: len(state.handed.get(c, {})) for c in channels},
         failed={c: len(state.failed.get(c, {})) for c in channels},
-        reached=len(reached),
+        reached=reached,
         heard=len(state.heard),
         pending=pending,
     )

@@ -36,6 +36,10 @@ from dispatch.events.model import (
     AbsenceSet,
     Actor,
     AlarmRaised,
+    BroadcastAddressed,
+    BroadcastHanded,
+    BroadcastHeard,
+    BroadcastStarted,
     CallRepeated,
     DeliveryFailed,
     DeliverySucceeded,
@@ -220,6 +224,10 @@ SPECS: dict[type[Event], Spec] = {
     DrillCancelled: Spec(people=("actor",)),
     IncidentResolved: Spec(owner="by", bare=("by", "note"), people=("actor",)),
     IncidentCancelled: Spec(owner="by", bare=("by", "note"), people=("actor",)),
+    BroadcastStarted: Spec(people=("actor",)),
+    BroadcastAddressed: Spec(people=("people",)),
+    BroadcastHanded: Spec(phones=("phones",), people=("failures",)),
+    BroadcastHeard: Spec(owner="phone", bare=("phone",), people=("actor",)),
 }
 """Every event type with personal fields; any other type is stored as it is."""
 

@@ -20,6 +20,7 @@ import pytest
 
 from dispatch.bootstrap import Service
 from dispatch.cli import main as cli_main
+from dispatch.events.subjects import broadcast_subject
 from tests.rosters import combined, numbered_groups, village
 from tests.support import (
     Received,
@@ -208,6 +209,11 @@ async def test_a_village_is_warned_an_alarm_goes_first_and_the_report_shows_who_
         },
     )
     assert forged.status_code == 403
+
+    # the log holds the numbers sealed per person (crypto-shredding), the report reads them opened
+    assert service.nc is not None
+    raw = await service.nc.jetstream().get_last_msg("DISPATCH_EVENTS", broadcast_subject(WARNING["id"]))
+    assert b"~e1:" in raw.data and texter.encode() not in raw.data and texter.removeprefix("+").encode() not in raw.data
 
     report = (await http.get(f"/v1/broadcasts/{WARNING['id']}")).json()
     assert report["counts"]["heard"] == 3 and report["counts"]["pending"] == 0
