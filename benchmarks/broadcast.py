@@ -3,7 +3,7 @@ its channel, and what the broadcast does to the alarm path, in one run.
 
 `dispatch serve` (a subprocess) with the telephony gateway pointed at a sink (a bare asyncio HTTP
 server in a third process, answering 200 at once). The roster: `--numbers` numbers in village `county`
-(groups of ten, imported through POST /v1/groups/import as an operator would) and 1,000 groups in village
+(groups of ten, imported through POST /v1/groups/import as an operator would) and 2,000 groups in village
 `alarms` whose members raise the alarms. Alarms ring by SMS through the same gateway (every role routed
 to sms), so they share the gateway, the log and the event loop with the broadcast.
 
@@ -35,7 +35,7 @@ from benchmarks.common import pct, start_serve
 from dispatch.store.server import free_port
 
 SECRET = "bench-gateway-secret"
-ALARM_GROUPS = 1000
+ALARM_GROUPS = 2000
 RECIPIENTS = 9
 
 SINK = r"""
