@@ -43,7 +43,7 @@ LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0
 DELIVERY_OUTCOMES = ("delivered", "retry", "exhausted", "permanent", "withdrawn")
 ESCALATION_TIERS = ("1", "2")
 NATS_CONNECTIONS = ("service", "handlers")
-EVENT_AGGREGATES = ("incident", "notice", "group", "village", "line", "call", "token", "drill")
+EVENT_AGGREGATES = ("incident", "notice", "group", "village", "line", "call", "token", "drill", "member", "broadcast")
 
 
 def running_version() -> str:
