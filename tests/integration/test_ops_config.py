@@ -181,7 +181,8 @@ def test_every_dispatch_variable_in_the_deployment_files_is_a_setting() -> None:
     known = setting_names()
     assert {"DISPATCH_NATS_URL", "DISPATCH_STREAM_REPLICAS", "DISPATCH_HTTP"} <= known
     for path in DEPLOYMENT_FILES:
-        used = set(re.findall(r"\bDISPATCH_[A-Z0-9_]+\b", path.read_text()))
+        # not a NATS subject's token such as $KV.DISPATCH_KEYS (the key bucket's subjects)
+        used = set(re.findall(r"(?<![.\w])DISPATCH_[A-Z0-9_]+\b", path.read_text()))
         assert used - known == set(), f"{path.relative_to(ROOT)} names variables the service never reads"
 
 
