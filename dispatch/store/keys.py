@@ -13,7 +13,8 @@ Invariants:
   its markers, so a retried append seals under the same person's key as the first try (the ciphers
   derived from them, one a person a day, are a bounded memo);
 - a process holds keys by id (opening) and numbers' key ids (sealing); a key asked for that the
-  bucket no longer holds reads as erased, never as "not yet";
+  bucket no longer holds reads as erased, never as "not yet", and only once the stream's leader
+  says so (a replica answering a direct get may lag behind);
 - `active()` is the keyring the log's readers and writers use in this process (installed by the
   composition root, removed when it stops); with none installed nothing is sealed, and envelopes
   stay as they are.
@@ -36,7 +37,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from dispatch.events import sealing
@@ -308,10 +309,24 @@ class Keyring:
         try:
             entry = await self.kv.get(name)
         except KeyNotFoundError:
-            return None
+            return await self._get_from_leader(name)
         except Exception as exc:
             raise KeyStoreUnavailable(f"key store unavailable: {type(exc).__name__}") from exc
         return entry.value
+
+    async def _get_from_leader(self, name: str) -> bytes | None:
+        """The entry as the stream's leader holds it: a direct get (`allow_direct`) may be answered by
+        an R3 replica that has not caught up, and a key must never read as erased for that."""
+        js = self.nc.jetstream(timeout=self.timeout)
+        try:
+            msg = await js.get_msg(STREAM, subject=f"{PREFIX}{name}", direct=False)
+        except NotFoundError:
+            return None
+        except Exception as exc:
+            raise KeyStoreUnavailable(f"key store unavailable: {type(exc).__name__}") from exc
+        if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+            return None
+        return msg.data
 
     async def _get_or_create(self, name: str, make: Any) -> bytes:
         """The entry's value, created as `make()` when it has none (one round trip for a new one;

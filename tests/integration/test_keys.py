@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from nats.aio.client import Client as NATS
 
 from dispatch.store.keys import STREAM, Keyring
@@ -38,3 +39,30 @@ async def test_two_processes_creating_the_same_people_agree_and_an_erasure_reach
     finally:
         await first.stop()
         await second.stop()
+
+
+async def test_a_key_a_lagging_replica_does_not_hold_is_not_read_as_erased(nc: NATS) -> None:
+    """On R3 a direct get may be answered by a replica that has not caught up (seen after `dispatch
+    log copy` to a fresh cluster: a caller read as 已删除). Here the direct get answers "not found"
+    as such a replica would; the key is still there, and only a key truly erased reads as erased."""
+    from nats.js.errors import KeyNotFoundError
+
+    await provision(nc)
+    writer, reader = Keyring(nc), Keyring(nc)
+    await writer.start()
+    await reader.start()
+    try:
+        await writer.ensure(PHONES[:2])
+        kept, erased = (writer.sealing_key(p, "")[0] for p in PHONES[:2])  # type: ignore[index]
+        assert await writer.erase_person(PHONES[1])
+
+        async def lagging(name: str) -> object:
+            raise KeyNotFoundError
+
+        reader.kv.get = lagging  # type: ignore[method-assign]
+        await reader.load({kept, erased})
+        assert isinstance(reader.opening_key(kept, ""), AESGCM), "the leader holds it: not erased"
+        assert reader.opening_key(erased, "") is False, "the leader holds only its delete marker: erased"
+    finally:
+        await writer.stop()
+        await reader.stop()
