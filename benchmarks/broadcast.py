@@ -180,7 +180,16 @@ async def alarms(http: httpx.AsyncClient, sink: Sink, rate: float, until: asynci
     return latencies
 
 
+def alarm_groups_for(args: argparse.Namespace) -> int:
+    """A group a call, for the baseline and for the broadcast at its rate cap (twice over, and the
+    channels run side by side), so the run never runs out at a low rate: 2,000 at the least."""
+    during_s = args.numbers / max(args.broadcast_rate, 1.0) * 2 + 60
+    return max(2000, int(args.rate * (args.baseline + during_s)) + 100)
+
+
 async def run(args: argparse.Namespace) -> dict[str, object]:
+    global ALARM_GROUPS
+    ALARM_GROUPS = alarm_groups_for(args)
     work = Path(tempfile.mkdtemp(prefix="bench-broadcast-"))
     sink = Sink()
     await sink.start()
