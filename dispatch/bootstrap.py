@@ -559,6 +559,7 @@ class Service:
             header_timeout=st.http_header_timeout,
             body_timeout=st.http_body_timeout,
             max_connections=st.http_max_connections,
+            keepalive_timeout=st.http_keepalive_timeout,
             refused=lambda reason: self.metrics.http_refused.labels(reason).inc(),
         )
         descriptors, wanted = descriptor_room(st.http_max_connections)

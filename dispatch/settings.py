@@ -81,6 +81,7 @@ class Settings:
     http_header_timeout: float = 10.0
     http_body_timeout: float = 30.0
     http_max_connections: int = 1000
+    http_keepalive_timeout: float = 75.0
     audit_retention_days: float = 365.0
     retention_days: float = 0.0
     simulate_phones: bool = False
@@ -131,6 +132,7 @@ class Settings:
             http_header_timeout=_float("HTTP_HEADER_TIMEOUT", 10.0),
             http_body_timeout=_float("HTTP_BODY_TIMEOUT", 30.0),
             http_max_connections=_int("HTTP_MAX_CONNECTIONS", 1000),
+            http_keepalive_timeout=_float("HTTP_KEEPALIVE_TIMEOUT", 75.0),
             audit_retention_days=_float("AUDIT_RETENTION_DAYS", 365.0),
             retention_days=_float("RETENTION_DAYS", 0.0),
             simulate_phones=_bool("SIMULATE_PHONES"),
@@ -183,6 +185,8 @@ class Settings:
             raise SettingsError("DISPATCH_LOG_FORMAT must be auto, console or json")
         if not (self.http_header_timeout > 0 and self.http_body_timeout > 0):
             raise SettingsError("DISPATCH_HTTP_HEADER_TIMEOUT and DISPATCH_HTTP_BODY_TIMEOUT must be positive seconds")
+        if not self.http_keepalive_timeout > 0:
+            raise SettingsError("DISPATCH_HTTP_KEEPALIVE_TIMEOUT must be positive seconds")
         if not 0 <= self.retention_days <= 36_500:
             raise SettingsError("DISPATCH_RETENTION_DAYS must be between 0 (keep everything) and 36500 days")
         if not 1 <= self.audit_retention_days <= 36_500:

@@ -20,6 +20,10 @@ every request is 503).
   completes while a body trickled a byte at a time does not hold its connection; time while
   reading is paused (the application has not taken what came) is not the client's; if late, 408
   (when no response has started) and close;
+- a keep-alive longer than clients' pools keep idle connections (`keepalive_timeout`, 75 s as
+  nginx's, against uvicorn's 5 s): with equal idle times a client may send its next request on a
+  connection the server closed in the same instant, and read a reset instead of an answer (seen
+  with httpx, whose pool keeps a connection 5 s, on a loaded machine);
 - a connection cap: the connection past `max_connections` is closed as soon as it is accepted,
   before anything is read, so idle connections cannot pile up descriptors (those the process needs
   to ring phones: outgoing deliveries).
@@ -194,6 +198,7 @@ def server_config(
     header_timeout: float,
     body_timeout: float,
     max_connections: int,
+    keepalive_timeout: float = 75.0,
     refused: Callable[[str], None] | None = None,
 ) -> uvicorn.Config:
     """The uvicorn configuration the service runs with: the guarded protocol, no logging of its own."""
@@ -206,6 +211,7 @@ def server_config(
         ),
         log_config=None,
         access_log=False,
+        timeout_keep_alive=keepalive_timeout,  # type: ignore[arg-type]  # uvicorn's hint says int; call_later takes any
         lifespan="off",
         timeout_graceful_shutdown=5,
     )

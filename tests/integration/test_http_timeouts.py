@@ -69,7 +69,11 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 @contextlib.asynccontextmanager
 async def serving(
-    *, header_timeout: float = TIMEOUT, body_timeout: float = TIMEOUT, max_connections: int = 100
+    *,
+    header_timeout: float = TIMEOUT,
+    body_timeout: float = TIMEOUT,
+    max_connections: int = 100,
+    keepalive_timeout: float = 75.0,
 ) -> AsyncIterator[tuple[int, list[str]]]:
     """The echo app behind the service's uvicorn configuration; yields its port and the refusals counted."""
     refusals: list[str] = []
@@ -81,6 +85,7 @@ async def serving(
         header_timeout=header_timeout,
         body_timeout=body_timeout,
         max_connections=max_connections,
+        keepalive_timeout=keepalive_timeout,
         refused=refusals.append,
     )
     server = SERVING[port] = _Server(config)
@@ -143,6 +148,42 @@ async def test_the_header_deadline_holds_on_a_kept_alive_connection_too() -> Non
             assert closed - started >= TIMEOUT - 0.05, stray
             writer.close()
         assert refusals == ["header_timeout", "header_timeout"]
+
+
+async def test_an_idle_kept_alive_connection_is_served_until_the_keepalive_timeout_then_closed() -> None:
+    """A client pool reuses an idle connection for as long as its own expiry (httpx: 5 s); a server
+    closing at the same idle time races it, and the client reads a reset instead of its answer. Here
+    the keep-alive is 1 s (the default is 75 s, checked in the settings test): an idle of 0.5 s is
+    served, and an idle connection is then closed quietly no sooner than 1 s after its answer."""
+    keepalive = 1.0
+    async with serving(header_timeout=BOUND * 2, keepalive_timeout=keepalive) as (port, refusals):
+        reader, writer = await connect(port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n0"), BOUND)).startswith(b"HTTP/1.1 200 ")
+        await asyncio.sleep(keepalive / 2)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n0"), BOUND)).startswith(b"HTTP/1.1 200 ")
+        answered = time.monotonic()
+        received, closed = await until_closed(reader)
+        assert received == b"", "an idle connection is closed without an answer"
+        assert closed - answered >= keepalive - 0.05
+        assert refusals == [], "an idle close is not a refusal"
+        writer.close()
+
+
+async def test_by_default_a_connection_idle_past_a_client_pools_expiry_is_still_served() -> None:
+    """The service's default keep-alive against httpx's pool expiry (5 s, also uvicorn's own default):
+    idle a little longer than that, the next request on the same connection is answered."""
+    idle = httpx.Limits().keepalive_expiry or 5.0
+    async with serving(header_timeout=BOUND * 2, keepalive_timeout=Settings().http_keepalive_timeout) as (port, _):
+        reader, writer = await connect(port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n0"), BOUND)).startswith(b"HTTP/1.1 200 ")
+        await asyncio.sleep(idle + 0.5)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        again = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n0"), BOUND)
+        assert again.startswith(b"HTTP/1.1 200 "), again
+        writer.close()
 
 
 async def test_headers_over_the_cap_are_refused_at_once() -> None:
@@ -243,12 +284,16 @@ def test_the_settings_have_defaults_are_read_from_the_environment_and_refuse_non
         monkeypatch.delenv(key)
     defaults = Settings.from_env()
     assert (defaults.http_header_timeout, defaults.http_body_timeout, defaults.http_max_connections) == (10, 30, 1000)
+    assert defaults.http_keepalive_timeout > httpx.Limits().keepalive_expiry, "longer than a client pool keeps one"
     monkeypatch.setenv("DISPATCH_HTTP_HEADER_TIMEOUT", "2.5")
     monkeypatch.setenv("DISPATCH_HTTP_BODY_TIMEOUT", "60")
     monkeypatch.setenv("DISPATCH_HTTP_MAX_CONNECTIONS", "200")
     given = Settings.from_env()
     assert (given.http_header_timeout, given.http_body_timeout, given.http_max_connections) == (2.5, 60, 200)
-    for name, value in (("HTTP_HEADER_TIMEOUT", "0"), ("HTTP_BODY_TIMEOUT", "-1"), ("HTTP_MAX_CONNECTIONS", "0")):
+    monkeypatch.setenv("DISPATCH_HTTP_KEEPALIVE_TIMEOUT", "30")
+    assert Settings.from_env().http_keepalive_timeout == 30
+    refused = (("HTTP_HEADER_TIMEOUT", "0"), ("HTTP_BODY_TIMEOUT", "-1"), ("HTTP_MAX_CONNECTIONS", "0"))
+    for name, value in (*refused, ("HTTP_KEEPALIVE_TIMEOUT", "0")):
         monkeypatch.setenv(f"DISPATCH_{name}", value)
         with pytest.raises(SettingsError, match=f"DISPATCH_{name}"):
             Settings.from_env()
