@@ -73,6 +73,13 @@ def test_a_pilot_moves_to_the_cluster_with_its_log(tmp_path: Path) -> None:
 
         wait_until(lambda: rung(covered) >= 9 and rung(pending) >= 9, what="both alarms rung on the pilot")
         wait_until(lambda: http.get("/v1/incidents").json()["count"] == 2)
+
+        def notified(incident: str) -> int:
+            raised = http.get(f"/v1/incidents/{incident}").json()["timeline"][0]
+            return int(raised["reach"]["notified"])
+
+        # the receiver may have all 9 before the read model has the deliveries' outcomes (正在通知9人)
+        wait_until(lambda: notified(covered) == 9 and notified(pending) == 9, what="the pilot's timelines say 通知9人")
         before = {i: http.get(f"/v1/incidents/{i}").json() for i in (covered, pending)}
         assert before[covered]["covered"] and not before[pending]["covered"]
         assert pilot.terminate() == 0
