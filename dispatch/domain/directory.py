@@ -29,6 +29,7 @@ from dispatch.domain.errors import InvalidCommand, NotFound
 from dispatch.domain.phone import cn_mobile_candidate, try_normalize
 from dispatch.domain.timezones import valid_time_zone
 from dispatch.events.model import (
+    DEFAULT_NEIGHBOURS_ORDER,
     NEIGHBOURS_ORDERS,
     Actor,
     DutyDeskBound,
@@ -642,10 +643,10 @@ class Directory:
         return state is None or state.proxy_counts is not False
 
     def neighbours_order(self, village: str | None) -> NeighboursOrder:
-        """When a village's neighbouring groups are alerted: `alongside` the station, `before` it, or
-        `off` (the default: a village turns its neighbours on)."""
+        """When a village's neighbouring groups are alerted: `alongside` the station (the default),
+        `before` it, or `off` (a village that turns its neighbours off)."""
         state = self.villages.get(village) if village else None
-        return state.neighbours_order if state is not None and state.neighbours_order else "off"
+        return state.neighbours_order if state is not None and state.neighbours_order else DEFAULT_NEIGHBOURS_ORDER
 
     def neighbour_covers(self, village: str | None) -> bool:
         """Whether a neighbour's accept covers as the leader half in `village` (the default: no)."""

@@ -1141,6 +1141,14 @@ def decide_unreachable(state: IncidentState, at: datetime) -> list[IncidentEscal
     return [*neighbours, _tier_one(state, at, "officer_unreachable")]
 
 
+def neighbours_at_raise(opened: IncidentOpened) -> list[NeighboursAlerted]:
+    """The neighbouring groups' alert an incident is raised with: when the group's own people on
+    duty (members away at raise are not rung) cannot meet its quorum from the start, its
+    neighbours are rung with the alarm (`quorum_unreachable`), not a deadline later."""
+    state = _start(opened)
+    return _alert_neighbours(state, opened.at, "quorum_unreachable") if quorum_out_of_reach(state) else []
+
+
 def quorum_out_of_reach(state: IncidentState) -> bool:
     """Whether the group's own people (recipients not unreachable, accepters, duty desks) can no
     longer meet every clause of the incident's quorum."""
@@ -1211,7 +1219,8 @@ def decide_call(line: Line, call: IncomingCall, now: datetime) -> list[Event]:
     if state is None:
         opened = open_incident(line.route, call, line.epoch)
         status: CallStatus = "unregistered" if line.route.kind == "unregistered" else "raised"
-        return [opened, CallRouted(at=call.at, call_id=call.call_id, incident_id=opened.incident_id, status=status)]
+        routed = CallRouted(at=call.at, call_id=call.call_id, incident_id=opened.incident_id, status=status)
+        return [opened, *neighbours_at_raise(opened), routed]
     if state.closed:
         return [line_closed(state, state.closed_at or state.raised_at)]
     if call.call_id in state.calls:

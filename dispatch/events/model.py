@@ -30,6 +30,7 @@ CallStatus = Literal["raised", "merged", "unregistered"]
 FailureKind = Literal["permanent", "exhausted", "withdrawn"]
 NeighboursOrder = Literal["alongside", "before", "off"]
 NEIGHBOURS_ORDERS: tuple[NeighboursOrder, ...] = ("alongside", "before", "off")
+DEFAULT_NEIGHBOURS_ORDER: NeighboursOrder = "alongside"
 
 
 class Place(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -153,7 +154,8 @@ class VillageSettingsChanged(VillageEvent, frozen=True, kw_only=True):
     arrival_deadline_s: float | None = None
     time_zone: str | None = None
     proxy_counts: bool | None = None
-    # the neighbouring groups' tier: `alongside` the station, `before` it, or `off` (None: off);
+    # the neighbouring groups' tier: `alongside` the station, `before` it, or `off` (None: the
+    # service default, `alongside`);
     # whether a neighbour's accept covers as the leader half (None: it does not); each group's
     # neighbours within the village (None: every other group of the village)
     neighbours_order: NeighboursOrder | None = None

@@ -43,11 +43,16 @@ def escalation(incident_id: str) -> MessageIds:
 
     def ids(i: int, event: Event) -> str:
         if isinstance(event, NeighboursAlerted):
-            return f"escalate:{incident_id}:neighbours"
+            return neighbours_alerted(incident_id)
         tier = event.tier if isinstance(event, IncidentEscalated) else i
         return f"escalate:{incident_id}:{tier}"
 
     return ids
+
+
+def neighbours_alerted(incident_id: str) -> str:
+    """The incident's neighbouring groups alerted (once, whichever decision alerted them)."""
+    return f"escalate:{incident_id}:neighbours"
 
 
 def line_closed(event: LineClosed) -> str:
@@ -56,7 +61,9 @@ def line_closed(event: LineClosed) -> str:
 
 
 def call(call_key: str) -> MessageIds:
-    """What a call decided: the incident opened or the repeat, its index entry, a line repaired."""
+    """What a call decided: the incident opened (with its neighbours' alert when the group cannot
+    meet the quorum from the start, the id `escalation` gives it) or the repeat, its index entry, a
+    line repaired."""
 
     def ids(_i: int, event: Event) -> str:
         if isinstance(event, IncidentOpened):
@@ -65,6 +72,8 @@ def call(call_key: str) -> MessageIds:
             return call_repeated(call_key, event.incident_id)
         if isinstance(event, CallRouted):
             return call_routed(call_key)
+        if isinstance(event, NeighboursAlerted):
+            return neighbours_alerted(event.incident_id)
         if isinstance(event, LineClosed):
             return line_closed(event)
         raise ValueError(f"a call does not decide {type(event).__name__}")

@@ -50,6 +50,7 @@ from dispatch.events.model import (
     IncidentOpened,
     IncidentResolved,
     LineClosed,
+    NeighboursAlerted,
     Person,
 )
 from dispatch.events.subjects import call_index_subjects, call_key, call_subject, incident_subject, line_subject
@@ -75,7 +76,7 @@ class Lines:
             return line_subject(event.line)
         if isinstance(event, CallRouted):
             return call_subject(event.call_id)
-        assert isinstance(event, IncidentOpened | CallRepeated)
+        assert isinstance(event, IncidentOpened | CallRepeated | NeighboursAlerted)
         return incident_subject(event.incident_id)
 
     async def load(self, key: str) -> Loaded[Line]:

@@ -218,7 +218,7 @@ class VillageSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     arrival_deadline_s: float | None = None
     time_zone: str | None = None
     proxy_counts: bool | None = None
-    # neighbouring groups: their tier `alongside` the station, `before` it, or `off` (default); whether a
+    # neighbouring groups: their tier `alongside` the station (default), `before` it, or `off`; whether a
     # neighbour's accept covers as the leader half (default no); each group's neighbours (default: the
     # village's other groups)
     neighbours_order: Literal["alongside", "before", "off"] | None = None

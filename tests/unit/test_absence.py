@@ -41,6 +41,7 @@ from dispatch.events.model import (
     Event,
     IncidentCovered,
     IncidentEscalated,
+    NeighboursAlerted,
     Person,
     ResponderAccepted,
 )
@@ -197,8 +198,9 @@ def test_an_officer_away_without_a_substitute_keeps_the_officer_clause_and_escal
     leader = decide(state, Respond(incident_id=state.id, responder=LEADER, action="accept"), at(HOUR + 5))
     state = fold_into(state, leader)
     assert not state.covered
-    (escalated,) = decide(state, FireTimer(incident_id=state.id, timer="ack"), at(HOUR + 60))
+    (neighbours, escalated) = decide(state, FireTimer(incident_id=state.id, timer="ack"), at(HOUR + 60))
     assert isinstance(escalated, IncidentEscalated) and escalated.tier == 1
+    assert isinstance(neighbours, NeighboursAlerted), "group 2's leader alongside the station"
     alerted = {p.phone for p in escalated.alerted}
     assert OFFICER not in alerted and DUTY[0].phone in alerted
 
@@ -206,8 +208,8 @@ def test_an_officer_away_without_a_substitute_keeps_the_officer_clause_and_escal
 def test_the_substitute_is_rung_again_on_escalation_and_the_absent_officer_is_not() -> None:
     directory = with_absences(set_cmd(0, 8 * HOUR))
     state = raised(directory, HOUSEHOLDS[0], HOUR)
-    (tier1,) = decide(state, FireTimer(incident_id=state.id, timer="ack"), at(HOUR + 60))
-    assert isinstance(tier1, IncidentEscalated)
+    (neighbours, tier1) = decide(state, FireTimer(incident_id=state.id, timer="ack"), at(HOUR + 60))
+    assert isinstance(tier1, IncidentEscalated) and isinstance(neighbours, NeighboursAlerted)
     alerted = {p.phone for p in tier1.alerted}
     assert NEIGHBOUR_OFFICER in alerted and OFFICER not in alerted
 

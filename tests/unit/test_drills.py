@@ -41,6 +41,7 @@ from dispatch.events.model import (
     Event,
     IncidentCancelled,
     IncidentEscalated,
+    NeighboursAlerted,
     Person,
 )
 from dispatch.reports.stats import NOT_COUNTED, kind_of
@@ -99,13 +100,13 @@ def test_a_drill_rings_the_whole_group_on_a_line_of_its_own() -> None:
 def test_every_message_of_a_drill_says_drill_first() -> None:
     state = drill_state()
     opened = state.opened
-    escalated = decide(state, FireTimer(incident_id=state.id, timer="ack"), at(61))
-    assert len(escalated) == 1 and isinstance(escalated[0], IncidentEscalated)
-    after = evolve(state, escalated[0])
+    neighbours, escalated = decide(state, FireTimer(incident_id=state.id, timer="ack"), at(61))
+    assert isinstance(escalated, IncidentEscalated) and isinstance(neighbours, NeighboursAlerted)
+    after = evolve(evolve(state, neighbours), escalated)
     assert after is not None
     cancel = decide(after, Respond(incident_id=state.id, responder=OFFICER, action="cancel", reason="drill"), at(90))
     assert isinstance(cancel[0], IncidentCancelled)
-    for trigger, st_ in ((opened, None), (escalated[0], after), (cancel[0], after)):
+    for trigger, st_ in ((opened, None), (neighbours, after), (escalated, after), (cancel[0], after)):
         alert = alert_for(opened, trigger, st_)
         assert alert is not None and alert.drill
         assert alert_text_for(alert).startswith("【演练】"), alert_text_for(alert)
@@ -124,9 +125,10 @@ def test_a_drills_escalate_deadline_stops_at_the_station() -> None:
     state = drill_state()
     both = decide(state, FireTimer(incident_id=state.id, timer="escalate", command_centre=COMMAND_CENTRE), at(301))
     assert [e.tier for e in both if isinstance(e, IncidentEscalated)] == [1]
-    tier_one = both[0]
+    tier_one = next(e for e in both if isinstance(e, IncidentEscalated))
     assert isinstance(tier_one, IncidentEscalated) and STATION in {p.phone for p in tier_one.alerted}
-    after = evolve(state, tier_one)
+    assert [type(e).__name__ for e in both] == ["NeighboursAlerted", "IncidentEscalated"], "neighbours: a drill too"
+    after = evolve(evolve(state, both[0]), tier_one)
     assert after is not None
     assert deadline_after(state, "ack") is None, "a drill sets no county deadline"
     assert deadline_after(after, "ack") is None

@@ -17,6 +17,8 @@ from dispatch.events.model import (
     DeliveryFailed,
     DeliverySucceeded,
     Event,
+    IncidentEscalated,
+    NeighboursAlerted,
     Person,
     Reached,
     RespondersNotified,
@@ -27,6 +29,7 @@ from .fixtures import at
 from .test_incident import ASSISTANT, LEADER, OFFICER, STATION, raised, respond
 
 CENTRE = Person(phone="+861088880000", name="县局指挥中心", role="command_centre")
+NEIGHBOUR = "+8613800000018"  # group 2's leader: group 1's neighbour by default, alongside the station
 
 
 def apply(state: IncidentState, events: list[Event]) -> IncidentState:
@@ -43,24 +46,28 @@ def test_nothing_happens_before_a_deadline() -> None:
 
 
 def test_tier_one_realerts_officer_and_assistant_and_notifies_the_duty_desk() -> None:
-    [tier1] = decide_timer(raised(), "ack", at(60), CENTRE)
-    assert (tier1.tier, tier1.reason) == (1, "ack_deadline")
+    [neighbours, tier1] = decide_timer(raised(), "ack", at(60), CENTRE)
+    assert isinstance(tier1, IncidentEscalated) and (tier1.tier, tier1.reason) == (1, "ack_deadline")
     assert [p.phone for p in tier1.alerted] == [OFFICER, ASSISTANT, STATION]
+    assert isinstance(neighbours, NeighboursAlerted) and neighbours.reason == "ack_deadline"
+    assert [p.phone for p in neighbours.alerted] == [NEIGHBOUR], "the neighbouring group alongside, by default"
 
 
 def test_an_officer_who_accepted_is_not_rung_again() -> None:
     state = raised()
     state = apply(state, respond(state, OFFICER, "accept", seconds=10))
-    [tier1] = decide_timer(state, "ack", at(60), CENTRE)
-    assert [p.phone for p in tier1.alerted] == [ASSISTANT, STATION]
+    [neighbours, tier1] = decide_timer(state, "ack", at(60), CENTRE)
+    assert isinstance(tier1, IncidentEscalated) and [p.phone for p in tier1.alerted] == [ASSISTANT, STATION]
+    assert isinstance(neighbours, NeighboursAlerted) and [p.phone for p in neighbours.alerted] == [NEIGHBOUR]
 
 
 def test_each_tier_fires_once() -> None:
     state = raised()
     tier1 = decide_timer(state, "ack", at(60), CENTRE)
-    state = apply(state, tier1)
+    state = apply(state, list(tier1))
     assert decide_timer(state, "ack", at(61), CENTRE) == []
     [tier2] = decide_timer(state, "escalate", at(300), CENTRE)
+    assert isinstance(tier2, IncidentEscalated), "the neighbours were alerted once, at the ack deadline"
     assert (tier2.tier, tier2.alerted) == (2, (CENTRE,))
     state = apply(state, [tier2])
     assert decide_timer(state, "escalate", at(301), CENTRE) == []
@@ -69,7 +76,9 @@ def test_each_tier_fires_once() -> None:
 
 def test_a_missed_tier_one_is_made_up_for_at_tier_two() -> None:
     events = decide_timer(raised(), "escalate", at(300), CENTRE)
-    assert [e.tier for e in events] == [1, 2]
+    assert [type(e).__name__ for e in events] == ["NeighboursAlerted", "IncidentEscalated", "IncidentEscalated"]
+    assert [e.tier for e in events if isinstance(e, IncidentEscalated)] == [1, 2]
+    assert isinstance(events[0], NeighboursAlerted) and events[0].reason == "escalate_deadline"
 
 
 def test_covered_or_closed_incidents_do_not_escalate() -> None:
@@ -89,7 +98,7 @@ def test_arrival_deadline_counts_from_cover() -> None:
     state = apply(state, respond(state, LEADER, "accept", seconds=100))
     assert decide_timer(state, "arrival", at(100 + 1199), CENTRE) == []
     [late] = decide_timer(state, "arrival", at(100 + 1200), CENTRE)
-    assert (late.tier, late.reason) == (1, "arrival_deadline")
+    assert isinstance(late, IncidentEscalated) and (late.tier, late.reason) == (1, "arrival_deadline")
     arrived = apply(state, respond(state, OFFICER, "arrived", seconds=200))
     assert decide_timer(arrived, "arrival", at(100 + 1200), CENTRE) == []
 
@@ -113,9 +122,11 @@ def test_an_unreachable_officer_escalates_at_once() -> None:
     state = raised()
     assert decide_unreachable(state, at(3)) == []
     state = notified_and(state, OFFICER, failed(state, OFFICER, "permanent"))
-    [tier1] = decide_unreachable(state, at(3))
-    assert (tier1.tier, tier1.reason) == (1, "officer_unreachable")
-    assert decide_unreachable(apply(state, [tier1]), at(4)) == []
+    [neighbours, tier1] = decide_unreachable(state, at(3))
+    assert isinstance(tier1, IncidentEscalated) and (tier1.tier, tier1.reason) == (1, "officer_unreachable")
+    assert isinstance(neighbours, NeighboursAlerted) and neighbours.reason == "quorum_unreachable"
+    assert [p.phone for p in neighbours.alerted] == [NEIGHBOUR], "no officer left: the group cannot cover"
+    assert decide_unreachable(apply(state, [neighbours, tier1]), at(4)) == []
 
 
 def test_a_transient_failure_or_a_delivery_is_not_unreachable() -> None:
@@ -141,7 +152,7 @@ def test_any_order_of_timers_reaches_each_tier_at_most_once(fired: list[tuple[st
     tiers: list[int] = []
     for timer, second in sorted(fired, key=lambda f: f[1]):
         events = decide_timer(state, timer, at(second), CENTRE)  # type: ignore[arg-type]
-        tiers += [e.tier for e in events]
+        tiers += [e.tier for e in events if isinstance(e, IncidentEscalated)]
         state = apply(state, list(events))
     assert tiers == sorted(set(tiers)) and set(tiers) <= {1, 2}, "a tier fired twice or out of order"
     assert 2 not in tiers or 1 in tiers, "tier 2 without tier 1"

@@ -10,6 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dispatch.domain.absence import MemberState, SetAbsence, decide_member
 from dispatch.domain.directory import Directory
 from dispatch.domain.errors import NotPermitted
 from dispatch.domain.incident import (
@@ -18,17 +19,22 @@ from dispatch.domain.incident import (
     FireTimer,
     IncidentState,
     IncomingCall,
+    Line,
     Respond,
     alert_for,
     deadlines_after,
     decide,
+    decide_call,
     evolve,
     open_incident,
     parse_quorum,
     route_call,
 )
 from dispatch.domain.messages import alert_text_for, describe, spoken_text_for
+from dispatch.events import msgids
 from dispatch.events.model import (
+    AlarmRaised,
+    CallRouted,
     DeliveryFailed,
     Event,
     IncidentCovered,
@@ -95,7 +101,15 @@ def test_a_groups_neighbours_are_the_other_groups_leaders_and_assistants_by_defa
     assert not {p.phone for p in opened.neighbours} & {p.phone for p in opened.recipients}
     only_two = raised(directory(named={"1": ("2",)})).opened
     assert set(only_two.neighbour_groups) == {"2"}
-    assert raised(directory(order=None)).opened.neighbours == (), "off unless the village turns them on"
+    assert raised(directory(order="off")).opened.neighbours == (), "a village may turn them off"
+
+
+def test_a_village_that_chose_nothing_has_its_neighbours_alongside_the_station() -> None:
+    d = directory_with(numbered_groups("nb", [1, 2, 3]))
+    assert d.neighbours_order("nb") == "alongside" and d.neighbour_covers("nb") is False
+    opened = raised(d).opened
+    assert opened.neighbours_order == "alongside" and {p.phone for p in opened.neighbours} == NEIGHBOURS
+    assert raised(directory(order=None)).opened.neighbours_order == "alongside", "null: the service default"
 
 
 def test_alongside_the_ack_deadline_alerts_the_neighbours_and_the_station_together() -> None:
@@ -172,6 +186,72 @@ def test_when_the_groups_reachable_members_cannot_meet_the_quorum_the_neighbours
 
 
 ORDERS = st.sampled_from(("alongside", "before", "off"))
+
+
+def away(d: Directory, *phones: str, substitute: str | None = None) -> Directory:
+    for i, phone in enumerate(phones):
+        command = SetAbsence(phone=phone, starts=at(-3600), until=at(3600), substitute=substitute)
+        for event in decide_member(MemberState(phone=phone, bound=True), command, at(-3600)):
+            d.apply(event, 20_000 + i)
+    return d
+
+
+def call_in(d: Directory, seconds: float = 0) -> list[Event]:
+    call = IncomingCall(
+        call_id="c1",
+        caller_raw=CALLER,
+        caller=CALLER,
+        callee="6995",
+        channel="voice",
+        called_at=at(seconds),
+        at=at(seconds),
+    )
+    return decide_call(Line(route_call(d, call, POLICY, DUTY), 0, None), call, at(seconds))
+
+
+def test_when_the_leader_and_assistant_are_away_the_neighbours_are_rung_with_the_alarm() -> None:
+    events = call_in(away(directory(), LEADER1, ASSISTANT1))
+    assert [type(e).__name__ for e in events] == ["AlarmRaised", "NeighboursAlerted", "CallRouted"]
+    opened, alerted, routed = events
+    assert isinstance(opened, AlarmRaised) and isinstance(routed, CallRouted) and routed.status == "raised"
+    assert isinstance(alerted, NeighboursAlerted) and alerted.reason == "quorum_unreachable"
+    assert alerted.at == opened.at and {p.phone for p in alerted.alerted} == NEIGHBOURS
+    ids = msgids.call("k")
+    assert ids(1, alerted) == msgids.escalation(opened.incident_id)(0, alerted), "one id, whoever alerts them"
+    state = fold_into(raised(away(directory(), LEADER1, ASSISTANT1)), [alerted])
+    later = decide(state, FireTimer(incident_id=state.id, timer="ack", command_centre=CENTRE), at(61))
+    assert [type(e).__name__ for e in later] == ["IncidentEscalated"], "alerted once; the station at its time"
+
+
+def test_an_absence_the_group_can_still_cover_or_a_substitute_fills_rings_no_neighbour() -> None:
+    assert [type(e).__name__ for e in call_in(away(directory(), LEADER1))] == ["AlarmRaised", "CallRouted"]
+    substituted = away(directory(), LEADER1, ASSISTANT1, substitute=e164(group_phone(1, 2)))
+    assert [type(e).__name__ for e in call_in(substituted)] == ["AlarmRaised", "CallRouted"]
+    assert [type(e).__name__ for e in call_in(away(directory("off"), LEADER1, ASSISTANT1))] == [
+        "AlarmRaised",
+        "CallRouted",
+    ], "a village that turned them off"
+
+
+GROUP1 = (*(e164(group_phone(1, i)) for i in range(2, 10)), OFFICER1)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ORDERS, st.sets(st.sampled_from(GROUP1), max_size=9))
+def test_the_neighbours_are_rung_with_the_alarm_exactly_when_those_on_duty_cannot_meet_the_quorum(
+    order: str, absent: set[str]
+) -> None:
+    events = call_in(away(directory(order), *sorted(absent)))
+    opened = events[0]
+    assert isinstance(opened, AlarmRaised)
+    roles = {p.role for p in opened.recipients}
+    reachable = "officer" in roles and bool({"leader", "assistant"} & roles)
+    alerted = [e for e in events if isinstance(e, NeighboursAlerted)]
+    assert len(alerted) == (0 if reachable or order == "off" else 1), (roles, order)
+    assert all(e.reason == "quorum_unreachable" and e.at == opened.at for e in alerted)
+    assert isinstance(events[-1], CallRouted)
+
+
 STEPS = st.lists(
     st.one_of(
         st.tuples(st.just("timer"), st.sampled_from(("ack", "escalate", "arrival", "station")), st.integers(0, 600)),
