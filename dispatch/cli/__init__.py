@@ -559,6 +559,18 @@ def cmd_members_absences(args: argparse.Namespace) -> int:
     return run_list(args, _fetch)
 
 
+def cmd_villages_settings(args: argparse.Namespace) -> int:
+    from dispatch.cli.villages import run_settings
+
+    return run_settings(args, _request, _fetch)
+
+
+def cmd_villages_list(args: argparse.Namespace) -> int:
+    from dispatch.cli.villages import run_list
+
+    return run_list(args, _fetch)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from dispatch.cli.report import run_report
 
@@ -1175,6 +1187,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--village", help="only this village's members")
     json_flag(p)
     p.set_defaults(func=cmd_members_absences)
+
+    villages = _add(
+        sub,
+        "villages",
+        "villages: list them, show or change one's settings (deadlines, neighbouring groups)",
+        "A village's settings apply to the incidents raised after the change. A setting never set\n"
+        "follows the service default: neighbouring groups' leaders and assistants are rung alongside\n"
+        "the station when a group cannot reach cover, and their accept does not cover.",
+        ["dispatch villages list", "dispatch villages settings 东山村 --neighbours-order before"],
+    ).add_subparsers(dest="villages_command", required=True, metavar="SUBCOMMAND")
+    p = client(
+        _add(
+            villages,
+            "list",
+            "list the villages with groups or settings of their own",
+            "Within the villages the token sees.",
+            ["dispatch villages list"],
+        )
+    )
+    json_flag(p)
+    p.set_defaults(func=cmd_villages_list)
+    p = client(
+        _add(
+            villages,
+            "settings",
+            "show a village's settings, or change the ones given (admin)",
+            "Without options it shows them. Options change only the settings named; `default` or\n"
+            "--reset clears one back to the service default. Durations: seconds, or 90s, 5m, 1.5h.\n"
+            "--neighbours-order: alongside (the station and the neighbours together; the default),\n"
+            "before (the neighbours first, the station a second ack deadline later) or off.",
+            [
+                "dispatch villages settings 东山村",
+                "dispatch villages settings 东山村 --neighbours-order before --neighbour-covers",
+                "dispatch villages settings 东山村 --neighbours 1=2,3 --neighbours 4=",
+                "dispatch villages settings 东山村 --ack-deadline 90s --reset neighbours",
+            ],
+        )
+    )
+    from dispatch.cli.villages import add_settings_arguments
+
+    add_settings_arguments(p)
+    p.set_defaults(func=cmd_villages_settings)
 
     p = client(
         _add(
