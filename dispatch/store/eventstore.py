@@ -11,6 +11,9 @@ Invariants:
   is R1 or R3; the same id with a different event is a conflict (a concurrent decision won);
 - the server unreachable, or no answer within the timeout, is `StoreUnavailable`; the append
   may or may not have happened, and retrying with the same message ids is always safe;
+- a decision's message records the subject's sequence it follows: the expected one on the first of
+  its subject, how far back its subject's previous message of the batch is on the others
+  (`Recorded.follows`), so a reader holding the state at that sequence folds on without a read;
 - reads use batched direct get: one request, the subject's messages in order; a subject of the
   call index is read from and appended to DISPATCH_INDEX (`subjects.stream_of`);
 - a subject that is not exactly one subject (a wildcard, an empty token, whitespace, a control
@@ -52,6 +55,9 @@ READ_PAGE = 1000
 
 H_MSG_ID = "Nats-Msg-Id"
 H_EXPECTED_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+# on a decision's later message of a subject in one batch: how many messages back the subject's
+# previous one of the batch is (a batch is stored contiguously), so it `follows` that sequence
+H_FOLLOWS_BACK = "Dispatch-Follows-Back"
 
 
 class StoreUnavailable(Exception):
@@ -119,13 +125,17 @@ def recorded_from(msg: Msg, subject: str | None = None) -> Recorded:
     seq = int(meta_seq) if meta_seq else msg.metadata.sequence.stream
     when = headers.get("Nats-Time-Stamp")
     follows = headers.get(H_EXPECTED_SUBJECT_SEQ)
+    back = headers.get(H_FOLLOWS_BACK)
+    after = int(follows) if follows and follows.isdigit() else None
+    if after is None and back and back.isdigit():
+        after = seq - int(back)
     return Recorded(
         seq=seq,
         subject=headers.get("Nats-Subject") or subject or msg.subject,
         event=codec.decode_headers(headers, msg.data),
         msg_id=headers.get(H_MSG_ID),
         time=parse_time(when) if when else msg.metadata.timestamp,
-        follows=int(follows) if follows and follows.isdigit() else None,
+        follows=after,
     )
 
 
@@ -221,9 +231,16 @@ class EventStore:
 
     async def _batch(self, messages: Sequence[Outgoing], bodies: list[bytes]) -> dict[str, Any]:
         seen: set[str] = set()
+        decided: dict[str, int] = {}  # a subject whose first message expected a sequence: its last index
         prepared = []
-        for message, body in zip(messages, bodies, strict=True):
-            prepared.append((message.subject, body, self._headers(message, message.subject not in seen)))
+        for index, (message, body) in enumerate(zip(messages, bodies, strict=True)):
+            first = message.subject not in seen
+            headers = self._headers(message, first)
+            if message.subject in decided:
+                headers[H_FOLLOWS_BACK] = str(index - decided[message.subject])
+            if message.subject in decided or (first and message.expected_seq is not None):
+                decided[message.subject] = index
+            prepared.append((message.subject, body, headers))
             seen.add(message.subject)
         return await publish_batch(self.nc, prepared, timeout=self.timeout)
 

@@ -31,6 +31,7 @@ from dispatch.events.model import (
     IncidentCovered,
     IncidentEscalated,
     LineClosed,
+    NeighboursAlerted,
     Person,
     ResponderAccepted,
 )
@@ -297,10 +298,12 @@ async def test_an_escalation_rung_before_its_decider_remembered_it_is_folded_on_
     [opened] = await store.load(incident_subject(incident))
     elsewhere, _ = build(nc, store, directory, later=3600)  # decides without touching `cache`
     await elsewhere.handle(TimerDue(incident_id=incident, timer="ack", due_at=datetime.now(UTC)))
-    escalated = await store.last(incident_subject(incident))
-    assert escalated is not None and isinstance(escalated.event, IncidentEscalated)
-    assert escalated.follows == opened.seq
+    _, neighbours, escalated = await store.load(incident_subject(incident))
+    assert isinstance(neighbours.event, NeighboursAlerted) and isinstance(escalated.event, IncidentEscalated)
+    assert neighbours.follows == opened.seq, "the decision's first message: the sequence it expected"
+    assert escalated.follows == neighbours.seq, "the batch's next message of the subject: the one before it"
     reads = store.reads
+    assert await bus.handle(Trigger(record=neighbours)) == 1, "group 2's leader, alongside the station"
     assert await bus.handle(Trigger(record=escalated)) == 3
     assert store.reads == reads, "the escalation's incident was read from the log"
     assert cache.at(incident, escalated.seq) is not None
