@@ -3,7 +3,9 @@
 It starts, in this process, the service (embedded NATS, a temporary data directory, free ports) and
 the gateway simulator with scripted virtual phones, and drives everything the way the telephony
 gateway and the officers would: a villager dials 6995, the group's phones ring together, the officer
-and the leader press 1, the caller is texted, the officer arrives and resolves.
+and the leader press 1, the caller is texted, the officer arrives and resolves; another group's alarm
+finds no leader in time and the neighbouring groups' leaders are rung alongside the station (one of
+them accepts); then an unknown number, a silent duress alarm, a walk-in and a drill.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ officer = ["voice", "sms"]
 duty = ["voice"]
 """
 OFFICER, LEADER = "+8613900000009", "+8613800000008"
+GROUP3_CALLER, GROUP3_LEADER, DUTY_DESK = "13800000021", "+8613800000028", "+8673184512345"
+DEMO_ACK_DEADLINE_S = 3.0
 KEYS = {"1": "接警", "2": "无法前往", "3": "已到达", "9": "重听"}
 ROLE_NAMES: dict[str, str] = {str(k): v for k, v in ROLE_ZH.items()}
 
@@ -123,6 +127,47 @@ async def wait(check: Callable[[], bool], narrator: Narrator, timeout: float = 2
     narrator.flush()
 
 
+def rings_to(sim: GatewaySim, phone: str) -> int:
+    """How many times the virtual phone of `phone` has rung so far."""
+    return sum(1 for e in sim.log if e["kind"] == "ring" and e["to"] == phone)
+
+
+async def _neighbours(http: httpx.AsyncClient, narrator: Narrator) -> None:
+    """3组's alarm: its leader does not answer, the ack deadline passes uncovered, and the neighbouring
+    groups' leaders and assistants are rung alongside the station; 1组's leader accepts and covers."""
+    say(
+        "3组冯玉兰报警，组长何国庆没有接警：邻组组长、助理与派出所同时被呼叫"
+        " (no cover in time: the neighbouring groups' leaders are rung alongside the station)"
+    )
+    # a short ack deadline for this one alarm (the incident keeps the deadlines it was raised with)
+    await http.put(
+        f"/v1/villages/{VILLAGE}/settings", json={"ack_deadline_s": DEMO_ACK_DEADLINE_S, "neighbour_covers": True}
+    )
+    r = await http.post("/v1/calls", json={"call_id": "demo-call-3", "caller": GROUP3_CALLER})
+    await http.put(f"/v1/villages/{VILLAGE}/settings", json={"neighbour_covers": True})
+    incident = r.json()["incident_id"]
+    print(f"   （演示：本村接警时限 {DEMO_ACK_DEADLINE_S:g} 秒；村里设置邻组接警可计入覆盖）")
+    state: dict[str, Any] = {}
+
+    async def covered() -> bool:
+        state.update((await http.get(f"/v1/incidents/{incident}")).json())
+        return bool(state["covered"])
+
+    for _ in range(int(20 / 0.2)):
+        narrator.flush()
+        if await covered():
+            break
+        await asyncio.sleep(0.2)
+    narrator.flush()
+    for entry in state["timeline"]:
+        if entry["type"] in ("NeighboursAlerted", "IncidentEscalated", "ResponderAccepted", "IncidentCovered"):
+            print(f"   {entry['at_text']}  {entry['text']}")
+    await http.post(
+        f"/v1/incidents/{incident}/responses",
+        json={"responder": OFFICER, "action": "resolve", "category": "help", "note": "邻组组长到场协助"},
+    )
+
+
 async def run_demo(*, keep: bool = False) -> int:
     from dispatch.bootstrap import Service
     from dispatch.observe import logging as dlog
@@ -136,7 +181,7 @@ async def run_demo(*, keep: bool = False) -> int:
     settings = Settings(
         data_dir=data_dir,
         http=f"127.0.0.1:{free_port()}",
-        duty_desk="+8673184512345",
+        duty_desk=DUTY_DESK,
         duty_desk_name="城关派出所值班室",
         channels_file=channels,
         delivery_backoff_base=1.0,
@@ -223,9 +268,12 @@ async def _story(http: httpx.AsyncClient, sim_url: str, narrator: Narrator) -> N
     for entry in view["timeline"]:
         print(f"   {entry['at_text']}  {entry['text']}")
 
+    await _neighbours(http, narrator)
+
     say("未登记号码拨打 6995：不丢弃，转派出所值班室 (an unknown number is never dropped)")
+    desk_rang = rings_to(sim, DUTY_DESK)
     r = await http.post("/v1/calls", json={"call_id": "demo-call-2", "caller": "13111112222"})
-    await wait(lambda: any(e["kind"] == "ring" and e["to"] == "+8673184512345" for e in sim.log), narrator)
+    await wait(lambda: rings_to(sim, DUTY_DESK) > desk_rang, narrator)
     print(f"   {r.json()['status']} → 值班室电话已响")
 
     say("张桂兰家的位置随报警送达 (where: from the roster's address and coordinates)")
@@ -243,6 +291,7 @@ async def _story(http: httpx.AsyncClient, sim_url: str, narrator: Narrator) -> N
 
     say("群众来所报警：民警在指挥台登记，3组被通知 (a walk-in report opened by an officer)")
     issued = await http.post("/v1/tokens", json={"name": "吴建军", "role": "officer", "villages": [VILLAGE]})
+    leader_rang = rings_to(sim, GROUP3_LEADER)
     r = await http.post(
         "/v1/incidents",
         headers={"Authorization": f"Bearer {issued.json()['token']}"},
@@ -255,7 +304,7 @@ async def _story(http: httpx.AsyncClient, sim_url: str, narrator: Narrator) -> N
         },
     )
     walk_in = r.json()["incident_id"]
-    await wait(lambda: any(e["kind"] == "ring" and e["to"] == "+8613800000028" for e in sim.log), narrator)
+    await wait(lambda: rings_to(sim, GROUP3_LEADER) > leader_rang, narrator)
     shown = (await http.get(f"/v1/incidents/{walk_in}")).json()
     print(f"   {shown['timeline'][0]['text']}")
 

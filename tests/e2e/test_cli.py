@@ -45,6 +45,11 @@ def test_demo_tells_the_whole_story() -> None:
     assert "仍是同一警情 True，无人被重复呼叫" in out
     assert "处置完毕（纠纷）" in out
     assert "unregistered → 值班室电话已响" in out
+    neighbours = out[out.index("▶ 3组冯玉兰报警") : out.index("▶ 未登记号码")]
+    assert "：【邻组支援】东山村3组本组规定时间内未落实接警" in neighbours
+    assert "郑春生（联防组长） 的电话响了" in neighbours and "城关派出所值班室（派出所值班室） 的电话响了" in neighbours
+    assert "邻组支援：本组规定时间内未落实接警，通知1组、2组组长/助理" in neighbours
+    assert "黄志强（联防组长）（邻组1组） 已接警" in neighbours and "已覆盖" in neighbours
     assert "time_to_covered" in out
     assert "东山村1组 张桂兰家，村东头老槐树旁  geo:28.228209,112.938814" in out
     silent = out[out.index("▶ 刘翠花受到威胁") : out.index("▶ 群众来所报警")]
