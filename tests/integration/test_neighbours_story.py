@@ -7,6 +7,7 @@ Real nats-server, real HTTP on loopback."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -74,5 +75,40 @@ async def test_a_neighbouring_groups_leader_is_alerted_and_covers(tmp_path: Path
             assert row["neighbours_by"] == "郑春生（2组）"
             times = (await http.get("/v1/reports/response-times")).json()
             assert times["neighbour_accepts"] == 1
+    finally:
+        await svc.stop()
+
+
+async def test_a_group_whose_leader_and_assistant_are_away_rings_its_neighbours_with_the_alarm(tmp_path: Path) -> None:
+    """东山村 chose nothing (neighbours alongside the station, the default). Group 1's leader and
+    assistant are away with no substitute, so its people on duty cannot meet the quorum: group 2's
+    leader is rung with the alarm (quorum_unreachable), not a deadline later."""
+    channel = RecordingChannel()
+    svc = await start_service(tmp_path / "data", channel, roster=ROSTER, ack_deadline_s=600.0, escalate_after_s=900.0)
+    try:
+        async with service_client(svc) as http:
+            until = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+            for phone in (LEADER, ASSISTANT):
+                r = await http.put(f"/v1/members/{phone}/absence", json={"until": until, "note": "培训"})
+                assert r.status_code == 200, r.text
+            iid = (await http.post("/v1/calls", json={"call_id": "nb-away", "caller": "13800000001"})).json()[
+                "incident_id"
+            ]
+
+            async def neighbour_rung() -> list[Any]:
+                return [
+                    job
+                    for _, job, t, _ in channel.sent
+                    if job.incident_id == iid and job.kind == "neighbours" and t.recipient.phone == NEIGHBOUR
+                ]
+
+            [job] = await eventually(neighbour_rung, what="group 2's leader rung with the alarm")
+            assert job.message.startswith("【邻组支援】dongshan1组本组可联系的人员已无法落实接警"), job.message
+            view = (await http.get(f"/v1/incidents/{iid}")).json()
+            assert view["neighbours"]["order"] == "alongside" and view["neighbours"]["alerted_at"] is not None
+            kinds = [e["type"] for e in view["timeline"]]
+            assert kinds[:2] == ["AlarmRaised", "NeighboursAlerted"] and "IncidentEscalated" not in kinds
+            rung = {t.recipient.phone for _, j, t, _ in channel.sent if j.incident_id == iid}
+            assert LEADER not in rung and ASSISTANT not in rung, "the members away are not rung"
     finally:
         await svc.stop()
