@@ -738,6 +738,9 @@ def test_an_officer_marks_himself_away_and_the_substitute_shows_on_the_alarm(
     substitute = alarm.locator("li.member[data-phone='+8613600000009']")
     expect(substitute.locator(".chips")).to_contain_text("替班·代")
     expect(alarm.locator(f"li.member[data-phone='{OFFICER}'] .chips")).to_contain_text("休假·未呼叫")
+    neighbour = alarm.locator("li.member[data-phone='+8613800000038'] .chips")  # group 4's leader
+    expect(neighbour).to_contain_text("邻组4组")
+    expect(neighbour).not_to_contain_text("休假")  # a neighbouring group's leader is not away
     view = http.get(f"/v1/incidents/{incident}").json()
     assert {r["phone"]: r["recipient"] for r in view["responders"]}[OFFICER] is False
     shot(page, "absence-substitute.png")

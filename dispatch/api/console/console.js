@@ -114,6 +114,7 @@ const TEXT = {
     short_missing: "缺少{roles}（休假无人替班）",
     stands_in: "替班·代{who}",
     st_away: "休假·未呼叫",
+    neighbour_of: "邻组{g}组",
     raised_at: "报警时间",
     ago: "{d}前",
     covered: "已覆盖",
@@ -304,6 +305,7 @@ const TEXT = {
     short_missing: "missing {roles} (away, no substitute)",
     stands_in: "substitute for {who}",
     st_away: "away, not rung",
+    neighbour_of: "neighbouring group {g}",
     raised_at: "Raised",
     ago: "{d} ago",
     covered: "Covered",
@@ -1138,7 +1140,8 @@ function member(r, zone) {
   else if (channels(r.failed)) {
     chips.push(h("span", { class: "chip bad", title: Object.values(r.failed).join("; "), text: t("st_failed") }));
   }
-  if (!r.recipient && ["officer", "assistant", "leader", "household"].includes(r.role)) chips.push(h("span", { class: "chip away", text: t("st_away") }));
+  if (r.neighbour_group) chips.push(h("span", { class: "chip neighbour", text: t("neighbour_of", { g: r.neighbour_group }) }));
+  else if (!r.recipient && ["officer", "assistant", "leader", "household"].includes(r.role)) chips.push(h("span", { class: "chip away", text: t("st_away") }));
   if (r.stands_in_for) chips.push(h("span", { class: "chip substitute", text: t("stands_in", { who: phoneText(r.stands_in_for) }) }));
   if (r.arrived_at) chips.push(h("span", { class: "chip strong", text: `${t("st_arrived")} ${timeOf(r.arrived_at, zone)}` }));
   else if (r.accepted_at) chips.push(h("span", { class: "chip strong", text: `${t("st_accepted")} ${timeOf(r.accepted_at, zone)}` }));
