@@ -282,7 +282,8 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
         status_code=200,
         request_max_body_size=MAX_JSON_BYTES,
         tags=["villages"],
-        summary="Set a village's deadlines and time zone (admin); incidents raised afterwards use the deadlines",
+        summary="Set a village's settings (admin): deadlines, time zone, proxy answers, neighbouring groups; "
+        "the whole set is replaced (null: the service default); incidents raised afterwards use them",
     )
     async def put_village_settings(
         village: FromPath[str], data: JSONBody[VillageSettings], request: Request[Any, Any, Any]
