@@ -555,9 +555,9 @@ async def main() -> int:
                 print(f"round {round_} n={alarms} baseline {fmt(base)} s", file=sys.stderr)
                 for kill in kills:
                     for name, source in order:
-                        if (workdir / "svc").exists():
-                            (workdir / "svc").rename(workdir / f"svc-{name}-{int(kill)}-{time.time():.0f}")
                         case = await run_case(source, workdir, alarms, kill, args.rate, args.probe)
+                        if (workdir / "svc").exists():  # kept under its own name (BENCH_KEEP: its serve.log)
+                            (workdir / "svc").rename(workdir / f"svc-{name}-{int(kill)}-{time.time():.0f}")
                         row = {"round": round_, "name": name, "baseline": asdict(base), **asdict(case)}
                         results.append(row)
                         print(
