@@ -345,13 +345,12 @@ class _Batch:
             if isinstance(event, IncidentOpened):
                 self._open(event, seq)
             return
-        handler = _HANDLERS.get(type(event))
-        if handler is None:
-            return
         self.dirty_rows.add(iid)
-        row.events += 1
+        row.events += 1  # every event of the incident, whether or not it changes a column
         row.updated_seq = seq
-        handler(self, row, event, ts(event.at))
+        handler = _HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, row, event, ts(event.at))
 
     def _people(self, row: IncidentRow) -> dict[str, ResponderRow]:
         self.dirty_people.add(row.id)
