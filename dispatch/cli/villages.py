@@ -52,7 +52,7 @@ def duration(text: str) -> float | str:
 
 def neighbours_option(text: str) -> tuple[str, list[str] | None]:
     """`1=2,3` -> ("1", ["2", "3"]); `1=` -> ("1", []) (no neighbours); `1=default` -> ("1", None)
-    (the village's other groups again)."""
+    (the default again: the four groups nearest in their numbering)."""
     group, sep, names = text.partition("=")
     if not sep or not group.strip():
         raise argparse.ArgumentTypeError(f"{text!r}: give GROUP=NEIGHBOUR,NEIGHBOUR (e.g. 1=2,3; 1= for none)")
@@ -206,7 +206,7 @@ def add_settings_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         type=neighbours_option,
         metavar="GROUP=G1,G2",
-        help="a group's neighbours (repeatable); GROUP= none; GROUP=default the village's other groups",
+        help="a group's neighbours (repeatable); GROUP= none; GROUP=default the four nearest by number",
     )
     p.add_argument(
         "--reset",

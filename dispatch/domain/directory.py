@@ -348,6 +348,17 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
     return _pack.encode(snapshot)
 
 
+DEFAULT_NEIGHBOUR_GROUPS = 4
+"""A village that names no neighbours: each group's nearest groups in the village's numbering, at
+most this many, so an alarm in a village of hundreds of groups rings a few leaders, not all."""
+
+
+def group_order(group: str) -> tuple[int, int, str]:
+    """A group's place in its village's numbering: 2 before 10; names that are not numbers after
+    them, by name."""
+    return (0, int(group), group) if group.isdigit() else (1, 0, group)
+
+
 def _village_range(keys: list[tuple[str, str]], village: str) -> tuple[int, int]:
     """Where a village's groups lie in the sorted (village, group) keys: "\x00" appended is the
     smallest name after the village's own."""
@@ -366,6 +377,8 @@ class Directory:
         self._live = 0
         self._order: tuple[list[tuple[str, str]], list[GroupState]] | None = None
         self._names: list[str] | None = None
+        # village -> its groups (dissolved too) in their numbering, and each one's place there
+        self._numbering: dict[str, tuple[list[GroupState], dict[str, int]]] = {}
         self.position = 0
         # phone -> its absence (set and not ended; maybe over or not yet begun), and phone -> the
         # sequence of its member subject's last event
@@ -407,6 +420,7 @@ class Directory:
             self._slots.append(state)
             self._live += 1
             self._order = self._names = None
+            self._numbering.pop(event.village, None)
         state.last_seq = seq
         if state.slot not in self._unpacked:
             if len(self._unpacked) >= UNPACKED_MAX:
@@ -654,14 +668,36 @@ class Directory:
         return state is not None and state.neighbour_covers is True
 
     def neighbour_groups(self, village: str, group: str) -> list[GroupState]:
-        """A group's neighbours: as the village's settings name them, else every other live group of
-        the village."""
+        """A group's neighbours: as the village's settings name them, else the village's live groups
+        nearest to it in their numbering (the next, the previous, the one after next, ...), at most
+        DEFAULT_NEIGHBOUR_GROUPS."""
         state = self.villages.get(village)
         named = state.neighbours.get(group) if state is not None and state.neighbours is not None else None
         if named is not None:
             found = [self.group(village, name) for name in named if name != group]
             return [g for g in found if g is not None]
-        return [g for g in self.groups_of(village) if g.group != group]
+        numbered, place = self._numbered(village)
+        at = place.get(group)
+        if at is None:
+            return [g for g in numbered if not g.dissolved][:DEFAULT_NEIGHBOUR_GROUPS]
+        nearest: list[GroupState] = []
+        after, before = at + 1, at - 1
+        while len(nearest) < DEFAULT_NEIGHBOUR_GROUPS and (after < len(numbered) or before >= 0):
+            for i in (after, before):
+                if 0 <= i < len(numbered) and not numbered[i].dissolved and len(nearest) < DEFAULT_NEIGHBOUR_GROUPS:
+                    nearest.append(numbered[i])
+            after, before = after + 1, before - 1
+        return nearest
+
+    def _numbered(self, village: str) -> tuple[list[GroupState], dict[str, int]]:
+        """The village's groups ever formed, in their numbering, kept until a new group forms there."""
+        cached = self._numbering.get(village)
+        if cached is None:
+            keys, ordered = self._ordered()
+            lo, hi = _village_range(keys, village)
+            numbered = sorted(ordered[lo:hi], key=lambda g: group_order(g.group))
+            cached = self._numbering[village] = (numbered, {g.group: i for i, g in enumerate(numbered)})
+        return cached
 
     def duty_desks(self, village: str) -> tuple[Person, ...]:
         """The village's duty desks."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dispatch.domain.delivery import NO_CHANNEL, NO_CHANNEL_CONFIGURED, NO_CHANNEL_ROUTED
+from dispatch.domain.directory import group_order
 from dispatch.events import model as m
 from dispatch.events.model import Person, Role
 
@@ -417,7 +418,7 @@ def describe(
         return f"升级至第{event.tier}级：{ESCALATION_ZH.get(event.reason, event.reason)}，{said}"
     if isinstance(event, m.NeighboursAlerted):
         said = reach_text(reach or Reach(len(event.alerted)))
-        groups = "、".join(f"{g}组" for g in event.groups)
+        groups = "、".join(f"{g}组" for g in sorted(event.groups, key=group_order))
         return f"邻组支援：{NEIGHBOURS_ZH.get(event.reason, event.reason)}，通知{groups}组长/助理，{said}"
     if isinstance(event, m.IncidentResolved):
         category = CATEGORY_ZH.get(event.category, event.category)

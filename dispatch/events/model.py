@@ -157,7 +157,7 @@ class VillageSettingsChanged(VillageEvent, frozen=True, kw_only=True):
     # the neighbouring groups' tier: `alongside` the station, `before` it, or `off` (None: the
     # service default, `alongside`);
     # whether a neighbour's accept covers as the leader half (None: it does not); each group's
-    # neighbours within the village (None: every other group of the village)
+    # neighbours within the village (None: the four groups nearest in their numbering)
     neighbours_order: NeighboursOrder | None = None
     neighbour_covers: bool | None = None
     neighbours: dict[str, tuple[str, ...]] | None = None

@@ -220,7 +220,7 @@ class VillageSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     proxy_counts: bool | None = None
     # neighbouring groups: their tier `alongside` the station (default), `before` it, or `off`; whether a
     # neighbour's accept covers as the leader half (default no); each group's neighbours (default: the
-    # village's other groups)
+    # village's four groups nearest in their numbering)
     neighbours_order: Literal["alongside", "before", "off"] | None = None
     neighbour_covers: bool | None = None
     neighbours: dict[str, list[str]] | None = None

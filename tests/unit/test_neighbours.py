@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dispatch.domain.absence import MemberState, SetAbsence, decide_member
-from dispatch.domain.directory import Directory
+from dispatch.domain.directory import DEFAULT_NEIGHBOUR_GROUPS, Directory
 from dispatch.domain.errors import NotPermitted
 from dispatch.domain.incident import (
     DEFAULT_QUORUM,
@@ -37,6 +37,7 @@ from dispatch.events.model import (
     CallRouted,
     DeliveryFailed,
     Event,
+    GroupDissolved,
     IncidentCovered,
     IncidentEscalated,
     NeighboursAlerted,
@@ -102,6 +103,25 @@ def test_a_groups_neighbours_are_the_other_groups_leaders_and_assistants_by_defa
     only_two = raised(directory(named={"1": ("2",)})).opened
     assert set(only_two.neighbour_groups) == {"2"}
     assert raised(directory(order="off")).opened.neighbours == (), "a village may turn them off"
+
+
+def test_in_a_large_village_the_default_neighbours_are_the_nearest_groups_in_their_numbering() -> None:
+    """Not every group of a village of twelve (or of two thousand): the next and the previous first,
+    by number (10 after 9), at most DEFAULT_NEIGHBOUR_GROUPS; a dissolved group is passed over; a
+    village's own list still names any number."""
+    d = directory_with(numbered_groups("big", range(1, 13)))
+    assert DEFAULT_NEIGHBOUR_GROUPS == 4
+    nearest = {g: [n.group for n in d.neighbour_groups("big", g)] for g in ("1", "6", "9", "12")}
+    assert nearest == {
+        "1": ["2", "3", "4", "5"],
+        "6": ["7", "5", "8", "4"],
+        "9": ["10", "8", "11", "7"],
+        "12": ["11", "10", "9", "8"],
+    }
+    d.apply(GroupDissolved(at=at(1), village="big", group="7"), 20_000)
+    assert [n.group for n in d.neighbour_groups("big", "6")] == ["5", "8", "4", "9"]
+    d.apply(VillageSettingsChanged(at=at(2), village="big", neighbours={"6": tuple(map(str, range(1, 13)))}), 20_001)
+    assert len(d.neighbour_groups("big", "6")) == 10, "as named: all but itself and the dissolved one"
 
 
 def test_a_village_that_chose_nothing_has_its_neighbours_alongside_the_station() -> None:
