@@ -79,12 +79,23 @@ def serve_env(hook: str, read_models: str) -> dict[str, str]:
     }
 
 
-async def run_e2e(workdir: Path, rate: float, seconds: float, read_models: str, profile: Path | None = None) -> E2E:
+async def run_e2e(
+    workdir: Path,
+    rate: float,
+    seconds: float,
+    read_models: str,
+    profile: Path | None = None,
+    *,
+    source: Path | None = None,
+) -> E2E:
+    """One round against `dispatch serve`; `source`: the tree whose code it runs (an A/B, `ab.py`),
+    else the one on this process's path."""
     receiver = Receiver()
     await receiver.start()
     port = free_port()
     data_dir = workdir / "svc"
-    proc = await asyncio.to_thread(start_serve, data_dir, port, serve_env(receiver.hook, read_models))
+    env = serve_env(receiver.hook, read_models) | ({"PYTHONPATH": str(source)} if source is not None else {})
+    proc = await asyncio.to_thread(start_serve, data_dir, port, env, cwd=source)
     projector = await start_read_side(data_dir) if read_models == "elsewhere" else None
     try:
         token = (data_dir / "admin.token").read_text().strip()
