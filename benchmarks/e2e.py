@@ -222,6 +222,11 @@ async def main() -> int:
     if args.read_models == "elsewhere":
         figures["read_side_cpu_ms_per_call"] = statistics.median(r[2].read_side_cpu_ms or 0.0 for r in rows)
     figures["p99_ratio"] = figures["e2e_p99_ms"] / figures["baseline_p99_ms"]
+    # each round's own ratio (e2e and baseline of the same round), beside the ratio of the medians
+    figures["p99_ratio_per_round"] = [r[2].p99_ms / r[1] for r in rows]
+    figures["cpu_ratio_per_round"] = [
+        (r[2].serve_cpu_ms + r[2].nats_cpu_ms) / raw for r, raw in zip(rows, raw_cpu, strict=True)
+    ]
     print(
         f"\nPOST /v1/calls -> 9 webhooks at {args.rate:.0f} calls/s, {args.seconds:.0f} s, median of {args.rounds}, "
         f"read models {args.read_models}"
@@ -230,11 +235,13 @@ async def main() -> int:
     print(f"{'baseline':<10}{figures['baseline_p50_ms']:>10.2f}{figures['baseline_p99_ms']:>10.2f}")
     print(f"{'e2e':<10}{figures['e2e_p50_ms']:>10.2f}{figures['e2e_p99_ms']:>10.2f}")
     print(f"{'ratio':<10}{figures['e2e_p50_ms'] / figures['baseline_p50_ms']:>10.2f}{figures['p99_ratio']:>10.2f}")
+    print(f"p99 ratio per round: {' / '.join(f'{v:.2f}' for v in figures['p99_ratio_per_round'])}")
     print(f"serve CPU per call {figures['serve_cpu_ms_per_call']:.2f} ms")
     machine = figures["serve_cpu_ms_per_call"] + figures["serve_nats_cpu_ms_per_call"]
     print(
         f"machine CPU per call (serve + its nats-server) {machine:.2f} ms; raw baseline per alarm "
-        f"{figures['baseline_cpu_ms_per_alarm']:.2f} ms; ratio {machine / figures['baseline_cpu_ms_per_alarm']:.1f}x"
+        f"{figures['baseline_cpu_ms_per_alarm']:.2f} ms; ratio {machine / figures['baseline_cpu_ms_per_alarm']:.1f}x "
+        f"(per round {' / '.join(f'{v:.1f}' for v in figures['cpu_ratio_per_round'])})"
     )
     if args.profile:
         print()
