@@ -80,7 +80,6 @@ def http_outcome(answer: HttpAnswer) -> Outcome:
 
 
 MAX_BODY = 4 * 1024 * 1024
-_UNSAFE = re.compile("[\r\n\0]")
 _UNSAFE_TARGET = re.compile("[\\s\x00-\x1f\x7f]")
 
 
@@ -93,8 +92,14 @@ class _NoAnswer(Exception):
 
 
 class _Response:
+    """One connection's answers, parsed as they arrive: one parser per connection, reset between
+    requests (a keep-alive connection's answers follow one another on the same byte stream)."""
+
     def __init__(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
+        self.reset()
+
+    def reset(self) -> None:
         self.status = 0
         self.retry_after: str | None = None
         self.chunks: list[bytes] = []
@@ -136,6 +141,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.response: _Response | None = None
+        self._reader = _Response()
         self.waiter: asyncio.Future[None] | None = None
         self.answered = False
         self.closed = False
@@ -198,12 +204,13 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    async def exchange(self, request: bytes) -> tuple[_Response, bool]:
+    async def exchange(self, request: bytes) -> tuple[HttpAnswer, bool]:
         """Send one request, read its answer; (the answer, whether the connection may be reused)."""
         transport = self.transport
         if transport is None or not self.usable:
             raise _NoAnswer("ServerDisconnected")
-        response = self.response = _Response()
+        response = self.response = self._reader
+        response.reset()
         self.answered = False
         self.waiter = asyncio.get_running_loop().create_future()
         try:
@@ -211,7 +218,8 @@ class _Connection(asyncio.Protocol):
             await self.waiter
         finally:
             self.response = self.waiter = None
-        return response, response.keep_alive and self.usable
+        answer = HttpAnswer(response.status, response.retry_after, b"".join(response.chunks))
+        return answer, response.keep_alive and self.usable
 
 
 @dataclass(frozen=True)
@@ -259,15 +267,23 @@ def url_problem(url: str) -> str | None:
     return None
 
 
+_FRAMING = frozenset({"host", "content-length", "connection", "transfer-encoding"})
+
+
 def _head_bytes(method: str, target: str, origin: _Origin, headers: dict[str, str], length: int) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {origin.host_header}", f"Content-Length: {length}"]
+    lines = [f"{method} {target} HTTP/1.1\r\nHost: {origin.host_header}\r\nContent-Length: {length}\r\n"]
     for name, value in headers.items():
-        if name.lower() in ("host", "content-length", "connection", "transfer-encoding"):
-            continue
-        if not name or _UNSAFE.search(name) or _UNSAFE.search(value):
+        if not name:
             raise Unreachable("invalid header")
-        lines.append(f"{name}: {value}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+        if name.lower() in _FRAMING:
+            continue
+        lines.append(f"{name}: {value}\r\n")
+    lines.append("\r\n")
+    head = "".join(lines)
+    # A CR, LF or NUL inside a name or value would add to these counts: one scan of the whole head.
+    if head.count("\n") != len(lines) + 2 or head.count("\r") != len(lines) + 2 or "\0" in head:
+        raise Unreachable("invalid header")
+    return head.encode("utf-8")
 
 
 class HttpPoster:
@@ -294,12 +310,11 @@ class HttpPoster:
             slots = self._slots[origin] = asyncio.Semaphore(self.max_connections)
         try:
             async with asyncio.timeout(self.timeout), slots:
-                response = await self._send(origin, request)
+                return await self._send(origin, request)
         except TimeoutError:
             raise Unreachable("timeout", timeout=True) from None
-        return HttpAnswer(response.status, response.retry_after, b"".join(response.chunks))
 
-    async def _send(self, origin: _Origin, request: bytes) -> _Response:
+    async def _send(self, origin: _Origin, request: bytes) -> HttpAnswer:
         conn = self._take(origin)
         if conn is not None:
             try:
@@ -315,9 +330,9 @@ class HttpPoster:
         except _NoAnswer as exc:
             raise Unreachable(exc.reason) from None
 
-    async def _exchange(self, origin: _Origin, conn: _Connection, request: bytes) -> _Response:
+    async def _exchange(self, origin: _Origin, conn: _Connection, request: bytes) -> HttpAnswer:
         try:
-            response, keep = await conn.exchange(request)
+            answer, keep = await conn.exchange(request)
         except BaseException:
             conn.close()
             raise
@@ -326,7 +341,7 @@ class HttpPoster:
             self._idle.setdefault(origin, []).append(conn)
         else:
             conn.close()
-        return response
+        return answer
 
     def _take(self, origin: _Origin) -> _Connection | None:
         idle = self._idle.get(origin)

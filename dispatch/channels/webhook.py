@@ -8,7 +8,7 @@ permanent.
 
 from __future__ import annotations
 
-import json
+import msgspec
 
 from dispatch.channels.base import Outcome, Transient, payload
 from dispatch.channels.http import HttpPoster, Unreachable, http_outcome, sign
@@ -32,7 +32,7 @@ class WebhookChannel:
         return list(self.role_urls.get(recipient.role, self.urls))
 
     async def send(self, job: DeliveryJob, target: Target) -> Outcome:
-        body = json.dumps(payload(job, target), ensure_ascii=False).encode()
+        body = _encode(payload(job, target))
         headers = {
             "Content-Type": "application/json; charset=utf-8",
             "X-Dispatch-Signature": sign(self.secret, body),
@@ -47,3 +47,6 @@ class WebhookChannel:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+_encode = msgspec.json.Encoder().encode

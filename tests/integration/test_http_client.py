@@ -137,6 +137,43 @@ async def test_connections_are_kept_alive_and_bounded_per_host() -> None:
     assert len(receiver.bodies) == 32 and receiver.bodies[3] == b'{"n":3}'
 
 
+async def test_answers_on_one_connection_are_read_apart() -> None:
+    """The parser of a kept-alive connection serves every answer on it: nothing of one answer (its
+    status, Retry-After, body) is carried into the next."""
+    answers = [
+        b"HTTP/1.1 503 Busy\r\nRetry-After: 3\r\nContent-Length: 4\r\n\r\nbusy",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+    ]
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        for answer in answers:
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)
+            writer.write(answer)
+            await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/x"
+    poster = HttpPoster(timeout=5)
+    try:
+        async with server:
+            got = [await poster.post(url, b"{}", {}) for _ in answers]
+    finally:
+        await poster.close()
+    assert [(a.status, a.retry_after, a.body) for a in got] == [
+        (503, "3", b"busy"),
+        (200, None, b"ok"),
+        (404, None, b""),
+    ]
+    assert connections == 1
+
+
 async def test_a_bursts_extra_connections_close_once_idle_while_one_keeps_being_reused() -> None:
     receiver = Receiver(delay=0.05)
     poster = HttpPoster(timeout=5, max_connections=20, idle_s=0.3)
@@ -249,9 +286,19 @@ async def test_an_unusable_url_or_header_is_refused_before_anything_is_sent() ->
                 with pytest.raises(Unreachable) as caught:
                     await poster.post(bad, b"{}", {})
                 assert caught.value.reason == "InvalidURL", bad
-            with pytest.raises(Unreachable) as injected:
-                await poster.post(url, b"{}", {"X-Key": "a\r\nX-Evil: 1"})
-            assert injected.value.reason == "invalid header"
+            injections = (
+                {"X-Key": "a\r\nX-Evil: 1"},
+                {"X-Key": "a\nX-Evil: 1"},
+                {"X-Key": "a\rb"},
+                {"X-Key": "a\0b"},
+                {"X-Evil: 1\r\nX-Key": "a"},
+                {"": "a"},
+                {"Content-Type": "text/plain", "X-Key": "ok", "X-Last": "b\r\n"},
+            )
+            for headers in injections:
+                with pytest.raises(Unreachable) as injected:
+                    await poster.post(url, b"{}", headers)
+                assert injected.value.reason == "invalid header", headers
     finally:
         await poster.close()
     assert receiver.bodies == []
