@@ -14,7 +14,7 @@ WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
 COPY dispatch ./dispatch
 RUN python -m venv /opt/dispatch \
- && PIP_CONSTRAINT=/src/constraints.txt /opt/dispatch/bin/pip install --no-cache-dir --disable-pip-version-check .
+ && PIP_CONSTRAINT=/src/constraints.txt /opt/dispatch/bin/pip install --no-cache-dir --disable-pip-version-check '.[fast]'
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 dispatch \

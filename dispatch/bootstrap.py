@@ -629,6 +629,7 @@ class Service:
             channels=names,
             simulated=self.simulated_channels,
             http_parser="httptools" if "HttpTools" in self.http.config.http_protocol_class.__name__ else "h11",
+            event_loop="uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio",
             read_models=st.read_models,
             start_s={**took, "http": lap("http")},
         )

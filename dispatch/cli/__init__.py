@@ -191,8 +191,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     dlog.configure(settings.log_format, settings.log_level)
-    asyncio.run(run(settings, simulator=lambda who: SimulatedPhones(who=who)))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(run(settings, simulator=lambda who: SimulatedPhones(who=who)))
     return 0
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is installed (the `fast` extra) and DISPATCH_EVENT_LOOP is not `asyncio`;
+    else None (asyncio's own)."""
+    if os.environ.get("DISPATCH_EVENT_LOOP", "auto") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -317,6 +319,8 @@ def test_sigterm_stops_cleanly_with_its_nats_server(
     lines = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
     started = next(line for line in lines if line["event"] == "service.started")
     assert started["http_parser"] == "httptools", started
+    uvloop = importlib.util.find_spec("uvloop") and os.environ.get("DISPATCH_EVENT_LOOP", "auto") != "asyncio"
+    assert started["event_loop"] == ("uvloop" if uvloop else "asyncio"), started
     scoped = [line for line in lines if str(line["event"]).startswith(("call.", "fanout.", "delivery.", "incident."))]
     untagged = [line["event"] for line in scoped if not line.get("incident_id")]
     print(f"\nlog lines about incidents: {len(scoped)}, without an incident id: {len(untagged)}")
