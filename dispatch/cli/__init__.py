@@ -190,7 +190,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dispatch.sim.phones import SimulatedPhones
 
     settings = _settings(args)
-    dlog.configure(settings.log_format, settings.log_level)
+    dlog.configure(settings.log_format, settings.log_level, cache=True)
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(run(settings, simulator=lambda who: SimulatedPhones(who=who)))
     return 0

@@ -53,8 +53,11 @@ class MaskingFormatter(structlog.stdlib.ProcessorFormatter):
         return mask_text(super().format(record))
 
 
-def configure(fmt: str = "auto", level: str = "info") -> None:
-    """Set up structlog and the standard library's logging for this process (stderr)."""
+def configure(fmt: str = "auto", level: str = "info", *, cache: bool = False) -> None:
+    """Set up structlog and the standard library's logging for this process (stderr). `cache`: each
+    module's logger is built once, at its first line, and never again (a long-running process that
+    configures once: `dispatch serve`); without it every call builds the logger anew (~10 µs, most
+    of a filtered-out line's cost), so a later `configure` (a test's) reaches loggers already used."""
     json_output = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
@@ -75,7 +78,7 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache,
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(

@@ -125,3 +125,22 @@ def test_no_formatting_of_a_mobile_number_survives_masking(
 def test_incident_ids_and_dates_are_left_whole(uid: object) -> None:
     text = f"incident {uid} at 2026-11-24T20:01:02 and 2026-11-24 08:00"
     assert mask_text(text) == text
+
+
+def test_cached_loggers_still_filter_mask_and_carry_each_lines_incident_id() -> None:
+    """`dispatch serve` builds each module's logger once (`cache=True`): what a line carries is still
+    decided per line."""
+    script = (
+        "import structlog; from dispatch.observe.logging import configure; configure('json', 'warning', cache=True)\n"
+        "log = structlog.get_logger('m')\n"
+        "for n in ('a', 'b'):\n"
+        "    with structlog.contextvars.bound_contextvars(incident_id=n):\n"
+        f"        log.info('fanout.rung', caller='{PHONE}')\n"
+        f"        log.warning('call.flood_absorbed', caller='{PHONE}')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    lines = _lines(done.stderr)
+    assert [(line["event"], line["incident_id"], line["caller"]) for line in lines] == [
+        ("call.flood_absorbed", "a", "+86138****5678"),
+        ("call.flood_absorbed", "b", "+86138****5678"),
+    ], done.stderr
