@@ -70,7 +70,7 @@ from dispatch.handlers.messages import Answer, CallRequest, HeardBroadcast, Open
 from dispatch.handlers.pool import TaskPool
 from dispatch.handlers.priority import Priority
 from dispatch.handlers.responses import ResponseService
-from dispatch.handlers.subscribers import LOCAL_DEADLINES_IN_FLIGHT, LocalDeadlines, build_broker
+from dispatch.handlers.subscribers import LOCAL_DEADLINES_IN_FLIGHT, LocalDeadlines, RawPush, bind_raw, build_broker
 from dispatch.handlers.tokens import TokenService
 from dispatch.handlers.uow import UnitOfWork
 from dispatch.observe.gauges import GaugeRefresher
@@ -455,11 +455,13 @@ class Service:
             drills=self.drills,
         )
         self.bus.register(HeardBroadcast, self.broadcast_service.heard)
+        raw_subscriptions: list[RawPush] = []
         self.broker = build_broker(
             self.nats_urls,
             bus=self.bus,
             channels=names,
             pools=self.pools,
+            raw=raw_subscriptions,
             metrics=self.metrics,
             replies=self.nc,
             deadlines=timers,
@@ -482,6 +484,7 @@ class Service:
                 )
         lap("deadlines")
         await self.broker.start()
+        await bind_raw(self.broker, raw_subscriptions)
         config_gateway = self.channel_config.gateway
         if bulk_channels and config_gateway is not None:
             self.bulk_gateway = GatewayClient(

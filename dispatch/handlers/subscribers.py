@@ -7,7 +7,10 @@ Invariants:
 - the fan-out's triggers are pushed (a deliver group shared by every process): no fetch round
   trip between a stored alarm and its handler; the consumer's max_ack_pending equals the pool's
   size, so a trigger is never left waiting unacknowledged (and without in-progress acks) in the
-  client behind a full pool;
+  client behind a full pool. Its subscription is nats-py's own, on the broker's connection, bound
+  once the broker has started (`bind_raw`): FastStream's dispatch of each message (its context,
+  exit stack and middlewares: ~0.2-0.35 ms of CPU a call, docs/benchmarks.md) did nothing this
+  handler uses, which takes the raw message and acknowledges it itself;
 - calls over NATS are answered concurrently (a bounded pool, like the HTTP door): a core
   subscription's callbacks run one after another, which held every call behind the log round
   trips of the one before it; the answer goes out on the service's own connection, which is
@@ -37,6 +40,7 @@ import heapq
 import itertools
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -181,18 +185,43 @@ def _job(raw: Msg) -> DeliveryJob:
     return job_decoder.decode(raw.data)
 
 
+@dataclass(frozen=True, slots=True)
+class RawPush:
+    """A push consumer bound with nats-py, not FastStream: the durable `queue` (its deliver group)
+    on `stream`, each message handed to `handle` as it is."""
+
+    subject: str
+    queue: str
+    stream: str
+    handle: Callable[[Msg], Awaitable[None]]
+
+
+async def bind_raw(broker: NatsBroker, subscriptions: list[RawPush]) -> None:
+    """Subscribe each on the started broker's connection (closed with it at `broker.stop()`)."""
+    connection = broker._connection
+    if connection is None:
+        raise RuntimeError("the broker is not connected")
+    js = connection.jetstream()
+    for sub in subscriptions:
+        await js.subscribe(
+            sub.subject, queue=sub.queue, durable=sub.queue, stream=sub.stream, cb=sub.handle, manual_ack=True
+        )
+
+
 def build_broker(
     servers: list[str],
     *,
     bus: MessageBus,
     channels: list[str],
     pools: dict[str, TaskPool],
+    raw: list[RawPush],
     connect: dict[str, object] | None = None,
     metrics: Metrics | None = None,
     replies: NATS | None = None,
     deadlines: Timers | None = None,
 ) -> NatsBroker:
-    """Register every subscriber; `pools` receives the task pools so the service can drain them.
+    """Register every subscriber; `pools` receives the task pools so the service can drain them;
+    `raw` receives the subscriptions to bind with `bind_raw` once the broker has started.
 
     `replies` is the connection that answers NATS calls; it must outlive the broker's, which
     closes before the pools drain (a call finishing during a stop is still answered). `deadlines`:
@@ -208,7 +237,6 @@ def build_broker(
         graceful_timeout=10.0,
         **(connect or {}),  # type: ignore[arg-type]
     )
-    events = JStream(EVENTS_STREAM, declare=False)
     deliveries = JStream(DELIVERY_STREAM, declare=False)
     alerts = pools.setdefault("fanout", TaskPool(FANOUT_IN_FLIGHT, "fanout"))
 
@@ -217,17 +245,10 @@ def build_broker(
 
     fan_out = consumer("fanout", _trigger)
 
-    @broker.subscriber(
-        INCIDENTS_ALL,
-        decoder=raw_message,
-        stream=events,
-        queue=FANOUT.durable,
-        ack_policy=AckPolicy.MANUAL,
-        title="fanout",
-        description="Incident decisions -> one delivery job per channel for whoever they alert",
-    )
     async def on_alert(raw: Msg) -> None:
         await alerts.submit(lambda: fan_out(raw), raw)
+
+    raw.append(RawPush(INCIDENTS_ALL, FANOUT.durable, EVENTS_STREAM, on_alert))
 
     for name in channels:
         pool = pools.setdefault(f"deliver.{name}", TaskPool(DELIVERY_IN_FLIGHT, f"deliver.{name}"))
