@@ -508,7 +508,13 @@ class Service:
         broker = self.broker
         self.metrics.nats_connected.labels("handlers").set_function(lambda: float(self._connected(broker._connection)))
 
-        self.hub = LiveHub(self.nc, self.store, public_url=st.base_url)
+        broadcasts = self.broadcasts
+
+        async def broadcast_villages(broadcast_id: str) -> tuple[str, ...]:
+            started = (await broadcasts.get(broadcast_id)).started
+            return started.villages if started is not None else ()
+
+        self.hub = LiveHub(self.nc, self.store, public_url=st.base_url, broadcast_villages=broadcast_villages)
         self.tokens.on_revoke.append(self.hub.revoke)
         await self.hub.start()
         for runner in self.runners:

@@ -14,7 +14,13 @@ Invariants:
 - a client is bound to the token that opened it: when that token is revoked (seen by every
   process's token table), the client's pending messages are dropped and its stream ends (`bye`);
 - the log unreachable when the first browser connects is StoreUnavailable (503), and that browser
-  is not kept.
+  is not kept;
+- a broadcast's events (its decisions and its chunks' outcomes, `dispatch.evt.broadcast.>`) reach a
+  browser as `broadcast` messages naming the broadcast and nothing personal: the hub reads only the
+  subject (and a BroadcastStarted's villages, which are not sealed), never opens a sealed number, and
+  coalesces a broadcast's burst of outcomes into at most one message per broadcast every
+  BROADCAST_TICK_S; a browser refetches the counts it is allowed to see. A broadcast whose villages
+  cannot be found reaches only the clients that see every village.
 """
 
 from __future__ import annotations
@@ -23,18 +29,22 @@ import asyncio
 import contextlib
 import json
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from nats.js.api import DeliverPolicy
 
 from dispatch.channels.base import notification
 from dispatch.domain.incident import alert_for
 from dispatch.domain.messages import alert_text_en_for, alert_text_for
-from dispatch.events.codec import to_builtins
-from dispatch.events.model import CallRepeated, IncidentEvent, IncidentOpened
-from dispatch.events.subjects import SINGLE_TOKEN_AGGREGATES, incident_subject
+from dispatch.events.codec import TYPE_HEADER, UnknownEvent, decode_headers, to_builtins
+from dispatch.events.model import BroadcastStarted, CallRepeated, IncidentEvent, IncidentOpened
+from dispatch.events.subjects import BROADCASTS_ALL, EVENTS_STREAM, SINGLE_TOKEN_AGGREGATES, incident_subject
 from dispatch.ids import stable_key
 from dispatch.store.eventstore import EventStore, Recorded, StoreUnavailable
 from dispatch.store.follow import Follower
@@ -43,6 +53,7 @@ log = structlog.get_logger(__name__)
 
 CLIENT_QUEUE = 512
 OPENED_CACHE = 5_000
+BROADCAST_TICK_S = 0.5
 _SKIP = {"recipients", "duty_desks", "quorum"}
 
 
@@ -56,6 +67,9 @@ class Client:
 
     def wants(self, village: str | None) -> bool:
         return self.villages is None or (village is not None and village in self.villages)
+
+    def wants_any(self, villages: tuple[str, ...] | None) -> bool:
+        return self.villages is None or (villages is not None and not self.villages.isdisjoint(villages))
 
     def close(self, reason: str) -> None:
         """Drop what is pending and end the stream with `bye`; nothing is queued after."""
@@ -77,13 +91,25 @@ class Client:
 
 
 class LiveHub:
-    def __init__(self, nc: NATS, store: EventStore, *, public_url: str) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        store: EventStore,
+        *,
+        public_url: str,
+        broadcast_villages: Callable[[str], Awaitable[tuple[str, ...]]] | None = None,
+    ) -> None:
         self.nc = nc
         self.store = store
         self.public_url = public_url.rstrip("/")
         self.clients: set[Client] = set()
         self._opened: OrderedDict[str, IncidentOpened | None] = OrderedDict()
         self._follower = Follower(nc, SINGLE_TOKEN_AGGREGATES, self._on_event, name="live", only_new=True)
+        self._broadcast_villages = broadcast_villages
+        self._villages_of: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        self._changed: dict[str, int] = {}
+        self._flusher: asyncio.Task[None] | None = None
+        self._broadcast_sub: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
         self._following = False
@@ -103,7 +129,16 @@ class LiveHub:
             if not self._following:
                 try:
                     await self._follower.start(catch_up=False)
+                    self._broadcast_sub = await self.nc.jetstream().subscribe(
+                        BROADCASTS_ALL,
+                        stream=EVENTS_STREAM,
+                        ordered_consumer=True,
+                        deliver_policy=DeliverPolicy.NEW,
+                        cb=self._on_broadcast_msg,
+                        idle_heartbeat=2.0,
+                    )
                 except (NatsError, TimeoutError) as exc:  # the log unreachable: 503, not a 500
+                    await self._follower.stop()
                     raise StoreUnavailable(f"event log unavailable: {type(exc).__name__}") from exc
                 self._following = True
             self.clients.add(client)
@@ -118,8 +153,15 @@ class LiveHub:
         self.clients.discard(client)
         async with self._lock:
             if self._following and not self.clients:
-                await self._follower.stop()
-                self._following = False
+                await self._stop_following()
+
+    async def _stop_following(self) -> None:
+        await self._follower.stop()
+        sub, self._broadcast_sub = self._broadcast_sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._following = False
 
     def _remember(self, incident_id: str, opened: IncidentOpened | None) -> None:
         self._opened[incident_id] = opened
@@ -197,9 +239,56 @@ class LiveHub:
             for client in listeners:
                 client.put("notification", body)
 
+    async def _on_broadcast_msg(self, msg: Msg) -> None:
+        tokens = msg.subject.split(".")
+        if len(tokens) < 4:
+            return
+        broadcast_id = tokens[3]
+        headers = msg.headers or {}
+        if headers.get(TYPE_HEADER) == "BroadcastStarted":
+            try:
+                started = decode_headers(headers, msg.data)
+            except UnknownEvent:
+                started = None
+            if isinstance(started, BroadcastStarted):
+                self._remember_villages(broadcast_id, started.villages)
+        if not self.clients:
+            return
+        self._changed[broadcast_id] = msg.metadata.sequence.stream
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_broadcasts())
+
+    def _remember_villages(self, broadcast_id: str, villages: tuple[str, ...]) -> None:
+        self._villages_of[broadcast_id] = tuple(villages)
+        self._villages_of.move_to_end(broadcast_id)
+        while len(self._villages_of) > OPENED_CACHE:
+            self._villages_of.popitem(last=False)
+
+    async def _flush_broadcasts(self) -> None:
+        """After BROADCAST_TICK_S, one `broadcast` message per broadcast changed meanwhile."""
+        await asyncio.sleep(BROADCAST_TICK_S)
+        changed, self._changed = self._changed, {}
+        self._flusher = None
+        for broadcast_id, seq in changed.items():
+            villages = self._villages_of.get(broadcast_id)
+            if villages is None and self._broadcast_villages is not None:
+                try:
+                    villages = await self._broadcast_villages(broadcast_id)
+                    self._remember_villages(broadcast_id, villages)
+                except Exception as exc:
+                    log.warning("live.broadcast_lookup_failed", broadcast_id=broadcast_id, error=str(exc))
+            body = json.dumps(
+                {"seq": seq, "broadcast_id": broadcast_id, "villages": list(villages or ())}, ensure_ascii=False
+            )
+            for client in self.clients:
+                if client.wants_any(villages):
+                    client.put("broadcast", body)
+
     async def stop(self) -> None:
         if self._following:
-            await self._follower.stop()
+            await self._stop_following()
+        if self._flusher is not None:
+            self._flusher.cancel()
         for client in list(self.clients):
             client.put("bye", "{}")
         for task in list(self._tasks):

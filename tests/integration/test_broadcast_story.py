@@ -10,6 +10,7 @@ villagers press 1 on the call or reply 1 to the text; the report (JSON, CSV, CLI
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -268,3 +269,47 @@ async def test_a_broadcast_waits_while_an_alarm_is_being_handed_or_decided(
     assert gateway.of("broadcast") == [], "nothing sent while an alarm is in hand"
     release()
     await eventually(lambda: len(gateway.of("broadcast", "/v1/sms")) == HEXI_SIZE, what="sent once released")
+
+
+async def test_the_console_stream_says_which_broadcast_changed_to_its_villages_only(
+    service: Service, http: httpx.AsyncClient, gateway: Gateway
+) -> None:
+    gateway.release.set()
+    tokens = {}
+    for name in ("hexi", "dongshan"):
+        token, _, seq = await service.token_service.issue(f"{name}民警", "officer", villages=(name,))
+        await service.tokens.wait_for(seq)
+        tokens[name] = token
+    seen: dict[str, list[str]] = {"hexi": [], "dongshan": []}
+
+    async def listen(name: str) -> None:
+        headers = {"Authorization": f"Bearer {tokens[name]}"}
+        async with http.stream("GET", "/v1/stream", headers=headers) as stream:
+            async for line in stream.aiter_lines():
+                seen[name].append(line)
+
+    listeners = [asyncio.create_task(listen(v)) for v in seen]
+    try:
+        await eventually(lambda: all("event: hello" in lines for lines in seen.values()), what="both streams open")
+        started = await http.post("/v1/broadcasts", json={**WARNING, "id": "streamed", "channels": ["sms"]})
+        assert started.status_code == 201, started.text
+
+        def pushed(name: str) -> list[dict[str, Any]]:
+            lines = seen[name]
+            return [
+                json.loads(lines[i + 1].removeprefix("data: "))
+                for i, line in enumerate(lines[:-1])
+                if line == "event: broadcast"
+            ]
+
+        await eventually(lambda: any(m["broadcast_id"] == "streamed" for m in pushed("hexi")), what="hexi told")
+        # every client's message of a flush is queued at once: dongshan's own alarm after it proves it had its turn
+        alarm = (await http.post("/v1/calls", json={"call_id": "streamed-1", "caller": CALLER})).json()
+        await eventually(lambda: any(alarm["incident_id"] in line for line in seen["dongshan"]), what="dongshan alarm")
+        assert pushed("dongshan") == [], "another village's broadcast reached dongshan's officer"
+        assert all(set(m) == {"seq", "broadcast_id", "villages"} and m["villages"] == ["hexi"] for m in pushed("hexi"))
+        assert "+86" not in "\n".join(line for line in seen["hexi"] if "broadcast_id" in line)
+    finally:
+        for task in listeners:
+            task.cancel()
+        await asyncio.gather(*listeners, return_exceptions=True)
