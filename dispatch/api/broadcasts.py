@@ -1,5 +1,6 @@
 """Broadcasts: a warning to whole villages (`POST /v1/broadcasts`), and its report (`GET
-/v1/broadcasts/{id}`: counts and who was handed it and who heard; `?format=csv` for a file).
+/v1/broadcasts/{id}`: counts and who was handed it and who heard, `?offset=&limit=` for a page of
+the people, as the console reads a county's; `?format=csv` for a file of everyone).
 
 Invariants: an admin may warn any village, an officer only its own (403 otherwise), no other role;
 an officer sees the broadcasts touching its villages (another's is 404); whole numbers and the CSV
@@ -24,6 +25,7 @@ from dispatch.api.deps import MAX_JSON_BYTES, ApiServices, channel_of, scope, wh
 from dispatch.domain.access import Principal
 from dispatch.domain.broadcast import BroadcastState, StartBroadcast, counts
 from dispatch.domain.errors import NotFound
+from dispatch.domain.messages import ROLE_ZH
 from dispatch.domain.phone import mask
 from dispatch.events.model import BroadcastKind
 from dispatch.events.subjects import check_token
@@ -47,13 +49,19 @@ def _iso(at: datetime | None) -> str | None:
     return at.isoformat().replace("+00:00", "Z") if at is not None else None
 
 
-def person_rows(state: BroadcastState, whole: bool) -> list[dict[str, Any]]:
-    """One row per recipient: each channel's outcome and the receipt."""
+def person_rows(state: BroadcastState, whole: bool, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+    """One row per recipient, by number (`limit` of them from `offset`): each channel's outcome and the receipt."""
     channels = state.started.channels if state.started else ()
+    people = sorted(state.recipients.items())
     rows = []
-    for phone, person in sorted(state.recipients.items()):
+    for phone, person in people[offset : None if limit is None else offset + limit]:
         heard = state.heard.get(phone)
-        row: dict[str, Any] = {"phone": phone if whole else mask(phone), "name": person.name, "role": person.role}
+        row: dict[str, Any] = {
+            "phone": phone if whole else mask(phone),
+            "name": person.name,
+            "role": person.role,
+            "role_zh": ROLE_ZH.get(person.role, person.role),
+        }
         for channel in channels:
             failed = state.failed.get(channel, {}).get(phone)
             row[channel] = (
@@ -147,14 +155,18 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
         "(?format=csv: the same as a file, admin)",
     )
     async def report(
-        broadcast_id: FromPath[str], request: Request[Any, Any, Any], format: FromQuery[str] = "json"
+        broadcast_id: FromPath[str],
+        request: Request[Any, Any, Any],
+        format: FromQuery[str] = "json",
+        offset: FromQuery[int] = 0,
+        limit: FromQuery[int | None] = None,
     ) -> Any:
         principal = who(s, request, "export" if format == "csv" else "read")
         state = await service().broadcasts.get(broadcast_id)
         if not seen(principal, state):
             raise NotFound(f"no broadcast {broadcast_id}")
-        rows = person_rows(state, principal.can("export"))
         if format == "csv":
+            rows = person_rows(state, principal.can("export"))
             out = io.StringIO()
             channels = list(state.started.channels) if state.started else []
             writer = csv.writer(out)
@@ -171,6 +183,8 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
                 media_type="text/csv; charset=utf-8",
                 headers={"Content-Disposition": f'attachment; filename="broadcast-{state.id}.csv"'},
             )
-        return {**summary(state), "people": rows}
+        offset = max(0, offset)
+        rows = person_rows(state, principal.can("export"), offset, None if limit is None else max(1, limit))
+        return {**summary(state), "offset": offset, "people": rows}
 
     return [start, listed, report]

@@ -113,6 +113,43 @@ const TEXT = {
     short_groups: "人手不足的小组",
     short_missing: "缺少{roles}（休假无人替班）",
     stands_in: "替班·代{who}",
+    bc_open: "广播预警",
+    bc_running: "（{n} 条发送中）",
+    bc_none: "暂无广播预警",
+    bc_start: "发布广播预警（全村每户：语音＋短信，按1确认收到）",
+    bc_villages: "村（多个用逗号分隔）",
+    bc_kind: "类别",
+    bc_message: "预警内容（300字以内）",
+    bc_submit: "发布并开始发送",
+    bc_done: "已发布，正在发送",
+    kind_typhoon: "台风预警",
+    kind_flood: "洪水预警",
+    kind_missing_child: "寻找走失儿童",
+    kind_other: "紧急通知",
+    bc_total: "应通知",
+    bc_handed: "已交渠道",
+    bc_reached: "已送达",
+    bc_reached_hint: "至少一个渠道已交给网关",
+    bc_heard: "已收听",
+    bc_heard_hint: "按1或回复1确认收到",
+    bc_failed: "未能送达",
+    bc_pending: "发送中",
+    bc_finished: "发送完毕",
+    bc_by: "发布人",
+    bc_show: "逐人情况",
+    bc_hide: "收起",
+    bc_people: "逐人送达与回执",
+    bc_people_more: "共 {total} 人，显示前 {n} 人（完整名单：broadcast report 或 CSV）",
+    bc_phone: "电话",
+    bc_name: "姓名",
+    bc_role: "角色",
+    bc_not_heard: "未确认",
+    ch_voice: "语音",
+    ch_sms: "短信",
+    via_keypad: "按键1",
+    via_sms: "短信回复1",
+    via_console: "接警台登记",
+    via_api: "接口登记",
     st_away: "休假·未呼叫",
     neighbour_of: "邻组{g}组",
     raised_at: "报警时间",
@@ -304,6 +341,43 @@ const TEXT = {
     short_groups: "Groups left short",
     short_missing: "missing {roles} (away, no substitute)",
     stands_in: "substitute for {who}",
+    bc_open: "Broadcast warnings",
+    bc_running: " ({n} sending)",
+    bc_none: "No broadcast warnings",
+    bc_start: "Warn whole villages (every member: voice + SMS, press 1 when heard)",
+    bc_villages: "Villages (comma separated)",
+    bc_kind: "Kind",
+    bc_message: "Warning (up to 300 characters)",
+    bc_submit: "Send the warning",
+    bc_done: "Started; sending",
+    kind_typhoon: "Typhoon",
+    kind_flood: "Flood",
+    kind_missing_child: "Missing child",
+    kind_other: "Emergency notice",
+    bc_total: "to warn",
+    bc_handed: "handed to channel",
+    bc_reached: "delivered",
+    bc_reached_hint: "handed to the gateway on at least one channel",
+    bc_heard: "heard",
+    bc_heard_hint: "pressed or replied 1",
+    bc_failed: "failed",
+    bc_pending: "sending",
+    bc_finished: "all sent",
+    bc_by: "by",
+    bc_show: "Per person",
+    bc_hide: "Hide",
+    bc_people: "Per person: delivery and receipt",
+    bc_people_more: "{total} people, the first {n} shown (everyone: broadcast report or CSV)",
+    bc_phone: "Phone",
+    bc_name: "Name",
+    bc_role: "Role",
+    bc_not_heard: "not yet",
+    ch_voice: "voice",
+    ch_sms: "SMS",
+    via_keypad: "keypad 1",
+    via_sms: "SMS reply 1",
+    via_console: "console",
+    via_api: "API",
     st_away: "away, not rung",
     neighbour_of: "neighbouring group {g}",
     raised_at: "Raised",
@@ -445,6 +519,8 @@ const S = {
   inflight: new Map(),
   unseen: 0,
   audio: null,
+  bc: null,
+  bcSelected: null,
 };
 
 function t(key, params) {
@@ -856,6 +932,7 @@ function connectStream() {
     setTimeout(reloadView, 1500);
   });
   stream.addEventListener("incident", (msg) => onIncidentEvent(JSON.parse(msg.data)));
+  stream.addEventListener("broadcast", (msg) => onBroadcastEvent(JSON.parse(msg.data)));
   stream.addEventListener("resync", () => reloadView());
   stream.addEventListener("bye", () => setLive("off"));
   stream.onerror = () => {
@@ -888,7 +965,10 @@ function onIncidentEvent(data) {
 }
 
 function reloadView() {
-  if (S.view && S.view.name === "board") loadBoard();
+  if (S.view && S.view.name === "board") {
+    loadBoard();
+    reloadBroadcasts();
+  }
   else if (S.view && S.view.name === "incident") refresh(S.view.id);
 }
 
@@ -1399,6 +1479,7 @@ function renderBoard() {
     ),
     reportForm(me),
     absencePanel(me),
+    broadcastPanel(me),
     h("p", { id: "counts", class: "counts", role: "status" }),
     list,
   );
@@ -1552,6 +1633,216 @@ async function loadAbsences(list, short) {
       : [h("li", { class: "muted", text: "—" })],
   );
 }
+
+/* ---------- broadcast warnings ---------- */
+
+const BROADCAST_KINDS = ["typhoon", "flood", "missing_child", "other"];
+const BROADCAST_PEOPLE = 200;
+
+// One run at a time; a call while one runs asks for one more run after it (the newest data wins).
+function coalesced(fn) {
+  let running = null;
+  let again = false;
+  return function run() {
+    if (running) {
+      again = true;
+      return running;
+    }
+    running = (async () => {
+      do {
+        again = false;
+        await fn();
+      } while (again);
+      running = null;
+    })();
+    return running;
+  };
+}
+
+function broadcastPanel(me) {
+  if (!["officer", "duty_desk", "admin"].includes(me.role)) return null;
+  const list = h("ul", { id: "broadcasts", class: "broadcasts", "aria-live": "polite" });
+  const people = h("div", { id: "broadcast-people", class: "broadcast-people" });
+  const running = h("span", { id: "broadcasts-running", class: "running" });
+  S.bc = { list, people, running, data: [] };
+  reloadBroadcasts();
+  return h(
+    "details",
+    { class: "broadcast", id: "broadcast-panel" },
+    h("summary", {}, t("bc_open"), running),
+    list,
+    people,
+    ["officer", "admin"].includes(me.role) ? broadcastForm(me) : null,
+  );
+}
+
+function broadcastForm(me) {
+  const field = (id, label, input) => h("div", { class: "field" }, h("label", { for: id, text: t(label) }), input);
+  const villages = h("input", { id: "bc-villages", required: true, value: (me.villages || []).join(", ") });
+  const kind = h("select", { id: "bc-kind" }, BROADCAST_KINDS.map((k) => h("option", { value: k, text: t(`kind_${k}`) })));
+  const message = h("textarea", { id: "bc-message", required: true, maxlength: 300, rows: 2 });
+  const submit = h("button", { type: "submit", text: t("bc_submit") });
+  const form = h(
+    "form",
+    {
+      class: "broadcast-form",
+      onsubmit: async (e) => {
+        e.preventDefault();
+        submit.disabled = true;
+        try {
+          const chosen = villages.value.split(/[,，、\s]+/).filter(Boolean);
+          const started = await api("v1/broadcasts", {
+            method: "POST",
+            body: { id: randomId(), villages: chosen, kind: kind.value, message: message.value.trim() },
+          });
+          toast(t("bc_done"), "ok", form);
+          message.value = "";
+          S.bcSelected = started.id;
+          reloadBroadcasts();
+        } catch (exc) {
+          toast(exc.status ? t("err_other", { code: exc.status, msg: exc.message }) : exc.message, "bad", form);
+        } finally {
+          submit.disabled = false;
+        }
+      },
+    },
+    h("h3", { text: t("bc_start") }),
+    field("bc-villages", "bc_villages", villages),
+    field("bc-kind", "bc_kind", kind),
+    field("bc-message", "bc_message", message),
+    h("div", { class: "field buttons" }, submit),
+  );
+  return form;
+}
+
+function broadcastsShown() {
+  return Boolean(S.bc && S.bc.list.isConnected);
+}
+
+function reloadBroadcasts() {
+  if (!broadcastsShown()) return;
+  loadBroadcasts();
+  loadBroadcastPeople();
+}
+
+function onBroadcastEvent(data) {
+  if (!broadcastsShown()) return;
+  loadBroadcasts();
+  if (S.bcSelected && S.bcSelected === data.broadcast_id) loadBroadcastPeople();
+}
+
+function sum(values) {
+  return Object.values(values || {}).reduce((a, b) => a + b, 0);
+}
+
+function countEl(key, value, title, extra) {
+  return h("span", { class: `bc-count ${key}`, dataset: { count: key }, title: title || null }, `${t(`bc_${key}`)} `, h("b", { class: "n", text: String(value) }), extra || null);
+}
+
+function perChannel(values) {
+  const parts = Object.entries(values || {}).map(([c, n]) => `${t(`ch_${c}`)} ${n}`);
+  return parts.length > 1 ? h("span", { class: "muted by-channel", text: `（${parts.join(" · ")}）` }) : null;
+}
+
+const loadBroadcasts = coalesced(async () => {
+  if (!broadcastsShown()) return;
+  let data;
+  try {
+    data = await api("v1/broadcasts");
+  } catch (exc) {
+    if (exc.status !== 404) toast(exc.message, "bad");
+    return;
+  }
+  if (!broadcastsShown()) return;
+  const rows = data.broadcasts;
+  const sending = rows.filter((b) => b.counts.pending > 0).length;
+  S.bc.running.textContent = sending ? t("bc_running", { n: sending }) : "";
+  fill(S.bc.list, rows.length ? rows.map(broadcastRow) : [h("li", { class: "muted", text: t("bc_none") })]);
+});
+
+function broadcastRow(b) {
+  const c = b.counts;
+  const selected = S.bcSelected === b.id;
+  const toggle = h("button", {
+    type: "button",
+    class: "bc-show",
+    "aria-expanded": selected ? "true" : "false",
+    text: t(selected ? "bc_hide" : "bc_show"),
+    onclick: () => {
+      S.bcSelected = S.bcSelected === b.id ? null : b.id;
+      loadBroadcasts();
+      loadBroadcastPeople();
+    },
+  });
+  return h(
+    "li",
+    { class: `broadcast-row${selected ? " selected" : ""}${c.pending ? " sending" : ""}`, dataset: { broadcast: b.id } },
+    h(
+      "div",
+      { class: "bc-head" },
+      h("strong", { class: "bc-kind", text: t(`kind_${b.kind}`) }),
+      " ",
+      joined(b.villages.map((v) => val(v, "village")), t("list_sep")),
+      ` · ${timeOf(b.started_at, null, "full")}`,
+      b.started_by ? [` · ${t("bc_by")}${t("colon")}`, val(b.started_by, "name")] : null,
+    ),
+    h("p", { class: "bc-message" }, val(b.message)),
+    h(
+      "p",
+      { class: "bc-counts" },
+      countEl("total", c.recipients),
+      countEl("handed", sum(c.handed), null, perChannel(c.handed)),
+      countEl("reached", c.reached, t("bc_reached_hint")),
+      countEl("heard", c.heard, t("bc_heard_hint")),
+      countEl("failed", sum(c.failed), null, sum(c.failed) ? perChannel(c.failed) : null),
+      c.pending ? countEl("pending", c.pending) : h("span", { class: "bc-count done", text: t("bc_finished") }),
+      toggle,
+    ),
+  );
+}
+
+function channelCell(state) {
+  if (state === "handed") return h("span", { class: "chip ok", text: t("bc_reached") });
+  if (state === "pending") return h("span", { class: "chip", text: t("bc_pending") });
+  return h("span", { class: "chip bad", title: String(state).replace(/^failed: /, ""), text: t("bc_failed") });
+}
+
+const loadBroadcastPeople = coalesced(async () => {
+  if (!broadcastsShown()) return;
+  const id = S.bcSelected;
+  if (!id) {
+    fill(S.bc.people);
+    return;
+  }
+  let d;
+  try {
+    d = await api(`v1/broadcasts/${encodeURIComponent(id)}?limit=${BROADCAST_PEOPLE}`);
+  } catch (exc) {
+    if (exc.status === 404) S.bcSelected = null;
+    else toast(exc.message, "bad");
+    fill(S.bc.people);
+    return;
+  }
+  if (!broadcastsShown() || S.bcSelected !== id) return;
+  const head = h("tr", {}, h("th", { text: t("bc_phone") }), h("th", { text: t("bc_name") }), h("th", { text: t("bc_role") }), d.channels.map((c) => h("th", { text: t(`ch_${c}`) })), h("th", { text: t("bc_heard") }));
+  const rows = d.people.map((p) =>
+    h(
+      "tr",
+      { dataset: { phone: p.phone }, class: p.heard ? "heard" : null },
+      h("td", {}, phoneEl(p.phone)),
+      h("td", {}, val(p.name, "name")),
+      h("td", {}, val(roleName(p.role, p.role_zh), "role")),
+      d.channels.map((c) => h("td", { class: `ch ${c}` }, channelCell(p[c]))),
+      h("td", { class: "receipt" }, p.heard ? `${timeOf(p.heard_at, null)} · ${t(`via_${p.heard_via}`)}` : h("span", { class: "muted", text: t("bc_not_heard") })),
+    ),
+  );
+  fill(
+    S.bc.people,
+    h("h3", { text: `${t("bc_people")}${t("colon")}${t(`kind_${d.kind}`)}` }),
+    d.counts.recipients > d.people.length ? h("p", { class: "muted", text: t("bc_people_more", { total: d.counts.recipients, n: d.people.length }) }) : null,
+    h("div", { class: "table-wrap" }, h("table", { id: "broadcast-table", dataset: { broadcast: id } }, h("thead", {}, head), h("tbody", {}, rows))),
+  );
+});
 
 async function loadBoard() {
   const view = S.view;
