@@ -86,7 +86,7 @@ ANSWERS: dict[str, tuple[int, ...]] = {
     "GET /v1/audit": (400, 401, 403, 422, 429, 503),
     "POST /v1/broadcasts": (400, 401, 403, 413, 422, 429, 503),
     "GET /v1/broadcasts": (401, 403, 429, 503),
-    "GET /v1/broadcasts/{broadcast_id}": (401, 403, 404, 429, 503),
+    "GET /v1/broadcasts/{broadcast_id}": (400, 401, 403, 404, 429, 503),
 }
 PUBLIC_PATHS = ("/healthz", "/readyz")
 EVENT_STREAMS = ("/v1/stream",)
