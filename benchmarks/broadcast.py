@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -142,6 +143,30 @@ class Sink:
 
 NEXT_GROUP = [0]
 RAN_OUT: dict[str, float] = {}
+SENT_AT: dict[str, list[tuple[float, float]]] = {}
+WINDOW_S = 120.0
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load1() -> float:
+    """The 1-minute load average."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def windows(samples: list[tuple[float, float]], since: float) -> list[list[float]]:
+    """Per WINDOW_S of the phase: [start s, alarms, p50 ms, p99 ms]."""
+    out: dict[int, list[float]] = {}
+    for sent, latency in samples:
+        out.setdefault(int((sent - since) // WINDOW_S), []).append(latency)
+    return [
+        [k * WINDOW_S, len(v), round(pct(v, 0.5) * 1000, 1), round(pct(v, 0.99) * 1000, 1)]
+        for k, v in sorted(out.items())
+    ]
 
 
 async def alarms(http: httpx.AsyncClient, sink: Sink, rate: float, until: asyncio.Event, tag: str) -> list[float]:
@@ -162,6 +187,7 @@ async def alarms(http: httpx.AsyncClient, sink: Sink, rate: float, until: asynci
             arrived = sink.alarm_at.get(f"+86{key}")
             if arrived:
                 latencies.append(arrived.pop(0) - sent)
+                SENT_AT.setdefault(tag, []).append((sent, latencies[-1]))
                 return
             sink.changed.clear()
             with contextlib.suppress(TimeoutError):
@@ -232,10 +258,13 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             print(f"imported in {import_s:.1f} s; alarms for {args.baseline} s", file=sys.stderr, flush=True)
 
             stop = asyncio.Event()
+            cpu0, wall0, loads = cpu_s(serve.pid), time.monotonic(), [load1()]
             baseline_task = asyncio.create_task(alarms(http, sink, args.rate, stop, "before"))
             await asyncio.sleep(args.baseline)
             stop.set()
             baseline = await baseline_task
+            cpu1, wall1 = cpu_s(serve.pid), time.monotonic()
+            loads.append(load1())
 
             during_stop = asyncio.Event()
             started = time.time()
@@ -263,7 +292,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 if time.time() - started > args.give_up:
                     raise RuntimeError(f"broadcast not handed within {args.give_up} s: {report}")
                 await asyncio.sleep(0.5)
+                if len(loads) < 2 + (time.time() - started) // 30:
+                    loads.append(load1())
             handed_s = time.time() - started
+            cpu2, wall2 = cpu_s(serve.pid), time.monotonic()
             during_stop.set()
             during = await during_task
             report = (await http.get("/v1/broadcasts/bench")).json()["counts"]
@@ -288,6 +320,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "alarm_p50_ms_during": round(pct(during, 0.5) * 1000, 1),
         "alarm_p99_ms_during": round(p99_during * 1000, 1),
         "p99_ratio": round(p99_during / p99_before, 2),
+        "service_cpu_before": round((cpu1 - cpu0) / (wall1 - wall0), 2),
+        "service_cpu_during": round((cpu2 - cpu1) / (wall2 - wall1), 2),
+        "load1_min_median_max": [min(loads), sorted(loads)[len(loads) // 2], max(loads)],
+        "during_by_window_s_n_p50_p99": windows(SENT_AT.get("during", []), started),
         "alarm_groups": ALARM_GROUPS,
         "alarms_ran_out_s": {tag: round(at, 1) for tag, at in RAN_OUT.items()},
         "counts": report,
