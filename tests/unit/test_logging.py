@@ -144,3 +144,17 @@ def test_cached_loggers_still_filter_mask_and_carry_each_lines_incident_id() -> 
         ("call.flood_absorbed", "a", "+86138****5678"),
         ("call.flood_absorbed", "b", "+86138****5678"),
     ], done.stderr
+
+
+def test_a_token_id_is_never_masked_as_a_phone_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Random hex with seven decimal digits in a row (about one id in seven) read as a phone number
+    in the audit trail: `984a*****74f` for the token that issued or answered."""
+    from dispatch.handlers import tokens
+
+    drawn = iter(["984a8762674f", "123456789012", "984a87a2674f"])
+    monkeypatch.setattr(tokens.secrets, "token_hex", lambda n: next(drawn))
+    assert tokens.new_token_id() == "984a87a2674f", "ids with a phone-like run are drawn again"
+    assert mask_text("984a8762674f") != "984a8762674f", "why: such a run is masked"
+    monkeypatch.undo()
+    ids = [tokens.new_token_id() for _ in range(2000)]
+    assert all(mask_text(i) == i and len(i) == 12 for i in ids)
