@@ -930,8 +930,20 @@ async def run(settings: Settings, *, simulator: SimulatorFactory | None = None) 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # a stop asked for while starting (waiting for an external NATS that is down, say) ends the start
+    starting = asyncio.ensure_future(service.start())
+    stopping = asyncio.ensure_future(stop.wait())
     try:
-        await service.start()
-        await stop.wait()
+        done, _ = await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting in done:
+            starting.result()  # a start that failed raises here
+            await stopping
+        else:
+            log.info("service.stop_while_starting")
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
     finally:
+        starting.cancel()
+        stopping.cancel()
         await service.stop()

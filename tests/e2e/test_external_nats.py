@@ -63,15 +63,13 @@ def test_external_nats_down_at_start_and_later_the_service_waits_refuses_and_los
     try:
         with ThreadPoolExecutor(1) as pool:
             started = pool.submit(serve.start, 120)
-            wait_until(
-                lambda: serve.logs().count("Connect call failed") >= 2, timeout=60, what="two attempts to reach NATS"
-            )
+            wait_until(lambda: serve.logs().count('"nats.error"') >= 2, timeout=60, what="two attempts to reach NATS")
             assert serve.proc is not None and serve.proc.poll() is None, "the service gave up instead of waiting"
             refused_at = time.monotonic()
             with pytest.raises(httpx.ConnectError):
                 httpx.post(f"{serve.url}/v1/calls", json={"call_id": "too-early", "caller": caller(0)}, timeout=10)
             refused_in = time.monotonic() - refused_at
-            waited = serve.logs().count("Connect call failed")
+            waited = serve.logs().count('"nats.error"')
             nats.start()
             started.result()
         print(f"\nNATS down at start: {waited} attempts logged, a call refused in {refused_in * 1000:.0f} ms")
@@ -112,3 +110,17 @@ def test_external_nats_down_at_start_and_later_the_service_waits_refuses_and_los
     finally:
         serve.kill()
         nats.kill()
+
+
+def test_a_stop_asked_for_while_waiting_for_nats_ends_the_service(tmp_path: Path) -> None:
+    """SIGTERM (systemctl stop) while the service waits for an external NATS that is down: before,
+    it kept waiting until killed; now it stops at once, with exit code 0."""
+    serve = ServeProcess(tmp_path / "data", {"DISPATCH_NATS_URL": f"nats://127.0.0.1:{free_port()}"})
+    with ThreadPoolExecutor(1) as pool:
+        started = pool.submit(serve.start, 120)
+        wait_until(lambda: serve.logs().count('"nats.error"') >= 2, timeout=60, what="two attempts to reach NATS")
+        assert serve.proc is not None
+        assert serve.terminate(timeout=30) == 0, serve.logs()[-2000:]
+        with pytest.raises(AssertionError, match="exited 0"):
+            started.result()
+    assert "service.stop_while_starting" in serve.logs()
