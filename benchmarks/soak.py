@@ -45,6 +45,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -328,13 +329,21 @@ class Soak:
         self.alarms = 0
         self.errors = 0
         self.error_samples: list[str] = []
+        # each kind of error (ids taken out) and the minutes it happened in: a periodic kind shows
+        self.error_kinds: dict[str, list[int]] = {}
+        self.minute = 0
         self.tasks: set[asyncio.Task[None]] = set()
         self.rows: list[Row] = []
         self.snapshots: list[tuple[int, Path, Path]] = []
 
     def error(self, what: str) -> None:
         self.errors += 1
-        if len(self.error_samples) < 20:
+        kind = re.sub(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "{id}", what)[:200]
+        new_kind = kind not in self.error_kinds
+        minutes = self.error_kinds.setdefault(kind, [])
+        if not minutes or minutes[-1] != self.minute:
+            minutes.append(self.minute)
+        if len(self.error_samples) < 20 or new_kind:
             self.error_samples.append(what)
             print(f"error: {what}", file=sys.stderr, flush=True)
 
@@ -480,6 +489,7 @@ class Soak:
             start = time.perf_counter()
             i = 0
             for minute in range(1, args.minutes + 1):
+                self.minute = minute
                 minute_end = start + minute * 60
                 self.latencies, self.alarms, errors_before = [], 0, self.errors
                 while (at := start + i * interval) < minute_end:
@@ -562,6 +572,7 @@ class Soak:
             "groups": self.args.groups,
             "errors": sum(r.errors for r in self.rows),
             "error_samples": self.error_samples,
+            "error_kinds": self.error_kinds,
             "rows": [asdict(r) for r in self.rows],
             "slope_per_hour_last_half": slopes,
         }
@@ -592,6 +603,10 @@ def markdown(summary: dict[str, object], every: int) -> str:
             lines.append(
                 f"| {title} | {fmt(column(half[0], name))} | {fmt(column(half[-1], name))} | {fmt(slopes[name])} |"
             )
+    kinds: dict[str, list[int]] = summary.get("error_kinds") or {}  # type: ignore[assignment]
+    if kinds:
+        lines += ["", "| error (ids taken out) | in minutes |", "|---|---|"]
+        lines += [f"| `{kind}` | {', '.join(map(str, minutes))} |" for kind, minutes in kinds.items()]
     return "\n".join(lines) + "\n"
 
 
