@@ -396,7 +396,8 @@ class Service:
             duress_number=st.duress_number,
         )
         self.groups = GroupService(self.uow, self.directory, region=st.region)
-        self.responses = ResponseService(self.uow, self.metrics, region=st.region)
+        self.decided = IncidentCache()  # shared by the deciders and the fan-out of this process
+        self.responses = ResponseService(self.uow, self.metrics, region=st.region, cache=self.decided)
         self.alarm_priority = AlarmPriority(also=lambda: self.priority.alarms)
         for channel in self.channels:
             if isinstance(channel, VoiceChannel):
@@ -418,7 +419,7 @@ class Service:
             priority=self.alarm_priority,
         )
         timers = self.timers = Timers(self.nc)
-        decided = IncidentCache()
+        decided = self.decided
         self.escalation = EscalationService(
             self.uow, metrics=self.metrics, command_centre=st.command_centre_person(), timers=timers, cache=decided
         )

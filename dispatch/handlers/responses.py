@@ -6,6 +6,8 @@ Invariants:
 - an answer that changes nothing (a repeated accept) appends nothing and succeeds;
 - an answer names its actor (the face that took it); without a number, the responder is the
   actor's own number (the console's "my number" comes from the token);
+- an answer recorded here tells this process's incident cache (`IncidentCache.seen`), so a resolved
+  or cancelled incident is not held there as open (the fan-out hears neither resolve nor arrival);
 - closing an incident then closes its line (LineClosed, idempotent); if that second append is
   lost, the line's next call repairs it.
 """
@@ -20,7 +22,7 @@ from dispatch.domain.incident import IncidentState, Respond, decide, evolve
 from dispatch.domain.phone import InvalidPhone, normalize
 from dispatch.events import msgids
 from dispatch.events.model import Event, IncidentCovered, ResponderAccepted, ResponderArrived
-from dispatch.handlers.aggregates import Incidents
+from dispatch.handlers.aggregates import IncidentCache, Incidents
 from dispatch.handlers.messages import Answer
 from dispatch.handlers.uow import UnitOfWork
 from dispatch.observe.metrics import Metrics
@@ -29,8 +31,11 @@ from dispatch.observe.metrics import Metrics
 class ResponseService:
     """Records answers to incidents."""
 
-    def __init__(self, uow: UnitOfWork, metrics: Metrics, *, region: str = "CN") -> None:
+    def __init__(
+        self, uow: UnitOfWork, metrics: Metrics, *, region: str = "CN", cache: IncidentCache | None = None
+    ) -> None:
         self.uow = uow
+        self.cache = cache
         self.incidents = Incidents(uow.store)
         self.metrics = metrics
         self.region = region
@@ -64,6 +69,8 @@ class ResponseService:
         assert state is not None
         if not decided.events:
             return state, []
+        if self.cache is not None and decided.seqs:
+            self.cache.seen(command.incident_id, decided.seqs[-1])
         after = state
         for event in decided.events:
             after = evolve(after, event) or after

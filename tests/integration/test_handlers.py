@@ -101,7 +101,7 @@ def build(
     uow = UnitOfWork(store, clock=lambda: datetime.now(UTC) + timedelta(seconds=later))
     metrics, bus, channel, timers = Metrics(), MessageBus(), RecordingChannel(), Timers(nc)
     calls = CallService(uow, directory, quorum=parse_quorum(DEFAULT_QUORUM), fallback_duty=(DUTY,), metrics=metrics)
-    responses = ResponseService(uow, metrics)
+    responses = ResponseService(uow, metrics, cache=cache)
     delivery = DeliveryWorker(store, JobQueue(nc), {channel.name: channel}, metrics=metrics, bus=bus)
     escalation = EscalationService(uow, metrics=metrics, command_centre=None, timers=timers, cache=cache)
     fanout = FanOut(store, bus, [channel], timers=timers, public_url="http://127.0.0.1:9", cache=cache)
@@ -282,6 +282,11 @@ async def test_a_deadline_is_decided_and_rung_on_the_incident_as_this_process_le
     assert [e.tier for e in await escalated_in(one, incident)] == [1, 2]
     assert store.reads == reads, "an incident's history was read again for its deadlines"
     assert cache.hits == 2 and len(cache) == 1
+    await one.answer(incident, OFFICER, "accept")
+    await one.answer(incident, OFFICER, "arrived")
+    resolve = ResponseRequest(responder=OFFICER, action="resolve", category="help")  # type: ignore[arg-type]
+    await bus.handle(Answer(incident_id=incident, request=resolve))
+    assert len(cache) == 0, "resolved here: no longer held as open (the fan-out hears no resolve)"
 
 
 async def test_an_escalation_rung_before_its_decider_remembered_it_is_folded_on_without_a_read(nc: NATS) -> None:
