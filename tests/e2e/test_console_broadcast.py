@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Locator, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, expect
 
 from dispatch.domain.phone import mask
-from tests.e2e.test_console import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, DESKTOP, open_console
+from tests.e2e.test_console import ARTIFACTS, DESKTOP, open_console
+from tests.e2e.test_console import browser as browser  # the module's Chromium, one fixture
 from tests.rosters import combined, numbered_groups, village
 from tests.support import Received, ServeProcess, post_server, stop_server
 
@@ -65,15 +66,6 @@ def serve_env(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> dic
 @pytest.fixture(scope="module")
 def roster() -> str:
     return ROSTER
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def issue(http: httpx.Client, body: dict[str, object]) -> str:
