@@ -362,7 +362,14 @@ def test_resolve_from_the_board_then_the_village_charts(
     expect(alarm).to_be_visible()
     # the duty desk's token carries its station number: the card starts on the desk answering as itself
     assert alarm.locator("select.responder").input_value() == "+8673184512345"
+    # the officer (recorded by the desk) and the leader (by SMS) accept: this incident fills every
+    # chart below by itself, whatever ran before it in the module
     alarm.locator("select.responder").select_option(OFFICER)
+    alarm.locator("button[data-action='accept']").click()
+    expect(alarm.locator(f"li.member[data-phone='{OFFICER}']")).to_have_attribute("data-state", "accepted")
+    sms = http.post("/v1/gateway/sms", json={"message_id": "console-sms-11", "from": "13800000028", "text": "接"})
+    assert sms.status_code == 200, sms.text
+    expect(alarm).to_have_attribute("data-covered", "true")
     alarm.locator("button[data-action='arrived']").click()
     expect(page.locator("#toast")).to_contain_text("已代为记录")
     expect(alarm).to_have_attribute("data-status", "on_scene")
