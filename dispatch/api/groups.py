@@ -31,13 +31,24 @@ from dispatch.api.deps import (
 )
 from dispatch.api.views import group_view
 from dispatch.domain.directory import GroupState
-from dispatch.domain.errors import NotFound
+from dispatch.domain.errors import NotFound, Stale
 from dispatch.domain.roster import RosterRejected
 from dispatch.handlers.groups import ImportProgress, UnbindingRefused, VillageSettings
 
 MAX_ROSTER_BYTES = 64 * 1024 * 1024
 GROUPS_PAGE = 500
 GROUPS_PAGE_MAX = 1000
+
+
+def if_match_version(header: str | None) -> int | None:
+    """The village version an If-Match names (None: no header, or `*`); a tag that is no version of ours
+    can match none (412)."""
+    if header is None or header.strip() == "*":
+        return None
+    tag = header.strip()
+    if len(tag) >= 3 and tag[0] == tag[-1] == '"' and tag[1:-1].isascii() and tag[1:-1].isdigit():
+        return int(tag[1:-1])
+    raise Stale(f"If-Match {header!r} names no version of these settings: read them again (GET) and send its ETag")
 
 
 def _cursor_of(group: GroupState) -> str:
@@ -266,8 +277,17 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
             "groups": groups,
         }
 
-    @get("/v1/villages/{village:str}", tags=["villages"], summary="A village: deadlines, duty desks, groups")
-    async def get_village(village: FromPath[str], request: Request[Any, Any, Any]) -> dict[str, Any]:
+    def version_tag(village: str) -> str:
+        """The village's version as an entity tag: a PUT with it in If-Match changes what was read, or 412."""
+        state = s.directory.directory.villages.get(village)
+        return f'"{state.last_seq if state is not None else 0}"'
+
+    @get(
+        "/v1/villages/{village:str}",
+        tags=["villages"],
+        summary="A village: deadlines, duty desks, groups; its ETag is the version to send back in If-Match",
+    )
+    async def get_village(village: FromPath[str], request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         principal = who(s, request, "read")
         view = village_view(village)
         if view is not None and not visible(s, principal, village):
@@ -275,7 +295,7 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
         if view is None or not visible(s, principal, village):
             raise NotFound(f"no village {village}")
         await audit(s, request, principal, "village.read", target=village, village=village)
-        return view
+        return Response(view, headers={"ETag": version_tag(village)})
 
     @put(
         "/v1/villages/{village:str}/settings",
@@ -283,18 +303,22 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
         request_max_body_size=MAX_JSON_BYTES,
         tags=["villages"],
         summary="Set a village's settings (admin): deadlines, time zone, proxy answers, neighbouring groups; "
-        "the whole set is replaced (null: the service default); incidents raised afterwards use them",
+        "the whole set is replaced (null: the service default); incidents raised afterwards use them. "
+        "With If-Match (the ETag of GET /v1/villages/{village}) a change made meanwhile is not overwritten: 412",
     )
     async def put_village_settings(
         village: FromPath[str], data: JSONBody[VillageSettings], request: Request[Any, Any, Any]
-    ) -> dict[str, Any]:
+    ) -> Response[dict[str, Any]]:
         admin = who(s, request, "import")
-        await s.groups.set_village_settings(village, data, actor=admin.actor(channel_of(request)))
+        expected = if_match_version(request.headers.get("if-match"))
+        await s.groups.set_village_settings(
+            village, data, actor=admin.actor(channel_of(request)), expected_seq=expected
+        )
         changed = ",".join(f"{k}={v}" for k, v in msgspec.structs.asdict(data).items() if v is not None)
         await audit(s, request, admin, "settings.change", target=village, village=village, detail=changed)
         view = village_view(village)
         assert view is not None
-        return view
+        return Response(view, headers={"ETag": version_tag(village)})
 
     return [
         import_groups,

@@ -136,7 +136,11 @@ def _refusal_hint(args: argparse.Namespace, status: int, error: str) -> str | No
 
 def _fetch(args: argparse.Namespace, method: str, path: str, *, expect: int = 200, **kwargs: Any) -> Any:
     """The response's JSON; anything but `expect` is printed as a refusal and exits 1."""
-    response = _request(args, method, path, **kwargs)
+    return _answered(args, _request(args, method, path, **kwargs), expect)
+
+
+def _answered(args: argparse.Namespace, response: httpx.Response, expect: int = 200) -> Any:
+    """`response`'s JSON when its status is `expect`; anything else is printed as a refusal and exits 1."""
     if response.status_code == expect:
         return response.json()
     try:
@@ -576,7 +580,7 @@ def cmd_members_absences(args: argparse.Namespace) -> int:
 def cmd_villages_settings(args: argparse.Namespace) -> int:
     from dispatch.cli.villages import run_settings
 
-    return run_settings(args, _request, _fetch)
+    return run_settings(args, _request, _answered)
 
 
 def cmd_villages_list(args: argparse.Namespace) -> int:

@@ -3,8 +3,10 @@
 Invariants: the service's `PUT /v1/villages/{village}/settings` replaces every override at once, so
 `settings` reads the village's overrides first and sends them back with only the options given changed
 (`merged`): a setting not named on the command line stays as it was; `default` (or `--reset`) clears an
-override back to the service default. With no option it only shows the settings. What it shows is the
-village as the service answered it (Chinese labels, each value marked 默认 when it is the service's).
+override back to the service default. The PUT carries the ETag it read as If-Match, so a change another
+admin made in between is never overwritten: on 412 it reads again and applies the options to that.
+With no option it only shows the settings. What it shows is the village as the service answered it
+(Chinese labels, each value marked 默认 when it is the service's).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from typing import Any
 from dispatch.events.model import NEIGHBOURS_ORDERS
 
 Fetch = Callable[..., Any]
+Answered = Callable[..., Any]
 Request = Callable[..., Any]
+CHANGE_ATTEMPTS = 5
 DEFAULT = "default"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smh]?)$")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -123,21 +127,32 @@ def show(view: dict[str, Any]) -> list[str]:
     return [f"{view['village']}（{len(view['groups'])} 个小组）", *align(rows, indent="  ")]
 
 
-def run_settings(args: argparse.Namespace, request: Request, fetch: Fetch) -> int:
+def run_settings(args: argparse.Namespace, request: Request, answered: Answered) -> int:
     """Show a village's settings, or change the ones given and show the result."""
     path = f"/v1/villages/{args.village}"
     if not any(getattr(args, key, None) is not None for key in (*FIELDS.values(), "reset")):
-        view = fetch(args, "GET", path)
+        view = answered(args, request(args, "GET", path))
     else:
-        current = request(args, "GET", path)
-        # a village with neither groups nor settings yet (404) has no overrides; any other refusal is said
-        if current.status_code == 200:
-            overrides = current.json()["overrides"]
+        # read, change only the options given, write back with If-Match: a change another admin made
+        # meanwhile is never overwritten (412), the change is applied again to what is there now
+        for _attempt in range(CHANGE_ATTEMPTS):
+            current = request(args, "GET", path)
+            # a village with neither groups nor settings yet (404) has no overrides and is at version 0;
+            # any other refusal is said
+            if current.status_code == 404:
+                overrides, version = {}, '"0"'
+            else:
+                overrides, version = answered(args, current)["overrides"], current.headers.get("ETag", "*")
+            body = merged(overrides, args)
+            if current.status_code == 200 and body == {key: overrides.get(key) for key in FIELDS.values()}:
+                view = current.json()
+                break
+            answer = request(args, "PUT", f"{path}/settings", json=body, headers={"If-Match": version})
+            if answer.status_code != 412:
+                view = answered(args, answer)
+                break
         else:
-            overrides = {} if current.status_code == 404 else fetch(args, "GET", path)["overrides"]
-        body = merged(overrides, args)
-        unchanged = current.status_code == 200 and body == {key: overrides.get(key) for key in FIELDS.values()}
-        view = current.json() if unchanged else fetch(args, "PUT", f"{path}/settings", json=body)
+            raise SystemExit(f"the settings of {args.village} kept changing while this change was made; try again")
     if args.json:
         print(json.dumps(view, ensure_ascii=False, indent=2))
     else:

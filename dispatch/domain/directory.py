@@ -25,7 +25,7 @@ from typing import get_args
 import msgspec
 
 from dispatch.domain.absence import Absence, evolve_member
-from dispatch.domain.errors import InvalidCommand, NotFound
+from dispatch.domain.errors import InvalidCommand, NotFound, Stale
 from dispatch.domain.phone import cn_mobile_candidate, try_normalize
 from dispatch.domain.timezones import valid_time_zone
 from dispatch.events.model import (
@@ -772,7 +772,8 @@ class Directory:
 
 class ChangeVillageSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Set a village's deadline overrides (seconds), time zone and whether proxy answers count
-    toward cover; None means the service default. `actor`: who asks."""
+    toward cover; None means the service default. `actor`: who asks. `expected_seq`: the village's
+    version (`VillageState.last_seq`, 0 for none) the settings were read at; another version is Stale."""
 
     village: str
     ack_deadline_s: float | None = None
@@ -784,11 +785,19 @@ class ChangeVillageSettings(msgspec.Struct, frozen=True, kw_only=True):
     neighbour_covers: bool | None = None
     neighbours: dict[str, tuple[str, ...]] | None = None
     actor: Actor | None = None
+    expected_seq: int | None = None
 
 
 def decide_village_settings(state: VillageState | None, command: ChangeVillageSettings, now: datetime) -> list[Event]:
-    """A village's settings decider: InvalidCommand unless the name, zone and deadlines make sense."""
+    """A village's settings decider: InvalidCommand unless the name, zone and deadlines make sense;
+    Stale when the command expected another version of the village."""
     c = command
+    version = state.last_seq if state is not None else 0
+    if c.expected_seq is not None and c.expected_seq != version:
+        raise Stale(
+            f"the settings of {c.village} were changed meanwhile (version {version}, not {c.expected_seq}): "
+            "read them again and apply your change to what they are now"
+        )
     try:
         check_token("village", c.village)
     except InvalidToken as exc:

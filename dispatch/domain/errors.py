@@ -31,6 +31,12 @@ class InvalidTransition(DomainError):
     status = 409
 
 
+class Stale(DomainError):
+    """Decided on a version the aggregate has moved past, e.g. an If-Match that no longer matches (412)."""
+
+    status = 412
+
+
 class InvalidCommand(DomainError):
     """The command itself is malformed (422)."""
 

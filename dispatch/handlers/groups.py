@@ -225,8 +225,11 @@ class VillageSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     neighbour_covers: bool | None = None
     neighbours: dict[str, list[str]] | None = None
 
-    def command(self, village: str, actor: Actor | None = None) -> ChangeVillageSettings:
-        """The domain's command for `village`, asked by `actor` (checked by its decider)."""
+    def command(
+        self, village: str, actor: Actor | None = None, expected_seq: int | None = None
+    ) -> ChangeVillageSettings:
+        """The domain's command for `village`, asked by `actor`, read at version `expected_seq` (None:
+        whatever the version is now); checked by its decider."""
         return ChangeVillageSettings(
             village=village,
             ack_deadline_s=self.ack_deadline_s,
@@ -238,6 +241,7 @@ class VillageSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
             neighbour_covers=self.neighbour_covers,
             neighbours={g: tuple(n) for g, n in self.neighbours.items()} if self.neighbours is not None else None,
             actor=actor,
+            expected_seq=expected_seq,
         )
 
 
@@ -472,10 +476,11 @@ class GroupService:
         raise AppendConflict("the directory kept changing during the import; try again")
 
     async def set_village_settings(
-        self, village: str, settings: VillageSettings, *, actor: Actor | None = None
+        self, village: str, settings: VillageSettings, *, actor: Actor | None = None, expected_seq: int | None = None
     ) -> None:
-        """Record a village's settings, changed by `actor`; incidents raised afterwards use them."""
-        command = settings.command(village, actor)
+        """Record a village's settings, changed by `actor` (Stale unless the village is still at version
+        `expected_seq` when given); incidents raised afterwards use them."""
+        command = settings.command(village, actor, expected_seq)
         villages = Villages(self.live)
 
         def ids(_i: int, _event: Event) -> str:

@@ -20,7 +20,7 @@ from dispatch.channels.gateway import VoiceEvent
 from dispatch.channels.routing import ChannelConfig
 from dispatch.domain.delivery import NO_CHANNEL, NO_CHANNEL_ROUTED
 from dispatch.domain.directory import Directory
-from dispatch.domain.errors import InvalidCommand, NotFound, NotPermitted
+from dispatch.domain.errors import InvalidCommand, NotFound, NotPermitted, Stale
 from dispatch.domain.incident import DEFAULT_QUORUM, fold, parse_quorum
 from dispatch.events.jobs import DeliveryJob
 from dispatch.events.model import (
@@ -485,6 +485,13 @@ async def test_village_settings_go_through_the_unit_of_work(handlers: Handlers, 
         with pytest.raises(InvalidCommand):
             await groups.set_village_settings("a.b", VillageSettings())
         assert await handlers.store.stream_last_seq() == before, "a refused setting was stored"
+        # two admins read the same version; the second write would undo the first: refused, not stored
+        read = live.directory.villages["dongshan"].last_seq
+        await groups.set_village_settings("dongshan", VillageSettings(ack_deadline_s=45), expected_seq=read)
+        with pytest.raises(Stale):
+            await groups.set_village_settings("dongshan", VillageSettings(time_zone="Asia/Shanghai"), expected_seq=read)
+        state = live.directory.villages["dongshan"]
+        assert (state.ack_deadline_s, state.time_zone) == (45, None), "the first admin's change stands"
     finally:
         await live.stop()
 

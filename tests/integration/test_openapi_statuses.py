@@ -311,6 +311,15 @@ async def specific(w: World, op: str, admin: str) -> list[tuple[str, Request]]:
         return [
             ("422", {"method": "PUT", "url": "/v1/villages/dongshan/settings", "json": {"ack_deadline_s": -5}}),
             ("422", {"method": "PUT", "url": "/v1/villages/a.b/settings", "json": {}}),
+            (
+                "412",
+                {
+                    "method": "PUT",
+                    "url": "/v1/villages/dongshan/settings",
+                    "json": {},
+                    "headers": {"If-Match": '"999999999"'},
+                },
+            ),
         ]
     if op == "GET /v1/groups":
         return [("400", {"method": "GET", "url": "/v1/groups?after=not-a-cursor"})]

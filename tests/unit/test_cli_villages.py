@@ -4,12 +4,14 @@ those changed, and a village's settings as the CLI prints them."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 
 from dispatch.cli import build_parser
-from dispatch.cli.villages import duration, merged, neighbours_option, show
+from dispatch.cli.villages import duration, merged, neighbours_option, run_settings, show
 
 OVERRIDES: dict[str, Any] = {
     "ack_deadline_s": 90.0,
@@ -80,3 +82,41 @@ def test_a_setting_never_set_is_shown_as_the_service_default() -> None:
     assert row["neighbour_covers"].endswith("否（默认）")
     assert "1组 → 2组（指定）；2组 → 1组；3组 → 无（指定）" in text
     assert "城关派出所值班室 +8673184512345" in text
+
+
+class RacingService:
+    """The service's settings routes as the CLI meets them (ETag on GET, If-Match on PUT, 412 when it is
+    stale), with another admin's change landing between the CLI's first read and its write."""
+
+    def __init__(self) -> None:
+        self.overrides = dict(OVERRIDES)
+        self.version = 7
+        self.raced = False
+        self.puts: list[str] = []
+
+    def request(self, _args: argparse.Namespace, method: str, _path: str, **kwargs: Any) -> httpx.Response:
+        if method == "GET":
+            view = {"village": "dongshan", "overrides": dict(self.overrides)}
+            answer = httpx.Response(200, json=view, headers={"ETag": f'"{self.version}"'})
+            if not self.raced:  # the other admin's write lands right after this first read
+                self.raced = True
+                self.overrides, self.version = {**self.overrides, "neighbours_order": "off"}, self.version + 1
+            return answer
+        tag = kwargs["headers"]["If-Match"]
+        self.puts.append(tag)
+        if tag != f'"{self.version}"':
+            return httpx.Response(412, json={"error": "changed meanwhile"})
+        self.overrides, self.version = dict(kwargs["json"]), self.version + 1
+        return httpx.Response(200, json={"village": "dongshan", "overrides": self.overrides})
+
+
+def test_a_change_made_meanwhile_by_another_admin_is_kept_and_ours_applied_on_top(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    service = RacingService()
+    answered: Callable[..., Any] = lambda _args, response, expect=200: response.json()  # noqa: E731
+    assert run_settings(parsed("--ack-deadline", "2m", "--json"), service.request, answered) == 0
+    assert service.puts == ['"7"', '"8"'], "the stale write is refused, then made again on the version read anew"
+    assert service.overrides["neighbours_order"] == "off", "the other admin's change was overwritten"
+    assert service.overrides["ack_deadline_s"] == 120.0
+    assert '"village": "dongshan"' in capsys.readouterr().out

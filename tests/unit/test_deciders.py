@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from dispatch.domain.access import IssueToken, RevokeToken, decide_token
 from dispatch.domain.delivery import RecordAttempt, decide_attempt
-from dispatch.domain.directory import ChangeVillageSettings, decide_village_settings
-from dispatch.domain.errors import InvalidCommand, NotFound
+from dispatch.domain.directory import ChangeVillageSettings, VillageState, decide_village_settings
+from dispatch.domain.errors import InvalidCommand, NotFound, Stale
 from dispatch.events.model import (
     DeliveryFailed,
     DeliverySucceeded,
@@ -49,6 +49,20 @@ def test_village_settings_are_decided_only_when_they_make_sense(
 def test_a_bad_village_or_zone_is_refused(village: str, zone: str | None) -> None:
     with pytest.raises(InvalidCommand):
         decide_village_settings(None, ChangeVillageSettings(village=village, time_zone=zone), at())
+
+
+@given(read_at=st.integers(min_value=0, max_value=5), now_at=st.integers(min_value=0, max_value=5))
+def test_village_settings_read_at_another_version_are_stale(read_at: int, now_at: int) -> None:
+    state = VillageState("dongshan", last_seq=now_at) if now_at else None
+    command = ChangeVillageSettings(village="dongshan", ack_deadline_s=60, expected_seq=read_at)
+    if read_at != now_at:
+        with pytest.raises(Stale, match="changed meanwhile"):
+            decide_village_settings(state, command, at())
+    else:
+        [event] = decide_village_settings(state, command, at())
+        assert isinstance(event, VillageSettingsChanged) and event.ack_deadline_s == 60
+    unchecked = ChangeVillageSettings(village="dongshan", ack_deadline_s=60)
+    assert len(decide_village_settings(state, unchecked, at())) == 1, "no version named: no check"
 
 
 def test_a_token_is_issued_once_and_revoked_once() -> None:
