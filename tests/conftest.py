@@ -84,3 +84,18 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
     if request.param == "sqlite":
         return Database.sqlite(tmp_path / "read.db")
     return Database(request.getfixturevalue("postgres_schema_url"))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print what tests measured (their `measured*` properties) after the run; here, not in a
+    subfolder's conftest, so that it runs in pytest-xdist's controller too."""
+    lines = []
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            for name, value in getattr(report, "user_properties", ()):
+                if str(name).startswith("measured"):
+                    lines.append(str(value))
+    if lines:
+        terminalreporter.section("measured")
+        for line in dict.fromkeys(lines):
+            terminalreporter.write_line(line)

@@ -70,16 +70,3 @@ def imported(http: httpx.Client, roster: str) -> dict[str, int]:
     assert response.status_code == 200, response.text
     summary: dict[str, int] = response.json()["summary"]
     return summary
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    lines = []
-    for reports in terminalreporter.stats.values():
-        for report in reports:
-            for name, value in getattr(report, "user_properties", ()):
-                if str(name).startswith("measured"):
-                    lines.append(str(value))
-    if lines:
-        terminalreporter.section("measured")
-        for line in dict.fromkeys(lines):
-            terminalreporter.write_line(line)
