@@ -41,7 +41,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFound
 from nats.js.kv import KeyValue
 
 from dispatch.events import sealing
-from dispatch.events.model import Event
+from dispatch.events.model import Event, MemberBound
 from dispatch.events.subjects import hash_numbers_with
 from dispatch.store.batch import publish_batch
 
@@ -219,7 +219,9 @@ class Keyring:
             try:
                 return sealing.seal(event, self)
             except sealing.Missing as missing:
-                await self.ensure({p for p, _ in missing.wanted}, {d for _, d in missing.wanted if d})
+                await self.ensure(
+                    {p for p, _ in missing.wanted}, {d for _, d in missing.wanted if d}, new=_bound([event])
+                )
         return sealing.seal(event, self)
 
     async def sealed_all(self, events: list[E]) -> list[E]:
@@ -233,7 +235,7 @@ class Keyring:
                 wanted |= missing.wanted
         if not wanted:
             return out
-        await self.ensure({p for p, _ in wanted}, {d for _, d in wanted if d})
+        await self.ensure({p for p, _ in wanted}, {d for _, d in wanted if d}, new=_bound(events))
         return [await self.sealed(event) for event in events]
 
     async def opened(self, event: E) -> E:
@@ -247,11 +249,19 @@ class Keyring:
 
     # --- loading and creating -------------------------------------------------------------------
 
-    async def ensure(self, phones: Iterable[str], days: Iterable[str] = ()) -> None:
+    async def ensure(self, phones: Iterable[str], days: Iterable[str] = (), *, new: Iterable[str] = ()) -> None:
         """Make sure each number and day has a key, creating those that have none (many new people,
-        as a roster import brings, in atomic batches: one stored write per batch, not two per person)."""
+        as a roster import brings, in atomic batches: one stored write per batch, not two per person).
+
+        Numbers not in `new` (people being bound now) most likely have keys already, made by another
+        process or before a restart (an alarm's recipients): they are read first, two concurrent
+        gets each, and only those not found are created. Creating first would cost a refused batch
+        and two refused writes and two gets per person."""
         wanted = [p for p in set(phones) if p not in self._kids]
         await asyncio.gather(*(self._ensure_day(d) for d in set(days) if d not in self._days))
+        fresh = set(new)
+        await self._read_people([p for p in wanted if p not in fresh])
+        wanted = [p for p in wanted if p not in self._kids]
         if len(wanted) > 1:
             for start in range(0, len(wanted), CREATE_BATCH):
                 await self._create_people(wanted[start : start + CREATE_BATCH])
@@ -277,6 +287,18 @@ class Keyring:
             self._keys[kid] = key
             self._gone.discard(kid)
             self._kids[phone] = kid
+
+    async def _read_people(self, phones: list[str]) -> None:
+        """Take the keys these numbers have in the bucket (all at once); a number with none, or whose
+        key was erased, stays unknown here, for `ensure` to create as before."""
+        if not phones:
+            return
+        kids = await asyncio.gather(*(self._get(self.number_key(p)) for p in phones))
+        found = {p: kid.decode() for p, kid in zip(phones, kids, strict=True) if kid}
+        await self.load(set(found.values()))
+        for phone, kid in found.items():
+            if kid in self._keys:
+                self._kids[phone] = kid
 
     async def _ensure_person(self, phone: str) -> None:
         kid = (await self._get_or_create(self.number_key(phone), lambda: os.urandom(KID_BYTES).hex().encode())).decode()
@@ -392,6 +414,11 @@ class Keyring:
                 raise KeyStoreUnavailable(f"cannot erase {name}: {answer['error'].get('description')}")
         await self.kv.delete(name)
         await self.kv.put(f"{ERASURES}.{name}", b"")
+
+
+def _bound(events: Iterable[Event]) -> set[str]:
+    """The numbers these events bind to a group: new people, whose keys are created without a look first."""
+    return {e.phone for e in events if isinstance(e, MemberBound)}
 
 
 def _bounded_put(memo: dict[Any, Any], key: Any, value: Any) -> None:
