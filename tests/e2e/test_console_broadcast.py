@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
@@ -144,3 +145,36 @@ def test_the_report_pages_its_people(serve: ServeProcess, http: httpx.Client, im
     assert page["offset"] == 1 and page["counts"]["recipients"] == len(everyone) == 5
     assert [p["phone"] for p in page["people"]] == [p["phone"] for p in everyone[1:3]]
     assert {p["role_zh"] for p in everyone} >= {"联防组长", "社区民警"}
+
+
+def test_an_admin_downloads_everyone_of_a_warning_as_csv(
+    serve: ServeProcess, http: httpx.Client, imported: dict[str, int], browser: Browser
+) -> None:
+    """The panel shows the first people of a county's warning; the whole list, with whole numbers, is a
+    file the admin downloads from the panel (the token goes with the request, not in a link)."""
+    started = http.post("/v1/broadcasts", json={"villages": [WEST], "kind": "typhoon", "message": "台风今夜登陆"})
+    assert started.status_code == 201, started.text
+    broadcast = started.json()["id"]
+    report = http.get(f"/v1/broadcasts/{broadcast}").json()
+    admin = str(http.headers["Authorization"]).removeprefix("Bearer ")
+    context = browser.new_context(viewport=DESKTOP, locale="zh-CN", accept_downloads=True)  # type: ignore[arg-type]
+    errors: list[str] = []
+    try:
+        page = open_console(context, serve, admin, errors)
+        page.click("#broadcast-panel summary")
+        row = page.locator(f"#broadcasts .broadcast-row[data-broadcast='{broadcast}']")
+        row.locator("button.bc-show").click()
+        button = page.locator("#broadcast-csv")
+        expect(button).to_have_text(f"下载完整名单（CSV，{report['counts']['recipients']} 人）")
+        with page.expect_download() as download:
+            button.click()
+        saved = download.value
+        assert saved.suggested_filename == f"broadcast-{broadcast}.csv"
+        lines = Path(saved.path()).read_text(encoding="utf-8-sig").splitlines()
+        people = {p["phone"] for p in report["people"]}
+        assert len(lines) == 1 + len(people), lines
+        assert all(any(phone in line for line in lines[1:]) for phone in people), "a whole number is missing"
+        expect(page.locator("#toast")).to_contain_text(f"已下载完整名单：{len(people)} 人")
+        assert errors == [], errors
+    finally:
+        context.close()
