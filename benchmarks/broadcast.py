@@ -36,6 +36,7 @@ from benchmarks.common import pct, start_serve
 from dispatch.store.server import free_port
 
 SECRET = "bench-gateway-secret"
+PROBE = Path(__file__).resolve().parent / "loopstall.py"
 ALARM_GROUPS = 2000
 RECIPIENTS = 9
 
@@ -209,6 +210,32 @@ async def alarms(http: httpx.AsyncClient, sink: Sink, rate: float, until: asynci
     return latencies
 
 
+def stall_summary(path: Path, since: float, until: float, top: int = 6) -> dict[str, object]:
+    """The loop's stalls (`benchmarks/loopstall.py`'s lines) between two unix times: how many, their
+    total and longest, and the sites with the most stalled time."""
+    stalls: list[tuple[float, float, str]] = []
+    with contextlib.suppress(FileNotFoundError):
+        for line in path.read_text().splitlines():
+            at, ms, label = line.split(" ", 2)
+            gc_ms = 0.0
+            if label.endswith(" ms]") and " [gc " in label:
+                label, _, tail = label.rpartition(" [gc ")
+                gc_ms = float(tail[: -len(" ms]")])
+            if since <= float(at) - float(ms) / 1000 < until:
+                stalls.append((float(ms), gc_ms, label))
+    by_site: dict[str, list[float]] = {}
+    for ms, _, label in stalls:
+        by_site.setdefault(label, []).append(ms)
+    sites = sorted(by_site.items(), key=lambda kv: -sum(kv[1]))[:top]
+    return {
+        "n": len(stalls),
+        "total_ms": round(sum(ms for ms, _, _ in stalls)),
+        "of_it_gc_ms": round(sum(gc for _, gc, _ in stalls)),
+        "max_ms": max((ms for ms, _, _ in stalls), default=0.0),
+        "top_n_total_max_site": [[len(v), round(sum(v)), max(v), site[-240:]] for site, v in sites],
+    }
+
+
 def alarm_groups_for(args: argparse.Namespace) -> int:
     """A group a call, for the baseline and for the broadcast at a third of its rate cap (a loaded
     2-core machine handed 100k numbers at 70/s per channel with 200 allowed), 2,000 at the least.
@@ -240,8 +267,12 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "DISPATCH_BROADCAST_RATE": str(args.broadcast_rate),
         "DISPATCH_BROADCAST_CONNECTIONS": str(args.connections),
     }
+    stalls = work / "stalls.txt"
+    command = None
+    if args.stalls_ms:
+        command = [sys.executable, str(PROBE), str(stalls), str(args.stalls_ms)]
     try:
-        serve = await asyncio.to_thread(start_serve, work / "data", port, env)
+        serve = await asyncio.to_thread(start_serve, work / "data", port, env, command=command)
     except BaseException:
         await sink.stop()
         raise
@@ -258,6 +289,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             print(f"imported in {import_s:.1f} s; alarms for {args.baseline} s", file=sys.stderr, flush=True)
 
             stop = asyncio.Event()
+            before_at = time.time()
             cpu0, wall0, loads = cpu_s(serve.pid), time.monotonic(), [load1()]
             baseline_task = asyncio.create_task(alarms(http, sink, args.rate, stop, "before"))
             await asyncio.sleep(args.baseline)
@@ -295,6 +327,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 if len(loads) < 2 + (time.time() - started) // 30:
                     loads.append(load1())
             handed_s = time.time() - started
+            handed_at = time.time()
             cpu2, wall2 = cpu_s(serve.pid), time.monotonic()
             during_stop.set()
             during = await during_task
@@ -327,6 +360,15 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "alarm_groups": ALARM_GROUPS,
         "alarms_ran_out_s": {tag: round(at, 1) for tag, at in RAN_OUT.items()},
         "counts": report,
+        **(
+            {
+                "stalls_over_ms": args.stalls_ms,
+                "stalls_before": stall_summary(stalls, before_at, started),
+                "stalls_during": stall_summary(stalls, started, handed_at),
+            }
+            if args.stalls_ms
+            else {}
+        ),
     }
 
 
@@ -337,6 +379,12 @@ def main() -> None:
     parser.add_argument("--baseline", type=float, default=20.0, help="seconds of alarms before the broadcast")
     parser.add_argument("--broadcast-rate", type=float, default=2000.0, help="DISPATCH_BROADCAST_RATE")
     parser.add_argument("--connections", type=int, default=8, help="DISPATCH_BROADCAST_CONNECTIONS")
+    parser.add_argument(
+        "--stalls-ms",
+        type=float,
+        default=0.0,
+        help="run serve under benchmarks/loopstall.py (asyncio's loop) and report callbacks over this many ms",
+    )
     parser.add_argument("--give-up", type=float, default=1800.0, help="seconds")
     result = asyncio.run(run(parser.parse_args()))
     print(json.dumps(result, ensure_ascii=False))
