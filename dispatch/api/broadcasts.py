@@ -23,7 +23,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 
 from dispatch.api.deps import MAX_JSON_BYTES, ApiServices, channel_of, scope, who
 from dispatch.domain.access import Principal
-from dispatch.domain.broadcast import BroadcastState, StartBroadcast, counts
+from dispatch.domain.broadcast import BroadcastState, StartBroadcast, counts, people_page
 from dispatch.domain.errors import NotFound
 from dispatch.domain.messages import ROLE_ZH
 from dispatch.domain.phone import mask
@@ -52,9 +52,8 @@ def _iso(at: datetime | None) -> str | None:
 def person_rows(state: BroadcastState, whole: bool, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
     """One row per recipient, by number (`limit` of them from `offset`): each channel's outcome and the receipt."""
     channels = state.started.channels if state.started else ()
-    people = sorted(state.recipients.items())
     rows = []
-    for phone, person in people[offset : None if limit is None else offset + limit]:
+    for phone, person in people_page(state, offset, limit):
         heard = state.heard.get(phone)
         row: dict[str, Any] = {
             "phone": phone if whole else mask(phone),

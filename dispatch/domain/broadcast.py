@@ -16,11 +16,19 @@ Invariants:
   a broadcast needs a village, a message of 1..MAX_MESSAGE characters, a channel, and a recipient;
 - a number is handed to each channel at most once: `undelivered` leaves out whoever a chunk has
   already handed or given up on; a receipt is counted once per number (a second one decides
-  nothing) and only from a recipient (NotPermitted otherwise).
+  nothing) and only from a recipient (NotPermitted otherwise);
+- `counts` costs the same for a county as for a village: the state keeps its tallies as it folds
+  (`reached`: recipients handed on any of the broadcast's channels; `settled`: recipients every
+  channel has handed or given up on), always equal to counting them over every recipient
+  (`recount`), so a report polled during a 100k broadcast never walks the 100k;
+- `people_page` is the recipients by number from `offset`: it sorts them only when the pages were
+  folded out of order (`in_order`), which the decider's own pages never are, so the console's page
+  of 200 people costs 200 rows, not a sort of the county.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -64,6 +72,9 @@ class BroadcastState:
     handed: dict[str, dict[str, datetime]] = field(default_factory=dict)
     failed: dict[str, dict[str, Unreached]] = field(default_factory=dict)
     heard: dict[str, BroadcastHeard] = field(default_factory=dict)
+    reached: int = 0
+    settled_all: int = 0
+    in_order: bool = True
 
     @property
     def exists(self) -> bool:
@@ -103,14 +114,19 @@ BroadcastCommand = StartBroadcast | RecordReceipt
 def recipients_of(members: Iterable[tuple[str, Person]], villages: Iterable[str]) -> tuple[Person, ...]:
     """Every number bound in `villages`, once (its first membership met), by number: `members` is
     (village, person) for every membership of every live group."""
-    wanted = frozenset(villages)
     chosen: dict[str, Person] = {}
+    choose(chosen, members, frozenset(villages))
+    return tuple(chosen[phone] for phone in sorted(chosen))
+
+
+def choose(chosen: dict[str, Person], members: Iterable[tuple[str, Person]], wanted: frozenset[str]) -> None:
+    """Add to `chosen` (by number) each of `members` bound in `wanted` whose number it lacks: a
+    county's memberships taken a page at a time give the same recipients as `recipients_of`."""
     for village, person in members:
         if village in wanted and person.phone not in chosen:
             chosen[person.phone] = Person(
                 phone=person.phone, name=person.name, role=person.role, language=person.language
             )
-    return tuple(chosen[phone] for phone in sorted(chosen))
 
 
 def distinct(people: Iterable[Person]) -> tuple[Person, ...]:
@@ -176,22 +192,53 @@ def decide_broadcast(state: BroadcastState, command: BroadcastCommand, now: date
     return [started, *(BroadcastAddressed(at=now, broadcast_id=state.id, page=i, people=p) for i, p in enumerate(cut))]
 
 
+def _tally(state: BroadcastState) -> tuple[int, int]:
+    """`reached` and `settled_all` counted over every recipient (O(recipients))."""
+    channels = state.started.channels if state.started else ()
+    if not channels:
+        return 0, 0
+    handed = [state.handed.get(c, {}) for c in channels]
+    reached = sum(1 for phone in state.recipients if any(phone in h for h in handed))
+    settled = sum(1 for phone in state.recipients if all(state.settled(c, phone) for c in channels))
+    return reached, settled
+
+
+def _newly_settled(state: BroadcastState, channel: str, phone: str, handed: bool) -> None:
+    """Update the tallies for `phone` just handed (or given up on) by `channel`, where it was neither."""
+    channels = state.started.channels if state.started else ()
+    if channel not in channels:
+        return
+    if handed and not any(phone in state.handed.get(c, ()) for c in channels if c != channel):
+        state.reached += 1
+    if all(c == channel or state.settled(c, phone) for c in channels):
+        state.settled_all += 1
+
+
 def evolve_broadcast(state: BroadcastState, event: Event) -> BroadcastState:
     """Fold one event of the broadcast (decisions and delivery observations) into `state`, in place."""
     if isinstance(event, BroadcastStarted):
         state.started = event
+        if state.handed or state.failed:  # outcomes folded before their start: never in log order
+            state.reached, state.settled_all = _tally(state)
     elif isinstance(event, BroadcastAddressed):
+        recipients = state.recipients
         for person in event.people:
-            state.recipients.setdefault(person.phone, person)
+            if person.phone not in recipients:
+                if state.in_order and recipients and person.phone < next(reversed(recipients)):
+                    state.in_order = False
+                recipients[person.phone] = person
     elif isinstance(event, BroadcastHanded):
         handed = state.handed.setdefault(event.channel, {})
         failed = state.failed.setdefault(event.channel, {})
         for phone in event.phones:
-            if phone in state.recipients and phone not in failed:
-                handed.setdefault(phone, event.at)
+            if phone in state.recipients and phone not in failed and phone not in handed:
+                _newly_settled(state, event.channel, phone, True)
+                handed[phone] = event.at
         for failure in event.failures:
-            if failure.phone in state.recipients and failure.phone not in handed:
-                failed.setdefault(failure.phone, failure)
+            phone = failure.phone
+            if phone in state.recipients and phone not in handed and phone not in failed:
+                _newly_settled(state, event.channel, phone, False)
+                failed[phone] = failure
     elif isinstance(event, BroadcastHeard) and event.phone in state.recipients:
         state.heard.setdefault(event.phone, event)
     return state
@@ -203,6 +250,15 @@ def fold_broadcast(broadcast_id: str, events: Iterable[Event]) -> BroadcastState
     for event in events:
         evolve_broadcast(state, event)
     return state
+
+
+def people_page(state: BroadcastState, offset: int = 0, limit: int | None = None) -> list[tuple[str, Person]]:
+    """The recipients by number, `limit` of them from `offset` (all when None): O(offset + limit)
+    when they were addressed in order, as the decider pages them."""
+    stop = None if limit is None else offset + limit
+    if state.in_order:
+        return list(itertools.islice(state.recipients.items(), offset, stop))
+    return sorted(state.recipients.items())[offset:stop]
 
 
 def undelivered(state: BroadcastState, channel: str, people: Iterable[Person]) -> tuple[Person, ...]:
@@ -224,18 +280,30 @@ class Counts:
 
 
 def counts(state: BroadcastState) -> Counts:
-    """The tally a report shows; every number counted once in each column."""
+    """The tally a report shows, every number counted once in each column: from the tallies the
+    state keeps as it folds (O(channels), whatever the number of recipients)."""
     channels = state.started.channels if state.started else ()
-    handed = [state.handed.get(c, {}) for c in channels]
-    reached = sum(1 for phone in state.recipients if any(phone in h for h in handed))
-    pending = sum(1 for phone in state.recipients if not all(state.settled(c, phone) for c in channels))
+    return Counts(
+        total=len(state.recipients),
+        handed={c: len(state.handed.get(c, {})) for c in channels},
+        failed={c: len(state.failed.get(c, {})) for c in channels},
+        reached=state.reached,
+        heard=len(state.heard),
+        pending=len(state.recipients) - state.settled_all if channels else 0,
+    )
+
+
+def recount(state: BroadcastState) -> Counts:
+    """`counts` counted over every recipient (O(recipients)): what the kept tallies must always equal."""
+    reached, settled = _tally(state)
+    channels = state.started.channels if state.started else ()
     return Counts(
         total=len(state.recipients),
         handed={c: len(state.handed.get(c, {})) for c in channels},
         failed={c: len(state.failed.get(c, {})) for c in channels},
         reached=reached,
         heard=len(state.heard),
-        pending=pending,
+        pending=len(state.recipients) - settled if channels else 0,
     )
 
 

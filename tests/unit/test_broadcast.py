@@ -3,6 +3,7 @@ counted once (hypothesis properties), and the decider's refusals."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,11 +15,14 @@ from dispatch.domain.broadcast import (
     BroadcastState,
     RecordReceipt,
     StartBroadcast,
+    choose,
     counts,
     decide_broadcast,
     evolve_broadcast,
     fold_broadcast,
+    people_page,
     recipients_of,
+    recount,
     undelivered,
 )
 from dispatch.domain.errors import InvalidCommand, NotFound, NotPermitted
@@ -69,6 +73,21 @@ def test_every_bound_number_of_the_villages_is_addressed_exactly_once(
         events_pages = [p.phone for p in state.recipients.values()]
         assert sorted(events_pages) == sorted(wanted)
         assert state.started is not None and state.started.total == len(wanted)
+
+
+@settings(max_examples=200, deadline=None)
+@given(memberships, st.sets(st.sampled_from(VILLAGES), min_size=1), st.lists(st.integers(min_value=0, max_value=300)))
+def test_memberships_chosen_a_page_at_a_time_give_the_same_recipients(
+    rows: list[tuple[str, str, str]], chosen: set[str], cuts: list[int]
+) -> None:
+    """The handler walks a county's groups a page at a time (giving way between pages): the same
+    recipients, each number once with its first membership, as one pass."""
+    every = members(rows)
+    picked: dict[str, Person] = {}
+    bounds = [0, *sorted(c for c in cuts if c < len(every)), len(every)]
+    for lo, hi in itertools.pairwise(bounds):
+        choose(picked, every[lo:hi], frozenset(chosen))
+    assert tuple(picked[p] for p in sorted(picked)) == recipients_of(every, chosen)
 
 
 @settings(max_examples=100, deadline=None)
@@ -130,6 +149,114 @@ def test_each_number_is_handed_at_most_once_per_channel_whatever_is_redelivered(
         assert tally.handed[channel] + tally.failed[channel] == handed_total[channel] <= len(people)
         assert not set(state.handed.get(channel, {})) & set(state.failed.get(channel, {}))
     assert tally.reached <= tally.total == len(people)
+
+
+outcome_events = st.lists(
+    st.tuples(
+        st.sampled_from(("voice", "sms", "fax")),
+        st.lists(st.integers(min_value=0, max_value=59), max_size=12),
+        st.lists(st.integers(min_value=0, max_value=59), max_size=6),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(outcome_events, st.integers(min_value=0, max_value=3), st.sampled_from((("voice", "sms"), ("sms",))))
+def test_the_kept_tallies_always_equal_counting_every_recipient(
+    outcomes: list[tuple[str, list[int], list[int]]], started_after: int, channels: tuple[str, ...]
+) -> None:
+    """The counts a report polls are kept as the state folds: after every event (handed, failed, the
+    same number again on one channel or on another, numbers never addressed, a channel the broadcast
+    does not use, even outcomes folded before the start), they equal counting every recipient."""
+    people = tuple(Person(phone=f"+8613800{i:06d}", role="household") for i in range(50))
+    decided = decide_broadcast(
+        BroadcastState("b1"),
+        StartBroadcast(
+            broadcast_id="b1",
+            villages=("dongshan",),
+            kind="flood",
+            message="洪水",
+            channels=channels,
+            recipients=people,
+        ),
+        NOW,
+    )
+    start, pages_ = decided[0], decided[1:]
+    handed_events: list[Event] = [
+        BroadcastHanded(
+            at=NOW + timedelta(seconds=i),
+            broadcast_id="b1",
+            channel=channel,
+            chunk=i,
+            phones=tuple(f"+8613800{n:06d}" for n in handed),
+            failures=tuple(Unreached(phone=f"+8613800{n:06d}", kind="permanent", reason="HTTP 404") for n in failed),
+        )
+        for i, (channel, handed, failed) in enumerate(outcomes)
+    ]
+    events = [*pages_, *handed_events]
+    events.insert(min(started_after, len(events)) if started_after else 0, start)  # the start, mostly first
+    state = BroadcastState("b1")
+    for event in events:
+        evolve_broadcast(state, event)
+        assert counts(state) == recount(state)
+    assert counts(state).pending == len(people) - sum(all(state.settled(c, p.phone) for c in channels) for p in people)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.lists(phones, max_size=15), max_size=6),
+    st.integers(min_value=0, max_value=100),
+    st.none() | st.integers(min_value=1, max_value=100),
+)
+def test_a_page_of_people_is_the_recipients_by_number_whatever_order_the_pages_came_in(
+    pages_: list[list[str]], offset: int, limit: int | None
+) -> None:
+    state = BroadcastState("b1")
+    for i, page in enumerate(pages_):
+        people = tuple(Person(phone=p, role="household") for p in page)
+        evolve_broadcast(state, BroadcastAddressed(at=NOW, broadcast_id="b1", page=i, people=people))
+    expected = sorted(state.recipients.items())[offset : None if limit is None else offset + limit]
+    assert people_page(state, offset, limit) == expected
+
+
+def test_the_deciders_pages_are_folded_in_order_so_a_page_of_people_needs_no_sort() -> None:
+    people = tuple(Person(phone=f"+8613{i:09d}", role="household") for i in reversed(range(2 * PAGE + 5)))
+    state = started(people)
+    assert state.in_order
+    assert [p for p, _ in people_page(state, PAGE - 2, 4)] == [f"+8613{i:09d}" for i in range(PAGE - 2, PAGE + 2)]
+
+
+def test_counts_do_not_walk_the_recipients() -> None:
+    """A county's counts are read without touching its recipients: the poll of a 100k broadcast is
+    not a 100k loop on the service's event loop (the stall that held alarms back, issue 23)."""
+
+    class Untouchable(dict[str, Person]):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            raise AssertionError("counts() walked every recipient")
+
+        def keys(self):  # type: ignore[no-untyped-def]
+            raise AssertionError("counts() walked every recipient")
+
+        def values(self):  # type: ignore[no-untyped-def]
+            raise AssertionError("counts() walked every recipient")
+
+        def items(self):  # type: ignore[no-untyped-def]
+            raise AssertionError("counts() walked every recipient")
+
+    people = tuple(Person(phone=f"+8613{i:09d}", role="household") for i in range(3 * PAGE))
+    state = started(people)
+    for channel in ("voice", "sms"):
+        evolve_broadcast(
+            state,
+            BroadcastHanded(
+                at=NOW, broadcast_id="b1", channel=channel, chunk=0, phones=tuple(p.phone for p in people[:1500])
+            ),
+        )
+    expected = recount(state)
+    state.recipients = Untouchable(state.recipients)
+    assert counts(state) == expected
+    assert expected.reached == 1500 and expected.pending == 3 * PAGE - 1500
 
 
 @settings(max_examples=200, deadline=None)
