@@ -49,9 +49,9 @@ from dispatch.domain.broadcast import (
     BroadcastState,
     RecordReceipt,
     StartBroadcast,
+    choose,
     decide_broadcast,
     evolve_broadcast,
-    recipients_of,
     spoken_text,
     undelivered,
     warning_text,
@@ -67,10 +67,12 @@ from dispatch.handlers.uow import Loaded, UnitOfWork
 from dispatch.ids import stable_key
 from dispatch.store.batch import MAX_BATCH, publish_batch
 from dispatch.store.eventstore import AppendRejected, EventStore, Outgoing, StoreUnavailable
+from dispatch.store.giveway import GiveWay
 
 log = structlog.get_logger(__name__)
 
 CHUNK = 100
+GROUPS_PAGE = 200
 BROADCAST_KEYPAD = {"1": "heard", "9": "repeat"}
 RECENT = timedelta(hours=72)
 
@@ -176,7 +178,9 @@ class Broadcasts:
     async def refresh(self) -> None:
         """Fold every broadcast event stored since the last refresh."""
         async with self._lock:
+            way = GiveWay()
             for rec in await self.store.scan(BROADCASTS_ALL, after=self._scanned):
+                await way.turn()
                 event = rec.event
                 if isinstance(event, BroadcastEvent):
                     state = self.states.setdefault(event.broadcast_id, BroadcastState(event.broadcast_id))
@@ -237,10 +241,11 @@ class BulkQueue:
             return
         if not self.nc.is_connected:
             raise StoreUnavailable("broadcast queue unavailable: not connected to NATS")
-        messages = [(bulk_subject(j.channel), bulk_encoder.encode(j), {"Nats-Msg-Id": j.key}) for j in jobs]
-        for start in range(0, len(messages), MAX_BATCH):
+        for start in range(0, len(jobs), MAX_BATCH):
+            batch = jobs[start : start + MAX_BATCH]
+            messages = [(bulk_subject(j.channel), bulk_encoder.encode(j), {"Nats-Msg-Id": j.key}) for j in batch]
             try:
-                ack = await publish_batch(self.nc, messages[start : start + MAX_BATCH], timeout=self.timeout)
+                ack = await publish_batch(self.nc, messages, timeout=self.timeout)
             except Exception as exc:
                 raise StoreUnavailable(f"broadcast queue unavailable: {type(exc).__name__}") from exc
             error = ack.get("error")
@@ -248,16 +253,14 @@ class BulkQueue:
                 raise AppendRejected(f"{error.get('err_code')}: {error.get('description')}")
 
 
-def chunks_of(state: BroadcastState, channels: Sequence[str], size: int = CHUNK) -> list[BulkJob]:
+def chunks_of(state: BroadcastState, channels: Sequence[str], size: int = CHUNK) -> Iterator[BulkJob]:
     """The broadcast's chunks for `channels`, each holding only who that channel has no outcome for."""
     people = list(state.recipients.values())
-    jobs = []
     for channel in channels:
         for i in range(0, len(people), size):
             left = undelivered(state, channel, people[i : i + size])
             if left:
-                jobs.append(BulkJob(broadcast_id=state.id, channel=channel, chunk=i // size, targets=left))
-    return jobs
+                yield BulkJob(broadcast_id=state.id, channel=channel, chunk=i // size, targets=left)
 
 
 class BroadcastService:
@@ -278,12 +281,26 @@ class BroadcastService:
         self.queue = queue
         self.channels = tuple(channels)
 
-    def recipients(self, villages: Sequence[str]) -> tuple[Person, ...]:
-        """Every number bound in `villages` now, once."""
-        members = (
-            (g.village, p) for v in set(villages) for g in self.directory.groups_of(v) for p in g.members.values()
-        )
-        return recipients_of(members, villages)
+    async def recipients(self, villages: Sequence[str]) -> tuple[Person, ...]:
+        """Every number bound in `villages` now, once, by number (`recipients_of`): a county's groups
+        walked a page at a time, giving way between pages (the whole walk of 10,000 groups in one go
+        held every alarm of the process)."""
+        wanted = frozenset(villages)
+        chosen: dict[str, Person] = {}
+        way = GiveWay()
+        after: tuple[str, str] | None = None
+        more = True
+        while more:
+            await way.turn()
+            page, more = self.directory.page_groups(villages=wanted, after=after, limit=GROUPS_PAGE)
+            if not page:
+                break
+            choose(chosen, ((g.village, p) for g in page for p in g.members.values()), wanted)
+            after = (page[-1].village, page[-1].group)
+        await way.turn()
+        phones = sorted(chosen)
+        await way.turn()
+        return tuple(chosen[phone] for phone in phones)
 
     async def start(self, command: StartBroadcast) -> BroadcastState:
         """Decide the broadcast (recipients from the directory) and queue its chunks; the state after."""
@@ -296,7 +313,7 @@ class BroadcastService:
             raise InvalidCommand(
                 f"channels {unknown} cannot carry a broadcast here: configured are {list(self.channels) or 'none'}"
             )
-        full = msgspec.structs.replace(command, recipients=self.recipients(command.villages))
+        full = msgspec.structs.replace(command, recipients=await self.recipients(command.villages))
         key = command.broadcast_id
         await self.uow.decide(
             self.broadcasts,
@@ -307,7 +324,12 @@ class BroadcastService:
         state = await self.broadcasts.get(key)
         started = state.started
         assert started is not None
-        await self.queue.enqueue(chunks_of(state, started.channels))
+        jobs = []
+        way = GiveWay()  # a county's 2,000 chunks are cut between the alarms, not in one hold of the loop
+        for job in chunks_of(state, started.channels):
+            await way.turn()
+            jobs.append(job)
+        await self.queue.enqueue(jobs)
         log.info("broadcast.started", broadcast_id=key, villages=list(started.villages), total=started.total)
         return state
 

@@ -44,6 +44,7 @@ from dispatch.events import sealing
 from dispatch.events.model import Event, MemberBound
 from dispatch.events.subjects import hash_numbers_with
 from dispatch.store.batch import publish_batch
+from dispatch.store.giveway import GiveWay
 
 log = structlog.get_logger(__name__)
 
@@ -228,7 +229,9 @@ class Keyring:
         """Each event sealed; the keys all of them lack are created or loaded together, in one wave."""
         out: list[E] = []
         wanted: set[tuple[str, str]] = set()
+        way = GiveWay()  # a broadcast's pages seal a county's numbers: not in one hold of the loop
         for event in events:
+            await way.turn()
             try:
                 out.append(sealing.seal(event, self))
             except sealing.Missing as missing:
@@ -236,7 +239,11 @@ class Keyring:
         if not wanted:
             return out
         await self.ensure({p for p, _ in wanted}, {d for _, d in wanted if d}, new=_bound(events))
-        return [await self.sealed(event) for event in events]
+        sealed = []
+        for event in events:
+            await way.turn()
+            sealed.append(await self.sealed(event))
+        return sealed
 
     async def opened(self, event: E) -> E:
         """`event` with its envelopes opened (erased ones as the placeholder)."""

@@ -313,3 +313,76 @@ async def test_the_console_stream_says_which_broadcast_changed_to_its_villages_o
         for task in listeners:
             task.cancel()
         await asyncio.gather(*listeners, return_exceptions=True)
+
+
+async def test_starting_a_broadcast_lets_an_alarm_run_between_its_pages_chunks_and_fold(
+    service: Service, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Starting a county's broadcast is four long loops on the service's one event loop: walking its
+    groups, sealing its pages, folding them back, cutting its chunks. Each gives way (here at every
+    turn: the budget is zero, so no timing), and another task, an alarm, runs inside each loop, not
+    only after it: at 100,000 numbers each loop held every alarm for up to seconds (issue 23)."""
+    from dispatch.domain.broadcast import StartBroadcast
+    from dispatch.events import sealing
+    from dispatch.handlers import broadcast as handlers
+    from dispatch.store import giveway
+
+    gateway.release.set()
+    monkeypatch.setattr(giveway, "BUDGET_S", 0.0)
+    order: list[str] = []
+    seal, evolve, cut, choose = sealing.seal, handlers.evolve_broadcast, handlers.chunks_of, handlers.choose
+
+    done = asyncio.Event()
+
+    def mark(step: str) -> None:
+        if not done.is_set():  # the start's own steps, not the sender's that follow
+            order.append(step)
+
+    def walked(chosen: Any, members: Any, wanted: Any) -> None:
+        mark("walk")
+        choose(chosen, members, wanted)
+
+    def sealed(event: Any, keys: Any) -> Any:
+        mark("seal")
+        return seal(event, keys)
+
+    def folded(state: Any, event: Any) -> Any:
+        mark("fold")
+        return evolve(state, event)
+
+    def chunks(state: Any, channels: Any, size: int = 10) -> Any:
+        for job in cut(state, channels, size):
+            mark("chunk")
+            yield job
+
+    monkeypatch.setattr(sealing, "seal", sealed)
+    monkeypatch.setattr(handlers, "evolve_broadcast", folded)
+    monkeypatch.setattr(handlers, "chunks_of", chunks)
+    monkeypatch.setattr(handlers, "choose", walked)
+    monkeypatch.setattr(handlers, "GROUPS_PAGE", 1)  # hexi's three groups, a page each
+
+    async def alarm() -> None:
+        while not done.is_set():
+            order.append("alarm")
+            await asyncio.sleep(0)
+
+    other = asyncio.get_running_loop().create_task(alarm())
+    assert service.broadcast_service is not None
+    await service.broadcast_service.start(
+        StartBroadcast(
+            broadcast_id="given-way",
+            villages=("hexi",),
+            kind="typhoon",
+            message="台风今晚登陆",
+            channels=("sms",),
+            recipients=(),
+        )
+    )
+    done.set()
+    await other
+    for step in ("walk", "seal", "fold", "chunk"):
+        at = [i for i, s in enumerate(order) if s == step]
+        assert len(at) >= 2, f"{step}: {order}"
+        inside = order[at[0] : at[-1] + 1]
+        assert "alarm" in inside, f"nothing else ran inside the {step} loop: {inside}"
+    await eventually(lambda: len(gateway.of("broadcast", "/v1/sms")) == HEXI_SIZE, what="the warning still sent")

@@ -5,11 +5,16 @@ reaches the other's cache through the bucket's watcher."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
+from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from dispatch.events import sealing
+from dispatch.events.model import BroadcastAddressed, Person
 from dispatch.store.keys import PREFIX, STREAM, Keyring
 from dispatch.store.provision import provision
 from tests.support import eventually
@@ -104,3 +109,54 @@ async def test_people_another_process_made_keys_for_are_read_not_created_again(n
         await watch.unsubscribe()
         await first.stop()
         await second.stop()
+
+
+async def test_sealing_a_county_gives_the_event_loop_to_others_between_its_pages(
+    nc: NATS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broadcast's start seals every number of a county, a page per event: another task (an alarm)
+    runs between two pages, not only once all of them are sealed (100,000 numbers sealed in one
+    hold of the loop held every alarm for over a second, issue 23)."""
+    from dispatch.store import giveway
+
+    monkeypatch.setattr(giveway, "BUDGET_S", 0.0)  # give way at every turn: no timing in the test
+    await provision(nc)
+    keyring = Keyring(nc)
+    await keyring.start()
+    try:
+        await keyring.ensure(PHONES)
+        at = datetime(2026, 12, 4, 18, 0, tzinfo=UTC)
+        pages = [
+            BroadcastAddressed(
+                at=at,
+                broadcast_id="county",
+                page=i,
+                people=tuple(Person(phone=p, name="村民", role="household") for p in PHONES[i * 100 : (i + 1) * 100]),
+            )
+            for i in range(6)
+        ]
+        order: list[str] = []
+        seal = sealing.seal
+
+        def recorded(event: Any, keys: Any) -> Any:
+            order.append("seal")
+            return seal(event, keys)
+
+        monkeypatch.setattr(sealing, "seal", recorded)
+        sealing_done = asyncio.Event()
+
+        async def alarm() -> None:
+            while not sealing_done.is_set():
+                order.append("alarm")
+                await asyncio.sleep(0)
+
+        other = asyncio.get_running_loop().create_task(alarm())
+        await asyncio.sleep(0)
+        sealed = await keyring.sealed_all(pages)
+        sealing_done.set()
+        await other
+        assert all(sealing.is_sealed(p.phone) and not p.name for e in sealed for p in e.people)
+        first, last = order.index("seal"), len(order) - 1 - order[::-1].index("seal")
+        assert "alarm" in order[first:last], f"nothing else ran while {len(pages)} pages were sealed: {order[first:]}"
+    finally:
+        await keyring.stop()
