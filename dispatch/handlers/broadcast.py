@@ -241,9 +241,12 @@ class BulkQueue:
             return
         if not self.nc.is_connected:
             raise StoreUnavailable("broadcast queue unavailable: not connected to NATS")
+        way = GiveWay()  # a county's 2,000 chunks hold 100,000 people to encode
         for start in range(0, len(jobs), MAX_BATCH):
-            batch = jobs[start : start + MAX_BATCH]
-            messages = [(bulk_subject(j.channel), bulk_encoder.encode(j), {"Nats-Msg-Id": j.key}) for j in batch]
+            messages = []
+            for job in jobs[start : start + MAX_BATCH]:
+                await way.turn()
+                messages.append((bulk_subject(job.channel), bulk_encoder.encode(job), {"Nats-Msg-Id": job.key}))
             try:
                 ack = await publish_batch(self.nc, messages, timeout=self.timeout)
             except Exception as exc:

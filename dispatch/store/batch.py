@@ -2,7 +2,9 @@
 
 Invariant: the messages are stored together or not at all; only the commit message asks for an
 acknowledgement, which carries the last sequence and the count. Headers are built fresh per
-message (nats-py mutates the dict it is given).
+message (nats-py mutates the dict it is given). A long batch gives way to other tasks between its
+messages (`GiveWay`): the server holds them by batch id until the commit, whatever is published
+between them on the same connection.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from nats.aio.client import Client as NATS
+
+from dispatch.store.giveway import GiveWay
 
 H_BATCH_ID = "Nats-Batch-Id"
 H_BATCH_SEQ = "Nats-Batch-Sequence"
@@ -28,7 +32,9 @@ async def publish_batch(
         raise ValueError(f"an atomic batch holds 1 to {MAX_BATCH} messages")
     batch_id = uuid.uuid4().hex
     last = len(messages)
+    way = GiveWay()  # a broadcast's start publishes 1,000 messages at once: not in one hold of the loop
     for index, (subject, body, headers) in enumerate(messages, start=1):
+        await way.turn()
         h = dict(headers)
         h[H_BATCH_ID] = batch_id
         h[H_BATCH_SEQ] = str(index)

@@ -318,8 +318,8 @@ async def test_the_console_stream_says_which_broadcast_changed_to_its_villages_o
 async def test_starting_a_broadcast_lets_an_alarm_run_between_its_pages_chunks_and_fold(
     service: Service, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Starting a county's broadcast is four long loops on the service's one event loop: walking its
-    groups, sealing its pages, folding them back, cutting its chunks. Each gives way (here at every
+    """Starting a county's broadcast is five long loops on the service's one event loop: walking its
+    groups, sealing its pages, folding them back, cutting its chunks, queueing them. Each gives way (here at every
     turn: the budget is zero, so no timing), and another task, an alarm, runs inside each loop, not
     only after it: at 100,000 numbers each loop held every alarm for up to seconds (issue 23)."""
     from dispatch.domain.broadcast import StartBroadcast
@@ -359,6 +359,14 @@ async def test_starting_a_broadcast_lets_an_alarm_run_between_its_pages_chunks_a
     monkeypatch.setattr(handlers, "evolve_broadcast", folded)
     monkeypatch.setattr(handlers, "chunks_of", chunks)
     monkeypatch.setattr(handlers, "choose", walked)
+
+    class Encoder:
+        def encode(self, job: Any) -> bytes:
+            mark("queue")
+            return encoder.encode(job)
+
+    encoder = handlers.bulk_encoder
+    monkeypatch.setattr(handlers, "bulk_encoder", Encoder())
     monkeypatch.setattr(handlers, "GROUPS_PAGE", 1)  # hexi's three groups, a page each
 
     async def alarm() -> None:
@@ -380,7 +388,7 @@ async def test_starting_a_broadcast_lets_an_alarm_run_between_its_pages_chunks_a
     )
     done.set()
     await other
-    for step in ("walk", "seal", "fold", "chunk"):
+    for step in ("walk", "seal", "fold", "chunk", "queue"):
         at = [i for i, s in enumerate(order) if s == step]
         assert len(at) >= 2, f"{step}: {order}"
         inside = order[at[0] : at[-1] + 1]
