@@ -394,3 +394,42 @@ async def test_starting_a_broadcast_lets_an_alarm_run_between_its_pages_chunks_a
         inside = order[at[0] : at[-1] + 1]
         assert "alarm" in inside, f"nothing else ran inside the {step} loop: {inside}"
     await eventually(lambda: len(gateway.of("broadcast", "/v1/sms")) == HEXI_SIZE, what="the warning still sent")
+
+
+async def test_a_report_of_every_person_lets_an_alarm_run_between_its_rows(
+    service: Service, http: httpx.AsyncClient, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A county's report as CSV (or JSON without a limit) is 100,000 rows built on the service's event
+    loop: it gives way between rows (here at every turn), so an alarm runs inside that loop."""
+    from dispatch.api import broadcasts as api
+    from dispatch.store import giveway
+
+    gateway.release.set()
+    started = await http.post("/v1/broadcasts", json={**WARNING, "id": "rows", "channels": ["sms"]})
+    assert started.status_code == 201, started.text
+    monkeypatch.setattr(giveway, "BUDGET_S", 0.0)
+    order: list[str] = []
+    row = api.person_row
+
+    def counted(*args: Any) -> Any:
+        order.append("row")
+        return row(*args)
+
+    monkeypatch.setattr(api, "person_row", counted)
+    done = asyncio.Event()
+
+    async def alarm() -> None:
+        while not done.is_set():
+            order.append("alarm")
+            await asyncio.sleep(0)
+
+    other = asyncio.get_running_loop().create_task(alarm())
+    for params in ({"format": "csv"}, {}):
+        order.clear()
+        answer = await http.get("/v1/broadcasts/rows", params=params)
+        assert answer.status_code == 200
+        at = [i for i, s in enumerate(order) if s == "row"]
+        assert len(at) == HEXI_SIZE, order
+        assert "alarm" in order[at[0] : at[-1]], f"nothing else ran while {params or 'JSON'} rows were built"
+    done.set()
+    await other
