@@ -14,6 +14,10 @@ of all nine recipients (both clocks are this machine's). Printed: the time to ha
 its channels, the broadcast's rate, and the alarm path's p50/p99 without and during it, as a ratio.
 
     python benchmarks/broadcast.py --numbers 10000 --broadcast-rate 2000
+
+`--stalls-ms N` runs serve under `benchmarks/loopstall.py` (asyncio's loop) and adds the event loop's
+stalls over N ms before and during the broadcast, by site. A call answered 503 is sent again as a
+gateway would (its latency counted from the first try) and listed in `answered_503_at_s`.
 """
 
 from __future__ import annotations
