@@ -18,7 +18,9 @@ Priority: an alarm is never delayed by a broadcast.
 
 Invariants:
 - a chunk's outcome (BroadcastHanded: handed numbers and permanent or exhausted failures) is appended
-  before the chunk is acknowledged; a chunk redelivered after a crash rings only who its broadcast has
+  before the chunk is acknowledged; a chunk whose process died is taken again after `BULK_ACK_WAIT_S`
+  (a live sender says it is still at work every `BULK_PROGRESS_S` and after every wait for alarms, so
+  its chunk is never taken from it); a chunk redelivered after a crash rings only who its broadcast has
   no outcome for on that channel (at least once, each number handed at most once per outcome recorded);
 - transient failures are retried as a new chunk holding only them, with backoff, up to `max_attempts`;
 - starting a broadcast again with the same id decides nothing and queues its chunks again (same message
@@ -68,6 +70,7 @@ from dispatch.ids import stable_key
 from dispatch.store.batch import MAX_BATCH, publish_batch
 from dispatch.store.eventstore import AppendRejected, EventStore, Outgoing, StoreUnavailable
 from dispatch.store.giveway import GiveWay
+from dispatch.store.provision import BULK_PROGRESS_S, bulk_consumer
 
 log = structlog.get_logger(__name__)
 
@@ -411,8 +414,6 @@ class BulkSender:
 
     async def start(self) -> None:
         """Bind each channel's consumer and start taking chunks."""
-        from dispatch.store.provision import bulk_consumer
-
         js = self.nc.jetstream()
         for channel in self.channels:
             spec = bulk_consumer(channel)
@@ -481,12 +482,16 @@ class BulkSender:
                 slots.release()
 
         sends = []
+        told = time.monotonic()
         for person in left:
-            if await self.priority.yield_to_alarms():
+            waited = await self.priority.yield_to_alarms()
+            if waited:
                 self.stats.yields += 1
-                if msg is not None:
-                    with contextlib.suppress(Exception):
-                        await msg.in_progress()
+            if msg is not None and (waited or time.monotonic() - told >= BULK_PROGRESS_S):
+                # still at it (alarms went first, or a slow rate): not taken by another process meanwhile
+                told = time.monotonic()
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
             await self._paced(job.channel)
             if self._paused(job.channel):
                 results[person.phone] = Transient("paused: the gateway asked us to wait")

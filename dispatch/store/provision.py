@@ -231,10 +231,20 @@ def delivery_consumer(channel: str) -> ConsumerSpec:
 BULK_CHANNELS = ("voice", "sms")
 
 
+BULK_ACK_WAIT_S = 15.0
+"""How long a chunk taken by a process that died stays unsent before another takes it: the sender says
+it is still at work on a chunk every BULK_PROGRESS_S (`BulkSender`), so a live one is never taken away."""
+BULK_PROGRESS_S = 5.0
+
+
 def bulk_consumer(channel: str) -> ConsumerSpec:
     """The pull consumer of one channel's broadcast chunks (a few in hand: they are sent one at a time)."""
     return ConsumerSpec(
-        s.BULK_STREAM, f"bulk_{channel}_v1", (s.bulk_subject(channel),), ack_wait_s=60, max_ack_pending=8
+        s.BULK_STREAM,
+        f"bulk_{channel}_v1",
+        (s.bulk_subject(channel),),
+        ack_wait_s=BULK_ACK_WAIT_S,
+        max_ack_pending=8,
     )
 
 
