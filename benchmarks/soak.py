@@ -27,14 +27,17 @@ In one run, on one machine (not part of the test suite; `--minutes` sets the len
   garbage collector's), pymalloc's blocks and glibc's heap at minute 1 and every `--snapshot-every`
   minutes, and prints the types that grew since minute 1 per alarm; `--tracemalloc` (costly: keep
   the rate low) also starts tracemalloc at minute 1 (`--frames` deep) and prints the tracebacks whose
-  live allocations grew most since then; `--cache-incidents N` shrinks the incidents row cache so
-  that it is full early and what grows beside it shows;
+  live allocations grew most since then; `--cache-incidents N` shrinks the incidents row cache and
+  `--cached-incidents N` the deciding cache (`IncidentCache`), `--keys-memo N` the keyring's memos of
+  envelopes (`store/keys.py` MEMO), so that they are full early and what grows beside them, or goes
+  wrong once they forget, shows; the census also gives the keyring's memos' sizes;
 - the nats-server's side: `benchmarks/nats_memory.py DATA_DIR` on a kept `--workdir` starts a fresh
   server on the same store and prints what holding it costs (RSS, Go heap, subjects).
 
     python benchmarks/soak.py [--minutes 60] [--rate 5] [--groups 1500] [--unanswered-every 50]
                               [--census] [--tracemalloc [--frames 12]] [--snapshot-every 5]
-                              [--cache-incidents N] [--workdir DIR] [--markdown FILE] [--json FILE]
+                              [--cache-incidents N] [--cached-incidents N] [--keys-memo N] [--workdir DIR]
+                              [--markdown FILE] [--json FILE]
 """
 
 from __future__ import annotations
@@ -77,12 +80,19 @@ UNANSWERED_RESOLVE_S = 30
 # objects by type from the garbage collector, pymalloc's allocated blocks, glibc's heap in use and free); with
 # SOAK_TRACE, the first SIGUSR1 also starts tracemalloc (after the start-up and the first minute, so that only
 # what is allocated under load is traced) and every one dumps a snapshot; SOAK_CACHE_INCIDENTS, if set, shrinks
-# the incidents row cache so that it is full early and what grows beside it shows
+# the incidents row cache, SOAK_CACHED_INCIDENTS the deciding cache (`IncidentCache`), so that they are full
+# early and what grows beside them, or what goes wrong once they forget, shows
 WATCHED_SERVE = """
 import collections, ctypes, gc, json, os, runpy, signal, sys, time, tracemalloc
 if os.environ.get("SOAK_CACHE_INCIDENTS"):
     import dispatch.projections.incidents as incidents
     incidents.CACHE_INCIDENTS = int(os.environ["SOAK_CACHE_INCIDENTS"])
+if os.environ.get("SOAK_KEYS_MEMO"):
+    import dispatch.store.keys as keys
+    keys.MEMO = int(os.environ["SOAK_KEYS_MEMO"])
+if os.environ.get("SOAK_CACHED_INCIDENTS"):
+    import dispatch.handlers.aggregates as aggregates
+    aggregates.IncidentCache.__init__.__defaults__ = (int(os.environ["SOAK_CACHED_INCIDENTS"]),)
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
                                                 "fsmblks", "uordblks", "fordblks", "keepcost")]
@@ -96,6 +106,9 @@ def dump(*_):
     folder = os.environ["SOAK_SNAPSHOTS"]
     types = collections.Counter(type(o).__module__ + "." + type(o).__qualname__ for o in gc.get_objects())
     census = {"blocks": sys.getallocatedblocks(), "types": dict(types.most_common(400))}
+    import dispatch.store.keys as keys
+    for ring in keys._ACTIVE[-1:]:
+        census["keyring"] = {n: len(getattr(ring, n)) for n in ("_plain", "_envelopes", "_ciphers", "_kids", "_keys")}
     if mallinfo2 is not None:
         info = mallinfo2()
         census["malloc_in_use"], census["malloc_free"] = info.uordblks + info.hblkhd, info.fordblks
@@ -302,6 +315,8 @@ def census_growth(first: dict[str, Any], last: dict[str, Any], alarms: int, top:
             f"  glibc heap in use {used / 1e6:+.1f} MB ({used / per:+.0f} B/alarm), "
             f"free in the heap {free / 1e6:+.1f} MB"
         )
+    if "keyring" in last:
+        lines.append("  keyring now: " + ", ".join(f"{name} {n}" for name, n in last["keyring"].items()))
     grown = sorted(((n - first["types"].get(t, 0), t) for t, n in last["types"].items()), reverse=True)[:top]
     for diff, name in grown:
         if diff > 0:
@@ -451,7 +466,12 @@ class Soak:
             trace_env["SOAK_TRACE"] = "1"
         if args.cache_incidents:
             trace_env["SOAK_CACHE_INCIDENTS"] = str(args.cache_incidents)
-        watched = args.tracemalloc or args.census
+        if args.cached_incidents:
+            trace_env["SOAK_CACHED_INCIDENTS"] = str(args.cached_incidents)
+        if args.keys_memo:
+            trace_env["SOAK_KEYS_MEMO"] = str(args.keys_memo)
+        shrunk = args.cache_incidents or args.cached_incidents or args.keys_memo
+        watched = args.tracemalloc or args.census or bool(shrunk)
         try:
             proc = await asyncio.to_thread(start_traced_serve, self.data_dir, self.port, hook, watched, trace_env)
         except BaseException:
@@ -631,7 +651,17 @@ def main() -> int:
     parser.add_argument(
         "--cache-incidents",
         type=int,
-        help="traced runs: shrink the incidents row cache to this many (so it is full early)",
+        help="shrink the incidents row cache (the read model's) to this many, so that it is full early",
+    )
+    parser.add_argument(
+        "--cached-incidents",
+        type=int,
+        help="shrink the deciding cache (handlers' IncidentCache) to this many, so that it is full early",
+    )
+    parser.add_argument(
+        "--keys-memo",
+        type=int,
+        help="shrink the keyring's memos of envelopes (store/keys.py MEMO) to this many, so that they are full early",
     )
     parser.add_argument("--workdir", help="keep the service's data here (default: a temporary directory, removed)")
     parser.add_argument("--markdown", help="also write the table (every 5th minute) and the slopes to this file")
