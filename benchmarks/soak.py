@@ -16,7 +16,11 @@ In one run, on one machine (not part of the test suite; `--minutes` sets the len
   /metrics: mean and the bucket bound of its p99 and max), each read model's lag (the log's last
   matching stream sequence minus the read model's checkpoint, read from NATS and the SQLite file
   at the minute mark), the alarm path's p50 / p99 (POST /v1/calls -> 9th webhook at the receiver),
-  serve's CPU share, the data directory's size and the errors;
+  serve's CPU share, the data directory's size and the errors (each kind with the minutes it came in);
+- a request refused with 503 (the log did not answer in time) is an error, and is retried after its
+  Retry-After as the phones' gateway and the console do, with the same call id or Idempotency-Key, so
+  that no incident stays open because its resolve was refused once; a call that joins its group's
+  incident still open (status `merged`) is an error too, and that incident is resolved then;
 - at the end, for each column, the least-squares slope over the last half of the run, per hour:
   flat is the goal (the log and the read models grow with the alarms by design; the data
   directory's and the subjects' slopes are shown for that reason, not as leaks: the nats-server
@@ -75,6 +79,7 @@ DUTY_DESK = "+8673184512345"
 ACK_DEADLINE_S = 10
 ESCALATE_AFTER_S = 20
 UNANSWERED_RESOLVE_S = 30
+RETRIES = 5
 
 # `dispatch serve` watched (--census, --tracemalloc): every SIGUSR1 writes a census into SOAK_SNAPSHOTS (live
 # objects by type from the garbage collector, pymalloc's allocated blocks, glibc's heap in use and free); with
@@ -354,6 +359,7 @@ class Soak:
     def error(self, what: str) -> None:
         self.errors += 1
         kind = re.sub(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "{id}", what)[:200]
+        kind = re.sub(r"^(call|alarm) [0-9]+", r"\1 {i}", kind)
         new_kind = kind not in self.error_kinds
         minutes = self.error_kinds.setdefault(kind, [])
         if not minutes or minutes[-1] != self.minute:
@@ -362,15 +368,27 @@ class Soak:
             self.error_samples.append(what)
             print(f"error: {what}", file=sys.stderr, flush=True)
 
-    async def post(self, path: str, body: dict[str, object]) -> dict[str, object] | None:
-        answer = await self.http.post(
-            f"{self.base}{path}", json.dumps(body).encode(), {**self.headers, "Content-Type": "application/json"}
-        )
-        if answer.status >= 300:
-            self.error(f"{path}: {answer.status} {answer.body[:300]!r}")
-            return None
-        result: dict[str, object] = answer.json()
-        return result
+    async def post(self, path: str, body: dict[str, object], key: str | None = None) -> dict[str, object] | None:
+        """POST as the phones' gateway and the console do: a 503 (the log did not answer in time) is
+        counted as an error, then retried after its Retry-After, at most RETRIES times; a retried answer
+        that finds the incident closed was stored by the refused try (the refusal came after it)."""
+        headers = {**self.headers, "Content-Type": "application/json"}
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        for attempt in range(RETRIES + 1):
+            answer = await self.http.post(f"{self.base}{path}", json.dumps(body).encode(), headers)
+            if answer.status == 503 and attempt < RETRIES:
+                self.error(f"{path}: {answer.status} {answer.body[:300]!r}, retried")
+                await asyncio.sleep(float(answer.retry_after or 1))
+                continue
+            if answer.status == 409 and attempt > 0 and b"already" in answer.body:
+                return {}
+            if answer.status >= 300:
+                self.error(f"{path}: {answer.status} {answer.body[:300]!r}")
+                return None
+            result: dict[str, object] = answer.json()
+            return result
+        return None
 
     async def alarm(self, i: int) -> None:
         group = i % self.args.groups
@@ -382,21 +400,25 @@ class Soak:
             if call is None:
                 return
             incident = str(call["incident_id"])
+            path = f"/v1/incidents/{incident}/responses"
             if call.get("status") != "raised":
-                self.error(f"call {i}: {call}")
+                # the group's last incident is still open (its resolve was never stored): the call joined
+                # it, as it must, and rings no new alarm; close it so that the group's next call raises
+                self.error(f"call {i}: {call.get('status')} into an incident left open")
+                await self.post(path, {"responder": officer, "action": "resolve", "category": "help"}, f"r{i}")
+                return
             arrived = await asyncio.wait_for(self.receiver.alarm_rung(incident), 60)
             self.latencies.append((arrived - sent) * 1000)
-            path = f"/v1/incidents/{incident}/responses"
             if self.args.unanswered_every and i % self.args.unanswered_every == 0:
                 await asyncio.sleep(max(0.0, sent + UNANSWERED_RESOLVE_S - time.time()))
             else:
                 await asyncio.sleep(1)
                 for who in (officer, leader):
-                    await self.post(path, {"responder": who, "action": "accept"})
+                    await self.post(path, {"responder": who, "action": "accept"}, f"a{i}{who}")
                 await asyncio.sleep(2)
-                await self.post(path, {"responder": officer, "action": "arrived"})
+                await self.post(path, {"responder": officer, "action": "arrived"}, f"o{i}")
                 await asyncio.sleep(2)
-            await self.post(path, {"responder": officer, "action": "resolve", "category": "help"})
+            await self.post(path, {"responder": officer, "action": "resolve", "category": "help"}, f"r{i}")
         except Exception as exc:
             self.error(f"alarm {i}: {type(exc).__name__} {exc}")
 
