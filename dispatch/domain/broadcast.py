@@ -282,20 +282,15 @@ class Counts:
 def counts(state: BroadcastState) -> Counts:
     """The tally a report shows, every number counted once in each column: from the tallies the
     state keeps as it folds (O(channels), whatever the number of recipients)."""
-    channels = state.started.channels if state.started else ()
-    return Counts(
-        total=len(state.recipients),
-        handed={c: len(state.handed.get(c, {})) for c in channels},
-        failed={c: len(state.failed.get(c, {})) for c in channels},
-        reached=state.reached,
-        heard=len(state.heard),
-        pending=len(state.recipients) - state.settled_all if channels else 0,
-    )
+    return _counts(state, state.reached, state.settled_all)
 
 
 def recount(state: BroadcastState) -> Counts:
     """`counts` counted over every recipient (O(recipients)): what the kept tallies must always equal."""
-    reached, settled = _tally(state)
+    return _counts(state, *_tally(state))
+
+
+def _counts(state: BroadcastState, reached: int, settled: int) -> Counts:
     channels = state.started.channels if state.started else ()
     return Counts(
         total=len(state.recipients),
