@@ -693,14 +693,15 @@ class ApiError extends Error {
   }
 }
 
-async function api(path, { method = "GET", body, headers = {} } = {}) {
+/* `blob`: a file (a CSV export): its body as a Blob; an error still comes as JSON. */
+async function api(path, { method = "GET", body, headers = {}, blob = false } = {}) {
   let res;
   try {
     res = await fetch(new URL(path, BASE), {
       method,
       headers: {
         Authorization: `Bearer ${S.token}`,
-        Accept: "application/json",
+        Accept: blob ? "*/*" : "application/json",
         "X-Dispatch-Client": "console",
         ...(body === undefined ? {} : { "Content-Type": "application/json" }),
         ...headers,
@@ -711,6 +712,7 @@ async function api(path, { method = "GET", body, headers = {} } = {}) {
   } catch (exc) {
     throw new ApiError(0, t("err_net"));
   }
+  if (blob && res.ok) return res.blob();
   let data = null;
   try {
     data = await res.json();
@@ -1814,27 +1816,14 @@ function channelCell(state) {
 /* The report as a CSV file (`?format=csv`): fetched with the token (a plain link would carry none), then
    saved from a blob URL. */
 async function downloadBroadcast(id, total) {
-  let res;
+  let file;
   try {
-    res = await fetch(new URL(`v1/broadcasts/${encodeURIComponent(id)}?format=csv`, BASE), {
-      headers: { Authorization: `Bearer ${S.token}`, "X-Dispatch-Client": "console" },
-      cache: "no-store",
-    });
+    file = await api(`v1/broadcasts/${encodeURIComponent(id)}?format=csv`, { blob: true });
   } catch (exc) {
-    toast(t("err_net"), "bad");
+    toast(exc.message, "bad");
     return;
   }
-  if (!res.ok) {
-    let reason = `HTTP ${res.status}`;
-    try {
-      reason = (await res.json()).error || reason;
-    } catch (exc) {
-      /* not JSON: the status says it */
-    }
-    toast(reason, "bad");
-    return;
-  }
-  const url = URL.createObjectURL(await res.blob());
+  const url = URL.createObjectURL(file);
   const link = h("a", { href: url, download: `broadcast-${id}.csv`, hidden: true });
   document.body.append(link);
   link.click();
