@@ -17,7 +17,8 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -625,3 +626,24 @@ def make_pki(root: Path) -> Pki:
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_key(key_path, key)
     return pki
+
+
+@asynccontextmanager
+async def ticking(order: list[str], mark: str = "alarm") -> AsyncIterator[asyncio.Event]:
+    """Another task (an alarm, say) that writes `mark` into `order` at every turn of the event loop
+    until the block ends (the event yielded is set then): what ran between a long loop's items shows
+    in `order`. The task has had its first turn when the block starts."""
+    done = asyncio.Event()
+
+    async def tick() -> None:
+        while not done.is_set():
+            order.append(mark)
+            await asyncio.sleep(0)
+
+    task = asyncio.get_running_loop().create_task(tick())
+    await asyncio.sleep(0)
+    try:
+        yield done
+    finally:
+        done.set()
+        await task

@@ -31,6 +31,7 @@ from tests.support import (
     service_client,
     start_service,
     stop_server,
+    ticking,
 )
 
 SECRET = "gateway-secret"
@@ -332,8 +333,6 @@ async def test_starting_a_broadcast_lets_an_alarm_run_between_its_pages_chunks_a
     order: list[str] = []
     seal, evolve, cut, choose = sealing.seal, handlers.evolve_broadcast, handlers.chunks_of, handlers.choose
 
-    done = asyncio.Event()
-
     def mark(step: str) -> None:
         if not done.is_set():  # the start's own steps, not the sender's that follow
             order.append(step)
@@ -369,25 +368,18 @@ async def test_starting_a_broadcast_lets_an_alarm_run_between_its_pages_chunks_a
     monkeypatch.setattr(handlers, "bulk_encoder", Encoder())
     monkeypatch.setattr(handlers, "GROUPS_PAGE", 1)  # hexi's three groups, a page each
 
-    async def alarm() -> None:
-        while not done.is_set():
-            order.append("alarm")
-            await asyncio.sleep(0)
-
-    other = asyncio.get_running_loop().create_task(alarm())
     assert service.broadcast_service is not None
-    await service.broadcast_service.start(
-        StartBroadcast(
-            broadcast_id="given-way",
-            villages=("hexi",),
-            kind="typhoon",
-            message="台风今晚登陆",
-            channels=("sms",),
-            recipients=(),
+    async with ticking(order) as done:
+        await service.broadcast_service.start(
+            StartBroadcast(
+                broadcast_id="given-way",
+                villages=("hexi",),
+                kind="typhoon",
+                message="台风今晚登陆",
+                channels=("sms",),
+                recipients=(),
+            )
         )
-    )
-    done.set()
-    await other
     for step in ("walk", "seal", "fold", "chunk", "queue"):
         at = [i for i, s in enumerate(order) if s == step]
         assert len(at) >= 2, f"{step}: {order}"
@@ -416,20 +408,11 @@ async def test_a_report_of_every_person_lets_an_alarm_run_between_its_rows(
         return row(*args)
 
     monkeypatch.setattr(api, "person_row", counted)
-    done = asyncio.Event()
-
-    async def alarm() -> None:
-        while not done.is_set():
-            order.append("alarm")
-            await asyncio.sleep(0)
-
-    other = asyncio.get_running_loop().create_task(alarm())
-    for params in ({"format": "csv"}, {}):
-        order.clear()
-        answer = await http.get("/v1/broadcasts/rows", params=params)
-        assert answer.status_code == 200
-        at = [i for i, s in enumerate(order) if s == "row"]
-        assert len(at) == HEXI_SIZE, order
-        assert "alarm" in order[at[0] : at[-1]], f"nothing else ran while {params or 'JSON'} rows were built"
-    done.set()
-    await other
+    async with ticking(order):
+        for params in ({"format": "csv"}, {}):
+            order.clear()
+            answer = await http.get("/v1/broadcasts/rows", params=params)
+            assert answer.status_code == 200
+            at = [i for i, s in enumerate(order) if s == "row"]
+            assert len(at) == HEXI_SIZE, order
+            assert "alarm" in order[at[0] : at[-1]], f"nothing else ran while {params or 'JSON'} rows were built"

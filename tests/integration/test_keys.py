@@ -17,7 +17,7 @@ from dispatch.events import sealing
 from dispatch.events.model import BroadcastAddressed, Person
 from dispatch.store.keys import PREFIX, STREAM, Keyring
 from dispatch.store.provision import provision
-from tests.support import eventually
+from tests.support import eventually, ticking
 
 PHONES = [f"+86138000{i:05d}" for i in range(600)]
 
@@ -143,18 +143,8 @@ async def test_sealing_a_county_gives_the_event_loop_to_others_between_its_pages
             return seal(event, keys)
 
         monkeypatch.setattr(sealing, "seal", recorded)
-        sealing_done = asyncio.Event()
-
-        async def alarm() -> None:
-            while not sealing_done.is_set():
-                order.append("alarm")
-                await asyncio.sleep(0)
-
-        other = asyncio.get_running_loop().create_task(alarm())
-        await asyncio.sleep(0)
-        sealed = await keyring.sealed_all(pages)
-        sealing_done.set()
-        await other
+        async with ticking(order):
+            sealed = await keyring.sealed_all(pages)
         assert all(sealing.is_sealed(p.phone) and not p.name for e in sealed for p in e.people)
         first, last = order.index("seal"), len(order) - 1 - order[::-1].index("seal")
         assert "alarm" in order[first:last], f"nothing else ran while {len(pages)} pages were sealed: {order[first:]}"

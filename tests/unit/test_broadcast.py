@@ -60,6 +60,14 @@ def started(people: tuple[Person, ...], villages: tuple[str, ...] = ("dongshan",
     return fold_broadcast("b1", decide_broadcast(BroadcastState("b1"), command, NOW))
 
 
+def flood_warning(people: tuple[Person, ...], channels: tuple[str, ...] = ("sms",)) -> list[Event]:
+    """What the decider makes of a new flood warning to `people` of dongshan on `channels`."""
+    command = StartBroadcast(
+        broadcast_id="b1", villages=("dongshan",), kind="flood", message="洪水", channels=channels, recipients=people
+    )
+    return decide_broadcast(BroadcastState("b1"), command, NOW)
+
+
 @settings(max_examples=200, deadline=None)
 @given(memberships, st.sets(st.sampled_from(VILLAGES), min_size=1))
 def test_every_bound_number_of_the_villages_is_addressed_exactly_once(
@@ -94,18 +102,7 @@ def test_memberships_chosen_a_page_at_a_time_give_the_same_recipients(
 @given(st.integers(min_value=1, max_value=3 * PAGE + 7))
 def test_the_recipients_are_recorded_in_pages_that_cover_everyone_once(n: int) -> None:
     people = tuple(Person(phone=f"+8613{i:09d}", role="household") for i in range(n))
-    events = decide_broadcast(
-        BroadcastState("b1"),
-        StartBroadcast(
-            broadcast_id="b1",
-            villages=("dongshan",),
-            kind="flood",
-            message="洪水",
-            channels=("sms",),
-            recipients=people,
-        ),
-        NOW,
-    )
+    events = flood_warning(people)
     head, *rest = events
     assert isinstance(head, BroadcastStarted) and head.pages == len(rest) == -(-n // PAGE)
     assert all(isinstance(e, BroadcastAddressed) and 1 <= len(e.people) <= PAGE for e in rest)
@@ -170,18 +167,7 @@ def test_the_kept_tallies_always_equal_counting_every_recipient(
     same number again on one channel or on another, numbers never addressed, a channel the broadcast
     does not use, even outcomes folded before the start), they equal counting every recipient."""
     people = tuple(Person(phone=f"+8613800{i:06d}", role="household") for i in range(50))
-    decided = decide_broadcast(
-        BroadcastState("b1"),
-        StartBroadcast(
-            broadcast_id="b1",
-            villages=("dongshan",),
-            kind="flood",
-            message="洪水",
-            channels=channels,
-            recipients=people,
-        ),
-        NOW,
-    )
+    decided = flood_warning(people, channels)
     start, pages_ = decided[0], decided[1:]
     handed_events: list[Event] = [
         BroadcastHanded(
