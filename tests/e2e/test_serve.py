@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -151,10 +152,14 @@ def test_one_call_alerts_the_other_nine_once_and_answers_cover_it(
     late = http.post(f"/v1/incidents/{incident}/responses", json={"responder": LEADER, "action": "arrived"})
     assert late.status_code == 409 and "resolved" in late.json()["error"]
 
-    view = wait_until(
+    def handed(v: dict[str, Any]) -> int:
+        return sum(1 for e in v["timeline"] if e["type"] == "DeliverySucceeded" and e["detail"]["handed_at"])
+
+    view = wait_until(  # the alarm's round and the caller's two notices, each handed over
         lambda: (
             (v := http.get(f"/v1/incidents/{incident}").json())
             and all(r["delivered"] for r in v["responders"] if r["recipient"])
+            and handed(v) >= 3
             and v
         )
     )
