@@ -2,7 +2,9 @@
 
 Invariants:
 - an append is durable when `append` returns: the server acknowledged it (with fsync when the
-  server syncs always); several messages go in one atomic batch, all stored or none;
+  server syncs always); several messages go in one atomic batch, all stored or none; appends to the
+  log's stream that wait for a place are stored together (`dispatch.store.groupcommit`), each caller
+  answered for exactly its own messages;
 - optimistic concurrency per subject: a message may carry the subject's expected last sequence;
   conflict codes 10071 and 10164 both mean conflict;
 - idempotency: every message has a deterministic `Nats-Msg-Id`; a retried append that was in
@@ -45,7 +47,8 @@ from dispatch.events import codec
 from dispatch.events.model import Event
 from dispatch.events.subjects import EVENTS_STREAM, aggregate_of, check_literal, stream_of
 from dispatch.store import keys
-from dispatch.store.batch import MAX_BATCH, publish_batch, publish_one
+from dispatch.store.batch import MAX_BATCH, publish_batch
+from dispatch.store.groupcommit import IN_FLIGHT, GroupCommit, Message
 
 ERR_WRONG_LAST_SEQUENCE = 10071
 ERR_WRONG_LAST_MSG_ID = 10164
@@ -152,15 +155,23 @@ class EventStore:
     """Appends to and reads from the log."""
 
     def __init__(
-        self, nc: NATS, *, stream: str = EVENTS_STREAM, timeout: float = 3.0, metrics: AppendMetrics | None = None
+        self,
+        nc: NATS,
+        *,
+        stream: str = EVENTS_STREAM,
+        timeout: float = 3.0,
+        metrics: AppendMetrics | None = None,
+        in_flight: int = IN_FLIGHT,
     ) -> None:
         self.nc = nc
         self.metrics = metrics
         self.stream = stream
         self.timeout = timeout
+        self.in_flight = in_flight
         self._inbox = ""
         self._waiting: dict[str, asyncio.Queue[Msg]] = {}
         self._sub: Any = None
+        self._commits: dict[str, GroupCommit] = {}
 
     # --- append -------------------------------------------------------------------------------
 
@@ -193,11 +204,13 @@ class EventStore:
             bodies = [codec.encode(e) for e in await keys.sealed_all([m.event for m in messages])]
         except keys.KeyStoreUnavailable as exc:
             raise StoreUnavailable(str(exc)) from exc
+        prepared = self._prepared(messages, bodies)
         try:
-            if len(messages) == 1:
-                ack = await self._request(messages[0], bodies[0])
-            else:
-                ack = await self._batch(messages, bodies)
+            streams = {self._stream_of(m.subject) for m in messages}
+            if len(streams) == 1:
+                ack = await self._commit_of(streams.pop()).publish(prepared)
+            else:  # no caller does this; the server refuses a batch over two streams
+                ack = await publish_batch(self.nc, prepared, timeout=self.timeout)
         except (NatsTimeout, NoRespondersError, ConnectionClosedError, OutboundBufferLimitError) as exc:
             raise StoreUnavailable(f"event log unavailable: {type(exc).__name__}") from exc
         error = ack.get("error")
@@ -214,6 +227,18 @@ class EventStore:
             raise AppendConflict(error.get("description", "conflict"))
         raise AppendRejected(f"{error.get('err_code')}: {error.get('description')}")
 
+    def _commit_of(self, stream: str) -> GroupCommit:
+        """The group commit of appends to `stream` (the log's, the call index's)."""
+        commit = self._commits.get(stream)
+        if commit is None:
+            commit = self._commits[stream] = GroupCommit(self.nc, timeout=self.timeout, in_flight=self.in_flight)
+        return commit
+
+    @property
+    def commit(self) -> GroupCommit:
+        """The group commit of the log's own stream."""
+        return self._commit_of(self.stream)
+
     def _require_connection(self) -> None:
         if not self.nc.is_connected:
             raise StoreUnavailable("event log unavailable: not connected to NATS")
@@ -226,13 +251,12 @@ class EventStore:
             headers[H_EXPECTED_SUBJECT_SEQ] = str(message.expected_seq)
         return headers
 
-    async def _request(self, message: Outgoing, body: bytes) -> dict[str, Any]:
-        return await publish_one(self.nc, message.subject, body, self._headers(message, True), timeout=self.timeout)
-
-    async def _batch(self, messages: Sequence[Outgoing], bodies: list[bytes]) -> dict[str, Any]:
+    def _prepared(self, messages: Sequence[Outgoing], bodies: list[bytes]) -> list[Message]:
+        """The messages with their headers: the expectation on a subject's first message only, and
+        a decision's later messages of that subject naming how far back its previous one is."""
         seen: set[str] = set()
         decided: dict[str, int] = {}  # a subject whose first message expected a sequence: its last index
-        prepared = []
+        prepared: list[Message] = []
         for index, (message, body) in enumerate(zip(messages, bodies, strict=True)):
             first = message.subject not in seen
             headers = self._headers(message, first)
@@ -242,7 +266,7 @@ class EventStore:
                 decided[message.subject] = index
             prepared.append((message.subject, body, headers))
             seen.add(message.subject)
-        return await publish_batch(self.nc, prepared, timeout=self.timeout)
+        return prepared
 
     async def _already_stored(self, messages: Sequence[Outgoing]) -> list[int] | None:
         """After a conflict or duplicate: is this very append already in the log?

@@ -113,7 +113,11 @@ def bulk_stream(replicas: int) -> dict[str, Any]:
 def index_stream(replicas: int) -> dict[str, Any]:
     """DISPATCH_INDEX: the call index."""
     description = "the call index: what each gateway call id was answered (apart from the log's write path)"
-    return {**_kept_forever(s.INDEX_STREAM, description, [s.INDEX_ALL], replicas), "max_msg_size": 64 * 1024}
+    return {
+        **_kept_forever(s.INDEX_STREAM, description, [s.INDEX_ALL], replicas),
+        "max_msg_size": 64 * 1024,
+        "allow_atomic": True,
+    }
 
 
 def timers_stream(replicas: int) -> dict[str, Any]:
@@ -129,6 +133,7 @@ def timers_stream(replicas: int) -> dict[str, Any]:
         "max_age": 7 * 24 * 3600 * NS,
         "duplicate_window": DUPLICATE_WINDOW_S * NS,
         "allow_msg_schedules": True,
+        "allow_atomic": True,
         "allow_direct": True,
     }
 

@@ -18,6 +18,9 @@ Invariants:
 - a subject holds one schedule: scheduling the same timer again replaces it (the same due time is
   a no-op), so re-scheduling on a redelivered trigger is safe; a due time in the past fires at once;
 - an unreachable server is StoreUnavailable, and the caller does not acknowledge its trigger;
+- schedules set while others are being stored go together in one atomic batch
+  (`dispatch.store.groupcommit`: a storm's escalate deadlines are a handful of writes); a schedule
+  in a batch fires as one published alone does;
 - a deadline is kept in memory only after the server stored its schedule, never instead of it; the
   in-process clock fires a deadline at or after its due time (never before: a decision before the due
   time decides nothing), holds at most `MAX_IN_MEMORY` of them (beyond, the server's schedule alone),
@@ -54,8 +57,8 @@ from dispatch.events.subjects import (
     schedule_subject,
     timer_fired_subject,
 )
-from dispatch.store.batch import publish_one
 from dispatch.store.eventstore import AppendRejected, StoreUnavailable
+from dispatch.store.groupcommit import GroupCommit
 
 
 class TimerDue(msgspec.Struct, frozen=True, kw_only=True):
@@ -86,6 +89,7 @@ class Timers:
         self.nc = nc
         self.timeout = timeout
         self.on_due = on_due
+        self.commit = GroupCommit(nc, timeout=timeout)
         self.catching_up = False
         """Set while overdue deadlines are being caught up in due-time order (`LocalDeadlines`)."""
         self._pending: dict[tuple[str, str], asyncio.TimerHandle] = {}
@@ -106,7 +110,7 @@ class Timers:
         body = timer_encoder.encode(TimerDue(incident_id=incident_id, timer=timer, due_at=due))
         headers = {"Nats-Schedule": at_header(due), "Nats-Schedule-Target": target}
         try:
-            ack = await publish_one(self.nc, subject, body, headers, timeout=self.timeout)
+            ack = await self.commit.publish([(subject, body, headers)])
         except (NatsTimeout, NoRespondersError, ConnectionClosedError) as exc:
             raise StoreUnavailable(f"timers unavailable: {type(exc).__name__}") from exc
         if "error" in ack:
