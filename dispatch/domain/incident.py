@@ -26,7 +26,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal, cast
@@ -67,6 +67,7 @@ from dispatch.events.model import (
     ResponderDeclined,
     RespondersNotified,
     Role,
+    Unreached,
     UnregisteredCall,
 )
 from dispatch.events.subjects import caller_line, group_line, village_line
@@ -713,25 +714,47 @@ def _start(event: IncidentOpened) -> IncidentState:
     )
 
 
-def _with_responder(state: IncidentState, phone: str, **changes: object) -> IncidentState:
-    current = state.responders.get(phone)
-    if current is None:
-        return state
-    responders = dict(state.responders)
-    responders[phone] = replace(current, **changes)  # type: ignore[arg-type]
-    return replace(state, responders=responders)
+def _updated(
+    responders: dict[str, Responder], phones: Iterable[str], change: Callable[[Responder], Responder | None]
+) -> dict[str, Responder]:
+    """`responders` with `change` applied to each of `phones` it holds, in order, each change seeing
+    the ones before (None: that one unchanged). The map is copied once, and only if one changed:
+    an event reaching nine people costs one copy, not nine copies of the map and of the state."""
+    out = responders
+    for phone in phones:
+        current = out.get(phone)
+        if current is None:
+            continue
+        new = change(current)
+        if new is None:
+            continue
+        if out is responders:
+            out = dict(responders)
+        out[phone] = new
+    return out
+
+
+def _alerted_at(at: datetime) -> Callable[[Responder], Responder]:
+    return lambda r: replace(r, last_alerted_at=at)
+
+
+def _failed_on(channel: str, failure: Unreached) -> Callable[[Responder], Responder]:
+    key = f"{channel}/{failure.address}" if failure.address else channel
+    return lambda r: replace(r, failed={**r.failed, key: failure.kind})
 
 
 def _notified(state: IncidentState, channel: str, round_: int, phones: Iterable[str], at: datetime) -> IncidentState:
     """These recipients' alert of `round_` was handed to `channel` at `at` (a notice, or a first
     attempt's outcome that carries `handed_at`)."""
-    for phone in phones:
-        r = state.responders.get(phone)
-        if r is not None and channel not in r.notified:
-            state = _with_responder(state, phone, notified={**r.notified, channel: at})
+    responders = _updated(
+        state.responders,
+        phones,
+        lambda r: None if channel in r.notified else replace(r, notified={**r.notified, channel: at}),
+    )
     status: Status = "notifying" if state.status == "raised" else state.status
     return replace(
         state,
+        responders=responders,
         status=status,
         rounds=state.rounds | {round_},
         first_notified_at=state.first_notified_at or at,
@@ -745,39 +768,42 @@ def evolve(state: IncidentState | None, event: Event) -> IncidentState | None:
     if state is None or not isinstance(event, IncidentEvent):
         return state
     if isinstance(event, CallRepeated):
-        for person in event.realerted:
-            state = _with_responder(state, person.phone, last_alerted_at=event.at)
-        return replace(state, urgency=max(state.urgency, event.urgency), calls=state.calls | {event.call_id})
+        return replace(
+            state,
+            responders=_updated(state.responders, (p.phone for p in event.realerted), _alerted_at(event.at)),
+            urgency=max(state.urgency, event.urgency),
+            calls=state.calls | {event.call_id},
+        )
     if isinstance(event, RespondersNotified):
         return _notified(state, event.channel, event.round, event.phones, event.at)
     if isinstance(event, DeliverySucceeded):
         if event.handed_at is not None:
             state = _notified(state, event.channel, event.round, [t.phone for t in event.targets], event.handed_at)
-        for target in event.targets:
-            r = state.responders.get(target.phone)
-            if r is not None and event.channel not in r.delivered:
-                state = _with_responder(state, target.phone, delivered={**r.delivered, event.channel: event.at})
+        channel, at = event.channel, event.at
+        responders = _updated(
+            state.responders,
+            (t.phone for t in event.targets),
+            lambda r: None if channel in r.delivered else replace(r, delivered={**r.delivered, channel: at}),
+        )
         done = {(event.round, event.channel, t.address) for t in event.targets}
-        return replace(state, outcomes=state.outcomes | done)
+        return replace(state, responders=responders, outcomes=state.outcomes | done)
     if isinstance(event, DeliveryFailed):
         if event.handed_at is not None:
             state = _notified(state, event.channel, event.round, [f.phone for f in event.failures], event.handed_at)
+        responders = state.responders
         for failure in event.failures:
-            r = state.responders.get(failure.phone)
-            if r is not None and failure.kind != "withdrawn":
-                key = f"{event.channel}/{failure.address}" if failure.address else event.channel
-                state = _with_responder(state, failure.phone, failed={**r.failed, key: failure.kind})
+            if failure.kind != "withdrawn":
+                responders = _updated(responders, (failure.phone,), _failed_on(event.channel, failure))
         done = {(event.round, event.channel, f.address) for f in event.failures}
-        return replace(state, outcomes=state.outcomes | done)
+        return replace(state, responders=responders, outcomes=state.outcomes | done)
     if isinstance(event, ResponderAccepted):
         r = state.responders.get(event.phone)
         if r is None:
             return state
         key = actor_key(event.actor, event.phone)
         first = r.accepted_at is None
-        state = _with_responder(
-            state,
-            event.phone,
+        accepted = replace(
+            r,
             accepted_at=r.accepted_at or event.at,
             declined_at=None,
             accepts={**r.accepts, key: event.proxy},
@@ -785,26 +811,43 @@ def evolve(state: IncidentState | None, event: Event) -> IncidentState | None:
             accepted_proxy=event.proxy if first else r.accepted_proxy,
         )
         status = "acknowledged" if state.status in ("raised", "notifying") else state.status
-        return replace(state, status=status, first_accept_at=state.first_accept_at or event.at)
+        return replace(
+            state,
+            responders={**state.responders, event.phone: accepted},
+            status=status,
+            first_accept_at=state.first_accept_at or event.at,
+        )
     if isinstance(event, ResponderDeclined):
-        return _with_responder(state, event.phone, declined_at=event.at)
+        at = event.at
+        return replace(
+            state, responders=_updated(state.responders, (event.phone,), lambda r: replace(r, declined_at=at))
+        )
     if isinstance(event, ResponderArrived):
         r = state.responders.get(event.phone)
         if r is None:
             return state
-        state = _with_responder(state, event.phone, arrived_at=r.arrived_at or event.at)
+        arrived = replace(r, arrived_at=r.arrived_at or event.at)
         status = state.status if state.closed else "on_scene"
-        return replace(state, status=status, first_arrival_at=state.first_arrival_at or event.at)
+        return replace(
+            state,
+            responders={**state.responders, event.phone: arrived},
+            status=status,
+            first_arrival_at=state.first_arrival_at or event.at,
+        )
     if isinstance(event, IncidentCovered):
         return replace(state, covered_at=state.covered_at or event.at)
     if isinstance(event, IncidentEscalated):
-        for person in event.alerted:
-            state = _with_responder(state, person.phone, last_alerted_at=event.at)
-        return replace(state, escalation_tier=max(state.escalation_tier, event.tier))
+        return replace(
+            state,
+            responders=_updated(state.responders, (p.phone for p in event.alerted), _alerted_at(event.at)),
+            escalation_tier=max(state.escalation_tier, event.tier),
+        )
     if isinstance(event, NeighboursAlerted):
-        for person in event.alerted:
-            state = _with_responder(state, person.phone, last_alerted_at=event.at)
-        return replace(state, neighbours_alerted_at=state.neighbours_alerted_at or event.at)
+        return replace(
+            state,
+            responders=_updated(state.responders, (p.phone for p in event.alerted), _alerted_at(event.at)),
+            neighbours_alerted_at=state.neighbours_alerted_at or event.at,
+        )
     if isinstance(event, IncidentResolved):
         return replace(
             state, status="resolved", closed_at=event.at, category=event.category, closed_by=event.by, note=event.note

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace as with_
 
 from dispatch.domain.errors import InvalidCommand, InvalidTransition, NotPermitted
 from dispatch.domain.incident import (
@@ -28,10 +31,13 @@ from dispatch.events.model import (
     DeliverySucceeded,
     Event,
     IncidentCovered,
+    IncidentEscalated,
     LineClosed,
     Person,
     Reached,
     ResponderAccepted,
+    ResponderArrived,
+    ResponderDeclined,
     RespondersNotified,
     Unreached,
     UnregisteredCall,
@@ -319,3 +325,65 @@ def test_a_first_attempt_outcome_with_handed_at_folds_like_a_notice_beside_it(da
     assert new_state == old_state
     assert all(new_state.responders[p].notified == {ch: handed} for p in phones)
     assert new_state.status == "notifying" and new_state.rounds == {rnd} and new_state.first_notified_at == handed
+
+
+PEOPLE_EVENTS = st.sampled_from(["notified", "succeeded", "failed", "escalated", "accepted", "declined", "arrived"])
+
+
+@given(st.data())
+@settings(max_examples=150, deadline=None)
+def test_an_event_reaching_several_people_folds_as_each_person_in_turn(data: st.DataObject) -> None:
+    """`evolve` copies the responders once per event: the same person twice in one event (two addresses
+    failing, a duplicate target) still folds as one person after another, and the state it started
+    from is never changed (the incident cache shares states)."""
+    state = raised()
+    phones = [p.phone for p in state.opened.recipients] + ["+8613700000000"]  # one who is no responder
+    iid, rnd = state.opened.incident_id, 3
+    for step in range(data.draw(st.integers(1, 6), label="events")):
+        kind = data.draw(PEOPLE_EVENTS, label=f"event {step}")
+        some = data.draw(st.lists(st.sampled_from(phones), min_size=1, max_size=6), label=f"people {step}")
+        when, channel = at(10 + step), data.draw(st.sampled_from(["sms", "webhook"]), label=f"channel {step}")
+        event: Event
+        if kind == "notified":
+            event = RespondersNotified(at=when, incident_id=iid, channel=channel, round=rnd, phones=tuple(some))
+        elif kind == "succeeded":
+            targets = tuple(Reached(phone=p, address=f"{p}/{i % 2}") for i, p in enumerate(some))
+            event = DeliverySucceeded(at=when, incident_id=iid, channel=channel, round=rnd, targets=targets)
+        elif kind == "failed":
+            failures = tuple(
+                Unreached(phone=p, address=f"a{i}", kind="permanent", reason="HTTP 404") for i, p in enumerate(some)
+            )
+            event = DeliveryFailed(at=when, incident_id=iid, channel=channel, round=rnd, failures=failures)
+        elif kind == "escalated":
+            people = tuple(Person(phone=p, name="n", role="officer") for p in some)
+            event = IncidentEscalated(at=when, incident_id=iid, tier=1, reason="ack_deadline", alerted=people)
+        elif kind == "accepted":
+            event = ResponderAccepted(at=when, incident_id=iid, phone=some[0], role="leader")
+        elif kind == "declined":
+            event = ResponderDeclined(at=when, incident_id=iid, phone=some[0], role="leader")
+        else:
+            event = ResponderArrived(at=when, incident_id=iid, phone=some[0], role="leader")
+        before = copy.deepcopy(state)
+        after = evolve(state, event)
+        assert state == before, "evolve changed the state it was given"
+        assert after == one_at_a_time(state, event)
+        assert after is not None
+        state = after
+
+
+def one_at_a_time(state: IncidentState, event: Event) -> IncidentState | None:
+    """The reference: an event of several people folded as one event per person, in its order."""
+    if isinstance(event, RespondersNotified):
+        parts: list[Event] = [with_(event, phones=(p,)) for p in event.phones] or [event]
+    elif isinstance(event, DeliverySucceeded):
+        parts = [with_(event, targets=(t,)) for t in event.targets]
+    elif isinstance(event, DeliveryFailed):
+        parts = [with_(event, failures=(f,)) for f in event.failures]
+    elif isinstance(event, IncidentEscalated):
+        parts = [with_(event, alerted=(p,)) for p in event.alerted]
+    else:
+        parts = [event]
+    folded: IncidentState | None = state
+    for part in parts:
+        folded = evolve(folded, part)
+    return folded
