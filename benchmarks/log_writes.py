@@ -7,7 +7,12 @@ flight for `--seconds` s, spread over 1, 2 and 4 file streams of the log's confi
 like the service's. The storm (`storm.py`) is bounded by it divided by the writes an alarm makes
 to the log; `docs/benchmarks.md` has the figures.
 
-    python benchmarks/log_writes.py [--seconds 4] [--rounds 2]
+`--decisions N`: then N decisions (one message each on a subject of its own, with an expected
+sequence and a message id, as the unit of work appends them) stored as singles with 1, 8 and 64 in
+flight, and as atomic batches of 10, 50, 100 and 250, one batch at a time: what group commit
+(`dispatch/store/groupcommit.py`) trades.
+
+    python benchmarks/log_writes.py [--seconds 4] [--rounds 2] [--decisions 1000]
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 
 import nats
 
+from dispatch.store.batch import publish_batch
 from dispatch.store.headers import install_header_parser
 from dispatch.store.provision import events_stream
 from dispatch.store.server import EmbeddedNats
@@ -58,12 +64,43 @@ async def appends(nc: nats.NATS, streams: int, seconds: float) -> int:
     return done
 
 
+def decision_headers() -> dict[str, str]:
+    return {
+        "Nats-Msg-Id": uuid.uuid4().hex,
+        "Dispatch-Type": "IncidentEscalated",
+        "Dispatch-Schema": "1",
+        "Nats-Expected-Last-Subject-Sequence": "0",
+    }
+
+
+async def decisions(nc: nats.NATS, count: int, in_flight: int, batch: int) -> None:
+    """`count` decisions on stream BENCH_0: singles `in_flight` at a time (batch 1), else atomic
+    batches of `batch`, one at a time."""
+    left = list(range(0, count, batch))
+
+    async def worker() -> None:
+        while left:
+            left.pop()
+            if batch == 1:
+                reply = await nc.request(f"bench.s0.{uuid.uuid4().hex}", b"x" * 400, headers=decision_headers())
+                if b'"error"' in reply.data:
+                    raise RuntimeError(reply.data.decode())
+                continue
+            messages = [(f"bench.s0.{uuid.uuid4().hex}", b"x" * 400, decision_headers()) for _ in range(batch)]
+            ack = await publish_batch(nc, messages, timeout=30)
+            if "error" in ack:
+                raise RuntimeError(ack)
+
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+
+
 async def main() -> int:
     install_header_parser()  # as the service does (dispatch.store.headers)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=4)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--decisions", type=int, default=0, help="also N decisions as singles and as batches")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="dispatch-bench-writes-"))
     server = EmbeddedNats(workdir / "nats")
@@ -86,6 +123,15 @@ async def main() -> int:
                 figures[f"{streams}_streams_writes_per_s"].append(rate)
                 busy = (cpu_seconds(server.pid or 0) - cpu0) / elapsed
                 print(f"  round {round_}: {streams} stream(s) {rate:>10,.0f} writes/s   nats-server {busy:.2f} cores")
+            for in_flight, batch in ((1, 1), (8, 1), (64, 1), (1, 10), (1, 50), (1, 100), (1, 250)):
+                if not args.decisions:
+                    break
+                wall0 = time.perf_counter()
+                await decisions(nc, args.decisions, in_flight, batch)
+                rate = args.decisions / (time.perf_counter() - wall0)
+                label = f"singles, {in_flight} in flight" if batch == 1 else f"batches of {batch}"
+                figures.setdefault(f"decisions_{label}", []).append(rate)
+                print(f"  round {round_}: {args.decisions} decisions as {label:<20} {rate:>10,.0f} messages/s")
         await nc.close()
     finally:
         await server.stop()
