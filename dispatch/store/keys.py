@@ -15,6 +15,8 @@ Invariants:
 - a process holds keys by id (opening) and numbers' key ids (sealing); a key asked for that the
   bucket no longer holds reads as erased, never as "not yet", and only once the stream's leader
   says so (a replica answering a direct get may lag behind);
+- concurrent asks for one entry (a read, or making sure a day or a person has a key) share one
+  request and its answer or error (`_shared`): a storm's incidents all want the same few keys;
 - `active()` is the keyring the log's readers and writers use in this process (installed by the
   composition root, removed when it stops); with none installed nothing is sealed, and envelopes
   stay as they are.
@@ -23,14 +25,15 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import itertools
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import structlog
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -61,6 +64,7 @@ ERASURES = "x"
 worth at a time, are not sent to every process)."""
 
 E = TypeVar("E", bound=Event)
+T = TypeVar("T")
 
 
 def keys_stream(replicas: int) -> dict[str, Any]:
@@ -104,6 +108,7 @@ class Keyring:
         self._ciphers: dict[tuple[str, str], AESGCM] = {}
         self._plain: dict[str, object] = {}
         self._envelopes: dict[tuple[object, str, str], str] = {}
+        self._running: dict[str, asyncio.Future[Any]] = {}
         self._sub: Any = None
 
     @property
@@ -308,13 +313,19 @@ class Keyring:
                 self._kids[phone] = kid
 
     async def _ensure_person(self, phone: str) -> None:
+        await self._shared(f"ensure {self.number_key(phone)}", functools.partial(self._make_person, phone))
+
+    async def _make_person(self, phone: str) -> None:
         kid = (await self._get_or_create(self.number_key(phone), lambda: os.urandom(KID_BYTES).hex().encode())).decode()
         self._keys[kid] = await self._get_or_create(f"k.{kid}", lambda: os.urandom(KEY_BYTES))
         self._gone.discard(kid)
         self._kids[phone] = kid
 
     async def _ensure_day(self, day: str) -> None:
-        self._days[day] = await self._get_or_create(f"d.{day}", lambda: os.urandom(KEY_BYTES))
+        async def make() -> bytes:
+            return await self._get_or_create(f"d.{day}", lambda: os.urandom(KEY_BYTES))
+
+        self._days[day] = await self._shared(f"ensure d.{day}", make)
         self._gone.discard(f"d.{day}")
 
     async def load(self, kids: Iterable[str], days: Iterable[str] = ()) -> None:
@@ -334,7 +345,28 @@ class Keyring:
         else:
             self._days[rest] = value
 
+    async def _shared(self, name: str, work: Callable[[], Awaitable[T]]) -> T:
+        """`work()`, unless the same `name` is under way already: then its result. A storm's thousand
+        incidents of one day, read back after a restart, each asked for the day's key and their
+        officer's at once (thousands of requests for a few keys: the key store timed out)."""
+        running = self._running.get(name)
+        if running is None:
+            running = self._running[name] = asyncio.ensure_future(work())
+            running.add_done_callback(functools.partial(self._ran, name))
+        return cast(T, await asyncio.shield(running))
+
+    def _ran(self, name: str, task: asyncio.Future[Any]) -> None:
+        if self._running.get(name) is task:
+            del self._running[name]
+        if not task.cancelled():
+            task.exception()  # retrieved: every caller that still waits sees it through its shield
+
     async def _get(self, name: str) -> bytes | None:
+        """The entry's value, None when the bucket holds none (concurrent reads of one entry share
+        one request)."""
+        return await self._shared(f"get {name}", functools.partial(self._read, name))
+
+    async def _read(self, name: str) -> bytes | None:
         try:
             entry = await self.kv.get(name)
         except KeyNotFoundError:

@@ -5,6 +5,7 @@ reaches the other's cache through the bucket's watcher."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -150,3 +151,46 @@ async def test_sealing_a_county_gives_the_event_loop_to_others_between_its_pages
         assert "alarm" in order[first:last], f"nothing else ran while {len(pages)} pages were sealed: {order[first:]}"
     finally:
         await keyring.stop()
+
+
+async def test_a_storm_of_readers_asks_the_bucket_once_per_entry(nc: NATS) -> None:
+    """After a restart a thousand overdue incidents of one day are decided and opened at once, each
+    wanting the day's key and their officer's: the cold process asks the bucket once per entry, not
+    once per incident (thousands of requests for three keys timed out: a call got 503)."""
+    await provision(nc)
+    day = "20261204"
+    people = PHONES[:3]
+    first, cold = Keyring(nc), Keyring(nc)
+    await first.start()
+    await cold.start()
+    await first.ensure(people, [day], new=people)
+    kids = [first.sealing_key(p, day)[0] for p in people]  # type: ignore[index]
+    asked: list[str] = []
+    written: list[str] = []
+
+    async def request(msg: Msg) -> None:
+        asked.append(f"{msg.subject} {msg.data.decode()}")
+
+    async def write(msg: Msg) -> None:
+        written.append(msg.subject)
+
+    reads = await nc.subscribe("$JS.API.DIRECT.GET.>", cb=request)
+    writes = await nc.subscribe(f"{PREFIX}>", cb=write)
+    try:
+        await asyncio.gather(
+            *(cold.load(kids, [day]) for _ in range(200)), *(cold.ensure(people, [day]) for _ in range(200))
+        )
+        assert all(isinstance(cold.opening_key(kid, day), AESGCM) for kid in kids)
+        assert all(cold.sealing_key(p, day) is not None for p in people)
+        await nc.publish("$JS.API.DIRECT.GET.SENTINEL", b"end")  # after every request, on the same connection
+        await eventually(lambda: any(a.startswith("$JS.API.DIRECT.GET.SENTINEL") for a in asked), what="the end")
+        counted = Counter(a for a in asked if "SENTINEL" not in a)
+        # each entry once per path: the day's key read by `load`, then by `ensure` after its create was
+        # refused (nats-py's create reads it too); 400 callers made 400-800 requests before
+        assert counted and max(counted.values()) <= 3 and sum(counted.values()) <= 10, counted.most_common(3)
+        assert len(written) <= 1, f"the day's key was created again and again: {len(written)} attempts"
+    finally:
+        await reads.unsubscribe()
+        await writes.unsubscribe()
+        await first.stop()
+        await cold.stop()
