@@ -2,8 +2,8 @@
 
 Invariants:
 - an append is durable when `append` returns: the server acknowledged it (with fsync when the
-  server syncs always); several messages go in one atomic batch, all stored or none; appends to the
-  log's stream that wait for a place are stored together (`dispatch.store.groupcommit`), each caller
+  server syncs always); several messages go in one atomic batch, all stored or none; appends that
+  wait for a place on their stream are stored together (`dispatch.store.groupcommit`), each caller
   answered for exactly its own messages;
 - optimistic concurrency per subject: a message may carry the subject's expected last sequence;
   conflict codes 10071 and 10164 both mean conflict;
