@@ -5,6 +5,8 @@ reaches the other's cache through the bucket's watcher."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
@@ -16,8 +18,9 @@ from nats.aio.msg import Msg
 
 from dispatch.events import sealing
 from dispatch.events.model import BroadcastAddressed, Person
-from dispatch.store.keys import PREFIX, STREAM, Keyring
+from dispatch.store.keys import PREFIX, STREAM, Keyring, KeyStoreUnavailable
 from dispatch.store.provision import provision
+from dispatch.store.server import EmbeddedNats
 from tests.support import eventually, ticking
 
 PHONES = [f"+86138000{i:05d}" for i in range(600)]
@@ -194,3 +197,36 @@ async def test_a_storm_of_readers_asks_the_bucket_once_per_entry(nc: NATS) -> No
         await writes.unsubscribe()
         await first.stop()
         await cold.stop()
+
+
+async def test_a_key_store_that_does_not_answer_fails_every_waiting_reader_and_is_asked_again(
+    nats_server: EmbeddedNats, nc: NATS
+) -> None:
+    """The readers sharing one request all get its error (each append then answers "retry later"),
+    and the failure is not remembered: once the store answers, the same keys are read."""
+    await provision(nc)
+    day = "20261205"
+    people = PHONES[:3]
+    writer, cold = Keyring(nc), Keyring(nc, timeout=0.5)
+    await writer.start()
+    await cold.start()
+    await writer.ensure(people, [day], new=people)
+    kids = [writer.sealing_key(p, day)[0] for p in people]  # type: ignore[index]
+    assert nats_server.pid is not None
+    os.kill(nats_server.pid, signal.SIGSTOP)
+    try:
+        failed = await asyncio.gather(
+            *(cold.load(kids, [day]) for _ in range(20)),
+            *(cold.ensure(people, [day]) for _ in range(20)),
+            return_exceptions=True,
+        )
+    finally:
+        os.kill(nats_server.pid, signal.SIGCONT)
+    assert all(isinstance(f, KeyStoreUnavailable) for f in failed), failed
+    assert all(cold.opening_key(kid, day) is None for kid in kids), "not known, and not read as erased"
+
+    await asyncio.gather(cold.load(kids, [day]), cold.ensure(people, [day]))
+    assert all(isinstance(cold.opening_key(kid, day), AESGCM) for kid in kids)
+    assert [cold.sealing_key(p, day)[0] for p in people] == kids  # type: ignore[index]
+    await writer.stop()
+    await cold.stop()
