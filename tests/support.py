@@ -380,6 +380,19 @@ def pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
+@asynccontextmanager
+async def paused(pid: int) -> AsyncIterator[None]:
+    """The process stopped (SIGSTOP) until the block ends, then continued. Enters only once the
+    kernel shows it stopped: the signal is delivered asynchronously, and a server still running for
+    a moment would answer what the test means to send into silence."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        await eventually(lambda: Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "T")
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 class RecordingChannel:
     """A channel that records every job; `plan[phone]` lists outcomes to give, in order, before Delivered."""
 

@@ -4,8 +4,6 @@ each caller is answered exactly as if it had been alone (its sequences, its conf
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,7 +16,7 @@ from dispatch.store.eventstore import AppendConflict, EventStore, Outgoing, Stor
 from dispatch.store.provision import provision
 from dispatch.store.server import EmbeddedNats
 from dispatch.store.timers import Timers
-from tests.support import eventually
+from tests.support import eventually, paused
 from tests.unit.fixtures import at
 
 
@@ -127,11 +125,8 @@ async def test_a_paused_server_fails_every_waiting_caller_and_their_retries_stor
     store = EventStore(nc, timeout=0.5, in_flight=1)
     assert nats_server.pid is not None
     batches = [[Outgoing(subject(f"p{k}"), formed(f"p{k}"), f"p{k}:0", expected_seq=0)] for k in range(15)]
-    os.kill(nats_server.pid, signal.SIGSTOP)
-    try:
+    async with paused(nats_server.pid):
         failed = await asyncio.gather(*(store.append(b) for b in batches), return_exceptions=True)
-    finally:
-        os.kill(nats_server.pid, signal.SIGCONT)
     assert all(isinstance(f, StoreUnavailable) for f in failed), failed
     assert store.commit.batches >= 1  # the ones that waited went together, and failed together
 

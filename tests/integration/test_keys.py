@@ -5,8 +5,6 @@ reaches the other's cache through the bucket's watcher."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +19,7 @@ from dispatch.events.model import BroadcastAddressed, Person
 from dispatch.store.keys import PREFIX, STREAM, Keyring, KeyStoreUnavailable
 from dispatch.store.provision import provision
 from dispatch.store.server import EmbeddedNats
-from tests.support import eventually, ticking
+from tests.support import eventually, paused, ticking
 
 PHONES = [f"+86138000{i:05d}" for i in range(600)]
 
@@ -213,15 +211,12 @@ async def test_a_key_store_that_does_not_answer_fails_every_waiting_reader_and_i
     await writer.ensure(people, [day], new=people)
     kids = [writer.sealing_key(p, day)[0] for p in people]  # type: ignore[index]
     assert nats_server.pid is not None
-    os.kill(nats_server.pid, signal.SIGSTOP)
-    try:
+    async with paused(nats_server.pid):
         failed = await asyncio.gather(
             *(cold.load(kids, [day]) for _ in range(20)),
             *(cold.ensure(people, [day]) for _ in range(20)),
             return_exceptions=True,
         )
-    finally:
-        os.kill(nats_server.pid, signal.SIGCONT)
     assert all(isinstance(f, KeyStoreUnavailable) for f in failed), failed
     assert all(cold.opening_key(kid, day) is None for kid in kids), "not known, and not read as erased"
 
