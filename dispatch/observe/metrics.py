@@ -34,6 +34,7 @@ from prometheus_client import (
 
 from dispatch.domain.incident import TIMERS
 from dispatch.events.model import CallChannel, CallStatus, EscalationReason
+from dispatch.events.subjects import EVENTS_STREAM, INDEX_STREAM
 
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -159,6 +160,13 @@ class Metrics:
             ["aggregate"],
             registry=r,
         )
+        self.appends_together = Counter(
+            "dispatch_event_appends_together",
+            "Appends stored in one atomic batch with others: more were in flight on the stream than its"
+            " bound (group commit), by stream",
+            ["stream"],
+            registry=r,
+        )
         self.store_unavailable = Counter(
             "dispatch_event_store_unavailable",
             "Operations refused because the log was unreachable or did not answer in time",
@@ -262,6 +270,8 @@ class Metrics:
             self.append_conflicts.labels(aggregate)
         for operation in ("call", "append"):
             self.store_unavailable.labels(operation)
+        for stream in (EVENTS_STREAM, INDEX_STREAM):
+            self.appends_together.labels(stream)
         self.alarms_raised.labels("-", "unregistered")
 
     def start_villages_at_zero(self, villages: Iterable[str]) -> None:

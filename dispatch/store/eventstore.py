@@ -22,7 +22,7 @@ Invariants:
   character) is refused before anything is sent (`InvalidSubject`); the only filter `load` takes
   is one aggregate id's history (`dispatch.evt.*.<id>`);
 - with `metrics`, every append is counted once: its latency when stored, a conflict, or the log
-  unavailable.
+  unavailable; and once more when it was stored together with others (group commit).
 """
 
 from __future__ import annotations
@@ -148,6 +148,7 @@ class AppendMetrics(Protocol):
 
     append_seconds: Histogram
     append_conflicts: Counter
+    appends_together: Counter
     store_unavailable: Counter
 
 
@@ -231,7 +232,9 @@ class EventStore:
         """The group commit of appends to `stream` (the log's, the call index's)."""
         commit = self._commits.get(stream)
         if commit is None:
-            commit = self._commits[stream] = GroupCommit(self.nc, timeout=self.timeout, in_flight=self.in_flight)
+            together = self.metrics.appends_together.labels(stream).inc if self.metrics is not None else None
+            commit = GroupCommit(self.nc, timeout=self.timeout, in_flight=self.in_flight, on_together=together)
+            self._commits[stream] = commit
         return commit
 
     @property

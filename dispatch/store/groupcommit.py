@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,12 +46,21 @@ class _Waiting:
 class GroupCommit:
     """Stores appends to one stream, combining those that wait for a place into one atomic batch."""
 
-    def __init__(self, nc: NATS, *, timeout: float, in_flight: int = IN_FLIGHT) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        timeout: float,
+        in_flight: int = IN_FLIGHT,
+        on_together: Callable[[int], object] | None = None,
+    ) -> None:
+        """`on_together(n)`: n appends were just stored together (for a metric)."""
         if in_flight < 1:
             raise ValueError("in_flight must be at least 1")
         self.nc = nc
         self.timeout = timeout
         self.in_flight = in_flight
+        self.on_together = on_together
         self.sending = 0
         self.batches = 0
         """Combined batches sent (of two callers or more): what the tests and metrics look at."""
@@ -130,6 +139,8 @@ class GroupCommit:
             if "error" in ack:
                 await asyncio.gather(*(self._answer_alone(waiting) for waiting in group))
                 return
+            if self.on_together is not None:
+                self.on_together(len(group))
             last = int(ack["seq"]) - len(combined)
             for waiting in group:
                 last += len(waiting.messages)

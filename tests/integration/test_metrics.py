@@ -420,3 +420,20 @@ def _version(samples: Samples) -> str:
 async def _when(svc: Service, check: Callable[[Samples], bool]) -> Samples | None:
     samples = await scrape(svc, refresh=True)
     return samples if check(samples) else None
+
+
+async def test_appends_stored_together_are_counted_per_stream(nc: NATS) -> None:
+    await provision(nc)
+    metrics = Metrics()
+    store = EventStore(nc, metrics=metrics, in_flight=1)  # the first goes alone, the other 9 wait
+    events = [
+        RespondersNotified(at=at(), incident_id=f"i-{k}", channel="sms", round=1, phones=("+8613800000001",))
+        for k in range(10)
+    ]
+    await asyncio.gather(
+        *(store.append([Outgoing(notice_subject(f"i-{k}"), e, f"t-{k}")]) for k, e in enumerate(events))
+    )
+    s = parse(_exposition(metrics))
+    assert value(s, "dispatch_event_appends_together_total", stream="DISPATCH_EVENTS") == 9
+    assert value(s, "dispatch_event_appends_together_total", stream="DISPATCH_INDEX") == 0
+    assert value(s, "dispatch_event_append_seconds_count", aggregate="notice") == 10
