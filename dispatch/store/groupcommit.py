@@ -1,7 +1,8 @@
 """Group commit: appends to one stream that come while others are being stored go together.
 
 Every write to a stream is fsynced on its one write path, and this machine's disk takes fsynced
-writes one by one far more slowly than in atomic batches (`docs/benchmarks.md`, "Group commit").
+writes one by one far more slowly than in atomic batches (`docs/benchmarks.md`, "Fourth pass:
+group commit").
 So `GroupCommit.publish` sends an append at once while fewer than `in_flight` are being stored;
 beyond that, appends wait, and as soon as a place frees, everything waiting goes as one atomic
 batch (ADR-50). A quiet service never waits here; a storm's thousand deadlines are stored in a

@@ -143,6 +143,8 @@ class Keyring:
         self._forget(msg.subject[len(PREFIX) + len(ERASURES) + 1 :])
 
     def _forget(self, name: str) -> None:
+        for asked in (f"get {name}", f"ensure {name}"):  # asked after the erasure: asked again
+            self._running.pop(asked, None)
         self._plain.clear()
         self._envelopes.clear()
         kind, _, rest = name.partition(".")
@@ -346,9 +348,8 @@ class Keyring:
             self._days[rest] = value
 
     async def _shared(self, name: str, work: Callable[[], Awaitable[T]]) -> T:
-        """`work()`, unless the same `name` is under way already: then its result. A storm's thousand
-        incidents of one day, read back after a restart, each asked for the day's key and their
-        officer's at once (thousands of requests for a few keys: the key store timed out)."""
+        """`work()`, unless the same `name` is under way already: then its result (a storm's incidents
+        all ask for the same day's key and the same officers' at once)."""
         running = self._running.get(name)
         if running is None:
             running = self._running[name] = asyncio.ensure_future(work())
