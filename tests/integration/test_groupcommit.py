@@ -4,6 +4,7 @@ each caller is answered exactly as if it had been alone (its sequences, its conf
 from __future__ import annotations
 
 import asyncio
+import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -116,6 +117,7 @@ async def test_two_decisions_on_one_subject_never_share_a_batch(store: EventStor
     assert isinstance(a, list) and isinstance(b, AppendConflict)  # as when each is alone: the first wins
     assert isinstance(fact, list)
     assert [r.msg_id for r in await store.load(subject("one"))] == ["one:0", "a:0", "fact:0"]
+    assert store.commit.batches == 0, "all three are on one subject: each went alone, in order"
 
 
 async def test_a_paused_server_fails_every_waiting_caller_and_their_retries_store_each_once(
@@ -155,3 +157,48 @@ async def test_schedules_set_together_each_fire(nc: NATS) -> None:
 
     for k in range(30):
         await eventually(lambda k=k: fired(k), timeout=15)
+
+
+async def test_any_mix_of_waiting_decisions_and_facts_keeps_every_expectation(store: EventStore) -> None:
+    """Randomised (fixed seeds): callers of one to three messages on a few shared subjects, some with
+    the subject's expected sequence as they last saw it (fresh or stale), all waiting behind one
+    place. Whatever went together: each caller is stored whole or refused whole, a stored decision's
+    first message follows exactly the sequence it expected, a refused one left nothing, and what the
+    callers were answered is what the log holds."""
+    for seed in range(20):
+        rng = random.Random(seed)
+        names = [f"r{seed}s{k}" for k in range(rng.randint(2, 5))]
+        seen: dict[str, int] = {}
+        for name in names:  # each subject starts with one message
+            [seen[name]] = await store.append([Outgoing(subject(name), formed(name), f"{name}:init", expected_seq=0)])
+        callers: list[list[Outgoing]] = []
+        for c in range(rng.randint(2, 30)):
+            name = rng.choice(names)
+            expected = None if rng.random() < 0.3 else seen[name] - (1 if rng.random() < 0.2 else 0)
+            messages = [
+                Outgoing(subject(name), bound(f"+86137{c:08d}", name), f"{name}:c{c}:{i}", expected_seq=expected)
+                for i in range(rng.randint(1, 3))
+            ]
+            callers.append(messages)
+        blocker = asyncio.ensure_future(store.append([Outgoing(subject(f"b{seed}"), formed("b"), f"b{seed}:0")]))
+        await asyncio.sleep(0)
+        answers = await asyncio.gather(*(store.append(m) for m in callers), return_exceptions=True)
+        await blocker
+
+        held = {name: await store.load(subject(name)) for name in names}
+        by_id = {r.msg_id: r for records in held.values() for r in records}
+        for messages, answer in zip(callers, answers, strict=True):
+            ids = [m.msg_id for m in messages]
+            if isinstance(answer, AppendConflict):
+                assert messages[0].expected_seq is not None, f"seed {seed}: a fact was refused with others"
+                assert not any(i in by_id for i in ids), f"seed {seed}: a refused caller left {ids}"
+                continue
+            assert isinstance(answer, list), f"seed {seed}: {answer!r}"
+            assert [by_id[i].seq for i in ids] == answer, f"seed {seed}: answered other sequences"
+            records = held[messages[0].subject.rsplit(".", 1)[1]]
+            first = next(k for k, r in enumerate(records) if r.msg_id == ids[0])
+            assert [r.msg_id for r in records[first : first + len(ids)]] == ids, f"seed {seed}: split"
+            if messages[0].expected_seq is not None:
+                assert records[first - 1].seq == messages[0].expected_seq, f"seed {seed}: expectation broken"
+        assert store.commit.sending == 0
+    assert store.commit.batches >= 20
