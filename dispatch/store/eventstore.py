@@ -207,9 +207,9 @@ class EventStore:
             raise StoreUnavailable(str(exc)) from exc
         prepared = self._prepared(messages, bodies)
         try:
-            streams = {self._stream_of(m.subject) for m in messages}
-            if len(streams) == 1:
-                ack = await self._commit_of(streams.pop()).publish(prepared)
+            stream = self._stream_of(messages[0].subject)
+            if all(self._stream_of(m.subject) == stream for m in messages[1:]):
+                ack = await self._commit_of(stream).publish(prepared)
             else:  # no caller does this; the server refuses a batch over two streams
                 ack = await publish_batch(self.nc, prepared, timeout=self.timeout)
         except (NatsTimeout, NoRespondersError, ConnectionClosedError, OutboundBufferLimitError) as exc:

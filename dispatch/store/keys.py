@@ -324,10 +324,8 @@ class Keyring:
         self._kids[phone] = kid
 
     async def _ensure_day(self, day: str) -> None:
-        async def make() -> bytes:
-            return await self._get_or_create(f"d.{day}", lambda: os.urandom(KEY_BYTES))
-
-        self._days[day] = await self._shared(f"ensure d.{day}", make)
+        made = functools.partial(self._get_or_create, f"d.{day}", lambda: os.urandom(KEY_BYTES))
+        self._days[day] = await self._shared(f"ensure d.{day}", made)
         self._gone.discard(f"d.{day}")
 
     async def load(self, kids: Iterable[str], days: Iterable[str] = ()) -> None:

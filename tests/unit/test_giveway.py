@@ -8,31 +8,28 @@ import asyncio
 from dispatch.store.giveway import GiveWay
 
 
-async def test_a_loop_past_its_budget_lets_other_tasks_run_between_its_items() -> None:
+async def loop_beside_another_task(budget_s: float, items: int) -> tuple[list[str], int]:
+    """A loop of `items` turns of a GiveWay with `budget_s`, with another task ready when it starts:
+    the order things ran in, and how often the loop gave way."""
     order: list[str] = []
-    way = GiveWay(budget_s=0.0)
+    way = GiveWay(budget_s=budget_s)
 
     async def other() -> None:
         order.append("other")
 
     task = asyncio.get_running_loop().create_task(other())
-    for i in range(3):
+    for i in range(items):
         await way.turn()
         order.append(f"item{i}")
     await task
-    assert order[0] == "other" and way.yields == 3
+    return order, way.yields
+
+
+async def test_a_loop_past_its_budget_lets_other_tasks_run_between_its_items() -> None:
+    order, yields = await loop_beside_another_task(0.0, 3)
+    assert order[0] == "other" and yields == 3
 
 
 async def test_a_loop_within_its_budget_never_yields() -> None:
-    order: list[str] = []
-    way = GiveWay(budget_s=3600.0)
-
-    async def other() -> None:
-        order.append("other")
-
-    task = asyncio.get_running_loop().create_task(other())
-    for i in range(100):
-        await way.turn()
-        order.append(f"item{i}")
-    await task
-    assert order[-1] == "other" and way.yields == 0
+    order, yields = await loop_beside_another_task(3600.0, 100)
+    assert order[-1] == "other" and yields == 0
