@@ -22,7 +22,7 @@ import httpx
 
 from dispatch.settings import Settings
 from dispatch.sim.demo import OFFICER, ROSTER, VILLAGE, names, say
-from dispatch.sip.lab import Kamailio, Phone, sip_installed
+from dispatch.sip.lab import Kamailio, Phone, free_sip_port, sip_installed
 from dispatch.store.server import free_port
 
 GROUP = [
@@ -144,7 +144,7 @@ async def run_sip_demo(*, keep: bool = False) -> int:
             env = {
                 **os.environ,
                 "DISPATCH_SIP_HTTP": f"127.0.0.1:{bridge_port}",
-                "DISPATCH_SIP_LISTEN": f"127.0.0.1:{free_port()}",
+                "DISPATCH_SIP_LISTEN": f"127.0.0.1:{free_sip_port()}",  # baresip binds TLS on the next port
                 "DISPATCH_SIP_PROXY": kamailio.address,
                 "DISPATCH_SIP_DISPATCH_URL": settings.base_url,
                 "DISPATCH_SIP_TOKEN": token,
@@ -156,7 +156,14 @@ async def run_sip_demo(*, keep: bool = False) -> int:
             bridge = subprocess.Popen([sys.executable, "-m", "dispatch", "sip"], env=env, stdout=log, stderr=log)
             log.close()
             print(f"服务 {settings.base_url}   SIP 网桥 http://127.0.0.1:{bridge_port}   kamailio {kamailio.address}")
-            await until(lambda: _healthy(bridge_port), "the SIP bridge registered", timeout=120)
+            running = bridge
+
+            def registered() -> bool:
+                if running.poll() is not None:
+                    raise DemoStuck(f"the SIP bridge exited ({running.returncode}) before it registered")
+                return _healthy(bridge_port)
+
+            await until(registered, "the SIP bridge registered", timeout=120)
             await _story(http, phones, data_dir / "bridge.log")
     except DemoStuck as exc:
         print(f"\ndispatch demo --sip: {exc} (logs: {data_dir}, kept)", file=sys.stderr)
