@@ -25,12 +25,15 @@ fsync always, SQLite read models) with every webhook going to a receiver in a se
 - the raw baseline in the same round: N NATS message schedules due at the same instant, in a stream
   with `allow_msg_schedules` on a server of the same kind, fired into a plain nats-py consumer;
   lateness = receipt - due.
+- with `--floor`, also the floor in the same round (`benchmarks/floor.py`): the least a Python
+  process on this stack does per tier-1 escalation (the decision appended, three webhooks, the
+  outcome appended), N at once from an in-process clock; lateness = the third webhook - due.
 
 `--compare DIR` runs, in every round, the same case against `dispatch serve` from another source
 tree (the old commit's worktree) too, alternating which goes first; ratios are against the round's
 baseline.
 
-    python benchmarks/deadlines.py [--alarms 100 1000 5000] [--rounds 1] [--kill] [--compare DIR]
+    python benchmarks/deadlines.py [--alarms 100 1000 5000] [--rounds 1] [--kill] [--floor] [--compare DIR]
                                    [--rate 200] [--json FILE]
 """
 
@@ -528,6 +531,62 @@ async def run_baseline(workdir: Path, count: int) -> Tiers:
         await server.stop()
 
 
+@dataclass
+class Floor:
+    """The floor's lateness (the third webhook of each incident at the receiver, minus due) and CPU."""
+
+    late: Tiers
+    cpu_s: float
+    nats_cpu_s: float
+    webhooks: int
+    keys: int
+
+
+async def run_floor(workdir: Path, count: int) -> Floor:
+    """`benchmarks/floor.py` for `count` escalations due at one instant, into a receiver of its own."""
+    receiver = Receiver()
+    await receiver.start()
+    due = time.time() + 5.0 + count / 250
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "benchmarks" / "floor.py"),
+        receiver.hook,
+        str(count),
+        str(due),
+        str(workdir),
+        stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        stdout = proc.stdout
+
+        async def line(starting: bytes) -> bytes:
+            """The next line of the floor's that starts so (its nats-server's log lines come between)."""
+            while not (got := await stdout.readline()).startswith(starting):
+                if not got:
+                    raise RuntimeError("floor: ended early")
+            return got
+
+        await line(b"ready")
+        if time.time() > due:
+            raise RuntimeError("floor: not set up before the due time")
+        figures = json.loads(await asyncio.wait_for(line(b"{"), due - time.time() + 120))
+        await receiver.until(lambda: len(receiver.hits) >= count * TIER1_TARGETS, time.time() + 10)
+        last: dict[str, float] = {}
+        for hit in receiver.hits:
+            last[hit.incident] = max(last.get(hit.incident, hit.at), hit.at)
+        late = [at - due for at in last.values()]
+        tiers = Tiers(pct(late, 0.5), pct(late, 0.99), max(late), missing=count - len(late))
+        keys = len({hit.key for hit in receiver.hits})
+        return Floor(tiers, round(figures["cpu_s"], 2), round(figures["nats_cpu_s"], 2), len(receiver.hits), keys)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        await receiver.stop()
+
+
 def fmt(t: Tiers) -> str:
     return f"{t.p50:+.2f} / {t.p99:+.2f} / {t.max:+.2f}"
 
@@ -542,6 +601,7 @@ async def main() -> int:
     parser.add_argument("--only-kill", action="store_true", help="only the kill -9 case")
     parser.add_argument("--compare", help="another source tree (the old commit) run alternately")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--floor", action="store_true", help="also the floor (benchmarks/floor.py) in every round")
     args = parser.parse_args()
     sources = [("new", ROOT)] + ([("old", Path.cwd() / args.compare)] if args.compare else [])
     kills = [True] if args.only_kill else ([False, True] if args.kill else [False])
@@ -553,12 +613,21 @@ async def main() -> int:
             try:
                 base = await run_baseline(workdir, alarms)
                 print(f"round {round_} n={alarms} baseline {fmt(base)} s", file=sys.stderr)
+                floor = await run_floor(workdir, alarms) if args.floor else None
+                if floor is not None:
+                    print(
+                        f"round {round_} n={alarms} floor {fmt(floor.late)} s (missing {floor.late.missing}) "
+                        f"cpu process/nats {floor.cpu_s}/{floor.nats_cpu_s} s",
+                        file=sys.stderr,
+                    )
                 for kill in kills:
                     for name, source in order:
                         case = await run_case(source, workdir, alarms, kill, args.rate, args.probe)
                         if (workdir / "svc").exists():  # kept under its own name (BENCH_KEEP: its serve.log)
                             (workdir / "svc").rename(workdir / f"svc-{name}-{int(kill)}-{time.time():.0f}")
                         row = {"round": round_, "name": name, "baseline": asdict(base), **asdict(case)}
+                        if floor is not None:
+                            row["floor"] = asdict(floor)
                         results.append(row)
                         print(
                             f"round {round_} n={alarms} {name}{' kill -9' if kill else ''}: "
@@ -584,17 +653,22 @@ async def main() -> int:
 def print_table(results: list[dict[str, Any]]) -> None:
     print(
         "\n| code | alarms | kill -9 | raw p50 / p99 / max s | tier 1 p50 / p99 / max s | tier 2 p50 / p99 / max s "
-        "| tier 1 p99 / raw p99 | restart s | alarm p99 before / during ms |"
+        "| tier 1 p99 / raw p99 | floor tier 1 p50 / p99 / max s (CPU process / nats s) | restart s "
+        "| alarm p99 before / during ms |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     keys = sorted({(r["name"], r["alarms"], r["kill"]) for r in results}, key=lambda k: (k[1], k[2], k[0]))
     for name, alarms, kill in keys:
         rows = [r for r in results if (r["name"], r["alarms"], r["kill"]) == (name, alarms, kill)]
 
         def med(path: str, rows: list[dict[str, Any]] = rows) -> float:
-            a, _, b = path.partition(".")
-            values = [r[a][b] if b else r[a] for r in rows]
-            values = [v for v in values if v is not None]
+            values = []
+            for r in rows:
+                value: Any = r
+                for part in path.split("."):
+                    value = value[part]
+                if value is not None:
+                    values.append(value)
             return statistics.median(values) if values else float("nan")
 
         raw = f"{med('baseline.p50'):.3f} / {med('baseline.p99'):.3f} / {med('baseline.max'):.3f}"
@@ -604,7 +678,13 @@ def print_table(results: list[dict[str, Any]]) -> None:
         restart = f"{med('restart_s'):.1f}" if kill else "-"
         probe = "-" if kill else f"{med('probe_before_p99_ms'):.0f} / {med('probe_during_p99_ms'):.0f}"
         killed = "yes" if kill else "no"
-        print(f"| {name} | {alarms} | {killed} | {raw} | {t1} | {t2} | {ratio:.0f}x | {restart} | {probe} |")
+        floor = "-"
+        if all("floor" in r for r in rows):
+            floor = (
+                f"{med('floor.late.p50'):+.2f} / {med('floor.late.p99'):+.2f} / {med('floor.late.max'):+.2f} "
+                f"({med('floor.cpu_s'):.2f} / {med('floor.nats_cpu_s'):.2f})"
+            )
+        print(f"| {name} | {alarms} | {killed} | {raw} | {t1} | {t2} | {ratio:.0f}x | {floor} | {restart} | {probe} |")
 
 
 if __name__ == "__main__":
