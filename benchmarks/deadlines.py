@@ -21,7 +21,8 @@ fsync always, SQLite read models) with every webhook going to a receiver in a se
   escalated in due-time order;
 - where the time goes, read from the log afterwards for tier 1: due -> the server fired the schedule
   (its timestamp in DISPATCH_TIMERS) -> the escalation appended (IncidentEscalated's timestamp)
-  -> handed to the channel (`handed_at`) -> the receiver;
+  -> handed to the channel (`handed_at`) -> the receiver; and for the probes sent during the burst:
+  POST -> the alarm appended (its timestamp in the log) -> handed -> the ninth webhook received;
 - the raw baseline in the same round: N NATS message schedules due at the same instant, in a stream
   with `allow_msg_schedules` on a server of the same kind, fired into a plain nats-py consumer;
   lateness = receipt - due.
@@ -220,12 +221,14 @@ def lateness(
     return result, late
 
 
-async def stages(serve: Serve, late1: dict[str, float]) -> dict[str, float]:
+async def stages(
+    serve: Serve, late1: dict[str, float], probe_sent: dict[str, float], probe_rung: dict[str, float]
+) -> dict[str, float]:
     """Tier 1 from the log, medians and p99s in ms over the incidents: the server firing the schedule
     (its fired message's timestamp - due), the escalation appended (IncidentEscalated's timestamp -
     due), its targets handed to the channel (`handed_at` - appended), received (- handed)."""
     from dispatch.events.codec import decode_headers
-    from dispatch.events.model import DeliverySucceeded, IncidentEscalated
+    from dispatch.events.model import DeliverySucceeded, IncidentEscalated, IncidentOpened
 
     url = running_url(serve.data_dir)
     if url is None:
@@ -235,6 +238,7 @@ async def stages(serve: Serve, late1: dict[str, float]) -> dict[str, float]:
     fired: dict[str, tuple[float, float]] = {}
     escalated: dict[str, tuple[float, int]] = {}
     handed: dict[tuple[str, int], float] = {}
+    opened: dict[str, tuple[float, int]] = {}
     try:
         sub = await js.pull_subscribe("dispatch.timer.>", stream="DISPATCH_TIMERS", config=UNACKED)
         while True:
@@ -259,7 +263,9 @@ async def stages(serve: Serve, late1: dict[str, float]) -> dict[str, float]:
                     event = decode_headers(m.headers or {}, m.data)
                 except Exception:
                     continue
-                if isinstance(event, IncidentEscalated) and event.tier == 1:
+                if isinstance(event, IncidentOpened) and event.incident_id in probe_sent:
+                    opened[event.incident_id] = (m.metadata.timestamp.timestamp(), m.metadata.sequence.stream)
+                elif isinstance(event, IncidentEscalated) and event.tier == 1:
                     escalated[event.incident_id] = (m.metadata.timestamp.timestamp(), m.metadata.sequence.stream)
                 elif isinstance(event, DeliverySucceeded) and event.handed_at is not None:
                     handed[(event.incident_id, event.round)] = event.handed_at.timestamp()
@@ -279,6 +285,15 @@ async def stages(serve: Serve, late1: dict[str, float]) -> dict[str, float]:
         rows["appended"].append(appended_at - due)
         rows["handed"].append(handed_at - appended_at)
         rows["received"].append(due + total - handed_at)
+    for name in ("probe_appended", "probe_handed", "probe_received"):
+        rows[name] = []
+    for incident, (appended_at, seq) in opened.items():
+        handed_at = handed.get((incident, seq))
+        if handed_at is None:
+            continue
+        rows["probe_appended"].append(appended_at - probe_sent[incident])
+        rows["probe_handed"].append(handed_at - appended_at)
+        rows["probe_received"].append(probe_rung[incident] - handed_at)
     out: dict[str, float] = {}
     for name, values in rows.items():
         if values:
@@ -362,6 +377,8 @@ async def run_case(source: Path, workdir: Path, alarms: int, kill: bool, rate: f
         wanted = set(incidents.values())
 
         probe_results: list[tuple[float, float]] = []
+        probe_sent: dict[str, float] = {}  # a probe during the burst -> its POST, for the split in `stages`
+        probe_rung: dict[str, float] = {}  # -> its ninth webhook at the receiver
 
         async def probe(n: int, sent_at: float) -> None:
             delay = sent_at - time.time()
@@ -369,7 +386,11 @@ async def run_case(source: Path, workdir: Path, alarms: int, kill: bool, rate: f
                 await asyncio.sleep(delay)
             sent = time.time()
             incident = await call(alarms + n, "probe")
-            probe_results.append((sent, await receiver.alarm_rung(incident) - sent))
+            rung = await receiver.alarm_rung(incident)
+            probe_results.append((sent, rung - sent))
+            if sent >= due_t:
+                probe_sent[incident] = sent
+                probe_rung[incident] = rung
 
         probing = (
             asyncio.gather(*(probe(n, due_t - 2 + n / probe_rate) for n in range(min(probes, int(probe_rate * 10)))))
@@ -438,7 +459,7 @@ async def run_case(source: Path, workdir: Path, alarms: int, kill: bool, rate: f
             case.probe_during_max_ms = max(during) if during else None
         if kill:
             case.order_inversion_s = await due_order(serve)
-        case.stages_ms = await stages(serve, late1)
+        case.stages_ms = await stages(serve, late1, probe_sent, probe_rung)
         return case
     finally:
         await http.close()
