@@ -17,8 +17,9 @@ fsync always, SQLite read models) with every webhook going to a receiver in a se
   escalations are done, POST -> the 9th webhook of each; p99 before T and during the burst;
 - with `--kill`: the same, with the service and its embedded nats-server SIGKILLed one second
   after T and restarted at once on the same data: lateness again (it includes the time down), the
-  restart time (exec -> /readyz 200, N incidents open) and whether the overdue deadlines were
-  escalated in due-time order;
+  restart time (exec -> /readyz 200, N incidents open), whether the overdue deadlines were
+  escalated in due-time order, and the probes from the restart on (the calls answered 503 and
+  retried, as a gateway would, are counted);
 - where the time goes, read from the log afterwards for tier 1: due -> the server fired the schedule
   (its timestamp in DISPATCH_TIMERS) -> the escalation appended (IncidentEscalated's timestamp)
   -> handed to the channel (`handed_at`) -> the receiver; and for the probes sent during the burst:
@@ -187,6 +188,9 @@ class Case:
     probe_before_p99_ms: float | None = None
     probe_during_p99_ms: float | None = None
     probe_during_max_ms: float | None = None
+    probe_503: int = 0
+    """Answers 503 the probes met (each retried, as a gateway would): "during" is after the restart
+    with `--kill`."""
     stages_ms: dict[str, float] = field(default_factory=dict)
     cpu_service_s: float | None = None
     cpu_nats_s: float | None = None
@@ -306,7 +310,7 @@ async def run_case(source: Path, workdir: Path, alarms: int, kill: bool, rate: f
     case = Case(source=str(source), alarms=alarms, kill=kill)
     receiver = Receiver()
     await receiver.start()
-    probes = 0 if kill else int(probe_rate * 12) + 10
+    probes = int(probe_rate * 12) + 10
     csv, villages = burst_roster(alarms, probes, rate)
     raise_s = alarms / rate
     ack_end = raise_s + 4.0  # seconds after the first call: T
@@ -357,6 +361,8 @@ async def run_case(source: Path, workdir: Path, alarms: int, kill: bool, rate: f
             for _ in range(10):  # 503: the log did not answer in time; a gateway retries the call
                 if answer.status != 503:
                     break
+                if prefix == "probe":
+                    case.probe_503 += 1
                 await asyncio.sleep(0.5)
                 answer = await http.post(f"{serve.base}/v1/calls", body, json_headers)
             if answer.status != 202:
@@ -392,9 +398,9 @@ async def run_case(source: Path, workdir: Path, alarms: int, kill: bool, rate: f
                 probe_sent[incident] = sent
                 probe_rung[incident] = rung
 
-        probing = (
+        probing = (  # with --kill, from the restart on (below)
             asyncio.gather(*(probe(n, due_t - 2 + n / probe_rate) for n in range(min(probes, int(probe_rate * 10)))))
-            if probes
+            if probes and not kill
             else None
         )
 
@@ -434,6 +440,8 @@ async def run_case(source: Path, workdir: Path, alarms: int, kill: bool, rate: f
             await asyncio.sleep(max(0.0, due_t + 1 - time.time()))
             await asyncio.to_thread(serve.kill9)
             case.restart_s = await asyncio.to_thread(serve.start)
+            back = time.time()
+            probing = asyncio.gather(*(probe(n, back + n / probe_rate) for n in range(int(probe_rate * 10))))
         await receiver.until(lambda: reached(1) == len(wanted) and reached(2) == len(wanted), due_t + TIER_GAP_S + 120)
         if probing is not None:
             await probing
@@ -657,7 +665,8 @@ async def main() -> int:
                             f"{case.tier2.twice}, duplicate webhooks {case.duplicate_webhooks}) "
                             f"restart {case.restart_s} order inversion {case.order_inversion_s} "
                             f"probe p99 before {case.probe_before_p99_ms} during {case.probe_during_p99_ms} "
-                            f"max {case.probe_during_max_ms} ms stages {json.dumps(case.stages_ms)} "
+                            f"max {case.probe_during_max_ms} ms (503 {case.probe_503}) "
+                            f"stages {json.dumps(case.stages_ms)} "
                             f"cpu service/nats {case.cpu_service_s}/{case.cpu_nats_s} s "
                             f"stored events/timers {case.stored_events}/{case.stored_timers}",
                             file=sys.stderr,
@@ -697,7 +706,11 @@ def print_table(results: list[dict[str, Any]]) -> None:
         t2 = f"{med('tier2.p50'):+.2f} / {med('tier2.p99'):+.2f} / {med('tier2.max'):+.2f}"
         ratio = statistics.median(r["tier1"]["p99"] / r["baseline"]["p99"] for r in rows)
         restart = f"{med('restart_s'):.1f}" if kill else "-"
-        probe = "-" if kill else f"{med('probe_before_p99_ms'):.0f} / {med('probe_during_p99_ms'):.0f}"
+        probe = (
+            f"after the restart: {med('probe_during_p99_ms'):.0f} ({med('probe_503'):.0f} answered 503)"
+            if kill
+            else f"{med('probe_before_p99_ms'):.0f} / {med('probe_during_p99_ms'):.0f}"
+        )
         killed = "yes" if kill else "no"
         floor = "-"
         if all("floor" in r for r in rows):

@@ -53,6 +53,7 @@ from dispatch.channels.webhook import WebhookChannel
 from dispatch.domain.drill import DRILL_TIMER, CancelDrill, ScheduleDrill
 from dispatch.domain.incident import parse_quorum
 from dispatch.domain.messages import ROLE_ZH
+from dispatch.events.codec import EVENT_TYPES, TYPE_HEADER
 from dispatch.events.jobs import DeliveryJob
 from dispatch.events.model import Actor, CallRepeated, DeliveryFailed, IncidentOpened
 from dispatch.handlers.aggregates import IncidentCache, Incidents
@@ -162,9 +163,18 @@ class _Laps:
         return self.took[name]
 
 
+ALARMS = (IncidentOpened, CallRepeated)
+ALARM_TYPES = frozenset(name for name, cls in EVENT_TYPES.items() if issubclass(cls, ALARMS))
+
+
 def rings_an_alarm(trigger: Trigger) -> bool:
     """A trigger that rings a new alarm or a repeated call (not an escalation or an update)."""
-    return isinstance(trigger.record.event, (IncidentOpened, CallRepeated))
+    return isinstance(trigger.record.event, ALARMS)
+
+
+def alarm_by_headers(headers: dict[str, str] | None) -> bool:
+    """Whether a stored event's type header names one that `rings_an_alarm` (unread: for the queue)."""
+    return headers is not None and headers.get(TYPE_HEADER, "") in ALARM_TYPES
 
 
 class DataDirLocked(SettingsError):
@@ -466,6 +476,7 @@ class Service:
             metrics=self.metrics,
             replies=self.nc,
             deadlines=timers,
+            urgent=alarm_by_headers,
             connect={"disconnected_cb": self._on_handlers_disconnect, "security": self.nats_auth.broker_security()},
         )
         here = self.pools.setdefault("timers.local", TaskPool(LOCAL_DEADLINES_IN_FLIGHT, "timers.local"))

@@ -5,9 +5,13 @@ Invariants:
   acknowledges manually, only after the handler's effect is durable; FastStream's default for
   JetStream (terminate on any exception) would lose a message on a transient error;
 - the fan-out's triggers are pushed (a deliver group shared by every process): no fetch round
-  trip between a stored alarm and its handler; the consumer's max_ack_pending equals the pool's
-  size, so a trigger is never left waiting unacknowledged (and without in-progress acks) in the
-  client behind a full pool. Its subscription is nats-py's own, on the broker's connection, bound
+  trip between a stored alarm and its handler. The server hands over up to 4,096 unacknowledged
+  triggers, more than the pool rings at once (512): the rest wait in the pool's queue, in order,
+  told in progress like the running ones, while an alarm (`urgent`, told by the event's type
+  header) is rung at once, beyond the pool's limit. So a new alarm never waits for a backlog of
+  escalations to be rung (as after a restart with a thousand deadlines overdue), and the
+  subscription's callback never waits for a place. Its subscription is nats-py's own, on the
+  broker's connection, bound
   once the broker has started (`bind_raw`): FastStream's dispatch of each message (its context,
   exit stack and middlewares: ~0.2-0.35 ms of CPU a call, docs/benchmarks.md) did nothing this
   handler uses, which takes the raw message and acknowledges it itself;
@@ -83,7 +87,7 @@ _call_decoder = msgspec.json.Decoder(CallRequest)
 _encoder = msgspec.json.Encoder()
 RETRY_DELAY = 2.0
 RETRY_DELAY_MAX = 10.0
-FANOUT_IN_FLIGHT = FANOUT.max_ack_pending
+FANOUT_IN_FLIGHT = 512
 TIMERS_IN_FLIGHT = TIMERS_CONSUMER.max_ack_pending
 LOCAL_DEADLINES_IN_FLIGHT = 128
 DELIVERY_IN_FLIGHT = 512
@@ -219,6 +223,7 @@ def build_broker(
     metrics: Metrics | None = None,
     replies: NATS | None = None,
     deadlines: Timers | None = None,
+    urgent: Callable[[dict[str, str] | None], bool] | None = None,
 ) -> NatsBroker:
     """Register every subscriber; `pools` receives the task pools so the service can drain them;
     `raw` receives the subscriptions to bind with `bind_raw` once the broker has started.
@@ -226,7 +231,8 @@ def build_broker(
     `replies` is the connection that answers NATS calls; it must outlive the broker's, which
     closes before the pools drain (a call finishing during a stop is still answered). `deadlines`:
     the timers whose in-process clock this process runs (`local_deadlines`), to skip a fired
-    schedule already handled here."""
+    schedule already handled here. `urgent(headers)`: a stored trigger that rings an alarm, which
+    the fan-out rings at once however many others wait."""
     broker = NatsBroker(
         servers,
         logger=None,
@@ -246,7 +252,7 @@ def build_broker(
     fan_out = consumer("fanout", _trigger)
 
     async def on_alert(raw: Msg) -> None:
-        await alerts.submit(lambda: fan_out(raw), raw)
+        await alerts.offer(lambda: fan_out(raw), raw, urgent=urgent is not None and urgent(raw.headers))
 
     raw.append(RawPush(INCIDENTS_ALL, FANOUT.durable, EVENTS_STREAM, on_alert))
 

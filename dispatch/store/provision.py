@@ -220,7 +220,7 @@ FANOUT = ConsumerSpec(
     "fanout_v2",
     (s.INCIDENTS_ALL,),
     ack_wait_s=6,
-    max_ack_pending=512,
+    max_ack_pending=4096,  # more than a process rings at once: an alarm is handed over past a backlog
     deliver_subject=s.FANOUT_PUSH,
     replaces=("fanout_v1",),
 )
