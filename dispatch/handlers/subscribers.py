@@ -278,6 +278,15 @@ def build_broker(
             if await deadlines.already_handled(due):
                 deadlines.forget(due)  # the server's firing is the last of this deadline to come here
                 return None
+            settled = deadlines.handling_here(due)  # the in-process clock, if not there yet, skips it
+            handled = False
+            try:
+                result = await bus.handle(due)
+                handled = True
+                return result
+            finally:
+                if not settled.done():
+                    settled.set_result(handled)
         return await bus.handle(due)
 
     def timer_fired(raw: Msg) -> Awaitable[None]:

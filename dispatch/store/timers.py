@@ -29,7 +29,10 @@ Invariants:
   firing of it has been taken (`forget`), and at most `HANDLED_KEPT_S` past its due time when that
   firing came first or never comes here: a firing taken after that is decided again, which decides
   nothing (the tier is reached). So what the clock remembers is bounded by the deadlines of the last
-  minutes, not by every deadline since the start (it held one per deadline up to MAX_IN_MEMORY).
+  minutes, not by every deadline since the start (it held one per deadline up to MAX_IN_MEMORY);
+- a server's firing handled here before the in-process clock reached the same deadline is
+  remembered the same way (`handling_here`), so the clock does not decide it again (`taken_here`):
+  on a busy loop the server's firing can come first, and the deadline was counted fired twice.
 """
 
 from __future__ import annotations
@@ -145,12 +148,15 @@ class Timers:
             self._pending[key] = asyncio.get_running_loop().call_later(early, self._fire, due)
             return
         self._pending.pop(key, None)
+        if self.taken_here(due):  # the server's firing came first and is handled here
+            return
         if self.on_due is not None:
             self.on_due(due)
 
     def handling_here(self, due: TimerDue) -> asyncio.Future[bool]:
-        """The in-process clock's deadline is being handled here: set the future's result to whether
-        it was (decided, the next deadline stored), for `already_handled`."""
+        """This deadline is being handled here (from the in-process clock, or the server's firing that
+        came first): set the future's result to whether it was (decided, the next deadline stored),
+        for `already_handled` and `taken_here`."""
         key = (due.incident_id, due.timer, due.due_at)
         settled = self._here[key] = asyncio.get_running_loop().create_future()
         while len(self._here) > MAX_IN_MEMORY:
@@ -179,6 +185,12 @@ class Timers:
     def remembered(self) -> int:
         """How many deadlines handled (or being handled) here are remembered for `already_handled`."""
         return len(self._here)
+
+    def taken_here(self, due: TimerDue) -> bool:
+        """Whether this very deadline is being handled here, or was handled (not failed), from either
+        side: the server's firing or the in-process clock."""
+        settled = self._here.get((due.incident_id, due.timer, due.due_at))
+        return settled is not None and (not settled.done() or settled.result())
 
     def known_here(self, due: TimerDue) -> bool:
         """Whether this very deadline is handled, or being handled, from the in-process clock."""

@@ -7,6 +7,7 @@ bounded caches. Counted here, not timed: after N deadlines, how many are still r
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 from nats.aio.client import Client as NATS
@@ -54,3 +55,29 @@ async def test_deadlines_whose_firing_never_comes_here_are_kept_no_longer_than_t
         timers.handling_here(d).set_result(True)
     assert timers.remembered == len(recent), "the old ones are dropped as new ones come"
     assert all([await timers.already_handled(d) for d in recent])
+
+
+async def test_the_clock_does_not_decide_a_deadline_whose_servers_firing_came_first_and_was_handled(
+    nc: NATS,
+) -> None:
+    """On a busy loop the server's firing can be taken before the in-process clock reaches the same
+    deadline: the clock then skips it (it was decided, and counted fired, twice), unless that
+    handling failed."""
+    fired: list[TimerDue] = []
+    last = asyncio.Event()
+
+    def on_due(d: TimerDue) -> None:
+        fired.append(d)
+        if d.incident_id == "marker":
+            last.set()
+
+    timers = Timers(nc, on_due=on_due)
+    soon = datetime.now(UTC) + timedelta(milliseconds=50)
+    handled, failed = due(1, soon), due(2, soon)
+    marker = TimerDue(incident_id="marker", timer="ack", due_at=soon + timedelta(milliseconds=50))
+    for d in (handled, failed, marker):
+        timers.keep(d)  # on the clock, as a schedule this process set
+    timers.handling_here(handled).set_result(True)  # the server's firings, taken first
+    timers.handling_here(failed).set_result(False)
+    await asyncio.wait_for(last.wait(), 5)
+    assert [d.incident_id for d in fired] == ["inc-2", "marker"]
