@@ -219,7 +219,7 @@ async def main() -> int:
         "--profile",
         metavar="DIR",
         help="sample the one-process storm's worker with py-spy, keep the raw stacks in DIR and print its CPU per "
-        "alarm by stage (benchmarks/cpubudget.py)",
+        "alarm by stage (benchmarks/cpubudget.py); both workers of the two-process storm are sampled into DIR too",
     )
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -289,12 +289,24 @@ async def main() -> int:
         procs.append(await spawn(server.authenticated_url, workdir / "w2", 0, database_url, args.read_models))
         await storm(nc, half, half + 200, 2.0)
         pids.append(procs[1].pid)
+        profilers = []
+        if args.profile:
+            for n, proc in enumerate(procs, 1):
+                profilers.append(Profiler(proc.pid, Path(args.profile) / f"storm-two-processes-w{n}.txt"))
+                await profilers[-1].start()
+        own = [server.pid or 0, procs[0].pid, procs[1].pid]
+        own0 = [cpu_seconds([pid], this_process=False) for pid in own]
         cpu0, wall0, machine0 = cpu_seconds(pids), time.perf_counter(), cpu_seconds(pids, this_process=False)
         rate2, p99_2, n2 = await storm(nc, half + 200, args.groups, args.seconds)
         figures["two_processes_cores_busy"] = (cpu_seconds(pids) - cpu0) / (time.perf_counter() - wall0)
         figures["two_processes_machine_cpu_ms_per_alarm"] = (
             (cpu_seconds(pids, this_process=False) - machine0) * 1000 / max(1, n2)
         )
+        for name, pid, before in zip(("nats", "worker1", "worker2"), own, own0, strict=True):
+            spent = cpu_seconds([pid], this_process=False) - before
+            figures[f"two_processes_{name}_cpu_ms_per_alarm"] = spent * 1000 / max(1, n2)
+        for profiler2 in profilers:
+            await profiler2.stop()
         figures["cores"] = float(os.cpu_count() or 0)
         await nc.close()
         figures |= {
