@@ -193,7 +193,8 @@ class Timers:
         return settled is not None and (not settled.done() or settled.result())
 
     def known_here(self, due: TimerDue) -> bool:
-        """Whether this very deadline is handled, or being handled, from the in-process clock."""
+        """Whether this very deadline is handled, or being handled, here (from the in-process clock,
+        or from the server's firing that came first)."""
         return (due.incident_id, due.timer, due.due_at) in self._here
 
     async def already_handled(self, due: TimerDue) -> bool:
