@@ -29,6 +29,7 @@ from pathlib import Path
 
 import msgspec
 import nats
+from common import cpu_seconds
 
 from dispatch.channels.http import HttpPoster, sign
 from dispatch.cli import event_loop_factory
@@ -40,12 +41,6 @@ from dispatch.store.server import EmbeddedNats
 SECRET = "bench-secret"
 TARGETS = ("officer", "assistant", "duty-desk")
 encode = msgspec.json.Encoder().encode
-
-
-def cpu_of(pid: int | None = None) -> float:
-    """User + system CPU seconds of this process (or of `pid`)."""
-    stat = Path(f"/proc/{pid or 'self'}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(stat[11]) + int(stat[12])) / 100
 
 
 async def main(hook: str, count: int, due: float, workdir: Path) -> None:
@@ -101,9 +96,11 @@ async def main(hook: str, count: int, due: float, workdir: Path) -> None:
             await log.publish([(notice_subject(incident), encode(outcome), {"Nats-Msg-Id": f"out-{incident}"})])
 
         await asyncio.sleep(max(0.0, due - time.time()))
-        cpu, nats_cpu = cpu_of(), cpu_of(server.pid)
+        server_pids = [server.pid or 0]
+        cpu, nats_cpu = cpu_seconds([]), cpu_seconds(server_pids, this_process=False)
         await asyncio.gather(*(escalate(i) for i in ids))
-        print(json.dumps({"cpu_s": cpu_of() - cpu, "nats_cpu_s": cpu_of(server.pid) - nats_cpu}), flush=True)
+        spent = {"cpu_s": cpu_seconds([]) - cpu, "nats_cpu_s": cpu_seconds(server_pids, this_process=False) - nats_cpu}
+        print(json.dumps(spent), flush=True)
         await poster.close()
     finally:
         await nc.close()

@@ -174,8 +174,8 @@ def routes(s: ApiServices) -> list[HTTPRouteHandler]:
         if format == "csv":
             whole = principal.can("export")
             out = io.StringIO()
-            columns = ("phone", "name", "role", *(state.started.channels if state.started else ()), "heard")
-            columns += ("heard_at", "heard_via")
+            channels = state.started.channels if state.started else ()
+            columns = ("phone", "name", "role", *channels, "heard", "heard_at", "heard_via")
             writer = csv.writer(out)
             writer.writerow(columns)
             way = GiveWay()  # a county's CSV is 100,000 rows, not one hold of the event loop
