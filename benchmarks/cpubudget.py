@@ -124,6 +124,15 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("/httptools/", "", HTTP_IN),
     ("dispatch/domain/access.py", "", HTTP_IN),
     ("/jwt/", "", HTTP_IN),
+    # the floor of e2e.py (`benchmarks/e2e_floor.py`): its own few functions, by what they stand for
+    ("benchmarks/e2e_floor.py", "Floor.read", LOG_READS),
+    ("benchmarks/e2e_floor.py", "Floor.apply", READ_MODELS),
+    ("benchmarks/e2e_floor.py", "Floor.on_event", READ_MODELS),
+    ("benchmarks/e2e_floor.py", "Floor.fan_out.<locals>.ring", WEBHOOK),
+    ("benchmarks/e2e_floor.py", "Floor.app", HTTP_IN),
+    ("benchmarks/e2e_floor.py", "Floor.call", ROUTING),
+    ("benchmarks/e2e_floor.py", "Floor.fan_out", FANOUT),
+    ("benchmarks/e2e_floor.py", "Floor.on_trigger", FANOUT),
 )
 
 # Only when no rule above names any frame of the stack (and the loop's own frames last): the NATS
@@ -166,6 +175,7 @@ APPEND_CALLERS: tuple[tuple[str, str], ...] = (
     ("dispatch/handlers/uow.py", ""),  # the unit of work: look further out
     ("dispatch/handlers/aggregates.py", ""),
     ("dispatch/projections/", "read models' reads"),
+    ("benchmarks/e2e_floor.py", "the floor's"),
 )
 
 FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")

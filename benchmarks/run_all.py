@@ -2,7 +2,7 @@
 
     python benchmarks/run_all.py [--quick] [--out DIR] [--read-models here|elsewhere] [--json FILE]
 
-Runs fanout.py (alarm path), e2e.py (HTTP call -> webhooks), storm.py (closed loop, one and two
+Runs fanout.py (alarm path), e2e.py (HTTP call -> webhooks, beside its floor), storm.py (closed loop, one and two
 processes), replay.py (projections rebuilt vs a raw ordered read), directory.py (1M numbers) and
 deadlines.py (deadlines due together, and across a kill -9),
 one after another (never two at once: they share the machine), each with `--json`, and prints the
@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 
 RUNS: dict[str, tuple[list[str], list[str]]] = {
     "fanout": (["--rounds", "3"], ["--rounds", "1", "--seconds", "3"]),
-    "e2e": (["--rounds", "3"], ["--rounds", "1", "--seconds", "3"]),
+    "e2e": (["--rounds", "3", "--floor"], ["--rounds", "1", "--seconds", "3", "--floor"]),
     "storm": ([], ["--seconds", "3", "--groups", "8000"]),
     "replay": ([], ["--events", "20000"]),
     "directory": ([], ["--groups", "2000", "--lookups", "5000"]),
@@ -70,6 +70,20 @@ def target_rows(f: dict[str, dict[str, float]]) -> list[tuple[str, str, str, boo
                 e["p99_ratio"] <= 4,
             )
         )
+        if "floor_cpu_ms_per_call" in e:
+            machine = e["serve_cpu_ms_per_call"] + e["serve_nats_cpu_ms_per_call"]
+            floor = e["floor_cpu_ms_per_call"] + e["floor_nats_cpu_ms_per_call"]
+            rows.append(
+                (
+                    "machine CPU per call, serve / the floor (e2e_floor.py)",
+                    f"{machine:.2f} / {floor:.2f} ms = {machine / floor:.2f}x"
+                    + _per_round(e.get("floor_cpu_ratio_per_round"))  # type: ignore[arg-type]
+                    + f"; the floor's p99 {e['floor_p99_ms']:.2f} ms = "
+                    f"{e['floor_p99_ms'] / e['baseline_p99_ms']:.2f}x raw",
+                    "reported",
+                    None,
+                )
+            )
     if "storm" in f:
         s = f["storm"]
         rows.append(

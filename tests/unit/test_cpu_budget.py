@@ -157,6 +157,26 @@ CASES = [
         ),
         cpubudget.IDLE,
     ),
+    # the e2e floor's own frames, by what they stand for: its webhook, its read model, its append
+    (
+        raw(
+            *LOOP_TOP,
+            "Floor.fan_out (/work/benchmarks/e2e_floor.py:180)",
+            "Floor.fan_out.<locals>.ring (/work/benchmarks/e2e_floor.py:170)",
+            f"sign ({SRC}/channels/http.py:40)",
+        ),
+        cpubudget.WEBHOOK,
+    ),
+    (raw(*LOOP_TOP, "Floor.apply (/work/benchmarks/e2e_floor.py:210)"), cpubudget.READ_MODELS),
+    (
+        raw(
+            *LOOP_TOP,
+            "Floor.call (/work/benchmarks/e2e_floor.py:120)",
+            f"GroupCommit.publish ({SRC}/store/groupcommit.py:80)",
+            f"publish_one ({SRC}/store/batch.py:60)",
+        ),
+        f"{cpubudget.APPEND}: the floor's",
+    ),
     # nothing named
     (raw("<module> (/tmp/x.py:1)", "f (/tmp/y.py:2)"), cpubudget.OTHER),
 ]

@@ -35,6 +35,21 @@ def test_a_ratio_is_shown_with_each_rounds_own_beside_it() -> None:
     assert "= 4.50x (rounds 3.00 / 4.50 / 6.00)" in e2e and "serve CPU 3.50 ms" in e2e and met is False
 
 
+def test_the_floor_of_e2e_is_reported_beside_serve_round_by_round() -> None:
+    floor = {
+        "serve_nats_cpu_ms_per_call": 1.3,
+        "floor_cpu_ms_per_call": 1.5,
+        "floor_nats_cpu_ms_per_call": 1.3,
+        "floor_p99_ms": 6.0,
+        "floor_cpu_ratio_per_round": [1.58, 1.61, 1.51],
+    }
+    rows = {measure: (figure, met) for measure, figure, _, met in target_rows({"e2e": E2E | floor})}  # type: ignore[dict-item]
+    figure, met = rows["machine CPU per call, serve / the floor (e2e_floor.py)"]
+    assert figure.startswith("4.80 / 2.80 ms = 1.71x (rounds 1.58 / 1.61 / 1.51)") and met is None
+    assert figure.endswith("the floor's p99 6.00 ms = 3.00x raw")
+    assert len(target_rows({"e2e": E2E})) == 1, "no floor row without the floor's figures"
+
+
 def test_figures_of_a_benchmark_without_rounds_still_make_a_row() -> None:
     old = {k: v for k, v in FANOUT.items() if k != "ratio_per_round"}
     [(_, figure, _, _)] = target_rows({"fanout": old})  # type: ignore[dict-item]
