@@ -28,14 +28,12 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -48,6 +46,7 @@ from dispatch.events.model import Event
 from dispatch.events.subjects import EVENTS_STREAM, aggregate_of, check_literal, stream_of
 from dispatch.store import keys
 from dispatch.store.batch import MAX_BATCH, publish_batch
+from dispatch.store.direct import DirectGetFailed, DirectGets
 from dispatch.store.groupcommit import IN_FLIGHT, GroupCommit, Message
 
 ERR_WRONG_LAST_SEQUENCE = 10071
@@ -169,9 +168,7 @@ class EventStore:
         self.stream = stream
         self.timeout = timeout
         self.in_flight = in_flight
-        self._inbox = ""
-        self._waiting: dict[str, asyncio.Queue[Msg]] = {}
-        self._sub: Any = None
+        self._reads = DirectGets(nc)
         self._commits: dict[str, GroupCommit] = {}
 
     # --- append -------------------------------------------------------------------------------
@@ -350,16 +347,6 @@ class EventStore:
                 return out
             start = page[-1].seq + 1
 
-    async def _ensure_inbox(self) -> None:
-        if self._sub is None:
-            self._inbox = self.nc.new_inbox()
-            self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._route)
-
-    async def _route(self, msg: Msg) -> None:
-        queue = self._waiting.get(msg.subject.rsplit(".", 1)[-1])
-        if queue is not None:
-            queue.put_nowait(msg)
-
     async def _direct_batch(self, subject: str, start: int) -> tuple[list[Recorded], bool]:
         return await self._direct_get_batch(
             {"seq": start, "next_by_subj": subject, "batch": READ_PAGE}, subject, stream=self._stream_of(subject)
@@ -369,37 +356,17 @@ class EventStore:
         self, request: dict[str, object], subject: str | None = None, *, stream: str
     ) -> tuple[list[Recorded], bool]:
         """One batched direct get: the messages it returned, and whether the server holds more."""
-        await self._ensure_inbox()
-        token = uuid.uuid4().hex
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-        self._waiting[token] = queue
-        out: list[Recorded] = []
         try:
-            await self.nc.publish(
-                f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=f"{self._inbox}.{token}"
-            )
-            while True:
-                msg = await asyncio.wait_for(queue.get(), self.timeout)
-                headers = msg.headers or {}
-                status = headers.get("Status")
-                if status == "404":
-                    return out, False
-                if status == "204":
-                    return out, int(headers.get("Nats-Num-Pending", "0") or 0) > 0
-                if status is not None:
-                    raise StoreUnavailable(f"direct get failed: {status} {headers.get('Description')}")
-                out.append(await read_record(msg, subject))
+            found, more = await self._reads.batch(stream, request, timeout=self.timeout)
+        except DirectGetFailed as exc:
+            raise StoreUnavailable(str(exc)) from exc
         except (TimeoutError, ConnectionClosedError) as exc:
             raise StoreUnavailable(f"event log unavailable: {type(exc).__name__}") from exc
-        finally:
-            self._waiting.pop(token, None)
+        return [await read_record(msg, subject) for msg in found], more
 
     async def close(self) -> None:
         """Stop the reply subscription of batched reads."""
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+        await self._reads.close()
 
     async def stream_last_seq(self) -> int:
         """The log's last sequence."""

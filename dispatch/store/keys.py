@@ -17,6 +17,9 @@ Invariants:
   says so (a replica answering a direct get may lag behind);
 - concurrent asks for one entry (a read, or making sure a day or a person has a key) share one
   request and its answer or error (`_shared`): a storm's incidents all want the same few keys;
+- a group's people are read together: their key ids in one batched direct get, then their keys in
+  another (`_get_many`), not two requests a person; an entry a batch does not return is asked of
+  the stream's leader alone before it reads as absent;
 - `active()` is the keyring the log's readers and writers use in this process (installed by the
   composition root, removed when it stops); with none installed nothing is sealed, and envelopes
   stay as they are.
@@ -47,6 +50,7 @@ from dispatch.events import sealing
 from dispatch.events.model import Event, MemberBound
 from dispatch.events.subjects import hash_numbers_with
 from dispatch.store.batch import publish_batch
+from dispatch.store.direct import DirectGets
 from dispatch.store.giveway import GiveWay
 
 log = structlog.get_logger(__name__)
@@ -59,6 +63,8 @@ KEY_BYTES = 32
 KID_BYTES = 10
 MEMO = 65_536
 CREATE_BATCH = 400
+READ_BATCH = 256
+"""Entries asked for in one batched direct get (an alarm's group is ten; a roster's are chunked)."""
 ERASURES = "x"
 """`x.<entry>`: an erasure's notice, the one prefix the processes watch (key creations, a roster's
 worth at a time, are not sent to every process)."""
@@ -110,6 +116,8 @@ class Keyring:
         self._envelopes: dict[tuple[object, str, str], str] = {}
         self._running: dict[str, asyncio.Future[Any]] = {}
         self._sub: Any = None
+        self._reads = DirectGets(nc)
+        self._batches: set[asyncio.Future[None]] = set()
 
     @property
     def kv(self) -> KeyValue:
@@ -137,6 +145,7 @@ class Keyring:
                 await sub.unsubscribe()
             except Exception as exc:
                 log.debug("keys.unsubscribe_failed", error=str(exc))
+        await self._reads.close()
         uninstall(self)
 
     async def _on_change(self, msg: Msg) -> None:
@@ -307,8 +316,9 @@ class Keyring:
         key was erased, stays unknown here, for `ensure` to create as before."""
         if not phones:
             return
-        kids = await asyncio.gather(*(self._get(self.number_key(p)) for p in phones))
-        found = {p: kid.decode() for p, kid in zip(phones, kids, strict=True) if kid}
+        names = {p: self.number_key(p) for p in phones}
+        kids = await self._get_many(names.values())
+        found = {p: value.decode() for p, name in names.items() if (value := kids.get(name))}
         await self.load(set(found.values()))
         for phone, kid in found.items():
             if kid in self._keys:
@@ -329,21 +339,18 @@ class Keyring:
         self._gone.discard(f"d.{day}")
 
     async def load(self, kids: Iterable[str], days: Iterable[str] = ()) -> None:
-        """Load these keys from the bucket; those it no longer holds are marked erased."""
-        await asyncio.gather(
-            *(self._load(f"k.{k}") for k in set(kids) if k not in self._keys and k not in self._gone),
-            *(self._load(f"d.{d}") for d in set(days) if d not in self._days and f"d.{d}" not in self._gone),
-        )
-
-    async def _load(self, name: str) -> None:
-        value = await self._get(name)
-        kind, _, rest = name.partition(".")
-        if value is None:
-            self._gone.add(rest if kind == "k" else name)
-        elif kind == "k":
-            self._keys[rest] = value
-        else:
-            self._days[rest] = value
+        """Load these keys from the bucket, together; those it no longer holds are marked erased (a
+        key erased while it was being read stays erased)."""
+        names = [f"k.{k}" for k in set(kids) if k not in self._keys and k not in self._gone]
+        names += [f"d.{d}" for d in set(days) if d not in self._days and f"d.{d}" not in self._gone]
+        for name, value in (await self._get_many(names)).items():
+            kind, _, rest = name.partition(".")
+            if value is None:
+                self._gone.add(rest if kind == "k" else name)
+            elif kind == "k" and rest not in self._gone:
+                self._keys[rest] = value
+            elif kind == "d" and name not in self._gone:
+                self._days[rest] = value
 
     async def _shared(self, name: str, work: Callable[[], Awaitable[T]]) -> T:
         """`work()`, unless the same `name` is under way already: then its result (a storm's incidents
@@ -364,6 +371,70 @@ class Keyring:
         """The entry's value, None when the bucket holds none (concurrent reads of one entry share
         one request)."""
         return await self._shared(f"get {name}", functools.partial(self._read, name))
+
+    async def _get_many(self, names: Iterable[str]) -> dict[str, bytes | None]:
+        """Each entry's value, None when the bucket holds none. The entries no one is reading yet are
+        read together (`_read_many`); those already being read, alone or in another batch, share
+        that read (`_get`'s names), so a storm of readers asks the bucket once per entry."""
+        wanted = sorted(set(names))
+        fresh = [name for name in wanted if f"get {name}" not in self._running]
+        if fresh:
+            loop = asyncio.get_running_loop()
+            futures: dict[str, asyncio.Future[bytes | None]] = {}
+            for name in fresh:
+                futures[name] = self._running[f"get {name}"] = loop.create_future()
+                futures[name].add_done_callback(functools.partial(self._ran, f"get {name}"))
+            reading = asyncio.ensure_future(self._read_into(futures))
+            self._batches.add(reading)
+            reading.add_done_callback(self._batches.discard)
+        shared = {name: self._running[f"get {name}"] for name in wanted}  # no await since: all there
+        if shared:
+            await asyncio.wait(set(shared.values()))  # waits without cancelling a shared read
+        return {name: future.result() for name, future in shared.items()}
+
+    async def _read_into(self, futures: dict[str, asyncio.Future[bytes | None]]) -> None:
+        """Read `futures`' entries together and settle each future with its value or the error."""
+        try:
+            values = await self._read_many(list(futures))
+        except BaseException as exc:
+            for future in futures.values():
+                if future.done():
+                    continue
+                if isinstance(exc, asyncio.CancelledError):
+                    future.cancel()
+                else:
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for name, future in futures.items():
+            if not future.done():
+                future.set_result(values[name])
+
+    async def _read_many(self, names: list[str]) -> dict[str, bytes | None]:
+        """A batched direct get per READ_BATCH names, sent together; an entry none of them returned
+        is asked of the stream's leader alone (a replica may lag) before it reads as absent."""
+        pages = await asyncio.gather(
+            *(self._read_batch(names[i : i + READ_BATCH]) for i in range(0, len(names), READ_BATCH))
+        )
+        found: dict[str, bytes | None] = {name: value for page in pages for name, value in page.items()}
+        absent = [name for name in names if name not in found]
+        confirmed = await asyncio.gather(*(self._get_from_leader(name) for name in absent))
+        return found | dict(zip(absent, confirmed, strict=True))
+
+    async def _read_batch(self, names: list[str]) -> dict[str, bytes]:
+        """The entries of `names` the bucket holds (deleted ones left out), in one batched direct get."""
+        request = {"multi_last": [f"{PREFIX}{name}" for name in names], "batch": len(names)}
+        try:
+            messages, _ = await self._reads.batch(STREAM, request, timeout=self.timeout)
+        except Exception as exc:
+            raise KeyStoreUnavailable(f"key store unavailable: {type(exc).__name__}") from exc
+        found: dict[str, bytes] = {}
+        for msg in messages:
+            headers = msg.headers or {}
+            if headers.get("KV-Operation") not in ("DEL", "PURGE"):
+                found[headers.get("Nats-Subject", "")[len(PREFIX) :]] = msg.data
+        return found
 
     async def _read(self, name: str) -> bytes | None:
         try:

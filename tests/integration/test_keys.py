@@ -5,6 +5,7 @@ reaches the other's cache through the bucket's watcher."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
@@ -67,7 +68,11 @@ async def test_a_key_a_lagging_replica_does_not_hold_is_not_read_as_erased(nc: N
         async def lagging(name: str) -> object:
             raise KeyNotFoundError
 
+        async def lagging_batch(stream: str, request: dict[str, object], *, timeout: float) -> tuple[list[Msg], bool]:
+            return [], False  # "nothing matched", as the lagging replica would answer
+
         reader.kv.get = lagging  # type: ignore[method-assign]
+        reader._reads.batch = lagging_batch  # type: ignore[method-assign]
         await reader.load({kept, erased})
         assert isinstance(reader.opening_key(kept, ""), AESGCM), "the leader holds it: not erased"
         assert reader.opening_key(erased, "") is False, "the leader holds only its delete marker: erased"
@@ -225,3 +230,79 @@ async def test_a_key_store_that_does_not_answer_fails_every_waiting_reader_and_i
     assert [cold.sealing_key(p, day)[0] for p in people] == kids  # type: ignore[index]
     await writer.stop()
     await cold.stop()
+
+
+async def test_a_groups_people_are_read_in_two_batched_gets_not_two_requests_a_person(nc: NATS) -> None:
+    """A cold process's first alarm of a group reads its ten people's key ids in one request and
+    their keys in another (it made twenty requests, each its own task: a cold storm worker spent
+    ~13% of its samples on that)."""
+    await provision(nc)
+    people = PHONES[:10]
+    day = "20261205"
+    first, cold = Keyring(nc), Keyring(nc)
+    await first.start()
+    await cold.start()
+    await first.ensure(people, [day], new=people)
+    asked: list[Msg] = []
+
+    async def request(msg: Msg) -> None:
+        asked.append(msg)
+
+    reads = await nc.subscribe("$JS.API.DIRECT.GET.>", cb=request)
+    try:
+        await cold.ensure(people, [day])
+        assert [cold.sealing_key(p, day)[0] for p in people] == [first.sealing_key(p, day)[0] for p in people]  # type: ignore[index]
+        await nc.publish("$JS.API.DIRECT.GET.SENTINEL", b"end")
+        await eventually(lambda: any(m.subject.endswith("SENTINEL") for m in asked), what="the end")
+        batches = [json.loads(m.data) for m in asked if m.subject == f"$JS.API.DIRECT.GET.{STREAM}"]
+        asked_for = sorted(s for b in batches for s in b.get("multi_last", []))
+        assert sorted(f"{PREFIX}{first.number_key(p)}" for p in people) == [s for s in asked_for if ".n." in s]
+        assert len([b for b in batches if any(".n." in s for s in b.get("multi_last", []))]) == 1
+        assert len([b for b in batches if any(".k." in s for s in b.get("multi_last", []))]) == 1
+        requests = [m for m in asked if not m.subject.endswith("SENTINEL")]
+        # and the day's key: its create refused, then read (by nats-py's create, and by ours); before,
+        # the ten people cost twenty requests
+        assert len(requests) <= 4, [m.subject for m in requests]
+    finally:
+        await reads.unsubscribe()
+        await first.stop()
+        await cold.stop()
+
+
+async def test_a_key_erased_while_its_batch_is_being_read_stays_erased(nc: NATS) -> None:
+    """The erasure's notice can overtake a read of the same keys already under way: the value that
+    read brings back must not make the erased key usable again, nor stand for the person, who gets
+    a new key when they call again (sealing them under the erased one would fail for good)."""
+    await provision(nc)
+    people = PHONES[:3]
+    writer, cold = Keyring(nc), Keyring(nc)
+    await writer.start()
+    await cold.start()
+    await writer.ensure(people, new=people)
+    kids = [writer.sealing_key(p, "")[0] for p in people]  # type: ignore[index]
+    held, release = asyncio.Event(), asyncio.Event()
+    read = cold._reads.batch
+
+    async def slow_keys(stream: str, request: dict[str, object], *, timeout: float) -> tuple[list[Msg], bool]:
+        answer = await read(stream, request, timeout=timeout)  # read before the erasure
+        if any(".k." in subject for subject in request["multi_last"]):  # type: ignore[attr-defined]
+            held.set()
+            await release.wait()
+        return answer
+
+    cold._reads.batch = slow_keys  # type: ignore[method-assign]
+    try:
+        ensuring = asyncio.create_task(cold.ensure(people))
+        await held.wait()
+        assert await writer.erase_person(people[0])
+        await eventually(lambda: kids[0] in cold._gone, what="the erasure's notice reached the cold process")
+        release.set()
+        await ensuring
+        assert cold.opening_key(kids[0], "") is False, "the erased key came back with the read"
+        renewed = cold.sealing_key(people[0], "")
+        assert renewed is not None and renewed[0] != kids[0], "the person still stood for the erased key"
+        assert [cold.sealing_key(p, "")[0] for p in people[1:]] == kids[1:]  # type: ignore[index]
+    finally:
+        release.set()
+        await writer.stop()
+        await cold.stop()
