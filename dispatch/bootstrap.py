@@ -17,7 +17,10 @@ permissions found on what was already there are removed at start (logged `data_d
 
 The process's GIL switch interval is 0.5 ms (Python's default is 5 ms): the read models write
 from worker threads, and a thread running Python holds the GIL for up to the interval while the
-event loop waits with an alarm ready to ring.
+event loop waits with an alarm ready to ring. For the same reason the cyclic GC's full collections
+come at most every GC_FULL_AFTER generation-1 collections (CPython's 10): a full collection holds the loop
+for as long as it walks every open incident's objects (tens of milliseconds with a few thousand
+open), and CPython otherwise starts one each time the objects kept grow by a quarter.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import os
 import signal
 import socket
@@ -105,6 +109,9 @@ from dispatch.store.timers import TimerDue, Timers
 log = structlog.get_logger(__name__)
 
 GIL_SWITCH_INTERVAL = 0.0005
+GC_FULL_AFTER = 1000
+"""Generation-1 collections between full ones (CPython's 10): about one full collection every
+7 s at 200 alarms/s instead of one every 1.6 s (docs/benchmarks.md)."""
 PRIVATE_UMASK = 0o077
 
 
@@ -332,6 +339,7 @@ class Service:
         took: dict[str, float] = {}
         lap = _Laps(took)
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+        gc.set_threshold(*gc.get_threshold()[:2], GC_FULL_AFTER)
         install_header_parser()
         self._http_socket = bind_http(st.http_host, st.http_port)
         if st.embedded_nats:
