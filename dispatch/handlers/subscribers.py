@@ -78,7 +78,7 @@ from dispatch.observe.metrics import Metrics
 from dispatch.store.deadletter import dead_letter as store_dead_letter
 from dispatch.store.eventstore import StoreUnavailable, recorded_from
 from dispatch.store.provision import FANOUT, TIMERS_CONSUMER, delivery_consumer
-from dispatch.store.timers import TimerDue, Timers, timer_decoder
+from dispatch.store.timers import TimerDue, Timers, settling, timer_decoder
 
 log = structlog.get_logger(__name__)
 
@@ -278,15 +278,8 @@ def build_broker(
             if await deadlines.already_handled(due):
                 deadlines.forget(due)  # the server's firing is the last of this deadline to come here
                 return None
-            settled = deadlines.handling_here(due)  # the in-process clock, if not there yet, skips it
-            handled = False
-            try:
-                result = await bus.handle(due)
-                handled = True
-                return result
-            finally:
-                if not settled.done():
-                    settled.set_result(handled)
+            with settling(deadlines.handling_here(due)):  # the in-process clock, if not there yet, skips it
+                return await bus.handle(due)
         return await bus.handle(due)
 
     def timer_fired(raw: Msg) -> Awaitable[None]:
@@ -418,16 +411,11 @@ class LocalDeadlines:
             self._catching_up = self.timers.catching_up = False
 
     async def _handle(self, due: TimerDue, settled: asyncio.Future[bool]) -> None:
-        handled = False
         try:
-            with structlog.contextvars.bound_contextvars(incident_id=due.incident_id):
+            with settling(settled), structlog.contextvars.bound_contextvars(incident_id=due.incident_id):
                 await self.bus.handle(due)
-            handled = True
         except Exception as exc:
             log.warning("timers.local_failed", timer=due.timer, error=str(exc) or type(exc).__name__)
-        finally:
-            if not settled.done():
-                settled.set_result(handled)
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)

@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import msgspec
@@ -78,6 +78,19 @@ HANDLED_KEPT_S = 600.0
 
 timer_encoder = msgspec.json.Encoder()
 timer_decoder = msgspec.json.Decoder(TimerDue)
+
+
+@contextlib.contextmanager
+def settling(settled: asyncio.Future[bool]) -> Iterator[None]:
+    """Settle a `Timers.handling_here` future when the block ends: True when it ended without an
+    exception (the deadline decided), else False; the exception goes on."""
+    handled = False
+    try:
+        yield
+        handled = True
+    finally:
+        if not settled.done():
+            settled.set_result(handled)
 
 
 def at_header(due: datetime) -> str:
