@@ -10,7 +10,7 @@ ASGI app on uvicorn with httptools, as serve's server), JSON by msgspec.
 Per call:
 - HTTP in: POST /v1/calls with a bearer token (compared in constant time), the body decoded;
 - one read round trip: the call's index entries and the line's last message, a batched direct get
-  on each of the two streams, sent together (as `EventStore.last_of`);
+  on each of the two streams, sent together (as `EventStore.last_of`, through its `DirectGets`);
 - the alarm appended on the incident's subject with expected subject sequence 0 and a message id,
   the call's index entry appended on DISPATCH_INDEX (both through the service's group commit, as
   serve's appends are); then 202;
@@ -63,6 +63,7 @@ from dispatch.events.subjects import (
     schedule_subject,
     timer_fired_subject,
 )
+from dispatch.store.direct import DirectGets
 from dispatch.store.groupcommit import GroupCommit
 from dispatch.store.provision import FANOUT, ensure_consumer, ensure_stream, events_stream, index_stream, timers_stream
 from dispatch.store.server import EmbeddedNats
@@ -100,17 +101,14 @@ class Floor:
         self.index = GroupCommit(nc, timeout=10.0)
         self.timers = GroupCommit(nc, timeout=10.0)
         self.poster = HttpPoster(timeout=10.0)
+        self.reads = DirectGets(nc)
         self.db = db
         self.pending: list[Msg] = []
         self.counts: Counter[str] = Counter()
         self.flushing: asyncio.TimerHandle | None = None
 
     async def read(self, subjects: list[str], stream: str) -> None:
-        reply = await self.nc.request(
-            f"$JS.API.DIRECT.GET.{stream}", encode({"multi_last": subjects, "batch": len(subjects)}), timeout=10.0
-        )
-        if (reply.headers or {}).get("Status") not in (None, "404", "204"):
-            raise RuntimeError(f"direct get: {reply.headers}")
+        await self.reads.batch(stream, {"multi_last": subjects, "batch": len(subjects)}, timeout=10.0)
 
     async def call(self, body: bytes) -> bytes:
         call = decode_call(body)
