@@ -118,7 +118,11 @@ async def test_a_drill_rings_says_drill_stops_at_the_station_and_is_reported_apa
                 return await tiers(officer, iid) == [1]
 
             await eventually(at_the_station, timeout=15, what="tier 1 (the station) after the ack deadline")
-            escalated = [job for _, job, _, _ in channel.sent if job.incident_id == iid and job.kind == "escalation"]
+            # the tier is in the log before the fan-out rings it: wait for the ringing, then look at it
+            escalated = await eventually(
+                lambda: [job for _, job, _, _ in channel.sent if job.incident_id == iid and job.kind == "escalation"],
+                what="the station's escalation rung",
+            )
             assert escalated and all(job.message.startswith("【演练】【警情升级·一级】") for job in escalated)
 
             async def ack_deadline_handled() -> bool:
